@@ -1,0 +1,272 @@
+//! Errors at keyturn-core's boundary. Each carries context (model, label, scope), never a key.
+
+use std::path::PathBuf;
+
+use crate::clock::ms_to_timestamp;
+use crate::key::Fingerprint;
+use crate::pacific::QUOTA_TIME_ZONE;
+
+/// A key or key set that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// Empty string.
+    #[error("an API key is empty")]
+    Empty,
+    /// White space or control characters inside.
+    #[error("an API key contains white space or control characters")]
+    Malformed,
+    /// No keys at all.
+    #[error("no API keys were given")]
+    NoKeys,
+    /// More keys than a `KeyId` can count.
+    #[error("too many API keys")]
+    TooMany,
+    /// The same key twice.
+    #[error("keys '{first}' and '{second}' are the same key ({fingerprint}); give each key once")]
+    Duplicate {
+        /// Label of the first occurrence.
+        first: String,
+        /// Label of the second.
+        second: String,
+        /// Their fingerprint.
+        fingerprint: Fingerprint,
+    },
+    /// Two keys with one label.
+    #[error("two keys are labelled '{label}'; labels must be unique")]
+    DuplicateLabel {
+        /// The label.
+        label: String,
+    },
+    /// A weight of zero would starve the key.
+    #[error("key '{label}' has weight 0; weights start at 1")]
+    ZeroWeight {
+        /// The key's label.
+        label: String,
+    },
+}
+
+/// A configuration value the core cannot accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A configured limit of zero.
+    #[error(
+        "{scope}: {field} = 0 is not a limit; leave the field out for the default, or remove the model"
+    )]
+    ZeroLimit {
+        /// Which table entry.
+        scope: String,
+        /// Which field.
+        field: &'static str,
+    },
+}
+
+/// Why no key can take a request now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Exhaustion {
+    /// Requests per minute used up.
+    RequestsPerMinute,
+    /// Input tokens per minute used up.
+    TokensPerMinute,
+    /// Requests per day used up (until Pacific midnight).
+    RequestsPerDay,
+    /// The server refused with a 429 and asked us to wait.
+    CoolingDown,
+    /// The keys' circuit breakers are open after transient failures.
+    CircuitOpen,
+}
+
+impl std::fmt::Display for Exhaustion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::RequestsPerMinute => "requests per minute used up",
+            Self::TokensPerMinute => "input tokens per minute used up",
+            Self::RequestsPerDay => "requests per day used up",
+            Self::CoolingDown => "rate limited by the server, cooling down",
+            Self::CircuitOpen => "keys failing (circuit breakers open)",
+        })
+    }
+}
+
+/// Formats an instant for people: UTC and Pacific.
+pub fn describe_instant(ms: i64) -> String {
+    let ts = ms_to_timestamp(ms);
+    let pacific = jiff::tz::db()
+        .get(QUOTA_TIME_ZONE)
+        .map(|tz| ts.to_zoned_datetime(tz).strftime("%H:%M:%S %Z").to_string())
+        .unwrap_or_default();
+    format!("{} ({pacific})", ts.strftime("%Y-%m-%dT%H:%M:%SZ"))
+}
+
+/// How callers should react to an error: the classification, not the message, drives retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Capacity returns within minutes: wait and retry.
+    Throttled,
+    /// Capacity returns at the next Pacific midnight: checkpoint and stop (exit 3).
+    ExhaustedForDay,
+    /// No key will ever serve this (all disabled, model off, demand too large): exit 4 or fix config.
+    Permanent,
+    /// The quota backend is unreachable: retry later; nothing was admitted.
+    Unavailable,
+}
+
+/// `acquire` could not give a lease.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcquireError {
+    /// Every usable key is out of capacity for the model.
+    #[error("no key has capacity for {model}: {reason}; capacity returns at {}", describe_instant(*until_ms))]
+    Exhausted {
+        /// The model asked for.
+        model: String,
+        /// What ran out.
+        reason: Exhaustion,
+        /// The earliest moment any key can serve again (Unix ms).
+        until_ms: i64,
+    },
+    /// Every key is disabled.
+    #[error(
+        "every key is disabled for {model} ({detail}); replace the keys, then run `keyturn keys reset --all`"
+    )]
+    AllKeysDisabled {
+        /// The model asked for.
+        model: String,
+        /// Labels and reasons.
+        detail: String,
+    },
+    /// The server reported `limit: 0` for this model on every project we have.
+    #[error(
+        "model {model} is not available to any configured project (the server reported a limit of 0); use another model or a project with access"
+    )]
+    ModelUnavailable {
+        /// The model asked for.
+        model: String,
+    },
+    /// One request needs more than a whole minute's or day's limit: it can never be admitted.
+    #[error("one request for {model} needs {demand} {what}, more than the limit of {limit}")]
+    DemandTooLarge {
+        /// The model asked for.
+        model: String,
+        /// "requests per minute", "input tokens per minute", "requests per day".
+        what: &'static str,
+        /// What was asked.
+        demand: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The shared ledger could not be reached; nothing was admitted (fail closed).
+    #[error("quota ledger unavailable: {0}")]
+    Backend(String),
+}
+
+impl AcquireError {
+    /// The classification that drives what the caller does next.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Exhausted {
+                reason: Exhaustion::RequestsPerDay,
+                ..
+            } => ErrorKind::ExhaustedForDay,
+            Self::Exhausted { .. } => ErrorKind::Throttled,
+            Self::AllKeysDisabled { .. }
+            | Self::ModelUnavailable { .. }
+            | Self::DemandTooLarge { .. } => ErrorKind::Permanent,
+            Self::Backend(_) => ErrorKind::Unavailable,
+        }
+    }
+
+    /// When capacity returns, if it will.
+    pub fn retry_at_ms(&self) -> Option<i64> {
+        match self {
+            Self::Exhausted { until_ms, .. } => Some(*until_ms),
+            _ => None,
+        }
+    }
+}
+
+/// A ledger operation other than acquire failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// The reset target does not exist.
+    #[error("nothing to reset: {0}")]
+    UnknownTarget(String),
+    /// A snapshot cannot be restored.
+    #[error("cannot restore state: {0}")]
+    Snapshot(#[from] SnapshotError),
+    /// The backend failed.
+    #[error("quota ledger unavailable: {0}")]
+    Backend(String),
+}
+
+/// A snapshot that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// Written by a newer keyturn.
+    #[error(
+        "state schema {found} is newer than this keyturn understands ({supported}); upgrade keyturn or move the state aside"
+    )]
+    NewerSchema {
+        /// Schema in the snapshot.
+        found: u32,
+        /// Newest this build reads.
+        supported: u32,
+    },
+}
+
+/// A state store failed. Paths are shown; contents and keys never.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Reading or writing failed.
+    #[error("state file {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file does not parse.
+    #[error(
+        "state file {} is not valid keyturn state ({detail}); it was left untouched: move it aside or run `keyturn state reset`",
+        path.display()
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Written by a newer keyturn.
+    #[error(
+        "state file {} has schema {found}, newer than this keyturn understands ({supported}); it was left untouched: upgrade keyturn or use another KEYTURN_STATE_DIR",
+        path.display()
+    )]
+    NewerSchema {
+        /// The file.
+        path: PathBuf,
+        /// Schema found.
+        found: u32,
+        /// Newest supported.
+        supported: u32,
+    },
+    /// Another process owns the file.
+    #[error(
+        "state file {} is locked by another keyturn process{}; use KEYTURN_REDIS_URL to share quota between processes",
+        path.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Locked {
+        /// The file.
+        path: PathBuf,
+        /// The owner, if known.
+        pid: Option<u32>,
+    },
+    /// Another backend failed (Redis).
+    #[error("state backend unavailable: {0}")]
+    Backend(String),
+}

@@ -1,0 +1,937 @@
+//! The in-process ledger: every key's health and every (project, model) scope's counters behind
+//! one short critical section. The hot path (`try_acquire` + `settle_now`) allocates nothing and
+//! is O(keys) at worst; models are looked up by a linear scan over the few models a pool uses.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::breaker::{Admission, Breaker, BreakerState};
+use crate::clock::Clock;
+use crate::error::{AcquireError, Exhaustion, LedgerError, SnapshotError};
+use crate::key::{KeyId, KeyRing};
+use crate::lease::{Demand, Lease};
+use crate::ledger::{LedgerConfig, QuotaLedger, ResetTarget};
+use crate::limits::{LimitSource, ModelLimits, normalize_model};
+use crate::outcome::{Outcome, ThrottleKind};
+use crate::policy::Policy;
+use crate::snapshot::{
+    Disabled, KeySnapshot, PoolStatus, SCHEMA_VERSION, ScopeSnapshot, ScopeState, ScopeStatus,
+    Snapshot,
+};
+use crate::window::{DayCounter, RollingWindow, sec_of};
+
+#[derive(Debug, Clone, Default)]
+struct KeyHealth {
+    disabled: Option<Disabled>,
+    breaker: Breaker,
+}
+
+#[derive(Debug, Clone)]
+struct Scope {
+    project: u32,
+    configured: ModelLimits,
+    source: LimitSource,
+    learned: ModelLimits,
+    effective: ModelLimits,
+    window: RollingWindow,
+    day: DayCounter,
+    cooldown_until: i64,
+    exhausted_until: i64,
+}
+
+impl Scope {
+    fn refresh(&mut self, now_ms: i64) {
+        self.window.advance(sec_of(now_ms));
+        self.day.roll(now_ms);
+    }
+
+    fn set_learned(&mut self, learned: ModelLimits) {
+        self.learned = learned;
+        self.effective = self.configured.min(learned);
+    }
+
+    /// Whether the demand fits now (after `refresh`).
+    fn fits(&self, d: Demand, now_ms: i64) -> bool {
+        let l = &self.effective;
+        !l.is_off()
+            && self.cooldown_until <= now_ms
+            && self.exhausted_until <= now_ms
+            && l.rpd
+                .is_none_or(|rpd| self.day.count() + u64::from(d.requests) <= rpd)
+            && self
+                .window
+                .fits(u64::from(d.requests), d.tokens, l.rpm, l.tpm)
+    }
+
+    /// Fraction of the tightest limit still free, in [0, 1].
+    fn headroom(&self) -> f64 {
+        fn free(used: u64, limit: Option<u64>) -> f64 {
+            match limit {
+                Some(l) if l > 0 => (l.saturating_sub(used)) as f64 / l as f64,
+                Some(_) => 0.0,
+                None => 1.0,
+            }
+        }
+        let l = &self.effective;
+        free(self.window.requests(), l.rpm)
+            .min(free(self.window.tokens(), l.tpm))
+            .min(free(self.day.count(), l.rpd))
+    }
+
+    /// The earliest moment the demand could fit, and what binds until then; `None`: never.
+    fn free_at(&self, d: Demand, now_ms: i64) -> Option<(i64, Exhaustion)> {
+        let l = &self.effective;
+        if l.is_off() {
+            return None;
+        }
+        let mut at = now_ms;
+        let mut why = Exhaustion::RequestsPerMinute;
+        let mut later = |t: i64, w: Exhaustion| {
+            if t > at {
+                at = t;
+                why = w;
+            }
+        };
+        later(self.cooldown_until, Exhaustion::CoolingDown);
+        if self.exhausted_until > now_ms {
+            later(self.exhausted_until, Exhaustion::RequestsPerDay);
+        }
+        if let Some(rpd) = l.rpd {
+            let r = u64::from(d.requests);
+            if r > rpd {
+                return None;
+            }
+            if self.day.count() + r > rpd {
+                later(self.day.day().end_ms, Exhaustion::RequestsPerDay);
+            }
+        }
+        let r = u64::from(d.requests);
+        let by_requests = self.window.free_at(now_ms, r, 0, l.rpm, None)?;
+        later(by_requests, Exhaustion::RequestsPerMinute);
+        let by_tokens = self.window.free_at(now_ms, 0, d.tokens, None, l.tpm)?;
+        later(by_tokens, Exhaustion::TokensPerMinute);
+        let both = self.window.free_at(now_ms, r, d.tokens, l.rpm, l.tpm)?;
+        later(both, Exhaustion::RequestsPerMinute);
+        Some((at, why))
+    }
+
+    fn state(&self, now_ms: i64) -> ScopeState {
+        if self.effective.is_off() {
+            ScopeState::Off
+        } else if self.exhausted_until > now_ms
+            || self
+                .effective
+                .rpd
+                .is_some_and(|rpd| self.day.count() >= rpd)
+        {
+            ScopeState::Exhausted
+        } else if self.cooldown_until > now_ms || !self.fits(Demand::tokens(0), now_ms) {
+            ScopeState::Cooling
+        } else {
+            ScopeState::Ready
+        }
+    }
+
+    fn clear(&mut self, now_ms: i64) {
+        self.window = RollingWindow::new();
+        self.window.advance(sec_of(now_ms));
+        self.day = DayCounter::new(now_ms);
+        self.cooldown_until = 0;
+        self.exhausted_until = 0;
+        self.set_learned(ModelLimits::UNLIMITED);
+    }
+}
+
+#[derive(Debug, Clone)]
+struct ModelState {
+    name: String,
+    /// Scope index for each project index.
+    scopes: Vec<u32>,
+    cursor: u32,
+    /// Smooth weighted round-robin's current weights, per key.
+    wrr: Vec<i64>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    health: Vec<KeyHealth>,
+    key_project: Vec<u32>,
+    projects: Vec<String>,
+    models: Vec<ModelState>,
+    scopes: Vec<Scope>,
+    /// Bumped when state is replaced wholesale; leases from an older epoch correct no counters.
+    epoch: u64,
+    /// Bumped on every change; the write-behind flusher saves when it moves.
+    version: u64,
+}
+
+/// Why `try_acquire` found nothing, with what waiting would need.
+#[derive(Debug)]
+struct Blocked {
+    error: AcquireError,
+    retry_at: Option<i64>,
+}
+
+/// The in-memory [`QuotaLedger`]. Share it (`Arc`) between all the tasks of one process.
+#[derive(Debug)]
+pub struct InMemoryLedger {
+    keys: Arc<KeyRing>,
+    cfg: LedgerConfig,
+    clock: Arc<dyn Clock>,
+    inner: Mutex<Inner>,
+    changed: Notify,
+    waiters: AtomicUsize,
+}
+
+impl InMemoryLedger {
+    /// A ledger over `keys` with fresh counters.
+    pub fn new(keys: Arc<KeyRing>, cfg: LedgerConfig, clock: Arc<dyn Clock>) -> Self {
+        let mut projects: Vec<String> = Vec::new();
+        let mut key_project = Vec::with_capacity(keys.len());
+        for (_, e) in keys.iter() {
+            let idx = match projects.iter().position(|p| *p == e.project) {
+                Some(i) => i,
+                None => {
+                    projects.push(e.project.clone());
+                    projects.len() - 1
+                }
+            };
+            key_project.push(idx as u32);
+        }
+        let inner = Inner {
+            health: vec![KeyHealth::default(); keys.len()],
+            key_project,
+            projects,
+            models: Vec::new(),
+            scopes: Vec::new(),
+            epoch: 0,
+            version: 0,
+        };
+        let ledger = Self {
+            keys,
+            cfg,
+            clock,
+            inner: Mutex::new(inner),
+            changed: Notify::new(),
+            waiters: AtomicUsize::new(0),
+        };
+        {
+            let now = ledger.clock.now_ms();
+            let mut inner = ledger.inner.lock();
+            for m in ledger.cfg.models.clone() {
+                ledger.model_index(&mut inner, &m, now);
+            }
+        }
+        ledger
+    }
+
+    /// The clock this ledger reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// A counter that moves whenever state changes (for write-behind persistence).
+    pub fn version(&self) -> u64 {
+        self.inner.lock().version
+    }
+
+    fn model_index(&self, inner: &mut Inner, model: &str, now_ms: i64) -> usize {
+        let model = normalize_model(model);
+        if let Some(i) = inner.models.iter().position(|m| m.name == model) {
+            return i;
+        }
+        // First use of a model: give every project a scope for it (the only allocating path).
+        let mut scopes = Vec::with_capacity(inner.projects.len());
+        let mut warned = false;
+        for (p, project) in inner.projects.iter().enumerate() {
+            let (configured, source) = self.cfg.limits.resolve(project, model);
+            if source == LimitSource::Default && !warned {
+                tracing::warn!(
+                    model,
+                    limits = ?configured,
+                    "model is not in keyturn's limit table; using conservative limits until configured or learned"
+                );
+                warned = true;
+            }
+            let mut window = RollingWindow::new();
+            window.advance(sec_of(now_ms));
+            inner.scopes.push(Scope {
+                project: p as u32,
+                configured,
+                source,
+                learned: ModelLimits::UNLIMITED,
+                effective: configured,
+                window,
+                day: DayCounter::new(now_ms),
+                cooldown_until: 0,
+                exhausted_until: 0,
+            });
+            scopes.push((inner.scopes.len() - 1) as u32);
+        }
+        inner.models.push(ModelState {
+            name: model.to_owned(),
+            scopes,
+            cursor: 0,
+            wrr: vec![0; self.keys.len()],
+        });
+        inner.version += 1;
+        inner.models.len() - 1
+    }
+
+    /// Acquires without waiting. Allocation-free unless the model is new or the answer is an error.
+    pub fn try_acquire(&self, model: &str, demand: Demand) -> Result<Lease, AcquireError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.inner.lock();
+        self.try_acquire_locked(&mut inner, model, demand, now)
+            .map_err(|b| b.error)
+    }
+
+    fn try_acquire_locked(
+        &self,
+        inner: &mut Inner,
+        model: &str,
+        demand: Demand,
+        now: i64,
+    ) -> Result<Lease, Blocked> {
+        let demand = Demand {
+            requests: demand.requests.max(1),
+            ..demand
+        };
+        let m = self.model_index(inner, model, now);
+        let n = self.keys.len();
+        let Inner {
+            health,
+            key_project,
+            models,
+            scopes,
+            epoch,
+            version,
+            ..
+        } = inner;
+        let ms = &mut models[m];
+        let start = ms.cursor as usize % n;
+
+        let scope_of = |k: usize| ms_scopes_index(&ms.scopes, key_project, k);
+        let mut pick: Option<(usize, Admission)> = None;
+        match self.cfg.policy {
+            Policy::RoundRobin => {
+                for i in 0..n {
+                    let k = (start + i) % n;
+                    if let Some(adm) = eligible(&health[k], &mut scopes[scope_of(k)], demand, now) {
+                        pick = Some((k, adm));
+                        break;
+                    }
+                }
+            }
+            Policy::LeastLoaded => {
+                let mut best = -1.0f64;
+                for i in 0..n {
+                    let k = (start + i) % n;
+                    if let Some(adm) = eligible(&health[k], &mut scopes[scope_of(k)], demand, now) {
+                        let h = scopes[scope_of(k)].headroom();
+                        if h > best {
+                            best = h;
+                            pick = Some((k, adm));
+                        }
+                    }
+                }
+            }
+            Policy::Weighted => {
+                let mut total = 0i64;
+                for k in 0..n {
+                    if let Some(adm) = eligible(&health[k], &mut scopes[scope_of(k)], demand, now) {
+                        let w = i64::from(self.keys_weight(k));
+                        ms.wrr[k] += w;
+                        total += w;
+                        if pick.is_none_or(|(b, _)| ms.wrr[k] > ms.wrr[b]) {
+                            pick = Some((k, adm));
+                        }
+                    }
+                }
+                if let Some((b, _)) = pick {
+                    ms.wrr[b] -= total;
+                }
+            }
+        }
+
+        let Some((k, adm)) = pick else {
+            return Err(self.blocked(inner, m, demand, now));
+        };
+        ms.cursor = ((k + 1) % n) as u32;
+        health[k].breaker.admitted(adm, now, &self.cfg.breaker);
+        let s = &mut scopes[ms.scopes[key_project[k] as usize] as usize];
+        let sec = s.window.record(u64::from(demand.requests), demand.tokens);
+        s.day.add(u64::from(demand.requests));
+        *version += 1;
+        Ok(Lease::new(
+            KeyId(k as u32),
+            m as u32,
+            sec,
+            demand,
+            adm == Admission::Probe,
+            *epoch,
+        ))
+    }
+
+    fn keys_weight(&self, k: usize) -> u32 {
+        self.keys.get(KeyId(k as u32)).map_or(1, |e| e.weight)
+    }
+
+    /// Works out why nothing fit and when it will: the cold path, allowed to allocate.
+    fn blocked(&self, inner: &mut Inner, m: usize, demand: Demand, now: i64) -> Blocked {
+        let model = inner.models[m].name.clone();
+        let mut disabled = Vec::new();
+        let mut off = 0usize;
+        let mut too_large: Option<AcquireError> = None;
+        let mut best: Option<(i64, Exhaustion)> = None;
+        for k in 0..self.keys.len() {
+            let h = &inner.health[k];
+            if let Some(d) = h.disabled {
+                let label = self
+                    .keys
+                    .get(KeyId(k as u32))
+                    .map_or_else(String::new, |e| e.label.clone());
+                disabled.push(format!("{label}: {}", d.reason));
+                continue;
+            }
+            let s =
+                &mut inner.scopes[inner.models[m].scopes[inner.key_project[k] as usize] as usize];
+            s.refresh(now);
+            if s.effective.is_off() {
+                off += 1;
+                continue;
+            }
+            let Some((mut at, mut why)) = s.free_at(demand, now) else {
+                too_large.get_or_insert_with(|| demand_too_large(&model, demand, &s.effective));
+                continue;
+            };
+            if let Admission::NotUntil(t) = h.breaker.check(now)
+                && t > at
+            {
+                at = t;
+                why = Exhaustion::CircuitOpen;
+            }
+            if best.is_none_or(|(b, _)| at < b) {
+                best = Some((at, why));
+            }
+        }
+        let n = self.keys.len();
+        if disabled.len() == n {
+            return Blocked {
+                error: AcquireError::AllKeysDisabled {
+                    model,
+                    detail: disabled.join(", "),
+                },
+                retry_at: None,
+            };
+        }
+        match best {
+            Some((at, why)) => Blocked {
+                error: AcquireError::Exhausted {
+                    model,
+                    reason: why,
+                    until_ms: at.max(now + 1),
+                },
+                retry_at: Some(at.max(now + 1)),
+            },
+            None => Blocked {
+                error: too_large.unwrap_or(if off > 0 {
+                    AcquireError::ModelUnavailable { model }
+                } else {
+                    AcquireError::AllKeysDisabled {
+                        model,
+                        detail: disabled.join(", "),
+                    }
+                }),
+                retry_at: None,
+            },
+        }
+    }
+
+    /// Settles a lease synchronously (the in-memory ledger never blocks on I/O).
+    pub fn settle_now(&self, lease: Lease, outcome: Outcome) {
+        // A success needs no clock: a correction to a bucket that has since left the window is
+        // cleared with it on the next advance. Only state changes are timed.
+        let now = match outcome {
+            Outcome::Success { .. } => 0,
+            _ => self.clock.now_ms(),
+        };
+        let k = lease.key().index();
+        let mut notify = false;
+        {
+            let mut inner = self.inner.lock();
+            let inner = &mut *inner;
+            if k >= inner.health.len() {
+                return;
+            }
+            let current = lease.epoch() == inner.epoch;
+            let scope_idx = inner
+                .models
+                .get(lease.model_slot() as usize)
+                .and_then(|m| m.scopes.get(inner.key_project[k] as usize))
+                .copied();
+            let label = || {
+                self.keys
+                    .get(lease.key())
+                    .map_or_else(String::new, |e| e.label.clone())
+            };
+            match outcome {
+                Outcome::Success { input_tokens } => {
+                    if let (Some(real), Some(si), true) = (input_tokens, scope_idx, current) {
+                        let delta = real as i64 - lease.reserved_tokens() as i64;
+                        if delta != 0 {
+                            let s = &mut inner.scopes[si as usize];
+                            s.window.adjust_tokens(lease.second(), delta);
+                            notify |= delta < 0;
+                        }
+                    }
+                    if inner.health[k].breaker.on_success() {
+                        tracing::info!(key = %label(), "key recovered: circuit breaker closed");
+                        notify = true;
+                    }
+                }
+                Outcome::Throttled {
+                    kind,
+                    retry_after,
+                    quota_value,
+                } => {
+                    // The server answered: the key and the service work.
+                    notify |= inner.health[k].breaker.on_success();
+                    if let Some(si) = scope_idx {
+                        let s = &mut inner.scopes[si as usize];
+                        s.refresh(now);
+                        self.on_throttled(s, kind, retry_after, quota_value, now);
+                        let model = &inner.models[lease.model_slot() as usize].name;
+                        let project = &inner.projects[s.project as usize];
+                        tracing::info!(
+                            key = %label(), project = %project, model = %model, ?kind,
+                            until = %crate::error::describe_instant(s.cooldown_until.max(s.exhausted_until)),
+                            "scope rate limited by the server"
+                        );
+                    }
+                }
+                Outcome::ModelUnavailable => {
+                    if let Some(si) = scope_idx {
+                        let s = &mut inner.scopes[si as usize];
+                        let learned = s.learned.min(ModelLimits {
+                            rpd: Some(0),
+                            ..ModelLimits::UNLIMITED
+                        });
+                        s.set_learned(learned);
+                        tracing::info!(
+                            key = %label(),
+                            model = %inner.models[lease.model_slot() as usize].name,
+                            project = %inner.projects[s.project as usize],
+                            "model not available for this project (limit 0): switched off"
+                        );
+                    }
+                    notify |= inner.health[k].breaker.on_success();
+                }
+                Outcome::KeyDead(reason) => {
+                    if inner.health[k].disabled.is_none() {
+                        tracing::info!(key = %label(), %reason, "key disabled until reset");
+                        inner.health[k].disabled = Some(Disabled {
+                            reason,
+                            since_ms: now,
+                        });
+                    }
+                }
+                Outcome::Transient => {
+                    let cfg = &self.cfg.breaker;
+                    if inner.health[k]
+                        .breaker
+                        .on_failure(lease.is_probe(), now, cfg)
+                    {
+                        tracing::info!(key = %label(), "circuit breaker opened after transient failures");
+                    }
+                }
+                Outcome::CallerFault => {
+                    if lease.is_probe() {
+                        inner.health[k].breaker.release_probe();
+                        notify = true;
+                    }
+                }
+            }
+            inner.version += 1;
+        }
+        if notify {
+            self.wake();
+        }
+    }
+
+    fn on_throttled(
+        &self,
+        s: &mut Scope,
+        kind: ThrottleKind,
+        retry_after: Option<std::time::Duration>,
+        quota_value: Option<u64>,
+        now: i64,
+    ) {
+        let learn = |s: &mut Scope, f: fn(&mut ModelLimits) -> &mut Option<u64>| {
+            if let Some(v) = quota_value.filter(|v| *v > 0) {
+                let mut l = s.learned;
+                let slot = f(&mut l);
+                *slot = Some(slot.map_or(v, |old| old.min(v)));
+                if l != s.learned {
+                    s.set_learned(l);
+                }
+            }
+        };
+        let delay_until = retry_after.map(|d| now.saturating_add(d.as_millis() as i64));
+        match kind {
+            ThrottleKind::RequestsPerDay => {
+                learn(s, |l| &mut l.rpd);
+                // Classified by quotaId, never by retryDelay: a per-day 429 still says "37s".
+                s.exhausted_until = s.exhausted_until.max(s.day.day().end_ms);
+            }
+            ThrottleKind::RequestsPerMinute | ThrottleKind::TokensPerMinute => {
+                if kind == ThrottleKind::RequestsPerMinute {
+                    learn(s, |l| &mut l.rpm);
+                } else {
+                    learn(s, |l| &mut l.tpm);
+                }
+                // Without a delay: until the oldest request we see in the window leaves it.
+                let until = delay_until.unwrap_or_else(|| {
+                    s.window
+                        .occupied()
+                        .next()
+                        .map(|(sec, _, _)| (sec + crate::window::BUCKETS as i64) * 1000)
+                        .unwrap_or(now + self.cfg.default_throttle_cooldown.as_millis() as i64)
+                });
+                s.cooldown_until = s.cooldown_until.max(until.max(now + 1000));
+            }
+            ThrottleKind::Unspecified => {
+                let until = delay_until
+                    .unwrap_or(now + self.cfg.default_throttle_cooldown.as_millis() as i64);
+                s.cooldown_until = s.cooldown_until.max(until);
+            }
+        }
+    }
+
+    fn wake(&self) {
+        if self.waiters.load(Ordering::Acquire) > 0 {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Acquires, waiting (up to the configured bound) for the earliest moment capacity returns or
+    /// for a settle or reset that may free some.
+    pub async fn acquire_waiting(
+        &self,
+        model: &str,
+        demand: Demand,
+    ) -> Result<Lease, AcquireError> {
+        let start = self.clock.now_ms();
+        let deadline = start.saturating_add(self.cfg.max_wait.as_millis() as i64);
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = self.clock.now_ms();
+            let blocked = {
+                let mut inner = self.inner.lock();
+                match self.try_acquire_locked(&mut inner, model, demand, now) {
+                    Ok(lease) => return Ok(lease),
+                    Err(b) => b,
+                }
+            };
+            let Some(at) = blocked.retry_at.filter(|t| *t <= deadline) else {
+                return Err(blocked.error);
+            };
+            self.waiters.fetch_add(1, Ordering::AcqRel);
+            let _guard = WaiterGuard(&self.waiters);
+            tokio::select! {
+                () = self.clock.sleep_until(at) => {}
+                () = &mut notified => {}
+            }
+        }
+    }
+
+    fn do_reset(&self, target: ResetTarget) -> Result<(), LedgerError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.inner.lock();
+        match target {
+            ResetTarget::Key(id) => {
+                let h = inner
+                    .health
+                    .get_mut(id.index())
+                    .ok_or_else(|| LedgerError::UnknownTarget(format!("no key #{}", id.0)))?;
+                *h = KeyHealth::default();
+            }
+            ResetTarget::Scope { project, model } => {
+                let model = normalize_model(&model);
+                let p = inner
+                    .projects
+                    .iter()
+                    .position(|x| *x == project)
+                    .ok_or_else(|| LedgerError::UnknownTarget(format!("no project '{project}'")))?;
+                let si = inner
+                    .models
+                    .iter()
+                    .find(|m| m.name == model)
+                    .map(|m| m.scopes[p] as usize)
+                    .ok_or_else(|| {
+                        LedgerError::UnknownTarget(format!("no model '{model}' in use"))
+                    })?;
+                inner.scopes[si].clear(now);
+                inner.epoch += 1;
+            }
+            ResetTarget::All => {
+                for h in &mut inner.health {
+                    *h = KeyHealth::default();
+                }
+                for s in &mut inner.scopes {
+                    s.clear(now);
+                }
+                inner.epoch += 1;
+            }
+        }
+        inner.version += 1;
+        drop(inner);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// The status view now.
+    pub fn status_now(&self) -> PoolStatus {
+        let now = self.clock.now_ms();
+        let mut inner = self.inner.lock();
+        let inner = &mut *inner;
+        let keys = self
+            .keys
+            .iter()
+            .map(|(id, e)| {
+                let h = &inner.health[id.index()];
+                crate::snapshot::KeyStatus {
+                    label: e.label.clone(),
+                    fingerprint: e.fingerprint(),
+                    project: e.project.clone(),
+                    disabled: h.disabled,
+                    breaker: effective_breaker(&h.breaker, now),
+                    failures: h.breaker.failures,
+                }
+            })
+            .collect();
+        let mut scopes = Vec::new();
+        for (p, project) in inner.projects.iter().enumerate() {
+            for m in &inner.models {
+                let s = &mut inner.scopes[m.scopes[p] as usize];
+                s.refresh(now);
+                let state = s.state(now);
+                scopes.push(ScopeStatus {
+                    project: project.clone(),
+                    model: m.name.clone(),
+                    keys: self
+                        .keys
+                        .iter()
+                        .filter(|(id, _)| inner.key_project[id.index()] as usize == p)
+                        .map(|(_, e)| e.label.clone())
+                        .collect(),
+                    limits: s.effective,
+                    source: s.source,
+                    learned: s.learned,
+                    rpm_used: s.window.requests(),
+                    tpm_used: s.window.tokens(),
+                    rpd_used: s.day.count(),
+                    state,
+                    cooling_until_ms: (state == ScopeState::Cooling).then(|| {
+                        s.free_at(Demand::tokens(0), now)
+                            .map_or(s.cooldown_until, |(t, _)| t)
+                    }),
+                    exhausted_until_ms: (state == ScopeState::Exhausted)
+                        .then(|| s.exhausted_until.max(s.day.day().end_ms)),
+                    next_reset_ms: s.day.day().end_ms,
+                });
+            }
+        }
+        PoolStatus {
+            at_ms: now,
+            keys,
+            scopes,
+        }
+    }
+
+    /// The whole state now.
+    pub fn snapshot_now(&self) -> Snapshot {
+        let now = self.clock.now_ms();
+        let mut inner = self.inner.lock();
+        let inner = &mut *inner;
+        let keys = self
+            .keys
+            .iter()
+            .map(|(id, e)| {
+                let h = &inner.health[id.index()];
+                KeySnapshot {
+                    fingerprint: e.fingerprint(),
+                    label: e.label.clone(),
+                    project: e.project.clone(),
+                    disabled: h.disabled,
+                    breaker: h.breaker,
+                }
+            })
+            .collect();
+        let mut scopes = Vec::new();
+        for m in &inner.models {
+            for (p, &si) in m.scopes.iter().enumerate() {
+                let s = &mut inner.scopes[si as usize];
+                s.refresh(now);
+                scopes.push(ScopeSnapshot {
+                    project: inner.projects[p].clone(),
+                    model: m.name.clone(),
+                    window: s.window.occupied().collect(),
+                    day_start_ms: s.day.day().start_ms,
+                    day_count: s.day.count(),
+                    cooldown_until_ms: s.cooldown_until,
+                    exhausted_until_ms: s.exhausted_until,
+                    learned: s.learned,
+                });
+            }
+        }
+        Snapshot {
+            schema: SCHEMA_VERSION,
+            taken_at_ms: now,
+            keys,
+            scopes,
+        }
+    }
+
+    /// Replaces the state with a snapshot's. Keys are matched by fingerprint (labels may have
+    /// changed), scopes by (project, model); what the snapshot does not know starts fresh, and
+    /// what this pool no longer has is dropped.
+    pub fn restore_now(&self, snap: &Snapshot) -> Result<(), SnapshotError> {
+        if snap.schema > SCHEMA_VERSION {
+            return Err(SnapshotError::NewerSchema {
+                found: snap.schema,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let now = self.clock.now_ms();
+        let mut inner = self.inner.lock();
+        for (id, e) in self.keys.iter() {
+            let h = snap
+                .keys
+                .iter()
+                .find(|k| k.fingerprint == e.fingerprint())
+                .map(|k| KeyHealth {
+                    disabled: k.disabled,
+                    breaker: k.breaker,
+                })
+                .unwrap_or_default();
+            inner.health[id.index()] = h;
+        }
+        for ss in &snap.scopes {
+            let Some(p) = inner.projects.iter().position(|x| *x == ss.project) else {
+                continue;
+            };
+            let m = self.model_index(&mut inner, &ss.model, now);
+            let si = inner.models[m].scopes[p] as usize;
+            let s = &mut inner.scopes[si];
+            s.window = RollingWindow::restore(sec_of(now), ss.window.iter().copied());
+            s.day = DayCounter::restore(now, ss.day_start_ms, ss.day_count);
+            s.cooldown_until = ss.cooldown_until_ms;
+            s.exhausted_until = if ss.exhausted_until_ms > now {
+                ss.exhausted_until_ms
+            } else {
+                0
+            };
+            s.set_learned(ss.learned);
+        }
+        inner.epoch += 1;
+        inner.version += 1;
+        drop(inner);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+}
+
+/// Whether key `k` can take the demand now: healthy, breaker admits, scope has room. Refreshes
+/// the scope's windows as a side effect.
+fn eligible(h: &KeyHealth, scope: &mut Scope, demand: Demand, now: i64) -> Option<Admission> {
+    if h.disabled.is_some() {
+        return None;
+    }
+    let adm = h.breaker.check(now);
+    if let Admission::NotUntil(_) = adm {
+        return None;
+    }
+    scope.refresh(now);
+    scope.fits(demand, now).then_some(adm)
+}
+
+fn ms_scopes_index(model_scopes: &[u32], key_project: &[u32], k: usize) -> usize {
+    model_scopes[key_project[k] as usize] as usize
+}
+
+fn effective_breaker(b: &Breaker, now: i64) -> BreakerState {
+    match b.state {
+        BreakerState::Open { until_ms } if now >= until_ms => BreakerState::HalfOpen {
+            probe_deadline_ms: None,
+        },
+        s => s,
+    }
+}
+
+fn demand_too_large(model: &str, d: Demand, l: &ModelLimits) -> AcquireError {
+    let r = u64::from(d.requests);
+    let (what, demand, limit) = if let Some(rpm) = l.rpm.filter(|x| r > *x) {
+        ("requests per minute", r, rpm)
+    } else if let Some(rpd) = l.rpd.filter(|x| r > *x) {
+        ("requests per day", r, rpd)
+    } else {
+        (
+            "input tokens per minute",
+            d.tokens,
+            l.tpm.unwrap_or(u64::MAX),
+        )
+    };
+    AcquireError::DemandTooLarge {
+        model: model.to_owned(),
+        what,
+        demand,
+        limit,
+    }
+}
+
+struct WaiterGuard<'a>(&'a AtomicUsize);
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[async_trait]
+impl QuotaLedger for InMemoryLedger {
+    fn keys(&self) -> Arc<KeyRing> {
+        self.keys.clone()
+    }
+
+    async fn acquire(&self, model: &str, demand: Demand) -> Result<Lease, AcquireError> {
+        self.acquire_waiting(model, demand).await
+    }
+
+    async fn settle(&self, lease: Lease, outcome: Outcome) -> Result<(), LedgerError> {
+        self.settle_now(lease, outcome);
+        Ok(())
+    }
+
+    async fn reset(&self, target: ResetTarget) -> Result<(), LedgerError> {
+        self.do_reset(target)
+    }
+
+    async fn status(&self) -> Result<PoolStatus, LedgerError> {
+        Ok(self.status_now())
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, LedgerError> {
+        Ok(self.snapshot_now())
+    }
+
+    async fn restore(&self, snapshot: Snapshot) -> Result<(), LedgerError> {
+        Ok(self.restore_now(&snapshot)?)
+    }
+}

@@ -1,0 +1,91 @@
+//! What happened to a request, as the ledger needs to know it. The transport classifies Gemini's
+//! answers (by status and `quotaId`, never by message text) into an [`Outcome`].
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Which quota a 429 named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ThrottleKind {
+    /// `…RequestsPerMinute…`.
+    RequestsPerMinute,
+    /// `…InputTokens…PerMinute…`.
+    TokensPerMinute,
+    /// `…RequestsPerDay…`: exhausted until Pacific midnight, whatever `retryDelay` says.
+    RequestsPerDay,
+    /// A 429 without details.
+    Unspecified,
+}
+
+/// Why a key was disabled. Only codes, never server text (which is not ours to store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeadReason {
+    /// 400 `API_KEY_INVALID`.
+    Invalid,
+    /// 400 `API_KEY_INVALID` saying the key expired.
+    Expired,
+    /// 403: the key was reported as leaked.
+    Leaked,
+    /// 403 `CONSUMER_SUSPENDED`.
+    Suspended,
+    /// 403 `SERVICE_DISABLED`.
+    ServiceDisabled,
+    /// 403 `API_KEY_SERVICE_BLOCKED`.
+    ServiceBlocked,
+    /// Any other 403 `PERMISSION_DENIED`.
+    PermissionDenied,
+}
+
+impl std::fmt::Display for DeadReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Invalid => "invalid key",
+            Self::Expired => "expired key",
+            Self::Leaked => "reported as leaked",
+            Self::Suspended => "consumer suspended",
+            Self::ServiceDisabled => "Generative Language API disabled for the project",
+            Self::ServiceBlocked => "key not allowed to call this API",
+            Self::PermissionDenied => "permission denied",
+        })
+    }
+}
+
+/// The result of a request sent under a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The server answered. `input_tokens` is `usageMetadata.promptTokenCount` when known; it
+    /// replaces the estimate reserved at acquire.
+    Success {
+        /// Real input tokens.
+        input_tokens: Option<u64>,
+    },
+    /// 429 RESOURCE_EXHAUSTED.
+    Throttled {
+        /// Which quota (from `quotaId`).
+        kind: ThrottleKind,
+        /// `RetryInfo.retryDelay`.
+        retry_after: Option<Duration>,
+        /// `QuotaFailure…quotaValue`: the limit the server enforces, learned when lower than ours.
+        quota_value: Option<u64>,
+    },
+    /// The server reported `limit: 0`: the model is off for this key's project.
+    ModelUnavailable,
+    /// The key is dead (all models) until a forced reset.
+    KeyDead(DeadReason),
+    /// 500/503/504, timeouts, connection failures: counts toward the key's circuit breaker.
+    Transient,
+    /// The request was at fault (400, 404): says nothing about the key.
+    CallerFault,
+}
+
+impl Outcome {
+    /// Success with real usage.
+    pub fn success(input_tokens: u64) -> Self {
+        Self::Success {
+            input_tokens: Some(input_tokens),
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The serializable state of a pool (for state files, Redis dumps and checkpoints) and the status
+//! view shown to people. Keys appear only by fingerprint and label.
+
+use serde::{Deserialize, Serialize};
+
+use crate::breaker::{Breaker, BreakerState};
+use crate::key::Fingerprint;
+use crate::limits::{LimitSource, ModelLimits};
+use crate::outcome::DeadReason;
+
+/// The newest snapshot schema this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Why and since when a key is disabled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disabled {
+    /// The server's reason.
+    pub reason: DeadReason,
+    /// When (Unix ms).
+    pub since_ms: i64,
+}
+
+/// One key's health.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySnapshot {
+    /// The key's fingerprint.
+    pub fingerprint: Fingerprint,
+    /// Its label when the snapshot was taken.
+    pub label: String,
+    /// Its project.
+    pub project: String,
+    /// Set if disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<Disabled>,
+    /// Its breaker.
+    #[serde(default)]
+    pub breaker: Breaker,
+}
+
+/// One (project, model) scope's counters and flags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeSnapshot {
+    /// Project id.
+    pub project: String,
+    /// Model id.
+    pub model: String,
+    /// Occupied rolling-window buckets: (second, requests, tokens).
+    #[serde(default)]
+    pub window: Vec<(i64, u64, u64)>,
+    /// Start of the Pacific day `day_count` belongs to (Unix ms).
+    pub day_start_ms: i64,
+    /// Requests that day.
+    pub day_count: u64,
+    /// A server 429 asked us to wait until then.
+    #[serde(default)]
+    pub cooldown_until_ms: i64,
+    /// Per-day exhaustion until then (a Pacific midnight).
+    #[serde(default)]
+    pub exhausted_until_ms: i64,
+    /// Limits the server reported (lower than configured); `Some(0)` turns the model off.
+    #[serde(default)]
+    pub learned: ModelLimits,
+}
+
+/// The whole state of a pool at one instant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Schema version ([`SCHEMA_VERSION`]).
+    pub schema: u32,
+    /// When it was taken (Unix ms).
+    pub taken_at_ms: i64,
+    /// Keys' health.
+    pub keys: Vec<KeySnapshot>,
+    /// Scopes' counters.
+    pub scopes: Vec<ScopeSnapshot>,
+}
+
+/// What a scope can do right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScopeState {
+    /// Has room.
+    Ready,
+    /// Its minute is full, or the server asked it to wait.
+    Cooling,
+    /// Its day is used up.
+    Exhausted,
+    /// The model is off for this project (`limit: 0`).
+    Off,
+}
+
+/// Status of one (project, model) scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeStatus {
+    /// Project id.
+    pub project: String,
+    /// Model id.
+    pub model: String,
+    /// Labels of the keys that share this scope.
+    pub keys: Vec<String>,
+    /// Limits in force (configured, lowered by learned).
+    pub limits: ModelLimits,
+    /// Where the configured limits came from.
+    pub source: LimitSource,
+    /// Limits the server reported.
+    pub learned: ModelLimits,
+    /// Requests in the rolling minute.
+    pub rpm_used: u64,
+    /// Input tokens in the rolling minute.
+    pub tpm_used: u64,
+    /// Requests today (Pacific).
+    pub rpd_used: u64,
+    /// State now.
+    pub state: ScopeState,
+    /// Cooling until (Unix ms), if cooling.
+    pub cooling_until_ms: Option<i64>,
+    /// Exhausted until (Unix ms), if exhausted.
+    pub exhausted_until_ms: Option<i64>,
+    /// Next Pacific midnight (Unix ms): when `rpd_used` resets.
+    pub next_reset_ms: i64,
+}
+
+/// Status of one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyStatus {
+    /// Label.
+    pub label: String,
+    /// Fingerprint.
+    pub fingerprint: Fingerprint,
+    /// Project.
+    pub project: String,
+    /// Set if disabled.
+    pub disabled: Option<Disabled>,
+    /// Breaker state.
+    pub breaker: BreakerState,
+    /// Consecutive transient failures.
+    pub failures: u32,
+}
+
+/// The status view: per key and per scope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// When (Unix ms).
+    pub at_ms: i64,
+    /// Keys.
+    pub keys: Vec<KeyStatus>,
+    /// Scopes, by project then model.
+    pub scopes: Vec<ScopeStatus>,
+}

@@ -1,0 +1,336 @@
+//! Counting windows: the rolling minute (requests and input tokens) and the Pacific day.
+//!
+//! # The rolling-minute rule
+//! Time is cut into whole seconds. An admission at second `s` is allowed only if the requests
+//! (tokens) recorded in seconds `s-60 ..= s` — 61 one-second buckets — plus the new ones stay
+//! within the limit. Any 60-second span `[t, t+60)` of real time holds only admissions whose
+//! seconds lie within the 61 buckets seen by the last admission in that span, so **no 60-second
+//! span ever holds more than the limit**. The price is at most one second of lost capacity per
+//! minute (a burst of `limit` admissions is next possible after 61 s, not 60 s): 98.4 % of the
+//! quota, and never a refusal that we caused.
+//!
+//! Sums are kept running, so a check is O(1); moving time forward clears one bucket per elapsed
+//! second (at most 61).
+
+use crate::pacific::QuotaDay;
+
+/// Number of one-second buckets in the rolling minute.
+pub const BUCKETS: usize = 61;
+const BUCKETS_I64: i64 = BUCKETS as i64;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Bucket {
+    sec: i64,
+    requests: u64,
+    tokens: u64,
+}
+
+/// Requests and input tokens over the rolling minute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollingWindow {
+    buckets: [Bucket; BUCKETS],
+    head: i64,
+    requests: u64,
+    tokens: u64,
+}
+
+impl Default for RollingWindow {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Second of a millisecond timestamp (floor).
+pub fn sec_of(ms: i64) -> i64 {
+    ms.div_euclid(1000)
+}
+
+impl RollingWindow {
+    /// An empty window.
+    pub fn new() -> Self {
+        Self {
+            buckets: [Bucket::default(); BUCKETS],
+            head: i64::MIN,
+            requests: 0,
+            tokens: 0,
+        }
+    }
+
+    fn slot(sec: i64) -> usize {
+        sec.rem_euclid(BUCKETS_I64) as usize
+    }
+
+    /// Moves the window to second `now` (never backwards: a wall clock stepping back keeps
+    /// counting in the latest second seen). Returns the second the window now stands at.
+    pub fn advance(&mut self, now: i64) -> i64 {
+        if now <= self.head {
+            return self.head;
+        }
+        if self.head == i64::MIN || now - self.head >= BUCKETS_I64 {
+            self.buckets = [Bucket::default(); BUCKETS];
+            self.requests = 0;
+            self.tokens = 0;
+        } else {
+            for s in self.head + 1..=now {
+                let b = &mut self.buckets[Self::slot(s)];
+                self.requests -= b.requests;
+                self.tokens -= b.tokens;
+                *b = Bucket::default();
+            }
+        }
+        self.head = now;
+        self.head
+    }
+
+    /// Requests in the window (after [`RollingWindow::advance`]).
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    /// Tokens in the window (after [`RollingWindow::advance`]).
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// Whether `requests` more requests and `tokens` more tokens fit under the limits.
+    pub fn fits(&self, requests: u64, tokens: u64, rpm: Option<u64>, tpm: Option<u64>) -> bool {
+        rpm.is_none_or(|l| self.requests.saturating_add(requests) <= l)
+            && tpm.is_none_or(|l| self.tokens.saturating_add(tokens) <= l)
+    }
+
+    /// Records an admission in the current head second; returns that second (the lease keeps it
+    /// to correct the token count on settle).
+    pub fn record(&mut self, requests: u64, tokens: u64) -> i64 {
+        let head = self.head;
+        let b = &mut self.buckets[Self::slot(head)];
+        b.sec = head;
+        b.requests += requests;
+        b.tokens += tokens;
+        self.requests += requests;
+        self.tokens += tokens;
+        head
+    }
+
+    /// Corrects the tokens recorded at second `sec` by `delta` (real usage minus estimate). If that
+    /// second has already left the window there is nothing left to correct.
+    pub fn adjust_tokens(&mut self, sec: i64, delta: i64) {
+        if sec > self.head || sec <= self.head - BUCKETS_I64 {
+            return;
+        }
+        let b = &mut self.buckets[Self::slot(sec)];
+        if b.sec != sec || (b.requests == 0 && b.tokens == 0) {
+            return;
+        }
+        if delta >= 0 {
+            b.tokens += delta as u64;
+            self.tokens += delta as u64;
+        } else {
+            let take = delta.unsigned_abs().min(b.tokens);
+            b.tokens -= take;
+            self.tokens -= take;
+        }
+    }
+
+    /// The earliest millisecond at which `requests` and `tokens` more would fit, or `None` if
+    /// they never can (the demand alone exceeds a limit). Returns `now_ms` if they fit now.
+    pub fn free_at(
+        &self,
+        now_ms: i64,
+        requests: u64,
+        tokens: u64,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+    ) -> Option<i64> {
+        if rpm.is_some_and(|l| requests > l) || tpm.is_some_and(|l| tokens > l) {
+            return None;
+        }
+        if self.fits(requests, tokens, rpm, tpm) {
+            return Some(now_ms);
+        }
+        let (mut r, mut t) = (self.requests, self.tokens);
+        for s in self.head - (BUCKETS_I64 - 1)..=self.head {
+            let b = &self.buckets[Self::slot(s)];
+            if b.sec != s {
+                continue;
+            }
+            r -= b.requests;
+            t -= b.tokens;
+            let ok = rpm.is_none_or(|l| r + requests <= l) && tpm.is_none_or(|l| t + tokens <= l);
+            if ok {
+                // Bucket `s` leaves the window when the head reaches s + 61.
+                return Some(((s + BUCKETS_I64) * 1000).max(now_ms));
+            }
+        }
+        Some(((self.head + 1) * 1000).max(now_ms))
+    }
+
+    /// Buckets with something in them, oldest first, as (second, requests, tokens): for snapshots.
+    pub fn occupied(&self) -> impl Iterator<Item = (i64, u64, u64)> + '_ {
+        let head = self.head;
+        (head.saturating_sub(BUCKETS_I64 - 1)..=head).filter_map(move |s| {
+            if head == i64::MIN {
+                return None;
+            }
+            let b = &self.buckets[Self::slot(s)];
+            (b.sec == s && (b.requests > 0 || b.tokens > 0)).then_some((s, b.requests, b.tokens))
+        })
+    }
+
+    /// Rebuilds a window from snapshot buckets, dropping those already out of the window at `now`.
+    pub fn restore(now_sec: i64, occupied: impl IntoIterator<Item = (i64, u64, u64)>) -> Self {
+        let mut w = Self::new();
+        w.advance(now_sec);
+        for (sec, requests, tokens) in occupied {
+            if sec > now_sec || sec <= now_sec - BUCKETS_I64 {
+                continue;
+            }
+            let b = &mut w.buckets[Self::slot(sec)];
+            b.sec = sec;
+            b.requests += requests;
+            b.tokens += tokens;
+            w.requests += requests;
+            w.tokens += tokens;
+        }
+        w
+    }
+}
+
+/// Requests in the current Pacific day.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DayCounter {
+    day: QuotaDay,
+    count: u64,
+}
+
+impl DayCounter {
+    /// A counter for the day containing `now_ms`, at zero.
+    pub fn new(now_ms: i64) -> Self {
+        Self {
+            day: QuotaDay::containing(now_ms),
+            count: 0,
+        }
+    }
+
+    /// A counter restored from a snapshot: the count survives only if `now_ms` is still that day.
+    pub fn restore(now_ms: i64, day_start_ms: i64, count: u64) -> Self {
+        let mut c = Self::new(now_ms);
+        if c.day.start_ms == day_start_ms {
+            c.count = count;
+        }
+        c
+    }
+
+    /// Starts a new day at zero if Pacific midnight has passed. Cheap when it has not.
+    pub fn roll(&mut self, now_ms: i64) {
+        if now_ms >= self.day.end_ms {
+            *self = Self::new(now_ms);
+        }
+    }
+
+    /// Requests so far today.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Adds requests.
+    pub fn add(&mut self, n: u64) {
+        self.count += n;
+    }
+
+    /// The day being counted.
+    pub fn day(&self) -> QuotaDay {
+        self.day
+    }
+
+    /// Clears the count (a forced reset).
+    pub fn clear(&mut self) {
+        self.count = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn never_more_than_the_limit_in_any_60s_span() {
+        let mut w = RollingWindow::new();
+        let mut admitted: Vec<i64> = Vec::new();
+        // Try one request every 250 ms for 5 minutes against a limit of 10.
+        for ms in (0..300_000).step_by(250) {
+            w.advance(sec_of(ms));
+            if w.fits(1, 0, Some(10), None) {
+                w.record(1, 0);
+                admitted.push(ms);
+            }
+        }
+        for &start in &admitted {
+            let n = admitted
+                .iter()
+                .filter(|&&t| t >= start && t < start + 60_000)
+                .count();
+            assert!(n <= 10, "{n} admissions in the 60 s from {start}");
+        }
+        // And it does not starve: 10 per 61 s over 300 s is at least 40.
+        assert!(admitted.len() >= 40, "{}", admitted.len());
+    }
+
+    #[test]
+    fn free_at_names_the_second_the_oldest_bucket_leaves() {
+        let mut w = RollingWindow::new();
+        w.advance(100);
+        w.record(3, 30);
+        w.advance(110);
+        w.record(2, 20);
+        assert!(!w.fits(1, 0, Some(5), None));
+        assert_eq!(w.free_at(110_500, 1, 0, Some(5), None), Some(161_000));
+        // Needs 3 free: only after the first bucket goes too.
+        assert_eq!(w.free_at(110_500, 3, 0, Some(5), None), Some(161_000));
+        assert_eq!(w.free_at(110_500, 4, 0, Some(5), None), Some(171_000));
+        assert_eq!(w.free_at(110_500, 6, 0, Some(5), None), None);
+        w.advance(161);
+        assert_eq!(w.requests(), 2);
+        assert!(w.fits(3, 0, Some(5), None));
+    }
+
+    #[test]
+    fn settle_corrects_tokens_in_the_bucket_still_in_window() {
+        let mut w = RollingWindow::new();
+        w.advance(5);
+        let s = w.record(1, 1000);
+        w.advance(20);
+        w.adjust_tokens(s, -400);
+        assert_eq!(w.tokens(), 600);
+        w.adjust_tokens(s, 900);
+        assert_eq!(w.tokens(), 1500);
+        w.advance(66);
+        assert_eq!(w.tokens(), 0);
+        w.adjust_tokens(s, 5); // gone: no effect
+        assert_eq!(w.tokens(), 0);
+    }
+
+    #[test]
+    fn snapshot_round_trip_drops_expired_buckets() {
+        let mut w = RollingWindow::new();
+        for s in [10, 30, 50] {
+            w.advance(s);
+            w.record(1, 7);
+        }
+        let occ: Vec<_> = w.occupied().collect();
+        assert_eq!(occ, vec![(10, 1, 7), (30, 1, 7), (50, 1, 7)]);
+        let r = RollingWindow::restore(75, occ);
+        assert_eq!((r.requests(), r.tokens()), (2, 14));
+    }
+
+    #[test]
+    fn day_counter_rolls_at_pacific_midnight() {
+        // 2026-01-15T07:59:59Z = 23:59:59 PST.
+        let t = 1_768_463_999_000;
+        let mut d = DayCounter::new(t);
+        d.add(20);
+        d.roll(t + 999);
+        assert_eq!(d.count(), 20);
+        d.roll(t + 1000);
+        assert_eq!(d.count(), 0);
+    }
+}
