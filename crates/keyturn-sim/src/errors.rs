@@ -1,0 +1,356 @@
+//! Gemini's error bodies, as the real service sends them (google.rpc.Status in proto3 JSON:
+//! int64 values such as `quotaValue` are strings, and a zero value is left out).
+
+use serde_json::{Value, json};
+
+/// An HTTP status with a Gemini error body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: u16,
+    /// The JSON body.
+    pub body: Value,
+}
+
+fn status_body(code: u16, status: &str, message: &str, details: Vec<Value>) -> ApiError {
+    let mut error = json!({ "code": code, "message": message, "status": status });
+    if !details.is_empty() {
+        error["details"] = Value::Array(details);
+    }
+    ApiError {
+        status: code,
+        body: json!({ "error": error }),
+    }
+}
+
+const RATE_LIMITS_URL: &str = "https://ai.google.dev/gemini-api/docs/rate-limits";
+
+/// Which quota a 429 is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaKind {
+    /// Requests per minute.
+    PerMinute,
+    /// Input tokens per minute.
+    Tokens,
+    /// Requests per day.
+    PerDay,
+}
+
+fn quota_ids(kind: QuotaKind, embedding: bool) -> (&'static str, &'static str) {
+    match (kind, embedding) {
+        (QuotaKind::PerMinute, false) => (
+            "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+            "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+        ),
+        (QuotaKind::PerDay, false) => (
+            "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+            "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+        ),
+        (QuotaKind::Tokens, false) => (
+            "generativelanguage.googleapis.com/generate_content_free_tier_input_token_count",
+            "GenerateContentInputTokensPerModelPerMinute-FreeTier",
+        ),
+        (QuotaKind::PerMinute, true) => (
+            "generativelanguage.googleapis.com/embed_content_free_tier_requests",
+            "EmbedContentRequestsPerMinutePerUserPerProjectPerModel-FreeTier",
+        ),
+        (QuotaKind::PerDay, true) => (
+            "generativelanguage.googleapis.com/embed_content_free_tier_requests",
+            "EmbedContentRequestsPerDayPerUserPerProjectPerModel-FreeTier",
+        ),
+        (QuotaKind::Tokens, true) => (
+            "generativelanguage.googleapis.com/embed_content_free_tier_input_token_count",
+            "EmbedContentInputTokensPerModelPerMinute-FreeTier",
+        ),
+    }
+}
+
+fn help() -> Value {
+    json!({
+        "@type": "type.googleapis.com/google.rpc.Help",
+        "links": [{ "description": "Learn more about Gemini API quotas", "url": RATE_LIMITS_URL }]
+    })
+}
+
+fn violation(kind: QuotaKind, embedding: bool, model: &str, limit: u64) -> Value {
+    let (metric, id) = quota_ids(kind, embedding);
+    let mut v = json!({
+        "quotaMetric": metric,
+        "quotaId": id,
+        "quotaDimensions": { "location": "global", "model": model },
+    });
+    if limit != 0 {
+        v["quotaValue"] = Value::String(limit.to_string());
+    }
+    v
+}
+
+fn exceeded_message(metric: &str, limit: u64, model: &str, retry_s: f64) -> String {
+    format!(
+        "You exceeded your current quota, please check your plan and billing details. For more \
+         information on this error, head to: {RATE_LIMITS_URL}. To monitor your current usage, \
+         head to: https://ai.dev/usage?tab=rate-limit. \n* Quota exceeded for metric: {metric}, \
+         limit: {limit}, model: {model}\nPlease retry in {retry_s:.6}s."
+    )
+}
+
+/// 429 RESOURCE_EXHAUSTED with Help, QuotaFailure and RetryInfo. A per-day refusal still carries
+/// a short retryDelay, as the real service's does.
+pub fn quota_exceeded(
+    kind: QuotaKind,
+    embedding: bool,
+    model: &str,
+    limit: u64,
+    retry_ms: u64,
+) -> ApiError {
+    let (metric, _) = quota_ids(kind, embedding);
+    let retry_s = retry_ms as f64 / 1000.0;
+    status_body(
+        429,
+        "RESOURCE_EXHAUSTED",
+        &exceeded_message(metric, limit, model, retry_s),
+        vec![
+            help(),
+            json!({
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [violation(kind, embedding, model, limit)]
+            }),
+            json!({
+                "@type": "type.googleapis.com/google.rpc.RetryInfo",
+                "retryDelay": format!("{}s", retry_ms.div_ceil(1000))
+            }),
+        ],
+    )
+}
+
+/// 429 for a model the project has no access to (`limit: 0`): every quota is violated and none
+/// has a value (proto3 leaves the zero out).
+pub fn limit_zero(embedding: bool, model: &str) -> ApiError {
+    let (metric, _) = quota_ids(QuotaKind::PerMinute, embedding);
+    status_body(
+        429,
+        "RESOURCE_EXHAUSTED",
+        &exceeded_message(metric, 0, model, 20.0),
+        vec![
+            json!({
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [
+                    violation(QuotaKind::Tokens, embedding, model, 0),
+                    violation(QuotaKind::PerMinute, embedding, model, 0),
+                    violation(QuotaKind::PerDay, embedding, model, 0),
+                ]
+            }),
+            help(),
+            json!({ "@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "20s" }),
+        ],
+    )
+}
+
+/// A 429 with no details at all.
+pub fn bare_429() -> ApiError {
+    status_body(
+        429,
+        "RESOURCE_EXHAUSTED",
+        "Resource has been exhausted (e.g. check quota).",
+        vec![],
+    )
+}
+
+fn error_info(reason: &str, metadata: Value) -> Value {
+    json!({
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": reason,
+        "domain": "googleapis.com",
+        "metadata": metadata
+    })
+}
+
+fn localized(message: &str) -> Value {
+    json!({
+        "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+        "locale": "en-US",
+        "message": message
+    })
+}
+
+/// 400 API_KEY_INVALID.
+pub fn key_invalid() -> ApiError {
+    let m = "API key not valid. Please pass a valid API key.";
+    status_body(
+        400,
+        "INVALID_ARGUMENT",
+        m,
+        vec![
+            error_info(
+                "API_KEY_INVALID",
+                json!({ "service": "generativelanguage.googleapis.com" }),
+            ),
+            localized(m),
+        ],
+    )
+}
+
+/// 400 API_KEY_INVALID for an expired key.
+pub fn key_expired() -> ApiError {
+    let m = "API key expired. Please renew the API key.";
+    status_body(
+        400,
+        "INVALID_ARGUMENT",
+        m,
+        vec![
+            error_info(
+                "API_KEY_INVALID",
+                json!({ "service": "generativelanguage.googleapis.com" }),
+            ),
+            localized(m),
+        ],
+    )
+}
+
+/// 403 for a key reported as leaked.
+pub fn key_leaked() -> ApiError {
+    status_body(
+        403,
+        "PERMISSION_DENIED",
+        "Your API key was reported as leaked. Please use another API key.",
+        vec![],
+    )
+}
+
+/// 403 CONSUMER_SUSPENDED. Like the real service, the message names the consumer — the key
+/// itself — so a client that logs server messages verbatim leaks it; tests rely on that.
+pub fn key_suspended(key: &str) -> ApiError {
+    status_body(
+        403,
+        "PERMISSION_DENIED",
+        &format!("Permission denied: Consumer 'api_key:{key}' has been suspended."),
+        vec![error_info(
+            "CONSUMER_SUSPENDED",
+            json!({ "consumer": format!("projects/{}", project_number(key)), "service": "generativelanguage.googleapis.com" }),
+        )],
+    )
+}
+
+/// 403 SERVICE_DISABLED.
+pub fn service_disabled(project: &str) -> ApiError {
+    let n = project_number(project);
+    status_body(
+        403,
+        "PERMISSION_DENIED",
+        &format!(
+            "Generative Language API has not been used in project {n} before or it is disabled. \
+             Enable it by visiting https://console.developers.google.com/apis/api/generativelanguage.googleapis.com/overview?project={n} \
+             then retry. If you enabled this API recently, wait a few minutes for the action to \
+             propagate to our systems and retry."
+        ),
+        vec![error_info(
+            "SERVICE_DISABLED",
+            json!({ "consumer": format!("projects/{n}"), "service": "generativelanguage.googleapis.com" }),
+        )],
+    )
+}
+
+/// 403 API_KEY_SERVICE_BLOCKED.
+pub fn key_blocked(method: &str) -> ApiError {
+    status_body(
+        403,
+        "PERMISSION_DENIED",
+        &format!(
+            "Requests to this API generativelanguage.googleapis.com method \
+             google.ai.generativelanguage.v1beta.GenerativeService.{method} are blocked."
+        ),
+        vec![error_info(
+            "API_KEY_SERVICE_BLOCKED",
+            json!({ "service": "generativelanguage.googleapis.com", "methodName": format!("google.ai.generativelanguage.v1beta.GenerativeService.{method}") }),
+        )],
+    )
+}
+
+/// 403 without any key.
+pub fn no_key() -> ApiError {
+    status_body(
+        403,
+        "PERMISSION_DENIED",
+        "Method doesn't allow unregistered callers (callers without established identity). \
+         Please use API Key or other form of API consumer identity to call this API.",
+        vec![],
+    )
+}
+
+/// 404 for a model that does not exist or does not serve the method.
+pub fn model_not_found(model: &str, version: &str, method: &str) -> ApiError {
+    status_body(
+        404,
+        "NOT_FOUND",
+        &format!(
+            "models/{model} is not found for API version {version}, or is not supported for \
+             {method}. Call ListModels to see the list of available models and their supported methods."
+        ),
+        vec![],
+    )
+}
+
+/// 400 for a batch of more than 100.
+pub fn batch_too_large() -> ApiError {
+    status_body(
+        400,
+        "INVALID_ARGUMENT",
+        "* BatchEmbedContentsRequest.requests: at most 100 requests can be in one batch\n",
+        vec![],
+    )
+}
+
+/// 400 for a body that is not a valid request.
+pub fn invalid_payload(detail: &str) -> ApiError {
+    status_body(
+        400,
+        "INVALID_ARGUMENT",
+        &format!("Invalid JSON payload received. {detail}"),
+        vec![json!({
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": [{ "description": format!("Invalid JSON payload received. {detail}") }]
+        })],
+    )
+}
+
+/// 400 for a request that parses but is not acceptable.
+pub fn invalid_argument(message: &str) -> ApiError {
+    status_body(400, "INVALID_ARGUMENT", message, vec![])
+}
+
+/// 500 INTERNAL.
+pub fn internal() -> ApiError {
+    status_body(
+        500,
+        "INTERNAL",
+        "An internal error has occurred. Please retry or report in https://developers.generativeai.google/guide/troubleshooting",
+        vec![],
+    )
+}
+
+/// 503 UNAVAILABLE.
+pub fn overloaded() -> ApiError {
+    status_body(
+        503,
+        "UNAVAILABLE",
+        "The model is overloaded. Please try again later.",
+        vec![],
+    )
+}
+
+/// 504 DEADLINE_EXCEEDED.
+pub fn deadline() -> ApiError {
+    status_body(
+        504,
+        "DEADLINE_EXCEEDED",
+        "Deadline expired before operation could complete.",
+        vec![],
+    )
+}
+
+/// A stable made-up project number for messages.
+fn project_number(s: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(s.as_bytes());
+    100_000_000_000 + u64::from_be_bytes([0, 0, 0, d[0], d[1], d[2], d[3], d[4]]) % 900_000_000_000
+}

@@ -1,0 +1,808 @@
+//! The HTTP surface: Gemini's endpoints under `/v1beta/` and `/v1/`, and `/admin/…`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use crate::config::{Faults, KeyState, Limits, ServedModel, SimConfig};
+use crate::content::{embedding, json_reply, seed_of, text_reply};
+use crate::errors::{self, ApiError};
+use crate::state::{KeyInfo, SimState};
+use crate::wire::{
+    BatchEmbedContentsRequest, CountTokensRequest, EmbedContentRequest, GenerateContentRequest,
+    count_tokens, describe_parse_error,
+};
+
+/// Default embedding size of gemini-embedding-001.
+pub const DEFAULT_EMBEDDING_DIMS: u32 = 3072;
+
+/// A running simulator.
+#[derive(Debug)]
+pub struct Simulator {
+    addr: SocketAddr,
+    state: Arc<SimState>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Simulator {
+    /// Binds (port 0: a free port) and serves in the background.
+    pub async fn start(config: SimConfig) -> std::io::Result<Self> {
+        config
+            .validate()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+        let listener = tokio::net::TcpListener::bind((config.bind, config.port)).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(SimState::new(config));
+        let app = router(state.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                rx.await.ok();
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "simulator stopped");
+            }
+        });
+        Ok(Self {
+            addr,
+            state,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ip:port`, with no version segment (like `GEMINI_BASE_URL`).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Its state (stats, clock, faults), for in-process tests and tools.
+    pub fn state(&self) -> &Arc<SimState> {
+        &self.state
+    }
+
+    /// Stops serving and waits for in-flight requests.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            tx.send(()).ok();
+        }
+        (&mut self.task).await.ok();
+    }
+
+    /// Serves until the process gets Ctrl-C.
+    pub async fn wait(mut self) {
+        tokio::signal::ctrl_c().await.ok();
+        if let Some(tx) = self.shutdown.take() {
+            tx.send(()).ok();
+        }
+        (&mut self.task).await.ok();
+    }
+}
+
+/// The router, for embedding the simulator in another server.
+pub fn router(state: Arc<SimState>) -> Router {
+    Router::new()
+        .route("/{version}/models", get(list_models))
+        .route("/{version}/models/{name}", get(get_model).post(call_model))
+        .route("/admin/stats", get(admin_stats))
+        .route("/admin/reset", post(admin_reset))
+        .route("/admin/advance", post(admin_advance))
+        .route("/admin/advance-day", post(admin_advance_day))
+        .route("/admin/faults", get(admin_get_faults).put(admin_set_faults))
+        .route("/admin/limits", axum::routing::put(admin_set_limits))
+        .route("/admin/keys", axum::routing::put(admin_set_key))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ApiQuery {
+    key: Option<String>,
+    alt: Option<String>,
+}
+
+fn json_response(status: u16, body: &Value) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = Response::new(Body::from(bytes));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=UTF-8"),
+    );
+    r
+}
+
+fn error_response(st: &SimState, key: Option<&KeyInfo>, e: &ApiError) -> Response {
+    st.record_status(key, e.status);
+    json_response(e.status, &e.body)
+}
+
+fn version_ok(v: &str) -> bool {
+    v == "v1beta" || v == "v1"
+}
+
+fn not_found() -> ApiError {
+    ApiError {
+        status: 404,
+        body: json!({"error": {"code": 404, "message": "Requested entity was not found.", "status": "NOT_FOUND"}}),
+    }
+}
+
+/// Authenticates: the key from `x-goog-api-key`, else from `?key=` (counted: clients should never
+/// put keys in URLs). Dead keys get their real refusal.
+fn authenticate(
+    st: &SimState,
+    headers: &HeaderMap,
+    q: &ApiQuery,
+    method: &str,
+) -> Result<KeyInfo, Box<Response>> {
+    let from_header = headers
+        .get("x-goog-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (key, via_query) = match (from_header, &q.key) {
+        (Some(k), _) => (k, false),
+        (None, Some(k)) => (k.clone(), true),
+        (None, None) => return Err(Box::new(error_response(st, None, &errors::no_key()))),
+    };
+    let Some(info) = st.key(&key, via_query) else {
+        return Err(Box::new(error_response(st, None, &errors::key_invalid())));
+    };
+    let refusal = match info.state {
+        KeyState::Valid => return Ok(info),
+        KeyState::Invalid => errors::key_invalid(),
+        KeyState::Expired => errors::key_expired(),
+        KeyState::Leaked => errors::key_leaked(),
+        KeyState::Suspended => errors::key_suspended(&key),
+        KeyState::ServiceDisabled => errors::service_disabled(&info.project),
+        KeyState::Blocked => errors::key_blocked(method),
+    };
+    Err(Box::new(error_response(st, Some(&info), &refusal)))
+}
+
+fn model_json(name: &str, m: &ServedModel) -> Value {
+    let methods: &[&str] = if m.embedding {
+        &[
+            "embedContent",
+            "countTextTokens",
+            "countTokens",
+            "asyncBatchEmbedContent",
+        ]
+    } else {
+        &[
+            "generateContent",
+            "countTokens",
+            "createCachedContent",
+            "batchGenerateContent",
+        ]
+    };
+    let mut v = json!({
+        "name": format!("models/{name}"),
+        "version": "001",
+        "displayName": name,
+        "description": format!("Simulated {name}"),
+        "inputTokenLimit": m.input_token_limit,
+        "outputTokenLimit": m.output_token_limit,
+        "supportedGenerationMethods": methods,
+    });
+    if !m.embedding {
+        v["temperature"] = json!(1.0);
+        v["topP"] = json!(0.95);
+        v["topK"] = json!(64);
+        v["maxTemperature"] = json!(2.0);
+        v["thinking"] = json!(m.thinking);
+    }
+    v
+}
+
+async fn list_models(
+    State(st): State<Arc<SimState>>,
+    Path(version): Path<String>,
+    Query(q): Query<ApiQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if !version_ok(&version) {
+        return error_response(&st, None, &not_found());
+    }
+    let key = match authenticate(&st, &headers, &q, "ListModels") {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    let models: Vec<Value> = st
+        .served_models()
+        .iter()
+        .map(|(n, m)| model_json(n, m))
+        .collect();
+    st.record_status(Some(&key), 200);
+    json_response(200, &json!({ "models": models }))
+}
+
+async fn get_model(
+    State(st): State<Arc<SimState>>,
+    Path((version, name)): Path<(String, String)>,
+    Query(q): Query<ApiQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if !version_ok(&version) {
+        return error_response(&st, None, &not_found());
+    }
+    let key = match authenticate(&st, &headers, &q, "GetModel") {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    match st.served(&name) {
+        Some(m) => {
+            st.record_status(Some(&key), 200);
+            json_response(200, &model_json(&name, &m))
+        }
+        None => error_response(
+            &st,
+            Some(&key),
+            &errors::model_not_found(&name, &version, "get"),
+        ),
+    }
+}
+
+/// What fault, if any, this request gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    None,
+    Internal,
+    Overloaded,
+    Deadline,
+    Bare429,
+    Drop,
+    Malformed,
+}
+
+fn draw_fault(f: &Faults) -> (Fault, u64) {
+    let mut rng = rand::rng();
+    let delay = f.latency_ms
+        + if f.jitter_ms > 0 {
+            rng.random_range(0..=f.jitter_ms)
+        } else {
+            0
+        };
+    let r: f64 = rng.random();
+    let mut acc = 0.0;
+    for (p, fault) in [
+        (f.p500, Fault::Internal),
+        (f.p503, Fault::Overloaded),
+        (f.p504, Fault::Deadline),
+        (f.p429_bare, Fault::Bare429),
+        (f.p_drop, Fault::Drop),
+        (f.p_malformed, Fault::Malformed),
+    ] {
+        acc += p;
+        if r < acc {
+            return (fault, delay);
+        }
+    }
+    (Fault::None, delay)
+}
+
+fn dropped() -> Response {
+    // A body that fails mid-way: hyper aborts the connection without a complete response.
+    let stream = futures::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other("simulated dropped connection"))
+    });
+    let mut r = Response::new(Body::from_stream(stream));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=UTF-8"),
+    );
+    r
+}
+
+fn malformed(body: &Value) -> Response {
+    let full = serde_json::to_vec(body).unwrap_or_default();
+    let cut = full[..full.len() / 2].to_vec();
+    let mut r = Response::new(Body::from(cut));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=UTF-8"),
+    );
+    r
+}
+
+enum Call {
+    Generate(GenerateContentRequest, bool),
+    Count(CountTokensRequest),
+    Embed(EmbedContentRequest),
+    Batch(BatchEmbedContentsRequest),
+}
+
+fn parse<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| errors::invalid_payload(&describe_parse_error(&e)))
+}
+
+async fn call_model(
+    State(st): State<Arc<SimState>>,
+    Path((version, name)): Path<(String, String)>,
+    Query(q): Query<ApiQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if !version_ok(&version) {
+        return error_response(&st, None, &not_found());
+    }
+    let Some((model, action)) = name.split_once(':') else {
+        return error_response(&st, None, &not_found());
+    };
+    let method = match action {
+        "generateContent" => "GenerateContent",
+        "streamGenerateContent" => "StreamGenerateContent",
+        "countTokens" => "CountTokens",
+        "embedContent" => "EmbedContent",
+        "batchEmbedContents" => "BatchEmbedContents",
+        _ => return error_response(&st, None, &not_found()),
+    };
+    let key = match authenticate(&st, &headers, &q, method) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    let served = st.served(model);
+    let embed_action = matches!(action, "embedContent" | "batchEmbedContents");
+    let generate_action = matches!(action, "generateContent" | "streamGenerateContent");
+    let Some(served) =
+        served.filter(|m| (m.embedding && !generate_action) || (!m.embedding && !embed_action))
+    else {
+        return error_response(
+            &st,
+            Some(&key),
+            &errors::model_not_found(model, &version, action),
+        );
+    };
+
+    let parsed = match action {
+        "generateContent" => parse(&body).map(|r| Call::Generate(r, false)),
+        "streamGenerateContent" => parse(&body).map(|r| Call::Generate(r, true)),
+        "countTokens" => parse(&body).map(Call::Count),
+        "embedContent" => parse(&body).map(Call::Embed),
+        _ => parse(&body).map(Call::Batch),
+    };
+    let call = match parsed {
+        Ok(c) => c,
+        Err(e) => return error_response(&st, Some(&key), &e),
+    };
+
+    // countTokens spends no generation quota and gets no faults.
+    let call = match call {
+        Call::Count(req) => {
+            let text = match (&req.contents, &req.generate_content_request) {
+                (_, Some(g)) => g.prompt_text(),
+                (Some(cs), None) => cs.iter().map(|c| c.text()).collect::<Vec<_>>().join(" "),
+                (None, None) => String::new(),
+            };
+            let n = count_tokens(&text);
+            st.record_status(Some(&key), 200);
+            return json_response(
+                200,
+                &json!({"totalTokens": n, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": n}]}),
+            );
+        }
+        other => other,
+    };
+
+    // Validate before spending quota, as the real service does.
+    let (requests, tokens) = match &call {
+        Call::Generate(r, _) => (1, count_tokens(&r.prompt_text())),
+        Call::Embed(r) => {
+            if let Err(e) = check_embed(r, model, false) {
+                return error_response(&st, Some(&key), &e);
+            }
+            (1, count_tokens(&embed_text(r)))
+        }
+        Call::Batch(b) => {
+            if b.requests.len() > 100 {
+                return error_response(&st, Some(&key), &errors::batch_too_large());
+            }
+            if b.requests.is_empty() {
+                return error_response(
+                    &st,
+                    Some(&key),
+                    &errors::invalid_argument(
+                        "* BatchEmbedContentsRequest.requests: requests must not be empty\n",
+                    ),
+                );
+            }
+            for r in &b.requests {
+                if let Err(e) = check_embed(r, model, true) {
+                    return error_response(&st, Some(&key), &e);
+                }
+            }
+            let t = b
+                .requests
+                .iter()
+                .map(|r| count_tokens(&embed_text(r)))
+                .sum();
+            (b.requests.len() as u64, t)
+        }
+        Call::Count(_) => (0, 0),
+    };
+
+    let (fault, delay) = draw_fault(&st.faults());
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let early = match fault {
+        Fault::Internal => Some(errors::internal()),
+        Fault::Overloaded => Some(errors::overloaded()),
+        Fault::Deadline => Some(errors::deadline()),
+        Fault::Bare429 => Some(errors::bare_429()),
+        _ => None,
+    };
+    if let Some(e) = early {
+        return error_response(&st, Some(&key), &e);
+    }
+
+    let limits = st.limits(&key.project, model);
+    if limits.is_zero() {
+        return error_response(
+            &st,
+            Some(&key),
+            &errors::limit_zero(served.embedding, model),
+        );
+    }
+    if let Err(r) = st.admit(&key.project, model, requests, tokens) {
+        let e = errors::quota_exceeded(r.kind, served.embedding, model, r.limit, r.retry_ms);
+        return error_response(&st, Some(&key), &e);
+    }
+
+    let response_id = format!(
+        "sim-{:012x}",
+        st.response_seq.fetch_add(1, Ordering::Relaxed)
+    );
+    let body = match call {
+        Call::Generate(req, true) => {
+            st.record_status(Some(&key), 200);
+            if fault == Fault::Drop {
+                return dropped();
+            }
+            let sse = q.alt.as_deref() == Some("sse");
+            return stream_response(&req, model, &served, &response_id, sse, st.faults());
+        }
+        Call::Generate(req, false) => generate(&req, model, &served, &response_id),
+        Call::Embed(req) => {
+            json!({"embedding": {"values": embedding(&embed_text(&req), req.task_type.as_deref().unwrap_or(""), dims(&req))}})
+        }
+        Call::Batch(b) => {
+            let embeddings: Vec<Value> = b
+                .requests
+                .iter()
+                .map(|r| json!({"values": embedding(&embed_text(r), r.task_type.as_deref().unwrap_or(""), dims(r))}))
+                .collect();
+            json!({ "embeddings": embeddings })
+        }
+        Call::Count(_) => Value::Null,
+    };
+    st.record_status(Some(&key), 200);
+    match fault {
+        Fault::Drop => dropped(),
+        Fault::Malformed => malformed(&body),
+        _ => json_response(200, &body),
+    }
+}
+
+fn embed_text(r: &EmbedContentRequest) -> String {
+    match &r.title {
+        Some(t) => format!("{t} {}", r.content.text()),
+        None => r.content.text(),
+    }
+}
+
+fn dims(r: &EmbedContentRequest) -> usize {
+    r.output_dimensionality.unwrap_or(DEFAULT_EMBEDDING_DIMS) as usize
+}
+
+fn check_embed(r: &EmbedContentRequest, model: &str, in_batch: bool) -> Result<(), ApiError> {
+    if in_batch {
+        match r.model.as_deref() {
+            None => {
+                return Err(errors::invalid_argument(
+                    "* BatchEmbedContentsRequest.requests[0].model: unexpected model name format\n",
+                ));
+            }
+            Some(m) if m.strip_prefix("models/").unwrap_or(m) != model => {
+                return Err(errors::invalid_argument(&format!(
+                    "Model {m} in the request does not match the model models/{model} in the URL."
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    if r.content.text().trim().is_empty() {
+        return Err(errors::invalid_argument(
+            "* EmbedContentRequest.content: contents must not be empty\n",
+        ));
+    }
+    if let Some(d) = r.output_dimensionality
+        && !(1..=DEFAULT_EMBEDDING_DIMS).contains(&d)
+    {
+        return Err(errors::invalid_argument(&format!(
+            "* EmbedContentRequest.output_dimensionality: must be between 1 and {DEFAULT_EMBEDDING_DIMS}, got {d}\n"
+        )));
+    }
+    Ok(())
+}
+
+struct Reply {
+    text: String,
+    finish: &'static str,
+    prompt_tokens: u64,
+    candidate_tokens: u64,
+    thoughts: u64,
+}
+
+fn reply_for(req: &GenerateContentRequest, model: &str, served: &ServedModel, index: u32) -> Reply {
+    let prompt = req.prompt_text();
+    let seed = seed_of(&[model, &prompt, &index.to_string()]);
+    let gc = req.generation_config.clone().unwrap_or_default();
+    let json_mode = gc.response_mime_type.as_deref() == Some("application/json");
+    let schema = gc
+        .response_schema
+        .as_ref()
+        .or(gc.response_json_schema.as_ref());
+    let (mut text, mut finish) = if json_mode {
+        let v = match schema {
+            Some(s) => json_reply(&prompt, seed, s),
+            None => json!({ "answer": text_reply(&prompt, seed, 12) }),
+        };
+        (serde_json::to_string(&v).unwrap_or_default(), "STOP")
+    } else {
+        (text_reply(&prompt, seed, 24), "STOP")
+    };
+    if !json_mode
+        && let Some(max) = gc.max_output_tokens
+        && count_tokens(&text) > u64::from(max)
+    {
+        text = text.chars().take(max as usize * 4).collect();
+        finish = "MAX_TOKENS";
+    }
+    let thoughts = if served.thinking { 8 + seed % 24 } else { 0 };
+    Reply {
+        prompt_tokens: count_tokens(&prompt),
+        candidate_tokens: count_tokens(&text),
+        text,
+        finish,
+        thoughts,
+    }
+}
+
+fn usage(prompt: u64, candidates: u64, thoughts: u64) -> Value {
+    let mut u = json!({
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": candidates,
+        "totalTokenCount": prompt + candidates + thoughts,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}],
+    });
+    if thoughts > 0 {
+        u["thoughtsTokenCount"] = json!(thoughts);
+    }
+    u
+}
+
+fn generate(req: &GenerateContentRequest, model: &str, served: &ServedModel, id: &str) -> Value {
+    let n = req
+        .generation_config
+        .as_ref()
+        .and_then(|g| g.candidate_count)
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let replies: Vec<Reply> = (0..n).map(|i| reply_for(req, model, served, i)).collect();
+    let candidates: Vec<Value> = replies
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            json!({
+                "content": {"parts": [{"text": r.text}], "role": "model"},
+                "finishReason": r.finish,
+                "index": i,
+            })
+        })
+        .collect();
+    let prompt = replies[0].prompt_tokens;
+    let cand: u64 = replies.iter().map(|r| r.candidate_tokens).sum();
+    let thoughts: u64 = replies.iter().map(|r| r.thoughts).sum();
+    json!({
+        "candidates": candidates,
+        "usageMetadata": usage(prompt, cand, thoughts),
+        "modelVersion": model,
+        "responseId": id,
+    })
+}
+
+fn stream_response(
+    req: &GenerateContentRequest,
+    model: &str,
+    served: &ServedModel,
+    id: &str,
+    sse: bool,
+    faults: Faults,
+) -> Response {
+    let r = reply_for(req, model, served, 0);
+    // Split the text into up to three chunks on char boundaries.
+    let chars: Vec<char> = r.text.chars().collect();
+    let pieces = 3.min(chars.len().max(1));
+    let per = chars.len().div_ceil(pieces).max(1);
+    let chunks: Vec<String> = chars.chunks(per).map(|c| c.iter().collect()).collect();
+    let last = chunks.len().saturating_sub(1);
+    let mut sent_tokens = 0;
+    let events: Vec<String> = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, piece)| {
+            sent_tokens += count_tokens(piece);
+            let mut cand =
+                json!({"content": {"parts": [{"text": piece}], "role": "model"}, "index": 0});
+            let thoughts = if i == last { r.thoughts } else { 0 };
+            let tokens = if i == last {
+                r.candidate_tokens
+            } else {
+                sent_tokens
+            };
+            if i == last {
+                cand["finishReason"] = json!(r.finish);
+            }
+            let chunk = json!({
+                "candidates": [cand],
+                "usageMetadata": usage(r.prompt_tokens, tokens, thoughts),
+                "modelVersion": model,
+                "responseId": id,
+            });
+            let text = serde_json::to_string(&chunk).unwrap_or_default();
+            if sse {
+                format!("data: {text}\r\n\r\n")
+            } else if i == 0 {
+                format!("[{text}")
+            } else {
+                format!(",\r\n{text}")
+            }
+        })
+        .chain((!sse).then(|| "]".to_owned()))
+        .collect();
+    let delay = Duration::from_millis(faults.stream_chunk_delay_ms);
+    let stream =
+        futures::stream::iter(events.into_iter().enumerate()).then(move |(i, e)| async move {
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Ok::<Bytes, Infallible>(Bytes::from(e))
+        });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let ct = if sse {
+        "text/event-stream"
+    } else {
+        "application/json; charset=UTF-8"
+    };
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    resp
+}
+
+// --- admin -------------------------------------------------------------------------------------
+
+async fn admin_stats(State(st): State<Arc<SimState>>) -> Response {
+    json_response(200, &st.stats())
+}
+
+async fn admin_reset(State(st): State<Arc<SimState>>) -> Response {
+    st.reset();
+    json_response(200, &json!({"reset": true}))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Advance {
+    seconds: u64,
+}
+
+async fn admin_advance(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Advance>(&body) {
+        Ok(a) => {
+            st.clock.advance(a.seconds as i64 * 1000);
+            json_response(200, &json!({"now_ms": st.clock.now_ms()}))
+        }
+        Err(e) => json_response(400, &json!({"error": e.to_string()})),
+    }
+}
+
+async fn admin_advance_day(State(st): State<Arc<SimState>>) -> Response {
+    let to = st.advance_day();
+    json_response(200, &json!({"now_ms": to}))
+}
+
+async fn admin_get_faults(State(st): State<Arc<SimState>>) -> Response {
+    json_response(200, &serde_json::to_value(st.faults()).unwrap_or_default())
+}
+
+async fn admin_set_faults(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<Faults>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|f| {
+            f.validate().map_err(|e| e.to_string())?;
+            Ok(f)
+        }) {
+        Ok(f) => {
+            st.set_faults(f);
+            json_response(200, &serde_json::to_value(f).unwrap_or_default())
+        }
+        Err(e) => json_response(400, &json!({"error": e})),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetLimits {
+    model: String,
+    #[serde(default)]
+    project: Option<String>,
+    #[serde(default)]
+    rpm: Option<u64>,
+    #[serde(default)]
+    tpm: Option<u64>,
+    #[serde(default)]
+    rpd: Option<u64>,
+}
+
+async fn admin_set_limits(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<SetLimits>(&body) {
+        Ok(s) => {
+            let limits = Limits {
+                rpm: s.rpm,
+                tpm: s.tpm,
+                rpd: s.rpd,
+            };
+            st.set_limits(s.project.as_deref(), &s.model, limits);
+            json_response(200, &json!({"ok": true}))
+        }
+        Err(e) => json_response(400, &json!({"error": e.to_string()})),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetKey {
+    label: String,
+    state: KeyState,
+}
+
+async fn admin_set_key(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<SetKey>(&body) {
+        Ok(s) if st.set_key_state(&s.label, s.state) => json_response(200, &json!({"ok": true})),
+        Ok(s) => json_response(
+            404,
+            &json!({"error": format!("no key labelled {}", s.label)}),
+        ),
+        Err(e) => json_response(400, &json!({"error": e.to_string()})),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        json_response(self.status, &self.body)
+    }
+}

@@ -1,0 +1,519 @@
+//! The simulated service's state: its clock (real time plus an offset that admin can advance),
+//! keys, quotas per (project, model) and stats.
+//!
+//! Quotas are exact: a sliding log of admissions over the last 60 s (the window is
+//! `(now - 60 s, now]`), and a count per Pacific calendar day. This is deliberately a different
+//! rule from keyturn-core's one-second buckets, so the two cannot share a mistake.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use jiff::civil::Date;
+use jiff::tz::TimeZone;
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Faults, KeyState, Limits, SimConfig};
+use crate::errors::QuotaKind;
+
+const MINUTE_MS: i64 = 60_000;
+
+/// Real time plus an offset.
+#[derive(Debug, Default)]
+pub struct SimClock {
+    offset_ms: AtomicI64,
+}
+
+impl SimClock {
+    /// Now (Unix ms) in the simulated world.
+    #[allow(clippy::disallowed_methods)] // the simulator is its own world with its own clock
+    pub fn now_ms(&self) -> i64 {
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        real + self.offset_ms.load(Ordering::Relaxed)
+    }
+
+    /// Moves simulated time forward.
+    pub fn advance(&self, ms: i64) {
+        self.offset_ms.fetch_add(ms.max(0), Ordering::Relaxed);
+    }
+
+    /// The offset from real time.
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms.load(Ordering::Relaxed)
+    }
+}
+
+fn pacific() -> TimeZone {
+    jiff::tz::db()
+        .get("America/Los_Angeles")
+        .unwrap_or(TimeZone::UTC)
+}
+
+/// The Pacific date of an instant.
+pub fn pacific_date(ms: i64) -> Date {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_zoned_datetime(pacific()).date())
+        .unwrap_or_default()
+}
+
+/// The next Pacific midnight after `ms`.
+pub fn next_pacific_midnight(ms: i64) -> i64 {
+    let tz = pacific();
+    pacific_date(ms)
+        .tomorrow()
+        .ok()
+        .and_then(|d| d.to_zoned_datetime(tz).ok())
+        .map_or(ms + 86_400_000, |z| z.timestamp().as_millisecond())
+}
+
+/// A key as the simulator knows it.
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    /// Index in stats.
+    pub index: usize,
+    /// Label.
+    pub label: String,
+    /// Project.
+    pub project: String,
+    /// State.
+    pub state: KeyState,
+}
+
+/// Why a request was refused by quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// Which quota.
+    pub kind: QuotaKind,
+    /// Its limit.
+    pub limit: u64,
+    /// When to retry (ms from now).
+    pub retry_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct ScopeQuota {
+    log: VecDeque<(i64, u64, u64)>,
+    requests: u64,
+    tokens: u64,
+    day: Date,
+    day_count: u64,
+    admitted: u64,
+    refused: BTreeMap<&'static str, u64>,
+    peak_rpm: u64,
+    peak_tpm: u64,
+}
+
+impl ScopeQuota {
+    fn evict(&mut self, now: i64) {
+        while let Some(&(t, r, k)) = self.log.front() {
+            if t > now - MINUTE_MS {
+                break;
+            }
+            self.log.pop_front();
+            self.requests -= r;
+            self.tokens -= k;
+        }
+        let today = pacific_date(now);
+        if today != self.day {
+            self.day = today;
+            self.day_count = 0;
+        }
+    }
+
+    /// When `n` requests and `t` tokens would fit under rpm/tpm (ms from now).
+    fn minute_retry(&self, now: i64, n: u64, t: u64, l: &Limits) -> u64 {
+        let (mut r, mut k) = (self.requests, self.tokens);
+        for &(at, rr, kk) in &self.log {
+            r -= rr;
+            k -= kk;
+            if l.rpm.is_none_or(|x| r + n <= x) && l.tpm.is_none_or(|x| k + t <= x) {
+                return (at + MINUTE_MS - now + 1).max(1) as u64;
+            }
+        }
+        1
+    }
+
+    fn admit(&mut self, now: i64, n: u64, t: u64, l: &Limits) -> Result<(), Refusal> {
+        self.evict(now);
+        let refuse = |kind, limit, retry_ms| Refusal {
+            kind,
+            limit,
+            retry_ms,
+        };
+        let result = if let Some(rpd) = l.rpd.filter(|x| self.day_count + n > *x) {
+            // Like the real service: a short retryDelay even though the day is over.
+            let to_next_minute = (MINUTE_MS - now.rem_euclid(MINUTE_MS)) as u64;
+            Err(refuse(QuotaKind::PerDay, rpd, to_next_minute.max(1000)))
+        } else if let Some(rpm) = l.rpm.filter(|x| self.requests + n > *x) {
+            Err(refuse(
+                QuotaKind::PerMinute,
+                rpm,
+                self.minute_retry(now, n, t, l),
+            ))
+        } else if let Some(tpm) = l.tpm.filter(|x| self.tokens + t > *x) {
+            Err(refuse(
+                QuotaKind::Tokens,
+                tpm,
+                self.minute_retry(now, n, t, l),
+            ))
+        } else {
+            Ok(())
+        };
+        match result {
+            Ok(()) => {
+                self.log.push_back((now, n, t));
+                self.requests += n;
+                self.tokens += t;
+                self.day_count += n;
+                self.admitted += n;
+                self.peak_rpm = self.peak_rpm.max(self.requests);
+                self.peak_tpm = self.peak_tpm.max(self.tokens);
+                Ok(())
+            }
+            Err(r) => {
+                let name = match r.kind {
+                    QuotaKind::PerDay => "per-day",
+                    QuotaKind::PerMinute => "per-minute",
+                    QuotaKind::Tokens => "tokens",
+                };
+                *self.refused.entry(name).or_default() += 1;
+                Err(r)
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+struct KeyStats {
+    requests: u64,
+    by_status: BTreeMap<u16, u64>,
+    query_key_uses: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    keys: HashMap<String, KeyInfo>,
+    key_stats: Vec<KeyStats>,
+    key_fingerprints: Vec<String>,
+    quotas: BTreeMap<(String, String), ScopeQuota>,
+    config: SimConfig,
+}
+
+/// Shared state of a running simulator.
+#[derive(Debug)]
+pub struct SimState {
+    /// The simulated clock.
+    pub clock: SimClock,
+    inner: Mutex<Inner>,
+    faults: RwLock<Faults>,
+    /// Responses served.
+    pub responses: AtomicU64,
+    /// Counter for response ids.
+    pub response_seq: AtomicU64,
+}
+
+/// 8 hex digits of SHA-256: how stats name keys.
+pub fn fingerprint(key: &str) -> String {
+    let d = Sha256::digest(key.as_bytes());
+    format!("{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
+}
+
+impl SimState {
+    /// State for a configuration.
+    pub fn new(config: SimConfig) -> Self {
+        let faults = config.faults;
+        let mut inner = Inner {
+            config,
+            ..Inner::default()
+        };
+        for k in inner.config.keys.clone() {
+            let fp = fingerprint(&k.key);
+            register(
+                &mut inner,
+                &k.key,
+                k.label.unwrap_or_else(|| fp.clone()),
+                k.project,
+                k.state,
+            );
+        }
+        Self {
+            clock: SimClock::default(),
+            inner: Mutex::new(inner),
+            faults: RwLock::new(faults),
+            responses: AtomicU64::new(0),
+            response_seq: AtomicU64::new(0),
+        }
+    }
+
+    /// The key's info; in open mode (no keys configured) an unknown key is registered as valid.
+    pub fn key(&self, key: &str, via_query: bool) -> Option<KeyInfo> {
+        let mut inner = self.inner.lock();
+        let info = match inner.keys.get(key) {
+            Some(i) => i.clone(),
+            None if inner.config.keys.is_empty() => {
+                let fp = fingerprint(key);
+                register(&mut inner, key, fp, None, KeyState::Valid)
+            }
+            None => return None,
+        };
+        let s = &mut inner.key_stats[info.index];
+        s.requests += 1;
+        if via_query {
+            s.query_key_uses += 1;
+        }
+        Some(info)
+    }
+
+    /// Records the status a key's request got.
+    pub fn record_status(&self, key: Option<&KeyInfo>, status: u16) {
+        self.responses.fetch_add(1, Ordering::Relaxed);
+        if let Some(k) = key {
+            let mut inner = self.inner.lock();
+            *inner.key_stats[k.index]
+                .by_status
+                .entry(status)
+                .or_default() += 1;
+        }
+    }
+
+    /// Current faults.
+    pub fn faults(&self) -> Faults {
+        *self.faults.read()
+    }
+
+    /// Replaces the faults.
+    pub fn set_faults(&self, f: Faults) {
+        *self.faults.write() = f;
+    }
+
+    /// Limits of (project, model).
+    pub fn limits(&self, project: &str, model: &str) -> Limits {
+        self.inner.lock().config.limits(project, model)
+    }
+
+    /// Whether a model is served, and whether it embeds.
+    pub fn served(&self, model: &str) -> Option<crate::config::ServedModel> {
+        self.inner.lock().config.served(model)
+    }
+
+    /// The models served, by name.
+    pub fn served_models(&self) -> Vec<(String, crate::config::ServedModel)> {
+        let inner = self.inner.lock();
+        let mut out: Vec<(String, crate::config::ServedModel)> = crate::config::SERVED_MODELS
+            .iter()
+            .map(|m| (m.name.to_owned(), *m))
+            .collect();
+        for name in inner.config.models.keys() {
+            if !out.iter().any(|(n, _)| n == name)
+                && let Some(m) = inner.config.served(name)
+            {
+                out.push((name.clone(), m));
+            }
+        }
+        out
+    }
+
+    /// Admits `n` requests with `tokens` input tokens for (project, model), or says why not.
+    pub fn admit(&self, project: &str, model: &str, n: u64, tokens: u64) -> Result<(), Refusal> {
+        let now = self.clock.now_ms();
+        let mut inner = self.inner.lock();
+        let limits = inner.config.limits(project, model);
+        inner
+            .quotas
+            .entry((project.to_owned(), model.to_owned()))
+            .or_default()
+            .admit(now, n, tokens, &limits)
+    }
+
+    /// Changes limits at run time (`project` None: for every project).
+    pub fn set_limits(&self, project: Option<&str>, model: &str, limits: Limits) {
+        let mut inner = self.inner.lock();
+        match project {
+            None => {
+                inner.config.models.insert(model.to_owned(), limits);
+            }
+            Some(p) => {
+                inner
+                    .config
+                    .projects
+                    .entry(p.to_owned())
+                    .or_default()
+                    .models
+                    .insert(model.to_owned(), limits);
+            }
+        }
+    }
+
+    /// Changes a key's state by label. Returns false if there is no such key.
+    pub fn set_key_state(&self, label: &str, state: KeyState) -> bool {
+        let mut inner = self.inner.lock();
+        let mut found = false;
+        for info in inner.keys.values_mut() {
+            if info.label == label {
+                info.state = state;
+                found = true;
+            }
+        }
+        found
+    }
+
+    /// Clears counters and stats (keys and limits stay).
+    pub fn reset(&self) {
+        let mut inner = self.inner.lock();
+        inner.quotas.clear();
+        for s in &mut inner.key_stats {
+            *s = KeyStats::default();
+        }
+        self.responses.store(0, Ordering::Relaxed);
+    }
+
+    /// Moves the clock to the next Pacific midnight.
+    pub fn advance_day(&self) -> i64 {
+        let now = self.clock.now_ms();
+        let to = next_pacific_midnight(now);
+        self.clock.advance(to - now);
+        to
+    }
+
+    /// Stats as JSON.
+    pub fn stats(&self) -> serde_json::Value {
+        let now = self.clock.now_ms();
+        let mut inner = self.inner.lock();
+        let mut keys: Vec<&KeyInfo> = inner.keys.values().collect();
+        keys.sort_by_key(|k| k.index);
+        let key_rows: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| {
+                let s = &inner.key_stats[k.index];
+                serde_json::json!({
+                    "label": k.label,
+                    "fingerprint": inner.key_fingerprints[k.index],
+                    "project": k.project,
+                    "state": k.state,
+                    "requests": s.requests,
+                    "by_status": s.by_status,
+                    "query_key_uses": s.query_key_uses,
+                })
+            })
+            .collect();
+        let query_key_uses: u64 = inner.key_stats.iter().map(|s| s.query_key_uses).sum();
+        let mut by_status: BTreeMap<u16, u64> = BTreeMap::new();
+        for s in &inner.key_stats {
+            for (k, v) in &s.by_status {
+                *by_status.entry(*k).or_default() += v;
+            }
+        }
+        let config = inner.config.clone();
+        let scopes: Vec<serde_json::Value> = inner
+            .quotas
+            .iter_mut()
+            .map(|((project, model), q)| {
+                q.evict(now);
+                let l = config.limits(project, model);
+                serde_json::json!({
+                    "project": project,
+                    "model": model,
+                    "admitted": q.admitted,
+                    "refused": q.refused,
+                    "rpm_limit": l.rpm,
+                    "tpm_limit": l.tpm,
+                    "rpd_limit": l.rpd,
+                    "peak_rpm": q.peak_rpm,
+                    "peak_tpm": q.peak_tpm,
+                    "rpm_now": q.requests,
+                    "tpm_now": q.tokens,
+                    "day": q.day.to_string(),
+                    "day_count": q.day_count,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "now_ms": now,
+            "clock_offset_ms": self.clock.offset_ms(),
+            "pacific_date": pacific_date(now).to_string(),
+            "responses": self.responses.load(Ordering::Relaxed),
+            "by_status": by_status,
+            "query_key_uses": query_key_uses,
+            "keys": key_rows,
+            "scopes": scopes,
+        })
+    }
+}
+
+fn register(
+    inner: &mut Inner,
+    key: &str,
+    label: String,
+    project: Option<String>,
+    state: KeyState,
+) -> KeyInfo {
+    let fp = fingerprint(key);
+    let info = KeyInfo {
+        index: inner.key_stats.len(),
+        label,
+        project: project.unwrap_or_else(|| format!("key:{fp}")),
+        state,
+    };
+    inner.key_stats.push(KeyStats::default());
+    inner.key_fingerprints.push(fp);
+    inner.keys.insert(key.to_owned(), info.clone());
+    info
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sliding_log_never_admits_past_rpm_in_any_minute() {
+        let mut q = ScopeQuota::default();
+        let l = Limits::new(3, 1_000_000, 1000);
+        let t0 = 1_768_420_800_000;
+        let mut admitted = vec![];
+        for i in 0..400 {
+            let now = t0 + i * 1_000;
+            if q.admit(now, 1, 1, &l).is_ok() {
+                admitted.push(now);
+            }
+        }
+        for &a in &admitted {
+            let n = admitted
+                .iter()
+                .filter(|&&b| b >= a && b < a + 60_000)
+                .count();
+            assert!(n <= 3);
+        }
+        assert_eq!(q.peak_rpm, 3);
+        // Exactly 3 per 60 s with 1 s steps: admitted at 0,1,2, 60,61,62, ...
+        assert_eq!(admitted.len(), 3 * 7);
+    }
+
+    #[test]
+    fn refusals_name_the_quota_and_when() {
+        let mut q = ScopeQuota::default();
+        let l = Limits::new(2, 100, 1);
+        let t0 = 1_768_420_800_000;
+        assert!(q.admit(t0, 1, 10, &l).is_ok());
+        let r = q.admit(t0 + 5, 1, 10, &l).unwrap_err();
+        assert_eq!((r.kind, r.limit), (QuotaKind::PerDay, 1));
+        let l = Limits::new(1, 100, 10);
+        let r = q.admit(t0 + 10_000, 1, 10, &l).unwrap_err();
+        assert_eq!((r.kind, r.limit), (QuotaKind::PerMinute, 1));
+        assert_eq!(r.retry_ms, 50_001);
+        let l = Limits::new(10, 15, 10);
+        let r = q.admit(t0 + 10_000, 1, 10, &l).unwrap_err();
+        assert_eq!(r.kind, QuotaKind::Tokens);
+    }
+
+    #[test]
+    fn the_day_rolls_at_pacific_midnight() {
+        // 2026-01-15T07:59:59Z = 23:59:59 PST.
+        let t = 1_768_463_999_000;
+        assert_eq!(pacific_date(t).to_string(), "2026-01-14");
+        assert_eq!(pacific_date(t + 1000).to_string(), "2026-01-15");
+        assert_eq!(next_pacific_midnight(t), t + 1000);
+    }
+}
