@@ -136,6 +136,59 @@ impl Scope {
         }
     }
 
+    /// The status view of this scope (after `refresh`).
+    fn status(&self, project: String, model: String, keys: Vec<String>, now: i64) -> ScopeStatus {
+        let state = self.state(now);
+        ScopeStatus {
+            project,
+            model,
+            keys,
+            limits: self.effective,
+            source: self.source,
+            learned: self.learned,
+            rpm_used: self.window.requests(),
+            tpm_used: self.window.tokens(),
+            rpd_used: self.day.count(),
+            state,
+            cooling_until_ms: (state == ScopeState::Cooling).then(|| {
+                self.free_at(Demand::tokens(0), now)
+                    .map_or(self.cooldown_until, |(t, _)| t)
+            }),
+            exhausted_until_ms: (state == ScopeState::Exhausted)
+                .then(|| self.exhausted_until.max(self.day.day().end_ms)),
+            next_reset_ms: self.day.day().end_ms,
+        }
+    }
+
+    /// Rebuilds a scope's counters from a snapshot, as of `now`.
+    fn apply_snapshot(&mut self, ss: &ScopeSnapshot, now: i64) {
+        self.window = RollingWindow::restore(sec_of(now), ss.window.iter().copied());
+        self.day = DayCounter::restore(now, ss.day_start_ms, ss.day_count);
+        self.cooldown_until = ss.cooldown_until_ms;
+        self.exhausted_until = if ss.exhausted_until_ms > now {
+            ss.exhausted_until_ms
+        } else {
+            0
+        };
+        self.set_learned(ss.learned);
+    }
+
+    fn fresh(project: u32, configured: ModelLimits, source: LimitSource, now_ms: i64) -> Self {
+        let mut window = RollingWindow::new();
+        window.advance(sec_of(now_ms));
+        Self {
+            project,
+            configured,
+            source,
+            learned: ModelLimits::UNLIMITED,
+            effective: configured,
+            window,
+            day: DayCounter::new(now_ms),
+            cooldown_until: 0,
+            exhausted_until: 0,
+        }
+    }
+
     fn clear(&mut self, now_ms: i64) {
         self.window = RollingWindow::new();
         self.window.advance(sec_of(now_ms));
@@ -257,19 +310,9 @@ impl InMemoryLedger {
                 );
                 warned = true;
             }
-            let mut window = RollingWindow::new();
-            window.advance(sec_of(now_ms));
-            inner.scopes.push(Scope {
-                project: p as u32,
-                configured,
-                source,
-                learned: ModelLimits::UNLIMITED,
-                effective: configured,
-                window,
-                day: DayCounter::new(now_ms),
-                cooldown_until: 0,
-                exhausted_until: 0,
-            });
+            inner
+                .scopes
+                .push(Scope::fresh(p as u32, configured, source, now_ms));
             scopes.push((inner.scopes.len() - 1) as u32);
         }
         inner.models.push(ModelState {
@@ -721,31 +764,13 @@ impl InMemoryLedger {
             for m in &inner.models {
                 let s = &mut inner.scopes[m.scopes[p] as usize];
                 s.refresh(now);
-                let state = s.state(now);
-                scopes.push(ScopeStatus {
-                    project: project.clone(),
-                    model: m.name.clone(),
-                    keys: self
-                        .keys
-                        .iter()
-                        .filter(|(id, _)| inner.key_project[id.index()] as usize == p)
-                        .map(|(_, e)| e.label.clone())
-                        .collect(),
-                    limits: s.effective,
-                    source: s.source,
-                    learned: s.learned,
-                    rpm_used: s.window.requests(),
-                    tpm_used: s.window.tokens(),
-                    rpd_used: s.day.count(),
-                    state,
-                    cooling_until_ms: (state == ScopeState::Cooling).then(|| {
-                        s.free_at(Demand::tokens(0), now)
-                            .map_or(s.cooldown_until, |(t, _)| t)
-                    }),
-                    exhausted_until_ms: (state == ScopeState::Exhausted)
-                        .then(|| s.exhausted_until.max(s.day.day().end_ms)),
-                    next_reset_ms: s.day.day().end_ms,
-                });
+                let keys = self
+                    .keys
+                    .iter()
+                    .filter(|(id, _)| inner.key_project[id.index()] as usize == p)
+                    .map(|(_, e)| e.label.clone())
+                    .collect();
+                scopes.push(s.status(project.clone(), m.name.clone(), keys, now));
             }
         }
         PoolStatus {
@@ -829,16 +854,7 @@ impl InMemoryLedger {
             };
             let m = self.model_index(&mut inner, &ss.model, now);
             let si = inner.models[m].scopes[p] as usize;
-            let s = &mut inner.scopes[si];
-            s.window = RollingWindow::restore(sec_of(now), ss.window.iter().copied());
-            s.day = DayCounter::restore(now, ss.day_start_ms, ss.day_count);
-            s.cooldown_until = ss.cooldown_until_ms;
-            s.exhausted_until = if ss.exhausted_until_ms > now {
-                ss.exhausted_until_ms
-            } else {
-                0
-            };
-            s.set_learned(ss.learned);
+            inner.scopes[si].apply_snapshot(ss, now);
         }
         inner.epoch += 1;
         inner.version += 1;
@@ -934,4 +950,24 @@ impl QuotaLedger for InMemoryLedger {
     async fn restore(&self, snapshot: Snapshot) -> Result<(), LedgerError> {
         Ok(self.restore_now(&snapshot)?)
     }
+}
+
+/// The status of a scope held elsewhere (a shared ledger) as a snapshot: the same rules the
+/// in-memory ledger applies to its own scopes.
+pub fn scope_status_from_snapshot(
+    ss: &ScopeSnapshot,
+    configured: ModelLimits,
+    source: LimitSource,
+    keys: Vec<String>,
+    now_ms: i64,
+) -> ScopeStatus {
+    let mut s = Scope::fresh(0, configured, source, now_ms);
+    s.apply_snapshot(ss, now_ms);
+    s.refresh(now_ms);
+    s.status(ss.project.clone(), ss.model.clone(), keys, now_ms)
+}
+
+/// Whether a breaker reads as half-open now (its cooldown has passed), for status views.
+pub fn breaker_state_now(b: &Breaker, now_ms: i64) -> BreakerState {
+    effective_breaker(b, now_ms)
 }

@@ -1,0 +1,331 @@
+//! `FileStore`: the embedded default. One schema-versioned JSON snapshot per state folder, written
+//! atomically, owned by one process through an OS file lock; and [`Persister`], the write-behind
+//! task that saves at most once per flush interval.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyturn_core::{InMemoryLedger, SCHEMA_VERSION, Snapshot, StateStore, StoreError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+/// The state file's name inside the state folder.
+pub const STATE_FILE: &str = "state.json";
+/// The lock file's name.
+pub const LOCK_FILE: &str = "state.lock";
+/// The copy of the state found at start-up.
+pub const BACKUP_FILE: &str = "state.json.bak";
+
+/// What the state file holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateFile {
+    /// Schema version.
+    pub schema: u32,
+    /// When written (RFC 3339).
+    pub written_at: String,
+    /// Which program wrote it.
+    pub writer: String,
+    /// The pool's state.
+    pub snapshot: Snapshot,
+}
+
+#[derive(Deserialize)]
+struct SchemaOnly {
+    schema: Option<u32>,
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` so that a crash at any instant leaves the old file or the new one,
+/// never a torn one: a temporary file in the same folder, fsync, rename over, fsync the folder.
+/// The file gets mode `mode`.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(|e| io_err(path, e))?;
+    tmp.as_file()
+        .set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(|e| io_err(path, e))?;
+    tmp.write_all(bytes).map_err(|e| io_err(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| io_err(path, e))?;
+    tmp.persist(path).map_err(|e| io_err(path, e.error))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(dir, e))?;
+    Ok(())
+}
+
+/// Creates a folder (and parents) with mode 0700 if it does not exist.
+pub fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
+    if !dir.exists() {
+        fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| io_err(dir, e))?;
+    }
+    Ok(())
+}
+
+/// Snapshot persistence in one file, for one process.
+#[derive(Debug)]
+pub struct FileStore {
+    dir: PathBuf,
+    path: PathBuf,
+    // Held for the life of the store: the OS lock is released when the file closes.
+    _lock: File,
+    saves: AtomicU64,
+}
+
+impl FileStore {
+    /// Opens (creating) the state folder and takes the lock. A second process gets
+    /// [`StoreError::Locked`] naming the file and the owner's pid.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let dir = dir.as_ref().to_owned();
+        ensure_private_dir(&dir)?;
+        let path = dir.join(STATE_FILE);
+        let lock_path = dir.join(LOCK_FILE);
+        let mut lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| io_err(&lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let mut s = String::new();
+                lock.read_to_string(&mut s).ok();
+                return Err(StoreError::Locked {
+                    path,
+                    pid: s.trim().parse().ok(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(&lock_path, e)),
+        }
+        lock.set_len(0).map_err(|e| io_err(&lock_path, e))?;
+        lock.write_all(std::process::id().to_string().as_bytes())
+            .map_err(|e| io_err(&lock_path, e))?;
+        Ok(Self {
+            dir,
+            path,
+            _lock: lock,
+            saves: AtomicU64::new(0),
+        })
+    }
+
+    /// The state file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The state folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Snapshots written so far by this process.
+    pub fn saves(&self) -> u64 {
+        self.saves.load(Ordering::Relaxed)
+    }
+
+    /// Reads and checks a state file without taking the lock (for `keyturn state info`).
+    pub fn read(path: &Path) -> Result<Option<StateFile>, StoreError> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(path, e)),
+        };
+        let corrupt = |detail: String| StoreError::Corrupt {
+            path: path.to_owned(),
+            detail,
+        };
+        let head: SchemaOnly =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not JSON: {e}")))?;
+        match head.schema {
+            None => return Err(corrupt("no schema field".into())),
+            Some(found) if found > SCHEMA_VERSION => {
+                return Err(StoreError::NewerSchema {
+                    path: path.to_owned(),
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            Some(_) => {}
+        }
+        let file: StateFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        Ok(Some(file))
+    }
+
+    fn encode(&self, snapshot: &Snapshot) -> Result<Vec<u8>, StoreError> {
+        let file = StateFile {
+            schema: SCHEMA_VERSION,
+            written_at: keyturn_core::clock::ms_to_timestamp(snapshot.taken_at_ms).to_string(),
+            writer: concat!("keyturn-store ", env!("CARGO_PKG_VERSION")).to_owned(),
+            snapshot: snapshot.clone(),
+        };
+        serde_json::to_vec_pretty(&file).map_err(|e| StoreError::Corrupt {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        })
+    }
+}
+
+#[async_trait]
+impl StateStore for FileStore {
+    async fn load(&self) -> Result<Option<Snapshot>, StoreError> {
+        let found = Self::read(&self.path)?;
+        if found.is_some() {
+            // One backup per run: the state as it was before this process touched it.
+            fs::copy(&self.path, self.dir.join(BACKUP_FILE))
+                .map_err(|e| io_err(&self.dir.join(BACKUP_FILE), e))?;
+        }
+        Ok(found.map(|f| f.snapshot))
+    }
+
+    async fn save(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let bytes = self.encode(snapshot)?;
+        let path = self.path.clone();
+        // fsyncs block: keep them off the async workers.
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes, 0o600))
+            .await
+            .map_err(|e| StoreError::Backend(format!("state writer task failed: {e}")))??;
+        self.saves.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+}
+
+enum Command {
+    Flush(oneshot::Sender<Result<(), StoreError>>),
+    Stop(oneshot::Sender<Result<(), StoreError>>),
+}
+
+/// Write-behind persistence of an in-memory ledger: a background task saves a snapshot at most
+/// once per interval, and only when the ledger changed; [`Persister::flush`] saves now (for
+/// checkpoints) and [`Persister::shutdown`] saves a last time. Never one write per request.
+#[derive(Debug)]
+pub struct Persister {
+    tx: mpsc::Sender<Command>,
+    writes: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Persister {
+    /// Starts the task. The ledger should already hold the loaded state.
+    pub fn spawn(
+        ledger: Arc<InMemoryLedger>,
+        store: Arc<dyn StateStore>,
+        interval: Duration,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Command>(8);
+        let writes = Arc::new(AtomicU64::new(0));
+        let w = writes.clone();
+        let task = tokio::spawn(async move {
+            let mut last = ledger.version();
+            let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let save = |last: &mut u64| {
+                let ledger = ledger.clone();
+                let store = store.clone();
+                let w = w.clone();
+                let prev = *last;
+                async move {
+                    let v = ledger.version();
+                    if v == prev {
+                        return (prev, Ok(()));
+                    }
+                    let r = store.save(&ledger.snapshot_now()).await;
+                    if r.is_ok() {
+                        w.fetch_add(1, Ordering::Relaxed);
+                        (v, r)
+                    } else {
+                        (prev, r)
+                    }
+                }
+            };
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let (v, r) = save(&mut last).await;
+                        last = v;
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "could not save quota state; will retry");
+                        }
+                    }
+                    cmd = rx.recv() => match cmd {
+                        Some(Command::Flush(reply)) => {
+                            let (v, r) = save(&mut last).await;
+                            last = v;
+                            reply.send(r).ok();
+                        }
+                        Some(Command::Stop(reply)) => {
+                            let (_, r) = save(&mut last).await;
+                            reply.send(r).ok();
+                            return;
+                        }
+                        None => {
+                            let (_, r) = save(&mut last).await;
+                            if let Err(e) = r {
+                                tracing::warn!(error = %e, "could not save quota state at exit");
+                            }
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Self { tx, writes, task }
+    }
+
+    /// Saves now if anything changed.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Flush(reply)).await.is_err() {
+            return Err(StoreError::Backend("the state writer has stopped".into()));
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(StoreError::Backend("the state writer has stopped".into())))
+    }
+
+    /// Saves a last time and stops.
+    pub async fn shutdown(self) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Stop(reply)).await.is_err() {
+            return Ok(());
+        }
+        let r = rx
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Backend("the state writer has stopped".into())));
+        self.task.await.ok();
+        r
+    }
+
+    /// Snapshots written by this persister.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+}

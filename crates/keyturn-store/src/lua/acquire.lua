@@ -1,0 +1,196 @@
+-- keyturn acquire: one atomic admission over the candidate keys, in the policy's order.
+-- ARGV: P, model, now ('' = Redis TIME), requests, tokens, policy (rr|ll|w), four Pacific
+-- midnights b0..b3, probe_timeout_ms, n, then n × (idx, fingerprint, project, rpm, tpm, rpd,
+-- weight) with -1 for unlimited.
+-- Returns {1, idx, second, probe, now} or
+--         {0, retry_at|-1, why, n_off, disabled_idx_csv, too_large_what, too_large_demand, too_large_limit, now}.
+
+local P, model = ARGV[1], ARGV[2]
+local now = now_ms(ARGV[3])
+local nreq, ntok = tonumber(ARGV[4]), tonumber(ARGV[5])
+local policy = ARGV[6]
+local day_start, day_end = day_of(now, tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]))
+local probe_timeout = tonumber(ARGV[11])
+local n = tonumber(ARGV[12])
+local BASE = 12
+local now_sec = math.floor(now / 1000)
+
+local scopes = {}
+
+local function scope(project, rpm, tpm, rpd)
+  local key = P .. 's:' .. model .. '|' .. project
+  local s = scopes[key]
+  if s then return s end
+  s = load_scope_scalars(key, now_sec)
+  if s.f.lset == nil then
+    -- Learned limits are durable in their own hash and cached in the scope's (a settle that
+    -- learns drops the cache).
+    local l = redis.call('HMGET', P .. 'l:' .. model .. '|' .. project, 'rpm', 'tpm', 'rpd')
+    put(s, 'lset', 1)
+    for i, name in ipairs({ 'lrpm', 'ltpm', 'lrpd' }) do
+      local v = tonumber(l[i])
+      if v ~= nil then put(s, name, v) else clear(s, name) end
+    end
+  end
+  s.rpm, s.tpm, s.rpd = minl(rpm, lim(s.f.lrpm)), minl(tpm, lim(s.f.ltpm)), minl(rpd, lim(s.f.lrpd))
+  advance(s, now_sec)
+  roll_day(s, day_start)
+  scopes[key] = s
+  return s
+end
+
+local function off(s) return s.rpm == 0 or s.tpm == 0 or s.rpd == 0 end
+
+local function fits(s)
+  if off(s) then return false end
+  if (s.f.cd or 0) > now or (s.f.ex or 0) > now then return false end
+  if s.rpd ~= nil and (s.f.dc or 0) + nreq > s.rpd then return false end
+  if s.rpm ~= nil and s.f.sr + nreq > s.rpm then return false end
+  if s.tpm ~= nil and s.f.sk + ntok > s.tpm then return false end
+  return true
+end
+
+local function headroom(s)
+  local function free(used, limit)
+    if limit == nil then return 1.0 end
+    if limit <= 0 then return 0.0 end
+    return math.max(limit - used, 0) / limit
+  end
+  return math.min(free(s.f.sr, s.rpm), free(s.f.sk, s.tpm), free(s.f.dc or 0, s.rpd))
+end
+
+local function breaker(fp)
+  local h = redis.call('HMGET', P .. 'k:' .. fp, 'dis', 'bs', 'bu', 'bp')
+  if h[1] then return 'dis', nil end
+  local bs = h[2]
+  if not bs or bs == 'closed' then return 'yes', nil end
+  if bs == 'open' then
+    local bu = tonumber(h[3]) or 0
+    if now >= bu then return 'probe', nil end
+    return 'no', bu
+  end
+  local bp = tonumber(h[4]) or 0
+  if bp > 0 and now < bp then return 'no', bp end
+  return 'probe', nil
+end
+
+local function cand(i)
+  local o = BASE + i * 7
+  return ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], lim(ARGV[o + 4]), lim(ARGV[o + 5]), lim(ARGV[o + 6]), tonumber(ARGV[o + 7])
+end
+
+local function writeback()
+  for _, s in pairs(scopes) do flush_hash(s, scope_ttl(s, now, day_end)) end
+end
+
+local pick, pick_fp, pick_adm, pick_s, pick_score
+local wtotal = 0
+for i = 0, n - 1 do
+  local idx, fp, project, rpm, tpm, rpd, weight = cand(i)
+  local adm = breaker(fp)
+  if adm == 'yes' or adm == 'probe' then
+    local s = scope(project, rpm, tpm, rpd)
+    if fits(s) then
+      if policy == 'rr' then
+        pick, pick_fp, pick_adm, pick_s = idx, fp, adm, s
+        break
+      elseif policy == 'll' then
+        local h = headroom(s)
+        if pick_score == nil or h > pick_score then
+          pick, pick_fp, pick_adm, pick_s, pick_score = idx, fp, adm, s, h
+        end
+      else
+        local cur = redis.call('HINCRBY', P .. 'w:' .. model, fp, weight)
+        wtotal = wtotal + weight
+        if pick_score == nil or cur > pick_score then
+          pick, pick_fp, pick_adm, pick_s, pick_score = idx, fp, adm, s, cur
+        end
+      end
+    end
+  end
+end
+
+if pick ~= nil then
+  if policy == 'w' then redis.call('HINCRBY', P .. 'w:' .. model, pick_fp, -wtotal) end
+  local rec = record(pick_s, nreq, ntok)
+  local probe = 0
+  if pick_adm == 'probe' then
+    redis.call('HSET', P .. 'k:' .. pick_fp, 'bs', 'half', 'bp', now + probe_timeout)
+    probe = 1
+  end
+  writeback()
+  return { 1, tonumber(pick), rec, probe, now }
+end
+
+-- Nothing fits: why, and when the earliest key can serve again.
+local function window_free_at(s, r, t, rpm, tpm)
+  load_buckets(s)
+  if (rpm ~= nil and r > rpm) or (tpm ~= nil and t > tpm) then return nil end
+  local sr, sk = s.f.sr, s.f.sk
+  local function ok(a, b) return (rpm == nil or a + r <= rpm) and (tpm == nil or b + t <= tpm) end
+  if ok(sr, sk) then return now end
+  local head = s.f.head
+  for x = head - (W - 1), head do
+    local slot = x % W
+    if s.f['t' .. slot] == x then
+      sr = sr - (s.f['r' .. slot] or 0)
+      sk = sk - (s.f['k' .. slot] or 0)
+      if ok(sr, sk) then return math.max((x + W) * 1000, now) end
+    end
+  end
+  return math.max((head + 1) * 1000, now)
+end
+
+local function free_at(s)
+  local at, why = now, 'rpm'
+  local function later(t, w)
+    if t > at then at, why = t, w end
+  end
+  later(s.f.cd or 0, 'cooling')
+  if (s.f.ex or 0) > now then later(s.f.ex, 'rpd') end
+  if s.rpd ~= nil then
+    if nreq > s.rpd then return nil end
+    if (s.f.dc or 0) + nreq > s.rpd then later(day_end, 'rpd') end
+  end
+  local a = window_free_at(s, nreq, 0, s.rpm, nil)
+  if a == nil then return nil end
+  later(a, 'rpm')
+  a = window_free_at(s, 0, ntok, nil, s.tpm)
+  if a == nil then return nil end
+  later(a, 'tpm')
+  a = window_free_at(s, nreq, ntok, s.rpm, s.tpm)
+  if a == nil then return nil end
+  later(a, 'rpm')
+  return at, why
+end
+
+local disabled = {}
+local n_off = 0
+local best_at, best_why
+local tl_what, tl_demand, tl_limit = '', -1, -1
+for i = 0, n - 1 do
+  local idx, fp, project, rpm, tpm, rpd = cand(i)
+  local adm, until_ = breaker(fp)
+  if adm == 'dis' then
+    disabled[#disabled + 1] = idx
+  else
+    local s = scope(project, rpm, tpm, rpd)
+    if off(s) then
+      n_off = n_off + 1
+    else
+      local at, why = free_at(s)
+      if at == nil then
+        if tl_what == '' then
+          if s.rpm ~= nil and nreq > s.rpm then tl_what, tl_demand, tl_limit = 'rpm', nreq, s.rpm
+          elseif s.rpd ~= nil and nreq > s.rpd then tl_what, tl_demand, tl_limit = 'rpd', nreq, s.rpd
+          else tl_what, tl_demand, tl_limit = 'tpm', ntok, s.tpm or -1 end
+        end
+      else
+        if until_ ~= nil and until_ > at then at, why = until_, 'circuit' end
+        if best_at == nil or at < best_at then best_at, best_why = at, why end
+      end
+    end
+  end
+end
+writeback()
+return { 0, best_at or -1, best_why or '', n_off, table.concat(disabled, ','), tl_what, tl_demand, tl_limit, now }

@@ -1,0 +1,121 @@
+-- keyturn settle: what happened to a leased request.
+-- ARGV: P, model, now ('' = Redis TIME), fingerprint, project, lease second, reserved tokens,
+-- outcome (ok|thr|off|dead|trans|fault), real tokens (-1 unknown), throttle kind
+-- (rpm|tpm|rpd|none), retry_after_ms (-1), quota_value (-1), dead reason, probe (0|1),
+-- failure_threshold, base_cooldown_ms, max_cooldown_ms, default_cooldown_ms, b0..b3.
+-- Returns the state changes as a list of words: closed, opened, disabled, cooling, exhausted, off.
+
+local P, model = ARGV[1], ARGV[2]
+local now = now_ms(ARGV[3])
+local fp, project = ARGV[4], ARGV[5]
+local sec, reserved = tonumber(ARGV[6]), tonumber(ARGV[7])
+local outcome = ARGV[8]
+local real = tonumber(ARGV[9])
+local kind, retry, qv = ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
+local reason, probe = ARGV[13], ARGV[14] == '1'
+local threshold, base_cd, max_cd, default_cd = tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
+local _, day_end = day_of(now, tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21]), tonumber(ARGV[22]))
+
+local kk = P .. 'k:' .. fp
+local sk = P .. 's:' .. model .. '|' .. project
+local lk = P .. 'l:' .. model .. '|' .. project
+local events = {}
+
+local function breaker_success()
+  local h = redis.call('HMGET', kk, 'bs', 'bf')
+  local bs, bf = h[1], tonumber(h[2]) or 0
+  if (bs ~= false and bs ~= 'closed') then events[#events + 1] = 'closed' end
+  if (bs ~= false and bs ~= 'closed') or bf ~= 0 then
+    redis.call('HSET', kk, 'bs', 'closed', 'bf', 0, 'bt', 0, 'bp', 0)
+  end
+end
+
+local function learn(field)
+  if qv ~= nil and qv > 0 then
+    local old = tonumber(redis.call('HGET', lk, field))
+    if old == nil or qv < old then
+      redis.call('HSET', lk, field, qv)
+      redis.call('HDEL', sk, 'lset')
+    end
+  end
+end
+
+if outcome == 'ok' then
+  if real >= 0 and real ~= reserved then
+    local slot = sec % W
+    local h = redis.call('HMGET', sk, 't' .. slot, 'r' .. slot, 'k' .. slot, 'head', 'sk')
+    local t, r, k, head, sum = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0, tonumber(h[4]), tonumber(h[5]) or 0
+    if t == sec and head ~= nil and sec <= head and sec > head - W and (r > 0 or k > 0) then
+      local delta = real - reserved
+      if delta < 0 then delta = -math.min(-delta, k) end
+      redis.call('HSET', sk, 'k' .. slot, k + delta, 'sk', sum + delta)
+    end
+  end
+  breaker_success()
+elseif outcome == 'thr' then
+  breaker_success()
+  local s = load_hash(sk)
+  if kind == 'rpd' then
+    learn('rpd')
+    put(s, 'ex', math.max(s.f.ex or 0, day_end))
+    events[#events + 1] = 'exhausted'
+  elseif kind == 'rpm' or kind == 'tpm' then
+    learn(kind)
+    local untl
+    if retry >= 0 then
+      untl = now + retry
+    else
+      -- Until the oldest request we see in the window leaves it.
+      local head, oldest = s.f.head, nil
+      if head ~= nil then
+        for x = head - (W - 1), head do
+          if oldest == nil and s.f['t' .. (x % W)] == x then oldest = x end
+        end
+      end
+      if oldest ~= nil then untl = (oldest + W) * 1000 else untl = now + default_cd end
+    end
+    put(s, 'cd', math.max(s.f.cd or 0, math.max(untl, now + 1000)))
+    events[#events + 1] = 'cooling'
+  else
+    local d = default_cd
+    if retry >= 0 then d = retry end
+    put(s, 'cd', math.max(s.f.cd or 0, now + d))
+    events[#events + 1] = 'cooling'
+  end
+  flush_hash(s, scope_ttl(s, now, day_end))
+elseif outcome == 'off' then
+  local old = tonumber(redis.call('HGET', lk, 'rpd'))
+  if old == nil or old > 0 then
+    redis.call('HSET', lk, 'rpd', 0)
+    redis.call('HDEL', sk, 'lset')
+  end
+  events[#events + 1] = 'off'
+  breaker_success()
+elseif outcome == 'dead' then
+  if redis.call('HSETNX', kk, 'dis', reason) == 1 then
+    redis.call('HSET', kk, 'dis_at', now)
+    events[#events + 1] = 'disabled'
+  end
+elseif outcome == 'trans' then
+  local h = redis.call('HMGET', kk, 'bs', 'bf', 'bt')
+  local bs, bf, bt = h[1] or 'closed', tonumber(h[2]) or 0, tonumber(h[3]) or 0
+  local trip = false
+  if bs == 'closed' then
+    bf = bf + 1
+    if bf >= math.max(threshold, 1) then trip = true else redis.call('HSET', kk, 'bf', bf) end
+  elseif bs == 'half' and probe then
+    trip = true
+  end
+  if trip then
+    bt = bt + 1
+    local factor = 2 ^ math.min(bt - 1, 30)
+    local cd = math.min(base_cd * factor, max_cd)
+    redis.call('HSET', kk, 'bs', 'open', 'bu', now + cd, 'bf', 0, 'bt', bt, 'bp', 0)
+    events[#events + 1] = 'opened'
+  end
+elseif outcome == 'fault' then
+  if probe and redis.call('HGET', kk, 'bs') == 'half' then
+    redis.call('HSET', kk, 'bp', 0)
+  end
+end
+return events

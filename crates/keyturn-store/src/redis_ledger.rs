@@ -1,0 +1,843 @@
+//! `RedisLedger`: one quota ledger shared by many processes on many machines.
+//!
+//! Every acquire is one atomic server-side script (`EVALSHA`, loaded once; one round trip) that
+//! walks the candidate keys in the policy's order and admits on the first whose scope has room,
+//! with the same rules as keyturn-core's in-memory ledger. Counters live in Redis hashes that
+//! expire by themselves after their window, day and cooldowns; disabled keys, breakers, cooldowns
+//! and learned limits are shared by every process on the namespace.
+//!
+//! Time: by default the scripts read Redis's own clock (`TIME`), so processes on machines with
+//! skewed clocks agree. [`TimeSource::Clock`] passes the injected clock's time instead (tests).
+//!
+//! Redis unavailable: every call fails closed with [`AcquireError::Backend`] naming the server
+//! (never its password); the connection manager reconnects by itself and calls succeed again
+//! once Redis is back. Nothing is admitted while Redis cannot be asked.
+//!
+//! The scripts address keys they compute from the namespace, so a Redis Cluster is not
+//! supported; a single Redis (with replicas) is.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyturn_core::error::Exhaustion;
+use keyturn_core::snapshot::{Disabled, KeySnapshot, KeyStatus, ScopeSnapshot};
+use keyturn_core::{
+    AcquireError, Breaker, BreakerState, Clock, DeadReason, Demand, KeyId, KeyRing, Lease,
+    LedgerConfig, LedgerError, LimitSource, ModelLimits, Outcome, Policy, PoolStatus, QuotaDay,
+    QuotaLedger, ResetTarget, SCHEMA_VERSION, Snapshot, SnapshotError, StoreError, ThrottleKind,
+    breaker_state_now, scope_status_from_snapshot,
+};
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script, Value};
+
+const COMMON: &str = include_str!("lua/common.lua");
+const ACQUIRE: &str = include_str!("lua/acquire.lua");
+const SETTLE: &str = include_str!("lua/settle.lua");
+
+/// Where the scripts take "now" from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimeSource {
+    /// Redis's `TIME`: one clock for every process (production).
+    #[default]
+    Redis,
+    /// The ledger's injected clock (tests drive it with a `ManualClock`).
+    Clock,
+}
+
+/// A URL with any password removed, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            format!("{scheme}://{host}")
+        }
+        None => "(redis url)".to_owned(),
+    }
+}
+
+/// The shared quota ledger.
+pub struct RedisLedger {
+    keys: Arc<KeyRing>,
+    cfg: LedgerConfig,
+    clock: Arc<dyn Clock>,
+    time: TimeSource,
+    conn: ConnectionManager,
+    server: String,
+    prefix: String,
+    acquire: Script,
+    settle: Script,
+    projects: Vec<String>,
+    /// Per key, in ring order: fingerprint as text, project, weight.
+    candidates: Vec<(String, String, u32)>,
+    /// Per model: each key's configured (rpm, tpm, rpd), -1 for unlimited.
+    limits: Mutex<HashMap<String, Arc<Vec<[i64; 3]>>>>,
+    models: Mutex<Vec<String>>,
+    cursors: Mutex<HashMap<String, usize>>,
+    days: Mutex<Option<[i64; 4]>>,
+}
+
+impl std::fmt::Debug for RedisLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLedger")
+            .field("server", &self.server)
+            .field("prefix", &self.prefix)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+fn backend(server: &str, e: &redis::RedisError) -> String {
+    // The error's own text can carry the URL (and its password): describe it by kind only.
+    let what = if e.is_connection_refusal() {
+        "connection refused"
+    } else if e.is_timeout() {
+        "timed out"
+    } else if e.is_connection_dropped() || e.is_io_error() {
+        "connection lost"
+    } else {
+        e.category()
+    };
+    format!(
+        "Redis at {server} did not answer ({what}); nothing was admitted; keyturn retries when Redis is back"
+    )
+}
+
+impl RedisLedger {
+    /// Connects to `url` and uses `namespace` (several pipelines can share one Redis).
+    pub async fn connect(
+        url: &str,
+        namespace: &str,
+        keys: Arc<KeyRing>,
+        cfg: LedgerConfig,
+        clock: Arc<dyn Clock>,
+        time: TimeSource,
+    ) -> Result<Self, StoreError> {
+        let server = redact_url(url);
+        let client = redis::Client::open(url)
+            .map_err(|e| StoreError::Backend(format!("bad Redis URL {server}: {e}")))?;
+        let mcfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_with_config(client, mcfg)
+            .await
+            .map_err(|e| StoreError::Backend(backend(&server, &e)))?;
+        let mut projects = Vec::new();
+        for (_, e) in keys.iter() {
+            if !projects.contains(&e.project) {
+                projects.push(e.project.clone());
+            }
+        }
+        let models = cfg
+            .models
+            .iter()
+            .map(|m| keyturn_core::limits::normalize_model(m).to_owned())
+            .collect();
+        let candidates = keys
+            .iter()
+            .map(|(_, e)| (e.fingerprint().to_string(), e.project.clone(), e.weight))
+            .collect();
+        Ok(Self {
+            candidates,
+            limits: Mutex::new(HashMap::new()),
+            keys,
+            cfg,
+            clock,
+            time,
+            conn,
+            server,
+            prefix: format!("kt:{namespace}:"),
+            acquire: Script::new(&format!("{COMMON}\n{ACQUIRE}")),
+            settle: Script::new(&format!("{COMMON}\n{SETTLE}")),
+            projects,
+            models: Mutex::new(models),
+            cursors: Mutex::new(HashMap::new()),
+            days: Mutex::new(None),
+        })
+    }
+
+    /// The Redis server, without credentials.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn now_arg(&self, local_now: i64) -> String {
+        match self.time {
+            TimeSource::Redis => String::new(),
+            TimeSource::Clock => local_now.to_string(),
+        }
+    }
+
+    /// Four Pacific midnights around now (yesterday's start … tomorrow's end), cached per day.
+    fn midnights(&self) -> [i64; 4] {
+        let now = self.clock.now_ms();
+        let mut cached = self.days.lock();
+        if let Some(d) = *cached
+            && d[1] <= now
+            && now < d[2]
+        {
+            return d;
+        }
+        let today = QuotaDay::containing(now);
+        let yesterday = QuotaDay::containing(today.start_ms - 1);
+        let tomorrow = QuotaDay::containing(today.end_ms);
+        let d = [
+            yesterday.start_ms,
+            today.start_ms,
+            today.end_ms,
+            tomorrow.end_ms,
+        ];
+        *cached = Some(d);
+        d
+    }
+
+    fn model_slot(&self, model: &str) -> u32 {
+        let mut models = self.models.lock();
+        match models.iter().position(|m| m == model) {
+            Some(i) => i as u32,
+            None => {
+                models.push(model.to_owned());
+                (models.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Each key's configured limits for a model, resolved once per model.
+    fn limits_for(&self, model: &str) -> Arc<Vec<[i64; 3]>> {
+        let mut cache = self.limits.lock();
+        if let Some(l) = cache.get(model) {
+            return l.clone();
+        }
+        let lim = |v: Option<u64>| v.map_or(-1i64, |x| x.min(i64::MAX as u64) as i64);
+        let per_key: Vec<[i64; 3]> = self
+            .candidates
+            .iter()
+            .map(|(_, project, _)| {
+                let (l, _) = self.configured(project, model);
+                [lim(l.rpm), lim(l.tpm), lim(l.rpd)]
+            })
+            .collect();
+        let per_key = Arc::new(per_key);
+        cache.insert(model.to_owned(), per_key.clone());
+        per_key
+    }
+
+    fn configured(&self, project: &str, model: &str) -> (ModelLimits, LimitSource) {
+        self.cfg.limits.resolve(project, model)
+    }
+
+    /// One attempt, no waiting. On refusal: the error and, if capacity returns, when — on the
+    /// local clock, anchored at the moment the request was sent (a slow reply must not stretch
+    /// the wait).
+    async fn try_acquire(
+        &self,
+        model: &str,
+        demand: Demand,
+    ) -> Result<Lease, (AcquireError, Option<i64>)> {
+        let model = keyturn_core::limits::normalize_model(model);
+        let slot = self.model_slot(model);
+        let n = self.keys.len();
+        let start = match self.cfg.policy {
+            Policy::RoundRobin => self.cursors.lock().get(model).copied().unwrap_or(0) % n,
+            _ => 0,
+        };
+        let policy = match self.cfg.policy {
+            Policy::RoundRobin => "rr",
+            Policy::LeastLoaded => "ll",
+            Policy::Weighted => "w",
+        };
+        let demand = Demand {
+            requests: demand.requests.max(1),
+            ..demand
+        };
+        let sent_local = self.clock.now_ms();
+        let mut inv = self.acquire.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(model)
+            .arg(self.now_arg(sent_local))
+            .arg(demand.requests)
+            .arg(demand.tokens)
+            .arg(policy);
+        for m in self.midnights() {
+            inv.arg(m);
+        }
+        inv.arg(self.cfg.breaker.probe_timeout.as_millis() as i64)
+            .arg(n);
+        let limits = self.limits_for(model);
+        for i in 0..n {
+            let k = (start + i) % n;
+            let (fp, project, weight) = &self.candidates[k];
+            let [rpm, tpm, rpd] = limits[k];
+            inv.arg(k)
+                .arg(fp)
+                .arg(project)
+                .arg(rpm)
+                .arg(tpm)
+                .arg(rpd)
+                .arg(*weight);
+        }
+        let mut conn = self.conn.clone();
+        let reply: Vec<Value> = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| (AcquireError::Backend(backend(&self.server, &e)), None))?;
+        let int = |i: usize| -> i64 {
+            match reply.get(i) {
+                Some(Value::Int(x)) => *x,
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).parse().unwrap_or(-1),
+                _ => -1,
+            }
+        };
+        let text = |i: usize| -> String {
+            match reply.get(i) {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(Value::SimpleString(s)) => s.clone(),
+                Some(Value::Int(x)) => x.to_string(),
+                _ => String::new(),
+            }
+        };
+        if int(0) == 1 {
+            let k = int(1) as usize;
+            if matches!(self.cfg.policy, Policy::RoundRobin) {
+                self.cursors.lock().insert(model.to_owned(), (k + 1) % n);
+            }
+            return Ok(Lease::new(
+                KeyId(k as u32),
+                slot,
+                int(2),
+                demand,
+                int(3) == 1,
+                0,
+            ));
+        }
+        let (retry_at, why, n_off, disabled_csv) = (int(1), text(2), int(3), text(4));
+        let (tl_what, tl_demand, tl_limit, server_now) = (text(5), int(6), int(7), int(8));
+        let disabled: Vec<usize> = disabled_csv
+            .split(',')
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let model_s = model.to_owned();
+        if disabled.len() == n {
+            let detail = self.disabled_detail(&disabled).await;
+            return Err((
+                AcquireError::AllKeysDisabled {
+                    model: model_s,
+                    detail,
+                },
+                None,
+            ));
+        }
+        if retry_at >= 0 {
+            let reason = match why.as_str() {
+                "tpm" => Exhaustion::TokensPerMinute,
+                "rpd" => Exhaustion::RequestsPerDay,
+                "cooling" => Exhaustion::CoolingDown,
+                "circuit" => Exhaustion::CircuitOpen,
+                _ => Exhaustion::RequestsPerMinute,
+            };
+            let until = retry_at.max(server_now + 1);
+            return Err((
+                AcquireError::Exhausted {
+                    model: model_s,
+                    reason,
+                    until_ms: until,
+                },
+                Some(sent_local.saturating_add(until - server_now)),
+            ));
+        }
+        if !tl_what.is_empty() {
+            let what = match tl_what.as_str() {
+                "rpm" => "requests per minute",
+                "rpd" => "requests per day",
+                _ => "input tokens per minute",
+            };
+            return Err((
+                AcquireError::DemandTooLarge {
+                    model: model_s,
+                    what,
+                    demand: tl_demand.max(0) as u64,
+                    limit: tl_limit.max(0) as u64,
+                },
+                None,
+            ));
+        }
+        if n_off > 0 {
+            return Err((AcquireError::ModelUnavailable { model: model_s }, None));
+        }
+        let detail = self.disabled_detail(&disabled).await;
+        Err((
+            AcquireError::AllKeysDisabled {
+                model: model_s,
+                detail,
+            },
+            None,
+        ))
+    }
+
+    async fn disabled_detail(&self, idx: &[usize]) -> String {
+        let mut conn = self.conn.clone();
+        let mut parts = Vec::new();
+        for &k in idx {
+            let Some(e) = self.keys.get(KeyId(k as u32)) else {
+                continue;
+            };
+            let reason: Option<String> = conn
+                .hget(format!("{}k:{}", self.prefix, e.fingerprint()), "dis")
+                .await
+                .unwrap_or(None);
+            let shown = reason
+                .and_then(|r| {
+                    serde_json::from_value::<DeadReason>(serde_json::Value::String(r)).ok()
+                })
+                .map_or_else(|| "disabled".to_owned(), |r| r.to_string());
+            parts.push(format!("{}: {shown}", e.label));
+        }
+        parts.join(", ")
+    }
+
+    async fn now(&self) -> Result<i64, LedgerError> {
+        match self.time {
+            TimeSource::Clock => Ok(self.clock.now_ms()),
+            TimeSource::Redis => {
+                let mut conn = self.conn.clone();
+                let (s, us): (i64, i64) = redis::cmd("TIME")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
+                Ok(s * 1000 + us / 1000)
+            }
+        }
+    }
+
+    fn known_models(&self) -> Vec<String> {
+        self.models.lock().clone()
+    }
+
+    fn scope_key(&self, model: &str, project: &str) -> String {
+        format!("{}s:{model}|{project}", self.prefix)
+    }
+
+    fn learned_key(&self, model: &str, project: &str) -> String {
+        format!("{}l:{model}|{project}", self.prefix)
+    }
+
+    async fn read_scope(
+        &self,
+        conn: &mut ConnectionManager,
+        model: &str,
+        project: &str,
+    ) -> Result<ScopeSnapshot, LedgerError> {
+        let err = |e: redis::RedisError| LedgerError::Backend(backend(&self.server, &e));
+        let h: HashMap<String, String> = conn
+            .hgetall(self.scope_key(model, project))
+            .await
+            .map_err(err)?;
+        let l: HashMap<String, String> = conn
+            .hgetall(self.learned_key(model, project))
+            .await
+            .map_err(err)?;
+        let num =
+            |m: &HashMap<String, String>, k: &str| m.get(k).and_then(|v| v.parse::<i64>().ok());
+        let head = num(&h, "head");
+        let mut window = Vec::new();
+        if let Some(head) = head {
+            for slot in 0..61i64 {
+                if let Some(t) = num(&h, &format!("t{slot}"))
+                    && t <= head
+                    && t > head - 61
+                {
+                    let r = num(&h, &format!("r{slot}")).unwrap_or(0).max(0) as u64;
+                    let k = num(&h, &format!("k{slot}")).unwrap_or(0).max(0) as u64;
+                    if r > 0 || k > 0 {
+                        window.push((t, r, k));
+                    }
+                }
+            }
+        }
+        window.sort_unstable();
+        let learned_field = |k: &str| num(&l, k).map(|v| v.max(0) as u64);
+        Ok(ScopeSnapshot {
+            project: project.to_owned(),
+            model: model.to_owned(),
+            window,
+            day_start_ms: num(&h, "dk").unwrap_or(0),
+            day_count: num(&h, "dc").unwrap_or(0).max(0) as u64,
+            cooldown_until_ms: num(&h, "cd").unwrap_or(0),
+            exhausted_until_ms: num(&h, "ex").unwrap_or(0),
+            learned: ModelLimits {
+                rpm: learned_field("rpm"),
+                tpm: learned_field("tpm"),
+                rpd: learned_field("rpd"),
+            },
+        })
+    }
+
+    async fn read_key(
+        &self,
+        conn: &mut ConnectionManager,
+        fingerprint: &str,
+    ) -> Result<(Option<Disabled>, Breaker), LedgerError> {
+        let h: HashMap<String, String> = conn
+            .hgetall(format!("{}k:{fingerprint}", self.prefix))
+            .await
+            .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
+        let num = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok());
+        let disabled = h.get("dis").map(|r| Disabled {
+            reason: serde_json::from_value(serde_json::Value::String(r.clone()))
+                .unwrap_or(DeadReason::PermissionDenied),
+            since_ms: num("dis_at").unwrap_or(0),
+        });
+        let state = match h.get("bs").map(String::as_str) {
+            Some("open") => BreakerState::Open {
+                until_ms: num("bu").unwrap_or(0),
+            },
+            Some("half") => BreakerState::HalfOpen {
+                probe_deadline_ms: num("bp").filter(|p| *p > 0),
+            },
+            _ => BreakerState::Closed,
+        };
+        let breaker = Breaker {
+            state,
+            failures: num("bf").unwrap_or(0).max(0) as u32,
+            trips: num("bt").unwrap_or(0).max(0) as u32,
+        };
+        Ok((disabled, breaker))
+    }
+
+    async fn all_keys(&self, conn: &mut ConnectionManager) -> Result<Vec<String>, LedgerError> {
+        let mut out = Vec::new();
+        let mut iter: redis::AsyncIter<String> = conn
+            .scan_match(format!("{}*", self.prefix))
+            .await
+            .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
+        while let Some(k) = iter.next_item().await {
+            out.push(k.map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?);
+        }
+        Ok(out)
+    }
+}
+
+fn reason_code(r: DeadReason) -> String {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "permission-denied".into())
+}
+
+#[async_trait]
+impl QuotaLedger for RedisLedger {
+    fn keys(&self) -> Arc<KeyRing> {
+        self.keys.clone()
+    }
+
+    async fn acquire(&self, model: &str, demand: Demand) -> Result<Lease, AcquireError> {
+        let start = self.clock.now_ms();
+        let deadline = start.saturating_add(self.cfg.max_wait.as_millis() as i64);
+        loop {
+            match self.try_acquire(model, demand).await {
+                Ok(lease) => return Ok(lease),
+                Err((e, Some(wake))) => {
+                    if wake > deadline {
+                        return Err(e);
+                    }
+                    // Other processes may free capacity sooner (a reset): look again at least
+                    // every few seconds while waiting.
+                    let poll = self.clock.now_ms().saturating_add(5_000);
+                    self.clock.sleep_until(wake.min(poll)).await;
+                }
+                Err((e, None)) => return Err(e),
+            }
+        }
+    }
+
+    async fn settle(&self, lease: Lease, outcome: Outcome) -> Result<(), LedgerError> {
+        let k = lease.key();
+        let Some(entry) = self.keys.get(k) else {
+            return Ok(());
+        };
+        let Some(model) = self.models.lock().get(lease.model_slot() as usize).cloned() else {
+            return Ok(());
+        };
+        let (code, real, kind, retry, qv, reason) = match outcome {
+            Outcome::Success { input_tokens } => (
+                "ok",
+                input_tokens.map_or(-1, |t| t as i64),
+                "none",
+                -1,
+                -1,
+                String::new(),
+            ),
+            Outcome::Throttled {
+                kind,
+                retry_after,
+                quota_value,
+            } => (
+                "thr",
+                -1,
+                match kind {
+                    ThrottleKind::RequestsPerMinute => "rpm",
+                    ThrottleKind::TokensPerMinute => "tpm",
+                    ThrottleKind::RequestsPerDay => "rpd",
+                    ThrottleKind::Unspecified => "none",
+                },
+                retry_after.map_or(-1, |d| d.as_millis() as i64),
+                quota_value.map_or(-1, |v| v as i64),
+                String::new(),
+            ),
+            Outcome::ModelUnavailable => ("off", -1, "none", -1, -1, String::new()),
+            Outcome::KeyDead(r) => ("dead", -1, "none", -1, -1, reason_code(r)),
+            Outcome::Transient => ("trans", -1, "none", -1, -1, String::new()),
+            Outcome::CallerFault => ("fault", -1, "none", -1, -1, String::new()),
+        };
+        let b = &self.cfg.breaker;
+        let mut inv = self.settle.prepare_invoke();
+        inv.arg(&self.prefix)
+            .arg(&model)
+            .arg(self.now_arg(self.clock.now_ms()))
+            .arg(entry.fingerprint().to_string())
+            .arg(&entry.project)
+            .arg(lease.second())
+            .arg(lease.reserved_tokens())
+            .arg(code)
+            .arg(real)
+            .arg(kind)
+            .arg(retry)
+            .arg(qv)
+            .arg(reason)
+            .arg(if lease.is_probe() { "1" } else { "0" })
+            .arg(b.failure_threshold)
+            .arg(b.base_cooldown.as_millis() as i64)
+            .arg(b.max_cooldown.as_millis() as i64)
+            .arg(self.cfg.default_throttle_cooldown.as_millis() as i64);
+        for m in self.midnights() {
+            inv.arg(m);
+        }
+        let mut conn = self.conn.clone();
+        let events: Vec<String> = inv
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
+        for ev in events {
+            match ev.as_str() {
+                "disabled" => tracing::info!(key = %entry.label, "key disabled until reset"),
+                "opened" => {
+                    tracing::info!(key = %entry.label, "circuit breaker opened after transient failures")
+                }
+                "closed" => {
+                    tracing::info!(key = %entry.label, "key recovered: circuit breaker closed")
+                }
+                "off" => {
+                    tracing::info!(key = %entry.label, model = %model, project = %entry.project, "model not available for this project (limit 0): switched off")
+                }
+                other => {
+                    tracing::info!(key = %entry.label, model = %model, project = %entry.project, state = other, "scope rate limited by the server")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, target: ResetTarget) -> Result<(), LedgerError> {
+        let mut conn = self.conn.clone();
+        let err = |e: redis::RedisError| LedgerError::Backend(backend(&self.server, &e));
+        let doomed: Vec<String> = match target {
+            ResetTarget::Key(id) => {
+                let e = self
+                    .keys
+                    .get(id)
+                    .ok_or_else(|| LedgerError::UnknownTarget(format!("no key #{}", id.0)))?;
+                vec![format!("{}k:{}", self.prefix, e.fingerprint())]
+            }
+            ResetTarget::Scope { project, model } => {
+                let model = keyturn_core::limits::normalize_model(&model).to_owned();
+                if !self.projects.contains(&project) {
+                    return Err(LedgerError::UnknownTarget(format!(
+                        "no project '{project}'"
+                    )));
+                }
+                vec![
+                    self.scope_key(&model, &project),
+                    self.learned_key(&model, &project),
+                ]
+            }
+            ResetTarget::All => self.all_keys(&mut conn).await?,
+        };
+        for chunk in doomed.chunks(500) {
+            let _: () = conn.del(chunk).await.map_err(err)?;
+        }
+        Ok(())
+    }
+
+    async fn status(&self) -> Result<PoolStatus, LedgerError> {
+        let now = self.now().await?;
+        let mut conn = self.conn.clone();
+        let mut keys = Vec::new();
+        for (_, e) in self.keys.iter() {
+            let (disabled, breaker) = self
+                .read_key(&mut conn, &e.fingerprint().to_string())
+                .await?;
+            keys.push(KeyStatus {
+                label: e.label.clone(),
+                fingerprint: e.fingerprint(),
+                project: e.project.clone(),
+                disabled,
+                breaker: breaker_state_now(&breaker, now),
+                failures: breaker.failures,
+            });
+        }
+        let mut scopes = Vec::new();
+        for project in &self.projects {
+            for model in self.known_models() {
+                let ss = self.read_scope(&mut conn, &model, project).await?;
+                let (configured, source) = self.configured(project, &model);
+                let labels = self
+                    .keys
+                    .iter()
+                    .filter(|(_, e)| e.project == *project)
+                    .map(|(_, e)| e.label.clone())
+                    .collect();
+                scopes.push(scope_status_from_snapshot(
+                    &ss, configured, source, labels, now,
+                ));
+            }
+        }
+        Ok(PoolStatus {
+            at_ms: now,
+            keys,
+            scopes,
+        })
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, LedgerError> {
+        let now = self.now().await?;
+        let mut conn = self.conn.clone();
+        let mut keys = Vec::new();
+        for (_, e) in self.keys.iter() {
+            let (disabled, breaker) = self
+                .read_key(&mut conn, &e.fingerprint().to_string())
+                .await?;
+            keys.push(KeySnapshot {
+                fingerprint: e.fingerprint(),
+                label: e.label.clone(),
+                project: e.project.clone(),
+                disabled,
+                breaker,
+            });
+        }
+        let mut scopes = Vec::new();
+        for model in self.known_models() {
+            for project in &self.projects {
+                scopes.push(self.read_scope(&mut conn, &model, project).await?);
+            }
+        }
+        Ok(Snapshot {
+            schema: SCHEMA_VERSION,
+            taken_at_ms: now,
+            keys,
+            scopes,
+        })
+    }
+
+    async fn restore(&self, snapshot: Snapshot) -> Result<(), LedgerError> {
+        if snapshot.schema > SCHEMA_VERSION {
+            return Err(SnapshotError::NewerSchema {
+                found: snapshot.schema,
+                supported: SCHEMA_VERSION,
+            }
+            .into());
+        }
+        let now = self.now().await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (_, e) in self.keys.iter() {
+            let kk = format!("{}k:{}", self.prefix, e.fingerprint());
+            pipe.del(&kk).ignore();
+            let Some(ks) = snapshot
+                .keys
+                .iter()
+                .find(|k| k.fingerprint == e.fingerprint())
+            else {
+                continue;
+            };
+            let mut fields: Vec<(String, String)> = Vec::new();
+            if let Some(d) = ks.disabled {
+                fields.push(("dis".into(), reason_code(d.reason)));
+                fields.push(("dis_at".into(), d.since_ms.to_string()));
+            }
+            let (bs, bu, bp) = match ks.breaker.state {
+                BreakerState::Closed => ("closed", 0, 0),
+                BreakerState::Open { until_ms } => ("open", until_ms, 0),
+                BreakerState::HalfOpen { probe_deadline_ms } => {
+                    ("half", 0, probe_deadline_ms.unwrap_or(0))
+                }
+            };
+            fields.push(("bs".into(), bs.into()));
+            fields.push(("bu".into(), bu.to_string()));
+            fields.push(("bp".into(), bp.to_string()));
+            fields.push(("bf".into(), ks.breaker.failures.to_string()));
+            fields.push(("bt".into(), ks.breaker.trips.to_string()));
+            pipe.hset_multiple(&kk, &fields).ignore();
+        }
+        let now_sec = now.div_euclid(1000);
+        for ss in &snapshot.scopes {
+            if !self.projects.contains(&ss.project) {
+                continue;
+            }
+            let model = keyturn_core::limits::normalize_model(&ss.model).to_owned();
+            self.model_slot(&model);
+            let sk = self.scope_key(&model, &ss.project);
+            let lk = self.learned_key(&model, &ss.project);
+            pipe.del(&sk).ignore().del(&lk).ignore();
+            let mut fields: Vec<(String, String)> = vec![("head".into(), now_sec.to_string())];
+            let (mut sr, mut sum_k) = (0u64, 0u64);
+            for &(sec, r, k) in &ss.window {
+                if sec > now_sec || sec <= now_sec - 61 {
+                    continue;
+                }
+                let slot = sec.rem_euclid(61);
+                fields.push((format!("t{slot}"), sec.to_string()));
+                fields.push((format!("r{slot}"), r.to_string()));
+                fields.push((format!("k{slot}"), k.to_string()));
+                sr += r;
+                sum_k += k;
+            }
+            fields.push(("sr".into(), sr.to_string()));
+            fields.push(("sk".into(), sum_k.to_string()));
+            fields.push(("dk".into(), ss.day_start_ms.to_string()));
+            fields.push(("dc".into(), ss.day_count.to_string()));
+            fields.push(("cd".into(), ss.cooldown_until_ms.to_string()));
+            fields.push(("ex".into(), ss.exhausted_until_ms.to_string()));
+            pipe.hset_multiple(&sk, &fields).ignore();
+            // Relative, like the scripts' TTLs: "now" may be a test clock, not Redis's.
+            let day_end = QuotaDay::containing(now).end_ms;
+            let ttl = day_end
+                .max(ss.cooldown_until_ms)
+                .max(ss.exhausted_until_ms)
+                .max((now_sec + 62) * 1000)
+                - now
+                + 60_000;
+            pipe.cmd("PEXPIRE").arg(&sk).arg(ttl.max(1000)).ignore();
+            let learned: Vec<(String, String)> = [
+                ("rpm", ss.learned.rpm),
+                ("tpm", ss.learned.tpm),
+                ("rpd", ss.learned.rpd),
+            ]
+            .into_iter()
+            .filter_map(|(f, v)| v.map(|v| (f.to_owned(), v.to_string())))
+            .collect();
+            if !learned.is_empty() {
+                pipe.hset_multiple(&lk, &learned).ignore();
+            }
+        }
+        let mut conn = self.conn.clone();
+        let _: () = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
+        Ok(())
+    }
+}

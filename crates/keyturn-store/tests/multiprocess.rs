@@ -1,0 +1,127 @@
+//! Four OS processes × 32 tasks hammer one RedisLedger with a per-minute limit: the total
+//! admitted equals the limit exactly, never more.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use keyturn_core::testkit::{TIGHT, config};
+use keyturn_core::{ApiKey, Demand, KeyRing, KeySpec, Outcome, QuotaLedger, SystemClock};
+use keyturn_store::testkit::{TestRedis, unique_namespace};
+use keyturn_store::{RedisLedger, TimeSource};
+
+const NS_ENV: &str = "KEYTURN_MP_NAMESPACE";
+const URL_ENV: &str = "KEYTURN_MP_URL";
+const RPM: u64 = 257;
+
+fn keys() -> Arc<KeyRing> {
+    // Six keys in two projects: each project's quota is RPM.
+    Arc::new(
+        KeyRing::new(
+            (0..6)
+                .map(|i| {
+                    KeySpec::new(ApiKey::new(format!("made-up-mp-{i}")).unwrap())
+                        .project(if i % 2 == 0 { "even" } else { "odd" })
+                })
+                .collect(),
+        )
+        .unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_hammer() {
+    let (Ok(ns), Ok(url)) = (std::env::var(NS_ENV), std::env::var(URL_ENV)) else {
+        return;
+    };
+    let ledger = Arc::new(
+        RedisLedger::connect(
+            &url,
+            &ns,
+            keys(),
+            config(RPM, 1_000_000_000, 1_000_000),
+            Arc::new(SystemClock),
+            TimeSource::Redis,
+        )
+        .await
+        .unwrap(),
+    );
+    let admitted = Arc::new(AtomicU64::new(0));
+    let mut tasks = vec![];
+    for _ in 0..32 {
+        let (l, a) = (ledger.clone(), admitted.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..12 {
+                if let Ok(lease) = l.acquire(TIGHT, Demand::tokens(2)).await {
+                    a.fetch_add(1, Ordering::Relaxed);
+                    l.settle(lease, Outcome::success(1)).await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!("ADMITTED={}", admitted.load(Ordering::Relaxed));
+}
+
+#[tokio::test]
+async fn four_processes_never_over_admit() {
+    let Some(redis) = TestRedis::get() else {
+        return;
+    };
+    let ns = unique_namespace("multiprocess");
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(&exe)
+                .args(["--exact", "child_hammer", "--nocapture", "--test-threads=1"])
+                .env(NS_ENV, &ns)
+                .env(URL_ENV, redis.url())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut total = 0u64;
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        let n: u64 = text
+            .lines()
+            .find_map(|l| l.split("ADMITTED=").nth(1))
+            .map(|n| n.trim_end_matches(|c: char| !c.is_ascii_digit()))
+            .expect("child reported")
+            .parse()
+            .unwrap();
+        total += n;
+    }
+    // 4 × 32 × 12 = 1536 attempts against 2 projects × 257.
+    assert_eq!(total, 2 * RPM);
+    // And the ledger agrees.
+    let l = RedisLedger::connect(
+        redis.url(),
+        &ns,
+        keys(),
+        config(RPM, 1_000_000_000, 1_000_000),
+        Arc::new(SystemClock),
+        TimeSource::Redis,
+    )
+    .await
+    .unwrap();
+    l.acquire(TIGHT, Demand::tokens(0)).await.unwrap_err();
+    let st = l.status().await.unwrap();
+    for s in st.scopes.iter().filter(|s| s.model == TIGHT) {
+        assert_eq!(s.rpm_used, RPM);
+        assert_eq!(s.tpm_used, RPM, "every settle reconciled 2 → 1");
+    }
+}
