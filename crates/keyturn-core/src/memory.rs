@@ -590,6 +590,8 @@ impl InMemoryLedger {
                         .on_failure(lease.is_probe(), now, cfg)
                     {
                         tracing::info!(key = %label(), "circuit breaker opened after transient failures");
+                        // Waiters on this key's probe re-plan with the new cooldown.
+                        notify = true;
                     }
                 }
                 Outcome::CallerFault => {
@@ -682,8 +684,19 @@ impl InMemoryLedger {
                     Err(b) => b,
                 }
             };
-            let Some(at) = blocked.retry_at.filter(|t| *t <= deadline) else {
-                return Err(blocked.error);
+            // A breaker's time is only an upper bound (a probe may settle any moment and wake
+            // us): wait for it up to the bound. Anything else returns at a known time.
+            let circuit = matches!(
+                blocked.error,
+                AcquireError::Exhausted {
+                    reason: Exhaustion::CircuitOpen,
+                    ..
+                }
+            );
+            let at = match blocked.retry_at {
+                Some(t) if t <= deadline => t,
+                Some(_) if circuit && now < deadline => deadline,
+                _ => return Err(blocked.error),
             };
             self.waiters.fetch_add(1, Ordering::AcqRel);
             let _guard = WaiterGuard(&self.waiters);

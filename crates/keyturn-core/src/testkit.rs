@@ -426,6 +426,46 @@ pub async fn breaker_opens_probes_and_closes(f: &dyn LedgerFactory) {
     assert_eq!(st.keys[0].breaker, BreakerState::Closed);
 }
 
+/// While a half-open key's probe is out, other callers wait for its answer (within their bound)
+/// instead of failing at once; a successful probe lets them through.
+pub async fn waiters_follow_the_probe(f: &dyn LedgerFactory) {
+    let c = clock();
+    let mut cfg = config(100, 100_000, 1000);
+    cfg.max_wait = Duration::from_secs(20);
+    let l = f.make(solo_keys(1), cfg, c.clone()).await;
+    for _ in 0..2 {
+        let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+        l.settle(lease, Outcome::Transient).await.unwrap();
+    }
+    c.advance(Duration::from_secs(10));
+    let probe = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+    assert!(probe.is_probe());
+    let l2 = l.clone();
+    let waiter = tokio::spawn(async move { l2.acquire(TIGHT, Demand::tokens(1)).await });
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        !waiter.is_finished(),
+        "it waits for the probe rather than failing"
+    );
+    l.settle(probe, Outcome::success(1)).await.unwrap();
+    // Polling ledgers look again within a fraction of a second of their clock.
+    for _ in 0..50 {
+        if waiter.is_finished() {
+            break;
+        }
+        c.advance(Duration::from_millis(200));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let lease = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("released when the probe succeeded")
+        .unwrap()
+        .unwrap();
+    assert!(!lease.is_probe());
+}
+
 /// A caller fault (400, 404) changes nothing about the key.
 pub async fn caller_fault_changes_nothing(f: &dyn LedgerFactory) {
     let l = f
@@ -642,7 +682,7 @@ macro_rules! ledger_behaviour_suite {
             rpd_resets_at_pacific_midnight, per_minute_429_cools_the_scope,
             per_day_429_exhausts_until_midnight, limit_zero_turns_model_off_for_project,
             dead_key_disabled_until_reset, all_keys_disabled, breaker_opens_probes_and_closes,
-            caller_fault_changes_nothing, dropped_lease_counts_as_sent, acquire_waits_for_capacity,
+            waiters_follow_the_probe, caller_fault_changes_nothing, dropped_lease_counts_as_sent, acquire_waits_for_capacity,
             no_wait_beyond_the_bound, resets, snapshot_restore_round_trip, status_reports_usage,
             other_policies);
     };

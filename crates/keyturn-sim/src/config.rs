@@ -116,6 +116,9 @@ pub struct Faults {
     pub jitter_ms: u64,
     /// Pause between streamed chunks (ms).
     pub stream_chunk_delay_ms: u64,
+    /// The retryDelay per-day refusals carry (default: until the next minute, like the real
+    /// service); set 0 to reproduce `retryDelay: "0s"`.
+    pub per_day_retry_delay_ms: Option<u64>,
 }
 
 impl Faults {

@@ -467,7 +467,12 @@ async fn call_model(
             &errors::limit_zero(served.embedding, model),
         );
     }
-    if let Err(r) = st.admit(&key.project, model, requests, tokens) {
+    if let Err(mut r) = st.admit(&key.project, model, requests, tokens) {
+        if r.kind == errors::QuotaKind::PerDay
+            && let Some(ms) = st.faults().per_day_retry_delay_ms
+        {
+            r.retry_ms = ms;
+        }
         let e = errors::quota_exceeded(r.kind, served.embedding, model, r.limit, r.retry_ms);
         return error_response(&st, Some(&key), &e);
     }

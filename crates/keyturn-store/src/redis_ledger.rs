@@ -541,12 +541,24 @@ impl QuotaLedger for RedisLedger {
             match self.try_acquire(model, demand).await {
                 Ok(lease) => return Ok(lease),
                 Err((e, Some(wake))) => {
-                    if wake > deadline {
+                    // A breaker's time is only an upper bound (a probe may settle any moment):
+                    // keep looking until the bound. Anything else returns at a known time.
+                    let circuit = matches!(
+                        e,
+                        AcquireError::Exhausted {
+                            reason: Exhaustion::CircuitOpen,
+                            ..
+                        }
+                    );
+                    let now = self.clock.now_ms();
+                    if wake > deadline && !(circuit && now < deadline) {
                         return Err(e);
                     }
+                    let wake = wake.min(deadline);
                     // Other processes may free capacity sooner (a reset): look again at least
                     // every few seconds while waiting.
-                    let poll = self.clock.now_ms().saturating_add(5_000);
+                    // No notifications cross processes: poll, briskly while a probe decides.
+                    let poll = now.saturating_add(if circuit { 200 } else { 5_000 });
                     self.clock.sleep_until(wake.min(poll)).await;
                 }
                 Err((e, None)) => return Err(e),

@@ -1,0 +1,447 @@
+//! The rotated call: acquire a lease → send with its key → classify the answer → settle the lease
+//! with real usage → on a refusal, retry on another key according to the error's kind.
+//!
+//! - Throttled, model unavailable, dead key: the ledger has learned; retry at once (it will pick
+//!   another key, or wait for one, or say none is left).
+//! - Transient: capped exponential backoff with full jitter, then retry.
+//! - Caller fault: return the error; key health untouched.
+//! - Bounded by attempts and by total time. Cancellation-safe: a dropped call drops its lease
+//!   unsettled, which the ledger counts as sent; a lost half-open probe frees itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use keyturn_core::{Clock, Demand, KeyEntry, Lease, Outcome, QuotaLedger};
+use rand::Rng;
+use serde_json::Value;
+use tracing::Instrument;
+
+use crate::error::{ApiFailure, ErrorKind, GeminiError, classify, redact};
+use crate::transport::{Transport, describe};
+use crate::wire::HasUsage;
+
+/// Retry bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Most attempts per call (keys tried, transient retries included).
+    pub max_attempts: u32,
+    /// Most time per call, waiting for capacity included.
+    pub max_elapsed: Duration,
+    /// First backoff after a transient failure.
+    pub base_backoff: Duration,
+    /// Longest backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            max_elapsed: Duration::from_secs(600),
+            base_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A successful call's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    /// The response body.
+    pub body: Value,
+    /// Label of the key that served it.
+    pub key: String,
+    /// Attempts it took.
+    pub attempts: u32,
+}
+
+/// A stream of response chunks.
+pub type ChunkStream = BoxStream<'static, Result<Value, GeminiError>>;
+
+/// The seam between services and the network, so each service's own logic can be tested alone.
+#[cfg_attr(any(test, feature = "mock"), mockall::automock)]
+#[async_trait]
+pub trait GeminiCall: Send + Sync + std::fmt::Debug {
+    /// POSTs `body` to `models/{model}:{method}` through the rotation.
+    async fn call(
+        &self,
+        model: &str,
+        method: &str,
+        demand: Demand,
+        body: Value,
+    ) -> Result<Reply, GeminiError>;
+
+    /// `streamGenerateContent?alt=sse` through the rotation: retries until a stream starts; the
+    /// lease is settled when the stream ends (with the last chunk's usage).
+    async fn stream(
+        &self,
+        model: &str,
+        demand: Demand,
+        body: Value,
+    ) -> Result<ChunkStream, GeminiError>;
+
+    /// A call that spends no generation quota (countTokens, GET models): any usable key.
+    async fn call_unmetered(
+        &self,
+        url_path: &str,
+        body: Option<Value>,
+    ) -> Result<Reply, GeminiError>;
+
+    /// The pool behind the calls.
+    fn ledger(&self) -> Arc<dyn QuotaLedger>;
+}
+
+/// The Gemini implementation of [`GeminiCall`].
+#[derive(Debug, Clone)]
+pub struct RotatingCaller {
+    ledger: Arc<dyn QuotaLedger>,
+    transport: Transport,
+    retry: RetryPolicy,
+    clock: Arc<dyn Clock>,
+    unmetered_cursor: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+enum Attempt {
+    Done(Reply),
+    Streaming(reqwest::Response, Lease, String),
+}
+
+enum Sent {
+    Body(Value),
+    Stream(reqwest::Response),
+    Failed(GeminiError),
+}
+
+impl RotatingCaller {
+    /// A caller over a pool.
+    pub fn new(
+        ledger: Arc<dyn QuotaLedger>,
+        transport: Transport,
+        retry: RetryPolicy,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            ledger,
+            transport,
+            retry,
+            clock,
+            unmetered_cursor: Arc::default(),
+        }
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    fn backoff(&self, n: u32) -> Duration {
+        let cap = self
+            .retry
+            .base_backoff
+            .saturating_mul(1u32.checked_shl(n.min(20)).unwrap_or(u32::MAX))
+            .min(self.retry.max_backoff);
+        let ms = cap.as_millis() as u64;
+        Duration::from_millis(if ms == 0 {
+            0
+        } else {
+            rand::rng().random_range(0..=ms)
+        })
+    }
+
+    async fn settle(&self, lease: Lease, outcome: Outcome) {
+        if let Err(e) = self.ledger.settle(lease, outcome).await {
+            tracing::warn!(error = %e, "could not record a call's outcome in the quota ledger");
+        }
+    }
+
+    async fn read_error(
+        &self,
+        resp: reqwest::Response,
+        model: &str,
+        entry: &KeyEntry,
+    ) -> GeminiError {
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap_or_default();
+        let c = classify(status, &body);
+        GeminiError::Api(Box::new(ApiFailure {
+            status,
+            status_text: c.status_text,
+            message: redact(&c.message, entry.key.expose()),
+            model: model.to_owned(),
+            key: entry.label.clone(),
+            kind: c.kind,
+            retry_after: c.retry_after,
+            quota_value: c.quota_value,
+        }))
+    }
+
+    /// One send with one key.
+    async fn send_once(
+        &self,
+        entry: &KeyEntry,
+        url: &str,
+        body: Bytes,
+        model: &str,
+        stream: bool,
+    ) -> Sent {
+        let transport_err = |detail: String| GeminiError::Transport {
+            model: model.to_owned(),
+            key: entry.label.clone(),
+            detail,
+        };
+        match self.transport.post(&entry.key, url, body).await {
+            Err(detail) => Sent::Failed(transport_err(detail)),
+            Ok(resp) if resp.status().is_success() => {
+                if stream {
+                    return Sent::Stream(resp);
+                }
+                match resp.bytes().await {
+                    Err(e) => Sent::Failed(transport_err(describe(e))),
+                    Ok(b) => match serde_json::from_slice::<Value>(&b) {
+                        Ok(v) => Sent::Body(v),
+                        Err(e) => {
+                            Sent::Failed(transport_err(format!("the answer was not JSON: {e}")))
+                        }
+                    },
+                }
+            }
+            Ok(resp) => Sent::Failed(self.read_error(resp, model, entry).await),
+        }
+    }
+
+    /// The loop shared by calls and streams.
+    async fn run(
+        &self,
+        model: &str,
+        method: &str,
+        demand: Demand,
+        body: Bytes,
+        stream: bool,
+    ) -> Result<Attempt, GeminiError> {
+        let url = if stream {
+            format!("{}?alt=sse", self.transport.model_url(model, method))
+        } else {
+            self.transport.model_url(model, method)
+        };
+        let keys = self.ledger.keys();
+        let start = self.clock.now_ms();
+        let deadline = start.saturating_add(self.retry.max_elapsed.as_millis() as i64);
+        let mut transient = 0u32;
+        let mut last: Option<GeminiError> = None;
+        let mut attempts = 0;
+        while attempts < self.retry.max_attempts.max(1) && self.clock.now_ms() <= deadline {
+            attempts += 1;
+            let lease = self.ledger.acquire(model, demand).await?;
+            let Some(entry) = keys.get(lease.key()) else {
+                return Err(GeminiError::Ledger("a lease named an unknown key".into()));
+            };
+            let span = tracing::debug_span!("gemini.call", model, method, key = %entry.label, attempt = attempts);
+            let sent = self
+                .send_once(entry, &url, body.clone(), model, stream)
+                .instrument(span.clone())
+                .await;
+            let e = match sent {
+                Sent::Body(v) => {
+                    let input_tokens = v.input_tokens();
+                    self.settle(lease, Outcome::Success { input_tokens }).await;
+                    return Ok(Attempt::Done(Reply {
+                        body: v,
+                        key: entry.label.clone(),
+                        attempts,
+                    }));
+                }
+                Sent::Stream(resp) => {
+                    return Ok(Attempt::Streaming(resp, lease, entry.label.clone()));
+                }
+                Sent::Failed(e) => e,
+            };
+            self.settle(lease, e.outcome()).await;
+            span.in_scope(|| tracing::debug!(kind = ?e.kind(), error = %e, "attempt failed"));
+            match e.kind() {
+                ErrorKind::CallerFault | ErrorKind::NoCapacity => return Err(e),
+                ErrorKind::Transient => {
+                    let wake = self
+                        .clock
+                        .now_ms()
+                        .saturating_add(self.backoff(transient).as_millis() as i64);
+                    transient += 1;
+                    if wake > deadline {
+                        last = Some(e);
+                        break;
+                    }
+                    self.clock.sleep_until(wake).await;
+                }
+                // The ledger learned; the next acquire picks another key or waits for one.
+                ErrorKind::Throttled(_) | ErrorKind::ModelUnavailable | ErrorKind::DeadKey(_) => {}
+            }
+            last = Some(e);
+        }
+        Err(GeminiError::RetriesExhausted {
+            model: model.to_owned(),
+            attempts,
+            elapsed_ms: (self.clock.now_ms() - start).max(0) as u64,
+            last: Box::new(last.unwrap_or(GeminiError::Ledger("no attempt was made".into()))),
+        })
+    }
+}
+
+#[async_trait]
+impl GeminiCall for RotatingCaller {
+    async fn call(
+        &self,
+        model: &str,
+        method: &str,
+        demand: Demand,
+        body: Value,
+    ) -> Result<Reply, GeminiError> {
+        let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        match self.run(model, method, demand, bytes, false).await? {
+            Attempt::Done(r) => Ok(r),
+            Attempt::Streaming(..) => Err(GeminiError::Ledger("unexpected stream".into())),
+        }
+    }
+
+    async fn stream(
+        &self,
+        model: &str,
+        demand: Demand,
+        body: Value,
+    ) -> Result<ChunkStream, GeminiError> {
+        let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let (resp, lease, key) = match self
+            .run(model, "streamGenerateContent", demand, bytes, true)
+            .await?
+        {
+            Attempt::Streaming(resp, lease, key) => (resp, lease, key),
+            Attempt::Done(r) => {
+                return Ok(futures::stream::once(async move { Ok(r.body) }).boxed());
+            }
+        };
+        let events = eventsource_stream::Eventsource::eventsource(resp.bytes_stream());
+        let state = StreamState {
+            events: events.boxed(),
+            lease: Some(lease),
+            ledger: self.ledger.clone(),
+            input_tokens: None,
+            model: model.to_owned(),
+            key,
+        };
+        Ok(futures::stream::unfold(state, |mut st| async move {
+            let lease = st.lease.take()?;
+            match st.events.next().await {
+                Some(Ok(ev)) => match serde_json::from_str::<Value>(&ev.data) {
+                    Ok(v) => {
+                        if let Some(t) = v.input_tokens() {
+                            st.input_tokens = Some(t);
+                        }
+                        st.lease = Some(lease);
+                        Some((Ok(v), st))
+                    }
+                    Err(e) => {
+                        let err = GeminiError::Transport {
+                            model: st.model.clone(),
+                            key: st.key.clone(),
+                            detail: format!("a streamed chunk was not JSON: {e}"),
+                        };
+                        st.ledger.settle(lease, Outcome::Transient).await.ok();
+                        Some((Err(err), st))
+                    }
+                },
+                Some(Err(e)) => {
+                    let err = GeminiError::Transport {
+                        model: st.model.clone(),
+                        key: st.key.clone(),
+                        detail: format!("the stream broke off: {e}"),
+                    };
+                    st.ledger.settle(lease, Outcome::Transient).await.ok();
+                    Some((Err(err), st))
+                }
+                None => {
+                    let outcome = Outcome::Success {
+                        input_tokens: st.input_tokens,
+                    };
+                    st.ledger.settle(lease, outcome).await.ok();
+                    None
+                }
+            }
+        })
+        .boxed())
+    }
+
+    async fn call_unmetered(
+        &self,
+        url_path: &str,
+        body: Option<Value>,
+    ) -> Result<Reply, GeminiError> {
+        let keys = self.ledger.keys();
+        let url = self.transport.url(url_path);
+        let n = keys.len();
+        let start = self
+            .unmetered_cursor
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut last = None;
+        // Try each key once; a dead key is reported to the ledger like any other answer would be.
+        for i in 0..n.min(self.retry.max_attempts.max(1) as usize) {
+            let Some(entry) = keys.get(keyturn_core::KeyId(((start + i) % n) as u32)) else {
+                continue;
+            };
+            let sent = match &body {
+                Some(b) => {
+                    let bytes = Bytes::from(serde_json::to_vec(b).unwrap_or_default());
+                    self.transport.post(&entry.key, &url, bytes).await
+                }
+                None => self.transport.get(&entry.key, &url).await,
+            };
+            let err = match sent {
+                Err(detail) => GeminiError::Transport {
+                    model: url_path.to_owned(),
+                    key: entry.label.clone(),
+                    detail,
+                },
+                Ok(resp) if resp.status().is_success() => {
+                    let b = resp.bytes().await.map_err(|e| GeminiError::Transport {
+                        model: url_path.to_owned(),
+                        key: entry.label.clone(),
+                        detail: describe(e),
+                    })?;
+                    let v = serde_json::from_slice(&b).map_err(|e| GeminiError::Transport {
+                        model: url_path.to_owned(),
+                        key: entry.label.clone(),
+                        detail: format!("the answer was not JSON: {e}"),
+                    })?;
+                    return Ok(Reply {
+                        body: v,
+                        key: entry.label.clone(),
+                        attempts: i as u32 + 1,
+                    });
+                }
+                Ok(resp) => self.read_error(resp, url_path, entry).await,
+            };
+            if err.kind() == ErrorKind::CallerFault {
+                return Err(err);
+            }
+            last = Some(err);
+        }
+        Err(last.unwrap_or(GeminiError::Ledger("no key to call with".into())))
+    }
+
+    fn ledger(&self) -> Arc<dyn QuotaLedger> {
+        self.ledger.clone()
+    }
+}
+
+struct StreamState {
+    events: BoxStream<
+        'static,
+        Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>,
+    >,
+    lease: Option<Lease>,
+    ledger: Arc<dyn QuotaLedger>,
+    input_tokens: Option<u64>,
+    model: String,
+    key: String,
+}

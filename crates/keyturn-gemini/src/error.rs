@@ -1,0 +1,483 @@
+//! Reading Gemini's answers: a typed error with a kind, from the HTTP status and the
+//! `google.rpc.Status` body's structured details — `QuotaFailure.violations[].quotaId` and
+//! `quotaValue`, `RetryInfo.retryDelay`, `ErrorInfo.reason` — never from message text.
+//!
+//! Rules:
+//! - 429 with a per-day `quotaId` → per-day (whatever `retryDelay` says); per-minute input-token
+//!   quota → tokens; per-minute requests → per-minute. With several violations the most severe
+//!   wins (day > tokens > minute). A violation without `quotaValue` has the value 0 (proto3 JSON
+//!   leaves zero out), and a zero limit means the model is not available to the project.
+//! - 429 without details → throttled, unspecified.
+//! - 400 with `ErrorInfo.reason = API_KEY_INVALID`, 401, and 403 → the key is dead (403's
+//!   `CONSUMER_SUSPENDED`, `SERVICE_DISABLED`, `API_KEY_SERVICE_BLOCKED` name why).
+//! - 408, 500, 502, 503, 504, other 5xx, timeouts, connection failures, cut-off bodies → transient.
+//! - Any other 4xx (bad request, 404 unknown model) → the caller's fault; says nothing about the key.
+
+use std::time::Duration;
+
+use keyturn_core::{AcquireError, DeadReason, ErrorKind as QuotaErrorKind, Outcome, ThrottleKind};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// What kind of failure, which decides what happens next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// 429: this scope is throttled; retry on another key.
+    Throttled(ThrottleKind),
+    /// The model is not available to this key's project (`limit: 0`); retry on another project.
+    ModelUnavailable,
+    /// The key is dead; retry on another key.
+    DeadKey(DeadReason),
+    /// The service or the network failed; back off and retry.
+    Transient,
+    /// The request is wrong (400, 404); do not retry.
+    CallerFault,
+    /// No key can take the request now (from the ledger).
+    NoCapacity,
+}
+
+/// A failed Gemini call. Carries context (status, model, key label) and the server's message
+/// with any key removed; never a key.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum GeminiError {
+    /// The server refused.
+    #[error(transparent)]
+    Api(Box<ApiFailure>),
+    /// The request never got an answer (connect, timeout, cut-off body).
+    #[error("no usable answer from Gemini for {model} on key '{key}': {detail}")]
+    Transport {
+        /// Model.
+        model: String,
+        /// Key label.
+        key: String,
+        /// What happened.
+        detail: String,
+    },
+    /// No key could take the request.
+    #[error(transparent)]
+    Quota(#[from] AcquireError),
+    /// Retries ran out.
+    #[error(
+        "gave up on {model} after {attempts} attempts over {elapsed_ms} ms; last error: {last}"
+    )]
+    RetriesExhausted {
+        /// Model.
+        model: String,
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent.
+        elapsed_ms: u64,
+        /// The last error.
+        last: Box<GeminiError>,
+    },
+    /// The quota ledger failed while settling.
+    #[error("quota ledger: {0}")]
+    Ledger(String),
+}
+
+impl GeminiError {
+    /// The classification.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Api(a) => a.kind,
+            Self::Transport { .. } => ErrorKind::Transient,
+            Self::Quota(_) => ErrorKind::NoCapacity,
+            Self::RetriesExhausted { last, .. } => last.kind(),
+            Self::Ledger(_) => ErrorKind::Transient,
+        }
+    }
+
+    /// The ledger's error, if no key could take the request (for exit codes: exhausted for the
+    /// day → 3, all keys dead → 4).
+    pub fn quota(&self) -> Option<&AcquireError> {
+        match self {
+            Self::Quota(e) => Some(e),
+            Self::RetriesExhausted { last, .. } => last.quota(),
+            _ => None,
+        }
+    }
+
+    /// Whether capacity is gone for the day on every key.
+    pub fn is_exhausted_for_day(&self) -> bool {
+        self.quota()
+            .is_some_and(|e| e.kind() == QuotaErrorKind::ExhaustedForDay)
+    }
+
+    /// What the ledger should learn from this error.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::Api(a) => match a.kind {
+                ErrorKind::Throttled(k) => Outcome::Throttled {
+                    kind: k,
+                    retry_after: a.retry_after,
+                    quota_value: a.quota_value,
+                },
+                ErrorKind::ModelUnavailable => Outcome::ModelUnavailable,
+                ErrorKind::DeadKey(r) => Outcome::KeyDead(r),
+                ErrorKind::Transient => Outcome::Transient,
+                ErrorKind::CallerFault | ErrorKind::NoCapacity => Outcome::CallerFault,
+            },
+            Self::Transport { .. } | Self::Ledger(_) => Outcome::Transient,
+            Self::Quota(_) | Self::RetriesExhausted { .. } => Outcome::CallerFault,
+        }
+    }
+}
+
+/// A refusal from the server, in detail.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("Gemini answered {status} {status_text} for {model} on key '{key}': {message}")]
+pub struct ApiFailure {
+    /// HTTP status.
+    pub status: u16,
+    /// `error.status` (RESOURCE_EXHAUSTED, …).
+    pub status_text: String,
+    /// The message, redacted.
+    pub message: String,
+    /// Model.
+    pub model: String,
+    /// Key label.
+    pub key: String,
+    /// Classification.
+    pub kind: ErrorKind,
+    /// `RetryInfo.retryDelay`.
+    pub retry_after: Option<Duration>,
+    /// The violated quota's value.
+    pub quota_value: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct StatusBody {
+    #[serde(default)]
+    error: Option<Status>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Status {
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    details: Vec<Value>,
+}
+
+/// What the classifier read from an error answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Classified {
+    /// Kind.
+    pub kind: ErrorKind,
+    /// `error.status`.
+    pub status_text: String,
+    /// `error.message` (not yet redacted).
+    pub message: String,
+    /// RetryInfo.
+    pub retry_after: Option<Duration>,
+    /// Quota value of the deciding violation.
+    pub quota_value: Option<u64>,
+}
+
+/// Parses "37s", "0.5s", "1.250s" (protobuf Duration JSON).
+pub fn parse_retry_delay(s: &str) -> Option<Duration> {
+    let secs: f64 = s.trim().strip_suffix('s')?.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+/// The quota a `quotaId` names, by its structure (`…PerDay…`, `…InputTokens…PerMinute…`).
+pub fn quota_kind(quota_id: &str) -> ThrottleKind {
+    if quota_id.contains("PerDay") {
+        ThrottleKind::RequestsPerDay
+    } else if quota_id.contains("Token") {
+        ThrottleKind::TokensPerMinute
+    } else if quota_id.contains("PerMinute") {
+        ThrottleKind::RequestsPerMinute
+    } else {
+        ThrottleKind::Unspecified
+    }
+}
+
+fn severity(k: ThrottleKind) -> u8 {
+    match k {
+        ThrottleKind::RequestsPerDay => 3,
+        ThrottleKind::TokensPerMinute => 2,
+        ThrottleKind::RequestsPerMinute => 1,
+        ThrottleKind::Unspecified => 0,
+    }
+}
+
+fn detail_type(d: &Value) -> &str {
+    d.get("@type")
+        .and_then(Value::as_str)
+        .and_then(|t| t.rsplit('.').next())
+        .unwrap_or("")
+}
+
+fn quota_value(v: &Value) -> u64 {
+    match v.get("quotaValue") {
+        Some(Value::String(s)) => s.parse().unwrap_or(0),
+        Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
+        // proto3 JSON leaves a zero int64 out.
+        _ => 0,
+    }
+}
+
+/// Classifies an error answer from its status and body. Never fails: garbage bodies are read by
+/// status alone.
+pub fn classify(status: u16, body: &[u8]) -> Classified {
+    let parsed: StatusBody = serde_json::from_slice(body).unwrap_or_default();
+    let st = parsed.error.unwrap_or_default();
+    let mut retry_after = None;
+    let mut violations: Vec<(ThrottleKind, u64)> = Vec::new();
+    let mut reason: Option<String> = None;
+    for d in &st.details {
+        match detail_type(d) {
+            "RetryInfo" => {
+                retry_after = d
+                    .get("retryDelay")
+                    .and_then(Value::as_str)
+                    .and_then(parse_retry_delay);
+            }
+            "QuotaFailure" => {
+                for v in d
+                    .get("violations")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let id = v.get("quotaId").and_then(Value::as_str).unwrap_or("");
+                    violations.push((quota_kind(id), quota_value(v)));
+                }
+            }
+            "ErrorInfo" => {
+                reason = d.get("reason").and_then(Value::as_str).map(str::to_owned);
+            }
+            _ => {}
+        }
+    }
+    let mut quota_value_out = None;
+    let kind = match status {
+        429 => {
+            if violations
+                .iter()
+                .any(|(k, v)| *v == 0 && *k != ThrottleKind::Unspecified)
+            {
+                ErrorKind::ModelUnavailable
+            } else if let Some(&(k, v)) = violations.iter().max_by_key(|(k, _)| severity(*k)) {
+                quota_value_out = Some(v);
+                ErrorKind::Throttled(k)
+            } else {
+                ErrorKind::Throttled(ThrottleKind::Unspecified)
+            }
+        }
+        400 if reason.as_deref() == Some("API_KEY_INVALID") => {
+            ErrorKind::DeadKey(DeadReason::Invalid)
+        }
+        401 => ErrorKind::DeadKey(DeadReason::Invalid),
+        403 => ErrorKind::DeadKey(match reason.as_deref() {
+            Some("CONSUMER_SUSPENDED") => DeadReason::Suspended,
+            Some("SERVICE_DISABLED") => DeadReason::ServiceDisabled,
+            Some("API_KEY_SERVICE_BLOCKED") => DeadReason::ServiceBlocked,
+            Some("API_KEY_INVALID") => DeadReason::Invalid,
+            _ => DeadReason::PermissionDenied,
+        }),
+        408 | 500..=599 => ErrorKind::Transient,
+        _ => ErrorKind::CallerFault,
+    };
+    Classified {
+        kind,
+        status_text: st.status,
+        message: st.message,
+        retry_after,
+        quota_value: quota_value_out,
+    }
+}
+
+/// Removes a key from text (servers quote it, e.g. "Consumer 'api_key:…' has been suspended").
+/// Anything shaped like a Google API key goes too.
+pub fn redact(text: &str, key: &str) -> String {
+    let mut out = if key.is_empty() {
+        text.to_owned()
+    } else {
+        text.replace(key, "[key]")
+    };
+    // Google API keys: "AIza" + 35 characters of [0-9A-Za-z_-].
+    while let Some(i) = out.find("AIza") {
+        let tail = &out[i + 4..];
+        let n = tail
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+            .count();
+        if n < 35 {
+            // Not a key; keep it but stop scanning this occurrence.
+            let (head, rest) = out.split_at(i + 4);
+            return format!("{head}{}", redact(rest, ""));
+        }
+        out.replace_range(i..i + 4 + n, "[key]");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(v: Value) -> Vec<u8> {
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn quota_429(id: &str, value: Option<&str>, delay: &str) -> Vec<u8> {
+        let mut viol =
+            json!({"quotaMetric": "m", "quotaId": id, "quotaDimensions": {"model": "x"}});
+        if let Some(v) = value {
+            viol["quotaValue"] = json!(v);
+        }
+        body(
+            json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "You exceeded your current quota",
+            "details": [
+                {"@type": "type.googleapis.com/google.rpc.Help", "links": []},
+                {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [viol]},
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay}]}}),
+        )
+    }
+
+    #[test]
+    fn quota_ids_decide_not_the_delay() {
+        let c = classify(
+            429,
+            &quota_429(
+                "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+                Some("20"),
+                "37s",
+            ),
+        );
+        assert_eq!(c.kind, ErrorKind::Throttled(ThrottleKind::RequestsPerDay));
+        assert_eq!(c.quota_value, Some(20));
+        assert_eq!(c.retry_after, Some(Duration::from_secs(37)));
+        let c = classify(
+            429,
+            &quota_429(
+                "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                Some("5"),
+                "0.5s",
+            ),
+        );
+        assert_eq!(
+            c.kind,
+            ErrorKind::Throttled(ThrottleKind::RequestsPerMinute)
+        );
+        assert_eq!(c.retry_after, Some(Duration::from_millis(500)));
+        let c = classify(
+            429,
+            &quota_429(
+                "GenerateContentInputTokensPerModelPerMinute-FreeTier",
+                Some("250000"),
+                "3s",
+            ),
+        );
+        assert_eq!(c.kind, ErrorKind::Throttled(ThrottleKind::TokensPerMinute));
+        let c = classify(
+            429,
+            &quota_429(
+                "EmbedContentRequestsPerDayPerUserPerProjectPerModel-FreeTier",
+                Some("1000"),
+                "0s",
+            ),
+        );
+        assert_eq!(c.kind, ErrorKind::Throttled(ThrottleKind::RequestsPerDay));
+    }
+
+    #[test]
+    fn missing_quota_value_is_limit_zero() {
+        let c = classify(
+            429,
+            &quota_429(
+                "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+                None,
+                "20s",
+            ),
+        );
+        assert_eq!(c.kind, ErrorKind::ModelUnavailable);
+    }
+
+    #[test]
+    fn the_most_severe_violation_wins() {
+        let b = body(
+            json!({"error": {"code": 429, "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
+            {"quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier", "quotaValue": "5"},
+            {"quotaId": "GenerateRequestsPerDayPerProjectPerModel-FreeTier", "quotaValue": "20"}]}]}}),
+        );
+        let c = classify(429, &b);
+        assert_eq!(
+            (c.kind, c.quota_value),
+            (ErrorKind::Throttled(ThrottleKind::RequestsPerDay), Some(20))
+        );
+    }
+
+    #[test]
+    fn bare_429_and_garbage() {
+        let c = classify(429, br#"{"error":{"code":429,"message":"Resource has been exhausted (e.g. check quota).","status":"RESOURCE_EXHAUSTED"}}"#);
+        assert_eq!(c.kind, ErrorKind::Throttled(ThrottleKind::Unspecified));
+        assert_eq!(
+            classify(429, b"<html>").kind,
+            ErrorKind::Throttled(ThrottleKind::Unspecified)
+        );
+        assert_eq!(classify(503, b"\x00\xff").kind, ErrorKind::Transient);
+        assert_eq!(classify(400, b"").kind, ErrorKind::CallerFault);
+        assert_eq!(classify(418, b"{}").kind, ErrorKind::CallerFault);
+    }
+
+    #[test]
+    fn dead_keys_and_caller_faults() {
+        let invalid = body(
+            json!({"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "API key not valid. Please pass a valid API key.",
+            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]}}),
+        );
+        assert_eq!(
+            classify(400, &invalid).kind,
+            ErrorKind::DeadKey(DeadReason::Invalid)
+        );
+        let suspended = body(
+            json!({"error": {"code": 403, "status": "PERMISSION_DENIED", "message": "Permission denied: Consumer 'api_key:x' has been suspended.",
+            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "CONSUMER_SUSPENDED"}]}}),
+        );
+        assert_eq!(
+            classify(403, &suspended).kind,
+            ErrorKind::DeadKey(DeadReason::Suspended)
+        );
+        let leaked = body(
+            json!({"error": {"code": 403, "status": "PERMISSION_DENIED", "message": "Your API key was reported as leaked. Please use another API key."}}),
+        );
+        assert_eq!(
+            classify(403, &leaked).kind,
+            ErrorKind::DeadKey(DeadReason::PermissionDenied)
+        );
+        // "rate" appears in "generateContent": a 404 is still a caller fault.
+        let not_found = body(
+            json!({"error": {"code": 404, "status": "NOT_FOUND", "message": "models/gemini-2.5-flsh is not found for API version v1beta, or is not supported for generateContent."}}),
+        );
+        assert_eq!(classify(404, &not_found).kind, ErrorKind::CallerFault);
+        let bad = body(
+            json!({"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "Invalid JSON payload received. Unknown name \"x\""}}),
+        );
+        assert_eq!(classify(400, &bad).kind, ErrorKind::CallerFault);
+        for s in [408, 500, 502, 503, 504] {
+            assert_eq!(classify(s, b"{}").kind, ErrorKind::Transient, "{s}");
+        }
+    }
+
+    #[test]
+    fn redaction_removes_the_key_and_key_shaped_strings() {
+        let key = "made-up-key-123";
+        assert_eq!(
+            redact(
+                "Consumer 'api_key:made-up-key-123' has been suspended.",
+                key
+            ),
+            "Consumer 'api_key:[key]' has been suspended."
+        );
+        let google_shaped = format!("x AIza{} y", "a".repeat(35));
+        assert_eq!(redact(&google_shaped, "other"), "x [key] y");
+        assert_eq!(redact("AIzaShort", ""), "AIzaShort");
+    }
+}
