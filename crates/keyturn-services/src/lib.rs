@@ -1,0 +1,275 @@
+//! # keyturn-services
+//!
+//! Configuration and the factory. [`Config::load`] reads `keyturn.toml` (from `--config`,
+//! `KEYTURN_CONFIG`, or `./keyturn.toml`), then the environment, then flags;
+//! [`discovery`] finds keys in every place users keep them; and the factory builds services on
+//! one shared pool over the configured state backend:
+//!
+//! - [`create_gemini_services`]: the LLM and embeddings services sharing one pool;
+//! - [`create_llm_service_only`], [`create_embeddings_service_only`].
+//!
+//! Each returns a [`StateHandle`] to flush state (at checkpoints) and to shut down cleanly.
+//! Downstream code does not care which backend holds the state.
+//!
+//! ```no_run
+//! use keyturn_services::{Config, Overrides, create_gemini_services, process_env};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let env = process_env();
+//! let cwd = std::env::current_dir()?;
+//! let cfg = Config::load(None, &env, &cwd, &Overrides::default())?;
+//! let services = create_gemini_services(&cfg, &env, &cwd).await?;
+//! // services.llm.generate(…), services.embeddings.embed_many(…)
+//! services.state.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod discovery;
+pub mod error;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use keyturn_core::{
+    Clock, InMemoryLedger, KeyRing, LedgerConfig, QuotaLedger, StateStore, StoreError, SystemClock,
+};
+use keyturn_embeddings::{EmbeddingsService, GeminiEmbeddings};
+use keyturn_gemini::{GeminiCall, RetryPolicy, RotatingCaller, Transport, TransportConfig};
+use keyturn_llm::{CacheConfig, GeminiLlm, LlmConfig, LlmService};
+use keyturn_store::{FileStore, Persister, RedisLedger, TimeSource};
+
+pub use config::{Backend, Config, Env, Overrides, process_env};
+pub use discovery::{Found, discover, key_ring};
+pub use error::{ConfigError, ServiceError};
+
+/// Owns the state backend's background work; flush at checkpoints, shut down at exit.
+#[derive(Debug)]
+pub struct StateHandle {
+    persister: Option<Persister>,
+    store: Option<Arc<FileStore>>,
+    describe: String,
+}
+
+impl StateHandle {
+    /// Saves state now (file backend; Redis is always current).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        match &self.persister {
+            Some(p) => p.flush().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Saves a last time and stops background work.
+    pub async fn shutdown(self) -> Result<(), StoreError> {
+        match self.persister {
+            Some(p) => p.shutdown().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Where the state lives ("file .keyturn/state.json", "redis redis://host:6379 namespace x").
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// The state file, for the file backend.
+    pub fn file(&self) -> Option<&Path> {
+        self.store.as_deref().map(FileStore::path)
+    }
+
+    /// Snapshots written by this process (file backend).
+    pub fn writes(&self) -> u64 {
+        self.persister.as_ref().map_or(0, Persister::writes)
+    }
+}
+
+/// The pool: keys, ledger, state handle, and the caller both services share.
+#[derive(Debug)]
+pub struct Pool {
+    /// The keys.
+    pub keys: Arc<KeyRing>,
+    /// Where each key came from.
+    pub found: Vec<Found>,
+    /// The ledger.
+    pub ledger: Arc<dyn QuotaLedger>,
+    /// The caller over the ledger.
+    pub caller: Arc<dyn GeminiCall>,
+    /// The state backend.
+    pub state: StateHandle,
+}
+
+/// Both services on one pool.
+#[derive(Debug)]
+pub struct Services {
+    /// LLM.
+    pub llm: Arc<dyn LlmService>,
+    /// Embeddings.
+    pub embeddings: Arc<dyn EmbeddingsService>,
+    /// The shared ledger (status, resets).
+    pub ledger: Arc<dyn QuotaLedger>,
+    /// The keys.
+    pub keys: Arc<KeyRing>,
+    /// Where each key came from.
+    pub found: Vec<Found>,
+    /// The state backend.
+    pub state: StateHandle,
+}
+
+/// The ledger configuration a `Config` describes.
+pub fn ledger_config(cfg: &Config) -> Result<LedgerConfig, ConfigError> {
+    Ok(LedgerConfig {
+        policy: cfg.rotation.policy,
+        breaker: cfg.breaker,
+        max_wait: cfg.rotation.max_wait,
+        default_throttle_cooldown: cfg.rotation.default_throttle_cooldown,
+        limits: cfg.limit_table()?,
+        models: Vec::new(),
+    })
+}
+
+/// Builds the pool: keys, the ledger over the configured backend (state loaded), the caller.
+pub async fn create_pool(cfg: &Config, env: &Env, cwd: &Path) -> Result<Pool, ServiceError> {
+    create_pool_with_clock(cfg, env, cwd, Arc::new(SystemClock)).await
+}
+
+/// [`create_pool`] with an injected clock.
+pub async fn create_pool_with_clock(
+    cfg: &Config,
+    env: &Env,
+    cwd: &Path,
+    clock: Arc<dyn Clock>,
+) -> Result<Pool, ServiceError> {
+    let (ring, found) = key_ring(cfg, env, cwd)?;
+    let keys = Arc::new(ring);
+    let lcfg = ledger_config(cfg)?;
+    let (ledger, state): (Arc<dyn QuotaLedger>, StateHandle) = match cfg.state.backend {
+        Backend::File => {
+            let store = Arc::new(FileStore::open(&cfg.state.dir)?);
+            let ledger = Arc::new(InMemoryLedger::new(keys.clone(), lcfg, clock.clone()));
+            if let Some(snap) = store.load().await? {
+                ledger.restore_now(&snap).map_err(|e| StoreError::Corrupt {
+                    path: store.path().to_owned(),
+                    detail: e.to_string(),
+                })?;
+            }
+            let persister =
+                Persister::spawn(ledger.clone(), store.clone(), cfg.state.flush_interval);
+            let describe = format!("file {}", store.path().display());
+            (
+                ledger,
+                StateHandle {
+                    persister: Some(persister),
+                    store: Some(store),
+                    describe,
+                },
+            )
+        }
+        Backend::Redis => {
+            let ledger = RedisLedger::connect(
+                &cfg.state.redis_url,
+                &cfg.state.namespace,
+                keys.clone(),
+                lcfg,
+                clock.clone(),
+                TimeSource::Redis,
+            )
+            .await?;
+            let describe = format!(
+                "redis {} namespace {}",
+                ledger.server(),
+                cfg.state.namespace
+            );
+            (
+                Arc::new(ledger),
+                StateHandle {
+                    persister: None,
+                    store: None,
+                    describe,
+                },
+            )
+        }
+    };
+    let transport = Transport::new(&TransportConfig {
+        base_url: cfg.http.base_url.clone(),
+        api_version: cfg.http.api_version.clone(),
+        connect_timeout: cfg.http.connect_timeout,
+        request_timeout: cfg.http.request_timeout,
+    })
+    .map_err(|e| ServiceError::Http(e.to_string()))?;
+    let retry = RetryPolicy {
+        max_attempts: cfg.retry.max_attempts,
+        max_elapsed: cfg.retry.max_elapsed,
+        base_backoff: cfg.retry.base_backoff,
+        max_backoff: cfg.retry.max_backoff,
+    };
+    let caller: Arc<dyn GeminiCall> =
+        Arc::new(RotatingCaller::new(ledger.clone(), transport, retry, clock));
+    Ok(Pool {
+        keys,
+        found,
+        ledger,
+        caller,
+        state,
+    })
+}
+
+fn llm_on(cfg: &Config, caller: Arc<dyn GeminiCall>) -> Arc<dyn LlmService> {
+    let cache = cfg.cache.enabled.then(|| CacheConfig {
+        ttl: cfg.cache.ttl,
+        max_entries: cfg.cache.max_entries,
+        dir: cfg.cache.disk.then(|| cfg.state.dir.join("cache")),
+    });
+    Arc::new(GeminiLlm::new(
+        caller,
+        LlmConfig {
+            cache,
+            ..LlmConfig::default()
+        },
+    ))
+}
+
+fn embeddings_on(cfg: &Config, caller: Arc<dyn GeminiCall>) -> Arc<dyn EmbeddingsService> {
+    Arc::new(GeminiEmbeddings::new(
+        caller,
+        cfg.embeddings.batch_size,
+        cfg.embeddings.concurrency,
+    ))
+}
+
+/// Both services on one shared pool and state backend.
+pub async fn create_gemini_services(
+    cfg: &Config,
+    env: &Env,
+    cwd: &Path,
+) -> Result<Services, ServiceError> {
+    let pool = create_pool(cfg, env, cwd).await?;
+    Ok(Services {
+        llm: llm_on(cfg, pool.caller.clone()),
+        embeddings: embeddings_on(cfg, pool.caller.clone()),
+        ledger: pool.ledger,
+        keys: pool.keys,
+        found: pool.found,
+        state: pool.state,
+    })
+}
+
+/// The LLM service alone.
+pub async fn create_llm_service_only(
+    cfg: &Config,
+    env: &Env,
+    cwd: &Path,
+) -> Result<(Arc<dyn LlmService>, StateHandle), ServiceError> {
+    let pool = create_pool(cfg, env, cwd).await?;
+    Ok((llm_on(cfg, pool.caller), pool.state))
+}
+
+/// The embeddings service alone.
+pub async fn create_embeddings_service_only(
+    cfg: &Config,
+    env: &Env,
+    cwd: &Path,
+) -> Result<(Arc<dyn EmbeddingsService>, StateHandle), ServiceError> {
+    let pool = create_pool(cfg, env, cwd).await?;
+    Ok((embeddings_on(cfg, pool.caller), pool.state))
+}
