@@ -59,6 +59,29 @@ pub struct Reply {
     pub attempts: u32,
 }
 
+/// What one key did, as seen by this process's calls.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KeyCallStats {
+    /// Key label.
+    pub label: String,
+    /// Key fingerprint.
+    pub fingerprint: String,
+    /// Requests sent.
+    pub requests: u64,
+    /// Answered with success.
+    pub ok: u64,
+    /// 429s by kind: per-minute, tokens, per-day, unspecified, limit-0.
+    pub throttled: std::collections::BTreeMap<String, u64>,
+    /// Transient failures.
+    pub transient: u64,
+    /// Refusals that disabled the key.
+    pub dead: u64,
+    /// Caller faults.
+    pub caller_faults: u64,
+    /// Input tokens Gemini counted on successes.
+    pub input_tokens: u64,
+}
+
 /// A stream of response chunks.
 pub type ChunkStream = BoxStream<'static, Result<Value, GeminiError>>;
 
@@ -93,6 +116,9 @@ pub trait GeminiCall: Send + Sync + std::fmt::Debug {
 
     /// The pool behind the calls.
     fn ledger(&self) -> Arc<dyn QuotaLedger>;
+
+    /// Per-key statistics of this process's calls, in key order.
+    fn stats(&self) -> Vec<KeyCallStats>;
 }
 
 /// The Gemini implementation of [`GeminiCall`].
@@ -103,6 +129,7 @@ pub struct RotatingCaller {
     retry: RetryPolicy,
     clock: Arc<dyn Clock>,
     unmetered_cursor: Arc<std::sync::atomic::AtomicUsize>,
+    stats: Arc<parking_lot::Mutex<Vec<KeyCallStats>>>,
 }
 
 enum Attempt {
@@ -124,12 +151,22 @@ impl RotatingCaller {
         retry: RetryPolicy,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        let stats = ledger
+            .keys()
+            .iter()
+            .map(|(_, e)| KeyCallStats {
+                label: e.label.clone(),
+                fingerprint: e.fingerprint().to_string(),
+                ..KeyCallStats::default()
+            })
+            .collect();
         Self {
             ledger,
             transport,
             retry,
             clock,
             unmetered_cursor: Arc::default(),
+            stats: Arc::new(parking_lot::Mutex::new(stats)),
         }
     }
 
@@ -152,7 +189,35 @@ impl RotatingCaller {
         })
     }
 
+    fn count(&self, key: keyturn_core::KeyId, outcome: &Outcome) {
+        let mut all = self.stats.lock();
+        let Some(s) = all.get_mut(key.index()) else {
+            return;
+        };
+        s.requests += 1;
+        match outcome {
+            Outcome::Success { input_tokens } => {
+                s.ok += 1;
+                s.input_tokens += input_tokens.unwrap_or(0);
+            }
+            Outcome::Throttled { kind, .. } => {
+                let k = match kind {
+                    keyturn_core::ThrottleKind::RequestsPerMinute => "per-minute",
+                    keyturn_core::ThrottleKind::TokensPerMinute => "tokens",
+                    keyturn_core::ThrottleKind::RequestsPerDay => "per-day",
+                    keyturn_core::ThrottleKind::Unspecified => "unspecified",
+                };
+                *s.throttled.entry(k.to_owned()).or_default() += 1;
+            }
+            Outcome::ModelUnavailable => *s.throttled.entry("limit-0".to_owned()).or_default() += 1,
+            Outcome::KeyDead(_) => s.dead += 1,
+            Outcome::Transient => s.transient += 1,
+            Outcome::CallerFault => s.caller_faults += 1,
+        }
+    }
+
     async fn settle(&self, lease: Lease, outcome: Outcome) {
+        self.count(lease.key(), &outcome);
         if let Err(e) = self.ledger.settle(lease, outcome).await {
             tracing::warn!(error = %e, "could not record a call's outcome in the quota ledger");
         }
@@ -323,6 +388,7 @@ impl GeminiCall for RotatingCaller {
         };
         let events = eventsource_stream::Eventsource::eventsource(resp.bytes_stream());
         let state = StreamState {
+            stats: self.stats.clone(),
             events: events.boxed(),
             lease: Some(lease),
             ledger: self.ledger.clone(),
@@ -347,6 +413,8 @@ impl GeminiCall for RotatingCaller {
                             key: st.key.clone(),
                             detail: format!("a streamed chunk was not JSON: {e}"),
                         };
+                        st.count_transient(&lease);
+                        st.count_transient(&lease);
                         st.ledger.settle(lease, Outcome::Transient).await.ok();
                         Some((Err(err), st))
                     }
@@ -357,10 +425,16 @@ impl GeminiCall for RotatingCaller {
                         key: st.key.clone(),
                         detail: format!("the stream broke off: {e}"),
                     };
+                    st.count_transient(&lease);
                     st.ledger.settle(lease, Outcome::Transient).await.ok();
                     Some((Err(err), st))
                 }
                 None => {
+                    if let Some(s) = st.stats.lock().get_mut(lease.key().index()) {
+                        s.requests += 1;
+                        s.ok += 1;
+                        s.input_tokens += st.input_tokens.unwrap_or(0);
+                    }
                     let outcome = Outcome::Success {
                         input_tokens: st.input_tokens,
                     };
@@ -432,9 +506,14 @@ impl GeminiCall for RotatingCaller {
     fn ledger(&self) -> Arc<dyn QuotaLedger> {
         self.ledger.clone()
     }
+
+    fn stats(&self) -> Vec<KeyCallStats> {
+        self.stats.lock().clone()
+    }
 }
 
 struct StreamState {
+    stats: Arc<parking_lot::Mutex<Vec<KeyCallStats>>>,
     events: BoxStream<
         'static,
         Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>,
@@ -444,4 +523,13 @@ struct StreamState {
     input_tokens: Option<u64>,
     model: String,
     key: String,
+}
+
+impl StreamState {
+    fn count_transient(&self, lease: &Lease) {
+        if let Some(s) = self.stats.lock().get_mut(lease.key().index()) {
+            s.requests += 1;
+            s.transient += 1;
+        }
+    }
 }

@@ -35,6 +35,6 @@ pub mod wire;
 
 #[cfg(any(test, feature = "mock"))]
 pub use caller::MockGeminiCall;
-pub use caller::{ChunkStream, GeminiCall, Reply, RetryPolicy, RotatingCaller};
+pub use caller::{ChunkStream, GeminiCall, KeyCallStats, Reply, RetryPolicy, RotatingCaller};
 pub use error::{ApiFailure, ErrorKind, GeminiError, classify, redact};
 pub use transport::{Transport, TransportConfig};

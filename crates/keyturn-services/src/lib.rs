@@ -108,6 +108,8 @@ pub struct Services {
     pub embeddings: Arc<dyn EmbeddingsService>,
     /// The shared ledger (status, resets).
     pub ledger: Arc<dyn QuotaLedger>,
+    /// The caller both services use (per-key call statistics).
+    pub caller: Arc<dyn GeminiCall>,
     /// The keys.
     pub keys: Arc<KeyRing>,
     /// Where each key came from.
@@ -247,6 +249,7 @@ pub async fn create_gemini_services(
     Ok(Services {
         llm: llm_on(cfg, pool.caller.clone()),
         embeddings: embeddings_on(cfg, pool.caller.clone()),
+        caller: pool.caller,
         ledger: pool.ledger,
         keys: pool.keys,
         found: pool.found,

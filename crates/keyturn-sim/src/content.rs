@@ -28,19 +28,23 @@ pub struct Vocabulary {
 impl Vocabulary {
     /// Reads a prompt.
     pub fn of(prompt: &str) -> Self {
-        let tokens: Vec<&str> = prompt
-            .split(|c: char| c.is_whitespace())
-            .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric()))
+        let raw: Vec<&str> = prompt
+            .split(char::is_whitespace)
             .filter(|w| !w.is_empty())
             .collect();
-        let words: Vec<String> = tokens
+        let clean = |w: &str| w.trim_matches(|c: char| !c.is_alphanumeric()).to_owned();
+        let words: Vec<String> = raw
             .iter()
+            .map(|w| clean(w))
             .filter(|w| w.len() > 2)
             .map(|w| w.to_lowercase())
             .collect();
+        // Names: runs of capitalised words inside a sentence. A run ends at punctuation, and a
+        // capital right after a sentence end (or a "Speaker:" label) is not evidence of a name.
         let mut phrases: Vec<String> = Vec::new();
-        let mut current: Vec<&str> = Vec::new();
-        let flush = |current: &mut Vec<&str>, phrases: &mut Vec<String>| {
+        let mut current: Vec<String> = Vec::new();
+        let mut sentence_start = true;
+        let flush = |current: &mut Vec<String>, phrases: &mut Vec<String>| {
             if !current.is_empty() {
                 let p = current.join(" ");
                 if p.len() > 2 && !phrases.contains(&p) {
@@ -49,14 +53,31 @@ impl Vocabulary {
                 current.clear();
             }
         };
-        for (i, w) in tokens.iter().enumerate() {
-            let capital = w.chars().next().is_some_and(char::is_uppercase);
-            // A capital after a sentence end is not evidence of a name; a run of two is.
-            if capital && i > 0 {
-                current.push(w);
+        let lines: Vec<Vec<&str>> = prompt
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        for w in lines
+            .iter()
+            .flat_map(|l| l.iter().copied().chain(std::iter::once("\n")))
+        {
+            if w == "\n" {
+                flush(&mut current, &mut phrases);
+                sentence_start = true;
+                continue;
+            }
+            let word = clean(w);
+            let capital = word.chars().next().is_some_and(char::is_uppercase);
+            if capital && (!sentence_start || !current.is_empty()) && !word.is_empty() {
+                current.push(word);
             } else {
                 flush(&mut current, &mut phrases);
             }
+            let ends = w.ends_with(['.', '!', '?', ':', ';', ',', ')', '"']);
+            if ends {
+                flush(&mut current, &mut phrases);
+            }
+            sentence_start = w.ends_with(['.', '!', '?', ':']);
         }
         flush(&mut current, &mut phrases);
         Self { words, phrases }

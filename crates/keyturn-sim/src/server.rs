@@ -565,6 +565,13 @@ struct Reply {
 fn reply_for(req: &GenerateContentRequest, model: &str, served: &ServedModel, index: u32) -> Reply {
     let prompt = req.prompt_text();
     let seed = seed_of(&[model, &prompt, &index.to_string()]);
+    // Answers draw on what the user said, not on the instructions.
+    let said = req
+        .contents
+        .iter()
+        .map(|c| c.text())
+        .collect::<Vec<_>>()
+        .join("\n");
     let gc = req.generation_config.clone().unwrap_or_default();
     let json_mode = gc.response_mime_type.as_deref() == Some("application/json");
     let schema = gc
@@ -573,12 +580,12 @@ fn reply_for(req: &GenerateContentRequest, model: &str, served: &ServedModel, in
         .or(gc.response_json_schema.as_ref());
     let (mut text, mut finish) = if json_mode {
         let v = match schema {
-            Some(s) => json_reply(&prompt, seed, s),
-            None => json!({ "answer": text_reply(&prompt, seed, 12) }),
+            Some(s) => json_reply(&said, seed, s),
+            None => json!({ "answer": text_reply(&said, seed, 12) }),
         };
         (serde_json::to_string(&v).unwrap_or_default(), "STOP")
     } else {
-        (text_reply(&prompt, seed, 24), "STOP")
+        (text_reply(&said, seed, 24), "STOP")
     };
     if !json_mode
         && let Some(max) = gc.max_output_tokens

@@ -1,0 +1,889 @@
+//! The `keyturn` command line. Exit codes: 0 done; 2 usage or configuration error; 3 every key's
+//! quota for a needed model is exhausted (resumable); 4 every key was rejected as invalid;
+//! 130 interrupted (resumable); 1 anything else.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)] // this module is the binary's UI
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use keyturn_core::{
+    Clock, InMemoryLedger, Policy, PoolStatus, QuotaLedger, ResetTarget, SystemClock,
+};
+use keyturn_services::{
+    Backend, Config, ConfigError, Env, Overrides, ServiceError, create_gemini_services,
+    create_pool, key_ring, ledger_config, process_env,
+};
+use keyturn_store::{CheckpointStore, FileStore, RedisLedger, TimeSource};
+use tokio::sync::watch;
+
+use crate::graph::ExportFormat;
+use crate::progress::Progress;
+use crate::run::{CHECKPOINT_DIR, RunReport, SeedOptions, Stop, seed};
+
+/// Exit code: usage or configuration error.
+pub const EXIT_USAGE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keyturn",
+    version,
+    about = "Run LLM work across many Gemini API keys without ever sending a request the quota will refuse.",
+    after_help = "Examples:\n  keyturn demo                                   # no key, no network: the simulator and sample transcripts\n  GEMINI_API_KEY_1=… GEMINI_API_KEY_2=… keyturn seed transcripts/ --out graph-out\n  keyturn status\n  keyturn keys check\n  keyturn export --out graph-out --format neo4j-csv\n\nExit codes: 0 done, 2 usage/config error, 3 quota exhausted for the day (resumable),\n4 every key invalid, 130 interrupted (resumable), 1 anything else."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+struct Global {
+    /// Configuration file (default: $KEYTURN_CONFIG, else ./keyturn.toml if present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// State folder of the file backend (default: $KEYTURN_STATE_DIR, else .keyturn).
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Share quota through Redis (default: $KEYTURN_REDIS_URL).
+    #[arg(long, global = true, value_name = "URL")]
+    redis_url: Option<String>,
+    /// Gemini endpoint without version (default: $GEMINI_BASE_URL, else Google's).
+    #[arg(long, global = true, value_name = "URL")]
+    base_url: Option<String>,
+    /// Key selection policy.
+    #[arg(long, global = true, value_parser = ["round-robin", "least-loaded", "weighted"])]
+    policy: Option<String>,
+    /// Machine-readable JSON log lines on stderr.
+    #[arg(long, global = true)]
+    json_log: bool,
+    /// More log detail (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Seed a knowledge graph from transcripts (.vtt, .srt, .txt); resumable.
+    #[command(
+        after_help = "Example:\n  keyturn seed podcasts/ --out graph-out --concurrency 4\n\nA rerun with the same --out skips finished episodes and redoes changed files."
+    )]
+    Seed(SeedArgs),
+    /// The pipeline on bundled sample transcripts against the built-in simulator (no key, no network).
+    Demo(DemoArgs),
+    /// The Gemini simulator alone.
+    Sim(keyturn_sim::SimArgs),
+    /// Quota state per key and model: used vs limit, breakers, disabled keys, next reset.
+    Status {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, check or reset keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Export the graph in --out for other tools.
+    #[command(
+        after_help = "Example:\n  keyturn export --out graph-out --format neo4j-csv\n  neo4j-admin database import full --nodes=graph-out/export/neo4j-csv/nodes.csv --relationships=graph-out/export/neo4j-csv/relationships.csv"
+    )]
+    Export {
+        /// The seed output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Format.
+        #[arg(long, value_enum, default_value = "neo4j-csv")]
+        format: ExportFormat,
+        /// Where to write (default: <out>/export/<format>).
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
+    /// Where the state lives, and maintenance.
+    #[command(subcommand)]
+    State(StateCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+struct SeedArgs {
+    /// Transcript files or folders (the podcast is a file's parent folder).
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// Episodes in flight.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Requests in flight per episode.
+    #[arg(long, default_value_t = 4)]
+    requests: usize,
+    /// Extraction model.
+    #[arg(long, default_value = "gemini-2.5-flash")]
+    model: String,
+    /// Embedding model.
+    #[arg(long, default_value = "gemini-embedding-001")]
+    embedding_model: String,
+    /// Embedding size.
+    #[arg(long, default_value_t = 768)]
+    dimensions: u32,
+    /// Target tokens per chunk.
+    #[arg(long, default_value_t = 700)]
+    chunk_tokens: usize,
+    /// Do not answer from the response cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+struct DemoArgs {
+    /// Output folder.
+    #[arg(long, default_value = "keyturn-demo")]
+    out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// The keys keyturn found, where, and their health.
+    List,
+    /// Asks Gemini about each key with a call that spends no generation quota (GET models/{m}).
+    Check {
+        /// The model to ask about.
+        #[arg(long, default_value = "gemini-2.5-flash")]
+        model: String,
+    },
+    /// Clears a key's disabled flag and breaker (or, with --all, all state).
+    Reset {
+        /// A key's label or fingerprint.
+        key: Option<String>,
+        /// Everything: all keys and all counters.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Backend, location, size, age, last flush, checkpoints and backups.
+    Info {
+        /// A seed output folder, to include its checkpoints.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Deletes the quota state (asks first).
+    Reset {
+        /// Do not ask.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Deletes old checkpoint backups.
+    Prune {
+        /// The seed output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Backups to keep.
+        #[arg(long, default_value_t = 3)]
+        keep: usize,
+    },
+}
+
+fn init_logging(g: &Global) {
+    let default = match g.verbose {
+        0 => "warn,keyturn_core=info,keyturn_store=info,keyturn_pipeline=info",
+        1 => {
+            "info,keyturn_core=debug,keyturn_gemini=debug,keyturn_store=debug,keyturn_pipeline=debug"
+        }
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if g.json_log {
+        b.json().init();
+    } else {
+        b.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+fn overrides(g: &Global, no_cache: bool) -> Overrides {
+    Overrides {
+        state_dir: g.state_dir.clone(),
+        redis_url: g.redis_url.clone(),
+        base_url: g.base_url.clone(),
+        policy: g.policy.as_deref().and_then(|p| p.parse::<Policy>().ok()),
+        no_cache,
+    }
+}
+
+fn cwd() -> PathBuf {
+    std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
+}
+
+fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("keyturn: {msg}");
+    ExitCode::from(code)
+}
+
+fn service_exit(e: &ServiceError) -> u8 {
+    match e {
+        ServiceError::Config(_) => EXIT_USAGE,
+        ServiceError::State(keyturn_core::StoreError::Locked { .. })
+        | ServiceError::State(keyturn_core::StoreError::Corrupt { .. })
+        | ServiceError::State(keyturn_core::StoreError::NewerSchema { .. }) => EXIT_USAGE,
+        _ => 1,
+    }
+}
+
+/// Runs the command line; the binary's `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.global);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, format!("cannot start the runtime: {e}")),
+    };
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let env = process_env();
+    let cwd = cwd();
+    let g = cli.global.clone();
+    match cli.command {
+        Command::Seed(a) => cmd_seed(&g, &env, &cwd, a).await,
+        Command::Demo(a) => crate::demo::run(&a.out, &cwd).await,
+        Command::Sim(a) => cmd_sim(a).await,
+        Command::Status { json } => cmd_status(&g, &env, &cwd, json).await,
+        Command::Keys(k) => cmd_keys(&g, &env, &cwd, k).await,
+        Command::Export { out, format, to } => {
+            let to = to.unwrap_or_else(|| {
+                out.join("export").join(match format {
+                    ExportFormat::Neo4jCsv => "neo4j-csv",
+                    ExportFormat::Jsonl => "jsonl",
+                })
+            });
+            match crate::graph::export(&out, &to, format) {
+                Ok(files) => {
+                    for f in files {
+                        println!("wrote {}", f.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, e),
+            }
+        }
+        Command::State(s) => cmd_state(&g, &env, &cwd, s).await,
+    }
+}
+
+fn load(g: &Global, env: &Env, cwd: &Path, no_cache: bool) -> Result<Config, ConfigError> {
+    Config::load(g.config.as_deref(), env, cwd, &overrides(g, no_cache))
+}
+
+/// A watch that turns true on Ctrl-C or SIGTERM.
+fn interrupts() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term_fut = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = term_fut => {}
+        }
+        tx.send(true).ok();
+    });
+    rx
+}
+
+fn when(ms: i64) -> String {
+    let ts = keyturn_core::clock::ms_to_timestamp(ms);
+    let pacific = jiff::tz::db()
+        .get(keyturn_core::pacific::QUOTA_TIME_ZONE)
+        .map(|tz| {
+            ts.to_zoned_datetime(tz)
+                .strftime("%Y-%m-%d %H:%M %Z")
+                .to_string()
+        })
+        .unwrap_or_default();
+    let local = jiff::tz::TimeZone::try_system()
+        .map(|tz| {
+            ts.to_zoned_datetime(tz)
+                .strftime("%Y-%m-%d %H:%M %Z")
+                .to_string()
+        })
+        .unwrap_or_else(|_| ts.to_string());
+    format!("{pacific} (local {local})")
+}
+
+/// Prints the end-of-run summary and returns the exit code.
+pub fn report_and_exit(report: &RunReport, resume: &str) -> ExitCode {
+    println!();
+    println!(
+        "episodes: {} processed, {} already done, {} skipped, {} failed · chunks {} · entities {} · graph {} nodes / {} edges",
+        report.items.processed,
+        report.items.already_done,
+        report.items.skipped,
+        report.items.failed,
+        report.items.chunks,
+        report.items.entities,
+        report.graph.get("nodes").copied().unwrap_or(0),
+        report.graph.get("edges").copied().unwrap_or(0),
+    );
+    println!(
+        "{:<22} {:<9} {:>8} {:>6} {:>6} {:>9} {:>6} {:>12}",
+        "KEY", "FP", "REQUESTS", "OK", "429", "TRANSIENT", "DEAD", "INPUT TOK"
+    );
+    for k in &report.keys {
+        let t: u64 = k.throttled.values().sum();
+        println!(
+            "{:<22} {:<9} {:>8} {:>6} {:>6} {:>9} {:>6} {:>12}",
+            k.label, k.fingerprint, k.requests, k.ok, t, k.transient, k.dead, k.input_tokens
+        );
+    }
+    if !report.throttled.is_empty() {
+        let kinds: Vec<String> = report
+            .throttled
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!("429s by kind: {}", kinds.join(", "));
+    }
+    println!(
+        "cache: {} hits, {} misses · state: {}",
+        report.cache.get("hits").copied().unwrap_or(0),
+        report.cache.get("misses").copied().unwrap_or(0),
+        report.state
+    );
+    for s in &report.skipped {
+        eprintln!("skipped {}: {}", s.path, s.reason);
+    }
+    for s in &report.failed {
+        eprintln!("failed {}: {}", s.path, s.reason);
+    }
+    match &report.result {
+        Stop::Done => {}
+        Stop::Failed { episodes } => {
+            eprintln!("keyturn: {episodes} episode(s) failed; rerun to retry them: {resume}")
+        }
+        Stop::ExhaustedForDay { model, until_ms } => eprintln!(
+            "keyturn: every key's quota for {model} is used up for today; capacity returns at {}. Finished episodes are saved; resume then with: {resume}",
+            when(*until_ms)
+        ),
+        Stop::AllKeysInvalid { detail } => eprintln!(
+            "keyturn: every key was rejected ({detail}); fix the keys, run `keyturn keys reset --all`, then: {resume}"
+        ),
+        Stop::Interrupted => {
+            eprintln!("keyturn: interrupted; finished episodes are saved. Resume with: {resume}")
+        }
+    }
+    ExitCode::from(report.result.exit_code())
+}
+
+async fn cmd_seed(g: &Global, env: &Env, cwd: &Path, a: SeedArgs) -> ExitCode {
+    let cfg = match load(g, env, cwd, a.no_cache) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let services = match create_gemini_services(&cfg, env, cwd).await {
+        Ok(s) => s,
+        Err(e) => return fail(service_exit(&e), e),
+    };
+    tracing::info!(keys = services.keys.len(), state = %services.state.describe(), "starting");
+    let opts = SeedOptions {
+        inputs: a.inputs.clone(),
+        out: a.out.clone(),
+        concurrency: a.concurrency.max(1),
+        requests: a.requests.max(1),
+        model: a.model,
+        embedding_model: a.embedding_model,
+        dimensions: Some(a.dimensions),
+        chunk_tokens: a.chunk_tokens.max(50),
+        ..SeedOptions::default()
+    };
+    let progress = Progress::new(std::io::stderr().is_terminal());
+    let resume = format!(
+        "keyturn seed {} --out {}",
+        a.inputs
+            .iter()
+            .map(|p| format!("'{}'", p.display()))
+            .collect::<Vec<_>>()
+            .join(" "),
+        a.out.display()
+    );
+    let result = seed(
+        opts,
+        &services,
+        interrupts(),
+        Duration::from_secs(5),
+        &progress,
+    )
+    .await;
+    let shutdown = services.state.shutdown().await;
+    match result {
+        Ok(report) => {
+            if let Err(e) = shutdown {
+                eprintln!("keyturn: could not save the quota state: {e}");
+            }
+            report_and_exit(&report, &resume)
+        }
+        Err(e) => fail(1, e),
+    }
+}
+
+async fn cmd_sim(a: keyturn_sim::SimArgs) -> ExitCode {
+    let cfg = match a.to_config() {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    match keyturn_sim::Simulator::start(cfg).await {
+        Ok(sim) => {
+            println!("keyturn sim listening on {}", sim.base_url());
+            println!("GEMINI_BASE_URL={}", sim.base_url());
+            sim.wait().await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, format!("cannot listen: {e}")),
+    }
+}
+
+/// The status of the configured backend without taking the file lock (a seed may be running).
+async fn read_status(cfg: &Config, env: &Env, cwd: &Path) -> Result<Option<PoolStatus>, String> {
+    let (ring, _) = key_ring(cfg, env, cwd).map_err(|e| e.to_string())?;
+    let keys = Arc::new(ring);
+    let lcfg = ledger_config(cfg).map_err(|e| e.to_string())?;
+    match cfg.state.backend {
+        Backend::File => {
+            let path = cfg.state.dir.join(keyturn_store::file::STATE_FILE);
+            let Some(file) = FileStore::read(&path).map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            let ledger = InMemoryLedger::new(keys, lcfg, Arc::new(SystemClock));
+            ledger
+                .restore_now(&file.snapshot)
+                .map_err(|e| e.to_string())?;
+            Ok(Some(ledger.status_now()))
+        }
+        Backend::Redis => {
+            let mut lcfg = lcfg;
+            lcfg.models = vec!["gemini-2.5-flash".into(), "gemini-embedding-001".into()];
+            let l = RedisLedger::connect(
+                &cfg.state.redis_url,
+                &cfg.state.namespace,
+                keys,
+                lcfg,
+                Arc::new(SystemClock),
+                TimeSource::Redis,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            l.status().await.map(Some).map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn limit(used: u64, l: Option<u64>) -> String {
+    match l {
+        Some(l) => format!("{used}/{l}"),
+        None => format!("{used}/∞"),
+    }
+}
+
+fn print_status(st: &PoolStatus) {
+    println!("{:<22} {:<9} {:<24} STATE", "KEY", "FP", "PROJECT");
+    for k in &st.keys {
+        let state = match (&k.disabled, &k.breaker) {
+            (Some(d), _) => format!("disabled: {} (since {})", d.reason, when(d.since_ms)),
+            (None, keyturn_core::BreakerState::Open { until_ms }) => {
+                format!("breaker open until {}", when(*until_ms))
+            }
+            (None, keyturn_core::BreakerState::HalfOpen { .. }) => {
+                "breaker half-open (probing)".into()
+            }
+            (None, keyturn_core::BreakerState::Closed) => "ok".into(),
+        };
+        println!(
+            "{:<22} {:<9} {:<24} {state}",
+            k.label,
+            k.fingerprint.to_string(),
+            k.project
+        );
+    }
+    println!();
+    println!(
+        "{:<24} {:<24} {:>12} {:>18} {:>12} {:<10} NEXT RESET",
+        "PROJECT", "MODEL", "RPM", "TPM", "RPD", "STATE"
+    );
+    for s in &st.scopes {
+        let state = format!("{:?}", s.state).to_lowercase();
+        println!(
+            "{:<24} {:<24} {:>12} {:>18} {:>12} {:<10} {}",
+            s.project,
+            s.model,
+            limit(s.rpm_used, s.limits.rpm),
+            limit(s.tpm_used, s.limits.tpm),
+            limit(s.rpd_used, s.limits.rpd),
+            state,
+            when(s.next_reset_ms)
+        );
+    }
+}
+
+async fn cmd_status(g: &Global, env: &Env, cwd: &Path, json: bool) -> ExitCode {
+    let cfg = match load(g, env, cwd, false) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    match read_status(&cfg, env, cwd).await {
+        Ok(Some(st)) if json => {
+            println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(Some(st)) => {
+            print_status(&st);
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            if json {
+                println!("null");
+            } else {
+                println!("no quota state yet in {}", cfg.state.dir.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, e),
+    }
+}
+
+async fn cmd_keys(g: &Global, env: &Env, cwd: &Path, k: KeysCommand) -> ExitCode {
+    let cfg = match load(g, env, cwd, false) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    match k {
+        KeysCommand::List => {
+            let found = match keyturn_services::discover(&cfg, env, cwd) {
+                Ok(f) => f,
+                Err(e) => return fail(EXIT_USAGE, e),
+            };
+            let status = read_status(&cfg, env, cwd).await.ok().flatten();
+            println!(
+                "{:<22} {:<9} {:<24} {:<30} HEALTH",
+                "LABEL", "FP", "PROJECT", "SOURCE"
+            );
+            for f in &found {
+                let fp = f.spec.key.fingerprint();
+                let health = status
+                    .as_ref()
+                    .and_then(|s| s.keys.iter().find(|k| k.fingerprint == fp))
+                    .map_or_else(
+                        || "-".to_owned(),
+                        |k| match &k.disabled {
+                            Some(d) => format!("disabled: {}", d.reason),
+                            None => "ok".into(),
+                        },
+                    );
+                println!(
+                    "{:<22} {:<9} {:<24} {:<30} {health}",
+                    f.spec.label.clone().unwrap_or_default(),
+                    fp.to_string(),
+                    f.spec
+                        .project
+                        .clone()
+                        .unwrap_or_else(|| format!("key:{fp}")),
+                    f.source
+                );
+            }
+            if found.is_empty() {
+                return fail(
+                    EXIT_USAGE,
+                    ConfigError::NoKeys {
+                        looked_at: keyturn_services::discovery::LOOKED_AT
+                            .iter()
+                            .map(|s| (*s).to_owned())
+                            .collect(),
+                    },
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        KeysCommand::Check { model } => {
+            let (ring, _) = match key_ring(&cfg, env, cwd) {
+                Ok(r) => r,
+                Err(e) => return fail(EXIT_USAGE, e),
+            };
+            let transport = match keyturn_gemini::Transport::new(&keyturn_gemini::TransportConfig {
+                base_url: cfg.http.base_url.clone(),
+                api_version: cfg.http.api_version.clone(),
+                connect_timeout: cfg.http.connect_timeout,
+                request_timeout: cfg.http.request_timeout,
+            }) {
+                Ok(t) => t,
+                Err(e) => return fail(1, e),
+            };
+            let url = transport.url(&format!("models/{model}"));
+            let mut dead = 0;
+            println!("{:<22} {:<9} RESULT", "LABEL", "FP");
+            for (_, e) in ring.iter() {
+                let result = match transport.get(&e.key, &url).await {
+                    Err(detail) => format!("no answer: {detail}"),
+                    Ok(r) if r.status().is_success() => "valid".into(),
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let body = r.bytes().await.unwrap_or_default();
+                        match keyturn_gemini::classify(status, &body).kind {
+                            keyturn_gemini::ErrorKind::DeadKey(reason) => {
+                                dead += 1;
+                                format!("REJECTED: {reason}")
+                            }
+                            keyturn_gemini::ErrorKind::CallerFault => {
+                                format!("valid key, but {model} answered {status}")
+                            }
+                            other => format!("inconclusive ({status}, {other:?})"),
+                        }
+                    }
+                };
+                println!(
+                    "{:<22} {:<9} {result}",
+                    e.label,
+                    e.fingerprint().to_string()
+                );
+            }
+            if dead == ring.len() {
+                return fail(4, "every key was rejected");
+            }
+            ExitCode::SUCCESS
+        }
+        KeysCommand::Reset { key, all } => {
+            let target = match (key, all) {
+                (_, true) => None,
+                (Some(k), false) => Some(k),
+                (None, false) => {
+                    return fail(
+                        EXIT_USAGE,
+                        "name a key (label or fingerprint) or pass --all",
+                    );
+                }
+            };
+            let pool = match create_pool(&cfg, env, cwd).await {
+                Ok(p) => p,
+                Err(e) => return fail(service_exit(&e), e),
+            };
+            let result = match &target {
+                None => pool.ledger.reset(ResetTarget::All).await,
+                Some(k) => match pool.keys.find(k) {
+                    Some(id) => pool.ledger.reset(ResetTarget::Key(id)).await,
+                    None => {
+                        pool.state.shutdown().await.ok();
+                        return fail(
+                            EXIT_USAGE,
+                            format!("no key labelled or fingerprinted '{k}'"),
+                        );
+                    }
+                },
+            };
+            let saved = pool.state.shutdown().await;
+            match (result, saved) {
+                (Ok(()), Ok(())) => {
+                    println!(
+                        "reset {}",
+                        target.as_deref().unwrap_or("all keys and counters")
+                    );
+                    ExitCode::SUCCESS
+                }
+                (Err(e), _) => fail(1, e),
+                (_, Err(e)) => fail(1, e),
+            }
+        }
+    }
+}
+
+fn age(ms: i64) -> String {
+    let s = (SystemClock.now_ms() - ms).max(0) / 1000;
+    match s {
+        0..=119 => format!("{s} s ago"),
+        120..=7199 => format!("{} min ago", s / 60),
+        _ => format!("{} h ago", s / 3600),
+    }
+}
+
+async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand) -> ExitCode {
+    let cfg = match load(g, env, cwd, false) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    match s {
+        StateCommand::Info { out } => {
+            match cfg.state.backend {
+                Backend::File => {
+                    let path = cfg.state.dir.join(keyturn_store::file::STATE_FILE);
+                    println!("backend: file");
+                    println!("state:   {}", path.display());
+                    match std::fs::metadata(&path) {
+                        Ok(m) => {
+                            let modified = m
+                                .modified()
+                                .ok()
+                                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                                .map_or(0, |d| d.as_millis() as i64);
+                            println!("size:    {} bytes, written {}", m.len(), age(modified));
+                            match FileStore::read(&path) {
+                                Ok(Some(f)) => println!(
+                                    "last flush: {} · schema {} · {} keys, {} scopes · by {}",
+                                    f.written_at,
+                                    f.schema,
+                                    f.snapshot.keys.len(),
+                                    f.snapshot.scopes.len(),
+                                    f.writer
+                                ),
+                                Ok(None) => {}
+                                Err(e) => println!("problem: {e}"),
+                            }
+                        }
+                        Err(_) => println!("(no state written yet)"),
+                    }
+                    let lock = cfg.state.dir.join(keyturn_store::file::LOCK_FILE);
+                    if let Ok(pid) = std::fs::read_to_string(&lock) {
+                        let held = std::fs::File::open(&lock).is_ok_and(|f| {
+                            matches!(f.try_lock_shared(), Err(std::fs::TryLockError::WouldBlock))
+                        });
+                        println!(
+                            "lock:    {} (last owner pid {})",
+                            if held { "held" } else { "free" },
+                            pid.trim()
+                        );
+                    }
+                    let bak = cfg.state.dir.join(keyturn_store::file::BACKUP_FILE);
+                    if bak.exists() {
+                        println!("backup:  {}", bak.display());
+                    }
+                }
+                Backend::Redis => {
+                    println!(
+                        "backend: redis {} (namespace {})",
+                        keyturn_store::redact_url(&cfg.state.redis_url),
+                        cfg.state.namespace
+                    );
+                }
+            }
+            if let Some(out) = out {
+                match CheckpointStore::open(out.join(CHECKPOINT_DIR)) {
+                    Ok(cp) => {
+                        let c = cp.checkpoint();
+                        println!(
+                            "checkpoint: {} · {} finished episodes · updated {}",
+                            cp.path().display(),
+                            c.items.len(),
+                            if c.updated_at_ms > 0 {
+                                age(c.updated_at_ms)
+                            } else {
+                                "never".into()
+                            }
+                        );
+                        for b in cp.backups().unwrap_or_default() {
+                            println!("  backup {}", b.display());
+                        }
+                    }
+                    Err(e) => return fail(1, e),
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        StateCommand::Reset { yes } => {
+            if !yes {
+                eprint!(
+                    "delete all quota state ({})? type 'yes': ",
+                    match cfg.state.backend {
+                        Backend::File => cfg.state.dir.display().to_string(),
+                        Backend::Redis => format!("redis namespace {}", cfg.state.namespace),
+                    }
+                );
+                let mut answer = String::new();
+                if std::io::stdin().read_line(&mut answer).is_err() || answer.trim() != "yes" {
+                    return fail(1, "not reset");
+                }
+            }
+            match cfg.state.backend {
+                Backend::File => {
+                    // Taking the lock proves no keyturn process is using the state.
+                    let store = match FileStore::open(&cfg.state.dir) {
+                        Ok(s) => s,
+                        Err(e) => return fail(EXIT_USAGE, e),
+                    };
+                    match std::fs::remove_file(store.path()) {
+                        Ok(()) => println!("deleted {}", store.path().display()),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                            println!("nothing to delete")
+                        }
+                        Err(e) => return fail(1, e),
+                    }
+                    ExitCode::SUCCESS
+                }
+                Backend::Redis => {
+                    let (ring, _) = match key_ring(&cfg, env, cwd) {
+                        Ok(r) => r,
+                        Err(e) => return fail(EXIT_USAGE, e),
+                    };
+                    let lcfg = match ledger_config(&cfg) {
+                        Ok(l) => l,
+                        Err(e) => return fail(EXIT_USAGE, e),
+                    };
+                    match RedisLedger::connect(
+                        &cfg.state.redis_url,
+                        &cfg.state.namespace,
+                        Arc::new(ring),
+                        lcfg,
+                        Arc::new(SystemClock),
+                        TimeSource::Redis,
+                    )
+                    .await
+                    {
+                        Ok(l) => match l.reset(ResetTarget::All).await {
+                            Ok(()) => {
+                                println!("reset redis namespace {}", cfg.state.namespace);
+                                ExitCode::SUCCESS
+                            }
+                            Err(e) => fail(1, e),
+                        },
+                        Err(e) => fail(1, e),
+                    }
+                }
+            }
+        }
+        StateCommand::Prune { out, keep } => {
+            match CheckpointStore::open(out.join(CHECKPOINT_DIR)) {
+                Ok(cp) => match cp.prune(keep) {
+                    Ok(gone) => {
+                        for p in &gone {
+                            println!("deleted {}", p.display());
+                        }
+                        println!(
+                            "{} backup(s) deleted, {} kept",
+                            gone.len(),
+                            cp.backups().map_or(0, |b| b.len())
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(1, e),
+                },
+                Err(e) => fail(1, e),
+            }
+        }
+    }
+}

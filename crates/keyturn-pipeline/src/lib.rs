@@ -1,0 +1,24 @@
+//! # keyturn-pipeline
+//!
+//! The `keyturn` binary and the pipeline behind it: transcripts ([`transcript`]) → chunks →
+//! LLM extraction under a JSON schema → entity resolution → embeddings → episode files and a
+//! knowledge graph ([`graph`]), resumable from checkpoints and interruptible ([`run`]); plus the
+//! commands `demo`, `sim`, `status`, `keys`, `export` and `state` ([`cli`]).
+//!
+//! ```no_run
+//! # async fn demo(services: keyturn_services::Services) -> Result<(), String> {
+//! use keyturn_pipeline::run::{SeedOptions, seed};
+//! let opts = SeedOptions { inputs: vec!["podcasts".into()], out: "graph-out".into(), ..SeedOptions::default() };
+//! let progress = keyturn_pipeline::progress::Progress::new(false);
+//! let (_stop, interrupt) = tokio::sync::watch::channel(false);
+//! let report = seed(opts, &services, interrupt, std::time::Duration::from_secs(5), &progress).await?;
+//! println!("{} episodes", report.items.processed);
+//! # Ok(()) }
+//! ```
+
+pub mod cli;
+pub mod demo;
+pub mod graph;
+pub mod progress;
+pub mod run;
+pub mod transcript;
