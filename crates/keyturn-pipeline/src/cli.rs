@@ -550,6 +550,9 @@ async fn cmd_status(g: &Global, env: &Env, cwd: &Path, json: bool) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, e),
     };
+    if let Err(e) = key_ring(&cfg, env, cwd) {
+        return fail(EXIT_USAGE, e);
+    }
     match read_status(&cfg, env, cwd).await {
         Ok(Some(st)) if json => {
             println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
