@@ -1,1 +1,183 @@
-fn main() {}
+//! Project tasks: `cargo xtask <task>`.
+//!
+//! - `fuzz [SECONDS]`: runs the transcript-parser fuzz target for a bounded time (default 60 s)
+//!   with cargo-fuzz on the nightly toolchain; installs cargo-fuzz if it is missing.
+//! - `sdk`: the official google-genai Python SDK (installed from PyPI into `target/sdk-venv`) and
+//!   curl, unmodified, against `keyturn serve` in front of `keyturn sim`.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), PathBuf::from)
+}
+
+fn run(cmd: &mut Command) -> bool {
+    eprintln!("xtask: {cmd:?}");
+    cmd.status().is_ok_and(|s| s.success())
+}
+
+fn fuzz(seconds: u64) -> ExitCode {
+    let has_fuzz = Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fuzz
+        && !run(Command::new("cargo").args(["+nightly", "install", "cargo-fuzz", "--locked"]))
+    {
+        eprintln!(
+            "xtask fuzz: needs the nightly toolchain and cargo-fuzz (cargo +nightly install cargo-fuzz)"
+        );
+        return ExitCode::from(2);
+    }
+    let ok = run(Command::new("cargo")
+        .current_dir(root().join("fuzz"))
+        .args(["+nightly", "fuzz", "run", "transcripts", "--"])
+        .arg(format!("-max_total_time={seconds}")));
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn free_port() -> Option<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .ok()
+}
+
+fn wait_for(port: u16) -> bool {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
+}
+
+fn sdk() -> Result<(), String> {
+    let root = root();
+    if !run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["build", "--bin", "keyturn"]))
+    {
+        return Err("cannot build keyturn".into());
+    }
+    let keyturn = root.join("target/debug/keyturn");
+    let venv = root.join("target/sdk-venv");
+    let python = venv.join("bin/python");
+    if !python.exists() && !run(Command::new("python3").args(["-m", "venv"]).arg(&venv)) {
+        return Err("python3 -m venv failed".into());
+    }
+    if !run(Command::new(&python).args(["-m", "pip", "install", "-q", "google-genai"])) {
+        return Err("pip install google-genai failed".into());
+    }
+    let work = std::env::temp_dir().join(format!("keyturn-sdk-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let (sim_port, proxy_port) = (free_port().ok_or("no port")?, free_port().ok_or("no port")?);
+    let _sim = Killed(
+        Command::new(&keyturn)
+            .args(["sim", "--port", &sim_port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    if !wait_for(sim_port) {
+        return Err("the simulator did not start".into());
+    }
+    let out = Command::new(&keyturn)
+        .args(["serve", "token", "new", "--label", "sdk"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let token = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("kt_"))
+        .ok_or("no token printed")?
+        .to_owned();
+    let toml: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("[[serve.tokens]]"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(work.join("keyturn.toml"), toml).map_err(|e| e.to_string())?;
+    let base = format!("http://127.0.0.1:{proxy_port}");
+    let _proxy = Killed(
+        Command::new(&keyturn)
+            .args(["serve", "--listen", &format!("127.0.0.1:{proxy_port}")])
+            .env("KEYTURN_CONFIG", work.join("keyturn.toml"))
+            .env("KEYTURN_STATE_DIR", work.join("state"))
+            .env("GEMINI_BASE_URL", format!("http://127.0.0.1:{sim_port}"))
+            .env("GEMINI_API_KEY_1", "made-up-sdk-key-1")
+            .env("GEMINI_API_KEY_2", "made-up-sdk-key-2")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?,
+    );
+    if !wait_for(proxy_port) {
+        return Err("the proxy did not start".into());
+    }
+    if !run(Command::new(&python)
+        .arg(root.join("tests/python/sdk_check.py"))
+        .arg(&base)
+        .arg(&token))
+    {
+        return Err("the google-genai checks failed".into());
+    }
+    let curl = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("x-goog-api-key: {token}"))
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"contents":[{"parts":[{"text":"hello"}]}]}"#,
+        ])
+        .arg(format!(
+            "{base}/v1beta/models/gemini-2.5-flash:generateContent"
+        ))
+        .output()
+        .map_err(|e| e.to_string())?;
+    let code = String::from_utf8_lossy(&curl.stdout).to_string();
+    if code != "200" {
+        return Err(format!("curl got {code}"));
+    }
+    println!("curl generateContent through the proxy: 200");
+    std::fs::remove_dir_all(&work).ok();
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("fuzz") => fuzz(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60)),
+        Some("sdk") => match sdk() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask sdk: {e}");
+                ExitCode::from(1)
+            }
+        },
+        _ => {
+            eprintln!("usage: cargo xtask fuzz [SECONDS] | cargo xtask sdk");
+            ExitCode::from(2)
+        }
+    }
+}

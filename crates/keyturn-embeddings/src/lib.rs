@@ -293,6 +293,7 @@ mod tests {
                     body: json!({"embeddings": embs}),
                     key: "k".into(),
                     attempts: 1,
+                    ..Reply::default()
                 })
             });
         let svc = GeminiEmbeddings::new(Arc::new(mock), 500, 3);
@@ -320,6 +321,7 @@ mod tests {
                 body: json!({"embeddings": [{"values": [1.0]}]}),
                 key: "k".into(),
                 attempts: 1,
+                ..Reply::default()
             })
         });
         let svc = GeminiEmbeddings::new(Arc::new(mock), 100, 1);

@@ -49,10 +49,12 @@ impl Default for RetryPolicy {
 }
 
 /// A successful call's answer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Reply {
     /// The response body.
     pub body: Value,
+    /// The response body exactly as the server sent it (for pass-through).
+    pub raw: Bytes,
     /// Label of the key that served it.
     pub key: String,
     /// Attempts it took.
@@ -138,7 +140,7 @@ enum Attempt {
 }
 
 enum Sent {
-    Body(Value),
+    Body(Bytes, Value),
     Stream(reqwest::Response),
     Failed(GeminiError),
 }
@@ -232,7 +234,9 @@ impl RotatingCaller {
         let status = resp.status().as_u16();
         let body = resp.bytes().await.unwrap_or_default();
         let c = classify(status, &body);
+        let key = entry.key.expose();
         GeminiError::Api(Box::new(ApiFailure {
+            body: redact(&String::from_utf8_lossy(&body), key),
             status,
             status_text: c.status_text,
             message: redact(&c.message, entry.key.expose()),
@@ -267,7 +271,7 @@ impl RotatingCaller {
                 match resp.bytes().await {
                     Err(e) => Sent::Failed(transport_err(describe(e))),
                     Ok(b) => match serde_json::from_slice::<Value>(&b) {
-                        Ok(v) => Sent::Body(v),
+                        Ok(v) => Sent::Body(b, v),
                         Err(e) => {
                             Sent::Failed(transport_err(format!("the answer was not JSON: {e}")))
                         }
@@ -310,11 +314,12 @@ impl RotatingCaller {
                 .instrument(span.clone())
                 .await;
             let e = match sent {
-                Sent::Body(v) => {
+                Sent::Body(raw, v) => {
                     let input_tokens = v.input_tokens();
                     self.settle(lease, Outcome::Success { input_tokens }).await;
                     return Ok(Attempt::Done(Reply {
                         body: v,
+                        raw,
                         key: entry.label.clone(),
                         attempts,
                     }));
@@ -489,6 +494,7 @@ impl GeminiCall for RotatingCaller {
                     })?;
                     return Ok(Reply {
                         body: v,
+                        raw: b,
                         key: entry.label.clone(),
                         attempts: i as u32 + 1,
                     });

@@ -144,6 +144,8 @@ pub struct ApiFailure {
     pub retry_after: Option<Duration>,
     /// The violated quota's value.
     pub quota_value: Option<u64>,
+    /// The error body as the server sent it, with any key removed (for pass-through).
+    pub body: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

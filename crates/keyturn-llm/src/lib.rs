@@ -426,6 +426,7 @@ mod tests {
                          "usageMetadata": {"promptTokenCount": prompt_tokens, "candidatesTokenCount": 1, "totalTokenCount": prompt_tokens + 1}}),
             key: "k1".into(),
             attempts: 1,
+            ..Reply::default()
         }
     }
 
@@ -481,6 +482,7 @@ mod tests {
                     body: json!({"totalTokens": 777}),
                     key: "k".into(),
                     attempts: 1,
+                    ..Reply::default()
                 })
             });
         mock.expect_call()

@@ -105,6 +105,37 @@ enum Command {
     /// Where the state lives, and maintenance.
     #[command(subcommand)]
     State(StateCommand),
+    /// A Gemini-compatible proxy that rotates keys for clients in any language.
+    #[command(
+        after_help = "Examples:\n  keyturn serve                       # 127.0.0.1:8080 (or [serve] listen)\n  keyturn serve token new --label team-a\n  curl -H 'x-goog-api-key: <token>' http://127.0.0.1:8080/v1beta/models\n\nSee docs/PROXY.md for google-genai, LiteLLM and curl."
+    )]
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct ServeArgs {
+    /// Address to listen on (default: [serve] listen, 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<String>,
+    #[command(subcommand)]
+    command: Option<ServeCommand>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum ServeCommand {
+    /// Client tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+enum TokenCommand {
+    /// Prints a fresh client token (once) and the lines to paste into keyturn.toml.
+    New {
+        /// Who will use it.
+        #[arg(long)]
+        label: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -282,6 +313,7 @@ async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::State(s) => cmd_state(&g, &env, &cwd, s).await,
+        Command::Serve(a) => cmd_serve(&g, &env, &cwd, a).await,
     }
 }
 
@@ -888,5 +920,86 @@ async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand) -> ExitCo
                 Err(e) => fail(1, e),
             }
         }
+    }
+}
+
+async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -> ExitCode {
+    if let Some(ServeCommand::Token(TokenCommand::New { label })) = &a.command {
+        let (token, digest) = keyturn_proxy::new_token();
+        println!("token for {label} (shown once; give it to the client as its API key):");
+        println!("  {token}");
+        println!();
+        println!("add to keyturn.toml:");
+        println!("[[serve.tokens]]");
+        println!("label = \"{label}\"");
+        println!("sha256 = \"{digest}\"");
+        return ExitCode::SUCCESS;
+    }
+    let cfg = match load(g, env, cwd, false) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let listen = a.listen.clone().unwrap_or_else(|| cfg.serve.listen.clone());
+    let Ok(listen) = listen.parse::<std::net::SocketAddr>() else {
+        return fail(
+            EXIT_USAGE,
+            format!("--listen '{listen}' is not an address like 127.0.0.1:8080"),
+        );
+    };
+    let mut tokens = Vec::new();
+    for t in &cfg.serve.tokens {
+        match keyturn_proxy::parse_digest(&t.label, &t.sha256) {
+            Ok(d) => tokens.push((t.label.clone(), d)),
+            Err(e) => return fail(EXIT_USAGE, e),
+        }
+    }
+    let pcfg = keyturn_proxy::ProxyConfig {
+        listen,
+        tokens,
+        max_body_bytes: cfg.serve.max_body_bytes,
+        max_in_flight: cfg.serve.max_in_flight,
+    };
+    if let Err(e) = pcfg.validate() {
+        return fail(EXIT_USAGE, e);
+    }
+    let pool = match create_pool(&cfg, env, cwd).await {
+        Ok(p) => p,
+        Err(e) => return fail(service_exit(&e), e),
+    };
+    let callers = (
+        keyturn_services::caller_for_version(&cfg, pool.ledger.clone(), "v1beta"),
+        keyturn_services::caller_for_version(&cfg, pool.ledger.clone(), "v1"),
+    );
+    let (Ok(v1beta), Ok(v1)) = callers else {
+        return fail(1, "cannot set up the HTTP client");
+    };
+    let state = Arc::new(keyturn_proxy::ProxyState::new(
+        v1beta,
+        v1,
+        pool.ledger.clone(),
+        &pcfg,
+    ));
+    let proxy = match keyturn_proxy::Proxy::start(state, &pcfg).await {
+        Ok(p) => p,
+        Err(e) => return fail(1, e),
+    };
+    println!(
+        "keyturn serve listening on {} ({} keys, state: {}, {} client token(s))",
+        proxy.base_url(),
+        pool.keys.len(),
+        pool.state.describe(),
+        pcfg.tokens.len()
+    );
+    let mut stop = interrupts();
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
+    eprintln!("keyturn serve: draining requests in flight…");
+    proxy.shutdown(Duration::from_secs(10)).await;
+    match pool.state.shutdown().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, format!("could not save the quota state: {e}")),
     }
 }

@@ -270,10 +270,14 @@ async fn a_full_seed_with_several_keys_causes_no_429_and_keeps_keys_secret() {
     );
 }
 
+/// Waits until `n` episodes are checkpointed (written and recorded).
 async fn wait_for_episodes(out: &Path, n: usize, child: &mut Child) {
-    for _ in 0..600 {
-        let count = std::fs::read_dir(out.join("episodes"))
-            .map(|d| d.count())
+    let checkpoint = out.join(".keyturn-checkpoint/checkpoint.json");
+    for _ in 0..1500 {
+        let count = std::fs::read(&checkpoint)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["items"].as_object().map(serde_json::Map::len))
             .unwrap_or(0);
         if count >= n {
             return;
@@ -508,4 +512,97 @@ async fn usage_errors_exit_2() {
         text(&o)
     );
     assert!(text(&o).contains("GEMINI_API_KEY"), "{}", text(&o));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_state_commands() {
+    let w = world(600, 10_000, Faults::default(), true).await;
+    let o = w.run(w.seed_cmd()).await;
+    assert!(o.status.success(), "{}", text(&o));
+
+    let list = w.run(w.command(&["keys", "list"])).await;
+    let out = text(&list);
+    assert!(list.status.success(), "{out}");
+    assert!(
+        out.contains("one") && out.contains("proj-a") && out.contains("keys.txt line 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("disabled: invalid key"),
+        "health from the state: {out}"
+    );
+
+    let check = w.run(w.command(&["keys", "check"])).await;
+    let out = text(&check);
+    assert!(check.status.success(), "{out}");
+    assert_eq!(
+        out.matches("valid").count() - out.matches("REJECTED").count(),
+        3,
+        "{out}"
+    );
+    assert!(out.contains("REJECTED: invalid key"), "{out}");
+    let before = w.stats()["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["admitted"].as_u64().unwrap())
+        .sum::<u64>();
+    assert!(before > 0);
+
+    let reset = w.run(w.command(&["keys", "reset", "dead"])).await;
+    assert!(reset.status.success(), "{}", text(&reset));
+    let status: Value =
+        serde_json::from_slice(&w.run(w.command(&["status", "--json"])).await.stdout).unwrap();
+    assert!(
+        status["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["disabled"].is_null()),
+        "{status}"
+    );
+    let unknown = w.run(w.command(&["keys", "reset", "nobody"])).await;
+    assert_eq!(unknown.status.code(), Some(2));
+
+    let out_dir = w.out();
+    let info = w
+        .run(w.command(&["state", "info", "--out", out_dir.to_str().unwrap()]))
+        .await;
+    let out = text(&info);
+    assert!(
+        info.status.success()
+            && out.contains("backend: file")
+            && out.contains("5 finished episodes")
+            && out.contains("lock:    free"),
+        "{out}"
+    );
+    // Two runs so far → two checkpoint backups (the first run's is of an empty checkpoint: none).
+    let prune = w
+        .run(w.command(&[
+            "state",
+            "prune",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--keep",
+            "0",
+        ]))
+        .await;
+    assert!(
+        prune.status.success() && text(&prune).contains("kept"),
+        "{}",
+        text(&prune)
+    );
+
+    let no = w.run(w.command(&["state", "reset"])).await;
+    assert_eq!(
+        no.status.code(),
+        Some(1),
+        "asks, and without 'yes' does nothing: {}",
+        text(&no)
+    );
+    assert!(w.state().join("state.json").exists());
+    let yes = w.run(w.command(&["state", "reset", "--yes"])).await;
+    assert!(yes.status.success(), "{}", text(&yes));
+    assert!(!w.state().join("state.json").exists());
+    assert_no_secret_anywhere(&w, &[&o, &list, &check, &info]);
 }

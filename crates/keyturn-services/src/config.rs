@@ -188,6 +188,41 @@ impl Default for EmbeddingsSettings {
     }
 }
 
+/// A client token of the proxy: only its SHA-256 is configured.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeToken {
+    /// Who holds it.
+    pub label: String,
+    /// SHA-256 of the token, 64 hex digits (`keyturn serve token new` prints it).
+    pub sha256: String,
+}
+
+/// `[serve]`: the rotating proxy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeSettings {
+    /// Where to listen.
+    pub listen: String,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Upstream calls in flight at once; more wait.
+    pub max_in_flight: usize,
+    /// Client tokens (`[[serve.tokens]]`). Required to listen beyond loopback.
+    pub tokens: Vec<ServeToken>,
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_body_bytes: 20 * 1024 * 1024,
+            max_in_flight: 64,
+            tokens: Vec::new(),
+        }
+    }
+}
+
 /// `[limits]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -258,6 +293,8 @@ pub struct Config {
     pub projects: BTreeMap<String, ProjectSettings>,
     /// `[[keys]]`.
     pub keys: Vec<KeyEntryConfig>,
+    /// `[serve]`.
+    pub serve: ServeSettings,
     /// Where the file came from (not a TOML field).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -418,6 +455,26 @@ impl Config {
         }
         if self.state.namespace.is_empty() || self.state.namespace.contains(char::is_whitespace) {
             return Err(bad("state.namespace", "must be a non-empty word".into()));
+        }
+        for (i, t) in self.serve.tokens.iter().enumerate() {
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(
+                    &format!("serve.tokens[{i}].sha256"),
+                    "must be 64 hex digits (the SHA-256 that `keyturn serve token new` prints); never the token itself".into(),
+                ));
+            }
+        }
+        if self.serve.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(bad(
+                "serve.listen",
+                format!(
+                    "'{}' is not an address like 127.0.0.1:8080",
+                    self.serve.listen
+                ),
+            ));
+        }
+        if self.serve.max_in_flight == 0 {
+            return Err(bad("serve.max_in_flight", "must be at least 1".into()));
         }
         if self.http.base_url.is_empty() || !self.http.base_url.contains("://") {
             return Err(bad(

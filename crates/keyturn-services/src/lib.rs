@@ -216,6 +216,34 @@ pub async fn create_pool_with_clock(
     })
 }
 
+/// A caller over an existing pool's ledger for another API version (the proxy serves `/v1/` and
+/// `/v1beta/` and forwards each to the same version).
+pub fn caller_for_version(
+    cfg: &Config,
+    ledger: Arc<dyn QuotaLedger>,
+    api_version: &str,
+) -> Result<Arc<dyn GeminiCall>, ServiceError> {
+    let transport = Transport::new(&TransportConfig {
+        base_url: cfg.http.base_url.clone(),
+        api_version: api_version.to_owned(),
+        connect_timeout: cfg.http.connect_timeout,
+        request_timeout: cfg.http.request_timeout,
+    })
+    .map_err(|e| ServiceError::Http(e.to_string()))?;
+    let retry = RetryPolicy {
+        max_attempts: cfg.retry.max_attempts,
+        max_elapsed: cfg.retry.max_elapsed,
+        base_backoff: cfg.retry.base_backoff,
+        max_backoff: cfg.retry.max_backoff,
+    };
+    Ok(Arc::new(RotatingCaller::new(
+        ledger,
+        transport,
+        retry,
+        Arc::new(SystemClock),
+    )))
+}
+
 fn llm_on(cfg: &Config, caller: Arc<dyn GeminiCall>) -> Arc<dyn LlmService> {
     let cache = cfg.cache.enabled.then(|| CacheConfig {
         ttl: cfg.cache.ttl,

@@ -269,6 +269,7 @@ fn the_example_file_loads_and_means_what_it_says() {
     assert_eq!(cfg.http, defaults.http);
     assert_eq!(cfg.cache, defaults.cache);
     assert_eq!(cfg.embeddings, defaults.embeddings);
+    assert_eq!(cfg.serve, defaults.serve);
     // …and the examples take effect.
     let t = cfg.limit_table().unwrap();
     assert_eq!(

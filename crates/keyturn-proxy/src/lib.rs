@@ -1,0 +1,577 @@
+//! # keyturn-proxy
+//!
+//! `keyturn serve`: a Gemini-compatible HTTP proxy. Clients in any language (google-genai,
+//! LiteLLM, LangChain, curl) change one base URL and get keyturn's rotation: every request is
+//! admitted by the shared quota ledger, sent upstream with a pool key, classified by Gemini's own
+//! error details and retried on another key; several proxy replicas share one Redis ledger.
+//!
+//! - The Gemini surface under `/v1beta/` and `/v1/`: `models/{m}:generateContent`,
+//!   `:streamGenerateContent` (SSE, passed on event by event), `:countTokens`, `:embedContent`,
+//!   `:batchEmbedContents`, `GET models`, `GET models/{m}`. Request bodies go upstream unchanged
+//!   (either field spelling); successful responses come back byte for byte.
+//! - Clients authenticate with their own proxy tokens (`x-goog-api-key` or
+//!   `Authorization: Bearer`), configured only as SHA-256 digests and compared in constant time.
+//!   A pool key is never accepted from, nor returned to, a client.
+//! - When no key can serve, the answer is Gemini's 429 RESOURCE_EXHAUSTED with a `RetryInfo` that
+//!   says when capacity returns, so SDK retry logic waits the right time. Caller faults from
+//!   upstream (400, 404) pass through as they are.
+//! - A request-body cap, upstream timeouts, a bound on upstream calls in flight, graceful
+//!   shutdown; `/healthz` and `/readyz` (the pool has a usable key).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::StreamExt;
+use keyturn_core::{AcquireError, Clock, Demand, QuotaLedger, SystemClock};
+use keyturn_gemini::{ErrorKind, GeminiCall, GeminiError};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
+
+/// Proxy settings.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Where to listen.
+    pub listen: SocketAddr,
+    /// Client tokens: (label, SHA-256 digest).
+    pub tokens: Vec<(String, [u8; 32])>,
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Upstream calls in flight.
+    pub max_in_flight: usize,
+}
+
+/// The proxy cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// Listening beyond loopback with no client token would hand the keys to anyone.
+    #[error(
+        "refusing to listen on {0} without client tokens: add [[serve.tokens]] (keyturn serve token new --label NAME) or listen on 127.0.0.1"
+    )]
+    OpenToTheWorld(SocketAddr),
+    /// A configured digest is not 64 hex digits.
+    #[error("serve.tokens '{0}': sha256 must be 64 hex digits")]
+    BadDigest(String),
+    /// Binding failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// SHA-256 of a token.
+pub fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Parses a configured hex digest.
+pub fn parse_digest(label: &str, hex: &str) -> Result<[u8; 32], ProxyError> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return Err(ProxyError::BadDigest(label.to_owned()));
+    }
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16)
+            .map_err(|_| ProxyError::BadDigest(label.to_owned()))?;
+    }
+    Ok(out)
+}
+
+/// A fresh client token and its digest: `kt_` + 64 hex digits of randomness.
+pub fn new_token() -> (String, String) {
+    let bytes: [u8; 32] = rand::random();
+    let token = format!(
+        "kt_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let d = digest(&token)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    (token, d)
+}
+
+impl ProxyConfig {
+    /// Checks the listen address against the tokens.
+    pub fn validate(&self) -> Result<(), ProxyError> {
+        if self.tokens.is_empty() && !self.listen.ip().is_loopback() {
+            return Err(ProxyError::OpenToTheWorld(self.listen));
+        }
+        Ok(())
+    }
+}
+
+/// What the handlers share.
+#[derive(Debug)]
+pub struct ProxyState {
+    /// Caller per API version: v1beta, v1.
+    v1beta: Arc<dyn GeminiCall>,
+    v1: Arc<dyn GeminiCall>,
+    ledger: Arc<dyn QuotaLedger>,
+    tokens: Vec<(String, [u8; 32])>,
+    in_flight: Semaphore,
+    clock: Arc<dyn Clock>,
+}
+
+impl ProxyState {
+    /// State over a pool: a caller for `/v1beta/` and one for `/v1/`, sharing one ledger.
+    pub fn new(
+        v1beta: Arc<dyn GeminiCall>,
+        v1: Arc<dyn GeminiCall>,
+        ledger: Arc<dyn QuotaLedger>,
+        cfg: &ProxyConfig,
+    ) -> Self {
+        Self {
+            v1beta,
+            v1,
+            ledger,
+            tokens: cfg.tokens.clone(),
+            in_flight: Semaphore::new(cfg.max_in_flight.max(1)),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    fn caller(&self, version: &str) -> Option<&Arc<dyn GeminiCall>> {
+        match version {
+            "v1beta" => Some(&self.v1beta),
+            "v1" => Some(&self.v1),
+            _ => None,
+        }
+    }
+}
+
+/// A Gemini-format error.
+fn gemini_error(status: StatusCode, state: &str, message: &str, details: Vec<Value>) -> Response {
+    let mut error = json!({"code": status.as_u16(), "message": message, "status": state});
+    if !details.is_empty() {
+        error["details"] = Value::Array(details);
+    }
+    json_bytes(status, Bytes::from(json!({ "error": error }).to_string()))
+}
+
+fn json_bytes(status: StatusCode, body: Bytes) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=UTF-8"),
+    );
+    r
+}
+
+fn client_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(v) = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_owned());
+    }
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return Some(v.trim().to_owned());
+    }
+    query.and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("key="))
+            .map(str::to_owned)
+    })
+}
+
+async fn authenticate(State(st): State<Arc<ProxyState>>, req: Request, next: Next) -> Response {
+    if st.tokens.is_empty() {
+        return next.run(req).await;
+    }
+    let Some(token) = client_token(req.headers(), req.uri().query()) else {
+        return gemini_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "keyturn proxy: missing client token (x-goog-api-key or Authorization: Bearer)",
+            vec![],
+        );
+    };
+    let d = digest(&token);
+    // Every digest is compared, in constant time, so timing says nothing about which matched.
+    let mut found: Option<&str> = None;
+    for (label, want) in &st.tokens {
+        if bool::from(d.ct_eq(want)) {
+            found = Some(label);
+        }
+    }
+    match found {
+        Some(label) => {
+            tracing::debug!(client = label, path = %req.uri().path(), "proxy request");
+            next.run(req).await
+        }
+        None => gemini_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "keyturn proxy: client token not recognised",
+            vec![],
+        ),
+    }
+}
+
+/// The proxy's router.
+pub fn router(state: Arc<ProxyState>, max_body_bytes: usize) -> Router {
+    let api = Router::new()
+        .route("/{version}/models", get(list_models))
+        .route("/{version}/models/{name}", get(get_model).post(call_model))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn readyz(State(st): State<Arc<ProxyState>>) -> Response {
+    match st.ledger.status().await {
+        Ok(s) if s.keys.iter().any(|k| k.disabled.is_none()) => {
+            (StatusCode::OK, "ready").into_response()
+        }
+        Ok(_) => (StatusCode::SERVICE_UNAVAILABLE, "every key is disabled").into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+    }
+}
+
+fn not_found() -> Response {
+    gemini_error(
+        StatusCode::NOT_FOUND,
+        "NOT_FOUND",
+        "Requested entity was not found.",
+        vec![],
+    )
+}
+
+/// Maps a failed call to what the client gets.
+fn failure(st: &ProxyState, e: &GeminiError) -> Response {
+    if let GeminiError::Api(a) = e
+        && a.kind == ErrorKind::CallerFault
+    {
+        // The request was at fault: the client sees Gemini's own answer.
+        let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_REQUEST);
+        return json_bytes(status, Bytes::from(a.body.clone()));
+    }
+    match e.quota() {
+        Some(AcquireError::Exhausted { until_ms, .. }) => {
+            let secs = ((until_ms - st.clock.now_ms()).max(0) as u64)
+                .div_ceil(1000)
+                .max(1);
+            gemini_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RESOURCE_EXHAUSTED",
+                &format!("keyturn proxy: {e}"),
+                vec![
+                    json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{secs}s")}),
+                ],
+            )
+        }
+        Some(AcquireError::ModelUnavailable { .. }) => gemini_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RESOURCE_EXHAUSTED",
+            &format!("keyturn proxy: {e}"),
+            vec![],
+        ),
+        Some(AcquireError::DemandTooLarge { .. }) => gemini_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            &format!("keyturn proxy: {e}"),
+            vec![],
+        ),
+        Some(_) => gemini_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            &format!("keyturn proxy: {e}"),
+            vec![],
+        ),
+        None => gemini_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            &format!("keyturn proxy: upstream failed: {e}"),
+            vec![],
+        ),
+    }
+}
+
+fn text_bytes(v: &Value) -> (u64, u64) {
+    // (bytes of text, parts) under contents/systemInstruction (either spelling).
+    let mut bytes = 0u64;
+    let mut parts = 0u64;
+    let mut visit = |c: &Value| {
+        for p in c
+            .get("parts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            parts += 1;
+            bytes += p
+                .get("text")
+                .and_then(Value::as_str)
+                .map_or(0, |t| t.len() as u64);
+        }
+    };
+    for c in v
+        .get("contents")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        visit(c);
+    }
+    for k in ["systemInstruction", "system_instruction"] {
+        if let Some(c) = v.get(k) {
+            visit(c);
+        }
+    }
+    (bytes, parts)
+}
+
+/// Input tokens to reserve: ⌈bytes/3⌉ + 4 a part (an upper bound for text), as keyturn-llm does.
+fn estimate(v: &Value) -> u64 {
+    let (bytes, parts) = text_bytes(v);
+    bytes.div_ceil(3) + 4 * parts
+}
+
+fn embed_tokens(item: &Value) -> u64 {
+    let content = item.get("content").cloned().unwrap_or(Value::Null);
+    let (bytes, _) = text_bytes(&json!({"contents": [content]}));
+    bytes.div_ceil(3)
+}
+
+async fn list_models(State(st): State<Arc<ProxyState>>, Path(version): Path<String>) -> Response {
+    let Some(caller) = st.caller(&version) else {
+        return not_found();
+    };
+    match caller.call_unmetered("models", None).await {
+        Ok(r) => json_bytes(StatusCode::OK, r.raw),
+        Err(e) => failure(&st, &e),
+    }
+}
+
+async fn get_model(
+    State(st): State<Arc<ProxyState>>,
+    Path((version, name)): Path<(String, String)>,
+) -> Response {
+    let Some(caller) = st.caller(&version) else {
+        return not_found();
+    };
+    match caller.call_unmetered(&format!("models/{name}"), None).await {
+        Ok(r) => json_bytes(StatusCode::OK, r.raw),
+        Err(e) => failure(&st, &e),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct StreamQuery {
+    alt: Option<String>,
+}
+
+async fn call_model(
+    State(st): State<Arc<ProxyState>>,
+    Path((version, name)): Path<(String, String)>,
+    Query(q): Query<StreamQuery>,
+    body: Bytes,
+) -> Response {
+    let Some(caller) = st.caller(&version).cloned() else {
+        return not_found();
+    };
+    let Some((model, action)) = name.split_once(':') else {
+        return not_found();
+    };
+    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return gemini_error(
+                    StatusCode::BAD_REQUEST,
+                    "INVALID_ARGUMENT",
+                    &format!("Invalid JSON payload received. {e}"),
+                    vec![],
+                );
+            }
+        }
+    };
+    let Ok(_permit) = st.in_flight.acquire().await else {
+        return gemini_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "keyturn proxy is shutting down",
+            vec![],
+        );
+    };
+    let demand = match action {
+        "generateContent" | "streamGenerateContent" => Demand::tokens(estimate(&value)),
+        "embedContent" => Demand::tokens(embed_tokens(&value)),
+        "batchEmbedContents" => {
+            let items = value.get("requests").and_then(Value::as_array);
+            let n = items.map_or(1, |i| i.len().max(1)) as u32;
+            let t = items.into_iter().flatten().map(embed_tokens).sum();
+            Demand::batch(n, t)
+        }
+        "countTokens" => {
+            return match caller
+                .call_unmetered(&format!("models/{name}"), Some(value))
+                .await
+            {
+                Ok(r) => json_bytes(StatusCode::OK, r.raw),
+                Err(e) => failure(&st, &e),
+            };
+        }
+        _ => return not_found(),
+    };
+    if action == "streamGenerateContent" {
+        let sse = q.alt.as_deref() == Some("sse");
+        return match caller.stream(model, demand, value).await {
+            Ok(chunks) => {
+                let mut first = true;
+                let frames = chunks
+                    .map(move |c| {
+                        let frame = match c {
+                            Ok(v) if sse => format!("data: {v}\r\n\r\n"),
+                            Ok(v) if first => format!("[{v}"),
+                            Ok(v) => format!(",\r\n{v}"),
+                            Err(e) => {
+                                // Headers are gone: the best the client can get is the stream's end.
+                                tracing::warn!(error = %e, "upstream stream broke off");
+                                String::new()
+                            }
+                        };
+                        first = false;
+                        Ok::<Bytes, std::convert::Infallible>(Bytes::from(frame))
+                    })
+                    .chain(futures::stream::once(async move {
+                        Ok(Bytes::from(if sse { "" } else { "]" }))
+                    }));
+                let mut r = Response::new(Body::from_stream(frames));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(if sse {
+                        "text/event-stream"
+                    } else {
+                        "application/json; charset=UTF-8"
+                    }),
+                );
+                r
+            }
+            Err(e) => failure(&st, &e),
+        };
+    }
+    match caller.call(model, action, demand, value).await {
+        Ok(r) => json_bytes(StatusCode::OK, r.raw),
+        Err(e) => failure(&st, &e),
+    }
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Proxy {
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Binds and serves in the background.
+    pub async fn start(state: Arc<ProxyState>, cfg: &ProxyConfig) -> Result<Self, ProxyError> {
+        cfg.validate()?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| ProxyError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ProxyError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let app = router(state, cfg.max_body_bytes);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                rx.await.ok();
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "proxy stopped");
+            }
+        });
+        Ok(Self {
+            addr,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ip:port`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, drains requests in flight (up to `grace`).
+    pub async fn shutdown(mut self, grace: Duration) {
+        if let Some(tx) = self.shutdown.take() {
+            tx.send(()).ok();
+        }
+        let _ = tokio::time::timeout(grace, &mut self.task).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_open_listeners_are_refused() {
+        let (token, hex) = new_token();
+        assert!(token.starts_with("kt_") && token.len() == 67);
+        assert_eq!(parse_digest("t", &hex).unwrap(), digest(&token));
+        assert!(parse_digest("t", "zz").is_err());
+        let open = ProxyConfig {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            tokens: vec![],
+            max_body_bytes: 1,
+            max_in_flight: 1,
+        };
+        assert!(matches!(
+            open.validate(),
+            Err(ProxyError::OpenToTheWorld(_))
+        ));
+        let closed = ProxyConfig {
+            tokens: vec![("a".into(), digest("x"))],
+            ..open.clone()
+        };
+        assert!(closed.validate().is_ok());
+        let local = ProxyConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..open
+        };
+        assert!(local.validate().is_ok());
+    }
+
+    #[test]
+    fn estimates_read_both_spellings() {
+        let v = json!({"contents": [{"parts": [{"text": "abcdef"}]}], "system_instruction": {"parts": [{"text": "abc"}]}});
+        assert_eq!(estimate(&v), 3 + 8);
+    }
+}
