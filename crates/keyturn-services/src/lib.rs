@@ -192,21 +192,7 @@ pub async fn create_pool_with_clock(
             )
         }
     };
-    let transport = Transport::new(&TransportConfig {
-        base_url: cfg.http.base_url.clone(),
-        api_version: cfg.http.api_version.clone(),
-        connect_timeout: cfg.http.connect_timeout,
-        request_timeout: cfg.http.request_timeout,
-    })
-    .map_err(|e| ServiceError::Http(e.to_string()))?;
-    let retry = RetryPolicy {
-        max_attempts: cfg.retry.max_attempts,
-        max_elapsed: cfg.retry.max_elapsed,
-        base_backoff: cfg.retry.base_backoff,
-        max_backoff: cfg.retry.max_backoff,
-    };
-    let caller: Arc<dyn GeminiCall> =
-        Arc::new(RotatingCaller::new(ledger.clone(), transport, retry, clock));
+    let caller = build_caller(cfg, ledger.clone(), &cfg.http.api_version, clock)?;
     Ok(Pool {
         keys,
         found,
@@ -223,6 +209,15 @@ pub fn caller_for_version(
     ledger: Arc<dyn QuotaLedger>,
     api_version: &str,
 ) -> Result<Arc<dyn GeminiCall>, ServiceError> {
+    build_caller(cfg, ledger, api_version, Arc::new(SystemClock))
+}
+
+fn build_caller(
+    cfg: &Config,
+    ledger: Arc<dyn QuotaLedger>,
+    api_version: &str,
+    clock: Arc<dyn Clock>,
+) -> Result<Arc<dyn GeminiCall>, ServiceError> {
     let transport = Transport::new(&TransportConfig {
         base_url: cfg.http.base_url.clone(),
         api_version: api_version.to_owned(),
@@ -237,10 +232,7 @@ pub fn caller_for_version(
         max_backoff: cfg.retry.max_backoff,
     };
     Ok(Arc::new(RotatingCaller::new(
-        ledger,
-        transport,
-        retry,
-        Arc::new(SystemClock),
+        ledger, transport, retry, clock,
     )))
 }
 

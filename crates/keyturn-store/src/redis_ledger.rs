@@ -685,38 +685,36 @@ impl QuotaLedger for RedisLedger {
     }
 
     async fn status(&self) -> Result<PoolStatus, LedgerError> {
-        let now = self.now().await?;
-        let mut conn = self.conn.clone();
-        let mut keys = Vec::new();
-        for (_, e) in self.keys.iter() {
-            let (disabled, breaker) = self
-                .read_key(&mut conn, &e.fingerprint().to_string())
-                .await?;
-            keys.push(KeyStatus {
-                label: e.label.clone(),
-                fingerprint: e.fingerprint(),
-                project: e.project.clone(),
-                disabled,
-                breaker: breaker_state_now(&breaker, now),
-                failures: breaker.failures,
-            });
-        }
-        let mut scopes = Vec::new();
-        for project in &self.projects {
-            for model in self.known_models() {
-                let ss = self.read_scope(&mut conn, &model, project).await?;
-                let (configured, source) = self.configured(project, &model);
+        // Status is the snapshot read by the rules every ledger shares.
+        let snap = self.snapshot().await?;
+        let now = snap.taken_at_ms;
+        let keys = snap
+            .keys
+            .iter()
+            .map(|k| KeyStatus {
+                label: k.label.clone(),
+                fingerprint: k.fingerprint,
+                project: k.project.clone(),
+                disabled: k.disabled,
+                breaker: breaker_state_now(&k.breaker, now),
+                failures: k.breaker.failures,
+            })
+            .collect();
+        let mut scopes: Vec<_> = snap
+            .scopes
+            .iter()
+            .map(|ss| {
+                let (configured, source) = self.configured(&ss.project, &ss.model);
                 let labels = self
                     .keys
                     .iter()
-                    .filter(|(_, e)| e.project == *project)
+                    .filter(|(_, e)| e.project == ss.project)
                     .map(|(_, e)| e.label.clone())
                     .collect();
-                scopes.push(scope_status_from_snapshot(
-                    &ss, configured, source, labels, now,
-                ));
-            }
-        }
+                scope_status_from_snapshot(ss, configured, source, labels, now)
+            })
+            .collect();
+        scopes.sort_by(|a, b| (&a.project, &a.model).cmp(&(&b.project, &b.model)));
         Ok(PoolStatus {
             at_ms: now,
             keys,
