@@ -41,11 +41,12 @@ fn sim_config(keys: &[(&str, &str)], rpm: u64, faults: Faults) -> SimConfig {
     }
 }
 
+/// A proxy on its own pool. `state` is the `[state]` table's body (file in `dir` by default).
 async fn proxy_for(
     sim_url: &str,
     keys: &[(&str, &str)],
     rpm: u64,
-    extra: &str,
+    state: Option<&str>,
     tokens: bool,
     max_body: usize,
     dir: &Path,
@@ -55,9 +56,12 @@ async fn proxy_for(
         .map(|(k, p)| format!("{k} project={p}\n"))
         .collect();
     std::fs::write(dir.join("keys.txt"), lines).unwrap();
+    let state = state.map_or_else(
+        || format!("dir = \"{}\"", dir.join("state").display()),
+        str::to_owned,
+    );
     let toml = format!(
-        "[state]\ndir = \"{}\"\n[rotation]\nmax_wait = \"0s\"\n[models.\"{FLASH}\"]\nrpm = {rpm}\ntpm = 10000000\nrpd = 100000\n{extra}",
-        dir.join("state").display()
+        "[state]\n{state}\n[rotation]\nmax_wait = \"0s\"\n[models.\"{FLASH}\"]\nrpm = {rpm}\ntpm = 10000000\nrpd = 100000\n"
     );
     let mut env = Env::new();
     env.insert(
@@ -98,8 +102,16 @@ async fn setup(
     let sim = Simulator::start(sim_config(keys, rpm, faults))
         .await
         .unwrap();
-    let (proxy, pool) =
-        proxy_for(&sim.base_url(), keys, rpm, "", tokens, max_body, dir.path()).await;
+    let (proxy, pool) = proxy_for(
+        &sim.base_url(),
+        keys,
+        rpm,
+        None,
+        tokens,
+        max_body,
+        dir.path(),
+    )
+    .await;
     Setup {
         sim,
         proxy,
@@ -346,42 +358,27 @@ async fn two_proxies_on_one_redis_namespace_never_over_admit() {
     let sim = Simulator::start(sim_config(keys, 10, Faults::default()))
         .await
         .unwrap();
+    let state = format!(
+        "backend = \"redis\"\nredis_url = \"{}\"\nnamespace = \"{ns}\"",
+        redis.url()
+    );
     let mut proxies = Vec::new();
     let mut dirs = Vec::new();
     for _ in 0..2 {
-        let dir = tempfile::tempdir().unwrap();
         // Each proxy is its own pool on the shared Redis namespace, as two replicas would be.
-        let lines: String = keys
-            .iter()
-            .map(|(k, p)| format!("{k} project={p}\n"))
-            .collect();
-        std::fs::write(dir.path().join("keys.txt"), lines).unwrap();
-        let toml = format!(
-            "[state]\nbackend = \"redis\"\nredis_url = \"{}\"\nnamespace = \"{ns}\"\n[rotation]\nmax_wait = \"0s\"\n[models.\"{FLASH}\"]\nrpm = 10\ntpm = 10000000\nrpd = 100000\n",
-            redis.url()
+        let dir = tempfile::tempdir().unwrap();
+        proxies.push(
+            proxy_for(
+                &sim.base_url(),
+                keys,
+                10,
+                Some(&state),
+                false,
+                1 << 20,
+                dir.path(),
+            )
+            .await,
         );
-        let mut env = Env::new();
-        env.insert(
-            "KEYTURN_KEYS_FILE".into(),
-            dir.path().join("keys.txt").display().to_string(),
-        );
-        env.insert("GEMINI_BASE_URL".into(), sim.base_url());
-        let mut cfg = Config::from_toml(&toml, Path::new("test.toml")).unwrap();
-        cfg.apply_env(&env);
-        let pool = create_pool(&cfg, &env, dir.path()).await.unwrap();
-        let pcfg = ProxyConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tokens: vec![],
-            max_body_bytes: 1 << 20,
-            max_in_flight: 16,
-        };
-        let state = Arc::new(ProxyState::new(
-            caller_for_version(&cfg, pool.ledger.clone(), "v1beta").unwrap(),
-            caller_for_version(&cfg, pool.ledger.clone(), "v1").unwrap(),
-            pool.ledger.clone(),
-            &pcfg,
-        ));
-        proxies.push((Proxy::start(state, &pcfg).await.unwrap(), pool));
         dirs.push(dir);
     }
     let mut tasks = Vec::new();
