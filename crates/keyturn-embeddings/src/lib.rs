@@ -142,9 +142,10 @@ pub trait EmbeddingsService: Send + Sync + std::fmt::Debug {
 
 fn _object_safe(_: Box<dyn EmbeddingsService>) {}
 
-/// Input-token estimate for a text: ⌈bytes / 3⌉ (above ~4 characters a token).
+/// Input-token estimate for a text (the pool's one rule, without a per-part allowance: an
+/// embedding item is one text).
 pub fn estimate_tokens(text: &str) -> u64 {
-    (text.len() as u64).div_ceil(3)
+    keyturn_gemini::wire::estimate_input_tokens(text.len() as u64, 0)
 }
 
 /// [`EmbeddingsService`] on Gemini.

@@ -288,6 +288,14 @@ pub struct CountTokensResponse {
     pub total_tokens: u64,
 }
 
+/// Input tokens to reserve before a call: ⌈UTF-8 bytes / 3⌉ + 4 a part. Above Gemini's ~4
+/// characters a token for text, so the reservation errs high and settling with the real
+/// `usageMetadata.promptTokenCount` gives the difference back. Every client of the pool (the
+/// LLM and embeddings services, the proxy) reserves by this one rule.
+pub fn estimate_input_tokens(text_bytes: u64, parts: u64) -> u64 {
+    text_bytes.div_ceil(3) + 4 * parts
+}
+
 /// Something with `usageMetadata`, so the call loop can settle with real input tokens.
 pub trait HasUsage {
     /// Input tokens the server counted, if it said.

@@ -211,7 +211,7 @@ pub fn local_estimate(body: &GenerateContentRequest) -> u64 {
         .chain(body.system_instruction.iter())
         .map(|c| c.parts.len() as u64)
         .sum::<u64>();
-    (body.input_text_len() as u64).div_ceil(3) + 4 * parts
+    keyturn_gemini::wire::estimate_input_tokens(body.input_text_len() as u64, parts)
 }
 
 /// Added per non-text part when the server cannot be asked.

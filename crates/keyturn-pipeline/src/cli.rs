@@ -663,12 +663,7 @@ async fn cmd_keys(g: &Global, env: &Env, cwd: &Path, k: KeysCommand) -> ExitCode
                 Ok(r) => r,
                 Err(e) => return fail(EXIT_USAGE, e),
             };
-            let transport = match keyturn_gemini::Transport::new(&keyturn_gemini::TransportConfig {
-                base_url: cfg.http.base_url.clone(),
-                api_version: cfg.http.api_version.clone(),
-                connect_timeout: cfg.http.connect_timeout,
-                request_timeout: cfg.http.request_timeout,
-            }) {
+            let transport = match keyturn_services::transport(&cfg, &cfg.http.api_version) {
                 Ok(t) => t,
                 Err(e) => return fail(1, e),
             };

@@ -31,6 +31,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
 use keyturn_core::{AcquireError, Clock, Demand, QuotaLedger, SystemClock};
+use keyturn_gemini::wire::estimate_input_tokens;
 use keyturn_gemini::{ErrorKind, GeminiCall, GeminiError};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -341,16 +342,17 @@ fn text_bytes(v: &Value) -> (u64, u64) {
     (bytes, parts)
 }
 
-/// Input tokens to reserve: ⌈bytes/3⌉ + 4 a part (an upper bound for text), as keyturn-llm does.
+/// Input tokens to reserve for a generate request (the pool's one rule).
 fn estimate(v: &Value) -> u64 {
     let (bytes, parts) = text_bytes(v);
-    bytes.div_ceil(3) + 4 * parts
+    estimate_input_tokens(bytes, parts)
 }
 
+/// Input tokens to reserve for one embedding item, as keyturn-embeddings reserves them.
 fn embed_tokens(item: &Value) -> u64 {
     let content = item.get("content").cloned().unwrap_or(Value::Null);
     let (bytes, _) = text_bytes(&json!({"contents": [content]}));
-    bytes.div_ceil(3)
+    estimate_input_tokens(bytes, 0)
 }
 
 async fn list_models(State(st): State<Arc<ProxyState>>, Path(version): Path<String>) -> Response {

@@ -212,19 +212,24 @@ pub fn caller_for_version(
     build_caller(cfg, ledger, api_version, Arc::new(SystemClock))
 }
 
+/// The HTTP transport `[http]` describes, for one API version.
+pub fn transport(cfg: &Config, api_version: &str) -> Result<Transport, ServiceError> {
+    Transport::new(&TransportConfig {
+        base_url: cfg.http.base_url.clone(),
+        api_version: api_version.to_owned(),
+        connect_timeout: cfg.http.connect_timeout,
+        request_timeout: cfg.http.request_timeout,
+    })
+    .map_err(|e| ServiceError::Http(e.to_string()))
+}
+
 fn build_caller(
     cfg: &Config,
     ledger: Arc<dyn QuotaLedger>,
     api_version: &str,
     clock: Arc<dyn Clock>,
 ) -> Result<Arc<dyn GeminiCall>, ServiceError> {
-    let transport = Transport::new(&TransportConfig {
-        base_url: cfg.http.base_url.clone(),
-        api_version: api_version.to_owned(),
-        connect_timeout: cfg.http.connect_timeout,
-        request_timeout: cfg.http.request_timeout,
-    })
-    .map_err(|e| ServiceError::Http(e.to_string()))?;
+    let transport = transport(cfg, api_version)?;
     let retry = RetryPolicy {
         max_attempts: cfg.retry.max_attempts,
         max_elapsed: cfg.retry.max_elapsed,
