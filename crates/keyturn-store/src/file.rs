@@ -244,8 +244,10 @@ impl Persister {
         let (tx, mut rx) = mpsc::channel::<Command>(8);
         let writes = Arc::new(AtomicU64::new(0));
         let w = writes.clone();
+        // Read before spawning: a change made between `spawn` returning and the task's first poll
+        // (a `keys reset` right after start-up) must still count as unsaved.
+        let mut last = ledger.version();
         let task = tokio::spawn(async move {
-            let mut last = ledger.version();
             let mut tick = tokio::time::interval(interval.max(Duration::from_millis(10)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let save = |last: &mut u64| {

@@ -148,3 +148,19 @@ async fn write_behind_is_bounded_by_the_flush_interval() {
     let day: u64 = saved.scopes.iter().map(|s| s.day_count).sum();
     assert_eq!(day, acquires + 2, "the last state was saved at shutdown");
 }
+
+/// A change made before the writer task first runs (a `keyturn keys reset` straight after
+/// start-up) is still saved at shutdown. On a current-thread runtime the task cannot run before
+/// the change, so this fails for a writer that takes its baseline version inside the task.
+#[tokio::test(flavor = "current_thread")]
+async fn a_change_before_the_writer_first_runs_is_saved() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FileStore::open(dir.path()).unwrap());
+    let l = ledger();
+    let persister = Persister::spawn(l.clone(), store.clone(), Duration::from_secs(3600));
+    let lease = l.try_acquire(TIGHT, Demand::tokens(3)).unwrap();
+    l.settle_now(lease, Outcome::success(3));
+    persister.shutdown().await.unwrap();
+    let saved = store.load().await.unwrap().expect("the change was saved");
+    assert_eq!(saved.scopes.iter().map(|s| s.day_count).sum::<u64>(), 1);
+}
