@@ -116,6 +116,10 @@ pub trait QuotaLedger: Send + Sync + std::fmt::Debug {
 
     /// Replaces the state with a snapshot's (keys matched by fingerprint, scopes by name).
     async fn restore(&self, snapshot: Snapshot) -> Result<(), LedgerError>;
+
+    /// Marks a warning as sent until `until_ms`: `true` the first time, `false` while the mark
+    /// stands, for every process that shares this ledger. Warnings fire once, not per watcher.
+    async fn claim_notice(&self, id: &str, until_ms: i64) -> Result<bool, LedgerError>;
 }
 
 /// Where snapshots persist.

@@ -71,4 +71,6 @@ pub use memory::{InMemoryLedger, breaker_state_now, scope_status_from_snapshot};
 pub use outcome::{DeadReason, Outcome, ThrottleKind};
 pub use pacific::{QuotaDay, next_pacific_midnight};
 pub use policy::Policy;
-pub use snapshot::{PoolStatus, SCHEMA_VERSION, ScopeState, Snapshot};
+pub use snapshot::{
+    HISTORY_DAYS, NoticeMark, PoolStatus, SCHEMA_VERSION, ScopeState, Snapshot, UsageDay,
+};

@@ -19,8 +19,8 @@ use crate::limits::{LimitSource, ModelLimits, normalize_model};
 use crate::outcome::{Outcome, ThrottleKind};
 use crate::policy::Policy;
 use crate::snapshot::{
-    Disabled, KeySnapshot, PoolStatus, SCHEMA_VERSION, ScopeSnapshot, ScopeState, ScopeStatus,
-    Snapshot,
+    Disabled, KeySnapshot, NoticeMark, PoolStatus, SCHEMA_VERSION, ScopeSnapshot, ScopeState,
+    ScopeStatus, Snapshot, UsageDay,
 };
 use crate::window::{DayCounter, RollingWindow, sec_of};
 
@@ -199,9 +199,43 @@ impl Scope {
     }
 }
 
+/// What one key sent to one model on the current day (the hot path's part of usage history).
+#[derive(Debug, Clone, Copy, Default)]
+struct UsageCell {
+    day_start_ms: i64,
+    requests: u64,
+    tokens: u64,
+}
+
+/// A finished day of one key's use of one model.
+#[derive(Debug, Clone, Copy)]
+struct PastUsage {
+    day_start_ms: i64,
+    key: u32,
+    model: u32,
+    requests: u64,
+    tokens: u64,
+}
+
+/// Drops finished days older than the history window (those starting before `cutoff_ms`).
+fn prune_past(past: &mut Vec<PastUsage>, cutoff_ms: i64) {
+    past.retain(|p| p.day_start_ms >= cutoff_ms);
+}
+
+/// Start of the oldest day the usage history keeps, for the day containing `now`.
+fn history_cutoff(now_ms: i64) -> i64 {
+    let mut day = crate::pacific::QuotaDay::containing(now_ms);
+    for _ in 1..crate::snapshot::HISTORY_DAYS {
+        day = day.previous();
+    }
+    day.start_ms
+}
+
 #[derive(Debug, Clone)]
 struct ModelState {
     name: String,
+    /// This day's usage, per key.
+    today: Vec<UsageCell>,
     /// Scope index for each project index.
     scopes: Vec<u32>,
     cursor: u32,
@@ -216,6 +250,10 @@ struct Inner {
     projects: Vec<String>,
     models: Vec<ModelState>,
     scopes: Vec<Scope>,
+    /// Usage of days before each key's current one, at most `HISTORY_DAYS` days back.
+    past: Vec<PastUsage>,
+    /// Warnings already sent, until the end of their day.
+    notices: Vec<NoticeMark>,
     /// Bumped when state is replaced wholesale; leases from an older epoch correct no counters.
     epoch: u64,
     /// Bumped on every change; the write-behind flusher saves when it moves.
@@ -261,6 +299,8 @@ impl InMemoryLedger {
             projects,
             models: Vec::new(),
             scopes: Vec::new(),
+            past: Vec::new(),
+            notices: Vec::new(),
             epoch: 0,
             version: 0,
         };
@@ -317,6 +357,7 @@ impl InMemoryLedger {
         }
         inner.models.push(ModelState {
             name: model.to_owned(),
+            today: vec![UsageCell::default(); self.keys.len()],
             scopes,
             cursor: 0,
             wrr: vec![0; self.keys.len()],
@@ -351,6 +392,7 @@ impl InMemoryLedger {
             key_project,
             models,
             scopes,
+            past,
             epoch,
             version,
             ..
@@ -409,6 +451,27 @@ impl InMemoryLedger {
         let s = &mut scopes[ms.scopes[key_project[k] as usize] as usize];
         let sec = s.window.record(u64::from(demand.requests), demand.tokens);
         s.day.add(u64::from(demand.requests));
+        let day_start = s.day.day().start_ms;
+        let cell = &mut ms.today[k];
+        if cell.day_start_ms != day_start {
+            // A new day for this key and model (allocates at most once a day).
+            if cell.requests > 0 || cell.tokens > 0 {
+                past.push(PastUsage {
+                    day_start_ms: cell.day_start_ms,
+                    key: k as u32,
+                    model: m as u32,
+                    requests: cell.requests,
+                    tokens: cell.tokens,
+                });
+                prune_past(past, history_cutoff(now));
+            }
+            *cell = UsageCell {
+                day_start_ms: day_start,
+                ..UsageCell::default()
+            };
+        }
+        cell.requests += u64::from(demand.requests);
+        cell.tokens = cell.tokens.saturating_add(demand.tokens);
         *version += 1;
         Ok(Lease::new(
             KeyId(k as u32),
@@ -530,6 +593,15 @@ impl InMemoryLedger {
                             let s = &mut inner.scopes[si as usize];
                             s.window.adjust_tokens(lease.second(), delta);
                             notify |= delta < 0;
+                            // The usage history counts real tokens too, if the day is current.
+                            if let Some(cell) = inner
+                                .models
+                                .get_mut(lease.model_slot() as usize)
+                                .and_then(|m| m.today.get_mut(k))
+                                && cell.day_start_ms <= lease.second() * 1000
+                            {
+                                cell.tokens = cell.tokens.saturating_add_signed(delta);
+                            }
                         }
                     }
                     if inner.health[k].breaker.on_success() {
@@ -829,12 +901,69 @@ impl InMemoryLedger {
                 });
             }
         }
+        let cutoff = history_cutoff(now);
+        let day_of = |start: i64| crate::pacific::QuotaDay::containing(start).date;
+        let mut usage: Vec<UsageDay> = Vec::new();
+        let mut add = |day_start: i64, key: usize, model: &str, requests: u64, tokens: u64| {
+            if day_start < cutoff || (requests == 0 && tokens == 0) {
+                return;
+            }
+            if let Some(e) = self.keys.get(KeyId(key as u32)) {
+                usage.push(UsageDay {
+                    date: day_of(day_start),
+                    fingerprint: e.fingerprint(),
+                    model: model.to_owned(),
+                    requests,
+                    input_tokens: tokens,
+                });
+            }
+        };
+        for p in &inner.past {
+            let model = &inner.models[p.model as usize].name;
+            add(p.day_start_ms, p.key as usize, model, p.requests, p.tokens);
+        }
+        for m in &inner.models {
+            for (k, c) in m.today.iter().enumerate() {
+                add(c.day_start_ms, k, &m.name, c.requests, c.tokens);
+            }
+        }
+        usage.sort_by(|a, b| {
+            (a.date, &a.model, a.fingerprint.to_string()).cmp(&(
+                b.date,
+                &b.model,
+                b.fingerprint.to_string(),
+            ))
+        });
+        let notices = inner
+            .notices
+            .iter()
+            .filter(|n| n.until_ms > now)
+            .cloned()
+            .collect();
         Snapshot {
             schema: SCHEMA_VERSION,
             taken_at_ms: now,
             keys,
             scopes,
+            usage,
+            notices,
         }
+    }
+
+    /// Records that a warning was sent; `false` if it already was (until `until_ms`).
+    pub fn claim_notice_now(&self, id: &str, until_ms: i64) -> bool {
+        let now = self.clock.now_ms();
+        let mut inner = self.inner.lock();
+        inner.notices.retain(|n| n.until_ms > now);
+        if inner.notices.iter().any(|n| n.id == id) {
+            return false;
+        }
+        inner.notices.push(NoticeMark {
+            id: id.to_owned(),
+            until_ms,
+        });
+        inner.version += 1;
+        true
     }
 
     /// Replaces the state with a snapshot's. Keys are matched by fingerprint (labels may have
@@ -869,6 +998,46 @@ impl InMemoryLedger {
             let si = inner.models[m].scopes[p] as usize;
             inner.scopes[si].apply_snapshot(ss, now);
         }
+        let today = crate::pacific::QuotaDay::containing(now).start_ms;
+        let cutoff = history_cutoff(now);
+        inner.past.clear();
+        for m in &mut inner.models {
+            m.today.fill(UsageCell::default());
+        }
+        for u in &snap.usage {
+            let Some((id, _)) = self
+                .keys
+                .iter()
+                .find(|(_, e)| e.fingerprint() == u.fingerprint)
+            else {
+                continue;
+            };
+            let day_start = crate::pacific::QuotaDay::of_date(u.date).start_ms;
+            if day_start < cutoff {
+                continue;
+            }
+            let m = self.model_index(&mut inner, &u.model, now);
+            if day_start == today {
+                let cell = &mut inner.models[m].today[id.index()];
+                cell.day_start_ms = today;
+                cell.requests += u.requests;
+                cell.tokens += u.input_tokens;
+            } else {
+                inner.past.push(PastUsage {
+                    day_start_ms: day_start,
+                    key: id.0,
+                    model: m as u32,
+                    requests: u.requests,
+                    tokens: u.input_tokens,
+                });
+            }
+        }
+        inner.notices = snap
+            .notices
+            .iter()
+            .filter(|n| n.until_ms > now)
+            .cloned()
+            .collect();
         inner.epoch += 1;
         inner.version += 1;
         drop(inner);
@@ -962,6 +1131,10 @@ impl QuotaLedger for InMemoryLedger {
 
     async fn restore(&self, snapshot: Snapshot) -> Result<(), LedgerError> {
         Ok(self.restore_now(&snapshot)?)
+    }
+
+    async fn claim_notice(&self, id: &str, until_ms: i64) -> Result<bool, LedgerError> {
+        Ok(self.claim_notice_now(id, until_ms))
     }
 }
 

@@ -52,6 +52,26 @@ impl QuotaDay {
         }
     }
 
+    /// The Pacific day of a civil date.
+    pub fn of_date(date: Date) -> Self {
+        let start_ms = start_of(date).unwrap_or_default();
+        let end_ms = date
+            .tomorrow()
+            .ok()
+            .and_then(start_of)
+            .unwrap_or(start_ms + 86_400_000);
+        Self {
+            date,
+            start_ms,
+            end_ms,
+        }
+    }
+
+    /// The day before this one.
+    pub fn previous(&self) -> Self {
+        Self::containing(self.start_ms - 1)
+    }
+
     /// Whether `ms` falls in this day.
     pub fn contains(&self, ms: i64) -> bool {
         self.start_ms <= ms && ms < self.end_ms
@@ -108,6 +128,16 @@ mod tests {
         // The repeated 01:00-02:00 hour is inside the same day.
         assert!(fall.contains(ms("2026-11-01T08:30:00Z")));
         assert!(fall.contains(ms("2026-11-01T09:30:00Z")));
+    }
+
+    #[test]
+    fn a_date_and_the_day_before_it_round_trip() {
+        let day = QuotaDay::containing(ms("2026-11-02T12:00:00Z"));
+        assert_eq!(QuotaDay::of_date(day.date), day);
+        let before = day.previous();
+        assert_eq!(before.date.to_string(), "2026-11-01");
+        assert_eq!(before.end_ms, day.start_ms);
+        assert_eq!(before.end_ms - before.start_ms, 25 * 3_600_000);
     }
 
     #[test]

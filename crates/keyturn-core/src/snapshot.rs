@@ -62,6 +62,35 @@ pub struct ScopeSnapshot {
     pub learned: ModelLimits,
 }
 
+/// How many Pacific days of usage history a ledger keeps (today and the 29 before it).
+pub const HISTORY_DAYS: usize = 30;
+
+/// What one key sent to one model on one Pacific day: requests admitted and input tokens (the
+/// estimate reserved at admission, corrected by the real count when the call settles). Output
+/// tokens do not count against any quota and are reported by the metrics instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageDay {
+    /// The Pacific calendar date.
+    pub date: jiff::civil::Date,
+    /// The key's fingerprint.
+    pub fingerprint: Fingerprint,
+    /// Model id.
+    pub model: String,
+    /// Requests admitted.
+    pub requests: u64,
+    /// Input tokens.
+    pub input_tokens: u64,
+}
+
+/// A warning already sent, so it is sent once per scope and day however many processes watch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NoticeMark {
+    /// What was announced (`quota-80|proj|model|2026-11-28`, …).
+    pub id: String,
+    /// When the mark may be forgotten (Unix ms): the end of its day.
+    pub until_ms: i64,
+}
+
 /// The whole state of a pool at one instant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -73,6 +102,12 @@ pub struct Snapshot {
     pub keys: Vec<KeySnapshot>,
     /// Scopes' counters.
     pub scopes: Vec<ScopeSnapshot>,
+    /// Usage per key, model and day, for the last [`HISTORY_DAYS`] days (absent in older files).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub usage: Vec<UsageDay>,
+    /// Warnings already sent today (absent in older files).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices: Vec<NoticeMark>,
 }
 
 /// What a scope can do right now.

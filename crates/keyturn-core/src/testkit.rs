@@ -14,7 +14,7 @@ use async_trait::async_trait;
 
 use crate::breaker::BreakerConfig;
 use crate::breaker::BreakerState;
-use crate::clock::ManualClock;
+use crate::clock::{Clock, ManualClock};
 use crate::error::{AcquireError, ErrorKind, Exhaustion};
 use crate::key::{ApiKey, KeyId, KeyRing, KeySpec};
 use crate::lease::Demand;
@@ -667,6 +667,126 @@ pub async fn other_policies(f: &dyn LedgerFactory) {
     assert_eq!(counts, [30, 10, 10]);
 }
 
+/// Usage history: requests and real input tokens per key, model and Pacific day, kept across
+/// midnight (today and the days before), carried by snapshot and restore, and not wiped by a reset.
+pub async fn usage_history_per_key_model_and_day(f: &dyn LedgerFactory) {
+    let c = clock();
+    let l = f
+        .make(solo_keys(2), config(100, 100_000, 1000), c.clone())
+        .await;
+    // Day one: key 0 sends 2 TIGHT (real 7 and 9 tokens) and 1 ROOMY, key 1 sends 1 TIGHT.
+    for real in [7, 5, 9] {
+        let lease = l.acquire(TIGHT, Demand::tokens(10)).await.unwrap();
+        l.settle(lease, Outcome::success(real)).await.unwrap();
+    }
+    let lease = l.acquire(ROOMY, Demand::tokens(4)).await.unwrap();
+    assert_eq!(lease.key(), KeyId(0));
+    drop(lease); // unsettled: counts as sent, with its estimate
+    // Day two: key 1 (next in turn) sends one more TIGHT.
+    c.advance(Duration::from_millis(
+        (next_pacific_midnight(T0_MS) + 3_600_000 - T0_MS) as u64,
+    ));
+    let lease = l.acquire(TIGHT, Demand::tokens(10)).await.unwrap();
+    assert_eq!(lease.key(), KeyId(1));
+    l.settle(lease, Outcome::success(3)).await.unwrap();
+    l.reset(ResetTarget::All).await.unwrap();
+
+    let fp = |k: usize| {
+        crate::key::ApiKey::new(format!("made-up-test-key-{k:03}"))
+            .unwrap()
+            .fingerprint()
+    };
+    let rows = |snap: &crate::snapshot::Snapshot| {
+        snap.usage
+            .iter()
+            .map(|u| {
+                let k = (0..2).find(|k| fp(*k) == u.fingerprint).unwrap();
+                (
+                    u.date.to_string(),
+                    k,
+                    u.model.clone(),
+                    u.requests,
+                    u.input_tokens,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let snap = l.snapshot().await.unwrap();
+    let expect = vec![
+        ("2026-01-14".to_owned(), 0, ROOMY.to_owned(), 1, 4),
+        ("2026-01-14".to_owned(), 0, TIGHT.to_owned(), 2, 16),
+        ("2026-01-14".to_owned(), 1, TIGHT.to_owned(), 1, 5),
+        ("2026-01-15".to_owned(), 1, TIGHT.to_owned(), 1, 3),
+    ];
+    let mut got = rows(&snap);
+    got.sort();
+    let mut want = expect.clone();
+    want.sort();
+    assert_eq!(got, want, "usage after a day change and a reset");
+
+    // A restart: a fresh ledger restored from the snapshot reports the same history.
+    let l2 = f
+        .make(solo_keys(2), config(100, 100_000, 1000), c.clone())
+        .await;
+    let text = serde_json::to_string(&snap).unwrap();
+    l2.restore(serde_json::from_str(&text).unwrap())
+        .await
+        .unwrap();
+    let mut again = rows(&l2.snapshot().await.unwrap());
+    again.sort();
+    assert_eq!(again, want, "history survives a restart");
+
+    // Thirty days on, day one has aged out; the restored today-counter keeps adding.
+    let now = c.now_ms();
+    c.advance(Duration::from_millis(
+        (T0_MS + 30 * 86_400_000 - now) as u64,
+    ));
+    take(&*l2, TIGHT).await.unwrap();
+    let late = rows(&l2.snapshot().await.unwrap());
+    assert!(late.iter().all(|r| r.0 != "2026-01-14"), "{late:?}");
+    assert!(late.iter().any(|r| r.0 == "2026-01-15"), "{late:?}");
+    assert!(
+        late.iter().any(|r| r.0 == "2026-02-13" && r.3 == 1),
+        "{late:?}"
+    );
+}
+
+/// A warning mark is claimed once until it expires, and travels with snapshots.
+pub async fn notices_are_claimed_once(f: &dyn LedgerFactory) {
+    let c = clock();
+    let l = f.make(solo_keys(1), config(5, 1000, 50), c.clone()).await;
+    let until = next_pacific_midnight(T0_MS);
+    assert!(
+        l.claim_notice("quota-80|p|m|2026-01-14", until)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !l.claim_notice("quota-80|p|m|2026-01-14", until)
+            .await
+            .unwrap()
+    );
+    assert!(
+        l.claim_notice("quota-100|p|m|2026-01-14", until)
+            .await
+            .unwrap()
+    );
+    let snap = l.snapshot().await.unwrap();
+    let l2 = f.make(solo_keys(1), config(5, 1000, 50), c.clone()).await;
+    l2.restore(snap).await.unwrap();
+    assert!(
+        !l2.claim_notice("quota-80|p|m|2026-01-14", until)
+            .await
+            .unwrap()
+    );
+    c.advance(Duration::from_millis((until + 1 - T0_MS) as u64));
+    assert!(
+        l2.claim_notice("quota-80|p|m|2026-01-14", until + 86_400_000)
+            .await
+            .unwrap()
+    );
+}
+
 /// Expands to one `#[tokio::test]` per behaviour case, each building its ledger with `$factory`.
 /// With `skip_unless = expr`, a case whose guard is false prints why and returns (the guard
 /// prints the reason; use it for backends that may be missing outside CI).
@@ -684,7 +804,7 @@ macro_rules! ledger_behaviour_suite {
             dead_key_disabled_until_reset, all_keys_disabled, breaker_opens_probes_and_closes,
             waiters_follow_the_probe, caller_fault_changes_nothing, dropped_lease_counts_as_sent, acquire_waits_for_capacity,
             no_wait_beyond_the_bound, resets, snapshot_restore_round_trip, status_reports_usage,
-            other_policies);
+            other_policies, usage_history_per_key_model_and_day, notices_are_claimed_once);
     };
     (@cases $factory:expr, $guard:expr; $($case:ident),* $(,)?) => {
         $(

@@ -22,12 +22,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keyturn_core::error::Exhaustion;
-use keyturn_core::snapshot::{Disabled, KeySnapshot, KeyStatus, ScopeSnapshot};
+use keyturn_core::snapshot::{
+    Disabled, HISTORY_DAYS, KeySnapshot, KeyStatus, NoticeMark, ScopeSnapshot, UsageDay,
+};
 use keyturn_core::{
-    AcquireError, Breaker, BreakerState, Clock, DeadReason, Demand, KeyId, KeyRing, Lease,
-    LedgerConfig, LedgerError, LimitSource, ModelLimits, Outcome, Policy, PoolStatus, QuotaDay,
-    QuotaLedger, ResetTarget, SCHEMA_VERSION, Snapshot, SnapshotError, StoreError, ThrottleKind,
-    breaker_state_now, scope_status_from_snapshot,
+    AcquireError, Breaker, BreakerState, Clock, DeadReason, Demand, Fingerprint, KeyId, KeyRing,
+    Lease, LedgerConfig, LedgerError, LimitSource, ModelLimits, Outcome, Policy, PoolStatus,
+    QuotaDay, QuotaLedger, ResetTarget, SCHEMA_VERSION, Snapshot, SnapshotError, StoreError,
+    ThrottleKind, breaker_state_now, scope_status_from_snapshot,
 };
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -36,6 +38,14 @@ use redis::{AsyncCommands, Script, Value};
 const COMMON: &str = include_str!("lua/common.lua");
 const ACQUIRE: &str = include_str!("lua/acquire.lua");
 const SETTLE: &str = include_str!("lua/settle.lua");
+/// Claims a warning mark: KEYS[1] the mark; ARGV now, until, ttl. The stored value is `until`,
+/// so a mark whose day is over (on a test clock, before Redis expires it) can be claimed again.
+const CLAIM: &str = r"
+local v = tonumber(redis.call('GET', KEYS[1]))
+if v ~= nil and v > tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
 
 /// Where the scripts take "now" from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,6 +79,7 @@ pub struct RedisLedger {
     prefix: String,
     acquire: Script,
     settle: Script,
+    claim: Script,
     projects: Vec<String>,
     /// Per key, in ring order: fingerprint as text, project, weight.
     candidates: Vec<(String, String, u32)>,
@@ -153,6 +164,7 @@ impl RedisLedger {
             prefix: format!("kt:{namespace}:"),
             acquire: Script::new(&format!("{COMMON}\n{ACQUIRE}")),
             settle: Script::new(&format!("{COMMON}\n{SETTLE}")),
+            claim: Script::new(CLAIM),
             projects,
             models: Mutex::new(models),
             cursors: Mutex::new(HashMap::new()),
@@ -676,7 +688,17 @@ impl QuotaLedger for RedisLedger {
                     self.learned_key(&model, &project),
                 ]
             }
-            ResetTarget::All => self.all_keys(&mut conn).await?,
+            // Everything but the usage history and the warnings already sent: what was sent
+            // stays sent, like the in-memory ledger's reset.
+            ResetTarget::All => self
+                .all_keys(&mut conn)
+                .await?
+                .into_iter()
+                .filter(|k| {
+                    let rest = &k[self.prefix.len()..];
+                    !rest.starts_with("u:") && !rest.starts_with("n:")
+                })
+                .collect(),
         };
         for chunk in doomed.chunks(500) {
             let _: () = conn.del(chunk).await.map_err(err)?;
@@ -744,12 +766,31 @@ impl QuotaLedger for RedisLedger {
                 scopes.push(self.read_scope(&mut conn, &model, project).await?);
             }
         }
+        let usage = self.read_usage(&mut conn, now).await?;
+        let notices = self.read_notices(&mut conn, now).await?;
         Ok(Snapshot {
             schema: SCHEMA_VERSION,
             taken_at_ms: now,
             keys,
             scopes,
+            usage,
+            notices,
         })
+    }
+
+    async fn claim_notice(&self, id: &str, until_ms: i64) -> Result<bool, LedgerError> {
+        let now = self.clock.now_ms();
+        let mut conn = self.conn.clone();
+        let claimed: i64 = self
+            .claim
+            .key(format!("{}n:{id}", self.prefix))
+            .arg(now)
+            .arg(until_ms)
+            .arg((until_ms - now).max(1))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
+        Ok(claimed == 1)
     }
 
     async fn restore(&self, snapshot: Snapshot) -> Result<(), LedgerError> {
@@ -843,11 +884,145 @@ impl QuotaLedger for RedisLedger {
                 pipe.hset_multiple(&lk, &learned).ignore();
             }
         }
+        self.restore_usage(&mut pipe, &snapshot, now);
+        for n in snapshot.notices.iter().filter(|n| n.until_ms > now) {
+            pipe.cmd("SET")
+                .arg(format!("{}n:{}", self.prefix, n.id))
+                .arg(n.until_ms)
+                .arg("PX")
+                .arg(n.until_ms - now)
+                .ignore();
+        }
         let mut conn = self.conn.clone();
         let _: () = pipe
             .query_async(&mut conn)
             .await
             .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
         Ok(())
+    }
+}
+
+impl RedisLedger {
+    /// The usage hashes of the last [`HISTORY_DAYS`] Pacific days, newest first.
+    fn history_days(&self, now: i64) -> Vec<QuotaDay> {
+        let mut days = vec![QuotaDay::containing(now)];
+        while days.len() < HISTORY_DAYS {
+            let before = days[days.len() - 1].previous();
+            days.push(before);
+        }
+        days
+    }
+
+    fn usage_key(&self, day: &QuotaDay) -> String {
+        format!("{}u:{}", self.prefix, day.start_ms)
+    }
+
+    /// Usage per key, model and day (one round trip for the 30 days).
+    async fn read_usage(
+        &self,
+        conn: &mut ConnectionManager,
+        now: i64,
+    ) -> Result<Vec<UsageDay>, LedgerError> {
+        let days = self.history_days(now);
+        let mut pipe = redis::pipe();
+        for d in &days {
+            pipe.hgetall(self.usage_key(d));
+        }
+        let hashes: Vec<HashMap<String, i64>> = pipe
+            .query_async(conn)
+            .await
+            .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
+        let by_fp: HashMap<String, Fingerprint> = self
+            .keys
+            .iter()
+            .map(|(_, e)| (e.fingerprint().to_string(), e.fingerprint()))
+            .collect();
+        let mut usage = Vec::new();
+        for (day, h) in days.iter().zip(hashes).rev() {
+            let mut rows: HashMap<(String, String), (u64, u64)> = HashMap::new();
+            for (field, v) in h {
+                let mut parts = field.rsplitn(2, '|');
+                let (Some(what), Some(rest)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let Some((fp, model)) = rest.split_once('|') else {
+                    continue;
+                };
+                let row = rows.entry((fp.to_owned(), model.to_owned())).or_default();
+                match what {
+                    "r" => row.0 = v.max(0) as u64,
+                    "t" => row.1 = v.max(0) as u64,
+                    _ => {}
+                }
+            }
+            let mut rows: Vec<_> = rows.into_iter().collect();
+            rows.sort();
+            for ((fp, model), (requests, input_tokens)) in rows {
+                // A key no longer in this pool keeps its history in Redis but is not shown.
+                if let Some(f) = by_fp.get(&fp) {
+                    usage.push(UsageDay {
+                        date: day.date,
+                        fingerprint: *f,
+                        model,
+                        requests,
+                        input_tokens,
+                    });
+                }
+            }
+        }
+        Ok(usage)
+    }
+
+    async fn read_notices(
+        &self,
+        conn: &mut ConnectionManager,
+        now: i64,
+    ) -> Result<Vec<NoticeMark>, LedgerError> {
+        let err = |e: redis::RedisError| LedgerError::Backend(backend(&self.server, &e));
+        let prefix = format!("{}n:", self.prefix);
+        let mut names = Vec::new();
+        {
+            let mut iter: redis::AsyncIter<String> =
+                conn.scan_match(format!("{prefix}*")).await.map_err(err)?;
+            while let Some(k) = iter.next_item().await {
+                names.push(k.map_err(err)?);
+            }
+        }
+        let mut out = Vec::new();
+        for name in names {
+            let until: Option<i64> = conn.get(&name).await.map_err(err)?;
+            if let Some(until) = until.filter(|u| *u > now) {
+                out.push(NoticeMark {
+                    id: name[prefix.len()..].to_owned(),
+                    until_ms: until,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Replaces the history days of `snapshot` (those within the window) in `pipe`.
+    fn restore_usage(&self, pipe: &mut redis::Pipeline, snapshot: &Snapshot, now: i64) {
+        let days = self.history_days(now);
+        for d in &days {
+            pipe.del(self.usage_key(d)).ignore();
+        }
+        for u in &snapshot.usage {
+            let Some(day) = days.iter().find(|d| d.date == u.date) else {
+                continue;
+            };
+            let key = self.usage_key(day);
+            let field = |what: &str| format!("{}|{}|{what}", u.fingerprint, u.model);
+            pipe.hincr(&key, field("r"), u.requests)
+                .ignore()
+                .hincr(&key, field("t"), u.input_tokens)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&key)
+                // As the acquire script: 30 days after the day ends.
+                .arg(day.end_ms - now + HISTORY_DAYS as i64 * 86_400_000)
+                .ignore();
+        }
     }
 }

@@ -44,6 +44,8 @@ fn version(i: u64) -> Snapshot {
                 learned: Default::default(),
             })
             .collect(),
+        usage: Vec::new(),
+        notices: Vec::new(),
     }
 }
 

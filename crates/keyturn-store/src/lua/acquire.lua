@@ -113,6 +113,10 @@ end
 if pick ~= nil then
   if policy == 'w' then redis.call('HINCRBY', P .. 'w:' .. model, pick_fp, -wtotal) end
   local rec = record(pick_s, nreq, ntok)
+  local uk = P .. 'u:' .. day_start
+  redis.call('HINCRBY', uk, pick_fp .. '|' .. model .. '|r', nreq)
+  redis.call('HINCRBY', uk, pick_fp .. '|' .. model .. '|t', ntok)
+  redis.call('PEXPIRE', uk, day_end - now + HISTORY_MS)
   local probe = 0
   if pick_adm == 'probe' then
     redis.call('HSET', P .. 'k:' .. pick_fp, 'bs', 'half', 'bp', now + probe_timeout)

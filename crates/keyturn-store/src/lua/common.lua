@@ -9,9 +9,13 @@
 --                               (expires by itself after its window, day and cooldowns)
 --   P.."l:"..model.."|"..proj   learned limits: rpm, tpm, rpd (no expiry)
 --   P.."w:"..model              smooth weighted round-robin weights by fingerprint
+--   P.."u:"..day_start_ms       usage history of one Pacific day: fp|model|r (requests) and
+--                               fp|model|t (input tokens); expires 30 days after the day ends
+--   P.."n:"..id                 a warning already sent (SET NX), expiring at the end of its day
 
 local W = 61
 local DAY = 86400000
+local HISTORY_MS = 30 * DAY
 
 local function now_ms(arg)
   if arg == '' then

@@ -14,7 +14,8 @@ local real = tonumber(ARGV[9])
 local kind, retry, qv = ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
 local reason, probe = ARGV[13], ARGV[14] == '1'
 local threshold, base_cd, max_cd, default_cd = tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
-local _, day_end = day_of(now, tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21]), tonumber(ARGV[22]))
+local b0, b1, b2, b3 = tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21]), tonumber(ARGV[22])
+local _, day_end = day_of(now, b0, b1, b2, b3)
 
 local kk = P .. 'k:' .. fp
 local sk = P .. 's:' .. model .. '|' .. project
@@ -42,6 +43,11 @@ end
 
 if outcome == 'ok' then
   if real >= 0 and real ~= reserved then
+    -- The usage history counts real tokens, on the day the request was admitted.
+    local uk = P .. 'u:' .. day_of(sec * 1000, b0, b1, b2, b3)
+    if redis.call('EXISTS', uk) == 1 then
+      redis.call('HINCRBY', uk, fp .. '|' .. model .. '|t', real - reserved)
+    end
     local slot = sec % W
     local h = redis.call('HMGET', sk, 't' .. slot, 'r' .. slot, 'k' .. slot, 'head', 'sk')
     local t, r, k, head, sum = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0, tonumber(h[4]), tonumber(h[5]) or 0
