@@ -83,6 +83,12 @@ enum Command {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Usage per key and model per Pacific day (requests, input tokens) instead of quota.
+        #[arg(long)]
+        history: bool,
+        /// With --history: how many days back, today included (the state keeps 30).
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=30))]
+        days: u32,
     },
     /// List, check or reset keys.
     #[command(subcommand)]
@@ -293,7 +299,16 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Seed(a) => cmd_seed(&g, &env, &cwd, a).await,
         Command::Demo(a) => crate::demo::run(&a.out, &cwd).await,
         Command::Sim(a) => cmd_sim(a).await,
-        Command::Status { json } => cmd_status(&g, &env, &cwd, json).await,
+        Command::Status {
+            json,
+            history: false,
+            ..
+        } => cmd_status(&g, &env, &cwd, json).await,
+        Command::Status {
+            json,
+            history: true,
+            days,
+        } => cmd_history(&g, &env, &cwd, json, days).await,
         Command::Keys(k) => cmd_keys(&g, &env, &cwd, k).await,
         Command::Export { out, format, to } => {
             let to = to.unwrap_or_else(|| {
@@ -497,6 +512,16 @@ async fn cmd_sim(a: keyturn_sim::SimArgs) -> ExitCode {
 
 /// The status of the configured backend without taking the file lock (a seed may be running).
 async fn read_status(cfg: &Config, env: &Env, cwd: &Path) -> Result<Option<PoolStatus>, String> {
+    Ok(read_state(cfg, env, cwd).await?.map(|(st, _)| st))
+}
+
+/// The status and the whole state (for the usage history) from the configured backend, without
+/// taking the state over: `None` when a file backend has no state yet.
+async fn read_state(
+    cfg: &Config,
+    env: &Env,
+    cwd: &Path,
+) -> Result<Option<(PoolStatus, keyturn_core::Snapshot)>, String> {
     let (ring, _) = key_ring(cfg, env, cwd).map_err(|e| e.to_string())?;
     let keys = Arc::new(ring);
     let lcfg = ledger_config(cfg).map_err(|e| e.to_string())?;
@@ -510,7 +535,7 @@ async fn read_status(cfg: &Config, env: &Env, cwd: &Path) -> Result<Option<PoolS
             ledger
                 .restore_now(&file.snapshot)
                 .map_err(|e| e.to_string())?;
-            Ok(Some(ledger.status_now()))
+            Ok(Some((ledger.status_now(), ledger.snapshot_now())))
         }
         Backend::Redis => {
             let mut lcfg = lcfg;
@@ -525,7 +550,9 @@ async fn read_status(cfg: &Config, env: &Env, cwd: &Path) -> Result<Option<PoolS
             )
             .await
             .map_err(|e| e.to_string())?;
-            l.status().await.map(Some).map_err(|e| e.to_string())
+            let st = l.status().await.map_err(|e| e.to_string())?;
+            let snap = l.snapshot().await.map_err(|e| e.to_string())?;
+            Ok(Some((st, snap)))
         }
     }
 }
@@ -604,6 +631,90 @@ async fn cmd_status(g: &Global, env: &Env, cwd: &Path, json: bool) -> ExitCode {
         }
         Err(e) => fail(1, e),
     }
+}
+
+/// One row of `keyturn status --history`.
+#[derive(serde::Serialize)]
+struct HistoryRow {
+    date: String,
+    key: String,
+    fingerprint: String,
+    model: String,
+    requests: u64,
+    input_tokens: u64,
+}
+
+async fn cmd_history(g: &Global, env: &Env, cwd: &Path, json: bool, days: u32) -> ExitCode {
+    let cfg = match load(g, env, cwd, false) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let ring = match key_ring(&cfg, env, cwd) {
+        Ok((r, _)) => r,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    let (st, snap) = match read_state(&cfg, env, cwd).await {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            if json {
+                println!("[]");
+            } else {
+                println!("no quota state yet in {}", cfg.state.dir.display());
+            }
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return fail(1, e),
+    };
+    let mut first = keyturn_core::QuotaDay::containing(st.at_ms);
+    for _ in 1..days {
+        first = first.previous();
+    }
+    let mut rows: Vec<HistoryRow> = snap
+        .usage
+        .iter()
+        .filter(|u| u.date >= first.date)
+        .map(|u| HistoryRow {
+            date: u.date.to_string(),
+            key: ring
+                .iter()
+                .find(|(_, e)| e.fingerprint() == u.fingerprint)
+                .map_or_else(String::new, |(_, e)| e.label.clone()),
+            fingerprint: u.fingerprint.to_string(),
+            model: u.model.clone(),
+            requests: u.requests,
+            input_tokens: u.input_tokens,
+        })
+        .collect();
+    // Newest day first; within a day, by model then key.
+    rows.sort_by(|a, b| (&b.date, &a.model, &a.key).cmp(&(&a.date, &b.model, &b.key)));
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "usage per key and model, by Pacific day (last {days} days; input tokens as counted against TPM)"
+    );
+    println!(
+        "{:<10}  {:<22} {:<9} {:<24} {:>9} {:>13}",
+        "DATE", "KEY", "FP", "MODEL", "REQUESTS", "INPUT TOKENS"
+    );
+    for r in &rows {
+        println!(
+            "{:<10}  {:<22} {:<9} {:<24} {:>9} {:>13}",
+            r.date, r.key, r.fingerprint, r.model, r.requests, r.input_tokens
+        );
+    }
+    let (req, tok) = rows
+        .iter()
+        .fold((0, 0), |(r, t), x| (r + x.requests, t + x.input_tokens));
+    println!(
+        "{:<10}  {:<22} {:<9} {:<24} {req:>9} {tok:>13}",
+        "total", "", "", ""
+    );
+    ExitCode::SUCCESS
 }
 
 async fn cmd_keys(g: &Global, env: &Env, cwd: &Path, k: KeysCommand) -> ExitCode {

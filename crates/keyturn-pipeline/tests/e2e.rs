@@ -606,3 +606,74 @@ async fn keys_and_state_commands() {
     assert!(!w.state().join("state.json").exists());
     assert_no_secret_anywhere(&w, &[&o, &list, &check, &info]);
 }
+
+/// `status --history`: per key and model, the requests keyturn sent equal what the simulator
+/// admitted, and a second process (a restart) adds to the same history rather than replacing it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_history_matches_the_simulator_across_a_restart() {
+    let w = world(600, 10_000, Faults::default(), false).await;
+    let project_of = |label: &str| KEYS.iter().find(|k| k.1 == label).unwrap().2;
+    let check = |history: &Value, stats: &Value| {
+        let mut ours: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for r in history.as_array().unwrap() {
+            assert!(r["input_tokens"].as_u64().unwrap() > 0, "{r}");
+            *ours
+                .entry((
+                    project_of(r["key"].as_str().unwrap()).to_owned(),
+                    r["model"].as_str().unwrap().to_owned(),
+                ))
+                .or_default() += r["requests"].as_u64().unwrap();
+        }
+        let theirs: BTreeMap<(String, String), u64> = stats["scopes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["admitted"].as_u64().unwrap() > 0)
+            .map(|s| {
+                (
+                    (
+                        s["project"].as_str().unwrap().to_owned(),
+                        s["model"].as_str().unwrap().to_owned(),
+                    ),
+                    s["admitted"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(ours, theirs, "history vs the simulator's admitted counts");
+        ours.values().sum::<u64>()
+    };
+    let history = || async {
+        let o = w.run(w.command(&["status", "--history", "--json"])).await;
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+
+    let first = w.run(w.seed_cmd()).await;
+    assert!(first.status.success(), "{}", text(&first));
+    let after_one = check(&history().await, &w.stats());
+    assert!(after_one > 0);
+
+    // A new episode, a new process: the history grows by exactly what the simulator admitted.
+    std::fs::create_dir_all(w.inputs().join("extra")).unwrap();
+    std::fs::write(
+        w.inputs().join("extra").join("later.txt"),
+        "Ada Lovelace wrote about the Analytical Engine. Charles Babbage designed it in London.",
+    )
+    .unwrap();
+    let second = w.run(w.seed_cmd()).await;
+    assert!(second.status.success(), "{}", text(&second));
+    let after_two = check(&history().await, &w.stats());
+    assert!(after_two > after_one, "{after_two} > {after_one}");
+
+    let table = w.run(w.command(&["status", "--history"])).await;
+    let out = text(&table);
+    assert!(
+        table.status.success() && out.contains("INPUT TOKENS") && out.contains("one"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{after_two:>9}")),
+        "the total row: {out}"
+    );
+    assert_no_secret_anywhere(&w, &[&first, &second, &table]);
+}
