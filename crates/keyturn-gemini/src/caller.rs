@@ -136,7 +136,12 @@ pub struct RotatingCaller {
 
 enum Attempt {
     Done(Reply),
-    Streaming(reqwest::Response, Lease, String),
+    Streaming(
+        reqwest::Response,
+        Lease,
+        KeyEntry,
+        crate::metrics::Stopwatch,
+    ),
 }
 
 enum Sent {
@@ -218,8 +223,18 @@ impl RotatingCaller {
         }
     }
 
-    async fn settle(&self, lease: Lease, outcome: Outcome) {
+    /// Counts, reports (metrics) and settles one request.
+    async fn settle(
+        &self,
+        lease: Lease,
+        entry: &KeyEntry,
+        model: &str,
+        outcome: Outcome,
+        output_tokens: Option<u64>,
+        took: Duration,
+    ) {
         self.count(lease.key(), &outcome);
+        crate::metrics::record_request(entry, model, &outcome, output_tokens, Some(took));
         if let Err(e) = self.ledger.settle(lease, outcome).await {
             tracing::warn!(error = %e, "could not record a call's outcome in the quota ledger");
         }
@@ -304,19 +319,34 @@ impl RotatingCaller {
         let mut attempts = 0;
         while attempts < self.retry.max_attempts.max(1) && self.clock.now_ms() <= deadline {
             attempts += 1;
+            let waiting = crate::metrics::Stopwatch::start();
             let lease = self.ledger.acquire(model, demand).await?;
             let Some(entry) = keys.get(lease.key()) else {
                 return Err(GeminiError::Ledger("a lease named an unknown key".into()));
             };
-            let span = tracing::debug_span!("gemini.call", model, method, key = %entry.label, attempt = attempts);
+            crate::metrics::record_acquire_wait(entry, model, waiting.elapsed());
+            let span = tracing::debug_span!(
+                "gemini.call",
+                model,
+                method,
+                key = %entry.label,
+                attempt = attempts,
+                outcome = tracing::field::Empty,
+                retry = tracing::field::Empty,
+            );
+            let sending = crate::metrics::Stopwatch::start();
             let sent = self
                 .send_once(entry, &url, body.clone(), model, stream)
                 .instrument(span.clone())
                 .await;
+            let took = sending.elapsed();
             let e = match sent {
                 Sent::Body(raw, v) => {
                     let input_tokens = v.input_tokens();
-                    self.settle(lease, Outcome::Success { input_tokens }).await;
+                    span.record("outcome", "ok");
+                    let outcome = Outcome::Success { input_tokens };
+                    self.settle(lease, entry, model, outcome, v.output_tokens(), took)
+                        .await;
                     return Ok(Attempt::Done(Reply {
                         body: v,
                         raw,
@@ -325,11 +355,25 @@ impl RotatingCaller {
                     }));
                 }
                 Sent::Stream(resp) => {
-                    return Ok(Attempt::Streaming(resp, lease, entry.label.clone()));
+                    span.record("outcome", "streaming");
+                    return Ok(Attempt::Streaming(resp, lease, entry.clone(), sending));
                 }
                 Sent::Failed(e) => e,
             };
-            self.settle(lease, e.outcome()).await;
+            let outcome = e.outcome();
+            span.record("outcome", crate::metrics::outcome_label(&outcome));
+            self.settle(lease, entry, model, outcome, None, took).await;
+            let retry = match e.kind() {
+                ErrorKind::CallerFault | ErrorKind::NoCapacity => None,
+                ErrorKind::Transient => Some("transient"),
+                ErrorKind::Throttled(_) => Some("throttled"),
+                ErrorKind::ModelUnavailable => Some("limit-0"),
+                ErrorKind::DeadKey(_) => Some("dead-key"),
+            };
+            if let Some(reason) = retry {
+                span.record("retry", reason);
+                crate::metrics::record_retry(model, reason);
+            }
             span.in_scope(|| tracing::debug!(kind = ?e.kind(), error = %e, "attempt failed"));
             match e.kind() {
                 ErrorKind::CallerFault | ErrorKind::NoCapacity => return Err(e),
@@ -382,11 +426,11 @@ impl GeminiCall for RotatingCaller {
         body: Value,
     ) -> Result<ChunkStream, GeminiError> {
         let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-        let (resp, lease, key) = match self
+        let (resp, lease, entry, sending) = match self
             .run(model, "streamGenerateContent", demand, bytes, true)
             .await?
         {
-            Attempt::Streaming(resp, lease, key) => (resp, lease, key),
+            Attempt::Streaming(resp, lease, entry, sending) => (resp, lease, entry, sending),
             Attempt::Done(r) => {
                 return Ok(futures::stream::once(async move { Ok(r.body) }).boxed());
             }
@@ -398,8 +442,10 @@ impl GeminiCall for RotatingCaller {
             lease: Some(lease),
             ledger: self.ledger.clone(),
             input_tokens: None,
+            output_tokens: None,
             model: model.to_owned(),
-            key,
+            entry,
+            sending,
         };
         Ok(futures::stream::unfold(state, |mut st| async move {
             let lease = st.lease.take()?;
@@ -409,16 +455,18 @@ impl GeminiCall for RotatingCaller {
                         if let Some(t) = v.input_tokens() {
                             st.input_tokens = Some(t);
                         }
+                        if let Some(t) = v.output_tokens() {
+                            st.output_tokens = Some(t);
+                        }
                         st.lease = Some(lease);
                         Some((Ok(v), st))
                     }
                     Err(e) => {
                         let err = GeminiError::Transport {
                             model: st.model.clone(),
-                            key: st.key.clone(),
+                            key: st.entry.label.clone(),
                             detail: format!("a streamed chunk was not JSON: {e}"),
                         };
-                        st.count_transient(&lease);
                         st.count_transient(&lease);
                         st.ledger.settle(lease, Outcome::Transient).await.ok();
                         Some((Err(err), st))
@@ -427,7 +475,7 @@ impl GeminiCall for RotatingCaller {
                 Some(Err(e)) => {
                     let err = GeminiError::Transport {
                         model: st.model.clone(),
-                        key: st.key.clone(),
+                        key: st.entry.label.clone(),
                         detail: format!("the stream broke off: {e}"),
                     };
                     st.count_transient(&lease);
@@ -443,6 +491,13 @@ impl GeminiCall for RotatingCaller {
                     let outcome = Outcome::Success {
                         input_tokens: st.input_tokens,
                     };
+                    crate::metrics::record_request(
+                        &st.entry,
+                        &st.model,
+                        &outcome,
+                        st.output_tokens,
+                        Some(st.sending.elapsed()),
+                    );
                     st.ledger.settle(lease, outcome).await.ok();
                     None
                 }
@@ -527,8 +582,10 @@ struct StreamState {
     lease: Option<Lease>,
     ledger: Arc<dyn QuotaLedger>,
     input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
     model: String,
-    key: String,
+    entry: KeyEntry,
+    sending: crate::metrics::Stopwatch,
 }
 
 impl StreamState {
@@ -537,5 +594,12 @@ impl StreamState {
             s.requests += 1;
             s.transient += 1;
         }
+        crate::metrics::record_request(
+            &self.entry,
+            &self.model,
+            &Outcome::Transient,
+            None,
+            Some(self.sending.elapsed()),
+        );
     }
 }

@@ -28,6 +28,7 @@
 
 pub mod caller;
 pub mod error;
+pub mod metrics;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod transport;

@@ -300,6 +300,11 @@ pub fn estimate_input_tokens(text_bytes: u64, parts: u64) -> u64 {
 pub trait HasUsage {
     /// Input tokens the server counted, if it said.
     fn input_tokens(&self) -> Option<u64>;
+
+    /// Output tokens (candidates and thoughts) the server counted, if it said.
+    fn output_tokens(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl HasUsage for GenerateContentResponse {
@@ -329,6 +334,15 @@ impl HasUsage for CountTokensResponse {
 impl HasUsage for Value {
     fn input_tokens(&self) -> Option<u64> {
         self.get("usageMetadata")?.get("promptTokenCount")?.as_u64()
+    }
+
+    fn output_tokens(&self) -> Option<u64> {
+        let u = self.get("usageMetadata")?;
+        let n = |f: &str| u.get(f).and_then(Value::as_u64);
+        match (n("candidatesTokenCount"), n("thoughtsTokenCount")) {
+            (None, None) => None,
+            (c, t) => Some(c.unwrap_or(0) + t.unwrap_or(0)),
+        }
     }
 }
 

@@ -62,6 +62,9 @@ struct Global {
     /// Machine-readable JSON log lines on stderr.
     #[arg(long, global = true)]
     json_log: bool,
+    /// Serve Prometheus metrics on this address (seed, demo, serve, sim; default: [metrics] addr).
+    #[arg(long, global = true, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// More log detail (-v: debug, -vv: trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -255,7 +258,17 @@ fn overrides(g: &Global, no_cache: bool) -> Overrides {
         base_url: g.base_url.clone(),
         policy: g.policy.as_deref().and_then(|p| p.parse::<Policy>().ok()),
         no_cache,
+        metrics_addr: g.metrics_addr,
     }
+}
+
+/// Starts the Prometheus exporter if `--metrics-addr` or `[metrics] addr` asks for it.
+fn start_metrics(cfg: &Config) -> Result<(), ServiceError> {
+    if let Some(addr) = cfg.metrics.addr {
+        keyturn_services::install_metrics_exporter(addr)?;
+        tracing::info!(%addr, "serving Prometheus metrics");
+    }
+    Ok(())
 }
 
 fn cwd() -> PathBuf {
@@ -297,8 +310,8 @@ async fn run(cli: Cli) -> ExitCode {
     let g = cli.global.clone();
     match cli.command {
         Command::Seed(a) => cmd_seed(&g, &env, &cwd, a).await,
-        Command::Demo(a) => crate::demo::run(&a.out, &cwd).await,
-        Command::Sim(a) => cmd_sim(a).await,
+        Command::Demo(a) => crate::demo::run(&a.out, &cwd, g.metrics_addr).await,
+        Command::Sim(a) => cmd_sim(&g, a).await,
         Command::Status {
             json,
             history: false,
@@ -448,6 +461,9 @@ async fn cmd_seed(g: &Global, env: &Env, cwd: &Path, a: SeedArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, e),
     };
+    if let Err(e) = start_metrics(&cfg) {
+        return fail(1, e);
+    }
     let services = match create_gemini_services(&cfg, env, cwd).await {
         Ok(s) => s,
         Err(e) => return fail(service_exit(&e), e),
@@ -494,11 +510,17 @@ async fn cmd_seed(g: &Global, env: &Env, cwd: &Path, a: SeedArgs) -> ExitCode {
     }
 }
 
-async fn cmd_sim(a: keyturn_sim::SimArgs) -> ExitCode {
+async fn cmd_sim(g: &Global, a: keyturn_sim::SimArgs) -> ExitCode {
     let cfg = match a.to_config() {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, e),
     };
+    if let Some(addr) = g.metrics_addr {
+        if let Err(e) = keyturn_services::install_metrics_exporter(addr) {
+            return fail(1, e);
+        }
+        println!("metrics on http://{addr}/metrics");
+    }
     match keyturn_sim::Simulator::start(cfg).await {
         Ok(sim) => {
             println!("keyturn sim listening on {}", sim.base_url());
@@ -1068,10 +1090,16 @@ async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -> ExitCode 
     if let Err(e) = pcfg.validate() {
         return fail(EXIT_USAGE, e);
     }
-    let pool = match create_pool(&cfg, env, cwd).await {
+    if let Err(e) = start_metrics(&cfg) {
+        return fail(1, e);
+    }
+    let mut pool = match create_pool(&cfg, env, cwd).await {
         Ok(p) => p,
         Err(e) => return fail(service_exit(&e), e),
     };
+    if let Err(e) = pool.watch(&cfg) {
+        return fail(1, e);
+    }
     let callers = (
         keyturn_services::caller_for_version(&cfg, pool.ledger.clone(), "v1beta"),
         keyturn_services::caller_for_version(&cfg, pool.ledger.clone(), "v1"),

@@ -126,7 +126,13 @@ pub fn demo_sim_config() -> SimConfig {
 }
 
 /// Runs the demo.
-pub async fn run(out: &Path, cwd: &Path) -> ExitCode {
+pub async fn run(out: &Path, cwd: &Path, metrics_addr: Option<std::net::SocketAddr>) -> ExitCode {
+    if let Some(addr) = metrics_addr
+        && let Err(e) = keyturn_services::install_metrics_exporter(addr)
+    {
+        eprintln!("keyturn demo: {e}");
+        return ExitCode::from(1);
+    }
     let work = match tempfile::tempdir() {
         Ok(w) => w,
         Err(e) => {

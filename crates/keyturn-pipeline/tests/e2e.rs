@@ -677,3 +677,89 @@ async fn usage_history_matches_the_simulator_across_a_restart() {
     );
     assert_no_secret_anywhere(&w, &[&first, &second, &table]);
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Scrapes until `pred` holds (the process is starting or working), up to a generous bound.
+async fn scrape_until(addr: &str, pred: impl Fn(&str) -> bool) -> String {
+    let mut last = String::new();
+    for _ in 0..600 {
+        if let Ok(r) = reqwest::get(format!("http://{addr}/metrics")).await {
+            last = r.text().await.unwrap_or_default();
+            if pred(&last) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the metrics never showed what was expected:\n{last}");
+}
+
+/// `--metrics-addr` on `keyturn sim` and on `keyturn seed`: both serve Prometheus text while
+/// they work, labelled by key label and fingerprint, never by key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_and_sim_serve_metrics_while_they_run() {
+    let w = world(600, 10_000, Faults::default(), false).await;
+    // keyturn allows one request a minute per project: the seed works slowly enough to scrape.
+    std::fs::write(
+        w.dir.path().join("keyturn.toml"),
+        format!("[models.\"{FLASH}\"]\nrpm = 1\n"),
+    )
+    .unwrap();
+    let seed_metrics = format!("127.0.0.1:{}", free_port());
+    let mut seed = w.seed_cmd();
+    seed.arg("--metrics-addr").arg(&seed_metrics);
+    let mut child = seed.spawn().unwrap();
+    let text = scrape_until(&seed_metrics, |t| {
+        t.contains("keyturn_requests_total{") && t.contains("keyturn_quota_used{")
+    })
+    .await;
+    child.kill().ok();
+    child.wait().ok();
+    assert!(text.contains("outcome=\"ok\""), "{text}");
+    assert!(text.contains("keyturn_keys{state=\"usable\"}"), "{text}");
+    assert!(text.contains("window=\"day\""), "{text}");
+    for (k, ..) in KEYS {
+        assert!(!text.contains(k), "a key in the metrics");
+    }
+
+    let (sim_port, sim_metrics) = (free_port(), format!("127.0.0.1:{}", free_port()));
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_keyturn"))
+        .args(["--metrics-addr", &sim_metrics, "sim", "--port"])
+        .arg(sim_port.to_string())
+        .args(["--key", "made-up-metrics-key@p1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{sim_port}/v1beta/models/{FLASH}:generateContent");
+    let client = reqwest::Client::new();
+    let mut sent = false;
+    for _ in 0..300 {
+        let r = client
+            .post(&url)
+            .header("x-goog-api-key", "made-up-metrics-key")
+            .json(&serde_json::json!({"contents": [{"parts": [{"text": "hello"}]}]}))
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status().is_success()) {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(sent, "the simulator never answered");
+    let text = scrape_until(&sim_metrics, |t| {
+        t.contains("keyturn_sim_responses_total{key=\"key-1\",status=\"200\"} 1")
+    })
+    .await;
+    sim.kill().ok();
+    sim.wait().ok();
+    assert!(!text.contains("made-up-metrics-key"), "{text}");
+}

@@ -223,6 +223,53 @@ impl Default for ServeSettings {
     }
 }
 
+/// `[notify]`: warnings before quota runs out, to the log and to a webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifySettings {
+    /// Where warnings are POSTed as JSON; none: warnings go to the log only.
+    pub webhook_url: Option<String>,
+    /// Percentages of a scope's daily request quota that raise a warning, once each per day.
+    pub thresholds: Vec<u8>,
+    /// Warn when a key is disabled (once per key per day while it stays disabled).
+    pub key_disabled: bool,
+    /// Warn when every key is exhausted (or disabled) for a model.
+    pub all_exhausted: bool,
+    /// How often the pool's state is checked (also the metrics gauges' refresh).
+    #[serde(with = "serde_duration")]
+    pub check_interval: Duration,
+    /// Warnings waiting for delivery; beyond that, new ones are logged and dropped.
+    pub queue: usize,
+    /// Delivery attempts per warning (retried with exponential backoff on errors and 5xx).
+    pub max_attempts: u32,
+    /// Timeout of one delivery attempt.
+    #[serde(with = "serde_duration")]
+    pub timeout: Duration,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        Self {
+            webhook_url: None,
+            thresholds: vec![80, 100],
+            key_disabled: true,
+            all_exhausted: true,
+            check_interval: Duration::from_secs(1),
+            queue: 256,
+            max_attempts: 5,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus exporter (off unless an address is given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// Where to serve `/metrics` (`--metrics-addr` overrides).
+    pub addr: Option<std::net::SocketAddr>,
+}
+
 /// `[limits]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -295,6 +342,10 @@ pub struct Config {
     pub keys: Vec<KeyEntryConfig>,
     /// `[serve]`.
     pub serve: ServeSettings,
+    /// `[notify]`.
+    pub notify: NotifySettings,
+    /// `[metrics]`.
+    pub metrics: MetricsSettings,
     /// Where the file came from (not a TOML field).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -313,6 +364,8 @@ pub struct Overrides {
     pub policy: Option<Policy>,
     /// `--no-cache`.
     pub no_cache: bool,
+    /// `--metrics-addr`.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -396,6 +449,9 @@ impl Config {
         if o.no_cache {
             self.cache.enabled = false;
         }
+        if let Some(a) = o.metrics_addr {
+            self.metrics.addr = Some(a);
+        }
     }
 
     fn file_name(&self) -> PathBuf {
@@ -443,6 +499,34 @@ impl Config {
         }
         if self.embeddings.concurrency == 0 {
             return Err(bad("embeddings.concurrency", "must be at least 1".into()));
+        }
+        if let Some(u) = &self.notify.webhook_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(bad(
+                "notify.webhook_url",
+                "must be an http:// or https:// URL".into(),
+            ));
+        }
+        if let Some(t) = self
+            .notify
+            .thresholds
+            .iter()
+            .find(|t| **t == 0 || **t > 100)
+        {
+            return Err(bad(
+                "notify.thresholds",
+                format!("{t} is not a percentage between 1 and 100"),
+            ));
+        }
+        if self.notify.queue == 0 || self.notify.max_attempts == 0 {
+            return Err(bad(
+                "notify",
+                "queue and max_attempts must be at least 1".into(),
+            ));
+        }
+        if self.notify.check_interval < Duration::from_millis(50) {
+            return Err(bad("notify.check_interval", "must be at least 50ms".into()));
         }
         if self.retry.max_attempts == 0 {
             return Err(bad("retry.max_attempts", "must be at least 1".into()));

@@ -92,4 +92,12 @@ pub enum ServiceError {
     /// The HTTP client could not be built.
     #[error("cannot set up the HTTP client: {0}")]
     Http(String),
+    /// The metrics exporter could not start.
+    #[error("cannot serve metrics on {addr}: {detail}")]
+    Metrics {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// What went wrong.
+        detail: String,
+    },
 }

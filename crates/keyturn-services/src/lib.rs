@@ -27,6 +27,8 @@
 pub mod config;
 pub mod discovery;
 pub mod error;
+pub mod monitor;
+pub mod notify;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -46,6 +48,7 @@ pub use error::{ConfigError, ServiceError};
 /// Owns the state backend's background work; flush at checkpoints, shut down at exit.
 #[derive(Debug)]
 pub struct StateHandle {
+    monitor: Option<monitor::Monitor>,
     persister: Option<Persister>,
     store: Option<Arc<FileStore>>,
     describe: String,
@@ -60,8 +63,12 @@ impl StateHandle {
         }
     }
 
-    /// Saves a last time and stops background work.
+    /// Checks quota a last time (warnings of the run's end), saves a last time and stops
+    /// background work.
     pub async fn shutdown(self) -> Result<(), StoreError> {
+        if let Some(m) = self.monitor {
+            m.shutdown().await;
+        }
         match self.persister {
             Some(p) => p.shutdown().await,
             None => Ok(()),
@@ -97,6 +104,49 @@ pub struct Pool {
     pub caller: Arc<dyn GeminiCall>,
     /// The state backend.
     pub state: StateHandle,
+}
+
+impl Pool {
+    /// Starts watching the pool for the life of the run (until `state.shutdown()`): metrics
+    /// gauges, and warnings to the log and to `[notify] webhook_url`. Commands that do work
+    /// (seed, demo, serve) watch; one-shot commands (status, keys) do not.
+    pub fn watch(&mut self, cfg: &Config) -> Result<(), ServiceError> {
+        if self.state.monitor.is_some() {
+            return Ok(());
+        }
+        let notifier = match &cfg.notify.webhook_url {
+            Some(url) => Some(
+                notify::Notifier::spawn(url.clone(), &cfg.notify)
+                    .map_err(|e| ServiceError::Http(e.to_string()))?,
+            ),
+            None => None,
+        };
+        self.state.monitor = Some(monitor::Monitor::spawn(
+            self.ledger.clone(),
+            cfg.notify.clone(),
+            notifier,
+        ));
+        Ok(())
+    }
+}
+
+/// Serves Prometheus metrics on `addr` (any path answers) for the rest of the process: the
+/// `metrics` facade's global recorder. Call once, inside the Tokio runtime.
+pub fn install_metrics_exporter(addr: std::net::SocketAddr) -> Result<(), ServiceError> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    // Seconds: from a fast local answer to a long model call or a wait for the next minute.
+    const BUCKETS: &[f64] = &[
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        120.0,
+    ];
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)
+        .and_then(PrometheusBuilder::install)
+        .map_err(|e| ServiceError::Metrics {
+            addr,
+            detail: e.to_string(),
+        })
 }
 
 /// Both services on one pool.
@@ -161,6 +211,7 @@ pub async fn create_pool_with_clock(
             (
                 ledger,
                 StateHandle {
+                    monitor: None,
                     persister: Some(persister),
                     store: Some(store),
                     describe,
@@ -185,6 +236,7 @@ pub async fn create_pool_with_clock(
             (
                 Arc::new(ledger),
                 StateHandle {
+                    monitor: None,
                     persister: None,
                     store: None,
                     describe,
@@ -270,7 +322,8 @@ pub async fn create_gemini_services(
     env: &Env,
     cwd: &Path,
 ) -> Result<Services, ServiceError> {
-    let pool = create_pool(cfg, env, cwd).await?;
+    let mut pool = create_pool(cfg, env, cwd).await?;
+    pool.watch(cfg)?;
     Ok(Services {
         llm: llm_on(cfg, pool.caller.clone()),
         embeddings: embeddings_on(cfg, pool.caller.clone()),
@@ -288,7 +341,8 @@ pub async fn create_llm_service_only(
     env: &Env,
     cwd: &Path,
 ) -> Result<(Arc<dyn LlmService>, StateHandle), ServiceError> {
-    let pool = create_pool(cfg, env, cwd).await?;
+    let mut pool = create_pool(cfg, env, cwd).await?;
+    pool.watch(cfg)?;
     Ok((llm_on(cfg, pool.caller), pool.state))
 }
 
@@ -298,6 +352,7 @@ pub async fn create_embeddings_service_only(
     env: &Env,
     cwd: &Path,
 ) -> Result<(Arc<dyn EmbeddingsService>, StateHandle), ServiceError> {
-    let pool = create_pool(cfg, env, cwd).await?;
+    let mut pool = create_pool(cfg, env, cwd).await?;
+    pool.watch(cfg)?;
     Ok((embeddings_on(cfg, pool.caller), pool.state))
 }

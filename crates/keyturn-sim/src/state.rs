@@ -270,6 +270,13 @@ impl SimState {
     /// Records the status a key's request got.
     pub fn record_status(&self, key: Option<&KeyInfo>, status: u16) {
         self.responses.fetch_add(1, Ordering::Relaxed);
+        // Exported when the binary runs with --metrics-addr (the key's label, never its value).
+        metrics::counter!(
+            "keyturn_sim_responses_total",
+            "key" => key.map_or_else(|| "-".to_owned(), |k| k.label.clone()),
+            "status" => status.to_string(),
+        )
+        .increment(1);
         if let Some(k) = key {
             let mut inner = self.inner.lock();
             *inner.key_stats[k.index]

@@ -707,8 +707,9 @@ impl QuotaLedger for RedisLedger {
     }
 
     async fn status(&self) -> Result<PoolStatus, LedgerError> {
-        // Status is the snapshot read by the rules every ledger shares.
-        let snap = self.snapshot().await?;
+        // Status is the snapshot read by the rules every ledger shares (without the history,
+        // which status does not show: the monitor reads status every second).
+        let snap = self.read_snapshot(false).await?;
         let now = snap.taken_at_ms;
         let keys = snap
             .keys
@@ -745,37 +746,7 @@ impl QuotaLedger for RedisLedger {
     }
 
     async fn snapshot(&self) -> Result<Snapshot, LedgerError> {
-        let now = self.now().await?;
-        let mut conn = self.conn.clone();
-        let mut keys = Vec::new();
-        for (_, e) in self.keys.iter() {
-            let (disabled, breaker) = self
-                .read_key(&mut conn, &e.fingerprint().to_string())
-                .await?;
-            keys.push(KeySnapshot {
-                fingerprint: e.fingerprint(),
-                label: e.label.clone(),
-                project: e.project.clone(),
-                disabled,
-                breaker,
-            });
-        }
-        let mut scopes = Vec::new();
-        for model in self.known_models() {
-            for project in &self.projects {
-                scopes.push(self.read_scope(&mut conn, &model, project).await?);
-            }
-        }
-        let usage = self.read_usage(&mut conn, now).await?;
-        let notices = self.read_notices(&mut conn, now).await?;
-        Ok(Snapshot {
-            schema: SCHEMA_VERSION,
-            taken_at_ms: now,
-            keys,
-            scopes,
-            usage,
-            notices,
-        })
+        self.read_snapshot(true).await
     }
 
     async fn claim_notice(&self, id: &str, until_ms: i64) -> Result<bool, LedgerError> {
@@ -903,6 +874,47 @@ impl QuotaLedger for RedisLedger {
 }
 
 impl RedisLedger {
+    /// The state; `with_history` adds the usage history and the warning marks.
+    async fn read_snapshot(&self, with_history: bool) -> Result<Snapshot, LedgerError> {
+        let now = self.now().await?;
+        let mut conn = self.conn.clone();
+        let mut keys = Vec::new();
+        for (_, e) in self.keys.iter() {
+            let (disabled, breaker) = self
+                .read_key(&mut conn, &e.fingerprint().to_string())
+                .await?;
+            keys.push(KeySnapshot {
+                fingerprint: e.fingerprint(),
+                label: e.label.clone(),
+                project: e.project.clone(),
+                disabled,
+                breaker,
+            });
+        }
+        let mut scopes = Vec::new();
+        for model in self.known_models() {
+            for project in &self.projects {
+                scopes.push(self.read_scope(&mut conn, &model, project).await?);
+            }
+        }
+        let (usage, notices) = if with_history {
+            (
+                self.read_usage(&mut conn, now).await?,
+                self.read_notices(&mut conn, now).await?,
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Ok(Snapshot {
+            schema: SCHEMA_VERSION,
+            taken_at_ms: now,
+            keys,
+            scopes,
+            usage,
+            notices,
+        })
+    }
+
     /// The usage hashes of the last [`HISTORY_DAYS`] Pacific days, newest first.
     fn history_days(&self, now: i64) -> Vec<QuotaDay> {
         let mut days = vec![QuotaDay::containing(now)];

@@ -1,0 +1,105 @@
+//! What every call reports through the [`metrics`] facade. Nothing is recorded unless the binary
+//! installs a recorder (`--metrics-addr`); without one each call below is a no-op.
+//!
+//! Keys appear only as their label and fingerprint, never their value.
+
+use std::time::Duration;
+
+use keyturn_core::{KeyEntry, Outcome, ThrottleKind};
+
+/// Requests sent, by `key`, `fingerprint`, `model` and `outcome` (see [`outcome_label`]).
+pub const REQUESTS: &str = "keyturn_requests_total";
+/// Input tokens Gemini counted on successes, by `key` and `model`.
+pub const INPUT_TOKENS: &str = "keyturn_input_tokens_total";
+/// Output tokens (candidates and thoughts) Gemini counted, by `key` and `model`.
+pub const OUTPUT_TOKENS: &str = "keyturn_output_tokens_total";
+/// Seconds from sending a request to its answer, by `key` and `model`.
+pub const CALL_SECONDS: &str = "keyturn_call_duration_seconds";
+/// Seconds spent waiting for the pool to grant a key, by `key` (the one granted) and `model`.
+pub const ACQUIRE_WAIT_SECONDS: &str = "keyturn_acquire_wait_seconds";
+/// Retries, by `model` and `reason` (the error kind that caused them).
+pub const RETRIES: &str = "keyturn_retries_total";
+
+/// The `outcome` label of a settled request.
+pub fn outcome_label(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Success { .. } => "ok",
+        Outcome::Throttled { kind, .. } => match kind {
+            ThrottleKind::RequestsPerMinute => "throttled-per-minute",
+            ThrottleKind::TokensPerMinute => "throttled-tokens",
+            ThrottleKind::RequestsPerDay => "throttled-per-day",
+            ThrottleKind::Unspecified => "throttled",
+        },
+        Outcome::ModelUnavailable => "limit-0",
+        Outcome::KeyDead(_) => "dead-key",
+        Outcome::Transient => "transient",
+        Outcome::CallerFault => "caller-fault",
+    }
+}
+
+/// One request's end: its outcome, its tokens, how long it took.
+pub fn record_request(
+    entry: &KeyEntry,
+    model: &str,
+    outcome: &Outcome,
+    output_tokens: Option<u64>,
+    took: Option<Duration>,
+) {
+    let key = entry.label.clone();
+    let model = model.to_owned();
+    metrics::counter!(
+        REQUESTS,
+        "key" => key.clone(),
+        "fingerprint" => entry.fingerprint().to_string(),
+        "model" => model.clone(),
+        "outcome" => outcome_label(outcome),
+    )
+    .increment(1);
+    if let Outcome::Success {
+        input_tokens: Some(t),
+    } = outcome
+    {
+        metrics::counter!(INPUT_TOKENS, "key" => key.clone(), "model" => model.clone())
+            .increment(*t);
+    }
+    if let Some(t) = output_tokens {
+        metrics::counter!(OUTPUT_TOKENS, "key" => key.clone(), "model" => model.clone())
+            .increment(t);
+    }
+    if let Some(d) = took {
+        metrics::histogram!(CALL_SECONDS, "key" => key, "model" => model).record(d.as_secs_f64());
+    }
+}
+
+/// How long the pool made a request wait for the key it granted.
+pub fn record_acquire_wait(entry: &KeyEntry, model: &str, waited: Duration) {
+    metrics::histogram!(
+        ACQUIRE_WAIT_SECONDS,
+        "key" => entry.label.clone(),
+        "model" => model.to_owned(),
+    )
+    .record(waited.as_secs_f64());
+}
+
+/// A retry and why.
+pub fn record_retry(model: &str, reason: &'static str) {
+    metrics::counter!(RETRIES, "model" => model.to_owned(), "reason" => reason).increment(1);
+}
+
+/// Measures a duration for the metrics (call latency, acquire wait) only: no decision reads it,
+/// so it may use the monotonic clock directly instead of the injectable [`keyturn_core::Clock`].
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    /// Starts now.
+    #[allow(clippy::disallowed_methods)]
+    pub fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    /// Time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.0.elapsed()
+    }
+}

@@ -1,0 +1,452 @@
+//! Watching the pool: every `[notify] check_interval` the monitor reads the ledger's status (the
+//! same for either backend), refreshes the metrics gauges, and raises warnings — a scope's daily
+//! quota crossing a threshold, a key disabled, every key out for a model — each once per scope
+//! and Pacific day (the mark is kept in the ledger, so processes sharing a Redis ledger send it
+//! once between them). It runs beside the requests and never delays one.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyturn_core::snapshot::{KeyStatus, ScopeStatus};
+use keyturn_core::{BreakerState, PoolStatus, QuotaDay, QuotaLedger, ScopeState};
+use tokio::sync::oneshot;
+
+use crate::config::NotifySettings;
+use crate::notify::{Notifier, PAYLOAD_VERSION, Warning};
+
+/// Gauge: quota used now, by `project`, `model` and `window` (`minute`, `tokens-minute`, `day`).
+pub const QUOTA_USED: &str = "keyturn_quota_used";
+/// Gauge: the limit in force, same labels (absent when unlimited).
+pub const QUOTA_LIMIT: &str = "keyturn_quota_limit";
+/// Gauge: keys by `state` (`usable`, `cooling`, `exhausted`, `disabled`).
+pub const KEYS: &str = "keyturn_keys";
+/// Gauge: a key's breaker by `key` and `fingerprint`: 0 closed, 1 half-open, 2 open.
+pub const BREAKER: &str = "keyturn_breaker_state";
+/// Counter: warnings raised, by `event`.
+pub const WARNINGS: &str = "keyturn_warnings_total";
+
+/// The running monitor.
+#[derive(Debug)]
+pub struct Monitor {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Monitor {
+    /// Starts watching `ledger`. `notifier` receives warnings (they are logged either way).
+    pub fn spawn(
+        ledger: Arc<dyn QuotaLedger>,
+        settings: NotifySettings,
+        notifier: Option<Notifier>,
+    ) -> Self {
+        let (stop, mut stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut watch = Watch {
+                ledger,
+                settings,
+                notifier,
+                failing: false,
+            };
+            let mut tick = tokio::time::interval(watch.settings.check_interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => watch.check().await,
+                    _ = &mut stopped => break,
+                }
+            }
+            // The last state of the run counts too (a short run that crossed 80 %).
+            watch.check().await;
+            if let Some(n) = watch.notifier.take() {
+                let bound = watch.settings.timeout * watch.settings.max_attempts.min(3);
+                n.shutdown(bound.max(Duration::from_secs(1))).await;
+            }
+        });
+        Self {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Checks a last time, delivers queued warnings (bounded), and stops.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            s.send(()).ok();
+        }
+        (&mut self.task).await.ok();
+    }
+}
+
+struct Watch {
+    ledger: Arc<dyn QuotaLedger>,
+    settings: NotifySettings,
+    notifier: Option<Notifier>,
+    failing: bool,
+}
+
+impl Watch {
+    async fn check(&mut self) {
+        let st = match self.ledger.status().await {
+            Ok(s) => {
+                if self.failing {
+                    tracing::info!("quota state readable again; monitoring resumed");
+                    self.failing = false;
+                }
+                s
+            }
+            Err(e) => {
+                if !self.failing {
+                    tracing::warn!(error = %e, "cannot read the quota state to monitor it");
+                    self.failing = true;
+                }
+                return;
+            }
+        };
+        gauges(&st);
+        for (id, until, w) in warnings(&st, &self.settings) {
+            match self.ledger.claim_notice(&id, until).await {
+                Ok(true) => {
+                    metrics::counter!(WARNINGS, "event" => w.event).increment(1);
+                    tracing::warn!(event = w.event, day = %w.day, "{}", w.message);
+                    if let Some(n) = &self.notifier {
+                        n.send(w);
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, "could not record a warning as sent"),
+            }
+        }
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    keyturn_core::clock::ms_to_timestamp(ms).to_string()
+}
+
+fn warning(event: &'static str, critical: bool, at_ms: i64, message: String) -> Warning {
+    Warning {
+        source: "keyturn",
+        version: PAYLOAD_VERSION,
+        event,
+        severity: if critical { "critical" } else { "warning" },
+        at: rfc3339(at_ms),
+        day: QuotaDay::containing(at_ms).date.to_string(),
+        project: None,
+        model: None,
+        threshold_pct: None,
+        used: None,
+        limit: None,
+        key: None,
+        fingerprint: None,
+        reason: None,
+        until: None,
+        message,
+    }
+}
+
+/// The warnings this status calls for, with the mark that makes each fire once a day and how
+/// long the mark lasts (the end of the Pacific day).
+pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<(String, i64, Warning)> {
+    let now = st.at_ms;
+    let today = QuotaDay::containing(now);
+    let day = today.date.to_string();
+    let mut out = Vec::new();
+    let mut thresholds = s.thresholds.clone();
+    thresholds.sort_unstable();
+    thresholds.dedup();
+    for sc in &st.scopes {
+        let Some(limit) = sc.limits.rpd.filter(|l| *l > 0) else {
+            continue;
+        };
+        // A per-day 429 from the server ends the day whatever our count says.
+        let server_says_done = sc.state == ScopeState::Exhausted;
+        for &t in &thresholds {
+            let crossed =
+                sc.rpd_used * 100 >= u64::from(t) * limit || (server_says_done && t == 100);
+            if !crossed {
+                continue;
+            }
+            let mut w = warning(
+                "quota_threshold",
+                t >= 100,
+                now,
+                format!(
+                    "{} in project {} has used {}% of its daily requests ({}/{limit}); resets {}",
+                    sc.model,
+                    sc.project,
+                    (sc.rpd_used * 100 / limit)
+                        .min(100)
+                        .max(u64::from(server_says_done) * 100),
+                    sc.rpd_used,
+                    rfc3339(sc.next_reset_ms),
+                ),
+            );
+            w.project = Some(sc.project.clone());
+            w.model = Some(sc.model.clone());
+            w.threshold_pct = Some(t);
+            w.used = Some(sc.rpd_used);
+            w.limit = Some(limit);
+            w.until = Some(rfc3339(sc.next_reset_ms));
+            out.push((
+                format!("quota-{t}|{}|{}|{day}", sc.project, sc.model),
+                today.end_ms,
+                w,
+            ));
+        }
+    }
+    if s.key_disabled {
+        for k in &st.keys {
+            if let Some(d) = &k.disabled {
+                let mut w = warning(
+                    "key_disabled",
+                    true,
+                    now,
+                    format!(
+                        "key {} ({}) is disabled: {}; it stays out until `keyturn keys reset {}`",
+                        k.label, k.fingerprint, d.reason, k.label
+                    ),
+                );
+                w.project = Some(k.project.clone());
+                w.key = Some(k.label.clone());
+                w.fingerprint = Some(k.fingerprint.to_string());
+                w.reason = Some(d.reason.to_string());
+                out.push((format!("disabled|{}|{day}", k.fingerprint), today.end_ms, w));
+            }
+        }
+    }
+    if s.all_exhausted {
+        for (model, until) in exhausted_models(st) {
+            let mut w = warning(
+                "model_exhausted",
+                true,
+                now,
+                match until {
+                    Some(u) => format!(
+                        "every key is out of quota for {model}; capacity returns {}",
+                        rfc3339(u)
+                    ),
+                    None => format!("every key is disabled or switched off for {model}"),
+                },
+            );
+            w.model = Some(model.clone());
+            w.until = until.map(rfc3339);
+            out.push((format!("exhausted|{model}|{day}"), today.end_ms, w));
+        }
+    }
+    out
+}
+
+/// Models for which no key can serve today: every key disabled, or its scope exhausted or off.
+/// With when the earliest scope's day ends, if any is merely exhausted.
+fn exhausted_models(st: &PoolStatus) -> Vec<(String, Option<i64>)> {
+    let mut by_model: BTreeMap<&str, Vec<&ScopeStatus>> = BTreeMap::new();
+    for sc in &st.scopes {
+        by_model.entry(&sc.model).or_default().push(sc);
+    }
+    let mut out = Vec::new();
+    for (model, scopes) in by_model {
+        let mut until: Option<i64> = None;
+        let all_out = st.keys.iter().all(|k: &KeyStatus| {
+            if k.disabled.is_some() {
+                return true;
+            }
+            match scopes.iter().find(|s| s.project == k.project) {
+                Some(s) if s.state == ScopeState::Exhausted => {
+                    let u = s.exhausted_until_ms.unwrap_or(s.next_reset_ms);
+                    until = Some(until.map_or(u, |x: i64| x.min(u)));
+                    true
+                }
+                Some(s) => s.state == ScopeState::Off,
+                None => false,
+            }
+        });
+        if all_out && !st.keys.is_empty() {
+            out.push((model.to_owned(), until));
+        }
+    }
+    out
+}
+
+/// Refreshes the gauges from a status.
+pub fn gauges(st: &PoolStatus) {
+    for sc in &st.scopes {
+        let l = &sc.limits;
+        for (window, used, limit) in [
+            ("minute", sc.rpm_used, l.rpm),
+            ("tokens-minute", sc.tpm_used, l.tpm),
+            ("day", sc.rpd_used, l.rpd),
+        ] {
+            let labels = [
+                ("project", sc.project.clone()),
+                ("model", sc.model.clone()),
+                ("window", window.to_owned()),
+            ];
+            metrics::gauge!(QUOTA_USED, &labels).set(used as f64);
+            if let Some(limit) = limit {
+                metrics::gauge!(QUOTA_LIMIT, &labels).set(limit as f64);
+            }
+        }
+    }
+    let mut counts: BTreeMap<&str, u64> = ["usable", "cooling", "exhausted", "disabled"]
+        .into_iter()
+        .map(|s| (s, 0))
+        .collect();
+    for k in &st.keys {
+        let breaker = match k.breaker {
+            BreakerState::Closed => 0.0,
+            BreakerState::HalfOpen { .. } => 1.0,
+            BreakerState::Open { .. } => 2.0,
+        };
+        metrics::gauge!(BREAKER, "key" => k.label.clone(), "fingerprint" => k.fingerprint.to_string())
+            .set(breaker);
+        *counts.entry(key_state(st, k)).or_default() += 1;
+    }
+    for (state, n) in counts {
+        metrics::gauge!(KEYS, "state" => state).set(n as f64);
+    }
+}
+
+/// One word for a key across the models in use: disabled; usable if some model has room and
+/// its breaker admits; exhausted if every model's day is over (or off); cooling otherwise.
+fn key_state(st: &PoolStatus, k: &KeyStatus) -> &'static str {
+    if k.disabled.is_some() {
+        return "disabled";
+    }
+    let mine: Vec<&ScopeStatus> = st
+        .scopes
+        .iter()
+        .filter(|s| s.project == k.project)
+        .collect();
+    if !mine.is_empty()
+        && mine
+            .iter()
+            .all(|s| matches!(s.state, ScopeState::Exhausted | ScopeState::Off))
+    {
+        return "exhausted";
+    }
+    let breaker_open = matches!(k.breaker, BreakerState::Open { .. });
+    if !breaker_open && (mine.is_empty() || mine.iter().any(|s| s.state == ScopeState::Ready)) {
+        "usable"
+    } else {
+        "cooling"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use keyturn_core::snapshot::Disabled;
+    use keyturn_core::{ApiKey, DeadReason, LimitSource, ModelLimits};
+
+    use super::*;
+
+    const NOW: i64 = 1_768_420_800_000; // 2026-01-14 12:00 PST
+
+    fn scope(project: &str, used: u64, rpd: u64, state: ScopeState) -> ScopeStatus {
+        ScopeStatus {
+            project: project.into(),
+            model: "m".into(),
+            keys: vec![],
+            limits: ModelLimits {
+                rpm: Some(10),
+                tpm: None,
+                rpd: Some(rpd),
+            },
+            source: LimitSource::Configured,
+            learned: ModelLimits::UNLIMITED,
+            rpm_used: 0,
+            tpm_used: 0,
+            rpd_used: used,
+            state,
+            cooling_until_ms: None,
+            exhausted_until_ms: (state == ScopeState::Exhausted).then_some(NOW + 1000),
+            next_reset_ms: NOW + 1000,
+        }
+    }
+
+    fn key(label: &str, project: &str, disabled: bool) -> KeyStatus {
+        KeyStatus {
+            label: label.into(),
+            fingerprint: ApiKey::new(format!("made-up-{label}"))
+                .unwrap()
+                .fingerprint(),
+            project: project.into(),
+            disabled: disabled.then_some(Disabled {
+                reason: DeadReason::Expired,
+                since_ms: NOW,
+            }),
+            breaker: BreakerState::Closed,
+            failures: 0,
+        }
+    }
+
+    fn ids(st: &PoolStatus) -> Vec<String> {
+        let mut v: Vec<String> = warnings(st, &NotifySettings::default())
+            .into_iter()
+            .map(|(id, until, _)| {
+                assert_eq!(until, QuotaDay::containing(NOW).end_ms);
+                id
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn thresholds_fire_by_count_and_a_server_per_day_429_counts_as_100() {
+        let st = PoolStatus {
+            at_ms: NOW,
+            keys: vec![
+                key("a", "p", false),
+                key("b", "q", false),
+                key("c", "r", false),
+            ],
+            scopes: vec![
+                scope("p", 79, 100, ScopeState::Ready),
+                scope("q", 80, 100, ScopeState::Ready),
+                // Gemini said the day is over at 12/100: that is 100 % (not a stale 80 %).
+                scope("r", 12, 100, ScopeState::Exhausted),
+            ],
+        };
+        assert_eq!(
+            ids(&st),
+            [
+                "quota-100|r|m|2026-01-14",
+                "quota-80|q|m|2026-01-14",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_model_is_exhausted_only_when_no_key_can_serve_it() {
+        let mut st = PoolStatus {
+            at_ms: NOW,
+            keys: vec![key("a", "p", true), key("b", "q", false)],
+            scopes: vec![
+                scope("p", 0, 100, ScopeState::Ready),
+                scope("q", 100, 100, ScopeState::Exhausted),
+            ],
+        };
+        let all = warnings(&st, &NotifySettings::default());
+        let ex: Vec<_> = all
+            .iter()
+            .filter(|w| w.2.event == "model_exhausted")
+            .collect();
+        assert_eq!(ex.len(), 1);
+        assert_eq!(ex[0].2.until.as_deref(), Some(rfc3339(NOW + 1000).as_str()));
+        assert!(
+            all.iter().any(
+                |w| w.2.event == "key_disabled" && w.2.reason.as_deref() == Some("expired key")
+            )
+        );
+        // A key that can still serve: no exhaustion warning.
+        st.keys[0].disabled = None;
+        assert!(
+            warnings(&st, &NotifySettings::default())
+                .iter()
+                .all(|w| w.2.event != "model_exhausted")
+        );
+    }
+}
