@@ -77,6 +77,35 @@ impl Clock for SystemClock {
     }
 }
 
+/// The system clock shifted by a fixed offset: rehearsing a day change against `keyturn sim`
+/// (whose `/admin/advance` shifts its own clock the same way) without waiting for midnight.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OffsetClock {
+    offset_ms: i64,
+}
+
+impl OffsetClock {
+    /// The system clock plus `offset_ms` (negative: minus).
+    pub fn new(offset_ms: i64) -> Self {
+        Self { offset_ms }
+    }
+
+    /// The offset.
+    pub fn offset_ms(&self) -> i64 {
+        self.offset_ms
+    }
+}
+
+impl Clock for OffsetClock {
+    fn now_ms(&self) -> i64 {
+        SystemClock.now_ms().saturating_add(self.offset_ms)
+    }
+
+    fn sleep_until(&self, deadline_ms: i64) -> Sleep {
+        SystemClock.sleep_until(deadline_ms.saturating_sub(self.offset_ms))
+    }
+}
+
 /// A clock that moves only when told to. Sleepers wake when [`ManualClock::advance`] or
 /// [`ManualClock::set`] carries time past their deadline.
 #[derive(Clone)]

@@ -54,7 +54,7 @@ pub mod testkit;
 pub mod window;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, OffsetClock, SystemClock};
 pub use error::{
     AcquireError, ConfigError, ErrorKind, Exhaustion, KeyError, LedgerError, SnapshotError,
     StoreError,

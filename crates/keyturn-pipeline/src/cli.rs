@@ -547,13 +547,14 @@ async fn read_state(
     let (ring, _) = key_ring(cfg, env, cwd).map_err(|e| e.to_string())?;
     let keys = Arc::new(ring);
     let lcfg = ledger_config(cfg).map_err(|e| e.to_string())?;
+    let clock = keyturn_services::clock(env).map_err(|e| e.to_string())?;
     match cfg.state.backend {
         Backend::File => {
             let path = cfg.state.dir.join(keyturn_store::file::STATE_FILE);
             let Some(file) = FileStore::read(&path).map_err(|e| e.to_string())? else {
                 return Ok(None);
             };
-            let ledger = InMemoryLedger::new(keys, lcfg, Arc::new(SystemClock));
+            let ledger = InMemoryLedger::new(keys, lcfg, clock);
             ledger
                 .restore_now(&file.snapshot)
                 .map_err(|e| e.to_string())?;
@@ -567,7 +568,7 @@ async fn read_state(
                 &cfg.state.namespace,
                 keys,
                 lcfg,
-                Arc::new(SystemClock),
+                clock,
                 TimeSource::Redis,
             )
             .await

@@ -182,7 +182,26 @@ pub fn ledger_config(cfg: &Config) -> Result<LedgerConfig, ConfigError> {
 
 /// Builds the pool: keys, the ledger over the configured backend (state loaded), the caller.
 pub async fn create_pool(cfg: &Config, env: &Env, cwd: &Path) -> Result<Pool, ServiceError> {
-    create_pool_with_clock(cfg, env, cwd, Arc::new(SystemClock)).await
+    create_pool_with_clock(cfg, env, cwd, clock(env)?).await
+}
+
+/// The clock the pool reads: the system's, shifted by `KEYTURN_CLOCK_OFFSET_MS` if set (to
+/// rehearse a new quota day against `keyturn sim`; with the Redis backend, Redis's own time
+/// rules the counters and the offset only moves the day boundaries the client computes, so use
+/// it with the file backend).
+pub fn clock(env: &Env) -> Result<Arc<dyn Clock>, ConfigError> {
+    match env.get("KEYTURN_CLOCK_OFFSET_MS").filter(|v| !v.trim().is_empty()) {
+        None => Ok(Arc::new(SystemClock)),
+        Some(v) => {
+            let ms: i64 = v.trim().parse().map_err(|_| ConfigError::Invalid {
+                path: "(environment)".into(),
+                field: "KEYTURN_CLOCK_OFFSET_MS".into(),
+                detail: format!("'{v}' is not a whole number of milliseconds"),
+            })?;
+            tracing::warn!(offset_ms = ms, "the clock is shifted by KEYTURN_CLOCK_OFFSET_MS");
+            Ok(Arc::new(keyturn_core::OffsetClock::new(ms)))
+        }
+    }
 }
 
 /// [`create_pool`] with an injected clock.
