@@ -4,8 +4,17 @@
 //!   with cargo-fuzz on the nightly toolchain; installs cargo-fuzz if it is missing.
 //! - `sdk`: the official google-genai Python SDK (installed from PyPI into `target/sdk-venv`) and
 //!   curl, unmodified, against `keyturn serve` in front of `keyturn sim`.
+//! - `scenario <name>|all`: the real `keyturn` binary against the simulator, check by check, with
+//!   PASS/FAIL per scenario (`scenario list` names them).
+//! - `bench [--quick]`: the benchmarks, written to `target/bench/report.json` and printed as a
+//!   table (the README's "How it performs" comes from it).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a developer tool: a broken invariant may stop it
+
+mod bench;
+mod scenario;
+mod world;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -164,9 +173,81 @@ fn sdk() -> Result<(), String> {
     Ok(())
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime")
+}
+
+fn scenarios(which: &str) -> ExitCode {
+    if which == "list" {
+        for (name, what) in scenario::SCENARIOS {
+            println!("{name:<16} {what}");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let names: Vec<&str> = if which == "all" {
+        scenario::SCENARIOS.iter().map(|s| s.0).collect()
+    } else {
+        which.split(',').collect()
+    };
+    if let Some(bad) = names
+        .iter()
+        .find(|n| !scenario::SCENARIOS.iter().any(|s| s.0 == **n))
+    {
+        eprintln!("xtask scenario: no scenario named {bad} (see `cargo xtask scenario list`)");
+        return ExitCode::from(2);
+    }
+    let bin = match world::build_keyturn(false) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("xtask scenario: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let rt = runtime();
+    let mut verdicts = Vec::new();
+    for name in names {
+        let what = scenario::SCENARIOS
+            .iter()
+            .find(|s| s.0 == name)
+            .map_or("", |s| s.1);
+        println!("\n== {name}: {what}");
+        let v = rt.block_on(scenario::run(name, &bin));
+        match &v {
+            scenario::Verdict::Pass => println!("PASS {name}"),
+            scenario::Verdict::Fail(f) => println!("FAIL {name}: {}", f.join("; ")),
+            scenario::Verdict::Skip(why) => println!("SKIP {name}: {why}"),
+        }
+        verdicts.push((name, v));
+    }
+    println!("\nscenarios:");
+    let mut failed = false;
+    for (name, v) in &verdicts {
+        let word = match v {
+            scenario::Verdict::Pass => "PASS",
+            scenario::Verdict::Fail(_) => {
+                failed = true;
+                "FAIL"
+            }
+            scenario::Verdict::Skip(_) => "SKIP",
+        };
+        println!("  {word}  {name}");
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        Some("scenario") => scenarios(args.get(1).map_or("all", String::as_str)),
+        Some("bench") => bench::main(&args[1..]),
+        Some("bench-rss-child") => bench::rss_child(&args[1..]),
         Some("fuzz") => fuzz(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60)),
         Some("sdk") => match sdk() {
             Ok(()) => ExitCode::SUCCESS,
@@ -176,7 +257,9 @@ fn main() -> ExitCode {
             }
         },
         _ => {
-            eprintln!("usage: cargo xtask fuzz [SECONDS] | cargo xtask sdk");
+            eprintln!(
+                "usage: cargo xtask fuzz [SECONDS] | sdk | scenario <name>[,<name>…]|all|list | bench [--quick]"
+            );
             ExitCode::from(2)
         }
     }

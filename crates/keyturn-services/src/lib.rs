@@ -190,7 +190,10 @@ pub async fn create_pool(cfg: &Config, env: &Env, cwd: &Path) -> Result<Pool, Se
 /// rules the counters and the offset only moves the day boundaries the client computes, so use
 /// it with the file backend).
 pub fn clock(env: &Env) -> Result<Arc<dyn Clock>, ConfigError> {
-    match env.get("KEYTURN_CLOCK_OFFSET_MS").filter(|v| !v.trim().is_empty()) {
+    match env
+        .get("KEYTURN_CLOCK_OFFSET_MS")
+        .filter(|v| !v.trim().is_empty())
+    {
         None => Ok(Arc::new(SystemClock)),
         Some(v) => {
             let ms: i64 = v.trim().parse().map_err(|_| ConfigError::Invalid {
@@ -198,7 +201,10 @@ pub fn clock(env: &Env) -> Result<Arc<dyn Clock>, ConfigError> {
                 field: "KEYTURN_CLOCK_OFFSET_MS".into(),
                 detail: format!("'{v}' is not a whole number of milliseconds"),
             })?;
-            tracing::warn!(offset_ms = ms, "the clock is shifted by KEYTURN_CLOCK_OFFSET_MS");
+            tracing::warn!(
+                offset_ms = ms,
+                "the clock is shifted by KEYTURN_CLOCK_OFFSET_MS"
+            );
             Ok(Arc::new(keyturn_core::OffsetClock::new(ms)))
         }
     }
