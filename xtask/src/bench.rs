@@ -465,6 +465,16 @@ pub fn rss_child(args: &[String]) -> ExitCode {
         eprintln!("usage: bench-rss-child BIN INPUTS OUT BASE_URL STATE_DIR");
         return ExitCode::from(2);
     };
+    // Limits that never bind: this measures memory, not waiting for quota.
+    let config = Path::new(state).with_extension("toml");
+    let toml = format!(
+        "[models.\"{FLASH}\"]\nrpm = 1000000\ntpm = 1000000000\nrpd = 100000000\n\
+         [models.\"gemini-embedding-001\"]\nrpm = 1000000\ntpm = 1000000000\nrpd = 100000000\n"
+    );
+    if let Err(e) = std::fs::write(&config, toml) {
+        eprintln!("cannot write {}: {e}", config.display());
+        return ExitCode::from(1);
+    }
     let status = Command::new(bin)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())

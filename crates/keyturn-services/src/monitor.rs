@@ -104,9 +104,14 @@ impl Watch {
             }
         };
         gauges(&st);
-        for (id, until, w) in warnings(&st, &self.settings) {
-            match self.ledger.claim_notice(&id, until).await {
+        for p in warnings(&st, &self.settings) {
+            match self.ledger.claim_notice(&p.id, p.until_ms).await {
                 Ok(true) => {
+                    // Lower thresholds crossed in the same step are covered by this warning.
+                    for id in &p.covers {
+                        self.ledger.claim_notice(id, p.until_ms).await.ok();
+                    }
+                    let w = p.warning;
                     metrics::counter!(WARNINGS, "event" => w.event).increment(1);
                     tracing::warn!(event = w.event, day = %w.day, "{}", w.message);
                     if let Some(n) = &self.notifier {
@@ -145,9 +150,23 @@ fn warning(event: &'static str, critical: bool, at_ms: i64, message: String) -> 
     }
 }
 
-/// The warnings this status calls for, with the mark that makes each fire once a day and how
-/// long the mark lasts (the end of the Pacific day).
-pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<(String, i64, Warning)> {
+/// A warning the status calls for, with the mark that makes it fire once a day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    /// The mark (`quota-80|project|model|date`, `disabled|fp|date`, `exhausted|model|date`).
+    pub id: String,
+    /// Marks this warning makes unnecessary: lower thresholds crossed at the same time (a
+    /// minute's burst can take a scope from 70 % to 100 % between two checks: one warning, the
+    /// highest, not two).
+    pub covers: Vec<String>,
+    /// How long the marks last: the end of the Pacific day.
+    pub until_ms: i64,
+    /// The warning.
+    pub warning: Warning,
+}
+
+/// The warnings this status calls for.
+pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<Pending> {
     let now = st.at_ms;
     let today = QuotaDay::containing(now);
     let day = today.date.to_string();
@@ -161,12 +180,15 @@ pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<(String, i64, Warnin
         };
         // A per-day 429 from the server ends the day whatever our count says.
         let server_says_done = sc.state == ScopeState::Exhausted;
-        for &t in &thresholds {
-            let crossed =
-                sc.rpd_used * 100 >= u64::from(t) * limit || (server_says_done && t == 100);
-            if !crossed {
-                continue;
-            }
+        let crossed: Vec<u8> = thresholds
+            .iter()
+            .copied()
+            .filter(|&t| {
+                sc.rpd_used * 100 >= u64::from(t) * limit || (server_says_done && t == 100)
+            })
+            .collect();
+        let id = |t: u8| format!("quota-{t}|{}|{}|{day}", sc.project, sc.model);
+        if let Some((&t, lower)) = crossed.split_last() {
             let mut w = warning(
                 "quota_threshold",
                 t >= 100,
@@ -188,11 +210,12 @@ pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<(String, i64, Warnin
             w.used = Some(sc.rpd_used);
             w.limit = Some(limit);
             w.until = Some(rfc3339(sc.next_reset_ms));
-            out.push((
-                format!("quota-{t}|{}|{}|{day}", sc.project, sc.model),
-                today.end_ms,
-                w,
-            ));
+            out.push(Pending {
+                id: id(t),
+                covers: lower.iter().map(|&l| id(l)).collect(),
+                until_ms: today.end_ms,
+                warning: w,
+            });
         }
     }
     if s.key_disabled {
@@ -211,7 +234,12 @@ pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<(String, i64, Warnin
                 w.key = Some(k.label.clone());
                 w.fingerprint = Some(k.fingerprint.to_string());
                 w.reason = Some(d.reason.to_string());
-                out.push((format!("disabled|{}|{day}", k.fingerprint), today.end_ms, w));
+                out.push(Pending {
+                    id: format!("disabled|{}|{day}", k.fingerprint),
+                    covers: Vec::new(),
+                    until_ms: today.end_ms,
+                    warning: w,
+                });
             }
         }
     }
@@ -231,7 +259,12 @@ pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<(String, i64, Warnin
             );
             w.model = Some(model.clone());
             w.until = until.map(rfc3339);
-            out.push((format!("exhausted|{model}|{day}"), today.end_ms, w));
+            out.push(Pending {
+                id: format!("exhausted|{model}|{day}"),
+                covers: Vec::new(),
+                until_ms: today.end_ms,
+                warning: w,
+            });
         }
     }
     out
@@ -385,9 +418,9 @@ mod tests {
     fn ids(st: &PoolStatus) -> Vec<String> {
         let mut v: Vec<String> = warnings(st, &NotifySettings::default())
             .into_iter()
-            .map(|(id, until, _)| {
-                assert_eq!(until, QuotaDay::containing(NOW).end_ms);
-                id
+            .map(|p| {
+                assert_eq!(p.until_ms, QuotaDay::containing(NOW).end_ms);
+                p.id
             })
             .collect();
         v.sort();
@@ -402,17 +435,45 @@ mod tests {
                 key("a", "p", false),
                 key("b", "q", false),
                 key("c", "r", false),
+                key("d", "s", false),
             ],
             scopes: vec![
                 scope("p", 79, 100, ScopeState::Ready),
                 scope("q", 80, 100, ScopeState::Ready),
+                // 70 % → 100 % in one step: one warning, the highest, covering 80.
+                scope("s", 100, 100, ScopeState::Exhausted),
                 // Gemini said the day is over at 12/100: that is 100 % (not a stale 80 %).
                 scope("r", 12, 100, ScopeState::Exhausted),
             ],
         };
         assert_eq!(
             ids(&st),
-            ["quota-100|r|m|2026-01-14", "quota-80|q|m|2026-01-14",]
+            [
+                "quota-100|r|m|2026-01-14",
+                "quota-100|s|m|2026-01-14",
+                "quota-80|q|m|2026-01-14",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_jump_past_several_thresholds_is_one_warning_covering_the_lower_ones() {
+        let st = PoolStatus {
+            at_ms: NOW,
+            keys: vec![key("a", "p", false)],
+            scopes: vec![scope("p", 100, 100, ScopeState::Ready)],
+        };
+        let settings = NotifySettings {
+            thresholds: vec![50, 80, 100],
+            ..NotifySettings::default()
+        };
+        let w = warnings(&st, &settings);
+        let q: Vec<_> = w.iter().filter(|p| p.id.starts_with("quota")).collect();
+        assert_eq!(q.len(), 1);
+        assert_eq!(q[0].id, "quota-100|p|m|2026-01-14");
+        assert_eq!(
+            q[0].covers,
+            ["quota-50|p|m|2026-01-14", "quota-80|p|m|2026-01-14"]
         );
     }
 
@@ -429,21 +490,21 @@ mod tests {
         let all = warnings(&st, &NotifySettings::default());
         let ex: Vec<_> = all
             .iter()
-            .filter(|w| w.2.event == "model_exhausted")
+            .filter(|w| w.warning.event == "model_exhausted")
             .collect();
         assert_eq!(ex.len(), 1);
-        assert_eq!(ex[0].2.until.as_deref(), Some(rfc3339(NOW + 1000).as_str()));
-        assert!(
-            all.iter().any(
-                |w| w.2.event == "key_disabled" && w.2.reason.as_deref() == Some("expired key")
-            )
+        assert_eq!(
+            ex[0].warning.until.as_deref(),
+            Some(rfc3339(NOW + 1000).as_str())
         );
+        assert!(all.iter().any(|w| w.warning.event == "key_disabled"
+            && w.warning.reason.as_deref() == Some("expired key")));
         // A key that can still serve: no exhaustion warning.
         st.keys[0].disabled = None;
         assert!(
             warnings(&st, &NotifySettings::default())
                 .iter()
-                .all(|w| w.2.event != "model_exhausted")
+                .all(|w| w.warning.event != "model_exhausted")
         );
     }
 }

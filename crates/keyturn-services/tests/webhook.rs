@@ -52,8 +52,23 @@ async fn each_warning_is_delivered_once_and_the_first_is_retried_after_a_500() {
     let services = keyturn_services::create_gemini_services(&cfg, &env, dir.path())
         .await
         .unwrap();
+    // 4 of 5 in each live project: 80 %. Wait (bounded) for the monitor to announce it.
+    assert_eq!(
+        common::spend(&*services.caller, 2 * (RPD - 1)).await,
+        2 * (RPD - 1)
+    );
+    let mut seen = 0;
+    for _ in 0..400 {
+        seen = receiver.accepted.lock().len();
+        if seen >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(seen, 3, "80 % twice and the disabled key");
+    // Then the rest of the day.
     let ok = common::spend_the_day(&*services.caller).await;
-    assert_eq!(ok, 2 * RPD, "two live projects, {RPD} a day each");
+    assert_eq!(ok, 2, "two live projects, {RPD} a day each");
     // Watching more does not warn again.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     services.state.shutdown().await.unwrap();
