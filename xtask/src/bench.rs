@@ -484,6 +484,7 @@ pub fn rss_child(args: &[String]) -> ExitCode {
         )
         .env("GEMINI_BASE_URL", base)
         .env("KEYTURN_STATE_DIR", state)
+        .env("KEYTURN_CONFIG", &config)
         .args([
             "seed",
             inputs,
