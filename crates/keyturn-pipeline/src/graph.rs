@@ -394,13 +394,10 @@ pub fn resolve_episode(
     )
 }
 
-/// Reads every episode file in `out/episodes`, sorted by id. Unreadable files are reported.
-pub fn read_episodes(out: &Path) -> (Vec<Episode>, Vec<(PathBuf, String)>) {
-    let dir = out.join("episodes");
-    let mut eps = Vec::new();
-    let mut bad = Vec::new();
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return (eps, bad);
+/// The episode files in `out/episodes`, sorted by name (the episode id).
+fn episode_files(out: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(out.join("episodes")) else {
+        return Vec::new();
     };
     let mut paths: Vec<PathBuf> = rd
         .filter_map(Result::ok)
@@ -408,28 +405,77 @@ pub fn read_episodes(out: &Path) -> (Vec<Episode>, Vec<(PathBuf, String)>) {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     paths.sort();
-    for p in paths {
-        match std::fs::read(&p)
-            .map_err(|e| e.to_string())
-            .and_then(|b| serde_json::from_slice::<Episode>(&b).map_err(|e| e.to_string()))
-        {
-            Ok(e) => eps.push(e),
-            Err(e) => bad.push((p, e)),
-        }
-    }
-    (eps, bad)
+    paths
+}
+
+fn read_episode(p: &Path) -> Result<Episode, String> {
+    std::fs::read(p)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice::<Episode>(&b).map_err(|e| e.to_string()))
 }
 
 /// A graph node as written to `graph/nodes.jsonl`.
 pub type Node = serde_json::Map<String, Value>;
 
-/// The graph across episodes: nodes (entities merged by id, episodes, podcasts, quotes) and edges.
-pub fn build_graph(episodes: &[Episode]) -> (Vec<Node>, Vec<Value>) {
-    let mut entities: BTreeMap<String, (EntityOut, Vec<String>)> = BTreeMap::new();
-    let mut nodes: Vec<Node> = Vec::new();
-    let mut edges: Vec<Value> = Vec::new();
+/// Where a streamed graph goes: one call per node and per edge.
+pub trait GraphSink {
+    /// A node (each id once).
+    fn node(&mut self, n: &Node) -> std::io::Result<()>;
+    /// An edge.
+    fn edge(&mut self, e: &Value) -> std::io::Result<()>;
+}
+
+/// What [`stream_graph`] wrote: node and edge counts, and the episode files it could not read.
+#[derive(Debug, Default)]
+pub struct Streamed {
+    /// Nodes written.
+    pub nodes: usize,
+    /// Edges written.
+    pub edges: usize,
+    /// Episode files skipped, with why.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+/// An entity merged across episodes: what its node shows, without chunks or embeddings.
+#[derive(Debug)]
+struct Merged {
+    kind: String,
+    name: String,
+    description: String,
+    mentions: u32,
+    episodes: Vec<String>,
+}
+
+/// Streams the graph of the episodes in `out` into `sink`, one episode file in memory at a
+/// time: episode and quote nodes and every edge as each episode is read; podcasts and entities
+/// (merged across episodes by id) at the end. Memory grows with the graph's distinct entities,
+/// never with the episodes' chunks and embeddings.
+pub fn stream_graph(out: &Path, sink: &mut dyn GraphSink) -> std::io::Result<Streamed> {
+    let mut entities: BTreeMap<String, Merged> = BTreeMap::new();
     let mut podcasts: BTreeMap<String, String> = BTreeMap::new();
-    for ep in episodes {
+    // Node ids already written: a quote said in two episodes appears once.
+    let mut seen = std::collections::HashSet::new();
+    let (mut n_nodes, mut n_edges) = (0usize, 0usize);
+    let mut bad = Vec::new();
+    let mut node = |sink: &mut dyn GraphSink, n: Node| -> std::io::Result<()> {
+        if seen.insert(n.get("id").map(Value::to_string).unwrap_or_default()) {
+            n_nodes += 1;
+            sink.node(&n)?;
+        }
+        Ok(())
+    };
+    let mut edge = |sink: &mut dyn GraphSink, e: Value| -> std::io::Result<()> {
+        n_edges += 1;
+        sink.edge(&e)
+    };
+    for path in episode_files(out) {
+        let ep = match read_episode(&path) {
+            Ok(e) => e,
+            Err(e) => {
+                bad.push((path, e));
+                continue;
+            }
+        };
         let pod_id = format!("pod-{}", short_hash(&[&normalize_name(&ep.podcast)]));
         podcasts
             .entry(pod_id.clone())
@@ -440,27 +486,34 @@ pub fn build_graph(episodes: &[Episode]) -> (Vec<Node>, Vec<Value>) {
         n.insert("name".into(), json!(ep.title));
         n.insert("podcast".into(), json!(ep.podcast));
         n.insert("source".into(), json!(ep.source.path));
-        nodes.push(n);
-        edges.push(json!({"source": pod_id, "target": ep.episode_id, "type": "HAS_EPISODE"}));
+        node(sink, n)?;
+        edge(
+            sink,
+            json!({"source": pod_id, "target": ep.episode_id, "type": "HAS_EPISODE"}),
+        )?;
         for e in &ep.entities {
-            let slot = entities.entry(e.id.clone()).or_insert_with(|| {
-                (
-                    EntityOut {
-                        mentions: 0,
-                        ..e.clone()
-                    },
-                    Vec::new(),
-                )
+            let slot = entities.entry(e.id.clone()).or_insert_with(|| Merged {
+                kind: e.kind.clone(),
+                name: e.name.clone(),
+                description: String::new(),
+                mentions: 0,
+                episodes: Vec::new(),
             });
-            slot.0.mentions += e.mentions;
-            if e.description.len() > slot.0.description.len() {
-                slot.0.description.clone_from(&e.description);
+            slot.mentions += e.mentions;
+            if e.description.len() > slot.description.len() {
+                slot.description.clone_from(&e.description);
             }
-            slot.1.push(ep.episode_id.clone());
-            edges.push(json!({"source": ep.episode_id, "target": e.id, "type": "MENTIONS", "count": e.mentions}));
+            slot.episodes.push(ep.episode_id.clone());
+            edge(
+                sink,
+                json!({"source": ep.episode_id, "target": e.id, "type": "MENTIONS", "count": e.mentions}),
+            )?;
         }
         for r in &ep.relationships {
-            edges.push(json!({"source": r.source, "target": r.target, "type": r.kind, "evidence": r.evidence, "episode": ep.episode_id}));
+            edge(
+                sink,
+                json!({"source": r.source, "target": r.target, "type": r.kind, "evidence": r.evidence, "episode": ep.episode_id}),
+            )?;
         }
         for q in &ep.quotes {
             let mut n = Node::new();
@@ -473,10 +526,13 @@ pub fn build_graph(episodes: &[Episode]) -> (Vec<Node>, Vec<Value>) {
             n.insert("text".into(), json!(q.text));
             n.insert("speaker".into(), json!(q.speaker));
             n.insert("timestamp".into(), json!(q.timestamp));
-            nodes.push(n);
-            edges.push(json!({"source": ep.episode_id, "target": q.id, "type": "HAS_QUOTE"}));
+            node(sink, n)?;
+            edge(
+                sink,
+                json!({"source": ep.episode_id, "target": q.id, "type": "HAS_QUOTE"}),
+            )?;
             if let Some(s) = &q.speaker_entity {
-                edges.push(json!({"source": s, "target": q.id, "type": "SAID"}));
+                edge(sink, json!({"source": s, "target": q.id, "type": "SAID"}))?;
             }
         }
     }
@@ -485,45 +541,55 @@ pub fn build_graph(episodes: &[Episode]) -> (Vec<Node>, Vec<Value>) {
         n.insert("id".into(), json!(id));
         n.insert("type".into(), json!("Podcast"));
         n.insert("name".into(), json!(name));
-        nodes.push(n);
+        node(sink, n)?;
     }
-    for (id, (e, eps)) in entities {
+    for (id, e) in entities {
         let mut n = Node::new();
         n.insert("id".into(), json!(id));
         n.insert("type".into(), json!(e.kind));
         n.insert("name".into(), json!(e.name));
         n.insert("description".into(), json!(e.description));
         n.insert("mentions".into(), json!(e.mentions));
-        n.insert("episodes".into(), json!(eps));
-        nodes.push(n);
+        n.insert("episodes".into(), json!(e.episodes));
+        node(sink, n)?;
     }
-    // Quotes said twice in different episodes appear once.
-    let mut seen = std::collections::HashSet::new();
-    nodes.retain(|n| seen.insert(n.get("id").map(Value::to_string).unwrap_or_default()));
-    (nodes, edges)
+    Ok(Streamed {
+        nodes: n_nodes,
+        edges: n_edges,
+        unreadable: bad,
+    })
 }
 
-/// Writes `graph/nodes.jsonl` and `graph/edges.jsonl` (atomically) from the episode files.
+/// Nodes and edges as JSON lines to two writers.
+struct JsonLines<'a> {
+    nodes: &'a mut dyn std::io::Write,
+    edges: &'a mut dyn std::io::Write,
+}
+
+impl GraphSink for JsonLines<'_> {
+    fn node(&mut self, n: &Node) -> std::io::Result<()> {
+        serde_json::to_writer(&mut *self.nodes, n)?;
+        self.nodes.write_all(b"\n")
+    }
+
+    fn edge(&mut self, e: &Value) -> std::io::Result<()> {
+        serde_json::to_writer(&mut *self.edges, e)?;
+        self.edges.write_all(b"\n")
+    }
+}
+
+/// Writes `graph/nodes.jsonl` and `graph/edges.jsonl` (each atomically) from the episode files,
+/// streaming: one episode in memory at a time.
 pub fn write_graph(out: &Path) -> Result<(usize, usize), keyturn_core::StoreError> {
-    let (eps, _) = read_episodes(out);
-    let (nodes, edges) = build_graph(&eps);
     let dir = out.join("graph");
     keyturn_store::file::ensure_private_dir(&dir)?;
-    let lines = |items: Vec<String>| {
-        let mut s = items.join("\n");
-        if !s.is_empty() {
-            s.push('\n');
-        }
-        s
-    };
-    let n: Vec<String> = nodes
-        .iter()
-        .map(|n| Value::Object(n.clone()).to_string())
-        .collect();
-    let e: Vec<String> = edges.iter().map(Value::to_string).collect();
-    keyturn_store::write_atomic(&dir.join("nodes.jsonl"), lines(n).as_bytes(), 0o644)?;
-    keyturn_store::write_atomic(&dir.join("edges.jsonl"), lines(e).as_bytes(), 0o644)?;
-    Ok((nodes.len(), edges.len()))
+    keyturn_store::write_atomic_with(&dir.join("nodes.jsonl"), 0o644, |nodes| {
+        keyturn_store::write_atomic_with(&dir.join("edges.jsonl"), 0o644, |edges| {
+            let s = stream_graph(out, &mut JsonLines { nodes, edges })?;
+            Ok((s.nodes, s.edges))
+        })
+        .map_err(std::io::Error::other)
+    })
 }
 
 /// Export formats.
@@ -537,98 +603,119 @@ pub enum ExportFormat {
 
 /// Writes an export of the graph in `out` to `to`. Returns the files written.
 pub fn export(out: &Path, to: &Path, format: ExportFormat) -> Result<Vec<PathBuf>, String> {
-    let (eps, bad) = read_episodes(out);
-    if let Some((p, e)) = bad.first() {
-        return Err(format!("{}: {e}", p.display()));
-    }
-    if eps.is_empty() {
+    if episode_files(out).is_empty() {
         return Err(format!("no episodes in {}", out.join("episodes").display()));
     }
     std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
-    let (nodes, edges) = build_graph(&eps);
-    match format {
-        ExportFormat::Jsonl => {
-            let np = to.join("nodes.jsonl");
-            let ep = to.join("edges.jsonl");
-            let n: String = nodes
-                .iter()
-                .map(|n| format!("{}\n", Value::Object(n.clone())))
-                .collect();
-            let e: String = edges.iter().map(|e| format!("{e}\n")).collect();
-            std::fs::write(&np, n).map_err(|e| format!("{}: {e}", np.display()))?;
-            std::fs::write(&ep, e).map_err(|e| format!("{}: {e}", ep.display()))?;
-            Ok(vec![np, ep])
+    let (np, ep) = match format {
+        ExportFormat::Jsonl => (to.join("nodes.jsonl"), to.join("edges.jsonl")),
+        ExportFormat::Neo4jCsv => (to.join("nodes.csv"), to.join("relationships.csv")),
+    };
+    // Both files are written atomically, streaming; an unreadable episode file stops the export
+    // and leaves any earlier export as it was.
+    let stream = |sink: &mut dyn GraphSink| -> std::io::Result<()> {
+        match stream_graph(out, sink)?.unreadable.first() {
+            Some((p, e)) => Err(std::io::Error::other(format!("{}: {e}", p.display()))),
+            None => Ok(()),
         }
-        ExportFormat::Neo4jCsv => {
-            let np = to.join("nodes.csv");
-            let ep = to.join("relationships.csv");
-            let err = |p: &Path, e: csv::Error| format!("{}: {e}", p.display());
-            let mut w = csv::Writer::from_path(&np).map_err(|e| err(&np, e))?;
-            w.write_record([
-                "id:ID",
-                ":LABEL",
-                "name",
-                "description",
-                "mentions:int",
-                "podcast",
-                "speaker",
-                "timestamp",
-            ])
-            .map_err(|e| err(&np, e))?;
-            let s = |n: &Node, k: &str| match n.get(k) {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Null) | None => String::new(),
-                Some(v) => v.to_string(),
-            };
-            for n in &nodes {
-                let label = s(n, "type");
-                // Neo4j labels: Entity plus its type, so all entities can be queried together.
-                let labels = match label.as_str() {
-                    "Episode" | "Podcast" | "Quote" => label.clone(),
-                    t => format!("Entity;{}", to_label(t)),
-                };
-                w.write_record([
-                    s(n, "id"),
-                    labels,
-                    s(n, "name"),
-                    s(n, "description"),
-                    s(n, "mentions"),
-                    s(n, "podcast"),
-                    s(n, "speaker"),
-                    s(n, "timestamp"),
-                ])
-                .map_err(|e| err(&np, e))?;
+    };
+    keyturn_store::write_atomic_with(&np, 0o644, |nodes| {
+        keyturn_store::write_atomic_with(&ep, 0o644, |edges| match format {
+            ExportFormat::Jsonl => stream(&mut JsonLines { nodes, edges }),
+            ExportFormat::Neo4jCsv => {
+                let mut sink = Neo4jCsv::new(nodes, edges)?;
+                stream(&mut sink)?;
+                sink.flush()
             }
-            w.flush().map_err(|e| format!("{}: {e}", np.display()))?;
-            let mut w = csv::Writer::from_path(&ep).map_err(|e| err(&ep, e))?;
-            w.write_record([
-                ":START_ID",
-                ":END_ID",
-                ":TYPE",
-                "evidence",
-                "count:int",
-                "episode",
-            ])
-            .map_err(|e| err(&ep, e))?;
-            for e in &edges {
-                let g = |k: &str| match e.get(k) {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(Value::Null) | None => String::new(),
-                    Some(v) => v.to_string(),
-                };
-                w.write_record([
-                    g("source"),
-                    g("target"),
-                    g("type"),
-                    g("evidence"),
-                    g("count"),
-                    g("episode"),
-                ])
-                .map_err(|x| err(&ep, x))?;
-            }
-            w.flush().map_err(|e| format!("{}: {e}", ep.display()))?;
-            Ok(vec![np, ep])
-        }
+        })
+        .map_err(std::io::Error::other)
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(vec![np, ep])
+}
+
+/// Files `neo4j-admin database import full` accepts: `nodes.csv` and `relationships.csv`.
+struct Neo4jCsv<'a> {
+    nodes: csv::Writer<&'a mut dyn std::io::Write>,
+    edges: csv::Writer<&'a mut dyn std::io::Write>,
+}
+
+impl<'a> Neo4jCsv<'a> {
+    fn new(
+        nodes: &'a mut dyn std::io::Write,
+        edges: &'a mut dyn std::io::Write,
+    ) -> std::io::Result<Self> {
+        let mut nodes = csv::Writer::from_writer(nodes);
+        nodes.write_record([
+            "id:ID",
+            ":LABEL",
+            "name",
+            "description",
+            "mentions:int",
+            "podcast",
+            "speaker",
+            "timestamp",
+        ])?;
+        let mut edges = csv::Writer::from_writer(edges);
+        edges.write_record([
+            ":START_ID",
+            ":END_ID",
+            ":TYPE",
+            "evidence",
+            "count:int",
+            "episode",
+        ])?;
+        Ok(Self { nodes, edges })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.nodes.flush()?;
+        self.edges.flush()
+    }
+}
+
+/// A field as CSV text: strings bare, absent and null empty, anything else as JSON.
+fn field(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(v) => v.to_string(),
+    }
+}
+
+impl GraphSink for Neo4jCsv<'_> {
+    fn node(&mut self, n: &Node) -> std::io::Result<()> {
+        let s = |k: &str| field(n.get(k));
+        let label = s("type");
+        // Neo4j labels: Entity plus its type, so all entities can be queried together.
+        let labels = match label.as_str() {
+            "Episode" | "Podcast" | "Quote" => label.clone(),
+            t => format!("Entity;{}", to_label(t)),
+        };
+        self.nodes.write_record([
+            s("id"),
+            labels,
+            s("name"),
+            s("description"),
+            s("mentions"),
+            s("podcast"),
+            s("speaker"),
+            s("timestamp"),
+        ])?;
+        Ok(())
+    }
+
+    fn edge(&mut self, e: &Value) -> std::io::Result<()> {
+        let g = |k: &str| field(e.get(k));
+        self.edges.write_record([
+            g("source"),
+            g("target"),
+            g("type"),
+            g("evidence"),
+            g("count"),
+            g("episode"),
+        ])?;
+        Ok(())
     }
 }
 

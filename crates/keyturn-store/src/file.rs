@@ -51,6 +51,17 @@ fn io_err(path: &Path, source: std::io::Error) -> StoreError {
 /// never a torn one: a temporary file in the same folder, fsync, rename over, fsync the folder.
 /// The file gets mode `mode`.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+    write_atomic_with(path, mode, |w| w.write_all(bytes))
+}
+
+/// [`write_atomic`] for content written piece by piece (a graph of any size) through a buffered
+/// writer, never held whole in memory: the same temp file, fsync, rename, fsync of the folder.
+/// If `write` fails, the old file stays as it was.
+pub fn write_atomic_with<T>(
+    path: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<T>,
+) -> Result<T, StoreError> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -59,7 +70,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreErr
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut tmp = tempfile::Builder::new()
+    let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}."))
         .suffix(".tmp")
         .tempfile_in(dir)
@@ -67,13 +78,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreErr
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(mode))
         .map_err(|e| io_err(path, e))?;
-    tmp.write_all(bytes).map_err(|e| io_err(path, e))?;
+    let mut w = std::io::BufWriter::new(tmp);
+    let value = write(&mut w).map_err(|e| io_err(path, e))?;
+    let tmp = w.into_inner().map_err(|e| io_err(path, e.into_error()))?;
     tmp.as_file().sync_all().map_err(|e| io_err(path, e))?;
     tmp.persist(path).map_err(|e| io_err(path, e.error))?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io_err(dir, e))?;
-    Ok(())
+    Ok(value)
 }
 
 /// Creates a folder (and parents) with mode 0700 if it does not exist.

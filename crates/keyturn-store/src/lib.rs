@@ -42,5 +42,5 @@ pub mod redis_ledger;
 pub mod testkit;
 
 pub use checkpoint::{Checkpoint, CheckpointStore};
-pub use file::{FileStore, Persister, StateFile, write_atomic};
+pub use file::{FileStore, Persister, StateFile, write_atomic, write_atomic_with};
 pub use redis_ledger::{RedisLedger, TimeSource, redact_url};
