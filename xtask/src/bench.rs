@@ -11,7 +11,9 @@
 //!   1,000-episode sets.
 //!
 //! Writes `target/bench/report.json` and `target/bench/table.md`; `--update-readme` puts the
-//! table in README.md between the `bench:start` / `bench:end` markers.
+//! table in README.md between the `bench:start` / `bench:end` markers. `--quick` shortens every
+//! measurement; `--only criterion,utilisation,simulator,rss` runs some sections (for work on one).
+//! It runs as a release build (a debug `cargo xtask` re-runs itself with `--release`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,14 @@ use crate::world::{FLASH, root, synth_transcripts};
 struct Opts {
     quick: bool,
     update_readme: bool,
+    /// Sections to run (`criterion`, `utilisation`, `simulator`, `rss`); empty: all.
+    only: Vec<String>,
+}
+
+impl Opts {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
 }
 
 fn target_dir() -> PathBuf {
@@ -36,10 +46,35 @@ fn target_dir() -> PathBuf {
 }
 
 pub fn main(args: &[String]) -> ExitCode {
+    // The in-process parts (the simulator, the load generators, the caller) must be optimized
+    // like the binaries they stand beside: a debug xtask re-runs itself as a release build.
+    if cfg!(debug_assertions) && std::env::var_os("KEYTURN_XTASK_OPTIMIZED").is_none() {
+        let status = Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+            .current_dir(root())
+            .args(["run", "--release", "-p", "xtask", "--", "bench"])
+            .args(args)
+            .env("KEYTURN_XTASK_OPTIMIZED", "1")
+            .status();
+        return match status {
+            Ok(s) if s.success() => ExitCode::SUCCESS,
+            _ => ExitCode::from(1),
+        };
+    }
+    let only: Vec<String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').map(str::to_owned).collect())
+        .unwrap_or_default();
     let opts = Opts {
         quick: args.iter().any(|a| a == "--quick"),
         update_readme: args.iter().any(|a| a == "--update-readme"),
+        only,
     };
+    if opts.update_readme && !opts.only.is_empty() {
+        eprintln!("xtask bench: --update-readme needs every section (drop --only)");
+        return ExitCode::from(2);
+    }
     match run(&opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -60,19 +95,26 @@ fn run(opts: &Opts) -> Result<(), String> {
     report.insert("machine".into(), machine());
     report.insert("quick".into(), json!(opts.quick));
 
-    let crit = criterion(opts)?;
-    report.insert("core".into(), crit.0);
-    report.insert("redis".into(), crit.1);
-    report.insert("client_overhead".into(), crit.2);
-    report.insert("filestore".into(), crit.3);
-
+    if opts.runs("criterion") {
+        let crit = criterion(opts)?;
+        report.insert("core".into(), crit.0);
+        report.insert("redis".into(), crit.1);
+        report.insert("client_overhead".into(), crit.2);
+        report.insert("filestore".into(), crit.3);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    report.insert("utilisation".into(), rt.block_on(utilisation(opts))?);
-    report.insert("simulator".into(), rt.block_on(sim_throughput(opts))?);
-    report.insert("rss".into(), rt.block_on(rss(opts))?);
+    if opts.runs("utilisation") {
+        report.insert("utilisation".into(), rt.block_on(utilisation(opts))?);
+    }
+    if opts.runs("simulator") {
+        report.insert("simulator".into(), rt.block_on(sim_throughput(opts))?);
+    }
+    if opts.runs("rss") {
+        report.insert("rss".into(), rt.block_on(rss(opts))?);
+    }
     report.insert("took_s".into(), json!(started.elapsed().as_secs()));
 
     let report = Value::Object(report);
@@ -628,7 +670,7 @@ pub fn table(r: &Value) -> String {
                         v["episodes"]
                     ),
                     format!("{:.1} MiB", kb / 1024.0),
-                    format!("{} s", f(&v["seconds"], 1)),
+                    format!("{} s", f(&v["seconds"], 2)),
                     String::new(),
                 ]);
             } else if name.starts_with("growth") {
