@@ -224,11 +224,10 @@ fn prune_past(past: &mut Vec<PastUsage>, cutoff_ms: i64) {
 
 /// Start of the oldest day the usage history keeps, for the day containing `now`.
 fn history_cutoff(now_ms: i64) -> i64 {
-    let mut day = crate::pacific::QuotaDay::containing(now_ms);
-    for _ in 1..crate::snapshot::HISTORY_DAYS {
-        day = day.previous();
-    }
-    day.start_ms
+    crate::pacific::QuotaDay::containing(now_ms)
+        .and_before(crate::snapshot::HISTORY_DAYS)
+        .last()
+        .map_or(now_ms, |d| d.start_ms)
 }
 
 #[derive(Debug, Clone)]

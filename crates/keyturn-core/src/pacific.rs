@@ -37,9 +37,21 @@ pub struct QuotaDay {
 impl QuotaDay {
     /// The Pacific day that contains the instant `ms`.
     pub fn containing(ms: i64) -> Self {
-        let zoned = ms_to_timestamp(ms).to_zoned_datetime(pacific().clone());
-        let date = zoned.date();
-        let start_ms = start_of(date).unwrap_or(ms);
+        let date = ms_to_timestamp(ms)
+            .to_zoned_datetime(pacific().clone())
+            .date();
+        Self::with_fallback(date, ms)
+    }
+
+    /// The Pacific day of a civil date.
+    pub fn of_date(date: Date) -> Self {
+        Self::with_fallback(date, 0)
+    }
+
+    /// The day of `date`; `start` stands in if the zone cannot place its midnight (it always
+    /// can with the bundled database).
+    fn with_fallback(date: Date, start: i64) -> Self {
+        let start_ms = start_of(date).unwrap_or(start);
         let end_ms = date
             .tomorrow()
             .ok()
@@ -52,19 +64,15 @@ impl QuotaDay {
         }
     }
 
-    /// The Pacific day of a civil date.
-    pub fn of_date(date: Date) -> Self {
-        let start_ms = start_of(date).unwrap_or_default();
-        let end_ms = date
-            .tomorrow()
-            .ok()
-            .and_then(start_of)
-            .unwrap_or(start_ms + 86_400_000);
-        Self {
-            date,
-            start_ms,
-            end_ms,
+    /// The `n` days ending with this one, newest first.
+    pub fn and_before(self, n: usize) -> Vec<Self> {
+        let mut days = Vec::with_capacity(n);
+        let mut day = self;
+        for _ in 0..n {
+            days.push(day);
+            day = day.previous();
         }
+        days
     }
 
     /// The day before this one.

@@ -688,10 +688,12 @@ async fn cmd_history(g: &Global, env: &Env, cwd: &Path, json: bool, days: u32) -
         }
         Err(e) => return fail(1, e),
     };
-    let mut first = keyturn_core::QuotaDay::containing(st.at_ms);
-    for _ in 1..days {
-        first = first.previous();
-    }
+    let Some(first) = keyturn_core::QuotaDay::containing(st.at_ms)
+        .and_before(days as usize)
+        .pop()
+    else {
+        return ExitCode::SUCCESS;
+    };
     let mut rows: Vec<HistoryRow> = snap
         .usage
         .iter()

@@ -917,12 +917,7 @@ impl RedisLedger {
 
     /// The usage hashes of the last [`HISTORY_DAYS`] Pacific days, newest first.
     fn history_days(&self, now: i64) -> Vec<QuotaDay> {
-        let mut days = vec![QuotaDay::containing(now)];
-        while days.len() < HISTORY_DAYS {
-            let before = days[days.len() - 1].previous();
-            days.push(before);
-        }
-        days
+        QuotaDay::containing(now).and_before(HISTORY_DAYS)
     }
 
     fn usage_key(&self, day: &QuotaDay) -> String {
