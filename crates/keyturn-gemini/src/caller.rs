@@ -196,33 +196,6 @@ impl RotatingCaller {
         })
     }
 
-    fn count(&self, key: keyturn_core::KeyId, outcome: &Outcome) {
-        let mut all = self.stats.lock();
-        let Some(s) = all.get_mut(key.index()) else {
-            return;
-        };
-        s.requests += 1;
-        match outcome {
-            Outcome::Success { input_tokens } => {
-                s.ok += 1;
-                s.input_tokens += input_tokens.unwrap_or(0);
-            }
-            Outcome::Throttled { kind, .. } => {
-                let k = match kind {
-                    keyturn_core::ThrottleKind::RequestsPerMinute => "per-minute",
-                    keyturn_core::ThrottleKind::TokensPerMinute => "tokens",
-                    keyturn_core::ThrottleKind::RequestsPerDay => "per-day",
-                    keyturn_core::ThrottleKind::Unspecified => "unspecified",
-                };
-                *s.throttled.entry(k.to_owned()).or_default() += 1;
-            }
-            Outcome::ModelUnavailable => *s.throttled.entry("limit-0".to_owned()).or_default() += 1,
-            Outcome::KeyDead(_) => s.dead += 1,
-            Outcome::Transient => s.transient += 1,
-            Outcome::CallerFault => s.caller_faults += 1,
-        }
-    }
-
     /// Counts, reports (metrics) and settles one request.
     async fn settle(
         &self,
@@ -233,7 +206,7 @@ impl RotatingCaller {
         output_tokens: Option<u64>,
         took: Duration,
     ) {
-        self.count(lease.key(), &outcome);
+        count(&self.stats, lease.key(), &outcome);
         crate::metrics::record_request(entry, model, &outcome, output_tokens, Some(took));
         if let Err(e) = self.ledger.settle(lease, outcome).await {
             tracing::warn!(error = %e, "could not record a call's outcome in the quota ledger");
@@ -462,42 +435,23 @@ impl GeminiCall for RotatingCaller {
                         Some((Ok(v), st))
                     }
                     Err(e) => {
-                        let err = GeminiError::Transport {
-                            model: st.model.clone(),
-                            key: st.entry.label.clone(),
-                            detail: format!("a streamed chunk was not JSON: {e}"),
-                        };
-                        st.count_transient(&lease);
+                        let err = st.broken(format!("a streamed chunk was not JSON: {e}"));
+                        st.record(&lease, &Outcome::Transient);
                         st.ledger.settle(lease, Outcome::Transient).await.ok();
                         Some((Err(err), st))
                     }
                 },
                 Some(Err(e)) => {
-                    let err = GeminiError::Transport {
-                        model: st.model.clone(),
-                        key: st.entry.label.clone(),
-                        detail: format!("the stream broke off: {e}"),
-                    };
-                    st.count_transient(&lease);
+                    let err = st.broken(format!("the stream broke off: {e}"));
+                    st.record(&lease, &Outcome::Transient);
                     st.ledger.settle(lease, Outcome::Transient).await.ok();
                     Some((Err(err), st))
                 }
                 None => {
-                    if let Some(s) = st.stats.lock().get_mut(lease.key().index()) {
-                        s.requests += 1;
-                        s.ok += 1;
-                        s.input_tokens += st.input_tokens.unwrap_or(0);
-                    }
                     let outcome = Outcome::Success {
                         input_tokens: st.input_tokens,
                     };
-                    crate::metrics::record_request(
-                        &st.entry,
-                        &st.model,
-                        &outcome,
-                        st.output_tokens,
-                        Some(st.sending.elapsed()),
-                    );
+                    st.record(&lease, &outcome);
                     st.ledger.settle(lease, outcome).await.ok();
                     None
                 }
@@ -589,17 +543,59 @@ struct StreamState {
 }
 
 impl StreamState {
-    fn count_transient(&self, lease: &Lease) {
-        if let Some(s) = self.stats.lock().get_mut(lease.key().index()) {
-            s.requests += 1;
-            s.transient += 1;
+    fn broken(&self, detail: String) -> GeminiError {
+        GeminiError::Transport {
+            model: self.model.clone(),
+            key: self.entry.label.clone(),
+            detail,
         }
+    }
+
+    /// Counts and reports the stream's request, as the call loop does for a call; the caller
+    /// then settles the lease.
+    fn record(&self, lease: &Lease, outcome: &Outcome) {
+        count(&self.stats, lease.key(), outcome);
+        let output = matches!(outcome, Outcome::Success { .. })
+            .then_some(self.output_tokens)
+            .flatten();
         crate::metrics::record_request(
             &self.entry,
             &self.model,
-            &Outcome::Transient,
-            None,
+            outcome,
+            output,
             Some(self.sending.elapsed()),
         );
+    }
+}
+
+/// Adds one request's outcome to a key's statistics.
+fn count(
+    stats: &parking_lot::Mutex<Vec<KeyCallStats>>,
+    key: keyturn_core::KeyId,
+    outcome: &Outcome,
+) {
+    let mut all = stats.lock();
+    let Some(s) = all.get_mut(key.index()) else {
+        return;
+    };
+    s.requests += 1;
+    match outcome {
+        Outcome::Success { input_tokens } => {
+            s.ok += 1;
+            s.input_tokens += input_tokens.unwrap_or(0);
+        }
+        Outcome::Throttled { kind, .. } => {
+            let k = match kind {
+                keyturn_core::ThrottleKind::RequestsPerMinute => "per-minute",
+                keyturn_core::ThrottleKind::TokensPerMinute => "tokens",
+                keyturn_core::ThrottleKind::RequestsPerDay => "per-day",
+                keyturn_core::ThrottleKind::Unspecified => "unspecified",
+            };
+            *s.throttled.entry(k.to_owned()).or_default() += 1;
+        }
+        Outcome::ModelUnavailable => *s.throttled.entry("limit-0".to_owned()).or_default() += 1,
+        Outcome::KeyDead(_) => s.dead += 1,
+        Outcome::Transient => s.transient += 1,
+        Outcome::CallerFault => s.caller_faults += 1,
     }
 }
