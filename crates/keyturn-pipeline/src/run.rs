@@ -452,6 +452,15 @@ pub async fn seed(
     let out = opts.out.clone();
     std::fs::create_dir_all(out.join("episodes"))
         .map_err(|e| format!("cannot create {}: {e}", out.join("episodes").display()))?;
+    // A run killed mid-write leaves its temp file (the episode itself is redone): clear them.
+    for dir in [out.join("episodes"), out.join("graph")] {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.ends_with(".tmp") {
+                std::fs::remove_file(e.path()).ok();
+            }
+        }
+    }
     let checkpoints = CheckpointStore::open(out.join(CHECKPOINT_DIR)).map_err(|e| e.to_string())?;
     checkpoints.backup(started).map_err(|e| e.to_string())?;
 
