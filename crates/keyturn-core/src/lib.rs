@@ -47,6 +47,7 @@ pub mod memory;
 pub mod outcome;
 pub mod pacific;
 pub mod policy;
+pub mod redact;
 pub mod serde_duration;
 pub mod snapshot;
 #[cfg(feature = "testkit")]
@@ -71,6 +72,7 @@ pub use memory::{InMemoryLedger, breaker_state_now, scope_status_from_snapshot};
 pub use outcome::{DeadReason, Outcome, ThrottleKind};
 pub use pacific::{QuotaDay, next_pacific_midnight};
 pub use policy::Policy;
+pub use redact::{Scrubber, redact};
 pub use snapshot::{
     HISTORY_DAYS, NoticeMark, PoolStatus, SCHEMA_VERSION, ScopeState, Snapshot, UsageDay,
 };

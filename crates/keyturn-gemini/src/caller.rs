@@ -21,7 +21,7 @@ use serde_json::Value;
 use tracing::Instrument;
 
 use crate::error::{ApiFailure, ErrorKind, GeminiError, classify, redact};
-use crate::transport::{Transport, describe};
+use crate::transport::{SendError, Transport, describe};
 use crate::wire::HasUsage;
 
 /// Retry bounds.
@@ -251,7 +251,11 @@ impl RotatingCaller {
             detail,
         };
         match self.transport.post(&entry.key, url, body).await {
-            Err(detail) => Sent::Failed(transport_err(detail)),
+            Err(detail @ SendError::Redirected { .. }) => Sent::Failed(GeminiError::Redirected {
+                model: model.to_owned(),
+                detail,
+            }),
+            Err(SendError::Failed(detail)) => Sent::Failed(transport_err(detail)),
             Ok(resp) if resp.status().is_success() => {
                 if stream {
                     return Sent::Stream(resp);
@@ -279,10 +283,11 @@ impl RotatingCaller {
         body: Bytes,
         stream: bool,
     ) -> Result<Attempt, GeminiError> {
+        let url = self.transport.model_url(model, method)?;
         let url = if stream {
-            format!("{}?alt=sse", self.transport.model_url(model, method))
+            format!("{url}?alt=sse")
         } else {
-            self.transport.model_url(model, method)
+            url
         };
         let keys = self.ledger.keys();
         let start = self.clock.now_ms();
@@ -466,7 +471,7 @@ impl GeminiCall for RotatingCaller {
         body: Option<Value>,
     ) -> Result<Reply, GeminiError> {
         let keys = self.ledger.keys();
-        let url = self.transport.url(url_path);
+        let url = self.transport.path_url(url_path)?;
         let n = keys.len();
         let start = self
             .unmetered_cursor
@@ -485,7 +490,11 @@ impl GeminiCall for RotatingCaller {
                 None => self.transport.get(&entry.key, &url).await,
             };
             let err = match sent {
-                Err(detail) => GeminiError::Transport {
+                Err(detail @ SendError::Redirected { .. }) => GeminiError::Redirected {
+                    model: url_path.to_owned(),
+                    detail,
+                },
+                Err(SendError::Failed(detail)) => GeminiError::Transport {
                     model: url_path.to_owned(),
                     key: entry.label.clone(),
                     detail,

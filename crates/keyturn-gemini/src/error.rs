@@ -19,6 +19,8 @@ use keyturn_core::{AcquireError, DeadReason, ErrorKind as QuotaErrorKind, Outcom
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::transport::{InvalidName, SendError};
+
 /// What kind of failure, which decides what happens next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -74,6 +76,17 @@ pub enum GeminiError {
     /// The quota ledger failed while settling.
     #[error("quota ledger: {0}")]
     Ledger(String),
+    /// The request names a model or method that cannot be sent upstream; no key was used.
+    #[error(transparent)]
+    Invalid(#[from] InvalidName),
+    /// The upstream answered with a redirect, which keyturn never follows.
+    #[error("no answer from Gemini for {model}: {detail}")]
+    Redirected {
+        /// Model (or path).
+        model: String,
+        /// The status and the host it pointed to.
+        detail: SendError,
+    },
 }
 
 impl GeminiError {
@@ -85,6 +98,8 @@ impl GeminiError {
             Self::Quota(_) => ErrorKind::NoCapacity,
             Self::RetriesExhausted { last, .. } => last.kind(),
             Self::Ledger(_) => ErrorKind::Transient,
+            // Neither says anything about a key, and retrying cannot help.
+            Self::Invalid(_) | Self::Redirected { .. } => ErrorKind::CallerFault,
         }
     }
 
@@ -119,7 +134,10 @@ impl GeminiError {
                 ErrorKind::CallerFault | ErrorKind::NoCapacity => Outcome::CallerFault,
             },
             Self::Transport { .. } | Self::Ledger(_) => Outcome::Transient,
-            Self::Quota(_) | Self::RetriesExhausted { .. } => Outcome::CallerFault,
+            Self::Quota(_)
+            | Self::RetriesExhausted { .. }
+            | Self::Invalid(_)
+            | Self::Redirected { .. } => Outcome::CallerFault,
         }
     }
 }
@@ -294,30 +312,7 @@ pub fn classify(status: u16, body: &[u8]) -> Classified {
     }
 }
 
-/// Removes a key from text (servers quote it, e.g. "Consumer 'api_key:…' has been suspended").
-/// Anything shaped like a Google API key goes too.
-pub fn redact(text: &str, key: &str) -> String {
-    let mut out = if key.is_empty() {
-        text.to_owned()
-    } else {
-        text.replace(key, "[key]")
-    };
-    // Google API keys: "AIza" + 35 characters of [0-9A-Za-z_-].
-    while let Some(i) = out.find("AIza") {
-        let tail = &out[i + 4..];
-        let n = tail
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-            .count();
-        if n < 35 {
-            // Not a key; keep it but stop scanning this occurrence.
-            let (head, rest) = out.split_at(i + 4);
-            return format!("{head}{}", redact(rest, ""));
-        }
-        out.replace_range(i..i + 4 + n, "[key]");
-    }
-    out
-}
+pub use keyturn_core::redact;
 
 #[cfg(test)]
 mod tests {

@@ -38,4 +38,4 @@ pub mod wire;
 pub use caller::MockGeminiCall;
 pub use caller::{ChunkStream, GeminiCall, KeyCallStats, Reply, RetryPolicy, RotatingCaller};
 pub use error::{ApiFailure, ErrorKind, GeminiError, classify, redact};
-pub use transport::{Transport, TransportConfig};
+pub use transport::{InvalidName, SendError, Transport, TransportConfig, model_id, valid_model};

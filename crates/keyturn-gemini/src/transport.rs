@@ -1,6 +1,16 @@
 //! The HTTP transport: one pooled reqwest client (rustls, HTTP/2 where offered), connect and
 //! total timeouts, a base URL without a version segment (like google-genai's `base_url`), and the
 //! key only in the `x-goog-api-key` header, marked sensitive. Never `?key=`: URLs end up in logs.
+//!
+//! Two rules keep the key on the host it was meant for:
+//! - **No redirects.** Gemini never redirects an API call, and an HTTP client that follows one
+//!   carries `x-goog-api-key` (which, unlike `Authorization`, no client strips) and, on 307/308,
+//!   the body to whatever host the answer names. Every 3xx is a [`SendError::Redirected`] naming
+//!   the status and the target host.
+//! - **Upstream paths only from validated segments.** A model name becomes part of the path only
+//!   if it is a model id ([`valid_model`]: letters, digits, `.`, `-`, `_`, starting with a letter
+//!   or digit), and a method only if it is letters: no `/`, `?`, `#`, `%`, `:` or `..` can reach
+//!   the upstream URL, however a client encoded it.
 
 use std::time::Duration;
 
@@ -34,6 +44,78 @@ impl Default for TransportConfig {
     }
 }
 
+/// A request that got no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// Connect, timeout, cut-off: in words, without the URL.
+    #[error("{0}")]
+    Failed(String),
+    /// The server answered with a redirect, which keyturn never follows.
+    #[error(
+        "the server answered {status} redirecting to {host}; keyturn follows no redirects (Gemini never sends them), so the key and the request went nowhere else: check GEMINI_BASE_URL"
+    )]
+    Redirected {
+        /// The 3xx status.
+        status: u16,
+        /// The host the answer pointed to (or "another path" when it named none).
+        host: String,
+    },
+}
+
+/// A path segment that cannot be sent upstream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} is not valid: {reason}")]
+pub struct InvalidName {
+    /// What was wrong (the name, control characters escaped).
+    pub what: String,
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// Longest model id accepted.
+pub const MAX_MODEL_LEN: usize = 128;
+
+/// Whether `model` (without `models/`) can be a Gemini model id: 1 to 128 of `[A-Za-z0-9._-]`,
+/// starting with a letter or digit.
+pub fn valid_model(model: &str) -> bool {
+    let b = model.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_MODEL_LEN
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_'))
+}
+
+/// Whether `method` can be an API method (`generateContent`, `countTokens`, …): 1 to 64 letters.
+pub fn valid_method(method: &str) -> bool {
+    !method.is_empty() && method.len() <= 64 && method.bytes().all(|c| c.is_ascii_alphabetic())
+}
+
+/// A model name as Gemini spells it in paths, `models/` stripped, if it is a valid id.
+pub fn model_id(model: &str) -> Result<&str, InvalidName> {
+    let id = model.strip_prefix("models/").unwrap_or(model);
+    if valid_model(id) {
+        Ok(id)
+    } else {
+        Err(InvalidName {
+            what: format!("model name '{}'", id.escape_debug()),
+            reason: "a model id is 1 to 128 letters, digits, '.', '-' or '_', starting with a letter or digit",
+        })
+    }
+}
+
+fn method_name(method: &str) -> Result<&str, InvalidName> {
+    if valid_method(method) {
+        Ok(method)
+    } else {
+        Err(InvalidName {
+            what: format!("method '{}'", method.escape_debug()),
+            reason: "a method is 1 to 64 letters",
+        })
+    }
+}
+
 /// Sends requests to Gemini (or anything that speaks its API).
 #[derive(Debug, Clone)]
 pub struct Transport {
@@ -54,6 +136,7 @@ impl Transport {
             .connect_timeout(cfg.connect_timeout)
             .read_timeout(cfg.request_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
             .build()?;
         let base = format!(
@@ -64,15 +147,42 @@ impl Transport {
         Ok(Self { client, base })
     }
 
-    /// `{base}/{version}/models/{model}:{method}`.
-    pub fn model_url(&self, model: &str, method: &str) -> String {
-        let model = model.strip_prefix("models/").unwrap_or(model);
-        format!("{}/models/{model}:{method}", self.base)
+    /// `{base}/{version}/models/{model}:{method}`, from a valid model id and method.
+    pub fn model_url(&self, model: &str, method: &str) -> Result<String, InvalidName> {
+        Ok(format!(
+            "{}/models/{}:{}",
+            self.base,
+            model_id(model)?,
+            method_name(method)?
+        ))
     }
 
-    /// `{base}/{version}/{path}`.
-    pub fn url(&self, path: &str) -> String {
-        format!("{}/{}", self.base, path.trim_start_matches('/'))
+    /// `{base}/{version}/models/{model}`, from a valid model id.
+    pub fn model_info_url(&self, model: &str) -> Result<String, InvalidName> {
+        Ok(format!("{}/models/{}", self.base, model_id(model)?))
+    }
+
+    /// `{base}/{version}/models`.
+    pub fn models_url(&self) -> String {
+        format!("{}/models", self.base)
+    }
+
+    /// The URL of one of the paths keyturn sends without metering: `models`, `models/{model}`
+    /// or `models/{model}:{method}`, each segment validated. Anything else is refused.
+    pub fn path_url(&self, path: &str) -> Result<String, InvalidName> {
+        if path == "models" {
+            return Ok(self.models_url());
+        }
+        let Some(name) = path.strip_prefix("models/") else {
+            return Err(InvalidName {
+                what: format!("path '{}'", path.escape_debug()),
+                reason: "only models, models/{model} and models/{model}:{method} are sent upstream",
+            });
+        };
+        match name.split_once(':') {
+            Some((model, method)) => self.model_url(model, method),
+            None => self.model_info_url(name),
+        }
     }
 
     fn key_header(key: &ApiKey) -> Result<HeaderValue, String> {
@@ -88,28 +198,51 @@ impl Transport {
         key: &ApiKey,
         url: &str,
         body: bytes::Bytes,
-    ) -> Result<reqwest::Response, String> {
-        let header = Self::key_header(key)?;
-        self.client
+    ) -> Result<reqwest::Response, SendError> {
+        let header = Self::key_header(key).map_err(SendError::Failed)?;
+        let sent = self
+            .client
             .post(url)
             .header("x-goog-api-key", header)
             .header(CONTENT_TYPE, "application/json")
             .body(body)
             .send()
-            .await
-            .map_err(describe)
+            .await;
+        no_redirect(sent)
     }
 
     /// GETs with the key in the header.
-    pub async fn get(&self, key: &ApiKey, url: &str) -> Result<reqwest::Response, String> {
-        let header = Self::key_header(key)?;
-        self.client
+    pub async fn get(&self, key: &ApiKey, url: &str) -> Result<reqwest::Response, SendError> {
+        let header = Self::key_header(key).map_err(SendError::Failed)?;
+        let sent = self
+            .client
             .get(url)
             .header("x-goog-api-key", header)
             .send()
-            .await
-            .map_err(describe)
+            .await;
+        no_redirect(sent)
     }
+}
+
+/// A 3xx is an error: the client follows none, and the caller must not read it as an answer.
+fn no_redirect(
+    sent: Result<reqwest::Response, reqwest::Error>,
+) -> Result<reqwest::Response, SendError> {
+    let resp = sent.map_err(|e| SendError::Failed(describe(e)))?;
+    if !resp.status().is_redirection() {
+        return Ok(resp);
+    }
+    let host = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|l| l.to_str().ok())
+        .and_then(|l| resp.url().join(l).ok())
+        .and_then(|u| u.host_str().map(|h| h.escape_debug().to_string()))
+        .unwrap_or_else(|| "no host".to_owned());
+    Err(SendError::Redirected {
+        status: resp.status().as_u16(),
+        host,
+    })
 }
 
 /// A transport error in words, without the URL.

@@ -803,7 +803,10 @@ async fn cmd_keys(g: &Global, env: &Env, cwd: &Path, k: KeysCommand) -> ExitCode
                 Ok(t) => t,
                 Err(e) => return fail(1, e),
             };
-            let url = transport.url(&format!("models/{model}"));
+            let url = match transport.model_info_url(&model) {
+                Ok(u) => u,
+                Err(e) => return fail(EXIT_USAGE, e),
+            };
             let mut dead = 0;
             println!("{:<22} {:<9} RESULT", "LABEL", "FP");
             for (_, e) in ring.iter() {
@@ -1089,6 +1092,9 @@ async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -> ExitCode 
         tokens,
         max_body_bytes: cfg.serve.max_body_bytes,
         max_in_flight: cfg.serve.max_in_flight,
+        max_connections: cfg.serve.max_connections,
+        header_timeout: cfg.serve.header_timeout,
+        body_timeout: cfg.serve.body_timeout,
     };
     if let Err(e) = pcfg.validate() {
         return fail(EXIT_USAGE, e);

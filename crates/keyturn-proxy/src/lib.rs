@@ -30,7 +30,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
-use keyturn_core::{AcquireError, Clock, Demand, QuotaLedger, SystemClock};
+use keyturn_core::{AcquireError, Clock, Demand, QuotaLedger, Scrubber, SystemClock};
 use keyturn_gemini::wire::estimate_input_tokens;
 use keyturn_gemini::{ErrorKind, GeminiCall, GeminiError};
 use serde_json::{Value, json};
@@ -47,8 +47,29 @@ pub struct ProxyConfig {
     pub tokens: Vec<(String, [u8; 32])>,
     /// Largest request body.
     pub max_body_bytes: usize,
-    /// Upstream calls in flight.
+    /// Upstream calls in flight (a stream counts until it ends).
     pub max_in_flight: usize,
+    /// Open client connections; past it, new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection stays open.
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    pub body_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tokens: Vec::new(),
+            max_body_bytes: 20 * 1024 * 1024,
+            max_in_flight: 64,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// The proxy cannot start.
@@ -123,8 +144,39 @@ pub struct ProxyState {
     v1: Arc<dyn GeminiCall>,
     ledger: Arc<dyn QuotaLedger>,
     tokens: Vec<(String, [u8; 32])>,
-    in_flight: Semaphore,
+    in_flight: Arc<Semaphore>,
     clock: Arc<dyn Clock>,
+    /// Finds the pool's keys in answers relayed byte for byte.
+    scrubber: Scrubber,
+    /// Models the upstream has confirmed, per API version: only these get quota scopes and
+    /// metric labels, so a client sending random names cannot grow the state.
+    models: KnownModels,
+    body_timeout: Duration,
+    max_body_bytes: usize,
+}
+
+/// Most distinct models the proxy admits (Gemini serves a few dozen).
+pub const MAX_MODELS: usize = 256;
+
+#[derive(Debug, Default)]
+struct KnownModels(parking_lot::Mutex<std::collections::HashSet<(String, String)>>);
+
+impl KnownModels {
+    fn contains(&self, version: &str, model: &str) -> bool {
+        self.0
+            .lock()
+            .contains(&(version.to_owned(), model.to_owned()))
+    }
+
+    /// Records a confirmed model; false when the set is full.
+    fn insert(&self, version: &str, model: &str) -> bool {
+        let mut set = self.0.lock();
+        if set.len() >= MAX_MODELS {
+            return false;
+        }
+        set.insert((version.to_owned(), model.to_owned()));
+        true
+    }
 }
 
 impl ProxyState {
@@ -135,14 +187,34 @@ impl ProxyState {
         ledger: Arc<dyn QuotaLedger>,
         cfg: &ProxyConfig,
     ) -> Self {
+        let keys = ledger.keys();
+        let scrubber = Scrubber::new(keys.iter().map(|(_, e)| &e.key));
         Self {
             v1beta,
             v1,
             ledger,
             tokens: cfg.tokens.clone(),
-            in_flight: Semaphore::new(cfg.max_in_flight.max(1)),
+            in_flight: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
             clock: Arc::new(SystemClock),
+            scrubber,
+            models: KnownModels::default(),
+            body_timeout: cfg.body_timeout,
+            max_body_bytes: cfg.max_body_bytes,
         }
+    }
+
+    /// A successful answer relayed as it came, unless it holds a pool key.
+    fn relay(&self, raw: Bytes) -> Response {
+        let body = match self.scrubber.scrub_known(&raw) {
+            Some(clean) => {
+                tracing::warn!(
+                    "an upstream answer held a pool key; it was replaced before relaying"
+                );
+                Bytes::from(clean)
+            }
+            None => raw,
+        };
+        json_bytes(StatusCode::OK, body)
     }
 
     fn caller(&self, version: &str) -> Option<&Arc<dyn GeminiCall>> {
@@ -177,13 +249,17 @@ fn client_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     if let Some(v) = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()) {
         return Some(v.trim().to_owned());
     }
-    if let Some(v) = headers
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    if let Some((scheme, token)) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.trim().split_once(' '))
+        && scheme.eq_ignore_ascii_case("bearer")
     {
-        return Some(v.trim().to_owned());
+        return Some(token.trim().to_owned());
     }
+    // `?key=`, as Gemini itself accepts it: some clients know no other way. It is read here and
+    // never sent upstream (upstream URLs are built from validated segments only).
     query.and_then(|q| {
         q.split('&')
             .find_map(|kv| kv.strip_prefix("key="))
@@ -199,7 +275,7 @@ async fn authenticate(State(st): State<Arc<ProxyState>>, req: Request, next: Nex
         return gemini_error(
             StatusCode::UNAUTHORIZED,
             "UNAUTHENTICATED",
-            "keyturn proxy: missing client token (x-goog-api-key or Authorization: Bearer)",
+            "keyturn proxy: missing client token (x-goog-api-key, Authorization: Bearer, or ?key=)",
             vec![],
         );
     };
@@ -213,7 +289,7 @@ async fn authenticate(State(st): State<Arc<ProxyState>>, req: Request, next: Nex
     }
     match found {
         Some(label) => {
-            tracing::debug!(client = label, path = %req.uri().path(), "proxy request");
+            tracing::debug!(client = label, path = %req.uri().path().escape_debug(), "proxy request");
             next.run(req).await
         }
         None => gemini_error(
@@ -226,7 +302,7 @@ async fn authenticate(State(st): State<Arc<ProxyState>>, req: Request, next: Nex
 }
 
 /// The proxy's router.
-pub fn router(state: Arc<ProxyState>, max_body_bytes: usize) -> Router {
+pub fn router(state: Arc<ProxyState>) -> Router {
     let api = Router::new()
         .route("/{version}/models", get(list_models))
         .route("/{version}/models/{name}", get(get_model).post(call_model))
@@ -235,7 +311,9 @@ pub fn router(state: Arc<ProxyState>, max_body_bytes: usize) -> Router {
         .merge(api)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .fallback(|| async { not_found() })
+        // Bodies are read by the handler, under the cap and the body timeout.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -245,7 +323,11 @@ async fn readyz(State(st): State<Arc<ProxyState>>) -> Response {
             (StatusCode::OK, "ready").into_response()
         }
         Ok(_) => (StatusCode::SERVICE_UNAVAILABLE, "every key is disabled").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the quota ledger is unavailable",
+        )
+            .into_response(),
     }
 }
 
@@ -258,14 +340,63 @@ fn not_found() -> Response {
     )
 }
 
+fn invalid(message: &str) -> Response {
+    gemini_error(
+        StatusCode::BAD_REQUEST,
+        "INVALID_ARGUMENT",
+        &format!("keyturn proxy: {message}"),
+        vec![],
+    )
+}
+
+/// What a client may read about a failure: no key, and no key label either (labels name the
+/// pool's accounts; clients see neither).
+fn client_message(e: &GeminiError) -> String {
+    match e {
+        GeminiError::Api(a) => format!(
+            "Gemini answered {} {}: {}",
+            a.status, a.status_text, a.message
+        ),
+        GeminiError::Transport { model, detail, .. } => {
+            format!("no usable answer from Gemini for {model}: {detail}")
+        }
+        GeminiError::Quota(AcquireError::AllKeysDisabled { model, .. }) => {
+            format!("every key of the pool is disabled for {model}")
+        }
+        GeminiError::Quota(AcquireError::Backend(_)) | GeminiError::Ledger(_) => {
+            "the quota ledger is unavailable".to_owned()
+        }
+        GeminiError::RetriesExhausted {
+            model,
+            attempts,
+            last,
+            ..
+        } => format!(
+            "gave up on {model} after {attempts} attempts; last error: {}",
+            client_message(last)
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// Maps a failed call to what the client gets.
 fn failure(st: &ProxyState, e: &GeminiError) -> Response {
     if let GeminiError::Api(a) = e
         && a.kind == ErrorKind::CallerFault
     {
-        // The request was at fault: the client sees Gemini's own answer.
+        // The request was at fault: the client sees Gemini's own answer, less any pool key.
         let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_REQUEST);
-        return json_bytes(status, Bytes::from(a.body.clone()));
+        return json_bytes(status, Bytes::from(st.scrubber.redact(&a.body)));
+    }
+    let message = st
+        .scrubber
+        .redact(&format!("keyturn proxy: {}", client_message(e)));
+    match e {
+        GeminiError::Invalid(_) => return invalid(&client_message(e)),
+        GeminiError::Redirected { .. } => {
+            return gemini_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &message, vec![]);
+        }
+        _ => {}
     }
     match e.quota() {
         Some(AcquireError::Exhausted { until_ms, .. }) => {
@@ -275,7 +406,7 @@ fn failure(st: &ProxyState, e: &GeminiError) -> Response {
             gemini_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "RESOURCE_EXHAUSTED",
-                &format!("keyturn proxy: {e}"),
+                &message,
                 vec![
                     json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{secs}s")}),
                 ],
@@ -284,25 +415,19 @@ fn failure(st: &ProxyState, e: &GeminiError) -> Response {
         Some(AcquireError::ModelUnavailable { .. }) => gemini_error(
             StatusCode::TOO_MANY_REQUESTS,
             "RESOURCE_EXHAUSTED",
-            &format!("keyturn proxy: {e}"),
+            &message,
             vec![],
         ),
         Some(AcquireError::DemandTooLarge { .. }) => gemini_error(
             StatusCode::BAD_REQUEST,
             "INVALID_ARGUMENT",
-            &format!("keyturn proxy: {e}"),
+            &message,
             vec![],
         ),
-        Some(_) => gemini_error(
+        _ => gemini_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "UNAVAILABLE",
-            &format!("keyturn proxy: {e}"),
-            vec![],
-        ),
-        None => gemini_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE",
-            &format!("keyturn proxy: upstream failed: {e}"),
+            &message,
             vec![],
         ),
     }
@@ -355,12 +480,38 @@ fn embed_tokens(item: &Value) -> u64 {
     estimate_input_tokens(bytes, 0)
 }
 
+/// An answer that ends a request early (boxed: a `Response` is large).
+type Refusal = Box<Response>;
+
+/// The methods the proxy serves on `models/{model}:{method}`.
+const METHODS: &[&str] = &[
+    "generateContent",
+    "streamGenerateContent",
+    "countTokens",
+    "embedContent",
+    "batchEmbedContents",
+];
+
+/// `{model}` or `{model}:{method}` from the path, validated before anything else happens:
+/// whatever a client encoded, only a model id and a known method go on.
+fn parse_name(name: &str) -> Result<(&str, Option<&str>), Refusal> {
+    let (model, method) = match name.split_once(':') {
+        Some((m, a)) => (m, Some(a)),
+        None => (name, None),
+    };
+    let model = keyturn_gemini::model_id(model).map_err(|e| Box::new(invalid(&e.to_string())))?;
+    match method {
+        Some(a) if !METHODS.contains(&a) => Err(Box::new(not_found())),
+        _ => Ok((model, method)),
+    }
+}
+
 async fn list_models(State(st): State<Arc<ProxyState>>, Path(version): Path<String>) -> Response {
     let Some(caller) = st.caller(&version) else {
         return not_found();
     };
     match caller.call_unmetered("models", None).await {
-        Ok(r) => json_bytes(StatusCode::OK, r.raw),
+        Ok(r) => st.relay(r.raw),
         Err(e) => failure(&st, &e),
     }
 }
@@ -372,9 +523,43 @@ async fn get_model(
     let Some(caller) = st.caller(&version) else {
         return not_found();
     };
-    match caller.call_unmetered(&format!("models/{name}"), None).await {
-        Ok(r) => json_bytes(StatusCode::OK, r.raw),
+    let model = match parse_name(&name) {
+        Ok((m, None)) => m,
+        Ok(_) => return not_found(),
+        Err(r) => return *r,
+    };
+    match caller
+        .call_unmetered(&format!("models/{model}"), None)
+        .await
+    {
+        Ok(r) => {
+            st.models.insert(&version, model);
+            st.relay(r.raw)
+        }
         Err(e) => failure(&st, &e),
+    }
+}
+
+/// Confirms with the upstream, once per model, that a model exists before it gets a quota
+/// scope: `GET models/{model}` costs no quota. `Err` is the answer for the client.
+async fn confirm_model(
+    st: &ProxyState,
+    caller: &Arc<dyn GeminiCall>,
+    version: &str,
+    model: &str,
+) -> Result<(), Refusal> {
+    if st.models.contains(version, model) {
+        return Ok(());
+    }
+    match caller
+        .call_unmetered(&format!("models/{model}"), None)
+        .await
+    {
+        Ok(_) if st.models.insert(version, model) => Ok(()),
+        Ok(_) => Err(Box::new(invalid(&format!(
+            "this proxy already serves {MAX_MODELS} models; {model} is one too many"
+        )))),
+        Err(e) => Err(Box::new(failure(st, &e))),
     }
 }
 
@@ -383,17 +568,45 @@ struct StreamQuery {
     alt: Option<String>,
 }
 
+/// Reads a request body under the size cap and the body timeout.
+async fn read_body(st: &ProxyState, body: Body) -> Result<Bytes, Refusal> {
+    let limit = st.max_body_bytes;
+    match tokio::time::timeout(st.body_timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(_)) => Err(Box::new(gemini_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "INVALID_ARGUMENT",
+            &format!(
+                "keyturn proxy: the request body is larger than {limit} bytes ([serve] max_body_bytes)"
+            ),
+            vec![],
+        ))),
+        Err(_) => Err(Box::new(gemini_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "DEADLINE_EXCEEDED",
+            "keyturn proxy: the request body did not arrive in time ([serve] body_timeout)",
+            vec![],
+        ))),
+    }
+}
+
 async fn call_model(
     State(st): State<Arc<ProxyState>>,
     Path((version, name)): Path<(String, String)>,
     Query(q): Query<StreamQuery>,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let Some(caller) = st.caller(&version).cloned() else {
         return not_found();
     };
-    let Some((model, action)) = name.split_once(':') else {
-        return not_found();
+    let (model, action) = match parse_name(&name) {
+        Ok((m, Some(a))) => (m, a),
+        Ok(_) => return not_found(),
+        Err(r) => return *r,
+    };
+    let body = match read_body(&st, body).await {
+        Ok(b) => b,
+        Err(r) => return *r,
     };
     let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
@@ -401,16 +614,11 @@ async fn call_model(
         match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(e) => {
-                return gemini_error(
-                    StatusCode::BAD_REQUEST,
-                    "INVALID_ARGUMENT",
-                    &format!("Invalid JSON payload received. {e}"),
-                    vec![],
-                );
+                return invalid(&format!("Invalid JSON payload received. {e}"));
             }
         }
     };
-    let Ok(_permit) = st.in_flight.acquire().await else {
+    let Ok(permit) = st.in_flight.clone().acquire_owned().await else {
         return gemini_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "UNAVAILABLE",
@@ -418,8 +626,19 @@ async fn call_model(
             vec![],
         );
     };
+    if action == "countTokens" {
+        return match caller
+            .call_unmetered(&format!("models/{model}:countTokens"), Some(value))
+            .await
+        {
+            Ok(r) => st.relay(r.raw),
+            Err(e) => failure(&st, &e),
+        };
+    }
+    if let Err(r) = confirm_model(&st, &caller, &version, model).await {
+        return *r;
+    }
     let demand = match action {
-        "generateContent" | "streamGenerateContent" => Demand::tokens(estimate(&value)),
         "embedContent" => Demand::tokens(embed_tokens(&value)),
         "batchEmbedContents" => {
             let items = value.get("requests").and_then(Value::as_array);
@@ -427,58 +646,119 @@ async fn call_model(
             let t = items.into_iter().flatten().map(embed_tokens).sum();
             Demand::batch(n, t)
         }
-        "countTokens" => {
-            return match caller
-                .call_unmetered(&format!("models/{name}"), Some(value))
-                .await
-            {
-                Ok(r) => json_bytes(StatusCode::OK, r.raw),
-                Err(e) => failure(&st, &e),
-            };
-        }
-        _ => return not_found(),
+        _ => Demand::tokens(estimate(&value)),
     };
     if action == "streamGenerateContent" {
         let sse = q.alt.as_deref() == Some("sse");
         return match caller.stream(model, demand, value).await {
-            Ok(chunks) => {
-                let mut first = true;
-                let frames = chunks
-                    .map(move |c| {
-                        let frame = match c {
-                            Ok(v) if sse => format!("data: {v}\r\n\r\n"),
-                            Ok(v) if first => format!("[{v}"),
-                            Ok(v) => format!(",\r\n{v}"),
-                            Err(e) => {
-                                // Headers are gone: the best the client can get is the stream's end.
-                                tracing::warn!(error = %e, "upstream stream broke off");
-                                String::new()
-                            }
-                        };
-                        first = false;
-                        Ok::<Bytes, std::convert::Infallible>(Bytes::from(frame))
-                    })
-                    .chain(futures::stream::once(async move {
-                        Ok(Bytes::from(if sse { "" } else { "]" }))
-                    }));
-                let mut r = Response::new(Body::from_stream(frames));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static(if sse {
-                        "text/event-stream"
-                    } else {
-                        "application/json; charset=UTF-8"
-                    }),
-                );
-                r
-            }
+            Ok(chunks) => stream_response(&st, chunks, sse, permit),
             Err(e) => failure(&st, &e),
         };
     }
     match caller.call(model, action, demand, value).await {
-        Ok(r) => json_bytes(StatusCode::OK, r.raw),
+        Ok(r) => st.relay(r.raw),
         Err(e) => failure(&st, &e),
     }
+}
+
+/// Relays a stream event by event. The in-flight permit travels with the body and is released
+/// when the stream ends (or the client goes away), so `max_in_flight` bounds streams too.
+fn stream_response(
+    st: &ProxyState,
+    chunks: keyturn_gemini::ChunkStream,
+    sse: bool,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Response {
+    let scrubber = st.scrubber.clone();
+    let mut first = true;
+    let frames = chunks
+        .map(move |c| {
+            let frame = match c {
+                Ok(v) if sse => format!("data: {v}\r\n\r\n"),
+                Ok(v) if first => format!("[{v}"),
+                Ok(v) => format!(",\r\n{v}"),
+                Err(e) => {
+                    // Headers are gone: the best the client can get is the stream's end.
+                    tracing::warn!(error = %e, "upstream stream broke off");
+                    String::new()
+                }
+            };
+            first = false;
+            let frame = match scrubber.scrub_known(frame.as_bytes()) {
+                Some(clean) => Bytes::from(clean),
+                None => Bytes::from(frame),
+            };
+            Ok::<Bytes, std::convert::Infallible>(frame)
+        })
+        .chain(futures::stream::once(async move {
+            drop(permit);
+            Ok(Bytes::from(if sse { "" } else { "]" }))
+        }));
+    let mut r = Response::new(Body::from_stream(frames));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(if sse {
+            "text/event-stream"
+        } else {
+            "application/json; charset=UTF-8"
+        }),
+    );
+    r
+}
+
+/// What bounds a client's hold on the server.
+struct Limits {
+    connections: Arc<Semaphore>,
+    header_timeout: Duration,
+}
+
+/// The accept loop: at most `connections` open at once (more wait in the kernel's backlog), each
+/// closed when its headers take longer than `header_timeout` to arrive — a slow client's or an
+/// idle keep-alive's — and all drained on shutdown.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    loop {
+        let permit = tokio::select! {
+            p = limits.connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut stop => break,
+        };
+        let (socket, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "proxy could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        socket.set_nodelay(true).ok();
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "proxy connection ended");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 /// A running proxy.
@@ -503,16 +783,17 @@ impl Proxy {
             addr: cfg.listen,
             source,
         })?;
-        let app = router(state, cfg.max_body_bytes);
+        let app = router(state);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                rx.await.ok();
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "proxy stopped");
-            }
-        });
+        let task = tokio::spawn(serve(
+            listener,
+            app,
+            Limits {
+                connections: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
+                header_timeout: cfg.header_timeout,
+            },
+            rx,
+        ));
         Ok(Self {
             addr,
             shutdown: Some(tx),
@@ -530,12 +811,14 @@ impl Proxy {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, drains requests in flight (up to `grace`).
+    /// Stops accepting, drains requests in flight (up to `grace`), then closes what is left.
     pub async fn shutdown(mut self, grace: Duration) {
         if let Some(tx) = self.shutdown.take() {
             tx.send(()).ok();
         }
-        let _ = tokio::time::timeout(grace, &mut self.task).await;
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            self.task.abort();
+        }
     }
 }
 
@@ -554,6 +837,7 @@ mod tests {
             tokens: vec![],
             max_body_bytes: 1,
             max_in_flight: 1,
+            ..ProxyConfig::default()
         };
         assert!(matches!(
             open.validate(),

@@ -206,8 +206,17 @@ pub struct ServeSettings {
     pub listen: String,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
-    /// Upstream calls in flight at once; more wait.
+    /// Upstream calls in flight at once (a stream counts until it ends); more wait.
     pub max_in_flight: usize,
+    /// Client connections open at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers; also how long an idle
+    /// keep-alive connection stays open.
+    #[serde(with = "serde_duration")]
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    #[serde(with = "serde_duration")]
+    pub body_timeout: Duration,
     /// Client tokens (`[[serve.tokens]]`). Required to listen beyond loopback.
     pub tokens: Vec<ServeToken>,
 }
@@ -218,6 +227,9 @@ impl Default for ServeSettings {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 20 * 1024 * 1024,
             max_in_flight: 64,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
             tokens: Vec::new(),
         }
     }
@@ -556,6 +568,15 @@ impl Config {
                     self.serve.listen
                 ),
             ));
+        }
+        if self.serve.max_connections == 0 {
+            return Err(bad("serve.max_connections", "must be at least 1".into()));
+        }
+        if self.serve.header_timeout.is_zero() {
+            return Err(bad("serve.header_timeout", "must be more than 0s".into()));
+        }
+        if self.serve.body_timeout.is_zero() {
+            return Err(bad("serve.body_timeout", "must be more than 0s".into()));
         }
         if self.serve.max_in_flight == 0 {
             return Err(bad("serve.max_in_flight", "must be at least 1".into()));

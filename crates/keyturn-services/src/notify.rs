@@ -83,7 +83,10 @@ pub struct Notifier {
 impl Notifier {
     /// Starts the worker for `url`.
     pub fn spawn(url: String, settings: &NotifySettings) -> Result<Self, reqwest::Error> {
+        // A webhook that redirects is misconfigured; following it would post the warning (and
+        // anything added to it later) to a host nobody configured.
         let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(settings.timeout)
             .user_agent(concat!("keyturn/", env!("CARGO_PKG_VERSION")))
             .build()?;
