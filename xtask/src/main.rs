@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <task>`.
 //!
-//! - `fuzz [SECONDS]`: runs the transcript-parser fuzz target for a bounded time (default 60 s)
+//! - `fuzz [SECONDS]`: runs each fuzz target (transcript parsers, redaction, the proxy's upstream
+//!   paths) for a bounded time (default 60 s each)
 //!   with cargo-fuzz on the nightly toolchain; installs cargo-fuzz if it is missing.
 //! - `sdk`: the official google-genai Python SDK (installed from PyPI into `target/sdk-venv`) and
 //!   curl, unmodified, against `keyturn serve` in front of `keyturn sim`.
@@ -30,6 +31,9 @@ fn run(cmd: &mut Command) -> bool {
     cmd.status().is_ok_and(|s| s.success())
 }
 
+/// The fuzz targets under `fuzz/fuzz_targets/`.
+const FUZZ_TARGETS: &[&str] = &["transcripts", "redact", "proxy_path"];
+
 fn fuzz(seconds: u64) -> ExitCode {
     let has_fuzz = Command::new("cargo")
         .args(["+nightly", "fuzz", "--version"])
@@ -43,10 +47,13 @@ fn fuzz(seconds: u64) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let ok = run(Command::new("cargo")
-        .current_dir(root().join("fuzz"))
-        .args(["+nightly", "fuzz", "run", "transcripts", "--"])
-        .arg(format!("-max_total_time={seconds}")));
+    // Each target gets the whole budget: the transcript parsers, redaction, the proxy's paths.
+    let ok = FUZZ_TARGETS.iter().all(|target| {
+        run(Command::new("cargo")
+            .current_dir(root().join("fuzz"))
+            .args(["+nightly", "fuzz", "run", target, "--"])
+            .arg(format!("-max_total_time={seconds}")))
+    });
     if ok {
         ExitCode::SUCCESS
     } else {
