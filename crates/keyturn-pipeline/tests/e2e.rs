@@ -805,7 +805,11 @@ async fn a_lost_or_damaged_episode_file_is_redone_and_said_so() {
     let report = check_outputs(&w.out(), 5, 16);
     assert_eq!(report["items"]["already_done"], 2, "{report}");
     assert_eq!(report["items"]["processed"], 3, "{report}");
-    for (p, why) in [(&eps[0], "missing"), (&eps[1], "changed"), (&eps[2], "changed")] {
+    for (p, why) in [
+        (&eps[0], "missing"),
+        (&eps[1], "changed"),
+        (&eps[2], "changed"),
+    ] {
         let line = out
             .lines()
             .find(|l| l.starts_with("redoing") && l.contains(&id(p)))
@@ -814,7 +818,10 @@ async fn a_lost_or_damaged_episode_file_is_redone_and_said_so() {
     }
     assert_eq!(report["redone"].as_array().unwrap().len(), 3, "{report}");
     let v: Value = serde_json::from_slice(&std::fs::read(&eps[2]).unwrap()).unwrap();
-    assert!(!v["entities"].as_array().unwrap().is_empty(), "redone whole");
+    assert!(
+        !v["entities"].as_array().unwrap().is_empty(),
+        "redone whole"
+    );
 
     // A checkpoint written before output hashes existed: trusted when its file reads back as
     // its episode, redone when the file is gone.
@@ -830,7 +837,10 @@ async fn a_lost_or_damaged_episode_file_is_redone_and_said_so() {
     assert!(o.status.success(), "{}", text(&o));
     let report = check_outputs(&w.out(), 5, 16);
     assert_eq!(
-        (report["items"]["already_done"].as_u64(), report["items"]["processed"].as_u64()),
+        (
+            report["items"]["already_done"].as_u64(),
+            report["items"]["processed"].as_u64()
+        ),
         (Some(4), Some(1)),
         "{report}"
     );
@@ -849,7 +859,10 @@ async fn seed_writes_only_into_an_output_folder_it_owns() {
     let o = w.run(w.seed_cmd()).await;
     let out = text(&o);
     assert_eq!(o.status.code(), Some(2), "{out}");
-    assert!(out.contains(w.out().to_str().unwrap()), "names the folder: {out}");
+    assert!(
+        out.contains(w.out().to_str().unwrap()),
+        "names the folder: {out}"
+    );
     assert_eq!(
         std::fs::read_to_string(w.out().join("run-report.json")).unwrap(),
         "my own report"
@@ -885,10 +898,34 @@ async fn seed_writes_only_into_an_output_folder_it_owns() {
     std::fs::write(&file_out, "x").unwrap();
     let i = w.inputs();
     let o = w
-        .run(w.command(&["seed", i.to_str().unwrap(), "--out", file_out.to_str().unwrap()]))
+        .run(w.command(&[
+            "seed",
+            i.to_str().unwrap(),
+            "--out",
+            file_out.to_str().unwrap(),
+        ]))
         .await;
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert_eq!(std::fs::read_to_string(&file_out).unwrap(), "x");
+
+    // Looking at a folder of the user's with `state info` / `state prune` writes nothing there.
+    let users = w.dir.path().join("users-own");
+    std::fs::create_dir_all(&users).unwrap();
+    std::fs::write(users.join("notes.txt"), "mine").unwrap();
+    let u = users.to_str().unwrap();
+    for args in [
+        &["state", "info", "--out", u][..],
+        &["state", "prune", "--out", u, "--keep", "0"][..],
+    ] {
+        let o = w.run(w.command(args)).await;
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains("no"), "{}", text(&o));
+    }
+    let names: Vec<_> = std::fs::read_dir(&users)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["notes.txt"], "nothing created in the user's folder");
 }
 
 /// A second seed on the same --out (with its own state folder, so the state lock does not
@@ -955,8 +992,8 @@ async fn symbolic_links_never_lead_out_of_the_input_folder() {
         "Nobody outside should read this private note about Zanzibar.",
     )
     .unwrap();
+    // A loop: without care, walked until the OS gives up (40 levels, every file each time).
     symlink("..", pod.join("up")).unwrap();
-    symlink(w.inputs(), pod.join("all")).unwrap();
     symlink("../.hidden/real.txt", pod.join("inside.txt")).unwrap();
     symlink(outside.join("secret.txt"), pod.join("outside.txt")).unwrap();
     symlink("../nowhere.txt", pod.join("broken.txt")).unwrap();
@@ -966,7 +1003,7 @@ async fn symbolic_links_never_lead_out_of_the_input_folder() {
     assert!(o.status.success(), "{out}");
     let report = check_outputs(&w.out(), 6, 16);
     assert_eq!(report["items"]["found"], 6, "{report}");
-    assert_eq!(report["items"]["links_skipped"], 4, "{report}");
+    assert_eq!(report["items"]["links_skipped"], 3, "{report}");
     let skipped = report["skipped"].as_array().unwrap();
     let reason = |name: &str| {
         skipped
@@ -978,10 +1015,17 @@ async fn symbolic_links_never_lead_out_of_the_input_folder() {
             .to_owned()
     };
     assert!(reason("/up").contains("folder"), "{}", reason("/up"));
-    assert!(reason("/all").contains("folder"), "{}", reason("/all"));
-    assert!(reason("/outside.txt").contains("outside"), "{}", reason("/outside.txt"));
-    assert!(reason("/broken.txt").contains("broken"), "{}", reason("/broken.txt"));
-    for name in ["/up", "/all", "/outside.txt", "/broken.txt"] {
+    assert!(
+        reason("/outside.txt").contains("outside"),
+        "{}",
+        reason("/outside.txt")
+    );
+    assert!(
+        reason("/broken.txt").contains("broken"),
+        "{}",
+        reason("/broken.txt")
+    );
+    for name in ["/up", "/outside.txt", "/broken.txt"] {
         assert_eq!(
             out.lines()
                 .filter(|l| l.starts_with("skipped") && l.contains(name))
@@ -1010,7 +1054,7 @@ async fn symbolic_links_never_lead_out_of_the_input_folder() {
         .await;
     assert!(o.status.success(), "{}", text(&o));
     let report = check_outputs(&o2, 7, 16);
-    assert_eq!(report["items"]["links_skipped"], 3, "{report}");
+    assert_eq!(report["items"]["links_skipped"], 2, "{report}");
 }
 
 /// Control characters from outside (file and folder names, key labels, model names) never
@@ -1069,7 +1113,11 @@ async fn names_from_outside_reach_the_terminal_escaped() {
     assert!(t.contains("episode done: ep\\u{1b}[31mred"), "{t}");
     assert!(t.contains("o\\u{1b}[2Jne"), "{t}");
     assert!(text(&status).contains("o\\u{1b}[2Jne"), "{}", text(&status));
-    assert!(text(&bad_model).contains("gemini\\u{1b}[8m-x"), "{}", text(&bad_model));
+    assert!(
+        text(&bad_model).contains("gemini\\u{1b}[8m-x"),
+        "{}",
+        text(&bad_model)
+    );
 }
 
 /// A truncated checkpoint is named as the checkpoint, and the advice fixes it without touching
@@ -1086,11 +1134,24 @@ async fn a_truncated_checkpoint_is_named_with_a_remedy_that_spares_the_quota_sta
     let o = w.run(w.seed_cmd()).await;
     let out = text(&o);
     assert_eq!(o.status.code(), Some(2), "{out}");
-    assert!(out.contains("checkpoint") && out.contains(cp.to_str().unwrap()), "{out}");
+    assert!(
+        out.contains("checkpoint") && out.contains(cp.to_str().unwrap()),
+        "{out}"
+    );
     assert!(!out.contains("state file"), "{out}");
-    assert!(!out.contains("state reset") && !out.contains("KEYTURN_STATE_DIR"), "{out}");
-    assert!(out.contains("backups/checkpoint-"), "names the newest backup: {out}");
-    assert_eq!(std::fs::read(&cp).unwrap(), &bytes[..bytes.len() / 2], "left untouched");
+    assert!(
+        !out.contains("state reset") && !out.contains("KEYTURN_STATE_DIR"),
+        "{out}"
+    );
+    assert!(
+        out.contains("backups/checkpoint-"),
+        "names the newest backup: {out}"
+    );
+    assert_eq!(
+        std::fs::read(&cp).unwrap(),
+        &bytes[..bytes.len() / 2],
+        "left untouched"
+    );
     let info = w
         .run(w.command(&["state", "info", "--out", w.out().to_str().unwrap()]))
         .await;
@@ -1111,14 +1172,15 @@ async fn a_truncated_checkpoint_is_named_with_a_remedy_that_spares_the_quota_sta
 async fn an_input_that_does_not_exist_exits_2_naming_it() {
     let w = world(600, 10_000, Faults::default(), false).await;
     let missing = w.dir.path().join("no-such-folder");
-    let o = w.run(w.command(&[
-        "seed",
-        w.inputs().to_str().unwrap(),
-        missing.to_str().unwrap(),
-        "--out",
-        w.out().to_str().unwrap(),
-    ]))
-    .await;
+    let o = w
+        .run(w.command(&[
+            "seed",
+            w.inputs().to_str().unwrap(),
+            missing.to_str().unwrap(),
+            "--out",
+            w.out().to_str().unwrap(),
+        ]))
+        .await;
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains(missing.to_str().unwrap()), "{}", text(&o));
     assert_eq!(w.stats()["responses"], 0);
@@ -1138,7 +1200,9 @@ async fn utf16_transcripts_are_read_and_skipped_files_are_not_called_done() {
     let mut be = vec![0xfe, 0xff];
     be.extend(srt.encode_utf16().flat_map(u16::to_be_bytes));
     let mut bom8 = vec![0xef, 0xbb, 0xbf];
-    bom8.extend(b"WEBVTT\n\n00:01.000 --> 00:03.000\nFrancis Crick drew the double helix in Cambridge.\n");
+    bom8.extend(
+        b"WEBVTT\n\n00:01.000 --> 00:03.000\nFrancis Crick drew the double helix in Cambridge.\n",
+    );
     std::fs::write(pod.join("le.vtt"), le).unwrap();
     std::fs::write(pod.join("be.srt"), be).unwrap();
     std::fs::write(pod.join("bom8.vtt"), bom8).unwrap();
@@ -1158,7 +1222,10 @@ async fn utf16_transcripts_are_read_and_skipped_files_are_not_called_done() {
         })
         .collect();
     for needle in ["Rosalind Franklin", "Linus Pauling", "Francis Crick"] {
-        assert!(titles.iter().any(|t| t.contains(needle)), "{needle}: {titles:?}");
+        assert!(
+            titles.iter().any(|t| t.contains(needle)),
+            "{needle}: {titles:?}"
+        );
     }
 }
 
@@ -1169,11 +1236,18 @@ async fn keys_check_exits_non_zero_when_no_key_could_be_checked() {
     let ok = w.run(w.command(&["keys", "check"])).await;
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
     let mut c = w.command(&["keys", "check"]);
-    c.env("GEMINI_BASE_URL", format!("http://127.0.0.1:{}", free_port()));
+    c.env(
+        "GEMINI_BASE_URL",
+        format!("http://127.0.0.1:{}", free_port()),
+    );
     let o = w.run(c).await;
     let out = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");
-    assert_eq!(out.matches("no answer").count(), 4, "same rows as before: {out}");
+    assert_eq!(
+        out.matches("no answer").count(),
+        4,
+        "same rows as before: {out}"
+    );
     let dead_only = KEYS.iter().find(|k| k.1 == "dead").unwrap();
     std::fs::write(
         w.dir.path().join("keys.txt"),
