@@ -1014,7 +1014,7 @@ async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand) -> ExitCo
             if let Some(out) = out.filter(|o| {
                 let has = o.join(CHECKPOINT_DIR).is_dir();
                 if !has {
-                    println!("checkpoint: none in {}", safe_path(o));
+                    println!("no checkpoint in {}", safe_path(o));
                 }
                 has
             }) {
