@@ -489,7 +489,7 @@ async fn cmd_seed(g: &Global, env: &Env, cwd: &Path, a: SeedArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(service_exit(&e), e),
     };
-    tracing::info!(keys = services.keys.len(), state = %services.state.describe(), "starting");
+    tracing::info!(keys = services.keys.len(), state = %safe(services.state.describe()), "starting");
     let opts = SeedOptions {
         inputs: a.inputs.clone(),
         out: a.out.clone(),

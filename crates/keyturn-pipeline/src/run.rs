@@ -544,12 +544,12 @@ async fn process(ctx: &Ctx, item: &Item) -> Result<Episode, EpisodeError> {
                 let req = GenerateRequest::new(model.clone(), prompt).system(EXTRACTION_INSTRUCTION);
                 let out = match ctx.llm.generate_json(&req, schema).await {
                     Ok((v, _)) => serde_json::from_value::<Extraction>(v).unwrap_or_else(|e| {
-                        tracing::warn!(episode = %safe(&item.title), chunk = c.index, error = %e, "extraction had an unexpected shape; chunk skipped");
+                        tracing::warn!(episode = %safe(&item.title), chunk = c.index, error = %safe(&e.to_string()), "extraction had an unexpected shape; chunk skipped");
                         ctx.invalid.fetch_add(1, Ordering::Relaxed);
                         Extraction::default()
                     }),
                     Err(LlmError::InvalidJson { detail, .. }) => {
-                        tracing::warn!(episode = %safe(&item.title), chunk = c.index, %detail, "extraction was not valid JSON; chunk skipped");
+                        tracing::warn!(episode = %safe(&item.title), chunk = c.index, detail = %safe(&detail), "extraction was not valid JSON; chunk skipped");
                         ctx.invalid.fetch_add(1, Ordering::Relaxed);
                         Extraction::default()
                     }
