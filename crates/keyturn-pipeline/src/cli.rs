@@ -330,6 +330,22 @@ async fn run(cli: Cli) -> ExitCode {
         } => cmd_history(&g, &env, &cwd, json, days).await,
         Command::Keys(k) => cmd_keys(&g, &env, &cwd, k).await,
         Command::Export { out, format, to } => {
+            // An export into a folder of its own (not under --out, which is keyturn's) follows the
+            // same rule as --out: a folder keyturn created, or an empty one; never the user's
+            // own nodes.csv. Held locked while it is written.
+            let _claimed = match to.as_deref().filter(|t| !is_inside(t, &out)) {
+                Some(t) => match crate::outdir::OutDir::claim(t, None) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        let code = match e {
+                            crate::outdir::OutDirError::Io { .. } => 1,
+                            _ => EXIT_USAGE,
+                        };
+                        return fail(code, e);
+                    }
+                },
+                None => None,
+            };
             let to = to.unwrap_or_else(|| {
                 out.join("export").join(match format {
                     ExportFormat::Neo4jCsv => "neo4j-csv",
@@ -470,6 +486,34 @@ pub fn report_and_exit(report: &RunReport, resume: &str) -> ExitCode {
         }
     }
     ExitCode::from(report.result.exit_code())
+}
+
+/// Whether `path` lies inside `dir` (both made absolute and resolved as far as they exist).
+fn is_inside(path: &Path, dir: &Path) -> bool {
+    fn resolve(p: &Path) -> PathBuf {
+        let abs = if p.is_absolute() {
+            p.to_owned()
+        } else {
+            cwd().join(p)
+        };
+        // The longest existing ancestor, canonical, with the rest appended.
+        let mut head = abs.as_path();
+        let mut tail = Vec::new();
+        loop {
+            if let Ok(c) = std::fs::canonicalize(head) {
+                return tail.iter().rev().fold(c, |acc, part| acc.join(part));
+            }
+            match (head.parent(), head.file_name()) {
+                (Some(parent), Some(name)) => {
+                    tail.push(name.to_owned());
+                    head = parent;
+                }
+                _ => return abs,
+            }
+        }
+    }
+    let (p, d) = (resolve(path), resolve(dir));
+    p.components().all(|c| c != std::path::Component::ParentDir) && p.starts_with(d)
 }
 
 /// A path as one POSIX shell word, for a command line the user can paste back.

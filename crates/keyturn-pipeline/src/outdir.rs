@@ -29,14 +29,14 @@ const MARKER_TEXT: &str = "This folder is a keyturn output folder: `keyturn seed
 #[non_exhaustive]
 pub enum OutDirError {
     /// The path exists and is not a folder.
-    #[error("output folder {}: it exists and is not a folder; give --out a folder", safe_path(.path))]
+    #[error("output folder {}: it exists and is not a folder; choose a folder", safe_path(.path))]
     NotAFolder {
         /// The path.
         path: PathBuf,
     },
     /// A folder of files keyturn did not write.
     #[error(
-        "output folder {} already holds files keyturn did not write ({}); keyturn writes only into a folder it created or an empty one, so nothing was touched: give --out a new or empty folder",
+        "output folder {} already holds files keyturn did not write ({}); keyturn writes only into a folder it created or an empty one, so nothing was touched: choose a new or empty folder",
         safe_path(.path),
         .examples.join(", ")
     )]
@@ -48,7 +48,7 @@ pub enum OutDirError {
     },
     /// Another keyturn run holds it.
     #[error(
-        "output folder {} is in use by another keyturn process{}; wait for that run to finish, or give this one another --out",
+        "output folder {} is in use by another keyturn process{}; wait for that run to finish, or choose another folder",
         safe_path(.path),
         .pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
     )]
@@ -86,9 +86,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OutDirError + '_ {
 
 impl OutDir {
     /// Creates `path` (and its parents) or takes it if it is empty, already keyturn's, or an
-    /// output folder of an older keyturn (it holds `legacy_dir`, the checkpoint folder); then
-    /// locks it for this run. Anything else is refused without writing a byte.
-    pub fn claim(path: &Path, legacy_dir: &str) -> Result<Self, OutDirError> {
+    /// output folder of an older keyturn (it holds `legacy_dir`, the checkpoint folder, when
+    /// given); then locks it for this run. Anything else is refused without writing a byte.
+    pub fn claim(path: &Path, legacy_dir: Option<&str>) -> Result<Self, OutDirError> {
         let marker = path.join(MARKER);
         let mut adopted = false;
         match fs::metadata(path) {
@@ -105,7 +105,8 @@ impl OutDir {
                 // The marker must be a plain file: a link there could point the pid we write
                 // anywhere.
                 let marked = fs::symlink_metadata(&marker).is_ok_and(|m| m.is_file());
-                let legacy = fs::symlink_metadata(path.join(legacy_dir)).is_ok_and(|m| m.is_dir());
+                let legacy = legacy_dir
+                    .is_some_and(|d| fs::symlink_metadata(path.join(d)).is_ok_and(|m| m.is_dir()));
                 let mut names: Vec<String> = fs::read_dir(path)
                     .map_err(io(path))?
                     .filter_map(Result::ok)
@@ -186,7 +187,7 @@ impl OutDir {
 mod tests {
     use super::*;
 
-    const CP: &str = ".keyturn-checkpoint";
+    const CP: Option<&str> = Some(".keyturn-checkpoint");
 
     #[test]
     fn creates_takes_empty_adopts_legacy_and_refuses_the_rest() {
@@ -202,7 +203,12 @@ mod tests {
         OutDir::claim(&empty, CP).unwrap();
 
         let legacy = dir.path().join("legacy");
-        fs::create_dir_all(legacy.join(CP)).unwrap();
+        fs::create_dir_all(legacy.join(".keyturn-checkpoint")).unwrap();
+        // Without a legacy folder name (an export target), a checkpoint folder proves nothing.
+        assert!(matches!(
+            OutDir::claim(&legacy, None).unwrap_err(),
+            OutDirError::NotOurs { .. }
+        ));
         fs::write(legacy.join("run-report.json"), "{}").unwrap();
         assert!(OutDir::claim(&legacy, CP).unwrap().adopted());
         assert!(!OutDir::claim(&legacy, CP).unwrap().adopted(), "marked now");

@@ -656,7 +656,7 @@ pub async fn seed(
             ));
         }
     }
-    let owned = OutDir::claim(&out, CHECKPOINT_DIR)?;
+    let owned = OutDir::claim(&out, Some(CHECKPOINT_DIR))?;
     if owned.adopted() {
         tracing::info!(
             out = %safe(&out.display().to_string()),

@@ -885,6 +885,34 @@ async fn seed_writes_only_into_an_output_folder_it_owns() {
         .run(w.command(&["export", "--out", w.out().to_str().unwrap()]))
         .await;
     assert!(e.status.success(), "{}", text(&e));
+    // `export --to` a folder of the user's own is refused the same way; a new one is taken,
+    // and exporting there again works.
+    let theirs = w.dir.path().join("neo4j-import");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join("nodes.csv"), "their nodes").unwrap();
+    let mine = w.dir.path().join("exports/neo4j");
+    for (to, ok) in [(&theirs, false), (&mine, true), (&mine, true)] {
+        let e = w
+            .run(w.command(&[
+                "export",
+                "--out",
+                w.out().to_str().unwrap(),
+                "--to",
+                to.to_str().unwrap(),
+            ]))
+            .await;
+        if ok {
+            assert!(e.status.success(), "{}", text(&e));
+            assert!(to.join("nodes.csv").is_file());
+        } else {
+            assert_eq!(e.status.code(), Some(2), "{}", text(&e));
+            assert!(text(&e).contains(to.to_str().unwrap()), "{}", text(&e));
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(theirs.join("nodes.csv")).unwrap(),
+        "their nodes"
+    );
 
     // Upgrading: an output folder an older keyturn wrote (a checkpoint, no marker) resumes.
     std::fs::remove_file(w.out().join(".keyturn-out")).unwrap();
