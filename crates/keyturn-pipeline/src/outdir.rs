@@ -8,6 +8,9 @@
 //! ([`crate::run::CHECKPOINT_DIR`]): an output folder written by a keyturn from before the marker
 //! existed, which is adopted (marked) so that upgrading never stops a resume.
 //!
+//! `keyturn export --to DIR` (a folder outside the seed output) follows the same rule, without
+//! the exception for older output folders.
+//!
 //! The marker is also the run's lock: an OS file lock on it is held for the whole run, so a
 //! second `seed` on the same folder (even one with its own state folder, which the state lock
 //! cannot see) is refused before it spends any quota.

@@ -1288,3 +1288,18 @@ async fn keys_check_exits_non_zero_when_no_key_could_be_checked() {
     let o = w.run(w.command(&["keys", "check"])).await;
     assert_eq!(o.status.code(), Some(4), "{}", text(&o));
 }
+
+/// `serve token new` prints the label into a keyturn.toml snippet: quoted as a TOML string
+/// (a quote cannot end it early) and with no control character reaching the terminal.
+#[test]
+fn a_token_label_is_printed_as_a_quoted_toml_string() {
+    let o = Command::new(env!("CARGO_BIN_EXE_keyturn"))
+        .env_clear()
+        .args(["serve", "token", "new", "--label", "team\"a\u{1b}[2J"])
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(!out.contains('\u{1b}'), "{out:?}");
+    assert!(out.contains(r#"label = "team\"a\u001b[2J""#), "{out}");
+}
