@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::graph::ExportFormat;
 use crate::progress::Progress;
 use crate::run::{CHECKPOINT_DIR, RunReport, SeedOptions, Stop, seed};
+use crate::term::{safe, safe_path, safe_text};
 
 /// Exit code: usage or configuration error.
 pub const EXIT_USAGE: u8 = 2;
@@ -176,6 +177,10 @@ struct SeedArgs {
     /// Do not answer from the response cache.
     #[arg(long)]
     no_cache: bool,
+    /// Also read transcripts through symbolic links to files outside the input folders (by
+    /// default such links are skipped and reported; links to folders are never followed).
+    #[arg(long)]
+    follow_links: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -276,7 +281,8 @@ fn cwd() -> PathBuf {
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("keyturn: {msg}");
+    // Errors quote paths, names and upstream messages: escaped on the way out.
+    eprintln!("keyturn: {}", safe_text(&msg.to_string()));
     ExitCode::from(code)
 }
 
@@ -324,6 +330,22 @@ async fn run(cli: Cli) -> ExitCode {
         } => cmd_history(&g, &env, &cwd, json, days).await,
         Command::Keys(k) => cmd_keys(&g, &env, &cwd, k).await,
         Command::Export { out, format, to } => {
+            // An export into a folder of its own (not under --out, which is keyturn's) follows the
+            // same rule as --out: a folder keyturn created, or an empty one; never the user's
+            // own nodes.csv. Held locked while it is written.
+            let _claimed = match to.as_deref().filter(|t| !is_inside(t, &out)) {
+                Some(t) => match crate::outdir::OutDir::claim(t, None) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        let code = match e {
+                            crate::outdir::OutDirError::Io { .. } => 1,
+                            _ => EXIT_USAGE,
+                        };
+                        return fail(code, e);
+                    }
+                },
+                None => None,
+            };
             let to = to.unwrap_or_else(|| {
                 out.join("export").join(match format {
                     ExportFormat::Neo4jCsv => "neo4j-csv",
@@ -333,7 +355,7 @@ async fn run(cli: Cli) -> ExitCode {
             match crate::graph::export(&out, &to, format) {
                 Ok(files) => {
                     for f in files {
-                        println!("wrote {}", f.display());
+                        println!("wrote {}", safe_path(&f));
                     }
                     ExitCode::SUCCESS
                 }
@@ -414,14 +436,21 @@ pub fn report_and_exit(report: &RunReport, resume: &str) -> ExitCode {
         let t: u64 = k.throttled.values().sum();
         println!(
             "{:<22} {:<9} {:>8} {:>6} {:>6} {:>9} {:>6} {:>12}",
-            k.label, k.fingerprint, k.requests, k.ok, t, k.transient, k.dead, k.input_tokens
+            safe(&k.label),
+            k.fingerprint,
+            k.requests,
+            k.ok,
+            t,
+            k.transient,
+            k.dead,
+            k.input_tokens
         );
     }
     if !report.throttled.is_empty() {
         let kinds: Vec<String> = report
             .throttled
             .iter()
-            .map(|(k, v)| format!("{k} {v}"))
+            .map(|(k, v)| format!("{} {v}", safe(k)))
             .collect();
         println!("429s by kind: {}", kinds.join(", "));
     }
@@ -429,31 +458,67 @@ pub fn report_and_exit(report: &RunReport, resume: &str) -> ExitCode {
         "cache: {} hits, {} misses · state: {}",
         report.cache.get("hits").copied().unwrap_or(0),
         report.cache.get("misses").copied().unwrap_or(0),
-        report.state
+        safe(&report.state)
     );
     for s in &report.skipped {
-        eprintln!("skipped {}: {}", s.path, s.reason);
+        eprintln!("skipped {}: {}", safe(&s.path), safe(&s.reason));
     }
     for s in &report.failed {
-        eprintln!("failed {}: {}", s.path, s.reason);
+        eprintln!("failed {}: {}", safe(&s.path), safe(&s.reason));
     }
+    let resume = safe(resume);
     match &report.result {
         Stop::Done => {}
         Stop::Failed { episodes } => {
             eprintln!("keyturn: {episodes} episode(s) failed; rerun to retry them: {resume}")
         }
         Stop::ExhaustedForDay { model, until_ms } => eprintln!(
-            "keyturn: every key's quota for {model} is used up for today; capacity returns at {}. Finished episodes are saved; resume then with: {resume}",
+            "keyturn: every key's quota for {} is used up for today; capacity returns at {}. Finished episodes are saved; resume then with: {resume}",
+            safe(model),
             when(*until_ms)
         ),
         Stop::AllKeysInvalid { detail } => eprintln!(
-            "keyturn: every key was rejected ({detail}); fix the keys, run `keyturn keys reset --all`, then: {resume}"
+            "keyturn: every key was rejected ({}); fix the keys, run `keyturn keys reset --all`, then: {resume}",
+            safe(detail)
         ),
         Stop::Interrupted => {
             eprintln!("keyturn: interrupted; finished episodes are saved. Resume with: {resume}")
         }
     }
     ExitCode::from(report.result.exit_code())
+}
+
+/// Whether `path` lies inside `dir` (both made absolute and resolved as far as they exist).
+fn is_inside(path: &Path, dir: &Path) -> bool {
+    fn resolve(p: &Path) -> PathBuf {
+        let abs = if p.is_absolute() {
+            p.to_owned()
+        } else {
+            cwd().join(p)
+        };
+        // The longest existing ancestor, canonical, with the rest appended.
+        let mut head = abs.as_path();
+        let mut tail = Vec::new();
+        loop {
+            if let Ok(c) = std::fs::canonicalize(head) {
+                return tail.iter().rev().fold(c, |acc, part| acc.join(part));
+            }
+            match (head.parent(), head.file_name()) {
+                (Some(parent), Some(name)) => {
+                    tail.push(name.to_owned());
+                    head = parent;
+                }
+                _ => return abs,
+            }
+        }
+    }
+    let (p, d) = (resolve(path), resolve(dir));
+    p.components().all(|c| c != std::path::Component::ParentDir) && p.starts_with(d)
+}
+
+/// A path as one POSIX shell word, for a command line the user can paste back.
+fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
 }
 
 async fn cmd_seed(g: &Global, env: &Env, cwd: &Path, a: SeedArgs) -> ExitCode {
@@ -468,7 +533,7 @@ async fn cmd_seed(g: &Global, env: &Env, cwd: &Path, a: SeedArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(service_exit(&e), e),
     };
-    tracing::info!(keys = services.keys.len(), state = %services.state.describe(), "starting");
+    tracing::info!(keys = services.keys.len(), state = %safe(services.state.describe()), "starting");
     let opts = SeedOptions {
         inputs: a.inputs.clone(),
         out: a.out.clone(),
@@ -478,17 +543,23 @@ async fn cmd_seed(g: &Global, env: &Env, cwd: &Path, a: SeedArgs) -> ExitCode {
         embedding_model: a.embedding_model,
         dimensions: Some(a.dimensions),
         chunk_tokens: a.chunk_tokens.max(50),
+        follow_links: a.follow_links,
         ..SeedOptions::default()
     };
     let progress = Progress::new(std::io::stderr().is_terminal());
     let resume = format!(
-        "keyturn seed {} --out {}",
+        "keyturn seed {} --out {}{}",
         a.inputs
             .iter()
-            .map(|p| format!("'{}'", p.display()))
+            .map(|p| shell_quote(p))
             .collect::<Vec<_>>()
             .join(" "),
-        a.out.display()
+        shell_quote(&a.out),
+        if a.follow_links {
+            " --follow-links"
+        } else {
+            ""
+        }
     );
     let result = seed(
         opts,
@@ -502,11 +573,14 @@ async fn cmd_seed(g: &Global, env: &Env, cwd: &Path, a: SeedArgs) -> ExitCode {
     match result {
         Ok(report) => {
             if let Err(e) = shutdown {
-                eprintln!("keyturn: could not save the quota state: {e}");
+                eprintln!(
+                    "keyturn: could not save the quota state: {}",
+                    safe(&e.to_string())
+                );
             }
             report_and_exit(&report, &resume)
         }
-        Err(e) => fail(1, e),
+        Err(e) => fail(e.exit_code(), e),
     }
 }
 
@@ -591,7 +665,11 @@ fn print_status(st: &PoolStatus) {
     println!("{:<22} {:<9} {:<24} STATE", "KEY", "FP", "PROJECT");
     for k in &st.keys {
         let state = match (&k.disabled, &k.breaker) {
-            (Some(d), _) => format!("disabled: {} (since {})", d.reason, when(d.since_ms)),
+            (Some(d), _) => format!(
+                "disabled: {} (since {})",
+                safe(&d.reason.to_string()),
+                when(d.since_ms)
+            ),
             (None, keyturn_core::BreakerState::Open { until_ms }) => {
                 format!("breaker open until {}", when(*until_ms))
             }
@@ -602,9 +680,9 @@ fn print_status(st: &PoolStatus) {
         };
         println!(
             "{:<22} {:<9} {:<24} {state}",
-            k.label,
+            safe(&k.label),
             k.fingerprint.to_string(),
-            k.project
+            safe(&k.project)
         );
     }
     println!();
@@ -616,8 +694,8 @@ fn print_status(st: &PoolStatus) {
         let state = format!("{:?}", s.state).to_lowercase();
         println!(
             "{:<24} {:<24} {:>12} {:>18} {:>12} {:<10} {}",
-            s.project,
-            s.model,
+            safe(&s.project),
+            safe(&s.model),
             limit(s.rpm_used, s.limits.rpm),
             limit(s.tpm_used, s.limits.tpm),
             limit(s.rpd_used, s.limits.rpd),
@@ -648,7 +726,7 @@ async fn cmd_status(g: &Global, env: &Env, cwd: &Path, json: bool) -> ExitCode {
             if json {
                 println!("null");
             } else {
-                println!("no quota state yet in {}", cfg.state.dir.display());
+                println!("no quota state yet in {}", safe_path(&cfg.state.dir));
             }
             ExitCode::SUCCESS
         }
@@ -682,7 +760,7 @@ async fn cmd_history(g: &Global, env: &Env, cwd: &Path, json: bool, days: u32) -
             if json {
                 println!("[]");
             } else {
-                println!("no quota state yet in {}", cfg.state.dir.display());
+                println!("no quota state yet in {}", safe_path(&cfg.state.dir));
             }
             return ExitCode::SUCCESS;
         }
@@ -729,7 +807,12 @@ async fn cmd_history(g: &Global, env: &Env, cwd: &Path, json: bool, days: u32) -
     for r in &rows {
         println!(
             "{:<10}  {:<22} {:<9} {:<24} {:>9} {:>13}",
-            r.date, r.key, r.fingerprint, r.model, r.requests, r.input_tokens
+            r.date,
+            safe(&r.key),
+            r.fingerprint,
+            safe(&r.model),
+            r.requests,
+            r.input_tokens
         );
     }
     let (req, tok) = rows
@@ -766,19 +849,19 @@ async fn cmd_keys(g: &Global, env: &Env, cwd: &Path, k: KeysCommand) -> ExitCode
                     .map_or_else(
                         || "-".to_owned(),
                         |k| match &k.disabled {
-                            Some(d) => format!("disabled: {}", d.reason),
+                            Some(d) => format!("disabled: {}", safe(&d.reason.to_string())),
                             None => "ok".into(),
                         },
                     );
                 println!(
                     "{:<22} {:<9} {:<24} {:<30} {health}",
-                    f.spec.label.clone().unwrap_or_default(),
+                    safe(f.spec.label.as_deref().unwrap_or_default()),
                     fp.to_string(),
                     f.spec
                         .project
-                        .clone()
-                        .unwrap_or_else(|| format!("key:{fp}")),
-                    f.source
+                        .as_deref()
+                        .map_or_else(|| format!("key:{fp}"), |p| safe(p).into_owned()),
+                    safe(&f.source)
                 );
             }
             if found.is_empty() {
@@ -807,12 +890,15 @@ async fn cmd_keys(g: &Global, env: &Env, cwd: &Path, k: KeysCommand) -> ExitCode
                 Ok(u) => u,
                 Err(e) => return fail(EXIT_USAGE, e),
             };
-            let mut dead = 0;
+            let (mut dead, mut good) = (0, 0);
             println!("{:<22} {:<9} RESULT", "LABEL", "FP");
             for (_, e) in ring.iter() {
                 let result = match transport.get(&e.key, &url).await {
                     Err(detail) => format!("no answer: {detail}"),
-                    Ok(r) if r.status().is_success() => "valid".into(),
+                    Ok(r) if r.status().is_success() => {
+                        good += 1;
+                        "valid".into()
+                    }
                     Ok(r) => {
                         let status = r.status().as_u16();
                         let body = r.bytes().await.unwrap_or_default();
@@ -822,22 +908,42 @@ async fn cmd_keys(g: &Global, env: &Env, cwd: &Path, k: KeysCommand) -> ExitCode
                                 format!("REJECTED: {reason}")
                             }
                             keyturn_gemini::ErrorKind::CallerFault => {
+                                good += 1;
                                 format!("valid key, but {model} answered {status}")
                             }
                             other => format!("inconclusive ({status}, {other:?})"),
                         }
                     }
                 };
+                // The detail quotes upstream bodies and the model the user typed: escaped.
                 println!(
-                    "{:<22} {:<9} {result}",
-                    e.label,
-                    e.fingerprint().to_string()
+                    "{:<22} {:<9} {}",
+                    safe(&e.label),
+                    e.fingerprint().to_string(),
+                    safe(&result)
                 );
             }
-            if dead == ring.len() {
-                return fail(4, "every key was rejected");
+            // 0 only when a key is known good; 4 when every key was refused; 1 when some keys
+            // could not be checked (no answer, inconclusive) and none is known good.
+            if good > 0 {
+                ExitCode::SUCCESS
+            } else if dead == ring.len() {
+                fail(4, "every key was rejected")
+            } else {
+                fail(
+                    1,
+                    format!(
+                        "no key could be confirmed good: {} of {} got no clear answer{}; check GEMINI_BASE_URL and the network, then try again",
+                        ring.len() - dead,
+                        ring.len(),
+                        if dead > 0 {
+                            format!(", {dead} rejected")
+                        } else {
+                            String::new()
+                        }
+                    ),
+                )
             }
-            ExitCode::SUCCESS
         }
         KeysCommand::Reset { key, all } => {
             let target = match (key, all) {
@@ -872,7 +978,7 @@ async fn cmd_keys(g: &Global, env: &Env, cwd: &Path, k: KeysCommand) -> ExitCode
                 (Ok(()), Ok(())) => {
                     println!(
                         "reset {}",
-                        target.as_deref().unwrap_or("all keys and counters")
+                        safe(target.as_deref().unwrap_or("all keys and counters"))
                     );
                     ExitCode::SUCCESS
                 }
@@ -903,7 +1009,7 @@ async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand) -> ExitCo
                 Backend::File => {
                     let path = cfg.state.dir.join(keyturn_store::file::STATE_FILE);
                     println!("backend: file");
-                    println!("state:   {}", path.display());
+                    println!("state:   {}", safe_path(&path));
                     match std::fs::metadata(&path) {
                         Ok(m) => {
                             let modified = m
@@ -919,10 +1025,10 @@ async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand) -> ExitCo
                                     f.schema,
                                     f.snapshot.keys.len(),
                                     f.snapshot.scopes.len(),
-                                    f.writer
+                                    safe(&f.writer)
                                 ),
                                 Ok(None) => {}
-                                Err(e) => println!("problem: {e}"),
+                                Err(e) => println!("problem: {}", safe(&e.to_string())),
                             }
                         }
                         Err(_) => println!("(no state written yet)"),
@@ -935,29 +1041,36 @@ async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand) -> ExitCo
                         println!(
                             "lock:    {} (last owner pid {})",
                             if held { "held" } else { "free" },
-                            pid.trim()
+                            safe(pid.trim())
                         );
                     }
                     let bak = cfg.state.dir.join(keyturn_store::file::BACKUP_FILE);
                     if bak.exists() {
-                        println!("backup:  {}", bak.display());
+                        println!("backup:  {}", safe_path(&bak));
                     }
                 }
                 Backend::Redis => {
                     println!(
                         "backend: redis {} (namespace {})",
-                        keyturn_store::redact_url(&cfg.state.redis_url),
-                        cfg.state.namespace
+                        safe(&keyturn_store::redact_url(&cfg.state.redis_url)),
+                        safe(&cfg.state.namespace)
                     );
                 }
             }
-            if let Some(out) = out {
+            // Looking never creates: a folder that holds no checkpoint is said so, not given one.
+            if let Some(out) = out.filter(|o| {
+                let has = o.join(CHECKPOINT_DIR).is_dir();
+                if !has {
+                    println!("no checkpoint in {}", safe_path(o));
+                }
+                has
+            }) {
                 match CheckpointStore::open(out.join(CHECKPOINT_DIR)) {
                     Ok(cp) => {
                         let c = cp.checkpoint();
                         println!(
                             "checkpoint: {} · {} finished episodes · updated {}",
-                            cp.path().display(),
+                            safe_path(cp.path()),
                             c.items.len(),
                             if c.updated_at_ms > 0 {
                                 age(c.updated_at_ms)
@@ -966,10 +1079,10 @@ async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand) -> ExitCo
                             }
                         );
                         for b in cp.backups().unwrap_or_default() {
-                            println!("  backup {}", b.display());
+                            println!("  backup {}", safe_path(&b));
                         }
                     }
-                    Err(e) => return fail(1, e),
+                    Err(e) => return fail(if e.is_unusable() { EXIT_USAGE } else { 1 }, e),
                 }
             }
             ExitCode::SUCCESS
@@ -979,8 +1092,8 @@ async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand) -> ExitCo
                 eprint!(
                     "delete all quota state ({})? type 'yes': ",
                     match cfg.state.backend {
-                        Backend::File => cfg.state.dir.display().to_string(),
-                        Backend::Redis => format!("redis namespace {}", cfg.state.namespace),
+                        Backend::File => safe_path(&cfg.state.dir),
+                        Backend::Redis => format!("redis namespace {}", safe(&cfg.state.namespace)),
                     }
                 );
                 let mut answer = String::new();
@@ -996,7 +1109,7 @@ async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand) -> ExitCo
                         Err(e) => return fail(EXIT_USAGE, e),
                     };
                     match std::fs::remove_file(store.path()) {
-                        Ok(()) => println!("deleted {}", store.path().display()),
+                        Ok(()) => println!("deleted {}", safe_path(store.path())),
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                             println!("nothing to delete")
                         }
@@ -1025,7 +1138,7 @@ async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand) -> ExitCo
                     {
                         Ok(l) => match l.reset(ResetTarget::All).await {
                             Ok(()) => {
-                                println!("reset redis namespace {}", cfg.state.namespace);
+                                println!("reset redis namespace {}", safe(&cfg.state.namespace));
                                 ExitCode::SUCCESS
                             }
                             Err(e) => fail(1, e),
@@ -1036,11 +1149,15 @@ async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand) -> ExitCo
             }
         }
         StateCommand::Prune { out, keep } => {
+            if !out.join(CHECKPOINT_DIR).is_dir() {
+                println!("no checkpoint in {}: nothing to prune", safe_path(&out));
+                return ExitCode::SUCCESS;
+            }
             match CheckpointStore::open(out.join(CHECKPOINT_DIR)) {
                 Ok(cp) => match cp.prune(keep) {
                     Ok(gone) => {
                         for p in &gone {
-                            println!("deleted {}", p.display());
+                            println!("deleted {}", safe_path(p));
                         }
                         println!(
                             "{} backup(s) deleted, {} kept",
@@ -1051,7 +1168,7 @@ async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand) -> ExitCo
                     }
                     Err(e) => fail(1, e),
                 },
-                Err(e) => fail(1, e),
+                Err(e) => fail(if e.is_unusable() { EXIT_USAGE } else { 1 }, e),
             }
         }
     }
@@ -1060,12 +1177,19 @@ async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand) -> ExitCo
 async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -> ExitCode {
     if let Some(ServeCommand::Token(TokenCommand::New { label })) = &a.command {
         let (token, digest) = keyturn_proxy::new_token();
-        println!("token for {label} (shown once; give it to the client as its API key):");
+        println!(
+            "token for {} (shown once; give it to the client as its API key):",
+            safe(label)
+        );
         println!("  {token}");
         println!();
         println!("add to keyturn.toml:");
         println!("[[serve.tokens]]");
-        println!("label = \"{label}\"");
+        // A JSON string is a valid TOML basic string, with every control character escaped.
+        println!(
+            "label = {}",
+            serde_json::to_string(label).unwrap_or_default()
+        );
         println!("sha256 = \"{digest}\"");
         return ExitCode::SUCCESS;
     }
@@ -1130,7 +1254,7 @@ async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -> ExitCode 
         "keyturn serve listening on {} ({} keys, state: {}, {} client token(s))",
         proxy.base_url(),
         pool.keys.len(),
-        pool.state.describe(),
+        safe(pool.state.describe()),
         pcfg.tokens.len()
     );
     let mut stop = interrupts();
@@ -1144,5 +1268,16 @@ async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -> ExitCode 
     match pool.state.shutdown().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, format!("could not save the quota state: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_lines_quote_paths_as_one_shell_word_each() {
+        assert_eq!(shell_quote(Path::new("a b")), "'a b'");
+        assert_eq!(shell_quote(Path::new("it's")), "'it'\\''s'");
     }
 }

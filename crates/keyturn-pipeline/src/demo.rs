@@ -175,8 +175,9 @@ pub async fn run(out: &Path, cwd: &Path, metrics_addr: Option<std::net::SocketAd
     env.insert("KEYTURN_KEYS_FILE".into(), keys_file.display().to_string());
     env.insert("GEMINI_BASE_URL".into(), sim.base_url());
     let toml = format!(
-        "[state]\ndir = \"{}\"\nflush_interval = \"500ms\"\n[rotation]\nmax_wait = \"3m\"\n[breaker]\nbase_cooldown = \"2s\"\nmax_cooldown = \"20s\"\n[retry]\nbase_backoff = \"100ms\"\nmax_backoff = \"2s\"\nmax_attempts = 12\n[models.\"{FLASH}\"]\nrpm = 8\ntpm = 250000\nrpd = 200\n[models.\"{EMBED}\"]\nrpm = 100\ntpm = 1000000\nrpd = 1000\n",
-        work.path().join("state").display()
+        "[state]\ndir = {}\nflush_interval = \"500ms\"\n[rotation]\nmax_wait = \"3m\"\n[breaker]\nbase_cooldown = \"2s\"\nmax_cooldown = \"20s\"\n[retry]\nbase_backoff = \"100ms\"\nmax_backoff = \"2s\"\nmax_attempts = 12\n[models.\"{FLASH}\"]\nrpm = 8\ntpm = 250000\nrpd = 200\n[models.\"{EMBED}\"]\nrpm = 100\ntpm = 1000000\nrpd = 1000\n",
+        // A JSON string is a TOML basic string: quotes or backslashes in TMPDIR stay text.
+        serde_json::to_string(&work.path().join("state").display().to_string()).unwrap_or_default()
     );
     let cfg = match Config::from_toml(&toml, Path::new("(demo configuration)")).and_then(|mut c| {
         c.apply_env(&env);
@@ -222,22 +223,16 @@ pub async fn run(out: &Path, cwd: &Path, metrics_addr: Option<std::net::SocketAd
                 "simulator saw: {} responses, by status {}",
                 stats["responses"], stats["by_status"]
             );
+            let out = crate::term::safe_path(&out);
             println!(
-                "outputs: {}/episodes, {}/graph/nodes.jsonl, {}/graph/edges.jsonl, {}/run-report.json",
-                out.display(),
-                out.display(),
-                out.display(),
-                out.display()
+                "outputs: {out}/episodes, {out}/graph/nodes.jsonl, {out}/graph/edges.jsonl, {out}/run-report.json"
             );
-            println!(
-                "next: keyturn export --out {} --format neo4j-csv",
-                out.display()
-            );
+            println!("next: keyturn export --out {out} --format neo4j-csv");
             code
         }
         Err(e) => {
-            eprintln!("keyturn demo: {e}");
-            ExitCode::from(1)
+            eprintln!("keyturn demo: {}", crate::term::safe_text(&e.to_string()));
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -11,6 +11,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keyturn_core::{BreakerState, Clock, PoolStatus, QuotaLedger, ScopeState, SystemClock};
 use keyturn_gemini::GeminiCall;
 
+use crate::term::safe;
+
 /// Keys by state, for one model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KeyStates {
@@ -112,7 +114,7 @@ impl Progress {
                             k.usable, k.cooling, k.exhausted, k.disabled
                         )
                     }
-                    Err(e) => format!("keys unknown ({e})"),
+                    Err(e) => format!("keys unknown ({})", safe(&e.to_string())),
                 };
                 let msg = format!(
                     "chunks {} · {:.1} req/s · {keys}",
@@ -140,16 +142,19 @@ impl Progress {
         self.chunks.store(n, Ordering::Relaxed);
     }
 
-    /// One more episode finished (or skipped).
-    pub fn episode_done(&self, title: &str) {
+    /// One more episode out of the queue: `what` says how it ended (`done`, `skipped`,
+    /// `failed`); the title came from a file name and is escaped.
+    pub fn episode(&self, what: &str, title: &str) {
         self.bar.inc(1);
         if !self.tty {
-            eprintln!("episode done: {title}");
+            eprintln!("episode {what}: {}", safe(title));
         }
     }
 
-    /// A line above the bar.
+    /// A line above the bar. Notes quote paths and upstream messages: the whole line is
+    /// escaped, so nothing in it can reach the terminal as a control sequence or a second line.
     pub fn note(&self, msg: &str) {
+        let msg = safe(msg);
         if self.tty {
             self.bar.println(msg);
         } else {

@@ -18,7 +18,7 @@ use keyturn_embeddings::{EmbedOptions, EmbeddingsService};
 use keyturn_gemini::KeyCallStats;
 use keyturn_llm::{GenerateRequest, LlmError, LlmService};
 use keyturn_services::Services;
-use keyturn_store::CheckpointStore;
+use keyturn_store::{CheckpointError, CheckpointStore};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -27,7 +27,9 @@ use crate::graph::{
     ChunkOut, EPISODE_SCHEMA, EXTRACTION_INSTRUCTION, Episode, Extraction, SourceOut, episode_id,
     extraction_schema, resolve_episode,
 };
+use crate::outdir::{OutDir, OutDirError};
 use crate::progress::Progress;
+use crate::term::safe;
 use crate::transcript::{self, Format, clock};
 
 /// Where checkpoints live inside `--out`.
@@ -56,6 +58,8 @@ pub struct SeedOptions {
     pub overlap_cues: usize,
     /// Cues shorter than this (characters) merge into the next.
     pub merge_chars: usize,
+    /// Read file links that lead out of the input folder (folder links are never followed).
+    pub follow_links: bool,
 }
 
 impl Default for SeedOptions {
@@ -71,6 +75,7 @@ impl Default for SeedOptions {
             chunk_tokens: 700,
             overlap_cues: 1,
             merge_chars: 40,
+            follow_links: false,
         }
     }
 }
@@ -78,8 +83,10 @@ impl Default for SeedOptions {
 /// A transcript found in the inputs.
 #[derive(Debug, Clone)]
 pub struct Item {
-    /// The file.
+    /// The file, as found (a link's own path).
     pub path: PathBuf,
+    /// What is read: the file itself, or where its link resolved to when it was found.
+    pub source: PathBuf,
     /// Checkpoint id: the path as found.
     pub key: String,
     /// Podcast.
@@ -150,8 +157,12 @@ pub struct Counts {
     pub already_done: usize,
     /// Finished in this run.
     pub processed: usize,
-    /// Could not be read as transcripts.
+    /// Could not be read as transcripts (links not followed included).
     pub skipped: usize,
+    /// Symbolic links not followed (folder links, links out of the input folder, broken links).
+    pub links_skipped: usize,
+    /// Finished in an earlier run, but their episode file was missing or had changed: redone.
+    pub redone: usize,
     /// Failed.
     pub failed: usize,
     /// Chunks extracted.
@@ -183,6 +194,8 @@ pub struct RunReport {
     pub episode_ms: BTreeMap<String, u64>,
     /// Files skipped, with reasons.
     pub skipped: Vec<Skipped>,
+    /// Episodes finished in an earlier run and redone in this one, with why.
+    pub redone: Vec<Skipped>,
     /// Episodes failed, with errors.
     pub failed: Vec<Skipped>,
     /// Graph size after the run.
@@ -209,62 +222,154 @@ fn is_hidden(p: &Path) -> bool {
         .is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
-/// Finds transcripts: files given directly, and `.vtt`/`.srt`/`.txt` files in folders
-/// (recursively; hidden entries are passed over). A file given directly in another format is
-/// skipped with a reason. Each file is hashed, not kept.
-pub fn discover(inputs: &[PathBuf]) -> (Vec<Item>, Vec<Skipped>) {
-    let mut files: Vec<PathBuf> = Vec::new();
-    let mut skipped = Vec::new();
-    fn walk(dir: &Path, files: &mut Vec<PathBuf>, skipped: &mut Vec<Skipped>) {
-        let mut entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(rd) => rd.filter_map(Result::ok).map(|e| e.path()).collect(),
+/// What [`discover`] found.
+#[derive(Debug, Default)]
+pub struct Discovered {
+    /// Transcripts to process.
+    pub items: Vec<Item>,
+    /// Files and links passed over, with why.
+    pub skipped: Vec<Skipped>,
+    /// How many of `skipped` are symbolic links not followed.
+    pub links_skipped: usize,
+}
+
+/// A file to read: where it was found, and what to read.
+struct Found {
+    path: PathBuf,
+    source: PathBuf,
+}
+
+fn skip(skipped: &mut Vec<Skipped>, p: &Path, reason: impl Into<String>) {
+    skipped.push(Skipped {
+        path: p.display().to_string(),
+        reason: reason.into(),
+    });
+}
+
+/// Walks `dir` (inside the input folder `root`, canonical). Folder links are never followed (a
+/// link loop would be walked until the OS gave up); file links are followed only when they
+/// resolve inside `root`, or everywhere with `follow_links`. Only regular files are read: a FIFO
+/// named `x.vtt` would block the run forever.
+fn walk(root: &Path, dir: &Path, follow_links: bool, files: &mut Vec<Found>, d: &mut Discovered) {
+    let mut entries: Vec<(PathBuf, std::io::Result<std::fs::FileType>)> =
+        match std::fs::read_dir(dir) {
+            Ok(rd) => rd
+                .filter_map(Result::ok)
+                .map(|e| (e.path(), e.file_type()))
+                .collect(),
             Err(e) => {
-                skipped.push(Skipped {
-                    path: dir.display().to_string(),
-                    reason: format!("cannot list the folder: {e}"),
-                });
+                skip(&mut d.skipped, dir, format!("cannot list the folder: {e}"));
                 return;
             }
         };
-        entries.sort();
-        for p in entries {
-            if is_hidden(&p) {
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (p, ft) in entries {
+        if is_hidden(&p) {
+            continue;
+        }
+        let ft = match ft {
+            Ok(ft) => ft,
+            Err(e) => {
+                skip(&mut d.skipped, &p, format!("cannot read: {e}"));
                 continue;
             }
-            if p.is_dir() {
-                walk(&p, files, skipped);
-            } else if Format::of(&p).is_some() {
-                files.push(p);
+        };
+        if ft.is_dir() {
+            walk(root, &p, follow_links, files, d);
+        } else if ft.is_symlink() {
+            let transcript = Format::of(&p).is_some();
+            match std::fs::metadata(&p) {
+                Ok(m) if m.is_dir() => {
+                    d.links_skipped += 1;
+                    skip(
+                        &mut d.skipped,
+                        &p,
+                        "symbolic link to a folder: not followed",
+                    );
+                }
+                Ok(_) if !transcript => {}
+                Ok(m) if !m.is_file() => {
+                    d.links_skipped += 1;
+                    skip(
+                        &mut d.skipped,
+                        &p,
+                        "symbolic link to something that is not a regular file: not followed",
+                    );
+                }
+                Ok(_) => match std::fs::canonicalize(&p) {
+                    Ok(target) if follow_links || target.starts_with(root) => {
+                        files.push(Found {
+                            path: p,
+                            source: target,
+                        });
+                    }
+                    Ok(_) => {
+                        d.links_skipped += 1;
+                        skip(
+                            &mut d.skipped,
+                            &p,
+                            "symbolic link to a file outside the input folder: not followed (--follow-links reads it)",
+                        );
+                    }
+                    Err(e) => {
+                        d.links_skipped += 1;
+                        skip(&mut d.skipped, &p, format!("cannot resolve the link: {e}"));
+                    }
+                },
+                Err(_) if transcript => {
+                    d.links_skipped += 1;
+                    skip(&mut d.skipped, &p, "broken symbolic link");
+                }
+                Err(_) => {}
+            }
+        } else if Format::of(&p).is_some() {
+            if ft.is_file() {
+                files.push(Found {
+                    source: p.clone(),
+                    path: p,
+                });
+            } else {
+                skip(&mut d.skipped, &p, "not a regular file");
             }
         }
     }
+}
+
+/// Finds transcripts: files given directly, and `.vtt`/`.srt`/`.txt` files in folders
+/// (recursively; hidden entries are passed over, links as [`walk`] says). A file given directly
+/// in another format is skipped with a reason; a path given directly is the user's choice and
+/// is followed if it is a link. Each file is hashed, not kept.
+pub fn discover(inputs: &[PathBuf], follow_links: bool) -> Discovered {
+    let mut files: Vec<Found> = Vec::new();
+    let mut d = Discovered::default();
     for input in inputs {
         if input.is_dir() {
-            walk(input, &mut files, &mut skipped);
-        } else if input.exists() {
-            if Format::of(input).is_some() {
-                files.push(input.clone());
-            } else {
-                skipped.push(Skipped {
-                    path: input.display().to_string(),
-                    reason: "not a .vtt, .srt or .txt file".into(),
-                });
+            match std::fs::canonicalize(input) {
+                Ok(root) => walk(&root, input, follow_links, &mut files, &mut d),
+                Err(e) => skip(&mut d.skipped, input, format!("cannot resolve: {e}")),
             }
+        } else if input.is_file() {
+            if Format::of(input).is_some() {
+                files.push(Found {
+                    path: input.clone(),
+                    source: input.clone(),
+                });
+            } else {
+                skip(&mut d.skipped, input, "not a .vtt, .srt or .txt file");
+            }
+        } else if input.exists() {
+            skip(&mut d.skipped, input, "not a regular file or a folder");
         } else {
-            skipped.push(Skipped {
-                path: input.display().to_string(),
-                reason: "no such file or folder".into(),
-            });
+            skip(&mut d.skipped, input, "no such file or folder");
         }
     }
-    files.sort();
-    files.dedup();
-    let mut items = Vec::new();
-    for path in files {
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    files.dedup_by(|a, b| a.path == b.path);
+    for Found { path, source } in files {
         let Some(format) = Format::of(&path) else {
             continue;
         };
-        match std::fs::read(&path) {
+        match std::fs::read(&source) {
             Ok(bytes) => {
                 let podcast = path.parent().and_then(Path::file_name).map_or_else(
                     || "podcast".to_owned(),
@@ -273,22 +378,106 @@ pub fn discover(inputs: &[PathBuf]) -> (Vec<Item>, Vec<Skipped>) {
                 let title = path
                     .file_stem()
                     .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-                items.push(Item {
+                d.items.push(Item {
                     key: path.display().to_string(),
                     hash: hash_hex(&bytes),
                     path,
+                    source,
                     podcast,
                     title,
                     format,
                 });
             }
-            Err(e) => skipped.push(Skipped {
-                path: path.display().to_string(),
-                reason: format!("cannot read: {e}"),
-            }),
+            Err(e) => skip(&mut d.skipped, &path, format!("cannot read: {e}")),
         }
     }
-    (items, skipped)
+    d
+}
+
+/// Why a run could not start or finish, with the exit code DESIGN.md promises for it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SeedError {
+    /// The user must change something first (an input that does not exist, an output folder
+    /// keyturn does not own or another run holds, an unusable checkpoint): exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Anything else (a disk error): exit 1.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl SeedError {
+    /// 2 for [`SeedError::Usage`], 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 2,
+            Self::Failed(_) => 1,
+        }
+    }
+}
+
+impl From<String> for SeedError {
+    fn from(s: String) -> Self {
+        Self::Failed(s)
+    }
+}
+
+impl From<CheckpointError> for SeedError {
+    fn from(e: CheckpointError) -> Self {
+        if e.is_unusable() {
+            Self::Usage(e.to_string())
+        } else {
+            Self::Failed(e.to_string())
+        }
+    }
+}
+
+impl From<OutDirError> for SeedError {
+    fn from(e: OutDirError) -> Self {
+        match e {
+            OutDirError::Io { .. } => Self::Failed(e.to_string()),
+            _ => Self::Usage(e.to_string()),
+        }
+    }
+}
+
+/// Checks that a finished episode's file is still what was written: the SHA-256 the checkpoint
+/// recorded (any of `recorded`: items with the same content share one episode file), or, for a
+/// record from before hashes were kept, a file that reads back as this episode. `Ok(Some(sha))`
+/// asks the caller to record the hash it now knows.
+fn verify_episode_file(
+    file: &Path,
+    record: &keyturn_store::checkpoint::ItemRecord,
+    recorded: &[&str],
+) -> Result<Option<String>, String> {
+    let name = format!(
+        "episodes/{}",
+        file.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let bytes = match std::fs::read(file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("its episode file {name} is missing"));
+        }
+        Err(e) => return Err(format!("its episode file {name} cannot be read ({e})")),
+    };
+    let sha = hash_hex(&bytes);
+    if record.output_sha256.is_some() {
+        return if recorded.contains(&sha.as_str()) {
+            Ok(None)
+        } else {
+            Err(format!(
+                "its episode file {name} changed or was damaged since it was written"
+            ))
+        };
+    }
+    match serde_json::from_slice::<Episode>(&bytes) {
+        Ok(ep) if ep.source.content_hash == record.hash => Ok(Some(sha)),
+        _ => Err(format!(
+            "its episode file {name} changed or was damaged (it does not read back as this episode)"
+        )),
+    }
 }
 
 /// Why an episode did not finish.
@@ -330,7 +519,7 @@ struct Ctx {
 
 async fn process(ctx: &Ctx, item: &Item) -> Result<Episode, EpisodeError> {
     let bytes =
-        std::fs::read(&item.path).map_err(|e| EpisodeError::Skip(format!("cannot read: {e}")))?;
+        std::fs::read(&item.source).map_err(|e| EpisodeError::Skip(format!("cannot read: {e}")))?;
     let hash = hash_hex(&bytes);
     let cues =
         transcript::parse(item.format, &bytes).map_err(|e| EpisodeError::Skip(e.to_string()))?;
@@ -355,12 +544,12 @@ async fn process(ctx: &Ctx, item: &Item) -> Result<Episode, EpisodeError> {
                 let req = GenerateRequest::new(model.clone(), prompt).system(EXTRACTION_INSTRUCTION);
                 let out = match ctx.llm.generate_json(&req, schema).await {
                     Ok((v, _)) => serde_json::from_value::<Extraction>(v).unwrap_or_else(|e| {
-                        tracing::warn!(episode = %item.title, chunk = c.index, error = %e, "extraction had an unexpected shape; chunk skipped");
+                        tracing::warn!(episode = %safe(&item.title), chunk = c.index, error = %safe(&e.to_string()), "extraction had an unexpected shape; chunk skipped");
                         ctx.invalid.fetch_add(1, Ordering::Relaxed);
                         Extraction::default()
                     }),
                     Err(LlmError::InvalidJson { detail, .. }) => {
-                        tracing::warn!(episode = %item.title, chunk = c.index, %detail, "extraction was not valid JSON; chunk skipped");
+                        tracing::warn!(episode = %safe(&item.title), chunk = c.index, detail = %safe(&detail), "extraction was not valid JSON; chunk skipped");
                         ctx.invalid.fetch_add(1, Ordering::Relaxed);
                         Extraction::default()
                     }
@@ -440,16 +629,40 @@ async fn process(ctx: &Ctx, item: &Item) -> Result<Episode, EpisodeError> {
 
 /// Runs the pipeline. `interrupt` turns true on Ctrl-C/SIGTERM: no new episode starts, episodes in
 /// flight get `grace` to finish, then everything is checkpointed.
+///
+/// Before anything is written: every input must exist, and the output folder must be keyturn's
+/// ([`OutDir::claim`], held locked until the run ends).
 pub async fn seed(
     opts: SeedOptions,
     services: &Services,
     mut interrupt: watch::Receiver<bool>,
     grace: Duration,
     progress: &Progress,
-) -> Result<RunReport, String> {
+) -> Result<RunReport, SeedError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let started = clock.now_ms();
     let out = opts.out.clone();
+    for input in &opts.inputs {
+        if let Err(e) = std::fs::metadata(input) {
+            return Err(SeedError::Usage(
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    format!(
+                        "input {} does not exist; nothing was done",
+                        safe(&input.display().to_string())
+                    )
+                } else {
+                    format!("input {}: {e}", safe(&input.display().to_string()))
+                },
+            ));
+        }
+    }
+    let owned = OutDir::claim(&out, Some(CHECKPOINT_DIR))?;
+    if owned.adopted() {
+        tracing::info!(
+            out = %safe(&out.display().to_string()),
+            "output folder written by an earlier keyturn (it holds a checkpoint): marked as keyturn's"
+        );
+    }
     std::fs::create_dir_all(out.join("episodes"))
         .map_err(|e| format!("cannot create {}: {e}", out.join("episodes").display()))?;
     // A run killed mid-write leaves its temp file (the episode itself is redone): clear them.
@@ -461,33 +674,75 @@ pub async fn seed(
             }
         }
     }
-    let checkpoints = CheckpointStore::open(out.join(CHECKPOINT_DIR)).map_err(|e| e.to_string())?;
-    checkpoints.backup(started).map_err(|e| e.to_string())?;
+    let checkpoints = CheckpointStore::open(out.join(CHECKPOINT_DIR))?;
+    checkpoints.backup(started)?;
 
-    let (items, mut skipped) = discover(&opts.inputs);
+    let Discovered {
+        items,
+        mut skipped,
+        links_skipped,
+    } = discover(&opts.inputs, opts.follow_links);
     let mut counts = Counts {
         found: items.len(),
+        links_skipped,
         ..Counts::default()
     };
     let previous = checkpoints.checkpoint();
+    // Output hashes recorded per episode file: items with the same content share one file.
+    let mut recorded: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for r in previous.items.values() {
+        if let Some(sha) = &r.output_sha256 {
+            recorded.entry(r.hash.as_str()).or_default().push(sha);
+        }
+    }
     let mut pending = Vec::new();
+    let mut redone: Vec<Skipped> = Vec::new();
+    let mut learned: Vec<(String, String)> = Vec::new();
     for item in items {
         match previous.items.get(&item.key) {
-            Some(r) if r.hash == item.hash => counts.already_done += 1,
+            Some(r) if r.hash == item.hash => {
+                // A checkpoint is trusted only while the episode file it vouches for is there
+                // and is what was written.
+                let file = out
+                    .join("episodes")
+                    .join(format!("{}.json", episode_id(&r.hash)));
+                let shas = recorded.get(r.hash.as_str()).map_or(&[][..], Vec::as_slice);
+                match verify_episode_file(&file, r, shas) {
+                    Ok(sha) => {
+                        counts.already_done += 1;
+                        if let Some(sha) = sha {
+                            learned.push((item.key.clone(), sha));
+                        }
+                    }
+                    Err(why) => {
+                        progress.note(&format!(
+                            "redoing {} ({}): {why}",
+                            item.title,
+                            item.path.display()
+                        ));
+                        checkpoints.forget(&item.key, clock.now_ms())?;
+                        redone.push(Skipped {
+                            path: item.path.display().to_string(),
+                            reason: why,
+                        });
+                        pending.push(item);
+                    }
+                }
+            }
             Some(r) => {
                 // The file changed: its old episode goes, the new content is redone.
                 let old = out
                     .join("episodes")
                     .join(format!("{}.json", episode_id(&r.hash)));
                 std::fs::remove_file(&old).ok();
-                checkpoints
-                    .forget(&item.key, clock.now_ms())
-                    .map_err(|e| e.to_string())?;
+                checkpoints.forget(&item.key, clock.now_ms())?;
                 pending.push(item);
             }
             None => pending.push(item),
         }
     }
+    checkpoints.record_outputs(&learned, clock.now_ms())?;
+    counts.redone = redone.len();
     if counts.already_done > 0 {
         tracing::info!(
             finished = counts.already_done,
@@ -562,9 +817,13 @@ pub async fn seed(
                 let bytes = serde_json::to_vec_pretty(&ep).map_err(|e| e.to_string())?;
                 keyturn_store::write_atomic(&path, &bytes, 0o644).map_err(|e| e.to_string())?;
                 let snapshot = services.ledger.snapshot().await.ok();
-                checkpoints
-                    .record_finished(&item.key, &item.hash, clock.now_ms(), snapshot)
-                    .map_err(|e| e.to_string())?;
+                checkpoints.record_finished(
+                    &item.key,
+                    &item.hash,
+                    Some(&hash_hex(&bytes)),
+                    clock.now_ms(),
+                    snapshot,
+                )?;
                 services.state.flush().await.ok();
                 counts.processed += 1;
                 counts.chunks += ep.chunks.len();
@@ -572,7 +831,7 @@ pub async fn seed(
                 counts.relationships += ep.relationships.len();
                 counts.quotes += ep.quotes.len();
                 episode_ms.insert(ep.episode_id.clone(), ms.max(0) as u64);
-                progress.episode_done(&ep.title);
+                progress.episode("done", &ep.title);
             }
             Err(EpisodeError::Skip(reason)) => {
                 progress.note(&format!("skipped {}: {reason}", item.path.display()));
@@ -580,7 +839,7 @@ pub async fn seed(
                     path: item.path.display().to_string(),
                     reason,
                 });
-                progress.episode_done(&item.title);
+                progress.episode("skipped", &item.title);
             }
             Err(EpisodeError::Failed(e)) => {
                 progress.note(&format!("failed {}: {e}", item.path.display()));
@@ -588,7 +847,7 @@ pub async fn seed(
                     path: item.path.display().to_string(),
                     reason: e,
                 });
-                progress.episode_done(&item.title);
+                progress.episode("failed", &item.title);
             }
             Err(EpisodeError::Stop(s)) => {
                 if stop.is_none() {
@@ -602,9 +861,7 @@ pub async fn seed(
 
     let snapshot = services.ledger.snapshot().await.ok();
     if let Some(s) = snapshot {
-        checkpoints
-            .save_rotation(clock.now_ms(), s)
-            .map_err(|e| e.to_string())?;
+        checkpoints.save_rotation(clock.now_ms(), s)?;
     }
     services.state.flush().await.map_err(|e| e.to_string())?;
     let (nodes, edges) = crate::graph::write_graph(&out).map_err(|e| e.to_string())?;
@@ -636,6 +893,7 @@ pub async fn seed(
         items: counts,
         episode_ms,
         skipped,
+        redone,
         failed,
         graph: BTreeMap::from([("nodes".to_owned(), nodes), ("edges".to_owned(), edges)]),
         keys,
@@ -649,5 +907,6 @@ pub async fn seed(
     let bytes = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
     keyturn_store::write_atomic(&out.join("run-report.json"), &bytes, 0o644)
         .map_err(|e| e.to_string())?;
+    drop(owned);
     Ok(report)
 }

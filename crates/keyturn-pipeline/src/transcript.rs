@@ -2,6 +2,7 @@
 //! merged; cues chunked by estimated tokens with overlap. Bad input is a typed error naming the
 //! line, never a panic.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Largest transcript read (bytes).
@@ -29,9 +30,12 @@ pub enum ParseError {
     /// Contains NUL bytes.
     #[error("binary content, not a transcript")]
     Binary,
-    /// Not UTF-8.
+    /// Not UTF-8 (nor UTF-16 with a BOM).
     #[error("not UTF-8 text")]
     NotUtf8,
+    /// Starts with a UTF-16 BOM but is not valid UTF-16.
+    #[error("starts like UTF-16 text but is not valid UTF-16")]
+    NotUtf16,
     /// No cue in it.
     #[error("no text in it")]
     Empty,
@@ -81,21 +85,41 @@ impl fmt::Display for Format {
     }
 }
 
-/// Bytes to text: size, binary, UTF-8 and BOM checks.
-pub fn decode(bytes: &[u8]) -> Result<&str, ParseError> {
+/// Bytes to text: size, binary and encoding checks. UTF-8 (a BOM is dropped), and UTF-16 in
+/// either byte order when it starts with its BOM (as Windows tools write transcripts); borrowed
+/// when the bytes are UTF-8 already.
+pub fn decode(bytes: &[u8]) -> Result<Cow<'_, str>, ParseError> {
     if bytes.len() > MAX_BYTES {
         return Err(ParseError::TooLarge);
+    }
+    let utf16 = match bytes {
+        [0xff, 0xfe, rest @ ..] => Some((rest, u16::from_le_bytes as fn([u8; 2]) -> u16)),
+        [0xfe, 0xff, rest @ ..] => Some((rest, u16::from_be_bytes as fn([u8; 2]) -> u16)),
+        _ => None,
+    };
+    if let Some((rest, unit)) = utf16 {
+        if rest.len() % 2 != 0 {
+            return Err(ParseError::NotUtf16);
+        }
+        let units: Vec<u16> = rest.chunks_exact(2).map(|c| unit([c[0], c[1]])).collect();
+        if units.contains(&0) {
+            return Err(ParseError::Binary);
+        }
+        return String::from_utf16(&units)
+            .map(Cow::Owned)
+            .map_err(|_| ParseError::NotUtf16);
     }
     if bytes.contains(&0) {
         return Err(ParseError::Binary);
     }
     let text = std::str::from_utf8(bytes).map_err(|_| ParseError::NotUtf8)?;
-    Ok(text.strip_prefix('\u{feff}').unwrap_or(text))
+    Ok(Cow::Borrowed(text.strip_prefix('\u{feff}').unwrap_or(text)))
 }
 
 /// Parses a transcript.
 pub fn parse(format: Format, bytes: &[u8]) -> Result<Vec<Cue>, ParseError> {
     let text = decode(bytes)?;
+    let text = text.as_ref();
     let cues = match format {
         Format::Vtt => parse_vtt(text)?,
         Format::Srt => parse_srt(text)?,
@@ -408,6 +432,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn utf16_with_a_bom_in_either_order_and_utf8_with_a_bom_decode() {
+        let text = "WEBVTT\n\n00:01.000 --> 00:02.000\n<v Zoë>Grüße, 世界\n";
+        let mut le = vec![0xff, 0xfe];
+        le.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+        let mut be = vec![0xfe, 0xff];
+        be.extend(text.encode_utf16().flat_map(u16::to_be_bytes));
+        let mut bom8 = vec![0xef, 0xbb, 0xbf];
+        bom8.extend(text.as_bytes());
+        for bytes in [&le, &be, &bom8] {
+            assert_eq!(decode(bytes).unwrap(), text);
+            let cues = parse(Format::Vtt, bytes).unwrap();
+            assert_eq!(cues[0].speaker.as_deref(), Some("Zoë"));
+            assert_eq!(cues[0].text, "Grüße, 世界");
+        }
+        // An odd length, a lone surrogate, a NUL: refused, never a panic.
+        assert_eq!(decode(&le[..le.len() - 1]), Err(ParseError::NotUtf16));
+        assert_eq!(decode(&[0xff, 0xfe, 0x00, 0xd8]), Err(ParseError::NotUtf16));
+        assert_eq!(
+            decode(&[0xff, 0xfe, 0x41, 0x00, 0x00, 0x00]),
+            Err(ParseError::Binary)
+        );
+        // UTF-8 text is borrowed, not copied.
+        assert!(matches!(decode(text.as_bytes()), Ok(Cow::Borrowed(_))));
+    }
+
+    #[test]
     fn vtt_with_bom_crlf_notes_styles_identifiers_settings_and_voices() {
         let text = "\u{feff}WEBVTT - a show\r\n\r\nNOTE made by hand\r\nover two lines\r\n\r\nSTYLE\r\n::cue { color: red }\r\n\r\nintro-1\r\n00:00:01.000 --> 00:00:04.500 align:start position:10%\r\n<v Ada Lovelace>Hello <i>there</i> &amp; welcome.</v>\r\n\r\n00:05.000 --> 00:07.000\r\n<v.loud Charles>Thanks, Ada.\r\nIt is good to be here.\r\n";
         let cues = parse(Format::Vtt, text.as_bytes()).unwrap();
@@ -437,8 +487,13 @@ mod tests {
     fn bad_input_is_a_typed_error() {
         assert_eq!(parse(Format::Vtt, b"\x00\x01\x02"), Err(ParseError::Binary));
         assert_eq!(
-            parse(Format::Txt, &[0xff, 0xfe, 0x41]),
+            parse(Format::Txt, &[0x48, 0xe9, 0x41]),
             Err(ParseError::NotUtf8)
+        );
+        // A UTF-16 BOM followed by half a code unit.
+        assert_eq!(
+            parse(Format::Txt, &[0xff, 0xfe, 0x41]),
+            Err(ParseError::NotUtf16)
         );
         assert_eq!(parse(Format::Txt, b"  \n\n "), Err(ParseError::Empty));
         assert!(matches!(

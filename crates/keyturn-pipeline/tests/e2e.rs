@@ -763,3 +763,543 @@ async fn seed_and_sim_serve_metrics_while_they_run() {
     sim.wait().ok();
     assert!(!text.contains("made-up-metrics-key"), "{text}");
 }
+
+// ---- Issue 13 ("Trust first"): the pipeline's refusals and repairs, on the real binary. ----
+
+fn report_of(out: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(out.join("run-report.json")).unwrap()).unwrap()
+}
+
+fn episode_paths(out: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(out.join("episodes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// A finished episode whose file was deleted, damaged or edited is redone, and the run says
+/// which and why; a checkpoint from before output hashes were recorded is still trusted when
+/// its episode file is there and reads back as that episode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_or_damaged_episode_file_is_redone_and_said_so() {
+    let w = world(600, 10_000, Faults::default(), false).await;
+    let o = w.run(w.seed_cmd()).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let eps = episode_paths(&w.out());
+    assert_eq!(eps.len(), 5);
+    let id = |p: &Path| p.file_stem().unwrap().to_string_lossy().into_owned();
+    std::fs::remove_file(&eps[0]).unwrap();
+    let bytes = std::fs::read(&eps[1]).unwrap();
+    std::fs::write(&eps[1], &bytes[..bytes.len() / 2]).unwrap();
+    // Still valid JSON, still an episode: only the recorded hash can tell.
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&eps[2]).unwrap()).unwrap();
+    v["entities"] = Value::Array(Vec::new());
+    std::fs::write(&eps[2], serde_json::to_vec_pretty(&v).unwrap()).unwrap();
+
+    let o = w.run(w.seed_cmd()).await;
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let report = check_outputs(&w.out(), 5, 16);
+    assert_eq!(report["items"]["already_done"], 2, "{report}");
+    assert_eq!(report["items"]["processed"], 3, "{report}");
+    for (p, why) in [
+        (&eps[0], "missing"),
+        (&eps[1], "changed"),
+        (&eps[2], "changed"),
+    ] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("redoing") && l.contains(&id(p)))
+            .unwrap_or_else(|| panic!("no redo line for {}: {out}", id(p)));
+        assert!(line.contains(why), "{line}");
+    }
+    assert_eq!(report["redone"].as_array().unwrap().len(), 3, "{report}");
+    let v: Value = serde_json::from_slice(&std::fs::read(&eps[2]).unwrap()).unwrap();
+    assert!(
+        !v["entities"].as_array().unwrap().is_empty(),
+        "redone whole"
+    );
+
+    // A checkpoint written before output hashes existed: trusted when its file reads back as
+    // its episode, redone when the file is gone.
+    let cp_path = w.out().join(".keyturn-checkpoint/checkpoint.json");
+    let mut cp: Value = serde_json::from_slice(&std::fs::read(&cp_path).unwrap()).unwrap();
+    for (_, item) in cp["items"].as_object_mut().unwrap() {
+        let item = item.as_object_mut().unwrap();
+        assert!(item.remove("output_sha256").is_some(), "{item:?}");
+    }
+    std::fs::write(&cp_path, serde_json::to_vec(&cp).unwrap()).unwrap();
+    std::fs::remove_file(&eps[3]).unwrap();
+    let o = w.run(w.seed_cmd()).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let report = check_outputs(&w.out(), 5, 16);
+    assert_eq!(
+        (
+            report["items"]["already_done"].as_u64(),
+            report["items"]["processed"].as_u64()
+        ),
+        (Some(4), Some(1)),
+        "{report}"
+    );
+    assert!(text(&o).contains(&id(&eps[3])), "{}", text(&o));
+}
+
+/// keyturn writes only into an output folder it created (or found empty); a folder of the
+/// user's own files is refused untouched; an output folder from a keyturn that wrote no marker
+/// is still resumed; `export` into it keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_writes_only_into_an_output_folder_it_owns() {
+    let w = world(600, 10_000, Faults::default(), false).await;
+    std::fs::create_dir_all(w.out().join("graph")).unwrap();
+    std::fs::write(w.out().join("run-report.json"), "my own report").unwrap();
+    std::fs::write(w.out().join("graph/nodes.jsonl"), "my own nodes").unwrap();
+    let o = w.run(w.seed_cmd()).await;
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains(w.out().to_str().unwrap()),
+        "names the folder: {out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.out().join("run-report.json")).unwrap(),
+        "my own report"
+    );
+    assert_eq!(
+        std::fs::read_to_string(w.out().join("graph/nodes.jsonl")).unwrap(),
+        "my own nodes"
+    );
+    assert!(!w.out().join("episodes").exists());
+    assert_eq!(w.stats()["responses"], 0, "refused before spending quota");
+
+    // An empty folder is taken.
+    std::fs::remove_dir_all(w.out()).unwrap();
+    std::fs::create_dir(w.out()).unwrap();
+    let o = w.run(w.seed_cmd()).await;
+    assert!(o.status.success(), "{}", text(&o));
+    check_outputs(&w.out(), 5, 16);
+    assert!(w.out().join(".keyturn-out").is_file());
+    let e = w
+        .run(w.command(&["export", "--out", w.out().to_str().unwrap()]))
+        .await;
+    assert!(e.status.success(), "{}", text(&e));
+    // `export --to` a folder of the user's own is refused the same way; a new one is taken,
+    // and exporting there again works.
+    let theirs = w.dir.path().join("neo4j-import");
+    std::fs::create_dir_all(&theirs).unwrap();
+    std::fs::write(theirs.join("nodes.csv"), "their nodes").unwrap();
+    let mine = w.dir.path().join("exports/neo4j");
+    for (to, ok) in [(&theirs, false), (&mine, true), (&mine, true)] {
+        let e = w
+            .run(w.command(&[
+                "export",
+                "--out",
+                w.out().to_str().unwrap(),
+                "--to",
+                to.to_str().unwrap(),
+            ]))
+            .await;
+        if ok {
+            assert!(e.status.success(), "{}", text(&e));
+            assert!(to.join("nodes.csv").is_file());
+        } else {
+            assert_eq!(e.status.code(), Some(2), "{}", text(&e));
+            assert!(text(&e).contains(to.to_str().unwrap()), "{}", text(&e));
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(theirs.join("nodes.csv")).unwrap(),
+        "their nodes"
+    );
+
+    // Upgrading: an output folder an older keyturn wrote (a checkpoint, no marker) resumes.
+    std::fs::remove_file(w.out().join(".keyturn-out")).unwrap();
+    let o = w.run(w.seed_cmd()).await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(report_of(&w.out())["items"]["already_done"], 5);
+    assert!(w.out().join(".keyturn-out").is_file(), "marked now");
+
+    // An output path that is a file is refused too.
+    let file_out = w.dir.path().join("a-file");
+    std::fs::write(&file_out, "x").unwrap();
+    let i = w.inputs();
+    let o = w
+        .run(w.command(&[
+            "seed",
+            i.to_str().unwrap(),
+            "--out",
+            file_out.to_str().unwrap(),
+        ]))
+        .await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert_eq!(std::fs::read_to_string(&file_out).unwrap(), "x");
+
+    // Looking at a folder of the user's with `state info` / `state prune` writes nothing there.
+    let users = w.dir.path().join("users-own");
+    std::fs::create_dir_all(&users).unwrap();
+    std::fs::write(users.join("notes.txt"), "mine").unwrap();
+    let u = users.to_str().unwrap();
+    let mut looked = Vec::new();
+    for args in [
+        &["state", "info", "--out", u][..],
+        &["state", "prune", "--out", u, "--keep", "0"][..],
+    ] {
+        looked.push(w.run(w.command(args)).await);
+    }
+    let names: Vec<_> = std::fs::read_dir(&users)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["notes.txt"], "nothing created in the user's folder");
+    for o in &looked {
+        assert!(o.status.success(), "{}", text(o));
+        assert!(text(o).contains("no checkpoint"), "{}", text(o));
+    }
+}
+
+/// A second seed on the same --out (with its own state folder, so the state lock does not
+/// stop it) is refused while the first runs: quota is never spent twice on the same work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_seed_on_the_same_output_folder_is_refused_while_the_first_runs() {
+    let w = world(
+        600,
+        10_000,
+        Faults {
+            latency_ms: 60,
+            ..Faults::default()
+        },
+        false,
+    )
+    .await;
+    let mut c = w.seed_cmd();
+    c.arg("--concurrency").arg("1");
+    let mut first = c.spawn().unwrap();
+    wait_for_episodes(&w.out(), 1, &mut first).await;
+    let mut second = w.seed_cmd();
+    second.env("KEYTURN_STATE_DIR", w.dir.path().join("other-state"));
+    let o = w.run(second).await;
+    let out = text(&o);
+    assert!(first.try_wait().unwrap().is_none(), "the first still runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let f = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains(w.out().to_str().unwrap()) && out.contains("another keyturn"),
+        "{out}"
+    );
+    assert_eq!(f.status.code(), Some(130), "{}", text(&f));
+    // Once the first has stopped, the folder is free again.
+    let o = w.run(w.seed_cmd()).await;
+    assert!(o.status.success(), "{}", text(&o));
+    check_outputs(&w.out(), 5, 16);
+}
+
+/// A link loop is not walked, a link to a file outside the input folder is not read (unless
+/// --follow-links), a link to a file inside it is; each skipped link is reported with why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symbolic_links_never_lead_out_of_the_input_folder() {
+    use std::os::unix::fs::symlink;
+    let w = world(600, 10_000, Faults::default(), false).await;
+    let pod = w.inputs().join("Linked Pod");
+    std::fs::create_dir_all(w.inputs().join(".hidden")).unwrap();
+    std::fs::create_dir_all(&pod).unwrap();
+    std::fs::write(
+        w.inputs().join(".hidden/real.txt"),
+        "Marie Curie studied radium in Paris with Pierre Curie.",
+    )
+    .unwrap();
+    let outside = w.dir.path().join("private");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(
+        outside.join("secret.txt"),
+        "Nobody outside should read this private note about Zanzibar.",
+    )
+    .unwrap();
+    // A loop: without care, walked until the OS gives up (40 levels, every file each time).
+    symlink("..", pod.join("up")).unwrap();
+    symlink("../.hidden/real.txt", pod.join("inside.txt")).unwrap();
+    symlink(outside.join("secret.txt"), pod.join("outside.txt")).unwrap();
+    symlink("../nowhere.txt", pod.join("broken.txt")).unwrap();
+
+    let o = w.run(w.seed_cmd()).await;
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let report = check_outputs(&w.out(), 6, 16);
+    assert_eq!(report["items"]["found"], 6, "{report}");
+    assert_eq!(report["items"]["links_skipped"], 3, "{report}");
+    let skipped = report["skipped"].as_array().unwrap();
+    let reason = |name: &str| {
+        skipped
+            .iter()
+            .find(|s| s["path"].as_str().unwrap().ends_with(name))
+            .unwrap_or_else(|| panic!("{name} not reported: {report}"))["reason"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(reason("/up").contains("folder"), "{}", reason("/up"));
+    assert!(
+        reason("/outside.txt").contains("outside"),
+        "{}",
+        reason("/outside.txt")
+    );
+    assert!(
+        reason("/broken.txt").contains("broken"),
+        "{}",
+        reason("/broken.txt")
+    );
+    for name in ["/up", "/outside.txt", "/broken.txt"] {
+        assert_eq!(
+            out.lines()
+                .filter(|l| l.starts_with("skipped") && l.contains(name))
+                .count(),
+            1,
+            "one line for {name}: {out}"
+        );
+    }
+    let graph = std::fs::read_to_string(w.out().join("graph/nodes.jsonl")).unwrap();
+    assert!(!graph.contains("Zanzibar"), "the outside file was read");
+
+    // With --follow-links the outside file is read; folder links are still not walked.
+    let (i, o2) = (w.inputs(), w.dir.path().join("out-follow"));
+    let o = w
+        .run(w.command(&[
+            "seed",
+            i.to_str().unwrap(),
+            "--out",
+            o2.to_str().unwrap(),
+            "--chunk-tokens",
+            "90",
+            "--dimensions",
+            "16",
+            "--follow-links",
+        ]))
+        .await;
+    assert!(o.status.success(), "{}", text(&o));
+    let report = check_outputs(&o2, 7, 16);
+    assert_eq!(report["items"]["links_skipped"], 2, "{report}");
+}
+
+/// Control characters from outside (file and folder names, key labels, model names) never
+/// reach the terminal raw: the progress lines, the summary, status and keys tables escape them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_from_outside_reach_the_terminal_escaped() {
+    let w = world(600, 10_000, Faults::default(), false).await;
+    let pod = w.inputs().join("Pod\u{1b}]0;owned\u{7}");
+    std::fs::create_dir_all(&pod).unwrap();
+    std::fs::write(
+        pod.join("ep\u{1b}[31mred.txt"),
+        "Alan Kay worked at Xerox PARC on Smalltalk.",
+    )
+    .unwrap();
+    std::fs::write(pod.join("bin\u{9b}ary.txt"), [0u8, 1, 2]).unwrap();
+    let keys = std::fs::read_to_string(w.dir.path().join("keys.txt"))
+        .unwrap()
+        .replace("label=one", "label=o\u{1b}[2Jne");
+    std::fs::write(w.dir.path().join("keys.txt"), keys).unwrap();
+    let o = w.run(w.seed_cmd()).await;
+    assert!(o.status.success(), "{}", text(&o));
+    // A model name a client made up, with an escape in it, lands in the state.
+    let i = w.inputs();
+    let o2 = w.dir.path().join("out-model");
+    let bad_model = w
+        .run(w.command(&[
+            "seed",
+            i.to_str().unwrap(),
+            "--out",
+            o2.to_str().unwrap(),
+            "--model",
+            "gemini\u{1b}[8m-x",
+        ]))
+        .await;
+    let status = w.run(w.command(&["status"])).await;
+    let list = w.run(w.command(&["keys", "list"])).await;
+    let check = w.run(w.command(&["keys", "check"])).await;
+    let info = w
+        .run(w.command(&["state", "info", "--out", o2.to_str().unwrap()]))
+        .await;
+    for (what, out) in [
+        ("seed", &o),
+        ("seed --model", &bad_model),
+        ("status", &status),
+        ("keys list", &list),
+        ("keys check", &check),
+        ("state info", &info),
+    ] {
+        let t = text(out);
+        assert!(
+            !t.chars().any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{what} printed a control character raw: {t:?}"
+        );
+    }
+    let t = text(&o);
+    assert!(t.contains("episode done: ep\\u{1b}[31mred"), "{t}");
+    assert!(t.contains("o\\u{1b}[2Jne"), "{t}");
+    assert!(text(&status).contains("o\\u{1b}[2Jne"), "{}", text(&status));
+    assert!(
+        text(&bad_model).contains("gemini\\u{1b}[8m-x"),
+        "{}",
+        text(&bad_model)
+    );
+}
+
+/// A truncated checkpoint is named as the checkpoint, and the advice fixes it without touching
+/// the quota state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_checkpoint_is_named_with_a_remedy_that_spares_the_quota_state() {
+    let w = world(600, 10_000, Faults::default(), false).await;
+    assert!(w.run(w.seed_cmd()).await.status.success());
+    // A second run leaves a backup of the first run's checkpoint.
+    assert!(w.run(w.seed_cmd()).await.status.success());
+    let cp = w.out().join(".keyturn-checkpoint/checkpoint.json");
+    let bytes = std::fs::read(&cp).unwrap();
+    std::fs::write(&cp, &bytes[..bytes.len() / 2]).unwrap();
+    let o = w.run(w.seed_cmd()).await;
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(
+        out.contains("checkpoint") && out.contains(cp.to_str().unwrap()),
+        "{out}"
+    );
+    assert!(!out.contains("state file"), "{out}");
+    assert!(
+        !out.contains("state reset") && !out.contains("KEYTURN_STATE_DIR"),
+        "{out}"
+    );
+    assert!(
+        out.contains("backups/checkpoint-"),
+        "names the newest backup: {out}"
+    );
+    assert_eq!(
+        std::fs::read(&cp).unwrap(),
+        &bytes[..bytes.len() / 2],
+        "left untouched"
+    );
+    let info = w
+        .run(w.command(&["state", "info", "--out", w.out().to_str().unwrap()]))
+        .await;
+    assert!(!text(&info).contains("state reset"), "{}", text(&info));
+    // Following the advice works: the newest backup put back, the run resumes.
+    let newest = std::fs::read_dir(w.out().join(".keyturn-checkpoint/backups"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    std::fs::copy(newest, &cp).unwrap();
+    let o = w.run(w.seed_cmd()).await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(report_of(&w.out())["items"]["already_done"], 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_input_that_does_not_exist_exits_2_naming_it() {
+    let w = world(600, 10_000, Faults::default(), false).await;
+    let missing = w.dir.path().join("no-such-folder");
+    let o = w
+        .run(w.command(&[
+            "seed",
+            w.inputs().to_str().unwrap(),
+            missing.to_str().unwrap(),
+            "--out",
+            w.out().to_str().unwrap(),
+        ]))
+        .await;
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains(missing.to_str().unwrap()), "{}", text(&o));
+    assert_eq!(w.stats()["responses"], 0);
+}
+
+/// UTF-16 (either byte order, with its BOM) and UTF-8 with a BOM are transcripts, not binary;
+/// and a file that is skipped is printed as skipped, never as done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn utf16_transcripts_are_read_and_skipped_files_are_not_called_done() {
+    let w = world(600, 10_000, Faults::default(), false).await;
+    let pod = w.inputs().join("Encodings");
+    std::fs::create_dir_all(&pod).unwrap();
+    let vtt = "WEBVTT\n\n00:00:01.000 --> 00:00:04.000\n<v Host>Rosalind Franklin photographed DNA at King's College.\n";
+    let srt = "1\n00:00:01,000 --> 00:00:04,000\nHost: Linus Pauling proposed a triple helix at Caltech.\n";
+    let mut le = vec![0xff, 0xfe];
+    le.extend(vtt.encode_utf16().flat_map(u16::to_le_bytes));
+    let mut be = vec![0xfe, 0xff];
+    be.extend(srt.encode_utf16().flat_map(u16::to_be_bytes));
+    let mut bom8 = vec![0xef, 0xbb, 0xbf];
+    bom8.extend(
+        b"WEBVTT\n\n00:01.000 --> 00:03.000\nFrancis Crick drew the double helix in Cambridge.\n",
+    );
+    std::fs::write(pod.join("le.vtt"), le).unwrap();
+    std::fs::write(pod.join("be.srt"), be).unwrap();
+    std::fs::write(pod.join("bom8.vtt"), bom8).unwrap();
+    std::fs::write(pod.join("binary.vtt"), [0u8, 1, 2, 3]).unwrap();
+    let o = w.run(w.seed_cmd()).await;
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    let report = check_outputs(&w.out(), 8, 16);
+    assert_eq!(report["items"]["skipped"], 1, "{report}");
+    assert!(out.contains("episode skipped: binary"), "{out}");
+    assert!(!out.contains("episode done: binary"), "{out}");
+    let titles: Vec<String> = episode_paths(&w.out())
+        .iter()
+        .map(|p| {
+            let v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            v["chunks"][0]["text"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    for needle in ["Rosalind Franklin", "Linus Pauling", "Francis Crick"] {
+        assert!(
+            titles.iter().any(|t| t.contains(needle)),
+            "{needle}: {titles:?}"
+        );
+    }
+}
+
+/// `keys check`: 0 only when a key is good, 4 when every key was refused, 1 when nothing answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_check_exits_non_zero_when_no_key_could_be_checked() {
+    let w = world(600, 10_000, Faults::default(), true).await;
+    let ok = w.run(w.command(&["keys", "check"])).await;
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    let mut c = w.command(&["keys", "check"]);
+    c.env(
+        "GEMINI_BASE_URL",
+        format!("http://127.0.0.1:{}", free_port()),
+    );
+    let o = w.run(c).await;
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert_eq!(
+        out.matches("no answer").count(),
+        4,
+        "same rows as before: {out}"
+    );
+    let dead_only = KEYS.iter().find(|k| k.1 == "dead").unwrap();
+    std::fs::write(
+        w.dir.path().join("keys.txt"),
+        format!("{} label=dead project=proj-c\n", dead_only.0),
+    )
+    .unwrap();
+    let o = w.run(w.command(&["keys", "check"])).await;
+    assert_eq!(o.status.code(), Some(4), "{}", text(&o));
+}
+
+/// `serve token new` prints the label into a keyturn.toml snippet: quoted as a TOML string
+/// (a quote cannot end it early) and with no control character reaching the terminal.
+#[test]
+fn a_token_label_is_printed_as_a_quoted_toml_string() {
+    let o = Command::new(env!("CARGO_BIN_EXE_keyturn"))
+        .env_clear()
+        .args(["serve", "token", "new", "--label", "team\"a\u{1b}[2J"])
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(!out.contains('\u{1b}'), "{out:?}");
+    assert!(out.contains(r#"label = "team\"a\u001b[2J""#), "{out}");
+}

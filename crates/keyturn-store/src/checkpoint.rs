@@ -1,6 +1,8 @@
 //! The pipeline's checkpoints: which work items finished (with the content hash they finished
 //! with), and the rotation state at each checkpoint, written atomically. On resume it answers
-//! "what is left": items never finished, and items whose content changed since.
+//! "what is left": items never finished, and items whose content changed since. Each record may
+//! carry the SHA-256 of the output file the item produced, so that a caller can check the output
+//! is still what was written before trusting the record.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -24,6 +26,96 @@ pub struct ItemRecord {
     pub hash: String,
     /// When it finished (Unix ms).
     pub finished_at_ms: i64,
+    /// SHA-256 (hex) of the output file written for it. Absent in checkpoints written before
+    /// keyturn recorded it: the caller then checks the output some other way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_sha256: Option<String>,
+}
+
+/// Why a checkpoint cannot be used. Never about the quota state: the remedies named here leave
+/// it alone.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    /// The checkpoint does not parse (truncated, edited).
+    #[error(
+        "checkpoint {} is not a valid keyturn checkpoint ({detail}); it was left untouched, and the quota state is not affected. {}",
+        path.display(),
+        corrupt_remedy(path, newest_backup.as_deref())
+    )]
+    Corrupt {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+        /// The newest backup of it, if there is one.
+        newest_backup: Option<PathBuf>,
+    },
+    /// Written by a newer keyturn.
+    #[error(
+        "checkpoint {} has schema {found}, newer than this keyturn understands ({supported}); it was left untouched: upgrade keyturn, or give this run another output folder",
+        path.display()
+    )]
+    NewerSchema {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// Schema found.
+        found: u32,
+        /// Newest supported.
+        supported: u32,
+    },
+    /// Reading or writing the checkpoint failed.
+    #[error("checkpoint {}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Encoding failed.
+    #[error("checkpoint {}: {detail}", path.display())]
+    Encode {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+}
+
+fn corrupt_remedy(path: &Path, backup: Option<&Path>) -> String {
+    match backup {
+        Some(b) => format!(
+            "To resume from the newest backup (episodes finished after it are redone): cp '{}' '{}'; to redo every episode instead: mv '{}' '{}.broken'",
+            b.display(),
+            path.display(),
+            path.display(),
+            path.display()
+        ),
+        None => format!(
+            "There is no backup of it: move it aside (mv '{}' '{}.broken') and rerun; every episode is then redone",
+            path.display(),
+            path.display()
+        ),
+    }
+}
+
+impl CheckpointError {
+    /// True when the checkpoint itself is unusable (a user must act), not a passing I/O failure.
+    pub fn is_unusable(&self) -> bool {
+        matches!(self, Self::Corrupt { .. } | Self::NewerSchema { .. })
+    }
+}
+
+impl From<StoreError> for CheckpointError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Io { path, source } => Self::Io { path, source },
+            other => Self::Encode {
+                path: PathBuf::new(),
+                detail: other.to_string(),
+            },
+        }
+    }
 }
 
 /// What a checkpoint file holds.
@@ -61,20 +153,27 @@ pub struct CheckpointStore {
 
 impl CheckpointStore {
     /// Opens the checkpoint folder, reading the checkpoint if there is one. A corrupt or newer one
-    /// is an error: it is never overwritten silently.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+    /// is an error naming the checkpoint and what to do: it is never overwritten silently.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, CheckpointError> {
         let dir = dir.as_ref().to_owned();
         ensure_private_dir(&dir)?;
         let path = dir.join(CHECKPOINT_FILE);
         let data = match fs::read(&path) {
             Ok(bytes) => {
-                let cp: Checkpoint =
-                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                        path: path.clone(),
-                        detail: e.to_string(),
-                    })?;
+                let cp: Checkpoint = match serde_json::from_slice(&bytes) {
+                    Ok(cp) => cp,
+                    Err(e) => {
+                        return Err(CheckpointError::Corrupt {
+                            newest_backup: list_backups(&dir.join(BACKUP_DIR))
+                                .ok()
+                                .and_then(|mut b| b.pop()),
+                            path,
+                            detail: e.to_string(),
+                        });
+                    }
+                };
                 if cp.schema > SCHEMA_VERSION {
-                    return Err(StoreError::NewerSchema {
+                    return Err(CheckpointError::NewerSchema {
                         path,
                         found: cp.schema,
                         supported: SCHEMA_VERSION,
@@ -83,7 +182,7 @@ impl CheckpointStore {
                 cp
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Checkpoint::default(),
-            Err(source) => return Err(StoreError::Io { path, source }),
+            Err(source) => return Err(CheckpointError::Io { path, source }),
         };
         Ok(Self {
             dir,
@@ -132,14 +231,16 @@ impl CheckpointStore {
         self.data.lock().rotation.clone()
     }
 
-    /// Records a finished item (and the rotation state with it), durably, before returning.
+    /// Records a finished item, the SHA-256 of the output written for it, and the rotation state,
+    /// durably, before returning.
     pub fn record_finished(
         &self,
         id: &str,
         hash: &str,
+        output_sha256: Option<&str>,
         now_ms: i64,
         rotation: Option<Snapshot>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), CheckpointError> {
         let bytes = {
             let mut data = self.data.lock();
             data.items.insert(
@@ -147,6 +248,7 @@ impl CheckpointStore {
                 ItemRecord {
                     hash: hash.to_owned(),
                     finished_at_ms: now_ms,
+                    output_sha256: output_sha256.map(str::to_owned),
                 },
             );
             if rotation.is_some() {
@@ -155,22 +257,45 @@ impl CheckpointStore {
             data.updated_at_ms = now_ms;
             self.encode(&data)?
         };
-        write_atomic(&self.path, &bytes, 0o600)
+        Ok(write_atomic(&self.path, &bytes, 0o600)?)
+    }
+
+    /// Records output hashes for items that finished without one (checkpoints from before they
+    /// were recorded), in one write. Ids not finished are passed over.
+    pub fn record_outputs(
+        &self,
+        outputs: &[(String, String)],
+        now_ms: i64,
+    ) -> Result<(), CheckpointError> {
+        if outputs.is_empty() {
+            return Ok(());
+        }
+        let bytes = {
+            let mut data = self.data.lock();
+            for (id, sha) in outputs {
+                if let Some(r) = data.items.get_mut(id) {
+                    r.output_sha256 = Some(sha.clone());
+                }
+            }
+            data.updated_at_ms = now_ms;
+            self.encode(&data)?
+        };
+        Ok(write_atomic(&self.path, &bytes, 0o600)?)
     }
 
     /// Saves the rotation state alone (at shutdown).
-    pub fn save_rotation(&self, now_ms: i64, rotation: Snapshot) -> Result<(), StoreError> {
+    pub fn save_rotation(&self, now_ms: i64, rotation: Snapshot) -> Result<(), CheckpointError> {
         let bytes = {
             let mut data = self.data.lock();
             data.rotation = Some(rotation);
             data.updated_at_ms = now_ms;
             self.encode(&data)?
         };
-        write_atomic(&self.path, &bytes, 0o600)
+        Ok(write_atomic(&self.path, &bytes, 0o600)?)
     }
 
     /// Forgets an item (its output is gone, say).
-    pub fn forget(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
+    pub fn forget(&self, id: &str, now_ms: i64) -> Result<(), CheckpointError> {
         let bytes = {
             let mut data = self.data.lock();
             if data.items.remove(id).is_none() {
@@ -179,25 +304,25 @@ impl CheckpointStore {
             data.updated_at_ms = now_ms;
             self.encode(&data)?
         };
-        write_atomic(&self.path, &bytes, 0o600)
+        Ok(write_atomic(&self.path, &bytes, 0o600)?)
     }
 
-    fn encode(&self, data: &Checkpoint) -> Result<Vec<u8>, StoreError> {
-        serde_json::to_vec(data).map_err(|e| StoreError::Corrupt {
+    fn encode(&self, data: &Checkpoint) -> Result<Vec<u8>, CheckpointError> {
+        serde_json::to_vec(data).map_err(|e| CheckpointError::Encode {
             path: self.path.clone(),
             detail: e.to_string(),
         })
     }
 
     /// Copies the current checkpoint to `backups/checkpoint-<ms>.json` (at the start of a run).
-    pub fn backup(&self, now_ms: i64) -> Result<Option<PathBuf>, StoreError> {
+    pub fn backup(&self, now_ms: i64) -> Result<Option<PathBuf>, CheckpointError> {
         if !self.path.exists() {
             return Ok(None);
         }
         let dir = self.dir.join(BACKUP_DIR);
         ensure_private_dir(&dir)?;
         let to = dir.join(format!("checkpoint-{now_ms}.json"));
-        let bytes = fs::read(&self.path).map_err(|source| StoreError::Io {
+        let bytes = fs::read(&self.path).map_err(|source| CheckpointError::Io {
             path: self.path.clone(),
             source,
         })?;
@@ -206,17 +331,17 @@ impl CheckpointStore {
     }
 
     /// Backups, oldest first.
-    pub fn backups(&self) -> Result<Vec<PathBuf>, StoreError> {
+    pub fn backups(&self) -> Result<Vec<PathBuf>, CheckpointError> {
         list_backups(&self.dir.join(BACKUP_DIR))
     }
 
     /// Deletes all but the newest `keep` backups; returns what was deleted.
-    pub fn prune(&self, keep: usize) -> Result<Vec<PathBuf>, StoreError> {
+    pub fn prune(&self, keep: usize) -> Result<Vec<PathBuf>, CheckpointError> {
         let all = self.backups()?;
         let cut = all.len().saturating_sub(keep);
         let mut gone = Vec::new();
         for p in all.into_iter().take(cut) {
-            fs::remove_file(&p).map_err(|source| StoreError::Io {
+            fs::remove_file(&p).map_err(|source| CheckpointError::Io {
                 path: p.clone(),
                 source,
             })?;
@@ -226,12 +351,12 @@ impl CheckpointStore {
     }
 }
 
-fn list_backups(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+fn list_backups(dir: &Path) -> Result<Vec<PathBuf>, CheckpointError> {
     let rd = match fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
-            return Err(StoreError::Io {
+            return Err(CheckpointError::Io {
                 path: dir.to_owned(),
                 source,
             });
@@ -261,13 +386,39 @@ mod tests {
     fn records_survive_reopen_and_pending_sees_changed_content() {
         let dir = tempfile::tempdir().unwrap();
         let cp = CheckpointStore::open(dir.path()).unwrap();
-        cp.record_finished("ep1", "aaa", 1, None).unwrap();
-        cp.record_finished("ep2", "bbb", 2, None).unwrap();
+        cp.record_finished("ep1", "aaa", Some("out1"), 1, None)
+            .unwrap();
+        cp.record_finished("ep2", "bbb", None, 2, None).unwrap();
         drop(cp);
         let cp = CheckpointStore::open(dir.path()).unwrap();
         assert_eq!(cp.finished(), 2);
         let left = cp.pending([("ep1", "aaa"), ("ep2", "CHANGED"), ("ep3", "ccc")]);
         assert_eq!(left, vec!["ep2".to_owned(), "ep3".to_owned()]);
+        let c = cp.checkpoint();
+        assert_eq!(c.items["ep1"].output_sha256.as_deref(), Some("out1"));
+        assert_eq!(c.items["ep2"].output_sha256, None);
+        cp.record_outputs(
+            &[("ep2".into(), "out2".into()), ("nope".into(), "x".into())],
+            3,
+        )
+        .unwrap();
+        drop(cp);
+        let c = CheckpointStore::open(dir.path()).unwrap().checkpoint();
+        assert_eq!(c.items["ep2"].output_sha256.as_deref(), Some("out2"));
+        assert!(!c.items.contains_key("nope"));
+    }
+
+    #[test]
+    fn checkpoints_from_before_output_hashes_still_open() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(
+            dir.path().join(CHECKPOINT_FILE),
+            br#"{"schema":1,"updated_at_ms":5,"items":{"a.vtt":{"hash":"h","finished_at_ms":5}}}"#,
+        )
+        .unwrap();
+        let cp = CheckpointStore::open(dir.path()).unwrap();
+        assert!(cp.is_finished("a.vtt", "h"));
+        assert_eq!(cp.checkpoint().items["a.vtt"].output_sha256, None);
     }
 
     #[test]
@@ -276,9 +427,28 @@ mod tests {
         let p = dir.path().join(CHECKPOINT_FILE);
         fs::write(&p, b"{\"schema\": 1, \"items\": {").unwrap();
         let e = CheckpointStore::open(dir.path()).unwrap_err();
-        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
-        assert!(e.to_string().contains("checkpoint.json"));
+        assert!(matches!(e, CheckpointError::Corrupt { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("checkpoint.json") && msg.contains("mv "),
+            "{msg}"
+        );
+        // Not the state file, and no advice that would wipe the quota state.
+        assert!(
+            !msg.contains("state file") && !msg.contains("state reset"),
+            "{msg}"
+        );
         assert_eq!(fs::read(&p).unwrap(), b"{\"schema\": 1, \"items\": {");
+        // With a backup, the advice is to put the newest one back.
+        let bak = dir.path().join(BACKUP_DIR);
+        fs::create_dir_all(&bak).unwrap();
+        fs::write(bak.join("checkpoint-10.json"), b"{}").unwrap();
+        fs::write(bak.join("checkpoint-20.json"), b"{}").unwrap();
+        let msg = CheckpointStore::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            msg.contains("cp '") && msg.contains("checkpoint-20.json"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -286,7 +456,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cp = CheckpointStore::open(dir.path()).unwrap();
         assert_eq!(cp.backup(5).unwrap(), None);
-        cp.record_finished("a", "h", 1, None).unwrap();
+        cp.record_finished("a", "h", None, 1, None).unwrap();
         for t in [10, 30, 20] {
             cp.backup(t).unwrap();
         }

@@ -41,6 +41,6 @@ pub mod redis_ledger;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use checkpoint::{Checkpoint, CheckpointStore};
+pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
 pub use file::{FileStore, Persister, StateFile, write_atomic, write_atomic_with};
 pub use redis_ledger::{RedisLedger, TimeSource, redact_url};
