@@ -35,6 +35,9 @@ pub enum DeadReason {
     ServiceDisabled,
     /// 403 `API_KEY_SERVICE_BLOCKED`.
     ServiceBlocked,
+    /// 403 `API_KEY_IP_ADDRESS_BLOCKED`, `…_HTTP_REFERRER_BLOCKED`, `…_ANDROID_APP_BLOCKED`,
+    /// `…_IOS_APP_BLOCKED`: the key's restrictions refuse this caller.
+    Blocked,
     /// Any other 403 `PERMISSION_DENIED`.
     PermissionDenied,
 }
@@ -48,6 +51,7 @@ impl std::fmt::Display for DeadReason {
             Self::Suspended => "consumer suspended",
             Self::ServiceDisabled => "Generative Language API disabled for the project",
             Self::ServiceBlocked => "key not allowed to call this API",
+            Self::Blocked => "key restricted to other callers (IP, referrer or app)",
             Self::PermissionDenied => "permission denied",
         })
     }

@@ -8,6 +8,7 @@
 //! - Bounded by attempts and by total time. Cancellation-safe: a dropped call drops its lease
 //!   unsettled, which the ledger counts as sent; a lost half-open probe frees itself.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +16,12 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use keyturn_core::{Clock, Demand, KeyEntry, Lease, Outcome, QuotaLedger};
+use keyturn_core::{Clock, DeadReason, Demand, KeyEntry, KeyId, Lease, Outcome, QuotaLedger};
 use rand::Rng;
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::error::{ApiFailure, ErrorKind, GeminiError, classify, redact};
+use crate::error::{ApiFailure, ErrorKind, GeminiError, classify, redact, refused_reason};
 use crate::transport::{SendError, Transport, describe};
 use crate::wire::HasUsage;
 
@@ -132,6 +133,22 @@ pub struct RotatingCaller {
     clock: Arc<dyn Clock>,
     unmetered_cursor: Arc<std::sync::atomic::AtomicUsize>,
     stats: Arc<parking_lot::Mutex<Vec<KeyCallStats>>>,
+    /// Recent probe answers per key (Unix ms, answer), so a burst of bare 403s probes once.
+    probes: Arc<parking_lot::Mutex<HashMap<KeyId, (i64, Probe)>>>,
+}
+
+/// How long a probe's answer about a key is reused.
+pub const PROBE_TTL: Duration = Duration::from_secs(60);
+
+/// What a probe that costs no quota said about a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Probe {
+    /// The key works.
+    Alive,
+    /// The key is refused too.
+    Refused(Option<DeadReason>),
+    /// No answer that says either.
+    Unknown,
 }
 
 enum Attempt {
@@ -174,6 +191,7 @@ impl RotatingCaller {
             clock,
             unmetered_cursor: Arc::default(),
             stats: Arc::new(parking_lot::Mutex::new(stats)),
+            probes: Arc::default(),
         }
     }
 
@@ -234,6 +252,59 @@ impl RotatingCaller {
             retry_after: c.retry_after,
             quota_value: c.quota_value,
         }))
+    }
+
+    /// Asks, with a request that costs no quota (`GET models?pageSize=1`), whether `entry`'s key
+    /// works at all. Cached per key for [`PROBE_TTL`].
+    async fn probe(&self, entry: &KeyEntry, id: KeyId) -> Probe {
+        let now = self.clock.now_ms();
+        if let Some((at, p)) = self.probes.lock().get(&id).copied()
+            && now.saturating_sub(at) < PROBE_TTL.as_millis() as i64
+        {
+            return p;
+        }
+        let url = format!("{}?pageSize=1", self.transport.models_url());
+        let answer = match self.transport.get(&entry.key, &url).await {
+            Ok(r) if r.status().is_success() => Probe::Alive,
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let body = r.bytes().await.unwrap_or_default();
+                match classify(status, &body).kind {
+                    ErrorKind::DeadKey(reason) | ErrorKind::ProjectDead(reason) => {
+                        Probe::Refused(Some(reason))
+                    }
+                    ErrorKind::Unverified => Probe::Refused(None),
+                    _ => Probe::Unknown,
+                }
+            }
+            Err(_) => Probe::Unknown,
+        };
+        tracing::debug!(key = %entry.label, ?answer, "probed a key after a 403 without a reason");
+        self.probes.lock().insert(id, (self.clock.now_ms(), answer));
+        answer
+    }
+
+    /// Decides what a 403 without a reason was: the key is dead if the probe is refused too;
+    /// if the key works, the request was at fault when it named a resource another project may
+    /// own (a file, a cached content), else the model is off for this project.
+    async fn verify(
+        &self,
+        entry: &KeyEntry,
+        id: KeyId,
+        body: &[u8],
+        e: GeminiError,
+    ) -> GeminiError {
+        let GeminiError::Api(mut a) = e else {
+            return e;
+        };
+        a.kind = match self.probe(entry, id).await {
+            Probe::Refused(Some(reason)) => ErrorKind::DeadKey(reason),
+            Probe::Refused(None) => ErrorKind::DeadKey(refused_reason(&a.message)),
+            Probe::Alive if names_project_resource(body) => ErrorKind::CallerFault,
+            Probe::Alive => ErrorKind::ModelUnavailable,
+            Probe::Unknown => ErrorKind::Transient,
+        };
+        GeminiError::Api(a)
     }
 
     /// One send with one key.
@@ -336,6 +407,9 @@ impl RotatingCaller {
                     span.record("outcome", "streaming");
                     return Ok(Attempt::Streaming(resp, lease, entry.clone(), sending));
                 }
+                Sent::Failed(e) if e.kind() == ErrorKind::Unverified => {
+                    self.verify(entry, lease.key(), &body, e).await
+                }
                 Sent::Failed(e) => e,
             };
             let outcome = e.outcome();
@@ -346,7 +420,9 @@ impl RotatingCaller {
                 ErrorKind::Transient => Some("transient"),
                 ErrorKind::Throttled(_) => Some("throttled"),
                 ErrorKind::ModelUnavailable => Some("limit-0"),
-                ErrorKind::DeadKey(_) => Some("dead-key"),
+                ErrorKind::ProjectOff => Some("project-off"),
+                ErrorKind::DeadKey(_) | ErrorKind::ProjectDead(_) => Some("dead-key"),
+                ErrorKind::Unverified => None,
             };
             if let Some(reason) = retry {
                 span.record("retry", reason);
@@ -354,7 +430,9 @@ impl RotatingCaller {
             }
             span.in_scope(|| tracing::debug!(kind = ?e.kind(), error = %e, "attempt failed"));
             match e.kind() {
-                ErrorKind::CallerFault | ErrorKind::NoCapacity => return Err(e),
+                ErrorKind::CallerFault | ErrorKind::NoCapacity | ErrorKind::Unverified => {
+                    return Err(e);
+                }
                 ErrorKind::Transient => {
                     let wake = self
                         .clock
@@ -368,7 +446,11 @@ impl RotatingCaller {
                     self.clock.sleep_until(wake).await;
                 }
                 // The ledger learned; the next acquire picks another key or waits for one.
-                ErrorKind::Throttled(_) | ErrorKind::ModelUnavailable | ErrorKind::DeadKey(_) => {}
+                ErrorKind::Throttled(_)
+                | ErrorKind::ModelUnavailable
+                | ErrorKind::ProjectOff
+                | ErrorKind::DeadKey(_)
+                | ErrorKind::ProjectDead(_) => {}
             }
             last = Some(e);
         }
@@ -519,7 +601,8 @@ impl GeminiCall for RotatingCaller {
                 }
                 Ok(resp) => self.read_error(resp, url_path, entry).await,
             };
-            if err.kind() == ErrorKind::CallerFault {
+            // A bare 403 here blames no key either: unmetered calls settle nothing.
+            if matches!(err.kind(), ErrorKind::CallerFault | ErrorKind::Unverified) {
                 return Err(err);
             }
             last = Some(err);
@@ -534,6 +617,26 @@ impl GeminiCall for RotatingCaller {
     fn stats(&self) -> Vec<KeyCallStats> {
         self.stats.lock().clone()
     }
+}
+
+/// Whether a request body names something that belongs to one project: a file
+/// (`fileData.fileUri`) or a cached content. Such a request fails with a bare 403 on a key of
+/// another project, which says nothing about that key.
+fn names_project_resource(body: &[u8]) -> bool {
+    fn walk(v: &Value) -> bool {
+        match v {
+            Value::Object(m) => m.iter().any(|(k, v)| {
+                matches!(
+                    k.as_str(),
+                    "fileUri" | "file_uri" | "cachedContent" | "cached_content"
+                ) && v.as_str().is_some_and(|s| !s.is_empty())
+                    || walk(v)
+            }),
+            Value::Array(a) => a.iter().any(walk),
+            _ => false,
+        }
+    }
+    serde_json::from_slice::<Value>(body).is_ok_and(|v| walk(&v))
 }
 
 struct StreamState {

@@ -1,15 +1,30 @@
 //! Reading Gemini's answers: a typed error with a kind, from the HTTP status and the
-//! `google.rpc.Status` body's structured details — `QuotaFailure.violations[].quotaId` and
-//! `quotaValue`, `RetryInfo.retryDelay`, `ErrorInfo.reason` — never from message text.
+//! `google.rpc.Status` body's structured details — `QuotaFailure.violations[]` (`quotaId`,
+//! `quotaMetric`, `quotaValue`), `RetryInfo.retryDelay`, `ErrorInfo.reason` and
+//! `ErrorInfo.metadata` — never from message text. The rules below are checked against every body
+//! of `tests/data/gemini-errors/bodies.json`, errors real users received (`tests/corpus.rs`).
 //!
 //! Rules:
-//! - 429 with a per-day `quotaId` → per-day (whatever `retryDelay` says); per-minute input-token
+//! - 429 with a per-day quota → per-day (whatever `retryDelay` says); per-minute input-token
 //!   quota → tokens; per-minute requests → per-minute. With several violations the most severe
 //!   wins (day > tokens > minute). A violation without `quotaValue` has the value 0 (proto3 JSON
-//!   leaves zero out), and a zero limit means the model is not available to the project.
-//! - 429 without details → throttled, unspecified.
-//! - 400 with `ErrorInfo.reason = API_KEY_INVALID`, 401, and 403 → the key is dead (403's
-//!   `CONSUMER_SUSPENDED`, `SERVICE_DISABLED`, `API_KEY_SERVICE_BLOCKED` name why).
+//!   leaves zero out), and a zero limit means the model is not available to the project. The window
+//!   comes from `quotaId`, or from `quotaMetric` when the id is missing. A per-day *token* quota
+//!   ends the day like a per-day request quota, but its value is not a request count: not learned.
+//! - The older 429 shape, `ErrorInfo` `RATE_LIMIT_EXCEEDED` with `metadata.quota_limit`,
+//!   `quota_limit_value` and `quota_metric`, is read the same way; a zero there is limit 0 for
+//!   the model, or for the whole project when the limit is the whole API's (`ApiRequests…`).
+//! - 429 without anything structured → throttled, unspecified.
+//! - 402 (prepayment credits depleted) → the project is off, every model.
+//! - 400 `FAILED_PRECONDITION` (free tier not in this country, batch on a free project) → the model
+//!   is off for the project.
+//! - 400 with `ErrorInfo.reason = API_KEY_INVALID` and 401 → the key is dead (expired when the
+//!   message says so). 403 with a structured reason → the key is dead with that reason
+//!   (`CONSUMER_SUSPENDED`, `API_KEY_SERVICE_BLOCKED`, `API_KEY_*_BLOCKED`…), except
+//!   `SERVICE_DISABLED`, which is about the project: every key of it is dead.
+//! - 403 **without** a reason is not proof (a file URI of another project, a per-model refusal, a
+//!   transient "unregistered callers" answer look the same as a leaked key): [`ErrorKind::Unverified`],
+//!   which the caller settles with a probe that costs no quota.
 //! - 408, 500, 502, 503, 504, other 5xx, timeouts, connection failures, cut-off bodies → transient.
 //! - Any other 4xx (bad request, 404 unknown model) → the caller's fault; says nothing about the key.
 
@@ -30,6 +45,13 @@ pub enum ErrorKind {
     ModelUnavailable,
     /// The key is dead; retry on another key.
     DeadKey(DeadReason),
+    /// The API is off for the key's whole project (`SERVICE_DISABLED`); retry on another project.
+    ProjectDead(DeadReason),
+    /// The project cannot be served at all for now (402 credits depleted, a zero whole-API
+    /// quota); retry on another project.
+    ProjectOff,
+    /// A 403 without a structured reason: a probe with the same key decides what it was.
+    Unverified,
     /// The service or the network failed; back off and retry.
     Transient,
     /// The request is wrong (400, 404); do not retry.
@@ -130,6 +152,13 @@ impl GeminiError {
                 },
                 ErrorKind::ModelUnavailable => Outcome::ModelUnavailable,
                 ErrorKind::DeadKey(r) => Outcome::KeyDead(r),
+                // Until the ledger can switch a whole project off or disable all its keys at
+                // once, each key and model of that project finds out on its first refusal.
+                ErrorKind::ProjectOff => Outcome::ModelUnavailable,
+                ErrorKind::ProjectDead(r) => Outcome::KeyDead(r),
+                // Settled only after the probe decided (see RotatingCaller); unresolved, it
+                // blames nothing.
+                ErrorKind::Unverified => Outcome::CallerFault,
                 ErrorKind::Transient => Outcome::Transient,
                 ErrorKind::CallerFault | ErrorKind::NoCapacity => Outcome::CallerFault,
             },
@@ -203,17 +232,33 @@ pub fn parse_retry_delay(s: &str) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
-/// The quota a `quotaId` names, by its structure (`…PerDay…`, `…InputTokens…PerMinute…`).
+/// The quota a `quotaId` (or a `quotaMetric`) names, by its structure: `…PerDay…` /
+/// `…per_day…`, `…Token…` / `…token…`, `…PerMinute…` / `…per_minute…`.
 pub fn quota_kind(quota_id: &str) -> ThrottleKind {
-    if quota_id.contains("PerDay") {
+    let id: String = quota_id
+        .chars()
+        .filter(|c| *c != '_')
+        .flat_map(char::to_lowercase)
+        .collect();
+    if id.contains("perday") {
         ThrottleKind::RequestsPerDay
-    } else if quota_id.contains("Token") {
+    } else if id.contains("token") {
         ThrottleKind::TokensPerMinute
-    } else if quota_id.contains("PerMinute") {
+    } else if id.contains("perminute") {
         ThrottleKind::RequestsPerMinute
     } else {
         ThrottleKind::Unspecified
     }
+}
+
+/// Whether a quota is counted in tokens.
+fn counts_tokens(quota_id: &str) -> bool {
+    quota_id.to_ascii_lowercase().contains("token")
+}
+
+/// Whether a quota limits the whole API for the project, not one model's method.
+fn whole_api(quota_id: &str) -> bool {
+    quota_id.starts_with("ApiRequests") || quota_id.starts_with("api_requests")
 }
 
 fn severity(k: ThrottleKind) -> u8 {
@@ -232,12 +277,80 @@ fn detail_type(d: &Value) -> &str {
         .unwrap_or("")
 }
 
-fn quota_value(v: &Value) -> u64 {
-    match v.get("quotaValue") {
-        Some(Value::String(s)) => s.parse().unwrap_or(0),
-        Some(Value::Number(n)) => n.as_u64().unwrap_or(0),
+fn number(v: Option<&Value>) -> Option<u64> {
+    match v? {
+        Value::String(s) => s.trim().parse().ok(),
+        Value::Number(n) => n.as_u64(),
+        _ => None,
+    }
+}
+
+/// One violated quota, from either shape.
+struct Violation {
+    kind: ThrottleKind,
+    /// The limit; `None` when the shape does not say (the older shape without a value).
+    value: Option<u64>,
+    tokens: bool,
+    whole_api: bool,
+}
+
+fn quota_failure(v: &Value) -> Violation {
+    let id = v
+        .get("quotaId")
+        .and_then(Value::as_str)
+        .or_else(|| v.get("quotaMetric").and_then(Value::as_str))
+        .unwrap_or("");
+    Violation {
+        kind: quota_kind(id),
         // proto3 JSON leaves a zero int64 out.
-        _ => 0,
+        value: Some(number(v.get("quotaValue")).unwrap_or(0)),
+        tokens: counts_tokens(id),
+        whole_api: whole_api(id),
+    }
+}
+
+fn rate_limit_info(d: &Value) -> Violation {
+    let meta = d.get("metadata");
+    let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
+    let id = field("quota_limit").or(field("quota_metric")).unwrap_or("");
+    Violation {
+        kind: quota_kind(id),
+        value: number(meta.and_then(|m| m.get("quota_limit_value"))),
+        tokens: counts_tokens(id),
+        whole_api: whole_api(id),
+    }
+}
+
+fn dead_reason(reason: &str, message: &str) -> DeadReason {
+    match reason {
+        "CONSUMER_SUSPENDED" => DeadReason::Suspended,
+        "SERVICE_DISABLED" => DeadReason::ServiceDisabled,
+        "API_KEY_SERVICE_BLOCKED" => DeadReason::ServiceBlocked,
+        "API_KEY_IP_ADDRESS_BLOCKED"
+        | "API_KEY_HTTP_REFERRER_BLOCKED"
+        | "API_KEY_ANDROID_APP_BLOCKED"
+        | "API_KEY_IOS_APP_BLOCKED" => DeadReason::Blocked,
+        "API_KEY_INVALID" => invalid_reason(message),
+        _ => DeadReason::PermissionDenied,
+    }
+}
+
+/// An invalid key; the message may only pick the more precise label.
+fn invalid_reason(message: &str) -> DeadReason {
+    if message.to_ascii_lowercase().contains("expired") {
+        DeadReason::Expired
+    } else {
+        DeadReason::Invalid
+    }
+}
+
+/// The label for a key a probe confirmed dead after a bare 403: the message may only pick the
+/// more precise one.
+pub fn refused_reason(message: &str) -> DeadReason {
+    if message.to_ascii_lowercase().contains("leaked") {
+        DeadReason::Leaked
+    } else {
+        DeadReason::PermissionDenied
     }
 }
 
@@ -247,7 +360,7 @@ pub fn classify(status: u16, body: &[u8]) -> Classified {
     let parsed: StatusBody = serde_json::from_slice(body).unwrap_or_default();
     let st = parsed.error.unwrap_or_default();
     let mut retry_after = None;
-    let mut violations: Vec<(ThrottleKind, u64)> = Vec::new();
+    let mut violations: Vec<Violation> = Vec::new();
     let mut reason: Option<String> = None;
     for d in &st.details {
         match detail_type(d) {
@@ -257,19 +370,18 @@ pub fn classify(status: u16, body: &[u8]) -> Classified {
                     .and_then(Value::as_str)
                     .and_then(parse_retry_delay);
             }
-            "QuotaFailure" => {
-                for v in d
-                    .get("violations")
+            "QuotaFailure" => violations.extend(
+                d.get("violations")
                     .and_then(Value::as_array)
                     .into_iter()
                     .flatten()
-                {
-                    let id = v.get("quotaId").and_then(Value::as_str).unwrap_or("");
-                    violations.push((quota_kind(id), quota_value(v)));
-                }
-            }
+                    .map(quota_failure),
+            ),
             "ErrorInfo" => {
                 reason = d.get("reason").and_then(Value::as_str).map(str::to_owned);
+                if reason.as_deref() == Some("RATE_LIMIT_EXCEEDED") {
+                    violations.push(rate_limit_info(d));
+                }
             }
             _ => {}
         }
@@ -277,29 +389,32 @@ pub fn classify(status: u16, body: &[u8]) -> Classified {
     let mut quota_value_out = None;
     let kind = match status {
         429 => {
-            if violations
-                .iter()
-                .any(|(k, v)| *v == 0 && *k != ThrottleKind::Unspecified)
-            {
+            let zero = |v: &&Violation| v.value == Some(0) && v.kind != ThrottleKind::Unspecified;
+            if violations.iter().filter(zero).any(|v| v.whole_api) {
+                ErrorKind::ProjectOff
+            } else if violations.iter().any(|v| zero(&v)) {
                 ErrorKind::ModelUnavailable
-            } else if let Some(&(k, v)) = violations.iter().max_by_key(|(k, _)| severity(*k)) {
-                quota_value_out = Some(v);
-                ErrorKind::Throttled(k)
+            } else if let Some(v) = violations.iter().max_by_key(|v| severity(v.kind)) {
+                // A per-day token count is no request limit: the day ends, nothing is learned.
+                quota_value_out = v
+                    .value
+                    .filter(|_| !(v.tokens && v.kind == ThrottleKind::RequestsPerDay));
+                ErrorKind::Throttled(v.kind)
             } else {
                 ErrorKind::Throttled(ThrottleKind::Unspecified)
             }
         }
+        402 => ErrorKind::ProjectOff,
         400 if reason.as_deref() == Some("API_KEY_INVALID") => {
-            ErrorKind::DeadKey(DeadReason::Invalid)
+            ErrorKind::DeadKey(invalid_reason(&st.message))
         }
+        400 if st.status == "FAILED_PRECONDITION" => ErrorKind::ModelUnavailable,
         401 => ErrorKind::DeadKey(DeadReason::Invalid),
-        403 => ErrorKind::DeadKey(match reason.as_deref() {
-            Some("CONSUMER_SUSPENDED") => DeadReason::Suspended,
-            Some("SERVICE_DISABLED") => DeadReason::ServiceDisabled,
-            Some("API_KEY_SERVICE_BLOCKED") => DeadReason::ServiceBlocked,
-            Some("API_KEY_INVALID") => DeadReason::Invalid,
-            _ => DeadReason::PermissionDenied,
-        }),
+        403 => match reason.as_deref() {
+            None => ErrorKind::Unverified,
+            Some("SERVICE_DISABLED") => ErrorKind::ProjectDead(DeadReason::ServiceDisabled),
+            Some(r) => ErrorKind::DeadKey(dead_reason(r, &st.message)),
+        },
         408 | 500..=599 => ErrorKind::Transient,
         _ => ErrorKind::CallerFault,
     };
@@ -445,10 +560,10 @@ mod tests {
         let leaked = body(
             json!({"error": {"code": 403, "status": "PERMISSION_DENIED", "message": "Your API key was reported as leaked. Please use another API key."}}),
         );
-        assert_eq!(
-            classify(403, &leaked).kind,
-            ErrorKind::DeadKey(DeadReason::PermissionDenied)
-        );
+        // No reason: not proof by itself (a probe decides); the message only picks the label.
+        let c = classify(403, &leaked);
+        assert_eq!(c.kind, ErrorKind::Unverified);
+        assert_eq!(refused_reason(&c.message), DeadReason::Leaked);
         // "rate" appears in "generateContent": a 404 is still a caller fault.
         let not_found = body(
             json!({"error": {"code": 404, "status": "NOT_FOUND", "message": "models/gemini-2.5-flsh is not found for API version v1beta, or is not supported for generateContent."}}),

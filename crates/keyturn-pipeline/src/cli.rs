@@ -902,10 +902,21 @@ async fn cmd_keys(g: &Global, env: &Env, cwd: &Path, k: KeysCommand) -> ExitCode
                     Ok(r) => {
                         let status = r.status().as_u16();
                         let body = r.bytes().await.unwrap_or_default();
-                        match keyturn_gemini::classify(status, &body).kind {
-                            keyturn_gemini::ErrorKind::DeadKey(reason) => {
+                        let c = keyturn_gemini::classify(status, &body);
+                        match c.kind {
+                            keyturn_gemini::ErrorKind::DeadKey(reason)
+                            | keyturn_gemini::ErrorKind::ProjectDead(reason) => {
                                 dead += 1;
                                 format!("REJECTED: {reason}")
+                            }
+                            // This request costs no quota and names no resource: a bare 403
+                            // here is about the key itself.
+                            keyturn_gemini::ErrorKind::Unverified => {
+                                dead += 1;
+                                format!(
+                                    "REJECTED: {}",
+                                    keyturn_gemini::error::refused_reason(&c.message)
+                                )
                             }
                             keyturn_gemini::ErrorKind::CallerFault => {
                                 good += 1;

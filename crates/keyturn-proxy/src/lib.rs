@@ -382,7 +382,7 @@ fn client_message(e: &GeminiError) -> String {
 /// Maps a failed call to what the client gets.
 fn failure(st: &ProxyState, e: &GeminiError) -> Response {
     if let GeminiError::Api(a) = e
-        && a.kind == ErrorKind::CallerFault
+        && matches!(a.kind, ErrorKind::CallerFault | ErrorKind::Unverified)
     {
         // The request was at fault: the client sees Gemini's own answer, less any pool key.
         let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_REQUEST);
