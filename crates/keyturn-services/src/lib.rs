@@ -196,10 +196,13 @@ pub fn clock(env: &Env) -> Result<Arc<dyn Clock>, ConfigError> {
     {
         None => Ok(Arc::new(SystemClock)),
         Some(v) => {
-            let ms: i64 = v.trim().parse().map_err(|_| ConfigError::Invalid {
-                path: "(environment)".into(),
-                field: "KEYTURN_CLOCK_OFFSET_MS".into(),
-                detail: format!("'{v}' is not a whole number of milliseconds"),
+            let ms: i64 = v.trim().parse().map_err(|_| {
+                ConfigError::Invalid {
+                    path: "(environment)".into(),
+                    field: "KEYTURN_CLOCK_OFFSET_MS".into(),
+                    detail: format!("'{v}' is not a whole number of milliseconds"),
+                }
+                .scrubbed(&discovery::env_secrets(env, &[]))
             })?;
             tracing::warn!(
                 offset_ms = ms,
