@@ -24,7 +24,10 @@ fn nonsense_settings_are_refused_naming_field_and_file() {
         ("[state]\nflush_interval = \"0s\"\n", "state.flush_interval"),
         ("[state]\nnamespace = \"a*\"\n", "state.namespace"),
         ("[state]\nnamespace = \"a:b\"\n", "state.namespace"),
-        ("[state]\nredis_url = \"http://x:6379\"\n", "state.redis_url"),
+        (
+            "[state]\nredis_url = \"http://x:6379\"\n",
+            "state.redis_url",
+        ),
         ("[http]\napi_version = \"v9\"\n", "http.api_version"),
         ("[http]\nbase_url = \"ftp://x\"\n", "http.base_url"),
         (
@@ -45,9 +48,18 @@ fn nonsense_settings_are_refused_naming_field_and_file() {
             "[breaker]\nbase_cooldown = \"10m\"\nmax_cooldown = \"5m\"\n",
             "breaker.base_cooldown",
         ),
-        ("[breaker]\nbase_cooldown = \"0s\"\n", "breaker.base_cooldown"),
-        ("[breaker]\nprobe_timeout = \"0s\"\n", "breaker.probe_timeout"),
-        ("[breaker]\nfailure_threshold = 0\n", "breaker.failure_threshold"),
+        (
+            "[breaker]\nbase_cooldown = \"0s\"\n",
+            "breaker.base_cooldown",
+        ),
+        (
+            "[breaker]\nprobe_timeout = \"0s\"\n",
+            "breaker.probe_timeout",
+        ),
+        (
+            "[breaker]\nfailure_threshold = 0\n",
+            "breaker.failure_threshold",
+        ),
         (
             "[rotation]\ndefault_throttle_cooldown = \"0s\"\n",
             "rotation.default_throttle_cooldown",
@@ -58,10 +70,19 @@ fn nonsense_settings_are_refused_naming_field_and_file() {
         ("[notify]\nqueue = 0\n", "notify.queue"),
         ("[notify]\nmax_attempts = 0\n", "notify.max_attempts"),
         ("[notify]\ntimeout = \"0s\"\n", "notify.timeout"),
-        ("[notify]\nwebhook_url = \"http://\"\n", "notify.webhook_url"),
-        ("[[keys]]\nenv = \"A\"\nproject = \"a|b\"\n", "keys[0].project"),
+        (
+            "[notify]\nwebhook_url = \"http://\"\n",
+            "notify.webhook_url",
+        ),
+        (
+            "[[keys]]\nenv = \"A\"\nproject = \"a|b\"\n",
+            "keys[0].project",
+        ),
         ("[[keys]]\nenv = \"A\"\nlabel = \"\"\n", "keys[0].label"),
-        ("[[keys]]\nenv = \"A\"\nlabel = \"a\\u001b[2J\"\n", "keys[0].label"),
+        (
+            "[[keys]]\nenv = \"A\"\nlabel = \"a\\u001b[2J\"\n",
+            "keys[0].label",
+        ),
         ("[[keys]]\nenv = \"1A\"\n", "keys[0].env"),
         ("[projects.\"a|b\"]\ntier = \"tier1\"\n", "projects"),
         ("[models.\"gemini 2.5\"]\nrpm = 5\n", "models"),
