@@ -67,10 +67,12 @@ pub enum TimeSource {
     Clock,
 }
 
-/// A URL with any password removed, for messages.
+/// A URL with any credentials removed, for messages: the user and password before `@`, and the
+/// query, where a `redis+unix://` URL carries `user=` and `pass=`.
 pub fn redact_url(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => {
+            let rest = rest.split(['?', '#']).next().unwrap_or("");
             let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
             format!("{scheme}://{host}")
         }
@@ -137,14 +139,22 @@ fn refusal(e: &redis::RedisError) -> Option<&'static str> {
     }
 }
 
-/// The password of `url`, if it has one (to strip it from any text that might echo it).
-fn password_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let userinfo = rest.rsplit_once('@')?.0;
-    userinfo
-        .split_once(':')
+/// The passwords `url` carries (after `user:` or as `pass=`), to strip from any text that might
+/// echo them.
+fn passwords_of(url: &str) -> Vec<&str> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut out: Vec<&str> = before_query
+        .rsplit_once('@')
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
         .map(|(_, p)| p)
-        .filter(|p| !p.is_empty())
+        .into_iter()
+        .collect();
+    out.extend(query.split('&').filter_map(|kv| kv.strip_prefix("pass=")));
+    out.retain(|p| !p.is_empty());
+    out
 }
 
 /// The shared quota ledger.
@@ -214,13 +224,12 @@ impl RedisLedger {
     ) -> Result<Self, ConnectError> {
         let server = redact_url(url);
         let client = redis::Client::open(url).map_err(|e| {
-            let text = e.to_string();
+            let detail = passwords_of(url)
+                .into_iter()
+                .fold(e.to_string(), |t, p| t.replace(p, "***"));
             ConnectError::BadUrl {
                 server: server.clone(),
-                detail: match password_of(url) {
-                    Some(p) => text.replace(p, "***"),
-                    None => text,
-                },
+                detail,
             }
         })?;
         let fail = |e: redis::RedisError| match refusal(&e) {
@@ -1199,5 +1208,38 @@ impl RedisLedger {
                 .arg(day.end_ms - now + HISTORY_DAYS as i64 * 86_400_000)
                 .ignore();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_in_messages_carry_no_credentials() {
+        for (url, shown) in [
+            ("redis://:made-up-pw@h:6379/2", "redis://h:6379/2"),
+            ("redis://user:made-up-pw@h:6379", "redis://h:6379"),
+            ("rediss://user:made@up-pw@h", "rediss://h"),
+            (
+                "redis+unix:///run/redis.sock?user=u&pass=made-up-pw&db=1",
+                "redis+unix:///run/redis.sock",
+            ),
+            (
+                "unix:///run/redis.sock?pass=made-up-pw",
+                "unix:///run/redis.sock",
+            ),
+            ("made-up-pw", "(redis url)"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        assert_eq!(
+            passwords_of("redis+unix:///s?pass=made-up-a&x=1"),
+            ["made-up-a"]
+        );
+        assert_eq!(
+            passwords_of("redis://:made-up-b@h?pass=made-up-c"),
+            ["made-up-b", "made-up-c"]
+        );
     }
 }
