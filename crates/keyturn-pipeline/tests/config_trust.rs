@@ -204,3 +204,119 @@ fn a_redis_that_refuses_the_password_exits_2_and_says_it_is_configuration() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(!text(&out).contains(&password));
 }
+
+/// The Redis for tests (`KEYTURN_TEST_REDIS_URL`, else the machine's on 6379), or `None` (skip;
+/// under CI a missing Redis fails).
+fn shared_redis() -> Option<String> {
+    let url = std::env::var("KEYTURN_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let hostport = url.trim_start_matches("redis://").trim_end_matches('/');
+    if std::net::TcpStream::connect(hostport).is_ok() {
+        return Some(url);
+    }
+    assert!(
+        !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
+        "CI needs Redis at {url}"
+    );
+    eprintln!("SKIPPED: no Redis at {url}");
+    None
+}
+
+/// A ledger holding `keys` (key, project or none) that has admitted `n` requests.
+async fn spend(
+    url: &str,
+    ns: &str,
+    keys: &[(&str, Option<&str>)],
+    n: usize,
+) -> keyturn_store::RedisLedger {
+    use keyturn_core::{ApiKey, Demand, KeyRing, KeySpec, Outcome, QuotaLedger, SystemClock};
+    let ring = KeyRing::new(
+        keys.iter()
+            .map(|(k, p)| {
+                let spec = KeySpec::new(ApiKey::new(*k).unwrap());
+                match p {
+                    Some(p) => spec.project(*p),
+                    None => spec,
+                }
+            })
+            .collect(),
+    )
+    .unwrap();
+    let l = keyturn_store::RedisLedger::connect(
+        url,
+        ns,
+        std::sync::Arc::new(ring),
+        keyturn_core::LedgerConfig::default(),
+        std::sync::Arc::new(SystemClock),
+        keyturn_store::TimeSource::Redis,
+    )
+    .await
+    .unwrap();
+    for _ in 0..n {
+        let lease = l
+            .acquire("gemini-2.5-flash", Demand::tokens(5))
+            .await
+            .unwrap();
+        l.settle(lease, Outcome::success(5)).await.unwrap();
+    }
+    l
+}
+
+async fn used_today(l: &keyturn_store::RedisLedger) -> u64 {
+    use keyturn_core::QuotaLedger;
+    l.status()
+        .await
+        .unwrap()
+        .scopes
+        .iter()
+        .map(|s| s.rpd_used)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_reset_all_on_a_shared_namespace_leaves_other_key_sets_alone() {
+    let Some(url) = shared_redis() else {
+        return;
+    };
+    let ns = format!(
+        "test-config-trust-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .map_or(0, |d| d.subsec_nanos())
+    );
+    // Set A (the binary's configuration) and set B (another team's worker) on one namespace.
+    // A's key has no project, as in the binary's configuration below.
+    let a = spend(&url, &ns, &[("made-up-bin-a1", None)], 2).await;
+    let b = spend(
+        &url,
+        &ns,
+        &[
+            ("made-up-bin-b1", Some("pb")),
+            ("made-up-bin-b2", Some("pb")),
+        ],
+        3,
+    )
+    .await;
+    assert_eq!((used_today(&a).await, used_today(&b).await), (2, 3));
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keyturn.toml");
+    std::fs::write(
+        &config,
+        format!("[state]\nbackend = \"redis\"\nredis_url = \"{url}\"\nnamespace = \"{ns}\"\n"),
+    )
+    .unwrap();
+    let out = keyturn(
+        dir.path(),
+        &[
+            ("GEMINI_API_KEY", "made-up-bin-a1"),
+            ("KEYTURN_CONFIG", config.to_str().unwrap()),
+        ],
+        &["keys", "reset", "--all"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    assert_eq!(used_today(&a).await, 0, "A's own counters are reset");
+    assert_eq!(used_today(&b).await, 3, "B's counters are not A's to reset");
+}
