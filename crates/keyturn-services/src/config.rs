@@ -596,7 +596,7 @@ impl Config {
         };
         let at_least = |field: &str, n: u64, min: u64| {
             if n < min {
-                Err(bad(field, format!("{n} is less than {min}")))
+                Err(bad(field, format!("must be at least {min}, not {n}")))
             } else {
                 Ok(())
             }
@@ -1014,12 +1014,11 @@ fn check_redis_url(v: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The value is not repeated: a webhook URL's path is often its secret (Slack, Discord).
 fn check_http_url(v: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(v).map_err(|e| format!("'{v}' is not a URL ({e})"))?;
+    let url = reqwest::Url::parse(v).map_err(|e| format!("is not a URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
-        return Err(format!(
-            "'{v}' is not an http:// or https:// URL with a host"
-        ));
+        return Err("is not an http:// or https:// URL with a host".into());
     }
     Ok(url)
 }
@@ -1028,9 +1027,9 @@ fn check_http_url(v: &str) -> Result<reqwest::Url, String> {
 fn check_base_url(v: &str) -> Result<(), String> {
     let url = check_http_url(v)?;
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
-            "'{v}' has a query or fragment; give the endpoint only, like https://generativelanguage.googleapis.com"
-        ));
+        return Err(
+            "has a query or fragment; give the endpoint only, like https://generativelanguage.googleapis.com".into(),
+        );
     }
     if url.username() != "" || url.password().is_some() {
         return Err(
@@ -1045,7 +1044,7 @@ fn check_base_url(v: &str) -> Result<(), String> {
         .unwrap_or("");
     if API_VERSIONS.contains(&last) {
         return Err(format!(
-            "'{v}' ends with the API version; give it without (keyturn adds /{last}/models/…), or set http.api_version"
+            "ends with the API version; give it without (keyturn adds /{last}/models/…), or set http.api_version"
         ));
     }
     Ok(())

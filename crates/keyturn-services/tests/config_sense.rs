@@ -92,6 +92,10 @@ fn nonsense_settings_are_refused_naming_field_and_file() {
         assert!(msg.contains(field), "{toml:?} → {msg}");
         assert!(msg.contains("/etc/keyturn.toml"), "{toml:?} → {msg}");
     }
+    // A webhook URL's path is often its secret: a bad one is named, not repeated.
+    let msg = err("[notify]\nwebhook_url = \"hooks.example.com/services/made-up-secret-path\"\n");
+    assert!(msg.contains("notify.webhook_url"), "{msg}");
+    assert!(!msg.contains("made-up-secret-path"), "{msg}");
     // What is meaningful stays accepted: no waiting at all, equal bounds, the two versions.
     for ok in [
         "[rotation]\nmax_wait = \"0s\"\n",
