@@ -56,8 +56,13 @@ fn spec(
         return Err(ConfigError::Key {
             source_name: source,
             detail: format!(
-                "holds {}, which no API key has (keys are letters, digits, '-' and '_'); write the key alone, without quotes or brackets",
-                shown_char(c)
+                "holds {}, which no API key has (keys are letters, digits, '-' and '_'); write the key alone, without quotes or brackets{}",
+                shown_char(c),
+                if matches!(c, ',' | ';') || c.is_whitespace() {
+                    "; for several keys use GEMINI_API_KEYS (k1,k2) or GEMINI_API_KEY_1, GEMINI_API_KEY_2, …"
+                } else {
+                    ""
+                }
             ),
         });
     }

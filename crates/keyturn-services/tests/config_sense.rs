@@ -152,6 +152,18 @@ fn gemini_api_keys_in_every_form_people_write_it() {
         assert!(msg.contains("GEMINI_API_KEYS"), "{list:?} → {msg}");
         assert!(!msg.contains("made-up-k1"), "{list:?} → {msg}");
     }
+    // A list in a single-key variable is refused with the way to give several.
+    let mut e = Env::new();
+    e.insert("GEMINI_API_KEY".into(), "made-up-k1,made-up-k2".into());
+    let msg = discover(&Config::default(), &e, Path::new("/"))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("GEMINI_API_KEY") && msg.contains("for several keys"),
+        "{msg}"
+    );
+    assert!(!msg.contains("made-up-k1"), "{msg}");
     // Single-value variables lose one pair of quotes a .env loader left there.
     let mut e = Env::new();
     e.insert("GEMINI_API_KEY".into(), "\"made-up-single\"\n".into());
