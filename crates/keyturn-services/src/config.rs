@@ -906,7 +906,7 @@ fn dotted(parent: &str, name: &str) -> String {
 }
 
 fn is_secret(v: &str, secrets: &[String]) -> bool {
-    crate::error::looks_like_key(v) || secrets.iter().any(|s| s.as_str() == v.trim())
+    crate::error::looks_like_key(v) || crate::error::is_known_secret(v, secrets)
 }
 
 /// The first field (dotted, `keys[0].env`) holding something key-shaped or a known key value, and

@@ -286,7 +286,7 @@ pub fn discover(cfg: &Config, env: &Env, cwd: &Path) -> Result<Vec<Found>, Confi
             ("label", f.spec.label.as_ref()),
             ("project", f.spec.project.as_ref()),
         ] {
-            if v.is_some_and(|v| all.iter().any(|s| s == v)) {
+            if v.is_some_and(|v| crate::error::is_known_secret(v, &all)) {
                 return Err(ConfigError::Key {
                     source_name: f.source.clone(),
                     detail: format!("its {what} is one of the configured API keys; labels and projects are shown everywhere: give a name, not a key"),

@@ -54,6 +54,12 @@ pub fn scrub(text: &str, secrets: &[String]) -> String {
     masked
 }
 
+/// Whether `value` is one of the configured key values (`secrets`), long enough to be a real key.
+pub(crate) fn is_known_secret(value: &str, secrets: &[String]) -> bool {
+    let v = value.trim();
+    v.len() >= MIN_SECRET_LEN && secrets.iter().any(|s| s == v)
+}
+
 fn scrub_path(p: &Path, secrets: &[String]) -> PathBuf {
     let shown = p.to_string_lossy();
     let clean = scrub(&shown, secrets);

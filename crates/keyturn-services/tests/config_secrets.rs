@@ -148,6 +148,16 @@ fn a_configured_key_pasted_into_the_file_is_recognised_even_when_not_google_shap
 }
 
 #[test]
+fn a_short_made_up_key_equal_to_an_ordinary_value_is_no_false_alarm() {
+    // Real keys are long; a test key "default" must not make namespace = "default" a key.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyturn.toml");
+    std::fs::write(&path, "[state]\nnamespace = \"default\"\n").unwrap();
+    let e = env(&[("GEMINI_API_KEY", "default")]);
+    Config::load(Some(&path), &e, dir.path(), &Overrides::default()).unwrap();
+}
+
+#[test]
 fn a_key_in_a_setting_from_the_environment_is_named_and_hidden() {
     let k = google_key(3);
     let dir = tempfile::tempdir().unwrap();
