@@ -402,13 +402,7 @@ impl Config {
 
     /// [`Config::from_file`] knowing the environment (see [`Config::from_toml_with`]).
     pub fn from_file_with(path: &Path, env: &Env) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::Read {
-                path: path.to_owned(),
-                detail: e.to_string(),
-            }
-            .scrubbed(&[])
-        })?;
+        let text = crate::discovery::read_small_file(path).map_err(|e| e.scrubbed(&[]))?;
         Self::from_toml_with(&text, path, env)
     }
 

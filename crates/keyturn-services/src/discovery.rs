@@ -251,10 +251,42 @@ pub fn parse_keys_file(text: &str, path: &Path) -> Result<Vec<Found>, ConfigErro
 }
 
 fn read_file(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+    read_small_file(path)
+}
+
+/// Keys files and `keyturn.toml` are small: anything larger, or not a regular file (a device, a
+/// pipe: `/dev/zero` would never end), is refused instead of read.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a configuration or keys file, refusing what cannot be one (see
+/// [`MAX_CONFIG_FILE_BYTES`]).
+pub fn read_small_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let err = |detail: String| ConfigError::Read {
         path: path.to_owned(),
-        detail: e.to_string(),
-    })
+        detail,
+    };
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    if meta.len() > MAX_CONFIG_FILE_BYTES {
+        return Err(err(format!(
+            "{} bytes; a configuration or keys file is at most {MAX_CONFIG_FILE_BYTES}",
+            meta.len()
+        )));
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| err(e.to_string()))?;
+    if text.len() as u64 > MAX_CONFIG_FILE_BYTES {
+        return Err(err(format!(
+            "grew past {MAX_CONFIG_FILE_BYTES} bytes while being read"
+        )));
+    }
+    Ok(text)
 }
 
 fn resolve(base: Option<&Path>, p: &Path) -> PathBuf {
@@ -295,12 +327,18 @@ pub fn discover(cfg: &Config, env: &Env, cwd: &Path) -> Result<Vec<Found>, Confi
             }
         }
     }
+    // Each key's first place, by fingerprint (no extra copy of the secret): linear in the
+    // number of keys, however many there are.
+    let mut first: std::collections::HashMap<keyturn_core::Fingerprint, Vec<usize>> =
+        std::collections::HashMap::with_capacity(found.len());
     let mut unique: Vec<Found> = Vec::with_capacity(found.len());
     for f in found {
-        if let Some(first) = unique.iter().find(|u| u.spec.key == f.spec.key) {
-            tracing::debug!(first = %first.source, again = %f.source, "the same key is configured twice; counted once");
+        let places = first.entry(f.spec.key.fingerprint()).or_default();
+        if let Some(&i) = places.iter().find(|&&i| unique[i].spec.key == f.spec.key) {
+            tracing::debug!(first = %unique[i].source, again = %f.source, "the same key is configured twice; counted once");
             continue;
         }
+        places.push(unique.len());
         unique.push(f);
     }
     Ok(unique)

@@ -170,3 +170,26 @@ fn gemini_api_keys_in_every_form_people_write_it() {
     let found = discover(&Config::default(), &e, Path::new("/")).unwrap();
     assert_eq!(found[0].spec.key.expose(), "made-up-single");
 }
+
+#[test]
+fn a_keys_or_configuration_file_that_cannot_be_one_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    // Far larger than any keys file: refused by size, not parsed line by line.
+    let big = dir.path().join("big.keys");
+    std::fs::write(&big, "made-up-big-key\n".repeat(100_000)).unwrap();
+    // Not a regular file: a device would never end.
+    for (path, says) in [
+        (big.to_str().unwrap(), "bytes"),
+        ("/dev/zero", "not a regular file"),
+    ] {
+        let mut e = Env::new();
+        e.insert("KEYTURN_KEYS_FILE".into(), path.into());
+        let msg = discover(&Config::default(), &e, Path::new("/"))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(says), "{path}: {msg}");
+        let msg = Config::from_file(Path::new(path)).unwrap_err().to_string();
+        assert!(msg.contains(says), "{path}: {msg}");
+    }
+}
