@@ -383,22 +383,39 @@ pub struct Overrides {
 impl Config {
     /// Parses TOML text; `path` names the file in errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })?;
-        cfg.source = Some(path.to_owned());
-        cfg.validate()?;
-        Ok(cfg)
+        Self::from_toml_with(text, path, &Env::new())
+    }
+
+    /// [`Config::from_toml`] knowing the environment, so that a key value configured there and
+    /// pasted into the file is recognised (and hidden) too.
+    pub fn from_toml_with(text: &str, path: &Path, env: &Env) -> Result<Self, ConfigError> {
+        let mut secrets = crate::discovery::env_secrets(env, &[]);
+        let parsed = (|| {
+            // First as plain TOML: a key pasted into any field, known or not, is found by name
+            // before serde's messages (which quote values) can show it.
+            let table: toml::Table =
+                toml::from_str(text).map_err(|e| toml_error(text, path, &e))?;
+            secrets.extend(crate::discovery::env_secrets(env, &key_env_names(&table)));
+            if let Some((field, leaf)) = find_key_shaped(&table, "", &secrets) {
+                return Err(key_in_file(path, &field, &leaf));
+            }
+            let mut cfg: Config = toml::from_str(text).map_err(|e| toml_error(text, path, &e))?;
+            cfg.source = Some(path.to_owned());
+            cfg.validate()?;
+            Ok(cfg)
+        })();
+        parsed.map_err(|e: ConfigError| e.scrubbed(&secrets))
     }
 
     /// Reads a file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })?;
-        Self::from_toml(&text, path)
+        Self::from_file_with(path, &Env::new())
+    }
+
+    /// [`Config::from_file`] knowing the environment (see [`Config::from_toml_with`]).
+    pub fn from_file_with(path: &Path, env: &Env) -> Result<Self, ConfigError> {
+        let text = crate::discovery::read_small_file(path).map_err(|e| e.scrubbed(&[]))?;
+        Self::from_toml_with(&text, path, env)
     }
 
     /// The configuration in force: the file (from `config_path`, else `KEYTURN_CONFIG`, else
@@ -409,15 +426,22 @@ impl Config {
         cwd: &Path,
         overrides: &Overrides,
     ) -> Result<Self, ConfigError> {
+        let from_env = env.get("KEYTURN_CONFIG").filter(|v| !v.is_empty());
+        if config_path.is_none()
+            && let Some(v) = from_env
+            && crate::error::looks_like_key(v)
+        {
+            return Err(env_holds_key("KEYTURN_CONFIG", "a path"));
+        }
         let path = config_path
             .map(Path::to_owned)
-            .or_else(|| env.get("KEYTURN_CONFIG").map(PathBuf::from))
+            .or_else(|| from_env.map(PathBuf::from))
             .or_else(|| {
                 let p = cwd.join("keyturn.toml");
                 p.exists().then_some(p)
             });
         let mut cfg = match path {
-            Some(p) => Self::from_file(&resolve(cwd, &p))?,
+            Some(p) => Self::from_file_with(&resolve(cwd, &p), env)?,
             None => Self::default(),
         };
         cfg.apply_env(env);
@@ -425,7 +449,9 @@ impl Config {
         if cfg.state.dir.is_relative() {
             cfg.state.dir = cwd.join(&cfg.state.dir);
         }
-        cfg.validate()?;
+        let names: Vec<String> = cfg.keys.iter().filter_map(|k| k.env.clone()).collect();
+        cfg.validate()
+            .map_err(|e| e.scrubbed(&crate::discovery::env_secrets(env, &names)))?;
         Ok(cfg)
     }
 
@@ -472,13 +498,55 @@ impl Config {
             .unwrap_or_else(|| PathBuf::from("(configuration)"))
     }
 
-    /// Checks values the types cannot.
+    /// Checks values the types cannot: every number and duration for sense (zero where zero means
+    /// nothing, a minimum above its maximum), the strings that are really enums, and that no
+    /// field holds what looks like an API key. Errors name the field and the file.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field: &str, detail: String| ConfigError::Invalid {
             path: self.file_name(),
             field: field.to_owned(),
             detail,
         };
+        // Values that reach logs and messages (or come from variables a careless user may fill
+        // with a key) must not be keys.
+        let mut shown: Vec<(String, String)> = vec![
+            (
+                "state.dir".into(),
+                self.state.dir.to_string_lossy().into_owned(),
+            ),
+            ("state.redis_url".into(), self.state.redis_url.clone()),
+            ("state.namespace".into(), self.state.namespace.clone()),
+            ("http.base_url".into(), self.http.base_url.clone()),
+            ("http.api_version".into(), self.http.api_version.clone()),
+            ("serve.listen".into(), self.serve.listen.clone()),
+        ];
+        if let Some(u) = &self.notify.webhook_url {
+            shown.push(("notify.webhook_url".into(), u.clone()));
+        }
+        for (i, k) in self.keys.iter().enumerate() {
+            for (name, v) in [
+                ("env", k.env.clone()),
+                (
+                    "file",
+                    k.file.as_ref().map(|f| f.to_string_lossy().into_owned()),
+                ),
+                ("label", k.label.clone()),
+                ("project", k.project.clone()),
+            ] {
+                if let Some(v) = v {
+                    shown.push((format!("keys[{i}].{name}"), v));
+                }
+            }
+        }
+        for (i, t) in self.serve.tokens.iter().enumerate() {
+            shown.push((format!("serve.tokens[{i}].label"), t.label.clone()));
+        }
+        for (field, v) in &shown {
+            if crate::error::looks_like_key(v) {
+                let leaf = field.rsplit('.').next().unwrap_or("");
+                return Err(key_in_file(&self.file_name(), field, leaf));
+            }
+        }
         for (i, k) in self.keys.iter().enumerate() {
             let field = format!("keys[{i}]");
             if k.key.is_some() {
@@ -499,26 +567,162 @@ impl Config {
                 }
                 _ => {}
             }
+            if let Some(var) = &k.env
+                && !is_variable_name(var)
+            {
+                return Err(bad(
+                    &format!("{field}.env"),
+                    format!(
+                        "'{var}' is not a variable name (letters, digits and _, not starting with a digit); name the environment variable that holds the key"
+                    ),
+                ));
+            }
+            if k.file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+                return Err(bad(
+                    &format!("{field}.file"),
+                    "is empty; name the file that holds the key".into(),
+                ));
+            }
+            if let Some(l) = &k.label {
+                check_name(l).map_err(|d| bad(&format!("{field}.label"), d))?;
+            }
+            if let Some(p) = &k.project {
+                check_project(p).map_err(|d| bad(&format!("{field}.project"), d))?;
+            }
             if k.weight == Some(0) {
                 return Err(bad(&format!("{field}.weight"), "weights start at 1".into()));
             }
         }
+        let positive = |field: &str, d: Duration| {
+            if d.is_zero() {
+                Err(bad(field, "must be more than 0".into()))
+            } else {
+                Ok(())
+            }
+        };
+        let at_least = |field: &str, n: u64, min: u64| {
+            if n < min {
+                Err(bad(field, format!("must be at least {min}, not {n}")))
+            } else {
+                Ok(())
+            }
+        };
+        let ordered = |lo: (&str, Duration), hi: (&str, Duration)| {
+            if lo.1 > hi.1 {
+                Err(bad(
+                    lo.0,
+                    format!(
+                        "{:?} is longer than {} ({:?}): the shortest cannot exceed the longest",
+                        lo.1, hi.0, hi.1
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+
+        // [state]
+        if self.state.dir.as_os_str().is_empty() {
+            return Err(bad("state.dir", "is empty".into()));
+        }
+        check_namespace(&self.state.namespace).map_err(|d| bad("state.namespace", d))?;
+        check_redis_url(&self.state.redis_url).map_err(|d| bad("state.redis_url", d))?;
+        if self.state.flush_interval < Duration::from_millis(10) {
+            return Err(bad(
+                "state.flush_interval",
+                "must be at least 10ms (the state is written at most once per interval)".into(),
+            ));
+        }
+
+        // [rotation]: max_wait = 0 is meaningful (fail at once instead of waiting).
+        positive(
+            "rotation.default_throttle_cooldown",
+            self.rotation.default_throttle_cooldown,
+        )?;
+
+        // [breaker]
+        at_least(
+            "breaker.failure_threshold",
+            self.breaker.failure_threshold.into(),
+            1,
+        )?;
+        positive("breaker.base_cooldown", self.breaker.base_cooldown)?;
+        positive("breaker.max_cooldown", self.breaker.max_cooldown)?;
+        positive("breaker.probe_timeout", self.breaker.probe_timeout)?;
+        ordered(
+            ("breaker.base_cooldown", self.breaker.base_cooldown),
+            ("breaker.max_cooldown", self.breaker.max_cooldown),
+        )?;
+
+        // [retry]
+        at_least("retry.max_attempts", self.retry.max_attempts.into(), 1)?;
+        positive("retry.max_elapsed", self.retry.max_elapsed)?;
+        positive("retry.base_backoff", self.retry.base_backoff)?;
+        positive("retry.max_backoff", self.retry.max_backoff)?;
+        ordered(
+            ("retry.base_backoff", self.retry.base_backoff),
+            ("retry.max_backoff", self.retry.max_backoff),
+        )?;
+
+        // [http]
+        check_base_url(&self.http.base_url).map_err(|d| bad("http.base_url", d))?;
+        if !API_VERSIONS.contains(&self.http.api_version.as_str()) {
+            return Err(bad(
+                "http.api_version",
+                format!(
+                    "'{}' is not a Gemini API version; use \"v1beta\" or \"v1\"",
+                    self.http.api_version
+                ),
+            ));
+        }
+        positive("http.connect_timeout", self.http.connect_timeout)?;
+        positive("http.request_timeout", self.http.request_timeout)?;
+
+        // [cache]
+        positive("cache.ttl", self.cache.ttl)?;
+        at_least("cache.max_entries", self.cache.max_entries, 1)?;
+
+        // [embeddings]
         if !(1..=keyturn_embeddings::MAX_BATCH).contains(&self.embeddings.batch_size) {
             return Err(bad(
                 "embeddings.batch_size",
                 format!("{} is not between 1 and 100", self.embeddings.batch_size),
             ));
         }
-        if self.embeddings.concurrency == 0 {
-            return Err(bad("embeddings.concurrency", "must be at least 1".into()));
-        }
-        if let Some(u) = &self.notify.webhook_url
-            && !(u.starts_with("http://") || u.starts_with("https://"))
-        {
+        at_least(
+            "embeddings.concurrency",
+            self.embeddings.concurrency as u64,
+            1,
+        )?;
+
+        // [serve]
+        if self.serve.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(bad(
-                "notify.webhook_url",
-                "must be an http:// or https:// URL".into(),
+                "serve.listen",
+                format!(
+                    "'{}' is not an address like 127.0.0.1:8080",
+                    self.serve.listen
+                ),
             ));
+        }
+        at_least("serve.max_body_bytes", self.serve.max_body_bytes as u64, 1)?;
+        at_least("serve.max_in_flight", self.serve.max_in_flight as u64, 1)?;
+        at_least("serve.max_connections", self.serve.max_connections as u64, 1)?;
+        positive("serve.header_timeout", self.serve.header_timeout)?;
+        positive("serve.body_timeout", self.serve.body_timeout)?;
+        for (i, t) in self.serve.tokens.iter().enumerate() {
+            check_name(&t.label).map_err(|d| bad(&format!("serve.tokens[{i}].label"), d))?;
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(bad(
+                    &format!("serve.tokens[{i}].sha256"),
+                    "must be 64 hex digits (the SHA-256 that `keyturn serve token new` prints); never the token itself".into(),
+                ));
+            }
+        }
+
+        // [notify]
+        if let Some(u) = &self.notify.webhook_url {
+            check_http_url(u).map_err(|d| bad("notify.webhook_url", d))?;
         }
         if let Some(t) = self
             .notify
@@ -531,61 +735,22 @@ impl Config {
                 format!("{t} is not a percentage between 1 and 100"),
             ));
         }
-        if self.notify.queue == 0 || self.notify.max_attempts == 0 {
-            return Err(bad(
-                "notify",
-                "queue and max_attempts must be at least 1".into(),
-            ));
-        }
+        at_least("notify.queue", self.notify.queue as u64, 1)?;
+        at_least("notify.max_attempts", self.notify.max_attempts.into(), 1)?;
         if self.notify.check_interval < Duration::from_millis(50) {
             return Err(bad("notify.check_interval", "must be at least 50ms".into()));
         }
-        if self.retry.max_attempts == 0 {
-            return Err(bad("retry.max_attempts", "must be at least 1".into()));
+        positive("notify.timeout", self.notify.timeout)?;
+
+        // [models], [projects]
+        for m in self.models.keys() {
+            check_model(m).map_err(|d| bad(&format!("models.\"{m}\""), d))?;
         }
-        if self.breaker.failure_threshold == 0 {
-            return Err(bad(
-                "breaker.failure_threshold",
-                "must be at least 1".into(),
-            ));
-        }
-        if self.state.namespace.is_empty() || self.state.namespace.contains(char::is_whitespace) {
-            return Err(bad("state.namespace", "must be a non-empty word".into()));
-        }
-        for (i, t) in self.serve.tokens.iter().enumerate() {
-            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(bad(
-                    &format!("serve.tokens[{i}].sha256"),
-                    "must be 64 hex digits (the SHA-256 that `keyturn serve token new` prints); never the token itself".into(),
-                ));
+        for (p, ps) in &self.projects {
+            check_project(p).map_err(|d| bad(&format!("projects.\"{p}\""), d))?;
+            for m in ps.models.keys() {
+                check_model(m).map_err(|d| bad(&format!("projects.\"{p}\".models.\"{m}\""), d))?;
             }
-        }
-        if self.serve.listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(bad(
-                "serve.listen",
-                format!(
-                    "'{}' is not an address like 127.0.0.1:8080",
-                    self.serve.listen
-                ),
-            ));
-        }
-        if self.serve.max_connections == 0 {
-            return Err(bad("serve.max_connections", "must be at least 1".into()));
-        }
-        if self.serve.header_timeout.is_zero() {
-            return Err(bad("serve.header_timeout", "must be more than 0s".into()));
-        }
-        if self.serve.body_timeout.is_zero() {
-            return Err(bad("serve.body_timeout", "must be more than 0s".into()));
-        }
-        if self.serve.max_in_flight == 0 {
-            return Err(bad("serve.max_in_flight", "must be at least 1".into()));
-        }
-        if self.http.base_url.is_empty() || !self.http.base_url.contains("://") {
-            return Err(bad(
-                "http.base_url",
-                format!("'{}' is not a URL", self.http.base_url),
-            ));
         }
         self.limit_table()?;
         Ok(())
@@ -617,6 +782,281 @@ impl Config {
         }
         Ok(t)
     }
+}
+
+/// toml's error as a message that never quotes the file: toml's own rendering shows the
+/// offending line, and that line may hold a key (`key = AIza…`, unquoted, does not parse).
+fn toml_error(text: &str, path: &Path, e: &toml::de::Error) -> ConfigError {
+    let Some(span) = e.span() else {
+        return ConfigError::Parse {
+            path: path.to_owned(),
+            detail: e.message().trim().to_owned(),
+        };
+    };
+    let start = span.start.min(text.len());
+    let before = text.get(..start).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    let source_line = text.lines().nth(line - 1).unwrap_or("");
+    let name = source_line
+        .split('=')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_matches('"');
+    if crate::error::looks_like_key(source_line) {
+        let field = if name.is_empty() || crate::error::looks_like_key(name) {
+            format!("line {line}")
+        } else {
+            format!("line {line} ({name})")
+        };
+        return key_in_file(path, &field, "");
+    }
+    let field = field_at(text, line)
+        .map(|f| format!(" ({f})"))
+        .unwrap_or_default();
+    ConfigError::Parse {
+        path: path.to_owned(),
+        detail: format!(
+            "line {line}, column {column}{field}: {}",
+            e.message().trim()
+        ),
+    }
+}
+
+/// The dotted field (`state.backend`, `keys[1].env`) that line `line` (1-based) sets, or the
+/// table it opens; read from the text, since toml's error only carries a position.
+fn field_at(text: &str, line: usize) -> Option<String> {
+    let mut table = String::new();
+    let mut arrays: BTreeMap<String, usize> = BTreeMap::new();
+    let mut field = None;
+    for l in text.lines().take(line) {
+        let t = l.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_owned();
+            let n = arrays.entry(name.clone()).or_insert(0);
+            table = format!("{name}[{n}]");
+            *n += 1;
+            field = Some(table.clone());
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_owned();
+            field = Some(table.clone());
+        } else if let Some((k, _)) = t.split_once('=')
+            && !t.starts_with('#')
+        {
+            let k = k.trim();
+            field = Some(if table.is_empty() {
+                k.to_owned()
+            } else {
+                format!("{table}.{k}")
+            });
+        }
+    }
+    field
+}
+
+fn key_in_file(path: &Path, field: &str, leaf: &str) -> ConfigError {
+    let hint = match leaf {
+        "env" => {
+            ", not a variable name: put the key in an environment variable and name the variable (env = \"GEMINI_API_KEY_WORK\")"
+        }
+        "file" => ", not a path: put the key in a file and name the file (file = \"keys.txt\")",
+        _ => {
+            "; a key is never written here: put it in an environment variable and name the variable in [[keys]] env = \"NAME\" (or use GEMINI_API_KEY), or list it in a keys file ([[keys]] file = \"path\")"
+        }
+    };
+    ConfigError::KeyShaped {
+        path: path.to_owned(),
+        field: field.to_owned(),
+        hint: hint.to_owned(),
+    }
+}
+
+fn env_holds_key(var: &str, what: &str) -> ConfigError {
+    ConfigError::KeyShaped {
+        path: "(environment)".into(),
+        field: var.to_owned(),
+        hint: format!(
+            ", not {what}: put keys in GEMINI_API_KEY (or GEMINI_API_KEYS, GEMINI_API_KEY_<N>)"
+        ),
+    }
+}
+
+/// The variables `[[keys]] env = …` names, read from the plain TOML.
+fn key_env_names(table: &toml::Table) -> Vec<String> {
+    table
+        .get("keys")
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|k| {
+            k.get("env")
+                .and_then(toml::Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+fn dotted(parent: &str, name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let seg = if bare {
+        name.to_owned()
+    } else {
+        format!("\"{name}\"")
+    };
+    if parent.is_empty() {
+        seg
+    } else {
+        format!("{parent}.{seg}")
+    }
+}
+
+fn is_secret(v: &str, secrets: &[String]) -> bool {
+    crate::error::looks_like_key(v) || crate::error::is_known_secret(v, secrets)
+}
+
+/// The first field (dotted, `keys[0].env`) holding something key-shaped or a known key value, and
+/// the field's own name; table names count too.
+fn find_key_shaped(
+    table: &toml::Table,
+    parent: &str,
+    secrets: &[String],
+) -> Option<(String, String)> {
+    for (name, value) in table {
+        let here = dotted(parent, name);
+        if is_secret(name, secrets) {
+            return Some((here, String::new()));
+        }
+        if let Some(found) = value_key_shaped(value, &here, name, secrets) {
+            return Some(found);
+        }
+    }
+    None
+}
+
+fn value_key_shaped(
+    value: &toml::Value,
+    here: &str,
+    name: &str,
+    secrets: &[String],
+) -> Option<(String, String)> {
+    match value {
+        toml::Value::String(v) if is_secret(v, secrets) => Some((here.to_owned(), name.to_owned())),
+        toml::Value::Table(t) => find_key_shaped(t, here, secrets),
+        toml::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| value_key_shaped(v, &format!("{here}[{i}]"), name, secrets)),
+        _ => None,
+    }
+}
+
+/// The Gemini API versions there are.
+pub const API_VERSIONS: &[&str] = &["v1beta", "v1"];
+
+fn is_variable_name(v: &str) -> bool {
+    let mut chars = v.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Labels are shown everywhere (logs, status, metrics): printable, one line, not empty.
+fn check_name(v: &str) -> Result<(), String> {
+    if v.trim().is_empty() {
+        return Err("is empty".into());
+    }
+    if v.chars().any(char::is_control) {
+        return Err("holds a control character".into());
+    }
+    if v.chars().count() > 128 {
+        return Err("is longer than 128 characters".into());
+    }
+    Ok(())
+}
+
+/// A project id is also part of the state's keys (`model|project`).
+fn check_project(v: &str) -> Result<(), String> {
+    check_name(v)?;
+    if v.contains('|') {
+        return Err("holds '|', which keyturn's state uses as a separator".into());
+    }
+    Ok(())
+}
+
+fn check_model(v: &str) -> Result<(), String> {
+    check_project(v)?;
+    if v.chars().any(char::is_whitespace) {
+        return Err("holds white space; a model id is one word (gemini-2.5-flash)".into());
+    }
+    Ok(())
+}
+
+/// The namespace is a Redis key prefix (`kt:<namespace>:`) and part of patterns keyturn scans
+/// for: a glob character or a ':' there would reach another namespace's keys.
+fn check_namespace(v: &str) -> Result<(), String> {
+    if v.is_empty()
+        || v.len() > 64
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "'{v}' is not a namespace: 1 to 64 letters, digits, '-', '_' or '.'"
+        ));
+    }
+    Ok(())
+}
+
+fn check_redis_url(v: &str) -> Result<(), String> {
+    let scheme = v.split_once("://").map(|(s, _)| s);
+    if !matches!(scheme, Some("redis" | "rediss" | "unix" | "redis+unix")) {
+        return Err(format!(
+            "'{}' is not a Redis URL (redis://[user:password@]host:port[/db], rediss://, unix://)",
+            keyturn_store::redact_url(v)
+        ));
+    }
+    Ok(())
+}
+
+/// The value is not repeated: a webhook URL's path is often its secret (Slack, Discord).
+fn check_http_url(v: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(v).map_err(|e| format!("is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+        return Err("is not an http:// or https:// URL with a host".into());
+    }
+    Ok(url)
+}
+
+/// The base URL has no version segment (keyturn adds `/v1beta/…`), no query and no fragment.
+fn check_base_url(v: &str) -> Result<(), String> {
+    let url = check_http_url(v)?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(
+            "has a query or fragment; give the endpoint only, like https://generativelanguage.googleapis.com".into(),
+        );
+    }
+    if url.username() != "" || url.password().is_some() {
+        return Err(
+            "has a user or password in it; keyturn authenticates with the API key only".into(),
+        );
+    }
+    let last = url
+        .path()
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("");
+    if API_VERSIONS.contains(&last) {
+        return Err(format!(
+            "ends with the API version; give it without (keyturn adds /{last}/models/…), or set http.api_version"
+        ));
+    }
+    Ok(())
 }
 
 fn resolve(cwd: &Path, p: &Path) -> PathBuf {

@@ -1,9 +1,74 @@
 //! Errors of configuration and of building services. They name files, fields and variables;
 //! never a key.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use keyturn_core::StoreError;
+
+/// What stands in for a secret in a message.
+const HIDDEN: &str = "[key]";
+/// Known key values shorter than this are not searched for in messages: replacing a two-letter
+/// test key everywhere would garble the message and protect nothing.
+const MIN_SECRET_LEN: usize = 8;
+
+fn key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// Whether a value looks like a Google API key (`AIza` and then key characters), whole or cut
+/// short: such a value is never a variable name, a path, a label or a project, and is never
+/// shown.
+pub fn looks_like_key(value: &str) -> bool {
+    let v = value.trim().trim_matches(|c| c == '"' || c == '\'');
+    if keyturn_gemini::redact(v, "") != v {
+        return true;
+    }
+    v.match_indices("AIza")
+        .any(|(i, _)| v[i + 4..].chars().take_while(|c| key_char(*c)).count() >= 16)
+}
+
+/// `text` with anything key-shaped and every known key value (`secrets`) hidden. Every message
+/// built from something outside keyturn (a file, a variable, toml's own error text) goes through
+/// this before anyone can see it.
+pub fn scrub(text: &str, secrets: &[String]) -> String {
+    let mut out = keyturn_gemini::redact(text, "");
+    for s in secrets.iter().filter(|s| s.len() >= MIN_SECRET_LEN) {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), HIDDEN);
+        }
+    }
+    // A key cut short (a partial paste) is still most of a secret.
+    let mut masked = String::with_capacity(out.len());
+    let mut rest = out.as_str();
+    while let Some(i) = rest.find("AIza") {
+        let n = rest[i + 4..].chars().take_while(|c| key_char(*c)).count();
+        masked.push_str(&rest[..i]);
+        if n >= 16 {
+            masked.push_str(HIDDEN);
+        } else {
+            masked.push_str(&rest[i..i + 4 + n]);
+        }
+        rest = &rest[i + 4 + n..];
+    }
+    masked.push_str(rest);
+    masked
+}
+
+/// Whether `value` is one of the configured key values (`secrets`), long enough to be a real key.
+pub(crate) fn is_known_secret(value: &str, secrets: &[String]) -> bool {
+    let v = value.trim();
+    v.len() >= MIN_SECRET_LEN && secrets.iter().any(|s| s == v)
+}
+
+fn scrub_path(p: &Path, secrets: &[String]) -> PathBuf {
+    let shown = p.to_string_lossy();
+    let clean = scrub(&shown, secrets);
+    if clean == shown {
+        p.to_owned()
+    } else {
+        PathBuf::from(clean)
+    }
+}
 
 /// Configuration that cannot be used. All are usage errors (exit code 2).
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +99,16 @@ pub enum ConfigError {
         field: String,
         /// What is wrong.
         detail: String,
+    },
+    /// A field holds what looks like an API key (a key pasted where a name belongs).
+    #[error("{}: {field} holds what looks like an API key{hint}", path.display())]
+    KeyShaped {
+        /// The file (or `(environment)`).
+        path: PathBuf,
+        /// The field or variable, e.g. `keys[0].env`.
+        field: String,
+        /// What to do instead, starting with its own separator.
+        hint: String,
     },
     /// A limit is wrong.
     #[error("{}: {detail}", path.display())]
@@ -71,12 +146,82 @@ pub enum ConfigError {
         /// What is wrong.
         detail: String,
     },
+    /// Redis refused keyturn's credentials or permissions (wrong password, NOAUTH, WRONGPASS, an
+    /// ACL that denies a command): the configuration must change, waiting will not help.
+    #[error(
+        "Redis at {server} refused keyturn: {detail}. This is a configuration error: check the user and password in KEYTURN_REDIS_URL (or state.redis_url) and that user's ACL"
+    )]
+    RedisAccess {
+        /// The server, without its password.
+        server: String,
+        /// What Redis said (its error code), never the password.
+        detail: String,
+    },
     /// No keys anywhere.
     #[error("no Gemini API keys found; keyturn looked at {}", looked_at.join(", "))]
     NoKeys {
         /// Where keyturn looked.
         looked_at: Vec<String>,
     },
+}
+
+impl ConfigError {
+    /// The same error with anything key-shaped, and every value in `secrets`, hidden in every
+    /// field (paths included: a key pasted where a path belongs is still a key).
+    pub fn scrubbed(self, secrets: &[String]) -> Self {
+        let s = |t: String| scrub(&t, secrets);
+        let p = |p: PathBuf| scrub_path(&p, secrets);
+        match self {
+            Self::Read { path, detail } => Self::Read {
+                path: p(path),
+                detail: s(detail),
+            },
+            Self::Parse { path, detail } => Self::Parse {
+                path: p(path),
+                detail: s(detail),
+            },
+            Self::Invalid {
+                path,
+                field,
+                detail,
+            } => Self::Invalid {
+                path: p(path),
+                field: s(field),
+                detail: s(detail),
+            },
+            Self::KeyShaped { path, field, hint } => Self::KeyShaped {
+                path: p(path),
+                field: s(field),
+                hint: s(hint),
+            },
+            Self::Limits { path, detail } => Self::Limits {
+                path: p(path),
+                detail: s(detail),
+            },
+            Self::MissingEnv { path, entry, var } => Self::MissingEnv {
+                path: p(path),
+                entry,
+                var: s(var),
+            },
+            Self::KeysFile { path, line, detail } => Self::KeysFile {
+                path: p(path),
+                line,
+                detail: s(detail),
+            },
+            Self::Key {
+                source_name,
+                detail,
+            } => Self::Key {
+                source_name: s(source_name),
+                detail: s(detail),
+            },
+            Self::RedisAccess { server, detail } => Self::RedisAccess {
+                server: s(server),
+                detail: s(detail),
+            },
+            e @ Self::NoKeys { .. } => e,
+        }
+    }
 }
 
 /// Building services failed.

@@ -39,7 +39,7 @@ use keyturn_core::{
 use keyturn_embeddings::{EmbeddingsService, GeminiEmbeddings};
 use keyturn_gemini::{GeminiCall, RetryPolicy, RotatingCaller, Transport, TransportConfig};
 use keyturn_llm::{CacheConfig, GeminiLlm, LlmConfig, LlmService};
-use keyturn_store::{FileStore, Persister, RedisLedger, TimeSource};
+use keyturn_store::{ConnectError, FileStore, Persister, RedisLedger, TimeSource};
 
 pub use config::{Backend, Config, Env, Overrides, process_env};
 pub use discovery::{Found, discover, key_ring};
@@ -196,10 +196,13 @@ pub fn clock(env: &Env) -> Result<Arc<dyn Clock>, ConfigError> {
     {
         None => Ok(Arc::new(SystemClock)),
         Some(v) => {
-            let ms: i64 = v.trim().parse().map_err(|_| ConfigError::Invalid {
-                path: "(environment)".into(),
-                field: "KEYTURN_CLOCK_OFFSET_MS".into(),
-                detail: format!("'{v}' is not a whole number of milliseconds"),
+            let ms: i64 = v.trim().parse().map_err(|_| {
+                ConfigError::Invalid {
+                    path: "(environment)".into(),
+                    field: "KEYTURN_CLOCK_OFFSET_MS".into(),
+                    detail: format!("'{v}' is not a whole number of milliseconds"),
+                }
+                .scrubbed(&discovery::env_secrets(env, &[]))
             })?;
             tracing::warn!(
                 offset_ms = ms,
@@ -252,7 +255,8 @@ pub async fn create_pool_with_clock(
                 clock.clone(),
                 TimeSource::Redis,
             )
-            .await?;
+            .await
+            .map_err(|e| redis_connect_error(cfg, e))?;
             let describe = format!(
                 "redis {} namespace {}",
                 ledger.server(),
@@ -277,6 +281,25 @@ pub async fn create_pool_with_clock(
         caller,
         state,
     })
+}
+
+/// Redis refusing keyturn, or a URL it cannot use, is the configuration's fault (exit code 2);
+/// Redis not answering is the state backend's.
+fn redis_connect_error(cfg: &Config, e: ConnectError) -> ServiceError {
+    match e {
+        ConnectError::Refused { server, detail } => {
+            ServiceError::Config(ConfigError::RedisAccess { server, detail })
+        }
+        ConnectError::Unavailable(s) => ServiceError::State(s),
+        other => ServiceError::Config(ConfigError::Invalid {
+            path: cfg
+                .source
+                .clone()
+                .unwrap_or_else(|| "(configuration)".into()),
+            field: "state.redis_url".into(),
+            detail: other.to_string(),
+        }),
+    }
 }
 
 /// A caller over an existing pool's ledger for another API version (the proxy serves `/v1/` and

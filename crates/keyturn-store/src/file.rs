@@ -4,7 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -98,6 +98,51 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The user this process runs as (the owner of a file it creates).
+fn effective_uid() -> std::io::Result<u32> {
+    Ok(tempfile::tempfile()?.metadata()?.uid())
+}
+
+/// Makes sure nobody else can write in the state folder: anyone who can would replace the state
+/// (or the lock) under keyturn. A folder of this user's that group or others may write is made
+/// private (0700) and that is logged; one that belongs to someone else is refused.
+pub fn secure_state_dir(dir: &Path) -> Result<(), StoreError> {
+    let meta = fs::metadata(dir).map_err(|e| io_err(dir, e))?;
+    if !meta.is_dir() {
+        return Err(io_err(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                "the state folder is not a folder; use KEYTURN_STATE_DIR (or state.dir) to name a folder",
+            ),
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o022 == 0 {
+        return Ok(());
+    }
+    let me = effective_uid().map_err(|e| io_err(dir, e))?;
+    if meta.uid() != me {
+        return Err(io_err(
+            dir,
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!(
+                    "the state folder is writable by other users (mode {mode:o}) and belongs to another user (uid {}), so keyturn cannot make it private; use a folder of your own (KEYTURN_STATE_DIR or state.dir)",
+                    meta.uid()
+                ),
+            ),
+        ));
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| io_err(dir, e))?;
+    tracing::info!(
+        dir = %dir.display(),
+        was = %format!("{mode:o}"),
+        "the state folder was writable by other users; made it private (0700)"
+    );
+    Ok(())
+}
+
 /// Snapshot persistence in one file, for one process.
 #[derive(Debug)]
 pub struct FileStore {
@@ -110,10 +155,12 @@ pub struct FileStore {
 
 impl FileStore {
     /// Opens (creating) the state folder and takes the lock. A second process gets
-    /// [`StoreError::Locked`] naming the file and the owner's pid.
+    /// [`StoreError::Locked`] naming the file and the owner's pid. An existing folder that others
+    /// may write is made private first, or refused (see [`secure_state_dir`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
         let dir = dir.as_ref().to_owned();
         ensure_private_dir(&dir)?;
+        secure_state_dir(&dir)?;
         let path = dir.join(STATE_FILE);
         let lock_path = dir.join(LOCK_FILE);
         let mut lock = OpenOptions::new()

@@ -43,4 +43,4 @@ pub mod testkit;
 
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
 pub use file::{FileStore, Persister, StateFile, write_atomic, write_atomic_with};
-pub use redis_ledger::{RedisLedger, TimeSource, redact_url};
+pub use redis_ledger::{ConnectError, RedisLedger, TimeSource, redact_url};

@@ -11,10 +11,20 @@
 //!
 //! Redis unavailable: every call fails closed with [`AcquireError::Backend`] naming the server
 //! (never its password); the connection manager reconnects by itself and calls succeed again
-//! once Redis is back. Nothing is admitted while Redis cannot be asked.
+//! once Redis is back. Nothing is admitted while Redis cannot be asked. Redis refusing keyturn
+//! (wrong or missing password, an ACL that denies its commands) is not an outage: [`connect`]
+//! says so with [`ConnectError::Refused`], a configuration error, and later refusals say the
+//! same rather than "retries when Redis is back".
+//!
+//! Several configurations may share a namespace (a team's workers, some holding subsets of the
+//! keys): counters belong to keys and projects, so whoever holds a key or project shares its
+//! state, and a reset ([`ResetTarget::All`]) touches only the keys and projects of the ledger
+//! that runs it.
 //!
 //! The scripts address keys they compute from the namespace, so a Redis Cluster is not
 //! supported; a single Redis (with replicas) is.
+//!
+//! [`connect`]: RedisLedger::connect
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -57,15 +67,94 @@ pub enum TimeSource {
     Clock,
 }
 
-/// A URL with any password removed, for messages.
+/// A URL with any credentials removed, for messages: the user and password before `@`, and the
+/// query, where a `redis+unix://` URL carries `user=` and `pass=`.
 pub fn redact_url(url: &str) -> String {
     match url.split_once("://") {
         Some((scheme, rest)) => {
+            let rest = rest.split(['?', '#']).next().unwrap_or("");
             let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
             format!("{scheme}://{host}")
         }
         None => "(redis url)".to_owned(),
     }
+}
+
+/// Connecting to Redis failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// Redis refused keyturn: wrong or missing password (`WRONGPASS`, `NOAUTH`), or an ACL that
+    /// denies the commands keyturn needs (`NOPERM`). A configuration error: waiting will not help.
+    #[error(
+        "Redis at {server} refused keyturn ({detail}): check the user and password in the Redis URL (KEYTURN_REDIS_URL or state.redis_url) and that user's ACL; nothing was admitted"
+    )]
+    Refused {
+        /// The server, without credentials.
+        server: String,
+        /// What Redis said: its error code and meaning, never the password.
+        detail: String,
+    },
+    /// The URL is not one Redis can be reached at.
+    #[error("bad Redis URL {server}: {detail}")]
+    BadUrl {
+        /// The URL without credentials.
+        server: String,
+        /// What is wrong, without credentials.
+        detail: String,
+    },
+    /// Redis did not answer (down, unreachable, timing out).
+    #[error(transparent)]
+    Unavailable(StoreError),
+}
+
+impl ConnectError {
+    /// Whether the configuration must change (a refusal or a bad URL), as opposed to an outage
+    /// that ends by itself.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, Self::Refused { .. } | Self::BadUrl { .. })
+    }
+}
+
+impl From<ConnectError> for StoreError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Unavailable(s) => s,
+            other => StoreError::Backend(other.to_string()),
+        }
+    }
+}
+
+/// Why Redis refused a command, if it refused keyturn itself (credentials or ACL) rather than
+/// failing to answer. Read from the error's kind and Redis's error code, never its text.
+fn refusal(e: &redis::RedisError) -> Option<&'static str> {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        return Some("authentication failed: wrong user or password");
+    }
+    match e.code() {
+        Some("WRONGPASS") => Some("WRONGPASS: wrong user or password"),
+        Some("NOAUTH") => Some("NOAUTH: Redis requires a password and the URL gives none"),
+        Some("NOPERM") => Some("NOPERM: the user's ACL denies a command or key keyturn needs"),
+        _ => None,
+    }
+}
+
+/// The passwords `url` carries (after `user:` or as `pass=`), to strip from any text that might
+/// echo them.
+fn passwords_of(url: &str) -> Vec<&str> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut out: Vec<&str> = before_query
+        .rsplit_once('@')
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, p)| p)
+        .into_iter()
+        .collect();
+    out.extend(query.split('&').filter_map(|kv| kv.strip_prefix("pass=")));
+    out.retain(|p| !p.is_empty());
+    out
 }
 
 /// The shared quota ledger.
@@ -101,6 +190,11 @@ impl std::fmt::Debug for RedisLedger {
 }
 
 fn backend(server: &str, e: &redis::RedisError) -> String {
+    if let Some(why) = refusal(e) {
+        return format!(
+            "Redis at {server} refused keyturn ({why}); nothing was admitted: this is a configuration error, check the user and password in the Redis URL and that user's ACL"
+        );
+    }
     // The error's own text can carry the URL (and its password): describe it by kind only.
     let what = if e.is_connection_refusal() {
         "connection refused"
@@ -117,7 +211,9 @@ fn backend(server: &str, e: &redis::RedisError) -> String {
 }
 
 impl RedisLedger {
-    /// Connects to `url` and uses `namespace` (several pipelines can share one Redis).
+    /// Connects to `url` and uses `namespace` (several pipelines can share one Redis). Checks
+    /// at once that Redis accepts keyturn (credentials, and an ACL that lets it run scripts on
+    /// the namespace's keys): a refusal is [`ConnectError::Refused`], not an outage.
     pub async fn connect(
         url: &str,
         namespace: &str,
@@ -125,18 +221,40 @@ impl RedisLedger {
         cfg: LedgerConfig,
         clock: Arc<dyn Clock>,
         time: TimeSource,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Self, ConnectError> {
         let server = redact_url(url);
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Backend(format!("bad Redis URL {server}: {e}")))?;
+        let client = redis::Client::open(url).map_err(|e| {
+            let detail = passwords_of(url)
+                .into_iter()
+                .fold(e.to_string(), |t, p| t.replace(p, "***"));
+            ConnectError::BadUrl {
+                server: server.clone(),
+                detail,
+            }
+        })?;
+        let fail = |e: redis::RedisError| match refusal(&e) {
+            Some(why) => ConnectError::Refused {
+                server: server.clone(),
+                detail: why.to_owned(),
+            },
+            None => ConnectError::Unavailable(StoreError::Backend(backend(&server, &e))),
+        };
         let mcfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(3)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_with_config(client, mcfg)
+        let mut conn = ConnectionManager::new_with_config(client, mcfg)
             .await
-            .map_err(|e| StoreError::Backend(backend(&server, &e)))?;
+            .map_err(fail)?;
+        let prefix = format!("kt:{namespace}:");
+        // Without a password Redis still connects and refuses the first command (NOAUTH); an
+        // ACL may allow PING and refuse scripts or these keys (NOPERM): ask what keyturn will.
+        let _: i64 = Script::new("return redis.call('EXISTS', KEYS[1])")
+            .key(format!("{prefix}k:access-check"))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(fail)?;
         let mut projects = Vec::new();
         for (_, e) in keys.iter() {
             if !projects.contains(&e.project) {
@@ -161,7 +279,7 @@ impl RedisLedger {
             time,
             conn,
             server,
-            prefix: format!("kt:{namespace}:"),
+            prefix,
             acquire: Script::new(&format!("{COMMON}\n{ACQUIRE}")),
             settle: Script::new(&format!("{COMMON}\n{SETTLE}")),
             claim: Script::new(CLAIM),
@@ -520,10 +638,19 @@ impl RedisLedger {
         Ok((disabled, breaker))
     }
 
-    async fn all_keys(&self, conn: &mut ConnectionManager) -> Result<Vec<String>, LedgerError> {
+    /// Every Redis key of this namespace starting with `kind` (`"k:"`, `"s:"`…). The prefix is
+    /// escaped: a glob character in a namespace must not reach another namespace's keys.
+    async fn scan(
+        &self,
+        conn: &mut ConnectionManager,
+        kind: &str,
+    ) -> Result<Vec<String>, LedgerError> {
         let mut out = Vec::new();
         let mut iter: redis::AsyncIter<String> = conn
-            .scan_match(format!("{}*", self.prefix))
+            .scan_match(format!(
+                "{}*",
+                glob_escape(&format!("{}{kind}", self.prefix))
+            ))
             .await
             .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
         while let Some(k) = iter.next_item().await {
@@ -531,6 +658,53 @@ impl RedisLedger {
         }
         Ok(out)
     }
+
+    /// The state of this configuration: its keys' health (`k:<fp>`), and the counters and
+    /// learned limits of its projects for every model anyone used (`s:`/`l:<model>|<project>`).
+    /// The weighted policy's running weights are per key inside a per-model hash; they are
+    /// removed field by field here, before the caller deletes the rest.
+    async fn own_state_keys(
+        &self,
+        conn: &mut ConnectionManager,
+    ) -> Result<Vec<String>, LedgerError> {
+        let err = |e: redis::RedisError| LedgerError::Backend(backend(&self.server, &e));
+        let mut out: Vec<String> = self
+            .keys
+            .iter()
+            .map(|(_, e)| format!("{}k:{}", self.prefix, e.fingerprint()))
+            .collect();
+        for kind in ["s:", "l:"] {
+            for k in self.scan(conn, kind).await? {
+                let project = k[self.prefix.len() + kind.len()..]
+                    .rsplit_once('|')
+                    .map(|(_, p)| p);
+                if project.is_some_and(|p| self.projects.iter().any(|mine| mine == p)) {
+                    out.push(k);
+                }
+            }
+        }
+        let fps: Vec<String> = self
+            .candidates
+            .iter()
+            .map(|(fp, _, _)| fp.clone())
+            .collect();
+        for w in self.scan(conn, "w:").await? {
+            let _: () = conn.hdel(&w, &fps).await.map_err(err)?;
+        }
+        Ok(out)
+    }
+}
+
+/// `s` with Redis's glob characters escaped, for `SCAN MATCH`.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn reason_code(r: DeadReason) -> String {
@@ -688,17 +862,27 @@ impl QuotaLedger for RedisLedger {
                     self.learned_key(&model, &project),
                 ]
             }
-            // Everything but the usage history and the warnings already sent: what was sent
-            // stays sent, like the in-memory ledger's reset.
-            ResetTarget::All => self
-                .all_keys(&mut conn)
-                .await?
-                .into_iter()
-                .filter(|k| {
-                    let rest = &k[self.prefix.len()..];
-                    !rest.starts_with("u:") && !rest.starts_with("n:")
-                })
-                .collect(),
+            // Everything of this configuration's keys and projects but the usage history and the
+            // warnings already sent (what was sent stays sent, like the in-memory ledger's
+            // reset). A namespace may be shared by processes holding other keys (a team's
+            // workers with subsets of the keys): their keys and projects are not ours to zero.
+            ResetTarget::All => {
+                let mine = self.own_state_keys(&mut conn).await?;
+                let others = self
+                    .scan(&mut conn, "k:")
+                    .await?
+                    .iter()
+                    .filter(|k| !mine.contains(k))
+                    .count();
+                if others > 0 {
+                    tracing::info!(
+                        namespace = %self.prefix,
+                        other_keys = others,
+                        "reset the keys and projects of this configuration; other keys sharing the namespace were left as they are"
+                    );
+                }
+                mine
+            }
         };
         for chunk in doomed.chunks(500) {
             let _: () = conn.del(chunk).await.map_err(err)?;
@@ -987,14 +1171,7 @@ impl RedisLedger {
     ) -> Result<Vec<NoticeMark>, LedgerError> {
         let err = |e: redis::RedisError| LedgerError::Backend(backend(&self.server, &e));
         let prefix = format!("{}n:", self.prefix);
-        let mut names = Vec::new();
-        {
-            let mut iter: redis::AsyncIter<String> =
-                conn.scan_match(format!("{prefix}*")).await.map_err(err)?;
-            while let Some(k) = iter.next_item().await {
-                names.push(k.map_err(err)?);
-            }
-        }
+        let names = self.scan(conn, "n:").await?;
         let mut out = Vec::new();
         for name in names {
             let until: Option<i64> = conn.get(&name).await.map_err(err)?;
@@ -1031,5 +1208,38 @@ impl RedisLedger {
                 .arg(day.end_ms - now + HISTORY_DAYS as i64 * 86_400_000)
                 .ignore();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_in_messages_carry_no_credentials() {
+        for (url, shown) in [
+            ("redis://:made-up-pw@h:6379/2", "redis://h:6379/2"),
+            ("redis://user:made-up-pw@h:6379", "redis://h:6379"),
+            ("rediss://user:made@up-pw@h", "rediss://h"),
+            (
+                "redis+unix:///run/redis.sock?user=u&pass=made-up-pw&db=1",
+                "redis+unix:///run/redis.sock",
+            ),
+            (
+                "unix:///run/redis.sock?pass=made-up-pw",
+                "unix:///run/redis.sock",
+            ),
+            ("made-up-pw", "(redis url)"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        assert_eq!(
+            passwords_of("redis+unix:///s?pass=made-up-a&x=1"),
+            ["made-up-a"]
+        );
+        assert_eq!(
+            passwords_of("redis://:made-up-b@h?pass=made-up-c"),
+            ["made-up-b", "made-up-c"]
+        );
     }
 }

@@ -21,6 +21,7 @@ pub struct TestRedis {
     port: u16,
     child: Option<Child>,
     dir: Option<tempfile::TempDir>,
+    args: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -35,16 +36,22 @@ fn in_ci() -> bool {
 }
 
 fn ping(port: u16) -> bool {
+    ping_reply(port).is_some_and(|r| &r == b"+PONG\r\n")
+}
+
+/// Whether a Redis answers on `port` at all (one that requires a password answers `-NOAUTH`).
+fn answers(port: u16) -> bool {
+    ping_reply(port).is_some_and(|r| r[0] == b'+' || r[0] == b'-')
+}
+
+fn ping_reply(port: u16) -> Option<[u8; 7]> {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_millis(500))).ok();
-    if s.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
+    s.write_all(b"PING\r\n").ok()?;
     let mut buf = [0u8; 7];
-    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    s.read_exact(&mut buf).ok()?;
+    Some(buf)
 }
 
 impl TestRedis {
@@ -84,17 +91,25 @@ impl TestRedis {
             port,
             child: None,
             dir: None,
+            args: Vec::new(),
         }
     }
 
     /// Always a private `redis-server` (for tests that stop and restart it), or `None`.
     pub fn private() -> Option<Self> {
+        Self::private_with(&[])
+    }
+
+    /// A private `redis-server` started with extra arguments (`--requirepass …`, `--user …`), or
+    /// `None` as [`TestRedis::private`]. Its URL carries no credentials.
+    pub fn private_with(args: &[&str]) -> Option<Self> {
         let port = free_port();
         let mut me = Self {
             url: format!("redis://127.0.0.1:{port}"),
             port,
             child: None,
             dir: Some(tempfile::tempdir().expect("temp dir")),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
         };
         match me.start() {
             Ok(()) => Some(me),
@@ -117,8 +132,13 @@ impl TestRedis {
             .ok_or("not a private server")?
             .path()
             .to_owned();
+        let extra: String = self
+            .args
+            .iter()
+            .map(|a| format!(" '{}'", a.replace('\'', "'\\''")))
+            .collect();
         let script = format!(
-            "redis-server --port {} --bind 127.0.0.1 --save '' --appendonly no --dir '{}' >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill -9 $pid",
+            "redis-server --port {} --bind 127.0.0.1 --save '' --appendonly no --dir '{}'{extra} >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill -9 $pid",
             self.port,
             dir.display()
         );
@@ -132,7 +152,7 @@ impl TestRedis {
             .map_err(|e| format!("cannot run redis-server: {e}"))?;
         self.child = Some(child);
         for _ in 0..150 {
-            if ping(self.port) {
+            if answers(self.port) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -146,7 +166,7 @@ impl TestRedis {
             drop(c.stdin.take());
             c.wait().ok();
             for _ in 0..150 {
-                if !ping(self.port) {
+                if !answers(self.port) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));

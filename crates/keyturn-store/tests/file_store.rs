@@ -164,3 +164,40 @@ async fn a_change_before_the_writer_first_runs_is_saved() {
     let saved = store.load().await.unwrap().expect("the change was saved");
     assert_eq!(saved.scopes.iter().map(|s| s.day_count).sum::<u64>(), 1);
 }
+
+#[tokio::test]
+async fn a_state_folder_others_can_write_is_made_private_or_refused() {
+    // Ours, left world-writable (by a umask, a careless chmod): tightened to 0700.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    std::fs::create_dir(&dir).unwrap();
+    for loose in [0o777, 0o770, 0o702] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(loose)).unwrap();
+        let store = FileStore::open(&dir).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o700, "{loose:o} was left as {mode:o}");
+        drop(store);
+    }
+    // Readable by the group but writable only by us: a choice, left as it is.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o750)).unwrap();
+    drop(FileStore::open(&dir).unwrap());
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o750);
+
+    // Someone else's world-writable folder cannot be made private: refused, untouched.
+    let theirs = tmp.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o777)).unwrap();
+    if std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).is_err() {
+        eprintln!("SKIPPED (part): cannot give a folder to another user without root");
+        return;
+    }
+    let err = FileStore::open(&theirs).unwrap_err().to_string();
+    assert!(
+        err.contains("writable by other users") && err.contains("KEYTURN_STATE_DIR"),
+        "{err}"
+    );
+    let mode = std::fs::metadata(&theirs).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o777, "someone else's folder is not changed");
+    assert!(!theirs.join(LOCK_FILE).exists(), "nothing is created in it");
+}
