@@ -707,7 +707,11 @@ impl Config {
         }
         at_least("serve.max_body_bytes", self.serve.max_body_bytes as u64, 1)?;
         at_least("serve.max_in_flight", self.serve.max_in_flight as u64, 1)?;
-        at_least("serve.max_connections", self.serve.max_connections as u64, 1)?;
+        at_least(
+            "serve.max_connections",
+            self.serve.max_connections as u64,
+            1,
+        )?;
         positive("serve.header_timeout", self.serve.header_timeout)?;
         positive("serve.body_timeout", self.serve.body_timeout)?;
         for (i, t) in self.serve.tokens.iter().enumerate() {
