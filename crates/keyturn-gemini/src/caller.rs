@@ -16,12 +16,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use keyturn_core::{Clock, DeadReason, Demand, KeyEntry, KeyId, Lease, Outcome, QuotaLedger};
+use keyturn_core::{Clock, Demand, KeyEntry, KeyId, Lease, Outcome, QuotaLedger};
 use rand::Rng;
 use serde_json::Value;
 use tracing::Instrument;
 
-use crate::error::{ApiFailure, ErrorKind, GeminiError, classify, redact, refused_reason};
+use crate::check::{KeyCheck, check_key};
+use crate::error::{ApiFailure, ErrorKind, GeminiError, classify, redact};
 use crate::transport::{SendError, Transport, describe};
 use crate::wire::HasUsage;
 
@@ -134,22 +135,11 @@ pub struct RotatingCaller {
     unmetered_cursor: Arc<std::sync::atomic::AtomicUsize>,
     stats: Arc<parking_lot::Mutex<Vec<KeyCallStats>>>,
     /// Recent probe answers per key (Unix ms, answer), so a burst of bare 403s probes once.
-    probes: Arc<parking_lot::Mutex<HashMap<KeyId, (i64, Probe)>>>,
+    probes: Arc<parking_lot::Mutex<HashMap<KeyId, (i64, KeyCheck)>>>,
 }
 
 /// How long a probe's answer about a key is reused.
 pub const PROBE_TTL: Duration = Duration::from_secs(60);
-
-/// What a probe that costs no quota said about a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Probe {
-    /// The key works.
-    Alive,
-    /// The key is refused too.
-    Refused(Option<DeadReason>),
-    /// No answer that says either.
-    Unknown,
-}
 
 enum Attempt {
     Done(Reply),
@@ -254,33 +244,20 @@ impl RotatingCaller {
         }))
     }
 
-    /// Asks, with a request that costs no quota (`GET models?pageSize=1`), whether `entry`'s key
-    /// works at all. Cached per key for [`PROBE_TTL`].
-    async fn probe(&self, entry: &KeyEntry, id: KeyId) -> Probe {
+    /// [`check_key`] for `entry`'s key, cached per key for [`PROBE_TTL`] so a burst of bare
+    /// 403s probes once.
+    async fn probe(&self, entry: &KeyEntry, id: KeyId) -> KeyCheck {
         let now = self.clock.now_ms();
-        if let Some((at, p)) = self.probes.lock().get(&id).copied()
+        if let Some((at, p)) = self.probes.lock().get(&id).cloned()
             && now.saturating_sub(at) < PROBE_TTL.as_millis() as i64
         {
             return p;
         }
-        let url = format!("{}?pageSize=1", self.transport.models_url());
-        let answer = match self.transport.get(&entry.key, &url).await {
-            Ok(r) if r.status().is_success() => Probe::Alive,
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let body = r.bytes().await.unwrap_or_default();
-                match classify(status, &body).kind {
-                    ErrorKind::DeadKey(reason) | ErrorKind::ProjectDead(reason) => {
-                        Probe::Refused(Some(reason))
-                    }
-                    ErrorKind::Unverified => Probe::Refused(None),
-                    _ => Probe::Unknown,
-                }
-            }
-            Err(_) => Probe::Unknown,
-        };
+        let answer = check_key(&self.transport, &entry.key).await;
         tracing::debug!(key = %entry.label, ?answer, "probed a key after a 403 without a reason");
-        self.probes.lock().insert(id, (self.clock.now_ms(), answer));
+        self.probes
+            .lock()
+            .insert(id, (self.clock.now_ms(), answer.clone()));
         answer
     }
 
@@ -298,11 +275,10 @@ impl RotatingCaller {
             return e;
         };
         a.kind = match self.probe(entry, id).await {
-            Probe::Refused(Some(reason)) => ErrorKind::DeadKey(reason),
-            Probe::Refused(None) => ErrorKind::DeadKey(refused_reason(&a.message)),
-            Probe::Alive if names_project_resource(body) => ErrorKind::CallerFault,
-            Probe::Alive => ErrorKind::ModelUnavailable,
-            Probe::Unknown => ErrorKind::Transient,
+            KeyCheck::Refused(reason) => ErrorKind::DeadKey(reason),
+            KeyCheck::Alive if names_project_resource(body) => ErrorKind::CallerFault,
+            KeyCheck::Alive => ErrorKind::ModelUnavailable,
+            KeyCheck::Unknown(_) => ErrorKind::Transient,
         };
         GeminiError::Api(a)
     }

@@ -27,6 +27,7 @@
 //! ```
 
 pub mod caller;
+pub mod check;
 pub mod error;
 pub mod metrics;
 #[cfg(feature = "testkit")]
@@ -37,5 +38,6 @@ pub mod wire;
 #[cfg(any(test, feature = "mock"))]
 pub use caller::MockGeminiCall;
 pub use caller::{ChunkStream, GeminiCall, KeyCallStats, Reply, RetryPolicy, RotatingCaller};
+pub use check::{KeyCheck, check_key};
 pub use error::{ApiFailure, ErrorKind, GeminiError, classify, redact};
 pub use transport::{InvalidName, SendError, Transport, TransportConfig, model_id, valid_model};

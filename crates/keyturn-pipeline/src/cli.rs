@@ -891,12 +891,14 @@ async fn cmd_keys(g: &Global, env: &Env, cwd: &Path, k: KeysCommand) -> ExitCode
                 Err(e) => return fail(EXIT_USAGE, e),
             };
             let (mut dead, mut good) = (0, 0);
+            let mut alive = Vec::new();
             println!("{:<22} {:<9} RESULT", "LABEL", "FP");
-            for (_, e) in ring.iter() {
+            for (id, e) in ring.iter() {
                 let result = match transport.get(&e.key, &url).await {
                     Err(detail) => format!("no answer: {detail}"),
                     Ok(r) if r.status().is_success() => {
                         good += 1;
+                        alive.push(id);
                         "valid".into()
                     }
                     Ok(r) => {
@@ -920,6 +922,7 @@ async fn cmd_keys(g: &Global, env: &Env, cwd: &Path, k: KeysCommand) -> ExitCode
                             }
                             keyturn_gemini::ErrorKind::CallerFault => {
                                 good += 1;
+                                alive.push(id);
                                 format!("valid key, but {model} answered {status}")
                             }
                             other => format!("inconclusive ({status}, {other:?})"),
@@ -934,6 +937,7 @@ async fn cmd_keys(g: &Global, env: &Env, cwd: &Path, k: KeysCommand) -> ExitCode
                     safe(&result)
                 );
             }
+            reenable(&cfg, env, cwd, &alive).await;
             // 0 only when a key is known good; 4 when every key was refused; 1 when some keys
             // could not be checked (no answer, inconclusive) and none is known good.
             if good > 0 {
@@ -1006,6 +1010,48 @@ fn age(ms: i64) -> String {
         0..=119 => format!("{s} s ago"),
         120..=7199 => format!("{} min ago", s / 60),
         _ => format!("{} h ago", s / 3600),
+    }
+}
+
+/// Re-enables the keys `keys check` found alive that the quota state has disabled. The state may
+/// be held by a running process (file backend): then it says how to do it later.
+async fn reenable(cfg: &Config, env: &Env, cwd: &Path, alive: &[keyturn_core::KeyId]) {
+    if alive.is_empty() {
+        return;
+    }
+    let pool = match create_pool(cfg, env, cwd).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "keyturn: could not open the quota state to re-enable keys that answered ({}); `keyturn keys reset LABEL` does it later",
+                safe(&e.to_string())
+            );
+            return;
+        }
+    };
+    if let Ok(st) = pool.ledger.status().await {
+        for id in alive {
+            let Some(k) = st.keys.get(id.index()) else {
+                continue;
+            };
+            if k.disabled.is_none() {
+                continue;
+            }
+            match pool.ledger.reset(ResetTarget::Key(*id)).await {
+                Ok(()) => println!("re-enabled {}: it answers again", safe(&k.label)),
+                Err(e) => eprintln!(
+                    "keyturn: could not re-enable {}: {}",
+                    safe(&k.label),
+                    safe(&e.to_string())
+                ),
+            }
+        }
+    }
+    if let Err(e) = pool.state.shutdown().await {
+        eprintln!(
+            "keyturn: could not save the quota state: {}",
+            safe(&e.to_string())
+        );
     }
 }
 

@@ -1309,3 +1309,42 @@ fn a_token_label_is_printed_as_a_quoted_toml_string() {
     assert!(!out.contains('\u{1b}'), "{out:?}");
     assert!(out.contains(r#"label = "team\"a\u001b[2J""#), "{out}");
 }
+
+/// `keys check` that finds a disabled key answering again brings it back into the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_check_re_enables_a_key_that_answers_again() {
+    let w = world(600, 10_000, Faults::default(), true).await;
+    let o = w.run(w.seed_cmd()).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let disabled = |status: &Value| {
+        status["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["label"] == "dead")
+            .unwrap()["disabled"]
+            .is_object()
+    };
+    let status = |o: Output| -> Value { serde_json::from_slice(&o.stdout).unwrap() };
+    assert!(disabled(&status(
+        w.run(w.command(&["status", "--json"])).await
+    )));
+    // Still refused: keys check leaves it disabled.
+    let check = w.run(w.command(&["keys", "check"])).await;
+    assert!(!text(&check).contains("re-enabled"), "{}", text(&check));
+    assert!(disabled(&status(
+        w.run(w.command(&["status", "--json"])).await
+    )));
+    // Its owner fixed it: keys check finds it alive and re-enables it.
+    assert!(w.sim.state().set_key_state("dead", KeyState::Valid));
+    let check = w.run(w.command(&["keys", "check"])).await;
+    assert!(check.status.success(), "{}", text(&check));
+    assert!(
+        text(&check).contains("re-enabled dead: it answers again"),
+        "{}",
+        text(&check)
+    );
+    assert!(!disabled(&status(
+        w.run(w.command(&["status", "--json"])).await
+    )));
+}

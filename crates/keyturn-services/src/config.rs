@@ -274,6 +274,27 @@ impl Default for NotifySettings {
     }
 }
 
+/// `[recheck]`: bringing disabled keys back when they answer again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecheckSettings {
+    /// Re-check disabled keys at all.
+    pub enabled: bool,
+    /// How long after a key was disabled (or last re-checked) it is asked again, with a request
+    /// that costs no quota.
+    #[serde(with = "serde_duration")]
+    pub interval: Duration,
+}
+
+impl Default for RecheckSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// `[metrics]`: the Prometheus exporter (off unless an address is given).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -356,6 +377,8 @@ pub struct Config {
     pub serve: ServeSettings,
     /// `[notify]`.
     pub notify: NotifySettings,
+    /// `[recheck]`.
+    pub recheck: RecheckSettings,
     /// `[metrics]`.
     pub metrics: MetricsSettings,
     /// Where the file came from (not a TOML field).
@@ -714,6 +737,7 @@ impl Config {
         )?;
         positive("serve.header_timeout", self.serve.header_timeout)?;
         positive("serve.body_timeout", self.serve.body_timeout)?;
+        positive("recheck.interval", self.recheck.interval)?;
         for (i, t) in self.serve.tokens.iter().enumerate() {
             check_name(&t.label).map_err(|d| bad(&format!("serve.tokens[{i}].label"), d))?;
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -121,10 +121,16 @@ impl Pool {
             ),
             None => None,
         };
+        let recheck = if cfg.recheck.enabled {
+            Some((transport(cfg, &cfg.http.api_version)?, cfg.recheck.interval))
+        } else {
+            None
+        };
         self.state.monitor = Some(monitor::Monitor::spawn(
             self.ledger.clone(),
             cfg.notify.clone(),
             notifier,
+            recheck,
         ));
         Ok(())
     }

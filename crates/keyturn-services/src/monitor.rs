@@ -3,13 +3,19 @@
 //! quota crossing a threshold, a key disabled, every key out for a model — each once per scope
 //! and Pacific day (the mark is kept in the ledger, so processes sharing a Redis ledger send it
 //! once between them). It runs beside the requests and never delays one.
+//!
+//! It also brings dead keys back: a disabled key is asked again, with a request that costs no
+//! quota ([`keyturn_gemini::check_key`]), `[recheck] interval` after it was disabled or last
+//! asked; a key that answers is re-enabled, with a log line and a `key_reenabled` event. Processes
+//! sharing a Redis ledger take turns (one asks per key and interval).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use keyturn_core::snapshot::{KeyStatus, ScopeStatus};
-use keyturn_core::{BreakerState, PoolStatus, QuotaDay, QuotaLedger, ScopeState};
+use keyturn_core::{BreakerState, PoolStatus, QuotaDay, QuotaLedger, ResetTarget, ScopeState};
+use keyturn_gemini::{KeyCheck, Transport, check_key};
 use tokio::sync::oneshot;
 
 use crate::config::NotifySettings;
@@ -35,10 +41,12 @@ pub struct Monitor {
 
 impl Monitor {
     /// Starts watching `ledger`. `notifier` receives warnings (they are logged either way).
+    /// With `recheck`, disabled keys are asked again through that transport at that interval.
     pub fn spawn(
         ledger: Arc<dyn QuotaLedger>,
         settings: NotifySettings,
         notifier: Option<Notifier>,
+        recheck: Option<(Transport, Duration)>,
     ) -> Self {
         let (stop, mut stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -47,6 +55,11 @@ impl Monitor {
                 settings,
                 notifier,
                 failing: false,
+                recheck: recheck.map(|(transport, interval)| Recheck {
+                    transport,
+                    interval,
+                    last_ms: BTreeMap::new(),
+                }),
             };
             let mut tick = tokio::time::interval(watch.settings.check_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -83,6 +96,15 @@ struct Watch {
     settings: NotifySettings,
     notifier: Option<Notifier>,
     failing: bool,
+    recheck: Option<Recheck>,
+}
+
+/// Asking disabled keys again.
+struct Recheck {
+    transport: Transport,
+    interval: Duration,
+    /// When this process last asked each key (by fingerprint).
+    last_ms: BTreeMap<String, i64>,
 }
 
 impl Watch {
@@ -104,6 +126,7 @@ impl Watch {
             }
         };
         gauges(&st);
+        self.recheck_disabled(&st).await;
         for p in warnings(&st, &self.settings) {
             match self.ledger.claim_notice(&p.id, p.until_ms).await {
                 Ok(true) => {
@@ -120,6 +143,83 @@ impl Watch {
                 }
                 Ok(false) => {}
                 Err(e) => tracing::debug!(error = %e, "could not record a warning as sent"),
+            }
+        }
+    }
+}
+
+impl Watch {
+    /// Asks each disabled key that is due whether it works again; re-enables those that do.
+    async fn recheck_disabled(&mut self, st: &PoolStatus) {
+        let Some(r) = &mut self.recheck else {
+            return;
+        };
+        let keys = self.ledger.keys();
+        let interval = r.interval.as_millis() as i64;
+        for k in &st.keys {
+            let Some(d) = &k.disabled else {
+                continue;
+            };
+            let fp = k.fingerprint.to_string();
+            let since = r
+                .last_ms
+                .get(&fp)
+                .copied()
+                .unwrap_or(d.since_ms)
+                .max(d.since_ms);
+            if st.at_ms.saturating_sub(since) < interval {
+                continue;
+            }
+            r.last_ms.insert(fp.clone(), st.at_ms);
+            // One process per key and interval asks, when several share the ledger.
+            let slot = st.at_ms / interval.max(1);
+            let mark = format!("recheck|{fp}|{slot}");
+            if !matches!(
+                self.ledger
+                    .claim_notice(&mark, st.at_ms.saturating_add(interval))
+                    .await,
+                Ok(true)
+            ) {
+                continue;
+            }
+            let Some(id) = keys.find(&fp) else {
+                continue;
+            };
+            let Some(entry) = keys.get(id) else {
+                continue;
+            };
+            match check_key(&r.transport, &entry.key).await {
+                KeyCheck::Alive => {
+                    if let Err(e) = self.ledger.reset(ResetTarget::Key(id)).await {
+                        tracing::warn!(key = %k.label, error = %e, "a key answers again but could not be re-enabled");
+                        continue;
+                    }
+                    let mut w = warning(
+                        "key_reenabled",
+                        false,
+                        st.at_ms,
+                        format!(
+                            "key '{}' ({fp}) answers again and is back in the pool (it was disabled: {})",
+                            k.label, d.reason
+                        ),
+                    );
+                    w.severity = "info";
+                    w.project = Some(k.project.clone());
+                    w.key = Some(k.label.clone());
+                    w.fingerprint = Some(fp);
+                    w.reason = Some(d.reason.to_string());
+                    metrics::counter!(WARNINGS, "event" => w.event).increment(1);
+                    tracing::info!(event = w.event, "{}", w.message);
+                    if let Some(n) = &self.notifier {
+                        n.send(w);
+                    }
+                }
+                KeyCheck::Refused(reason) => {
+                    tracing::debug!(key = %k.label, %reason, "a disabled key is still refused");
+                }
+                KeyCheck::Unknown(why) => {
+                    tracing::debug!(key = %k.label, %why, "a disabled key could not be checked");
+                }
             }
         }
     }

@@ -22,9 +22,9 @@ pub struct Warning {
     pub source: &'static str,
     /// [`PAYLOAD_VERSION`].
     pub version: u32,
-    /// `quota_threshold`, `key_disabled` or `model_exhausted`.
+    /// `quota_threshold`, `key_disabled`, `model_exhausted` or `key_reenabled`.
     pub event: &'static str,
-    /// `warning` (a threshold below 100 %) or `critical`.
+    /// `warning` (a threshold below 100 %), `critical`, or `info` (a key back in the pool).
     pub severity: &'static str,
     /// When it was noticed (RFC 3339, UTC).
     pub at: String,
