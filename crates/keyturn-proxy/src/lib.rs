@@ -506,9 +506,25 @@ fn parse_name(name: &str) -> Result<(&str, Option<&str>), Refusal> {
     }
 }
 
+/// An upstream-call slot (`max_in_flight`), for every route that calls upstream.
+async fn slot(st: &ProxyState) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
+    st.in_flight.clone().acquire_owned().await.map_err(|_| {
+        Box::new(gemini_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "keyturn proxy is shutting down",
+            vec![],
+        ))
+    })
+}
+
 async fn list_models(State(st): State<Arc<ProxyState>>, Path(version): Path<String>) -> Response {
     let Some(caller) = st.caller(&version) else {
         return not_found();
+    };
+    let _permit = match slot(&st).await {
+        Ok(p) => p,
+        Err(r) => return *r,
     };
     match caller.call_unmetered("models", None).await {
         Ok(r) => st.relay(r.raw),
@@ -526,6 +542,10 @@ async fn get_model(
     let model = match parse_name(&name) {
         Ok((m, None)) => m,
         Ok(_) => return not_found(),
+        Err(r) => return *r,
+    };
+    let _permit = match slot(&st).await {
+        Ok(p) => p,
         Err(r) => return *r,
     };
     match caller
@@ -618,13 +638,9 @@ async fn call_model(
             }
         }
     };
-    let Ok(permit) = st.in_flight.clone().acquire_owned().await else {
-        return gemini_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE",
-            "keyturn proxy is shutting down",
-            vec![],
-        );
+    let permit = match slot(&st).await {
+        Ok(p) => p,
+        Err(r) => return *r,
     };
     if action == "countTokens" {
         return match caller
