@@ -54,7 +54,8 @@ pub struct ProxyConfig {
     /// How long a client may take to send a request's headers, and how long an idle
     /// keep-alive connection stays open.
     pub header_timeout: Duration,
-    /// How long a client may take to send a request's body.
+    /// How long a client may take to send a request's body, and how long it may leave an
+    /// answer untaken (a write that makes no progress for this long closes the connection).
     pub body_timeout: Duration,
 }
 
@@ -726,11 +727,102 @@ fn stream_response(
 struct Limits {
     connections: Arc<Semaphore>,
     header_timeout: Duration,
+    /// How long a write to the client may wait without progress.
+    send_timeout: Duration,
+}
+
+/// A client socket whose writes fail once one has waited `limit` without progress: a client
+/// that never reads (pipelining requests it never takes the answers to, or leaving a stream
+/// untaken) would otherwise hold its connection, and a stream's in-flight slot, for ever; hyper
+/// has no write timeout of its own.
+struct SendGuard {
+    io: tokio::net::TcpStream,
+    limit: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl SendGuard {
+    fn guard<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.stalled = None;
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client took none of its answer in time ([serve] body_timeout)",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for SendGuard {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SendGuard {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.guard(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.guard(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.guard(cx, polled)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_shutdown(cx);
+        self.guard(cx, polled)
+    }
 }
 
 /// The accept loop: at most `connections` open at once (more wait in the kernel's backlog), each
 /// closed when its headers take longer than `header_timeout` to arrive — a slow client's or an
-/// idle keep-alive's — and all drained on shutdown.
+/// idle keep-alive's — or when a write to it makes no progress for `send_timeout`, and all
+/// drained on shutdown.
 async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
@@ -764,6 +856,11 @@ async fn serve(
         };
         socket.set_nodelay(true).ok();
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let socket = SendGuard {
+            io: socket,
+            limit: limits.send_timeout,
+            stalled: None,
+        };
         let conn = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -807,6 +904,7 @@ impl Proxy {
             Limits {
                 connections: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
                 header_timeout: cfg.header_timeout,
+                send_timeout: cfg.body_timeout,
             },
             rx,
         ));

@@ -429,3 +429,55 @@ async fn silent_and_slow_clients_are_let_go() {
     assert_eq!(up.posts.load(Ordering::SeqCst), 0);
     p.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_does_not_hold_a_connection_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::default();
+    let url = upstream(up.clone()).await;
+    let (p, _pool) = proxy(
+        &url,
+        dir.path(),
+        ProxyConfig {
+            max_connections: 1,
+            header_timeout: Duration::from_millis(300),
+            body_timeout: Duration::from_millis(300),
+            ..local()
+        },
+    )
+    .await;
+    let addr = p.addr();
+    let held = tokio::task::spawn_blocking(move || {
+        // Pipelined requests for small answers, none of them read, until the proxy stops
+        // taking more: its answers fill the socket.
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+        let one = "GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1000);
+        let mut sent = 0usize;
+        while s.write_all(one.as_bytes()).is_ok() {
+            sent += one.len();
+            assert!(sent < 512 << 20, "the proxy read 512 MiB of requests");
+        }
+        s
+    })
+    .await
+    .unwrap();
+    // Someone else, meanwhile, gets an answer.
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).map(|_| out)
+    })
+    .await
+    .unwrap();
+    drop(held);
+    let answer = answer.expect("the only connection slot was held by a client that never reads");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    p.shutdown(Duration::from_secs(1)).await;
+}
