@@ -687,12 +687,17 @@ fn stream_response(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Response {
     let scrubber = st.scrubber.clone();
-    let mut first = true;
+    // Whether the JSON array has been opened: by the first value, not by a failure, and the
+    // end closes it either way (a stream with no value is `[]`, not `]`).
+    let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opened_at_end = opened.clone();
     let frames = chunks
         .map(move |c| {
             let frame = match c {
                 Ok(v) if sse => format!("data: {v}\r\n\r\n"),
-                Ok(v) if first => format!("[{v}"),
+                Ok(v) if !opened.swap(true, std::sync::atomic::Ordering::Relaxed) => {
+                    format!("[{v}")
+                }
                 Ok(v) => format!(",\r\n{v}"),
                 Err(e) => {
                     // Headers are gone: the best the client can get is the stream's end.
@@ -700,7 +705,6 @@ fn stream_response(
                     String::new()
                 }
             };
-            first = false;
             let frame = match scrubber.scrub_known(frame.as_bytes()) {
                 Some(clean) => Bytes::from(clean),
                 None => Bytes::from(frame),
@@ -709,7 +713,15 @@ fn stream_response(
         })
         .chain(futures::stream::once(async move {
             drop(permit);
-            Ok(Bytes::from(if sse { "" } else { "]" }))
+            let end = match (
+                sse,
+                opened_at_end.load(std::sync::atomic::Ordering::Relaxed),
+            ) {
+                (true, _) => "",
+                (false, true) => "]",
+                (false, false) => "[]",
+            };
+            Ok(Bytes::from(end))
         }));
     let mut r = Response::new(Body::from_stream(frames));
     r.headers_mut().insert(

@@ -170,6 +170,12 @@ async fn upstream(up: Upstream) -> String {
                 );
                 return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
             }
+            if path.contains("streamGenerateContent") && name.starts_with("gemini-empty") {
+                return Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(Body::empty())
+                    .unwrap();
+            }
             if path.contains("streamGenerateContent") {
                 let release = up.release.clone();
                 let first = format!("data: {answer}\r\n\r\n");
@@ -479,5 +485,28 @@ async fn a_client_that_never_reads_its_answers_does_not_hold_a_connection_slot()
     drop(held);
     let answer = answer.expect("the only connection slot was held by a client that never reads");
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    p.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_without_events_is_still_a_json_array() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::default();
+    let url = upstream(up.clone()).await;
+    let (p, _pool) = proxy(&url, dir.path(), local()).await;
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/v1beta/models/gemini-empty:streamGenerateContent",
+            p.base_url()
+        ))
+        .body(HELLO)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let v: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("the client got no JSON ({e}): {text:?}"));
+    assert!(v.is_array(), "{text}");
     p.shutdown(Duration::from_secs(1)).await;
 }
