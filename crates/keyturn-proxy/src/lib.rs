@@ -701,7 +701,7 @@ fn stream_response(
                 Ok(v) => format!(",\r\n{v}"),
                 Err(e) => {
                     // Headers are gone: the best the client can get is the stream's end.
-                    tracing::warn!(error = %e, "upstream stream broke off");
+                    tracing::warn!(error = %e.to_string().escape_debug(), "upstream stream broke off");
                     String::new()
                 }
             };

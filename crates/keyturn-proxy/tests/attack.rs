@@ -158,6 +158,11 @@ async fn upstream(up: Upstream) -> String {
             let answer = format!(
                 "{{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\"{leak}\"}}]}}}}],\"usageMetadata\":{{\"promptTokenCount\":3,\"candidatesTokenCount\":1}}}}"
             );
+            if name.starts_with("gemini-forge") {
+                // Gemini quotes a client's own text back in its 400s.
+                let body = "{\"error\":{\"code\":400,\"message\":\"Unknown name \\\"x\\n2026-01-01T00:00:00Z ERROR forged line\\\"\",\"status\":\"INVALID_ARGUMENT\"}}";
+                return (StatusCode::BAD_REQUEST, body).into_response();
+            }
             if name.starts_with("gemini-bad") {
                 let body = format!(
                     "{{\"error\":{{\"code\":400,\"message\":\"Invalid value {leak}\",\"status\":\"INVALID_ARGUMENT\"}}}}"
@@ -509,4 +514,54 @@ async fn a_stream_without_events_is_still_a_json_array() {
         .unwrap_or_else(|e| panic!("the client got no JSON ({e}): {text:?}"));
     assert!(v.is_array(), "{text}");
     p.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A writer that keeps everything logged.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One thread runs the proxy, so the test's subscriber sees everything it logs.
+#[tokio::test(flavor = "current_thread")]
+async fn upstream_text_cannot_forge_a_log_line() {
+    let captured = Captured::default();
+    let c2 = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || c2.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::default();
+    let url = upstream(up.clone()).await;
+    let (p, _pool) = proxy(&url, dir.path(), local()).await;
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/v1beta/models/gemini-forge:generateContent",
+            p.base_url()
+        ))
+        .body(HELLO)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    p.shutdown(Duration::from_secs(1)).await;
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(logs.contains("forged line"), "the 400 was logged: {logs}");
+    for line in logs.lines() {
+        assert!(
+            !line.starts_with("2026-01-01T00:00:00Z"),
+            "an upstream answer wrote its own log line: {logs}"
+        );
+    }
 }
