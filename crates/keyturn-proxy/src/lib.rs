@@ -611,6 +611,39 @@ async fn read_body(st: &ProxyState, body: Body) -> Result<Bytes, Refusal> {
     }
 }
 
+/// Most JSON values a request body may hold: one per 32 bytes of the body cap, at least 65,536.
+/// A parsed value costs 32 bytes and more, so the parsed body stays near the size of the cap;
+/// a body of tiny values (`[0,0,0,…]`) would otherwise cost 16 to 32 times its size, before any
+/// in-flight slot is taken. Ordinary requests hold a few values per part or turn.
+fn max_json_values(max_body_bytes: usize) -> usize {
+    (max_body_bytes / 32).max(65_536)
+}
+
+/// About how many values a JSON text holds: its `[`, `{`, `,` and `:` outside strings (an upper
+/// bound, within one, of values plus keys), in one pass and no allocation.
+fn json_values(body: &[u8]) -> usize {
+    let mut n = 0;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' | b',' | b':' => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n
+}
+
 async fn call_model(
     State(st): State<Arc<ProxyState>>,
     Path((version, name)): Path<(String, String)>,
@@ -629,6 +662,12 @@ async fn call_model(
         Ok(b) => b,
         Err(r) => return *r,
     };
+    let most = max_json_values(st.max_body_bytes);
+    if json_values(&body) > most {
+        return invalid(&format!(
+            "the request body holds more than {most} JSON values; no Gemini request needs as many"
+        ));
+    }
     let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {

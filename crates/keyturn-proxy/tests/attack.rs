@@ -155,6 +155,10 @@ async fn upstream(up: Upstream) -> String {
                     .into_response();
             }
             up.posts.fetch_add(1, Ordering::SeqCst);
+            // Read the whole request, as Gemini would, before answering.
+            axum::body::to_bytes(req.into_body(), usize::MAX)
+                .await
+                .unwrap();
             let answer = format!(
                 "{{\"candidates\":[{{\"content\":{{\"parts\":[{{\"text\":\"{leak}\"}}]}}}}],\"usageMetadata\":{{\"promptTokenCount\":3,\"candidatesTokenCount\":1}}}}"
             );
@@ -564,4 +568,52 @@ async fn upstream_text_cannot_forge_a_log_line() {
             "an upstream answer wrote its own log line: {logs}"
         );
     }
+}
+
+/// A body of many tiny values (`[0,0,0,…]`) costs 16 to 32 times its size as a parsed JSON
+/// value, before any in-flight slot is taken: 20 MB of it is more than 300 MB. The proxy refuses
+/// bodies with more values than a body of ordinary requests could hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_of_tiny_values_is_refused_before_it_is_parsed() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::default();
+    let url = upstream(up.clone()).await;
+    let (p, _pool) = proxy(
+        &url,
+        dir.path(),
+        ProxyConfig {
+            max_body_bytes: 8 << 20,
+            ..local()
+        },
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let post = |body: String| {
+        client
+            .post(format!(
+                "{}/v1beta/models/gemini-ok-values:generateContent",
+                p.base_url()
+            ))
+            .body(body)
+            .send()
+    };
+    let zeros = vec!["0"; 3_000_000].join(",");
+    let bomb = format!(r#"{{"contents":[{{"parts":[{{"text":"hi"}}]}}],"x":[{zeros}]}}"#);
+    let r = post(bomb).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["status"], "INVALID_ARGUMENT");
+    assert_eq!(up.posts.load(Ordering::SeqCst), 0);
+    // An ordinary long conversation passes, and so does a long text in one value.
+    let turns: Vec<String> = (0..5_000)
+        .map(|i| format!(r#"{{"role":"user","parts":[{{"text":"turn {i}"}}]}}"#))
+        .collect();
+    let long = format!(r#"{{"contents":[{}]}}"#, turns.join(","));
+    assert_eq!(post(long).await.unwrap().status(), 200);
+    let text = format!(
+        r#"{{"contents":[{{"parts":[{{"text":"hi"}}]}}],"labels":{{"note":"{}"}}}}"#,
+        "a, b: [c] {d} \\\" ".repeat(400_000)
+    );
+    assert_eq!(post(text).await.unwrap().status(), 200);
+    p.shutdown(Duration::from_secs(1)).await;
 }
