@@ -268,8 +268,44 @@ fn client_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     })
 }
 
+/// Whether a request's `Origin` (which browsers send with every POST) names a page on this
+/// machine, or there is none (clients that are not browsers send none).
+fn from_this_machine(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Some(rest) = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, r)| r)
+    else {
+        // "null" (a sandboxed page, a file) and anything unreadable.
+        return false;
+    };
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => rest.split([':', '/']).next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 async fn authenticate(State(st): State<Arc<ProxyState>>, req: Request, next: Next) -> Response {
     if st.tokens.is_empty() {
+        // Without tokens anything that reaches loopback is served, and a web page can: a
+        // cross-site POST spends the pool's quota blind, and a page whose name was rebound to
+        // 127.0.0.1 reads the answers too. Browsers name the page; one elsewhere is refused.
+        if !from_this_machine(req.headers()) {
+            return gemini_error(
+                StatusCode::FORBIDDEN,
+                "PERMISSION_DENIED",
+                "keyturn proxy: a web page that is not on this machine cannot use a proxy without client tokens (add [[serve.tokens]])",
+                vec![],
+            );
+        }
         return next.run(req).await;
     }
     let Some(token) = client_token(req.headers(), req.uri().query()) else {

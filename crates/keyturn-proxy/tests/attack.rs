@@ -617,3 +617,55 @@ async fn a_body_of_tiny_values_is_refused_before_it_is_parsed() {
     assert_eq!(post(text).await.unwrap().status(), 200);
     p.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Without client tokens the proxy answers anyone who can reach loopback, and a web page can:
+/// a cross-site `fetch(…, {mode: "no-cors", method: "POST"})` spends the pool's quota blind, and
+/// a page whose name was rebound to 127.0.0.1 (DNS rebinding) also reads the answers. Browsers
+/// name the page in `Origin`; a request from a page that is not on this machine is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_pages_elsewhere_cannot_use_a_tokenless_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = Upstream::default();
+    let url = upstream(up.clone()).await;
+    let (p, _pool) = proxy(&url, dir.path(), local()).await;
+    let client = reqwest::Client::new();
+    let post = |origin: Option<&'static str>| {
+        let mut r = client
+            .post(format!(
+                "{}/v1beta/models/gemini-ok-web:generateContent",
+                p.base_url()
+            ))
+            .header("content-type", "text/plain")
+            .body(HELLO);
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send()
+    };
+    for origin in [
+        "http://evil.example",
+        "http://evil.example:8080",
+        "null",
+        "http://127.0.0.1.evil.example",
+        "http://localhost.evil.example",
+    ] {
+        let r = post(Some(origin)).await.unwrap();
+        assert_eq!(r.status(), 403, "{origin}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["status"], "PERMISSION_DENIED");
+    }
+    assert_eq!(
+        up.posts.load(Ordering::SeqCst),
+        0,
+        "a web page's request went upstream"
+    );
+    for origin in [
+        None,
+        Some("http://localhost:3000"),
+        Some("http://127.0.0.1:5173"),
+        Some("http://[::1]:8000"),
+    ] {
+        assert_eq!(post(origin).await.unwrap().status(), 200, "{origin:?}");
+    }
+    p.shutdown(Duration::from_secs(1)).await;
+}
