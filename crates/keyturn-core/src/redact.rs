@@ -66,7 +66,7 @@ impl Scrubber {
     }
 
     /// For a body relayed byte for byte: `None` when it holds none of the known keys (the common
-    /// case, which costs one scan), else the body with each replaced. Key-shaped strings that are
+    /// case, which costs one scan, or one per reading when the body holds escapes), else the body with each replaced. Key-shaped strings that are
     /// not the pool's are left alone here: an answer may legitimately quote one.
     pub fn scrub_known(&self, body: &[u8]) -> Option<Vec<u8>> {
         self.known.as_ref()?;
