@@ -2,11 +2,14 @@
 //! answers.
 //!
 //! A key can hide in more than its plain spelling: a JSON body may write any character as a
-//! `\u0041` escape, and a URL or form field writes it as `%41`. [`Scrubber`] reads text through
-//! those spellings (one decoded view, built only when the text holds an escape at all), finds the
-//! pool's own keys in it with one Aho-Corasick pass, and everything shaped like a Google API key
-//! (`AIza` + 35 of `[0-9A-Za-z_-]`) with one linear scan, and replaces each whole original span
-//! with `[key]`. The work is linear in the text, whatever it holds: no recursion, no rescans.
+//! `\u0041` escape, and a URL or form field writes it as `%41`. [`Scrubber`] reads text as it is
+//! and, when it holds escapes at all, through those spellings (JSON's, URLs', both: a stray `%4`
+//! read as an escape swallows a key's first letter that another reader still sees), finds the
+//! pool's own keys in each reading with one Aho-Corasick pass, and everything shaped like a
+//! Google API key (`AIza` + 35 of `[0-9A-Za-z_-]`) with one linear scan, and replaces each whole
+//! original span with `[key]`, never half an escape and never after a lone backslash, so JSON
+//! stays JSON. The work is linear in the text (at most four readings, a binary search per key
+//! found), whatever it holds: no recursion, no rescans; a reading costs one copy of the text.
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 
@@ -63,7 +66,7 @@ impl Scrubber {
     }
 
     /// For a body relayed byte for byte: `None` when it holds none of the known keys (the common
-    /// case, which costs one scan), else the body with each replaced. Key-shaped strings that are
+    /// case, which costs one scan, or one per reading when the body holds escapes), else the body with each replaced. Key-shaped strings that are
     /// not the pool's are left alone here: an answer may legitimately quote one.
     pub fn scrub_known(&self, body: &[u8]) -> Option<Vec<u8>> {
         self.known.as_ref()?;
@@ -78,12 +81,46 @@ impl Scrubber {
 
     /// Sorted, disjoint byte spans of `text` to replace.
     fn spans(&self, text: &[u8], shaped: bool) -> Vec<(usize, usize)> {
-        let view = Decoded::of(text);
-        let bytes = view.bytes(text);
+        let json = text.windows(2).any(|w| w == b"\\u" || w == b"\\U");
+        let pct = text.contains(&b'%');
+        // The plain text, and each way of reading it: as JSON, as a URL, as JSON then a URL.
+        // Each is needed: a stray `%4` or `\\u004` just before a key, read as an escape,
+        // swallows the key's first letter, while a reader of the other kind (or of the plain
+        // text) still sees the whole key.
+        let mut readings = vec![(false, false)];
+        match (json, pct) {
+            (false, false) => {}
+            (true, false) => readings.push((true, false)),
+            (false, true) => readings.push((false, true)),
+            (true, true) => readings.extend([(true, false), (false, true), (true, true)]),
+        }
         let mut spans = Vec::new();
+        for (json, pct) in readings {
+            let view = Decoded::of(text, json, pct);
+            self.scan(view.bytes(text), shaped, &mut |s, e| {
+                spans.push(view.original(s, e));
+            });
+        }
+        // A span that starts or ends inside an escape (one reading's key may begin inside
+        // another reading's escape) would leave half an escape behind: it takes the whole. And
+        // a span right after an odd run of backslashes would leave the run's last one escaping
+        // `[`, which is not JSON: that backslash goes with the span.
+        let spans = merge(spans)
+            .into_iter()
+            .map(|(s, e)| {
+                let (s, e) = (escape_around(text, s).map_or(s, |(a, _)| a), e);
+                let e = escape_around(text, e - 1).map_or(e, |(_, b)| b);
+                (s - usize::from(odd_backslashes_before(text, s)), e)
+            })
+            .collect();
+        merge(spans)
+    }
+
+    /// Reports each known key and, if `shaped`, each key-shaped run in `bytes`, in order.
+    fn scan(&self, bytes: &[u8], shaped: bool, found: &mut impl FnMut(usize, usize)) {
         if let Some(ac) = &self.known {
             for m in ac.find_iter(bytes) {
-                spans.push(view.original(m.start(), m.end()));
+                found(m.start(), m.end());
             }
         }
         if shaped {
@@ -93,7 +130,7 @@ impl Scrubber {
                 let tail = start + KEY_PREFIX.len();
                 let n = bytes[tail..].iter().take_while(|b| key_char(**b)).count();
                 if n >= KEY_TAIL {
-                    spans.push(view.original(start, tail + n));
+                    found(start, tail + n);
                     i = tail + n;
                 } else {
                     // Too short to be a key; whatever follows starts after this prefix.
@@ -101,8 +138,30 @@ impl Scrubber {
                 }
             }
         }
-        merge(spans)
     }
+}
+
+/// The escape (`\uXXXX` or `%XX`, of any character) that byte `at` is part of, if any.
+fn escape_around(text: &[u8], at: usize) -> Option<(usize, usize)> {
+    (at.saturating_sub(5)..=at).find_map(|j| {
+        let rest = &text[j..];
+        let len = match rest {
+            [b'\\', b'u' | b'U', h @ ..]
+                if h.len() >= 4 && h[..4].iter().all(u8::is_ascii_hexdigit) =>
+            {
+                6
+            }
+            [b'%', h @ ..] if h.len() >= 2 && h[..2].iter().all(u8::is_ascii_hexdigit) => 3,
+            _ => return None,
+        };
+        (at < j + len).then_some((j, j + len))
+    })
+}
+
+/// Whether `text[..at]` ends in an odd number of backslashes (the last one escapes `text[at]`).
+/// The run lies between two spans, so these walks cost at most one pass over the text.
+fn odd_backslashes_before(text: &[u8], at: usize) -> bool {
+    text[..at].iter().rev().take_while(|b| **b == b'\\').count() % 2 == 1
 }
 
 /// Removes `key` and everything key-shaped from `text`, in every spelling.
@@ -138,73 +197,114 @@ fn splice(text: &[u8], spans: &[(usize, usize)]) -> Vec<u8> {
     out
 }
 
-/// The text with `\uXXXX` and `%XX` escapes of ASCII characters decoded, and where each decoded
-/// byte came from. Plain text (no `\u`, no `%`) is its own view, at no cost.
+/// The text with `\uXXXX` and `%XX` escapes of ASCII characters decoded, and where each escape
+/// came from. Plain text (no `\u`, no `%`) is its own view, at no cost; otherwise the view costs
+/// one copy of the text and a record per escape, not per byte: a large answer with one `%` in it
+/// must not cost many times its size.
 struct Decoded {
-    /// Decoded bytes and, for each, its start in the original; empty when nothing was escaped.
+    /// Decoded bytes; empty when nothing was escaped.
     bytes: Vec<u8>,
-    starts: Vec<usize>,
-    /// Each decoded byte's end in the original.
-    ends: Vec<usize>,
+    /// Each escape, in order.
+    escapes: Vec<Escape>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Escape {
+    /// Its index in the decoded bytes.
+    at: usize,
+    /// Its start in the original.
+    from: usize,
+    /// Its length in the original.
+    len: usize,
 }
 
 impl Decoded {
-    fn of(text: &[u8]) -> Self {
-        let escaped = text.contains(&b'%') || text.windows(2).any(|w| w == b"\\u" || w == b"\\U");
-        if !escaped {
-            return Self {
-                bytes: Vec::new(),
-                starts: Vec::new(),
-                ends: Vec::new(),
-            };
+    /// The view with JSON's `\uXXXX` escapes decoded if `json` (as a JSON reader does: `\\`
+    /// is a backslash, and what follows it is no escape), and `%XX` if `pct`.
+    fn of(text: &[u8], json: bool, pct: bool) -> Self {
+        let mut view = Self {
+            bytes: Vec::new(),
+            escapes: Vec::new(),
+        };
+        if !json && !pct {
+            return view;
         }
-        let mut bytes = Vec::with_capacity(text.len());
-        let mut starts = Vec::with_capacity(text.len());
-        let mut ends = Vec::with_capacity(text.len());
+        view.bytes.reserve(text.len());
         let mut i = 0;
         while i < text.len() {
-            let (b, len) = escape_at(text, i).unwrap_or((text[i], 1));
-            bytes.push(b);
-            starts.push(i);
-            ends.push(i + len);
-            i += len;
+            match escape_at(text, i, json, pct) {
+                Some((b, len)) => {
+                    view.escapes.push(Escape {
+                        at: view.bytes.len(),
+                        from: i,
+                        len,
+                    });
+                    view.bytes.push(b);
+                    i += len;
+                }
+                None => {
+                    view.bytes.push(text[i]);
+                    i += 1;
+                }
+            }
         }
-        Self {
-            bytes,
-            starts,
-            ends,
+        if view.escapes.is_empty() {
+            view.bytes = Vec::new();
         }
+        view
+    }
+
+    fn is_identity(&self) -> bool {
+        self.escapes.is_empty()
     }
 
     fn bytes<'a>(&'a self, text: &'a [u8]) -> &'a [u8] {
-        if self.starts.is_empty() {
+        if self.is_identity() {
             text
         } else {
             &self.bytes
         }
     }
 
+    /// The original span of decoded byte `d`.
+    fn unit(&self, d: usize) -> (usize, usize) {
+        let k = self.escapes.partition_point(|e| e.at <= d);
+        match k.checked_sub(1).map(|k| self.escapes[k]) {
+            None => (d, d + 1),
+            Some(e) if e.at == d => (e.from, e.from + e.len),
+            Some(e) => {
+                let o = e.from + e.len + (d - e.at - 1);
+                (o, o + 1)
+            }
+        }
+    }
+
     /// The original span of decoded bytes `start..end`.
     fn original(&self, start: usize, end: usize) -> (usize, usize) {
-        if self.starts.is_empty() {
+        if self.is_identity() {
             (start, end)
         } else {
-            (self.starts[start], self.ends[end - 1])
+            (self.unit(start).0, self.unit(end - 1).1)
         }
     }
 }
 
-/// An escaped ASCII character at `i`: `\uXXXX` (JSON) or `%XX` (URLs), with its length.
-fn escape_at(text: &[u8], i: usize) -> Option<(u8, usize)> {
+/// An escaped ASCII character at `i`: `\\`, `\uXXXX` (JSON) or `%XX` (URLs), with its length.
+fn escape_at(text: &[u8], i: usize, json: bool, pct: bool) -> Option<(u8, usize)> {
+    // Hex digits only: `from_str_radix` alone also takes a sign (`%+A`).
     let hex = |s: &[u8]| -> Option<u32> {
+        if !s.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
         std::str::from_utf8(s)
             .ok()
             .and_then(|s| u32::from_str_radix(s, 16).ok())
     };
     let rest = &text[i..];
     let (value, len) = match rest {
-        [b'\\', b'u' | b'U', ..] if rest.len() >= 6 => (hex(&rest[2..6])?, 6),
-        [b'%', ..] if rest.len() >= 3 => (hex(&rest[1..3])?, 3),
+        [b'\\', b'\\', ..] if json => (b'\\'.into(), 2),
+        [b'\\', b'u' | b'U', ..] if json && rest.len() >= 6 => (hex(&rest[2..6])?, 6),
+        [b'%', ..] if pct && rest.len() >= 3 => (hex(&rest[1..3])?, 3),
         _ => return None,
     };
     u8::try_from(value)
@@ -287,5 +387,131 @@ mod tests {
         let k = fake_key('a');
         let out = redact(&format!("é {k} ü %zz \\u00e9 %C3%A9"), "");
         assert_eq!(out, "é [key] ü %zz \\u00e9 %C3%A9");
+    }
+
+    #[test]
+    fn a_dangling_escape_before_a_key_does_not_hide_it() {
+        // The decoded view reads `%4A` and `\u004A` as 'J', which swallowed the key's first
+        // letter: the key itself stood there in plain text, and in the text a JSON reader gets.
+        let k = fake_key('h');
+        let s = Scrubber::from_secrets([k.as_str()]);
+        for prefix in ["%4", "%+", "\\\\u004", "\\\\u00", "100%4", "%0"] {
+            let body = format!("{{\"text\": \"{prefix}{k}\"}}");
+            let out = s
+                .scrub_known(body.as_bytes())
+                .unwrap_or_else(|| panic!("{prefix}: the key stayed"));
+            let out = String::from_utf8(out).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert!(!v["text"].as_str().unwrap().contains(&k), "{prefix}: {out}");
+            let shaped = redact(&body, "");
+            assert!(!shaped.contains(&k[..20]), "{prefix}: {shaped}");
+        }
+    }
+
+    #[test]
+    fn redaction_keeps_json_valid() {
+        // A JSON string holding a literal backslash before an escape: `"\\u0041Iza…"`. Cutting
+        // after the first backslash left `"\[key]"`, which is not JSON.
+        let tail = "Q".repeat(35);
+        for inner in [
+            format!("\\\\u0041Iza{tail}"),
+            format!("\\\\\\u0041Iza{tail}"),
+            format!("\\u004AIza{tail}"),
+            format!("\\\\\\\\u0041Iza{tail}"),
+            format!("x\\\\%41Iza{tail}"),
+        ] {
+            let body = format!("{{\"text\": \"{inner}\"}}");
+            serde_json::from_str::<serde_json::Value>(&body).expect("the test's own JSON");
+            let out = redact(&body, "");
+            assert!(
+                serde_json::from_str::<serde_json::Value>(&out).is_ok(),
+                "{body} became {out}"
+            );
+        }
+    }
+
+    /// `%XX` escapes of ASCII decoded, the way a URL reader would.
+    fn url_decode(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            let hex = b
+                .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+            match (b[i], hex) {
+                (b'%', Some(h)) => {
+                    out.push(u8::from_str_radix(std::str::from_utf8(h).unwrap(), 16).unwrap());
+                    i += 3;
+                }
+                (c, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    proptest::proptest! {
+        /// A pool key inside a JSON string, among escapes and stray escape starts, with any of
+        /// its letters written as `\u00XX`: whatever the scrubber returns is JSON, and neither
+        /// a JSON reader nor a URL reader after it finds the key.
+        #[test]
+        fn a_key_in_json_goes_and_the_json_stays(
+            pieces in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("KEY"),
+                    proptest::strategy::Just("%4"),
+                    proptest::strategy::Just("%"),
+                    proptest::strategy::Just("%41"),
+                    proptest::strategy::Just("\\"),
+                    proptest::strategy::Just("\\u00"),
+                    proptest::strategy::Just("\\u004"),
+                    proptest::strategy::Just("\""),
+                    proptest::strategy::Just("é"),
+                    proptest::strategy::Just("AIza"),
+                    proptest::strategy::Just("x"),
+                    proptest::strategy::Just("4"),
+                ],
+                1..12,
+            ),
+            escape_mask in proptest::collection::vec(proptest::bool::ANY, 64),
+        ) {
+            let k = format!("AIza{}", "kQ-_9".repeat(7));
+            let s = Scrubber::from_secrets([k.as_str()]);
+            let text: String = pieces.iter().map(|p| if *p == "KEY" { k.as_str() } else { p }).collect();
+            // JSON with the key's characters escaped where the mask says.
+            let mut json = String::from("{\"t\":\"");
+            let mut n = 0;
+            for c in text.chars() {
+                match c {
+                    '"' => json.push_str("\\\""),
+                    '\\' => json.push_str("\\\\"),
+                    c if c.is_ascii_alphanumeric() => {
+                        if escape_mask[n % escape_mask.len()] {
+                            json.push_str(&format!("\\u{:04X}", c as u32));
+                        } else {
+                            json.push(c);
+                        }
+                        n += 1;
+                    }
+                    c => json.push(c),
+                }
+            }
+            json.push_str("\"}");
+            let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+            proptest::prop_assert_eq!(parsed["t"].as_str().unwrap(), text.as_str());
+            for out in [
+                s.scrub_known(json.as_bytes()).map_or(json.clone(), |b| String::from_utf8(b).unwrap()),
+                s.redact(&json),
+            ] {
+                let v: serde_json::Value = serde_json::from_str(&out)
+                    .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{json} -> {out}: {e}")))?;
+                let t = v["t"].as_str().unwrap();
+                proptest::prop_assert!(!t.contains(&k), "{} -> {}", json, out);
+                proptest::prop_assert!(!url_decode(t).contains(&k), "{} -> {}", json, out);
+            }
+        }
     }
 }

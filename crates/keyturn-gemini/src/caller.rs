@@ -404,7 +404,8 @@ impl RotatingCaller {
                 span.record("retry", reason);
                 crate::metrics::record_retry(model, reason);
             }
-            span.in_scope(|| tracing::debug!(kind = ?e.kind(), error = %e, "attempt failed"));
+            // Upstream text (Gemini quotes clients back) is escaped: it must not write log lines.
+            span.in_scope(|| tracing::debug!(kind = ?e.kind(), error = %e.to_string().escape_debug(), "attempt failed"));
             match e.kind() {
                 ErrorKind::CallerFault | ErrorKind::NoCapacity | ErrorKind::Unverified => {
                     return Err(e);

@@ -54,7 +54,8 @@ pub struct ProxyConfig {
     /// How long a client may take to send a request's headers, and how long an idle
     /// keep-alive connection stays open.
     pub header_timeout: Duration,
-    /// How long a client may take to send a request's body.
+    /// How long a client may take to send a request's body, and how long it may leave an
+    /// answer untaken (a write that makes no progress for this long closes the connection).
     pub body_timeout: Duration,
 }
 
@@ -267,8 +268,44 @@ fn client_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     })
 }
 
+/// Whether a request's `Origin` (which browsers send with every POST) names a page on this
+/// machine, or there is none (clients that are not browsers send none).
+fn from_this_machine(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Some(rest) = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, r)| r)
+    else {
+        // "null" (a sandboxed page, a file) and anything unreadable.
+        return false;
+    };
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => rest.split([':', '/']).next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 async fn authenticate(State(st): State<Arc<ProxyState>>, req: Request, next: Next) -> Response {
     if st.tokens.is_empty() {
+        // Without tokens anything that reaches loopback is served, and a web page can: a
+        // cross-site POST spends the pool's quota blind, and a page whose name was rebound to
+        // 127.0.0.1 reads the answers too. Browsers name the page; one elsewhere is refused.
+        if !from_this_machine(req.headers()) {
+            return gemini_error(
+                StatusCode::FORBIDDEN,
+                "PERMISSION_DENIED",
+                "keyturn proxy: a web page that is not on this machine cannot use a proxy without client tokens (add [[serve.tokens]])",
+                vec![],
+            );
+        }
         return next.run(req).await;
     }
     let Some(token) = client_token(req.headers(), req.uri().query()) else {
@@ -506,9 +543,25 @@ fn parse_name(name: &str) -> Result<(&str, Option<&str>), Refusal> {
     }
 }
 
+/// An upstream-call slot (`max_in_flight`), for every route that calls upstream.
+async fn slot(st: &ProxyState) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
+    st.in_flight.clone().acquire_owned().await.map_err(|_| {
+        Box::new(gemini_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "keyturn proxy is shutting down",
+            vec![],
+        ))
+    })
+}
+
 async fn list_models(State(st): State<Arc<ProxyState>>, Path(version): Path<String>) -> Response {
     let Some(caller) = st.caller(&version) else {
         return not_found();
+    };
+    let _permit = match slot(&st).await {
+        Ok(p) => p,
+        Err(r) => return *r,
     };
     match caller.call_unmetered("models", None).await {
         Ok(r) => st.relay(r.raw),
@@ -526,6 +579,10 @@ async fn get_model(
     let model = match parse_name(&name) {
         Ok((m, None)) => m,
         Ok(_) => return not_found(),
+        Err(r) => return *r,
+    };
+    let _permit = match slot(&st).await {
+        Ok(p) => p,
         Err(r) => return *r,
     };
     match caller
@@ -590,6 +647,39 @@ async fn read_body(st: &ProxyState, body: Body) -> Result<Bytes, Refusal> {
     }
 }
 
+/// Most JSON values a request body may hold: one per 32 bytes of the body cap, at least 65,536.
+/// A parsed value costs 32 bytes and more, so the parsed body stays near the size of the cap;
+/// a body of tiny values (`[0,0,0,…]`) would otherwise cost 16 to 32 times its size, before any
+/// in-flight slot is taken. Ordinary requests hold a few values per part or turn.
+fn max_json_values(max_body_bytes: usize) -> usize {
+    (max_body_bytes / 32).max(65_536)
+}
+
+/// About how many values a JSON text holds: its `[`, `{`, `,` and `:` outside strings (an upper
+/// bound, within one, of values plus keys), in one pass and no allocation.
+fn json_values(body: &[u8]) -> usize {
+    let mut n = 0;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' | b',' | b':' => n += 1,
+                _ => {}
+            }
+        }
+    }
+    n
+}
+
 async fn call_model(
     State(st): State<Arc<ProxyState>>,
     Path((version, name)): Path<(String, String)>,
@@ -608,6 +698,12 @@ async fn call_model(
         Ok(b) => b,
         Err(r) => return *r,
     };
+    let most = max_json_values(st.max_body_bytes);
+    if json_values(&body) > most {
+        return invalid(&format!(
+            "the request body holds more than {most} JSON values; no Gemini request needs as many"
+        ));
+    }
     let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
@@ -618,13 +714,9 @@ async fn call_model(
             }
         }
     };
-    let Ok(permit) = st.in_flight.clone().acquire_owned().await else {
-        return gemini_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE",
-            "keyturn proxy is shutting down",
-            vec![],
-        );
+    let permit = match slot(&st).await {
+        Ok(p) => p,
+        Err(r) => return *r,
     };
     if action == "countTokens" {
         return match caller
@@ -670,20 +762,24 @@ fn stream_response(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Response {
     let scrubber = st.scrubber.clone();
-    let mut first = true;
+    // Whether the JSON array has been opened: by the first value, not by a failure, and the
+    // end closes it either way (a stream with no value is `[]`, not `]`).
+    let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let opened_at_end = opened.clone();
     let frames = chunks
         .map(move |c| {
             let frame = match c {
                 Ok(v) if sse => format!("data: {v}\r\n\r\n"),
-                Ok(v) if first => format!("[{v}"),
+                Ok(v) if !opened.swap(true, std::sync::atomic::Ordering::Relaxed) => {
+                    format!("[{v}")
+                }
                 Ok(v) => format!(",\r\n{v}"),
                 Err(e) => {
                     // Headers are gone: the best the client can get is the stream's end.
-                    tracing::warn!(error = %e, "upstream stream broke off");
+                    tracing::warn!(error = %e.to_string().escape_debug(), "upstream stream broke off");
                     String::new()
                 }
             };
-            first = false;
             let frame = match scrubber.scrub_known(frame.as_bytes()) {
                 Some(clean) => Bytes::from(clean),
                 None => Bytes::from(frame),
@@ -692,7 +788,15 @@ fn stream_response(
         })
         .chain(futures::stream::once(async move {
             drop(permit);
-            Ok(Bytes::from(if sse { "" } else { "]" }))
+            let end = match (
+                sse,
+                opened_at_end.load(std::sync::atomic::Ordering::Relaxed),
+            ) {
+                (true, _) => "",
+                (false, true) => "]",
+                (false, false) => "[]",
+            };
+            Ok(Bytes::from(end))
         }));
     let mut r = Response::new(Body::from_stream(frames));
     r.headers_mut().insert(
@@ -710,11 +814,102 @@ fn stream_response(
 struct Limits {
     connections: Arc<Semaphore>,
     header_timeout: Duration,
+    /// How long a write to the client may wait without progress.
+    send_timeout: Duration,
+}
+
+/// A client socket whose writes fail once one has waited `limit` without progress: a client
+/// that never reads (pipelining requests it never takes the answers to, or leaving a stream
+/// untaken) would otherwise hold its connection, and a stream's in-flight slot, for ever; hyper
+/// has no write timeout of its own.
+struct SendGuard {
+    io: tokio::net::TcpStream,
+    limit: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl SendGuard {
+    fn guard<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        use std::task::Poll;
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.stalled = None;
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the client took none of its answer in time ([serve] body_timeout)",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for SendGuard {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SendGuard {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        self.guard(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.guard(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.guard(cx, polled)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let polled = std::pin::Pin::new(&mut self.io).poll_shutdown(cx);
+        self.guard(cx, polled)
+    }
 }
 
 /// The accept loop: at most `connections` open at once (more wait in the kernel's backlog), each
 /// closed when its headers take longer than `header_timeout` to arrive — a slow client's or an
-/// idle keep-alive's — and all drained on shutdown.
+/// idle keep-alive's — or when a write to it makes no progress for `send_timeout`, and all
+/// drained on shutdown.
 async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
@@ -748,6 +943,11 @@ async fn serve(
         };
         socket.set_nodelay(true).ok();
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let socket = SendGuard {
+            io: socket,
+            limit: limits.send_timeout,
+            stalled: None,
+        };
         let conn = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
@@ -791,6 +991,7 @@ impl Proxy {
             Limits {
                 connections: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
                 header_timeout: cfg.header_timeout,
+                send_timeout: cfg.body_timeout,
             },
             rx,
         ));

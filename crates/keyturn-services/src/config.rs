@@ -214,7 +214,8 @@ pub struct ServeSettings {
     /// keep-alive connection stays open.
     #[serde(with = "serde_duration")]
     pub header_timeout: Duration,
-    /// How long a client may take to send a request's body.
+    /// How long a client may take to send a request's body, and to take an answer it has left
+    /// untaken.
     #[serde(with = "serde_duration")]
     pub body_timeout: Duration,
     /// Client tokens (`[[serve.tokens]]`). Required to listen beyond loopback.
