@@ -1,5 +1,7 @@
 //! The hot path (acquire + settle) allocates nothing: counted with dhat's heap profiler in testing
-//! mode, over 100 keys × 3 models with every rule on.
+//! mode, over 100 keys × 3 models with every rule on. Time is a manual clock moved 2 ms per
+//! request, so the run crosses every second and minute bucket the same way on every machine,
+//! however loaded (with the system clock, how many boundaries a run crossed depended on load).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -7,7 +9,7 @@ use std::sync::Arc;
 
 use keyturn_core::{
     ApiKey, Demand, InMemoryLedger, KeyRing, KeySpec, LedgerConfig, LimitOverride, LimitTable,
-    Outcome, SystemClock,
+    ManualClock, Outcome,
 };
 
 #[global_allocator]
@@ -26,6 +28,8 @@ fn acquire_and_settle_do_not_allocate() {
         };
         limits.set_model(m, big).unwrap();
     }
+    // 2026-06-01 12:00 Pacific: far from midnight, so no day boundary falls inside the run.
+    let clock = Arc::new(ManualClock::at_ms(1_780_340_400_000));
     let keys = KeyRing::new(
         (0..100)
             .map(|i| {
@@ -42,7 +46,7 @@ fn acquire_and_settle_do_not_allocate() {
             models: models.iter().map(|m| m.to_string()).collect(),
             ..LedgerConfig::default()
         },
-        Arc::new(SystemClock),
+        clock.clone(),
     );
     // Warm up: every model seen, every path touched once.
     for m in models {
@@ -54,6 +58,7 @@ fn acquire_and_settle_do_not_allocate() {
         let m = models[(i % 3) as usize];
         let lease = ledger.try_acquire(m, Demand::tokens(100 + i % 50)).unwrap();
         ledger.settle_now(lease, Outcome::success(80 + i % 40));
+        clock.advance(std::time::Duration::from_millis(2));
     }
     let after = dhat::HeapStats::get();
     dhat::assert_eq!(after.total_blocks, before.total_blocks);

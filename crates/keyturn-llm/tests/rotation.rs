@@ -276,7 +276,22 @@ async fn a_503_storm_opens_breakers_and_calls_finish_when_it_ends() {
     for c in calls {
         c.await.unwrap().unwrap();
     }
-    let st = s.ledger.status().await.unwrap();
+    // A breaker closes on its half-open probe's success, which takes a request: on a loaded
+    // machine the four calls may all have finished on the key that recovered first. Keep
+    // calling (bounded) until every breaker has had its probe.
+    let mut st = s.ledger.status().await.unwrap();
+    for i in 0..100 {
+        if st
+            .keys
+            .iter()
+            .all(|k| k.breaker == keyturn_core::BreakerState::Closed)
+        {
+            break;
+        }
+        s.llm.generate(&req(100 + i)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        st = s.ledger.status().await.unwrap();
+    }
     assert!(
         st.keys
             .iter()
