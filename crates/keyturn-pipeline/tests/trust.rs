@@ -234,7 +234,7 @@ fn raw_request(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, 
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -537,7 +537,7 @@ async fn slow_and_silent_clients_are_cut_off_and_connections_are_bounded() {
             let mut s = TcpStream::connect(addr).unwrap();
             if i % 2 == 0 {
                 // Slowloris: a request line and one header, then nothing more.
-                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
                     .unwrap();
             }
             s
@@ -566,7 +566,7 @@ async fn slow_and_silent_clients_are_cut_off_and_connections_are_bounded() {
     );
     // An idle keep-alive connection is closed too.
     let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .unwrap();
     let mut first = [0u8; 12];
     s.read_exact(&mut first).unwrap();

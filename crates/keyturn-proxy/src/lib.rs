@@ -268,24 +268,11 @@ fn client_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     })
 }
 
-/// Whether a request's `Origin` (which browsers send with every POST) names a page on this
-/// machine, or there is none (clients that are not browsers send none).
-fn from_this_machine(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
-    };
-    let Some(rest) = origin
-        .to_str()
-        .ok()
-        .and_then(|o| o.split_once("://"))
-        .map(|(_, r)| r)
-    else {
-        // "null" (a sandboxed page, a file) and anything unreadable.
-        return false;
-    };
-    let host = match rest.strip_prefix('[') {
+/// Whether `host` (a URL's or a `Host` header's, with or without a port) names this machine.
+fn loopback_host(host_port: &str) -> bool {
+    let host = match host_port.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => rest.split([':', '/']).next().unwrap_or_default(),
+        None => host_port.split([':', '/']).next().unwrap_or_default(),
     };
     host.eq_ignore_ascii_case("localhost")
         || host
@@ -293,16 +280,38 @@ fn from_this_machine(headers: &HeaderMap) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether a request comes from this machine as far as a browser can tell: its `Host` names
+/// this machine (a page whose name was rebound to 127.0.0.1 still sends its own name), and its
+/// `Origin` (which browsers send with every POST) is absent — clients that are not browsers send
+/// none — or names a page on this machine.
+fn from_this_machine(headers: &HeaderMap) -> bool {
+    let host_ok = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_none_or(loopback_host);
+    let origin_ok = match headers.get(header::ORIGIN) {
+        None => true,
+        // "null" (a sandboxed page, a file) and anything unreadable are refused.
+        Some(o) => o
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .is_some_and(|(_, rest)| loopback_host(rest)),
+    };
+    host_ok && origin_ok
+}
+
 async fn authenticate(State(st): State<Arc<ProxyState>>, req: Request, next: Next) -> Response {
     if st.tokens.is_empty() {
         // Without tokens anything that reaches loopback is served, and a web page can: a
         // cross-site POST spends the pool's quota blind, and a page whose name was rebound to
-        // 127.0.0.1 reads the answers too. Browsers name the page; one elsewhere is refused.
+        // 127.0.0.1 reads the answers too. Browsers name the page (`Origin`) and the host they
+        // think they talk to (`Host`); anything not on this machine is refused.
         if !from_this_machine(req.headers()) {
             return gemini_error(
                 StatusCode::FORBIDDEN,
                 "PERMISSION_DENIED",
-                "keyturn proxy: a web page that is not on this machine cannot use a proxy without client tokens (add [[serve.tokens]])",
+                "keyturn proxy: without client tokens only this machine can use the proxy: the request named another host or came from a web page elsewhere (add [[serve.tokens]], or call it as 127.0.0.1 or localhost)",
                 vec![],
             );
         }
@@ -589,10 +598,7 @@ async fn get_model(
         .call_unmetered(&format!("models/{model}"), None)
         .await
     {
-        Ok(r) => {
-            st.models.insert(&version, model);
-            st.relay(r.raw)
-        }
+        Ok(r) => st.relay(r.raw),
         Err(e) => failure(&st, &e),
     }
 }

@@ -258,7 +258,7 @@ fn raw(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) 
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -424,14 +424,14 @@ async fn silent_and_slow_clients_are_let_go() {
         assert!(s.read(&mut buf).is_ok(), "a silent client was held");
         // Half the headers, then nothing: closed.
         let mut s = connect();
-        write!(s, "POST /v1beta/models/{FLASH}:generateContent HTTP/1.1\r\nHost: x\r\n").unwrap();
+        write!(s, "POST /v1beta/models/{FLASH}:generateContent HTTP/1.1\r\nHost: 127.0.0.1\r\n").unwrap();
         let mut out = Vec::new();
         assert!(s.read_to_end(&mut out).is_ok(), "slow headers were waited for");
         // A body that never finishes: 408.
         let mut s = connect();
         write!(
             s,
-            "POST /v1beta/models/{FLASH}:generateContent HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"con"
+            "POST /v1beta/models/{FLASH}:generateContent HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n{{\"con"
         )
         .unwrap();
         let n = s.read(&mut buf).expect("a slow body was waited for");
@@ -467,7 +467,7 @@ async fn a_client_that_never_reads_its_answers_does_not_hold_a_connection_slot()
         // taking more: its answers fill the socket.
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
-        let one = "GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n".repeat(1000);
+        let one = "GET /nothing-here HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(1000);
         let mut sent = 0usize;
         while s.write_all(one.as_bytes()).is_ok() {
             sent += one.len();
@@ -483,7 +483,7 @@ async fn a_client_that_never_reads_its_answers_does_not_hold_a_connection_slot()
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(
             s,
-            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut out = Vec::new();
@@ -666,6 +666,33 @@ async fn web_pages_elsewhere_cannot_use_a_tokenless_proxy() {
         Some("http://[::1]:8000"),
     ] {
         assert_eq!(post(origin).await.unwrap().status(), 200, "{origin:?}");
+    }
+    // DNS rebinding: a page whose name now resolves to 127.0.0.1 sends GETs without an Origin,
+    // but with its own name as the Host.
+    for (host, want) in [
+        ("evil.example", 403),
+        ("evil.example:8080", 403),
+        ("127.0.0.1.evil.example", 403),
+        ("localhost", 200),
+        ("127.0.0.1:9", 200),
+        ("[::1]:9", 200),
+    ] {
+        let mut sock = TcpStream::connect(p.addr()).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            sock,
+            "GET /v1beta/models HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        sock.read_to_string(&mut out).ok();
+        let status: u16 = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        assert_eq!(status, want, "Host: {host}: {out}");
     }
     p.shutdown(Duration::from_secs(1)).await;
 }

@@ -122,7 +122,7 @@ fn raw(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str) ->
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -388,4 +388,34 @@ async fn auth_schemes_oversized_bodies_and_error_messages() {
         !body.contains("alpha") && !body.contains("beta"),
         "a key label reached the client: {body}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_lookups_do_not_fill_the_set_of_served_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Recorder::default();
+    let url = upstream(rec.clone()).await;
+    let (p, _pool) = proxy(&url, dir.path(), local()).await;
+    let client = reqwest::Client::new();
+    // An upstream (or gateway) that says yes to every name: looking them up is free and must
+    // not use up the proxy's room for models.
+    for i in 0..(keyturn_proxy::MAX_MODELS + 10) {
+        let r = client
+            .get(format!("{}/v1beta/models/gemini-made-up-{i}", p.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = client
+        .post(format!(
+            "{}/v1beta/models/{FLASH}:generateContent",
+            p.base_url()
+        ))
+        .body(HELLO)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    p.shutdown(Duration::from_secs(1)).await;
 }

@@ -145,11 +145,15 @@ const THREE: &[(&str, &str)] = &[
 async fn rotates_and_passes_bodies_through_on_both_versions() {
     let s = setup(THREE, 1000, Faults::default(), false, 1 << 20).await;
     // The proxy confirms a model (GET models/{m}, no quota) before it first meters it; that probe
-    // is counted by the simulator, so the spread is measured after it.
+    // is counted by the simulator, so the spread is measured after a first call on each version.
     for version in ["v1beta", "v1"] {
-        let r = reqwest::get(format!("{}/{version}/models/{FLASH}", s.proxy.base_url()))
-            .await
-            .unwrap();
+        let r = post(
+            &s,
+            &format!("/{version}/models/{FLASH}:generateContent"),
+            None,
+            &json!({"contents": [{"parts": [{"text": "warm up"}]}]}),
+        )
+        .await;
         assert_eq!(r.status(), 200);
     }
     let requests = |st: &Value, k: &str| {
