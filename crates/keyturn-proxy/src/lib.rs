@@ -24,19 +24,26 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
-use keyturn_core::{AcquireError, Clock, Demand, QuotaLedger, Scrubber, SystemClock};
+use keyturn_core::{Clock, Demand, QuotaLedger, Scrubber, SystemClock};
+use keyturn_gemini::GeminiCall;
 use keyturn_gemini::wire::estimate_input_tokens;
-use keyturn_gemini::{ErrorKind, GeminiCall, GeminiError};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
+
+mod answer;
+mod auth;
+mod server;
+
+use answer::{failure, gemini_error, invalid, json_bytes, not_found};
+
+pub use auth::{digest, new_token, parse_digest};
+pub use server::Proxy;
 
 /// Proxy settings.
 #[derive(Debug, Clone)]
@@ -93,38 +100,6 @@ pub enum ProxyError {
         /// Why.
         source: std::io::Error,
     },
-}
-
-/// SHA-256 of a token.
-pub fn digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-/// Parses a configured hex digest.
-pub fn parse_digest(label: &str, hex: &str) -> Result<[u8; 32], ProxyError> {
-    let mut out = [0u8; 32];
-    if hex.len() != 64 {
-        return Err(ProxyError::BadDigest(label.to_owned()));
-    }
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16)
-            .map_err(|_| ProxyError::BadDigest(label.to_owned()))?;
-    }
-    Ok(out)
-}
-
-/// A fresh client token and its digest: `kt_` + 64 hex digits of randomness.
-pub fn new_token() -> (String, String) {
-    let bytes: [u8; 32] = rand::random();
-    let token = format!(
-        "kt_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    );
-    let d = digest(&token)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>();
-    (token, d)
 }
 
 impl ProxyConfig {
@@ -227,132 +202,15 @@ impl ProxyState {
     }
 }
 
-/// A Gemini-format error.
-fn gemini_error(status: StatusCode, state: &str, message: &str, details: Vec<Value>) -> Response {
-    let mut error = json!({"code": status.as_u16(), "message": message, "status": state});
-    if !details.is_empty() {
-        error["details"] = Value::Array(details);
-    }
-    json_bytes(status, Bytes::from(json!({ "error": error }).to_string()))
-}
-
-fn json_bytes(status: StatusCode, body: Bytes) -> Response {
-    let mut r = Response::new(Body::from(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=UTF-8"),
-    );
-    r
-}
-
-fn client_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
-    if let Some(v) = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()) {
-        return Some(v.trim().to_owned());
-    }
-    // The scheme is case-insensitive (RFC 9110 §11.1).
-    if let Some((scheme, token)) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        && scheme.eq_ignore_ascii_case("bearer")
-    {
-        return Some(token.trim().to_owned());
-    }
-    // `?key=`, as Gemini itself accepts it: some clients know no other way. It is read here and
-    // never sent upstream (upstream URLs are built from validated segments only).
-    query.and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("key="))
-            .map(str::to_owned)
-    })
-}
-
-/// Whether `host` (a URL's or a `Host` header's, with or without a port) names this machine.
-fn loopback_host(host_port: &str) -> bool {
-    let host = match host_port.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host_port.split([':', '/']).next().unwrap_or_default(),
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Whether a request comes from this machine as far as a browser can tell: its `Host` names
-/// this machine (a page whose name was rebound to 127.0.0.1 still sends its own name), and its
-/// `Origin` (which browsers send with every POST) is absent — clients that are not browsers send
-/// none — or names a page on this machine.
-fn from_this_machine(headers: &HeaderMap) -> bool {
-    let host_ok = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .is_none_or(loopback_host);
-    let origin_ok = match headers.get(header::ORIGIN) {
-        None => true,
-        // "null" (a sandboxed page, a file) and anything unreadable are refused.
-        Some(o) => o
-            .to_str()
-            .ok()
-            .and_then(|o| o.split_once("://"))
-            .is_some_and(|(_, rest)| loopback_host(rest)),
-    };
-    host_ok && origin_ok
-}
-
-async fn authenticate(State(st): State<Arc<ProxyState>>, req: Request, next: Next) -> Response {
-    if st.tokens.is_empty() {
-        // Without tokens anything that reaches loopback is served, and a web page can: a
-        // cross-site POST spends the pool's quota blind, and a page whose name was rebound to
-        // 127.0.0.1 reads the answers too. Browsers name the page (`Origin`) and the host they
-        // think they talk to (`Host`); anything not on this machine is refused.
-        if !from_this_machine(req.headers()) {
-            return gemini_error(
-                StatusCode::FORBIDDEN,
-                "PERMISSION_DENIED",
-                "keyturn proxy: without client tokens only this machine can use the proxy: the request named another host or came from a web page elsewhere (add [[serve.tokens]], or call it as 127.0.0.1 or localhost)",
-                vec![],
-            );
-        }
-        return next.run(req).await;
-    }
-    let Some(token) = client_token(req.headers(), req.uri().query()) else {
-        return gemini_error(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHENTICATED",
-            "keyturn proxy: missing client token (x-goog-api-key, Authorization: Bearer, or ?key=)",
-            vec![],
-        );
-    };
-    let d = digest(&token);
-    // Every digest is compared, in constant time, so timing says nothing about which matched.
-    let mut found: Option<&str> = None;
-    for (label, want) in &st.tokens {
-        if bool::from(d.ct_eq(want)) {
-            found = Some(label);
-        }
-    }
-    match found {
-        Some(label) => {
-            tracing::debug!(client = label, path = %req.uri().path().escape_debug(), "proxy request");
-            next.run(req).await
-        }
-        None => gemini_error(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHENTICATED",
-            "keyturn proxy: client token not recognised",
-            vec![],
-        ),
-    }
-}
-
 /// The proxy's router.
 pub fn router(state: Arc<ProxyState>) -> Router {
     let api = Router::new()
         .route("/{version}/models", get(list_models))
         .route("/{version}/models/{name}", get(get_model).post(call_model))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ));
     Router::new()
         .merge(api)
         .route("/healthz", get(|| async { "ok" }))
@@ -374,108 +232,6 @@ async fn readyz(State(st): State<Arc<ProxyState>>) -> Response {
             "the quota ledger is unavailable",
         )
             .into_response(),
-    }
-}
-
-fn not_found() -> Response {
-    gemini_error(
-        StatusCode::NOT_FOUND,
-        "NOT_FOUND",
-        "Requested entity was not found.",
-        vec![],
-    )
-}
-
-fn invalid(message: &str) -> Response {
-    gemini_error(
-        StatusCode::BAD_REQUEST,
-        "INVALID_ARGUMENT",
-        &format!("keyturn proxy: {message}"),
-        vec![],
-    )
-}
-
-/// What a client may read about a failure: no key, and no key label either (labels name the
-/// pool's accounts; clients see neither).
-fn client_message(e: &GeminiError) -> String {
-    match e {
-        GeminiError::Api(a) => format!(
-            "Gemini answered {} {}: {}",
-            a.status, a.status_text, a.message
-        ),
-        GeminiError::Transport { model, detail, .. } => {
-            format!("no usable answer from Gemini for {model}: {detail}")
-        }
-        GeminiError::Quota(AcquireError::AllKeysDisabled { model, .. }) => {
-            format!("every key of the pool is disabled for {model}")
-        }
-        GeminiError::Quota(AcquireError::Backend(_)) | GeminiError::Ledger(_) => {
-            "the quota ledger is unavailable".to_owned()
-        }
-        GeminiError::RetriesExhausted {
-            model,
-            attempts,
-            last,
-            ..
-        } => format!(
-            "gave up on {model} after {attempts} attempts; last error: {}",
-            client_message(last)
-        ),
-        other => other.to_string(),
-    }
-}
-
-/// Maps a failed call to what the client gets.
-fn failure(st: &ProxyState, e: &GeminiError) -> Response {
-    if let GeminiError::Api(a) = e
-        && matches!(a.kind, ErrorKind::CallerFault | ErrorKind::Unverified)
-    {
-        // The request was at fault: the client sees Gemini's own answer, less any pool key.
-        let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_REQUEST);
-        return json_bytes(status, Bytes::from(st.scrubber.redact(&a.body)));
-    }
-    let message = st
-        .scrubber
-        .redact(&format!("keyturn proxy: {}", client_message(e)));
-    match e {
-        GeminiError::Invalid(_) => return invalid(&client_message(e)),
-        GeminiError::Redirected { .. } => {
-            return gemini_error(StatusCode::BAD_GATEWAY, "UNAVAILABLE", &message, vec![]);
-        }
-        _ => {}
-    }
-    match e.quota() {
-        Some(AcquireError::Exhausted { until_ms, .. }) => {
-            let secs = ((until_ms - st.clock.now_ms()).max(0) as u64)
-                .div_ceil(1000)
-                .max(1);
-            gemini_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "RESOURCE_EXHAUSTED",
-                &message,
-                vec![
-                    json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{secs}s")}),
-                ],
-            )
-        }
-        Some(AcquireError::ModelUnavailable { .. }) => gemini_error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "RESOURCE_EXHAUSTED",
-            &message,
-            vec![],
-        ),
-        Some(AcquireError::DemandTooLarge { .. }) => gemini_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_ARGUMENT",
-            &message,
-            vec![],
-        ),
-        _ => gemini_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE",
-            &message,
-            vec![],
-        ),
     }
 }
 
@@ -814,219 +570,6 @@ fn stream_response(
         }),
     );
     r
-}
-
-/// What bounds a client's hold on the server.
-struct Limits {
-    connections: Arc<Semaphore>,
-    header_timeout: Duration,
-    /// How long a write to the client may wait without progress.
-    send_timeout: Duration,
-}
-
-/// A client socket whose writes fail once one has waited `limit` without progress: a client
-/// that never reads (pipelining requests it never takes the answers to, or leaving a stream
-/// untaken) would otherwise hold its connection, and a stream's in-flight slot, for ever; hyper
-/// has no write timeout of its own.
-struct SendGuard {
-    io: tokio::net::TcpStream,
-    limit: Duration,
-    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl SendGuard {
-    fn guard<T>(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-        polled: std::task::Poll<std::io::Result<T>>,
-    ) -> std::task::Poll<std::io::Result<T>> {
-        use std::task::Poll;
-        if polled.is_ready() {
-            self.stalled = None;
-            return polled;
-        }
-        let limit = self.limit;
-        let stalled = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-        match stalled.as_mut().poll(cx) {
-            Poll::Ready(()) => {
-                self.stalled = None;
-                Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "the client took none of its answer in time ([serve] body_timeout)",
-                )))
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl tokio::io::AsyncRead for SendGuard {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for SendGuard {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
-        self.guard(cx, polled)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let polled = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.guard(cx, polled)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let polled = std::pin::Pin::new(&mut self.io).poll_flush(cx);
-        self.guard(cx, polled)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let polled = std::pin::Pin::new(&mut self.io).poll_shutdown(cx);
-        self.guard(cx, polled)
-    }
-}
-
-/// The accept loop: at most `connections` open at once (more wait in the kernel's backlog), each
-/// closed when its headers take longer than `header_timeout` to arrive — a slow client's or an
-/// idle keep-alive's — or when a write to it makes no progress for `send_timeout`, and all
-/// drained on shutdown.
-async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    limits: Limits,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
-) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .keep_alive(true);
-    loop {
-        let permit = tokio::select! {
-            p = limits.connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = &mut stop => break,
-        };
-        let (socket, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a moment rather than spin.
-                    tracing::warn!(error = %e, "proxy could not accept a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut stop => break,
-        };
-        socket.set_nodelay(true).ok();
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let socket = SendGuard {
-            io: socket,
-            limit: limits.send_timeout,
-            stalled: None,
-        };
-        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "proxy connection ended");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    graceful.shutdown().await;
-}
-
-/// A running proxy.
-#[derive(Debug)]
-pub struct Proxy {
-    addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Proxy {
-    /// Binds and serves in the background.
-    pub async fn start(state: Arc<ProxyState>, cfg: &ProxyConfig) -> Result<Self, ProxyError> {
-        cfg.validate()?;
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| ProxyError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| ProxyError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
-        let app = router(state);
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve(
-            listener,
-            app,
-            Limits {
-                connections: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
-                header_timeout: cfg.header_timeout,
-                send_timeout: cfg.body_timeout,
-            },
-            rx,
-        ));
-        Ok(Self {
-            addr,
-            shutdown: Some(tx),
-            task,
-        })
-    }
-
-    /// Where it listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `http://ip:port`.
-    pub fn base_url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Stops accepting, drains requests in flight (up to `grace`), then closes what is left.
-    pub async fn shutdown(mut self, grace: Duration) {
-        if let Some(tx) = self.shutdown.take() {
-            tx.send(()).ok();
-        }
-        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
-            self.task.abort();
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,151 @@
+//! Who may use the proxy: client tokens, kept only as SHA-256 digests and compared in constant
+//! time (`x-goog-api-key`, `Authorization: Bearer` in any case, or `?key=`); without tokens, only
+//! this machine, as far as a browser can tell (`Host` and `Origin`).
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::{ProxyError, ProxyState, gemini_error};
+
+/// SHA-256 of a token.
+pub fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Parses a configured hex digest.
+pub fn parse_digest(label: &str, hex: &str) -> Result<[u8; 32], ProxyError> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return Err(ProxyError::BadDigest(label.to_owned()));
+    }
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16)
+            .map_err(|_| ProxyError::BadDigest(label.to_owned()))?;
+    }
+    Ok(out)
+}
+
+/// A fresh client token and its digest: `kt_` + 64 hex digits of randomness.
+pub fn new_token() -> (String, String) {
+    let bytes: [u8; 32] = rand::random();
+    let token = format!(
+        "kt_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let d = digest(&token)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    (token, d)
+}
+
+fn client_token(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    if let Some(v) = headers.get("x-goog-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_owned());
+    }
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    if let Some((scheme, token)) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        && scheme.eq_ignore_ascii_case("bearer")
+    {
+        return Some(token.trim().to_owned());
+    }
+    // `?key=`, as Gemini itself accepts it: some clients know no other way. It is read here and
+    // never sent upstream (upstream URLs are built from validated segments only).
+    query.and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("key="))
+            .map(str::to_owned)
+    })
+}
+
+/// Whether `host` (a URL's or a `Host` header's, with or without a port) names this machine.
+fn loopback_host(host_port: &str) -> bool {
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split([':', '/']).next().unwrap_or_default(),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether a request comes from this machine as far as a browser can tell: its `Host` names
+/// this machine (a page whose name was rebound to 127.0.0.1 still sends its own name), and its
+/// `Origin` (which browsers send with every POST) is absent — clients that are not browsers send
+/// none — or names a page on this machine.
+fn from_this_machine(headers: &HeaderMap) -> bool {
+    let host_ok = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_none_or(loopback_host);
+    let origin_ok = match headers.get(header::ORIGIN) {
+        None => true,
+        // "null" (a sandboxed page, a file) and anything unreadable are refused.
+        Some(o) => o
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .is_some_and(|(_, rest)| loopback_host(rest)),
+    };
+    host_ok && origin_ok
+}
+
+pub(crate) async fn authenticate(
+    State(st): State<Arc<ProxyState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if st.tokens.is_empty() {
+        // Without tokens anything that reaches loopback is served, and a web page can: a
+        // cross-site POST spends the pool's quota blind, and a page whose name was rebound to
+        // 127.0.0.1 reads the answers too. Browsers name the page (`Origin`) and the host they
+        // think they talk to (`Host`); anything not on this machine is refused.
+        if !from_this_machine(req.headers()) {
+            return gemini_error(
+                StatusCode::FORBIDDEN,
+                "PERMISSION_DENIED",
+                "keyturn proxy: without client tokens only this machine can use the proxy: the request named another host or came from a web page elsewhere (add [[serve.tokens]], or call it as 127.0.0.1 or localhost)",
+                vec![],
+            );
+        }
+        return next.run(req).await;
+    }
+    let Some(token) = client_token(req.headers(), req.uri().query()) else {
+        return gemini_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "keyturn proxy: missing client token (x-goog-api-key, Authorization: Bearer, or ?key=)",
+            vec![],
+        );
+    };
+    let d = digest(&token);
+    // Every digest is compared, in constant time, so timing says nothing about which matched.
+    let mut found: Option<&str> = None;
+    for (label, want) in &st.tokens {
+        if bool::from(d.ct_eq(want)) {
+            found = Some(label);
+        }
+    }
+    match found {
+        Some(label) => {
+            tracing::debug!(client = label, path = %req.uri().path().escape_debug(), "proxy request");
+            next.run(req).await
+        }
+        None => gemini_error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "keyturn proxy: client token not recognised",
+            vec![],
+        ),
+    }
+}

@@ -1,0 +1,138 @@
+//! The accept loop: hyper's own connection builder rather than `axum::serve`, for what axum does
+//! not offer — a bound on open connections, a header-read timeout that also closes idle
+//! keep-alive connections, and a write timeout for clients that stop reading.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::sync::Semaphore;
+
+use crate::{ProxyConfig, ProxyError, ProxyState, router};
+
+/// What bounds a client's hold on the server.
+struct Limits {
+    connections: Arc<Semaphore>,
+    header_timeout: Duration,
+    /// How long a write to the client may wait without progress.
+    send_timeout: Duration,
+}
+
+/// The accept loop: at most `connections` open at once (more wait in the kernel's backlog), each
+/// closed when its headers take longer than `header_timeout` to arrive — a slow client's or an
+/// idle keep-alive's — or when a write to it makes no progress for `send_timeout`, and all
+/// drained on shutdown.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    loop {
+        let permit = tokio::select! {
+            p = limits.connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut stop => break,
+        };
+        let (socket, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "proxy could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        socket.set_nodelay(true).ok();
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // hyper has no write timeout: a client that never reads (pipelining requests it never
+        // takes the answers to, or leaving a stream untaken) would hold its connection, and a
+        // stream's in-flight slot, for ever.
+        let mut socket = tokio_io_timeout::TimeoutStream::new(socket);
+        socket.set_write_timeout(Some(limits.send_timeout));
+        let socket = Box::pin(socket);
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "proxy connection ended");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// A running proxy.
+#[derive(Debug)]
+pub struct Proxy {
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    /// Binds and serves in the background.
+    pub async fn start(state: Arc<ProxyState>, cfg: &ProxyConfig) -> Result<Self, ProxyError> {
+        cfg.validate()?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| ProxyError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ProxyError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let app = router(state);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(
+            listener,
+            app,
+            Limits {
+                connections: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
+                header_timeout: cfg.header_timeout,
+                send_timeout: cfg.body_timeout,
+            },
+            rx,
+        ));
+        Ok(Self {
+            addr,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ip:port`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, drains requests in flight (up to `grace`), then closes what is left.
+    pub async fn shutdown(mut self, grace: Duration) {
+        if let Some(tx) = self.shutdown.take() {
+            tx.send(()).ok();
+        }
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            self.task.abort();
+        }
+    }
+}
