@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -14,8 +16,9 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use keyturn_proxy::{Proxy, ProxyConfig, ProxyState};
-use keyturn_services::{Config, Env, Pool, caller_for_version, create_pool};
+use common::local;
+use keyturn_proxy::{Proxy, ProxyConfig};
+use keyturn_services::Pool;
 use serde_json::Value;
 
 const FLASH: &str = "gemini-2.5-flash";
@@ -215,61 +218,16 @@ async fn upstream(up: Upstream) -> String {
 
 async fn proxy(upstream: &str, dir: &Path, cfg: ProxyConfig) -> (Proxy, Pool) {
     let [k1, k2] = pool_keys();
-    std::fs::write(
-        dir.join("keys.txt"),
-        format!(
-            "{k1} label={} project=p1\n{k2} label={} project=p2\n",
-            LABELS[0], LABELS[1]
-        ),
-    )
-    .unwrap();
-    let toml = format!(
-        "[state]\ndir = \"{}\"\n[rotation]\nmax_wait = \"0s\"\n[retry]\nmax_attempts = 2\nbase_backoff = \"1ms\"\nmax_backoff = \"2ms\"\n",
-        dir.join("state").display()
-    );
-    let mut env = Env::new();
-    env.insert(
-        "KEYTURN_KEYS_FILE".into(),
-        dir.join("keys.txt").display().to_string(),
-    );
-    env.insert("GEMINI_BASE_URL".into(), upstream.to_owned());
-    let mut config = Config::from_toml(&toml, Path::new("test.toml")).unwrap();
-    config.apply_env(&env);
-    let pool = create_pool(&config, &env, dir).await.unwrap();
-    let state = Arc::new(ProxyState::new(
-        caller_for_version(&config, pool.ledger.clone(), "v1beta").unwrap(),
-        caller_for_version(&config, pool.ledger.clone(), "v1").unwrap(),
-        pool.ledger.clone(),
-        &cfg,
-    ));
-    (Proxy::start(state, &cfg).await.unwrap(), pool)
+    let keys = [
+        (k1.as_str(), LABELS[0], "p1"),
+        (k2.as_str(), LABELS[1], "p2"),
+    ];
+    common::proxy(upstream, dir, cfg, &keys).await
 }
 
-fn local() -> ProxyConfig {
-    ProxyConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..ProxyConfig::default()
-    }
-}
-
-/// One raw HTTP/1.1 request; the answer's status and the whole text.
+/// One raw request without extra headers.
 fn raw(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, out)
+    common::raw(addr, method, path, "", body)
 }
 
 fn body_of(answer: &str) -> String {

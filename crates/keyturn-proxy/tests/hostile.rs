@@ -3,8 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,8 +14,9 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use keyturn_proxy::{Proxy, ProxyConfig, ProxyState, digest};
-use keyturn_services::{Config, Env, Pool, caller_for_version, create_pool};
+use common::local;
+use keyturn_proxy::{Proxy, ProxyConfig, digest};
+use keyturn_services::Pool;
 use proptest::prelude::*;
 
 const FLASH: &str = "gemini-2.5-flash";
@@ -82,58 +83,11 @@ async fn upstream(rec: Recorder) -> String {
 }
 
 async fn proxy(upstream: &str, dir: &Path, cfg: ProxyConfig) -> (Proxy, Pool) {
-    std::fs::write(
-        dir.join("keys.txt"),
-        "made-up-hostile-key-1 label=alpha project=p1\nmade-up-hostile-key-2 label=beta project=p2\n",
-    )
-    .unwrap();
-    let toml = format!(
-        "[state]\ndir = \"{}\"\n[rotation]\nmax_wait = \"0s\"\n[retry]\nmax_attempts = 2\nbase_backoff = \"1ms\"\nmax_backoff = \"2ms\"\n",
-        dir.join("state").display()
-    );
-    let mut env = Env::new();
-    env.insert(
-        "KEYTURN_KEYS_FILE".into(),
-        dir.join("keys.txt").display().to_string(),
-    );
-    env.insert("GEMINI_BASE_URL".into(), upstream.to_owned());
-    let mut config = Config::from_toml(&toml, Path::new("test.toml")).unwrap();
-    config.apply_env(&env);
-    let pool = create_pool(&config, &env, dir).await.unwrap();
-    let state = Arc::new(ProxyState::new(
-        caller_for_version(&config, pool.ledger.clone(), "v1beta").unwrap(),
-        caller_for_version(&config, pool.ledger.clone(), "v1").unwrap(),
-        pool.ledger.clone(),
-        &cfg,
-    ));
-    (Proxy::start(state, &cfg).await.unwrap(), pool)
-}
-
-fn local() -> ProxyConfig {
-    ProxyConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        ..ProxyConfig::default()
-    }
-}
-
-/// One raw HTTP/1.1 request with the path exactly as given.
-fn raw(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, out)
+    let keys = [
+        ("made-up-hostile-key-1", "alpha", "p1"),
+        ("made-up-hostile-key-2", "beta", "p2"),
+    ];
+    common::proxy(upstream, dir, cfg, &keys).await
 }
 
 const HELLO: &str = r#"{"contents":[{"parts":[{"text":"hello"}]}]}"#;
@@ -195,7 +149,7 @@ fn upstream_paths_are_only_ever_valid_models_and_methods() {
                     Some(a) => format!("/v1beta/models/{segment}:{a}"),
                     None => format!("/v1beta/models/{segment}"),
                 };
-                let (status, _) = raw(addr, method, &path, "", HELLO);
+                let (status, _) = common::raw(addr, method, &path, "", HELLO);
                 prop_assert!(status != 0 && status != 500, "{method} {path}: {status}");
                 Ok(())
             },
@@ -342,7 +296,7 @@ async fn auth_schemes_oversized_bodies_and_error_messages() {
     .await;
     let path = format!("/v1beta/models/{FLASH}:generateContent");
     for scheme in ["Bearer", "bearer", "BEARER"] {
-        let (status, body) = raw(
+        let (status, body) = common::raw(
             p.addr(),
             "POST",
             &path,
@@ -351,7 +305,7 @@ async fn auth_schemes_oversized_bodies_and_error_messages() {
         );
         assert_eq!(status, 200, "{scheme}: {body}");
     }
-    let (status, body) = raw(
+    let (status, body) = common::raw(
         p.addr(),
         "POST",
         &path,
@@ -381,7 +335,7 @@ async fn auth_schemes_oversized_bodies_and_error_messages() {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, dead).await.ok() });
     let (p, _pool) = proxy(&format!("http://{addr}"), dir.path(), local()).await;
-    let (status, body) = raw(p.addr(), "POST", &path, "", HELLO);
+    let (status, body) = common::raw(p.addr(), "POST", &path, "", HELLO);
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("overloaded"), "{body}");
     assert!(
