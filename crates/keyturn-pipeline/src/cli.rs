@@ -1250,10 +1250,13 @@ async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -> ExitCode 
         println!("sha256 = \"{digest}\"");
         return ExitCode::SUCCESS;
     }
-    let cfg = match load(g, env, cwd, false) {
+    let mut cfg = match load(g, env, cwd, false) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, e),
     };
+    // The proxy's own bound on waiting for quota: a client is told when to come back (429 with
+    // RetryInfo) rather than held past its SDK's timeout.
+    cfg.rotation.max_wait = cfg.rotation.max_wait.min(cfg.serve.max_queue_wait);
     let listen = a.listen.clone().unwrap_or_else(|| cfg.serve.listen.clone());
     let Ok(listen) = listen.parse::<std::net::SocketAddr>() else {
         return fail(

@@ -579,3 +579,26 @@ async fn slow_and_silent_clients_are_cut_off_and_connections_are_bounded() {
     assert!(served.alive());
     served.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_tells_a_client_when_to_come_back_instead_of_holding_it() {
+    let upstream = Upstream::start(Arc::new(|m, p, _| answers(m, p))).await;
+    // One request a minute per project, a long rotation wait, the proxy's own short bound.
+    let d = Dir::new(&format!(
+        "[rotation]\nmax_wait = \"90s\"\n[models.\"{FLASH}\"]\nrpm = 1\ntpm = 1000000\nrpd = 1000\n[serve]\nmax_queue_wait = \"1s\"\n"
+    ));
+    let served = d.serve(&upstream.url()).await;
+    let generate = format!("/v1beta/models/{FLASH}:generateContent");
+    for _ in KEYS {
+        assert_eq!(raw_request(served.addr, "POST", &generate, HELLO).0, 200);
+    }
+    let (status, answer) = raw_request(served.addr, "POST", &generate, HELLO);
+    assert_eq!(status, 429, "{answer}");
+    let body: serde_json::Value =
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED");
+    let delay = body["error"]["details"][0]["retryDelay"].as_str().unwrap();
+    let secs: u64 = delay.trim_end_matches('s').parse().unwrap();
+    assert!((1..=61).contains(&secs), "{delay}");
+    served.stop();
+}

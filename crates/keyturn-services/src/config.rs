@@ -210,6 +210,11 @@ pub struct ServeSettings {
     pub max_in_flight: usize,
     /// Client connections open at once; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// How long a proxied request may wait for quota (the proxy's bound in place of
+    /// `[rotation] max_wait`); past it the client gets 429 with `RetryInfo` at once. SDKs time
+    /// out at about 60 s and retry, so a long wait only doubles the load.
+    #[serde(with = "serde_duration")]
+    pub max_queue_wait: Duration,
     /// How long a client may take to send a request's headers; also how long an idle
     /// keep-alive connection stays open.
     #[serde(with = "serde_duration")]
@@ -229,6 +234,7 @@ impl Default for ServeSettings {
             max_body_bytes: 20 * 1024 * 1024,
             max_in_flight: 64,
             max_connections: 1024,
+            max_queue_wait: Duration::from_secs(5),
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
             tokens: Vec::new(),
