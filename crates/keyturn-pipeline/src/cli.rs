@@ -298,6 +298,7 @@ fn service_exit(e: &ServiceError) -> u8 {
 
 /// Runs the command line; the binary's `main`.
 pub fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     init_logging(&cli.global);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -310,9 +311,31 @@ pub fn main() -> ExitCode {
     rt.block_on(run(cli))
 }
 
+/// A reader that went away (`keyturn status | head -1`) ends the command quietly with 0, as it
+/// does for any Unix tool: Rust ignores SIGPIPE, so `println!` would panic on the closed pipe.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 async fn run(cli: Cli) -> ExitCode {
     let env = process_env();
     let cwd = cwd();
+    // A bad KEYTURN_CLOCK_OFFSET_MS is a configuration error for every command that reads it.
+    if let Err(e) = keyturn_services::clock(&env) {
+        return fail(EXIT_USAGE, e);
+    }
     let g = cli.global.clone();
     match cli.command {
         Command::Seed(a) => cmd_seed(&g, &env, &cwd, a).await,
