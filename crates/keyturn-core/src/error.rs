@@ -129,7 +129,7 @@ pub enum AcquireError {
     },
     /// Every key is disabled.
     #[error(
-        "every key is disabled for {model} ({detail}); replace the keys, then run `keyturn keys reset --all`"
+        "every key is disabled for {model} ({detail}); fix or replace the keys, then run `keyturn keys check` (it re-enables the keys that answer) or `keyturn keys reset LABEL` for each; `keys reset --all` would also zero every quota counter"
     )]
     AllKeysDisabled {
         /// The model asked for.

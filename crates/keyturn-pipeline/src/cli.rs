@@ -501,7 +501,7 @@ pub fn report_and_exit(report: &RunReport, resume: &str) -> ExitCode {
             when(*until_ms)
         ),
         Stop::AllKeysInvalid { detail } => eprintln!(
-            "keyturn: every key was rejected ({}); fix the keys, run `keyturn keys reset --all`, then: {resume}",
+            "keyturn: every key was rejected ({}); fix the keys, run `keyturn keys check` (it re-enables the keys that answer), then: {resume}",
             safe(detail)
         ),
         Stop::Interrupted => {
@@ -544,6 +544,26 @@ fn shell_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
 }
 
+/// `keyturn` and these arguments, each quoted unless it is plainly one shell word.
+fn resume_command(args: impl Iterator<Item = std::ffi::OsString>) -> String {
+    let plain = |w: &str| {
+        !w.is_empty()
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@+%".contains(&b))
+    };
+    let mut line = String::from("keyturn");
+    for a in args {
+        let w = a.to_string_lossy();
+        line.push(' ');
+        if plain(&w) {
+            line.push_str(&w);
+        } else {
+            line.push_str(&shell_quote(Path::new(&*w)));
+        }
+    }
+    line
+}
+
 async fn cmd_seed(g: &Global, env: &Env, cwd: &Path, a: SeedArgs) -> ExitCode {
     let cfg = match load(g, env, cwd, a.no_cache) {
         Ok(c) => c,
@@ -570,20 +590,9 @@ async fn cmd_seed(g: &Global, env: &Env, cwd: &Path, a: SeedArgs) -> ExitCode {
         ..SeedOptions::default()
     };
     let progress = Progress::new(std::io::stderr().is_terminal());
-    let resume = format!(
-        "keyturn seed {} --out {}{}",
-        a.inputs
-            .iter()
-            .map(|p| shell_quote(p))
-            .collect::<Vec<_>>()
-            .join(" "),
-        shell_quote(&a.out),
-        if a.follow_links {
-            " --follow-links"
-        } else {
-            ""
-        }
-    );
+    // The command as it was given, every flag included (global ones like --state-dir and
+    // --config too), each word quoted: pasted back, it resumes this very run.
+    let resume = resume_command(std::env::args_os().skip(1));
     let result = seed(
         opts,
         &services,
@@ -1362,5 +1371,20 @@ mod tests {
     fn resume_lines_quote_paths_as_one_shell_word_each() {
         assert_eq!(shell_quote(Path::new("a b")), "'a b'");
         assert_eq!(shell_quote(Path::new("it's")), "'it'\\''s'");
+        let args = [
+            "seed",
+            "my pods",
+            "--out",
+            "o",
+            "--state-dir",
+            "st2",
+            "-v",
+            "--model",
+            "it's",
+        ];
+        assert_eq!(
+            resume_command(args.iter().map(std::ffi::OsString::from)),
+            "keyturn seed 'my pods' --out o --state-dir st2 -v --model 'it'\\''s'"
+        );
     }
 }

@@ -355,6 +355,19 @@ async fn sigint_exits_130_with_a_resume_line_then_resumes() {
         "{}",
         text(&o)
     );
+    // The line resumes this very run: every flag that was given is in it.
+    let line = text(&o)
+        .lines()
+        .find_map(|l| l.split_once("Resume with: ").map(|(_, r)| r.to_owned()))
+        .unwrap();
+    for flag in [
+        "--chunk-tokens 90",
+        "--dimensions 16",
+        "--concurrency 1",
+        "--out ",
+    ] {
+        assert!(line.contains(flag), "{flag} missing from: {line}");
+    }
     let report: Value =
         serde_json::from_slice(&std::fs::read(w.out().join("run-report.json")).unwrap()).unwrap();
     assert_eq!(report["result"]["stop"], "interrupted");
