@@ -245,18 +245,18 @@ pub fn service_disabled(project: &str) -> ApiError {
     )
 }
 
-/// 403 API_KEY_SERVICE_BLOCKED.
+/// 403 API_KEY_SERVICE_BLOCKED; `method` is the RPC, `GenerativeService.GenerateContent`.
 pub fn key_blocked(method: &str) -> ApiError {
     status_body(
         403,
         "PERMISSION_DENIED",
         &format!(
             "Requests to this API generativelanguage.googleapis.com method \
-             google.ai.generativelanguage.v1beta.GenerativeService.{method} are blocked."
+             google.ai.generativelanguage.v1beta.{method} are blocked."
         ),
         vec![error_info(
             "API_KEY_SERVICE_BLOCKED",
-            json!({ "service": "generativelanguage.googleapis.com", "methodName": format!("google.ai.generativelanguage.v1beta.GenerativeService.{method}") }),
+            json!({ "service": "generativelanguage.googleapis.com", "methodName": format!("google.ai.generativelanguage.v1beta.{method}") }),
         )],
     )
 }

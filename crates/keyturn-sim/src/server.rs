@@ -167,16 +167,16 @@ fn peer_ip(peer: &Peer) -> Option<std::net::IpAddr> {
     peer.as_ref().map(|p| p.0.0.ip())
 }
 
-/// The RPC name a `API_KEY_SERVICE_BLOCKED` refusal quotes.
+/// The RPC an `API_KEY_SERVICE_BLOCKED` refusal quotes.
 fn rpc_name(route: Route) -> &'static str {
     match route {
-        Route::GenerateContent => "GenerateContent",
-        Route::StreamGenerateContent => "StreamGenerateContent",
-        Route::CountTokens => "CountTokens",
-        Route::EmbedContent => "EmbedContent",
-        Route::BatchEmbedContents => "BatchEmbedContents",
-        Route::GetModel => "GetModel",
-        Route::ListModels => "ListModels",
+        Route::GenerateContent => "GenerativeService.GenerateContent",
+        Route::StreamGenerateContent => "GenerativeService.StreamGenerateContent",
+        Route::CountTokens => "GenerativeService.CountTokens",
+        Route::EmbedContent => "GenerativeService.EmbedContent",
+        Route::BatchEmbedContents => "GenerativeService.BatchEmbedContents",
+        Route::GetModel => "ModelService.GetModel",
+        Route::ListModels => "ModelService.ListModels",
     }
 }
 
@@ -551,6 +551,9 @@ async fn call_model(
             if let Err(e) = check_embed(r, model, false) {
                 return error_response(&st, Some(&key), &e);
             }
+            if let Some(e) = foreign_file(&st, &key, &file_uris(std::iter::once(&r.content))) {
+                return error_response(&st, Some(&key), &e);
+            }
             (1, count_tokens(&embed_text(r)))
         }
         Call::Batch(b) => {
@@ -570,6 +573,10 @@ async fn call_model(
                 if let Err(e) = check_embed(r, model, true) {
                     return error_response(&st, Some(&key), &e);
                 }
+            }
+            let files = file_uris(b.requests.iter().map(|r| &r.content));
+            if let Some(e) = foreign_file(&st, &key, &files) {
+                return error_response(&st, Some(&key), &e);
             }
             let t = b
                 .requests

@@ -475,6 +475,19 @@ impl SimState {
         files: Option<Vec<String>>,
     ) -> Result<(), ConfigError> {
         let mut inner = self.inner.lock();
+        if !inner.config.keys.is_empty()
+            && !inner.config.projects.contains_key(project)
+            && !inner.keys.values().any(|k| k.project == project)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "no key of project {:?}",
+                project
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(80)
+                    .collect::<String>()
+            )));
+        }
         let mut config = inner.config.clone();
         let p: &mut ProjectConfig = config.projects.entry(project.to_owned()).or_default();
         if let Some(s) = state {

@@ -460,7 +460,11 @@ async fn a_dead_key_is_refused_on_the_probes_the_same_way() {
                 pbody["error"]["status"], body["error"]["status"],
                 "{state:?}"
             );
-            if *state != KeyState::Blocked {
+            if *state == KeyState::Blocked {
+                // The refusal quotes the RPC: a probe is ModelService's, not GenerativeService's.
+                let m = pbody["error"]["message"].as_str().unwrap();
+                assert!(m.contains("v1beta.ModelService."), "{m}");
+            } else {
                 assert_eq!(pbody, body, "{state:?}: refused the same way");
             }
         }
@@ -586,6 +590,7 @@ async fn whole_api_limit_zero_and_billing_denial_refuse_everything() {
         json!({"project": "p1", "models_off": {MODEL: "real-99"}}),
         json!({"project": "p1", "models_off": {"gemini-9": "real-05"}}),
         json!({"project": "p1", "files": [""]}),
+        json!({"project": "p9", "state": "credits-depleted"}),
     ] {
         let (st, _) = s
             .admin(reqwest::Method::PUT, "/admin/projects", body.clone())
@@ -627,6 +632,15 @@ async fn another_projects_file_is_refused_only_where_it_is_named() {
     assert_eq!(s.post(&path, &secret(2), hello(Some(p1_file))).await.0, 200);
     let (status, body) = s.post(&path, &secret(3), hello(Some(p1_file))).await;
     assert_eq!((status, body), (403, refusal("owned-by-p1")));
+    let embed = json!({"content": {"parts": [{"fileData": {"fileUri": foreign}}, {"text": "x"}]}});
+    let (status, _) = s
+        .post(
+            &format!("/v1beta/models/{EMBED}:embedContent"),
+            &secret(1),
+            embed,
+        )
+        .await;
+    assert_eq!(status, 403, "an embedding reads the file too");
     // snake_case spelling, in the system instruction.
     let body = json!({"system_instruction": {"parts": [{"file_data": {"file_uri": foreign}}]},
         "contents": [{"parts": [{"text": "hi"}]}]});
