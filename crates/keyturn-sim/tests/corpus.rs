@@ -288,6 +288,11 @@ key = "{k3}"
 label = "k3"
 project = "p2"
 
+[projects."p9"]
+state = "credits-depleted"
+models_off = {{ "{MODEL}" = "real-20" }}
+files = ["files/abc123"]
+
 [[script]]
 shape = "real-39"
 project = "p1"
@@ -316,6 +321,10 @@ key = "k3"
             times: Some(2),
         }
     );
+    let p9 = &cfg.projects["p9"];
+    assert_eq!(p9.state, ProjectState::CreditsDepleted);
+    assert_eq!(p9.models_off[MODEL], "real-20");
+    assert_eq!(cfg.file_owner("abc123"), Some("p9"));
     let s = Sim::start(cfg).await;
     let overloaded = entry("real-39");
     for _ in 0..2 {
@@ -379,6 +388,12 @@ async fn scripts_from_outside_are_checked() {
         e.contains("real-26") && !e.contains('\u{7}'),
         "named, without the control character: {e}"
     );
+    let mut cfg = base_config();
+    let mut p1 = ProjectConfig::default();
+    p1.models_off.insert(MODEL.into(), "real-98".into());
+    cfg.projects.insert("p1".into(), p1);
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("models_off") && e.contains("real-98"), "{e}");
 }
 
 #[tokio::test]
