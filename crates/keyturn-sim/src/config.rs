@@ -504,6 +504,22 @@ impl SimConfig {
         {
             return bad(format!("model {:?} is not served", shown(m)));
         }
+        // Filters that can never hold together would leave a script that never fires.
+        if rule.model.is_some() && rule.method == Some(Route::ListModels) {
+            return bad(
+                "listModels names no model: leave out `model` or pick another method".into(),
+            );
+        }
+        if let (Some(label), Some(p)) = (&rule.key, &rule.project)
+            && let Some(k) = self.keys.iter().find(|k| self.label_of(k) == *label)
+            && k.project.as_deref().is_some_and(|kp| kp != p)
+        {
+            return bad(format!(
+                "key {:?} is not in project {:?}",
+                shown(label),
+                shown(p)
+            ));
+        }
         Ok(())
     }
 

@@ -366,6 +366,14 @@ async fn scripts_from_outside_are_checked() {
             "deleteModel",
         ),
         (json!({"shape": "real-26", "colour": "red"}), "colour"),
+        (
+            json!({"shape": "real-26", "model": MODEL, "method": "listModels"}),
+            "listModels",
+        ),
+        (
+            json!({"shape": "real-26", "key": "k1", "project": "p2"}),
+            "p2",
+        ),
         (json!([{"shape": "real-26"}, {"shape": "nope"}]), "nope"),
     ] {
         let (st, v) = s.script(rule.clone()).await;
