@@ -7,25 +7,145 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-/// What the simulated service thinks of a key.
+/// What the simulated service thinks of a key. Every state but `Valid` is refused on every route,
+/// `GET models…` included, as the real service refuses a dead key's cost-free probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeyState {
     /// Works.
     #[default]
     Valid,
-    /// 400 INVALID_ARGUMENT, `API_KEY_INVALID`.
+    /// 400 INVALID_ARGUMENT, `API_KEY_INVALID` (corpus `real-17`).
     Invalid,
+    /// 400 INVALID_ARGUMENT, `API_KEY_INVALID`, "API Key not found" (deleted; `real-18`).
+    Deleted,
     /// 400 INVALID_ARGUMENT, `API_KEY_INVALID`, "API key expired".
     Expired,
-    /// 403 PERMISSION_DENIED, reported as leaked.
+    /// 403 PERMISSION_DENIED with no details, reported as leaked (`real-24`).
     Leaked,
-    /// 403 PERMISSION_DENIED, `CONSUMER_SUSPENDED`.
+    /// 403 PERMISSION_DENIED, `CONSUMER_SUSPENDED`. Like the real service, the message quotes the
+    /// key itself, so tests can prove a client never logs server messages verbatim.
     Suspended,
-    /// 403 PERMISSION_DENIED, `SERVICE_DISABLED`.
+    /// 403 PERMISSION_DENIED, `SERVICE_DISABLED` (`real-26`), for this key only; a project's
+    /// `state = "service-disabled"` refuses every key of the project, as the real service does.
     ServiceDisabled,
-    /// 403 PERMISSION_DENIED, `API_KEY_SERVICE_BLOCKED`.
+    /// 403 PERMISSION_DENIED, `API_KEY_SERVICE_BLOCKED` (the key is restricted to other APIs).
     Blocked,
+    /// 403 PERMISSION_DENIED, `API_KEY_IP_ADDRESS_BLOCKED` (`real-28`).
+    IpBlocked,
+    /// 403 PERMISSION_DENIED, `API_KEY_HTTP_REFERRER_BLOCKED` (`real-29`).
+    ReferrerBlocked,
+    /// 401 UNAUTHENTICATED, `CREDENTIALS_MISSING`: a key bound to Vertex AI (`real-35`).
+    CredentialsMissing,
+}
+
+/// What the simulated service thinks of a project: states that hold for every key of it, until
+/// changed (`[projects."p"] state`, `PUT /admin/projects`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProjectState {
+    /// Serves.
+    #[default]
+    Active,
+    /// 402: prepayment credits depleted (`real-16`) on every call that spends quota; `GET
+    /// models…` and `countTokens` still answer.
+    CreditsDepleted,
+    /// 403 `SERVICE_DISABLED` (`real-26`) for every key of the project on every route.
+    ServiceDisabled,
+    /// 403 with no details: "restricted from your billing country" (`real-30`), for every key
+    /// on every route.
+    BillingDenied,
+    /// The older Cloud-quota 429 with a zero whole-API quota (`api-limit-zero`, built on
+    /// `real-10`), for every key on every route (the quota counts every API request).
+    ApiLimitZero,
+}
+
+/// A route of the Gemini API, as scripts and stats name it (the API's own method names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Route {
+    /// `POST models/{m}:generateContent`.
+    GenerateContent,
+    /// `POST models/{m}:streamGenerateContent`.
+    StreamGenerateContent,
+    /// `POST models/{m}:countTokens` (spends no quota).
+    CountTokens,
+    /// `POST models/{m}:embedContent`.
+    EmbedContent,
+    /// `POST models/{m}:batchEmbedContents`.
+    BatchEmbedContents,
+    /// `GET models/{m}`: a probe that spends no quota.
+    GetModel,
+    /// `GET models`: a probe that spends no quota.
+    ListModels,
+}
+
+impl Route {
+    /// Every route.
+    pub const ALL: [Self; 7] = [
+        Self::GenerateContent,
+        Self::StreamGenerateContent,
+        Self::CountTokens,
+        Self::EmbedContent,
+        Self::BatchEmbedContents,
+        Self::GetModel,
+        Self::ListModels,
+    ];
+
+    /// The API's name for it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::GenerateContent => "generateContent",
+            Self::StreamGenerateContent => "streamGenerateContent",
+            Self::CountTokens => "countTokens",
+            Self::EmbedContent => "embedContent",
+            Self::BatchEmbedContents => "batchEmbedContents",
+            Self::GetModel => "getModel",
+            Self::ListModels => "listModels",
+        }
+    }
+
+    /// Whether it spends quota (the calls a quota or billing refusal is about).
+    pub const fn spends_quota(self) -> bool {
+        matches!(
+            self,
+            Self::GenerateContent
+                | Self::StreamGenerateContent
+                | Self::EmbedContent
+                | Self::BatchEmbedContents
+        )
+    }
+
+    /// Whether it is a cost-free `GET models…` probe.
+    pub const fn is_probe(self) -> bool {
+        matches!(self, Self::GetModel | Self::ListModels)
+    }
+}
+
+/// "Answer with this corpus shape": for the requests that match every filter given, for the
+/// next `times` of them, or always. Scripts are tried in order; the first that matches answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptRule {
+    /// A corpus id (`real-26`) or `api-limit-zero`.
+    pub shape: String,
+    /// Only requests with the key of this label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Only requests with a key of this project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Only requests naming this model (`GET models`, which names none, never matches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Only this route. Without it, the shape goes where the real service sends it: a key or
+    /// project refusal on every route, probes included; anything else only on calls that
+    /// spend quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<Route>,
+    /// For this many matching requests, then the script is spent; without it, always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<u64>,
 }
 
 /// One key the simulator knows.
@@ -92,6 +212,19 @@ pub struct ProjectConfig {
     /// Limits per model for this project.
     #[serde(default)]
     pub models: BTreeMap<String, Limits>,
+    /// The project's state, for every key of it.
+    #[serde(default)]
+    pub state: ProjectState,
+    /// Models off for this project, each answered with the corpus shape named (`real-34`'s bare
+    /// 403, `real-05`'s limit 0, `real-20`'s FAILED_PRECONDITION, `real-10`'s older limit 0…)
+    /// on calls; `GET models…` still answers for them, as the real service's does.
+    #[serde(default)]
+    pub models_off: BTreeMap<String, String>,
+    /// Files this project created (`files/abc123` or `abc123`). A request naming a
+    /// `fileData.fileUri` that another project created, or one containing `other-project`, is
+    /// refused with `real-32`'s bare 403; other file URIs are accepted.
+    #[serde(default)]
+    pub files: Vec<String>,
 }
 
 /// Injected faults. Probabilities are per request, in [0, 1].
@@ -165,6 +298,8 @@ pub struct SimConfig {
     pub projects: BTreeMap<String, ProjectConfig>,
     /// Faults.
     pub faults: Faults,
+    /// Scripted answers by corpus shape (`[[script]]` in TOML).
+    pub script: Vec<ScriptRule>,
 }
 
 impl Default for SimConfig {
@@ -176,6 +311,7 @@ impl Default for SimConfig {
             models: BTreeMap::new(),
             projects: BTreeMap::new(),
             faults: Faults::default(),
+            script: Vec::new(),
         }
     }
 }
@@ -327,7 +463,105 @@ impl SimConfig {
                 )));
             }
         }
+        for (name, p) in &self.projects {
+            self.check_project(name, p)?;
+        }
+        for rule in &self.script {
+            self.check_script(rule)?;
+        }
         Ok(())
+    }
+
+    /// Checks one script against this configuration: a known shape, a key label, project and
+    /// model that exist (a typo would otherwise never fire), and a count of at least one.
+    pub fn check_script(&self, rule: &ScriptRule) -> Result<(), ConfigError> {
+        let bad = |what: String| Err(ConfigError::Invalid(format!("script: {what}")));
+        if crate::corpus::shape(&rule.shape).is_none() {
+            return bad(format!(
+                "no error shape {:?} (corpus ids real-NN, or {})",
+                shown(&rule.shape),
+                crate::corpus::API_LIMIT_ZERO
+            ));
+        }
+        if rule.times == Some(0) {
+            return bad("times = 0 never answers; leave it out for always".into());
+        }
+        if let Some(label) = &rule.key
+            && !self.keys.is_empty()
+            && !self.keys.iter().any(|k| self.label_of(k) == *label)
+        {
+            return bad(format!("no key labelled {:?}", shown(label)));
+        }
+        if let Some(p) = &rule.project
+            && !self.keys.is_empty()
+            && !self.projects.contains_key(p)
+            && !self.keys.iter().any(|k| k.project.as_deref() == Some(p))
+        {
+            return bad(format!("no project {:?}", shown(p)));
+        }
+        if let Some(m) = &rule.model
+            && self.served(m).is_none()
+        {
+            return bad(format!("model {:?} is not served", shown(m)));
+        }
+        // Filters that can never hold together would leave a script that never fires.
+        if rule.model.is_some() && rule.method == Some(Route::ListModels) {
+            return bad(
+                "listModels names no model: leave out `model` or pick another method".into(),
+            );
+        }
+        if let (Some(label), Some(p)) = (&rule.key, &rule.project)
+            && let Some(k) = self.keys.iter().find(|k| self.label_of(k) == *label)
+            && k.project.as_deref().is_some_and(|kp| kp != p)
+        {
+            return bad(format!(
+                "key {:?} is not in project {:?}",
+                shown(label),
+                shown(p)
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_project(&self, name: &str, p: &ProjectConfig) -> Result<(), ConfigError> {
+        for (model, shape) in &p.models_off {
+            if crate::corpus::shape(shape).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "projects.{:?}.models_off: no error shape {:?}",
+                    shown(name),
+                    shown(shape)
+                )));
+            }
+            if self.served(model).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "projects.{:?}.models_off: model {:?} is not served",
+                    shown(name),
+                    shown(model)
+                )));
+            }
+        }
+        if p.files.iter().any(|f| file_id(f).is_empty()) {
+            return Err(ConfigError::Invalid(format!(
+                "projects.{:?}.files: a file name is empty",
+                shown(name)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The label stats and scripts know a configured key by.
+    pub fn label_of(&self, k: &SimKey) -> String {
+        k.label
+            .clone()
+            .unwrap_or_else(|| crate::state::fingerprint(&k.key))
+    }
+
+    /// The project that created a file (by its id, `abc123` of `…/files/abc123`).
+    pub fn file_owner(&self, id: &str) -> Option<&str> {
+        self.projects
+            .iter()
+            .find(|(_, p)| p.files.iter().any(|f| file_id(f) == id))
+            .map(|(name, _)| name.as_str())
     }
 
     /// The served model by name, or one added by configuration.
@@ -362,4 +596,18 @@ impl SimConfig {
         }
         l
     }
+}
+
+/// A file's id: what follows the last `files/` of a name or URI, up to `?` or `#`.
+pub fn file_id(uri: &str) -> &str {
+    let tail = uri.rsplit_once("files/").map_or(uri, |(_, t)| t);
+    tail.split(['?', '#']).next().unwrap_or("").trim()
+}
+
+/// A value from outside, shortened and stripped of control characters for an error message.
+fn shown(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_control())
+        .take(80)
+        .collect::<String>()
 }

@@ -3,6 +3,8 @@
 
 use serde_json::{Value, json};
 
+use crate::corpus::{self, Names};
+
 /// An HTTP status with a Gemini error body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
@@ -85,17 +87,38 @@ fn violation(kind: QuotaKind, embedding: bool, model: &str, limit: u64) -> Value
     v
 }
 
-fn exceeded_message(metric: &str, limit: u64, model: &str, retry_s: f64) -> String {
-    format!(
+/// The 2026 wording: the usage link is `ai.dev/rate-limit`, one line per violated quota, and the
+/// delay to the nanosecond (the RetryInfo detail truncates it to whole seconds).
+fn exceeded_message(lines: &[(&str, u64)], model: &str, retry_ms: u64) -> String {
+    let mut m = format!(
         "You exceeded your current quota, please check your plan and billing details. For more \
          information on this error, head to: {RATE_LIMITS_URL}. To monitor your current usage, \
-         head to: https://ai.dev/usage?tab=rate-limit. \n* Quota exceeded for metric: {metric}, \
-         limit: {limit}, model: {model}\nPlease retry in {retry_s:.6}s."
-    )
+         head to: https://ai.dev/rate-limit. "
+    );
+    for (metric, limit) in lines {
+        m.push_str(&format!(
+            "\n* Quota exceeded for metric: {metric}, limit: {limit}, model: {model}"
+        ));
+    }
+    m.push_str(&format!(
+        "\nPlease retry in {}.{:03}000000s.",
+        retry_ms / 1000,
+        retry_ms % 1000
+    ));
+    m
 }
 
-/// 429 RESOURCE_EXHAUSTED with Help, QuotaFailure and RetryInfo. A per-day refusal still carries
-/// a short retryDelay, as the real service's does.
+/// RetryInfo as the real service writes it: whole seconds, truncated ("41.065029449s" → "41s").
+fn retry_info(retry_ms: u64) -> Value {
+    json!({
+        "@type": "type.googleapis.com/google.rpc.RetryInfo",
+        "retryDelay": format!("{}s", retry_ms / 1000)
+    })
+}
+
+/// 429 RESOURCE_EXHAUSTED with Help, QuotaFailure and RetryInfo, in that order, as 2026 bodies
+/// have them (corpus `real-00`, `real-02`, `real-14`; QuotaFailure first is the older order of
+/// `real-01`). A per-day refusal still carries a short retryDelay, as the real service's does.
 pub fn quota_exceeded(
     kind: QuotaKind,
     embedding: bool,
@@ -104,44 +127,41 @@ pub fn quota_exceeded(
     retry_ms: u64,
 ) -> ApiError {
     let (metric, _) = quota_ids(kind, embedding);
-    let retry_s = retry_ms as f64 / 1000.0;
     status_body(
         429,
         "RESOURCE_EXHAUSTED",
-        &exceeded_message(metric, limit, model, retry_s),
+        &exceeded_message(&[(metric, limit)], model, retry_ms),
         vec![
             help(),
             json!({
                 "@type": "type.googleapis.com/google.rpc.QuotaFailure",
                 "violations": [violation(kind, embedding, model, limit)]
             }),
-            json!({
-                "@type": "type.googleapis.com/google.rpc.RetryInfo",
-                "retryDelay": format!("{}s", retry_ms.div_ceil(1000))
-            }),
+            retry_info(retry_ms),
         ],
     )
 }
 
-/// 429 for a model the project has no access to (`limit: 0`): every quota is violated and none
-/// has a value (proto3 leaves the zero out).
+/// 429 for a model the project has no access to (`limit: 0`, like corpus `real-05`): every quota
+/// is violated, none has a value (proto3 leaves the zero out), and the message has a line for each.
 pub fn limit_zero(embedding: bool, model: &str) -> ApiError {
-    let (metric, _) = quota_ids(QuotaKind::PerMinute, embedding);
+    let kinds = [QuotaKind::PerDay, QuotaKind::PerMinute, QuotaKind::Tokens];
+    let lines: Vec<(&str, u64)> = kinds
+        .iter()
+        .map(|k| (quota_ids(*k, embedding).0, 0))
+        .collect();
+    let retry_ms = 20_000;
     status_body(
         429,
         "RESOURCE_EXHAUSTED",
-        &exceeded_message(metric, 0, model, 20.0),
+        &exceeded_message(&lines, model, retry_ms),
         vec![
+            help(),
             json!({
                 "@type": "type.googleapis.com/google.rpc.QuotaFailure",
-                "violations": [
-                    violation(QuotaKind::Tokens, embedding, model, 0),
-                    violation(QuotaKind::PerMinute, embedding, model, 0),
-                    violation(QuotaKind::PerDay, embedding, model, 0),
-                ]
+                "violations": kinds.iter().map(|k| violation(*k, embedding, model, 0)).collect::<Vec<_>>()
             }),
-            help(),
-            json!({ "@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "20s" }),
+            retry_info(retry_ms),
         ],
     )
 }
@@ -173,21 +193,9 @@ fn localized(message: &str) -> Value {
     })
 }
 
-/// 400 API_KEY_INVALID.
+/// 400 API_KEY_INVALID (corpus `real-17`).
 pub fn key_invalid() -> ApiError {
-    let m = "API key not valid. Please pass a valid API key.";
-    status_body(
-        400,
-        "INVALID_ARGUMENT",
-        m,
-        vec![
-            error_info(
-                "API_KEY_INVALID",
-                json!({ "service": "generativelanguage.googleapis.com" }),
-            ),
-            localized(m),
-        ],
-    )
+    corpus::render("real-17", &Names::default())
 }
 
 /// 400 API_KEY_INVALID for an expired key.
@@ -207,14 +215,9 @@ pub fn key_expired() -> ApiError {
     )
 }
 
-/// 403 for a key reported as leaked.
+/// 403 for a key reported as leaked (corpus `real-24`: no details at all).
 pub fn key_leaked() -> ApiError {
-    status_body(
-        403,
-        "PERMISSION_DENIED",
-        "Your API key was reported as leaked. Please use another API key.",
-        vec![],
-    )
+    corpus::render("real-24", &Names::default())
 }
 
 /// 403 CONSUMER_SUSPENDED. Like the real service, the message names the consumer — the key
@@ -231,37 +234,29 @@ pub fn key_suspended(key: &str) -> ApiError {
     )
 }
 
-/// 403 SERVICE_DISABLED.
+/// 403 SERVICE_DISABLED for a project (corpus `real-26`).
 pub fn service_disabled(project: &str) -> ApiError {
-    let n = project_number(project);
-    status_body(
-        403,
-        "PERMISSION_DENIED",
-        &format!(
-            "Generative Language API has not been used in project {n} before or it is disabled. \
-             Enable it by visiting https://console.developers.google.com/apis/api/generativelanguage.googleapis.com/overview?project={n} \
-             then retry. If you enabled this API recently, wait a few minutes for the action to \
-             propagate to our systems and retry."
-        ),
-        vec![error_info(
-            "SERVICE_DISABLED",
-            json!({ "consumer": format!("projects/{n}"), "service": "generativelanguage.googleapis.com" }),
-        )],
+    corpus::render(
+        "real-26",
+        &Names {
+            project: Some(project),
+            ..Names::default()
+        },
     )
 }
 
-/// 403 API_KEY_SERVICE_BLOCKED.
+/// 403 API_KEY_SERVICE_BLOCKED; `method` is the RPC, `GenerativeService.GenerateContent`.
 pub fn key_blocked(method: &str) -> ApiError {
     status_body(
         403,
         "PERMISSION_DENIED",
         &format!(
             "Requests to this API generativelanguage.googleapis.com method \
-             google.ai.generativelanguage.v1beta.GenerativeService.{method} are blocked."
+             google.ai.generativelanguage.v1beta.{method} are blocked."
         ),
         vec![error_info(
             "API_KEY_SERVICE_BLOCKED",
-            json!({ "service": "generativelanguage.googleapis.com", "methodName": format!("google.ai.generativelanguage.v1beta.GenerativeService.{method}") }),
+            json!({ "service": "generativelanguage.googleapis.com", "methodName": format!("google.ai.generativelanguage.v1beta.{method}") }),
         )],
     )
 }

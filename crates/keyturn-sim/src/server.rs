@@ -8,18 +8,21 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use futures::StreamExt;
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use crate::config::{Faults, KeyState, Limits, ServedModel, SimConfig};
+use crate::config::{
+    Faults, KeyState, Limits, ProjectState, Route, ScriptRule, ServedModel, SimConfig, file_id,
+};
 use crate::content::{embedding, json_reply, seed_of, text_reply};
+use crate::corpus::{self, Names};
 use crate::errors::{self, ApiError};
 use crate::state::{KeyInfo, SimState};
 use crate::wire::{
@@ -51,6 +54,7 @@ impl Simulator {
         let app = router(state.clone());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 rx.await.ok();
             });
@@ -109,8 +113,16 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/admin/advance", post(admin_advance))
         .route("/admin/advance-day", post(admin_advance_day))
         .route("/admin/faults", get(admin_get_faults).put(admin_set_faults))
-        .route("/admin/limits", axum::routing::put(admin_set_limits))
-        .route("/admin/keys", axum::routing::put(admin_set_key))
+        .route("/admin/limits", put(admin_set_limits))
+        .route("/admin/keys", put(admin_set_key))
+        .route("/admin/projects", put(admin_set_project))
+        .route(
+            "/admin/script",
+            get(admin_get_script)
+                .post(admin_add_script)
+                .put(admin_replace_script)
+                .delete(admin_clear_script),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }
@@ -148,13 +160,34 @@ fn not_found() -> ApiError {
     }
 }
 
+/// The caller's address, when the server was started with it (`Simulator::start` does).
+type Peer = Option<axum::Extension<ConnectInfo<SocketAddr>>>;
+
+fn peer_ip(peer: &Peer) -> Option<std::net::IpAddr> {
+    peer.as_ref().map(|p| p.0.0.ip())
+}
+
+/// The RPC an `API_KEY_SERVICE_BLOCKED` refusal quotes.
+fn rpc_name(route: Route) -> &'static str {
+    match route {
+        Route::GenerateContent => "GenerativeService.GenerateContent",
+        Route::StreamGenerateContent => "GenerativeService.StreamGenerateContent",
+        Route::CountTokens => "GenerativeService.CountTokens",
+        Route::EmbedContent => "GenerativeService.EmbedContent",
+        Route::BatchEmbedContents => "GenerativeService.BatchEmbedContents",
+        Route::GetModel => "ModelService.GetModel",
+        Route::ListModels => "ModelService.ListModels",
+    }
+}
+
 /// Authenticates: the key from `x-goog-api-key`, else from `?key=` (counted: clients should never
-/// put keys in URLs). Dead keys get their real refusal.
+/// put keys in URLs). Dead keys get their real refusal, on every route.
 fn authenticate(
     st: &SimState,
     headers: &HeaderMap,
     q: &ApiQuery,
-    method: &str,
+    route: Route,
+    ip: Option<std::net::IpAddr>,
 ) -> Result<KeyInfo, Box<Response>> {
     let from_header = headers
         .get("x-goog-api-key")
@@ -165,19 +198,95 @@ fn authenticate(
         (None, Some(k)) => (k.clone(), true),
         (None, None) => return Err(Box::new(error_response(st, None, &errors::no_key()))),
     };
-    let Some(info) = st.key(&key, via_query) else {
+    let Some(info) = st.key(&key, via_query, route) else {
         return Err(Box::new(error_response(st, None, &errors::key_invalid())));
+    };
+    let names = Names {
+        project: Some(&info.project),
+        key_label: Some(&info.label),
+        caller_ip: ip,
+        ..Names::default()
     };
     let refusal = match info.state {
         KeyState::Valid => return Ok(info),
         KeyState::Invalid => errors::key_invalid(),
+        KeyState::Deleted => corpus::render("real-18", &names),
         KeyState::Expired => errors::key_expired(),
         KeyState::Leaked => errors::key_leaked(),
         KeyState::Suspended => errors::key_suspended(&key),
         KeyState::ServiceDisabled => errors::service_disabled(&info.project),
-        KeyState::Blocked => errors::key_blocked(method),
+        KeyState::Blocked => errors::key_blocked(rpc_name(route)),
+        KeyState::IpBlocked => corpus::render("real-28", &names),
+        KeyState::ReferrerBlocked => corpus::render("real-29", &names),
+        KeyState::CredentialsMissing => corpus::render("real-35", &names),
     };
     Err(Box::new(error_response(st, Some(&info), &refusal)))
+}
+
+/// What the key's project and the scripts say before a route does its own work: a script that
+/// matches, else a project state that refuses every route.
+fn gate(
+    st: &SimState,
+    key: &KeyInfo,
+    route: Route,
+    model: Option<&str>,
+    ip: Option<std::net::IpAddr>,
+) -> Option<ApiError> {
+    let names = Names {
+        model,
+        project: Some(&key.project),
+        key_label: Some(&key.label),
+        caller_ip: ip,
+        file: None,
+    };
+    if let Some(shape) = st.scripted(key, route, model) {
+        return Some(corpus::render(&shape, &names));
+    }
+    match st.project_state(&key.project) {
+        ProjectState::ServiceDisabled => Some(errors::service_disabled(&key.project)),
+        ProjectState::BillingDenied => Some(corpus::render("real-30", &names)),
+        ProjectState::ApiLimitZero => Some(corpus::render(corpus::API_LIMIT_ZERO, &names)),
+        ProjectState::CreditsDepleted if route.spends_quota() => {
+            Some(corpus::render("real-16", &names))
+        }
+        ProjectState::CreditsDepleted | ProjectState::Active => None,
+    }
+}
+
+/// The `fileData.fileUri`s a request names.
+fn file_uris<'a>(contents: impl Iterator<Item = &'a crate::wire::Content>) -> Vec<String> {
+    contents
+        .flat_map(|c| c.parts.iter())
+        .filter_map(|p| p.file_data.as_ref())
+        .filter_map(|f| f.get("fileUri").or_else(|| f.get("file_uri")))
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect()
+}
+
+fn generate_files(r: &GenerateContentRequest) -> Vec<String> {
+    file_uris(r.system_instruction.iter().chain(r.contents.iter()))
+}
+
+/// `real-32`'s bare 403 for the first file the key's project did not create: one another project
+/// created, or one whose URI says `other-project`.
+fn foreign_file(st: &SimState, key: &KeyInfo, uris: &[String]) -> Option<ApiError> {
+    uris.iter().find_map(|uri| {
+        let id = file_id(uri);
+        let foreign = match st.file_owner(id) {
+            Some(owner) => owner != key.project,
+            None => uri.contains("other-project"),
+        };
+        foreign.then(|| {
+            corpus::render(
+                "real-32",
+                &Names {
+                    file: Some(id),
+                    ..Names::default()
+                },
+            )
+        })
+    })
 }
 
 fn model_json(name: &str, m: &ServedModel) -> Value {
@@ -219,15 +328,20 @@ async fn list_models(
     State(st): State<Arc<SimState>>,
     Path(version): Path<String>,
     Query(q): Query<ApiQuery>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> Response {
     if !version_ok(&version) {
         return error_response(&st, None, &not_found());
     }
-    let key = match authenticate(&st, &headers, &q, "ListModels") {
+    let ip = peer_ip(&peer);
+    let key = match authenticate(&st, &headers, &q, Route::ListModels, ip) {
         Ok(k) => k,
         Err(r) => return *r,
     };
+    if let Some(e) = gate(&st, &key, Route::ListModels, None, ip) {
+        return error_response(&st, Some(&key), &e);
+    }
     let models: Vec<Value> = st
         .served_models()
         .iter()
@@ -241,15 +355,20 @@ async fn get_model(
     State(st): State<Arc<SimState>>,
     Path((version, name)): Path<(String, String)>,
     Query(q): Query<ApiQuery>,
+    peer: Peer,
     headers: HeaderMap,
 ) -> Response {
     if !version_ok(&version) {
         return error_response(&st, None, &not_found());
     }
-    let key = match authenticate(&st, &headers, &q, "GetModel") {
+    let ip = peer_ip(&peer);
+    let key = match authenticate(&st, &headers, &q, Route::GetModel, ip) {
         Ok(k) => k,
         Err(r) => return *r,
     };
+    if let Some(e) = gate(&st, &key, Route::GetModel, Some(&name), ip) {
+        return error_response(&st, Some(&key), &e);
+    }
     match st.served(&name) {
         Some(m) => {
             st.record_status(Some(&key), 200);
@@ -343,6 +462,7 @@ async fn call_model(
     State(st): State<Arc<SimState>>,
     Path((version, name)): Path<(String, String)>,
     Query(q): Query<ApiQuery>,
+    peer: Peer,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -352,18 +472,22 @@ async fn call_model(
     let Some((model, action)) = name.split_once(':') else {
         return error_response(&st, None, &not_found());
     };
-    let method = match action {
-        "generateContent" => "GenerateContent",
-        "streamGenerateContent" => "StreamGenerateContent",
-        "countTokens" => "CountTokens",
-        "embedContent" => "EmbedContent",
-        "batchEmbedContents" => "BatchEmbedContents",
+    let route = match action {
+        "generateContent" => Route::GenerateContent,
+        "streamGenerateContent" => Route::StreamGenerateContent,
+        "countTokens" => Route::CountTokens,
+        "embedContent" => Route::EmbedContent,
+        "batchEmbedContents" => Route::BatchEmbedContents,
         _ => return error_response(&st, None, &not_found()),
     };
-    let key = match authenticate(&st, &headers, &q, method) {
+    let ip = peer_ip(&peer);
+    let key = match authenticate(&st, &headers, &q, route, ip) {
         Ok(k) => k,
         Err(r) => return *r,
     };
+    if let Some(e) = gate(&st, &key, route, Some(model), ip) {
+        return error_response(&st, Some(&key), &e);
+    }
     let served = st.served(model);
     let embed_action = matches!(action, "embedContent" | "batchEmbedContents");
     let generate_action = matches!(action, "generateContent" | "streamGenerateContent");
@@ -392,6 +516,14 @@ async fn call_model(
     // countTokens spends no generation quota and gets no faults.
     let call = match call {
         Call::Count(req) => {
+            let files = match (&req.contents, &req.generate_content_request) {
+                (_, Some(g)) => generate_files(g),
+                (Some(cs), None) => file_uris(cs.iter()),
+                (None, None) => Vec::new(),
+            };
+            if let Some(e) = foreign_file(&st, &key, &files) {
+                return error_response(&st, Some(&key), &e);
+            }
             let text = match (&req.contents, &req.generate_content_request) {
                 (_, Some(g)) => g.prompt_text(),
                 (Some(cs), None) => cs.iter().map(|c| c.text()).collect::<Vec<_>>().join(" "),
@@ -409,9 +541,17 @@ async fn call_model(
 
     // Validate before spending quota, as the real service does.
     let (requests, tokens) = match &call {
-        Call::Generate(r, _) => (1, count_tokens(&r.prompt_text())),
+        Call::Generate(r, _) => {
+            if let Some(e) = foreign_file(&st, &key, &generate_files(r)) {
+                return error_response(&st, Some(&key), &e);
+            }
+            (1, count_tokens(&r.prompt_text()))
+        }
         Call::Embed(r) => {
             if let Err(e) = check_embed(r, model, false) {
+                return error_response(&st, Some(&key), &e);
+            }
+            if let Some(e) = foreign_file(&st, &key, &file_uris(std::iter::once(&r.content))) {
                 return error_response(&st, Some(&key), &e);
             }
             (1, count_tokens(&embed_text(r)))
@@ -434,6 +574,10 @@ async fn call_model(
                     return error_response(&st, Some(&key), &e);
                 }
             }
+            let files = file_uris(b.requests.iter().map(|r| &r.content));
+            if let Some(e) = foreign_file(&st, &key, &files) {
+                return error_response(&st, Some(&key), &e);
+            }
             let t = b
                 .requests
                 .iter()
@@ -443,6 +587,18 @@ async fn call_model(
         }
         Call::Count(_) => (0, 0),
     };
+
+    // A model off for this project answers with its chosen shape; probes still answer for it.
+    if let Some(shape) = st.model_off(&key.project, model) {
+        let names = Names {
+            model: Some(model),
+            project: Some(&key.project),
+            key_label: Some(&key.label),
+            caller_ip: ip,
+            file: None,
+        };
+        return error_response(&st, Some(&key), &corpus::render(&shape, &names));
+    }
 
     let (fault, delay) = draw_fault(&st.faults());
     if delay > 0 {
@@ -811,6 +967,65 @@ async fn admin_set_key(State(st): State<Arc<SimState>>, body: Bytes) -> Response
         ),
         Err(e) => json_response(400, &json!({"error": e.to_string()})),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetProject {
+    project: String,
+    #[serde(default)]
+    state: Option<ProjectState>,
+    #[serde(default)]
+    models_off: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    files: Option<Vec<String>>,
+}
+
+async fn admin_set_project(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<SetProject>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|s| {
+            st.set_project(&s.project, s.state, s.models_off, s.files)
+                .map_err(|e| e.to_string())
+        }) {
+        Ok(()) => json_response(200, &json!({"ok": true})),
+        Err(e) => json_response(400, &json!({"error": e})),
+    }
+}
+
+/// One script, or a list of them.
+fn parse_scripts(body: &[u8]) -> Result<Vec<ScriptRule>, String> {
+    // Each form is tried on its own so a bad field is named, not lost in "no variant matched".
+    match serde_json::from_slice::<Value>(body).map_err(|e| e.to_string())? {
+        Value::Array(_) => serde_json::from_slice::<Vec<ScriptRule>>(body),
+        _ => serde_json::from_slice::<ScriptRule>(body).map(|r| vec![r]),
+    }
+    .map_err(|e| e.to_string())
+}
+
+async fn set_scripts(st: &SimState, body: &[u8], replace: bool) -> Response {
+    match parse_scripts(body)
+        .and_then(|rules| st.add_scripts(rules, replace).map_err(|e| e.to_string()))
+    {
+        Ok(()) => json_response(200, &st.scripts()),
+        Err(e) => json_response(400, &json!({"error": e})),
+    }
+}
+
+async fn admin_get_script(State(st): State<Arc<SimState>>) -> Response {
+    json_response(200, &st.scripts())
+}
+
+async fn admin_add_script(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+    set_scripts(&st, &body, false).await
+}
+
+async fn admin_replace_script(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
+    set_scripts(&st, &body, true).await
+}
+
+async fn admin_clear_script(State(st): State<Arc<SimState>>) -> Response {
+    set_scripts(&st, b"[]", true).await
 }
 
 impl IntoResponse for ApiError {

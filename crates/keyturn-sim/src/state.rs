@@ -14,7 +14,10 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Faults, KeyState, Limits, SimConfig};
+use crate::config::{
+    ConfigError, Faults, KeyState, Limits, ProjectConfig, ProjectState, Route, ScriptRule,
+    SimConfig,
+};
 use crate::errors::QuotaKind;
 
 const MINUTE_MS: i64 = 60_000;
@@ -190,7 +193,41 @@ impl ScopeQuota {
 struct KeyStats {
     requests: u64,
     by_status: BTreeMap<u16, u64>,
+    by_route: BTreeMap<&'static str, u64>,
     query_key_uses: u64,
+}
+
+/// A script with what is left of it.
+#[derive(Debug, Clone)]
+struct ActiveScript {
+    rule: ScriptRule,
+    remaining: Option<u64>,
+    fired: u64,
+}
+
+impl ActiveScript {
+    fn new(rule: ScriptRule) -> Self {
+        Self {
+            remaining: rule.times,
+            rule,
+            fired: 0,
+        }
+    }
+
+    fn matches(&self, key: &KeyInfo, route: Route, model: Option<&str>) -> bool {
+        let r = &self.rule;
+        let on_route = match r.method {
+            Some(m) => m == route,
+            None => match crate::corpus::shape(&r.shape).map(crate::corpus::Shape::reach) {
+                Some(crate::corpus::Reach::Everywhere) => true,
+                _ => route.spends_quota(),
+            },
+        };
+        on_route
+            && r.key.as_ref().is_none_or(|k| *k == key.label)
+            && r.project.as_ref().is_none_or(|p| *p == key.project)
+            && r.model.as_deref().is_none_or(|m| Some(m) == model)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -199,6 +236,7 @@ struct Inner {
     key_stats: Vec<KeyStats>,
     key_fingerprints: Vec<String>,
     quotas: BTreeMap<(String, String), ScopeQuota>,
+    scripts: Vec<ActiveScript>,
     config: SimConfig,
 }
 
@@ -226,6 +264,12 @@ impl SimState {
     pub fn new(config: SimConfig) -> Self {
         let faults = config.faults;
         let mut inner = Inner {
+            scripts: config
+                .script
+                .iter()
+                .cloned()
+                .map(ActiveScript::new)
+                .collect(),
             config,
             ..Inner::default()
         };
@@ -248,8 +292,9 @@ impl SimState {
         }
     }
 
-    /// The key's info; in open mode (no keys configured) an unknown key is registered as valid.
-    pub fn key(&self, key: &str, via_query: bool) -> Option<KeyInfo> {
+    /// The key's info, counting the request on its route; in open mode (no keys configured) an
+    /// unknown key is registered as valid.
+    pub fn key(&self, key: &str, via_query: bool, route: Route) -> Option<KeyInfo> {
         let mut inner = self.inner.lock();
         let info = match inner.keys.get(key) {
             Some(i) => i.clone(),
@@ -261,6 +306,7 @@ impl SimState {
         };
         let s = &mut inner.key_stats[info.index];
         s.requests += 1;
+        *s.by_route.entry(route.name()).or_default() += 1;
         if via_query {
             s.query_key_uses += 1;
         }
@@ -354,6 +400,110 @@ impl SimState {
         }
     }
 
+    /// The shape a script answers this request with, if one matches; spends one of its `times`.
+    pub fn scripted(&self, key: &KeyInfo, route: Route, model: Option<&str>) -> Option<String> {
+        let mut inner = self.inner.lock();
+        let i = inner
+            .scripts
+            .iter()
+            .position(|s| s.matches(key, route, model))?;
+        let s = &mut inner.scripts[i];
+        s.fired += 1;
+        let shape = s.rule.shape.clone();
+        if let Some(n) = &mut s.remaining {
+            *n = n.saturating_sub(1);
+        }
+        if s.remaining == Some(0) {
+            inner.scripts.remove(i);
+        }
+        Some(shape)
+    }
+
+    /// Adds scripts after the current ones (`replace`: instead of them), after checking each.
+    pub fn add_scripts(&self, rules: Vec<ScriptRule>, replace: bool) -> Result<(), ConfigError> {
+        let mut inner = self.inner.lock();
+        for r in &rules {
+            inner.config.check_script(r)?;
+        }
+        if replace {
+            inner.scripts.clear();
+        }
+        inner
+            .scripts
+            .extend(rules.into_iter().map(ActiveScript::new));
+        Ok(())
+    }
+
+    /// The scripts in force, with how many answers each has left and has given.
+    pub fn scripts(&self) -> serde_json::Value {
+        let inner = self.inner.lock();
+        scripts_json(&inner.scripts)
+    }
+
+    /// A project's state.
+    pub fn project_state(&self, project: &str) -> ProjectState {
+        self.inner
+            .lock()
+            .config
+            .projects
+            .get(project)
+            .map_or(ProjectState::Active, |p| p.state)
+    }
+
+    /// The shape a model that is off for a project answers with.
+    pub fn model_off(&self, project: &str, model: &str) -> Option<String> {
+        self.inner
+            .lock()
+            .config
+            .projects
+            .get(project)
+            .and_then(|p| p.models_off.get(model).cloned())
+    }
+
+    /// The project that created a file, by id.
+    pub fn file_owner(&self, id: &str) -> Option<String> {
+        self.inner.lock().config.file_owner(id).map(str::to_owned)
+    }
+
+    /// Changes a project's state, models off and files (each only when given), after checking
+    /// them. Limits stay.
+    pub fn set_project(
+        &self,
+        project: &str,
+        state: Option<ProjectState>,
+        models_off: Option<BTreeMap<String, String>>,
+        files: Option<Vec<String>>,
+    ) -> Result<(), ConfigError> {
+        let mut inner = self.inner.lock();
+        if !inner.config.keys.is_empty()
+            && !inner.config.projects.contains_key(project)
+            && !inner.keys.values().any(|k| k.project == project)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "no key of project {:?}",
+                project
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(80)
+                    .collect::<String>()
+            )));
+        }
+        let mut config = inner.config.clone();
+        let p: &mut ProjectConfig = config.projects.entry(project.to_owned()).or_default();
+        if let Some(s) = state {
+            p.state = s;
+        }
+        if let Some(m) = models_off {
+            p.models_off = m;
+        }
+        if let Some(f) = files {
+            p.files = f;
+        }
+        config.validate()?;
+        inner.config = config;
+        Ok(())
+    }
+
     /// Changes a key's state by label. Returns false if there is no such key.
     pub fn set_key_state(&self, label: &str, state: KeyState) -> bool {
         let mut inner = self.inner.lock();
@@ -402,6 +552,8 @@ impl SimState {
                     "state": k.state,
                     "requests": s.requests,
                     "by_status": s.by_status,
+                    "by_route": s.by_route,
+                    "probes": Route::ALL.iter().filter(|r| r.is_probe()).map(|r| s.by_route.get(r.name()).copied().unwrap_or(0)).sum::<u64>(),
                     "query_key_uses": s.query_key_uses,
                 })
             })
@@ -414,6 +566,17 @@ impl SimState {
             }
         }
         let config = inner.config.clone();
+        let projects: BTreeMap<&String, serde_json::Value> = config
+            .projects
+            .iter()
+            .map(|(name, p)| {
+                (
+                    name,
+                    serde_json::json!({"state": p.state, "models_off": p.models_off, "files": p.files}),
+                )
+            })
+            .collect();
+        let script = scripts_json(&inner.scripts);
         let scopes: Vec<serde_json::Value> = inner
             .quotas
             .iter_mut()
@@ -445,9 +608,23 @@ impl SimState {
             "by_status": by_status,
             "query_key_uses": query_key_uses,
             "keys": key_rows,
+            "projects": projects,
+            "script": script,
             "scopes": scopes,
         })
     }
+}
+
+fn scripts_json(scripts: &[ActiveScript]) -> serde_json::Value {
+    scripts
+        .iter()
+        .map(|s| {
+            let mut v = serde_json::to_value(&s.rule).unwrap_or_default();
+            v["remaining"] = serde_json::json!(s.remaining);
+            v["fired"] = serde_json::json!(s.fired);
+            v
+        })
+        .collect()
 }
 
 fn register(

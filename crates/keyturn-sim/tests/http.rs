@@ -466,7 +466,8 @@ async fn limit_zero_names_no_quota_value() {
     let sim = roomy().await;
     let (s, v) = generate(&sim, "made-up-free", "gemini-2.5-pro").await;
     assert_eq!(s, 429);
-    let viols = v["error"]["details"][0]["violations"].as_array().unwrap();
+    // 2026 order (corpus real-05): Help, QuotaFailure, RetryInfo.
+    let viols = v["error"]["details"][1]["violations"].as_array().unwrap();
     assert_eq!(viols.len(), 3);
     assert!(viols.iter().all(|x| x.get("quotaValue").is_none()));
     assert!(v["error"]["message"].as_str().unwrap().contains("limit: 0"));
