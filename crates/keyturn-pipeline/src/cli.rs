@@ -1045,6 +1045,14 @@ fn age(ms: i64) -> String {
     }
 }
 
+/// Where the state lives, for messages.
+fn pool_place(cfg: &Config) -> String {
+    match cfg.state.backend {
+        Backend::File => safe_path(&cfg.state.dir),
+        Backend::Redis => format!("redis namespace {}", safe(&cfg.state.namespace)),
+    }
+}
+
 /// Re-enables the keys `keys check` found alive that the quota state has disabled. The state may
 /// be held by a running process (file backend): then it says how to do it later.
 async fn reenable(cfg: &Config, env: &Env, cwd: &Path, alive: &[keyturn_core::KeyId]) {
@@ -1179,62 +1187,54 @@ async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand) -> ExitCo
         StateCommand::Reset { yes } => {
             if !yes {
                 eprint!(
-                    "delete all quota state ({})? type 'yes': ",
-                    match cfg.state.backend {
-                        Backend::File => safe_path(&cfg.state.dir),
-                        Backend::Redis => format!("redis namespace {}", safe(&cfg.state.namespace)),
-                    }
+                    "reset every key and quota counter ({}; usage history is kept)? type 'yes': ",
+                    pool_place(&cfg)
                 );
                 let mut answer = String::new();
                 if std::io::stdin().read_line(&mut answer).is_err() || answer.trim() != "yes" {
                     return fail(1, "not reset");
                 }
             }
-            match cfg.state.backend {
-                Backend::File => {
-                    // Taking the lock proves no keyturn process is using the state.
+            // Through the pool, as `keys reset --all` does: the lock proves no keyturn process
+            // is using the state, and a reset keeps the usage history (what was sent stays sent).
+            match create_pool(&cfg, env, cwd).await {
+                Ok(pool) => {
+                    let reset = pool.ledger.reset(ResetTarget::All).await;
+                    let saved = pool.state.shutdown().await;
+                    match (reset, saved) {
+                        (Ok(()), Ok(())) => {
+                            println!(
+                                "reset every key's health and every quota counter of this configuration's keys and projects ({}); usage history kept",
+                                pool_place(&cfg)
+                            );
+                            ExitCode::SUCCESS
+                        }
+                        (Err(e), _) => fail(1, e),
+                        (_, Err(e)) => fail(1, e),
+                    }
+                }
+                // A state file that cannot be read is the one thing a reset must still clear.
+                Err(ServiceError::State(
+                    e @ (keyturn_core::StoreError::Corrupt { .. }
+                    | keyturn_core::StoreError::NewerSchema { .. }),
+                )) if cfg.state.backend == Backend::File => {
                     let store = match FileStore::open(&cfg.state.dir) {
                         Ok(s) => s,
                         Err(e) => return fail(EXIT_USAGE, e),
                     };
                     match std::fs::remove_file(store.path()) {
-                        Ok(()) => println!("deleted {}", safe_path(store.path())),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                            println!("nothing to delete")
+                        Ok(()) => {
+                            println!(
+                                "deleted {} ({})",
+                                safe_path(store.path()),
+                                safe(&e.to_string())
+                            );
+                            ExitCode::SUCCESS
                         }
-                        Err(e) => return fail(1, e),
-                    }
-                    ExitCode::SUCCESS
-                }
-                Backend::Redis => {
-                    let (ring, _) = match key_ring(&cfg, env, cwd) {
-                        Ok(r) => r,
-                        Err(e) => return fail(EXIT_USAGE, e),
-                    };
-                    let lcfg = match ledger_config(&cfg) {
-                        Ok(l) => l,
-                        Err(e) => return fail(EXIT_USAGE, e),
-                    };
-                    match RedisLedger::connect(
-                        &cfg.state.redis_url,
-                        &cfg.state.namespace,
-                        Arc::new(ring),
-                        lcfg,
-                        Arc::new(SystemClock),
-                        TimeSource::Redis,
-                    )
-                    .await
-                    {
-                        Ok(l) => match l.reset(ResetTarget::All).await {
-                            Ok(()) => {
-                                println!("reset redis namespace {}", safe(&cfg.state.namespace));
-                                ExitCode::SUCCESS
-                            }
-                            Err(e) => fail(1, e),
-                        },
                         Err(e) => fail(1, e),
                     }
                 }
+                Err(e) => fail(service_exit(&e), e),
             }
         }
         StateCommand::Prune { out, keep } => {

@@ -616,7 +616,9 @@ async fn keys_and_state_commands() {
     assert!(w.state().join("state.json").exists());
     let yes = w.run(w.command(&["state", "reset", "--yes"])).await;
     assert!(yes.status.success(), "{}", text(&yes));
-    assert!(!w.state().join("state.json").exists());
+    // The state is reset, not deleted: the usage history stays
+    // (`state_reset_keeps_the_usage_history`).
+    assert!(text(&yes).contains("usage history kept"), "{}", text(&yes));
     assert_no_secret_anywhere(&w, &[&o, &list, &check, &info]);
 }
 
@@ -1360,4 +1362,28 @@ async fn keys_check_re_enables_a_key_that_answers_again() {
     assert!(!disabled(&status(
         w.run(w.command(&["status", "--json"])).await
     )));
+}
+
+/// `state reset` zeroes keys and counters but keeps the usage history, as CONFIG.md says of
+/// every reset: what was sent stays sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_reset_keeps_the_usage_history() {
+    let w = world(600, 10_000, Faults::default(), true).await;
+    let o = w.run(w.seed_cmd()).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let history = |o: Output| -> Value { serde_json::from_slice(&o.stdout).unwrap() };
+    let before = history(w.run(w.command(&["status", "--history", "--json"])).await);
+    assert!(!before.as_array().unwrap().is_empty(), "{before}");
+    let reset = w.run(w.command(&["state", "reset", "--yes"])).await;
+    assert!(reset.status.success(), "{}", text(&reset));
+    let after = history(w.run(w.command(&["status", "--history", "--json"])).await);
+    assert_eq!(after, before, "the history survived the reset");
+    let status: Value =
+        serde_json::from_slice(&w.run(w.command(&["status", "--json"])).await.stdout).unwrap();
+    for s in status["scopes"].as_array().unwrap() {
+        assert_eq!(s["rpd_used"], 0, "{s}");
+    }
+    for k in status["keys"].as_array().unwrap() {
+        assert!(k["disabled"].is_null(), "{k}");
+    }
 }
