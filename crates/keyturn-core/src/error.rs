@@ -76,6 +76,9 @@ pub enum Exhaustion {
     CoolingDown,
     /// The keys' circuit breakers are open after transient failures.
     CircuitOpen,
+    /// What is left is a switched-off model or project whose one re-probe is out: its answer
+    /// decides whether it serves again.
+    Reprobing,
 }
 
 impl std::fmt::Display for Exhaustion {
@@ -86,6 +89,9 @@ impl std::fmt::Display for Exhaustion {
             Self::RequestsPerDay => "requests per day used up",
             Self::CoolingDown => "rate limited by the server, cooling down",
             Self::CircuitOpen => "keys failing (circuit breakers open)",
+            Self::Reprobing => {
+                "the model or project was switched off by the server and one request is re-probing it"
+            }
         })
     }
 }

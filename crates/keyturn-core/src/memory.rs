@@ -679,10 +679,32 @@ impl InMemoryLedger {
             let p = inner.key_project[k] as usize;
             let s = &mut inner.scopes[inner.models[m].scopes[p] as usize];
             s.refresh(now);
-            // Off, or a re-probe of it already out: as off until that request settles.
-            if inner.project_gates[p].gate(now) == Gate::Shut || s.gate(now) == Gate::Shut {
-                off += 1;
-                continue;
+            // Off; or a re-probe of it is out, whose answer may free it: wait for that (up to
+            // the probe's deadline; its settle wakes waiters sooner).
+            let pg = &inner.project_gates[p];
+            let mut reprobe_at: Option<i64> = None;
+            for (g, probe) in [(pg.gate(now), pg.probe), (s.gate(now), s.probe)] {
+                if g == Gate::Shut {
+                    match probe.filter(|o| o.deadline > now) {
+                        Some(o) => {
+                            reprobe_at = Some(reprobe_at.map_or(o.deadline, |t| t.max(o.deadline)))
+                        }
+                        None => reprobe_at = Some(i64::MAX),
+                    }
+                }
+            }
+            match reprobe_at {
+                Some(i64::MAX) => {
+                    off += 1;
+                    continue;
+                }
+                Some(at) => {
+                    if best.is_none_or(|(b, _)| at < b) {
+                        best = Some((at, Exhaustion::Reprobing));
+                    }
+                    continue;
+                }
+                None => {}
             }
             let Some((mut at, mut why)) = s.free_at(demand, now) else {
                 too_large.get_or_insert_with(|| demand_too_large(&model, demand, &s.effective));
@@ -1011,12 +1033,12 @@ impl InMemoryLedger {
                     Err(b) => b,
                 }
             };
-            // A breaker's time is only an upper bound (a probe may settle any moment and wake
-            // us): wait for it up to the bound. Anything else returns at a known time.
+            // A breaker's time, or a re-probe's, is only an upper bound (a probe may settle any
+            // moment and wake us): wait for it up to the bound. Anything else returns at a known time.
             let circuit = matches!(
                 blocked.error,
                 AcquireError::Exhausted {
-                    reason: Exhaustion::CircuitOpen,
+                    reason: Exhaustion::CircuitOpen | Exhaustion::Reprobing,
                     ..
                 }
             );

@@ -540,8 +540,8 @@ pub async fn off_scope_reprobed_once_after_pacific_midnight(f: &dyn LedgerFactor
 }
 
 /// A project switched off as a whole is re-probed the same way: one request (on any model)
-/// after the next Pacific midnight; when every project is off, the others are told the model
-/// is unavailable rather than sent.
+/// after the next Pacific midnight; while it is out, the others are told to wait for its
+/// answer (not that the model is gone), and before and after it, that the model is unavailable.
 pub async fn off_project_reprobed_once_after_pacific_midnight(f: &dyn LedgerFactory) {
     let c = clock();
     let keys = KeyRing::new(vec![key(0, Some("p")), key(1, Some("p"))]).unwrap();
@@ -559,9 +559,16 @@ pub async fn off_project_reprobed_once_after_pacific_midnight(f: &dyn LedgerFact
     for m in [TIGHT, ROOMY, FRESH] {
         let err = l.acquire(m, Demand::tokens(1)).await.unwrap_err();
         assert!(
-            matches!(err, AcquireError::ModelUnavailable { .. }),
+            matches!(
+                err,
+                AcquireError::Exhausted {
+                    reason: Exhaustion::Reprobing,
+                    ..
+                }
+            ),
             "{m}: {err:?}"
         );
+        assert_eq!(err.kind(), ErrorKind::Throttled);
     }
     l.settle(probe, Outcome::ProjectOff).await.unwrap();
     c.advance(Duration::from_secs(3600));
@@ -587,6 +594,57 @@ pub async fn off_project_reprobed_once_after_pacific_midnight(f: &dyn LedgerFact
             .iter()
             .all(|s| !s.project_off && s.state == ScopeState::Ready)
     );
+}
+
+/// Callers that find only a re-probe out wait for its answer (within their bound) rather than
+/// fail: served, they get a lease; refused again, they learn the model is unavailable.
+pub async fn waiters_follow_a_reprobe(f: &dyn LedgerFactory) {
+    for served in [true, false] {
+        let c = clock();
+        let mut cfg = config(100, 100_000, 1000);
+        cfg.max_wait = Duration::from_secs(20);
+        let l = f.make(solo_keys(1), cfg, c.clone()).await;
+        let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+        l.settle(lease, Outcome::ModelUnavailable).await.unwrap();
+        c.set(crate::clock::ms_to_timestamp(next_pacific_midnight(T0_MS)));
+        let probe = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+        let l2 = l.clone();
+        let mut waiter = tokio::spawn(async move { l2.acquire(TIGHT, Demand::tokens(1)).await });
+        // Nothing moves the manual clock meanwhile: a ledger that waits is still waiting after
+        // any real time; one that fails at once has answered long before.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut waiter)
+                .await
+                .is_err(),
+            "it waits for the re-probe's answer"
+        );
+        let answer = if served {
+            Outcome::success(1)
+        } else {
+            Outcome::ModelUnavailable
+        };
+        l.settle(probe, answer).await.unwrap();
+        for _ in 0..50 {
+            if waiter.is_finished() {
+                break;
+            }
+            c.advance(Duration::from_millis(200));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("released when the re-probe answered")
+            .unwrap();
+        if served {
+            l.settle(got.unwrap(), Outcome::success(1)).await.unwrap();
+        } else {
+            let err = got.unwrap_err();
+            assert!(
+                matches!(err, AcquireError::ModelUnavailable { .. }),
+                "{err:?}"
+            );
+        }
+    }
 }
 
 /// With `relearn_after` set, learned limits and switch-offs hold that long instead of until
@@ -1153,6 +1211,7 @@ macro_rules! ledger_behaviour_suite {
             project_off_switches_every_model_off, project_dead_disables_every_key_of_it,
             off_scope_reprobed_once_after_pacific_midnight,
             off_project_reprobed_once_after_pacific_midnight, relearn_after_replaces_the_midnight,
+            waiters_follow_a_reprobe,
             switch_offs_survive_restart);
     };
     (@cases $factory:expr, $guard:expr; $($case:ident),* $(,)?) => {

@@ -468,6 +468,7 @@ impl RedisLedger {
                 "rpd" => Exhaustion::RequestsPerDay,
                 "cooling" => Exhaustion::CoolingDown,
                 "circuit" => Exhaustion::CircuitOpen,
+                "reprobe" => Exhaustion::Reprobing,
                 _ => Exhaustion::RequestsPerMinute,
             };
             let until = retry_at.max(server_now + 1);
@@ -739,7 +740,7 @@ impl QuotaLedger for RedisLedger {
                     let circuit = matches!(
                         e,
                         AcquireError::Exhausted {
-                            reason: Exhaustion::CircuitOpen,
+                            reason: Exhaustion::CircuitOpen | Exhaustion::Reprobing,
                             ..
                         }
                     );

@@ -44,7 +44,7 @@ local function scope(project, rpm, tpm, rpd)
   elseif learned_off then
     local pd = nil
     if s.f.luntil ~= nil and now >= s.f.luntil then pd = tonumber(redis.call('HGET', lk, 'pd')) end
-    s.gate = gate(true, s.f.luntil, pd, now)
+    s.gate, s.pd = gate(true, s.f.luntil, pd, now)
   else
     s.gate = 'open'
   end
@@ -61,17 +61,18 @@ local function scope(project, rpm, tpm, rpd)
   return s
 end
 
-local function off(s) return s.gate == 'shut' or s.rpm == 0 or s.tpm == 0 or s.rpd == 0 end
+local function off(s) return s.gate == 'shut' or s.gate == 'wait' or s.rpm == 0 or s.tpm == 0 or s.rpd == 0 end
 
--- Whether a project is switched off as a whole (402, a zero whole-API quota), once per call.
+-- Whether a project is switched off as a whole (402, a zero whole-API quota), once per call;
+-- for 'wait', also until when its re-probe holds the gate.
 local pgates = {}
 local function project_gate(project)
   local g = pgates[project]
-  if g then return g end
+  if g then return g[1], g[2] end
   local h = redis.call('HMGET', P .. 'p:' .. project, 'since', 'until', 'pd')
-  g = gate(h[1] ~= false, tonumber(h[2]), tonumber(h[3]), now)
-  pgates[project] = g
-  return g
+  local state, pd = gate(h[1] ~= false, tonumber(h[2]), tonumber(h[3]), now)
+  pgates[project] = { state, pd }
+  return state, pd
 end
 
 local function fits(s)
@@ -121,7 +122,8 @@ local wtotal = 0
 for i = 0, n - 1 do
   local idx, fp, project, rpm, tpm, rpd, weight = cand(i)
   local adm = breaker(fp)
-  if (adm == 'yes' or adm == 'probe') and project_gate(project) ~= 'shut' then
+  local pg = project_gate(project)
+  if (adm == 'yes' or adm == 'probe') and (pg == 'open' or pg == 'probe') then
     local s = scope(project, rpm, tpm, rpd)
     if fits(s) then
       if policy == 'rr' then
@@ -224,9 +226,15 @@ for i = 0, n - 1 do
   elseif project_gate(project) == 'shut' then
     n_off = n_off + 1
   else
+    local pg, ppd = project_gate(project)
     local s = scope(project, rpm, tpm, rpd)
-    if off(s) then
+    if s.gate == 'shut' or (s.gate ~= 'wait' and off(s)) then
       n_off = n_off + 1
+    elseif pg == 'wait' or s.gate == 'wait' then
+      -- A re-probe is out: its answer (or its deadline) may free this key.
+      local at = math.max(ppd or 0, s.pd or 0)
+      if until_ ~= nil and until_ > at then at = until_ end
+      if best_at == nil or at < best_at then best_at, best_why = at, 'reprobe' end
     else
       local at, why = free_at(s)
       if at == nil then

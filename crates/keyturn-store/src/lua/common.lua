@@ -97,11 +97,13 @@ local SCALARS = { 'head', 'sr', 'sk', 'dk', 'dc', 'cd', 'ex', 'lset', 'lrpm', 'l
 local KEEP = { 'dk', 'dc', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'luntil', 'pr' }
 
 -- A switch-off's gate: 'open' (not off), 'probe' (its time is up and no re-probe is out: one
--- request may go) or 'shut'.
+-- request may go), 'wait' (a re-probe is out until the deadline returned second: its answer
+-- decides) or 'shut'.
 local function gate(is_off, untl, probe_deadline, now)
   if not is_off then return 'open' end
-  if untl ~= nil and untl > 0 and now >= untl and (probe_deadline == nil or probe_deadline <= now) then
-    return 'probe'
+  if untl ~= nil and untl > 0 and now >= untl then
+    if probe_deadline == nil or probe_deadline <= now then return 'probe' end
+    return 'wait', probe_deadline
   end
   return 'shut'
 end
