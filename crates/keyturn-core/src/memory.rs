@@ -967,12 +967,12 @@ impl InMemoryLedger {
             if let Some(v) = quota_value.filter(|v| *v > 0) {
                 let mut l = s.learned;
                 let slot = f(&mut l);
-                *slot = Some(slot.map_or(v, |old| old.min(v)));
-                if l != s.learned {
+                if slot.is_none_or(|old| v <= old) {
+                    *slot = Some(v);
                     s.set_learned(l);
+                    // Said again, it holds again for as long.
+                    s.learned_until = self.cfg.relearn_at(now);
                 }
-                // Said again, it holds again for as long.
-                s.learned_until = self.cfg.relearn_at(now);
             }
         };
         let delay_until = retry_after.map(|d| now.saturating_add(d.as_millis() as i64));
