@@ -255,7 +255,9 @@ impl Scope {
         };
         let off_until_ms = match project_off {
             Some(t) => Some(t),
-            None if state == ScopeState::Off && self.learned_off() => Some(self.learned_until),
+            None if state == ScopeState::Off && self.learned_off() && self.learned_until != 0 => {
+                Some(self.learned_until)
+            }
             None => None,
         };
         ScopeStatus {

@@ -397,7 +397,12 @@ impl RedisLedger {
             inv.arg(m);
         }
         inv.arg(self.cfg.breaker.probe_timeout.as_millis() as i64)
-            .arg(n);
+            .arg(n)
+            .arg(
+                self.cfg
+                    .relearn_after
+                    .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            );
         let limits = self.limits_for(model);
         for i in 0..n {
             let k = (start + i) % n;

@@ -1,7 +1,7 @@
 -- keyturn acquire: one atomic admission over the candidate keys, in the policy's order.
 -- ARGV: P, model, now ('' = Redis TIME), requests, tokens, policy (rr|ll|w), four Pacific
--- midnights b0..b3, probe_timeout_ms, n, then n × (idx, fingerprint, project, rpm, tpm, rpd,
--- weight) with -1 for unlimited.
+-- midnights b0..b3, probe_timeout_ms, n, relearn_after_ms (-1: the next Pacific midnight), then
+-- n × (idx, fingerprint, project, rpm, tpm, rpd, weight) with -1 for unlimited.
 -- Returns {1, idx, second, probe, now} or
 --         {0, retry_at|-1, why, n_off, disabled_idx_csv, too_large_what, too_large_demand, too_large_limit, now}.
 
@@ -12,7 +12,8 @@ local policy = ARGV[6]
 local day_start, day_end = day_of(now, tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]))
 local probe_timeout = tonumber(ARGV[11])
 local n = tonumber(ARGV[12])
-local BASE = 12
+local relearn_ms = tonumber(ARGV[13])
+local BASE = 13
 local now_sec = math.floor(now / 1000)
 
 local scopes = {}
@@ -27,6 +28,13 @@ local function scope(project, rpm, tpm, rpd)
     -- Learned limits are durable in their own hash and cached in the scope's (a settle that
     -- learns drops the cache).
     local l = redis.call('HMGET', lk, 'rpm', 'tpm', 'rpd', 'until')
+    if (l[1] or l[2] or l[3]) and not l[4] then
+      -- Learned before expiries were recorded: it holds as if learned now.
+      local untl = day_end
+      if relearn_ms >= 0 then untl = now + relearn_ms end
+      redis.call('HSET', lk, 'until', untl)
+      l[4] = untl
+    end
     put(s, 'lset', 1)
     for i, name in ipairs({ 'lrpm', 'ltpm', 'lrpd', 'luntil' }) do
       local v = tonumber(l[i])
