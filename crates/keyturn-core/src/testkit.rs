@@ -401,6 +401,11 @@ pub async fn project_off_switches_every_model_off(f: &dyn LedgerFactory) {
         "{err:?}"
     );
     assert_eq!(err.kind(), ErrorKind::Permanent);
+    let msg = err.to_string();
+    assert!(
+        msg.contains(FRESH) && msg.contains("credits") && msg.contains("re-probed"),
+        "{msg}"
+    );
 }
 
 /// `SERVICE_DISABLED`: every key of the project is disabled with that reason, not one at a time.
