@@ -76,6 +76,9 @@ pub enum Exhaustion {
     CoolingDown,
     /// The keys' circuit breakers are open after transient failures.
     CircuitOpen,
+    /// What is left is a switched-off model or project whose one re-probe is out: its answer
+    /// decides whether it serves again.
+    Reprobing,
 }
 
 impl std::fmt::Display for Exhaustion {
@@ -86,6 +89,9 @@ impl std::fmt::Display for Exhaustion {
             Self::RequestsPerDay => "requests per day used up",
             Self::CoolingDown => "rate limited by the server, cooling down",
             Self::CircuitOpen => "keys failing (circuit breakers open)",
+            Self::Reprobing => {
+                "the model or project was switched off by the server and one request is re-probing it"
+            }
         })
     }
 }
@@ -137,9 +143,10 @@ pub enum AcquireError {
         /// Labels and reasons.
         detail: String,
     },
-    /// The server reported `limit: 0` for this model on every project we have.
+    /// The server reported `limit: 0` for this model on every project we have, or switched
+    /// the projects off as a whole (402 credits depleted); each is re-probed after its expiry.
     #[error(
-        "model {model} is not available to any configured project (the server reported a limit of 0); use another model or a project with access"
+        "model {model} is not available to any configured project now (Gemini reported a limit of 0 for it, or that a project cannot be served at all, e.g. out of prepayment credits); each is re-probed after the next Pacific midnight (or rotation.relearn_after); use another model or a project with access"
     )]
     ModelUnavailable {
         /// The model asked for.

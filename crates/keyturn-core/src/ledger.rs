@@ -21,14 +21,15 @@ use crate::snapshot::{PoolStatus, Snapshot};
 pub enum ResetTarget {
     /// One key's health: disabled flag and circuit breaker.
     Key(KeyId),
-    /// One scope's counters, cooldown, exhaustion and learned limits.
+    /// One scope's counters, cooldown, exhaustion and learned limits (a project switched off as
+    /// a whole stays off: reset all, or wait for its re-probe).
     Scope {
         /// Project id.
         project: String,
         /// Model id.
         model: String,
     },
-    /// Everything: all keys' health and all scopes.
+    /// Everything: all keys' health, all scopes and all projects' switch-offs.
     All,
 }
 
@@ -47,6 +48,21 @@ pub struct LedgerConfig {
     pub limits: LimitTable,
     /// Models to show in status before they are first used.
     pub models: Vec<String>,
+    /// How long what the server taught (learned limits, a model or project switched off) holds:
+    /// `None` until the next Pacific midnight after it was learned (when Google's day turns and
+    /// tiers move), `Some(d)` for `d` after it was learned. An expired switch-off lets exactly
+    /// one real request through (a re-probe); its answer decides.
+    pub relearn_after: Option<Duration>,
+}
+
+impl LedgerConfig {
+    /// When something learned at `now_ms` expires.
+    pub fn relearn_at(&self, now_ms: i64) -> i64 {
+        match self.relearn_after {
+            Some(d) => now_ms.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            None => crate::pacific::next_pacific_midnight(now_ms),
+        }
+    }
 }
 
 impl Default for LedgerConfig {
@@ -58,6 +74,7 @@ impl Default for LedgerConfig {
             default_throttle_cooldown: Duration::from_secs(15),
             limits: LimitTable::builtin(),
             models: Vec::new(),
+            relearn_after: None,
         }
     }
 }

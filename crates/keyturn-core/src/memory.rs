@@ -19,8 +19,8 @@ use crate::limits::{LimitSource, ModelLimits, normalize_model};
 use crate::outcome::{Outcome, ThrottleKind};
 use crate::policy::Policy;
 use crate::snapshot::{
-    Disabled, KeySnapshot, NoticeMark, PoolStatus, SCHEMA_VERSION, ScopeSnapshot, ScopeState,
-    ScopeStatus, Snapshot, UsageDay,
+    Disabled, KeySnapshot, NoticeMark, PoolStatus, ProjectSnapshot, SCHEMA_VERSION, ScopeSnapshot,
+    ScopeState, ScopeStatus, Snapshot, UsageDay,
 };
 use crate::window::{DayCounter, RollingWindow, sec_of};
 
@@ -30,12 +30,73 @@ struct KeyHealth {
     breaker: Breaker,
 }
 
+/// The one real request let through a switch-off that has expired: which key sent it, in which
+/// window second (a lease is known by the two), and until when it holds the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProbeOut {
+    key: u32,
+    sec: i64,
+    deadline: i64,
+}
+
+impl ProbeOut {
+    fn is(&self, key: usize, sec: i64) -> bool {
+        self.key as usize == key && self.sec == sec
+    }
+}
+
+/// What a switch-off lets through now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gate {
+    /// Not switched off.
+    Open,
+    /// Off, but its time is up and no re-probe is out: one request may go.
+    Probe,
+    /// Off.
+    Shut,
+}
+
+/// A switch-off (a project's, or a model's for a project) and its re-probe.
+fn gate(off: bool, until: i64, probe: Option<ProbeOut>, now_ms: i64) -> Gate {
+    if !off {
+        Gate::Open
+    } else if until != 0 && now_ms >= until && probe.is_none_or(|p| p.deadline <= now_ms) {
+        Gate::Probe
+    } else {
+        Gate::Shut
+    }
+}
+
+/// A whole project switched off (402, a zero whole-API quota).
+#[derive(Debug, Clone, Copy, Default)]
+struct ProjectGate {
+    /// Switched off since (Unix ms); 0: on.
+    off_since: i64,
+    /// A re-probe may go from then.
+    until: i64,
+    probe: Option<ProbeOut>,
+}
+
+impl ProjectGate {
+    fn is_off(&self) -> bool {
+        self.off_since != 0
+    }
+
+    fn gate(&self, now_ms: i64) -> Gate {
+        gate(self.is_off(), self.until, self.probe, now_ms)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Scope {
     project: u32,
     configured: ModelLimits,
     source: LimitSource,
     learned: ModelLimits,
+    /// When `learned` expires (0: nothing learned).
+    learned_until: i64,
+    /// The re-probe out through a learned switch-off.
+    probe: Option<ProbeOut>,
     effective: ModelLimits,
     window: RollingWindow,
     day: DayCounter,
@@ -44,9 +105,14 @@ struct Scope {
 }
 
 impl Scope {
+    /// Moves the windows and the day to `now`, and forgets learned limits whose time is up (a
+    /// learned switch-off stays until its re-probe answers).
     fn refresh(&mut self, now_ms: i64) {
         self.window.advance(sec_of(now_ms));
         self.day.roll(now_ms);
+        if self.learned_until != 0 && now_ms >= self.learned_until && !self.learned.is_off() {
+            self.forget_learned();
+        }
     }
 
     fn set_learned(&mut self, learned: ModelLimits) {
@@ -54,10 +120,46 @@ impl Scope {
         self.effective = self.configured.min(learned);
     }
 
+    fn forget_learned(&mut self) {
+        self.set_learned(ModelLimits::UNLIMITED);
+        self.learned_until = 0;
+        self.probe = None;
+    }
+
+    /// Whether the server switched this model off for the project (as opposed to the
+    /// configuration, which knows no re-probe).
+    fn learned_off(&self) -> bool {
+        self.learned.is_off() && !self.configured.is_off()
+    }
+
+    fn gate(&self, now_ms: i64) -> Gate {
+        if self.configured.is_off() {
+            Gate::Shut
+        } else {
+            gate(
+                self.learned.is_off(),
+                self.learned_until,
+                self.probe,
+                now_ms,
+            )
+        }
+    }
+
+    /// The limits a request is measured against: the effective ones, or the configured ones
+    /// for a re-probe through an expired switch-off.
+    fn limits_for(&self, g: Gate) -> ModelLimits {
+        match g {
+            Gate::Probe => self.configured,
+            _ => self.effective,
+        }
+    }
+
     /// Whether the demand fits now (after `refresh`).
     fn fits(&self, d: Demand, now_ms: i64) -> bool {
-        let l = &self.effective;
-        !l.is_off()
+        let g = self.gate(now_ms);
+        let l = &self.limits_for(g);
+        g != Gate::Shut
+            && !l.is_off()
             && self.cooldown_until <= now_ms
             && self.exhausted_until <= now_ms
             && l.rpd
@@ -84,7 +186,7 @@ impl Scope {
 
     /// The earliest moment the demand could fit, and what binds until then; `None`: never.
     fn free_at(&self, d: Demand, now_ms: i64) -> Option<(i64, Exhaustion)> {
-        let l = &self.effective;
+        let l = &self.limits_for(self.gate(now_ms));
         if l.is_off() {
             return None;
         }
@@ -136,9 +238,28 @@ impl Scope {
         }
     }
 
-    /// The status view of this scope (after `refresh`).
-    fn status(&self, project: String, model: String, keys: Vec<String>, now: i64) -> ScopeStatus {
-        let state = self.state(now);
+    /// The status view of this scope (after `refresh`); `project_off`: from when the project's
+    /// re-probe may go, if the whole project is off.
+    fn status(
+        &self,
+        project: String,
+        model: String,
+        keys: Vec<String>,
+        now: i64,
+        project_off: Option<i64>,
+    ) -> ScopeStatus {
+        let state = if project_off.is_some() {
+            ScopeState::Off
+        } else {
+            self.state(now)
+        };
+        let off_until_ms = match project_off {
+            Some(t) => Some(t),
+            None if state == ScopeState::Off && self.learned_off() && self.learned_until != 0 => {
+                Some(self.learned_until)
+            }
+            None => None,
+        };
         ScopeStatus {
             project,
             model,
@@ -157,11 +278,16 @@ impl Scope {
             exhausted_until_ms: (state == ScopeState::Exhausted)
                 .then(|| self.exhausted_until.max(self.day.day().end_ms)),
             next_reset_ms: self.day.day().end_ms,
+            off_until_ms,
+            project_off: project_off.is_some(),
+            learned_until_ms: (self.learned != ModelLimits::UNLIMITED && self.learned_until != 0)
+                .then_some(self.learned_until),
         }
     }
 
-    /// Rebuilds a scope's counters from a snapshot, as of `now`.
-    fn apply_snapshot(&mut self, ss: &ScopeSnapshot, now: i64) {
+    /// Rebuilds a scope's counters from a snapshot, as of `now`; learned limits the snapshot
+    /// gives no expiry (older files) expire at `relearn_at`.
+    fn apply_snapshot(&mut self, ss: &ScopeSnapshot, now: i64, relearn_at: i64) {
         self.window = RollingWindow::restore(sec_of(now), ss.window.iter().copied());
         self.day = DayCounter::restore(now, ss.day_start_ms, ss.day_count);
         self.cooldown_until = ss.cooldown_until_ms;
@@ -171,6 +297,15 @@ impl Scope {
             0
         };
         self.set_learned(ss.learned);
+        self.probe = None;
+        self.learned_until = if ss.learned == ModelLimits::UNLIMITED {
+            0
+        } else if ss.learned_until_ms == 0 {
+            relearn_at
+        } else {
+            ss.learned_until_ms
+        };
+        self.refresh(now);
     }
 
     fn fresh(project: u32, configured: ModelLimits, source: LimitSource, now_ms: i64) -> Self {
@@ -181,6 +316,8 @@ impl Scope {
             configured,
             source,
             learned: ModelLimits::UNLIMITED,
+            learned_until: 0,
+            probe: None,
             effective: configured,
             window,
             day: DayCounter::new(now_ms),
@@ -195,7 +332,7 @@ impl Scope {
         self.day = DayCounter::new(now_ms);
         self.cooldown_until = 0;
         self.exhausted_until = 0;
-        self.set_learned(ModelLimits::UNLIMITED);
+        self.forget_learned();
     }
 }
 
@@ -249,6 +386,8 @@ struct Inner {
     projects: Vec<String>,
     models: Vec<ModelState>,
     scopes: Vec<Scope>,
+    /// Per project index: switched off as a whole?
+    project_gates: Vec<ProjectGate>,
     /// Usage of days before each key's current one, at most `HISTORY_DAYS` days back.
     past: Vec<PastUsage>,
     /// Warnings already sent, until the end of their day.
@@ -293,6 +432,7 @@ impl InMemoryLedger {
             key_project.push(idx as u32);
         }
         let inner = Inner {
+            project_gates: vec![ProjectGate::default(); projects.len()],
             health: vec![KeyHealth::default(); keys.len()],
             key_project,
             projects,
@@ -391,6 +531,7 @@ impl InMemoryLedger {
             key_project,
             models,
             scopes,
+            project_gates,
             past,
             epoch,
             version,
@@ -400,13 +541,21 @@ impl InMemoryLedger {
         let start = ms.cursor as usize % n;
 
         let scope_of = |k: usize| ms_scopes_index(&ms.scopes, key_project, k);
-        let mut pick: Option<(usize, Admission)> = None;
+        let mut pick: Option<(usize, Pass)> = None;
+        let gates = &*project_gates;
+        let project_of = |k: usize| &gates[key_project[k] as usize];
         match self.cfg.policy {
             Policy::RoundRobin => {
                 for i in 0..n {
                     let k = (start + i) % n;
-                    if let Some(adm) = eligible(&health[k], &mut scopes[scope_of(k)], demand, now) {
-                        pick = Some((k, adm));
+                    if let Some(pass) = eligible(
+                        &health[k],
+                        project_of(k),
+                        &mut scopes[scope_of(k)],
+                        demand,
+                        now,
+                    ) {
+                        pick = Some((k, pass));
                         break;
                     }
                 }
@@ -415,11 +564,17 @@ impl InMemoryLedger {
                 let mut best = -1.0f64;
                 for i in 0..n {
                     let k = (start + i) % n;
-                    if let Some(adm) = eligible(&health[k], &mut scopes[scope_of(k)], demand, now) {
+                    if let Some(pass) = eligible(
+                        &health[k],
+                        project_of(k),
+                        &mut scopes[scope_of(k)],
+                        demand,
+                        now,
+                    ) {
                         let h = scopes[scope_of(k)].headroom();
                         if h > best {
                             best = h;
-                            pick = Some((k, adm));
+                            pick = Some((k, pass));
                         }
                     }
                 }
@@ -427,12 +582,18 @@ impl InMemoryLedger {
             Policy::Weighted => {
                 let mut total = 0i64;
                 for k in 0..n {
-                    if let Some(adm) = eligible(&health[k], &mut scopes[scope_of(k)], demand, now) {
+                    if let Some(pass) = eligible(
+                        &health[k],
+                        project_of(k),
+                        &mut scopes[scope_of(k)],
+                        demand,
+                        now,
+                    ) {
                         let w = i64::from(self.keys_weight(k));
                         ms.wrr[k] += w;
                         total += w;
                         if pick.is_none_or(|(b, _)| ms.wrr[k] > ms.wrr[b]) {
-                            pick = Some((k, adm));
+                            pick = Some((k, pass));
                         }
                     }
                 }
@@ -442,13 +603,27 @@ impl InMemoryLedger {
             }
         }
 
-        let Some((k, adm)) = pick else {
+        let Some((k, pass)) = pick else {
             return Err(self.blocked(inner, m, demand, now));
         };
+        let adm = pass.admission;
         ms.cursor = ((k + 1) % n) as u32;
         health[k].breaker.admitted(adm, now, &self.cfg.breaker);
         let s = &mut scopes[ms.scopes[key_project[k] as usize] as usize];
         let sec = s.window.record(u64::from(demand.requests), demand.tokens);
+        if pass.scope_probe || pass.project_probe {
+            let out = Some(ProbeOut {
+                key: k as u32,
+                sec,
+                deadline: now.saturating_add(self.cfg.breaker.probe_timeout.as_millis() as i64),
+            });
+            if pass.scope_probe {
+                s.probe = out;
+            }
+            if pass.project_probe {
+                project_gates[key_project[k] as usize].probe = out;
+            }
+        }
         s.day.add(u64::from(demand.requests));
         let day_start = s.day.day().start_ms;
         let cell = &mut ms.today[k];
@@ -503,12 +678,35 @@ impl InMemoryLedger {
                 disabled.push(format!("{label}: {}", d.reason));
                 continue;
             }
-            let s =
-                &mut inner.scopes[inner.models[m].scopes[inner.key_project[k] as usize] as usize];
+            let p = inner.key_project[k] as usize;
+            let s = &mut inner.scopes[inner.models[m].scopes[p] as usize];
             s.refresh(now);
-            if s.effective.is_off() {
-                off += 1;
-                continue;
+            // Off; or a re-probe of it is out, whose answer may free it: wait for that (up to
+            // the probe's deadline; its settle wakes waiters sooner).
+            let pg = &inner.project_gates[p];
+            let mut reprobe_at: Option<i64> = None;
+            for (g, probe) in [(pg.gate(now), pg.probe), (s.gate(now), s.probe)] {
+                if g == Gate::Shut {
+                    match probe.filter(|o| o.deadline > now) {
+                        Some(o) => {
+                            reprobe_at = Some(reprobe_at.map_or(o.deadline, |t| t.max(o.deadline)))
+                        }
+                        None => reprobe_at = Some(i64::MAX),
+                    }
+                }
+            }
+            match reprobe_at {
+                Some(i64::MAX) => {
+                    off += 1;
+                    continue;
+                }
+                Some(at) => {
+                    if best.is_none_or(|(b, _)| at < b) {
+                        best = Some((at, Exhaustion::Reprobing));
+                    }
+                    continue;
+                }
+                None => {}
             }
             let Some((mut at, mut why)) = s.free_at(demand, now) else {
                 too_large.get_or_insert_with(|| demand_too_large(&model, demand, &s.effective));
@@ -584,6 +782,50 @@ impl InMemoryLedger {
                     .get(lease.key())
                     .map_or_else(String::new, |e| e.label.clone())
             };
+            let p = inner.key_project[k] as usize;
+            // A re-probe through an expired switch-off: its answer decides the switch.
+            let answer = match outcome {
+                Outcome::Success { .. }
+                | Outcome::Throttled {
+                    kind:
+                        ThrottleKind::RequestsPerDay
+                        | ThrottleKind::RequestsPerMinute
+                        | ThrottleKind::TokensPerMinute,
+                    ..
+                } => ProbeAnswer::Serves,
+                Outcome::ModelUnavailable => ProbeAnswer::ProjectServes,
+                _ => ProbeAnswer::Nothing,
+            };
+            let sec = lease.second();
+            if let Some(si) = scope_idx {
+                let s = &mut inner.scopes[si as usize];
+                if s.probe.is_some_and(|o| o.is(k, sec)) {
+                    if answer == ProbeAnswer::Serves {
+                        s.forget_learned();
+                        tracing::info!(
+                            key = %label(),
+                            model = %inner.models[lease.model_slot() as usize].name,
+                            project = %inner.projects[p],
+                            "re-probe served: the model is back for this project"
+                        );
+                    }
+                    s.probe = None;
+                    notify = true;
+                }
+            }
+            let g = &mut inner.project_gates[p];
+            if g.probe.is_some_and(|o| o.is(k, sec)) {
+                if matches!(answer, ProbeAnswer::Serves | ProbeAnswer::ProjectServes) {
+                    *g = ProjectGate::default();
+                    tracing::info!(
+                        key = %label(),
+                        project = %inner.projects[p],
+                        "re-probe answered: the project is back"
+                    );
+                }
+                g.probe = None;
+                notify = true;
+            }
             match outcome {
                 Outcome::Success { input_tokens } => {
                     if let (Some(real), Some(si), true) = (input_tokens, scope_idx, current) {
@@ -636,13 +878,31 @@ impl InMemoryLedger {
                             ..ModelLimits::UNLIMITED
                         });
                         s.set_learned(learned);
+                        s.learned_until = self.cfg.relearn_at(now);
+                        s.probe = None;
                         tracing::info!(
                             key = %label(),
                             model = %inner.models[lease.model_slot() as usize].name,
                             project = %inner.projects[s.project as usize],
-                            "model not available for this project (limit 0): switched off"
+                            reprobe = %crate::error::describe_instant(s.learned_until),
+                            "model not available for this project (limit 0): switched off until a re-probe"
                         );
                     }
+                    notify |= inner.health[k].breaker.on_success();
+                }
+                Outcome::ProjectOff => {
+                    let g = &mut inner.project_gates[p];
+                    if !g.is_off() {
+                        g.off_since = now.max(1);
+                    }
+                    g.until = self.cfg.relearn_at(now);
+                    g.probe = None;
+                    tracing::info!(
+                        key = %label(),
+                        project = %inner.projects[p],
+                        reprobe = %crate::error::describe_instant(g.until),
+                        "project cannot be served (credits depleted or no quota at all): every model switched off until a re-probe"
+                    );
                     notify |= inner.health[k].breaker.on_success();
                 }
                 Outcome::KeyDead(reason) => {
@@ -652,6 +912,24 @@ impl InMemoryLedger {
                             reason,
                             since_ms: now,
                         });
+                    }
+                }
+                Outcome::ProjectDead(reason) => {
+                    for (j, h) in inner.health.iter_mut().enumerate() {
+                        if inner.key_project[j] as usize == p && h.disabled.is_none() {
+                            let shown = self
+                                .keys
+                                .get(KeyId(j as u32))
+                                .map_or_else(String::new, |e| e.label.clone());
+                            tracing::info!(
+                                key = %shown, project = %inner.projects[p], %reason,
+                                "key disabled until reset: its project is"
+                            );
+                            h.disabled = Some(Disabled {
+                                reason,
+                                since_ms: now,
+                            });
+                        }
                     }
                 }
                 Outcome::Transient => {
@@ -691,9 +969,11 @@ impl InMemoryLedger {
             if let Some(v) = quota_value.filter(|v| *v > 0) {
                 let mut l = s.learned;
                 let slot = f(&mut l);
-                *slot = Some(slot.map_or(v, |old| old.min(v)));
-                if l != s.learned {
+                if slot.is_none_or(|old| v <= old) {
+                    *slot = Some(v);
                     s.set_learned(l);
+                    // Said again, it holds again for as long.
+                    s.learned_until = self.cfg.relearn_at(now);
                 }
             }
         };
@@ -755,12 +1035,12 @@ impl InMemoryLedger {
                     Err(b) => b,
                 }
             };
-            // A breaker's time is only an upper bound (a probe may settle any moment and wake
-            // us): wait for it up to the bound. Anything else returns at a known time.
+            // A breaker's time, or a re-probe's, is only an upper bound (a probe may settle any
+            // moment and wake us): wait for it up to the bound. Anything else returns at a known time.
             let circuit = matches!(
                 blocked.error,
                 AcquireError::Exhausted {
-                    reason: Exhaustion::CircuitOpen,
+                    reason: Exhaustion::CircuitOpen | Exhaustion::Reprobing,
                     ..
                 }
             );
@@ -814,6 +1094,7 @@ impl InMemoryLedger {
                 for s in &mut inner.scopes {
                     s.clear(now);
                 }
+                inner.project_gates.fill(ProjectGate::default());
                 inner.epoch += 1;
             }
         }
@@ -854,7 +1135,9 @@ impl InMemoryLedger {
                     .filter(|(id, _)| inner.key_project[id.index()] as usize == p)
                     .map(|(_, e)| e.label.clone())
                     .collect();
-                scopes.push(s.status(project.clone(), m.name.clone(), keys, now));
+                let g = &inner.project_gates[p];
+                let project_off = g.is_off().then_some(g.until);
+                scopes.push(s.status(project.clone(), m.name.clone(), keys, now, project_off));
             }
         }
         PoolStatus {
@@ -897,6 +1180,7 @@ impl InMemoryLedger {
                     cooldown_until_ms: s.cooldown_until,
                     exhausted_until_ms: s.exhausted_until,
                     learned: s.learned,
+                    learned_until_ms: s.learned_until,
                 });
             }
         }
@@ -939,6 +1223,17 @@ impl InMemoryLedger {
             .filter(|n| n.until_ms > now)
             .cloned()
             .collect();
+        let projects = inner
+            .projects
+            .iter()
+            .zip(&inner.project_gates)
+            .filter(|(_, g)| g.is_off())
+            .map(|(p, g)| ProjectSnapshot {
+                project: p.clone(),
+                off_since_ms: g.off_since,
+                reprobe_at_ms: g.until,
+            })
+            .collect();
         Snapshot {
             schema: SCHEMA_VERSION,
             taken_at_ms: now,
@@ -946,6 +1241,7 @@ impl InMemoryLedger {
             scopes,
             usage,
             notices,
+            projects,
         }
     }
 
@@ -995,7 +1291,17 @@ impl InMemoryLedger {
             };
             let m = self.model_index(&mut inner, &ss.model, now);
             let si = inner.models[m].scopes[p] as usize;
-            inner.scopes[si].apply_snapshot(ss, now);
+            inner.scopes[si].apply_snapshot(ss, now, self.cfg.relearn_at(now));
+        }
+        inner.project_gates.fill(ProjectGate::default());
+        for ps in &snap.projects {
+            if let Some(p) = inner.projects.iter().position(|x| *x == ps.project) {
+                inner.project_gates[p] = ProjectGate {
+                    off_since: ps.off_since_ms.max(1),
+                    until: ps.reprobe_at_ms,
+                    probe: None,
+                };
+            }
         }
         let today = crate::pacific::QuotaDay::containing(now).start_ms;
         let cutoff = history_cutoff(now);
@@ -1045,10 +1351,40 @@ impl InMemoryLedger {
     }
 }
 
-/// Whether key `k` can take the demand now: healthy, breaker admits, scope has room. Refreshes
-/// the scope's windows as a side effect.
-fn eligible(h: &KeyHealth, scope: &mut Scope, demand: Demand, now: i64) -> Option<Admission> {
+/// What a settled request says about a switch-off it re-probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProbeAnswer {
+    /// The model served (or named a real quota): model and project are back.
+    Serves,
+    /// The model is off, but the project answered: the project is back.
+    ProjectServes,
+    /// Nothing learned (a fault, a failure, a dead key): another re-probe may go.
+    Nothing,
+}
+
+/// How a key may take a request: its breaker's admission, and whether the request is the
+/// re-probe of an expired switch-off (the scope's, the project's).
+#[derive(Debug, Clone, Copy)]
+struct Pass {
+    admission: Admission,
+    scope_probe: bool,
+    project_probe: bool,
+}
+
+/// Whether key `k` can take the demand now: healthy, breaker admits, project and scope not off
+/// (or due a re-probe), scope has room. Refreshes the scope's windows as a side effect.
+fn eligible(
+    h: &KeyHealth,
+    project: &ProjectGate,
+    scope: &mut Scope,
+    demand: Demand,
+    now: i64,
+) -> Option<Pass> {
     if h.disabled.is_some() {
+        return None;
+    }
+    let project_gate = project.gate(now);
+    if project_gate == Gate::Shut {
         return None;
     }
     let adm = h.breaker.check(now);
@@ -1056,7 +1392,11 @@ fn eligible(h: &KeyHealth, scope: &mut Scope, demand: Demand, now: i64) -> Optio
         return None;
     }
     scope.refresh(now);
-    scope.fits(demand, now).then_some(adm)
+    scope.fits(demand, now).then(|| Pass {
+        admission: adm,
+        scope_probe: scope.gate(now) == Gate::Probe,
+        project_probe: project_gate == Gate::Probe,
+    })
 }
 
 fn ms_scopes_index(model_scopes: &[u32], key_project: &[u32], k: usize) -> usize {
@@ -1139,17 +1479,26 @@ impl QuotaLedger for InMemoryLedger {
 
 /// The status of a scope held elsewhere (a shared ledger) as a snapshot: the same rules the
 /// in-memory ledger applies to its own scopes.
+///
+/// `project_off`: the project's switch-off, if the whole project is off.
 pub fn scope_status_from_snapshot(
     ss: &ScopeSnapshot,
     configured: ModelLimits,
     source: LimitSource,
     keys: Vec<String>,
     now_ms: i64,
+    project_off: Option<&ProjectSnapshot>,
 ) -> ScopeStatus {
     let mut s = Scope::fresh(0, configured, source, now_ms);
-    s.apply_snapshot(ss, now_ms);
+    s.apply_snapshot(ss, now_ms, ss.learned_until_ms);
     s.refresh(now_ms);
-    s.status(ss.project.clone(), ss.model.clone(), keys, now_ms)
+    s.status(
+        ss.project.clone(),
+        ss.model.clone(),
+        keys,
+        now_ms,
+        project_off.map(|p| p.reprobe_at_ms),
+    )
 }
 
 /// Whether a breaker reads as half-open now (its cooldown has passed), for status views.

@@ -75,10 +75,19 @@ pub enum Outcome {
         /// `QuotaFailure…quotaValue`: the limit the server enforces, learned when lower than ours.
         quota_value: Option<u64>,
     },
-    /// The server reported `limit: 0`: the model is off for this key's project.
+    /// The server reported `limit: 0` (or `FAILED_PRECONDITION`): the model is off for this key's
+    /// project, every key of it, until a re-probe (one real request after the next Pacific
+    /// midnight, or after `relearn_after`).
     ModelUnavailable,
+    /// The whole project cannot be served (402 prepayment credits depleted, a zero whole-API
+    /// quota): every model is off for every key of the key's project, models it has not used
+    /// yet included, until a re-probe as for [`Outcome::ModelUnavailable`].
+    ProjectOff,
     /// The key is dead (all models) until a forced reset.
     KeyDead(DeadReason),
+    /// The API is disabled for the key's whole project (`SERVICE_DISABLED`): every key of that
+    /// project is disabled with this reason, as [`Outcome::KeyDead`] would do for each.
+    ProjectDead(DeadReason),
     /// 500/503/504, timeouts, connection failures: counts toward the key's circuit breaker.
     Transient,
     /// The request was at fault (400, 404): says nothing about the key.

@@ -60,6 +60,26 @@ pub struct ScopeSnapshot {
     /// Limits the server reported (lower than configured); `Some(0)` turns the model off.
     #[serde(default)]
     pub learned: ModelLimits,
+    /// When `learned` expires (Unix ms; 0: not recorded, as in older files, which then expire
+    /// at the next one from the moment they are loaded). Expired limits are forgotten; an
+    /// expired switch-off lets one re-probe through.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub learned_until_ms: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+/// A project switched off as a whole (402 credits depleted, a zero whole-API quota).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProjectSnapshot {
+    /// Project id.
+    pub project: String,
+    /// When it was switched off (Unix ms).
+    pub off_since_ms: i64,
+    /// From when one re-probe may go (Unix ms).
+    pub reprobe_at_ms: i64,
 }
 
 /// How many Pacific days of usage history a ledger keeps (today and the 29 before it).
@@ -108,6 +128,9 @@ pub struct Snapshot {
     /// Warnings already sent today (absent in older files).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notices: Vec<NoticeMark>,
+    /// Projects switched off as a whole (absent in older files).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub projects: Vec<ProjectSnapshot>,
 }
 
 /// What a scope can do right now.
@@ -120,7 +143,8 @@ pub enum ScopeState {
     Cooling,
     /// Its day is used up.
     Exhausted,
-    /// The model is off for this project (`limit: 0`).
+    /// The model is off for this project (`limit: 0`, `FAILED_PRECONDITION`), or the whole
+    /// project is (402, a zero whole-API quota): see [`ScopeStatus::off_until_ms`].
     Off,
 }
 
@@ -153,6 +177,17 @@ pub struct ScopeStatus {
     pub exhausted_until_ms: Option<i64>,
     /// Next Pacific midnight (Unix ms): when `rpd_used` resets.
     pub next_reset_ms: i64,
+    /// If off: from when one re-probe may go (Unix ms); `None` for a model the configuration
+    /// itself has no quota for (the built-in table's "no free tier"), which is never probed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub off_until_ms: Option<i64>,
+    /// Whether the whole project is off (402 credits depleted, a zero whole-API quota), rather
+    /// than this model for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub project_off: bool,
+    /// When the learned limits expire (Unix ms), if any are learned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learned_until_ms: Option<i64>,
 }
 
 /// Status of one key.

@@ -19,11 +19,11 @@ use crate::error::{AcquireError, ErrorKind, Exhaustion};
 use crate::key::{ApiKey, KeyId, KeyRing, KeySpec};
 use crate::lease::Demand;
 use crate::ledger::{LedgerConfig, QuotaLedger, ResetTarget};
-use crate::limits::{LimitOverride, LimitTable};
+use crate::limits::{LimitOverride, LimitTable, ModelLimits};
 use crate::outcome::{DeadReason, Outcome, ThrottleKind};
 use crate::pacific::next_pacific_midnight;
 use crate::policy::Policy;
-use crate::snapshot::ScopeState;
+use crate::snapshot::{PoolStatus, ScopeState, ScopeStatus};
 
 /// Builds the ledger under test.
 #[async_trait]
@@ -94,6 +94,7 @@ pub fn config(rpm: u64, tpm: u64, rpd: u64) -> LedgerConfig {
         default_throttle_cooldown: Duration::from_secs(15),
         limits,
         models: vec![],
+        relearn_after: None,
     }
 }
 
@@ -305,15 +306,18 @@ pub async fn per_day_429_exhausts_until_midnight(f: &dyn LedgerFactory) {
     let s = st.scopes.iter().find(|s| s.model == TIGHT).unwrap();
     assert_eq!(s.state, ScopeState::Exhausted);
     assert_eq!(s.limits.rpd, Some(20), "quotaValue learned");
+    assert_eq!(s.learned_until_ms, Some(next_pacific_midnight(T0_MS)));
     c.set(crate::clock::ms_to_timestamp(next_pacific_midnight(T0_MS)));
-    for _ in 0..20 {
+    // What was learned is forgotten with the day (Google moves projects between tiers): the
+    // configured 250 hold again until the server says otherwise.
+    for _ in 0..21 {
         take(&*l, TIGHT).await.unwrap();
     }
-    assert_eq!(
-        take(&*l, TIGHT).await.unwrap_err().kind(),
-        ErrorKind::ExhaustedForDay,
-        "learned limit of 20 holds the next day"
-    );
+    let st = l.status().await.unwrap();
+    let s = st.scopes.iter().find(|s| s.model == TIGHT).unwrap();
+    assert_eq!(s.limits.rpd, Some(250));
+    assert_eq!(s.learned, ModelLimits::UNLIMITED);
+    assert_eq!(s.learned_until_ms, None);
 }
 
 /// `limit: 0` switches the model off for that project only.
@@ -339,6 +343,410 @@ pub async fn limit_zero_turns_model_off_for_project(f: &dyn LedgerFactory) {
         "{err:?}"
     );
     assert_eq!(err.kind(), ErrorKind::Permanent);
+}
+
+fn scope<'a>(st: &'a PoolStatus, project: &str, model: &str) -> &'a ScopeStatus {
+    st.scopes
+        .iter()
+        .find(|s| s.project == project && s.model == model)
+        .unwrap_or_else(|| panic!("no scope {project}/{model} in {st:?}"))
+}
+
+/// Keys 0 and 1 in project p, key 2 in project q.
+fn two_projects() -> KeyRing {
+    KeyRing::new(vec![
+        key(0, Some("p")),
+        key(1, Some("p")),
+        key(2, Some("q")),
+    ])
+    .unwrap()
+}
+
+/// A model nobody has used before a project was switched off.
+const FRESH: &str = "test-fresh";
+
+/// A project out of credits (402) or with no quota at all: every model of it is off, models it
+/// never used included; other projects carry on; with every project off, a permanent error.
+pub async fn project_off_switches_every_model_off(f: &dyn LedgerFactory) {
+    let l = f
+        .make(two_projects(), config(100, 100_000, 1000), clock())
+        .await;
+    let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+    assert_eq!(lease.key(), KeyId(0));
+    l.settle(lease, Outcome::ProjectOff).await.unwrap();
+    for m in [TIGHT, ROOMY, FRESH, TIGHT, ROOMY, FRESH] {
+        assert_eq!(take(&*l, m).await.unwrap(), KeyId(2), "{m}");
+    }
+    let st = l.status().await.unwrap();
+    let midnight = next_pacific_midnight(T0_MS);
+    for m in [TIGHT, ROOMY, FRESH] {
+        let s = scope(&st, "p", m);
+        assert_eq!(
+            (s.state, s.project_off, s.off_until_ms),
+            (ScopeState::Off, true, Some(midnight)),
+            "{m}"
+        );
+        assert_eq!(scope(&st, "q", m).state, ScopeState::Ready, "{m}");
+    }
+    assert!(
+        st.keys.iter().all(|k| k.disabled.is_none()),
+        "no key is blamed"
+    );
+    let lease = l.acquire(ROOMY, Demand::tokens(1)).await.unwrap();
+    assert_eq!(lease.key(), KeyId(2));
+    l.settle(lease, Outcome::ProjectOff).await.unwrap();
+    let err = take(&*l, FRESH).await.unwrap_err();
+    assert!(
+        matches!(err, AcquireError::ModelUnavailable { .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), ErrorKind::Permanent);
+    let msg = err.to_string();
+    assert!(
+        msg.contains(FRESH) && msg.contains("credits") && msg.contains("re-probed"),
+        "{msg}"
+    );
+}
+
+/// `SERVICE_DISABLED`: every key of the project is disabled with that reason, not one at a time.
+pub async fn project_dead_disables_every_key_of_it(f: &dyn LedgerFactory) {
+    let l = f
+        .make(two_projects(), config(100, 100_000, 1000), clock())
+        .await;
+    let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+    assert_eq!(lease.key(), KeyId(0));
+    l.settle(lease, Outcome::ProjectDead(DeadReason::ServiceDisabled))
+        .await
+        .unwrap();
+    for m in [TIGHT, ROOMY, TIGHT, ROOMY] {
+        assert_eq!(take(&*l, m).await.unwrap(), KeyId(2));
+    }
+    let st = l.status().await.unwrap();
+    let reasons: Vec<_> = st
+        .keys
+        .iter()
+        .map(|k| k.disabled.map(|d| d.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            Some(DeadReason::ServiceDisabled),
+            Some(DeadReason::ServiceDisabled),
+            None
+        ]
+    );
+    l.reset(ResetTarget::Key(KeyId(1))).await.unwrap();
+    let mut seen = [false; 3];
+    for _ in 0..4 {
+        seen[take(&*l, TIGHT).await.unwrap().index()] = true;
+    }
+    assert_eq!(seen, [false, true, true], "a reset key serves again");
+}
+
+/// Holds `n` leases of `model` and says which keys they went to.
+async fn hold(l: &dyn QuotaLedger, model: &str, n: usize) -> Vec<crate::lease::Lease> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(l.acquire(model, Demand::tokens(1)).await.unwrap());
+    }
+    out
+}
+
+/// Splits held leases into those on keys of project p (0, 1) and the rest.
+fn split_p(
+    leases: Vec<crate::lease::Lease>,
+) -> (Vec<crate::lease::Lease>, Vec<crate::lease::Lease>) {
+    leases.into_iter().partition(|l| l.key().index() < 2)
+}
+
+async fn settle_all(l: &dyn QuotaLedger, leases: Vec<crate::lease::Lease>) {
+    for lease in leases {
+        l.settle(lease, Outcome::success(1)).await.unwrap();
+    }
+}
+
+/// A model switched off for a project comes back by itself: after the next Pacific midnight
+/// exactly one real request goes to it (the others skip it while that request is out); limit 0
+/// again keeps it off until the following midnight; a success brings it back. A re-probe lost
+/// (its lease dropped) frees the gate after the probe timeout.
+pub async fn off_scope_reprobed_once_after_pacific_midnight(f: &dyn LedgerFactory) {
+    let c = clock();
+    let l = f
+        .make(two_projects(), config(100, 100_000, 1000), c.clone())
+        .await;
+    let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+    assert_eq!(lease.key(), KeyId(0));
+    l.settle(lease, Outcome::ModelUnavailable).await.unwrap();
+    let midnight = next_pacific_midnight(T0_MS);
+    let st = l.status().await.unwrap();
+    let s = scope(&st, "p", TIGHT);
+    assert_eq!(
+        (s.state, s.project_off, s.off_until_ms),
+        (ScopeState::Off, false, Some(midnight))
+    );
+    c.set(crate::clock::ms_to_timestamp(midnight - 1));
+    let (on_p, rest) = split_p(hold(&*l, TIGHT, 4).await);
+    assert!(on_p.is_empty(), "still off before midnight");
+    settle_all(&*l, rest).await;
+
+    // Midnight: one re-probe, and only one, while it is out.
+    c.set(crate::clock::ms_to_timestamp(midnight));
+    let (mut on_p, rest) = split_p(hold(&*l, TIGHT, 6).await);
+    assert_eq!(on_p.len(), 1, "exactly one re-probe");
+    settle_all(&*l, rest).await;
+    assert_eq!(
+        scope(&l.status().await.unwrap(), "p", TIGHT).state,
+        ScopeState::Off,
+        "off until the re-probe answers"
+    );
+    // Limit 0 again: off until the next midnight.
+    l.settle(on_p.pop().unwrap(), Outcome::ModelUnavailable)
+        .await
+        .unwrap();
+    c.advance(Duration::from_secs(3600));
+    let (on_p, rest) = split_p(hold(&*l, TIGHT, 4).await);
+    assert!(on_p.is_empty(), "refused again: off for the day");
+    settle_all(&*l, rest).await;
+    let midnight2 = next_pacific_midnight(midnight);
+    assert_eq!(
+        scope(&l.status().await.unwrap(), "p", TIGHT).off_until_ms,
+        Some(midnight2)
+    );
+
+    // The next midnight: the re-probe is lost (dropped unsettled); after the probe timeout
+    // another goes, and its success brings the model back for every key of p.
+    c.set(crate::clock::ms_to_timestamp(midnight2));
+    let (mut on_p, rest) = split_p(hold(&*l, TIGHT, 3).await);
+    assert_eq!(on_p.len(), 1);
+    settle_all(&*l, rest).await;
+    let _lost = on_p.pop();
+    c.advance(Duration::from_secs(29));
+    let (on_p, rest) = split_p(hold(&*l, TIGHT, 3).await);
+    assert!(
+        on_p.is_empty(),
+        "the lost re-probe holds the gate until its timeout"
+    );
+    settle_all(&*l, rest).await;
+    c.advance(Duration::from_secs(1));
+    let (mut on_p, rest) = split_p(hold(&*l, TIGHT, 3).await);
+    assert_eq!(on_p.len(), 1);
+    settle_all(&*l, rest).await;
+    l.settle(on_p.pop().unwrap(), Outcome::success(1))
+        .await
+        .unwrap();
+    let st = l.status().await.unwrap();
+    let s = scope(&st, "p", TIGHT);
+    assert_eq!((s.state, s.off_until_ms), (ScopeState::Ready, None));
+    let mut seen = [false; 3];
+    for _ in 0..6 {
+        seen[take(&*l, TIGHT).await.unwrap().index()] = true;
+    }
+    assert_eq!(seen, [true, true, true], "back for every key of p");
+}
+
+/// A project switched off as a whole is re-probed the same way: one request (on any model)
+/// after the next Pacific midnight; while it is out, the others are told to wait for its
+/// answer (not that the model is gone), and before and after it, that the model is unavailable.
+pub async fn off_project_reprobed_once_after_pacific_midnight(f: &dyn LedgerFactory) {
+    let c = clock();
+    let keys = KeyRing::new(vec![key(0, Some("p")), key(1, Some("p"))]).unwrap();
+    let l = f.make(keys, config(100, 100_000, 1000), c.clone()).await;
+    let lease = l.acquire(ROOMY, Demand::tokens(1)).await.unwrap();
+    l.settle(lease, Outcome::ProjectOff).await.unwrap();
+    let midnight = next_pacific_midnight(T0_MS);
+    c.set(crate::clock::ms_to_timestamp(midnight - 1));
+    assert!(matches!(
+        take(&*l, TIGHT).await.unwrap_err(),
+        AcquireError::ModelUnavailable { .. }
+    ));
+    c.set(crate::clock::ms_to_timestamp(midnight));
+    let probe = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+    for m in [TIGHT, ROOMY, FRESH] {
+        let err = l.acquire(m, Demand::tokens(1)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AcquireError::Exhausted {
+                    reason: Exhaustion::Reprobing,
+                    ..
+                }
+            ),
+            "{m}: {err:?}"
+        );
+        assert_eq!(err.kind(), ErrorKind::Throttled);
+    }
+    l.settle(probe, Outcome::ProjectOff).await.unwrap();
+    c.advance(Duration::from_secs(3600));
+    assert!(take(&*l, ROOMY).await.is_err(), "off again for the day");
+    let midnight2 = next_pacific_midnight(midnight);
+    let st = l.status().await.unwrap();
+    assert!(
+        st.scopes
+            .iter()
+            .all(|s| s.project_off && s.off_until_ms == Some(midnight2))
+    );
+    c.set(crate::clock::ms_to_timestamp(midnight2));
+    let probe = l.acquire(ROOMY, Demand::tokens(1)).await.unwrap();
+    l.settle(probe, Outcome::success(1)).await.unwrap();
+    let mut seen = [false; 2];
+    for m in [TIGHT, ROOMY, FRESH, TIGHT] {
+        seen[take(&*l, m).await.unwrap().index()] = true;
+    }
+    assert_eq!(seen, [true, true]);
+    let st = l.status().await.unwrap();
+    assert!(
+        st.scopes
+            .iter()
+            .all(|s| !s.project_off && s.state == ScopeState::Ready)
+    );
+}
+
+/// Callers that find only a re-probe out wait for its answer (within their bound) rather than
+/// fail: served, they get a lease; refused again, they learn the model is unavailable.
+pub async fn waiters_follow_a_reprobe(f: &dyn LedgerFactory) {
+    for served in [true, false] {
+        let c = clock();
+        let mut cfg = config(100, 100_000, 1000);
+        cfg.max_wait = Duration::from_secs(20);
+        let l = f.make(solo_keys(1), cfg, c.clone()).await;
+        let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+        l.settle(lease, Outcome::ModelUnavailable).await.unwrap();
+        c.set(crate::clock::ms_to_timestamp(next_pacific_midnight(T0_MS)));
+        let probe = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+        let l2 = l.clone();
+        let mut waiter = tokio::spawn(async move { l2.acquire(TIGHT, Demand::tokens(1)).await });
+        // Nothing moves the manual clock meanwhile: a ledger that waits is still waiting after
+        // any real time; one that fails at once has answered long before.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut waiter)
+                .await
+                .is_err(),
+            "it waits for the re-probe's answer"
+        );
+        let answer = if served {
+            Outcome::success(1)
+        } else {
+            Outcome::ModelUnavailable
+        };
+        l.settle(probe, answer).await.unwrap();
+        for _ in 0..50 {
+            if waiter.is_finished() {
+                break;
+            }
+            c.advance(Duration::from_millis(200));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let got = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("released when the re-probe answered")
+            .unwrap();
+        if served {
+            l.settle(got.unwrap(), Outcome::success(1)).await.unwrap();
+        } else {
+            let err = got.unwrap_err();
+            assert!(
+                matches!(err, AcquireError::ModelUnavailable { .. }),
+                "{err:?}"
+            );
+        }
+    }
+}
+
+/// With `relearn_after` set, learned limits and switch-offs hold that long instead of until
+/// the next Pacific midnight.
+pub async fn relearn_after_replaces_the_midnight(f: &dyn LedgerFactory) {
+    let c = clock();
+    let mut cfg = config(100, 100_000, 1000);
+    cfg.relearn_after = Some(Duration::from_secs(2 * 3600));
+    let keys = KeyRing::new(vec![key(0, Some("p"))]).unwrap();
+    let l = f.make(keys, cfg, c.clone()).await;
+    let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+    l.settle(lease, Outcome::ModelUnavailable).await.unwrap();
+    let lease = l.acquire(ROOMY, Demand::tokens(1)).await.unwrap();
+    l.settle(
+        lease,
+        Outcome::Throttled {
+            kind: ThrottleKind::RequestsPerMinute,
+            retry_after: Some(Duration::from_secs(1)),
+            quota_value: Some(40),
+        },
+    )
+    .await
+    .unwrap();
+    let two_h = T0_MS + 2 * 3_600_000;
+    let st = l.status().await.unwrap();
+    assert_eq!(scope(&st, "p", TIGHT).off_until_ms, Some(two_h));
+    assert_eq!(scope(&st, "p", ROOMY).limits.rpm, Some(40));
+    assert_eq!(scope(&st, "p", ROOMY).learned_until_ms, Some(two_h));
+    c.set(crate::clock::ms_to_timestamp(two_h - 1));
+    assert!(take(&*l, TIGHT).await.is_err());
+    c.set(crate::clock::ms_to_timestamp(two_h));
+    let st = l.status().await.unwrap();
+    assert_eq!(scope(&st, "p", ROOMY).limits.rpm, Some(1000), "forgotten");
+    take(&*l, TIGHT).await.unwrap();
+    assert_eq!(
+        scope(&l.status().await.unwrap(), "p", TIGHT).state,
+        ScopeState::Ready
+    );
+}
+
+/// Switch-offs and their expiry survive a restart; a state file from before expiries were
+/// recorded loads, its learned limits expiring at the next Pacific midnight.
+pub async fn switch_offs_survive_restart(f: &dyn LedgerFactory) {
+    let c = clock();
+    let l = f
+        .make(two_projects(), config(100, 100_000, 1000), c.clone())
+        .await;
+    let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+    assert_eq!(lease.key(), KeyId(0));
+    l.settle(lease, Outcome::ModelUnavailable).await.unwrap();
+    let lease = l.acquire(ROOMY, Demand::tokens(1)).await.unwrap();
+    assert_eq!(lease.key(), KeyId(0));
+    l.settle(lease, Outcome::ProjectOff).await.unwrap();
+    let text = serde_json::to_string(&l.snapshot().await.unwrap()).unwrap();
+    let midnight = next_pacific_midnight(T0_MS);
+
+    let l2 = f
+        .make(two_projects(), config(100, 100_000, 1000), c.clone())
+        .await;
+    l2.restore(serde_json::from_str(&text).unwrap())
+        .await
+        .unwrap();
+    let st = l2.status().await.unwrap();
+    let s = scope(&st, "p", TIGHT);
+    assert_eq!(
+        (s.state, s.project_off, s.off_until_ms),
+        (ScopeState::Off, true, Some(midnight))
+    );
+    assert_eq!(scope(&st, "p", TIGHT).learned_until_ms, Some(midnight));
+    assert_eq!(scope(&st, "p", ROOMY).state, ScopeState::Off);
+    assert_eq!(take(&*l2, ROOMY).await.unwrap(), KeyId(2));
+
+    // An older file: no project switch-offs, no expiry on what was learned.
+    let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
+    old.as_object_mut().unwrap().remove("projects");
+    for s in old["scopes"].as_array_mut().unwrap() {
+        s.as_object_mut().unwrap().remove("learned_until_ms");
+    }
+    let l3 = f
+        .make(two_projects(), config(100, 100_000, 1000), c.clone())
+        .await;
+    l3.restore(serde_json::from_value(old).unwrap())
+        .await
+        .unwrap();
+    let st = l3.status().await.unwrap();
+    let s = scope(&st, "p", TIGHT);
+    assert_eq!((s.state, s.off_until_ms), (ScopeState::Off, Some(midnight)));
+    assert_eq!(scope(&st, "p", ROOMY).state, ScopeState::Ready);
+    c.set(crate::clock::ms_to_timestamp(midnight));
+    let (on_p, rest) = split_p(hold(&*l3, TIGHT, 4).await);
+    assert_eq!(on_p.len(), 1, "one re-probe after the midnight");
+    settle_all(&*l3, rest).await;
+    settle_all(&*l3, on_p).await;
+    assert_eq!(
+        scope(&l3.status().await.unwrap(), "p", TIGHT).state,
+        ScopeState::Ready
+    );
 }
 
 /// A dead key is disabled for every model until reset; the others carry the load.
@@ -804,7 +1212,12 @@ macro_rules! ledger_behaviour_suite {
             dead_key_disabled_until_reset, all_keys_disabled, breaker_opens_probes_and_closes,
             waiters_follow_the_probe, caller_fault_changes_nothing, dropped_lease_counts_as_sent, acquire_waits_for_capacity,
             no_wait_beyond_the_bound, resets, snapshot_restore_round_trip, status_reports_usage,
-            other_policies, usage_history_per_key_model_and_day, notices_are_claimed_once);
+            other_policies, usage_history_per_key_model_and_day, notices_are_claimed_once,
+            project_off_switches_every_model_off, project_dead_disables_every_key_of_it,
+            off_scope_reprobed_once_after_pacific_midnight,
+            off_project_reprobed_once_after_pacific_midnight, relearn_after_replaces_the_midnight,
+            waiters_follow_a_reprobe,
+            switch_offs_survive_restart);
     };
     (@cases $factory:expr, $guard:expr; $($case:ident),* $(,)?) => {
         $(

@@ -683,7 +683,10 @@ fn count(
             *s.throttled.entry(k.to_owned()).or_default() += 1;
         }
         Outcome::ModelUnavailable => *s.throttled.entry("limit-0".to_owned()).or_default() += 1,
-        Outcome::KeyDead(_) => s.dead += 1,
+        Outcome::ProjectOff => {
+            *s.throttled.entry("project-off".to_owned()).or_default() += 1;
+        }
+        Outcome::KeyDead(_) | Outcome::ProjectDead(_) => s.dead += 1,
         Outcome::Transient => s.transient += 1,
         Outcome::CallerFault => s.caller_faults += 1,
     }

@@ -141,7 +141,11 @@ impl GeminiError {
             .is_some_and(|e| e.kind() == QuotaErrorKind::ExhaustedForDay)
     }
 
-    /// What the ledger should learn from this error.
+    /// What the ledger should learn from this error: a 402 or a zero whole-API quota switches
+    /// the key's whole project off ([`Outcome::ProjectOff`]), `SERVICE_DISABLED` disables every
+    /// key of it ([`Outcome::ProjectDead`]), a zero model quota or `FAILED_PRECONDITION` the
+    /// model for that project ([`Outcome::ModelUnavailable`]); switch-offs last until a re-probe
+    /// after the next Pacific midnight (or `relearn_after`).
     pub fn outcome(&self) -> Outcome {
         match self {
             Self::Api(a) => match a.kind {
@@ -152,10 +156,11 @@ impl GeminiError {
                 },
                 ErrorKind::ModelUnavailable => Outcome::ModelUnavailable,
                 ErrorKind::DeadKey(r) => Outcome::KeyDead(r),
-                // Until the ledger can switch a whole project off or disable all its keys at
-                // once, each key and model of that project finds out on its first refusal.
-                ErrorKind::ProjectOff => Outcome::ModelUnavailable,
-                ErrorKind::ProjectDead(r) => Outcome::KeyDead(r),
+                // About the whole project: one refusal switches off every model of it (until
+                // a re-probe), or disables every key of it, so no other key or model of that
+                // project is spent finding out again.
+                ErrorKind::ProjectOff => Outcome::ProjectOff,
+                ErrorKind::ProjectDead(r) => Outcome::ProjectDead(r),
                 // Settled only after the probe decided (see RotatingCaller); unresolved, it
                 // blames nothing.
                 ErrorKind::Unverified => Outcome::CallerFault,
@@ -436,6 +441,71 @@ mod tests {
 
     fn body(v: Value) -> Vec<u8> {
         serde_json::to_vec(&v).unwrap()
+    }
+
+    fn failure(status: u16, b: &[u8]) -> GeminiError {
+        let c = classify(status, b);
+        GeminiError::Api(Box::new(ApiFailure {
+            status,
+            status_text: c.status_text,
+            message: c.message,
+            model: "gemini-2.5-flash".into(),
+            key: "k0".into(),
+            kind: c.kind,
+            retry_after: c.retry_after,
+            quota_value: c.quota_value,
+            body: String::new(),
+        }))
+    }
+
+    /// What a project-wide refusal does to a pool: the ledger hears about the project, not one
+    /// key or one model of it.
+    #[test]
+    fn project_wide_refusals_settle_as_project_outcomes() {
+        use keyturn_core::testkit::{ROOMY, TIGHT, config};
+        use keyturn_core::{ApiKey, Demand, InMemoryLedger, KeyRing, KeySpec, ManualClock};
+        use std::sync::Arc;
+
+        let credits = body(
+            json!({"error": {"code": 402, "status": "FAILED_PRECONDITION",
+            "message": "Your prepayment credits are depleted."}}),
+        );
+        let disabled = body(
+            json!({"error": {"code": 403, "status": "PERMISSION_DENIED", "message": "API disabled",
+            "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "SERVICE_DISABLED", "domain": "googleapis.com"}]}}),
+        );
+        assert_eq!(failure(402, &credits).outcome(), Outcome::ProjectOff);
+        assert_eq!(
+            failure(403, &disabled).outcome(),
+            Outcome::ProjectDead(DeadReason::ServiceDisabled)
+        );
+
+        // Keys 0 and 1 share project p; key 2 is project q.
+        let spec = |n: usize, p: &str| {
+            KeySpec::new(ApiKey::new(format!("made-up-outcome-key-{n:03}")).unwrap())
+                .label(format!("k{n}"))
+                .project(p)
+        };
+        let ring =
+            || Arc::new(KeyRing::new(vec![spec(0, "p"), spec(1, "p"), spec(2, "q")]).unwrap());
+        let clock = Arc::new(ManualClock::at_ms(keyturn_core::testkit::T0_MS));
+        let l = InMemoryLedger::new(ring(), config(100, 100_000, 1000), clock.clone());
+        let lease = l.try_acquire(TIGHT, Demand::tokens(1)).unwrap();
+        assert_eq!(lease.key().index(), 0);
+        l.settle_now(lease, failure(402, &credits).outcome());
+        for m in [TIGHT, ROOMY, TIGHT, ROOMY] {
+            let lease = l.try_acquire(m, Demand::tokens(1)).unwrap();
+            assert_eq!(lease.key().index(), 2, "{m}: project p is off, every model");
+            l.settle_now(lease, Outcome::success(1));
+        }
+
+        let l = InMemoryLedger::new(ring(), config(100, 100_000, 1000), clock);
+        let lease = l.try_acquire(TIGHT, Demand::tokens(1)).unwrap();
+        l.settle_now(lease, failure(403, &disabled).outcome());
+        let st = l.status_now();
+        let dead: Vec<bool> = st.keys.iter().map(|k| k.disabled.is_some()).collect();
+        assert_eq!(dead, [true, true, false], "every key of project p, at once");
     }
 
     fn quota_429(id: &str, value: Option<&str>, delay: &str) -> Vec<u8> {

@@ -31,7 +31,9 @@ pub fn outcome_label(o: &Outcome) -> &'static str {
             ThrottleKind::Unspecified => "throttled",
         },
         Outcome::ModelUnavailable => "limit-0",
+        Outcome::ProjectOff => "project-off",
         Outcome::KeyDead(_) => "dead-key",
+        Outcome::ProjectDead(_) => "dead-project",
         Outcome::Transient => "transient",
         Outcome::CallerFault => "caller-fault",
     }

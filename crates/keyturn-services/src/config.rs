@@ -72,6 +72,11 @@ pub struct RotationConfig {
     /// Cooldown after a 429 that names no delay.
     #[serde(with = "serde_duration")]
     pub default_throttle_cooldown: Duration,
+    /// How long what the server taught holds (learned limits, a model or project switched
+    /// off): `None` (`"pacific-midnight"`) until the next Pacific midnight after it was learned,
+    /// or a duration ([`RELEARN_AFTER_MIN`] to [`RELEARN_AFTER_MAX`]).
+    #[serde(with = "relearn_after")]
+    pub relearn_after: Option<Duration>,
 }
 
 impl Default for RotationConfig {
@@ -81,7 +86,44 @@ impl Default for RotationConfig {
             policy: d.policy,
             max_wait: d.max_wait,
             default_throttle_cooldown: d.default_throttle_cooldown,
+            relearn_after: keyturn_core::LedgerConfig::default().relearn_after,
         }
+    }
+}
+
+/// The shortest `relearn_after`: each expiry of a switch-off costs a real request, and each
+/// expiry of a learned limit up to a refused one, so an expiry every few seconds would turn
+/// keyturn into a source of the 429s it exists to avoid.
+pub const RELEARN_AFTER_MIN: Duration = Duration::from_secs(60);
+
+/// The longest `relearn_after`: Google moves projects between tiers and changes published
+/// limits; what it said a month ago is not evidence any more.
+pub const RELEARN_AFTER_MAX: Duration = Duration::from_secs(30 * 86_400);
+
+/// `relearn_after` in files: `"pacific-midnight"` (the default) or a duration.
+mod relearn_after {
+    use std::time::Duration;
+
+    use keyturn_core::serde_duration;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub const MIDNIGHT: &str = "pacific-midnight";
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            None => s.serialize_str(MIDNIGHT),
+            Some(d) => serde_duration::serialize(d, s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == MIDNIGHT {
+            return Ok(None);
+        }
+        serde_duration::parse(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("{e}; or \"{MIDNIGHT}\" (the default)")))
     }
 }
 
@@ -669,6 +711,16 @@ impl Config {
             "rotation.default_throttle_cooldown",
             self.rotation.default_throttle_cooldown,
         )?;
+        if let Some(d) = self.rotation.relearn_after
+            && !(RELEARN_AFTER_MIN..=RELEARN_AFTER_MAX).contains(&d)
+        {
+            return Err(bad(
+                "rotation.relearn_after",
+                format!(
+                    "{d:?} is out of range: from 1m (each expiry costs a real request to a refusing project) to 30 days, or \"pacific-midnight\""
+                ),
+            ));
+        }
 
         // [breaker]
         at_least(
@@ -1099,5 +1151,58 @@ fn resolve(cwd: &Path, p: &Path) -> PathBuf {
         cwd.join(p)
     } else {
         p.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod relearn_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("keyturn.toml"))
+    }
+
+    #[test]
+    fn relearn_after_is_midnight_by_default_or_a_bounded_duration() {
+        assert_eq!(load("").unwrap().rotation.relearn_after, None);
+        assert_eq!(
+            load("[rotation]\nrelearn_after = \"pacific-midnight\"")
+                .unwrap()
+                .rotation
+                .relearn_after,
+            None
+        );
+        assert_eq!(
+            load("[rotation]\nrelearn_after = \"6h\"")
+                .unwrap()
+                .rotation
+                .relearn_after,
+            Some(Duration::from_secs(6 * 3600))
+        );
+        for bad in [
+            "\"0s\"",
+            "\"59s\"",
+            "\"31 days\"",
+            "\"soon\"",
+            "\"-1h\"",
+            "3600",
+        ] {
+            let err = load(&format!("[rotation]\nrelearn_after = {bad}"))
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("relearn_after"), "{bad}: {err}");
+            assert!(err.contains("keyturn.toml"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn relearn_after_reaches_the_ledger() {
+        let cfg = load("[rotation]\nrelearn_after = \"2h\"").unwrap();
+        let l = crate::ledger_config(&cfg).unwrap();
+        assert_eq!(l.relearn_after, Some(Duration::from_secs(7200)));
+        assert_eq!(l.relearn_at(1_000), 1_000 + 7_200_000);
     }
 }

@@ -183,6 +183,7 @@ pub fn ledger_config(cfg: &Config) -> Result<LedgerConfig, ConfigError> {
         default_throttle_cooldown: cfg.rotation.default_throttle_cooldown,
         limits: cfg.limit_table()?,
         models: Vec::new(),
+        relearn_after: cfg.rotation.relearn_after,
     })
 }
 

@@ -496,6 +496,9 @@ mod tests {
             cooling_until_ms: None,
             exhausted_until_ms: (state == ScopeState::Exhausted).then_some(NOW + 1000),
             next_reset_ms: NOW + 1000,
+            off_until_ms: None,
+            project_off: false,
+            learned_until_ms: None,
         }
     }
 

@@ -33,7 +33,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use keyturn_core::error::Exhaustion;
 use keyturn_core::snapshot::{
-    Disabled, HISTORY_DAYS, KeySnapshot, KeyStatus, NoticeMark, ScopeSnapshot, UsageDay,
+    Disabled, HISTORY_DAYS, KeySnapshot, KeyStatus, NoticeMark, ProjectSnapshot, ScopeSnapshot,
+    UsageDay,
 };
 use keyturn_core::{
     AcquireError, Breaker, BreakerState, Clock, DeadReason, Demand, Fingerprint, KeyId, KeyRing,
@@ -396,7 +397,12 @@ impl RedisLedger {
             inv.arg(m);
         }
         inv.arg(self.cfg.breaker.probe_timeout.as_millis() as i64)
-            .arg(n);
+            .arg(n)
+            .arg(
+                self.cfg
+                    .relearn_after
+                    .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            );
         let limits = self.limits_for(model);
         for i in 0..n {
             let k = (start + i) % n;
@@ -467,6 +473,7 @@ impl RedisLedger {
                 "rpd" => Exhaustion::RequestsPerDay,
                 "cooling" => Exhaustion::CoolingDown,
                 "circuit" => Exhaustion::CircuitOpen,
+                "reprobe" => Exhaustion::Reprobing,
                 _ => Exhaustion::RequestsPerMinute,
             };
             let until = retry_at.max(server_now + 1);
@@ -555,6 +562,10 @@ impl RedisLedger {
         format!("{}l:{model}|{project}", self.prefix)
     }
 
+    fn project_key(&self, project: &str) -> String {
+        format!("{}p:{project}", self.prefix)
+    }
+
     async fn read_scope(
         &self,
         conn: &mut ConnectionManager,
@@ -603,6 +614,7 @@ impl RedisLedger {
                 tpm: learned_field("tpm"),
                 rpd: learned_field("rpd"),
             },
+            learned_until_ms: num(&l, "until").unwrap_or(0),
         })
     }
 
@@ -673,6 +685,7 @@ impl RedisLedger {
             .iter()
             .map(|(_, e)| format!("{}k:{}", self.prefix, e.fingerprint()))
             .collect();
+        out.extend(self.projects.iter().map(|p| self.project_key(p)));
         for kind in ["s:", "l:"] {
             for k in self.scan(conn, kind).await? {
                 let project = k[self.prefix.len() + kind.len()..]
@@ -732,7 +745,7 @@ impl QuotaLedger for RedisLedger {
                     let circuit = matches!(
                         e,
                         AcquireError::Exhausted {
-                            reason: Exhaustion::CircuitOpen,
+                            reason: Exhaustion::CircuitOpen | Exhaustion::Reprobing,
                             ..
                         }
                     );
@@ -787,7 +800,9 @@ impl QuotaLedger for RedisLedger {
                 String::new(),
             ),
             Outcome::ModelUnavailable => ("off", -1, "none", -1, -1, String::new()),
+            Outcome::ProjectOff => ("poff", -1, "none", -1, -1, String::new()),
             Outcome::KeyDead(r) => ("dead", -1, "none", -1, -1, reason_code(r)),
+            Outcome::ProjectDead(r) => ("pdead", -1, "none", -1, -1, reason_code(r)),
             Outcome::Transient => ("trans", -1, "none", -1, -1, String::new()),
             Outcome::CallerFault => ("fault", -1, "none", -1, -1, String::new()),
         };
@@ -814,6 +829,25 @@ impl QuotaLedger for RedisLedger {
         for m in self.midnights() {
             inv.arg(m);
         }
+        inv.arg(
+            self.cfg
+                .relearn_after
+                .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        );
+        if code == "pdead" {
+            let same: Vec<&String> = self
+                .candidates
+                .iter()
+                .filter(|(_, p, _)| *p == entry.project)
+                .map(|(fp, _, _)| fp)
+                .collect();
+            inv.arg(same.len());
+            for fp in same {
+                inv.arg(fp);
+            }
+        } else {
+            inv.arg(0);
+        }
         let mut conn = self.conn.clone();
         let events: Vec<String> = inv
             .invoke_async(&mut conn)
@@ -829,7 +863,25 @@ impl QuotaLedger for RedisLedger {
                     tracing::info!(key = %entry.label, "key recovered: circuit breaker closed")
                 }
                 "off" => {
-                    tracing::info!(key = %entry.label, model = %model, project = %entry.project, "model not available for this project (limit 0): switched off")
+                    tracing::info!(key = %entry.label, model = %model, project = %entry.project, "model not available for this project (limit 0): switched off until a re-probe")
+                }
+                "project-off" => {
+                    tracing::info!(key = %entry.label, project = %entry.project, "project cannot be served (credits depleted or no quota at all): every model switched off until a re-probe")
+                }
+                "back" => {
+                    tracing::info!(key = %entry.label, model = %model, project = %entry.project, "re-probe served: the model is back for this project")
+                }
+                "project-back" => {
+                    tracing::info!(key = %entry.label, project = %entry.project, "re-probe answered: the project is back")
+                }
+                other if other.starts_with("disabled:") => {
+                    let fp = &other["disabled:".len()..];
+                    let shown = self
+                        .keys
+                        .iter()
+                        .find(|(_, e)| e.fingerprint().to_string() == fp)
+                        .map_or_else(String::new, |(_, e)| e.label.clone());
+                    tracing::info!(key = %shown, project = %entry.project, "key disabled until reset: its project is");
                 }
                 other => {
                     tracing::info!(key = %entry.label, model = %model, project = %entry.project, state = other, "scope rate limited by the server")
@@ -918,7 +970,8 @@ impl QuotaLedger for RedisLedger {
                     .filter(|(_, e)| e.project == ss.project)
                     .map(|(_, e)| e.label.clone())
                     .collect();
-                scope_status_from_snapshot(ss, configured, source, labels, now)
+                let off = snap.projects.iter().find(|p| p.project == ss.project);
+                scope_status_from_snapshot(ss, configured, source, labels, now, off)
             })
             .collect();
         scopes.sort_by(|a, b| (&a.project, &a.model).cmp(&(&b.project, &b.model)));
@@ -1027,7 +1080,7 @@ impl QuotaLedger for RedisLedger {
                 - now
                 + 60_000;
             pipe.cmd("PEXPIRE").arg(&sk).arg(ttl.max(1000)).ignore();
-            let learned: Vec<(String, String)> = [
+            let mut learned: Vec<(String, String)> = [
                 ("rpm", ss.learned.rpm),
                 ("tpm", ss.learned.tpm),
                 ("rpd", ss.learned.rpd),
@@ -1036,7 +1089,28 @@ impl QuotaLedger for RedisLedger {
             .filter_map(|(f, v)| v.map(|v| (f.to_owned(), v.to_string())))
             .collect();
             if !learned.is_empty() {
+                // An older file knows no expiry: what it learned holds until the next one.
+                let until = if ss.learned_until_ms == 0 {
+                    self.cfg.relearn_at(now)
+                } else {
+                    ss.learned_until_ms
+                };
+                learned.push(("until".into(), until.to_string()));
                 pipe.hset_multiple(&lk, &learned).ignore();
+            }
+        }
+        for project in &self.projects {
+            let pk = self.project_key(project);
+            pipe.del(&pk).ignore();
+            if let Some(ps) = snapshot.projects.iter().find(|p| p.project == *project) {
+                pipe.hset_multiple(
+                    &pk,
+                    &[
+                        ("since", ps.off_since_ms.max(1)),
+                        ("until", ps.reprobe_at_ms),
+                    ],
+                )
+                .ignore();
             }
         }
         self.restore_usage(&mut pipe, &snapshot, now);
@@ -1081,6 +1155,20 @@ impl RedisLedger {
                 scopes.push(self.read_scope(&mut conn, &model, project).await?);
             }
         }
+        let mut projects = Vec::new();
+        for project in &self.projects {
+            let h: HashMap<String, i64> = conn
+                .hgetall(self.project_key(project))
+                .await
+                .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
+            if let Some(&since) = h.get("since") {
+                projects.push(ProjectSnapshot {
+                    project: project.clone(),
+                    off_since_ms: since,
+                    reprobe_at_ms: h.get("until").copied().unwrap_or(0),
+                });
+            }
+        }
         let (usage, notices) = if with_history {
             (
                 self.read_usage(&mut conn, now).await?,
@@ -1096,6 +1184,7 @@ impl RedisLedger {
             scopes,
             usage,
             notices,
+            projects,
         })
     }
 

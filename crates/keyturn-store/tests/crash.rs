@@ -42,10 +42,12 @@ fn version(i: u64) -> Snapshot {
                 cooldown_until_ms: 0,
                 exhausted_until_ms: 0,
                 learned: Default::default(),
+                learned_until_ms: 0,
             })
             .collect(),
         usage: Vec::new(),
         notices: Vec::new(),
+        projects: Vec::new(),
     }
 }
 

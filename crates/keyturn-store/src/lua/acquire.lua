@@ -1,7 +1,7 @@
 -- keyturn acquire: one atomic admission over the candidate keys, in the policy's order.
 -- ARGV: P, model, now ('' = Redis TIME), requests, tokens, policy (rr|ll|w), four Pacific
--- midnights b0..b3, probe_timeout_ms, n, then n × (idx, fingerprint, project, rpm, tpm, rpd,
--- weight) with -1 for unlimited.
+-- midnights b0..b3, probe_timeout_ms, n, relearn_after_ms (-1: the next Pacific midnight), then
+-- n × (idx, fingerprint, project, rpm, tpm, rpd, weight) with -1 for unlimited.
 -- Returns {1, idx, second, probe, now} or
 --         {0, retry_at|-1, why, n_off, disabled_idx_csv, too_large_what, too_large_demand, too_large_limit, now}.
 
@@ -12,7 +12,8 @@ local policy = ARGV[6]
 local day_start, day_end = day_of(now, tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]))
 local probe_timeout = tonumber(ARGV[11])
 local n = tonumber(ARGV[12])
-local BASE = 12
+local relearn_ms = tonumber(ARGV[13])
+local BASE = 13
 local now_sec = math.floor(now / 1000)
 
 local scopes = {}
@@ -22,24 +23,65 @@ local function scope(project, rpm, tpm, rpd)
   local s = scopes[key]
   if s then return s end
   s = load_scope_scalars(key, now_sec)
+  local lk = P .. 'l:' .. model .. '|' .. project
   if s.f.lset == nil then
     -- Learned limits are durable in their own hash and cached in the scope's (a settle that
     -- learns drops the cache).
-    local l = redis.call('HMGET', P .. 'l:' .. model .. '|' .. project, 'rpm', 'tpm', 'rpd')
+    local l = redis.call('HMGET', lk, 'rpm', 'tpm', 'rpd', 'until')
+    if (l[1] or l[2] or l[3]) and not l[4] then
+      -- Learned before expiries were recorded: it holds as if learned now.
+      local untl = day_end
+      if relearn_ms >= 0 then untl = now + relearn_ms end
+      redis.call('HSET', lk, 'until', untl)
+      l[4] = untl
+    end
     put(s, 'lset', 1)
-    for i, name in ipairs({ 'lrpm', 'ltpm', 'lrpd' }) do
+    for i, name in ipairs({ 'lrpm', 'ltpm', 'lrpd', 'luntil' }) do
       local v = tonumber(l[i])
       if v ~= nil then put(s, name, v) else clear(s, name) end
     end
   end
-  s.rpm, s.tpm, s.rpd = minl(rpm, lim(s.f.lrpm)), minl(tpm, lim(s.f.ltpm)), minl(rpd, lim(s.f.lrpd))
+  local learned_off = s.f.lrpm == 0 or s.f.ltpm == 0 or s.f.lrpd == 0
+  if s.f.luntil ~= nil and now >= s.f.luntil and not learned_off then
+    -- What the server taught has had its time: forget it.
+    redis.call('DEL', lk)
+    for _, name in ipairs({ 'lrpm', 'ltpm', 'lrpd', 'luntil' }) do clear(s, name) end
+  end
+  if rpm == 0 or tpm == 0 or rpd == 0 then
+    s.gate = 'shut'
+  elseif learned_off then
+    local pd = nil
+    if s.f.luntil ~= nil and now >= s.f.luntil then pd = tonumber(redis.call('HGET', lk, 'pd')) end
+    s.gate, s.pd = gate(true, s.f.luntil, pd, now)
+  else
+    s.gate = 'open'
+  end
+  if s.gate == 'probe' then
+    -- A re-probe is measured against what is configured.
+    s.rpm, s.tpm, s.rpd = rpm, tpm, rpd
+  else
+    s.rpm, s.tpm, s.rpd = minl(rpm, lim(s.f.lrpm)), minl(tpm, lim(s.f.ltpm)), minl(rpd, lim(s.f.lrpd))
+  end
+  s.lk = lk
   advance(s, now_sec)
   roll_day(s, day_start)
   scopes[key] = s
   return s
 end
 
-local function off(s) return s.rpm == 0 or s.tpm == 0 or s.rpd == 0 end
+local function off(s) return s.gate == 'shut' or s.gate == 'wait' or s.rpm == 0 or s.tpm == 0 or s.rpd == 0 end
+
+-- Whether a project is switched off as a whole (402, a zero whole-API quota), once per call;
+-- for 'wait', also until when its re-probe holds the gate.
+local pgates = {}
+local function project_gate(project)
+  local g = pgates[project]
+  if g then return g[1], g[2] end
+  local h = redis.call('HMGET', P .. 'p:' .. project, 'since', 'until', 'pd')
+  local state, pd = gate(h[1] ~= false, tonumber(h[2]), tonumber(h[3]), now)
+  pgates[project] = { state, pd }
+  return state, pd
+end
 
 local function fits(s)
   if off(s) then return false end
@@ -83,27 +125,28 @@ local function writeback()
   for _, s in pairs(scopes) do flush_hash(s, scope_ttl(s, now, day_end)) end
 end
 
-local pick, pick_fp, pick_adm, pick_s, pick_score
+local pick, pick_fp, pick_adm, pick_s, pick_score, pick_project
 local wtotal = 0
 for i = 0, n - 1 do
   local idx, fp, project, rpm, tpm, rpd, weight = cand(i)
   local adm = breaker(fp)
-  if adm == 'yes' or adm == 'probe' then
+  local pg = project_gate(project)
+  if (adm == 'yes' or adm == 'probe') and (pg == 'open' or pg == 'probe') then
     local s = scope(project, rpm, tpm, rpd)
     if fits(s) then
       if policy == 'rr' then
-        pick, pick_fp, pick_adm, pick_s = idx, fp, adm, s
+        pick, pick_fp, pick_adm, pick_s, pick_project = idx, fp, adm, s, project
         break
       elseif policy == 'll' then
         local h = headroom(s)
         if pick_score == nil or h > pick_score then
-          pick, pick_fp, pick_adm, pick_s, pick_score = idx, fp, adm, s, h
+          pick, pick_fp, pick_adm, pick_s, pick_score, pick_project = idx, fp, adm, s, h, project
         end
       else
         local cur = redis.call('HINCRBY', P .. 'w:' .. model, fp, weight)
         wtotal = wtotal + weight
         if pick_score == nil or cur > pick_score then
-          pick, pick_fp, pick_adm, pick_s, pick_score = idx, fp, adm, s, cur
+          pick, pick_fp, pick_adm, pick_s, pick_score, pick_project = idx, fp, adm, s, cur, project
         end
       end
     end
@@ -117,6 +160,17 @@ if pick ~= nil then
   redis.call('HINCRBY', uk, pick_fp .. '|' .. model .. '|r', nreq)
   redis.call('HINCRBY', uk, pick_fp .. '|' .. model .. '|t', ntok)
   redis.call('PEXPIRE', uk, day_end - now + HISTORY_MS)
+  -- The re-probe of an expired switch-off: it holds the gate until it settles or times out.
+  local reprobe = false
+  if pick_s.gate == 'probe' then
+    redis.call('HSET', pick_s.lk, 'pf', pick_fp, 'ps', rec, 'pd', now + probe_timeout)
+    reprobe = true
+  end
+  if project_gate(pick_project) == 'probe' then
+    redis.call('HSET', P .. 'p:' .. pick_project, 'pf', pick_fp, 'ps', rec, 'pd', now + probe_timeout)
+    reprobe = true
+  end
+  if reprobe then put(pick_s, 'pr', rec) end
   local probe = 0
   if pick_adm == 'probe' then
     redis.call('HSET', P .. 'k:' .. pick_fp, 'bs', 'half', 'bp', now + probe_timeout)
@@ -177,10 +231,18 @@ for i = 0, n - 1 do
   local adm, until_ = breaker(fp)
   if adm == 'dis' then
     disabled[#disabled + 1] = idx
+  elseif project_gate(project) == 'shut' then
+    n_off = n_off + 1
   else
+    local pg, ppd = project_gate(project)
     local s = scope(project, rpm, tpm, rpd)
-    if off(s) then
+    if s.gate == 'shut' or (s.gate ~= 'wait' and off(s)) then
       n_off = n_off + 1
+    elseif pg == 'wait' or s.gate == 'wait' then
+      -- A re-probe is out: its answer (or its deadline) may free this key.
+      local at = math.max(ppd or 0, s.pd or 0)
+      if until_ ~= nil and until_ > at then at = until_ end
+      if best_at == nil or at < best_at then best_at, best_why = at, 'reprobe' end
     else
       local at, why = free_at(s)
       if at == nil then

@@ -5,9 +5,14 @@
 --
 -- Layout under the prefix P ("kt:<namespace>:"):
 --   P.."k:"..fp                 key health: dis, dis_at, bs (closed|open|half), bu, bp, bf, bt
---   P.."s:"..model.."|"..proj   scope counters: head, sr, sk, t<slot>, r<slot>, k<slot>, dk, dc, cd, ex
+--   P.."s:"..model.."|"..proj   scope counters: head, sr, sk, t<slot>, r<slot>, k<slot>, dk, dc, cd, ex,
+--                               pr (second of a re-probe out through this scope, a hint for settle)
 --                               (expires by itself after its window, day and cooldowns)
---   P.."l:"..model.."|"..proj   learned limits: rpm, tpm, rpd (no expiry)
+--   P.."l:"..model.."|"..proj   learned limits: rpm, tpm, rpd (rpd = 0: the model is off for the
+--                               project), until (when they expire: forgotten, or for a switch-off,
+--                               one re-probe may go), pf, ps, pd (the re-probe out: fingerprint,
+--                               lease second, deadline). No Redis expiry: `until` rules.
+--   P.."p:"..proj               a project switched off as a whole: since, until, pf, ps, pd
 --   P.."w:"..model              smooth weighted round-robin weights by fingerprint
 --   P.."u:"..day_start_ms       usage history of one Pacific day: fp|model|r (requests) and
 --                               fp|model|t (input tokens); expires 30 days after the day ends
@@ -87,9 +92,21 @@ end
 
 -- Loads a scope's sums, flags, cached learned limits and the bucket of second `now_sec`:
 -- all the hot path reads, in one command.
-local SCALARS = { 'head', 'sr', 'sk', 'dk', 'dc', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd' }
+local SCALARS = { 'head', 'sr', 'sk', 'dk', 'dc', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'luntil', 'pr' }
 -- Fields that survive the window being cleared.
-local KEEP = { 'dk', 'dc', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd' }
+local KEEP = { 'dk', 'dc', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'luntil', 'pr' }
+
+-- A switch-off's gate: 'open' (not off), 'probe' (its time is up and no re-probe is out: one
+-- request may go), 'wait' (a re-probe is out until the deadline returned second: its answer
+-- decides) or 'shut'.
+local function gate(is_off, untl, probe_deadline, now)
+  if not is_off then return 'open' end
+  if untl ~= nil and untl > 0 and now >= untl then
+    if probe_deadline == nil or probe_deadline <= now then return 'probe' end
+    return 'wait', probe_deadline
+  end
+  return 'shut'
+end
 local function load_scope_scalars(key, now_sec)
   local slot = now_sec % W
   local names = { unpack(SCALARS) }

@@ -1,9 +1,12 @@
 -- keyturn settle: what happened to a leased request.
 -- ARGV: P, model, now ('' = Redis TIME), fingerprint, project, lease second, reserved tokens,
--- outcome (ok|thr|off|dead|trans|fault), real tokens (-1 unknown), throttle kind
+-- outcome (ok|thr|off|poff|dead|pdead|trans|fault), real tokens (-1 unknown), throttle kind
 -- (rpm|tpm|rpd|none), retry_after_ms (-1), quota_value (-1), dead reason, probe (0|1),
--- failure_threshold, base_cooldown_ms, max_cooldown_ms, default_cooldown_ms, b0..b3.
--- Returns the state changes as a list of words: closed, opened, disabled, cooling, exhausted, off.
+-- failure_threshold, base_cooldown_ms, max_cooldown_ms, default_cooldown_ms, b0..b3,
+-- relearn_after_ms (-1: until the next Pacific midnight), then m and the m fingerprints of
+-- the project's keys (pdead disables each).
+-- Returns the state changes as a list of words: closed, opened, disabled, cooling, exhausted,
+-- off, project-off, back, project-back.
 
 local P, model = ARGV[1], ARGV[2]
 local now = now_ms(ARGV[3])
@@ -16,11 +19,45 @@ local reason, probe = ARGV[13], ARGV[14] == '1'
 local threshold, base_cd, max_cd, default_cd = tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17]), tonumber(ARGV[18])
 local b0, b1, b2, b3 = tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21]), tonumber(ARGV[22])
 local _, day_end = day_of(now, b0, b1, b2, b3)
+local relearn_ms = tonumber(ARGV[23])
+-- When what is learned now expires.
+local relearn_at = day_end
+if relearn_ms >= 0 then relearn_at = now + relearn_ms end
 
 local kk = P .. 'k:' .. fp
 local sk = P .. 's:' .. model .. '|' .. project
 local lk = P .. 'l:' .. model .. '|' .. project
+local pk = P .. 'p:' .. project
 local events = {}
+
+-- A re-probe through an expired switch-off: its answer decides the switch. 'serves': the model
+-- served or named a real quota (model and project are back); 'project': the model is off but
+-- the project answered; anything else frees the gate for another re-probe.
+local answer = 'nothing'
+if outcome == 'ok' or (outcome == 'thr' and kind ~= 'none') then answer = 'serves'
+elseif outcome == 'off' then answer = 'project' end
+if tonumber(redis.call('HGET', sk, 'pr')) == sec then
+  local l = redis.call('HMGET', lk, 'pf', 'ps')
+  if l[1] == fp and tonumber(l[2]) == sec then
+    if answer == 'serves' then
+      redis.call('DEL', lk)
+      events[#events + 1] = 'back'
+    else
+      redis.call('HDEL', lk, 'pf', 'ps', 'pd')
+    end
+    redis.call('HDEL', sk, 'lset')
+  end
+  local pj = redis.call('HMGET', pk, 'pf', 'ps')
+  if pj[1] == fp and tonumber(pj[2]) == sec then
+    if answer == 'serves' or answer == 'project' then
+      redis.call('DEL', pk)
+      events[#events + 1] = 'project-back'
+    else
+      redis.call('HDEL', pk, 'pf', 'ps', 'pd')
+    end
+  end
+  redis.call('HDEL', sk, 'pr')
+end
 
 local function breaker_success()
   local h = redis.call('HMGET', kk, 'bs', 'bf')
@@ -34,8 +71,9 @@ end
 local function learn(field)
   if qv ~= nil and qv > 0 then
     local old = tonumber(redis.call('HGET', lk, field))
-    if old == nil or qv < old then
-      redis.call('HSET', lk, field, qv)
+    if old == nil or qv <= old then
+      -- Said again, it holds again for as long.
+      redis.call('HSET', lk, field, qv, 'until', relearn_at)
       redis.call('HDEL', sk, 'lset')
     end
   end
@@ -90,17 +128,30 @@ elseif outcome == 'thr' then
   end
   flush_hash(s, scope_ttl(s, now, day_end))
 elseif outcome == 'off' then
-  local old = tonumber(redis.call('HGET', lk, 'rpd'))
-  if old == nil or old > 0 then
-    redis.call('HSET', lk, 'rpd', 0)
-    redis.call('HDEL', sk, 'lset')
-  end
+  redis.call('HSET', lk, 'rpd', 0, 'until', relearn_at)
+  redis.call('HDEL', lk, 'pf', 'ps', 'pd')
+  redis.call('HDEL', sk, 'lset')
   events[#events + 1] = 'off'
+  breaker_success()
+elseif outcome == 'poff' then
+  redis.call('HSETNX', pk, 'since', now)
+  redis.call('HSET', pk, 'until', relearn_at)
+  redis.call('HDEL', pk, 'pf', 'ps', 'pd')
+  events[#events + 1] = 'project-off'
   breaker_success()
 elseif outcome == 'dead' then
   if redis.call('HSETNX', kk, 'dis', reason) == 1 then
     redis.call('HSET', kk, 'dis_at', now)
     events[#events + 1] = 'disabled'
+  end
+elseif outcome == 'pdead' then
+  local m = tonumber(ARGV[24]) or 0
+  for i = 1, m do
+    local k = P .. 'k:' .. ARGV[24 + i]
+    if redis.call('HSETNX', k, 'dis', reason) == 1 then
+      redis.call('HSET', k, 'dis_at', now)
+      events[#events + 1] = 'disabled:' .. ARGV[24 + i]
+    end
   end
 elseif outcome == 'trans' then
   local h = redis.call('HMGET', kk, 'bs', 'bf', 'bt')
