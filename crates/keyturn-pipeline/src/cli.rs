@@ -723,7 +723,13 @@ fn print_status(st: &PoolStatus) {
         "PROJECT", "MODEL", "RPM", "TPM", "RPD", "STATE"
     );
     for s in &st.scopes {
-        let state = format!("{:?}", s.state).to_lowercase();
+        let mut state = format!("{:?}", s.state).to_lowercase();
+        if s.project_off {
+            state = "project off".into();
+        }
+        if let Some(at) = s.off_until_ms {
+            state = format!("{state} (re-probed from {})", when(at));
+        }
         println!(
             "{:<24} {:<24} {:>12} {:>18} {:>12} {:<10} {}",
             safe(&s.project),

@@ -296,6 +296,8 @@ pub struct NotifySettings {
     pub key_disabled: bool,
     /// Warn when every key is exhausted (or disabled) for a model.
     pub all_exhausted: bool,
+    /// Warn when a whole project is switched off (402 credits depleted, a zero whole-API quota).
+    pub project_off: bool,
     /// How often the pool's state is checked (also the metrics gauges' refresh).
     #[serde(with = "serde_duration")]
     pub check_interval: Duration,
@@ -315,6 +317,7 @@ impl Default for NotifySettings {
             thresholds: vec![80, 100],
             key_disabled: true,
             all_exhausted: true,
+            project_off: true,
             check_interval: Duration::from_secs(1),
             queue: 256,
             max_attempts: 5,

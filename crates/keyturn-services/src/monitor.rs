@@ -343,6 +343,34 @@ pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<Pending> {
             }
         }
     }
+    if s.project_off {
+        let mut seen = std::collections::BTreeSet::new();
+        for sc in st.scopes.iter().filter(|sc| sc.project_off) {
+            if !seen.insert(sc.project.clone()) {
+                continue;
+            }
+            let mut w = warning(
+                "project_off",
+                true,
+                now,
+                format!(
+                    "project {} is switched off for every model: it is out of prepayment credits (402) or has no quota at all; other projects carry on{}",
+                    sc.project,
+                    sc.off_until_ms
+                        .map(|u| format!("; one request re-probes it from {}", rfc3339(u)))
+                        .unwrap_or_default()
+                ),
+            );
+            w.project = Some(sc.project.clone());
+            w.until = sc.off_until_ms.map(rfc3339);
+            out.push(Pending {
+                id: format!("project-off|{}|{day}", sc.project),
+                covers: Vec::new(),
+                until_ms: today.end_ms,
+                warning: w,
+            });
+        }
+    }
     if s.all_exhausted {
         for (model, until) in exhausted_models(st) {
             let mut w = warning(
@@ -608,6 +636,42 @@ mod tests {
             warnings(&st, &NotifySettings::default())
                 .iter()
                 .all(|w| w.warning.event != "model_exhausted")
+        );
+    }
+
+    #[test]
+    fn a_project_switched_off_whole_is_one_warning_naming_it_and_its_reprobe() {
+        let mut off = scope("credits", 0, 100, ScopeState::Off);
+        off.project_off = true;
+        off.off_until_ms = Some(NOW + 5000);
+        let mut off2 = off.clone();
+        off2.model = "m2".into();
+        let st = PoolStatus {
+            at_ms: NOW,
+            keys: vec![key("a", "credits", false), key("b", "q", false)],
+            scopes: vec![off, off2, scope("q", 0, 100, ScopeState::Ready)],
+        };
+        let all = warnings(&st, &NotifySettings::default());
+        let p: Vec<_> = all
+            .iter()
+            .filter(|w| w.warning.event == "project_off")
+            .collect();
+        assert_eq!(p.len(), 1, "one per project, whatever its models");
+        assert_eq!(p[0].warning.project.as_deref(), Some("credits"));
+        assert_eq!(
+            p[0].warning.until.as_deref(),
+            Some(rfc3339(NOW + 5000).as_str())
+        );
+        assert_eq!(p[0].warning.severity, "critical");
+        assert!(p[0].id.starts_with("project-off|credits|"));
+        let quiet = NotifySettings {
+            project_off: false,
+            ..NotifySettings::default()
+        };
+        assert!(
+            warnings(&st, &quiet)
+                .iter()
+                .all(|w| w.warning.event != "project_off")
         );
     }
 }
