@@ -200,7 +200,7 @@ enum KeysCommand {
         #[arg(long, default_value = "gemini-2.5-flash")]
         model: String,
     },
-    /// Clears a key's disabled flag and breaker (or, with --all, all state).
+    /// Clears a key's disabled flag and breaker (or, with --all, every key and quota counter of this configuration; usage history is kept).
     Reset {
         /// A key's label or fingerprint.
         key: Option<String>,
@@ -218,7 +218,7 @@ enum StateCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Deletes the quota state (asks first).
+    /// Resets every key and quota counter (asks first); usage history is kept.
     Reset {
         /// Do not ask.
         #[arg(long)]
