@@ -311,14 +311,27 @@ fn parse_name(name: &str) -> Result<(&str, Option<&str>), Refusal> {
 /// An upstream-call slot (`max_in_flight`), for every route that calls upstream.
 async fn slot(st: &ProxyState) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
     st.in_flight.clone().acquire_owned().await.map_err(|_| {
-        Box::new(gemini_error(
+        // Closed at shutdown: a request still waiting for a slot is told at once to come back
+        // (to this proxy once it restarts, or to another replica) rather than dropped unanswered
+        // when the drain ends.
+        let mut r = gemini_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "UNAVAILABLE",
-            "keyturn proxy is shutting down",
-            vec![],
-        ))
+            "keyturn proxy is shutting down; retry shortly",
+            vec![
+                json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{SHUTDOWN_RETRY_SECS}s")}),
+            ],
+        );
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(SHUTDOWN_RETRY_SECS),
+        );
+        Box::new(r)
     })
 }
+
+/// What a request refused at shutdown is told to wait.
+const SHUTDOWN_RETRY_SECS: u64 = 5;
 
 async fn list_models(State(st): State<Arc<ProxyState>>, Path(version): Path<String>) -> Response {
     let Some(caller) = st.caller(&version) else {

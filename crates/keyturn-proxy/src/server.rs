@@ -79,6 +79,7 @@ async fn serve(
 #[derive(Debug)]
 pub struct Proxy {
     addr: SocketAddr,
+    state: Arc<ProxyState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -97,7 +98,7 @@ impl Proxy {
             addr: cfg.listen,
             source,
         })?;
-        let app = router(state);
+        let app = router(state.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(
             listener,
@@ -111,6 +112,7 @@ impl Proxy {
         ));
         Ok(Self {
             addr,
+            state,
             shutdown: Some(tx),
             task,
         })
@@ -126,8 +128,12 @@ impl Proxy {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, drains requests in flight (up to `grace`), then closes what is left.
+    /// Stops accepting, answers requests waiting for an upstream slot with 503 and a retry
+    /// delay, drains the calls in flight (up to `grace`), then closes what is left.
     pub async fn shutdown(mut self, grace: Duration) {
+        // Requests still waiting for an upstream slot get 503 with a retry delay now; those
+        // already upstream finish within the drain.
+        self.state.in_flight.close();
         if let Some(tx) = self.shutdown.take() {
             tx.send(()).ok();
         }

@@ -373,3 +373,60 @@ async fn model_lookups_do_not_fill_the_set_of_served_models() {
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     p.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_shutdown_a_request_waiting_for_a_slot_is_told_to_come_back_and_a_stream_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = Recorder::default();
+    let url = upstream(rec.clone()).await;
+    let (p, _pool) = proxy(
+        &url,
+        dir.path(),
+        ProxyConfig {
+            max_in_flight: 1,
+            ..local()
+        },
+    )
+    .await;
+    let base = p.base_url();
+    let client = reqwest::Client::new();
+    let mut stream = client
+        .post(format!(
+            "{base}/v1beta/models/{FLASH}:streamGenerateContent?alt=sse"
+        ))
+        .body(HELLO)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(stream.chunk().await.unwrap().is_some());
+    // The only slot is held by the stream: this one waits for it.
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        let url = format!("{base}/v1beta/models/{FLASH}:generateContent");
+        async move { client.post(url).body(HELLO).send().await.unwrap() }
+    });
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stopping = tokio::spawn(p.shutdown(Duration::from_secs(30)));
+    let r = waiting.await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["details"][0]["retryDelay"], "5s", "{v}");
+    assert_eq!(
+        rec.posts.load(Ordering::SeqCst),
+        1,
+        "the waiting call never went upstream"
+    );
+    // The stream already upstream finishes within the drain.
+    rec.release.notify_one();
+    let mut rest = 0;
+    while let Some(c) = stream.chunk().await.unwrap() {
+        rest += c.len();
+    }
+    assert!(rest > 0, "the stream's second event arrived");
+    stopping.await.unwrap();
+}
