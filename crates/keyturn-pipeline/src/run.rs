@@ -676,6 +676,8 @@ pub async fn seed(
     }
     let checkpoints = CheckpointStore::open(out.join(CHECKPOINT_DIR))?;
     checkpoints.backup(started)?;
+    // One backup per run would pile up without end: keep the newest few.
+    checkpoints.prune(keyturn_store::checkpoint::KEEP_BACKUPS)?;
 
     let Discovered {
         items,

@@ -1407,3 +1407,20 @@ async fn state_reset_keeps_the_usage_history() {
         assert!(k["disabled"].is_null(), "{k}");
     }
 }
+
+/// Each run backs its checkpoint up; the backups do not pile up without end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_backups_are_pruned_to_the_newest_ten() {
+    let w = world(600, 10_000, Faults::default(), false).await;
+    let keep = keyturn_store::checkpoint::KEEP_BACKUPS;
+    for _ in 0..keep + 3 {
+        let o = w.run(w.seed_cmd()).await;
+        assert!(o.status.success(), "{}", text(&o));
+        // Backups are named by the run's start in ms: let the next run start later.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let backups = std::fs::read_dir(w.out().join(".keyturn-checkpoint/backups"))
+        .unwrap()
+        .count();
+    assert_eq!(backups, keep);
+}

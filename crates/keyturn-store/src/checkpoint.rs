@@ -19,6 +19,9 @@ pub const CHECKPOINT_FILE: &str = "checkpoint.json";
 /// Where timestamped backups go.
 pub const BACKUP_DIR: &str = "backups";
 
+/// How many backups a run keeps (the newest); `keyturn state prune --keep N` prunes further.
+pub const KEEP_BACKUPS: usize = 10;
+
 /// One finished item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ItemRecord {
