@@ -15,7 +15,7 @@ use crate::error::{AcquireError, Exhaustion, LedgerError, SnapshotError};
 use crate::key::{KeyId, KeyRing};
 use crate::lease::{Demand, Lease};
 use crate::ledger::{LedgerConfig, QuotaLedger, ResetTarget};
-use crate::limits::{LimitSource, ModelLimits, normalize_model};
+use crate::limits::{LimitSource, ModelLimits, Tier, normalize_model};
 use crate::outcome::{Outcome, ThrottleKind};
 use crate::policy::Policy;
 use crate::snapshot::{
@@ -92,6 +92,8 @@ struct Scope {
     project: u32,
     configured: ModelLimits,
     source: LimitSource,
+    /// The project's tier, which chose `configured` and under which `learned` was learned.
+    tier: Tier,
     learned: ModelLimits,
     /// When `learned` expires (0: nothing learned).
     learned_until: i64,
@@ -266,6 +268,7 @@ impl Scope {
             keys,
             limits: self.effective,
             source: self.source,
+            tier: self.tier,
             learned: self.learned,
             rpm_used: self.window.requests(),
             tpm_used: self.window.tokens(),
@@ -308,13 +311,19 @@ impl Scope {
         self.refresh(now);
     }
 
-    fn fresh(project: u32, configured: ModelLimits, source: LimitSource, now_ms: i64) -> Self {
+    fn fresh(
+        project: u32,
+        (configured, source): (ModelLimits, LimitSource),
+        tier: Tier,
+        now_ms: i64,
+    ) -> Self {
         let mut window = RollingWindow::new();
         window.advance(sec_of(now_ms));
         Self {
             project,
             configured,
             source,
+            tier,
             learned: ModelLimits::UNLIMITED,
             learned_until: 0,
             probe: None,
@@ -324,6 +333,14 @@ impl Scope {
             cooldown_until: 0,
             exhausted_until: 0,
         }
+    }
+
+    /// Drops what the server taught (limits, switch-off, per-day exhaustion, cooldown) and
+    /// keeps what was sent.
+    fn forget_what_the_server_said(&mut self) {
+        self.cooldown_until = 0;
+        self.exhausted_until = 0;
+        self.forget_learned();
     }
 
     fn clear(&mut self, now_ms: i64) {
@@ -481,17 +498,20 @@ impl InMemoryLedger {
         let mut warned = false;
         for (p, project) in inner.projects.iter().enumerate() {
             let (configured, source) = self.cfg.limits.resolve(project, model);
-            if source == LimitSource::Default && !warned {
+            if source == LimitSource::Family && !warned {
                 tracing::warn!(
                     model,
                     limits = ?configured,
-                    "model is not in keyturn's limit table; using conservative limits until configured or learned"
+                    "model has no entry in keyturn's limit table for this project's tier; using its family's per-minute defaults and no per-day cap until the server reports one"
                 );
                 warned = true;
             }
-            inner
-                .scopes
-                .push(Scope::fresh(p as u32, configured, source, now_ms));
+            inner.scopes.push(Scope::fresh(
+                p as u32,
+                (configured, source),
+                self.cfg.limits.tier(project),
+                now_ms,
+            ));
             scopes.push((inner.scopes.len() - 1) as u32);
         }
         inner.models.push(ModelState {
@@ -1181,6 +1201,7 @@ impl InMemoryLedger {
                     exhausted_until_ms: s.exhausted_until,
                     learned: s.learned,
                     learned_until_ms: s.learned_until,
+                    tier: Some(s.tier),
                 });
             }
         }
@@ -1291,7 +1312,12 @@ impl InMemoryLedger {
             };
             let m = self.model_index(&mut inner, &ss.model, now);
             let si = inner.models[m].scopes[p] as usize;
+            let tier = self.cfg.limits.tier(&ss.project);
             inner.scopes[si].apply_snapshot(ss, now, self.cfg.relearn_at(now));
+            if ss.tier.is_some_and(|t| t != tier) {
+                // Learned under another tier: none of it describes this one.
+                inner.scopes[si].forget_what_the_server_said();
+            }
         }
         inner.project_gates.fill(ProjectGate::default());
         for ps in &snap.projects {
@@ -1483,13 +1509,13 @@ impl QuotaLedger for InMemoryLedger {
 /// `project_off`: the project's switch-off, if the whole project is off.
 pub fn scope_status_from_snapshot(
     ss: &ScopeSnapshot,
-    configured: ModelLimits,
-    source: LimitSource,
+    configured: (ModelLimits, LimitSource),
+    tier: Tier,
     keys: Vec<String>,
     now_ms: i64,
     project_off: Option<&ProjectSnapshot>,
 ) -> ScopeStatus {
-    let mut s = Scope::fresh(0, configured, source, now_ms);
+    let mut s = Scope::fresh(0, configured, tier, now_ms);
     s.apply_snapshot(ss, now_ms, ss.learned_until_ms);
     s.refresh(now_ms);
     s.status(

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::key::Fingerprint;
-use crate::limits::{LimitSource, ModelLimits};
+use crate::limits::{LimitSource, ModelLimits, Tier};
 use crate::outcome::DeadReason;
 
 /// The newest snapshot schema this build writes and reads.
@@ -65,6 +65,10 @@ pub struct ScopeSnapshot {
     /// expired switch-off lets one re-probe through.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub learned_until_ms: i64,
+    /// The project's tier when this was written (absent in older files). A ledger configured
+    /// with another tier for the project drops what was learned: it was about the old tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -161,6 +165,11 @@ pub struct ScopeStatus {
     pub limits: ModelLimits,
     /// Where the configured limits came from.
     pub source: LimitSource,
+    /// The project's tier, whose column of the built-in table (dated
+    /// [`crate::limits::BUILTIN_TABLE_DATE`]) and family defaults apply (absent in older
+    /// status JSON: free).
+    #[serde(default)]
+    pub tier: Tier,
     /// Limits the server reported.
     pub learned: ModelLimits,
     /// Requests in the rolling minute.

@@ -19,7 +19,7 @@ use crate::error::{AcquireError, ErrorKind, Exhaustion};
 use crate::key::{ApiKey, KeyId, KeyRing, KeySpec};
 use crate::lease::Demand;
 use crate::ledger::{LedgerConfig, QuotaLedger, ResetTarget};
-use crate::limits::{LimitOverride, LimitTable, ModelLimits};
+use crate::limits::{LimitOverride, LimitTable, ModelLimits, Tier};
 use crate::outcome::{DeadReason, Outcome, ThrottleKind};
 use crate::pacific::next_pacific_midnight;
 use crate::policy::Policy;
@@ -749,6 +749,77 @@ pub async fn switch_offs_survive_restart(f: &dyn LedgerFactory) {
     );
 }
 
+/// A project whose configured tier changed drops what the server taught under the old one
+/// (limits, switch-offs, the day's exhaustion) and keeps what was sent; a project whose tier
+/// did not change keeps all of it.
+pub async fn tier_change_drops_what_was_learned(f: &dyn LedgerFactory) {
+    let c = clock();
+    let l = f
+        .make(two_projects(), config(100, 100_000, 1000), c.clone())
+        .await;
+    for project_key in [KeyId(0), KeyId(2)] {
+        // Round-robin: p's key first, then q's.
+        let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+        assert_eq!(lease.key().index() < 2, project_key.index() < 2);
+        l.settle(
+            lease,
+            Outcome::Throttled {
+                kind: ThrottleKind::RequestsPerDay,
+                retry_after: Some(Duration::ZERO),
+                quota_value: Some(20),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let lease = l.acquire(ROOMY, Demand::tokens(1)).await.unwrap();
+    assert!(lease.key().index() < 2);
+    l.settle(lease, Outcome::ModelUnavailable).await.unwrap();
+    let text = serde_json::to_string(&l.snapshot().await.unwrap()).unwrap();
+
+    let mut upgraded = config(100, 100_000, 1000);
+    upgraded.limits.set_project_tier("p", Tier::Tier1);
+    let l2 = f.make(two_projects(), upgraded, c.clone()).await;
+    l2.restore(serde_json::from_str(&text).unwrap())
+        .await
+        .unwrap();
+    let st = l2.status().await.unwrap();
+    let s = scope(&st, "p", TIGHT);
+    assert_eq!(s.tier, Tier::Tier1);
+    assert_eq!(
+        (s.state, s.learned, s.learned_until_ms, s.limits.rpd),
+        (ScopeState::Ready, ModelLimits::UNLIMITED, None, Some(1000)),
+        "p's tier changed: its per-day 429 and limit are forgotten"
+    );
+    assert_eq!(s.rpd_used, 1, "what was sent still counts");
+    assert_eq!(scope(&st, "p", ROOMY).state, ScopeState::Ready);
+    let q = scope(&st, "q", TIGHT);
+    assert_eq!(q.tier, Tier::Free);
+    assert_eq!(
+        (q.state, q.limits.rpd),
+        (ScopeState::Exhausted, Some(20)),
+        "q's tier did not change"
+    );
+    let mut seen_p = false;
+    for _ in 0..4 {
+        seen_p |= take(&*l2, TIGHT).await.unwrap().index() < 2;
+    }
+    assert!(seen_p, "p serves TIGHT again");
+    assert!(take(&*l2, ROOMY).await.unwrap().index() < 3);
+
+    // The same tier keeps everything.
+    let l3 = f
+        .make(two_projects(), config(100, 100_000, 1000), c.clone())
+        .await;
+    l3.restore(serde_json::from_str(&text).unwrap())
+        .await
+        .unwrap();
+    let st = l3.status().await.unwrap();
+    assert_eq!(scope(&st, "p", TIGHT).state, ScopeState::Exhausted);
+    assert_eq!(scope(&st, "p", TIGHT).limits.rpd, Some(20));
+    assert_eq!(scope(&st, "p", ROOMY).state, ScopeState::Off);
+}
+
 /// A dead key is disabled for every model until reset; the others carry the load.
 pub async fn dead_key_disabled_until_reset(f: &dyn LedgerFactory) {
     let l = f
@@ -1217,7 +1288,7 @@ macro_rules! ledger_behaviour_suite {
             off_scope_reprobed_once_after_pacific_midnight,
             off_project_reprobed_once_after_pacific_midnight, relearn_after_replaces_the_midnight,
             waiters_follow_a_reprobe,
-            switch_offs_survive_restart);
+            switch_offs_survive_restart, tier_change_drops_what_was_learned);
     };
     (@cases $factory:expr, $guard:expr; $($case:ident),* $(,)?) => {
         $(

@@ -516,6 +516,7 @@ mod tests {
                 rpd: Some(rpd),
             },
             source: LimitSource::Configured,
+            tier: Default::default(),
             learned: ModelLimits::UNLIMITED,
             rpm_used: 0,
             tpm_used: 0,

@@ -615,6 +615,7 @@ impl RedisLedger {
                 rpd: learned_field("rpd"),
             },
             learned_until_ms: num(&l, "until").unwrap_or(0),
+            tier: Some(self.cfg.limits.tier(project)),
         })
     }
 
@@ -971,7 +972,8 @@ impl QuotaLedger for RedisLedger {
                     .map(|(_, e)| e.label.clone())
                     .collect();
                 let off = snap.projects.iter().find(|p| p.project == ss.project);
-                scope_status_from_snapshot(ss, configured, source, labels, now, off)
+                let tier = self.cfg.limits.tier(&ss.project);
+                scope_status_from_snapshot(ss, (configured, source), tier, labels, now, off)
             })
             .collect();
         scopes.sort_by(|a, b| (&a.project, &a.model).cmp(&(&b.project, &b.model)));
@@ -1051,6 +1053,21 @@ impl QuotaLedger for RedisLedger {
             let sk = self.scope_key(&model, &ss.project);
             let lk = self.learned_key(&model, &ss.project);
             pipe.del(&sk).ignore().del(&lk).ignore();
+            // Learned under another tier: none of what the server said describes this one.
+            let stale = ss
+                .tier
+                .is_some_and(|t| t != self.cfg.limits.tier(&ss.project));
+            let ss = &if stale {
+                ScopeSnapshot {
+                    cooldown_until_ms: 0,
+                    exhausted_until_ms: 0,
+                    learned: ModelLimits::UNLIMITED,
+                    learned_until_ms: 0,
+                    ..ss.clone()
+                }
+            } else {
+                ss.clone()
+            };
             let mut fields: Vec<(String, String)> = vec![("head".into(), now_sec.to_string())];
             let (mut sr, mut sum_k) = (0u64, 0u64);
             for &(sec, r, k) in &ss.window {

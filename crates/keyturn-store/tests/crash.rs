@@ -43,6 +43,7 @@ fn version(i: u64) -> Snapshot {
                 exhausted_until_ms: 0,
                 learned: Default::default(),
                 learned_until_ms: 0,
+                tier: None,
             })
             .collect(),
         usage: Vec::new(),
