@@ -19,8 +19,8 @@ use crate::limits::{LimitSource, ModelLimits, Tier, normalize_model};
 use crate::outcome::{Outcome, ThrottleKind};
 use crate::policy::Policy;
 use crate::snapshot::{
-    Disabled, KeySnapshot, NoticeMark, PoolStatus, ProjectSnapshot, SCHEMA_VERSION, ScopeSnapshot,
-    ScopeState, ScopeStatus, Snapshot, UsageDay,
+    Disabled, KeySnapshot, LimitOrigin, LimitOrigins, NoticeMark, PoolStatus, ProjectSnapshot,
+    SCHEMA_VERSION, ScopeSnapshot, ScopeState, ScopeStatus, Snapshot, UsageDay,
 };
 use crate::window::{DayCounter, RollingWindow, sec_of};
 
@@ -269,6 +269,9 @@ impl Scope {
             limits: self.effective,
             source: self.source,
             tier: self.tier,
+            table_date: (self.source == LimitSource::Builtin)
+                .then(|| crate::limits::BUILTIN_TABLE_DATE.to_owned()),
+            origin: self.origins(project_off.is_some()),
             learned: self.learned,
             rpm_used: self.window.requests(),
             tpm_used: self.window.tokens(),
@@ -285,6 +288,29 @@ impl Scope {
             project_off: project_off.is_some(),
             learned_until_ms: (self.learned != ModelLimits::UNLIMITED && self.learned_until != 0)
                 .then_some(self.learned_until),
+        }
+    }
+
+    /// Where each limit in force comes from.
+    fn origins(&self, project_off: bool) -> LimitOrigins {
+        let configured = match self.source {
+            LimitSource::Builtin => LimitOrigin::Builtin,
+            LimitSource::Configured => LimitOrigin::Configured,
+            LimitSource::Default | LimitSource::Family => LimitOrigin::Family,
+        };
+        let one = |learned: Option<u64>, configured_v: Option<u64>| {
+            if project_off || (self.learned_off() && learned == Some(0)) {
+                LimitOrigin::ServerOff
+            } else if learned.is_some_and(|l| configured_v.is_none_or(|c| l < c)) {
+                LimitOrigin::Learned
+            } else {
+                configured
+            }
+        };
+        LimitOrigins {
+            rpm: one(self.learned.rpm, self.configured.rpm),
+            tpm: one(self.learned.tpm, self.configured.tpm),
+            rpd: one(self.learned.rpd, self.configured.rpd),
         }
     }
 

@@ -170,6 +170,12 @@ pub struct ScopeStatus {
     /// status JSON: free).
     #[serde(default)]
     pub tier: Tier,
+    /// The date of the built-in table, when `source` is the built-in table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_date: Option<String>,
+    /// Where each limit in force comes from (absent in older status JSON).
+    #[serde(default)]
+    pub origin: LimitOrigins,
     /// Limits the server reported.
     pub learned: ModelLimits,
     /// Requests in the rolling minute.
@@ -197,6 +203,37 @@ pub struct ScopeStatus {
     /// When the learned limits expire (Unix ms), if any are learned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learned_until_ms: Option<i64>,
+}
+
+/// Where one limit in force comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LimitOrigin {
+    /// The built-in table's entry for the project's tier.
+    Builtin,
+    /// The family default for the project's tier (no entry in the table).
+    Family,
+    /// Configuration.
+    Configured,
+    /// Learned from the server's 429 (`quotaValue`); holds until `learned_until_ms`.
+    Learned,
+    /// The server switched the model or the project off (limit 0, 402, `FAILED_PRECONDITION`);
+    /// re-probed from `off_until_ms`.
+    ServerOff,
+    /// Not known (older status JSON).
+    #[default]
+    Unknown,
+}
+
+/// Where each limit in force comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LimitOrigins {
+    /// Requests per minute.
+    pub rpm: LimitOrigin,
+    /// Input tokens per minute.
+    pub tpm: LimitOrigin,
+    /// Requests per day.
+    pub rpd: LimitOrigin,
 }
 
 /// Status of one key.

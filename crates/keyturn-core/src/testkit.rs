@@ -23,7 +23,7 @@ use crate::limits::{LimitOverride, LimitTable, ModelLimits, Tier};
 use crate::outcome::{DeadReason, Outcome, ThrottleKind};
 use crate::pacific::next_pacific_midnight;
 use crate::policy::Policy;
-use crate::snapshot::{PoolStatus, ScopeState, ScopeStatus};
+use crate::snapshot::{LimitOrigin, PoolStatus, ScopeState, ScopeStatus};
 
 /// Builds the ledger under test.
 #[async_trait]
@@ -800,6 +800,11 @@ pub async fn tier_change_drops_what_was_learned(f: &dyn LedgerFactory) {
         (ScopeState::Exhausted, Some(20)),
         "q's tier did not change"
     );
+    assert_eq!(
+        (q.origin.rpm, q.origin.rpd),
+        (LimitOrigin::Configured, LimitOrigin::Learned)
+    );
+    assert_eq!(s.origin.rpd, LimitOrigin::Configured);
     let mut seen_p = false;
     for _ in 0..4 {
         seen_p |= take(&*l2, TIGHT).await.unwrap().index() < 2;
@@ -818,6 +823,7 @@ pub async fn tier_change_drops_what_was_learned(f: &dyn LedgerFactory) {
     assert_eq!(scope(&st, "p", TIGHT).state, ScopeState::Exhausted);
     assert_eq!(scope(&st, "p", TIGHT).limits.rpd, Some(20));
     assert_eq!(scope(&st, "p", ROOMY).state, ScopeState::Off);
+    assert_eq!(scope(&st, "p", ROOMY).origin.rpd, LimitOrigin::ServerOff);
 }
 
 /// A dead key is disabled for every model until reset; the others carry the load.

@@ -517,6 +517,8 @@ mod tests {
             },
             source: LimitSource::Configured,
             tier: Default::default(),
+            table_date: None,
+            origin: Default::default(),
             learned: ModelLimits::UNLIMITED,
             rpm_used: 0,
             tpm_used: 0,
