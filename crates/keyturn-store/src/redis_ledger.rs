@@ -271,7 +271,7 @@ impl RedisLedger {
             .iter()
             .map(|(_, e)| (e.fingerprint().to_string(), e.project.clone(), e.weight))
             .collect();
-        Ok(Self {
+        let ledger = Self {
             candidates,
             limits: Mutex::new(HashMap::new()),
             keys,
@@ -288,7 +288,59 @@ impl RedisLedger {
             models: Mutex::new(models),
             cursors: Mutex::new(HashMap::new()),
             days: Mutex::new(None),
-        })
+        };
+        ledger
+            .adopt_tiers()
+            .await
+            .map_err(|e| ConnectError::Unavailable(StoreError::Backend(e.to_string())))?;
+        Ok(ledger)
+    }
+
+    /// Records each project's configured tier in the namespace (`tier:<project>`) and, for a
+    /// project whose recorded tier differs, drops what the server taught under the old one:
+    /// learned limits and switch-offs (`l:`), the day's exhaustion and cooldown (in `s:`).
+    /// What was sent still counts.
+    async fn adopt_tiers(&self) -> Result<(), LedgerError> {
+        let err = |e: redis::RedisError| LedgerError::Backend(backend(&self.server, &e));
+        let mut conn = self.conn.clone();
+        let mut changed = Vec::new();
+        for project in &self.projects {
+            let tier = self.cfg.limits.tier(project);
+            let old: Option<String> = redis::cmd("SET")
+                .arg(format!("{}tier:{project}", self.prefix))
+                .arg(tier.name())
+                .arg("GET")
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
+            if old.is_some_and(|o| o != tier.name()) {
+                tracing::info!(
+                    project = %project,
+                    tier = %tier,
+                    "the project's tier changed: what the server said under the old one is dropped"
+                );
+                changed.push(project.as_str());
+            }
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let of_changed = |k: &str, kind: &str| {
+            k[self.prefix.len() + kind.len()..]
+                .rsplit_once('|')
+                .is_some_and(|(_, p)| changed.contains(&p))
+        };
+        for k in self.scan(&mut conn, "l:").await? {
+            if of_changed(&k, "l:") {
+                let _: () = conn.del(&k).await.map_err(err)?;
+            }
+        }
+        for k in self.scan(&mut conn, "s:").await? {
+            if of_changed(&k, "s:") {
+                let _: () = conn.hdel(&k, &["cd", "ex"]).await.map_err(err)?;
+            }
+        }
+        Ok(())
     }
 
     /// The Redis server, without credentials.
