@@ -24,6 +24,10 @@ pub struct ModelLimits {
     pub tpm: Option<u64>,
     /// Requests per Pacific day.
     pub rpd: Option<u64>,
+    /// Input tokens per Pacific day (`GenerateContentInputTokensPerModelPerDay`). Google
+    /// publishes none; the server reports it in its 429s, and configuration may set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpd: Option<u64>,
 }
 
 impl ModelLimits {
@@ -33,6 +37,7 @@ impl ModelLimits {
             rpm: Some(rpm),
             tpm: Some(tpm),
             rpd: Some(rpd),
+            tpd: None,
         }
     }
 
@@ -41,6 +46,7 @@ impl ModelLimits {
         rpm: None,
         tpm: None,
         rpd: None,
+        tpd: None,
     };
 
     /// The base `[limits] unknown_model` overrides: the free tier's family default with a
@@ -49,7 +55,7 @@ impl ModelLimits {
 
     /// Whether any limit is zero (the model is off for the project).
     pub fn is_off(&self) -> bool {
-        self.rpm == Some(0) || self.tpm == Some(0) || self.rpd == Some(0)
+        self.rpm == Some(0) || self.tpm == Some(0) || self.rpd == Some(0) || self.tpd == Some(0)
     }
 
     /// Each field the lower of the two (None is +infinity).
@@ -65,6 +71,7 @@ impl ModelLimits {
             rpm: lo(self.rpm, other.rpm),
             tpm: lo(self.tpm, other.tpm),
             rpd: lo(self.rpd, other.rpd),
+            tpd: lo(self.tpd, other.tpd),
         }
     }
 
@@ -74,6 +81,7 @@ impl ModelLimits {
             rpm: o.rpm.map_or(self.rpm, Some),
             tpm: o.tpm.map_or(self.tpm, Some),
             rpd: o.rpd.map_or(self.rpd, Some),
+            tpd: o.tpd.map_or(self.tpd, Some),
         }
     }
 }
@@ -163,6 +171,7 @@ impl ModelFamily {
             rpm,
             tpm,
             rpd: None,
+            tpd: None,
         }
     }
 }
@@ -199,7 +208,12 @@ impl BuiltinModel {
 const NO_FREE_TIER: Option<ModelLimits> = Some(ModelLimits::new(0, 0, 0));
 
 const fn partial(rpm: Option<u64>, tpm: Option<u64>, rpd: Option<u64>) -> Option<ModelLimits> {
-    Some(ModelLimits { rpm, tpm, rpd })
+    Some(ModelLimits {
+        rpm,
+        tpm,
+        rpd,
+        tpd: None,
+    })
 }
 
 /// The built-in table, checked on [`BUILTIN_TABLE_DATE`]. Only what a source states is here;
@@ -272,11 +286,19 @@ pub struct LimitOverride {
     pub tpm: Option<u64>,
     /// Requests per day.
     pub rpd: Option<u64>,
+    /// Input tokens per day.
+    #[serde(default)]
+    pub tpd: Option<u64>,
 }
 
 impl LimitOverride {
     fn validate(&self, what: &str) -> Result<(), ConfigError> {
-        for (field, v) in [("rpm", self.rpm), ("tpm", self.tpm), ("rpd", self.rpd)] {
+        for (field, v) in [
+            ("rpm", self.rpm),
+            ("tpm", self.tpm),
+            ("rpd", self.rpd),
+            ("tpd", self.tpd),
+        ] {
             if v == Some(0) {
                 return Err(ConfigError::ZeroLimit {
                     scope: what.to_owned(),
@@ -404,6 +426,7 @@ impl LimitTable {
                     rpm: e.rpm.or(family.rpm),
                     tpm: e.tpm.or(family.tpm),
                     rpd: e.rpd,
+                    tpd: None,
                 },
                 LimitSource::Builtin,
             ),
@@ -429,6 +452,7 @@ fn merge(old: Option<&LimitOverride>, new: LimitOverride) -> LimitOverride {
             rpm: new.rpm.or(o.rpm),
             tpm: new.tpm.or(o.tpm),
             rpd: new.rpd.or(o.rpd),
+            tpd: new.tpd.or(o.tpd),
         },
     }
 }
@@ -450,6 +474,7 @@ mod tests {
                 rpm: Some(10),
                 rpd: Some(250),
                 tpm: None,
+                tpd: None,
             },
         )
         .unwrap();
@@ -485,7 +510,8 @@ mod tests {
                 ModelLimits {
                     rpm: Some(5),
                     tpm: Some(250_000),
-                    rpd: Some(20)
+                    rpd: Some(20),
+                    tpd: None,
                 },
                 LimitSource::Builtin
             ),
@@ -520,7 +546,8 @@ mod tests {
                 ModelLimits {
                     rpm: Some(1_000),
                     tpm: Some(1_000_000),
-                    rpd: None
+                    rpd: None,
+                    tpd: None,
                 },
                 LimitSource::Family
             )
@@ -530,7 +557,8 @@ mod tests {
             ModelLimits {
                 rpm: Some(5),
                 tpm: Some(250_000),
-                rpd: None
+                rpd: None,
+                tpd: None,
             }
         );
         // A model in the table but not for this tier: the same rule.
@@ -546,7 +574,8 @@ mod tests {
             ModelLimits {
                 rpm: Some(100),
                 tpm: None,
-                rpd: None
+                rpd: None,
+                tpd: None,
             }
         );
     }
@@ -635,11 +664,13 @@ mod tests {
             rpm: Some(10),
             tpm: None,
             rpd: Some(5),
+            tpd: None,
         };
         let b = ModelLimits {
             rpm: None,
             tpm: Some(7),
             rpd: Some(9),
+            tpd: None,
         };
         assert_eq!(a.min(b), ModelLimits::new(10, 7, 5));
     }

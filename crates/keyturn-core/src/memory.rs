@@ -166,6 +166,8 @@ impl Scope {
             && self.exhausted_until <= now_ms
             && l.rpd
                 .is_none_or(|rpd| self.day.count() + u64::from(d.requests) <= rpd)
+            && l.tpd
+                .is_none_or(|tpd| self.day.tokens().saturating_add(d.tokens) <= tpd)
             && self
                 .window
                 .fits(u64::from(d.requests), d.tokens, l.rpm, l.tpm)
@@ -184,6 +186,7 @@ impl Scope {
         free(self.window.requests(), l.rpm)
             .min(free(self.window.tokens(), l.tpm))
             .min(free(self.day.count(), l.rpd))
+            .min(free(self.day.tokens(), l.tpd))
     }
 
     /// The earliest moment the demand could fit, and what binds until then; `None`: never.
@@ -213,6 +216,14 @@ impl Scope {
                 later(self.day.day().end_ms, Exhaustion::RequestsPerDay);
             }
         }
+        if let Some(tpd) = l.tpd {
+            if d.tokens > tpd {
+                return None;
+            }
+            if self.day.tokens().saturating_add(d.tokens) > tpd {
+                later(self.day.day().end_ms, Exhaustion::TokensPerDay);
+            }
+        }
         let r = u64::from(d.requests);
         let by_requests = self.window.free_at(now_ms, r, 0, l.rpm, None)?;
         later(by_requests, Exhaustion::RequestsPerMinute);
@@ -231,6 +242,10 @@ impl Scope {
                 .effective
                 .rpd
                 .is_some_and(|rpd| self.day.count() >= rpd)
+            || self
+                .effective
+                .tpd
+                .is_some_and(|tpd| self.day.tokens() >= tpd)
         {
             ScopeState::Exhausted
         } else if self.cooldown_until > now_ms || !self.fits(Demand::tokens(0), now_ms) {
@@ -276,6 +291,7 @@ impl Scope {
             rpm_used: self.window.requests(),
             tpm_used: self.window.tokens(),
             rpd_used: self.day.count(),
+            tpd_used: self.day.tokens(),
             state,
             cooling_until_ms: (state == ScopeState::Cooling).then(|| {
                 self.free_at(Demand::tokens(0), now)
@@ -311,6 +327,7 @@ impl Scope {
             rpm: one(self.learned.rpm, self.configured.rpm),
             tpm: one(self.learned.tpm, self.configured.tpm),
             rpd: one(self.learned.rpd, self.configured.rpd),
+            tpd: one(self.learned.tpd, self.configured.tpd),
         }
     }
 
@@ -318,7 +335,7 @@ impl Scope {
     /// gives no expiry (older files) expire at `relearn_at`.
     fn apply_snapshot(&mut self, ss: &ScopeSnapshot, now: i64, relearn_at: i64) {
         self.window = RollingWindow::restore(sec_of(now), ss.window.iter().copied());
-        self.day = DayCounter::restore(now, ss.day_start_ms, ss.day_count);
+        self.day = DayCounter::restore(now, ss.day_start_ms, ss.day_count, ss.day_tokens);
         self.cooldown_until = ss.cooldown_until_ms;
         self.exhausted_until = if ss.exhausted_until_ms > now {
             ss.exhausted_until_ms
@@ -671,6 +688,7 @@ impl InMemoryLedger {
             }
         }
         s.day.add(u64::from(demand.requests));
+        s.day.add_tokens(now, demand.tokens as i64);
         let day_start = s.day.day().start_ms;
         let cell = &mut ms.today[k];
         if cell.day_start_ms != day_start {
@@ -835,6 +853,7 @@ impl InMemoryLedger {
                 | Outcome::Throttled {
                     kind:
                         ThrottleKind::RequestsPerDay
+                        | ThrottleKind::TokensPerDay
                         | ThrottleKind::RequestsPerMinute
                         | ThrottleKind::TokensPerMinute,
                     ..
@@ -879,6 +898,7 @@ impl InMemoryLedger {
                         if delta != 0 {
                             let s = &mut inner.scopes[si as usize];
                             s.window.adjust_tokens(lease.second(), delta);
+                            s.day.add_tokens(lease.second() * 1000, delta);
                             notify |= delta < 0;
                             // The usage history counts real tokens too, if the day is current.
                             if let Some(cell) = inner
@@ -1025,8 +1045,12 @@ impl InMemoryLedger {
         };
         let delay_until = retry_after.map(|d| now.saturating_add(d.as_millis() as i64));
         match kind {
-            ThrottleKind::RequestsPerDay => {
-                learn(s, |l| &mut l.rpd);
+            ThrottleKind::RequestsPerDay | ThrottleKind::TokensPerDay => {
+                if kind == ThrottleKind::RequestsPerDay {
+                    learn(s, |l| &mut l.rpd);
+                } else {
+                    learn(s, |l| &mut l.tpd);
+                }
                 // Classified by quotaId, never by retryDelay: a per-day 429 still says "37s".
                 s.exhausted_until = s.exhausted_until.max(s.day.day().end_ms);
             }
@@ -1223,6 +1247,7 @@ impl InMemoryLedger {
                     window: s.window.occupied().collect(),
                     day_start_ms: s.day.day().start_ms,
                     day_count: s.day.count(),
+                    day_tokens: s.day.tokens(),
                     cooldown_until_ms: s.cooldown_until,
                     exhausted_until_ms: s.exhausted_until,
                     learned: s.learned,
@@ -1470,6 +1495,8 @@ fn demand_too_large(model: &str, d: Demand, l: &ModelLimits) -> AcquireError {
         ("requests per minute", r, rpm)
     } else if let Some(rpd) = l.rpd.filter(|x| r > *x) {
         ("requests per day", r, rpd)
+    } else if let Some(tpd) = l.tpd.filter(|x| d.tokens > *x) {
+        ("input tokens per day", d.tokens, tpd)
     } else {
         (
             "input tokens per minute",

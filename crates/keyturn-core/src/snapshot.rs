@@ -51,6 +51,9 @@ pub struct ScopeSnapshot {
     pub day_start_ms: i64,
     /// Requests that day.
     pub day_count: u64,
+    /// Input tokens that day (absent in older files: 0).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub day_tokens: u64,
     /// A server 429 asked us to wait until then.
     #[serde(default)]
     pub cooldown_until_ms: i64,
@@ -72,6 +75,10 @@ pub struct ScopeSnapshot {
 }
 
 fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+fn is_zero_u64(v: &u64) -> bool {
     *v == 0
 }
 
@@ -184,6 +191,9 @@ pub struct ScopeStatus {
     pub tpm_used: u64,
     /// Requests today (Pacific).
     pub rpd_used: u64,
+    /// Input tokens today (Pacific).
+    #[serde(default)]
+    pub tpd_used: u64,
     /// State now.
     pub state: ScopeState,
     /// Cooling until (Unix ms), if cooling.
@@ -234,6 +244,9 @@ pub struct LimitOrigins {
     pub tpm: LimitOrigin,
     /// Requests per day.
     pub rpd: LimitOrigin,
+    /// Input tokens per day.
+    #[serde(default)]
+    pub tpd: LimitOrigin,
 }
 
 /// Status of one key.

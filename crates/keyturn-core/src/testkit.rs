@@ -69,6 +69,7 @@ pub fn config(rpm: u64, tpm: u64, rpd: u64) -> LedgerConfig {
                 rpm: Some(rpm),
                 tpm: Some(tpm),
                 rpd: Some(rpd),
+                tpd: None,
             },
         )
         .unwrap();
@@ -79,6 +80,7 @@ pub fn config(rpm: u64, tpm: u64, rpd: u64) -> LedgerConfig {
                 rpm: Some(1000),
                 tpm: Some(1_000_000),
                 rpd: Some(10_000),
+                tpd: None,
             },
         )
         .unwrap();
@@ -350,6 +352,14 @@ fn scope<'a>(st: &'a PoolStatus, project: &str, model: &str) -> &'a ScopeStatus 
         .iter()
         .find(|s| s.project == project && s.model == model)
         .unwrap_or_else(|| panic!("no scope {project}/{model} in {st:?}"))
+}
+
+/// The one scope of `model` (a pool with one project).
+fn only<'a>(st: &'a PoolStatus, model: &str) -> &'a ScopeStatus {
+    st.scopes
+        .iter()
+        .find(|s| s.model == model)
+        .unwrap_or_else(|| panic!("no scope of {model} in {st:?}"))
 }
 
 /// Keys 0 and 1 in project p, key 2 in project q.
@@ -826,6 +836,89 @@ pub async fn tier_change_drops_what_was_learned(f: &dyn LedgerFactory) {
     assert_eq!(scope(&st, "p", ROOMY).origin.rpd, LimitOrigin::ServerOff);
 }
 
+/// A tokens-per-day limit (configured, or learned from a per-day token 429): admitted against
+/// the estimate, corrected by the real count, refused until Pacific midnight when full, too large
+/// when no day could hold it, and what was learned forgotten with the day.
+pub async fn tpd_enforced_learned_and_reconciled(f: &dyn LedgerFactory) {
+    let c = clock();
+    let mut cfg = config(100, 100_000, 1000);
+    cfg.limits
+        .set_model(
+            TIGHT,
+            LimitOverride {
+                tpd: Some(1000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let l = f.make(solo_keys(1), cfg, c.clone()).await;
+    let a = l.acquire(TIGHT, Demand::tokens(400)).await.unwrap();
+    l.settle(a, Outcome::success(400)).await.unwrap();
+    // Estimated 400, really 100: the day holds 500.
+    let b = l.acquire(TIGHT, Demand::tokens(400)).await.unwrap();
+    l.settle(b, Outcome::success(100)).await.unwrap();
+    c.advance(Duration::from_secs(120));
+    let d = l.acquire(TIGHT, Demand::tokens(450)).await.unwrap();
+    l.settle(d, Outcome::success(450)).await.unwrap();
+    let err = l.acquire(TIGHT, Demand::tokens(100)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AcquireError::Exhausted {
+                reason: Exhaustion::TokensPerDay,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), ErrorKind::ExhaustedForDay);
+    let st = l.status().await.unwrap();
+    let s = only(&st, TIGHT);
+    assert_eq!((s.tpd_used, s.limits.tpd), (950, Some(1000)));
+    let err = l.acquire(TIGHT, Demand::tokens(2000)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AcquireError::DemandTooLarge {
+                what: "input tokens per day",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    take(&*l, TIGHT).await.unwrap();
+
+    // Learned from the server: GenerateContentInputTokensPerModelPerDay, quotaValue 5000.
+    let e = l.acquire(ROOMY, Demand::tokens(10)).await.unwrap();
+    l.settle(
+        e,
+        Outcome::Throttled {
+            kind: ThrottleKind::TokensPerDay,
+            retry_after: Some(Duration::from_secs(30)),
+            quota_value: Some(5000),
+        },
+    )
+    .await
+    .unwrap();
+    let err = take(&*l, ROOMY).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ExhaustedForDay, "{err:?}");
+    let midnight = next_pacific_midnight(T0_MS);
+    let st = l.status().await.unwrap();
+    let s = only(&st, ROOMY);
+    assert_eq!(s.limits.tpd, Some(5000));
+    assert_eq!(s.origin.tpd, LimitOrigin::Learned);
+    assert_eq!(s.learned_until_ms, Some(midnight));
+    assert_eq!(s.state, ScopeState::Exhausted);
+
+    c.set(crate::clock::ms_to_timestamp(midnight));
+    take(&*l, ROOMY).await.unwrap();
+    take(&*l, TIGHT).await.unwrap();
+    let st = l.status().await.unwrap();
+    let s = only(&st, ROOMY);
+    assert_eq!((s.limits.tpd, s.tpd_used), (None, 10));
+    assert_eq!(only(&st, TIGHT).tpd_used, 10, "a new day");
+}
+
 /// A dead key is disabled for every model until reset; the others carry the load.
 pub async fn dead_key_disabled_until_reset(f: &dyn LedgerFactory) {
     let l = f
@@ -1294,7 +1387,8 @@ macro_rules! ledger_behaviour_suite {
             off_scope_reprobed_once_after_pacific_midnight,
             off_project_reprobed_once_after_pacific_midnight, relearn_after_replaces_the_midnight,
             waiters_follow_a_reprobe,
-            switch_offs_survive_restart, tier_change_drops_what_was_learned);
+            switch_offs_survive_restart, tier_change_drops_what_was_learned,
+            tpd_enforced_learned_and_reconciled);
     };
     (@cases $factory:expr, $guard:expr; $($case:ident),* $(,)?) => {
         $(

@@ -25,6 +25,7 @@ fn acquire_and_settle_do_not_allocate() {
             rpm: Some(u64::MAX / 4),
             tpm: Some(u64::MAX / 4),
             rpd: Some(u64::MAX / 4),
+            tpd: None,
         };
         limits.set_model(m, big).unwrap();
     }

@@ -719,6 +719,7 @@ fn limits_from(s: &keyturn_core::snapshot::ScopeStatus) -> String {
         ("rpm", s.origin.rpm),
         ("tpm", s.origin.tpm),
         ("rpd", s.origin.rpd),
+        ("tpd", s.origin.tpd),
     ]
     .into_iter()
     .filter(|(_, o)| *o == LimitOrigin::Learned)
@@ -730,7 +731,7 @@ fn limits_from(s: &keyturn_core::snapshot::ScopeStatus) -> String {
             out.push_str(&format!(" until {}", when(until)));
         }
     }
-    if s.origin.rpd == LimitOrigin::ServerOff || s.origin.rpm == LimitOrigin::ServerOff {
+    if [s.origin.rpm, s.origin.tpm, s.origin.rpd, s.origin.tpd].contains(&LimitOrigin::ServerOff) {
         out.push_str("; switched off by the server");
     }
     out
@@ -762,8 +763,8 @@ fn print_status(st: &PoolStatus) {
     }
     println!();
     println!(
-        "{:<24} {:<24} {:>12} {:>18} {:>12} {:<10} {:<22} LIMITS FROM",
-        "PROJECT", "MODEL", "RPM", "TPM", "RPD", "STATE", "NEXT RESET"
+        "{:<24} {:<24} {:>12} {:>18} {:>12} {:>20} {:<10} {:<22} LIMITS FROM",
+        "PROJECT", "MODEL", "RPM", "TPM", "RPD", "TPD", "STATE", "NEXT RESET"
     );
     for s in &st.scopes {
         let mut state = format!("{:?}", s.state).to_lowercase();
@@ -774,12 +775,13 @@ fn print_status(st: &PoolStatus) {
             state = format!("{state} (re-probed from {})", when(at));
         }
         println!(
-            "{:<24} {:<24} {:>12} {:>18} {:>12} {:<10} {:<22} {}",
+            "{:<24} {:<24} {:>12} {:>18} {:>12} {:>20} {:<10} {:<22} {}",
             safe(&s.project),
             safe(&s.model),
             limit(s.rpm_used, s.limits.rpm),
             limit(s.tpm_used, s.limits.tpm),
             limit(s.rpd_used, s.limits.rpd),
+            limit(s.tpd_used, s.limits.tpd),
             state,
             when(s.next_reset_ms),
             limits_from(s)

@@ -173,8 +173,8 @@ pub struct RedisLedger {
     projects: Vec<String>,
     /// Per key, in ring order: fingerprint as text, project, weight.
     candidates: Vec<(String, String, u32)>,
-    /// Per model: each key's configured (rpm, tpm, rpd), -1 for unlimited.
-    limits: Mutex<HashMap<String, Arc<Vec<[i64; 3]>>>>,
+    /// Per model: each key's configured (rpm, tpm, rpd, tpd), -1 for unlimited.
+    limits: Mutex<HashMap<String, Arc<Vec<[i64; 4]>>>>,
     models: Mutex<Vec<String>>,
     cursors: Mutex<HashMap<String, usize>>,
     days: Mutex<Option<[i64; 4]>>,
@@ -390,18 +390,18 @@ impl RedisLedger {
     }
 
     /// Each key's configured limits for a model, resolved once per model.
-    fn limits_for(&self, model: &str) -> Arc<Vec<[i64; 3]>> {
+    fn limits_for(&self, model: &str) -> Arc<Vec<[i64; 4]>> {
         let mut cache = self.limits.lock();
         if let Some(l) = cache.get(model) {
             return l.clone();
         }
         let lim = |v: Option<u64>| v.map_or(-1i64, |x| x.min(i64::MAX as u64) as i64);
-        let per_key: Vec<[i64; 3]> = self
+        let per_key: Vec<[i64; 4]> = self
             .candidates
             .iter()
             .map(|(_, project, _)| {
                 let (l, _) = self.configured(project, model);
-                [lim(l.rpm), lim(l.tpm), lim(l.rpd)]
+                [lim(l.rpm), lim(l.tpm), lim(l.rpd), lim(l.tpd)]
             })
             .collect();
         let per_key = Arc::new(per_key);
@@ -459,13 +459,14 @@ impl RedisLedger {
         for i in 0..n {
             let k = (start + i) % n;
             let (fp, project, weight) = &self.candidates[k];
-            let [rpm, tpm, rpd] = limits[k];
+            let [rpm, tpm, rpd, tpd] = limits[k];
             inv.arg(k)
                 .arg(fp)
                 .arg(project)
                 .arg(rpm)
                 .arg(tpm)
                 .arg(rpd)
+                .arg(tpd)
                 .arg(*weight);
         }
         let mut conn = self.conn.clone();
@@ -523,6 +524,7 @@ impl RedisLedger {
             let reason = match why.as_str() {
                 "tpm" => Exhaustion::TokensPerMinute,
                 "rpd" => Exhaustion::RequestsPerDay,
+                "tpd" => Exhaustion::TokensPerDay,
                 "cooling" => Exhaustion::CoolingDown,
                 "circuit" => Exhaustion::CircuitOpen,
                 "reprobe" => Exhaustion::Reprobing,
@@ -542,6 +544,7 @@ impl RedisLedger {
             let what = match tl_what.as_str() {
                 "rpm" => "requests per minute",
                 "rpd" => "requests per day",
+                "tpd" => "input tokens per day",
                 _ => "input tokens per minute",
             };
             return Err((
@@ -659,12 +662,14 @@ impl RedisLedger {
             window,
             day_start_ms: num(&h, "dk").unwrap_or(0),
             day_count: num(&h, "dc").unwrap_or(0).max(0) as u64,
+            day_tokens: num(&h, "dt").unwrap_or(0).max(0) as u64,
             cooldown_until_ms: num(&h, "cd").unwrap_or(0),
             exhausted_until_ms: num(&h, "ex").unwrap_or(0),
             learned: ModelLimits {
                 rpm: learned_field("rpm"),
                 tpm: learned_field("tpm"),
                 rpd: learned_field("rpd"),
+                tpd: learned_field("tpd"),
             },
             learned_until_ms: num(&l, "until").unwrap_or(0),
             tier: Some(self.cfg.limits.tier(project)),
@@ -846,6 +851,7 @@ impl QuotaLedger for RedisLedger {
                     ThrottleKind::RequestsPerMinute => "rpm",
                     ThrottleKind::TokensPerMinute => "tpm",
                     ThrottleKind::RequestsPerDay => "rpd",
+                    ThrottleKind::TokensPerDay => "tpd",
                     ThrottleKind::Unspecified => "none",
                 },
                 retry_after.map_or(-1, |d| d.as_millis() as i64),
@@ -1137,6 +1143,7 @@ impl QuotaLedger for RedisLedger {
             fields.push(("sk".into(), sum_k.to_string()));
             fields.push(("dk".into(), ss.day_start_ms.to_string()));
             fields.push(("dc".into(), ss.day_count.to_string()));
+            fields.push(("dt".into(), ss.day_tokens.to_string()));
             fields.push(("cd".into(), ss.cooldown_until_ms.to_string()));
             fields.push(("ex".into(), ss.exhausted_until_ms.to_string()));
             pipe.hset_multiple(&sk, &fields).ignore();
@@ -1153,6 +1160,7 @@ impl QuotaLedger for RedisLedger {
                 ("rpm", ss.learned.rpm),
                 ("tpm", ss.learned.tpm),
                 ("rpd", ss.learned.rpd),
+                ("tpd", ss.learned.tpd),
             ]
             .into_iter()
             .filter_map(|(f, v)| v.map(|v| (f.to_owned(), v.to_string())))
