@@ -306,10 +306,10 @@ impl RedisLedger {
         let mut changed = Vec::new();
         for project in &self.projects {
             let tier = self.cfg.limits.tier(project);
-            let old: Option<String> = redis::cmd("SET")
+            // GETSET rather than SET … GET: the latter needs Redis 6.2.
+            let old: Option<String> = redis::cmd("GETSET")
                 .arg(format!("{}tier:{project}", self.prefix))
                 .arg(tier.name())
-                .arg("GET")
                 .query_async(&mut conn)
                 .await
                 .map_err(err)?;
