@@ -26,6 +26,7 @@ fn ledger(n: usize, policy: Policy) -> InMemoryLedger {
             rpm: Some(u64::MAX / 4),
             tpm: Some(u64::MAX / 4),
             rpd: Some(u64::MAX / 4),
+            tpd: Some(u64::MAX / 4),
         };
         limits.set_model(m, o).unwrap();
     }

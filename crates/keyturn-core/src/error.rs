@@ -72,6 +72,8 @@ pub enum Exhaustion {
     TokensPerMinute,
     /// Requests per day used up (until Pacific midnight).
     RequestsPerDay,
+    /// Input tokens per day used up (until Pacific midnight).
+    TokensPerDay,
     /// The server refused with a 429 and asked us to wait.
     CoolingDown,
     /// The keys' circuit breakers are open after transient failures.
@@ -87,6 +89,7 @@ impl std::fmt::Display for Exhaustion {
             Self::RequestsPerMinute => "requests per minute used up",
             Self::TokensPerMinute => "input tokens per minute used up",
             Self::RequestsPerDay => "requests per day used up",
+            Self::TokensPerDay => "input tokens per day used up",
             Self::CoolingDown => "rate limited by the server, cooling down",
             Self::CircuitOpen => "keys failing (circuit breakers open)",
             Self::Reprobing => {
@@ -174,7 +177,7 @@ impl AcquireError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Exhausted {
-                reason: Exhaustion::RequestsPerDay,
+                reason: Exhaustion::RequestsPerDay | Exhaustion::TokensPerDay,
                 ..
             } => ErrorKind::ExhaustedForDay,
             Self::Exhausted { .. } => ErrorKind::Throttled,

@@ -15,12 +15,12 @@ use crate::error::{AcquireError, Exhaustion, LedgerError, SnapshotError};
 use crate::key::{KeyId, KeyRing};
 use crate::lease::{Demand, Lease};
 use crate::ledger::{LedgerConfig, QuotaLedger, ResetTarget};
-use crate::limits::{LimitSource, ModelLimits, normalize_model};
+use crate::limits::{LimitSource, ModelLimits, Tier, normalize_model};
 use crate::outcome::{Outcome, ThrottleKind};
 use crate::policy::Policy;
 use crate::snapshot::{
-    Disabled, KeySnapshot, NoticeMark, PoolStatus, ProjectSnapshot, SCHEMA_VERSION, ScopeSnapshot,
-    ScopeState, ScopeStatus, Snapshot, UsageDay,
+    Disabled, KeySnapshot, LimitOrigin, LimitOrigins, NoticeMark, PoolStatus, ProjectSnapshot,
+    SCHEMA_VERSION, ScopeSnapshot, ScopeState, ScopeStatus, Snapshot, UsageDay,
 };
 use crate::window::{DayCounter, RollingWindow, sec_of};
 
@@ -92,6 +92,8 @@ struct Scope {
     project: u32,
     configured: ModelLimits,
     source: LimitSource,
+    /// The project's tier, which chose `configured` and under which `learned` was learned.
+    tier: Tier,
     learned: ModelLimits,
     /// When `learned` expires (0: nothing learned).
     learned_until: i64,
@@ -164,6 +166,8 @@ impl Scope {
             && self.exhausted_until <= now_ms
             && l.rpd
                 .is_none_or(|rpd| self.day.count() + u64::from(d.requests) <= rpd)
+            && l.tpd
+                .is_none_or(|tpd| self.day.tokens().saturating_add(d.tokens) <= tpd)
             && self
                 .window
                 .fits(u64::from(d.requests), d.tokens, l.rpm, l.tpm)
@@ -182,6 +186,7 @@ impl Scope {
         free(self.window.requests(), l.rpm)
             .min(free(self.window.tokens(), l.tpm))
             .min(free(self.day.count(), l.rpd))
+            .min(free(self.day.tokens(), l.tpd))
     }
 
     /// The earliest moment the demand could fit, and what binds until then; `None`: never.
@@ -211,6 +216,14 @@ impl Scope {
                 later(self.day.day().end_ms, Exhaustion::RequestsPerDay);
             }
         }
+        if let Some(tpd) = l.tpd {
+            if d.tokens > tpd {
+                return None;
+            }
+            if self.day.tokens().saturating_add(d.tokens) > tpd {
+                later(self.day.day().end_ms, Exhaustion::TokensPerDay);
+            }
+        }
         let r = u64::from(d.requests);
         let by_requests = self.window.free_at(now_ms, r, 0, l.rpm, None)?;
         later(by_requests, Exhaustion::RequestsPerMinute);
@@ -229,6 +242,10 @@ impl Scope {
                 .effective
                 .rpd
                 .is_some_and(|rpd| self.day.count() >= rpd)
+            || self
+                .effective
+                .tpd
+                .is_some_and(|tpd| self.day.tokens() >= tpd)
         {
             ScopeState::Exhausted
         } else if self.cooldown_until > now_ms || !self.fits(Demand::tokens(0), now_ms) {
@@ -266,10 +283,15 @@ impl Scope {
             keys,
             limits: self.effective,
             source: self.source,
+            tier: self.tier,
+            table_date: (self.source == LimitSource::Builtin)
+                .then(|| crate::limits::BUILTIN_TABLE_DATE.to_owned()),
+            origin: self.origins(project_off.is_some()),
             learned: self.learned,
             rpm_used: self.window.requests(),
             tpm_used: self.window.tokens(),
             rpd_used: self.day.count(),
+            tpd_used: self.day.tokens(),
             state,
             cooling_until_ms: (state == ScopeState::Cooling).then(|| {
                 self.free_at(Demand::tokens(0), now)
@@ -285,11 +307,35 @@ impl Scope {
         }
     }
 
+    /// Where each limit in force comes from.
+    fn origins(&self, project_off: bool) -> LimitOrigins {
+        let configured = match self.source {
+            LimitSource::Builtin => LimitOrigin::Builtin,
+            LimitSource::Configured => LimitOrigin::Configured,
+            LimitSource::Default | LimitSource::Family => LimitOrigin::Family,
+        };
+        let one = |learned: Option<u64>, configured_v: Option<u64>| {
+            if project_off || (self.learned_off() && learned == Some(0)) {
+                LimitOrigin::ServerOff
+            } else if learned.is_some_and(|l| configured_v.is_none_or(|c| l < c)) {
+                LimitOrigin::Learned
+            } else {
+                configured
+            }
+        };
+        LimitOrigins {
+            rpm: one(self.learned.rpm, self.configured.rpm),
+            tpm: one(self.learned.tpm, self.configured.tpm),
+            rpd: one(self.learned.rpd, self.configured.rpd),
+            tpd: one(self.learned.tpd, self.configured.tpd),
+        }
+    }
+
     /// Rebuilds a scope's counters from a snapshot, as of `now`; learned limits the snapshot
     /// gives no expiry (older files) expire at `relearn_at`.
     fn apply_snapshot(&mut self, ss: &ScopeSnapshot, now: i64, relearn_at: i64) {
         self.window = RollingWindow::restore(sec_of(now), ss.window.iter().copied());
-        self.day = DayCounter::restore(now, ss.day_start_ms, ss.day_count);
+        self.day = DayCounter::restore(now, ss.day_start_ms, ss.day_count, ss.day_tokens);
         self.cooldown_until = ss.cooldown_until_ms;
         self.exhausted_until = if ss.exhausted_until_ms > now {
             ss.exhausted_until_ms
@@ -308,13 +354,19 @@ impl Scope {
         self.refresh(now);
     }
 
-    fn fresh(project: u32, configured: ModelLimits, source: LimitSource, now_ms: i64) -> Self {
+    fn fresh(
+        project: u32,
+        (configured, source): (ModelLimits, LimitSource),
+        tier: Tier,
+        now_ms: i64,
+    ) -> Self {
         let mut window = RollingWindow::new();
         window.advance(sec_of(now_ms));
         Self {
             project,
             configured,
             source,
+            tier,
             learned: ModelLimits::UNLIMITED,
             learned_until: 0,
             probe: None,
@@ -324,6 +376,14 @@ impl Scope {
             cooldown_until: 0,
             exhausted_until: 0,
         }
+    }
+
+    /// Drops what the server taught (limits, switch-off, per-day exhaustion, cooldown) and
+    /// keeps what was sent.
+    fn forget_what_the_server_said(&mut self) {
+        self.cooldown_until = 0;
+        self.exhausted_until = 0;
+        self.forget_learned();
     }
 
     fn clear(&mut self, now_ms: i64) {
@@ -481,17 +541,20 @@ impl InMemoryLedger {
         let mut warned = false;
         for (p, project) in inner.projects.iter().enumerate() {
             let (configured, source) = self.cfg.limits.resolve(project, model);
-            if source == LimitSource::Default && !warned {
+            if source == LimitSource::Family && !warned {
                 tracing::warn!(
                     model,
                     limits = ?configured,
-                    "model is not in keyturn's limit table; using conservative limits until configured or learned"
+                    "model has no entry in keyturn's limit table for this project's tier; using its family's per-minute defaults and no per-day cap until the server reports one"
                 );
                 warned = true;
             }
-            inner
-                .scopes
-                .push(Scope::fresh(p as u32, configured, source, now_ms));
+            inner.scopes.push(Scope::fresh(
+                p as u32,
+                (configured, source),
+                self.cfg.limits.tier(project),
+                now_ms,
+            ));
             scopes.push((inner.scopes.len() - 1) as u32);
         }
         inner.models.push(ModelState {
@@ -625,6 +688,7 @@ impl InMemoryLedger {
             }
         }
         s.day.add(u64::from(demand.requests));
+        s.day.add_tokens(now, demand.tokens as i64);
         let day_start = s.day.day().start_ms;
         let cell = &mut ms.today[k];
         if cell.day_start_ms != day_start {
@@ -789,6 +853,7 @@ impl InMemoryLedger {
                 | Outcome::Throttled {
                     kind:
                         ThrottleKind::RequestsPerDay
+                        | ThrottleKind::TokensPerDay
                         | ThrottleKind::RequestsPerMinute
                         | ThrottleKind::TokensPerMinute,
                     ..
@@ -833,6 +898,7 @@ impl InMemoryLedger {
                         if delta != 0 {
                             let s = &mut inner.scopes[si as usize];
                             s.window.adjust_tokens(lease.second(), delta);
+                            s.day.add_tokens(lease.second() * 1000, delta);
                             notify |= delta < 0;
                             // The usage history counts real tokens too, if the day is current.
                             if let Some(cell) = inner
@@ -979,8 +1045,12 @@ impl InMemoryLedger {
         };
         let delay_until = retry_after.map(|d| now.saturating_add(d.as_millis() as i64));
         match kind {
-            ThrottleKind::RequestsPerDay => {
-                learn(s, |l| &mut l.rpd);
+            ThrottleKind::RequestsPerDay | ThrottleKind::TokensPerDay => {
+                if kind == ThrottleKind::RequestsPerDay {
+                    learn(s, |l| &mut l.rpd);
+                } else {
+                    learn(s, |l| &mut l.tpd);
+                }
                 // Classified by quotaId, never by retryDelay: a per-day 429 still says "37s".
                 s.exhausted_until = s.exhausted_until.max(s.day.day().end_ms);
             }
@@ -1177,10 +1247,12 @@ impl InMemoryLedger {
                     window: s.window.occupied().collect(),
                     day_start_ms: s.day.day().start_ms,
                     day_count: s.day.count(),
+                    day_tokens: s.day.tokens(),
                     cooldown_until_ms: s.cooldown_until,
                     exhausted_until_ms: s.exhausted_until,
                     learned: s.learned,
                     learned_until_ms: s.learned_until,
+                    tier: Some(s.tier),
                 });
             }
         }
@@ -1291,7 +1363,12 @@ impl InMemoryLedger {
             };
             let m = self.model_index(&mut inner, &ss.model, now);
             let si = inner.models[m].scopes[p] as usize;
+            let tier = self.cfg.limits.tier(&ss.project);
             inner.scopes[si].apply_snapshot(ss, now, self.cfg.relearn_at(now));
+            if ss.tier.is_some_and(|t| t != tier) {
+                // Learned under another tier: none of it describes this one.
+                inner.scopes[si].forget_what_the_server_said();
+            }
         }
         inner.project_gates.fill(ProjectGate::default());
         for ps in &snap.projects {
@@ -1418,6 +1495,8 @@ fn demand_too_large(model: &str, d: Demand, l: &ModelLimits) -> AcquireError {
         ("requests per minute", r, rpm)
     } else if let Some(rpd) = l.rpd.filter(|x| r > *x) {
         ("requests per day", r, rpd)
+    } else if let Some(tpd) = l.tpd.filter(|x| d.tokens > *x) {
+        ("input tokens per day", d.tokens, tpd)
     } else {
         (
             "input tokens per minute",
@@ -1483,13 +1562,13 @@ impl QuotaLedger for InMemoryLedger {
 /// `project_off`: the project's switch-off, if the whole project is off.
 pub fn scope_status_from_snapshot(
     ss: &ScopeSnapshot,
-    configured: ModelLimits,
-    source: LimitSource,
+    configured: (ModelLimits, LimitSource),
+    tier: Tier,
     keys: Vec<String>,
     now_ms: i64,
     project_off: Option<&ProjectSnapshot>,
 ) -> ScopeStatus {
-    let mut s = Scope::fresh(0, configured, source, now_ms);
+    let mut s = Scope::fresh(0, configured, tier, now_ms);
     s.apply_snapshot(ss, now_ms, ss.learned_until_ms);
     s.refresh(now_ms);
     s.status(

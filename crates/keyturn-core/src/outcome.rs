@@ -15,6 +15,9 @@ pub enum ThrottleKind {
     TokensPerMinute,
     /// `…RequestsPerDay…`: exhausted until Pacific midnight, whatever `retryDelay` says.
     RequestsPerDay,
+    /// `…InputTokensPerModelPerDay…`: exhausted until Pacific midnight; its `quotaValue` is
+    /// learned as the tokens-per-day limit.
+    TokensPerDay,
     /// A 429 without details.
     Unspecified,
 }

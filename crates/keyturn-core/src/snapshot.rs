@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::key::Fingerprint;
-use crate::limits::{LimitSource, ModelLimits};
+use crate::limits::{LimitSource, ModelLimits, Tier};
 use crate::outcome::DeadReason;
 
 /// The newest snapshot schema this build writes and reads.
@@ -51,6 +51,9 @@ pub struct ScopeSnapshot {
     pub day_start_ms: i64,
     /// Requests that day.
     pub day_count: u64,
+    /// Input tokens that day (absent in older files: 0).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub day_tokens: u64,
     /// A server 429 asked us to wait until then.
     #[serde(default)]
     pub cooldown_until_ms: i64,
@@ -65,9 +68,17 @@ pub struct ScopeSnapshot {
     /// expired switch-off lets one re-probe through.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub learned_until_ms: i64,
+    /// The project's tier when this was written (absent in older files). A ledger configured
+    /// with another tier for the project drops what was learned: it was about the old tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
 }
 
 fn is_zero(v: &i64) -> bool {
+    *v == 0
+}
+
+fn is_zero_u64(v: &u64) -> bool {
     *v == 0
 }
 
@@ -161,6 +172,17 @@ pub struct ScopeStatus {
     pub limits: ModelLimits,
     /// Where the configured limits came from.
     pub source: LimitSource,
+    /// The project's tier, whose column of the built-in table (dated
+    /// [`crate::limits::BUILTIN_TABLE_DATE`]) and family defaults apply (absent in older
+    /// status JSON: free).
+    #[serde(default)]
+    pub tier: Tier,
+    /// The date of the built-in table, when `source` is the built-in table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_date: Option<String>,
+    /// Where each limit in force comes from (absent in older status JSON).
+    #[serde(default)]
+    pub origin: LimitOrigins,
     /// Limits the server reported.
     pub learned: ModelLimits,
     /// Requests in the rolling minute.
@@ -169,6 +191,9 @@ pub struct ScopeStatus {
     pub tpm_used: u64,
     /// Requests today (Pacific).
     pub rpd_used: u64,
+    /// Input tokens today (Pacific).
+    #[serde(default)]
+    pub tpd_used: u64,
     /// State now.
     pub state: ScopeState,
     /// Cooling until (Unix ms), if cooling.
@@ -188,6 +213,40 @@ pub struct ScopeStatus {
     /// When the learned limits expire (Unix ms), if any are learned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learned_until_ms: Option<i64>,
+}
+
+/// Where one limit in force comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LimitOrigin {
+    /// The built-in table's entry for the project's tier.
+    Builtin,
+    /// The family default for the project's tier (no entry in the table).
+    Family,
+    /// Configuration.
+    Configured,
+    /// Learned from the server's 429 (`quotaValue`); holds until `learned_until_ms`.
+    Learned,
+    /// The server switched the model or the project off (limit 0, 402, `FAILED_PRECONDITION`);
+    /// re-probed from `off_until_ms`.
+    ServerOff,
+    /// Not known (older status JSON).
+    #[default]
+    Unknown,
+}
+
+/// Where each limit in force comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct LimitOrigins {
+    /// Requests per minute.
+    pub rpm: LimitOrigin,
+    /// Input tokens per minute.
+    pub tpm: LimitOrigin,
+    /// Requests per day.
+    pub rpd: LimitOrigin,
+    /// Input tokens per day.
+    #[serde(default)]
+    pub tpd: LimitOrigin,
 }
 
 /// Status of one key.

@@ -19,11 +19,11 @@ use crate::error::{AcquireError, ErrorKind, Exhaustion};
 use crate::key::{ApiKey, KeyId, KeyRing, KeySpec};
 use crate::lease::Demand;
 use crate::ledger::{LedgerConfig, QuotaLedger, ResetTarget};
-use crate::limits::{LimitOverride, LimitTable, ModelLimits};
+use crate::limits::{LimitOverride, LimitTable, ModelLimits, Tier};
 use crate::outcome::{DeadReason, Outcome, ThrottleKind};
 use crate::pacific::next_pacific_midnight;
 use crate::policy::Policy;
-use crate::snapshot::{PoolStatus, ScopeState, ScopeStatus};
+use crate::snapshot::{LimitOrigin, PoolStatus, ScopeState, ScopeStatus};
 
 /// Builds the ledger under test.
 #[async_trait]
@@ -69,6 +69,7 @@ pub fn config(rpm: u64, tpm: u64, rpd: u64) -> LedgerConfig {
                 rpm: Some(rpm),
                 tpm: Some(tpm),
                 rpd: Some(rpd),
+                tpd: None,
             },
         )
         .unwrap();
@@ -79,6 +80,7 @@ pub fn config(rpm: u64, tpm: u64, rpd: u64) -> LedgerConfig {
                 rpm: Some(1000),
                 tpm: Some(1_000_000),
                 rpd: Some(10_000),
+                tpd: None,
             },
         )
         .unwrap();
@@ -350,6 +352,14 @@ fn scope<'a>(st: &'a PoolStatus, project: &str, model: &str) -> &'a ScopeStatus 
         .iter()
         .find(|s| s.project == project && s.model == model)
         .unwrap_or_else(|| panic!("no scope {project}/{model} in {st:?}"))
+}
+
+/// The one scope of `model` (a pool with one project).
+fn only<'a>(st: &'a PoolStatus, model: &str) -> &'a ScopeStatus {
+    st.scopes
+        .iter()
+        .find(|s| s.model == model)
+        .unwrap_or_else(|| panic!("no scope of {model} in {st:?}"))
 }
 
 /// Keys 0 and 1 in project p, key 2 in project q.
@@ -747,6 +757,166 @@ pub async fn switch_offs_survive_restart(f: &dyn LedgerFactory) {
         scope(&l3.status().await.unwrap(), "p", TIGHT).state,
         ScopeState::Ready
     );
+}
+
+/// A project whose configured tier changed drops what the server taught under the old one
+/// (limits, switch-offs, the day's exhaustion) and keeps what was sent; a project whose tier
+/// did not change keeps all of it.
+pub async fn tier_change_drops_what_was_learned(f: &dyn LedgerFactory) {
+    let c = clock();
+    let l = f
+        .make(two_projects(), config(100, 100_000, 1000), c.clone())
+        .await;
+    for project_key in [KeyId(0), KeyId(2)] {
+        // Round-robin: p's key first, then q's.
+        let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+        assert_eq!(lease.key().index() < 2, project_key.index() < 2);
+        l.settle(
+            lease,
+            Outcome::Throttled {
+                kind: ThrottleKind::RequestsPerDay,
+                retry_after: Some(Duration::ZERO),
+                quota_value: Some(20),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let lease = l.acquire(ROOMY, Demand::tokens(1)).await.unwrap();
+    assert!(lease.key().index() < 2);
+    l.settle(lease, Outcome::ModelUnavailable).await.unwrap();
+    let text = serde_json::to_string(&l.snapshot().await.unwrap()).unwrap();
+
+    let mut upgraded = config(100, 100_000, 1000);
+    upgraded.limits.set_project_tier("p", Tier::Tier1);
+    let l2 = f.make(two_projects(), upgraded, c.clone()).await;
+    l2.restore(serde_json::from_str(&text).unwrap())
+        .await
+        .unwrap();
+    let st = l2.status().await.unwrap();
+    let s = scope(&st, "p", TIGHT);
+    assert_eq!(s.tier, Tier::Tier1);
+    assert_eq!(
+        (s.state, s.learned, s.learned_until_ms, s.limits.rpd),
+        (ScopeState::Ready, ModelLimits::UNLIMITED, None, Some(1000)),
+        "p's tier changed: its per-day 429 and limit are forgotten"
+    );
+    assert_eq!(s.rpd_used, 1, "what was sent still counts");
+    assert_eq!(scope(&st, "p", ROOMY).state, ScopeState::Ready);
+    let q = scope(&st, "q", TIGHT);
+    assert_eq!(q.tier, Tier::Free);
+    assert_eq!(
+        (q.state, q.limits.rpd),
+        (ScopeState::Exhausted, Some(20)),
+        "q's tier did not change"
+    );
+    assert_eq!(
+        (q.origin.rpm, q.origin.rpd),
+        (LimitOrigin::Configured, LimitOrigin::Learned)
+    );
+    assert_eq!(s.origin.rpd, LimitOrigin::Configured);
+    let mut seen_p = false;
+    for _ in 0..4 {
+        seen_p |= take(&*l2, TIGHT).await.unwrap().index() < 2;
+    }
+    assert!(seen_p, "p serves TIGHT again");
+    assert!(take(&*l2, ROOMY).await.unwrap().index() < 3);
+
+    // The same tier keeps everything.
+    let l3 = f
+        .make(two_projects(), config(100, 100_000, 1000), c.clone())
+        .await;
+    l3.restore(serde_json::from_str(&text).unwrap())
+        .await
+        .unwrap();
+    let st = l3.status().await.unwrap();
+    assert_eq!(scope(&st, "p", TIGHT).state, ScopeState::Exhausted);
+    assert_eq!(scope(&st, "p", TIGHT).limits.rpd, Some(20));
+    assert_eq!(scope(&st, "p", ROOMY).state, ScopeState::Off);
+    assert_eq!(scope(&st, "p", ROOMY).origin.rpd, LimitOrigin::ServerOff);
+}
+
+/// A tokens-per-day limit (configured, or learned from a per-day token 429): admitted against
+/// the estimate, corrected by the real count, refused until Pacific midnight when full, too large
+/// when no day could hold it, and what was learned forgotten with the day.
+pub async fn tpd_enforced_learned_and_reconciled(f: &dyn LedgerFactory) {
+    let c = clock();
+    let mut cfg = config(100, 100_000, 1000);
+    cfg.limits
+        .set_model(
+            TIGHT,
+            LimitOverride {
+                tpd: Some(1000),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let l = f.make(solo_keys(1), cfg, c.clone()).await;
+    let a = l.acquire(TIGHT, Demand::tokens(400)).await.unwrap();
+    l.settle(a, Outcome::success(400)).await.unwrap();
+    // Estimated 400, really 100: the day holds 500.
+    let b = l.acquire(TIGHT, Demand::tokens(400)).await.unwrap();
+    l.settle(b, Outcome::success(100)).await.unwrap();
+    c.advance(Duration::from_secs(120));
+    let d = l.acquire(TIGHT, Demand::tokens(450)).await.unwrap();
+    l.settle(d, Outcome::success(450)).await.unwrap();
+    let err = l.acquire(TIGHT, Demand::tokens(100)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AcquireError::Exhausted {
+                reason: Exhaustion::TokensPerDay,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), ErrorKind::ExhaustedForDay);
+    let st = l.status().await.unwrap();
+    let s = only(&st, TIGHT);
+    assert_eq!((s.tpd_used, s.limits.tpd), (950, Some(1000)));
+    let err = l.acquire(TIGHT, Demand::tokens(2000)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AcquireError::DemandTooLarge {
+                what: "input tokens per day",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    take(&*l, TIGHT).await.unwrap();
+
+    // Learned from the server: GenerateContentInputTokensPerModelPerDay, quotaValue 5000.
+    let e = l.acquire(ROOMY, Demand::tokens(10)).await.unwrap();
+    l.settle(
+        e,
+        Outcome::Throttled {
+            kind: ThrottleKind::TokensPerDay,
+            retry_after: Some(Duration::from_secs(30)),
+            quota_value: Some(5000),
+        },
+    )
+    .await
+    .unwrap();
+    let err = take(&*l, ROOMY).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ExhaustedForDay, "{err:?}");
+    let midnight = next_pacific_midnight(T0_MS);
+    let st = l.status().await.unwrap();
+    let s = only(&st, ROOMY);
+    assert_eq!(s.limits.tpd, Some(5000));
+    assert_eq!(s.origin.tpd, LimitOrigin::Learned);
+    assert_eq!(s.learned_until_ms, Some(midnight));
+    assert_eq!(s.state, ScopeState::Exhausted);
+
+    c.set(crate::clock::ms_to_timestamp(midnight));
+    take(&*l, ROOMY).await.unwrap();
+    take(&*l, TIGHT).await.unwrap();
+    let st = l.status().await.unwrap();
+    let s = only(&st, ROOMY);
+    assert_eq!((s.limits.tpd, s.tpd_used), (None, 10));
+    assert_eq!(only(&st, TIGHT).tpd_used, 10, "a new day");
 }
 
 /// A dead key is disabled for every model until reset; the others carry the load.
@@ -1217,7 +1387,8 @@ macro_rules! ledger_behaviour_suite {
             off_scope_reprobed_once_after_pacific_midnight,
             off_project_reprobed_once_after_pacific_midnight, relearn_after_replaces_the_midnight,
             waiters_follow_a_reprobe,
-            switch_offs_survive_restart);
+            switch_offs_survive_restart, tier_change_drops_what_was_learned,
+            tpd_enforced_learned_and_reconciled);
     };
     (@cases $factory:expr, $guard:expr; $($case:ident),* $(,)?) => {
         $(

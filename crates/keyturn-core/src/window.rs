@@ -200,6 +200,8 @@ impl RollingWindow {
 pub struct DayCounter {
     day: QuotaDay,
     count: u64,
+    /// Input tokens that day (estimates at admission, corrected at settle).
+    tokens: u64,
 }
 
 impl DayCounter {
@@ -208,14 +210,16 @@ impl DayCounter {
         Self {
             day: QuotaDay::containing(now_ms),
             count: 0,
+            tokens: 0,
         }
     }
 
     /// A counter restored from a snapshot: the count survives only if `now_ms` is still that day.
-    pub fn restore(now_ms: i64, day_start_ms: i64, count: u64) -> Self {
+    pub fn restore(now_ms: i64, day_start_ms: i64, count: u64, tokens: u64) -> Self {
         let mut c = Self::new(now_ms);
         if c.day.start_ms == day_start_ms {
             c.count = count;
+            c.tokens = tokens;
         }
         c
     }
@@ -237,6 +241,19 @@ impl DayCounter {
         self.count += n;
     }
 
+    /// Input tokens so far today.
+    pub fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    /// Adds input tokens (a correction may be negative). A correction for a request of an
+    /// earlier day (`sent_ms` before this day's start) is not this day's.
+    pub fn add_tokens(&mut self, sent_ms: i64, delta: i64) {
+        if sent_ms >= self.day.start_ms {
+            self.tokens = self.tokens.saturating_add_signed(delta);
+        }
+    }
+
     /// The day being counted.
     pub fn day(&self) -> QuotaDay {
         self.day
@@ -245,6 +262,7 @@ impl DayCounter {
     /// Clears the count (a forced reset).
     pub fn clear(&mut self) {
         self.count = 0;
+        self.tokens = 0;
     }
 }
 

@@ -25,6 +25,8 @@ fn acquire_and_settle_do_not_allocate() {
             rpm: Some(u64::MAX / 4),
             tpm: Some(u64::MAX / 4),
             rpd: Some(u64::MAX / 4),
+            // The day's token window is checked and corrected on the hot path too.
+            tpd: Some(u64::MAX / 4),
         };
         limits.set_model(m, big).unwrap();
     }

@@ -678,6 +678,7 @@ fn count(
                 keyturn_core::ThrottleKind::RequestsPerMinute => "per-minute",
                 keyturn_core::ThrottleKind::TokensPerMinute => "tokens",
                 keyturn_core::ThrottleKind::RequestsPerDay => "per-day",
+                keyturn_core::ThrottleKind::TokensPerDay => "tokens-per-day",
                 keyturn_core::ThrottleKind::Unspecified => "unspecified",
             };
             *s.throttled.entry(k.to_owned()).or_default() += 1;

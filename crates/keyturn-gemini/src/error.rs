@@ -7,10 +7,11 @@
 //! Rules:
 //! - 429 with a per-day quota → per-day (whatever `retryDelay` says); per-minute input-token
 //!   quota → tokens; per-minute requests → per-minute. With several violations the most severe
-//!   wins (day > tokens > minute). A violation without `quotaValue` has the value 0 (proto3 JSON
+//!   wins (requests per day > tokens per day > tokens per minute > requests per minute). A violation without `quotaValue` has the value 0 (proto3 JSON
 //!   leaves zero out), and a zero limit means the model is not available to the project. The window
 //!   comes from `quotaId`, or from `quotaMetric` when the id is missing. A per-day *token* quota
-//!   ends the day like a per-day request quota, but its value is not a request count: not learned.
+//!   (`GenerateContentInputTokensPerModelPerDay`) ends the day too, and its value is learned as
+//!   the tokens-per-day limit (requests per day outrank it when both are named).
 //! - The older 429 shape, `ErrorInfo` `RATE_LIMIT_EXCEEDED` with `metadata.quota_limit`,
 //!   `quota_limit_value` and `quota_metric`, is read the same way; a zero there is limit 0 for
 //!   the model, or for the whole project when the limit is the whole API's (`ApiRequests…`).
@@ -238,14 +239,17 @@ pub fn parse_retry_delay(s: &str) -> Option<Duration> {
 }
 
 /// The quota a `quotaId` (or a `quotaMetric`) names, by its structure: `…PerDay…` /
-/// `…per_day…`, `…Token…` / `…token…`, `…PerMinute…` / `…per_minute…`.
+/// `…per_day…` (in tokens: `GenerateContentInputTokensPerModelPerDay`, a tokens-per-day
+/// limit), `…Token…` / `…token…`, `…PerMinute…` / `…per_minute…`.
 pub fn quota_kind(quota_id: &str) -> ThrottleKind {
     let id: String = quota_id
         .chars()
         .filter(|c| *c != '_')
         .flat_map(char::to_lowercase)
         .collect();
-    if id.contains("perday") {
+    if id.contains("perday") && id.contains("token") {
+        ThrottleKind::TokensPerDay
+    } else if id.contains("perday") {
         ThrottleKind::RequestsPerDay
     } else if id.contains("token") {
         ThrottleKind::TokensPerMinute
@@ -256,11 +260,6 @@ pub fn quota_kind(quota_id: &str) -> ThrottleKind {
     }
 }
 
-/// Whether a quota is counted in tokens.
-fn counts_tokens(quota_id: &str) -> bool {
-    quota_id.to_ascii_lowercase().contains("token")
-}
-
 /// Whether a quota limits the whole API for the project, not one model's method.
 fn whole_api(quota_id: &str) -> bool {
     quota_id.starts_with("ApiRequests") || quota_id.starts_with("api_requests")
@@ -268,7 +267,8 @@ fn whole_api(quota_id: &str) -> bool {
 
 fn severity(k: ThrottleKind) -> u8 {
     match k {
-        ThrottleKind::RequestsPerDay => 3,
+        ThrottleKind::RequestsPerDay => 4,
+        ThrottleKind::TokensPerDay => 3,
         ThrottleKind::TokensPerMinute => 2,
         ThrottleKind::RequestsPerMinute => 1,
         ThrottleKind::Unspecified => 0,
@@ -295,7 +295,6 @@ struct Violation {
     kind: ThrottleKind,
     /// The limit; `None` when the shape does not say (the older shape without a value).
     value: Option<u64>,
-    tokens: bool,
     whole_api: bool,
 }
 
@@ -309,7 +308,6 @@ fn quota_failure(v: &Value) -> Violation {
         kind: quota_kind(id),
         // proto3 JSON leaves a zero int64 out.
         value: Some(number(v.get("quotaValue")).unwrap_or(0)),
-        tokens: counts_tokens(id),
         whole_api: whole_api(id),
     }
 }
@@ -321,7 +319,6 @@ fn rate_limit_info(d: &Value) -> Violation {
     Violation {
         kind: quota_kind(id),
         value: number(meta.and_then(|m| m.get("quota_limit_value"))),
-        tokens: counts_tokens(id),
         whole_api: whole_api(id),
     }
 }
@@ -400,10 +397,8 @@ pub fn classify(status: u16, body: &[u8]) -> Classified {
             } else if violations.iter().any(|v| zero(&v)) {
                 ErrorKind::ModelUnavailable
             } else if let Some(v) = violations.iter().max_by_key(|v| severity(v.kind)) {
-                // A per-day token count is no request limit: the day ends, nothing is learned.
-                quota_value_out = v
-                    .value
-                    .filter(|_| !(v.tokens && v.kind == ThrottleKind::RequestsPerDay));
+                // Learned as the limit of the window it names (a per-day token count as TPD).
+                quota_value_out = v.value;
                 ErrorKind::Throttled(v.kind)
             } else {
                 ErrorKind::Throttled(ThrottleKind::Unspecified)
@@ -567,6 +562,40 @@ mod tests {
             ),
         );
         assert_eq!(c.kind, ErrorKind::Throttled(ThrottleKind::RequestsPerDay));
+    }
+
+    #[test]
+    fn a_per_day_token_quota_is_learned_as_tokens_per_day() {
+        let c = classify(
+            429,
+            &quota_429(
+                "GenerateContentInputTokensPerModelPerDay-PaidTier",
+                Some("50000000"),
+                "12s",
+            ),
+        );
+        assert_eq!(
+            (c.kind, c.quota_value),
+            (
+                ErrorKind::Throttled(ThrottleKind::TokensPerDay),
+                Some(50_000_000)
+            )
+        );
+        // Beside a per-minute one, the day's window decides.
+        let b = body(
+            json!({"error": {"code": 429, "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
+            {"quotaId": "GenerateContentInputTokensPerModelPerMinute-FreeTier", "quotaValue": "250000"},
+            {"quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_input_token_count_per_day",
+             "quotaValue": "3000000"}]}]}}),
+        );
+        let c = classify(429, &b);
+        assert_eq!(
+            (c.kind, c.quota_value),
+            (
+                ErrorKind::Throttled(ThrottleKind::TokensPerDay),
+                Some(3_000_000)
+            )
+        );
     }
 
     #[test]

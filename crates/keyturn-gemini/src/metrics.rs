@@ -28,6 +28,7 @@ pub fn outcome_label(o: &Outcome) -> &'static str {
             ThrottleKind::RequestsPerMinute => "throttled-per-minute",
             ThrottleKind::TokensPerMinute => "throttled-tokens",
             ThrottleKind::RequestsPerDay => "throttled-per-day",
+            ThrottleKind::TokensPerDay => "throttled-tokens-per-day",
             ThrottleKind::Unspecified => "throttled",
         },
         Outcome::ModelUnavailable => "limit-0",

@@ -25,6 +25,7 @@ pub fn roomy_limits(models: &[&str]) -> LimitTable {
                 rpm: Some(10_000),
                 tpm: Some(100_000_000),
                 rpd: Some(1_000_000),
+                tpd: None,
             },
         )
         .unwrap();

@@ -33,7 +33,10 @@ fn reason_word(r: keyturn_core::DeadReason) -> String {
 /// What the classifier decided, in the corpus's words.
 fn expect_word(kind: ErrorKind) -> String {
     match kind {
-        ErrorKind::Throttled(ThrottleKind::RequestsPerDay) => "per-day".into(),
+        // Either per-day window ends the day (the corpus's word); which one is asserted below.
+        ErrorKind::Throttled(ThrottleKind::RequestsPerDay | ThrottleKind::TokensPerDay) => {
+            "per-day".into()
+        }
         ErrorKind::Throttled(ThrottleKind::TokensPerMinute) => "per-minute-tokens".into(),
         ErrorKind::Throttled(ThrottleKind::RequestsPerMinute) => "per-minute-requests".into(),
         ErrorKind::Throttled(ThrottleKind::Unspecified) => "throttled-unspecified".into(),
@@ -146,14 +149,14 @@ fn the_older_quota_shape_and_metric_only_violations_say_their_window() {
     let c = classify(429, &metric_only);
     assert_eq!(c.kind, ErrorKind::Throttled(ThrottleKind::RequestsPerDay));
     assert_eq!(c.quota_value, Some(250));
-    // A per-day token quota ends the day but its value is not a request count.
+    // A per-day token quota ends the day, and its value is learned as tokens per day.
     let tokens_per_day = serde_json::to_vec(&json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
         "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [
             {"quotaId": "GenerateContentInputTokensPerModelPerDay-FreeTier", "quotaValue": "3000000"}]}]}}))
     .unwrap();
     let c = classify(429, &tokens_per_day);
-    assert_eq!(c.kind, ErrorKind::Throttled(ThrottleKind::RequestsPerDay));
-    assert_eq!(c.quota_value, None);
+    assert_eq!(c.kind, ErrorKind::Throttled(ThrottleKind::TokensPerDay));
+    assert_eq!(c.quota_value, Some(3_000_000));
 }
 
 const FLASH: &str = "gemini-2.5-flash";

@@ -40,6 +40,7 @@ fn main() {
         rpm: Some(1_000_000_000),
         tpm: Some(1_000_000_000_000),
         rpd: Some(1_000_000_000),
+        tpd: None,
     };
     limits.set_model(FLASH, never).unwrap();
     let (_, caller) = pool(

@@ -693,6 +693,50 @@ fn limit(used: u64, l: Option<u64>) -> String {
     }
 }
 
+/// Where a scope's limits come from, for the status table: the base (built-in table with its
+/// date and the project's tier, the tier's family default, configuration), then each limit the
+/// server changed: learned until when, or switched off.
+fn limits_from(s: &keyturn_core::snapshot::ScopeStatus) -> String {
+    use keyturn_core::LimitSource;
+    use keyturn_core::snapshot::LimitOrigin;
+    let mut out = match s.source {
+        LimitSource::Builtin => format!(
+            "built-in {} ({})",
+            s.table_date
+                .as_deref()
+                .unwrap_or(keyturn_core::limits::BUILTIN_TABLE_DATE),
+            s.tier
+        ),
+        LimitSource::Configured => format!("configured ({})", s.tier),
+        LimitSource::Default | LimitSource::Family => {
+            format!(
+                "{} family default, no daily cap until the server sets one",
+                s.tier
+            )
+        }
+    };
+    let learned: Vec<&str> = [
+        ("rpm", s.origin.rpm),
+        ("tpm", s.origin.tpm),
+        ("rpd", s.origin.rpd),
+        ("tpd", s.origin.tpd),
+    ]
+    .into_iter()
+    .filter(|(_, o)| *o == LimitOrigin::Learned)
+    .map(|(f, _)| f)
+    .collect();
+    if !learned.is_empty() {
+        out.push_str(&format!("; {} learned from the server", learned.join("/")));
+        if let Some(until) = s.learned_until_ms {
+            out.push_str(&format!(" until {}", when(until)));
+        }
+    }
+    if [s.origin.rpm, s.origin.tpm, s.origin.rpd, s.origin.tpd].contains(&LimitOrigin::ServerOff) {
+        out.push_str("; switched off by the server");
+    }
+    out
+}
+
 fn print_status(st: &PoolStatus) {
     println!("{:<22} {:<9} {:<24} STATE", "KEY", "FP", "PROJECT");
     for k in &st.keys {
@@ -719,8 +763,8 @@ fn print_status(st: &PoolStatus) {
     }
     println!();
     println!(
-        "{:<24} {:<24} {:>12} {:>18} {:>12} {:<10} NEXT RESET",
-        "PROJECT", "MODEL", "RPM", "TPM", "RPD", "STATE"
+        "{:<24} {:<24} {:>12} {:>18} {:>12} {:>20} {:<10} {:<22} LIMITS FROM",
+        "PROJECT", "MODEL", "RPM", "TPM", "RPD", "TPD", "STATE", "NEXT RESET"
     );
     for s in &st.scopes {
         let mut state = format!("{:?}", s.state).to_lowercase();
@@ -731,14 +775,16 @@ fn print_status(st: &PoolStatus) {
             state = format!("{state} (re-probed from {})", when(at));
         }
         println!(
-            "{:<24} {:<24} {:>12} {:>18} {:>12} {:<10} {}",
+            "{:<24} {:<24} {:>12} {:>18} {:>12} {:>20} {:<10} {:<22} {}",
             safe(&s.project),
             safe(&s.model),
             limit(s.rpm_used, s.limits.rpm),
             limit(s.tpm_used, s.limits.tpm),
             limit(s.rpd_used, s.limits.rpd),
+            limit(s.tpd_used, s.limits.tpd),
             state,
-            when(s.next_reset_ms)
+            when(s.next_reset_ms),
+            limits_from(s)
         );
     }
 }

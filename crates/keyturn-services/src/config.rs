@@ -856,8 +856,7 @@ impl Config {
             detail: e.to_string(),
         };
         if let Some(u) = self.limits.unknown_model {
-            let base = keyturn_core::ModelLimits::CONSERVATIVE.with(&u);
-            t.set_unknown_default(base).map_err(wrap)?;
+            t.set_unknown_default(u).map_err(wrap)?;
         }
         for (m, o) in &self.models {
             t.set_model(m, *o).map_err(wrap)?;

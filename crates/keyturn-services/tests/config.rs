@@ -162,6 +162,10 @@ fn validation_errors_name_the_field_and_the_file() {
         ("[rotation]\nmax_wait = \"soon\"\n", "max_wait"),
         ("[models.\"gemini-2.5-flash\"]\nrpm = -5\n", "rpm"),
         ("[models.\"gemini-2.5-flash\"]\nrpd = 0\n", "rpd"),
+        ("[models.\"gemini-2.5-flash\"]\ntpd = 0\n", "tpd"),
+        ("[limits]\ntier = \"tier4\"\n", "tier"),
+        ("[projects.\"p\"]\ntier = \"paid\"\n", "tier"),
+        ("[limits]\nunknown_model = { rpm = 0 }\n", "unknown_model"),
         ("[models.\"gemini-2.5-flash\"]\nrqm = 5\n", "rqm"),
         ("[stat]\ndir = \"x\"\n", "stat"),
         (
@@ -278,6 +282,22 @@ fn the_example_file_loads_and_means_what_it_says() {
     );
     assert_eq!(t.resolve("acme-prod", "gemini-2.5-pro").0.rpm, Some(150));
     assert_eq!(t.tier("acme-prod"), keyturn_core::Tier::Tier1);
+}
+
+#[test]
+fn every_tier_and_tpd_read_from_the_file() {
+    let cfg = Config::from_toml(
+        "[limits]\ntier = \"tier2\"\n[projects.\"big\"]\ntier = \"tier3\"\n\
+         [models.\"gemini-3.1-pro-preview\"]\ntpd = 5000000\n",
+        Path::new("/etc/keyturn.toml"),
+    )
+    .unwrap();
+    let t = cfg.limit_table().unwrap();
+    assert_eq!(t.tier("other"), keyturn_core::Tier::Tier2);
+    assert_eq!(t.tier("big"), keyturn_core::Tier::Tier3);
+    let (l, _) = t.resolve("big", "gemini-3.1-pro-preview");
+    assert_eq!((l.rpm, l.rpd, l.tpd), (Some(10_000), None, Some(5_000_000)));
+    assert_eq!(t.resolve("other", "gemini-2.5-flash").0.rpd, Some(100_000));
 }
 
 async fn sim() -> keyturn_sim::Simulator {

@@ -173,8 +173,8 @@ pub struct RedisLedger {
     projects: Vec<String>,
     /// Per key, in ring order: fingerprint as text, project, weight.
     candidates: Vec<(String, String, u32)>,
-    /// Per model: each key's configured (rpm, tpm, rpd), -1 for unlimited.
-    limits: Mutex<HashMap<String, Arc<Vec<[i64; 3]>>>>,
+    /// Per model: each key's configured (rpm, tpm, rpd, tpd), -1 for unlimited.
+    limits: Mutex<HashMap<String, Arc<Vec<[i64; 4]>>>>,
     models: Mutex<Vec<String>>,
     cursors: Mutex<HashMap<String, usize>>,
     days: Mutex<Option<[i64; 4]>>,
@@ -271,7 +271,7 @@ impl RedisLedger {
             .iter()
             .map(|(_, e)| (e.fingerprint().to_string(), e.project.clone(), e.weight))
             .collect();
-        Ok(Self {
+        let ledger = Self {
             candidates,
             limits: Mutex::new(HashMap::new()),
             keys,
@@ -288,7 +288,59 @@ impl RedisLedger {
             models: Mutex::new(models),
             cursors: Mutex::new(HashMap::new()),
             days: Mutex::new(None),
-        })
+        };
+        ledger
+            .adopt_tiers()
+            .await
+            .map_err(|e| ConnectError::Unavailable(StoreError::Backend(e.to_string())))?;
+        Ok(ledger)
+    }
+
+    /// Records each project's configured tier in the namespace (`tier:<project>`) and, for a
+    /// project whose recorded tier differs, drops what the server taught under the old one:
+    /// learned limits and switch-offs (`l:`), the day's exhaustion and cooldown (in `s:`).
+    /// What was sent still counts.
+    async fn adopt_tiers(&self) -> Result<(), LedgerError> {
+        let err = |e: redis::RedisError| LedgerError::Backend(backend(&self.server, &e));
+        let mut conn = self.conn.clone();
+        let mut changed = Vec::new();
+        for project in &self.projects {
+            let tier = self.cfg.limits.tier(project);
+            // GETSET rather than SET … GET: the latter needs Redis 6.2.
+            let old: Option<String> = redis::cmd("GETSET")
+                .arg(format!("{}tier:{project}", self.prefix))
+                .arg(tier.name())
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
+            if old.is_some_and(|o| o != tier.name()) {
+                tracing::info!(
+                    project = %project,
+                    tier = %tier,
+                    "the project's tier changed: what the server said under the old one is dropped"
+                );
+                changed.push(project.as_str());
+            }
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let of_changed = |k: &str, kind: &str| {
+            k[self.prefix.len() + kind.len()..]
+                .rsplit_once('|')
+                .is_some_and(|(_, p)| changed.contains(&p))
+        };
+        for k in self.scan(&mut conn, "l:").await? {
+            if of_changed(&k, "l:") {
+                let _: () = conn.del(&k).await.map_err(err)?;
+            }
+        }
+        for k in self.scan(&mut conn, "s:").await? {
+            if of_changed(&k, "s:") {
+                let _: () = conn.hdel(&k, &["cd", "ex"]).await.map_err(err)?;
+            }
+        }
+        Ok(())
     }
 
     /// The Redis server, without credentials.
@@ -338,18 +390,18 @@ impl RedisLedger {
     }
 
     /// Each key's configured limits for a model, resolved once per model.
-    fn limits_for(&self, model: &str) -> Arc<Vec<[i64; 3]>> {
+    fn limits_for(&self, model: &str) -> Arc<Vec<[i64; 4]>> {
         let mut cache = self.limits.lock();
         if let Some(l) = cache.get(model) {
             return l.clone();
         }
         let lim = |v: Option<u64>| v.map_or(-1i64, |x| x.min(i64::MAX as u64) as i64);
-        let per_key: Vec<[i64; 3]> = self
+        let per_key: Vec<[i64; 4]> = self
             .candidates
             .iter()
             .map(|(_, project, _)| {
                 let (l, _) = self.configured(project, model);
-                [lim(l.rpm), lim(l.tpm), lim(l.rpd)]
+                [lim(l.rpm), lim(l.tpm), lim(l.rpd), lim(l.tpd)]
             })
             .collect();
         let per_key = Arc::new(per_key);
@@ -407,13 +459,14 @@ impl RedisLedger {
         for i in 0..n {
             let k = (start + i) % n;
             let (fp, project, weight) = &self.candidates[k];
-            let [rpm, tpm, rpd] = limits[k];
+            let [rpm, tpm, rpd, tpd] = limits[k];
             inv.arg(k)
                 .arg(fp)
                 .arg(project)
                 .arg(rpm)
                 .arg(tpm)
                 .arg(rpd)
+                .arg(tpd)
                 .arg(*weight);
         }
         let mut conn = self.conn.clone();
@@ -471,6 +524,7 @@ impl RedisLedger {
             let reason = match why.as_str() {
                 "tpm" => Exhaustion::TokensPerMinute,
                 "rpd" => Exhaustion::RequestsPerDay,
+                "tpd" => Exhaustion::TokensPerDay,
                 "cooling" => Exhaustion::CoolingDown,
                 "circuit" => Exhaustion::CircuitOpen,
                 "reprobe" => Exhaustion::Reprobing,
@@ -490,6 +544,7 @@ impl RedisLedger {
             let what = match tl_what.as_str() {
                 "rpm" => "requests per minute",
                 "rpd" => "requests per day",
+                "tpd" => "input tokens per day",
                 _ => "input tokens per minute",
             };
             return Err((
@@ -607,14 +662,17 @@ impl RedisLedger {
             window,
             day_start_ms: num(&h, "dk").unwrap_or(0),
             day_count: num(&h, "dc").unwrap_or(0).max(0) as u64,
+            day_tokens: num(&h, "dt").unwrap_or(0).max(0) as u64,
             cooldown_until_ms: num(&h, "cd").unwrap_or(0),
             exhausted_until_ms: num(&h, "ex").unwrap_or(0),
             learned: ModelLimits {
                 rpm: learned_field("rpm"),
                 tpm: learned_field("tpm"),
                 rpd: learned_field("rpd"),
+                tpd: learned_field("tpd"),
             },
             learned_until_ms: num(&l, "until").unwrap_or(0),
+            tier: Some(self.cfg.limits.tier(project)),
         })
     }
 
@@ -793,6 +851,7 @@ impl QuotaLedger for RedisLedger {
                     ThrottleKind::RequestsPerMinute => "rpm",
                     ThrottleKind::TokensPerMinute => "tpm",
                     ThrottleKind::RequestsPerDay => "rpd",
+                    ThrottleKind::TokensPerDay => "tpd",
                     ThrottleKind::Unspecified => "none",
                 },
                 retry_after.map_or(-1, |d| d.as_millis() as i64),
@@ -971,7 +1030,8 @@ impl QuotaLedger for RedisLedger {
                     .map(|(_, e)| e.label.clone())
                     .collect();
                 let off = snap.projects.iter().find(|p| p.project == ss.project);
-                scope_status_from_snapshot(ss, configured, source, labels, now, off)
+                let tier = self.cfg.limits.tier(&ss.project);
+                scope_status_from_snapshot(ss, (configured, source), tier, labels, now, off)
             })
             .collect();
         scopes.sort_by(|a, b| (&a.project, &a.model).cmp(&(&b.project, &b.model)));
@@ -1051,6 +1111,21 @@ impl QuotaLedger for RedisLedger {
             let sk = self.scope_key(&model, &ss.project);
             let lk = self.learned_key(&model, &ss.project);
             pipe.del(&sk).ignore().del(&lk).ignore();
+            // Learned under another tier: none of what the server said describes this one.
+            let stale = ss
+                .tier
+                .is_some_and(|t| t != self.cfg.limits.tier(&ss.project));
+            let ss = &if stale {
+                ScopeSnapshot {
+                    cooldown_until_ms: 0,
+                    exhausted_until_ms: 0,
+                    learned: ModelLimits::UNLIMITED,
+                    learned_until_ms: 0,
+                    ..ss.clone()
+                }
+            } else {
+                ss.clone()
+            };
             let mut fields: Vec<(String, String)> = vec![("head".into(), now_sec.to_string())];
             let (mut sr, mut sum_k) = (0u64, 0u64);
             for &(sec, r, k) in &ss.window {
@@ -1068,6 +1143,7 @@ impl QuotaLedger for RedisLedger {
             fields.push(("sk".into(), sum_k.to_string()));
             fields.push(("dk".into(), ss.day_start_ms.to_string()));
             fields.push(("dc".into(), ss.day_count.to_string()));
+            fields.push(("dt".into(), ss.day_tokens.to_string()));
             fields.push(("cd".into(), ss.cooldown_until_ms.to_string()));
             fields.push(("ex".into(), ss.exhausted_until_ms.to_string()));
             pipe.hset_multiple(&sk, &fields).ignore();
@@ -1084,6 +1160,7 @@ impl QuotaLedger for RedisLedger {
                 ("rpm", ss.learned.rpm),
                 ("tpm", ss.learned.tpm),
                 ("rpd", ss.learned.rpd),
+                ("tpd", ss.learned.tpd),
             ]
             .into_iter()
             .filter_map(|(f, v)| v.map(|v| (f.to_owned(), v.to_string())))

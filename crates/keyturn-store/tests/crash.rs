@@ -39,10 +39,12 @@ fn version(i: u64) -> Snapshot {
                 window: vec![(i as i64, j, i * j)],
                 day_start_ms: i as i64,
                 day_count: i + j,
+                day_tokens: 0,
                 cooldown_until_ms: 0,
                 exhausted_until_ms: 0,
                 learned: Default::default(),
                 learned_until_ms: 0,
+                tier: None,
             })
             .collect(),
         usage: Vec::new(),

@@ -1,7 +1,7 @@
 -- keyturn acquire: one atomic admission over the candidate keys, in the policy's order.
 -- ARGV: P, model, now ('' = Redis TIME), requests, tokens, policy (rr|ll|w), four Pacific
 -- midnights b0..b3, probe_timeout_ms, n, relearn_after_ms (-1: the next Pacific midnight), then
--- n × (idx, fingerprint, project, rpm, tpm, rpd, weight) with -1 for unlimited.
+-- n × (idx, fingerprint, project, rpm, tpm, rpd, tpd, weight) with -1 for unlimited.
 -- Returns {1, idx, second, probe, now} or
 --         {0, retry_at|-1, why, n_off, disabled_idx_csv, too_large_what, too_large_demand, too_large_limit, now}.
 
@@ -18,7 +18,7 @@ local now_sec = math.floor(now / 1000)
 
 local scopes = {}
 
-local function scope(project, rpm, tpm, rpd)
+local function scope(project, rpm, tpm, rpd, tpd)
   local key = P .. 's:' .. model .. '|' .. project
   local s = scopes[key]
   if s then return s end
@@ -27,27 +27,27 @@ local function scope(project, rpm, tpm, rpd)
   if s.f.lset == nil then
     -- Learned limits are durable in their own hash and cached in the scope's (a settle that
     -- learns drops the cache).
-    local l = redis.call('HMGET', lk, 'rpm', 'tpm', 'rpd', 'until')
-    if (l[1] or l[2] or l[3]) and not l[4] then
+    local l = redis.call('HMGET', lk, 'rpm', 'tpm', 'rpd', 'tpd', 'until')
+    if (l[1] or l[2] or l[3] or l[4]) and not l[5] then
       -- Learned before expiries were recorded: it holds as if learned now.
       local untl = day_end
       if relearn_ms >= 0 then untl = now + relearn_ms end
       redis.call('HSET', lk, 'until', untl)
-      l[4] = untl
+      l[5] = untl
     end
     put(s, 'lset', 1)
-    for i, name in ipairs({ 'lrpm', 'ltpm', 'lrpd', 'luntil' }) do
+    for i, name in ipairs({ 'lrpm', 'ltpm', 'lrpd', 'ltpd', 'luntil' }) do
       local v = tonumber(l[i])
       if v ~= nil then put(s, name, v) else clear(s, name) end
     end
   end
-  local learned_off = s.f.lrpm == 0 or s.f.ltpm == 0 or s.f.lrpd == 0
+  local learned_off = s.f.lrpm == 0 or s.f.ltpm == 0 or s.f.lrpd == 0 or s.f.ltpd == 0
   if s.f.luntil ~= nil and now >= s.f.luntil and not learned_off then
     -- What the server taught has had its time: forget it.
     redis.call('DEL', lk)
-    for _, name in ipairs({ 'lrpm', 'ltpm', 'lrpd', 'luntil' }) do clear(s, name) end
+    for _, name in ipairs({ 'lrpm', 'ltpm', 'lrpd', 'ltpd', 'luntil' }) do clear(s, name) end
   end
-  if rpm == 0 or tpm == 0 or rpd == 0 then
+  if rpm == 0 or tpm == 0 or rpd == 0 or tpd == 0 then
     s.gate = 'shut'
   elseif learned_off then
     local pd = nil
@@ -58,9 +58,10 @@ local function scope(project, rpm, tpm, rpd)
   end
   if s.gate == 'probe' then
     -- A re-probe is measured against what is configured.
-    s.rpm, s.tpm, s.rpd = rpm, tpm, rpd
+    s.rpm, s.tpm, s.rpd, s.tpd = rpm, tpm, rpd, tpd
   else
     s.rpm, s.tpm, s.rpd = minl(rpm, lim(s.f.lrpm)), minl(tpm, lim(s.f.ltpm)), minl(rpd, lim(s.f.lrpd))
+    s.tpd = minl(tpd, lim(s.f.ltpd))
   end
   s.lk = lk
   advance(s, now_sec)
@@ -69,7 +70,7 @@ local function scope(project, rpm, tpm, rpd)
   return s
 end
 
-local function off(s) return s.gate == 'shut' or s.gate == 'wait' or s.rpm == 0 or s.tpm == 0 or s.rpd == 0 end
+local function off(s) return s.gate == 'shut' or s.gate == 'wait' or s.rpm == 0 or s.tpm == 0 or s.rpd == 0 or s.tpd == 0 end
 
 -- Whether a project is switched off as a whole (402, a zero whole-API quota), once per call;
 -- for 'wait', also until when its re-probe holds the gate.
@@ -87,6 +88,7 @@ local function fits(s)
   if off(s) then return false end
   if (s.f.cd or 0) > now or (s.f.ex or 0) > now then return false end
   if s.rpd ~= nil and (s.f.dc or 0) + nreq > s.rpd then return false end
+  if s.tpd ~= nil and (s.f.dt or 0) + ntok > s.tpd then return false end
   if s.rpm ~= nil and s.f.sr + nreq > s.rpm then return false end
   if s.tpm ~= nil and s.f.sk + ntok > s.tpm then return false end
   return true
@@ -98,7 +100,7 @@ local function headroom(s)
     if limit <= 0 then return 0.0 end
     return math.max(limit - used, 0) / limit
   end
-  return math.min(free(s.f.sr, s.rpm), free(s.f.sk, s.tpm), free(s.f.dc or 0, s.rpd))
+  return math.min(free(s.f.sr, s.rpm), free(s.f.sk, s.tpm), free(s.f.dc or 0, s.rpd), free(s.f.dt or 0, s.tpd))
 end
 
 local function breaker(fp)
@@ -117,8 +119,8 @@ local function breaker(fp)
 end
 
 local function cand(i)
-  local o = BASE + i * 7
-  return ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], lim(ARGV[o + 4]), lim(ARGV[o + 5]), lim(ARGV[o + 6]), tonumber(ARGV[o + 7])
+  local o = BASE + i * 8
+  return ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], lim(ARGV[o + 4]), lim(ARGV[o + 5]), lim(ARGV[o + 6]), lim(ARGV[o + 7]), tonumber(ARGV[o + 8])
 end
 
 local function writeback()
@@ -128,11 +130,11 @@ end
 local pick, pick_fp, pick_adm, pick_s, pick_score, pick_project
 local wtotal = 0
 for i = 0, n - 1 do
-  local idx, fp, project, rpm, tpm, rpd, weight = cand(i)
+  local idx, fp, project, rpm, tpm, rpd, tpd, weight = cand(i)
   local adm = breaker(fp)
   local pg = project_gate(project)
   if (adm == 'yes' or adm == 'probe') and (pg == 'open' or pg == 'probe') then
-    local s = scope(project, rpm, tpm, rpd)
+    local s = scope(project, rpm, tpm, rpd, tpd)
     if fits(s) then
       if policy == 'rr' then
         pick, pick_fp, pick_adm, pick_s, pick_project = idx, fp, adm, s, project
@@ -210,6 +212,10 @@ local function free_at(s)
     if nreq > s.rpd then return nil end
     if (s.f.dc or 0) + nreq > s.rpd then later(day_end, 'rpd') end
   end
+  if s.tpd ~= nil then
+    if ntok > s.tpd then return nil end
+    if (s.f.dt or 0) + ntok > s.tpd then later(day_end, 'tpd') end
+  end
   local a = window_free_at(s, nreq, 0, s.rpm, nil)
   if a == nil then return nil end
   later(a, 'rpm')
@@ -227,7 +233,7 @@ local n_off = 0
 local best_at, best_why
 local tl_what, tl_demand, tl_limit = '', -1, -1
 for i = 0, n - 1 do
-  local idx, fp, project, rpm, tpm, rpd = cand(i)
+  local idx, fp, project, rpm, tpm, rpd, tpd = cand(i)
   local adm, until_ = breaker(fp)
   if adm == 'dis' then
     disabled[#disabled + 1] = idx
@@ -235,7 +241,7 @@ for i = 0, n - 1 do
     n_off = n_off + 1
   else
     local pg, ppd = project_gate(project)
-    local s = scope(project, rpm, tpm, rpd)
+    local s = scope(project, rpm, tpm, rpd, tpd)
     if s.gate == 'shut' or (s.gate ~= 'wait' and off(s)) then
       n_off = n_off + 1
     elseif pg == 'wait' or s.gate == 'wait' then
@@ -249,6 +255,7 @@ for i = 0, n - 1 do
         if tl_what == '' then
           if s.rpm ~= nil and nreq > s.rpm then tl_what, tl_demand, tl_limit = 'rpm', nreq, s.rpm
           elseif s.rpd ~= nil and nreq > s.rpd then tl_what, tl_demand, tl_limit = 'rpd', nreq, s.rpd
+          elseif s.tpd ~= nil and ntok > s.tpd then tl_what, tl_demand, tl_limit = 'tpd', ntok, s.tpd
           else tl_what, tl_demand, tl_limit = 'tpm', ntok, s.tpm or -1 end
         end
       else

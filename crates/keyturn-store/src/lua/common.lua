@@ -5,10 +5,10 @@
 --
 -- Layout under the prefix P ("kt:<namespace>:"):
 --   P.."k:"..fp                 key health: dis, dis_at, bs (closed|open|half), bu, bp, bf, bt
---   P.."s:"..model.."|"..proj   scope counters: head, sr, sk, t<slot>, r<slot>, k<slot>, dk, dc, cd, ex,
+--   P.."s:"..model.."|"..proj   scope counters: head, sr, sk, t<slot>, r<slot>, k<slot>, dk, dc, dt, cd, ex,
 --                               pr (second of a re-probe out through this scope, a hint for settle)
 --                               (expires by itself after its window, day and cooldowns)
---   P.."l:"..model.."|"..proj   learned limits: rpm, tpm, rpd (rpd = 0: the model is off for the
+--   P.."l:"..model.."|"..proj   learned limits: rpm, tpm, rpd, tpd (rpd = 0: the model is off for the
 --                               project), until (when they expire: forgotten, or for a switch-off,
 --                               one re-probe may go), pf, ps, pd (the re-probe out: fingerprint,
 --                               lease second, deadline). No Redis expiry: `until` rules.
@@ -92,9 +92,9 @@ end
 
 -- Loads a scope's sums, flags, cached learned limits and the bucket of second `now_sec`:
 -- all the hot path reads, in one command.
-local SCALARS = { 'head', 'sr', 'sk', 'dk', 'dc', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'luntil', 'pr' }
+local SCALARS = { 'head', 'sr', 'sk', 'dk', 'dc', 'dt', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'ltpd', 'luntil', 'pr' }
 -- Fields that survive the window being cleared.
-local KEEP = { 'dk', 'dc', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'luntil', 'pr' }
+local KEEP = { 'dk', 'dc', 'dt', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'ltpd', 'luntil', 'pr' }
 
 -- A switch-off's gate: 'open' (not off), 'probe' (its time is up and no re-probe is out: one
 -- request may go), 'wait' (a re-probe is out until the deadline returned second: its answer
@@ -202,12 +202,13 @@ local function record(s, nreq, ntok)
   put(s, 'sr', s.f.sr + nreq)
   put(s, 'sk', s.f.sk + ntok)
   put(s, 'dc', (s.f.dc or 0) + nreq)
+  put(s, 'dt', (s.f.dt or 0) + ntok)
   return rec
 end
 
 local function roll_day(s, day_start)
   if (s.f.dk or 0) < day_start then
-    put(s, 'dk', day_start); put(s, 'dc', 0)
+    put(s, 'dk', day_start); put(s, 'dc', 0); put(s, 'dt', 0)
   end
 end
 

@@ -1,7 +1,7 @@
 -- keyturn settle: what happened to a leased request.
 -- ARGV: P, model, now ('' = Redis TIME), fingerprint, project, lease second, reserved tokens,
 -- outcome (ok|thr|off|poff|dead|pdead|trans|fault), real tokens (-1 unknown), throttle kind
--- (rpm|tpm|rpd|none), retry_after_ms (-1), quota_value (-1), dead reason, probe (0|1),
+-- (rpm|tpm|rpd|tpd|none), retry_after_ms (-1), quota_value (-1), dead reason, probe (0|1),
 -- failure_threshold, base_cooldown_ms, max_cooldown_ms, default_cooldown_ms, b0..b3,
 -- relearn_after_ms (-1: until the next Pacific midnight), then m and the m fingerprints of
 -- the project's keys (pdead disables each).
@@ -94,13 +94,18 @@ if outcome == 'ok' then
       if delta < 0 then delta = -math.min(-delta, k) end
       redis.call('HSET', sk, 'k' .. slot, k + delta, 'sk', sum + delta)
     end
+    -- The day's tokens too, if the request was admitted on the day being counted.
+    local d = redis.call('HMGET', sk, 'dk', 'dt')
+    if tonumber(d[1]) == day_of(sec * 1000, b0, b1, b2, b3) and d[2] then
+      redis.call('HSET', sk, 'dt', math.max(tonumber(d[2]) + real - reserved, 0))
+    end
   end
   breaker_success()
 elseif outcome == 'thr' then
   breaker_success()
   local s = load_hash(sk)
-  if kind == 'rpd' then
-    learn('rpd')
+  if kind == 'rpd' or kind == 'tpd' then
+    learn(kind)
     put(s, 'ex', math.max(s.f.ex or 0, day_end))
     events[#events + 1] = 'exhausted'
   elseif kind == 'rpm' or kind == 'tpm' then
