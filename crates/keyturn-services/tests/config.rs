@@ -274,11 +274,39 @@ fn the_example_file_loads_and_means_what_it_says() {
     assert_eq!(cfg.cache, defaults.cache);
     assert_eq!(cfg.embeddings, defaults.embeddings);
     assert_eq!(cfg.serve, defaults.serve);
-    // …and the examples take effect.
-    let t = cfg.limit_table().unwrap();
+    assert_eq!(cfg.notify, defaults.notify);
+    assert_eq!(cfg.recheck, defaults.recheck);
+    assert_eq!(cfg.metrics, defaults.metrics);
+    assert_eq!(cfg.limits, defaults.limits);
+    // Copied as it is, the file sets no limit: the built-in table and the free tier apply, so a
+    // user who copies it gets exactly what keyturn would do without it.
+    assert!(cfg.models.is_empty() && cfg.projects.is_empty() && cfg.keys.is_empty());
+    let (ours, theirs) = (cfg.limit_table().unwrap(), defaults.limit_table().unwrap());
+    for m in [
+        "gemini-2.5-flash",
+        "gemini-2.5-pro",
+        "gemini-2.5-flash-lite",
+        "gemini-embedding-001",
+        "made-up-model",
+    ] {
+        assert_eq!(ours.resolve("any", m), theirs.resolve("any", m), "{m}");
+    }
+    // …and the commented examples, uncommented, parse and take effect.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("# --- examples").unwrap();
+    let end = text.find("# --- end of examples").unwrap();
+    let examples: String = text[start..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| !l.starts_with("---"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let ex = Config::from_toml(&examples, Path::new("examples.toml")).unwrap();
+    let t = ex.limit_table().unwrap();
+    let flash = t.resolve("any", "gemini-2.5-flash").0;
     assert_eq!(
-        t.resolve("any", "gemini-2.5-flash").0,
-        keyturn_core::ModelLimits::new(10, 250_000, 250)
+        (flash.rpm, flash.tpm, flash.rpd),
+        (Some(10), Some(250_000), Some(250))
     );
     assert_eq!(t.resolve("acme-prod", "gemini-2.5-pro").0.rpm, Some(150));
     assert_eq!(t.tier("acme-prod"), keyturn_core::Tier::Tier1);
