@@ -69,7 +69,7 @@ pub use ledger::{
 pub use ledger::{MockQuotaLedger, MockStateStore};
 pub use limits::{LimitOverride, LimitSource, LimitTable, ModelLimits, Tier};
 pub use memory::{InMemoryLedger, breaker_state_now, scope_status_from_snapshot};
-pub use outcome::{DeadReason, Outcome, ThrottleKind};
+pub use outcome::{Answered, DeadReason, Outcome, ThrottleKind};
 pub use pacific::{QuotaDay, next_pacific_midnight};
 pub use policy::Policy;
 pub use redact::{Scrubber, redact};

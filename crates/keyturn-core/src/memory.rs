@@ -291,6 +291,8 @@ impl Scope {
             rpm_used: self.window.requests(),
             tpm_used: self.window.tokens(),
             rpd_used: self.day.count(),
+            rpd_served: self.day.served(),
+            rpd_refused: self.day.refused(),
             tpd_used: self.day.tokens(),
             state,
             cooling_until_ms: (state == ScopeState::Cooling).then(|| {
@@ -335,7 +337,8 @@ impl Scope {
     /// gives no expiry (older files) expire at `relearn_at`.
     fn apply_snapshot(&mut self, ss: &ScopeSnapshot, now: i64, relearn_at: i64) {
         self.window = RollingWindow::restore(sec_of(now), ss.window.iter().copied());
-        self.day = DayCounter::restore(now, ss.day_start_ms, ss.day_count, ss.day_tokens);
+        self.day = DayCounter::restore(now, ss.day_start_ms, ss.day_count, ss.day_tokens)
+            .with_answers(ss.day_start_ms, ss.day_served, ss.day_refused);
         self.cooldown_until = ss.cooldown_until_ms;
         self.exhausted_until = if ss.exhausted_until_ms > now {
             ss.exhausted_until_ms
@@ -401,6 +404,8 @@ impl Scope {
 struct UsageCell {
     day_start_ms: i64,
     requests: u64,
+    served: u64,
+    refused: u64,
     tokens: u64,
 }
 
@@ -411,6 +416,8 @@ struct PastUsage {
     key: u32,
     model: u32,
     requests: u64,
+    served: u64,
+    refused: u64,
     tokens: u64,
 }
 
@@ -699,6 +706,8 @@ impl InMemoryLedger {
                     key: k as u32,
                     model: m as u32,
                     requests: cell.requests,
+                    served: cell.served,
+                    refused: cell.refused,
                     tokens: cell.tokens,
                 });
                 prune_past(past, history_cutoff(now));
@@ -890,6 +899,27 @@ impl InMemoryLedger {
                 }
                 g.probe = None;
                 notify = true;
+            }
+            // Served or refused, on the day the request was sent (sent requests were counted at
+            // admission).
+            let how = outcome.answered();
+            if how != crate::outcome::Answered::Neither && current {
+                let sent_ms = lease.second() * 1000;
+                let n = u64::from(lease.requests());
+                if let Some(si) = scope_idx {
+                    inner.scopes[si as usize].day.answered(sent_ms, n, how);
+                }
+                if let Some(cell) = inner
+                    .models
+                    .get_mut(lease.model_slot() as usize)
+                    .and_then(|m| m.today.get_mut(k))
+                    && cell.day_start_ms <= sent_ms
+                {
+                    match how {
+                        crate::outcome::Answered::Served => cell.served += n,
+                        _ => cell.refused += n,
+                    }
+                }
             }
             match outcome {
                 Outcome::Success { input_tokens } => {
@@ -1248,6 +1278,8 @@ impl InMemoryLedger {
                     day_start_ms: s.day.day().start_ms,
                     day_count: s.day.count(),
                     day_tokens: s.day.tokens(),
+                    day_served: s.day.served(),
+                    day_refused: s.day.refused(),
                     cooldown_until_ms: s.cooldown_until,
                     exhausted_until_ms: s.exhausted_until,
                     learned: s.learned,
@@ -1259,27 +1291,36 @@ impl InMemoryLedger {
         let cutoff = history_cutoff(now);
         let day_of = |start: i64| crate::pacific::QuotaDay::containing(start).date;
         let mut usage: Vec<UsageDay> = Vec::new();
-        let mut add = |day_start: i64, key: usize, model: &str, requests: u64, tokens: u64| {
-            if day_start < cutoff || (requests == 0 && tokens == 0) {
+        let mut add = |key: usize, model: &str, c: UsageCell| {
+            if c.day_start_ms < cutoff || (c.requests == 0 && c.tokens == 0) {
                 return;
             }
             if let Some(e) = self.keys.get(KeyId(key as u32)) {
                 usage.push(UsageDay {
-                    date: day_of(day_start),
+                    date: day_of(c.day_start_ms),
                     fingerprint: e.fingerprint(),
                     model: model.to_owned(),
-                    requests,
-                    input_tokens: tokens,
+                    requests: c.requests,
+                    served: c.served,
+                    refused: c.refused,
+                    input_tokens: c.tokens,
                 });
             }
         };
         for p in &inner.past {
             let model = &inner.models[p.model as usize].name;
-            add(p.day_start_ms, p.key as usize, model, p.requests, p.tokens);
+            let cell = UsageCell {
+                day_start_ms: p.day_start_ms,
+                requests: p.requests,
+                served: p.served,
+                refused: p.refused,
+                tokens: p.tokens,
+            };
+            add(p.key as usize, model, cell);
         }
         for m in &inner.models {
             for (k, c) in m.today.iter().enumerate() {
-                add(c.day_start_ms, k, &m.name, c.requests, c.tokens);
+                add(k, &m.name, *c);
             }
         }
         usage.sort_by(|a, b| {
@@ -1403,6 +1444,8 @@ impl InMemoryLedger {
                 let cell = &mut inner.models[m].today[id.index()];
                 cell.day_start_ms = today;
                 cell.requests += u.requests;
+                cell.served += u.served;
+                cell.refused += u.refused;
                 cell.tokens += u.input_tokens;
             } else {
                 inner.past.push(PastUsage {
@@ -1410,6 +1453,8 @@ impl InMemoryLedger {
                     key: id.0,
                     model: m as u32,
                     requests: u.requests,
+                    served: u.served,
+                    refused: u.refused,
                     tokens: u.input_tokens,
                 });
             }

@@ -97,7 +97,35 @@ pub enum Outcome {
     CallerFault,
 }
 
+/// How a settled request counts in the day's account and the usage history: Gemini served it,
+/// Gemini refused it on quota or access grounds (429, a model or project switched off, a dead
+/// key), or neither (a transient failure, the caller's own fault). Requests *sent* are counted
+/// at admission; served and refused are kept apart from them, so a day that sent 22 requests
+/// to a limit of 20 shows that Gemini served 20 and refused 2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answered {
+    /// A 2xx answer.
+    Served,
+    /// Refused for quota or access.
+    Refused,
+    /// Any other failure.
+    Neither,
+}
+
 impl Outcome {
+    /// How this outcome counts in the usage account.
+    pub fn answered(&self) -> Answered {
+        match self {
+            Self::Success { .. } => Answered::Served,
+            Self::Throttled { .. }
+            | Self::ModelUnavailable
+            | Self::ProjectOff
+            | Self::KeyDead(_)
+            | Self::ProjectDead(_) => Answered::Refused,
+            Self::Transient | Self::CallerFault => Answered::Neither,
+        }
+    }
+
     /// Success with real usage.
     pub fn success(input_tokens: u64) -> Self {
         Self::Success {

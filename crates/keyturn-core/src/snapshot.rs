@@ -54,6 +54,13 @@ pub struct ScopeSnapshot {
     /// Input tokens that day (absent in older files: 0).
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub day_tokens: u64,
+    /// Of `day_count`, the requests Gemini served (absent in older files: 0).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub day_served: u64,
+    /// Of `day_count`, the requests Gemini refused on quota or access grounds (absent in older
+    /// files: 0).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub day_refused: u64,
     /// A server 429 asked us to wait until then.
     #[serde(default)]
     pub cooldown_until_ms: i64,
@@ -107,8 +114,16 @@ pub struct UsageDay {
     pub fingerprint: Fingerprint,
     /// Model id.
     pub model: String,
-    /// Requests admitted.
+    /// Requests sent (admitted).
     pub requests: u64,
+    /// Of those, the requests Gemini served (absent in older files: 0).
+    #[serde(default)]
+    pub served: u64,
+    /// Of those, the requests Gemini refused on quota or access grounds: 429s, a model or
+    /// project switched off, a dead key (absent in older files: 0). The rest failed otherwise
+    /// (5xx, timeouts, the caller's 400s) or are still in flight.
+    #[serde(default)]
+    pub refused: u64,
     /// Input tokens.
     pub input_tokens: u64,
 }
@@ -189,8 +204,16 @@ pub struct ScopeStatus {
     pub rpm_used: u64,
     /// Input tokens in the rolling minute.
     pub tpm_used: u64,
-    /// Requests today (Pacific).
+    /// Requests sent today (Pacific): what the daily limit is counted against.
     pub rpd_used: u64,
+    /// Of `rpd_used`, the requests Gemini served (absent in older status JSON: 0).
+    #[serde(default)]
+    pub rpd_served: u64,
+    /// Of `rpd_used`, the requests Gemini refused on quota or access grounds: 429s, a model or
+    /// project switched off, a dead key (absent in older status JSON: 0). The rest failed
+    /// otherwise or are in flight.
+    #[serde(default)]
+    pub rpd_refused: u64,
     /// Input tokens today (Pacific).
     #[serde(default)]
     pub tpd_used: u64,

@@ -1329,6 +1329,96 @@ pub async fn usage_history_per_key_model_and_day(f: &dyn LedgerFactory) {
     );
 }
 
+/// Requests sent, served and refused are kept apart: the daily account (what the limit is
+/// counted against) counts every request sent, the status and the usage history say how many
+/// of them Gemini served and how many it refused, and both survive a restart.
+pub async fn sent_served_and_refused_kept_apart(f: &dyn LedgerFactory) {
+    let c = clock();
+    let l = f
+        .make(solo_keys(1), config(100, 100_000, 1000), c.clone())
+        .await;
+    let settle = |o: Outcome| {
+        let l = l.clone();
+        async move {
+            let lease = l.acquire(TIGHT, Demand::tokens(10)).await.unwrap();
+            l.settle(lease, o).await.unwrap();
+        }
+    };
+    settle(Outcome::success(10)).await;
+    settle(Outcome::success(10)).await;
+    settle(Outcome::Throttled {
+        kind: ThrottleKind::RequestsPerMinute,
+        retry_after: Some(Duration::from_secs(1)),
+        quota_value: None,
+    })
+    .await;
+    c.advance(Duration::from_secs(2));
+    settle(Outcome::Transient).await;
+    settle(Outcome::CallerFault).await;
+    drop(l.acquire(TIGHT, Demand::tokens(10)).await.unwrap()); // sent, never answered
+
+    let scope = |st: &PoolStatus| {
+        st.scopes
+            .iter()
+            .find(|s| s.model == TIGHT)
+            .map(|s| (s.rpd_used, s.rpd_served, s.rpd_refused))
+            .unwrap()
+    };
+    let row = |snap: &crate::snapshot::Snapshot| {
+        snap.usage
+            .iter()
+            .find(|u| u.model == TIGHT)
+            .map(|u| (u.requests, u.served, u.refused))
+            .unwrap()
+    };
+    assert_eq!(scope(&l.status().await.unwrap()), (6, 2, 1), "status");
+    let snap = l.snapshot().await.unwrap();
+    assert_eq!(row(&snap), (6, 2, 1), "usage history");
+
+    let l2 = f
+        .make(solo_keys(1), config(100, 100_000, 1000), c.clone())
+        .await;
+    let text = serde_json::to_string(&snap).unwrap();
+    l2.restore(serde_json::from_str(&text).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        scope(&l2.status().await.unwrap()),
+        (6, 2, 1),
+        "after a restart"
+    );
+    assert_eq!(row(&l2.snapshot().await.unwrap()), (6, 2, 1));
+
+    // A key found dead refuses too; a new Pacific day starts from nothing.
+    let lease = l2.acquire(TIGHT, Demand::tokens(10)).await.unwrap();
+    l2.settle(lease, Outcome::KeyDead(DeadReason::Invalid))
+        .await
+        .unwrap();
+    assert_eq!(scope(&l2.status().await.unwrap()), (7, 2, 2));
+    l2.reset(ResetTarget::All).await.unwrap();
+    c.advance(Duration::from_millis(
+        (next_pacific_midnight(T0_MS) + 1_000 - c.now_ms()) as u64,
+    ));
+    take(&*l2, TIGHT).await.unwrap();
+    assert_eq!(scope(&l2.status().await.unwrap()), (1, 1, 0), "a new day");
+    let snap = l2.snapshot().await.unwrap();
+    let mut days: Vec<_> = snap
+        .usage
+        .iter()
+        .filter(|u| u.model == TIGHT)
+        .map(|u| (u.date.to_string(), u.requests, u.served, u.refused))
+        .collect();
+    days.sort();
+    assert_eq!(
+        days,
+        vec![
+            ("2026-01-14".to_owned(), 7, 2, 2),
+            ("2026-01-15".to_owned(), 1, 1, 0)
+        ],
+        "history keeps each day's answers apart"
+    );
+}
+
 /// A warning mark is claimed once until it expires, and travels with snapshots.
 pub async fn notices_are_claimed_once(f: &dyn LedgerFactory) {
     let c = clock();
@@ -1388,7 +1478,7 @@ macro_rules! ledger_behaviour_suite {
             off_project_reprobed_once_after_pacific_midnight, relearn_after_replaces_the_midnight,
             waiters_follow_a_reprobe,
             switch_offs_survive_restart, tier_change_drops_what_was_learned,
-            tpd_enforced_learned_and_reconciled);
+            tpd_enforced_learned_and_reconciled, sent_served_and_refused_kept_apart);
     };
     (@cases $factory:expr, $guard:expr; $($case:ident),* $(,)?) => {
         $(

@@ -202,6 +202,10 @@ pub struct DayCounter {
     count: u64,
     /// Input tokens that day (estimates at admission, corrected at settle).
     tokens: u64,
+    /// Of the requests sent that day, those Gemini served.
+    served: u64,
+    /// Of the requests sent that day, those Gemini refused (quota or access).
+    refused: u64,
 }
 
 impl DayCounter {
@@ -211,6 +215,8 @@ impl DayCounter {
             day: QuotaDay::containing(now_ms),
             count: 0,
             tokens: 0,
+            served: 0,
+            refused: 0,
         }
     }
 
@@ -222,6 +228,37 @@ impl DayCounter {
             c.tokens = tokens;
         }
         c
+    }
+
+    /// Restores what Gemini served and refused that day (kept only if it is still that day).
+    pub fn with_answers(mut self, day_start_ms: i64, served: u64, refused: u64) -> Self {
+        if self.day.start_ms == day_start_ms {
+            self.served = served;
+            self.refused = refused;
+        }
+        self
+    }
+
+    /// Counts how Gemini answered a request sent at `sent_ms` (one of this day's, or nothing).
+    pub fn answered(&mut self, sent_ms: i64, n: u64, how: crate::outcome::Answered) {
+        if sent_ms < self.day.start_ms || sent_ms >= self.day.end_ms {
+            return;
+        }
+        match how {
+            crate::outcome::Answered::Served => self.served += n,
+            crate::outcome::Answered::Refused => self.refused += n,
+            crate::outcome::Answered::Neither => {}
+        }
+    }
+
+    /// Requests sent today that Gemini served.
+    pub fn served(&self) -> u64 {
+        self.served
+    }
+
+    /// Requests sent today that Gemini refused (quota or access).
+    pub fn refused(&self) -> u64 {
+        self.refused
     }
 
     /// Starts a new day at zero if Pacific midnight has passed. Cheap when it has not.
@@ -263,6 +300,8 @@ impl DayCounter {
     pub fn clear(&mut self) {
         self.count = 0;
         self.tokens = 0;
+        self.served = 0;
+        self.refused = 0;
     }
 }
 

@@ -763,8 +763,16 @@ fn print_status(st: &PoolStatus) {
     }
     println!();
     println!(
-        "{:<24} {:<24} {:>12} {:>18} {:>12} {:>20} {:<10} {:<22} LIMITS FROM",
-        "PROJECT", "MODEL", "RPM", "TPM", "RPD", "TPD", "STATE", "NEXT RESET"
+        "{:<24} {:<24} {:>12} {:>18} {:>12} {:>15} {:>20} {:<10} {:<22} LIMITS FROM",
+        "PROJECT",
+        "MODEL",
+        "RPM",
+        "TPM",
+        "RPD (SENT)",
+        "SERVED/REFUSED",
+        "TPD",
+        "STATE",
+        "NEXT RESET"
     );
     for s in &st.scopes {
         let mut state = format!("{:?}", s.state).to_lowercase();
@@ -775,12 +783,13 @@ fn print_status(st: &PoolStatus) {
             state = format!("{state} (re-probed from {})", when(at));
         }
         println!(
-            "{:<24} {:<24} {:>12} {:>18} {:>12} {:>20} {:<10} {:<22} {}",
+            "{:<24} {:<24} {:>12} {:>18} {:>12} {:>15} {:>20} {:<10} {:<22} {}",
             safe(&s.project),
             safe(&s.model),
             limit(s.rpm_used, s.limits.rpm),
             limit(s.tpm_used, s.limits.tpm),
             limit(s.rpd_used, s.limits.rpd),
+            format!("{}/{}", s.rpd_served, s.rpd_refused),
             limit(s.tpd_used, s.limits.tpd),
             state,
             when(s.next_reset_ms),
@@ -825,7 +834,12 @@ struct HistoryRow {
     key: String,
     fingerprint: String,
     model: String,
+    /// Requests sent.
     requests: u64,
+    /// Of those, served by Gemini.
+    served: u64,
+    /// Of those, refused by Gemini on quota or access grounds.
+    refused: u64,
     input_tokens: u64,
 }
 
@@ -869,6 +883,8 @@ async fn cmd_history(g: &Global, env: &Env, cwd: &Path, json: bool, days: u32) -
             fingerprint: u.fingerprint.to_string(),
             model: u.model.clone(),
             requests: u.requests,
+            served: u.served,
+            refused: u.refused,
             input_tokens: u.input_tokens,
         })
         .collect();
@@ -882,28 +898,36 @@ async fn cmd_history(g: &Global, env: &Env, cwd: &Path, json: bool, days: u32) -
         return ExitCode::SUCCESS;
     }
     println!(
-        "usage per key and model, by Pacific day (last {days} days; input tokens as counted against TPM)"
+        "usage per key and model, by Pacific day (last {days} days; requests sent, and of those \
+         served and refused by Gemini; input tokens as counted against TPM)"
     );
     println!(
-        "{:<10}  {:<22} {:<9} {:<24} {:>9} {:>13}",
-        "DATE", "KEY", "FP", "MODEL", "REQUESTS", "INPUT TOKENS"
+        "{:<10}  {:<22} {:<9} {:<24} {:>9} {:>9} {:>9} {:>13}",
+        "DATE", "KEY", "FP", "MODEL", "SENT", "SERVED", "REFUSED", "INPUT TOKENS"
     );
     for r in &rows {
         println!(
-            "{:<10}  {:<22} {:<9} {:<24} {:>9} {:>13}",
+            "{:<10}  {:<22} {:<9} {:<24} {:>9} {:>9} {:>9} {:>13}",
             r.date,
             safe(&r.key),
             r.fingerprint,
             safe(&r.model),
             r.requests,
+            r.served,
+            r.refused,
             r.input_tokens
         );
     }
-    let (req, tok) = rows
-        .iter()
-        .fold((0, 0), |(r, t), x| (r + x.requests, t + x.input_tokens));
+    let (req, srv, rfs, tok) = rows.iter().fold((0, 0, 0, 0), |(r, s, f, t), x| {
+        (
+            r + x.requests,
+            s + x.served,
+            f + x.refused,
+            t + x.input_tokens,
+        )
+    });
     println!(
-        "{:<10}  {:<22} {:<9} {:<24} {req:>9} {tok:>13}",
+        "{:<10}  {:<22} {:<9} {:<24} {req:>9} {srv:>9} {rfs:>9} {tok:>13}",
         "total", "", "", ""
     );
     ExitCode::SUCCESS

@@ -713,6 +713,98 @@ async fn usage_history_matches_the_simulator_across_a_restart() {
     assert_no_secret_anywhere(&w, &[&first, &second, &table]);
 }
 
+/// A configuration looser than Google's: keyturn sends requests Gemini refuses. Status, the
+/// history and its table keep sent, served and refused apart, and they match what the
+/// simulator served and refused — never "22/20 used" for a day on which Gemini served 20.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sent_served_and_refused_stay_apart_when_gemini_refuses() {
+    let w = world(600, 2, Faults::default(), false).await;
+    // keyturn believes in 50 a day; the simulator serves 2 per project and model.
+    let toml = std::fs::read_to_string(w.dir.path().join("keyturn.toml")).unwrap();
+    std::fs::write(
+        w.dir.path().join("keyturn.toml"),
+        toml.replace("rpd = 2\n", "rpd = 50\n"),
+    )
+    .unwrap();
+    let o = w.run(w.seed_cmd()).await;
+    assert_eq!(o.status.code(), Some(3), "the day is over: {}", text(&o));
+
+    let h = w.run(w.command(&["status", "--history", "--json"])).await;
+    assert!(h.status.success(), "{}", text(&h));
+    let history: Value = serde_json::from_slice(&h.stdout).unwrap();
+    let project_of = |label: &str| KEYS.iter().find(|k| k.1 == label).unwrap().2;
+    let mut ours: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    for r in history.as_array().unwrap() {
+        if r["model"] != FLASH {
+            continue;
+        }
+        let e = ours
+            .entry(project_of(r["key"].as_str().unwrap()).to_owned())
+            .or_default();
+        e.0 += r["requests"].as_u64().unwrap();
+        e.1 += r["served"].as_u64().unwrap();
+        e.2 += r["refused"].as_u64().unwrap();
+    }
+    let stats = w.stats();
+    let theirs: BTreeMap<String, (u64, u64)> = stats["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["model"] == FLASH)
+        .map(|s| {
+            (
+                s["project"].as_str().unwrap().to_owned(),
+                (
+                    s["admitted"].as_u64().unwrap(),
+                    // Refusals by kind (rpm, tpm, rpd).
+                    s["refused"]
+                        .as_object()
+                        .unwrap()
+                        .values()
+                        .map(|n| n.as_u64().unwrap())
+                        .sum(),
+                ),
+            )
+        })
+        .collect();
+    assert!(!ours.is_empty());
+    for (project, (sent, served, refused)) in &ours {
+        let (admitted, denied) = theirs[project];
+        assert_eq!(
+            (*served, *refused),
+            (admitted, denied),
+            "{project}: {ours:?} vs {theirs:?}"
+        );
+        assert!(*refused >= 1 && *served == 2, "{project}: {ours:?}");
+        assert_eq!(*sent, served + refused, "{project}: nothing else happened");
+    }
+
+    let s = w.run(w.command(&["status", "--json"])).await;
+    let status: Value = serde_json::from_slice(&s.stdout).unwrap();
+    for sc in status["scopes"].as_array().unwrap() {
+        if sc["model"] != FLASH {
+            continue;
+        }
+        let (sent, served, refused) = ours[sc["project"].as_str().unwrap()];
+        assert_eq!(
+            (
+                sc["rpd_used"].as_u64(),
+                sc["rpd_served"].as_u64(),
+                sc["rpd_refused"].as_u64()
+            ),
+            (Some(sent), Some(served), Some(refused)),
+            "{sc}"
+        );
+    }
+    let table = text(&w.run(w.command(&["status", "--history"])).await);
+    assert!(
+        table.contains("SENT") && table.contains("SERVED") && table.contains("REFUSED"),
+        "{table}"
+    );
+    let quota = text(&w.run(w.command(&["status"])).await);
+    assert!(quota.contains("SERVED/REFUSED"), "{quota}");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -241,6 +241,8 @@ fn warning(event: &'static str, critical: bool, at_ms: i64, message: String) -> 
         model: None,
         threshold_pct: None,
         used: None,
+        served: None,
+        refused: None,
         limit: None,
         key: None,
         fingerprint: None,
@@ -294,13 +296,15 @@ pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<Pending> {
                 t >= 100,
                 now,
                 format!(
-                    "{} in project {} has used {}% of its daily requests ({}/{limit}); resets {}",
+                    "{} in project {} has used {}% of its daily requests ({}/{limit} sent: {} served, {} refused by Gemini); resets {}",
                     sc.model,
                     sc.project,
                     (sc.rpd_used * 100 / limit)
                         .min(100)
                         .max(u64::from(server_says_done) * 100),
                     sc.rpd_used,
+                    sc.rpd_served,
+                    sc.rpd_refused,
                     rfc3339(sc.next_reset_ms),
                 ),
             );
@@ -308,6 +312,8 @@ pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<Pending> {
             w.model = Some(sc.model.clone());
             w.threshold_pct = Some(t);
             w.used = Some(sc.rpd_used);
+            w.served = Some(sc.rpd_served);
+            w.refused = Some(sc.rpd_refused);
             w.limit = Some(limit);
             w.until = Some(rfc3339(sc.next_reset_ms));
             out.push(Pending {
@@ -524,6 +530,8 @@ mod tests {
             rpm_used: 0,
             tpm_used: 0,
             rpd_used: used,
+            rpd_served: used,
+            rpd_refused: 0,
             tpd_used: 0,
             state,
             cooling_until_ms: None,
@@ -590,6 +598,34 @@ mod tests {
                 "quota-80|q|m|2026-01-14",
             ]
         );
+    }
+
+    #[test]
+    fn a_quota_warning_keeps_sent_served_and_refused_apart() {
+        let mut sc = scope("p", 22, 20, ScopeState::Exhausted);
+        sc.rpd_served = 20;
+        sc.rpd_refused = 2;
+        let st = PoolStatus {
+            at_ms: NOW,
+            keys: vec![key("a", "p", false)],
+            scopes: vec![sc],
+        };
+        let w = warnings(&st, &NotifySettings::default());
+        let q = &w
+            .iter()
+            .find(|p| p.id.starts_with("quota-100"))
+            .unwrap()
+            .warning;
+        assert_eq!((q.used, q.served, q.refused), (Some(22), Some(20), Some(2)));
+        assert!(
+            q.message
+                .contains("(22/20 sent: 20 served, 2 refused by Gemini)"),
+            "{}",
+            q.message
+        );
+        let body = serde_json::to_value(q).unwrap();
+        assert_eq!(body["served"], 20);
+        assert_eq!(body["refused"], 2);
     }
 
     #[test]

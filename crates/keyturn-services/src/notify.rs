@@ -39,9 +39,16 @@ pub struct Warning {
     /// The threshold crossed, in percent of the daily request quota.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold_pct: Option<u8>,
-    /// Requests used today in the scope.
+    /// Requests sent today in the scope: what the daily limit is counted against.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub used: Option<u64>,
+    /// Of `used`, the requests Gemini served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served: Option<u64>,
+    /// Of `used`, the requests Gemini refused on quota or access grounds (429s, a model or
+    /// project switched off, a dead key); the rest failed otherwise or are in flight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<u64>,
     /// The scope's daily request limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
@@ -198,6 +205,8 @@ mod tests {
             model: None,
             threshold_pct: None,
             used: Some(n),
+            served: None,
+            refused: None,
             limit: None,
             key: None,
             fingerprint: None,

@@ -663,6 +663,8 @@ impl RedisLedger {
             day_start_ms: num(&h, "dk").unwrap_or(0),
             day_count: num(&h, "dc").unwrap_or(0).max(0) as u64,
             day_tokens: num(&h, "dt").unwrap_or(0).max(0) as u64,
+            day_served: num(&h, "ds").unwrap_or(0).max(0) as u64,
+            day_refused: num(&h, "dx").unwrap_or(0).max(0) as u64,
             cooldown_until_ms: num(&h, "cd").unwrap_or(0),
             exhausted_until_ms: num(&h, "ex").unwrap_or(0),
             learned: ModelLimits {
@@ -893,6 +895,7 @@ impl QuotaLedger for RedisLedger {
                 .relearn_after
                 .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         );
+        inv.arg(lease.requests());
         if code == "pdead" {
             let same: Vec<&String> = self
                 .candidates
@@ -1144,6 +1147,8 @@ impl QuotaLedger for RedisLedger {
             fields.push(("dk".into(), ss.day_start_ms.to_string()));
             fields.push(("dc".into(), ss.day_count.to_string()));
             fields.push(("dt".into(), ss.day_tokens.to_string()));
+            fields.push(("ds".into(), ss.day_served.to_string()));
+            fields.push(("dx".into(), ss.day_refused.to_string()));
             fields.push(("cd".into(), ss.cooldown_until_ms.to_string()));
             fields.push(("ex".into(), ss.exhausted_until_ms.to_string()));
             pipe.hset_multiple(&sk, &fields).ignore();
@@ -1296,7 +1301,8 @@ impl RedisLedger {
             .collect();
         let mut usage = Vec::new();
         for (day, h) in days.iter().zip(hashes).rev() {
-            let mut rows: HashMap<(String, String), (u64, u64)> = HashMap::new();
+            // (sent, served, refused, input tokens)
+            let mut rows: HashMap<(String, String), (u64, u64, u64, u64)> = HashMap::new();
             for (field, v) in h {
                 let mut parts = field.rsplitn(2, '|');
                 let (Some(what), Some(rest)) = (parts.next(), parts.next()) else {
@@ -1306,15 +1312,18 @@ impl RedisLedger {
                     continue;
                 };
                 let row = rows.entry((fp.to_owned(), model.to_owned())).or_default();
+                let v = v.max(0) as u64;
                 match what {
-                    "r" => row.0 = v.max(0) as u64,
-                    "t" => row.1 = v.max(0) as u64,
+                    "r" => row.0 = v,
+                    "s" => row.1 = v,
+                    "x" => row.2 = v,
+                    "t" => row.3 = v,
                     _ => {}
                 }
             }
             let mut rows: Vec<_> = rows.into_iter().collect();
             rows.sort();
-            for ((fp, model), (requests, input_tokens)) in rows {
+            for ((fp, model), (requests, served, refused, input_tokens)) in rows {
                 // A key no longer in this pool keeps its history in Redis but is not shown.
                 if let Some(f) = by_fp.get(&fp) {
                     usage.push(UsageDay {
@@ -1322,6 +1331,8 @@ impl RedisLedger {
                         fingerprint: *f,
                         model,
                         requests,
+                        served,
+                        refused,
                         input_tokens,
                     });
                 }
@@ -1365,6 +1376,10 @@ impl RedisLedger {
             let key = self.usage_key(day);
             let field = |what: &str| format!("{}|{}|{what}", u.fingerprint, u.model);
             pipe.hincr(&key, field("r"), u.requests)
+                .ignore()
+                .hincr(&key, field("s"), u.served)
+                .ignore()
+                .hincr(&key, field("x"), u.refused)
                 .ignore()
                 .hincr(&key, field("t"), u.input_tokens)
                 .ignore()

@@ -40,6 +40,8 @@ fn version(i: u64) -> Snapshot {
                 day_start_ms: i as i64,
                 day_count: i + j,
                 day_tokens: 0,
+                day_served: 0,
+                day_refused: 0,
                 cooldown_until_ms: 0,
                 exhausted_until_ms: 0,
                 learned: Default::default(),

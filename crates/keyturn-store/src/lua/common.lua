@@ -6,6 +6,7 @@
 -- Layout under the prefix P ("kt:<namespace>:"):
 --   P.."k:"..fp                 key health: dis, dis_at, bs (closed|open|half), bu, bp, bf, bt
 --   P.."s:"..model.."|"..proj   scope counters: head, sr, sk, t<slot>, r<slot>, k<slot>, dk, dc, dt, cd, ex,
+--                               ds, dx (of the day's dc: served, refused),
 --                               pr (second of a re-probe out through this scope, a hint for settle)
 --                               (expires by itself after its window, day and cooldowns)
 --   P.."l:"..model.."|"..proj   learned limits: rpm, tpm, rpd, tpd (rpd = 0: the model is off for the
@@ -14,7 +15,8 @@
 --                               lease second, deadline). No Redis expiry: `until` rules.
 --   P.."p:"..proj               a project switched off as a whole: since, until, pf, ps, pd
 --   P.."w:"..model              smooth weighted round-robin weights by fingerprint
---   P.."u:"..day_start_ms       usage history of one Pacific day: fp|model|r (requests) and
+--   P.."u:"..day_start_ms       usage history of one Pacific day: fp|model|r (requests sent),
+--                               fp|model|s and |x (of those, served and refused) and
 --                               fp|model|t (input tokens); expires 30 days after the day ends
 --   P.."n:"..id                 a warning already sent (SET NX), expiring at the end of its day
 
@@ -92,9 +94,9 @@ end
 
 -- Loads a scope's sums, flags, cached learned limits and the bucket of second `now_sec`:
 -- all the hot path reads, in one command.
-local SCALARS = { 'head', 'sr', 'sk', 'dk', 'dc', 'dt', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'ltpd', 'luntil', 'pr' }
+local SCALARS = { 'head', 'sr', 'sk', 'dk', 'dc', 'dt', 'ds', 'dx', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'ltpd', 'luntil', 'pr' }
 -- Fields that survive the window being cleared.
-local KEEP = { 'dk', 'dc', 'dt', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'ltpd', 'luntil', 'pr' }
+local KEEP = { 'dk', 'dc', 'dt', 'ds', 'dx', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'ltpd', 'luntil', 'pr' }
 
 -- A switch-off's gate: 'open' (not off), 'probe' (its time is up and no re-probe is out: one
 -- request may go), 'wait' (a re-probe is out until the deadline returned second: its answer
@@ -208,7 +210,7 @@ end
 
 local function roll_day(s, day_start)
   if (s.f.dk or 0) < day_start then
-    put(s, 'dk', day_start); put(s, 'dc', 0); put(s, 'dt', 0)
+    put(s, 'dk', day_start); put(s, 'dc', 0); put(s, 'dt', 0); put(s, 'ds', 0); put(s, 'dx', 0)
   end
 end
 

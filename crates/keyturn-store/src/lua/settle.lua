@@ -3,8 +3,8 @@
 -- outcome (ok|thr|off|poff|dead|pdead|trans|fault), real tokens (-1 unknown), throttle kind
 -- (rpm|tpm|rpd|tpd|none), retry_after_ms (-1), quota_value (-1), dead reason, probe (0|1),
 -- failure_threshold, base_cooldown_ms, max_cooldown_ms, default_cooldown_ms, b0..b3,
--- relearn_after_ms (-1: until the next Pacific midnight), then m and the m fingerprints of
--- the project's keys (pdead disables each).
+-- relearn_after_ms (-1: until the next Pacific midnight), the lease's request count, then m and
+-- the m fingerprints of the project's keys (pdead disables each).
 -- Returns the state changes as a list of words: closed, opened, disabled, cooling, exhausted,
 -- off, project-off, back, project-back.
 
@@ -20,6 +20,7 @@ local threshold, base_cd, max_cd, default_cd = tonumber(ARGV[15]), tonumber(ARGV
 local b0, b1, b2, b3 = tonumber(ARGV[19]), tonumber(ARGV[20]), tonumber(ARGV[21]), tonumber(ARGV[22])
 local _, day_end = day_of(now, b0, b1, b2, b3)
 local relearn_ms = tonumber(ARGV[23])
+local nreq = tonumber(ARGV[24]) or 1
 -- When what is learned now expires.
 local relearn_at = day_end
 if relearn_ms >= 0 then relearn_at = now + relearn_ms end
@@ -150,12 +151,12 @@ elseif outcome == 'dead' then
     events[#events + 1] = 'disabled'
   end
 elseif outcome == 'pdead' then
-  local m = tonumber(ARGV[24]) or 0
+  local m = tonumber(ARGV[25]) or 0
   for i = 1, m do
-    local k = P .. 'k:' .. ARGV[24 + i]
+    local k = P .. 'k:' .. ARGV[25 + i]
     if redis.call('HSETNX', k, 'dis', reason) == 1 then
       redis.call('HSET', k, 'dis_at', now)
-      events[#events + 1] = 'disabled:' .. ARGV[24 + i]
+      events[#events + 1] = 'disabled:' .. ARGV[25 + i]
     end
   end
 elseif outcome == 'trans' then
@@ -178,6 +179,24 @@ elseif outcome == 'trans' then
 elseif outcome == 'fault' then
   if probe and redis.call('HGET', kk, 'bs') == 'half' then
     redis.call('HSET', kk, 'bp', 0)
+  end
+end
+
+-- Served or refused, counted on the day the request was sent (sending counted it at admission):
+-- the day's account of its scope (ds, dx) and the key's usage history (fp|model|s, |x).
+local answered = nil
+if outcome == 'ok' then answered = 's'
+elseif outcome == 'thr' or outcome == 'off' or outcome == 'poff' or outcome == 'dead' or outcome == 'pdead' then
+  answered = 'x'
+end
+if answered ~= nil then
+  local sent_day = day_of(sec * 1000, b0, b1, b2, b3)
+  if tonumber(redis.call('HGET', sk, 'dk')) == sent_day then
+    redis.call('HINCRBY', sk, 'd' .. answered, nreq)
+  end
+  local uk = P .. 'u:' .. sent_day
+  if redis.call('EXISTS', uk) == 1 then
+    redis.call('HINCRBY', uk, fp .. '|' .. model .. '|' .. answered, nreq)
   end
 end
 return events
