@@ -146,14 +146,17 @@ pub enum AcquireError {
         /// Labels and reasons.
         detail: String,
     },
-    /// The server reported `limit: 0` for this model on every project we have, or switched
-    /// the projects off as a whole (402 credits depleted); each is re-probed after its expiry.
+    /// No project we have may send this model: the built-in table or the configuration gives
+    /// it no quota, or the server reported `limit: 0` for it or switched the projects off as a
+    /// whole (402 credits depleted); what the server switched off is re-probed after its expiry.
     #[error(
-        "model {model} is not available to any configured project now (Gemini reported a limit of 0 for it, or that a project cannot be served at all, e.g. out of prepayment credits); each is re-probed after the next Pacific midnight (or rotation.relearn_after); use another model or a project with access"
+        "model {model} is not available to any configured project now: {detail}; use another model or a project with access"
     )]
     ModelUnavailable {
         /// The model asked for.
         model: String,
+        /// Per project, who decided and until when ([`crate::snapshot::ScopeStatus::why_off`]).
+        detail: String,
     },
     /// One request needs more than a whole minute's or day's limit: it can never be admitted.
     #[error("one request for {model} needs {demand} {what}, more than the limit of {limit}")]

@@ -739,6 +739,7 @@ impl InMemoryLedger {
         let model = inner.models[m].name.clone();
         let mut disabled = Vec::new();
         let mut off = 0usize;
+        let mut off_detail: Vec<(String, String)> = Vec::new();
         let mut too_large: Option<AcquireError> = None;
         let mut best: Option<(i64, Exhaustion)> = None;
         for k in 0..self.keys.len() {
@@ -771,6 +772,14 @@ impl InMemoryLedger {
             match reprobe_at {
                 Some(i64::MAX) => {
                     off += 1;
+                    let project = &inner.projects[p];
+                    if !off_detail.iter().any(|(q, _)| q == project) {
+                        let project_off = pg.is_off().then_some(pg.until);
+                        let st = s.status(project.clone(), model.clone(), vec![], now, project_off);
+                        if let Some(why) = st.why_off() {
+                            off_detail.push((project.clone(), why));
+                        }
+                    }
                     continue;
                 }
                 Some(at) => {
@@ -816,7 +825,14 @@ impl InMemoryLedger {
             },
             None => Blocked {
                 error: too_large.unwrap_or(if off > 0 {
-                    AcquireError::ModelUnavailable { model }
+                    AcquireError::ModelUnavailable {
+                        model,
+                        detail: off_detail
+                            .into_iter()
+                            .map(|(_, why)| why)
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    }
                 } else {
                     AcquireError::AllKeysDisabled {
                         model,

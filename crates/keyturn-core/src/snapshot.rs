@@ -299,3 +299,50 @@ pub struct PoolStatus {
     /// Scopes, by project then model.
     pub scopes: Vec<ScopeStatus>,
 }
+
+impl ScopeStatus {
+    /// Why this scope admits nothing, and who decided it — keyturn's built-in table (with its
+    /// date and the project's tier), the configuration, or Gemini (and until when) — or `None`
+    /// if it is not switched off. Used by `AcquireError::ModelUnavailable` so a refusal keyturn
+    /// decided is never blamed on the server.
+    pub fn why_off(&self) -> Option<String> {
+        let p = &self.project;
+        let reprobe = |what: &str| match self.off_until_ms {
+            Some(at) => format!(
+                "{what}; one request re-probes it from {}",
+                crate::error::describe_instant(at)
+            ),
+            None => what.to_owned(),
+        };
+        if self.project_off {
+            return Some(reprobe(&format!(
+                "project {p}: Gemini said the project cannot be served at all (out of prepayment credits, or no quota for any model)"
+            )));
+        }
+        if self.origin.rpd == LimitOrigin::ServerOff {
+            return Some(reprobe(&format!(
+                "project {p}: Gemini reported a limit of 0 for this model (learned from the server)"
+            )));
+        }
+        if self.limits.rpd != Some(0) {
+            return None;
+        }
+        Some(match self.source {
+            crate::limits::LimitSource::Builtin => format!(
+                "project {p} ({} tier): keyturn's built-in limit table (dated {}) has no {} tier quota for this model, so nothing was sent to Gemini; if the project has access, set its tier ([projects.\"{p}\"] tier) or the model's limits in keyturn.toml",
+                self.tier,
+                self.table_date
+                    .as_deref()
+                    .unwrap_or(crate::limits::BUILTIN_TABLE_DATE),
+                self.tier
+            ),
+            crate::limits::LimitSource::Configured => format!(
+                "project {p}: the configuration sets a daily limit of 0 for this model, so nothing was sent to Gemini"
+            ),
+            crate::limits::LimitSource::Default | crate::limits::LimitSource::Family => format!(
+                "project {p} ({} tier): the family default gives this model no quota, so nothing was sent to Gemini",
+                self.tier
+            ),
+        })
+    }
+}

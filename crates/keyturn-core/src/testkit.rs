@@ -413,7 +413,7 @@ pub async fn project_off_switches_every_model_off(f: &dyn LedgerFactory) {
     assert_eq!(err.kind(), ErrorKind::Permanent);
     let msg = err.to_string();
     assert!(
-        msg.contains(FRESH) && msg.contains("credits") && msg.contains("re-probed"),
+        msg.contains(FRESH) && msg.contains("credits") && msg.contains("re-probes it from"),
         "{msg}"
     );
 }
@@ -1419,6 +1419,49 @@ pub async fn sent_served_and_refused_kept_apart(f: &dyn LedgerFactory) {
     );
 }
 
+/// A model no project may send names who decided it, per project: keyturn's built-in table
+/// (with its date and tier) or the server, and when it is re-probed. (The configuration cannot
+/// set a limit of 0.) A refusal keyturn made itself is never blamed on Gemini.
+pub async fn model_unavailable_says_who_decided(f: &dyn LedgerFactory) {
+    let c = clock();
+    let l = f
+        .make(solo_keys(1), config(10, 100_000, 100), c.clone())
+        .await;
+    let why = |e: AcquireError| match e {
+        AcquireError::ModelUnavailable { detail, .. } => detail,
+        other => panic!("{other:?}"),
+    };
+
+    // The built-in table has no free-tier quota for 2.5 pro: Gemini was never asked.
+    let e = why(l
+        .acquire("gemini-2.5-pro", Demand::tokens(10))
+        .await
+        .unwrap_err());
+    assert!(
+        e.contains("built-in limit table (dated ")
+            && e.contains(crate::limits::BUILTIN_TABLE_DATE)
+            && e.contains("free tier")
+            && !e.contains("Gemini reported"),
+        "{e}"
+    );
+    // The server says 0: learned, with the re-probe's time.
+    let lease = l.acquire(TIGHT, Demand::tokens(10)).await.unwrap();
+    l.settle(lease, Outcome::ModelUnavailable).await.unwrap();
+    let err = l.acquire(TIGHT, Demand::tokens(10)).await.unwrap_err();
+    let text = err.to_string();
+    let e = why(err);
+    assert!(
+        e.contains("Gemini reported a limit of 0") && e.contains("re-probes it from"),
+        "{e}"
+    );
+    assert!(text.contains(&e), "the message carries the detail: {text}");
+    // The server says the whole project is off.
+    let lease = l.acquire(ROOMY, Demand::tokens(10)).await.unwrap();
+    l.settle(lease, Outcome::ProjectOff).await.unwrap();
+    let e = why(l.acquire(ROOMY, Demand::tokens(10)).await.unwrap_err());
+    assert!(e.contains("cannot be served at all"), "{e}");
+}
+
 /// A warning mark is claimed once until it expires, and travels with snapshots.
 pub async fn notices_are_claimed_once(f: &dyn LedgerFactory) {
     let c = clock();
@@ -1478,7 +1521,8 @@ macro_rules! ledger_behaviour_suite {
             off_project_reprobed_once_after_pacific_midnight, relearn_after_replaces_the_midnight,
             waiters_follow_a_reprobe,
             switch_offs_survive_restart, tier_change_drops_what_was_learned,
-            tpd_enforced_learned_and_reconciled, sent_served_and_refused_kept_apart);
+            tpd_enforced_learned_and_reconciled, sent_served_and_refused_kept_apart,
+            model_unavailable_says_who_decided);
     };
     (@cases $factory:expr, $guard:expr; $($case:ident),* $(,)?) => {
         $(

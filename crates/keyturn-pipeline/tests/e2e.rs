@@ -805,6 +805,33 @@ async fn sent_served_and_refused_stay_apart_when_gemini_refuses() {
     assert!(quota.contains("SERVED/REFUSED"), "{quota}");
 }
 
+/// A model the built-in table gives the free tier no quota for: keyturn refuses it itself and
+/// says so (the table and its date), never that Gemini reported a limit; nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_keyturn_decided_names_the_built_in_table() {
+    let w = world(600, 1000, Faults::default(), false).await;
+    let mut cmd = w.seed_cmd();
+    cmd.args(["--model", "gemini-2.5-pro"]);
+    let o = w.run(cmd).await;
+    let out = text(&o);
+    assert!(!o.status.success(), "{out}");
+    assert!(
+        out.contains("built-in limit table (dated ")
+            && out.contains(keyturn_core::limits::BUILTIN_TABLE_DATE)
+            && !out.contains("Gemini reported"),
+        "{out}"
+    );
+    let stats = w.stats();
+    let sent: u64 = stats["scopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["model"] == "gemini-2.5-pro")
+        .map(|s| s["admitted"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sent, 0, "{stats}");
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -558,7 +558,16 @@ impl RedisLedger {
             ));
         }
         if n_off > 0 {
-            return Err((AcquireError::ModelUnavailable { model: model_s }, None));
+            // The cold path: who switched the model off, read from the status every ledger
+            // shares (the built-in table, the configuration, or the server and until when).
+            let detail = self.off_detail(&model_s, &disabled).await;
+            return Err((
+                AcquireError::ModelUnavailable {
+                    model: model_s,
+                    detail,
+                },
+                None,
+            ));
         }
         let detail = self.disabled_detail(&disabled).await;
         Err((
@@ -568,6 +577,61 @@ impl RedisLedger {
             },
             None,
         ))
+    }
+
+    /// Who switched `model` off for each project with a live key: the built-in table, the
+    /// configuration, or the server and until when (the rules every ledger shares, over a
+    /// snapshot; a scope Redis has no counters for yet reads as fresh).
+    async fn off_detail(&self, model: &str, disabled: &[usize]) -> String {
+        let snap = match self.read_snapshot(false).await {
+            Ok(s) => s,
+            Err(e) => return format!("(could not read why: {e})"),
+        };
+        let mut projects: Vec<&str> = self
+            .keys
+            .iter()
+            .filter(|(id, _)| !disabled.contains(&id.index()))
+            .map(|(_, e)| e.project.as_str())
+            .collect();
+        projects.sort_unstable();
+        projects.dedup();
+        let now = snap.taken_at_ms;
+        let whys: Vec<String> = projects
+            .into_iter()
+            .filter_map(|p| {
+                let fresh = ScopeSnapshot {
+                    project: p.to_owned(),
+                    model: model.to_owned(),
+                    window: Vec::new(),
+                    day_start_ms: 0,
+                    day_count: 0,
+                    day_tokens: 0,
+                    day_served: 0,
+                    day_refused: 0,
+                    cooldown_until_ms: 0,
+                    exhausted_until_ms: 0,
+                    learned: ModelLimits::UNLIMITED,
+                    learned_until_ms: 0,
+                    tier: None,
+                };
+                let ss = snap
+                    .scopes
+                    .iter()
+                    .find(|s| s.project == p && s.model == model)
+                    .unwrap_or(&fresh);
+                let off = snap.projects.iter().find(|x| x.project == p);
+                let st = scope_status_from_snapshot(
+                    ss,
+                    self.configured(p, model),
+                    self.cfg.limits.tier(p),
+                    Vec::new(),
+                    now,
+                    off,
+                );
+                st.why_off()
+            })
+            .collect();
+        whys.join("; ")
     }
 
     async fn disabled_detail(&self, idx: &[usize]) -> String {
