@@ -14,6 +14,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a developer tool: a broken invariant may stop it
 
 mod bench;
+mod docs;
 mod scenario;
 mod world;
 
@@ -254,6 +255,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("scenario") => scenarios(args.get(1).map_or("all", String::as_str)),
         Some("bench") => bench::main(&args[1..]),
+        Some("docs") => docs::main(&args[1..]),
         Some("bench-rss-child") => bench::rss_child(&args[1..]),
         Some("fuzz") => fuzz(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60)),
         Some("sdk") => match sdk() {
@@ -265,7 +267,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask fuzz [SECONDS] | sdk | scenario <name>[,<name>…]|all|list | bench [--quick]"
+                "usage: cargo xtask docs [--check] | fuzz [SECONDS] | sdk | scenario <name>[,<name>…]|all|list | bench [--quick]"
             );
             ExitCode::from(2)
         }

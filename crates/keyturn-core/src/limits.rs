@@ -191,7 +191,36 @@ pub struct BuiltinModel {
     pub tier2: Option<ModelLimits>,
     /// Paid tier 3.
     pub tier3: Option<ModelLimits>,
+    /// Where each number comes from (the docs' table is generated from these).
+    pub sources: &'static [Source],
 }
+
+/// Where a number of the built-in table comes from: what it supports and, for a public page,
+/// its address. "corpus real-NN" is the error body of that id in
+/// `crates/keyturn-gemini/tests/data/gemini-errors/`, which names its own URL.
+#[derive(Debug, Clone, Copy)]
+pub struct Source {
+    /// What it states (`"free RPD since 2025-12-06"`, `"free TPM: corpus real-02"`).
+    pub what: &'static str,
+    /// The page, if it is one.
+    pub url: Option<&'static str>,
+}
+
+const fn src(what: &'static str, url: &'static str) -> Source {
+    Source {
+        what,
+        url: Some(url),
+    }
+}
+
+const fn corpus(what: &'static str) -> Source {
+    Source { what, url: None }
+}
+
+const QUASA: &str = "https://quasa.io/media/google-s-gemini-api-free-tier-fiasco-developers-hit-by-silent-rate-limit-purge";
+
+/// Every tier, in the order of the built-in table's columns.
+pub const TIERS: [Tier; 4] = [Tier::Free, Tier::Tier1, Tier::Tier2, Tier::Tier3];
 
 impl BuiltinModel {
     /// This row's entry for a tier.
@@ -222,57 +251,63 @@ const fn partial(rpm: Option<u64>, tpm: Option<u64>, rpd: Option<u64>) -> Option
 /// cap from the server. "corpus real-NN" is the error body of that id in
 /// `crates/keyturn-gemini/tests/data/gemini-errors/`, which names its URL.
 pub const BUILTIN_MODELS: &[BuiltinModel] = &[
-    // Free tier: 20 requests a day since 2025-12-06
-    // (https://quasa.io/media/google-s-gemini-api-free-tier-fiasco-developers-hit-by-silent-rate-limit-purge),
-    // 250,000 input tokens a minute (corpus real-02,
-    // https://github.com/littleCareless/dish-ai-commit/issues/85).
-    // Tiers 1-3, as Google staff published them
-    // (https://discuss.ai.google.dev/t/reached-the-rate-limit-again/104465); tier 3 has no
-    // published per-day limit. The server's own tier-2 TPM quotaValue 3,000,000 agrees
-    // (https://discuss.ai.google.dev/t/incorrect-tiers-rate-limits-being-applied/97746), as
-    // does tier 1's 1,000,000 (corpus real-12).
+    // Tier 3 has no published per-day limit.
     BuiltinModel {
         name: "gemini-2.5-flash",
         free: partial(None, Some(250_000), Some(20)),
         tier1: Some(ModelLimits::new(1_000, 1_000_000, 10_000)),
         tier2: Some(ModelLimits::new(2_000, 3_000_000, 100_000)),
         tier3: partial(Some(10_000), Some(8_000_000), None),
+        sources: &[
+            src("free RPD 20 since 2025-12-06", QUASA),
+            corpus("free TPM: corpus real-02"),
+            src(
+                "tiers 1-3, as Google staff published them",
+                "https://discuss.ai.google.dev/t/reached-the-rate-limit-again/104465",
+            ),
+            src(
+                "tier 2 TPM, the server's own quotaValue",
+                "https://discuss.ai.google.dev/t/incorrect-tiers-rate-limits-being-applied/97746",
+            ),
+            corpus("tier 1 TPM: corpus real-12"),
+        ],
     },
-    // Free tier: 20 requests a day, as the server says it (corpus real-00,
-    // https://github.com/purainity/blog/blob/main/src/posts/project/ai-api-key-checker.md).
     BuiltinModel {
         name: "gemini-2.5-flash-lite",
         free: partial(None, None, Some(20)),
         tier1: None,
         tier2: None,
         tier3: None,
+        sources: &[corpus("free RPD 20, as the server says it: corpus real-00")],
     },
-    // No free tier since December 2025: limit 0 on every quota (corpus real-06, same URL as
-    // real-00). Tier 1: 10,000 requests a day
-    // (https://quasa.io/media/google-s-gemini-api-free-tier-fiasco-developers-hit-by-silent-rate-limit-purge).
     BuiltinModel {
         name: "gemini-2.5-pro",
         free: NO_FREE_TIER,
         tier1: partial(None, None, Some(10_000)),
         tier2: None,
         tier3: None,
+        sources: &[
+            corpus("no free tier since December 2025, limit 0 on every quota: corpus real-06"),
+            src("tier 1 RPD", QUASA),
+        ],
     },
-    // No free tier: limit 0 (corpus real-05, https://github.com/googleapis/python-genai/issues/2044).
     BuiltinModel {
         name: "gemini-2.0-flash",
         free: NO_FREE_TIER,
         tier1: None,
         tier2: None,
         tier3: None,
+        sources: &[corpus("no free tier, limit 0: corpus real-05")],
     },
-    // Free tier: 100 requests a minute (corpus real-14: a 2026 project's notes quoting the
-    // server's EmbedContentRequestsPerMinutePerUserPerProjectPerModel-FreeTier quotaValue).
     BuiltinModel {
         name: "gemini-embedding-2",
         free: partial(Some(100), None, None),
         tier1: None,
         tier2: None,
         tier3: None,
+        sources: &[corpus(
+            "free RPM 100, the server's EmbedContentRequestsPerMinutePerUserPerProjectPerModel-FreeTier quotaValue: corpus real-14",
+        )],
     },
 ];
 
