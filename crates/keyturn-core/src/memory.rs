@@ -1222,49 +1222,16 @@ impl InMemoryLedger {
 
     /// The status view now.
     pub fn status_now(&self) -> PoolStatus {
-        let now = self.clock.now_ms();
-        let mut inner = self.inner.lock();
-        let inner = &mut *inner;
-        let keys = self
-            .keys
-            .iter()
-            .map(|(id, e)| {
-                let h = &inner.health[id.index()];
-                crate::snapshot::KeyStatus {
-                    label: e.label.clone(),
-                    fingerprint: e.fingerprint(),
-                    project: e.project.clone(),
-                    disabled: h.disabled,
-                    breaker: effective_breaker(&h.breaker, now),
-                    failures: h.breaker.failures,
-                }
-            })
-            .collect();
-        let mut scopes = Vec::new();
-        for (p, project) in inner.projects.iter().enumerate() {
-            for m in &inner.models {
-                let s = &mut inner.scopes[m.scopes[p] as usize];
-                s.refresh(now);
-                let keys = self
-                    .keys
-                    .iter()
-                    .filter(|(id, _)| inner.key_project[id.index()] as usize == p)
-                    .map(|(_, e)| e.label.clone())
-                    .collect();
-                let g = &inner.project_gates[p];
-                let project_off = g.is_off().then_some(g.until);
-                scopes.push(s.status(project.clone(), m.name.clone(), keys, now, project_off));
-            }
-        }
-        PoolStatus {
-            at_ms: now,
-            keys,
-            scopes,
-        }
+        PoolStatus::from_snapshot(&self.snapshot_at(false), &self.cfg.limits, &self.keys)
     }
 
     /// The whole state now.
     pub fn snapshot_now(&self) -> Snapshot {
+        self.snapshot_at(true)
+    }
+
+    /// The state now; `with_history` adds the usage history (status does not show it).
+    fn snapshot_at(&self, with_history: bool) -> Snapshot {
         let now = self.clock.now_ms();
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
@@ -1308,7 +1275,7 @@ impl InMemoryLedger {
         let day_of = |start: i64| crate::pacific::QuotaDay::containing(start).date;
         let mut usage: Vec<UsageDay> = Vec::new();
         let mut add = |key: usize, model: &str, c: UsageCell| {
-            if c.day_start_ms < cutoff || (c.requests == 0 && c.tokens == 0) {
+            if !with_history || c.day_start_ms < cutoff || (c.requests == 0 && c.tokens == 0) {
                 return;
             }
             if let Some(e) = self.keys.get(KeyId(key as u32)) {
@@ -1639,6 +1606,59 @@ pub fn scope_status_from_snapshot(
         now_ms,
         project_off.map(|p| p.reprobe_at_ms),
     )
+}
+
+impl PoolStatus {
+    /// The status a snapshot stands for, read by the rules every ledger shares: the one
+    /// projection from state to status, used by the in-memory ledger, the Redis ledger and
+    /// anyone holding a snapshot (the CLI reading a state file). `limits` and `keys` are the
+    /// pool's configuration (the configured limits and tiers, the labels of each project's keys);
+    /// "now" is when the snapshot was taken. Scopes come sorted by project, then model.
+    pub fn from_snapshot(
+        snap: &Snapshot,
+        limits: &crate::limits::LimitTable,
+        keys: &KeyRing,
+    ) -> Self {
+        let now = snap.taken_at_ms;
+        let key_status = snap
+            .keys
+            .iter()
+            .map(|k| crate::snapshot::KeyStatus {
+                label: k.label.clone(),
+                fingerprint: k.fingerprint,
+                project: k.project.clone(),
+                disabled: k.disabled,
+                breaker: effective_breaker(&k.breaker, now),
+                failures: k.breaker.failures,
+            })
+            .collect();
+        let mut scopes: Vec<ScopeStatus> = snap
+            .scopes
+            .iter()
+            .map(|ss| {
+                let labels = keys
+                    .iter()
+                    .filter(|(_, e)| e.project == ss.project)
+                    .map(|(_, e)| e.label.clone())
+                    .collect();
+                let off = snap.projects.iter().find(|p| p.project == ss.project);
+                scope_status_from_snapshot(
+                    ss,
+                    limits.resolve(&ss.project, &ss.model),
+                    limits.tier(&ss.project),
+                    labels,
+                    now,
+                    off,
+                )
+            })
+            .collect();
+        scopes.sort_by(|a, b| (&a.project, &a.model).cmp(&(&b.project, &b.model)));
+        PoolStatus {
+            at_ms: now,
+            keys: key_status,
+            scopes,
+        }
+    }
 }
 
 /// Whether a breaker reads as half-open now (its cooldown has passed), for status views.

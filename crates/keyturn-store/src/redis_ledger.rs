@@ -33,14 +33,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use keyturn_core::error::Exhaustion;
 use keyturn_core::snapshot::{
-    Disabled, HISTORY_DAYS, KeySnapshot, KeyStatus, NoticeMark, ProjectSnapshot, ScopeSnapshot,
-    UsageDay,
+    Disabled, HISTORY_DAYS, KeySnapshot, NoticeMark, ProjectSnapshot, ScopeSnapshot, UsageDay,
 };
 use keyturn_core::{
     AcquireError, Breaker, BreakerState, Clock, DeadReason, Demand, Fingerprint, KeyId, KeyRing,
     Lease, LedgerConfig, LedgerError, LimitSource, ModelLimits, Outcome, Policy, PoolStatus,
     QuotaDay, QuotaLedger, ResetTarget, SCHEMA_VERSION, Snapshot, SnapshotError, StoreError,
-    ThrottleKind, breaker_state_now, scope_status_from_snapshot,
+    ThrottleKind, scope_status_from_snapshot,
 };
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -1072,41 +1071,11 @@ impl QuotaLedger for RedisLedger {
         // Status is the snapshot read by the rules every ledger shares (without the history,
         // which status does not show: the monitor reads status every second).
         let snap = self.read_snapshot(false).await?;
-        let now = snap.taken_at_ms;
-        let keys = snap
-            .keys
-            .iter()
-            .map(|k| KeyStatus {
-                label: k.label.clone(),
-                fingerprint: k.fingerprint,
-                project: k.project.clone(),
-                disabled: k.disabled,
-                breaker: breaker_state_now(&k.breaker, now),
-                failures: k.breaker.failures,
-            })
-            .collect();
-        let mut scopes: Vec<_> = snap
-            .scopes
-            .iter()
-            .map(|ss| {
-                let (configured, source) = self.configured(&ss.project, &ss.model);
-                let labels = self
-                    .keys
-                    .iter()
-                    .filter(|(_, e)| e.project == ss.project)
-                    .map(|(_, e)| e.label.clone())
-                    .collect();
-                let off = snap.projects.iter().find(|p| p.project == ss.project);
-                let tier = self.cfg.limits.tier(&ss.project);
-                scope_status_from_snapshot(ss, (configured, source), tier, labels, now, off)
-            })
-            .collect();
-        scopes.sort_by(|a, b| (&a.project, &a.model).cmp(&(&b.project, &b.model)));
-        Ok(PoolStatus {
-            at_ms: now,
-            keys,
-            scopes,
-        })
+        Ok(PoolStatus::from_snapshot(
+            &snap,
+            &self.cfg.limits,
+            &self.keys,
+        ))
     }
 
     async fn snapshot(&self) -> Result<Snapshot, LedgerError> {
