@@ -585,6 +585,9 @@ pub async fn off_project_reprobed_once_after_pacific_midnight(f: &dyn LedgerFact
         );
         assert_eq!(err.kind(), ErrorKind::Throttled);
     }
+    // Status reads while the re-probe is out (the monitor does, every second).
+    let st = l.status().await.unwrap();
+    assert!(st.scopes.iter().all(|s| s.project_off), "{:?}", st.scopes);
     l.settle(probe, Outcome::ProjectOff).await.unwrap();
     c.advance(Duration::from_secs(3600));
     assert!(take(&*l, ROOMY).await.is_err(), "off again for the day");

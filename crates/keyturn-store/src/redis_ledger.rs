@@ -684,33 +684,26 @@ impl RedisLedger {
         format!("{}p:{project}", self.prefix)
     }
 
-    async fn read_scope(
+    /// A scope from its counters' hash `h` and its learned limits' hash `l`.
+    fn parse_scope(
         &self,
-        conn: &mut ConnectionManager,
         model: &str,
         project: &str,
-    ) -> Result<ScopeSnapshot, LedgerError> {
-        let err = |e: redis::RedisError| LedgerError::Backend(backend(&self.server, &e));
-        let h: HashMap<String, String> = conn
-            .hgetall(self.scope_key(model, project))
-            .await
-            .map_err(err)?;
-        let l: HashMap<String, String> = conn
-            .hgetall(self.learned_key(model, project))
-            .await
-            .map_err(err)?;
+        h: &HashMap<String, String>,
+        l: &HashMap<String, String>,
+    ) -> ScopeSnapshot {
         let num =
             |m: &HashMap<String, String>, k: &str| m.get(k).and_then(|v| v.parse::<i64>().ok());
-        let head = num(&h, "head");
+        let head = num(h, "head");
         let mut window = Vec::new();
         if let Some(head) = head {
             for slot in 0..61i64 {
-                if let Some(t) = num(&h, &format!("t{slot}"))
+                if let Some(t) = num(h, &format!("t{slot}"))
                     && t <= head
                     && t > head - 61
                 {
-                    let r = num(&h, &format!("r{slot}")).unwrap_or(0).max(0) as u64;
-                    let k = num(&h, &format!("k{slot}")).unwrap_or(0).max(0) as u64;
+                    let r = num(h, &format!("r{slot}")).unwrap_or(0).max(0) as u64;
+                    let k = num(h, &format!("k{slot}")).unwrap_or(0).max(0) as u64;
                     if r > 0 || k > 0 {
                         window.push((t, r, k));
                     }
@@ -718,38 +711,31 @@ impl RedisLedger {
             }
         }
         window.sort_unstable();
-        let learned_field = |k: &str| num(&l, k).map(|v| v.max(0) as u64);
-        Ok(ScopeSnapshot {
+        let learned_field = |k: &str| num(l, k).map(|v| v.max(0) as u64);
+        ScopeSnapshot {
             project: project.to_owned(),
             model: model.to_owned(),
             window,
-            day_start_ms: num(&h, "dk").unwrap_or(0),
-            day_count: num(&h, "dc").unwrap_or(0).max(0) as u64,
-            day_tokens: num(&h, "dt").unwrap_or(0).max(0) as u64,
-            day_served: num(&h, "ds").unwrap_or(0).max(0) as u64,
-            day_refused: num(&h, "dx").unwrap_or(0).max(0) as u64,
-            cooldown_until_ms: num(&h, "cd").unwrap_or(0),
-            exhausted_until_ms: num(&h, "ex").unwrap_or(0),
+            day_start_ms: num(h, "dk").unwrap_or(0),
+            day_count: num(h, "dc").unwrap_or(0).max(0) as u64,
+            day_tokens: num(h, "dt").unwrap_or(0).max(0) as u64,
+            day_served: num(h, "ds").unwrap_or(0).max(0) as u64,
+            day_refused: num(h, "dx").unwrap_or(0).max(0) as u64,
+            cooldown_until_ms: num(h, "cd").unwrap_or(0),
+            exhausted_until_ms: num(h, "ex").unwrap_or(0),
             learned: ModelLimits {
                 rpm: learned_field("rpm"),
                 tpm: learned_field("tpm"),
                 rpd: learned_field("rpd"),
                 tpd: learned_field("tpd"),
             },
-            learned_until_ms: num(&l, "until").unwrap_or(0),
+            learned_until_ms: num(l, "until").unwrap_or(0),
             tier: Some(self.cfg.limits.tier(project)),
-        })
+        }
     }
 
-    async fn read_key(
-        &self,
-        conn: &mut ConnectionManager,
-        fingerprint: &str,
-    ) -> Result<(Option<Disabled>, Breaker), LedgerError> {
-        let h: HashMap<String, String> = conn
-            .hgetall(format!("{}k:{fingerprint}", self.prefix))
-            .await
-            .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
+    /// A key's health from its hash.
+    fn parse_key(h: &HashMap<String, String>) -> (Option<Disabled>, Breaker) {
         let num = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok());
         let disabled = h.get("dis").map(|r| Disabled {
             reason: serde_json::from_value(serde_json::Value::String(r.clone()))
@@ -770,7 +756,7 @@ impl RedisLedger {
             failures: num("bf").unwrap_or(0).max(0) as u32,
             trips: num("bt").unwrap_or(0).max(0) as u32,
         };
-        Ok((disabled, breaker))
+        (disabled, breaker)
     }
 
     /// Every Redis key of this namespace starting with `kind` (`"k:"`, `"s:"`…). The prefix is
@@ -1251,11 +1237,35 @@ impl RedisLedger {
     async fn read_snapshot(&self, with_history: bool) -> Result<Snapshot, LedgerError> {
         let now = self.now().await?;
         let mut conn = self.conn.clone();
+        // Every key's, scope's and project's hash in one round trip (the monitor reads status
+        // every second): keys, then (counters, learned) per model and project, then projects.
+        let models = self.known_models();
+        let mut pipe = redis::pipe();
+        for (_, e) in self.keys.iter() {
+            pipe.hgetall(format!("{}k:{}", self.prefix, e.fingerprint()));
+        }
+        for model in &models {
+            for project in &self.projects {
+                pipe.hgetall(self.scope_key(model, project))
+                    .hgetall(self.learned_key(model, project));
+            }
+        }
+        for project in &self.projects {
+            pipe.hgetall(self.project_key(project));
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
+        let mut hashes = hashes.iter();
+        let mut next = || {
+            hashes.next().ok_or_else(|| {
+                LedgerError::Backend(format!("{}: a pipelined read came back short", self.server))
+            })
+        };
         let mut keys = Vec::new();
         for (_, e) in self.keys.iter() {
-            let (disabled, breaker) = self
-                .read_key(&mut conn, &e.fingerprint().to_string())
-                .await?;
+            let (disabled, breaker) = Self::parse_key(next()?);
             keys.push(KeySnapshot {
                 fingerprint: e.fingerprint(),
                 label: e.label.clone(),
@@ -1265,22 +1275,21 @@ impl RedisLedger {
             });
         }
         let mut scopes = Vec::new();
-        for model in self.known_models() {
+        for model in &models {
             for project in &self.projects {
-                scopes.push(self.read_scope(&mut conn, &model, project).await?);
+                let (h, l) = (next()?, next()?);
+                scopes.push(self.parse_scope(model, project, h, l));
             }
         }
         let mut projects = Vec::new();
         for project in &self.projects {
-            let h: HashMap<String, i64> = conn
-                .hgetall(self.project_key(project))
-                .await
-                .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
-            if let Some(&since) = h.get("since") {
+            let h = next()?;
+            let num = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok());
+            if let Some(since) = num("since") {
                 projects.push(ProjectSnapshot {
                     project: project.clone(),
                     off_since_ms: since,
-                    reprobe_at_ms: h.get("until").copied().unwrap_or(0),
+                    reprobe_at_ms: num("until").unwrap_or(0),
                 });
             }
         }
