@@ -1,0 +1,37 @@
+//! Usage history on the hot path: a per-key cell for the current day of each model, and the
+//! finished days (at most [`crate::snapshot::HISTORY_DAYS`] back).
+
+/// What one key sent to one model on the current day (the hot path's part of usage history).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct UsageCell {
+    pub(super) day_start_ms: i64,
+    pub(super) requests: u64,
+    pub(super) served: u64,
+    pub(super) refused: u64,
+    pub(super) tokens: u64,
+}
+
+/// A finished day of one key's use of one model.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PastUsage {
+    pub(super) day_start_ms: i64,
+    pub(super) key: u32,
+    pub(super) model: u32,
+    pub(super) requests: u64,
+    pub(super) served: u64,
+    pub(super) refused: u64,
+    pub(super) tokens: u64,
+}
+
+/// Drops finished days older than the history window (those starting before `cutoff_ms`).
+pub(super) fn prune_past(past: &mut Vec<PastUsage>, cutoff_ms: i64) {
+    past.retain(|p| p.day_start_ms >= cutoff_ms);
+}
+
+/// Start of the oldest day the usage history keeps, for the day containing `now`.
+pub(super) fn history_cutoff(now_ms: i64) -> i64 {
+    crate::pacific::QuotaDay::containing(now_ms)
+        .and_before(crate::snapshot::HISTORY_DAYS)
+        .last()
+        .map_or(now_ms, |d| d.start_ms)
+}
