@@ -1,0 +1,581 @@
+//! `RedisLedger`: one quota ledger shared by many processes on many machines.
+//!
+//! Every acquire is one atomic server-side script (`EVALSHA`, loaded once; one round trip) that
+//! walks the candidate keys in the policy's order and admits on the first whose scope has room,
+//! with the same rules as keyturn-core's in-memory ledger. Counters live in Redis hashes that
+//! expire by themselves after their window, day and cooldowns; disabled keys, breakers, cooldowns
+//! and learned limits are shared by every process on the namespace.
+//!
+//! Time: by default the scripts read Redis's own clock (`TIME`), so processes on machines with
+//! skewed clocks agree. [`TimeSource::Clock`] passes the injected clock's time instead (tests).
+//!
+//! Redis unavailable: every call fails closed with [`AcquireError::Backend`] naming the server
+//! (never its password); the connection manager reconnects by itself and calls succeed again
+//! once Redis is back. Nothing is admitted while Redis cannot be asked. Redis refusing keyturn
+//! (wrong or missing password, an ACL that denies its commands) is not an outage: [`connect`]
+//! says so with [`ConnectError::Refused`], a configuration error, and later refusals say the
+//! same rather than "retries when Redis is back".
+//!
+//! Several configurations may share a namespace (a team's workers, some holding subsets of the
+//! keys): counters belong to keys and projects, so whoever holds a key or project shares its
+//! state, and a reset ([`ResetTarget::All`]) touches only the keys and projects of the ledger
+//! that runs it.
+//!
+//! The scripts address keys they compute from the namespace, so a Redis Cluster is not
+//! supported; a single Redis (with replicas) is.
+//!
+//! [`connect`]: RedisLedger::connect
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use keyturn_core::error::Exhaustion;
+use keyturn_core::snapshot::{
+    Disabled, HISTORY_DAYS, KeySnapshot, NoticeMark, ProjectSnapshot, ScopeSnapshot, UsageDay,
+};
+use keyturn_core::{
+    AcquireError, Breaker, BreakerState, Clock, DeadReason, Demand, Fingerprint, KeyId, KeyRing,
+    Lease, LedgerConfig, LedgerError, LimitSource, ModelLimits, Outcome, Policy, PoolStatus,
+    QuotaDay, QuotaLedger, ResetTarget, SCHEMA_VERSION, Snapshot, SnapshotError, StoreError,
+    ThrottleKind, scope_status_from_snapshot,
+};
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script, Value};
+
+mod admission;
+mod inspection;
+mod state;
+
+const COMMON: &str = include_str!("lua/common.lua");
+const ACQUIRE: &str = include_str!("lua/acquire.lua");
+const SETTLE: &str = include_str!("lua/settle.lua");
+/// Claims a warning mark: KEYS[1] the mark; ARGV now, until, ttl. The stored value is `until`,
+/// so a mark whose day is over (on a test clock, before Redis expires it) can be claimed again.
+const CLAIM: &str = r"
+local v = tonumber(redis.call('GET', KEYS[1]))
+if v ~= nil and v > tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+/// Where the scripts take "now" from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimeSource {
+    /// Redis's `TIME`: one clock for every process (production).
+    #[default]
+    Redis,
+    /// The ledger's injected clock (tests drive it with a `ManualClock`).
+    Clock,
+}
+
+/// A URL with any credentials removed, for messages: the user and password before `@`, and the
+/// query, where a `redis+unix://` URL carries `user=` and `pass=`.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let rest = rest.split(['?', '#']).next().unwrap_or("");
+            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+            format!("{scheme}://{host}")
+        }
+        None => "(redis url)".to_owned(),
+    }
+}
+
+/// Connecting to Redis failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// Redis refused keyturn: wrong or missing password (`WRONGPASS`, `NOAUTH`), or an ACL that
+    /// denies the commands keyturn needs (`NOPERM`). A configuration error: waiting will not help.
+    #[error(
+        "Redis at {server} refused keyturn ({detail}): check the user and password in the Redis URL (KEYTURN_REDIS_URL or state.redis_url) and that user's ACL; nothing was admitted"
+    )]
+    Refused {
+        /// The server, without credentials.
+        server: String,
+        /// What Redis said: its error code and meaning, never the password.
+        detail: String,
+    },
+    /// The URL is not one Redis can be reached at.
+    #[error("bad Redis URL {server}: {detail}")]
+    BadUrl {
+        /// The URL without credentials.
+        server: String,
+        /// What is wrong, without credentials.
+        detail: String,
+    },
+    /// Redis did not answer (down, unreachable, timing out).
+    #[error(transparent)]
+    Unavailable(StoreError),
+}
+
+impl ConnectError {
+    /// Whether the configuration must change (a refusal or a bad URL), as opposed to an outage
+    /// that ends by itself.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, Self::Refused { .. } | Self::BadUrl { .. })
+    }
+}
+
+impl From<ConnectError> for StoreError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Unavailable(s) => s,
+            other => StoreError::Backend(other.to_string()),
+        }
+    }
+}
+
+/// Why Redis refused a command, if it refused keyturn itself (credentials or ACL) rather than
+/// failing to answer. Read from the error's kind and Redis's error code, never its text.
+fn refusal(e: &redis::RedisError) -> Option<&'static str> {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+        return Some("authentication failed: wrong user or password");
+    }
+    match e.code() {
+        Some("WRONGPASS") => Some("WRONGPASS: wrong user or password"),
+        Some("NOAUTH") => Some("NOAUTH: Redis requires a password and the URL gives none"),
+        Some("NOPERM") => Some("NOPERM: the user's ACL denies a command or key keyturn needs"),
+        _ => None,
+    }
+}
+
+/// The passwords `url` carries (after `user:` or as `pass=`), to strip from any text that might
+/// echo them.
+fn passwords_of(url: &str) -> Vec<&str> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut out: Vec<&str> = before_query
+        .rsplit_once('@')
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, p)| p)
+        .into_iter()
+        .collect();
+    out.extend(query.split('&').filter_map(|kv| kv.strip_prefix("pass=")));
+    out.retain(|p| !p.is_empty());
+    out
+}
+
+/// The shared quota ledger.
+pub struct RedisLedger {
+    keys: Arc<KeyRing>,
+    cfg: LedgerConfig,
+    clock: Arc<dyn Clock>,
+    time: TimeSource,
+    conn: ConnectionManager,
+    server: String,
+    prefix: String,
+    acquire: Script,
+    settle: Script,
+    claim: Script,
+    projects: Vec<String>,
+    /// Per key, in ring order: fingerprint as text, project, weight.
+    candidates: Vec<(String, String, u32)>,
+    /// Per model: each key's configured (rpm, tpm, rpd, tpd), -1 for unlimited.
+    limits: Mutex<HashMap<String, Arc<Vec<[i64; 4]>>>>,
+    models: Mutex<Vec<String>>,
+    cursors: Mutex<HashMap<String, usize>>,
+    days: Mutex<Option<[i64; 4]>>,
+}
+
+impl std::fmt::Debug for RedisLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLedger")
+            .field("server", &self.server)
+            .field("prefix", &self.prefix)
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+fn backend(server: &str, e: &redis::RedisError) -> String {
+    if let Some(why) = refusal(e) {
+        return format!(
+            "Redis at {server} refused keyturn ({why}); nothing was admitted: this is a configuration error, check the user and password in the Redis URL and that user's ACL"
+        );
+    }
+    // The error's own text can carry the URL (and its password): describe it by kind only.
+    let what = if e.is_connection_refusal() {
+        "connection refused"
+    } else if e.is_timeout() {
+        "timed out"
+    } else if e.is_connection_dropped() || e.is_io_error() {
+        "connection lost"
+    } else {
+        e.category()
+    };
+    format!(
+        "Redis at {server} did not answer ({what}); nothing was admitted; keyturn retries when Redis is back"
+    )
+}
+
+impl RedisLedger {
+    /// Connects to `url` and uses `namespace` (several pipelines can share one Redis). Checks
+    /// at once that Redis accepts keyturn (credentials, and an ACL that lets it run scripts on
+    /// the namespace's keys): a refusal is [`ConnectError::Refused`], not an outage.
+    pub async fn connect(
+        url: &str,
+        namespace: &str,
+        keys: Arc<KeyRing>,
+        cfg: LedgerConfig,
+        clock: Arc<dyn Clock>,
+        time: TimeSource,
+    ) -> Result<Self, ConnectError> {
+        let server = redact_url(url);
+        let client = redis::Client::open(url).map_err(|e| {
+            let detail = passwords_of(url)
+                .into_iter()
+                .fold(e.to_string(), |t, p| t.replace(p, "***"));
+            ConnectError::BadUrl {
+                server: server.clone(),
+                detail,
+            }
+        })?;
+        let fail = |e: redis::RedisError| match refusal(&e) {
+            Some(why) => ConnectError::Refused {
+                server: server.clone(),
+                detail: why.to_owned(),
+            },
+            None => ConnectError::Unavailable(StoreError::Backend(backend(&server, &e))),
+        };
+        let mcfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(3)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let mut conn = ConnectionManager::new_with_config(client, mcfg)
+            .await
+            .map_err(fail)?;
+        let prefix = format!("kt:{namespace}:");
+        // Without a password Redis still connects and refuses the first command (NOAUTH); an
+        // ACL may allow PING and refuse scripts or these keys (NOPERM): ask what keyturn will.
+        let _: i64 = Script::new("return redis.call('EXISTS', KEYS[1])")
+            .key(format!("{prefix}k:access-check"))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(fail)?;
+        let mut projects = Vec::new();
+        for (_, e) in keys.iter() {
+            if !projects.contains(&e.project) {
+                projects.push(e.project.clone());
+            }
+        }
+        let models = cfg
+            .models
+            .iter()
+            .map(|m| keyturn_core::limits::normalize_model(m).to_owned())
+            .collect();
+        let candidates = keys
+            .iter()
+            .map(|(_, e)| (e.fingerprint().to_string(), e.project.clone(), e.weight))
+            .collect();
+        let ledger = Self {
+            candidates,
+            limits: Mutex::new(HashMap::new()),
+            keys,
+            cfg,
+            clock,
+            time,
+            conn,
+            server,
+            prefix,
+            acquire: Script::new(&format!("{COMMON}\n{ACQUIRE}")),
+            settle: Script::new(&format!("{COMMON}\n{SETTLE}")),
+            claim: Script::new(CLAIM),
+            projects,
+            models: Mutex::new(models),
+            cursors: Mutex::new(HashMap::new()),
+            days: Mutex::new(None),
+        };
+        ledger
+            .adopt_tiers()
+            .await
+            .map_err(|e| ConnectError::Unavailable(StoreError::Backend(e.to_string())))?;
+        Ok(ledger)
+    }
+
+    /// Records each project's configured tier in the namespace (`tier:<project>`) and, for a
+    /// project whose recorded tier differs, drops what the server taught under the old one:
+    /// learned limits and switch-offs (`l:`), the day's exhaustion and cooldown (in `s:`).
+    /// What was sent still counts.
+    async fn adopt_tiers(&self) -> Result<(), LedgerError> {
+        let err = |e: redis::RedisError| LedgerError::Backend(backend(&self.server, &e));
+        let mut conn = self.conn.clone();
+        let mut changed = Vec::new();
+        for project in &self.projects {
+            let tier = self.cfg.limits.tier(project);
+            // GETSET rather than SET … GET: the latter needs Redis 6.2.
+            let old: Option<String> = redis::cmd("GETSET")
+                .arg(format!("{}tier:{project}", self.prefix))
+                .arg(tier.name())
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
+            if old.is_some_and(|o| o != tier.name()) {
+                tracing::info!(
+                    project = %project,
+                    tier = %tier,
+                    "the project's tier changed: what the server said under the old one is dropped"
+                );
+                changed.push(project.as_str());
+            }
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let of_changed = |k: &str, kind: &str| {
+            k[self.prefix.len() + kind.len()..]
+                .rsplit_once('|')
+                .is_some_and(|(_, p)| changed.contains(&p))
+        };
+        for k in self.scan(&mut conn, "l:").await? {
+            if of_changed(&k, "l:") {
+                let _: () = conn.del(&k).await.map_err(err)?;
+            }
+        }
+        for k in self.scan(&mut conn, "s:").await? {
+            if of_changed(&k, "s:") {
+                let _: () = conn.hdel(&k, &["cd", "ex"]).await.map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The Redis server, without credentials.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn now_arg(&self, local_now: i64) -> String {
+        match self.time {
+            TimeSource::Redis => String::new(),
+            TimeSource::Clock => local_now.to_string(),
+        }
+    }
+
+    /// Four Pacific midnights around now (yesterday's start … tomorrow's end), cached per day.
+    fn midnights(&self) -> [i64; 4] {
+        let now = self.clock.now_ms();
+        let mut cached = self.days.lock();
+        if let Some(d) = *cached
+            && d[1] <= now
+            && now < d[2]
+        {
+            return d;
+        }
+        let today = QuotaDay::containing(now);
+        let yesterday = QuotaDay::containing(today.start_ms - 1);
+        let tomorrow = QuotaDay::containing(today.end_ms);
+        let d = [
+            yesterday.start_ms,
+            today.start_ms,
+            today.end_ms,
+            tomorrow.end_ms,
+        ];
+        *cached = Some(d);
+        d
+    }
+
+    fn model_slot(&self, model: &str) -> u32 {
+        let mut models = self.models.lock();
+        match models.iter().position(|m| m == model) {
+            Some(i) => i as u32,
+            None => {
+                models.push(model.to_owned());
+                (models.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Each key's configured limits for a model, resolved once per model.
+    fn limits_for(&self, model: &str) -> Arc<Vec<[i64; 4]>> {
+        let mut cache = self.limits.lock();
+        if let Some(l) = cache.get(model) {
+            return l.clone();
+        }
+        let lim = |v: Option<u64>| v.map_or(-1i64, |x| x.min(i64::MAX as u64) as i64);
+        let per_key: Vec<[i64; 4]> = self
+            .candidates
+            .iter()
+            .map(|(_, project, _)| {
+                let (l, _) = self.configured(project, model);
+                [lim(l.rpm), lim(l.tpm), lim(l.rpd), lim(l.tpd)]
+            })
+            .collect();
+        let per_key = Arc::new(per_key);
+        cache.insert(model.to_owned(), per_key.clone());
+        per_key
+    }
+
+    fn configured(&self, project: &str, model: &str) -> (ModelLimits, LimitSource) {
+        self.cfg.limits.resolve(project, model)
+    }
+
+    async fn now(&self) -> Result<i64, LedgerError> {
+        match self.time {
+            TimeSource::Clock => Ok(self.clock.now_ms()),
+            TimeSource::Redis => {
+                let mut conn = self.conn.clone();
+                let (s, us): (i64, i64) = redis::cmd("TIME")
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
+                Ok(s * 1000 + us / 1000)
+            }
+        }
+    }
+
+    fn known_models(&self) -> Vec<String> {
+        self.models.lock().clone()
+    }
+
+    fn scope_key(&self, model: &str, project: &str) -> String {
+        format!("{}s:{model}|{project}", self.prefix)
+    }
+
+    fn learned_key(&self, model: &str, project: &str) -> String {
+        format!("{}l:{model}|{project}", self.prefix)
+    }
+
+    fn project_key(&self, project: &str) -> String {
+        format!("{}p:{project}", self.prefix)
+    }
+}
+
+/// `s` with Redis's glob characters escaped, for `SCAN MATCH`.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn reason_code(r: DeadReason) -> String {
+    serde_json::to_value(r)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "permission-denied".into())
+}
+
+#[async_trait]
+impl QuotaLedger for RedisLedger {
+    fn keys(&self) -> Arc<KeyRing> {
+        self.keys.clone()
+    }
+
+    async fn acquire(&self, model: &str, demand: Demand) -> Result<Lease, AcquireError> {
+        let start = self.clock.now_ms();
+        let deadline = start.saturating_add(self.cfg.max_wait.as_millis() as i64);
+        loop {
+            match self.try_acquire(model, demand).await {
+                Ok(lease) => return Ok(lease),
+                Err((e, Some(wake))) => {
+                    // A breaker's time is only an upper bound (a probe may settle any moment):
+                    // keep looking until the bound. Anything else returns at a known time.
+                    let circuit = matches!(
+                        e,
+                        AcquireError::Exhausted {
+                            reason: Exhaustion::CircuitOpen | Exhaustion::Reprobing,
+                            ..
+                        }
+                    );
+                    let now = self.clock.now_ms();
+                    if wake > deadline && !(circuit && now < deadline) {
+                        return Err(e);
+                    }
+                    let wake = wake.min(deadline);
+                    // Other processes may free capacity sooner (a reset): look again at least
+                    // every few seconds while waiting.
+                    // No notifications cross processes: poll, briskly while a probe decides.
+                    let poll = now.saturating_add(if circuit { 200 } else { 5_000 });
+                    self.clock.sleep_until(wake.min(poll)).await;
+                }
+                Err((e, None)) => return Err(e),
+            }
+        }
+    }
+
+    async fn settle(&self, lease: Lease, outcome: Outcome) -> Result<(), LedgerError> {
+        self.settle_lease(lease, outcome).await
+    }
+
+    async fn reset(&self, target: ResetTarget) -> Result<(), LedgerError> {
+        self.reset_target(target).await
+    }
+
+    async fn status(&self) -> Result<PoolStatus, LedgerError> {
+        // Status is the snapshot read by the rules every ledger shares (without the history,
+        // which status does not show: the monitor reads status every second).
+        let snap = self.read_snapshot(false).await?;
+        Ok(PoolStatus::from_snapshot(
+            &snap,
+            &self.cfg.limits,
+            &self.keys,
+        ))
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, LedgerError> {
+        self.read_snapshot(true).await
+    }
+
+    async fn claim_notice(&self, id: &str, until_ms: i64) -> Result<bool, LedgerError> {
+        let now = self.clock.now_ms();
+        let mut conn = self.conn.clone();
+        let claimed: i64 = self
+            .claim
+            .key(format!("{}n:{id}", self.prefix))
+            .arg(now)
+            .arg(until_ms)
+            .arg((until_ms - now).max(1))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
+        Ok(claimed == 1)
+    }
+
+    async fn restore(&self, snapshot: Snapshot) -> Result<(), LedgerError> {
+        self.restore_snapshot(snapshot).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_in_messages_carry_no_credentials() {
+        for (url, shown) in [
+            ("redis://:made-up-pw@h:6379/2", "redis://h:6379/2"),
+            ("redis://user:made-up-pw@h:6379", "redis://h:6379"),
+            ("rediss://user:made@up-pw@h", "rediss://h"),
+            (
+                "redis+unix:///run/redis.sock?user=u&pass=made-up-pw&db=1",
+                "redis+unix:///run/redis.sock",
+            ),
+            (
+                "unix:///run/redis.sock?pass=made-up-pw",
+                "unix:///run/redis.sock",
+            ),
+            ("made-up-pw", "(redis url)"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        assert_eq!(
+            passwords_of("redis+unix:///s?pass=made-up-a&x=1"),
+            ["made-up-a"]
+        );
+        assert_eq!(
+            passwords_of("redis://:made-up-b@h?pass=made-up-c"),
+            ["made-up-b", "made-up-c"]
+        );
+    }
+}
