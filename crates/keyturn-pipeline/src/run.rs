@@ -407,12 +407,31 @@ pub enum SeedError {
     Failed(String),
 }
 
+/// What kind of failure stopped a run before it could report (a report's own outcome is its
+/// [`Stop`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SeedErrorKind {
+    /// The user must change something first.
+    Usage,
+    /// Anything else.
+    Failed,
+}
+
 impl SeedError {
-    /// 2 for [`SeedError::Usage`], 1 otherwise.
-    pub fn exit_code(&self) -> u8 {
+    /// The classification, which decides the exit code.
+    pub fn kind(&self) -> SeedErrorKind {
         match self {
-            Self::Usage(_) => 2,
-            Self::Failed(_) => 1,
+            Self::Usage(_) => SeedErrorKind::Usage,
+            Self::Failed(_) => SeedErrorKind::Failed,
+        }
+    }
+
+    /// 2 for [`SeedErrorKind::Usage`], 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self.kind() {
+            SeedErrorKind::Usage => 2,
+            SeedErrorKind::Failed => 1,
         }
     }
 }
@@ -627,19 +646,105 @@ async fn process(ctx: &Ctx, item: &Item) -> Result<Episode, EpisodeError> {
     })
 }
 
+/// Where a run keeps the rotation state: saved after each episode and at the end, and named in
+/// the run report. The factory's [`keyturn_services::StateHandle`] is one; a test can give its own.
+#[async_trait::async_trait]
+pub trait RunState: Send + Sync {
+    /// Saves the state now (the file backend; Redis is always current).
+    async fn flush(&self) -> Result<(), String>;
+    /// Where it lives ("file .keyturn/state.json", "redis … namespace x").
+    fn describe(&self) -> String;
+}
+
+#[async_trait::async_trait]
+impl RunState for keyturn_services::StateHandle {
+    async fn flush(&self) -> Result<(), String> {
+        keyturn_services::StateHandle::flush(self)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn describe(&self) -> String {
+        keyturn_services::StateHandle::describe(self).to_owned()
+    }
+}
+
+/// What a run uses, each behind its seam so the executor can be driven with mocks: the LLM and
+/// embeddings services, the ledger (its snapshot goes into each checkpoint; the progress line
+/// reads its status), the caller (per-key statistics for the progress line and the report),
+/// where the rotation state is saved, and the one clock.
+#[derive(Clone)]
+pub struct SeedServices<'a> {
+    /// Extraction.
+    pub llm: Arc<dyn LlmService>,
+    /// Embeddings of chunks and entities.
+    pub embeddings: Arc<dyn EmbeddingsService>,
+    /// The pool's ledger.
+    pub ledger: Arc<dyn keyturn_core::QuotaLedger>,
+    /// The caller both services share.
+    pub caller: Arc<dyn keyturn_gemini::GeminiCall>,
+    /// Where the rotation state is saved.
+    pub state: &'a dyn RunState,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for SeedServices<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SeedServices")
+            .field("llm", &self.llm)
+            .field("embeddings", &self.embeddings)
+            .field("state", &self.state.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> SeedServices<'a> {
+    /// The factory's services, on `clock`.
+    pub fn of(services: &'a Services, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            llm: services.llm.clone(),
+            embeddings: services.embeddings.clone(),
+            ledger: services.ledger.clone(),
+            caller: services.caller.clone(),
+            state: &services.state,
+            clock,
+        }
+    }
+}
+
+/// Runs the pipeline on the factory's services: [`run_seed`] with [`SeedServices::of`].
+pub async fn seed(
+    opts: SeedOptions,
+    services: &Services,
+    interrupt: watch::Receiver<bool>,
+    grace: Duration,
+    progress: &Progress,
+) -> Result<RunReport, SeedError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    run_seed(
+        opts,
+        &SeedServices::of(services, clock),
+        interrupt,
+        grace,
+        progress,
+    )
+    .await
+}
+
 /// Runs the pipeline. `interrupt` turns true on Ctrl-C/SIGTERM: no new episode starts, episodes in
 /// flight get `grace` to finish, then everything is checkpointed.
 ///
 /// Before anything is written: every input must exist, and the output folder must be keyturn's
 /// ([`OutDir::claim`], held locked until the run ends).
-pub async fn seed(
+pub async fn run_seed(
     opts: SeedOptions,
-    services: &Services,
+    services: &SeedServices<'_>,
     mut interrupt: watch::Receiver<bool>,
     grace: Duration,
     progress: &Progress,
 ) -> Result<RunReport, SeedError> {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let clock = services.clock.clone();
     let started = clock.now_ms();
     let out = opts.out.clone();
     for input in &opts.inputs {
@@ -865,7 +970,7 @@ pub async fn seed(
     if let Some(s) = snapshot {
         checkpoints.save_rotation(clock.now_ms(), s)?;
     }
-    services.state.flush().await.map_err(|e| e.to_string())?;
+    services.state.flush().await?;
     let (nodes, edges) = crate::graph::write_graph(&out).map_err(|e| e.to_string())?;
     counts.skipped = skipped.len();
     counts.failed = failed.len();
@@ -904,7 +1009,7 @@ pub async fn seed(
             ("hits".to_owned(), cache.hits),
             ("misses".to_owned(), cache.misses),
         ]),
-        state: services.state.describe().to_owned(),
+        state: services.state.describe(),
     };
     let bytes = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
     keyturn_store::write_atomic(&out.join("run-report.json"), &bytes, 0o644)
