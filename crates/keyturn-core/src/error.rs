@@ -109,14 +109,19 @@ pub fn describe_instant(ms: i64) -> String {
     format!("{} ({pacific})", ts.strftime("%Y-%m-%dT%H:%M:%SZ"))
 }
 
-/// How callers should react to an error: the classification, not the message, drives retries.
+/// How callers should react to an error: the classification, not the message, drives retries
+/// (and the binary's exit codes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// Capacity returns within minutes: wait and retry.
     Throttled,
     /// Capacity returns at the next Pacific midnight: checkpoint and stop (exit 3).
     ExhaustedForDay,
-    /// No key will ever serve this (all disabled, model off, demand too large): exit 4 or fix config.
+    /// Every key is disabled: fix or replace the keys (exit 4).
+    KeysDead,
+    /// No key will serve this as asked (the model is off for every project, one request needs
+    /// more than a whole limit): change the request or the configuration.
     Permanent,
     /// The quota backend is unreachable: retry later; nothing was admitted.
     Unavailable,
@@ -184,9 +189,8 @@ impl AcquireError {
                 ..
             } => ErrorKind::ExhaustedForDay,
             Self::Exhausted { .. } => ErrorKind::Throttled,
-            Self::AllKeysDisabled { .. }
-            | Self::ModelUnavailable { .. }
-            | Self::DemandTooLarge { .. } => ErrorKind::Permanent,
+            Self::AllKeysDisabled { .. } => ErrorKind::KeysDead,
+            Self::ModelUnavailable { .. } | Self::DemandTooLarge { .. } => ErrorKind::Permanent,
             Self::Backend(_) => ErrorKind::Unavailable,
         }
     }

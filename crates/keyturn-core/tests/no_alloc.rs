@@ -8,7 +8,12 @@
 //! on the machine's load (1 run in 8 under load saw 4 blocks that were not the hot path's). Here
 //! the measured loop is the only thread there is.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::print_stdout)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout
+)]
 
 use std::sync::Arc;
 

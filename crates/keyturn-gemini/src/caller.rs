@@ -392,7 +392,7 @@ impl RotatingCaller {
             span.record("outcome", crate::metrics::outcome_label(&outcome));
             self.settle(lease, entry, model, outcome, None, took).await;
             let retry = match e.kind() {
-                ErrorKind::CallerFault | ErrorKind::NoCapacity => None,
+                ErrorKind::CallerFault | ErrorKind::NoCapacity(_) | ErrorKind::Internal => None,
                 ErrorKind::Transient => Some("transient"),
                 ErrorKind::Throttled(_) => Some("throttled"),
                 ErrorKind::ModelUnavailable => Some("limit-0"),
@@ -407,7 +407,10 @@ impl RotatingCaller {
             // Upstream text (Gemini quotes clients back) is escaped: it must not write log lines.
             span.in_scope(|| tracing::debug!(kind = ?e.kind(), error = %e.to_string().escape_debug(), "attempt failed"));
             match e.kind() {
-                ErrorKind::CallerFault | ErrorKind::NoCapacity | ErrorKind::Unverified => {
+                ErrorKind::CallerFault
+                | ErrorKind::NoCapacity(_)
+                | ErrorKind::Unverified
+                | ErrorKind::Internal => {
                     return Err(e);
                 }
                 ErrorKind::Transient => {

@@ -39,6 +39,7 @@ use crate::transport::{InvalidName, SendError};
 
 /// What kind of failure, which decides what happens next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ErrorKind {
     /// 429: this scope is throttled; retry on another key.
     Throttled(ThrottleKind),
@@ -57,8 +58,11 @@ pub enum ErrorKind {
     Transient,
     /// The request is wrong (400, 404); do not retry.
     CallerFault,
-    /// No key can take the request now (from the ledger).
-    NoCapacity,
+    /// No key can take the request (from the ledger), and what kind of refusal that is: for
+    /// minutes, for the day, every key dead, never as asked, or the ledger unreachable.
+    NoCapacity(QuotaErrorKind),
+    /// An internal invariant failed (a bug): nothing is blamed, nothing is retried.
+    Internal,
 }
 
 /// A failed Gemini call. Carries context (status, model, key label) and the server's message
@@ -96,7 +100,8 @@ pub enum GeminiError {
         /// The last error.
         last: Box<GeminiError>,
     },
-    /// The quota ledger failed while settling.
+    /// An internal invariant failed (a lease naming an unknown key, no attempt made): a bug,
+    /// classified [`ErrorKind::Internal`], blaming no key.
     #[error("quota ledger: {0}")]
     Ledger(String),
     /// The request names a model or method that cannot be sent upstream; no key was used.
@@ -118,9 +123,9 @@ impl GeminiError {
         match self {
             Self::Api(a) => a.kind,
             Self::Transport { .. } => ErrorKind::Transient,
-            Self::Quota(_) => ErrorKind::NoCapacity,
+            Self::Quota(q) => ErrorKind::NoCapacity(q.kind()),
             Self::RetriesExhausted { last, .. } => last.kind(),
-            Self::Ledger(_) => ErrorKind::Transient,
+            Self::Ledger(_) => ErrorKind::Internal,
             // Neither says anything about a key, and retrying cannot help.
             Self::Invalid(_) | Self::Redirected { .. } => ErrorKind::CallerFault,
         }
@@ -166,10 +171,14 @@ impl GeminiError {
                 // blames nothing.
                 ErrorKind::Unverified => Outcome::CallerFault,
                 ErrorKind::Transient => Outcome::Transient,
-                ErrorKind::CallerFault | ErrorKind::NoCapacity => Outcome::CallerFault,
+                ErrorKind::CallerFault | ErrorKind::NoCapacity(_) | ErrorKind::Internal => {
+                    Outcome::CallerFault
+                }
             },
-            Self::Transport { .. } | Self::Ledger(_) => Outcome::Transient,
-            Self::Quota(_)
+            Self::Transport { .. } => Outcome::Transient,
+            // An internal failure says nothing about the key or the service.
+            Self::Ledger(_)
+            | Self::Quota(_)
             | Self::RetriesExhausted { .. }
             | Self::Invalid(_)
             | Self::Redirected { .. } => Outcome::CallerFault,

@@ -47,7 +47,9 @@ fn expect_word(kind: ErrorKind) -> String {
         ErrorKind::Unverified => "probe-then-decide".into(),
         ErrorKind::CallerFault => "caller-fault".into(),
         ErrorKind::Transient => "transient".into(),
-        ErrorKind::NoCapacity => "no-capacity".into(),
+        ErrorKind::NoCapacity(_) => "no-capacity".into(),
+        ErrorKind::Internal => "internal".into(),
+        other => format!("{other:?}"),
     }
 }
 

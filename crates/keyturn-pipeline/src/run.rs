@@ -15,7 +15,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use keyturn_core::{Clock, ErrorKind as QuotaKind, SystemClock};
 use keyturn_embeddings::{EmbedOptions, EmbeddingsService};
-use keyturn_gemini::KeyCallStats;
+use keyturn_gemini::{ErrorKind as GeminiKind, KeyCallStats};
 use keyturn_llm::{GenerateRequest, LlmError, LlmService};
 use keyturn_services::Services;
 use keyturn_store::{CheckpointError, CheckpointStore};
@@ -507,22 +507,25 @@ enum EpisodeError {
     Failed(String),
 }
 
+/// What an episode's failed call means for the run, by the error's kind: the day used up stops
+/// it (exit 3), every key dead stops it (exit 4), anything else fails this episode only.
 fn classify_llm(model: &str, e: &LlmError) -> EpisodeError {
     let LlmError::Gemini(g) = e else {
         return EpisodeError::Failed(e.to_string());
     };
-    match g.quota() {
-        Some(q) if q.kind() == QuotaKind::ExhaustedForDay => {
+    match g.kind() {
+        GeminiKind::NoCapacity(QuotaKind::ExhaustedForDay) => {
             EpisodeError::Stop(Stop::ExhaustedForDay {
                 model: model.to_owned(),
-                until_ms: q.retry_at_ms().unwrap_or(0),
+                until_ms: g.quota().and_then(|q| q.retry_at_ms()).unwrap_or(0),
             })
         }
-        Some(keyturn_core::AcquireError::AllKeysDisabled { detail, .. }) => {
-            EpisodeError::Stop(Stop::AllKeysInvalid {
-                detail: detail.clone(),
-            })
-        }
+        GeminiKind::NoCapacity(QuotaKind::KeysDead) => EpisodeError::Stop(Stop::AllKeysInvalid {
+            detail: match g.quota() {
+                Some(keyturn_core::AcquireError::AllKeysDisabled { detail, .. }) => detail.clone(),
+                _ => g.to_string(),
+            },
+        }),
         _ => EpisodeError::Failed(g.to_string()),
     }
 }

@@ -246,3 +246,58 @@ pub enum ServiceError {
         detail: String,
     },
 }
+
+/// What kind of failure stopped the services from starting, which decides the exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServiceErrorKind {
+    /// The user must change something: configuration, a state file another process holds, one
+    /// that does not parse or that a newer keyturn wrote (exit 2).
+    Configuration,
+    /// Anything else: an outage, an I/O error, a port taken (exit 1).
+    Failed,
+}
+
+impl ServiceError {
+    /// The classification.
+    pub fn kind(&self) -> ServiceErrorKind {
+        match self {
+            Self::Config(_)
+            | Self::State(
+                StoreError::Locked { .. }
+                | StoreError::Corrupt { .. }
+                | StoreError::NewerSchema { .. },
+            ) => ServiceErrorKind::Configuration,
+            _ => ServiceErrorKind::Failed,
+        }
+    }
+
+    /// The binary's exit code for this error: 2 for [`ServiceErrorKind::Configuration`], else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self.kind() {
+            ServiceErrorKind::Configuration => 2,
+            ServiceErrorKind::Failed => 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn exit_codes_come_from_kinds() {
+        let locked = ServiceError::State(StoreError::Locked {
+            path: PathBuf::from("state.json"),
+            pid: Some(7),
+        });
+        assert_eq!(locked.kind(), ServiceErrorKind::Configuration);
+        assert_eq!(locked.exit_code(), 2);
+        let down = ServiceError::State(StoreError::Backend("redis://h:6379 unreachable".into()));
+        assert_eq!(down.kind(), ServiceErrorKind::Failed);
+        assert_eq!(down.exit_code(), 1);
+        assert_eq!(ServiceError::Http("tls".into()).exit_code(), 1);
+    }
+}

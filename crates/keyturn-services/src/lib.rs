@@ -43,7 +43,7 @@ use keyturn_store::{ConnectError, FileStore, Persister, RedisLedger, TimeSource}
 
 pub use config::{Backend, Config, Env, Overrides, process_env};
 pub use discovery::{Found, discover, key_ring};
-pub use error::{ConfigError, ServiceError};
+pub use error::{ConfigError, ServiceError, ServiceErrorKind};
 
 /// Owns the state backend's background work; flush at checkpoints, shut down at exit.
 #[derive(Debug)]
