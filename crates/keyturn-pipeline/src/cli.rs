@@ -1378,8 +1378,8 @@ async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -> ExitCode 
         return fail(1, e);
     }
     let callers = (
-        keyturn_services::caller_for_version(&cfg, pool.ledger.clone(), "v1beta"),
-        keyturn_services::caller_for_version(&cfg, pool.ledger.clone(), "v1"),
+        pool.caller_for_version(&cfg, "v1beta"),
+        pool.caller_for_version(&cfg, "v1"),
     );
     let (Ok(v1beta), Ok(v1)) = callers else {
         return fail(1, "cannot set up the HTTP client");
@@ -1388,6 +1388,7 @@ async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -> ExitCode 
         v1beta,
         v1,
         pool.ledger.clone(),
+        pool.clock.clone(),
         &pcfg,
     ));
     let proxy = match keyturn_proxy::Proxy::start(state, &pcfg).await {

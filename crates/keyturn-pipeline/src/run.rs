@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use keyturn_core::{Clock, ErrorKind as QuotaKind, SystemClock};
+use keyturn_core::{Clock, ErrorKind as QuotaKind};
 use keyturn_embeddings::{EmbedOptions, EmbeddingsService};
 use keyturn_gemini::KeyCallStats;
 use keyturn_llm::{GenerateRequest, LlmError, LlmService};
@@ -62,6 +62,11 @@ pub struct SeedOptions {
     pub follow_links: bool,
 }
 
+/// The extraction model a seed uses unless told otherwise.
+pub const DEFAULT_MODEL: &str = "gemini-2.5-flash";
+/// The embedding model a seed uses unless told otherwise.
+pub const DEFAULT_EMBEDDING_MODEL: &str = "gemini-embedding-001";
+
 impl Default for SeedOptions {
     fn default() -> Self {
         Self {
@@ -69,8 +74,8 @@ impl Default for SeedOptions {
             out: PathBuf::from("out"),
             concurrency: 4,
             requests: 4,
-            model: "gemini-2.5-flash".into(),
-            embedding_model: "gemini-embedding-001".into(),
+            model: DEFAULT_MODEL.into(),
+            embedding_model: DEFAULT_EMBEDDING_MODEL.into(),
             dimensions: Some(768),
             chunk_tokens: 700,
             overlap_cues: 1,
@@ -639,7 +644,8 @@ pub async fn seed(
     grace: Duration,
     progress: &Progress,
 ) -> Result<RunReport, SeedError> {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // The pool's clock: the report, the checkpoints and the ledger agree on the time.
+    let clock: Arc<dyn Clock> = services.clock.clone();
     let started = clock.now_ms();
     let out = opts.out.clone();
     for input in &opts.inputs {
@@ -765,6 +771,7 @@ pub async fn seed(
         pending.len() as u64,
         services.ledger.clone(),
         services.caller.clone(),
+        clock.clone(),
         &opts.model,
     );
     let ctx = &ctx;

@@ -1424,3 +1424,37 @@ async fn checkpoint_backups_are_pruned_to_the_newest_ten() {
         .count();
     assert_eq!(backups, keep);
 }
+
+/// One clock per run: under `KEYTURN_CLOCK_OFFSET_MS` the run report's times are the ledger's
+/// (the pool's clock, built once by the factory), not the system's. Ten days apart before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shifted_clock_is_the_one_clock_of_the_run_report_and_the_ledger() {
+    const SHIFT_MS: i64 = 10 * 86_400_000;
+    let w = world(600, 10_000, Faults::default(), false).await;
+    let mut seed = w.seed_cmd();
+    seed.env("KEYTURN_CLOCK_OFFSET_MS", SHIFT_MS.to_string());
+    let o = w.run(seed).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let mut status = w.command(&["status", "--json"]);
+    status.env("KEYTURN_CLOCK_OFFSET_MS", SHIFT_MS.to_string());
+    let status: Value = serde_json::from_slice(&w.run(status).await.stdout).unwrap();
+    let ledger_now = status["at_ms"].as_i64().unwrap();
+    let report = report_of(&w.out());
+    let ms = |field: &str| {
+        report[field]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_millisecond()
+    };
+    let (started, finished) = (ms("started_at"), ms("finished_at"));
+    assert!(
+        started <= finished && finished <= ledger_now,
+        "report {started}..{finished}, ledger {ledger_now}"
+    );
+    assert!(
+        ledger_now - started < SHIFT_MS / 2,
+        "the report ran on another clock than the ledger: started {started}, ledger {ledger_now}"
+    );
+}
