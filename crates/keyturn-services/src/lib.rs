@@ -29,6 +29,7 @@ pub mod discovery;
 pub mod error;
 pub mod monitor;
 pub mod notify;
+pub mod state;
 
 use std::path::Path;
 use std::sync::Arc;
