@@ -110,8 +110,10 @@ pub(super) enum Command {
     Seed(SeedArgs),
     /// The pipeline on bundled sample transcripts against the built-in simulator (no key, no network).
     Demo(DemoArgs),
-    /// The Gemini simulator alone. It reads only its own configuration (--config, TOML or
-    /// JSON, and the flags below), never keyturn.toml.
+    /// The Gemini simulator alone.
+    ///
+    /// It reads only its own configuration (--config, TOML or JSON, and the flags below), never
+    /// keyturn.toml: [metrics] addr does not apply, metrics are served only with --metrics-addr.
     Sim(SimCmd),
     /// Quota state per key and model: used vs limit, breakers, disabled keys, next reset.
     Status {
