@@ -1458,3 +1458,22 @@ async fn a_shifted_clock_is_the_one_clock_of_the_run_report_and_the_ledger() {
         "the report ran on another clock than the ledger: started {started}, ledger {ledger_now}"
     );
 }
+
+/// `keys check --model` for a model the server does not know: the keys are good (exit 0), and
+/// each row says the model, not the key, was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_check_tells_a_refused_model_from_a_dead_key() {
+    let w = world(600, 10_000, Faults::default(), true).await;
+    let o = w
+        .run(w.command(&["keys", "check", "--model", "gemini-no-such-model"]))
+        .await;
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert_eq!(
+        out.matches("valid key, but gemini-no-such-model answered 404")
+            .count(),
+        3,
+        "{out}"
+    );
+    assert!(out.contains("REJECTED: invalid key"), "{out}");
+}
