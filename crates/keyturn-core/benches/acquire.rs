@@ -3,7 +3,7 @@
 //! in the same run as the reference point. Run: `cargo bench -p keyturn-core`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-#![allow(clippy::disallowed_methods)] // a benchmark times itself with the real clock
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // a benchmark times itself with the real clock
 
 use std::hint::black_box;
 use std::num::NonZeroU32;

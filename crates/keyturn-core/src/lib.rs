@@ -55,6 +55,7 @@ pub mod testkit;
 pub mod window;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
+#[allow(clippy::disallowed_types)] // re-exported for the factory that builds the one clock
 pub use clock::{Clock, ManualClock, OffsetClock, SystemClock};
 pub use error::{
     AcquireError, ConfigError, ErrorKind, Exhaustion, KeyError, LedgerError, SnapshotError,

@@ -38,6 +38,6 @@ pub mod wire;
 #[cfg(any(test, feature = "mock"))]
 pub use caller::MockGeminiCall;
 pub use caller::{ChunkStream, GeminiCall, KeyCallStats, Reply, RetryPolicy, RotatingCaller};
-pub use check::{KeyCheck, check_key};
+pub use check::{KeyCheck, ModelCheck, check_key, check_key_for_model};
 pub use error::{ApiFailure, ErrorKind, GeminiError, classify, redact};
 pub use transport::{InvalidName, SendError, Transport, TransportConfig, model_id, valid_model};

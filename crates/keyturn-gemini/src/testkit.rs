@@ -1,6 +1,8 @@
 //! Test helpers: a pool of made-up keys and a rotating caller pointed at a simulator.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// Test pools talk to a real simulator over real sockets, on the real clock.
+#![allow(clippy::disallowed_types)]
 
 use std::sync::Arc;
 use std::time::Duration;

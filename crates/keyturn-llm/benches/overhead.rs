@@ -51,7 +51,12 @@ fn main() {
         ],
         fast_config(limits),
     );
-    let llm = Arc::new(GeminiLlm::new(caller, LlmConfig::default()));
+    // No cache: the clock is never read.
+    let llm = Arc::new(GeminiLlm::new(
+        caller,
+        LlmConfig::default(),
+        Arc::new(keyturn_core::ManualClock::at_ms(0)),
+    ));
     let req = GenerateRequest::new(FLASH, "Hello there, how are you today?");
     let body = serde_json::to_vec(&req.body).unwrap();
     let client = reqwest::Client::new();

@@ -3,10 +3,11 @@
 //! hits spend no quota.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use keyturn_core::{Clock, SystemClock};
+use keyturn_core::Clock;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -45,13 +46,16 @@ pub struct CacheStats {
 pub struct ResponseCache {
     mem: moka::future::Cache<String, Value>,
     cfg: CacheConfig,
+    // The pool's clock: a copy on disk is stamped and aged by the time the ledger reads, so
+    // under `KEYTURN_CLOCK_OFFSET_MS` the cache and the quota agree on what "now" is.
+    clock: Arc<dyn Clock>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
 impl ResponseCache {
-    /// A cache.
-    pub fn new(cfg: CacheConfig) -> Self {
+    /// A cache whose copies on disk age by `clock`.
+    pub fn new(cfg: CacheConfig, clock: Arc<dyn Clock>) -> Self {
         let mem = moka::future::Cache::builder()
             .max_capacity(cfg.max_entries)
             .time_to_live(cfg.ttl)
@@ -64,6 +68,7 @@ impl ResponseCache {
         Self {
             mem,
             cfg,
+            clock,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -95,7 +100,7 @@ impl ResponseCache {
                 .ok()
                 .and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map(|d| d.as_millis() as i64)
-            && SystemClock.now_ms().saturating_sub(written_ms) < self.cfg.ttl.as_millis() as i64
+            && self.clock.now_ms().saturating_sub(written_ms) < self.cfg.ttl.as_millis() as i64
             && let Ok(bytes) = std::fs::read(&path)
             && let Ok(v) = serde_json::from_slice::<Value>(&bytes)
         {
@@ -113,8 +118,12 @@ impl ResponseCache {
             && let Some(dir) = path.parent()
         {
             let bytes = serde_json::to_vec(&value).unwrap_or_default();
+            // Stamped with the pool's clock, not the file system's, as `get` ages it.
+            let stamp =
+                SystemTime::UNIX_EPOCH + Duration::from_millis(self.clock.now_ms().max(0) as u64);
             let written = tempfile::NamedTempFile::new_in(dir).and_then(|mut f| {
                 std::io::Write::write_all(&mut f, &bytes)?;
+                f.as_file().set_modified(stamp)?;
                 f.persist(&path).map_err(|e| e.error)?;
                 Ok(())
             });
@@ -138,6 +147,12 @@ impl ResponseCache {
 mod tests {
     use super::*;
 
+    use keyturn_core::ManualClock;
+
+    fn clock() -> Arc<ManualClock> {
+        Arc::new(ManualClock::at_ms(1_800_000_000_000))
+    }
+
     #[tokio::test]
     async fn disk_copies_survive_a_new_cache() {
         let dir = tempfile::tempdir().unwrap();
@@ -145,12 +160,43 @@ mod tests {
             dir: Some(dir.path().to_owned()),
             ..CacheConfig::default()
         };
-        let a = ResponseCache::new(cfg.clone());
+        let clock = clock();
+        let a = ResponseCache::new(cfg.clone(), clock.clone());
         let k = a.key("m", &serde_json::json!({"x": 1}));
         assert_eq!(a.get(&k).await, None);
         a.put(k.clone(), serde_json::json!({"answer": 42})).await;
-        let b = ResponseCache::new(cfg);
+        let b = ResponseCache::new(cfg, clock);
         assert_eq!(b.get(&k).await, Some(serde_json::json!({"answer": 42})));
         assert_eq!(b.stats(), CacheStats { hits: 1, misses: 0 });
+    }
+
+    /// A copy on disk lives `ttl` by the pool's clock, whatever the system clock says: with the
+    /// clock moved (`KEYTURN_CLOCK_OFFSET_MS`, or a test's manual clock) the cache and the
+    /// ledger agree on when an answer expired.
+    #[tokio::test]
+    async fn disk_copies_expire_by_the_pools_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = CacheConfig {
+            ttl: Duration::from_secs(3600),
+            dir: Some(dir.path().to_owned()),
+            ..CacheConfig::default()
+        };
+        let clock = clock();
+        let a = ResponseCache::new(cfg.clone(), clock.clone());
+        let k = a.key("m", &serde_json::json!({"x": 2}));
+        a.put(k.clone(), serde_json::json!({"answer": 1})).await;
+        clock.advance(Duration::from_secs(3599));
+        let fresh = ResponseCache::new(cfg.clone(), clock.clone());
+        assert!(
+            fresh.get(&k).await.is_some(),
+            "younger than ttl by the pool's clock"
+        );
+        clock.advance(Duration::from_secs(2));
+        let later = ResponseCache::new(cfg, clock);
+        assert_eq!(
+            later.get(&k).await,
+            None,
+            "older than ttl by the pool's clock"
+        );
     }
 }

@@ -16,8 +16,9 @@
 //! ```no_run
 //! # use std::sync::Arc;
 //! # use keyturn_llm::{GeminiLlm, GenerateRequest, LlmService, LlmConfig};
-//! # async fn demo(caller: Arc<dyn keyturn_gemini::GeminiCall>) -> Result<(), keyturn_llm::LlmError> {
-//! let llm = GeminiLlm::new(caller, LlmConfig::default());
+//! # async fn demo(caller: Arc<dyn keyturn_gemini::GeminiCall>, clock: Arc<dyn keyturn_core::Clock>) -> Result<(), keyturn_llm::LlmError> {
+//! // `clock` is the pool's (keyturn-services hands it out with the pool).
+//! let llm = GeminiLlm::new(caller, LlmConfig::default(), clock);
 //! let req = GenerateRequest::new("gemini-2.5-flash", "Name three rivers.").system("Be brief.");
 //! let out = llm.generate(&req).await?;
 //! println!("{} (key {:?}, cache hit: {})", out.text, out.key, out.cache_hit);
@@ -32,7 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use keyturn_core::Demand;
+use keyturn_core::{Clock, Demand};
 use keyturn_gemini::wire::{
     Content, CountTokensResponse, GenerateContentRequest, GenerateContentResponse,
     GenerationConfig, UsageMetadata,
@@ -227,9 +228,10 @@ pub struct GeminiLlm {
 }
 
 impl GeminiLlm {
-    /// A service on a caller (which holds the shared pool).
-    pub fn new(caller: Arc<dyn GeminiCall>, cfg: LlmConfig) -> Self {
-        let cache = cfg.cache.clone().map(ResponseCache::new);
+    /// A service on a caller (which holds the shared pool); `clock` is the pool's, by which
+    /// cached answers age.
+    pub fn new(caller: Arc<dyn GeminiCall>, cfg: LlmConfig, clock: Arc<dyn Clock>) -> Self {
+        let cache = cfg.cache.clone().map(|c| ResponseCache::new(c, clock));
         Self {
             caller,
             cfg,
@@ -420,6 +422,11 @@ mod tests {
     use keyturn_gemini::{MockGeminiCall, Reply};
     use serde_json::json;
 
+    /// These tests keep answers in memory only, which age by moka's own timer: any clock does.
+    fn test_clock() -> Arc<dyn Clock> {
+        Arc::new(keyturn_core::ManualClock::at_ms(0))
+    }
+
     fn ok_reply(text: &str, prompt_tokens: u64) -> Reply {
         Reply {
             body: json!({"candidates": [{"content": {"parts": [{"text": text}], "role": "model"}, "finishReason": "STOP"}],
@@ -451,7 +458,7 @@ mod tests {
             })
             .times(1)
             .returning(|_, _, _, _| Ok(ok_reply("hi", 8)));
-        let llm = GeminiLlm::new(Arc::new(mock), LlmConfig::default());
+        let llm = GeminiLlm::new(Arc::new(mock), LlmConfig::default(), test_clock());
         let g = llm
             .generate(&GenerateRequest::new("gemini-2.5-flash", "x".repeat(30)))
             .await
@@ -488,7 +495,7 @@ mod tests {
         mock.expect_call()
             .withf(|_, _, d, _| *d == Demand::tokens(777))
             .returning(|_, _, _, _| Ok(ok_reply("ok", 700)));
-        let llm = GeminiLlm::new(Arc::new(mock), LlmConfig::default());
+        let llm = GeminiLlm::new(Arc::new(mock), LlmConfig::default(), test_clock());
         llm.generate(&req).await.unwrap();
         assert_eq!(llm.server_estimates(), 1);
 
@@ -503,7 +510,7 @@ mod tests {
         mock.expect_call()
             .withf(move |_, _, d, _| *d == Demand::tokens(local + NON_TEXT_PART_FALLBACK))
             .returning(|_, _, _, _| Ok(ok_reply("ok", 700)));
-        let llm = GeminiLlm::new(Arc::new(mock), LlmConfig::default());
+        let llm = GeminiLlm::new(Arc::new(mock), LlmConfig::default(), test_clock());
         llm.generate(&req).await.unwrap();
     }
 
@@ -522,7 +529,7 @@ mod tests {
                     5,
                 ))
             });
-        let llm = GeminiLlm::new(Arc::new(mock), LlmConfig::default());
+        let llm = GeminiLlm::new(Arc::new(mock), LlmConfig::default(), test_clock());
         let req = GenerateRequest::new("m", "x");
         let (v, _) = llm
             .generate_json(&req, &json!({"type": "OBJECT"}))
@@ -548,6 +555,7 @@ mod tests {
                 cache: Some(CacheConfig::default()),
                 ..Default::default()
             },
+            test_clock(),
         );
         let a = GenerateRequest::new("m1", "same");
         assert!(!llm.generate(&a).await.unwrap().cache_hit);

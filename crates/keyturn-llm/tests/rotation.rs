@@ -76,6 +76,8 @@ async fn setup(
             cache: cache.then(CacheConfig::default),
             ..LlmConfig::default()
         },
+        // The cache is in memory only here (moka's own timer); the pool's clock is unused.
+        Arc::new(keyturn_core::ManualClock::at_ms(0)),
     );
     Setup { sim, ledger, llm }
 }

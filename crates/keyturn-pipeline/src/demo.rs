@@ -80,8 +80,8 @@ pub const DEMO_KEYS: &[(&str, &str, &str, KeyState)] = &[
     ),
 ];
 
-const FLASH: &str = "gemini-2.5-flash";
-const EMBED: &str = "gemini-embedding-001";
+const FLASH: &str = crate::run::DEFAULT_MODEL;
+const EMBED: &str = crate::run::DEFAULT_EMBEDDING_MODEL;
 
 /// Writes the samples into `dir/<podcast>/<file>`.
 pub fn write_samples(dir: &Path) -> std::io::Result<()> {
@@ -218,7 +218,7 @@ pub async fn run(out: &Path, cwd: &Path, metrics_addr: Option<std::net::SocketAd
     sim.shutdown().await;
     match result {
         Ok(report) => {
-            let code = crate::cli::report_and_exit(&report, "keyturn demo");
+            let code = crate::report::report_and_exit(&report, "keyturn demo");
             println!(
                 "simulator saw: {} responses, by status {}",
                 stats["responses"], stats["by_status"]

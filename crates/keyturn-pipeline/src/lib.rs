@@ -3,8 +3,10 @@
 //! The `keyturn` binary and the pipeline behind it: transcripts ([`transcript`]) → chunks →
 //! LLM extraction under a JSON schema → entity resolution → embeddings → episode files and a
 //! knowledge graph ([`graph`]), resumable from checkpoints and interruptible ([`run`]); plus the
-//! commands `demo`, `sim`, `status`, `keys`, `export` and `state` ([`cli`]). Output folders are
-//! claimed and locked by [`outdir`]; whatever came from outside is printed through [`term`].
+//! commands `demo`, `sim`, `status`, `keys`, `export`, `state` and `serve` ([`cli`], which parses
+//! and presents; the state is read and reset through keyturn-services). [`report`] prints the end
+//! of a run. Output folders are claimed and locked by [`outdir`]; whatever came from outside is
+//! printed through [`term`].
 //!
 //! ```no_run
 //! # async fn demo(services: keyturn_services::Services) -> Result<(), String> {
@@ -24,6 +26,7 @@ pub mod demo;
 pub mod graph;
 pub mod outdir;
 pub mod progress;
+pub mod report;
 pub mod run;
 pub mod term;
 pub mod transcript;

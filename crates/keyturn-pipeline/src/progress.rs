@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use keyturn_core::{BreakerState, Clock, PoolStatus, QuotaLedger, ScopeState, SystemClock};
+use keyturn_core::{BreakerState, Clock, PoolStatus, QuotaLedger, ScopeState};
 use keyturn_gemini::GeminiCall;
 
 use crate::term::safe;
@@ -87,6 +87,7 @@ impl Progress {
         total: u64,
         ledger: Arc<dyn QuotaLedger>,
         caller: Arc<dyn GeminiCall>,
+        clock: Arc<dyn Clock>,
         model: &str,
     ) {
         self.bar.set_length(total);
@@ -101,11 +102,11 @@ impl Progress {
         };
         let handle = tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
-            let t0 = SystemClock.now_ms();
+            let t0 = clock.now_ms();
             loop {
                 tick.tick().await;
                 let requests: u64 = caller.stats().iter().map(|k| k.requests).sum();
-                let secs = ((SystemClock.now_ms() - t0) as f64 / 1000.0).max(0.001);
+                let secs = ((clock.now_ms() - t0) as f64 / 1000.0).max(0.001);
                 let keys = match ledger.status().await {
                     Ok(st) => {
                         let k = key_states(&st, &model);

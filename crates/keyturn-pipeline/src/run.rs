@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use keyturn_core::{Clock, ErrorKind as QuotaKind, SystemClock};
+use keyturn_core::{Clock, ErrorKind as QuotaKind};
 use keyturn_embeddings::{EmbedOptions, EmbeddingsService};
 use keyturn_gemini::{ErrorKind as GeminiKind, KeyCallStats};
 use keyturn_llm::{GenerateRequest, LlmError, LlmService};
@@ -62,6 +62,11 @@ pub struct SeedOptions {
     pub follow_links: bool,
 }
 
+/// The extraction model a seed uses unless told otherwise.
+pub const DEFAULT_MODEL: &str = "gemini-2.5-flash";
+/// The embedding model a seed uses unless told otherwise.
+pub const DEFAULT_EMBEDDING_MODEL: &str = "gemini-embedding-001";
+
 impl Default for SeedOptions {
     fn default() -> Self {
         Self {
@@ -69,8 +74,8 @@ impl Default for SeedOptions {
             out: PathBuf::from("out"),
             concurrency: 4,
             requests: 4,
-            model: "gemini-2.5-flash".into(),
-            embedding_model: "gemini-embedding-001".into(),
+            model: DEFAULT_MODEL.into(),
+            embedding_model: DEFAULT_EMBEDDING_MODEL.into(),
             dimensions: Some(768),
             chunk_tokens: 700,
             overlap_cues: 1,
@@ -655,7 +660,7 @@ async fn process(ctx: &Ctx, item: &Item) -> Result<Episode, EpisodeError> {
 pub trait RunState: Send + Sync {
     /// Saves the state now (the file backend; Redis is always current).
     async fn flush(&self) -> Result<(), String>;
-    /// Where it lives ("file .keyturn/state.json", "redis … namespace x").
+    /// Where it lives (the state file's path, or the Redis server and namespace).
     fn describe(&self) -> String;
 }
 
@@ -703,15 +708,15 @@ impl std::fmt::Debug for SeedServices<'_> {
 }
 
 impl<'a> SeedServices<'a> {
-    /// The factory's services, on `clock`.
-    pub fn of(services: &'a Services, clock: Arc<dyn Clock>) -> Self {
+    /// The factory's services, on the pool's one clock.
+    pub fn of(services: &'a Services) -> Self {
         Self {
             llm: services.llm.clone(),
             embeddings: services.embeddings.clone(),
             ledger: services.ledger.clone(),
             caller: services.caller.clone(),
             state: &services.state,
-            clock,
+            clock: services.clock.clone(),
         }
     }
 }
@@ -724,10 +729,9 @@ pub async fn seed(
     grace: Duration,
     progress: &Progress,
 ) -> Result<RunReport, SeedError> {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     run_seed(
         opts,
-        &SeedServices::of(services, clock),
+        &SeedServices::of(services),
         interrupt,
         grace,
         progress,
@@ -747,7 +751,8 @@ pub async fn run_seed(
     grace: Duration,
     progress: &Progress,
 ) -> Result<RunReport, SeedError> {
-    let clock = services.clock.clone();
+    // The pool's clock: the report, the checkpoints and the ledger agree on the time.
+    let clock: Arc<dyn Clock> = services.clock.clone();
     let started = clock.now_ms();
     let out = opts.out.clone();
     for input in &opts.inputs {
@@ -873,6 +878,7 @@ pub async fn run_seed(
         pending.len() as u64,
         services.ledger.clone(),
         services.caller.clone(),
+        clock.clone(),
         &opts.model,
     );
     let ctx = &ctx;

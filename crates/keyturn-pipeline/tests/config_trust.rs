@@ -223,6 +223,8 @@ fn shared_redis() -> Option<String> {
 }
 
 /// A ledger holding `keys` (key, project or none) that has admitted `n` requests.
+// Another process spending on shared Redis, as a real worker would: on the real clock.
+#[allow(clippy::disallowed_types)]
 async fn spend(
     url: &str,
     ns: &str,
@@ -273,6 +275,7 @@ async fn used_today(l: &keyturn_store::RedisLedger) -> u64 {
         .sum()
 }
 
+#[allow(clippy::disallowed_methods)] // a namespace no other run uses: the time makes it unique
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_reset_all_on_a_shared_namespace_leaves_other_key_sets_alone() {
     let Some(url) = shared_redis() else {

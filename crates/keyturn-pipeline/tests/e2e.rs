@@ -1543,3 +1543,56 @@ async fn checkpoint_backups_are_pruned_to_the_newest_ten() {
         .count();
     assert_eq!(backups, keep);
 }
+
+/// One clock per run: under `KEYTURN_CLOCK_OFFSET_MS` the run report's times are the ledger's
+/// (the pool's clock, built once by the factory), not the system's. Ten days apart before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shifted_clock_is_the_one_clock_of_the_run_report_and_the_ledger() {
+    const SHIFT_MS: i64 = 10 * 86_400_000;
+    let w = world(600, 10_000, Faults::default(), false).await;
+    let mut seed = w.seed_cmd();
+    seed.env("KEYTURN_CLOCK_OFFSET_MS", SHIFT_MS.to_string());
+    let o = w.run(seed).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let mut status = w.command(&["status", "--json"]);
+    status.env("KEYTURN_CLOCK_OFFSET_MS", SHIFT_MS.to_string());
+    let status: Value = serde_json::from_slice(&w.run(status).await.stdout).unwrap();
+    let ledger_now = status["at_ms"].as_i64().unwrap();
+    let report = report_of(&w.out());
+    let ms = |field: &str| {
+        report[field]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_millisecond()
+    };
+    let (started, finished) = (ms("started_at"), ms("finished_at"));
+    assert!(
+        started <= finished && finished <= ledger_now,
+        "report {started}..{finished}, ledger {ledger_now}"
+    );
+    assert!(
+        ledger_now - started < SHIFT_MS / 2,
+        "the report ran on another clock than the ledger: started {started}, ledger {ledger_now}"
+    );
+}
+
+/// `keys check --model` for a model the server does not know: the keys are good (exit 0), and
+/// each row says the model, not the key, was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_check_tells_a_refused_model_from_a_dead_key() {
+    let w = world(600, 10_000, Faults::default(), true).await;
+    let o = w
+        .run(w.command(&["keys", "check", "--model", "gemini-no-such-model"]))
+        .await;
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert_eq!(
+        out.matches("valid key, but gemini-no-such-model answered 404")
+            .count(),
+        3,
+        "{out}"
+    );
+    assert!(out.contains("REJECTED: invalid key"), "{out}");
+}

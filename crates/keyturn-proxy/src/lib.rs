@@ -30,7 +30,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
-use keyturn_core::{Clock, Demand, QuotaLedger, Scrubber, SystemClock};
+use keyturn_core::{Clock, Demand, QuotaLedger, Scrubber};
 use keyturn_gemini::GeminiCall;
 use keyturn_gemini::wire::estimate_input_tokens;
 use serde_json::{Value, json};
@@ -156,11 +156,13 @@ impl KnownModels {
 }
 
 impl ProxyState {
-    /// State over a pool: a caller for `/v1beta/` and one for `/v1/`, sharing one ledger.
+    /// State over a pool: a caller for `/v1beta/` and one for `/v1/`, sharing one ledger, and
+    /// the pool's clock (retry delays are counted from the time the ledger reads).
     pub fn new(
         v1beta: Arc<dyn GeminiCall>,
         v1: Arc<dyn GeminiCall>,
         ledger: Arc<dyn QuotaLedger>,
+        clock: Arc<dyn Clock>,
         cfg: &ProxyConfig,
     ) -> Self {
         let keys = ledger.keys();
@@ -171,7 +173,7 @@ impl ProxyState {
             ledger,
             tokens: cfg.tokens.clone(),
             in_flight: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
-            clock: Arc::new(SystemClock),
+            clock,
             scrubber,
             models: KnownModels::default(),
             body_timeout: cfg.body_timeout,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use keyturn_proxy::{Proxy, ProxyConfig, ProxyState, digest};
-use keyturn_services::{Config, Env, Pool, caller_for_version, create_pool};
+use keyturn_services::{Config, Env, Pool, create_pool};
 use keyturn_sim::{Faults, Limits, SimConfig, SimKey, Simulator};
 use serde_json::{Value, json};
 
@@ -84,9 +84,10 @@ async fn proxy_for(
         ..ProxyConfig::default()
     };
     let state = Arc::new(ProxyState::new(
-        caller_for_version(&cfg, pool.ledger.clone(), "v1beta").unwrap(),
-        caller_for_version(&cfg, pool.ledger.clone(), "v1").unwrap(),
+        pool.caller_for_version(&cfg, "v1beta").unwrap(),
+        pool.caller_for_version(&cfg, "v1").unwrap(),
         pool.ledger.clone(),
+        pool.clock.clone(),
         &pcfg,
     ));
     (Proxy::start(state, &pcfg).await.unwrap(), pool)

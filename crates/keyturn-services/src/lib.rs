@@ -29,12 +29,13 @@ pub mod discovery;
 pub mod error;
 pub mod monitor;
 pub mod notify;
+pub mod state;
 
 use std::path::Path;
 use std::sync::Arc;
 
 use keyturn_core::{
-    Clock, InMemoryLedger, KeyRing, LedgerConfig, QuotaLedger, StateStore, StoreError, SystemClock,
+    Clock, InMemoryLedger, KeyRing, LedgerConfig, QuotaLedger, StateStore, StoreError,
 };
 use keyturn_embeddings::{EmbeddingsService, GeminiEmbeddings};
 use keyturn_gemini::{GeminiCall, RetryPolicy, RotatingCaller, Transport, TransportConfig};
@@ -102,6 +103,9 @@ pub struct Pool {
     pub ledger: Arc<dyn QuotaLedger>,
     /// The caller over the ledger.
     pub caller: Arc<dyn GeminiCall>,
+    /// The clock the ledger reads: everything that reports or compares a time against the
+    /// pool's (run reports, the cache, retry delays) reads this one.
+    pub clock: Arc<dyn Clock>,
     /// The state backend.
     pub state: StateHandle,
 }
@@ -133,6 +137,16 @@ impl Pool {
             recheck,
         ));
         Ok(())
+    }
+
+    /// A caller over this pool's ledger and clock for another API version (the proxy serves
+    /// `/v1/` and `/v1beta/` and forwards each to the same version).
+    pub fn caller_for_version(
+        &self,
+        cfg: &Config,
+        api_version: &str,
+    ) -> Result<Arc<dyn GeminiCall>, ServiceError> {
+        build_caller(cfg, self.ledger.clone(), api_version, self.clock.clone())
     }
 }
 
@@ -166,6 +180,8 @@ pub struct Services {
     pub ledger: Arc<dyn QuotaLedger>,
     /// The caller both services use (per-key call statistics).
     pub caller: Arc<dyn GeminiCall>,
+    /// The pool's clock (see [`Pool::clock`]).
+    pub clock: Arc<dyn Clock>,
     /// The keys.
     pub keys: Arc<KeyRing>,
     /// Where each key came from.
@@ -201,7 +217,7 @@ pub fn clock(env: &Env) -> Result<Arc<dyn Clock>, ConfigError> {
         .get("KEYTURN_CLOCK_OFFSET_MS")
         .filter(|v| !v.trim().is_empty())
     {
-        None => Ok(Arc::new(SystemClock)),
+        None => Ok(system_clock()),
         Some(v) => {
             let ms: i64 = v.trim().parse().map_err(|_| {
                 ConfigError::Invalid {
@@ -218,6 +234,14 @@ pub fn clock(env: &Env) -> Result<Arc<dyn Clock>, ConfigError> {
             Ok(Arc::new(keyturn_core::OffsetClock::new(ms)))
         }
     }
+}
+
+/// The system's clock. The one place keyturn builds it: every part of a pool (ledger, caller,
+/// cache, proxy, run report) is handed the clock [`clock`] returns, so all agree on the time,
+/// `KEYTURN_CLOCK_OFFSET_MS` included.
+#[allow(clippy::disallowed_types)] // clippy.toml bans naming SystemClock anywhere else
+fn system_clock() -> Arc<dyn Clock> {
+    Arc::new(keyturn_core::SystemClock)
 }
 
 /// [`create_pool`] with an injected clock.
@@ -280,12 +304,13 @@ pub async fn create_pool_with_clock(
             )
         }
     };
-    let caller = build_caller(cfg, ledger.clone(), &cfg.http.api_version, clock)?;
+    let caller = build_caller(cfg, ledger.clone(), &cfg.http.api_version, clock.clone())?;
     Ok(Pool {
         keys,
         found,
         ledger,
         caller,
+        clock,
         state,
     })
 }
@@ -307,16 +332,6 @@ fn redis_connect_error(cfg: &Config, e: ConnectError) -> ServiceError {
             detail: other.to_string(),
         }),
     }
-}
-
-/// A caller over an existing pool's ledger for another API version (the proxy serves `/v1/` and
-/// `/v1beta/` and forwards each to the same version).
-pub fn caller_for_version(
-    cfg: &Config,
-    ledger: Arc<dyn QuotaLedger>,
-    api_version: &str,
-) -> Result<Arc<dyn GeminiCall>, ServiceError> {
-    build_caller(cfg, ledger, api_version, Arc::new(SystemClock))
 }
 
 /// The HTTP transport `[http]` describes, for one API version.
@@ -348,18 +363,19 @@ fn build_caller(
     )))
 }
 
-fn llm_on(cfg: &Config, caller: Arc<dyn GeminiCall>) -> Arc<dyn LlmService> {
+fn llm_on(cfg: &Config, pool: &Pool) -> Arc<dyn LlmService> {
     let cache = cfg.cache.enabled.then(|| CacheConfig {
         ttl: cfg.cache.ttl,
         max_entries: cfg.cache.max_entries,
         dir: cfg.cache.disk.then(|| cfg.state.dir.join("cache")),
     });
     Arc::new(GeminiLlm::new(
-        caller,
+        pool.caller.clone(),
         LlmConfig {
             cache,
             ..LlmConfig::default()
         },
+        pool.clock.clone(),
     ))
 }
 
@@ -380,9 +396,10 @@ pub async fn create_gemini_services(
     let mut pool = create_pool(cfg, env, cwd).await?;
     pool.watch(cfg)?;
     Ok(Services {
-        llm: llm_on(cfg, pool.caller.clone()),
+        llm: llm_on(cfg, &pool),
         embeddings: embeddings_on(cfg, pool.caller.clone()),
         caller: pool.caller,
+        clock: pool.clock,
         ledger: pool.ledger,
         keys: pool.keys,
         found: pool.found,
@@ -398,7 +415,7 @@ pub async fn create_llm_service_only(
 ) -> Result<(Arc<dyn LlmService>, StateHandle), ServiceError> {
     let mut pool = create_pool(cfg, env, cwd).await?;
     pool.watch(cfg)?;
-    Ok((llm_on(cfg, pool.caller), pool.state))
+    Ok((llm_on(cfg, &pool), pool.state))
 }
 
 /// The embeddings service alone.

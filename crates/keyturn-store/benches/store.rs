@@ -8,7 +8,7 @@
     clippy::panic,
     clippy::print_stdout
 )]
-#![allow(clippy::disallowed_methods)] // a benchmark times itself with the real clock
+#![allow(clippy::disallowed_methods, clippy::disallowed_types)] // a benchmark times itself with the real clock
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

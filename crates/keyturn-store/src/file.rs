@@ -143,6 +143,39 @@ pub fn secure_state_dir(dir: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// What [`FileStore::info`] found in a state folder.
+#[derive(Debug)]
+pub struct FileInfo {
+    /// The state file (it may not exist).
+    pub path: PathBuf,
+    /// The state file, if one was written.
+    pub written: Option<WrittenFile>,
+    /// The lock file, if a process ever took the folder.
+    pub lock: Option<LockInfo>,
+    /// The copy of the state taken at the last start, if any.
+    pub backup: Option<PathBuf>,
+}
+
+/// A state file as found on disk.
+#[derive(Debug)]
+pub struct WrittenFile {
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modified, in milliseconds since the epoch (the file system's clock).
+    pub modified_ms: i64,
+    /// Its contents, checked as [`FileStore::read`] checks them.
+    pub contents: Result<Option<StateFile>, StoreError>,
+}
+
+/// The state folder's lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockInfo {
+    /// Whether a process holds it now.
+    pub held: bool,
+    /// The pid of the last process that took it, as written in the lock file.
+    pub last_pid: String,
+}
+
 /// Snapshot persistence in one file, for one process.
 #[derive(Debug)]
 pub struct FileStore {
@@ -235,6 +268,47 @@ impl FileStore {
         }
         let file: StateFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
         Ok(Some(file))
+    }
+
+    /// What a state folder holds, read without taking it over (a seed may be running): the
+    /// state file's size, time and contents (or what is wrong with them), whether its lock is
+    /// held and by which pid it was last taken, and whether a backup exists. Creates nothing.
+    pub fn info(dir: impl AsRef<Path>) -> FileInfo {
+        let dir = dir.as_ref();
+        let path = dir.join(STATE_FILE);
+        let written = fs::metadata(&path).ok().map(|m| WrittenFile {
+            size: m.len(),
+            modified_ms: m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as i64),
+            contents: Self::read(&path),
+        });
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = fs::read_to_string(&lock_path).ok().map(|pid| LockInfo {
+            // A shared lock is refused only while an owner holds the exclusive one.
+            held: File::open(&lock_path)
+                .is_ok_and(|f| matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock))),
+            last_pid: pid.trim().to_owned(),
+        });
+        let backup = Some(dir.join(BACKUP_FILE)).filter(|b| b.exists());
+        FileInfo {
+            path,
+            written,
+            lock,
+            backup,
+        }
+    }
+
+    /// Deletes the state file this store owns (the lock proves no other keyturn process uses
+    /// it): the way out of a state file that cannot be read. The backup and the lock stay.
+    pub fn delete(&self) -> Result<(), StoreError> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&self.path, e)),
+        }
     }
 
     fn encode(&self, snapshot: &Snapshot) -> Result<Vec<u8>, StoreError> {

@@ -42,5 +42,8 @@ pub mod redis_ledger;
 pub mod testkit;
 
 pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
-pub use file::{FileStore, Persister, StateFile, write_atomic, write_atomic_with};
+pub use file::{
+    FileInfo, FileStore, LockInfo, Persister, StateFile, WrittenFile, write_atomic,
+    write_atomic_with,
+};
 pub use redis_ledger::{ConnectError, RedisLedger, TimeSource, redact_url};

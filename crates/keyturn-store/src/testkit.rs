@@ -210,11 +210,16 @@ impl Drop for TestRedis {
 /// A namespace no other test run uses.
 pub fn unique_namespace(name: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::UNIX_EPOCH
-        .elapsed()
-        .map_or(0, |d| d.subsec_nanos());
+    // A random part (std's per-process hash keys), not the time: no clock is read here.
+    let nonce = {
+        use std::hash::{BuildHasher, Hasher};
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+            & 0xffff_ffff
+    };
     format!(
-        "test-{name}-{}-{nanos}-{}",
+        "test-{name}-{}-{nonce}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )

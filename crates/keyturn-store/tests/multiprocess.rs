@@ -7,6 +7,8 @@
     clippy::panic,
     clippy::print_stdout
 )]
+// Ledgers here run against real files, processes or Redis, on the real clock.
+#![allow(clippy::disallowed_types)]
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! it is — a configuration problem — and not as an outage that ends by itself.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Ledgers here run against real files, processes or Redis, on the real clock.
+#![allow(clippy::disallowed_types)]
 
 use std::sync::Arc;
 

@@ -3,6 +3,8 @@
 //! other projects' learned limits alone.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Ledgers here run against real files, processes or Redis, on the real clock.
+#![allow(clippy::disallowed_types)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyturn_proxy::{Proxy, ProxyConfig, ProxyState};
-use keyturn_services::{Config, Env, Pool, caller_for_version, create_pool};
+use keyturn_services::{Config, Env, Pool, create_pool};
 
 /// A proxy on loopback with default limits.
 pub fn local() -> ProxyConfig {
@@ -48,9 +48,10 @@ pub async fn proxy(
     config.apply_env(&env);
     let pool = create_pool(&config, &env, dir).await.unwrap();
     let state = Arc::new(ProxyState::new(
-        caller_for_version(&config, pool.ledger.clone(), "v1beta").unwrap(),
-        caller_for_version(&config, pool.ledger.clone(), "v1").unwrap(),
+        pool.caller_for_version(&config, "v1beta").unwrap(),
+        pool.caller_for_version(&config, "v1").unwrap(),
         pool.ledger.clone(),
+        pool.clock.clone(),
         &cfg,
     ));
     (Proxy::start(state, &cfg).await.unwrap(), pool)

@@ -1,0 +1,113 @@
+//! `keyturn serve`: the rotating proxy, and `serve token new`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyturn_services::{Env, create_pool};
+
+use super::args::{ServeArgs, ServeCommand, TokenCommand};
+use super::{EXIT_USAGE, Global, fail, interrupts, load, service_exit, start_metrics};
+use crate::term::safe;
+
+pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -> ExitCode {
+    if let Some(ServeCommand::Token(TokenCommand::New { label })) = &a.command {
+        let (token, digest) = keyturn_proxy::new_token();
+        println!(
+            "token for {} (shown once; give it to the client as its API key):",
+            safe(label)
+        );
+        println!("  {token}");
+        println!();
+        println!("add to keyturn.toml:");
+        println!("[[serve.tokens]]");
+        // A JSON string is a valid TOML basic string, with every control character escaped.
+        println!(
+            "label = {}",
+            serde_json::to_string(label).unwrap_or_default()
+        );
+        println!("sha256 = \"{digest}\"");
+        return ExitCode::SUCCESS;
+    }
+    let mut cfg = match load(g, env, cwd, false) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, e),
+    };
+    // The proxy's own bound on waiting for quota: a client is told when to come back (429 with
+    // RetryInfo) rather than held past its SDK's timeout.
+    cfg.rotation.max_wait = cfg.rotation.max_wait.min(cfg.serve.max_queue_wait);
+    let listen = a.listen.clone().unwrap_or_else(|| cfg.serve.listen.clone());
+    let Ok(listen) = listen.parse::<std::net::SocketAddr>() else {
+        return fail(
+            EXIT_USAGE,
+            format!("--listen '{listen}' is not an address like 127.0.0.1:8080"),
+        );
+    };
+    let mut tokens = Vec::new();
+    for t in &cfg.serve.tokens {
+        match keyturn_proxy::parse_digest(&t.label, &t.sha256) {
+            Ok(d) => tokens.push((t.label.clone(), d)),
+            Err(e) => return fail(EXIT_USAGE, e),
+        }
+    }
+    let pcfg = keyturn_proxy::ProxyConfig {
+        listen,
+        tokens,
+        max_body_bytes: cfg.serve.max_body_bytes,
+        max_in_flight: cfg.serve.max_in_flight,
+        max_connections: cfg.serve.max_connections,
+        header_timeout: cfg.serve.header_timeout,
+        body_timeout: cfg.serve.body_timeout,
+    };
+    if let Err(e) = pcfg.validate() {
+        return fail(EXIT_USAGE, e);
+    }
+    if let Err(e) = start_metrics(&cfg) {
+        return fail(1, e);
+    }
+    let mut pool = match create_pool(&cfg, env, cwd).await {
+        Ok(p) => p,
+        Err(e) => return fail(service_exit(&e), e),
+    };
+    if let Err(e) = pool.watch(&cfg) {
+        return fail(1, e);
+    }
+    let callers = (
+        pool.caller_for_version(&cfg, "v1beta"),
+        pool.caller_for_version(&cfg, "v1"),
+    );
+    let (Ok(v1beta), Ok(v1)) = callers else {
+        return fail(1, "cannot set up the HTTP client");
+    };
+    let state = Arc::new(keyturn_proxy::ProxyState::new(
+        v1beta,
+        v1,
+        pool.ledger.clone(),
+        pool.clock.clone(),
+        &pcfg,
+    ));
+    let proxy = match keyturn_proxy::Proxy::start(state, &pcfg).await {
+        Ok(p) => p,
+        Err(e) => return fail(1, e),
+    };
+    println!(
+        "keyturn serve listening on {} ({} keys, state: {}, {} client token(s))",
+        proxy.base_url(),
+        pool.keys.len(),
+        safe(pool.state.describe()),
+        pcfg.tokens.len()
+    );
+    let mut stop = interrupts();
+    while !*stop.borrow() {
+        if stop.changed().await.is_err() {
+            break;
+        }
+    }
+    eprintln!("keyturn serve: draining requests in flight…");
+    proxy.shutdown(Duration::from_secs(10)).await;
+    match pool.state.shutdown().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, format!("could not save the quota state: {e}")),
+    }
+}
