@@ -3,6 +3,8 @@
 //! - `fuzz [SECONDS]`: runs each fuzz target (transcript parsers, redaction, the proxy's upstream
 //!   paths) for a bounded time (default 60 s each)
 //!   with cargo-fuzz on the nightly toolchain; installs cargo-fuzz if it is missing.
+//! - `examples`: every crate example (`crates/*/examples/`) against `keyturn sim`, checked by
+//!   its exit status and output.
 //! - `sdk`: the official google-genai Python SDK (installed from PyPI into `target/sdk-venv`) and
 //!   curl, unmodified, against `keyturn serve` in front of `keyturn sim`.
 //! - `scenario <name>|all`: the real `keyturn` binary against the simulator, check by check, with
@@ -14,6 +16,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a developer tool: a broken invariant may stop it
 
 mod bench;
+mod examples;
 mod scenario;
 mod world;
 
@@ -61,32 +64,6 @@ fn fuzz(seconds: u64) -> ExitCode {
     }
 }
 
-fn free_port() -> Option<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .ok()
-}
-
-fn wait_for(port: u16) -> bool {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    false
-}
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
-
 fn sdk() -> Result<(), String> {
     let root = root();
     if !run(Command::new("cargo")
@@ -106,17 +83,9 @@ fn sdk() -> Result<(), String> {
     }
     let work = std::env::temp_dir().join(format!("keyturn-sdk-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let (sim_port, proxy_port) = (free_port().ok_or("no port")?, free_port().ok_or("no port")?);
-    let _sim = Killed(
-        Command::new(&keyturn)
-            .args(["sim", "--port", &sim_port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    if !wait_for(sim_port) {
-        return Err("the simulator did not start".into());
-    }
+    // Each server binds port 0 itself and prints its address: no port probed, dropped and
+    // raced for.
+    let (_sim, sim_url) = examples::start_sim(&keyturn)?;
     let out = Command::new(&keyturn)
         .args(["serve", "token", "new", "--label", "sdk"])
         .output()
@@ -134,22 +103,20 @@ fn sdk() -> Result<(), String> {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(work.join("keyturn.toml"), toml).map_err(|e| e.to_string())?;
-    let base = format!("http://127.0.0.1:{proxy_port}");
-    let _proxy = Killed(
-        Command::new(&keyturn)
-            .args(["serve", "--listen", &format!("127.0.0.1:{proxy_port}")])
-            .env("KEYTURN_CONFIG", work.join("keyturn.toml"))
-            .env("KEYTURN_STATE_DIR", work.join("state"))
-            .env("GEMINI_BASE_URL", format!("http://127.0.0.1:{sim_port}"))
-            .env("GEMINI_API_KEY_1", "made-up-sdk-key-1")
-            .env("GEMINI_API_KEY_2", "made-up-sdk-key-2")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    if !wait_for(proxy_port) {
-        return Err("the proxy did not start".into());
-    }
+    let mut serve = Command::new(&keyturn);
+    serve
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("KEYTURN_CONFIG", work.join("keyturn.toml"))
+        .env("KEYTURN_STATE_DIR", work.join("state"))
+        .env("GEMINI_BASE_URL", &sim_url)
+        .env("GEMINI_API_KEY_1", "made-up-sdk-key-1")
+        .env("GEMINI_API_KEY_2", "made-up-sdk-key-2");
+    let (_proxy, listening) = examples::spawn_announcing(serve, "keyturn serve listening on ")?;
+    let base = listening
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     if !run(Command::new(&python)
         .arg(root.join("tests/python/sdk_check.py"))
         .arg(&base)
@@ -255,6 +222,7 @@ fn main() -> ExitCode {
         Some("scenario") => scenarios(args.get(1).map_or("all", String::as_str)),
         Some("bench") => bench::main(&args[1..]),
         Some("bench-rss-child") => bench::rss_child(&args[1..]),
+        Some("examples") => examples::main(),
         Some("fuzz") => fuzz(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60)),
         Some("sdk") => match sdk() {
             Ok(()) => ExitCode::SUCCESS,
@@ -265,7 +233,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask fuzz [SECONDS] | sdk | scenario <name>[,<name>…]|all|list | bench [--quick]"
+                "usage: cargo xtask examples | fuzz [SECONDS] | sdk | scenario <name>[,<name>…]|all|list | bench [--quick]"
             );
             ExitCode::from(2)
         }
