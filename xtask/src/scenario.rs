@@ -706,12 +706,11 @@ async fn compat(bin: &Path, r: &mut Report) -> Result<(), String> {
 }
 
 async fn multi_process(bin: &Path, r: &mut Report) -> Result<(), String> {
-    let Some(redis) = keyturn_store::testkit::TestRedis::get() else {
-        return Err(
-            "SKIP: no Redis (set KEYTURN_TEST_REDIS_URL, run one on 6379, or install redis-server)"
-                .into(),
-        );
-    };
+    let redis = keyturn_store::testkit::TestRedis::try_get().map_err(|why| {
+        format!(
+            "SKIP: no Redis ({why}; set KEYTURN_TEST_REDIS_URL, run one on 6379, or install redis-server)"
+        )
+    })?;
     let namespace = keyturn_store::testkit::unique_namespace("scenario-multi");
     let rpm = 30;
     let keys = vec![key("k1", "p1"), key("k2", "p2")];

@@ -1366,15 +1366,19 @@ pub async fn notices_are_claimed_once(f: &dyn LedgerFactory) {
 }
 
 /// Expands to one `#[tokio::test]` per behaviour case, each building its ledger with `$factory`.
-/// With `skip_unless = expr`, a case whose guard is false prints why and returns (the guard
-/// prints the reason; use it for backends that may be missing outside CI).
+/// With `ignore = "reason"`, every case is `#[ignore = "reason"]`: for backends that need a
+/// server (Redis), so a run without one lists the cases as ignored instead of passing them, and
+/// `cargo test -- --include-ignored` runs them (and fails if the factory cannot reach its server).
 #[macro_export]
 macro_rules! ledger_behaviour_suite {
     ($factory:expr) => {
-        $crate::ledger_behaviour_suite!($factory, skip_unless = true);
+        $crate::ledger_behaviour_suite!(@list $factory, []);
     };
-    ($factory:expr, skip_unless = $guard:expr) => {
-        $crate::ledger_behaviour_suite!(@cases $factory, $guard;
+    ($factory:expr, ignore = $reason:literal) => {
+        $crate::ledger_behaviour_suite!(@list $factory, [#[ignore = $reason]]);
+    };
+    (@list $factory:expr, [$($attr:tt)*]) => {
+        $crate::ledger_behaviour_suite!(@cases $factory, [$($attr)*];
             round_robin_spreads_evenly, project_keys_share_quota, rpm_window_rolls,
             tpm_enforced_and_reconciled, demand_too_large, batch_counts_as_n,
             rpd_resets_at_pacific_midnight, per_minute_429_cools_the_scope,
@@ -1390,16 +1394,17 @@ macro_rules! ledger_behaviour_suite {
             switch_offs_survive_restart, tier_change_drops_what_was_learned,
             tpd_enforced_learned_and_reconciled);
     };
-    (@cases $factory:expr, $guard:expr; $($case:ident),* $(,)?) => {
+    (@cases $factory:expr, $attrs:tt; $($case:ident),* $(,)?) => {
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                if !$guard {
-                    return;
-                }
-                let factory = $factory;
-                $crate::testkit::$case(&factory).await;
-            }
+            $crate::ledger_behaviour_suite!(@case $factory, $attrs, $case);
         )*
+    };
+    (@case $factory:expr, [$($attr:tt)*], $case:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        $($attr)*
+        async fn $case() {
+            let factory = $factory;
+            $crate::testkit::$case(&factory).await;
+        }
     };
 }
