@@ -624,15 +624,9 @@ pub async fn waiters_follow_a_reprobe(f: &dyn LedgerFactory) {
         c.set(crate::clock::ms_to_timestamp(next_pacific_midnight(T0_MS)));
         let probe = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
         let l2 = l.clone();
-        let mut waiter = tokio::spawn(async move { l2.acquire(TIGHT, Demand::tokens(1)).await });
-        // Nothing moves the manual clock meanwhile: a ledger that waits is still waiting after
-        // any real time; one that fails at once has answered long before.
-        assert!(
-            tokio::time::timeout(Duration::from_millis(300), &mut waiter)
-                .await
-                .is_err(),
-            "it waits for the re-probe's answer"
-        );
+        let waiter = tokio::spawn(async move { l2.acquire(TIGHT, Demand::tokens(1)).await });
+        // It waits for the re-probe's answer.
+        until_parked(&c, &waiter).await;
         let answer = if served {
             Outcome::success(1)
         } else {
@@ -1004,6 +998,19 @@ pub async fn breaker_opens_probes_and_closes(f: &dyn LedgerFactory) {
     assert_eq!(st.keys[0].breaker, BreakerState::Closed);
 }
 
+/// Waits until `waiter` is parked: asleep on `c` until a moment still ahead. Checking that it
+/// has not finished proves it waits only after this; before, it may simply not have run yet.
+pub async fn until_parked<T>(c: &ManualClock, waiter: &tokio::task::JoinHandle<T>) {
+    for _ in 0..10_000 {
+        assert!(!waiter.is_finished(), "it answered instead of waiting");
+        if c.sleepers_ahead() > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("the waiter never went to sleep on the clock");
+}
+
 /// While a half-open key's probe is out, other callers wait for its answer (within their bound)
 /// instead of failing at once; a successful probe lets them through.
 pub async fn waiters_follow_the_probe(f: &dyn LedgerFactory) {
@@ -1020,13 +1027,8 @@ pub async fn waiters_follow_the_probe(f: &dyn LedgerFactory) {
     assert!(probe.is_probe());
     let l2 = l.clone();
     let waiter = tokio::spawn(async move { l2.acquire(TIGHT, Demand::tokens(1)).await });
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-    }
-    assert!(
-        !waiter.is_finished(),
-        "it waits for the probe rather than failing"
-    );
+    // It waits for the probe rather than failing.
+    until_parked(&c, &waiter).await;
     l.settle(probe, Outcome::success(1)).await.unwrap();
     // Polling ledgers look again within a fraction of a second of their clock.
     for _ in 0..50 {
@@ -1081,15 +1083,11 @@ pub async fn acquire_waits_for_capacity(f: &dyn LedgerFactory) {
     take(&*l, TIGHT).await.unwrap();
     let l2 = l.clone();
     let waiter = tokio::spawn(async move { l2.acquire(TIGHT, Demand::tokens(1)).await });
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    assert!(!waiter.is_finished());
+    until_parked(&c, &waiter).await;
+    // Half the window later it is still asleep, until a moment still ahead (a polling ledger
+    // has looked again and gone back to sleep).
     c.advance(Duration::from_secs(30));
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
-    assert!(!waiter.is_finished());
+    until_parked(&c, &waiter).await;
     c.advance(Duration::from_secs(31));
     let lease = tokio::time::timeout(Duration::from_secs(10), waiter)
         .await
