@@ -156,23 +156,26 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn scenarios(which: &str) -> ExitCode {
     if which == "list" {
-        for (name, what) in scenario::SCENARIOS {
-            println!("{name:<16} {what}");
+        for s in scenario::SCENARIOS {
+            println!("{:<16} {}", s.name, s.shows);
         }
         return ExitCode::SUCCESS;
     }
-    let names: Vec<&str> = if which == "all" {
-        scenario::SCENARIOS.iter().map(|s| s.0).collect()
+    let chosen: Result<Vec<&scenario::Scenario>, &str> = if which == "all" {
+        Ok(scenario::SCENARIOS.iter().collect())
     } else {
-        which.split(',').collect()
+        which
+            .split(',')
+            .map(|n| scenario::find(n).ok_or(n))
+            .collect()
     };
-    if let Some(bad) = names
-        .iter()
-        .find(|n| !scenario::SCENARIOS.iter().any(|s| s.0 == **n))
-    {
-        eprintln!("xtask scenario: no scenario named {bad} (see `cargo xtask scenario list`)");
-        return ExitCode::from(2);
-    }
+    let chosen = match chosen {
+        Ok(c) => c,
+        Err(bad) => {
+            eprintln!("xtask scenario: no scenario named {bad} (see `cargo xtask scenario list`)");
+            return ExitCode::from(2);
+        }
+    };
     let bin = match world::build_keyturn(false) {
         Ok(b) => b,
         Err(e) => {
@@ -182,13 +185,10 @@ fn scenarios(which: &str) -> ExitCode {
     };
     let rt = runtime();
     let mut verdicts = Vec::new();
-    for name in names {
-        let what = scenario::SCENARIOS
-            .iter()
-            .find(|s| s.0 == name)
-            .map_or("", |s| s.1);
-        println!("\n== {name}: {what}");
-        let v = rt.block_on(scenario::run(name, &bin));
+    for s in chosen {
+        let name = s.name;
+        println!("\n== {name}: {}", s.shows);
+        let v = rt.block_on(s.run(&bin));
         match &v {
             scenario::Verdict::Pass => println!("PASS {name}"),
             scenario::Verdict::Fail(f) => println!("FAIL {name}: {}", f.join("; ")),
