@@ -20,7 +20,7 @@ const RUNS: &[Run] = &[
     Run {
         package: "keyturn-llm",
         example: "generate",
-        expect: &["answer: Simulated answer", "keys used: 3"],
+        expect: &["answer: Simulated answer", "keys used: 3", "streamed: "],
     },
     Run {
         package: "keyturn-llm",

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 
-use keyturn_llm::{GeminiLlm, GenerateRequest, LlmService};
+use keyturn_llm::{GeminiLlm, GenerateRequest, LlmService, StreamExt};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,5 +32,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // Round-robin: three calls, three keys (labelled by fingerprint, never by the secret).
     println!("keys used: {}", served_by.len());
+
+    // The same answer as it is written, chunk by chunk.
+    let mut chunks = llm.stream(&req).await?;
+    let mut streamed = String::new();
+    while let Some(chunk) = chunks.next().await {
+        streamed.push_str(&chunk?.text);
+    }
+    println!("streamed: {} characters", streamed.len());
     Ok(())
 }

@@ -41,11 +41,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use keyturn_core::Demand;
 
 pub use builder::GeminiLlmBuilder;
 pub use cache::{CacheConfig, CacheStats, ResponseCache};
+// What a caller needs to read `LlmService::stream`'s answer.
+pub use futures::StreamExt;
 pub use futures::stream::BoxStream;
 pub use keyturn_core::{self, ApiKey, Clock, KeySpec, LedgerConfig, QuotaLedger};
 pub use keyturn_gemini::transport::DEFAULT_BASE_URL;
