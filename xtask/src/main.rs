@@ -3,6 +3,8 @@
 //! - `fuzz [SECONDS]`: runs each fuzz target (transcript parsers, redaction, the proxy's upstream
 //!   paths) for a bounded time (default 60 s each)
 //!   with cargo-fuzz on the nightly toolchain; installs cargo-fuzz if it is missing.
+//! - `examples`: every crate example (`crates/*/examples/`) against `keyturn sim`, checked by
+//!   its exit status and output.
 //! - `sdk`: the official google-genai Python SDK (installed from PyPI into `target/sdk-venv`) and
 //!   curl, unmodified, against `keyturn serve` in front of `keyturn sim`.
 //! - `scenario <name>|all`: the real `keyturn` binary against the simulator, check by check, with
@@ -15,6 +17,7 @@
 
 mod bench;
 mod docs;
+mod examples;
 mod scenario;
 mod world;
 
@@ -62,32 +65,6 @@ fn fuzz(seconds: u64) -> ExitCode {
     }
 }
 
-fn free_port() -> Option<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .ok()
-}
-
-fn wait_for(port: u16) -> bool {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    false
-}
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
-}
-
 fn sdk() -> Result<(), String> {
     let root = root();
     if !run(Command::new("cargo")
@@ -107,17 +84,9 @@ fn sdk() -> Result<(), String> {
     }
     let work = std::env::temp_dir().join(format!("keyturn-sdk-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let (sim_port, proxy_port) = (free_port().ok_or("no port")?, free_port().ok_or("no port")?);
-    let _sim = Killed(
-        Command::new(&keyturn)
-            .args(["sim", "--port", &sim_port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    if !wait_for(sim_port) {
-        return Err("the simulator did not start".into());
-    }
+    // Each server binds port 0 itself and prints its address: no port probed, dropped and
+    // raced for.
+    let (_sim, sim_url) = examples::start_sim(&keyturn)?;
     let out = Command::new(&keyturn)
         .args(["serve", "token", "new", "--label", "sdk"])
         .output()
@@ -135,22 +104,20 @@ fn sdk() -> Result<(), String> {
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(work.join("keyturn.toml"), toml).map_err(|e| e.to_string())?;
-    let base = format!("http://127.0.0.1:{proxy_port}");
-    let _proxy = Killed(
-        Command::new(&keyturn)
-            .args(["serve", "--listen", &format!("127.0.0.1:{proxy_port}")])
-            .env("KEYTURN_CONFIG", work.join("keyturn.toml"))
-            .env("KEYTURN_STATE_DIR", work.join("state"))
-            .env("GEMINI_BASE_URL", format!("http://127.0.0.1:{sim_port}"))
-            .env("GEMINI_API_KEY_1", "made-up-sdk-key-1")
-            .env("GEMINI_API_KEY_2", "made-up-sdk-key-2")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?,
-    );
-    if !wait_for(proxy_port) {
-        return Err("the proxy did not start".into());
-    }
+    let mut serve = Command::new(&keyturn);
+    serve
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("KEYTURN_CONFIG", work.join("keyturn.toml"))
+        .env("KEYTURN_STATE_DIR", work.join("state"))
+        .env("GEMINI_BASE_URL", &sim_url)
+        .env("GEMINI_API_KEY_1", "made-up-sdk-key-1")
+        .env("GEMINI_API_KEY_2", "made-up-sdk-key-2");
+    let (_proxy, listening) = examples::spawn_announcing(serve, "keyturn serve listening on ")?;
+    let base = listening
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     if !run(Command::new(&python)
         .arg(root.join("tests/python/sdk_check.py"))
         .arg(&base)
@@ -190,23 +157,26 @@ fn runtime() -> tokio::runtime::Runtime {
 
 fn scenarios(which: &str) -> ExitCode {
     if which == "list" {
-        for (name, what) in scenario::SCENARIOS {
-            println!("{name:<16} {what}");
+        for s in scenario::SCENARIOS {
+            println!("{:<16} {}", s.name, s.shows);
         }
         return ExitCode::SUCCESS;
     }
-    let names: Vec<&str> = if which == "all" {
-        scenario::SCENARIOS.iter().map(|s| s.0).collect()
+    let chosen: Result<Vec<&scenario::Scenario>, &str> = if which == "all" {
+        Ok(scenario::SCENARIOS.iter().collect())
     } else {
-        which.split(',').collect()
+        which
+            .split(',')
+            .map(|n| scenario::find(n).ok_or(n))
+            .collect()
     };
-    if let Some(bad) = names
-        .iter()
-        .find(|n| !scenario::SCENARIOS.iter().any(|s| s.0 == **n))
-    {
-        eprintln!("xtask scenario: no scenario named {bad} (see `cargo xtask scenario list`)");
-        return ExitCode::from(2);
-    }
+    let chosen = match chosen {
+        Ok(c) => c,
+        Err(bad) => {
+            eprintln!("xtask scenario: no scenario named {bad} (see `cargo xtask scenario list`)");
+            return ExitCode::from(2);
+        }
+    };
     let bin = match world::build_keyturn(false) {
         Ok(b) => b,
         Err(e) => {
@@ -216,13 +186,10 @@ fn scenarios(which: &str) -> ExitCode {
     };
     let rt = runtime();
     let mut verdicts = Vec::new();
-    for name in names {
-        let what = scenario::SCENARIOS
-            .iter()
-            .find(|s| s.0 == name)
-            .map_or("", |s| s.1);
-        println!("\n== {name}: {what}");
-        let v = rt.block_on(scenario::run(name, &bin));
+    for s in chosen {
+        let name = s.name;
+        println!("\n== {name}: {}", s.shows);
+        let v = rt.block_on(s.run(&bin));
         match &v {
             scenario::Verdict::Pass => println!("PASS {name}"),
             scenario::Verdict::Fail(f) => println!("FAIL {name}: {}", f.join("; ")),
@@ -257,6 +224,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::main(&args[1..]),
         Some("docs") => docs::main(&args[1..]),
         Some("bench-rss-child") => bench::rss_child(&args[1..]),
+        Some("examples") => examples::main(),
         Some("fuzz") => fuzz(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60)),
         Some("sdk") => match sdk() {
             Ok(()) => ExitCode::SUCCESS,
@@ -267,7 +235,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask docs [--check] | fuzz [SECONDS] | sdk | scenario <name>[,<name>…]|all|list | bench [--quick]"
+                "usage: cargo xtask docs [--check] | examples | fuzz [SECONDS] | sdk | scenario <name>[,<name>…]|all|list | bench [--quick]"
             );
             ExitCode::from(2)
         }

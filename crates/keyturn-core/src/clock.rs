@@ -115,6 +115,23 @@ impl Clock for OffsetClock {
 #[derive(Clone)]
 pub struct ManualClock {
     now: Arc<watch::Sender<i64>>,
+    /// The deadline of every sleep in progress (one entry per sleep; equal deadlines repeat).
+    sleeping: Arc<parking_lot::Mutex<Vec<i64>>>,
+}
+
+/// Takes a sleep's deadline off the list when the sleep ends or is dropped.
+struct Asleep {
+    sleeping: Arc<parking_lot::Mutex<Vec<i64>>>,
+    deadline_ms: i64,
+}
+
+impl Drop for Asleep {
+    fn drop(&mut self) {
+        let mut s = self.sleeping.lock();
+        if let Some(i) = s.iter().position(|d| *d == self.deadline_ms) {
+            s.swap_remove(i);
+        }
+    }
 }
 
 impl fmt::Debug for ManualClock {
@@ -132,7 +149,18 @@ impl ManualClock {
     /// A clock stopped at `ms` since the epoch.
     pub fn at_ms(ms: i64) -> Self {
         let (tx, _rx) = watch::channel(ms);
-        Self { now: Arc::new(tx) }
+        Self {
+            now: Arc::new(tx),
+            sleeping: Arc::default(),
+        }
+    }
+
+    /// How many sleeps are waiting for a moment still ahead: a task counted here is parked on
+    /// this clock. Tests wait for this before asserting that a task is still waiting, so the
+    /// assertion cannot pass merely because the task never ran.
+    pub fn sleepers_ahead(&self) -> usize {
+        let now = self.now_ms();
+        self.sleeping.lock().iter().filter(|d| **d > now).count()
     }
 
     /// Moves time forward.
@@ -154,7 +182,13 @@ impl Clock for ManualClock {
 
     fn sleep_until(&self, deadline_ms: i64) -> Sleep {
         let mut rx = self.now.subscribe();
+        self.sleeping.lock().push(deadline_ms);
+        let asleep = Asleep {
+            sleeping: self.sleeping.clone(),
+            deadline_ms,
+        };
         Box::pin(async move {
+            let _asleep = asleep;
             loop {
                 if *rx.borrow_and_update() >= deadline_ms {
                     return;
@@ -177,13 +211,26 @@ mod tests {
         let clock = ManualClock::at_ms(1_000);
         let c2 = clock.clone();
         let task = tokio::spawn(async move { c2.sleep_until(5_000).await });
-        tokio::task::yield_now().await;
+        for _ in 0..1_000 {
+            if clock.sleepers_ahead() > 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(clock.sleepers_ahead(), 1, "the task went to sleep");
         clock.advance(Duration::from_millis(3_000));
         tokio::task::yield_now().await;
+        // Still asleep, for a moment still ahead: parked, not merely never polled.
+        assert_eq!(clock.sleepers_ahead(), 1);
         assert!(!task.is_finished());
         clock.advance(Duration::from_millis(1_000));
+        assert_eq!(clock.sleepers_ahead(), 0, "its deadline has come");
         task.await.unwrap();
         assert_eq!(clock.now_ms(), 5_000);
+        assert!(
+            clock.sleeping.lock().is_empty(),
+            "a finished sleep leaves no entry"
+        );
     }
 
     #[test]

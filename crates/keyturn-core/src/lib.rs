@@ -69,7 +69,11 @@ pub use ledger::{
 #[cfg(any(test, feature = "mock"))]
 pub use ledger::{MockQuotaLedger, MockStateStore};
 pub use limits::{LimitOverride, LimitSource, LimitTable, ModelLimits, Tier};
-pub use memory::{InMemoryLedger, breaker_state_now, scope_status_from_snapshot};
+pub use memory::InMemoryLedger;
+// The status projection keyturn-store's `RedisLedger` shares with the in-memory ledger: not part
+// of the surface downstream code should build on (reachable as `memory::…` for that one user).
+#[doc(hidden)]
+pub use memory::{breaker_state_now, scope_status_from_snapshot};
 pub use outcome::{Answered, DeadReason, Outcome, ThrottleKind};
 pub use pacific::{QuotaDay, next_pacific_midnight};
 pub use policy::Policy;

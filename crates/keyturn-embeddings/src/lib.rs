@@ -7,16 +7,28 @@
 //! quota), sent a few at a time, with order preserved. A batch that fails is retried by the
 //! rotation on its own; batches that succeeded are never sent again.
 //!
+//! From keys to vectors (`examples/embed.rs` runs this against `keyturn sim` in CI):
+//!
 //! ```no_run
-//! # use std::sync::Arc;
-//! # use keyturn_embeddings::{EmbedOptions, EmbeddingsService, GeminiEmbeddings};
-//! # async fn demo(caller: Arc<dyn keyturn_gemini::GeminiCall>) -> Result<(), keyturn_embeddings::EmbedError> {
-//! let emb = GeminiEmbeddings::new(caller, 100, 4);
+//! use keyturn_embeddings::{EmbedOptions, EmbeddingsService, GeminiEmbeddings};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let emb = GeminiEmbeddings::builder()
+//!     .keys(std::env::var("GEMINI_API_KEYS")?.split(','))
+//!     .base_url(std::env::var("GEMINI_BASE_URL").unwrap_or(keyturn_embeddings::DEFAULT_BASE_URL.into()))
+//!     .build()?;
 //! let opts = EmbedOptions::new("gemini-embedding-001").task_type("RETRIEVAL_DOCUMENT").dimensions(768);
 //! let vectors = emb.embed_many(&["first".into(), "second".into()], &opts).await?;
 //! assert_eq!(vectors.len(), 2);
 //! # Ok(()) }
 //! ```
+//!
+//! The pool is in memory unless [`GeminiEmbeddingsBuilder::ledger`] gives it a persisted or
+//! shared ledger; [`GeminiEmbeddingsBuilder::caller`] shares one pool with `keyturn-llm`. Every
+//! type in this crate's signatures is re-exported here, and the lower crates are reachable as
+//! [`keyturn_core`] and [`keyturn_gemini`].
+
+mod builder;
 
 use std::sync::Arc;
 
@@ -27,7 +39,13 @@ use keyturn_gemini::wire::{
     BatchEmbedContentsRequest, BatchEmbedContentsResponse, Content, EmbedContentRequest,
     EmbedContentResponse,
 };
-use keyturn_gemini::{GeminiCall, GeminiError};
+
+pub use builder::{DEFAULT_CONCURRENCY, GeminiEmbeddingsBuilder};
+pub use keyturn_core::{self, ApiKey, Clock, KeySpec, LedgerConfig, QuotaLedger};
+pub use keyturn_gemini::transport::DEFAULT_BASE_URL;
+pub use keyturn_gemini::{
+    self, BuildError, CallerBuilder, ErrorKind, GeminiCall, GeminiError, RetryPolicy,
+};
 
 /// Gemini's limit on items per `batchEmbedContents`.
 pub const MAX_BATCH: usize = 100;

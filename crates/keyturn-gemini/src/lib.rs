@@ -26,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod builder;
 pub mod caller;
 pub mod check;
 pub mod error;
@@ -35,6 +36,7 @@ pub mod testkit;
 pub mod transport;
 pub mod wire;
 
+pub use builder::{BuildError, CallerBuilder};
 #[cfg(any(test, feature = "mock"))]
 pub use caller::MockGeminiCall;
 pub use caller::{ChunkStream, GeminiCall, KeyCallStats, Reply, RetryPolicy, RotatingCaller};

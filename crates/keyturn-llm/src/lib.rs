@@ -13,35 +13,51 @@
 //! fall back to the local estimate plus 1,000 tokens a part. [`EstimateMode::CountTokens`] always
 //! asks the server.
 //!
+//! From keys to an answer (`examples/generate.rs` runs this against `keyturn sim` in CI):
+//!
 //! ```no_run
-//! # use std::sync::Arc;
-//! # use keyturn_llm::{GeminiLlm, GenerateRequest, LlmService, LlmConfig};
-//! # async fn demo(caller: Arc<dyn keyturn_gemini::GeminiCall>, clock: Arc<dyn keyturn_core::Clock>) -> Result<(), keyturn_llm::LlmError> {
-//! // `clock` is the pool's (keyturn-services hands it out with the pool).
-//! let llm = GeminiLlm::new(caller, LlmConfig::default(), clock);
+//! use keyturn_llm::{GeminiLlm, GenerateRequest, LlmService};
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let llm = GeminiLlm::builder()
+//!     .keys(std::env::var("GEMINI_API_KEYS")?.split(','))
+//!     .base_url(std::env::var("GEMINI_BASE_URL").unwrap_or(keyturn_llm::DEFAULT_BASE_URL.into()))
+//!     .build()?;
 //! let req = GenerateRequest::new("gemini-2.5-flash", "Name three rivers.").system("Be brief.");
 //! let out = llm.generate(&req).await?;
 //! println!("{} (key {:?}, cache hit: {})", out.text, out.key, out.cache_hit);
 //! # Ok(()) }
 //! ```
+//!
+//! The pool is in memory unless [`GeminiLlmBuilder::ledger`] gives it a persisted or shared
+//! ledger (`examples/persistent_state.rs`); [`GeminiLlmBuilder::caller`] shares one pool with
+//! `keyturn-embeddings`. Every type in this crate's signatures is re-exported here, and the
+//! lower crates are reachable as [`keyturn_core`] and [`keyturn_gemini`].
 
+mod builder;
 mod cache;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use futures::StreamExt;
-use futures::stream::BoxStream;
-use keyturn_core::{Clock, Demand};
-use keyturn_gemini::wire::{
-    Content, CountTokensResponse, GenerateContentRequest, GenerateContentResponse,
-    GenerationConfig, UsageMetadata,
-};
-use keyturn_gemini::{GeminiCall, GeminiError};
-use serde_json::Value;
+use keyturn_core::Demand;
 
+pub use builder::GeminiLlmBuilder;
 pub use cache::{CacheConfig, CacheStats, ResponseCache};
+// What a caller needs to read `LlmService::stream`'s answer.
+pub use futures::StreamExt;
+pub use futures::stream::BoxStream;
+pub use keyturn_core::{self, ApiKey, Clock, KeySpec, LedgerConfig, QuotaLedger};
+pub use keyturn_gemini::transport::DEFAULT_BASE_URL;
+pub use keyturn_gemini::wire::{
+    self, Content, CountTokensResponse, GenerateContentRequest, GenerateContentResponse,
+    GenerationConfig, Part, UsageMetadata,
+};
+pub use keyturn_gemini::{
+    self, BuildError, CallerBuilder, ErrorKind, GeminiCall, GeminiError, RetryPolicy,
+};
+pub use serde_json::Value;
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq)]

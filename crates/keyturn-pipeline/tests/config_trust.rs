@@ -4,15 +4,12 @@
 //!
 //! Keys and passwords are made up and built at run time.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::print_stderr
-)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+
+use keyturn_store::testkit::{TestRedis, unique_namespace};
 
 fn google_key(n: u8) -> String {
     format!("AIza{}{n:02}", "Sy0made-up_".repeat(3))
@@ -92,87 +89,20 @@ fn a_key_in_the_configuration_exits_2_naming_the_field_never_the_key() {
     }
 }
 
-/// A throwaway `redis-server` requiring a password, killed (by its own pid) when dropped.
-struct PasswordRedis {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl PasswordRedis {
-    fn start(password: &str) -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--requirepass",
-                password,
-            ])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(c) => c,
-            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
-                panic!("CI needs redis-server: {e}")
-            }
-            Err(e) => {
-                eprintln!("SKIPPED: cannot run redis-server ({e})");
-                return None;
-            }
-        };
-        let me = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        // Ready when it answers anything (it answers -NOAUTH to a PING without the password).
-        for _ in 0..250 {
-            use std::io::{Read, Write};
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-                let mut b = [0u8; 1];
-                if s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut b).is_ok() {
-                    return Some(me);
-                }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        panic!("redis-server did not start on port {port}");
-    }
-}
-
-impl Drop for PasswordRedis {
-    fn drop(&mut self) {
-        self.child.kill().ok();
-        self.child.wait().ok();
-    }
-}
-
 #[test]
+#[ignore = "needs Redis"]
 fn a_redis_that_refuses_the_password_exits_2_and_says_it_is_configuration() {
     let password = format!("made-up-right-{}", std::process::id());
-    let Some(redis) = PasswordRedis::start(&password) else {
-        return;
-    };
+    let redis = TestRedis::private_with(&["--requirepass", &password]);
+    let port = redis.url().rsplit(':').next().unwrap().to_owned();
     let dir = tempfile::tempdir().unwrap();
     let wrong = format!("made-up-wrong-{}", std::process::id());
     for (url, says) in [
         (
-            format!("redis://:{wrong}@127.0.0.1:{}", redis.port),
+            format!("redis://:{wrong}@127.0.0.1:{}", port),
             "wrong user or password",
         ),
-        (format!("redis://127.0.0.1:{}", redis.port), "NOAUTH"),
+        (format!("redis://127.0.0.1:{}", port), "NOAUTH"),
     ] {
         let out = keyturn(
             dir.path(),
@@ -192,7 +122,7 @@ fn a_redis_that_refuses_the_password_exits_2_and_says_it_is_configuration() {
         assert!(!all.contains(&wrong) && !all.contains(&password), "{all}");
     }
     // With the right password the same command works.
-    let url = format!("redis://:{password}@127.0.0.1:{}", redis.port);
+    let url = format!("redis://:{password}@127.0.0.1:{}", port);
     let out = keyturn(
         dir.path(),
         &[
@@ -203,23 +133,6 @@ fn a_redis_that_refuses_the_password_exits_2_and_says_it_is_configuration() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(!text(&out).contains(&password));
-}
-
-/// The Redis for tests (`KEYTURN_TEST_REDIS_URL`, else the machine's on 6379), or `None` (skip;
-/// under CI a missing Redis fails).
-fn shared_redis() -> Option<String> {
-    let url = std::env::var("KEYTURN_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let hostport = url.trim_start_matches("redis://").trim_end_matches('/');
-    if std::net::TcpStream::connect(hostport).is_ok() {
-        return Some(url);
-    }
-    assert!(
-        !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
-        "CI needs Redis at {url}"
-    );
-    eprintln!("SKIPPED: no Redis at {url}");
-    None
 }
 
 /// A ledger holding `keys` (key, project or none) that has admitted `n` requests.
@@ -277,17 +190,11 @@ async fn used_today(l: &keyturn_store::RedisLedger) -> u64 {
 
 #[allow(clippy::disallowed_methods)] // a namespace no other run uses: the time makes it unique
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis"]
 async fn keys_reset_all_on_a_shared_namespace_leaves_other_key_sets_alone() {
-    let Some(url) = shared_redis() else {
-        return;
-    };
-    let ns = format!(
-        "test-config-trust-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::UNIX_EPOCH
-            .elapsed()
-            .map_or(0, |d| d.subsec_nanos())
-    );
+    let redis = TestRedis::get();
+    let url = redis.url().to_owned();
+    let ns = unique_namespace("config-trust");
     // Set A (the binary's configuration) and set B (another team's worker) on one namespace.
     // A's key has no project, as in the binary's configuration below.
     let a = spend(&url, &ns, &[("made-up-bin-a1", None)], 2).await;

@@ -832,6 +832,9 @@ async fn a_refusal_keyturn_decided_names_the_built_in_table() {
     assert_eq!(sent, 0, "{stats}");
 }
 
+/// A port nobody listened on a moment ago. Only for what must bind an address itself
+/// (`--metrics-addr`: the exporter takes an address, not a listener), and only through
+/// [`with_metrics_port`], which tries another port when someone else took this one first.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -840,19 +843,49 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Scrapes until `pred` holds (the process is starting or working), up to a generous bound.
-async fn scrape_until(addr: &str, pred: impl Fn(&str) -> bool) -> String {
+/// Whether a child that exited did so because its metrics port was taken before it bound it.
+fn lost_metrics_port(child: Child) -> bool {
+    let out = child.wait_with_output().unwrap();
+    let all = text(&out);
+    let lost = all.contains("cannot serve metrics") && all.contains("in use");
+    assert!(lost, "exited {}: {all}", out.status);
+    lost
+}
+
+/// Scrapes `addr` until `pred` holds while `child` runs. `None` when the child exited because
+/// its metrics port was taken (the caller tries another port); panics on any other exit.
+async fn scrape_until(
+    child: &mut Option<Child>,
+    addr: &str,
+    pred: impl Fn(&str) -> bool,
+) -> Option<String> {
     let mut last = String::new();
     for _ in 0..600 {
         if let Ok(r) = reqwest::get(format!("http://{addr}/metrics")).await {
             last = r.text().await.unwrap_or_default();
             if pred(&last) {
-                return last;
+                return Some(last);
             }
+        }
+        if let Some(c) = child.as_mut()
+            && c.try_wait().unwrap().is_some()
+        {
+            lost_metrics_port(child.take().unwrap());
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("the metrics never showed what was expected:\n{last}");
+}
+
+/// Runs `attempt` with `--metrics-addr` values on free ports until one is not taken first.
+async fn with_metrics_port<T, F: Future<Output = Option<T>>>(attempt: impl Fn(String) -> F) -> T {
+    for _ in 0..8 {
+        if let Some(t) = attempt(format!("127.0.0.1:{}", free_port())).await {
+            return t;
+        }
+    }
+    panic!("another process took each of 8 free ports before keyturn could bind it");
 }
 
 /// `--metrics-addr` on `keyturn sim` and on `keyturn seed`: both serve Prometheus text while
@@ -866,16 +899,23 @@ async fn seed_and_sim_serve_metrics_while_they_run() {
         format!("[models.\"{FLASH}\"]\nrpm = 1\n"),
     )
     .unwrap();
-    let seed_metrics = format!("127.0.0.1:{}", free_port());
-    let mut seed = w.seed_cmd();
-    seed.arg("--metrics-addr").arg(&seed_metrics);
-    let mut child = seed.spawn().unwrap();
-    let text = scrape_until(&seed_metrics, |t| {
-        t.contains("keyturn_requests_total{") && t.contains("keyturn_quota_used{")
+    let text = with_metrics_port(|seed_metrics| {
+        let mut seed = w.seed_cmd();
+        seed.arg("--metrics-addr").arg(&seed_metrics);
+        let mut child = Some(seed.spawn().unwrap());
+        async move {
+            let scraped = scrape_until(&mut child, &seed_metrics, |t| {
+                t.contains("keyturn_requests_total{") && t.contains("keyturn_quota_used{")
+            })
+            .await;
+            if let Some(mut c) = child {
+                c.kill().ok();
+                c.wait().ok();
+            }
+            scraped
+        }
     })
     .await;
-    child.kill().ok();
-    child.wait().ok();
     assert!(text.contains("outcome=\"ok\""), "{text}");
     assert!(text.contains("keyturn_keys{state=\"usable\"}"), "{text}");
     assert!(text.contains("window=\"day\""), "{text}");
@@ -883,16 +923,39 @@ async fn seed_and_sim_serve_metrics_while_they_run() {
         assert!(!text.contains(k), "a key in the metrics");
     }
 
-    let (sim_port, sim_metrics) = (free_port(), format!("127.0.0.1:{}", free_port()));
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_keyturn"))
-        .args(["--metrics-addr", &sim_metrics, "sim", "--port"])
-        .arg(sim_port.to_string())
-        .args(["--key", "made-up-metrics-key@p1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
+    // The simulator picks its own port (`--port 0`) and prints it; only the metrics address is
+    // chosen here.
+    let (mut sim, sim_metrics, base_url) = with_metrics_port(|sim_metrics| async move {
+        let mut sim = Command::new(env!("CARGO_BIN_EXE_keyturn"))
+            .args(["--metrics-addr", &sim_metrics, "sim", "--port", "0"])
+            .args(["--key", "made-up-metrics-key@p1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = sim.stdout.take().unwrap();
+        let base_url = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let url = lines
+                .by_ref()
+                .map_while(Result::ok)
+                .find_map(|l| l.strip_prefix("GEMINI_BASE_URL=").map(str::to_owned));
+            std::thread::spawn(move || lines.for_each(drop));
+            url
+        })
+        .await
         .unwrap();
-    let url = format!("http://127.0.0.1:{sim_port}/v1beta/models/{FLASH}:generateContent");
+        match base_url {
+            Some(url) => Some((sim, sim_metrics, url)),
+            None => {
+                lost_metrics_port(sim);
+                None
+            }
+        }
+    })
+    .await;
+    let url = format!("{base_url}/v1beta/models/{FLASH}:generateContent");
     let client = reqwest::Client::new();
     let mut sent = false;
     for _ in 0..300 {
@@ -909,10 +972,11 @@ async fn seed_and_sim_serve_metrics_while_they_run() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(sent, "the simulator never answered");
-    let text = scrape_until(&sim_metrics, |t| {
+    let text = scrape_until(&mut None, &sim_metrics, |t| {
         t.contains("keyturn_sim_responses_total{key=\"key-1\",status=\"200\"} 1")
     })
-    .await;
+    .await
+    .unwrap();
     sim.kill().ok();
     sim.wait().ok();
     assert!(!text.contains("made-up-metrics-key"), "{text}");
@@ -1426,11 +1490,17 @@ async fn keys_check_exits_non_zero_when_no_key_could_be_checked() {
     let w = world(600, 10_000, Faults::default(), true).await;
     let ok = w.run(w.command(&["keys", "check"])).await;
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    // A server that hangs up on every connection: nothing answers, and no other process can
+    // take its port (as it could a port probed free and dropped).
+    let hang_up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = hang_up.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = hang_up.accept().await {
+            drop(conn);
+        }
+    });
     let mut c = w.command(&["keys", "check"]);
-    c.env(
-        "GEMINI_BASE_URL",
-        format!("http://127.0.0.1:{}", free_port()),
-    );
+    c.env("GEMINI_BASE_URL", format!("http://{silent}"));
     let o = w.run(c).await;
     let out = text(&o);
     assert_eq!(o.status.code(), Some(1), "{out}");

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -155,21 +155,37 @@ impl Dir {
             .unwrap()
     }
 
-    /// `keyturn serve` on a free port, waited for until it answers `/healthz`.
+    /// `keyturn serve` on a port it picks itself (`--listen 127.0.0.1:0`: no port probed and
+    /// raced for), at the address it prints, waited for until it answers `/healthz`.
     async fn serve(&self, base_url: &str) -> Served {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        let child = self
-            .command(base_url, &["serve", "--listen", &listen])
+        let mut child = self
+            .command(base_url, &["serve", "--listen", "127.0.0.1:0"])
             .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let (stdout, head) = tokio::task::spawn_blocking(move || {
+            let mut head = String::new();
+            while !head.contains("keyturn serve listening on ") {
+                if stdout.read_line(&mut head).unwrap() == 0 {
+                    break;
+                }
+            }
+            (stdout, head)
+        })
+        .await
+        .unwrap();
+        let addr = head
+            .split("keyturn serve listening on http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("keyturn serve printed no address: {head}"))
+            .parse()
             .unwrap();
         let served = Served {
             child,
-            addr: listen.parse().unwrap(),
+            addr,
+            head,
+            stdout,
         };
         for _ in 0..300 {
             if let Ok(r) = reqwest::get(format!("{}/healthz", served.url())).await
@@ -186,6 +202,9 @@ impl Dir {
 struct Served {
     child: Child,
     addr: SocketAddr,
+    /// What it printed before its address, and the rest of its stdout.
+    head: String,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
 }
 
 impl Served {
@@ -198,14 +217,16 @@ impl Served {
     }
 
     /// Stops the proxy (SIGTERM) and returns what it printed.
-    fn stop(self) -> String {
+    fn stop(mut self) -> String {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         )
         .ok();
+        let mut rest = String::new();
+        self.stdout.read_to_string(&mut rest).unwrap();
         let o = self.child.wait_with_output().unwrap();
-        text(&o)
+        format!("{}{rest}{}", self.head, text(&o))
     }
 }
 

@@ -415,10 +415,9 @@ async fn a_locked_state_file_and_missing_keys_are_typed_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis"]
 async fn the_redis_backend_is_selected_by_configuration() {
-    let Some(redis) = keyturn_store::testkit::TestRedis::get() else {
-        return;
-    };
+    let redis = keyturn_store::testkit::TestRedis::get();
     let dir = tempfile::tempdir().unwrap();
     let ns = keyturn_store::testkit::unique_namespace("factory");
     let e = env(&[

@@ -50,13 +50,23 @@ fn sum(text: &str, name: &str, filter: &[(&str, &str)]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_after_a_run_matches_the_simulator() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    keyturn_services::install_metrics_exporter(addr).unwrap();
+    // The exporter binds an address, not a listener we could hand it: a port probed free may be
+    // taken before it binds, so another is tried then.
+    let addr = (0..8)
+        .find_map(|_| {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            match keyturn_services::install_metrics_exporter(addr) {
+                Ok(()) => Some(addr),
+                Err(e) if e.to_string().contains("in use") => None,
+                Err(e) => panic!("{e}"),
+            }
+        })
+        .expect("another process took each of 8 free ports first");
 
     let sim = common::sim().await;
     let dir = tempfile::tempdir().unwrap();

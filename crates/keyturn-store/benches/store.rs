@@ -49,9 +49,12 @@ where
 }
 
 fn redis_benches(c: &mut Criterion) {
-    let Some(redis) = TestRedis::get() else {
-        println!("SKIPPED redis benchmarks: no Redis");
-        return;
+    let redis = match TestRedis::try_get() {
+        Ok(r) => r,
+        Err(why) => {
+            println!("SKIPPED redis benchmarks: {why}");
+            return;
+        }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -14,10 +14,9 @@ use keyturn_store::testkit::TestRedis;
 use keyturn_store::{RedisLedger, TimeSource};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis"]
 async fn fails_closed_while_down_and_recovers() {
-    let Some(mut redis) = TestRedis::private() else {
-        return;
-    };
+    let mut redis = TestRedis::private();
     let url = format!(
         "redis://:made-up-password@{}",
         redis.url().trim_start_matches("redis://")

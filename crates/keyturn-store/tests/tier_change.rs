@@ -55,11 +55,9 @@ fn with_p_at(tier: Tier) -> LedgerConfig {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis"]
 async fn a_changed_tier_drops_what_was_learned_under_the_old_one() {
-    let Some(redis) = TestRedis::get() else {
-        eprintln!("skipped: no Redis (set KEYTURN_TEST_REDIS_URL)");
-        return;
-    };
+    let redis = TestRedis::get();
     let ns = unique_namespace("tier-change");
     let first = ledger(redis.url(), &ns, with_p_at(Tier::Free)).await;
     for _ in 0..2 {
