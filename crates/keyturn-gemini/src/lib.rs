@@ -40,4 +40,7 @@ pub use caller::MockGeminiCall;
 pub use caller::{ChunkStream, GeminiCall, KeyCallStats, Reply, RetryPolicy, RotatingCaller};
 pub use check::{KeyCheck, check_key};
 pub use error::{ApiFailure, ErrorKind, GeminiError, classify, redact};
-pub use transport::{InvalidName, SendError, Transport, TransportConfig, model_id, valid_model};
+pub use transport::{
+    InvalidName, KeyHeader, OpenAiRoute, SendError, Transport, TransportConfig, model_id,
+    valid_model,
+};
