@@ -96,6 +96,7 @@ pub mod config;
 pub mod content;
 pub mod corpus;
 pub mod errors;
+mod openai;
 pub mod server;
 pub mod state;
 pub mod wire;
