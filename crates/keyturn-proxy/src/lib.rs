@@ -38,9 +38,10 @@ use tokio::sync::Semaphore;
 
 mod answer;
 mod auth;
+mod openai;
 mod server;
 
-use answer::{failure, gemini_error, invalid, json_bytes, not_found};
+use answer::{Answer, Problem, failure, invalid, json_bytes, not_found};
 
 pub use auth::{digest, new_token, parse_digest};
 pub use server::Proxy;
@@ -215,7 +216,8 @@ pub fn router(state: Arc<ProxyState>) -> Router {
         .merge(api)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .fallback(|| async { not_found() })
+        .merge(openai::router(state.clone()))
+        .fallback(|| async { Answer::from(not_found()).gemini() })
         // Bodies are read by the handler, under the cap and the body timeout.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -282,8 +284,8 @@ fn embed_tokens(item: &Value) -> u64 {
     estimate_input_tokens(bytes, 0)
 }
 
-/// An answer that ends a request early (boxed: a `Response` is large).
-type Refusal = Box<Response>;
+/// An answer that ends a request early, rendered in the dialect of the route.
+type Refusal = Answer;
 
 /// The methods the proxy serves on `models/{model}:{method}`.
 const METHODS: &[&str] = &[
@@ -301,9 +303,9 @@ fn parse_name(name: &str) -> Result<(&str, Option<&str>), Refusal> {
         Some((m, a)) => (m, Some(a)),
         None => (name, None),
     };
-    let model = keyturn_gemini::model_id(model).map_err(|e| Box::new(invalid(&e.to_string())))?;
+    let model = keyturn_gemini::model_id(model).map_err(|e| invalid(&e.to_string()))?;
     match method {
-        Some(a) if !METHODS.contains(&a) => Err(Box::new(not_found())),
+        Some(a) if !METHODS.contains(&a) => Err(not_found().into()),
         _ => Ok((model, method)),
     }
 }
@@ -314,19 +316,13 @@ async fn slot(st: &ProxyState) -> Result<tokio::sync::OwnedSemaphorePermit, Refu
         // Closed at shutdown: a request still waiting for a slot is told at once to come back
         // (to this proxy once it restarts, or to another replica) rather than dropped unanswered
         // when the drain ends.
-        let mut r = gemini_error(
+        Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "UNAVAILABLE",
             "keyturn proxy is shutting down; retry shortly",
-            vec![
-                json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{SHUTDOWN_RETRY_SECS}s")}),
-            ],
-        );
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(SHUTDOWN_RETRY_SECS),
-        );
-        Box::new(r)
+        )
+        .retry_after(SHUTDOWN_RETRY_SECS)
+        .into()
     })
 }
 
@@ -335,15 +331,15 @@ const SHUTDOWN_RETRY_SECS: u64 = 5;
 
 async fn list_models(State(st): State<Arc<ProxyState>>, Path(version): Path<String>) -> Response {
     let Some(caller) = st.caller(&version) else {
-        return not_found();
+        return Answer::from(not_found()).gemini();
     };
     let _permit = match slot(&st).await {
         Ok(p) => p,
-        Err(r) => return *r,
+        Err(r) => return r.gemini(),
     };
     match caller.call_unmetered("models", None).await {
         Ok(r) => st.relay(r.raw),
-        Err(e) => failure(&st, &e),
+        Err(e) => failure(&st, &e).gemini(),
     }
 }
 
@@ -352,23 +348,23 @@ async fn get_model(
     Path((version, name)): Path<(String, String)>,
 ) -> Response {
     let Some(caller) = st.caller(&version) else {
-        return not_found();
+        return Answer::from(not_found()).gemini();
     };
     let model = match parse_name(&name) {
         Ok((m, None)) => m,
-        Ok(_) => return not_found(),
-        Err(r) => return *r,
+        Ok(_) => return Answer::from(not_found()).gemini(),
+        Err(r) => return r.gemini(),
     };
     let _permit = match slot(&st).await {
         Ok(p) => p,
-        Err(r) => return *r,
+        Err(r) => return r.gemini(),
     };
     match caller
         .call_unmetered(&format!("models/{model}"), None)
         .await
     {
         Ok(r) => st.relay(r.raw),
-        Err(e) => failure(&st, &e),
+        Err(e) => failure(&st, &e).gemini(),
     }
 }
 
@@ -388,10 +384,11 @@ async fn confirm_model(
         .await
     {
         Ok(_) if st.models.insert(version, model) => Ok(()),
-        Ok(_) => Err(Box::new(invalid(&format!(
+        Ok(_) => Err(invalid(&format!(
             "this proxy already serves {MAX_MODELS} models; {model} is one too many"
-        )))),
-        Err(e) => Err(Box::new(failure(st, &e))),
+        ))
+        .into()),
+        Err(e) => Err(failure(st, &e)),
     }
 }
 
@@ -405,20 +402,20 @@ async fn read_body(st: &ProxyState, body: Body) -> Result<Bytes, Refusal> {
     let limit = st.max_body_bytes;
     match tokio::time::timeout(st.body_timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(b)) => Ok(b),
-        Ok(Err(_)) => Err(Box::new(gemini_error(
+        Ok(Err(_)) => Err(Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "INVALID_ARGUMENT",
-            &format!(
+            format!(
                 "keyturn proxy: the request body is larger than {limit} bytes ([serve] max_body_bytes)"
             ),
-            vec![],
-        ))),
-        Err(_) => Err(Box::new(gemini_error(
+        )
+        .into()),
+        Err(_) => Err(Problem::new(
             StatusCode::REQUEST_TIMEOUT,
             "DEADLINE_EXCEEDED",
             "keyturn proxy: the request body did not arrive in time ([serve] body_timeout)",
-            vec![],
-        ))),
+        )
+        .into()),
     }
 }
 
@@ -462,22 +459,23 @@ async fn call_model(
     body: Body,
 ) -> Response {
     let Some(caller) = st.caller(&version).cloned() else {
-        return not_found();
+        return Answer::from(not_found()).gemini();
     };
     let (model, action) = match parse_name(&name) {
         Ok((m, Some(a))) => (m, a),
-        Ok(_) => return not_found(),
-        Err(r) => return *r,
+        Ok(_) => return Answer::from(not_found()).gemini(),
+        Err(r) => return r.gemini(),
     };
     let body = match read_body(&st, body).await {
         Ok(b) => b,
-        Err(r) => return *r,
+        Err(r) => return r.gemini(),
     };
     let most = max_json_values(st.max_body_bytes);
     if json_values(&body) > most {
-        return invalid(&format!(
+        return Answer::from(invalid(&format!(
             "the request body holds more than {most} JSON values; no Gemini request needs as many"
-        ));
+        )))
+        .gemini();
     }
     let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
@@ -485,13 +483,14 @@ async fn call_model(
         match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(e) => {
-                return invalid(&format!("Invalid JSON payload received. {e}"));
+                return Answer::from(invalid(&format!("Invalid JSON payload received. {e}")))
+                    .gemini();
             }
         }
     };
     let permit = match slot(&st).await {
         Ok(p) => p,
-        Err(r) => return *r,
+        Err(r) => return r.gemini(),
     };
     if action == "countTokens" {
         return match caller
@@ -499,11 +498,11 @@ async fn call_model(
             .await
         {
             Ok(r) => st.relay(r.raw),
-            Err(e) => failure(&st, &e),
+            Err(e) => failure(&st, &e).gemini(),
         };
     }
     if let Err(r) = confirm_model(&st, &caller, &version, model).await {
-        return *r;
+        return r.gemini();
     }
     let demand = match action {
         "embedContent" => Demand::tokens(embed_tokens(&value)),
@@ -519,12 +518,12 @@ async fn call_model(
         let sse = q.alt.as_deref() == Some("sse");
         return match caller.stream(model, demand, value).await {
             Ok(chunks) => stream_response(&st, chunks, sse, permit),
-            Err(e) => failure(&st, &e),
+            Err(e) => failure(&st, &e).gemini(),
         };
     }
     match caller.call(model, action, demand, value).await {
         Ok(r) => st.relay(r.raw),
-        Err(e) => failure(&st, &e),
+        Err(e) => failure(&st, &e).gemini(),
     }
 }
 
