@@ -1,6 +1,7 @@
 //! The HTTP transport: one pooled reqwest client (rustls, HTTP/2 where offered), connect and
 //! total timeouts, a base URL without a version segment (like google-genai's `base_url`), and the
-//! key only in the `x-goog-api-key` header, marked sensitive. Never `?key=`: URLs end up in logs.
+//! key only in a header marked sensitive: `x-goog-api-key`, or `Authorization: Bearer` on
+//! Gemini's OpenAI-compatible routes ([`KeyHeader`]). Never `?key=`: URLs end up in logs.
 //!
 //! Two rules keep the key on the host it was meant for:
 //! - **No redirects.** Gemini never redirects an API call, and an HTTP client that follows one

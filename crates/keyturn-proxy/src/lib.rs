@@ -1,7 +1,7 @@
 //! # keyturn-proxy
 //!
 //! `keyturn serve`: a Gemini-compatible HTTP proxy. Clients in any language (google-genai,
-//! LiteLLM, LangChain, curl) change one base URL and get keyturn's rotation: every request is
+//! the openai SDKs, LiteLLM, LangChain, curl) change one base URL and get keyturn's rotation: every request is
 //! admitted by the shared quota ledger, sent upstream with a pool key, classified by Gemini's own
 //! error details and retried on another key; several proxy replicas share one Redis ledger.
 //!
@@ -9,6 +9,9 @@
 //!   `:streamGenerateContent` (SSE, passed on event by event), `:countTokens`, `:embedContent`,
 //!   `:batchEmbedContents`, `GET models`, `GET models/{m}`. Request bodies go upstream unchanged
 //!   (either field spelling); successful responses come back byte for byte.
+//! - Google's OpenAI-compatible surface under `/v1beta/openai/` (`chat/completions`, plain and
+//!   streamed, `embeddings`, `models`), through the same rotation, with the proxy's own refusals
+//!   in OpenAI's error form (see the `openai` module).
 //! - Clients authenticate with their own proxy tokens (`x-goog-api-key` or
 //!   `Authorization: Bearer`), configured only as SHA-256 digests and compared in constant time.
 //!   A pool key is never accepted from, nor returned to, a client.
