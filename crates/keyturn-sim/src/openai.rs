@@ -494,3 +494,103 @@ pub(crate) async fn embeddings(
         _ => json_response(200, &body),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::collections::BTreeMap;
+
+    use serde_json::{Value, json};
+
+    use crate::{KeyState, Limits, SimConfig, SimKey, Simulator};
+
+    const FLASH: &str = "gemini-2.5-flash";
+
+    async fn sim(rpm: u64) -> Simulator {
+        let mut models = BTreeMap::new();
+        models.insert(FLASH.to_owned(), Limits::new(rpm, 1_000_000, 1_000));
+        let key = |k: &str, state| SimKey {
+            key: k.into(),
+            label: Some(k.into()),
+            project: Some("p1".into()),
+            state,
+        };
+        Simulator::start(SimConfig {
+            keys: vec![
+                key("made-up-sim-openai", KeyState::Valid),
+                key("made-up-sim-openai-dead", KeyState::Invalid),
+            ],
+            models,
+            ..SimConfig::default()
+        })
+        .await
+        .unwrap()
+    }
+
+    fn chat() -> Value {
+        json!({"model": FLASH, "messages": [{"role": "user", "content": "hello there"}]})
+    }
+
+    /// The OpenAI routes spend the native routes' quota, and refuse in the list envelope.
+    #[tokio::test]
+    async fn one_quota_for_both_surfaces_and_errors_in_a_list() {
+        let s = sim(2).await;
+        let http = reqwest::Client::new();
+        let native = http
+            .post(format!(
+                "{}/v1beta/models/{FLASH}:generateContent",
+                s.base_url()
+            ))
+            .header("x-goog-api-key", "made-up-sim-openai")
+            .json(&json!({"contents": [{"parts": [{"text": "hello"}]}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(native.status(), 200);
+        let openai = |key: &'static str| {
+            http.post(format!("{}/v1beta/openai/chat/completions", s.base_url()))
+                .bearer_auth(key)
+                .json(&chat())
+                .send()
+        };
+        let r = openai("made-up-sim-openai").await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["object"], "chat.completion");
+        assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+        // The minute's two requests are spent, one on each surface.
+        let r = openai("made-up-sim-openai").await.unwrap();
+        assert_eq!(r.status(), 429);
+        let v: Value = r.json().await.unwrap();
+        let error = &v.as_array().expect("a list")[0]["error"];
+        assert_eq!(error["status"], "RESOURCE_EXHAUSTED");
+        assert_eq!(
+            error["details"][1]["violations"][0]["quotaId"],
+            "GenerateRequestsPerMinutePerProjectPerModel-FreeTier"
+        );
+        // A dead key's refusal, and no key at all, in the same envelope.
+        let r = openai("made-up-sim-openai-dead").await.unwrap();
+        assert_eq!(r.status(), 400);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v[0]["error"]["details"][0]["reason"], "API_KEY_INVALID");
+        let r = http
+            .get(format!("{}/v1beta/openai/models", s.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+        assert!(r.json::<Value>().await.unwrap()[0]["error"].is_object());
+        // Only v1beta serves the surface.
+        let r = http
+            .get(format!("{}/v1/openai/models", s.base_url()))
+            .bearer_auth("made-up-sim-openai")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        let st = s.state().stats();
+        let k = &st["keys"][0];
+        assert_eq!(k["by_route"]["generateContent"], 3, "{k}");
+    }
+}
