@@ -259,6 +259,14 @@ async fn tools_and_response_format_pass_through() {
     let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
     assert!(args["city"].is_string(), "{args}");
 
+    // An image as a data URL goes upstream untouched beside the text.
+    let b = json!({"model": FLASH, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is in this picture"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+    ]}]});
+    let r = post(&s.proxy, "chat/completions", &b).await;
+    assert_eq!(r.status(), 200);
+
     let mut b = chat("name a colour");
     b["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "c", "schema":
         {"type": "object", "properties": {"colour": {"type": "string"}}, "required": ["colour"]}}});
@@ -443,30 +451,50 @@ async fn the_proxys_own_refusals_are_in_openais_form() {
 struct Seen {
     /// (path, headers) of every request.
     requests: Vec<(String, HeaderMap)>,
+    /// The bodies of the chat completions.
+    chats: Vec<Value>,
 }
 
 /// A local upstream that answers the model probe, and answers chat completions with an echo of
-/// the `Authorization` it received (as a hostile or broken upstream might).
+/// the `Authorization` it received (as a hostile or broken upstream might); streamed, with the
+/// usage in the last chunk beside its choice (where Gemini may put it) and `[DONE]`.
 async fn recorder() -> (String, Arc<Mutex<Seen>>) {
     use axum::extract::{Request, State};
+    use axum::response::IntoResponse;
     let seen = Arc::new(Mutex::new(Seen::default()));
-    async fn record(State(seen): State<Arc<Mutex<Seen>>>, req: Request) -> axum::Json<Value> {
+    async fn record(
+        State(seen): State<Arc<Mutex<Seen>>>,
+        req: Request,
+    ) -> axum::response::Response {
         let path = req.uri().path().to_owned();
-        let auth = req
-            .headers()
+        let headers = req.headers().clone();
+        let auth = headers
             .get("authorization")
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default();
-        seen.lock()
-            .requests
-            .push((path.clone(), req.headers().clone()));
-        if path.ends_with("/chat/completions") {
-            axum::Json(json!({"object": "chat.completion", "model": FLASH,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("you sent {auth}")}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}))
-        } else {
-            axum::Json(json!({"name": format!("models/{FLASH}")}))
+        let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        seen.lock().requests.push((path.clone(), headers));
+        if !path.ends_with("/chat/completions") {
+            return axum::Json(json!({"name": format!("models/{FLASH}")})).into_response();
         }
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        seen.lock().chats.push(body.clone());
+        let usage = json!({"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7});
+        if body["stream"] != true {
+            return axum::Json(json!({"object": "chat.completion", "model": FLASH,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": format!("you sent {auth}")}, "finish_reason": "stop"}],
+                "usage": usage}))
+            .into_response();
+        }
+        let first = json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "one "}}]});
+        let last = json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "two"}, "finish_reason": "stop"}], "usage": usage});
+        (
+            [("content-type", "text/event-stream")],
+            format!("data: {first}\n\ndata: {last}\n\ndata: [DONE]\n\n"),
+        )
+            .into_response()
     }
     let app = axum::Router::new()
         .fallback(record)
@@ -510,6 +538,36 @@ async fn the_clients_token_stays_here_and_the_pool_key_goes_only_upstream() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_asks_upstream_for_usage_and_hides_it_beside_choices() {
+    let (upstream, seen) = recorder().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, pool) = proxy_for(&upstream, &[(pool_key(3), "p1")], 100, true, dir.path()).await;
+    let mut b = chat("hello");
+    b["stream"] = json!(true);
+    b["stream_options"] = json!({"other_option": 1});
+    let text = post(&proxy, "chat/completions", &b)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let ev = events(&text);
+    assert_eq!(ev.len(), 3, "{text}");
+    assert_eq!(ev[2], "[DONE]");
+    let last: Value = serde_json::from_str(ev[1]).unwrap();
+    assert_eq!(
+        last["choices"][0]["finish_reason"], "stop",
+        "the chunk itself is kept"
+    );
+    assert!(last.get("usage").is_none(), "{text}");
+    assert_eq!(
+        seen.lock().chats[0]["stream_options"],
+        json!({"other_option": 1, "include_usage": true}),
+        "asked upstream, the client's other options kept"
+    );
+    assert_eq!(ledger_use(&pool, "p1", FLASH).await, (1, 3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
