@@ -140,10 +140,7 @@ fn ask_for_usage(v: &mut Value) -> bool {
 }
 
 async fn chat_completions(State(st): State<Arc<ProxyState>>, body: Body) -> Response {
-    match chat(&st, body).await {
-        Ok(r) => r,
-        Err(a) => a.openai(),
-    }
+    chat(&st, body).await.unwrap_or_else(Answer::openai)
 }
 
 async fn chat(st: &ProxyState, body: Body) -> Result<Response, Refusal> {
@@ -170,41 +167,43 @@ async fn chat(st: &ProxyState, body: Body) -> Result<Response, Refusal> {
 }
 
 async fn embeddings(State(st): State<Arc<ProxyState>>, body: Body) -> Response {
-    let answer = async {
-        let caller = st.v1beta.clone();
-        let v = read_object(&st, body).await?;
-        let model = body_model(&v)?;
-        let demand = embedding_demand(&v);
-        let _permit = slot(&st).await?;
-        confirm_model(&st, &caller, VERSION, &model).await?;
-        let r = caller
-            .call_openai(OpenAiRoute::Embeddings, &model, demand, v)
-            .await
-            .map_err(|e| failure(&st, &e))?;
-        Ok::<_, Answer>(st.relay(r.raw))
-    };
-    answer.await.unwrap_or_else(Answer::openai)
+    embed(&st, body).await.unwrap_or_else(Answer::openai)
+}
+
+async fn embed(st: &ProxyState, body: Body) -> Result<Response, Refusal> {
+    let caller = st.v1beta.clone();
+    let v = read_object(st, body).await?;
+    let model = body_model(&v)?;
+    let demand = embedding_demand(&v);
+    let _permit = slot(st).await?;
+    confirm_model(st, &caller, VERSION, &model).await?;
+    let r = caller
+        .call_openai(OpenAiRoute::Embeddings, &model, demand, v)
+        .await
+        .map_err(|e| failure(st, &e))?;
+    Ok(st.relay(r.raw))
 }
 
 async fn list_models(State(st): State<Arc<ProxyState>>) -> Response {
-    unmetered(&st, "openai/models".to_owned())
+    unmetered(&st, "openai/models")
         .await
         .unwrap_or_else(Answer::openai)
 }
 
 async fn get_model(State(st): State<Arc<ProxyState>>, Path(name): Path<String>) -> Response {
-    let answer = async {
-        let model = keyturn_gemini::model_id(&name).map_err(|e| invalid(&e.to_string()))?;
-        unmetered(&st, format!("openai/models/{model}")).await
-    };
-    answer.await.unwrap_or_else(Answer::openai)
+    let path = keyturn_gemini::model_id(&name).map(|m| format!("openai/models/{m}"));
+    match path {
+        Ok(path) => unmetered(&st, &path).await,
+        Err(e) => Err(invalid(&e.to_string()).into()),
+    }
+    .unwrap_or_else(Answer::openai)
 }
 
-async fn unmetered(st: &ProxyState, path: String) -> Result<Response, Refusal> {
+async fn unmetered(st: &ProxyState, path: &str) -> Result<Response, Refusal> {
     let _permit = slot(st).await?;
     let r = st
         .v1beta
-        .call_unmetered(&path, None)
+        .call_unmetered(path, None)
         .await
         .map_err(|e| failure(st, &e))?;
     Ok(st.relay(r.raw))

@@ -243,6 +243,34 @@ async fn streams_relay_chunks_and_usage_only_when_asked() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_relayed_event_by_event() {
+    use futures::StreamExt;
+    let s = setup(&["p1"], 100, true).await;
+    s.sim.state().set_faults(keyturn_sim::Faults {
+        stream_chunk_delay_ms: 150,
+        ..keyturn_sim::Faults::default()
+    });
+    let mut b = chat(PROMPT);
+    b["stream"] = json!(true);
+    let r = post(&s.proxy, "chat/completions", &b).await;
+    assert_eq!(r.status(), 200);
+    let mut reads = 0;
+    let mut all = String::new();
+    let mut body = r.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.unwrap();
+        if !chunk.is_empty() {
+            reads += 1;
+            all.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    let n = events(&all).len();
+    assert!(n >= 3, "{all}");
+    // The upstream pauses between events; a buffering proxy would deliver them in one piece.
+    assert!(reads >= n - 1, "{reads} reads for {n} events");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tools_and_response_format_pass_through() {
     let s = setup(&["p1"], 100, true).await;
     let mut b = chat("what is the weather in Lisbon");

@@ -18,6 +18,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
+use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
 use crate::config::{Route, ServedModel};
@@ -288,7 +289,8 @@ pub(crate) async fn chat_completions(
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool)
             == Some(true);
-        return answer.stream(&id, created, &model, include_usage);
+        let delay = std::time::Duration::from_millis(st.faults().stream_chunk_delay_ms);
+        return answer.stream(&id, created, &model, include_usage, delay);
     }
     let body = answer.completion(&id, created, &model);
     match fault {
@@ -359,8 +361,15 @@ impl Answer {
 
     /// `data:` events: the text in up to three deltas (a tool call in one), the last with the
     /// finish reason; with `include_usage`, a last chunk with no choices and the usage; then
-    /// `data: [DONE]`.
-    fn stream(&self, id: &str, created: i64, model: &str, include_usage: bool) -> Response {
+    /// `data: [DONE]`. `delay` between events (the slow-stream fault).
+    fn stream(
+        &self,
+        id: &str,
+        created: i64,
+        model: &str,
+        include_usage: bool,
+        delay: std::time::Duration,
+    ) -> Response {
         let chunk = |choices: Value| json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices});
         let mut deltas: Vec<Value> = match self.message.get("content").and_then(Value::as_str) {
             Some(text) => {
@@ -399,12 +408,19 @@ impl Answer {
             u["usage"] = usage(self.prompt_tokens, self.completion_tokens);
             events.push(u);
         }
-        let frames: Vec<Result<Bytes, Infallible>> = events
+        let frames: Vec<Bytes> = events
             .iter()
-            .map(|e| Ok(Bytes::from(format!("data: {e}\n\n"))))
-            .chain(std::iter::once(Ok(Bytes::from_static(b"data: [DONE]\n\n"))))
+            .map(|e| Bytes::from(format!("data: {e}\n\n")))
+            .chain(std::iter::once(Bytes::from_static(b"data: [DONE]\n\n")))
             .collect();
-        let mut r = Response::new(Body::from_stream(futures::stream::iter(frames)));
+        let frames =
+            futures::stream::iter(frames.into_iter().enumerate()).then(move |(i, f)| async move {
+                if i > 0 && !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                Ok::<Bytes, Infallible>(f)
+            });
+        let mut r = Response::new(Body::from_stream(frames));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream"),
