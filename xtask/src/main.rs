@@ -5,8 +5,9 @@
 //!   with cargo-fuzz on the nightly toolchain; installs cargo-fuzz if it is missing.
 //! - `examples`: every crate example (`crates/*/examples/`) against `keyturn sim`, checked by
 //!   its exit status and output.
-//! - `sdk`: the official google-genai Python SDK (installed from PyPI into `target/sdk-venv`) and
-//!   curl, unmodified, against `keyturn serve` in front of `keyturn sim`.
+//! - `sdk`: the official google-genai and openai Python SDKs (installed from PyPI into
+//!   `target/sdk-venv`) and curl, unmodified, against `keyturn serve` in front of `keyturn sim`
+//!   (the openai SDK and curl also on the OpenAI-compatible routes, `/v1beta/openai/`).
 //! - `scenario <name>|all`: the real `keyturn` binary against the simulator, check by check, with
 //!   PASS/FAIL per scenario (`scenario list` names them).
 //! - `bench [--quick]`: the benchmarks, written to `target/bench/report.json` and printed as a
@@ -79,8 +80,8 @@ fn sdk() -> Result<(), String> {
     if !python.exists() && !run(Command::new("python3").args(["-m", "venv"]).arg(&venv)) {
         return Err("python3 -m venv failed".into());
     }
-    if !run(Command::new(&python).args(["-m", "pip", "install", "-q", "google-genai"])) {
-        return Err("pip install google-genai failed".into());
+    if !run(Command::new(&python).args(["-m", "pip", "install", "-q", "google-genai", "openai"])) {
+        return Err("pip install google-genai openai failed".into());
     }
     let work = std::env::temp_dir().join(format!("keyturn-sdk-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
@@ -125,6 +126,13 @@ fn sdk() -> Result<(), String> {
     {
         return Err("the google-genai checks failed".into());
     }
+    if !run(Command::new(&python)
+        .arg(root.join("tests/python/openai_check.py"))
+        .arg(&base)
+        .arg(&token))
+    {
+        return Err("the openai SDK checks failed".into());
+    }
     let curl = Command::new("curl")
         .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
         .arg(format!("x-goog-api-key: {token}"))
@@ -144,6 +152,23 @@ fn sdk() -> Result<(), String> {
         return Err(format!("curl got {code}"));
     }
     println!("curl generateContent through the proxy: 200");
+    let curl = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("authorization: Bearer {token}"))
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"model":"gemini-2.5-flash","messages":[{"role":"user","content":"hello"}]}"#,
+        ])
+        .arg(format!("{base}/v1beta/openai/chat/completions"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    let code = String::from_utf8_lossy(&curl.stdout).to_string();
+    if code != "200" {
+        return Err(format!("curl chat/completions got {code}"));
+    }
+    println!("curl chat/completions through the proxy: 200");
     std::fs::remove_dir_all(&work).ok();
     Ok(())
 }

@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::check::{KeyCheck, check_key};
 use crate::error::{ApiFailure, ErrorKind, GeminiError, classify, redact};
-use crate::transport::{SendError, Transport, describe};
+use crate::transport::{KeyHeader, OpenAiRoute, SendError, Transport, describe};
 use crate::wire::HasUsage;
 
 /// Retry bounds.
@@ -111,6 +111,28 @@ pub trait GeminiCall: Send + Sync + std::fmt::Debug {
         body: Value,
     ) -> Result<ChunkStream, GeminiError>;
 
+    /// POSTs an OpenAI-format body to Gemini's OpenAI-compatible surface
+    /// (`openai/chat/completions`, `openai/embeddings`) through the same rotation, the key as
+    /// `Authorization: Bearer`; settled with the answer's `usage.prompt_tokens`. `model` (from the
+    /// body) names the quota scope; the body goes upstream as given.
+    async fn call_openai(
+        &self,
+        route: OpenAiRoute,
+        model: &str,
+        demand: Demand,
+        body: Value,
+    ) -> Result<Reply, GeminiError>;
+
+    /// A streamed `openai/chat/completions` (the body says `"stream": true`) through the
+    /// rotation: retries until a stream starts; each chunk is one JSON value, the terminating
+    /// `[DONE]` ends the stream, and the lease is settled then with the last `usage` seen.
+    async fn stream_openai(
+        &self,
+        model: &str,
+        demand: Demand,
+        body: Value,
+    ) -> Result<ChunkStream, GeminiError>;
+
     /// A call that spends no generation quota (countTokens, GET models): any usable key.
     async fn call_unmetered(
         &self,
@@ -149,6 +171,14 @@ enum Attempt {
         KeyEntry,
         crate::metrics::Stopwatch,
     ),
+}
+
+/// Where one call's attempts go: a validated URL, the header the key goes in, and the method's
+/// name for logs.
+struct Upstream {
+    url: String,
+    key_header: KeyHeader,
+    method: String,
 }
 
 enum Sent {
@@ -287,7 +317,7 @@ impl RotatingCaller {
     async fn send_once(
         &self,
         entry: &KeyEntry,
-        url: &str,
+        upstream: &Upstream,
         body: Bytes,
         model: &str,
         stream: bool,
@@ -297,7 +327,11 @@ impl RotatingCaller {
             key: entry.label.clone(),
             detail,
         };
-        match self.transport.post(&entry.key, url, body).await {
+        let sent = self
+            .transport
+            .post_as(upstream.key_header, &entry.key, &upstream.url, body)
+            .await;
+        match sent {
             Err(detail @ SendError::Redirected { .. }) => Sent::Failed(GeminiError::Redirected {
                 model: model.to_owned(),
                 detail,
@@ -321,21 +355,39 @@ impl RotatingCaller {
         }
     }
 
+    /// Where a native call goes: `models/{model}:{method}`, `?alt=sse` for a stream.
+    fn native(&self, model: &str, method: &str, stream: bool) -> Result<Upstream, GeminiError> {
+        let url = self.transport.model_url(model, method)?;
+        Ok(Upstream {
+            url: if stream {
+                format!("{url}?alt=sse")
+            } else {
+                url
+            },
+            key_header: KeyHeader::GoogApiKey,
+            method: method.to_owned(),
+        })
+    }
+
+    /// Where an OpenAI-compatible call goes: a fixed path, the key as a bearer token.
+    fn openai(&self, route: OpenAiRoute) -> Upstream {
+        Upstream {
+            url: self.transport.openai_url(route),
+            key_header: KeyHeader::Bearer,
+            method: format!("openai/{}", route.path()),
+        }
+    }
+
     /// The loop shared by calls and streams.
     async fn run(
         &self,
         model: &str,
-        method: &str,
+        upstream: &Upstream,
         demand: Demand,
         body: Bytes,
         stream: bool,
     ) -> Result<Attempt, GeminiError> {
-        let url = self.transport.model_url(model, method)?;
-        let url = if stream {
-            format!("{url}?alt=sse")
-        } else {
-            url
-        };
+        let method = upstream.method.as_str();
         let keys = self.ledger.keys();
         let start = self.clock.now_ms();
         let deadline = start.saturating_add(self.retry.max_elapsed.as_millis() as i64);
@@ -361,7 +413,7 @@ impl RotatingCaller {
             );
             let sending = crate::metrics::Stopwatch::start();
             let sent = self
-                .send_once(entry, &url, body.clone(), model, stream)
+                .send_once(entry, upstream, body.clone(), model, stream)
                 .instrument(span.clone())
                 .await;
             let took = sending.elapsed();
@@ -452,11 +504,8 @@ impl GeminiCall for RotatingCaller {
         demand: Demand,
         body: Value,
     ) -> Result<Reply, GeminiError> {
-        let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-        match self.run(model, method, demand, bytes, false).await? {
-            Attempt::Done(r) => Ok(r),
-            Attempt::Streaming(..) => Err(GeminiError::Ledger("unexpected stream".into())),
-        }
+        let upstream = self.native(model, method, false)?;
+        self.call_at(model, &upstream, demand, body).await
     }
 
     async fn stream(
@@ -465,16 +514,78 @@ impl GeminiCall for RotatingCaller {
         demand: Demand,
         body: Value,
     ) -> Result<ChunkStream, GeminiError> {
+        let upstream = self.native(model, "streamGenerateContent", true)?;
+        self.stream_at(model, &upstream, demand, body).await
+    }
+
+    async fn call_openai(
+        &self,
+        route: OpenAiRoute,
+        model: &str,
+        demand: Demand,
+        body: Value,
+    ) -> Result<Reply, GeminiError> {
+        let upstream = self.openai(route);
+        self.call_at(model, &upstream, demand, body).await
+    }
+
+    async fn stream_openai(
+        &self,
+        model: &str,
+        demand: Demand,
+        body: Value,
+    ) -> Result<ChunkStream, GeminiError> {
+        let upstream = self.openai(OpenAiRoute::ChatCompletions);
+        self.stream_at(model, &upstream, demand, body).await
+    }
+
+    async fn call_unmetered(
+        &self,
+        url_path: &str,
+        body: Option<Value>,
+    ) -> Result<Reply, GeminiError> {
+        self.unmetered(url_path, body).await
+    }
+
+    fn ledger(&self) -> Arc<dyn QuotaLedger> {
+        self.ledger.clone()
+    }
+
+    fn stats(&self) -> Vec<KeyCallStats> {
+        self.stats.lock().clone()
+    }
+}
+
+impl RotatingCaller {
+    async fn call_at(
+        &self,
+        model: &str,
+        upstream: &Upstream,
+        demand: Demand,
+        body: Value,
+    ) -> Result<Reply, GeminiError> {
         let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-        let (resp, lease, entry, sending) = match self
-            .run(model, "streamGenerateContent", demand, bytes, true)
-            .await?
-        {
-            Attempt::Streaming(resp, lease, entry, sending) => (resp, lease, entry, sending),
-            Attempt::Done(r) => {
-                return Ok(futures::stream::once(async move { Ok(r.body) }).boxed());
-            }
-        };
+        match self.run(model, upstream, demand, bytes, false).await? {
+            Attempt::Done(r) => Ok(r),
+            Attempt::Streaming(..) => Err(GeminiError::Ledger("unexpected stream".into())),
+        }
+    }
+
+    async fn stream_at(
+        &self,
+        model: &str,
+        upstream: &Upstream,
+        demand: Demand,
+        body: Value,
+    ) -> Result<ChunkStream, GeminiError> {
+        let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let (resp, lease, entry, sending) =
+            match self.run(model, upstream, demand, bytes, true).await? {
+                Attempt::Streaming(resp, lease, entry, sending) => (resp, lease, entry, sending),
+                Attempt::Done(r) => {
+                    return Ok(futures::stream::once(async move { Ok(r.body) }).boxed());
+                }
+            };
         let events = eventsource_stream::Eventsource::eventsource(resp.bytes_stream());
         let state = StreamState {
             stats: self.stats.clone(),
@@ -489,7 +600,13 @@ impl GeminiCall for RotatingCaller {
         };
         Ok(futures::stream::unfold(state, |mut st| async move {
             let lease = st.lease.take()?;
-            match st.events.next().await {
+            // OpenAI's stream ends with `data: [DONE]`, Gemini's with the connection: either is
+            // the end of a complete stream.
+            let next = match st.events.next().await {
+                Some(Ok(ev)) if ev.data.trim() == "[DONE]" => None,
+                other => other,
+            };
+            match next {
                 Some(Ok(ev)) => match serde_json::from_str::<Value>(&ev.data) {
                     Ok(v) => {
                         if let Some(t) = v.input_tokens() {
@@ -527,13 +644,9 @@ impl GeminiCall for RotatingCaller {
         .boxed())
     }
 
-    async fn call_unmetered(
-        &self,
-        url_path: &str,
-        body: Option<Value>,
-    ) -> Result<Reply, GeminiError> {
+    async fn unmetered(&self, url_path: &str, body: Option<Value>) -> Result<Reply, GeminiError> {
         let keys = self.ledger.keys();
-        let url = self.transport.path_url(url_path)?;
+        let (url, how) = self.transport.unmetered_url(url_path)?;
         let n = keys.len();
         let start = self
             .unmetered_cursor
@@ -547,9 +660,9 @@ impl GeminiCall for RotatingCaller {
             let sent = match &body {
                 Some(b) => {
                     let bytes = Bytes::from(serde_json::to_vec(b).unwrap_or_default());
-                    self.transport.post(&entry.key, &url, bytes).await
+                    self.transport.post_as(how, &entry.key, &url, bytes).await
                 }
-                None => self.transport.get(&entry.key, &url).await,
+                None => self.transport.get_as(how, &entry.key, &url).await,
             };
             let err = match sent {
                 Err(detail @ SendError::Redirected { .. }) => GeminiError::Redirected {
@@ -588,14 +701,6 @@ impl GeminiCall for RotatingCaller {
             last = Some(err);
         }
         Err(last.unwrap_or(GeminiError::Ledger("no key to call with".into())))
-    }
-
-    fn ledger(&self) -> Arc<dyn QuotaLedger> {
-        self.ledger.clone()
-    }
-
-    fn stats(&self) -> Vec<KeyCallStats> {
-        self.stats.lock().clone()
     }
 }
 

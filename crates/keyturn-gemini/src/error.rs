@@ -365,11 +365,30 @@ pub fn refused_reason(message: &str) -> DeadReason {
     }
 }
 
+/// The `google.rpc.Status` of an error body, in either envelope Gemini answers with:
+/// `{"error": {…}}` on the native routes, and the same object wrapped in a JSON list,
+/// `[{"error": {…}}]`, on the OpenAI-compatible routes (`/v1beta/openai/…`). Public reports of
+/// the list form: a 429 from `v1beta/openai/chat/completions`
+/// (<https://github.com/n4ze3m/page-assist/issues/406>), and a 400 and a 429 with `errors[]` and
+/// `status` inside the one-element list (<https://github.com/google-gemini/gemini-cli/issues/4635>,
+/// <https://github.com/google-gemini/gemini-cli/issues/14831>). The list is unwrapped and the
+/// object read by the same rules, so a refusal means the same on both surfaces.
+fn status_of(body: &[u8]) -> Status {
+    let envelope = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) => items.into_iter().next(),
+        Ok(v) => Some(v),
+        Err(_) => None,
+    };
+    envelope
+        .and_then(|v| serde_json::from_value::<StatusBody>(v).ok())
+        .and_then(|b| b.error)
+        .unwrap_or_default()
+}
+
 /// Classifies an error answer from its status and body. Never fails: garbage bodies are read by
 /// status alone.
 pub fn classify(status: u16, body: &[u8]) -> Classified {
-    let parsed: StatusBody = serde_json::from_slice(body).unwrap_or_default();
-    let st = parsed.error.unwrap_or_default();
+    let st = status_of(body);
     let mut retry_after = None;
     let mut violations: Vec<Violation> = Vec::new();
     let mut reason: Option<String> = None;
@@ -631,6 +650,48 @@ mod tests {
         assert_eq!(
             (c.kind, c.quota_value),
             (ErrorKind::Throttled(ThrottleKind::RequestsPerDay), Some(20))
+        );
+    }
+
+    #[test]
+    fn the_openai_endpoints_list_envelope_reads_like_the_native_body() {
+        // As page-assist#406 quotes it: the 429 wrapped in a one-element list.
+        let bare = br#"[{
+  "error": {
+    "code": 429,
+    "message": "Resource has been exhausted (e.g. check quota).",
+    "status": "RESOURCE_EXHAUSTED"
+  }
+}
+]"#;
+        let c = classify(429, bare);
+        assert_eq!(c.kind, ErrorKind::Throttled(ThrottleKind::Unspecified));
+        assert_eq!(c.status_text, "RESOURCE_EXHAUSTED");
+        // The structured details decide inside the list exactly as outside it.
+        for native in [
+            quota_429(
+                "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+                Some("20"),
+                "37s",
+            ),
+            quota_429(
+                "GenerateRequestsPerDayPerProjectPerModel-FreeTier",
+                None,
+                "20s",
+            ),
+            body(
+                json!({"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "API key not valid. Please pass a valid API key.",
+                "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID"}]}}),
+            ),
+        ] {
+            let v: Value = serde_json::from_slice(&native).unwrap();
+            let listed = body(json!([v]));
+            let status = v["error"]["code"].as_u64().unwrap() as u16;
+            assert_eq!(classify(status, &listed), classify(status, &native));
+        }
+        assert_eq!(
+            classify(429, b"[]").kind,
+            ErrorKind::Throttled(ThrottleKind::Unspecified)
         );
     }
 

@@ -2,10 +2,12 @@
 //!
 //! Gemini on the wire: serde types for `generateContent`, `streamGenerateContent`,
 //! `countTokens`, `embedContent`, `batchEmbedContents` and `models` ([`wire`]); the reqwest
-//! transport with the key only in `x-goog-api-key` ([`transport`]); the classifier that reads
+//! transport with the key only in a header ([`transport`]); the classifier that reads
 //! Gemini's own error details — `quotaId`, `quotaValue`, `retryDelay`, `ErrorInfo.reason` — into a
 //! typed error with a kind ([`error`]); and the rotated-call loop ([`caller`]): acquire → send →
-//! classify → settle with real `usageMetadata` → retry on another key by the error's kind.
+//! classify → settle with real `usageMetadata` → retry on another key by the error's kind. The
+//! same loop serves Gemini's OpenAI-compatible routes (`/v1beta/openai/…`: the key as a bearer
+//! token, usage from `usage.prompt_tokens`, errors in their list envelope).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -42,4 +44,7 @@ pub use caller::MockGeminiCall;
 pub use caller::{ChunkStream, GeminiCall, KeyCallStats, Reply, RetryPolicy, RotatingCaller};
 pub use check::{KeyCheck, ModelCheck, check_key, check_key_for_model};
 pub use error::{ApiFailure, ErrorKind, GeminiError, classify, redact};
-pub use transport::{InvalidName, SendError, Transport, TransportConfig, model_id, valid_model};
+pub use transport::{
+    InvalidName, KeyHeader, OpenAiRoute, SendError, Transport, TransportConfig, model_id,
+    valid_model,
+};

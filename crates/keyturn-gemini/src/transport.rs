@@ -1,6 +1,7 @@
 //! The HTTP transport: one pooled reqwest client (rustls, HTTP/2 where offered), connect and
 //! total timeouts, a base URL without a version segment (like google-genai's `base_url`), and the
-//! key only in the `x-goog-api-key` header, marked sensitive. Never `?key=`: URLs end up in logs.
+//! key only in a header marked sensitive: `x-goog-api-key`, or `Authorization: Bearer` on
+//! Gemini's OpenAI-compatible routes ([`KeyHeader`]). Never `?key=`: URLs end up in logs.
 //!
 //! Two rules keep the key on the host it was meant for:
 //! - **No redirects.** Gemini never redirects an API call, and an HTTP client that follows one
@@ -15,7 +16,7 @@
 use std::time::Duration;
 
 use keyturn_core::ApiKey;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
 
 /// The real service.
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
@@ -116,6 +117,36 @@ fn method_name(method: &str) -> Result<&str, InvalidName> {
     }
 }
 
+/// How a request carries its key: Gemini's own routes take `x-goog-api-key`; its
+/// OpenAI-compatible routes (`/{version}/openai/…`) take `Authorization: Bearer`, as OpenAI
+/// clients send it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyHeader {
+    /// `x-goog-api-key: KEY`.
+    GoogApiKey,
+    /// `Authorization: Bearer KEY`.
+    Bearer,
+}
+
+/// The POST routes of Gemini's OpenAI-compatible surface that spend quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenAiRoute {
+    /// `openai/chat/completions`.
+    ChatCompletions,
+    /// `openai/embeddings`.
+    Embeddings,
+}
+
+impl OpenAiRoute {
+    /// The path under `openai/`.
+    pub const fn path(self) -> &'static str {
+        match self {
+            Self::ChatCompletions => "chat/completions",
+            Self::Embeddings => "embeddings",
+        }
+    }
+}
+
 /// Sends requests to Gemini (or anything that speaks its API).
 #[derive(Debug, Clone)]
 pub struct Transport {
@@ -167,6 +198,34 @@ impl Transport {
         format!("{}/models", self.base)
     }
 
+    /// `{base}/{version}/openai/{route}`: a fixed path, nothing from the request in it.
+    pub fn openai_url(&self, route: OpenAiRoute) -> String {
+        format!("{}/openai/{}", self.base, route.path())
+    }
+
+    /// The URL of one of the paths keyturn sends without metering: `models`, `models/{model}`
+    /// or `models/{model}:{method}`, and on the OpenAI-compatible surface `openai/models` and
+    /// `openai/models/{model}`; each segment validated, and the header the key goes in.
+    /// Anything else is refused.
+    pub fn unmetered_url(&self, path: &str) -> Result<(String, KeyHeader), InvalidName> {
+        let Some(rest) = path.strip_prefix("openai/") else {
+            return Ok((self.path_url(path)?, KeyHeader::GoogApiKey));
+        };
+        let url = match rest.strip_prefix("models") {
+            Some("") => format!("{}/openai/models", self.base),
+            Some(m) if m.starts_with('/') => {
+                format!("{}/openai/models/{}", self.base, model_id(&m[1..])?)
+            }
+            _ => {
+                return Err(InvalidName {
+                    what: format!("path '{}'", path.escape_debug()),
+                    reason: "only openai/models and openai/models/{model} are sent upstream without metering",
+                });
+            }
+        };
+        Ok((url, KeyHeader::Bearer))
+    }
+
     /// The URL of one of the paths keyturn sends without metering: `models`, `models/{model}`
     /// or `models/{model}:{method}`, each segment validated. Anything else is refused.
     pub fn path_url(&self, path: &str) -> Result<String, InvalidName> {
@@ -192,6 +251,30 @@ impl Transport {
         Ok(v)
     }
 
+    fn with_key(
+        req: reqwest::RequestBuilder,
+        how: KeyHeader,
+        key: &ApiKey,
+    ) -> Result<reqwest::RequestBuilder, SendError> {
+        Ok(match how {
+            KeyHeader::GoogApiKey => req.header(
+                "x-goog-api-key",
+                Self::key_header(key).map_err(SendError::Failed)?,
+            ),
+            KeyHeader::Bearer => {
+                let mut v =
+                    HeaderValue::from_str(&format!("Bearer {}", key.expose())).map_err(|_| {
+                        SendError::Failed(format!(
+                            "key {} cannot be sent in a header",
+                            key.fingerprint()
+                        ))
+                    })?;
+                v.set_sensitive(true);
+                req.header(AUTHORIZATION, v)
+            }
+        })
+    }
+
     /// POSTs a JSON body with the key in the header.
     pub async fn post(
         &self,
@@ -199,27 +282,39 @@ impl Transport {
         url: &str,
         body: bytes::Bytes,
     ) -> Result<reqwest::Response, SendError> {
-        let header = Self::key_header(key).map_err(SendError::Failed)?;
-        let sent = self
+        self.post_as(KeyHeader::GoogApiKey, key, url, body).await
+    }
+
+    /// POSTs a JSON body with the key in the header `how` names.
+    pub async fn post_as(
+        &self,
+        how: KeyHeader,
+        key: &ApiKey,
+        url: &str,
+        body: bytes::Bytes,
+    ) -> Result<reqwest::Response, SendError> {
+        let req = self
             .client
             .post(url)
-            .header("x-goog-api-key", header)
             .header(CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await;
+            .body(body);
+        let sent = Self::with_key(req, how, key)?.send().await;
         no_redirect(sent)
     }
 
     /// GETs with the key in the header.
     pub async fn get(&self, key: &ApiKey, url: &str) -> Result<reqwest::Response, SendError> {
-        let header = Self::key_header(key).map_err(SendError::Failed)?;
-        let sent = self
-            .client
-            .get(url)
-            .header("x-goog-api-key", header)
-            .send()
-            .await;
+        self.get_as(KeyHeader::GoogApiKey, key, url).await
+    }
+
+    /// GETs with the key in the header `how` names.
+    pub async fn get_as(
+        &self,
+        how: KeyHeader,
+        key: &ApiKey,
+        url: &str,
+    ) -> Result<reqwest::Response, SendError> {
+        let sent = Self::with_key(self.client.get(url), how, key)?.send().await;
         no_redirect(sent)
     }
 }

@@ -331,13 +331,20 @@ impl HasUsage for CountTokensResponse {
     }
 }
 
+/// Gemini's native answers count in `usageMetadata`; its OpenAI-compatible ones in OpenAI's
+/// `usage` (`prompt_tokens`, `completion_tokens`, thoughts included in the latter).
 impl HasUsage for Value {
     fn input_tokens(&self) -> Option<u64> {
-        self.get("usageMetadata")?.get("promptTokenCount")?.as_u64()
+        match self.get("usageMetadata") {
+            Some(u) => u.get("promptTokenCount")?.as_u64(),
+            None => self.get("usage")?.get("prompt_tokens")?.as_u64(),
+        }
     }
 
     fn output_tokens(&self) -> Option<u64> {
-        let u = self.get("usageMetadata")?;
+        let Some(u) = self.get("usageMetadata") else {
+            return self.get("usage")?.get("completion_tokens")?.as_u64();
+        };
         let n = |f: &str| u.get(f).and_then(Value::as_u64);
         match (n("candidatesTokenCount"), n("thoughtsTokenCount")) {
             (None, None) => None,
@@ -373,6 +380,22 @@ mod tests {
         assert!(r.extra.contains_key("newTopLevel"));
         let again = serde_json::to_value(&r).unwrap();
         assert_eq!(again["newTopLevel"], true);
+    }
+
+    #[test]
+    fn usage_is_read_in_both_dialects() {
+        let native = serde_json::json!({"usageMetadata": {"promptTokenCount": 7, "candidatesTokenCount": 3, "thoughtsTokenCount": 2}});
+        assert_eq!(
+            (native.input_tokens(), native.output_tokens()),
+            (Some(7), Some(5))
+        );
+        let openai = serde_json::json!({"usage": {"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}});
+        assert_eq!(
+            (openai.input_tokens(), openai.output_tokens()),
+            (Some(9), Some(4))
+        );
+        let none = serde_json::json!({"choices": []});
+        assert_eq!((none.input_tokens(), none.output_tokens()), (None, None));
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //! Each run prints how many requests the pool has counted today, this run's included: run it
 //! twice and the count goes on from where the first run left it.
 
-#![allow(clippy::print_stdout)] // an example prints what it got
+#![allow(clippy::print_stdout)]
+// an example prints what it got
 // A downstream program builds its own pool, so it builds the one clock too.
 #![allow(clippy::disallowed_types)]
 

@@ -11,7 +11,8 @@ use axum::response::Response;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::{ProxyError, ProxyState, gemini_error};
+use crate::answer::{Answer, Problem};
+use crate::{ProxyError, ProxyState};
 
 /// SHA-256 of a token.
 pub fn digest(token: &str) -> [u8; 32] {
@@ -100,33 +101,28 @@ fn from_this_machine(headers: &HeaderMap) -> bool {
     host_ok && origin_ok
 }
 
-pub(crate) async fn authenticate(
-    State(st): State<Arc<ProxyState>>,
-    req: Request,
-    next: Next,
-) -> Response {
+/// Whether a request may use the proxy; the refusal, in neither dialect yet.
+fn check(st: &ProxyState, req: &Request) -> Result<(), Problem> {
     if st.tokens.is_empty() {
         // Without tokens anything that reaches loopback is served, and a web page can: a
         // cross-site POST spends the pool's quota blind, and a page whose name was rebound to
         // 127.0.0.1 reads the answers too. Browsers name the page (`Origin`) and the host they
         // think they talk to (`Host`); anything not on this machine is refused.
         if !from_this_machine(req.headers()) {
-            return gemini_error(
+            return Err(Problem::new(
                 StatusCode::FORBIDDEN,
                 "PERMISSION_DENIED",
                 "keyturn proxy: without client tokens only this machine can use the proxy: the request named another host or came from a web page elsewhere (add [[serve.tokens]], or call it as 127.0.0.1 or localhost)",
-                vec![],
-            );
+            ));
         }
-        return next.run(req).await;
+        return Ok(());
     }
     let Some(token) = client_token(req.headers(), req.uri().query()) else {
-        return gemini_error(
+        return Err(Problem::new(
             StatusCode::UNAUTHORIZED,
             "UNAUTHENTICATED",
             "keyturn proxy: missing client token (x-goog-api-key, Authorization: Bearer, or ?key=)",
-            vec![],
-        );
+        ));
     };
     let d = digest(&token);
     // Every digest is compared, in constant time, so timing says nothing about which matched.
@@ -139,13 +135,36 @@ pub(crate) async fn authenticate(
     match found {
         Some(label) => {
             tracing::debug!(client = label, path = %req.uri().path().escape_debug(), "proxy request");
-            next.run(req).await
+            Ok(())
         }
-        None => gemini_error(
+        None => Err(Problem::new(
             StatusCode::UNAUTHORIZED,
             "UNAUTHENTICATED",
             "keyturn proxy: client token not recognised",
-            vec![],
-        ),
+        )),
+    }
+}
+
+/// The native routes' gate: refusals in Gemini's form.
+pub(crate) async fn authenticate(
+    State(st): State<Arc<ProxyState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match check(&st, &req) {
+        Ok(()) => next.run(req).await,
+        Err(p) => Answer::from(p).gemini(),
+    }
+}
+
+/// The OpenAI-compatible routes' gate: the same rules, refusals in OpenAI's form.
+pub(crate) async fn authenticate_openai(
+    State(st): State<Arc<ProxyState>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match check(&st, &req) {
+        Ok(()) => next.run(req).await,
+        Err(p) => Answer::from(p).openai(),
     }
 }

@@ -1,7 +1,7 @@
 //! # keyturn-proxy
 //!
 //! `keyturn serve`: a Gemini-compatible HTTP proxy. Clients in any language (google-genai,
-//! LiteLLM, LangChain, curl) change one base URL and get keyturn's rotation: every request is
+//! the openai SDKs, LiteLLM, LangChain, curl) change one base URL and get keyturn's rotation: every request is
 //! admitted by the shared quota ledger, sent upstream with a pool key, classified by Gemini's own
 //! error details and retried on another key; several proxy replicas share one Redis ledger.
 //!
@@ -9,6 +9,9 @@
 //!   `:streamGenerateContent` (SSE, passed on event by event), `:countTokens`, `:embedContent`,
 //!   `:batchEmbedContents`, `GET models`, `GET models/{m}`. Request bodies go upstream unchanged
 //!   (either field spelling); successful responses come back byte for byte.
+//! - Google's OpenAI-compatible surface under `/v1beta/openai/` (`chat/completions`, plain and
+//!   streamed, `embeddings`, `models`), through the same rotation, with the proxy's own refusals
+//!   in OpenAI's error form (see the `openai` module).
 //! - Clients authenticate with their own proxy tokens (`x-goog-api-key` or
 //!   `Authorization: Bearer`), configured only as SHA-256 digests and compared in constant time.
 //!   A pool key is never accepted from, nor returned to, a client.
@@ -38,9 +41,10 @@ use tokio::sync::Semaphore;
 
 mod answer;
 mod auth;
+mod openai;
 mod server;
 
-use answer::{failure, gemini_error, invalid, json_bytes, not_found};
+use answer::{Answer, Problem, failure, invalid, json_bytes, not_found};
 
 pub use auth::{digest, new_token, parse_digest};
 pub use server::Proxy;
@@ -217,7 +221,8 @@ pub fn router(state: Arc<ProxyState>) -> Router {
         .merge(api)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .fallback(|| async { not_found() })
+        .merge(openai::router(state.clone()))
+        .fallback(|| async { Answer::from(not_found()).gemini() })
         // Bodies are read by the handler, under the cap and the body timeout.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -284,8 +289,8 @@ fn embed_tokens(item: &Value) -> u64 {
     estimate_input_tokens(bytes, 0)
 }
 
-/// An answer that ends a request early (boxed: a `Response` is large).
-type Refusal = Box<Response>;
+/// An answer that ends a request early, rendered in the dialect of the route.
+type Refusal = Answer;
 
 /// The methods the proxy serves on `models/{model}:{method}`.
 const METHODS: &[&str] = &[
@@ -303,9 +308,9 @@ fn parse_name(name: &str) -> Result<(&str, Option<&str>), Refusal> {
         Some((m, a)) => (m, Some(a)),
         None => (name, None),
     };
-    let model = keyturn_gemini::model_id(model).map_err(|e| Box::new(invalid(&e.to_string())))?;
+    let model = keyturn_gemini::model_id(model).map_err(|e| invalid(&e.to_string()))?;
     match method {
-        Some(a) if !METHODS.contains(&a) => Err(Box::new(not_found())),
+        Some(a) if !METHODS.contains(&a) => Err(not_found().into()),
         _ => Ok((model, method)),
     }
 }
@@ -316,19 +321,13 @@ async fn slot(st: &ProxyState) -> Result<tokio::sync::OwnedSemaphorePermit, Refu
         // Closed at shutdown: a request still waiting for a slot is told at once to come back
         // (to this proxy once it restarts, or to another replica) rather than dropped unanswered
         // when the drain ends.
-        let mut r = gemini_error(
+        Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "UNAVAILABLE",
             "keyturn proxy is shutting down; retry shortly",
-            vec![
-                json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": format!("{SHUTDOWN_RETRY_SECS}s")}),
-            ],
-        );
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(SHUTDOWN_RETRY_SECS),
-        );
-        Box::new(r)
+        )
+        .retry_after(SHUTDOWN_RETRY_SECS)
+        .into()
     })
 }
 
@@ -337,15 +336,15 @@ const SHUTDOWN_RETRY_SECS: u64 = 5;
 
 async fn list_models(State(st): State<Arc<ProxyState>>, Path(version): Path<String>) -> Response {
     let Some(caller) = st.caller(&version) else {
-        return not_found();
+        return Answer::from(not_found()).gemini();
     };
     let _permit = match slot(&st).await {
         Ok(p) => p,
-        Err(r) => return *r,
+        Err(r) => return r.gemini(),
     };
     match caller.call_unmetered("models", None).await {
         Ok(r) => st.relay(r.raw),
-        Err(e) => failure(&st, &e),
+        Err(e) => failure(&st, &e).gemini(),
     }
 }
 
@@ -354,23 +353,23 @@ async fn get_model(
     Path((version, name)): Path<(String, String)>,
 ) -> Response {
     let Some(caller) = st.caller(&version) else {
-        return not_found();
+        return Answer::from(not_found()).gemini();
     };
     let model = match parse_name(&name) {
         Ok((m, None)) => m,
-        Ok(_) => return not_found(),
-        Err(r) => return *r,
+        Ok(_) => return Answer::from(not_found()).gemini(),
+        Err(r) => return r.gemini(),
     };
     let _permit = match slot(&st).await {
         Ok(p) => p,
-        Err(r) => return *r,
+        Err(r) => return r.gemini(),
     };
     match caller
         .call_unmetered(&format!("models/{model}"), None)
         .await
     {
         Ok(r) => st.relay(r.raw),
-        Err(e) => failure(&st, &e),
+        Err(e) => failure(&st, &e).gemini(),
     }
 }
 
@@ -390,10 +389,11 @@ async fn confirm_model(
         .await
     {
         Ok(_) if st.models.insert(version, model) => Ok(()),
-        Ok(_) => Err(Box::new(invalid(&format!(
+        Ok(_) => Err(invalid(&format!(
             "this proxy already serves {MAX_MODELS} models; {model} is one too many"
-        )))),
-        Err(e) => Err(Box::new(failure(st, &e))),
+        ))
+        .into()),
+        Err(e) => Err(failure(st, &e)),
     }
 }
 
@@ -407,20 +407,20 @@ async fn read_body(st: &ProxyState, body: Body) -> Result<Bytes, Refusal> {
     let limit = st.max_body_bytes;
     match tokio::time::timeout(st.body_timeout, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(b)) => Ok(b),
-        Ok(Err(_)) => Err(Box::new(gemini_error(
+        Ok(Err(_)) => Err(Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "INVALID_ARGUMENT",
-            &format!(
+            format!(
                 "keyturn proxy: the request body is larger than {limit} bytes ([serve] max_body_bytes)"
             ),
-            vec![],
-        ))),
-        Err(_) => Err(Box::new(gemini_error(
+        )
+        .into()),
+        Err(_) => Err(Problem::new(
             StatusCode::REQUEST_TIMEOUT,
             "DEADLINE_EXCEEDED",
             "keyturn proxy: the request body did not arrive in time ([serve] body_timeout)",
-            vec![],
-        ))),
+        )
+        .into()),
     }
 }
 
@@ -464,22 +464,23 @@ async fn call_model(
     body: Body,
 ) -> Response {
     let Some(caller) = st.caller(&version).cloned() else {
-        return not_found();
+        return Answer::from(not_found()).gemini();
     };
     let (model, action) = match parse_name(&name) {
         Ok((m, Some(a))) => (m, a),
-        Ok(_) => return not_found(),
-        Err(r) => return *r,
+        Ok(_) => return Answer::from(not_found()).gemini(),
+        Err(r) => return r.gemini(),
     };
     let body = match read_body(&st, body).await {
         Ok(b) => b,
-        Err(r) => return *r,
+        Err(r) => return r.gemini(),
     };
     let most = max_json_values(st.max_body_bytes);
     if json_values(&body) > most {
-        return invalid(&format!(
+        return Answer::from(invalid(&format!(
             "the request body holds more than {most} JSON values; no Gemini request needs as many"
-        ));
+        )))
+        .gemini();
     }
     let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
@@ -487,13 +488,14 @@ async fn call_model(
         match serde_json::from_slice(&body) {
             Ok(v) => v,
             Err(e) => {
-                return invalid(&format!("Invalid JSON payload received. {e}"));
+                return Answer::from(invalid(&format!("Invalid JSON payload received. {e}")))
+                    .gemini();
             }
         }
     };
     let permit = match slot(&st).await {
         Ok(p) => p,
-        Err(r) => return *r,
+        Err(r) => return r.gemini(),
     };
     if action == "countTokens" {
         return match caller
@@ -501,11 +503,11 @@ async fn call_model(
             .await
         {
             Ok(r) => st.relay(r.raw),
-            Err(e) => failure(&st, &e),
+            Err(e) => failure(&st, &e).gemini(),
         };
     }
     if let Err(r) = confirm_model(&st, &caller, &version, model).await {
-        return *r;
+        return r.gemini();
     }
     let demand = match action {
         "embedContent" => Demand::tokens(embed_tokens(&value)),
@@ -521,12 +523,12 @@ async fn call_model(
         let sse = q.alt.as_deref() == Some("sse");
         return match caller.stream(model, demand, value).await {
             Ok(chunks) => stream_response(&st, chunks, sse, permit),
-            Err(e) => failure(&st, &e),
+            Err(e) => failure(&st, &e).gemini(),
         };
     }
     match caller.call(model, action, demand, value).await {
         Ok(r) => st.relay(r.raw),
-        Err(e) => failure(&st, &e),
+        Err(e) => failure(&st, &e).gemini(),
     }
 }
 

@@ -8,6 +8,11 @@
 //!   `:batchEmbedContents`, `GET models`, `GET models/{m}`, with the real request and response
 //!   shapes; both lowerCamelCase and snake_case field names; unknown fields refused like the real
 //!   service does.
+//! - Google's OpenAI-compatible endpoint under `/v1beta/openai/`: `chat/completions` (plain,
+//!   streamed with `data: [DONE]` and a usage chunk on `stream_options.include_usage`, tools,
+//!   `response_format`), `embeddings`, `models`, `models/{m}`; the key as `Authorization:
+//!   Bearer`, every error in the real endpoint's envelope (the native body in a one-element
+//!   list), each request checked and counted as the native request underneath it.
 //! - Quotas per (project, model): RPM and input TPM over an exact rolling minute, RPD per Pacific
 //!   day; refusals with the real bodies (QuotaFailure with `quotaId`/`quotaValue`, RetryInfo), a
 //!   short retryDelay even on per-day refusals, bare 429s, `limit: 0`.
@@ -96,6 +101,7 @@ pub mod config;
 pub mod content;
 pub mod corpus;
 pub mod errors;
+mod openai;
 pub mod server;
 pub mod state;
 pub mod wire;

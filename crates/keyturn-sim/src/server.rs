@@ -108,6 +108,19 @@ pub fn router(state: Arc<SimState>) -> Router {
     Router::new()
         .route("/{version}/models", get(list_models))
         .route("/{version}/models/{name}", get(get_model).post(call_model))
+        .route(
+            "/{version}/openai/chat/completions",
+            post(crate::openai::chat_completions),
+        )
+        .route(
+            "/{version}/openai/embeddings",
+            post(crate::openai::embeddings),
+        )
+        .route("/{version}/openai/models", get(crate::openai::list_models))
+        .route(
+            "/{version}/openai/models/{name}",
+            get(crate::openai::get_model),
+        )
         .route("/admin/stats", get(admin_stats))
         .route("/admin/reset", post(admin_reset))
         .route("/admin/advance", post(admin_advance))
@@ -133,7 +146,7 @@ struct ApiQuery {
     alt: Option<String>,
 }
 
-fn json_response(status: u16, body: &Value) -> Response {
+pub(crate) fn json_response(status: u16, body: &Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut r = Response::new(Body::from(bytes));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -144,16 +157,39 @@ fn json_response(status: u16, body: &Value) -> Response {
     r
 }
 
-fn error_response(st: &SimState, key: Option<&KeyInfo>, e: &ApiError) -> Response {
-    st.record_status(key, e.status);
-    json_response(e.status, &e.body)
+/// Which of Gemini's surfaces a request came in on: it decides the error envelope and where
+/// the key may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Surface {
+    /// `models/…`: errors as `{"error": {…}}`, the key in `x-goog-api-key` or `?key=`.
+    Native,
+    /// `openai/…`: errors as the same object in a one-element list, `[{"error": {…}}]`, as the
+    /// real endpoint sends them; the key as `Authorization: Bearer` (or `x-goog-api-key`).
+    OpenAi,
 }
 
-fn version_ok(v: &str) -> bool {
+fn error_response(st: &SimState, key: Option<&KeyInfo>, e: &ApiError) -> Response {
+    error_on(Surface::Native, st, key, e)
+}
+
+pub(crate) fn error_on(
+    surface: Surface,
+    st: &SimState,
+    key: Option<&KeyInfo>,
+    e: &ApiError,
+) -> Response {
+    st.record_status(key, e.status);
+    match surface {
+        Surface::Native => json_response(e.status, &e.body),
+        Surface::OpenAi => json_response(e.status, &Value::Array(vec![e.body.clone()])),
+    }
+}
+
+pub(crate) fn version_ok(v: &str) -> bool {
     v == "v1beta" || v == "v1"
 }
 
-fn not_found() -> ApiError {
+pub(crate) fn not_found() -> ApiError {
     ApiError {
         status: 404,
         body: json!({"error": {"code": 404, "message": "Requested entity was not found.", "status": "NOT_FOUND"}}),
@@ -161,9 +197,9 @@ fn not_found() -> ApiError {
 }
 
 /// The caller's address, when the server was started with it (`Simulator::start` does).
-type Peer = Option<axum::Extension<ConnectInfo<SocketAddr>>>;
+pub(crate) type Peer = Option<axum::Extension<ConnectInfo<SocketAddr>>>;
 
-fn peer_ip(peer: &Peer) -> Option<std::net::IpAddr> {
+pub(crate) fn peer_ip(peer: &Peer) -> Option<std::net::IpAddr> {
     peer.as_ref().map(|p| p.0.0.ip())
 }
 
@@ -180,8 +216,9 @@ fn rpc_name(route: Route) -> &'static str {
     }
 }
 
-/// Authenticates: the key from `x-goog-api-key`, else from `?key=` (counted: clients should never
-/// put keys in URLs). Dead keys get their real refusal, on every route.
+/// Authenticates: the key from `x-goog-api-key` (on the OpenAI surface, first from
+/// `Authorization: Bearer`), else from `?key=` (counted: clients should never put keys in URLs).
+/// Dead keys get their real refusal, on every route.
 fn authenticate(
     st: &SimState,
     headers: &HeaderMap,
@@ -189,17 +226,46 @@ fn authenticate(
     route: Route,
     ip: Option<std::net::IpAddr>,
 ) -> Result<KeyInfo, Box<Response>> {
-    let from_header = headers
-        .get("x-goog-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let (key, via_query) = match (from_header, &q.key) {
+    authenticate_on(Surface::Native, st, headers, q.key.as_deref(), route, ip)
+}
+
+pub(crate) fn authenticate_on(
+    surface: Surface,
+    st: &SimState,
+    headers: &HeaderMap,
+    query_key: Option<&str>,
+    route: Route,
+    ip: Option<std::net::IpAddr>,
+) -> Result<KeyInfo, Box<Response>> {
+    let bearer = match surface {
+        Surface::OpenAi => headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, k)| k.trim().to_owned()),
+        Surface::Native => None,
+    };
+    let from_header = bearer.or_else(|| {
+        headers
+            .get("x-goog-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    let (key, via_query) = match (from_header, query_key) {
         (Some(k), _) => (k, false),
-        (None, Some(k)) => (k.clone(), true),
-        (None, None) => return Err(Box::new(error_response(st, None, &errors::no_key()))),
+        (None, Some(k)) => (k.to_owned(), true),
+        (None, None) => {
+            return Err(Box::new(error_on(surface, st, None, &errors::no_key())));
+        }
     };
     let Some(info) = st.key(&key, via_query, route) else {
-        return Err(Box::new(error_response(st, None, &errors::key_invalid())));
+        return Err(Box::new(error_on(
+            surface,
+            st,
+            None,
+            &errors::key_invalid(),
+        )));
     };
     let names = Names {
         project: Some(&info.project),
@@ -220,12 +286,12 @@ fn authenticate(
         KeyState::ReferrerBlocked => corpus::render("real-29", &names),
         KeyState::CredentialsMissing => corpus::render("real-35", &names),
     };
-    Err(Box::new(error_response(st, Some(&info), &refusal)))
+    Err(Box::new(error_on(surface, st, Some(&info), &refusal)))
 }
 
 /// What the key's project and the scripts say before a route does its own work: a script that
 /// matches, else a project state that refuses every route.
-fn gate(
+pub(crate) fn gate(
     st: &SimState,
     key: &KeyInfo,
     route: Route,
@@ -289,7 +355,7 @@ fn foreign_file(st: &SimState, key: &KeyInfo, uris: &[String]) -> Option<ApiErro
     })
 }
 
-fn model_json(name: &str, m: &ServedModel) -> Value {
+pub(crate) fn model_json(name: &str, m: &ServedModel) -> Value {
     let methods: &[&str] = if m.embedding {
         &[
             "embedContent",
@@ -384,7 +450,7 @@ async fn get_model(
 
 /// What fault, if any, this request gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
+pub(crate) enum Fault {
     None,
     Internal,
     Overloaded,
@@ -420,7 +486,7 @@ fn draw_fault(f: &Faults) -> (Fault, u64) {
     (Fault::None, delay)
 }
 
-fn dropped() -> Response {
+pub(crate) fn dropped() -> Response {
     // A body that fails mid-way: hyper aborts the connection without a complete response.
     let stream = futures::stream::once(async {
         Err::<Bytes, std::io::Error>(std::io::Error::other("simulated dropped connection"))
@@ -433,7 +499,7 @@ fn dropped() -> Response {
     r
 }
 
-fn malformed(body: &Value) -> Response {
+pub(crate) fn malformed(body: &Value) -> Response {
     let full = serde_json::to_vec(body).unwrap_or_default();
     let cut = full[..full.len() / 2].to_vec();
     let mut r = Response::new(Body::from(cut));
@@ -472,6 +538,7 @@ async fn call_model(
     let Some((model, action)) = name.split_once(':') else {
         return error_response(&st, None, &not_found());
     };
+    // The action is read once, here; everything after matches the route.
     let route = match action {
         "generateContent" => Route::GenerateContent,
         "streamGenerateContent" => Route::StreamGenerateContent,
@@ -489,8 +556,8 @@ async fn call_model(
         return error_response(&st, Some(&key), &e);
     }
     let served = st.served(model);
-    let embed_action = matches!(action, "embedContent" | "batchEmbedContents");
-    let generate_action = matches!(action, "generateContent" | "streamGenerateContent");
+    let embed_action = matches!(route, Route::EmbedContent | Route::BatchEmbedContents);
+    let generate_action = matches!(route, Route::GenerateContent | Route::StreamGenerateContent);
     let Some(served) =
         served.filter(|m| (m.embedding && !generate_action) || (!m.embedding && !embed_action))
     else {
@@ -501,12 +568,13 @@ async fn call_model(
         );
     };
 
-    let parsed = match action {
-        "generateContent" => parse(&body).map(|r| Call::Generate(r, false)),
-        "streamGenerateContent" => parse(&body).map(|r| Call::Generate(r, true)),
-        "countTokens" => parse(&body).map(Call::Count),
-        "embedContent" => parse(&body).map(Call::Embed),
-        _ => parse(&body).map(Call::Batch),
+    let parsed = match route {
+        Route::GenerateContent => parse(&body).map(|r| Call::Generate(r, false)),
+        Route::StreamGenerateContent => parse(&body).map(|r| Call::Generate(r, true)),
+        Route::CountTokens => parse(&body).map(Call::Count),
+        Route::EmbedContent => parse(&body).map(Call::Embed),
+        Route::BatchEmbedContents => parse(&body).map(Call::Batch),
+        Route::GetModel | Route::ListModels => return error_response(&st, None, &not_found()),
     };
     let call = match parsed {
         Ok(c) => c,
@@ -588,50 +656,10 @@ async fn call_model(
         Call::Count(_) => (0, 0),
     };
 
-    // A model off for this project answers with its chosen shape; probes still answer for it.
-    if let Some(shape) = st.model_off(&key.project, model) {
-        let names = Names {
-            model: Some(model),
-            project: Some(&key.project),
-            key_label: Some(&key.label),
-            caller_ip: ip,
-            file: None,
-        };
-        return error_response(&st, Some(&key), &corpus::render(&shape, &names));
-    }
-
-    let (fault, delay) = draw_fault(&st.faults());
-    if delay > 0 {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-    }
-    let early = match fault {
-        Fault::Internal => Some(errors::internal()),
-        Fault::Overloaded => Some(errors::overloaded()),
-        Fault::Deadline => Some(errors::deadline()),
-        Fault::Bare429 => Some(errors::bare_429()),
-        _ => None,
+    let fault = match spend(&st, &key, model, &served, requests, tokens, ip).await {
+        Ok(f) => f,
+        Err(e) => return error_response(&st, Some(&key), &e),
     };
-    if let Some(e) = early {
-        return error_response(&st, Some(&key), &e);
-    }
-
-    let limits = st.limits(&key.project, model);
-    if limits.is_zero() {
-        return error_response(
-            &st,
-            Some(&key),
-            &errors::limit_zero(served.embedding, model),
-        );
-    }
-    if let Err(mut r) = st.admit(&key.project, model, requests, tokens) {
-        if r.kind == errors::QuotaKind::PerDay
-            && let Some(ms) = st.faults().per_day_retry_delay_ms
-        {
-            r.retry_ms = ms;
-        }
-        let e = errors::quota_exceeded(r.kind, served.embedding, model, r.limit, r.retry_ms);
-        return error_response(&st, Some(&key), &e);
-    }
 
     let response_id = format!(
         "sim-{:012x}",
@@ -666,6 +694,67 @@ async fn call_model(
         Fault::Malformed => malformed(&body),
         _ => json_response(200, &body),
     }
+}
+
+/// What a call that spends quota meets once its request is valid, in the real service's order:
+/// a model off for the project (with its chosen shape), an injected fault or latency, a zero
+/// limit, then the quota windows. `Ok` carries the fault still to apply to the answer (a dropped
+/// connection, a cut-off body).
+pub(crate) async fn spend(
+    st: &SimState,
+    key: &KeyInfo,
+    model: &str,
+    served: &ServedModel,
+    requests: u64,
+    tokens: u64,
+    ip: Option<std::net::IpAddr>,
+) -> Result<Fault, ApiError> {
+    // A model off for this project answers with its chosen shape; probes still answer for it.
+    if let Some(shape) = st.model_off(&key.project, model) {
+        let names = Names {
+            model: Some(model),
+            project: Some(&key.project),
+            key_label: Some(&key.label),
+            caller_ip: ip,
+            file: None,
+        };
+        return Err(corpus::render(&shape, &names));
+    }
+
+    let (fault, delay) = draw_fault(&st.faults());
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let early = match fault {
+        Fault::Internal => Some(errors::internal()),
+        Fault::Overloaded => Some(errors::overloaded()),
+        Fault::Deadline => Some(errors::deadline()),
+        Fault::Bare429 => Some(errors::bare_429()),
+        _ => None,
+    };
+    if let Some(e) = early {
+        return Err(e);
+    }
+
+    let limits = st.limits(&key.project, model);
+    if limits.is_zero() {
+        return Err(errors::limit_zero(served.embedding, model));
+    }
+    if let Err(mut r) = st.admit(&key.project, model, requests, tokens) {
+        if r.kind == errors::QuotaKind::PerDay
+            && let Some(ms) = st.faults().per_day_retry_delay_ms
+        {
+            r.retry_ms = ms;
+        }
+        return Err(errors::quota_exceeded(
+            r.kind,
+            served.embedding,
+            model,
+            r.limit,
+            r.retry_ms,
+        ));
+    }
+    Ok(fault)
 }
 
 fn embed_text(r: &EmbedContentRequest) -> String {
@@ -710,15 +799,20 @@ fn check_embed(r: &EmbedContentRequest, model: &str, in_batch: bool) -> Result<(
     Ok(())
 }
 
-struct Reply {
-    text: String,
-    finish: &'static str,
-    prompt_tokens: u64,
-    candidate_tokens: u64,
-    thoughts: u64,
+pub(crate) struct Reply {
+    pub(crate) text: String,
+    pub(crate) finish: &'static str,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) candidate_tokens: u64,
+    pub(crate) thoughts: u64,
 }
 
-fn reply_for(req: &GenerateContentRequest, model: &str, served: &ServedModel, index: u32) -> Reply {
+pub(crate) fn reply_for(
+    req: &GenerateContentRequest,
+    model: &str,
+    served: &ServedModel,
+    index: u32,
+) -> Reply {
     let prompt = req.prompt_text();
     let seed = seed_of(&[model, &prompt, &index.to_string()]);
     // Answers draw on what the user said, not on the instructions.
