@@ -96,11 +96,13 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 pub mod args;
 pub mod config;
 pub mod content;
 pub mod corpus;
 pub mod errors;
+mod faults;
 mod openai;
 pub mod server;
 pub mod state;

@@ -13,17 +13,16 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use futures::StreamExt;
-use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
-use crate::config::{
-    Faults, KeyState, Limits, ProjectState, Route, ScriptRule, ServedModel, SimConfig, file_id,
-};
+use crate::admin::*;
+use crate::config::{Faults, KeyState, ProjectState, Route, ServedModel, SimConfig, file_id};
 use crate::content::{embedding, json_reply, seed_of, text_reply};
 use crate::corpus::{self, Names};
 use crate::errors::{self, ApiError};
+pub(crate) use crate::faults::{Fault, draw_fault, dropped, malformed};
 use crate::state::{KeyInfo, SimState};
 use crate::wire::{
     BatchEmbedContentsRequest, CountTokensRequest, EmbedContentRequest, GenerateContentRequest,
@@ -446,68 +445,6 @@ async fn get_model(
             &errors::model_not_found(&name, &version, "get"),
         ),
     }
-}
-
-/// What fault, if any, this request gets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Fault {
-    None,
-    Internal,
-    Overloaded,
-    Deadline,
-    Bare429,
-    Drop,
-    Malformed,
-}
-
-fn draw_fault(f: &Faults) -> (Fault, u64) {
-    let mut rng = rand::rng();
-    let delay = f.latency_ms
-        + if f.jitter_ms > 0 {
-            rng.random_range(0..=f.jitter_ms)
-        } else {
-            0
-        };
-    let r: f64 = rng.random();
-    let mut acc = 0.0;
-    for (p, fault) in [
-        (f.p500, Fault::Internal),
-        (f.p503, Fault::Overloaded),
-        (f.p504, Fault::Deadline),
-        (f.p429_bare, Fault::Bare429),
-        (f.p_drop, Fault::Drop),
-        (f.p_malformed, Fault::Malformed),
-    ] {
-        acc += p;
-        if r < acc {
-            return (fault, delay);
-        }
-    }
-    (Fault::None, delay)
-}
-
-pub(crate) fn dropped() -> Response {
-    // A body that fails mid-way: hyper aborts the connection without a complete response.
-    let stream = futures::stream::once(async {
-        Err::<Bytes, std::io::Error>(std::io::Error::other("simulated dropped connection"))
-    });
-    let mut r = Response::new(Body::from_stream(stream));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=UTF-8"),
-    );
-    r
-}
-
-pub(crate) fn malformed(body: &Value) -> Response {
-    let full = serde_json::to_vec(body).unwrap_or_default();
-    let cut = full[..full.len() / 2].to_vec();
-    let mut r = Response::new(Body::from(cut));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json; charset=UTF-8"),
-    );
-    r
 }
 
 enum Call {
@@ -963,163 +900,6 @@ fn stream_response(
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
     resp
-}
-
-// --- admin -------------------------------------------------------------------------------------
-
-async fn admin_stats(State(st): State<Arc<SimState>>) -> Response {
-    json_response(200, &st.stats())
-}
-
-async fn admin_reset(State(st): State<Arc<SimState>>) -> Response {
-    st.reset();
-    json_response(200, &json!({"reset": true}))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Advance {
-    seconds: u64,
-}
-
-async fn admin_advance(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
-    match serde_json::from_slice::<Advance>(&body) {
-        Ok(a) => {
-            st.clock.advance(a.seconds as i64 * 1000);
-            json_response(200, &json!({"now_ms": st.clock.now_ms()}))
-        }
-        Err(e) => json_response(400, &json!({"error": e.to_string()})),
-    }
-}
-
-async fn admin_advance_day(State(st): State<Arc<SimState>>) -> Response {
-    let to = st.advance_day();
-    json_response(200, &json!({"now_ms": to}))
-}
-
-async fn admin_get_faults(State(st): State<Arc<SimState>>) -> Response {
-    json_response(200, &serde_json::to_value(st.faults()).unwrap_or_default())
-}
-
-async fn admin_set_faults(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
-    match serde_json::from_slice::<Faults>(&body)
-        .map_err(|e| e.to_string())
-        .and_then(|f| {
-            f.validate().map_err(|e| e.to_string())?;
-            Ok(f)
-        }) {
-        Ok(f) => {
-            st.set_faults(f);
-            json_response(200, &serde_json::to_value(f).unwrap_or_default())
-        }
-        Err(e) => json_response(400, &json!({"error": e})),
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SetLimits {
-    model: String,
-    #[serde(default)]
-    project: Option<String>,
-    #[serde(default)]
-    rpm: Option<u64>,
-    #[serde(default)]
-    tpm: Option<u64>,
-    #[serde(default)]
-    rpd: Option<u64>,
-}
-
-async fn admin_set_limits(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
-    match serde_json::from_slice::<SetLimits>(&body) {
-        Ok(s) => {
-            let limits = Limits {
-                rpm: s.rpm,
-                tpm: s.tpm,
-                rpd: s.rpd,
-            };
-            st.set_limits(s.project.as_deref(), &s.model, limits);
-            json_response(200, &json!({"ok": true}))
-        }
-        Err(e) => json_response(400, &json!({"error": e.to_string()})),
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SetKey {
-    label: String,
-    state: KeyState,
-}
-
-async fn admin_set_key(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
-    match serde_json::from_slice::<SetKey>(&body) {
-        Ok(s) if st.set_key_state(&s.label, s.state) => json_response(200, &json!({"ok": true})),
-        Ok(s) => json_response(
-            404,
-            &json!({"error": format!("no key labelled {}", s.label)}),
-        ),
-        Err(e) => json_response(400, &json!({"error": e.to_string()})),
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SetProject {
-    project: String,
-    #[serde(default)]
-    state: Option<ProjectState>,
-    #[serde(default)]
-    models_off: Option<std::collections::BTreeMap<String, String>>,
-    #[serde(default)]
-    files: Option<Vec<String>>,
-}
-
-async fn admin_set_project(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
-    match serde_json::from_slice::<SetProject>(&body)
-        .map_err(|e| e.to_string())
-        .and_then(|s| {
-            st.set_project(&s.project, s.state, s.models_off, s.files)
-                .map_err(|e| e.to_string())
-        }) {
-        Ok(()) => json_response(200, &json!({"ok": true})),
-        Err(e) => json_response(400, &json!({"error": e})),
-    }
-}
-
-/// One script, or a list of them.
-fn parse_scripts(body: &[u8]) -> Result<Vec<ScriptRule>, String> {
-    // Each form is tried on its own so a bad field is named, not lost in "no variant matched".
-    match serde_json::from_slice::<Value>(body).map_err(|e| e.to_string())? {
-        Value::Array(_) => serde_json::from_slice::<Vec<ScriptRule>>(body),
-        _ => serde_json::from_slice::<ScriptRule>(body).map(|r| vec![r]),
-    }
-    .map_err(|e| e.to_string())
-}
-
-async fn set_scripts(st: &SimState, body: &[u8], replace: bool) -> Response {
-    match parse_scripts(body)
-        .and_then(|rules| st.add_scripts(rules, replace).map_err(|e| e.to_string()))
-    {
-        Ok(()) => json_response(200, &st.scripts()),
-        Err(e) => json_response(400, &json!({"error": e})),
-    }
-}
-
-async fn admin_get_script(State(st): State<Arc<SimState>>) -> Response {
-    json_response(200, &st.scripts())
-}
-
-async fn admin_add_script(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
-    set_scripts(&st, &body, false).await
-}
-
-async fn admin_replace_script(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
-    set_scripts(&st, &body, true).await
-}
-
-async fn admin_clear_script(State(st): State<Arc<SimState>>) -> Response {
-    set_scripts(&st, b"[]", true).await
 }
 
 impl IntoResponse for ApiError {
