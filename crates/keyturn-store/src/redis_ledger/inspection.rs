@@ -55,15 +55,7 @@ impl RedisLedger {
         }
         let mut projects = Vec::new();
         for project in &self.projects {
-            let h = next()?;
-            let num = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok());
-            if let Some(since) = num("since") {
-                projects.push(ProjectSnapshot {
-                    project: project.clone(),
-                    off_since_ms: since,
-                    reprobe_at_ms: num("until").unwrap_or(0),
-                });
-            }
+            projects.extend(Self::parse_project(project, next()?));
         }
         let (usage, notices) = if with_history {
             (
@@ -181,10 +173,6 @@ impl RedisLedger {
     /// configuration, or the server and until when (the rules every ledger shares, over a
     /// snapshot; a scope Redis has no counters for yet reads as fresh).
     pub(super) async fn off_detail(&self, model: &str, disabled: &[usize]) -> String {
-        let snap = match self.read_snapshot(false).await {
-            Ok(s) => s,
-            Err(e) => return format!("(could not read why: {e})"),
-        };
         let mut projects: Vec<&str> = self
             .keys
             .iter()
@@ -193,43 +181,58 @@ impl RedisLedger {
             .collect();
         projects.sort_unstable();
         projects.dedup();
-        let now = snap.taken_at_ms;
+        // Only what the answer needs, in one round trip: per live project, the model's scope,
+        // what was learned for it, and the project's switch-off (a refused request must not
+        // cost a whole snapshot read).
+        let now = match self.now().await {
+            Ok(n) => n,
+            Err(e) => return format!("(could not read why: {e})"),
+        };
+        let mut pipe = redis::pipe();
+        for p in &projects {
+            pipe.hgetall(self.scope_key(model, p))
+                .hgetall(self.learned_key(model, p))
+                .hgetall(self.project_key(p));
+        }
+        let mut conn = self.conn.clone();
+        let hashes: Vec<HashMap<String, String>> = match pipe.query_async(&mut conn).await {
+            Ok(h) => h,
+            Err(e) => return format!("(could not read why: {})", backend(&self.server, &e)),
+        };
         let whys: Vec<String> = projects
-            .into_iter()
-            .filter_map(|p| {
-                let fresh = ScopeSnapshot {
-                    project: p.to_owned(),
-                    model: model.to_owned(),
-                    window: Vec::new(),
-                    day_start_ms: 0,
-                    day_count: 0,
-                    day_tokens: 0,
-                    day_served: 0,
-                    day_refused: 0,
-                    cooldown_until_ms: 0,
-                    exhausted_until_ms: 0,
-                    learned: ModelLimits::UNLIMITED,
-                    learned_until_ms: 0,
-                    tier: None,
+            .iter()
+            .zip(hashes.chunks(3))
+            .filter_map(|(p, h)| {
+                let [scope, learned, project] = h else {
+                    return None;
                 };
-                let ss = snap
-                    .scopes
-                    .iter()
-                    .find(|s| s.project == p && s.model == model)
-                    .unwrap_or(&fresh);
-                let off = snap.projects.iter().find(|x| x.project == p);
+                let ss = self.parse_scope(model, p, scope, learned);
+                let off = Self::parse_project(p, project);
                 let st = scope_status_from_snapshot(
-                    ss,
+                    &ss,
                     self.configured(p, model),
                     self.cfg.limits.tier(p),
                     Vec::new(),
                     now,
-                    off,
+                    off.as_ref(),
                 );
                 st.why_off()
             })
             .collect();
         whys.join("; ")
+    }
+
+    /// A project's switch-off from its hash, if it is off.
+    pub(super) fn parse_project(
+        project: &str,
+        h: &HashMap<String, String>,
+    ) -> Option<ProjectSnapshot> {
+        let num = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok());
+        num("since").map(|since| ProjectSnapshot {
+            project: project.to_owned(),
+            off_since_ms: since,
+            reprobe_at_ms: num("until").unwrap_or(0),
+        })
     }
 
     pub(super) async fn disabled_detail(&self, idx: &[usize]) -> String {
