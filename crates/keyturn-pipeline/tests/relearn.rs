@@ -229,13 +229,22 @@ async fn a_model_switched_off_is_reprobed_once_after_pacific_midnight_and_comes_
     let o = w.seed(offset, "4").await;
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(w.refused(), first + 1);
-    assert!(
-        w.served() >= 2,
-        "back after the re-probe, not just the re-probe: {}",
-        w.served()
-    );
+    // The re-probe was served. Whether this run also gave off-a more work depends on how fast
+    // key two finished the rest while the re-probe was out (under load, all of it): the next
+    // run tells, deterministically.
+    let after_probe = w.served();
+    assert!(after_probe >= 1, "the re-probe was served");
     let st = w.status(offset).await;
     let s = flash_scope(&st, "off-a");
     assert_eq!(s["state"], "ready", "{s}");
     assert!(s.get("off_until_ms").is_none_or(Value::is_null), "{s}");
+    let o = w.seed(offset, "5").await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(w.refused(), first + 1);
+    assert!(
+        w.served() > after_probe,
+        "back after the re-probe, not just the re-probe: {} then {}",
+        after_probe,
+        w.served()
+    );
 }
