@@ -347,7 +347,7 @@ pub struct ServedModel {
     pub name: &'static str,
     /// Embedding model (serves embedContent, not generateContent).
     pub embedding: bool,
-    /// Default limits (the free tier as published in late 2025).
+    /// Default limits: Google's free tier as of December 2025 (limit 0 where there is none).
     pub limits: Limits,
     /// Input token limit advertised by `GET models`.
     pub input_token_limit: u64,
@@ -378,7 +378,8 @@ pub const SERVED_MODELS: &[ServedModel] = &[
     ServedModel {
         name: "gemini-2.5-pro",
         embedding: false,
-        limits: Limits::new(2, 125_000, 50),
+        // No free tier since December 2025: limit 0 on every quota (corpus real-06).
+        limits: Limits::new(0, 0, 0),
         input_token_limit: 1_048_576,
         output_token_limit: 65_536,
         thinking: true,
@@ -402,7 +403,8 @@ pub const SERVED_MODELS: &[ServedModel] = &[
     ServedModel {
         name: "gemini-2.0-flash",
         embedding: false,
-        limits: Limits::new(15, 1_000_000, 200),
+        // No free tier: limit 0 (corpus real-05).
+        limits: Limits::new(0, 0, 0),
         input_token_limit: 1_048_576,
         output_token_limit: 8_192,
         thinking: false,
@@ -418,6 +420,16 @@ pub const SERVED_MODELS: &[ServedModel] = &[
     ServedModel {
         name: "gemini-embedding-001",
         embedding: true,
+        limits: Limits::new(100, 30_000, 1_000),
+        input_token_limit: 2_048,
+        output_token_limit: 1,
+        thinking: false,
+    },
+    ServedModel {
+        name: "gemini-embedding-2",
+        embedding: true,
+        // Free RPM 100 is the server's own quotaValue (corpus real-14); the token and daily
+        // limits are not published, so they follow gemini-embedding-001.
         limits: Limits::new(100, 30_000, 1_000),
         input_token_limit: 2_048,
         output_token_limit: 1,
