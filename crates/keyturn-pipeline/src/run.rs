@@ -143,13 +143,7 @@ pub enum Stop {
 impl Stop {
     /// The exit code DESIGN.md promises.
     pub fn exit_code(&self) -> u8 {
-        match self {
-            Self::Done => 0,
-            Self::Failed { .. } => 1,
-            Self::ExhaustedForDay { .. } => 3,
-            Self::AllKeysInvalid { .. } => 4,
-            Self::Interrupted => 130,
-        }
+        crate::report::exit_code(self.into())
     }
 }
 
@@ -432,12 +426,9 @@ impl SeedError {
         }
     }
 
-    /// 2 for [`SeedErrorKind::Usage`], 1 otherwise.
+    /// The exit code of its kind ([`crate::report::exit_code`]): 2 for a usage error, else 1.
     pub fn exit_code(&self) -> u8 {
-        match self.kind() {
-            SeedErrorKind::Usage => 2,
-            SeedErrorKind::Failed => 1,
-        }
+        crate::report::exit_code(self.kind().into())
     }
 }
 
@@ -459,8 +450,8 @@ impl From<CheckpointError> for SeedError {
 
 impl From<OutDirError> for SeedError {
     fn from(e: OutDirError) -> Self {
-        match e {
-            OutDirError::Io { .. } => Self::Failed(e.to_string()),
+        match e.kind() {
+            SeedErrorKind::Failed => Self::Failed(e.to_string()),
             _ => Self::Usage(e.to_string()),
         }
     }

@@ -271,14 +271,6 @@ impl ServiceError {
             _ => ServiceErrorKind::Failed,
         }
     }
-
-    /// The binary's exit code for this error: 2 for [`ServiceErrorKind::Configuration`], else 1.
-    pub fn exit_code(&self) -> u8 {
-        match self.kind() {
-            ServiceErrorKind::Configuration => 2,
-            ServiceErrorKind::Failed => 1,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -288,16 +280,17 @@ mod kind_tests {
     use super::*;
 
     #[test]
-    fn exit_codes_come_from_kinds() {
+    fn what_the_user_must_change_is_a_configuration_error() {
         let locked = ServiceError::State(StoreError::Locked {
             path: PathBuf::from("state.json"),
             pid: Some(7),
         });
         assert_eq!(locked.kind(), ServiceErrorKind::Configuration);
-        assert_eq!(locked.exit_code(), 2);
         let down = ServiceError::State(StoreError::Backend("redis://h:6379 unreachable".into()));
         assert_eq!(down.kind(), ServiceErrorKind::Failed);
-        assert_eq!(down.exit_code(), 1);
-        assert_eq!(ServiceError::Http("tls".into()).exit_code(), 1);
+        assert_eq!(
+            ServiceError::Http("tls".into()).kind(),
+            ServiceErrorKind::Failed
+        );
     }
 }
