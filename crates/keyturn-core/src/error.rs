@@ -46,10 +46,11 @@ pub enum KeyError {
     },
 }
 
-/// A configuration value the core cannot accept.
+/// A limit override the core cannot accept (the limit table's part of the configuration; the
+/// configuration as a whole is keyturn-services' `ConfigError`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum LimitError {
     /// A configured limit of zero.
     #[error(
         "{scope}: {field} = 0 is not a limit; leave the field out for the default, or remove the model"

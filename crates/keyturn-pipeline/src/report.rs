@@ -258,4 +258,33 @@ mod tests {
             assert_eq!(stop.exit_code(), code, "{stop:?}");
         }
     }
+
+    #[test]
+    fn a_seed_error_is_a_usage_error_only_when_the_user_must_act() {
+        use crate::outdir::OutDirError;
+        use crate::run::SeedError;
+        let code = |e: SeedError| exit_code(e.kind().into());
+        let corrupt = CheckpointError::Corrupt {
+            path: "checkpoint.json".into(),
+            detail: "truncated".into(),
+            newest_backup: None,
+        };
+        assert_eq!(code(corrupt.into()), 2);
+        let disk = CheckpointError::Io {
+            path: "checkpoint.json".into(),
+            source: std::io::Error::other("disk full"),
+        };
+        assert_eq!(code(disk.into()), 1);
+        let held = OutDirError::Locked {
+            path: "out".into(),
+            pid: Some(7),
+        };
+        assert_eq!(code(held.into()), 2);
+        assert_eq!(code(SeedError::Input("input x does not exist".into())), 2);
+        let mkdir = SeedError::CreateDir {
+            path: "out/episodes".into(),
+            source: std::io::Error::other("read-only"),
+        };
+        assert_eq!(code(mkdir), 1);
+    }
 }

@@ -166,6 +166,11 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// The classification: every configuration error is one the user must fix.
+    pub fn kind(&self) -> ServiceErrorKind {
+        ServiceErrorKind::Configuration
+    }
+
     /// The same error with anything key-shaped, and every value in `secrets`, hidden in every
     /// field (paths included: a key pasted where a path belongs is still a key).
     pub fn scrubbed(self, secrets: &[String]) -> Self {

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use super::{cwd, fail};
 use crate::graph::ExportFormat;
-use crate::report::Outcome;
 use crate::term::safe_path;
 
 pub(super) fn cmd_export(out: &Path, format: ExportFormat, to: Option<PathBuf>) -> ExitCode {
@@ -32,7 +31,7 @@ pub(super) fn cmd_export(out: &Path, format: ExportFormat, to: Option<PathBuf>) 
             }
             ExitCode::SUCCESS
         }
-        Err(e) => fail(Outcome::Failed, e),
+        Err(e) => fail(e.kind(), e),
     }
 }
 

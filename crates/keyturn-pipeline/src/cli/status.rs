@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use keyturn_core::PoolStatus;
+use keyturn_services::state::StateError;
 use keyturn_services::{Config, Env, key_ring};
 
 use super::{Global, fail, load};
@@ -16,7 +17,7 @@ pub(super) async fn read_status(
     cfg: &Config,
     env: &Env,
     cwd: &Path,
-) -> Result<Option<PoolStatus>, String> {
+) -> Result<Option<PoolStatus>, StateError> {
     Ok(read_state(cfg, env, cwd).await?.map(|(st, _)| st))
 }
 
@@ -27,7 +28,7 @@ async fn read_state(
     cfg: &Config,
     env: &Env,
     cwd: &Path,
-) -> Result<Option<(PoolStatus, keyturn_core::Snapshot)>, String> {
+) -> Result<Option<(PoolStatus, keyturn_core::Snapshot)>, StateError> {
     let models = [
         crate::run::DEFAULT_MODEL,
         crate::run::DEFAULT_EMBEDDING_MODEL,
@@ -35,7 +36,6 @@ async fn read_state(
     keyturn_services::state::inspect(cfg, env, cwd, &models)
         .await
         .map(|found| found.map(|i| (i.status, i.snapshot)))
-        .map_err(|e| e.to_string())
 }
 
 fn limit(used: u64, l: Option<u64>) -> String {
@@ -175,7 +175,7 @@ pub(super) async fn cmd_status(g: &Global, env: &Env, cwd: &Path, json: bool) ->
             }
             ExitCode::SUCCESS
         }
-        Err(e) => fail(Outcome::Failed, e),
+        Err(e) => fail(e.kind(), e),
     }
 }
 
@@ -220,7 +220,7 @@ pub(super) async fn cmd_history(
             }
             return ExitCode::SUCCESS;
         }
-        Err(e) => return fail(Outcome::Failed, e),
+        Err(e) => return fail(e.kind(), e),
     };
     let Some(first) = keyturn_core::QuotaDay::containing(st.at_ms)
         .and_before(days as usize)
