@@ -241,14 +241,14 @@ pub enum ServiceError {
     State(#[from] StoreError),
     /// The HTTP client could not be built.
     #[error("cannot set up the HTTP client: {0}")]
-    Http(String),
+    Http(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The metrics exporter could not start.
-    #[error("cannot serve metrics on {addr}: {detail}")]
+    #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
         /// The address asked for.
         addr: std::net::SocketAddr,
         /// What went wrong.
-        detail: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
