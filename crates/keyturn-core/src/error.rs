@@ -1,6 +1,7 @@
 //! Errors at keyturn-core's boundary. Each carries context (model, label, scope), never a key.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::clock::ms_to_timestamp;
 use crate::key::Fingerprint;
@@ -46,10 +47,11 @@ pub enum KeyError {
     },
 }
 
-/// A configuration value the core cannot accept.
+/// A limit override the core cannot accept (the limit table's part of the configuration; the
+/// configuration as a whole is keyturn-services' `ConfigError`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum LimitError {
     /// A configured limit of zero.
     #[error(
         "{scope}: {field} = 0 is not a limit; leave the field out for the default, or remove the model"
@@ -107,6 +109,80 @@ pub fn describe_instant(ms: i64) -> String {
         .map(|tz| ts.to_zoned_datetime(tz).strftime("%H:%M:%S %Z").to_string())
         .unwrap_or_default();
     format!("{} ({pacific})", ts.strftime("%Y-%m-%dT%H:%M:%SZ"))
+}
+
+/// A quota or state backend that failed (Redis, the state writer). It carries a message for
+/// people — what failed and where, the server without its password, never a key — and, when
+/// there is one, the cause as its [`std::error::Error::source`] rather than flattened into the
+/// text. A cause must itself be safe to print: the Redis ledger gives its own description of a
+/// Redis error, never the client's text (which can quote the URL and its password).
+#[derive(Debug, Clone)]
+pub struct BackendError {
+    message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for BackendError {
+    // The cause itself, not the `Arc` around it, so callers can downcast it.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl BackendError {
+    /// A failure with no underlying error (an invariant of the backend itself).
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failure caused by `source`, kept as the error's source.
+    pub fn caused_by(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The message for people.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// Two backend failures are the same when they say the same thing (the cause is not compared:
+/// errors have no equality), which is what tests and retries compare.
+impl PartialEq for BackendError {
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+    }
+}
+
+impl Eq for BackendError {}
+
+impl From<String> for BackendError {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<&str> for BackendError {
+    fn from(message: &str) -> Self {
+        Self::new(message)
+    }
 }
 
 /// How callers should react to an error: the classification, not the message, drives retries
@@ -177,7 +253,7 @@ pub enum AcquireError {
     },
     /// The shared ledger could not be reached; nothing was admitted (fail closed).
     #[error("quota ledger unavailable: {0}")]
-    Backend(String),
+    Backend(#[source] BackendError),
 }
 
 impl AcquireError {
@@ -216,7 +292,7 @@ pub enum LedgerError {
     Snapshot(#[from] SnapshotError),
     /// The backend failed.
     #[error("quota ledger unavailable: {0}")]
-    Backend(String),
+    Backend(#[source] BackendError),
 }
 
 /// A snapshot that cannot be used.
@@ -285,5 +361,41 @@ pub enum StoreError {
     },
     /// Another backend failed (Redis).
     #[error("state backend unavailable: {0}")]
-    Backend(String),
+    Backend(#[source] BackendError),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection refused")]
+    struct Refused;
+
+    #[test]
+    fn a_backend_failure_keeps_its_cause_as_the_source_not_in_the_text() {
+        let e = AcquireError::Backend(BackendError::caused_by(
+            "Redis at redis://h:6379 did not answer",
+            Refused,
+        ));
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        let backend = e.source().expect("the backend failure is the source");
+        let cause = backend.source().expect("its cause is kept");
+        assert!(cause.is::<Refused>());
+        assert_eq!(
+            e.to_string(),
+            "quota ledger unavailable: Redis at redis://h:6379 did not answer"
+        );
+        // Clone and equality survive the boxed cause.
+        assert_eq!(e.clone(), e);
+        let store = StoreError::Backend(BackendError::caused_by("state writer stopped", Refused));
+        assert!(
+            store
+                .source()
+                .and_then(|b| b.source())
+                .is_some_and(|c| c.is::<Refused>())
+        );
+    }
 }

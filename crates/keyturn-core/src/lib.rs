@@ -58,8 +58,8 @@ pub use breaker::{Breaker, BreakerConfig, BreakerState};
 #[allow(clippy::disallowed_types)] // re-exported for the factory that builds the one clock
 pub use clock::{Clock, ManualClock, OffsetClock, SystemClock};
 pub use error::{
-    AcquireError, ConfigError, ErrorKind, Exhaustion, KeyError, LedgerError, SnapshotError,
-    StoreError,
+    AcquireError, BackendError, ErrorKind, Exhaustion, KeyError, LedgerError, LimitError,
+    SnapshotError, StoreError,
 };
 pub use key::{ApiKey, Fingerprint, KeyEntry, KeyId, KeyRing, KeySpec};
 pub use lease::{Demand, Lease};

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::ConfigError;
+use crate::error::LimitError;
 
 /// When the built-in table was last checked against its sources (each row names its own).
 /// Google changes limits often (gemini-2.5-flash's free tier fell from 250 to 20 requests per
@@ -327,7 +327,7 @@ pub struct LimitOverride {
 }
 
 impl LimitOverride {
-    fn validate(&self, what: &str) -> Result<(), ConfigError> {
+    fn validate(&self, what: &str) -> Result<(), LimitError> {
         for (field, v) in [
             ("rpm", self.rpm),
             ("tpm", self.tpm),
@@ -335,7 +335,7 @@ impl LimitOverride {
             ("tpd", self.tpd),
         ] {
             if v == Some(0) {
-                return Err(ConfigError::ZeroLimit {
+                return Err(LimitError::ZeroLimit {
                     scope: what.to_owned(),
                     field,
                 });
@@ -398,7 +398,7 @@ impl LimitTable {
 
     /// Overrides a model's limits for every project. Zero is refused: a zero limit is something
     /// only the server can say.
-    pub fn set_model(&mut self, model: &str, o: LimitOverride) -> Result<&mut Self, ConfigError> {
+    pub fn set_model(&mut self, model: &str, o: LimitOverride) -> Result<&mut Self, LimitError> {
         o.validate(&format!("models.\"{model}\""))?;
         self.models.insert(
             normalize_model(model).to_owned(),
@@ -413,7 +413,7 @@ impl LimitTable {
         project: &str,
         model: &str,
         o: LimitOverride,
-    ) -> Result<&mut Self, ConfigError> {
+    ) -> Result<&mut Self, LimitError> {
         o.validate(&format!("projects.\"{project}\".models.\"{model}\""))?;
         let k = (project.to_owned(), normalize_model(model).to_owned());
         let merged = merge(self.projects.get(&k), o);
@@ -423,7 +423,7 @@ impl LimitTable {
 
     /// Overrides, field by field, the family defaults a model with no built-in entry for its
     /// project's tier gets (`[limits] unknown_model`). Zero is refused.
-    pub fn set_unknown_default(&mut self, o: LimitOverride) -> Result<&mut Self, ConfigError> {
+    pub fn set_unknown_default(&mut self, o: LimitOverride) -> Result<&mut Self, LimitError> {
         o.validate("limits.unknown_model")?;
         self.unknown = Some(o);
         Ok(self)

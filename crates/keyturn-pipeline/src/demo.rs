@@ -15,6 +15,7 @@ use keyturn_sim::config::ProjectConfig;
 use keyturn_sim::{Faults, KeyState, Limits, SimConfig, SimKey, Simulator};
 
 use crate::progress::Progress;
+use crate::report::Outcome;
 use crate::run::{SeedOptions, seed};
 
 /// The bundled transcripts: (podcast, file name, content). Written for keyturn (CC0).
@@ -131,25 +132,25 @@ pub async fn run(out: &Path, cwd: &Path, metrics_addr: Option<std::net::SocketAd
         && let Err(e) = keyturn_services::install_metrics_exporter(addr)
     {
         eprintln!("keyturn demo: {e}");
-        return ExitCode::from(1);
+        return Outcome::Failed.into();
     }
     let work = match tempfile::tempdir() {
         Ok(w) => w,
         Err(e) => {
             eprintln!("keyturn demo: cannot create a temporary folder: {e}");
-            return ExitCode::from(1);
+            return Outcome::Failed.into();
         }
     };
     let inputs = work.path().join("transcripts");
     if let Err(e) = write_samples(&inputs) {
         eprintln!("keyturn demo: cannot write the samples: {e}");
-        return ExitCode::from(1);
+        return Outcome::Failed.into();
     }
     let sim = match Simulator::start(demo_sim_config()).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("keyturn demo: cannot start the simulator: {e}");
-            return ExitCode::from(1);
+            return Outcome::Failed.into();
         }
     };
     println!(
@@ -169,7 +170,7 @@ pub async fn run(out: &Path, cwd: &Path, metrics_addr: Option<std::net::SocketAd
         .collect();
     if let Err(e) = std::fs::write(&keys_file, lines) {
         eprintln!("keyturn demo: cannot write the keys file: {e}");
-        return ExitCode::from(1);
+        return Outcome::Failed.into();
     }
     let mut env = Env::new();
     env.insert("KEYTURN_KEYS_FILE".into(), keys_file.display().to_string());
@@ -186,14 +187,14 @@ pub async fn run(out: &Path, cwd: &Path, metrics_addr: Option<std::net::SocketAd
         Ok(c) => c,
         Err(e) => {
             eprintln!("keyturn demo: {e}");
-            return ExitCode::from(1);
+            return Outcome::Failed.into();
         }
     };
     let services = match create_gemini_services(&cfg, &env, cwd).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("keyturn demo: {e}");
-            return ExitCode::from(1);
+            return Outcome::Failed.into();
         }
     };
     let out = if out.is_relative() {
@@ -232,7 +233,7 @@ pub async fn run(out: &Path, cwd: &Path, metrics_addr: Option<std::net::SocketAd
         }
         Err(e) => {
             eprintln!("keyturn demo: {}", crate::term::safe_text(&e.to_string()));
-            ExitCode::from(e.exit_code())
+            Outcome::from(e.kind()).into()
         }
     }
 }

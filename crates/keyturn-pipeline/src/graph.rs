@@ -601,12 +601,50 @@ pub enum ExportFormat {
     Jsonl,
 }
 
-/// Writes an export of the graph in `out` to `to`. Returns the files written.
-pub fn export(out: &Path, to: &Path, format: ExportFormat) -> Result<Vec<PathBuf>, String> {
-    if episode_files(out).is_empty() {
-        return Err(format!("no episodes in {}", out.join("episodes").display()));
+/// Why an export could not be written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExportError {
+    /// The output folder holds no episodes (no seed ran there, or it is another folder).
+    #[error("no episodes in {}; export reads the --out folder of a `keyturn seed` run", crate::term::safe_path(.dir))]
+    NoEpisodes {
+        /// The episodes folder looked in.
+        dir: PathBuf,
+    },
+    /// The export folder could not be made.
+    #[error("{}: {source}", crate::term::safe_path(.path))]
+    CreateDir {
+        /// The folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Writing the files failed, or an episode file could not be read (any earlier export was
+    /// left as it was).
+    #[error(transparent)]
+    Write(#[from] keyturn_core::StoreError),
+}
+
+impl ExportError {
+    /// The classification, which decides the exit code: none of these is the user's usage (a
+    /// folder without episodes is reported as a failure, as it always was), so every kind is
+    /// [`crate::run::SeedErrorKind::Failed`].
+    pub fn kind(&self) -> crate::run::SeedErrorKind {
+        crate::run::SeedErrorKind::Failed
     }
-    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+}
+
+/// Writes an export of the graph in `out` to `to`. Returns the files written.
+pub fn export(out: &Path, to: &Path, format: ExportFormat) -> Result<Vec<PathBuf>, ExportError> {
+    if episode_files(out).is_empty() {
+        return Err(ExportError::NoEpisodes {
+            dir: out.join("episodes"),
+        });
+    }
+    std::fs::create_dir_all(to).map_err(|source| ExportError::CreateDir {
+        path: to.to_owned(),
+        source,
+    })?;
     let (np, ep) = match format {
         ExportFormat::Jsonl => (to.join("nodes.jsonl"), to.join("edges.jsonl")),
         ExportFormat::Neo4jCsv => (to.join("nodes.csv"), to.join("relationships.csv")),
@@ -629,8 +667,7 @@ pub fn export(out: &Path, to: &Path, format: ExportFormat) -> Result<Vec<PathBuf
             }
         })
         .map_err(std::io::Error::other)
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     Ok(vec![np, ep])
 }
 

@@ -71,6 +71,17 @@ pub enum OutDirError {
     },
 }
 
+impl OutDirError {
+    /// The classification: a folder the user must change (not a folder, not keyturn's, in use)
+    /// is a usage error; a failed read or write is not.
+    pub fn kind(&self) -> crate::run::SeedErrorKind {
+        match self {
+            Self::Io { .. } => crate::run::SeedErrorKind::Failed,
+            _ => crate::run::SeedErrorKind::Usage,
+        }
+    }
+}
+
 /// An output folder claimed for one run: owned by keyturn and locked until dropped.
 #[derive(Debug)]
 pub struct OutDir {

@@ -143,13 +143,7 @@ pub enum Stop {
 impl Stop {
     /// The exit code DESIGN.md promises.
     pub fn exit_code(&self) -> u8 {
-        match self {
-            Self::Done => 0,
-            Self::Failed { .. } => 1,
-            Self::ExhaustedForDay { .. } => 3,
-            Self::AllKeysInvalid { .. } => 4,
-            Self::Interrupted => 130,
-        }
+        crate::report::exit_code(self.into())
     }
 }
 
@@ -399,17 +393,42 @@ pub fn discover(inputs: &[PathBuf], follow_links: bool) -> Discovered {
     d
 }
 
-/// Why a run could not start or finish, with the exit code DESIGN.md promises for it.
+/// Why a run could not start or finish. Its [`SeedError::kind`] decides the exit code
+/// ([`crate::report::exit_code`]); the cause is kept as the error's source, not flattened to text.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SeedError {
-    /// The user must change something first (an input that does not exist, an output folder
-    /// keyturn does not own or another run holds, an unusable checkpoint): exit 2.
+    /// An input that does not exist or cannot be read: the user must change the command.
     #[error("{0}")]
-    Usage(String),
-    /// Anything else (a disk error): exit 1.
-    #[error("{0}")]
-    Failed(String),
+    Input(String),
+    /// The output folder cannot be used (not keyturn's, held by another run) or read.
+    #[error(transparent)]
+    OutDir(#[from] OutDirError),
+    /// The checkpoint is unusable (a user must act) or could not be read or written.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// A folder of the output could not be made.
+    #[error("cannot create {}: {source}", safe(&.path.display().to_string()))]
+    CreateDir {
+        /// The folder.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// An output file (an episode, the graph, the run report) could not be written.
+    #[error(transparent)]
+    Write(#[from] keyturn_core::StoreError),
+    /// An output could not be encoded as JSON.
+    #[error("cannot encode {what}: {source}")]
+    Encode {
+        /// Which output.
+        what: &'static str,
+        /// The cause.
+        source: serde_json::Error,
+    },
+    /// The rotation state could not be saved at the end of the run.
+    #[error("cannot save the quota state: {0}")]
+    State(#[source] keyturn_core::StoreError),
 }
 
 /// What kind of failure stopped a run before it could report (a report's own outcome is its
@@ -424,45 +443,21 @@ pub enum SeedErrorKind {
 }
 
 impl SeedError {
-    /// The classification, which decides the exit code.
+    /// The classification, which decides the exit code: an input that does not exist, an output
+    /// folder keyturn does not own or another run holds, an unusable checkpoint are usage
+    /// errors; a disk error is not.
     pub fn kind(&self) -> SeedErrorKind {
         match self {
-            Self::Usage(_) => SeedErrorKind::Usage,
-            Self::Failed(_) => SeedErrorKind::Failed,
+            Self::Input(_) => SeedErrorKind::Usage,
+            Self::OutDir(e) => e.kind(),
+            Self::Checkpoint(e) if e.is_unusable() => SeedErrorKind::Usage,
+            _ => SeedErrorKind::Failed,
         }
     }
 
-    /// 2 for [`SeedErrorKind::Usage`], 1 otherwise.
+    /// The exit code of its kind ([`crate::report::exit_code`]): 2 for a usage error, else 1.
     pub fn exit_code(&self) -> u8 {
-        match self.kind() {
-            SeedErrorKind::Usage => 2,
-            SeedErrorKind::Failed => 1,
-        }
-    }
-}
-
-impl From<String> for SeedError {
-    fn from(s: String) -> Self {
-        Self::Failed(s)
-    }
-}
-
-impl From<CheckpointError> for SeedError {
-    fn from(e: CheckpointError) -> Self {
-        if e.is_unusable() {
-            Self::Usage(e.to_string())
-        } else {
-            Self::Failed(e.to_string())
-        }
-    }
-}
-
-impl From<OutDirError> for SeedError {
-    fn from(e: OutDirError) -> Self {
-        match e {
-            OutDirError::Io { .. } => Self::Failed(e.to_string()),
-            _ => Self::Usage(e.to_string()),
-        }
+        crate::report::exit_code(self.kind().into())
     }
 }
 
@@ -659,17 +654,15 @@ async fn process(ctx: &Ctx, item: &Item) -> Result<Episode, EpisodeError> {
 #[async_trait::async_trait]
 pub trait RunState: Send + Sync {
     /// Saves the state now (the file backend; Redis is always current).
-    async fn flush(&self) -> Result<(), String>;
+    async fn flush(&self) -> Result<(), keyturn_core::StoreError>;
     /// Where it lives (the state file's path, or the Redis server and namespace).
     fn describe(&self) -> String;
 }
 
 #[async_trait::async_trait]
 impl RunState for keyturn_services::StateHandle {
-    async fn flush(&self) -> Result<(), String> {
-        keyturn_services::StateHandle::flush(self)
-            .await
-            .map_err(|e| e.to_string())
+    async fn flush(&self) -> Result<(), keyturn_core::StoreError> {
+        keyturn_services::StateHandle::flush(self).await
     }
 
     fn describe(&self) -> String {
@@ -757,7 +750,7 @@ pub async fn run_seed(
     let out = opts.out.clone();
     for input in &opts.inputs {
         if let Err(e) = std::fs::metadata(input) {
-            return Err(SeedError::Usage(
+            return Err(SeedError::Input(
                 if e.kind() == std::io::ErrorKind::NotFound {
                     format!(
                         "input {} does not exist; nothing was done",
@@ -776,8 +769,10 @@ pub async fn run_seed(
             "output folder written by an earlier keyturn (it holds a checkpoint): marked as keyturn's"
         );
     }
-    std::fs::create_dir_all(out.join("episodes"))
-        .map_err(|e| format!("cannot create {}: {e}", out.join("episodes").display()))?;
+    std::fs::create_dir_all(out.join("episodes")).map_err(|source| SeedError::CreateDir {
+        path: out.join("episodes"),
+        source,
+    })?;
     // A run killed mid-write leaves its temp file (the episode itself is redone): clear them.
     for dir in [out.join("episodes"), out.join("graph")] {
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -930,8 +925,11 @@ pub async fn run_seed(
         match result {
             Ok(ep) => {
                 let path = out.join("episodes").join(format!("{}.json", ep.episode_id));
-                let bytes = serde_json::to_vec_pretty(&ep).map_err(|e| e.to_string())?;
-                keyturn_store::write_atomic(&path, &bytes, 0o644).map_err(|e| e.to_string())?;
+                let bytes = serde_json::to_vec_pretty(&ep).map_err(|source| SeedError::Encode {
+                    what: "an episode",
+                    source,
+                })?;
+                keyturn_store::write_atomic(&path, &bytes, 0o644)?;
                 let snapshot = services.ledger.snapshot().await.ok();
                 checkpoints.record_finished(
                     &item.key,
@@ -979,8 +977,8 @@ pub async fn run_seed(
     if let Some(s) = snapshot {
         checkpoints.save_rotation(clock.now_ms(), s)?;
     }
-    services.state.flush().await?;
-    let (nodes, edges) = crate::graph::write_graph(&out).map_err(|e| e.to_string())?;
+    services.state.flush().await.map_err(SeedError::State)?;
+    let (nodes, edges) = crate::graph::write_graph(&out)?;
     counts.skipped = skipped.len();
     counts.failed = failed.len();
     counts.invalid_extractions = ctx.invalid.load(Ordering::Relaxed);
@@ -1020,9 +1018,11 @@ pub async fn run_seed(
         ]),
         state: services.state.describe(),
     };
-    let bytes = serde_json::to_vec_pretty(&report).map_err(|e| e.to_string())?;
-    keyturn_store::write_atomic(&out.join("run-report.json"), &bytes, 0o644)
-        .map_err(|e| e.to_string())?;
+    let bytes = serde_json::to_vec_pretty(&report).map_err(|source| SeedError::Encode {
+        what: "the run report",
+        source,
+    })?;
+    keyturn_store::write_atomic(&out.join("run-report.json"), &bytes, 0o644)?;
     drop(owned);
     Ok(report)
 }

@@ -26,7 +26,7 @@ struct CountingState(AtomicUsize);
 
 #[async_trait::async_trait]
 impl RunState for CountingState {
-    async fn flush(&self) -> Result<(), String> {
+    async fn flush(&self) -> Result<(), keyturn_core::StoreError> {
         self.0.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }

@@ -855,7 +855,7 @@ impl Config {
         let mut t = LimitTable::builtin();
         t.set_default_tier(self.limits.tier);
         let path = self.file_name();
-        let wrap = |e: keyturn_core::ConfigError| ConfigError::Limits {
+        let wrap = |e: keyturn_core::LimitError| ConfigError::Limits {
             path: path.clone(),
             detail: e.to_string(),
         };

@@ -166,6 +166,11 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// The classification: every configuration error is one the user must fix.
+    pub fn kind(&self) -> ServiceErrorKind {
+        ServiceErrorKind::Configuration
+    }
+
     /// The same error with anything key-shaped, and every value in `secrets`, hidden in every
     /// field (paths included: a key pasted where a path belongs is still a key).
     pub fn scrubbed(self, secrets: &[String]) -> Self {
@@ -236,14 +241,14 @@ pub enum ServiceError {
     State(#[from] StoreError),
     /// The HTTP client could not be built.
     #[error("cannot set up the HTTP client: {0}")]
-    Http(String),
+    Http(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The metrics exporter could not start.
-    #[error("cannot serve metrics on {addr}: {detail}")]
+    #[error("cannot serve metrics on {addr}: {source}")]
     Metrics {
         /// The address asked for.
         addr: std::net::SocketAddr,
         /// What went wrong.
-        detail: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -271,14 +276,6 @@ impl ServiceError {
             _ => ServiceErrorKind::Failed,
         }
     }
-
-    /// The binary's exit code for this error: 2 for [`ServiceErrorKind::Configuration`], else 1.
-    pub fn exit_code(&self) -> u8 {
-        match self.kind() {
-            ServiceErrorKind::Configuration => 2,
-            ServiceErrorKind::Failed => 1,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -288,16 +285,17 @@ mod kind_tests {
     use super::*;
 
     #[test]
-    fn exit_codes_come_from_kinds() {
+    fn what_the_user_must_change_is_a_configuration_error() {
         let locked = ServiceError::State(StoreError::Locked {
             path: PathBuf::from("state.json"),
             pid: Some(7),
         });
         assert_eq!(locked.kind(), ServiceErrorKind::Configuration);
-        assert_eq!(locked.exit_code(), 2);
         let down = ServiceError::State(StoreError::Backend("redis://h:6379 unreachable".into()));
         assert_eq!(down.kind(), ServiceErrorKind::Failed);
-        assert_eq!(down.exit_code(), 1);
-        assert_eq!(ServiceError::Http("tls".into()).exit_code(), 1);
+        assert_eq!(
+            ServiceError::Http("tls".into()).kind(),
+            ServiceErrorKind::Failed
+        );
     }
 }

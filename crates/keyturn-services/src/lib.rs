@@ -121,7 +121,7 @@ impl Pool {
         let notifier = match &cfg.notify.webhook_url {
             Some(url) => Some(
                 notify::Notifier::spawn(url.clone(), &cfg.notify)
-                    .map_err(|e| ServiceError::Http(e.to_string()))?,
+                    .map_err(|e| ServiceError::Http(e.into()))?,
             ),
             None => None,
         };
@@ -165,7 +165,7 @@ pub fn install_metrics_exporter(addr: std::net::SocketAddr) -> Result<(), Servic
         .and_then(PrometheusBuilder::install)
         .map_err(|e| ServiceError::Metrics {
             addr,
-            detail: e.to_string(),
+            source: e.into(),
         })
 }
 
@@ -342,7 +342,7 @@ pub fn transport(cfg: &Config, api_version: &str) -> Result<Transport, ServiceEr
         connect_timeout: cfg.http.connect_timeout,
         request_timeout: cfg.http.request_timeout,
     })
-    .map_err(|e| ServiceError::Http(e.to_string()))
+    .map_err(|e| ServiceError::Http(e.into()))
 }
 
 fn build_caller(

@@ -11,7 +11,10 @@ use keyturn_core::{
 };
 use keyturn_store::{ConnectError, FileInfo, FileStore, RedisLedger, TimeSource};
 
-use crate::{Backend, Config, Env, ServiceError, clock, create_pool, key_ring, ledger_config};
+use crate::{
+    Backend, Config, Env, ServiceError, ServiceErrorKind, clock, create_pool, key_ring,
+    ledger_config,
+};
 
 /// What went wrong while reading or resetting the state.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,20 @@ pub enum StateError {
     /// No configured key has this label or fingerprint.
     #[error("no key labelled or fingerprinted '{0}'")]
     UnknownKey(String),
+}
+
+impl StateError {
+    /// The classification, which decides the binary's exit code: what the user must change
+    /// (configuration, a state file another process holds, a Redis that refuses keyturn's
+    /// credentials, a key label that matches nothing) apart from everything else.
+    pub fn kind(&self) -> ServiceErrorKind {
+        match self {
+            Self::Service(e) => e.kind(),
+            Self::Connect(e) if e.is_configuration() => ServiceErrorKind::Configuration,
+            Self::UnknownKey(_) => ServiceErrorKind::Configuration,
+            _ => ServiceErrorKind::Failed,
+        }
+    }
 }
 
 /// The state as it is now.

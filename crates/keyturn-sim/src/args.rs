@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use crate::config::{ConfigError, KeyState, Limits, SimConfig, SimKey};
+use crate::config::{KeyState, Limits, SimConfig, SimConfigError, SimKey};
 
 /// Flags for running the simulator. Flags override the config file.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -43,7 +43,7 @@ pub struct SimArgs {
 
 impl SimArgs {
     /// The configuration these flags describe.
-    pub fn to_config(&self) -> Result<SimConfig, ConfigError> {
+    pub fn to_config(&self) -> Result<SimConfig, SimConfigError> {
         let mut cfg = match &self.config {
             Some(p) => SimConfig::from_file(p)?,
             None => SimConfig::default(),

@@ -256,7 +256,7 @@ pub struct Faults {
 
 impl Faults {
     /// Checks probabilities are in [0, 1].
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), SimConfigError> {
         for (name, p) in [
             ("p500", self.p500),
             ("p503", self.p503),
@@ -266,7 +266,7 @@ impl Faults {
             ("p_malformed", self.p_malformed),
         ] {
             if !(0.0..=1.0).contains(&p) {
-                return Err(ConfigError::Invalid(format!(
+                return Err(SimConfigError::Invalid(format!(
                     "faults.{name} = {p}: a probability is between 0 and 1"
                 )));
             }
@@ -274,7 +274,7 @@ impl Faults {
         let total =
             self.p500 + self.p503 + self.p504 + self.p429_bare + self.p_drop + self.p_malformed;
         if total > 1.0 {
-            return Err(ConfigError::Invalid(format!(
+            return Err(SimConfigError::Invalid(format!(
                 "fault probabilities add up to {total}, more than 1"
             )));
         }
@@ -316,9 +316,11 @@ impl Default for SimConfig {
     }
 }
 
-/// A configuration that cannot be used.
+/// A simulator configuration that cannot be used (the simulator's own; keyturn's configuration
+/// errors are keyturn-services' `ConfigError`).
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+#[non_exhaustive]
+pub enum SimConfigError {
     /// The file cannot be read.
     #[error("cannot read simulator config {path}: {source}")]
     Read {
@@ -347,7 +349,7 @@ pub struct ServedModel {
     pub name: &'static str,
     /// Embedding model (serves embedContent, not generateContent).
     pub embedding: bool,
-    /// Default limits (the free tier as published in late 2025).
+    /// Default limits: Google's free tier as of December 2025 (limit 0 where there is none).
     pub limits: Limits,
     /// Input token limit advertised by `GET models`.
     pub input_token_limit: u64,
@@ -378,7 +380,8 @@ pub const SERVED_MODELS: &[ServedModel] = &[
     ServedModel {
         name: "gemini-2.5-pro",
         embedding: false,
-        limits: Limits::new(2, 125_000, 50),
+        // No free tier since December 2025: limit 0 on every quota (corpus real-06).
+        limits: Limits::new(0, 0, 0),
         input_token_limit: 1_048_576,
         output_token_limit: 65_536,
         thinking: true,
@@ -402,7 +405,8 @@ pub const SERVED_MODELS: &[ServedModel] = &[
     ServedModel {
         name: "gemini-2.0-flash",
         embedding: false,
-        limits: Limits::new(15, 1_000_000, 200),
+        // No free tier: limit 0 (corpus real-05).
+        limits: Limits::new(0, 0, 0),
         input_token_limit: 1_048_576,
         output_token_limit: 8_192,
         thinking: false,
@@ -423,23 +427,33 @@ pub const SERVED_MODELS: &[ServedModel] = &[
         output_token_limit: 1,
         thinking: false,
     },
+    ServedModel {
+        name: "gemini-embedding-2",
+        embedding: true,
+        // Free RPM 100 is the server's own quotaValue (corpus real-14); the token and daily
+        // limits are not published, so they follow gemini-embedding-001.
+        limits: Limits::new(100, 30_000, 1_000),
+        input_token_limit: 2_048,
+        output_token_limit: 1,
+        thinking: false,
+    },
 ];
 
 impl SimConfig {
     /// Reads a TOML (`.toml`) or JSON (anything else) file.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+    pub fn from_file(path: &Path) -> Result<Self, SimConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|source| SimConfigError::Read {
             path: shown.clone(),
             source,
         })?;
         let cfg: Self = if path.extension().is_some_and(|e| e == "toml") {
-            toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            toml::from_str(&text).map_err(|e| SimConfigError::Parse {
                 path: shown,
                 detail: e.to_string(),
             })?
         } else {
-            serde_json::from_str(&text).map_err(|e| ConfigError::Parse {
+            serde_json::from_str(&text).map_err(|e| SimConfigError::Parse {
                 path: shown,
                 detail: e.to_string(),
             })?
@@ -449,15 +463,15 @@ impl SimConfig {
     }
 
     /// Checks values.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), SimConfigError> {
         self.faults.validate()?;
         let mut seen = std::collections::HashSet::new();
         for k in &self.keys {
             if k.key.trim().is_empty() {
-                return Err(ConfigError::Invalid("a key is empty".into()));
+                return Err(SimConfigError::Invalid("a key is empty".into()));
             }
             if !seen.insert(k.key.as_str()) {
-                return Err(ConfigError::Invalid(format!(
+                return Err(SimConfigError::Invalid(format!(
                     "key {} is listed twice",
                     k.label.as_deref().unwrap_or("(unlabelled)")
                 )));
@@ -474,8 +488,8 @@ impl SimConfig {
 
     /// Checks one script against this configuration: a known shape, a key label, project and
     /// model that exist (a typo would otherwise never fire), and a count of at least one.
-    pub fn check_script(&self, rule: &ScriptRule) -> Result<(), ConfigError> {
-        let bad = |what: String| Err(ConfigError::Invalid(format!("script: {what}")));
+    pub fn check_script(&self, rule: &ScriptRule) -> Result<(), SimConfigError> {
+        let bad = |what: String| Err(SimConfigError::Invalid(format!("script: {what}")));
         if crate::corpus::shape(&rule.shape).is_none() {
             return bad(format!(
                 "no error shape {:?} (corpus ids real-NN, or {})",
@@ -523,17 +537,17 @@ impl SimConfig {
         Ok(())
     }
 
-    fn check_project(&self, name: &str, p: &ProjectConfig) -> Result<(), ConfigError> {
+    fn check_project(&self, name: &str, p: &ProjectConfig) -> Result<(), SimConfigError> {
         for (model, shape) in &p.models_off {
             if crate::corpus::shape(shape).is_none() {
-                return Err(ConfigError::Invalid(format!(
+                return Err(SimConfigError::Invalid(format!(
                     "projects.{:?}.models_off: no error shape {:?}",
                     shown(name),
                     shown(shape)
                 )));
             }
             if self.served(model).is_none() {
-                return Err(ConfigError::Invalid(format!(
+                return Err(SimConfigError::Invalid(format!(
                     "projects.{:?}.models_off: model {:?} is not served",
                     shown(name),
                     shown(model)
@@ -541,7 +555,7 @@ impl SimConfig {
             }
         }
         if p.files.iter().any(|f| file_id(f).is_empty()) {
-            return Err(ConfigError::Invalid(format!(
+            return Err(SimConfigError::Invalid(format!(
                 "projects.{:?}.files: a file name is empty",
                 shown(name)
             )));

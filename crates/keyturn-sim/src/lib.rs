@@ -110,8 +110,8 @@ pub mod wire;
 
 pub use args::SimArgs;
 pub use config::{
-    ConfigError, Faults, KeyState, Limits, ProjectConfig, ProjectState, Route, ScriptRule,
-    SimConfig, SimKey,
+    Faults, KeyState, Limits, ProjectConfig, ProjectState, Route, ScriptRule, SimConfig,
+    SimConfigError, SimKey,
 };
 pub use server::{Simulator, router};
 pub use state::SimState;

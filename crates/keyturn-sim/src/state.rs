@@ -15,8 +15,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{
-    ConfigError, Faults, KeyState, Limits, ProjectConfig, ProjectState, Route, ScriptRule,
-    SimConfig,
+    Faults, KeyState, Limits, ProjectConfig, ProjectState, Route, ScriptRule, SimConfig,
+    SimConfigError,
 };
 use crate::errors::QuotaKind;
 
@@ -420,7 +420,7 @@ impl SimState {
     }
 
     /// Adds scripts after the current ones (`replace`: instead of them), after checking each.
-    pub fn add_scripts(&self, rules: Vec<ScriptRule>, replace: bool) -> Result<(), ConfigError> {
+    pub fn add_scripts(&self, rules: Vec<ScriptRule>, replace: bool) -> Result<(), SimConfigError> {
         let mut inner = self.inner.lock();
         for r in &rules {
             inner.config.check_script(r)?;
@@ -473,13 +473,13 @@ impl SimState {
         state: Option<ProjectState>,
         models_off: Option<BTreeMap<String, String>>,
         files: Option<Vec<String>>,
-    ) -> Result<(), ConfigError> {
+    ) -> Result<(), SimConfigError> {
         let mut inner = self.inner.lock();
         if !inner.config.keys.is_empty()
             && !inner.config.projects.contains_key(project)
             && !inner.keys.values().any(|k| k.project == project)
         {
-            return Err(ConfigError::Invalid(format!(
+            return Err(SimConfigError::Invalid(format!(
                 "no key of project {:?}",
                 project
                     .chars()

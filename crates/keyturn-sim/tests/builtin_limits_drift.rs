@@ -14,19 +14,10 @@ use keyturn_sim::config::{SERVED_MODELS, ServedModel};
 /// (model, what differs, the simulator's value, core's value).
 type Difference = (&'static str, &'static str, Option<u64>, Option<u64>);
 
-/// Differences known today. The simulator's table is the free tier of late 2025; core's follows
-/// Google's December 2025 cuts (gemini-2.5-pro and gemini-2.0-flash lost their free tier) and
-/// knows gemini-embedding-2, which the simulator does not serve. Whoever updates the simulator's
-/// `SERVED_MODELS` removes the lines it settles.
-const KNOWN: &[Difference] = &[
-    ("gemini-2.5-pro", "rpm", Some(2), Some(0)),
-    ("gemini-2.5-pro", "tpm", Some(125_000), Some(0)),
-    ("gemini-2.5-pro", "rpd", Some(50), Some(0)),
-    ("gemini-2.0-flash", "rpm", Some(15), Some(0)),
-    ("gemini-2.0-flash", "tpm", Some(1_000_000), Some(0)),
-    ("gemini-2.0-flash", "rpd", Some(200), Some(0)),
-    ("gemini-embedding-2", "served", None, None),
-];
+/// Differences known today, each with why; none now: the simulator serves Google's free tier
+/// as core's table records it (gemini-2.5-pro and gemini-2.0-flash at limit 0 since December
+/// 2025, gemini-embedding-2 served). Whoever lets the two differ on purpose lists it here.
+const KNOWN: &[Difference] = &[];
 
 fn differences(builtin: &[BuiltinModel], served: &[ServedModel]) -> Vec<Difference> {
     let mut found = Vec::new();

@@ -24,12 +24,12 @@ async fn sim_with(limits: Limits, faults: Faults) -> Simulator {
     let mut models = BTreeMap::new();
     models.insert(FLASH.to_owned(), limits);
     models.insert(EMBED.to_owned(), limits);
+    // gemini-2.5-pro has no free tier (limit 0 by default); project p1 pays for it.
     let mut projects = BTreeMap::new();
-    let mut no_pro = ProjectConfig::default();
-    no_pro
-        .models
-        .insert("gemini-2.5-pro".into(), Limits::new(0, 0, 0));
-    projects.insert("free".to_owned(), no_pro);
+    let mut paid = ProjectConfig::default();
+    paid.models
+        .insert("gemini-2.5-pro".into(), Limits::new(150, 2_000_000, 10_000));
+    projects.insert("p1".to_owned(), paid);
     Simulator::start(SimConfig {
         keys: vec![
             key("made-up-good", "p1", KeyState::Valid),
@@ -471,7 +471,7 @@ async fn limit_zero_names_no_quota_value() {
     assert_eq!(viols.len(), 3);
     assert!(viols.iter().all(|x| x.get("quotaValue").is_none()));
     assert!(v["error"]["message"].as_str().unwrap().contains("limit: 0"));
-    // The same model for another project works.
+    // The same model for a project that pays for it works.
     assert_eq!(
         generate(&sim, "made-up-good", "gemini-2.5-pro").await.0,
         200

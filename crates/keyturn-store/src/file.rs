@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyturn_core::{InMemoryLedger, SCHEMA_VERSION, Snapshot, StateStore, StoreError};
+use keyturn_core::{
+    BackendError, InMemoryLedger, SCHEMA_VERSION, Snapshot, StateStore, StoreError,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -343,7 +345,9 @@ impl StateStore for FileStore {
         // fsyncs block: keep them off the async workers.
         tokio::task::spawn_blocking(move || write_atomic(&path, &bytes, 0o600))
             .await
-            .map_err(|e| StoreError::Backend(format!("state writer task failed: {e}")))??;
+            .map_err(|e| {
+                StoreError::Backend(BackendError::caused_by("state writer task failed", e))
+            })??;
         self.saves.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -441,10 +445,15 @@ impl Persister {
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         if self.tx.send(Command::Flush(reply)).await.is_err() {
-            return Err(StoreError::Backend("the state writer has stopped".into()));
+            return Err(StoreError::Backend(BackendError::new(
+                "the state writer has stopped",
+            )));
         }
-        rx.await
-            .unwrap_or_else(|_| Err(StoreError::Backend("the state writer has stopped".into())))
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError::Backend(BackendError::new(
+                "the state writer has stopped",
+            )))
+        })
     }
 
     /// Saves a last time and stops.
@@ -453,9 +462,11 @@ impl Persister {
         if self.tx.send(Command::Stop(reply)).await.is_err() {
             return Ok(());
         }
-        let r = rx
-            .await
-            .unwrap_or_else(|_| Err(StoreError::Backend("the state writer has stopped".into())));
+        let r = rx.await.unwrap_or_else(|_| {
+            Err(StoreError::Backend(BackendError::new(
+                "the state writer has stopped",
+            )))
+        });
         self.task.await.ok();
         r
     }

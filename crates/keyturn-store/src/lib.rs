@@ -46,4 +46,4 @@ pub use file::{
     FileInfo, FileStore, LockInfo, Persister, StateFile, WrittenFile, write_atomic,
     write_atomic_with,
 };
-pub use redis_ledger::{ConnectError, RedisLedger, TimeSource, redact_url};
+pub use redis_ledger::{ConnectError, RedisFailure, RedisLedger, TimeSource, redact_url};

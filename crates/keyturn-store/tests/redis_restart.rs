@@ -11,7 +11,7 @@ use std::time::Duration;
 use keyturn_core::testkit::{TIGHT, config, solo_keys};
 use keyturn_core::{Demand, ErrorKind, Outcome, QuotaLedger, SystemClock};
 use keyturn_store::testkit::TestRedis;
-use keyturn_store::{RedisLedger, TimeSource};
+use keyturn_store::{RedisFailure, RedisLedger, TimeSource};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis"]
@@ -43,6 +43,21 @@ async fn fails_closed_while_down_and_recovers() {
         assert!(
             msg.contains("127.0.0.1") && msg.contains("nothing was admitted"),
             "{msg}"
+        );
+        // The cause is kept as the error's source, typed, not only flattened into the text.
+        let cause = std::error::Error::source(&err)
+            .and_then(std::error::Error::source)
+            .and_then(|c| c.downcast_ref::<RedisFailure>());
+        assert!(
+            matches!(
+                cause,
+                Some(
+                    RedisFailure::ConnectionRefused
+                        | RedisFailure::ConnectionLost
+                        | RedisFailure::TimedOut
+                )
+            ),
+            "{cause:?}"
         );
     }
     assert!(ledger.status().await.is_err());

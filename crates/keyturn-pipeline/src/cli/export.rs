@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use super::{EXIT_USAGE, cwd, fail};
+use super::{cwd, fail};
 use crate::graph::ExportFormat;
 use crate::term::safe_path;
 
@@ -14,13 +14,7 @@ pub(super) fn cmd_export(out: &Path, format: ExportFormat, to: Option<PathBuf>) 
     let _claimed = match to.as_deref().filter(|t| !is_inside(t, out)) {
         Some(t) => match crate::outdir::OutDir::claim(t, None) {
             Ok(c) => Some(c),
-            Err(e) => {
-                let code = match e {
-                    crate::outdir::OutDirError::Io { .. } => 1,
-                    _ => EXIT_USAGE,
-                };
-                return fail(code, e);
-            }
+            Err(e) => return fail(e.kind(), e),
         },
         None => None,
     };
@@ -37,7 +31,7 @@ pub(super) fn cmd_export(out: &Path, format: ExportFormat, to: Option<PathBuf>) 
             }
             ExitCode::SUCCESS
         }
-        Err(e) => fail(1, e),
+        Err(e) => fail(e.kind(), e),
     }
 }
 

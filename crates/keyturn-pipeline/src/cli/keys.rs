@@ -9,13 +9,14 @@ use keyturn_services::{Config, ConfigError, Env, key_ring};
 
 use super::args::KeysCommand;
 use super::status::read_status;
-use super::{EXIT_USAGE, Global, fail, load, state_exit};
+use super::{Global, fail, load};
+use crate::report::Outcome;
 use crate::term::safe;
 
 pub(super) async fn cmd_keys(g: &Global, env: &Env, cwd: &Path, k: KeysCommand) -> ExitCode {
     let cfg = match load(g, env, cwd, false) {
         Ok(c) => c,
-        Err(e) => return fail(EXIT_USAGE, e),
+        Err(e) => return fail(Outcome::Usage, e),
     };
     match k {
         KeysCommand::List { .. } => list(&cfg, env, cwd).await,
@@ -26,7 +27,7 @@ pub(super) async fn cmd_keys(g: &Global, env: &Env, cwd: &Path, k: KeysCommand) 
                 (Some(k), false) => Some(k),
                 (None, false) => {
                     return fail(
-                        EXIT_USAGE,
+                        Outcome::Usage,
                         "name a key (label or fingerprint) or pass --all",
                     );
                 }
@@ -40,7 +41,7 @@ pub(super) async fn cmd_keys(g: &Global, env: &Env, cwd: &Path, k: KeysCommand) 
                     );
                     ExitCode::SUCCESS
                 }
-                Err(e) => fail(state_exit(&e), e),
+                Err(e) => fail(e.kind(), e),
             }
         }
     }
@@ -49,7 +50,7 @@ pub(super) async fn cmd_keys(g: &Global, env: &Env, cwd: &Path, k: KeysCommand) 
 async fn list(cfg: &Config, env: &Env, cwd: &Path) -> ExitCode {
     let found = match keyturn_services::discover(cfg, env, cwd) {
         Ok(f) => f,
-        Err(e) => return fail(EXIT_USAGE, e),
+        Err(e) => return fail(Outcome::Usage, e),
     };
     let status = read_status(cfg, env, cwd).await.ok().flatten();
     println!(
@@ -81,7 +82,7 @@ async fn list(cfg: &Config, env: &Env, cwd: &Path) -> ExitCode {
     }
     if found.is_empty() {
         return fail(
-            EXIT_USAGE,
+            Outcome::Usage,
             ConfigError::NoKeys {
                 looked_at: keyturn_services::discovery::LOOKED_AT
                     .iter()
@@ -96,14 +97,14 @@ async fn list(cfg: &Config, env: &Env, cwd: &Path) -> ExitCode {
 async fn check(cfg: &Config, env: &Env, cwd: &Path, model: &str) -> ExitCode {
     let (ring, _) = match key_ring(cfg, env, cwd) {
         Ok(r) => r,
-        Err(e) => return fail(EXIT_USAGE, e),
+        Err(e) => return fail(Outcome::Usage, e),
     };
     let transport = match keyturn_services::transport(cfg, &cfg.http.api_version) {
         Ok(t) => t,
-        Err(e) => return fail(1, e),
+        Err(e) => return fail(Outcome::Failed, e),
     };
     if let Err(e) = transport.model_info_url(model) {
-        return fail(EXIT_USAGE, e);
+        return fail(Outcome::Usage, e);
     }
     let (mut dead, mut good) = (0, 0);
     let mut alive = Vec::new();
@@ -111,7 +112,7 @@ async fn check(cfg: &Config, env: &Env, cwd: &Path, model: &str) -> ExitCode {
     for (id, e) in ring.iter() {
         let answer = match keyturn_gemini::check_key_for_model(&transport, &e.key, model).await {
             Ok(a) => a,
-            Err(e) => return fail(EXIT_USAGE, e),
+            Err(e) => return fail(Outcome::Usage, e),
         };
         let result = match answer {
             ModelCheck::NoAnswer(detail) => format!("no answer: {detail}"),
@@ -145,10 +146,10 @@ async fn check(cfg: &Config, env: &Env, cwd: &Path, model: &str) -> ExitCode {
     if good > 0 {
         ExitCode::SUCCESS
     } else if dead == ring.len() {
-        fail(4, "every key was rejected")
+        fail(Outcome::KeysDead, "every key was rejected")
     } else {
         fail(
-            1,
+            Outcome::Failed,
             format!(
                 "no key could be confirmed good: {} of {} got no clear answer{}; check GEMINI_BASE_URL and the network, then try again",
                 ring.len() - dead,

@@ -22,15 +22,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use keyturn_core::Policy;
-use keyturn_services::state::StateError;
 use keyturn_services::{Config, ConfigError, Env, Overrides, ServiceError, process_env};
 use tokio::sync::watch;
 
+use crate::report::Outcome;
 use crate::term::safe_text;
 use args::{Cli, Command, Global, Logging};
-
-/// Exit code: usage or configuration error.
-pub const EXIT_USAGE: u8 = 2;
 
 fn init_logging(g: &Logging) {
     let default = match g.verbose {
@@ -77,15 +74,12 @@ fn cwd() -> PathBuf {
     std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."))
 }
 
-fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
+/// Prints an error and ends with the exit code of its outcome: a kind ([`Outcome`], or any error
+/// kind that converts into one), never a number ([`crate::report::exit_code`] chooses those).
+fn fail(outcome: impl Into<Outcome>, msg: impl std::fmt::Display) -> ExitCode {
     // Errors quote paths, names and upstream messages: escaped on the way out.
     eprintln!("keyturn: {}", safe_text(&msg.to_string()));
-    ExitCode::from(code)
-}
-
-/// The exit code of a service error: from its kind ([`ServiceError::exit_code`]).
-fn service_exit(e: &ServiceError) -> u8 {
-    e.exit_code()
+    outcome.into().into()
 }
 
 /// Runs the command line; the binary's `main`.
@@ -98,7 +92,7 @@ pub fn main() -> ExitCode {
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return fail(1, format!("cannot start the runtime: {e}")),
+        Err(e) => return fail(Outcome::Failed, format!("cannot start the runtime: {e}")),
     };
     rt.block_on(run(cli))
 }
@@ -148,21 +142,12 @@ fn interrupts() -> watch::Receiver<bool> {
     rx
 }
 
-/// The exit code of a failed read or reset of the state.
-fn state_exit(e: &StateError) -> u8 {
-    match e {
-        StateError::Service(e) => service_exit(e),
-        StateError::UnknownKey(_) => EXIT_USAGE,
-        _ => 1,
-    }
-}
-
 async fn run(cli: Cli) -> ExitCode {
     let env = process_env();
     let cwd = cwd();
     // A bad KEYTURN_CLOCK_OFFSET_MS is a configuration error for every command that reads it.
     if let Err(e) = keyturn_services::clock(&env) {
-        return fail(EXIT_USAGE, e);
+        return fail(Outcome::Usage, e);
     }
     let Cli {
         setup: top_setup,

@@ -8,8 +8,9 @@ use std::time::Duration;
 use keyturn_services::{Env, create_gemini_services};
 
 use super::args::SeedArgs;
-use super::{EXIT_USAGE, Global, fail, interrupts, load, service_exit, start_metrics};
+use super::{Global, fail, interrupts, load, start_metrics};
 use crate::progress::Progress;
+use crate::report::Outcome;
 use crate::report::report_and_exit;
 use crate::run::{SeedOptions, seed};
 use crate::term::safe;
@@ -42,14 +43,14 @@ fn resume_command(args: impl Iterator<Item = std::ffi::OsString>) -> String {
 pub(super) async fn cmd_seed(g: &Global, env: &Env, cwd: &Path, a: SeedArgs) -> ExitCode {
     let cfg = match load(g, env, cwd, a.no_cache) {
         Ok(c) => c,
-        Err(e) => return fail(EXIT_USAGE, e),
+        Err(e) => return fail(Outcome::Usage, e),
     };
     if let Err(e) = start_metrics(&cfg) {
-        return fail(1, e);
+        return fail(Outcome::Failed, e);
     }
     let services = match create_gemini_services(&cfg, env, cwd).await {
         Ok(s) => s,
-        Err(e) => return fail(service_exit(&e), e),
+        Err(e) => return fail(e.kind(), e),
     };
     tracing::info!(keys = services.keys.len(), state = %safe(services.state.describe()), "starting");
     let opts = SeedOptions {
@@ -87,7 +88,7 @@ pub(super) async fn cmd_seed(g: &Global, env: &Env, cwd: &Path, a: SeedArgs) -> 
             }
             report_and_exit(&report, &resume)
         }
-        Err(e) => fail(e.exit_code(), e),
+        Err(e) => fail(e.kind(), e),
     }
 }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 use keyturn_services::{Env, create_pool};
 
 use super::args::{ServeArgs, ServeCommand, TokenCommand};
-use super::{EXIT_USAGE, Global, fail, interrupts, load, service_exit, start_metrics};
+use super::{Global, fail, interrupts, load, start_metrics};
+use crate::report::Outcome;
 use crate::term::safe;
 
 pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -> ExitCode {
@@ -32,7 +33,7 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
     }
     let mut cfg = match load(g, env, cwd, false) {
         Ok(c) => c,
-        Err(e) => return fail(EXIT_USAGE, e),
+        Err(e) => return fail(Outcome::Usage, e),
     };
     // The proxy's own bound on waiting for quota: a client is told when to come back (429 with
     // RetryInfo) rather than held past its SDK's timeout.
@@ -40,7 +41,7 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
     let listen = a.listen.clone().unwrap_or_else(|| cfg.serve.listen.clone());
     let Ok(listen) = listen.parse::<std::net::SocketAddr>() else {
         return fail(
-            EXIT_USAGE,
+            Outcome::Usage,
             format!("--listen '{listen}' is not an address like 127.0.0.1:8080"),
         );
     };
@@ -48,7 +49,7 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
     for t in &cfg.serve.tokens {
         match keyturn_proxy::parse_digest(&t.label, &t.sha256) {
             Ok(d) => tokens.push((t.label.clone(), d)),
-            Err(e) => return fail(EXIT_USAGE, e),
+            Err(e) => return fail(Outcome::Usage, e),
         }
     }
     let pcfg = keyturn_proxy::ProxyConfig {
@@ -61,24 +62,24 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
         body_timeout: cfg.serve.body_timeout,
     };
     if let Err(e) = pcfg.validate() {
-        return fail(EXIT_USAGE, e);
+        return fail(Outcome::Usage, e);
     }
     if let Err(e) = start_metrics(&cfg) {
-        return fail(1, e);
+        return fail(Outcome::Failed, e);
     }
     let mut pool = match create_pool(&cfg, env, cwd).await {
         Ok(p) => p,
-        Err(e) => return fail(service_exit(&e), e),
+        Err(e) => return fail(e.kind(), e),
     };
     if let Err(e) = pool.watch(&cfg) {
-        return fail(1, e);
+        return fail(Outcome::Failed, e);
     }
     let callers = (
         pool.caller_for_version(&cfg, "v1beta"),
         pool.caller_for_version(&cfg, "v1"),
     );
     let (Ok(v1beta), Ok(v1)) = callers else {
-        return fail(1, "cannot set up the HTTP client");
+        return fail(Outcome::Failed, "cannot set up the HTTP client");
     };
     let state = Arc::new(keyturn_proxy::ProxyState::new(
         v1beta,
@@ -89,7 +90,7 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
     ));
     let proxy = match keyturn_proxy::Proxy::start(state, &pcfg).await {
         Ok(p) => p,
-        Err(e) => return fail(1, e),
+        Err(e) => return fail(Outcome::Failed, e),
     };
     println!(
         "keyturn serve listening on {} ({} keys, state: {}, {} client token(s))",
@@ -108,6 +109,9 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
     proxy.shutdown(Duration::from_secs(10)).await;
     match pool.state.shutdown().await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(1, format!("could not save the quota state: {e}")),
+        Err(e) => fail(
+            Outcome::Failed,
+            format!("could not save the quota state: {e}"),
+        ),
     }
 }

@@ -4,16 +4,17 @@
 
 use std::process::ExitCode;
 
-use super::{EXIT_USAGE, Global, fail};
+use super::{Global, fail};
+use crate::report::Outcome;
 
 pub(super) async fn cmd_sim(g: &Global, a: keyturn_sim::SimArgs) -> ExitCode {
     let cfg = match a.to_config() {
         Ok(c) => c,
-        Err(e) => return fail(EXIT_USAGE, e),
+        Err(e) => return fail(Outcome::Usage, e),
     };
     if let Some(addr) = g.metrics_addr {
         if let Err(e) = keyturn_services::install_metrics_exporter(addr) {
-            return fail(1, e);
+            return fail(Outcome::Failed, e);
         }
         println!("metrics on http://{addr}/metrics");
     }
@@ -24,6 +25,6 @@ pub(super) async fn cmd_sim(g: &Global, a: keyturn_sim::SimArgs) -> ExitCode {
             sim.wait().await;
             ExitCode::SUCCESS
         }
-        Err(e) => fail(1, format!("cannot listen: {e}")),
+        Err(e) => fail(Outcome::Failed, format!("cannot listen: {e}")),
     }
 }

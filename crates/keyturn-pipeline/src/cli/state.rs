@@ -11,7 +11,8 @@ use keyturn_services::{Backend, Config, Env};
 use keyturn_store::CheckpointStore;
 
 use super::args::StateCommand;
-use super::{EXIT_USAGE, Global, fail, load, state_exit};
+use super::{Global, fail, load};
+use crate::report::Outcome;
 use crate::run::CHECKPOINT_DIR;
 use crate::term::{safe, safe_path};
 
@@ -36,13 +37,13 @@ fn pool_place(cfg: &Config) -> String {
 pub(super) async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand) -> ExitCode {
     let cfg = match load(g, env, cwd, false) {
         Ok(c) => c,
-        Err(e) => return fail(EXIT_USAGE, e),
+        Err(e) => return fail(Outcome::Usage, e),
     };
     match s {
         StateCommand::Info { out, .. } => {
             let clock = match keyturn_services::clock(env) {
                 Ok(c) => c,
-                Err(e) => return fail(EXIT_USAGE, e),
+                Err(e) => return fail(Outcome::Usage, e),
             };
             info(&cfg, &clock, out.as_deref())
         }
@@ -54,7 +55,7 @@ pub(super) async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand
                 );
                 let mut answer = String::new();
                 if std::io::stdin().read_line(&mut answer).is_err() || answer.trim() != "yes" {
-                    return fail(1, "not reset");
+                    return fail(Outcome::Failed, "not reset");
                 }
             }
             match keyturn_services::state::reset_or_delete(&cfg, env, cwd).await {
@@ -69,7 +70,7 @@ pub(super) async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand
                     println!("deleted {} ({})", safe_path(&path), safe(&why.to_string()));
                     ExitCode::SUCCESS
                 }
-                Err(e) => fail(state_exit(&e), e),
+                Err(e) => fail(e.kind(), e),
             }
         }
         StateCommand::Prune { out, keep } => {
@@ -90,9 +91,9 @@ pub(super) async fn cmd_state(g: &Global, env: &Env, cwd: &Path, s: StateCommand
                         );
                         ExitCode::SUCCESS
                     }
-                    Err(e) => fail(1, e),
+                    Err(e) => fail(Outcome::Failed, e),
                 },
-                Err(e) => fail(if e.is_unusable() { EXIT_USAGE } else { 1 }, e),
+                Err(e) => fail(Outcome::from(&e), e),
             }
         }
     }
@@ -175,7 +176,7 @@ fn info(cfg: &Config, clock: &Arc<dyn Clock>, out: Option<&Path>) -> ExitCode {
                     println!("  backup {}", safe_path(&b));
                 }
             }
-            Err(e) => return fail(if e.is_unusable() { EXIT_USAGE } else { 1 }, e),
+            Err(e) => return fail(Outcome::from(&e), e),
         }
     }
     ExitCode::SUCCESS

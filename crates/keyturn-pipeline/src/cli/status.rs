@@ -4,9 +4,11 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use keyturn_core::PoolStatus;
+use keyturn_services::state::StateError;
 use keyturn_services::{Config, Env, key_ring};
 
-use super::{EXIT_USAGE, Global, fail, load};
+use super::{Global, fail, load};
+use crate::report::Outcome;
 use crate::report::when;
 use crate::term::{safe, safe_path};
 
@@ -15,7 +17,7 @@ pub(super) async fn read_status(
     cfg: &Config,
     env: &Env,
     cwd: &Path,
-) -> Result<Option<PoolStatus>, String> {
+) -> Result<Option<PoolStatus>, StateError> {
     Ok(read_state(cfg, env, cwd).await?.map(|(st, _)| st))
 }
 
@@ -26,7 +28,7 @@ async fn read_state(
     cfg: &Config,
     env: &Env,
     cwd: &Path,
-) -> Result<Option<(PoolStatus, keyturn_core::Snapshot)>, String> {
+) -> Result<Option<(PoolStatus, keyturn_core::Snapshot)>, StateError> {
     let models = [
         crate::run::DEFAULT_MODEL,
         crate::run::DEFAULT_EMBEDDING_MODEL,
@@ -34,7 +36,6 @@ async fn read_state(
     keyturn_services::state::inspect(cfg, env, cwd, &models)
         .await
         .map(|found| found.map(|i| (i.status, i.snapshot)))
-        .map_err(|e| e.to_string())
 }
 
 fn limit(used: u64, l: Option<u64>) -> String {
@@ -152,10 +153,10 @@ fn print_status(st: &PoolStatus) {
 pub(super) async fn cmd_status(g: &Global, env: &Env, cwd: &Path, json: bool) -> ExitCode {
     let cfg = match load(g, env, cwd, false) {
         Ok(c) => c,
-        Err(e) => return fail(EXIT_USAGE, e),
+        Err(e) => return fail(Outcome::Usage, e),
     };
     if let Err(e) = key_ring(&cfg, env, cwd) {
-        return fail(EXIT_USAGE, e);
+        return fail(Outcome::Usage, e);
     }
     match read_status(&cfg, env, cwd).await {
         Ok(Some(st)) if json => {
@@ -174,7 +175,7 @@ pub(super) async fn cmd_status(g: &Global, env: &Env, cwd: &Path, json: bool) ->
             }
             ExitCode::SUCCESS
         }
-        Err(e) => fail(1, e),
+        Err(e) => fail(e.kind(), e),
     }
 }
 
@@ -203,11 +204,11 @@ pub(super) async fn cmd_history(
 ) -> ExitCode {
     let cfg = match load(g, env, cwd, false) {
         Ok(c) => c,
-        Err(e) => return fail(EXIT_USAGE, e),
+        Err(e) => return fail(Outcome::Usage, e),
     };
     let ring = match key_ring(&cfg, env, cwd) {
         Ok((r, _)) => r,
-        Err(e) => return fail(EXIT_USAGE, e),
+        Err(e) => return fail(Outcome::Usage, e),
     };
     let (st, snap) = match read_state(&cfg, env, cwd).await {
         Ok(Some(s)) => s,
@@ -219,7 +220,7 @@ pub(super) async fn cmd_history(
             }
             return ExitCode::SUCCESS;
         }
-        Err(e) => return fail(1, e),
+        Err(e) => return fail(e.kind(), e),
     };
     let Some(first) = keyturn_core::QuotaDay::containing(st.at_ms)
         .and_before(days as usize)

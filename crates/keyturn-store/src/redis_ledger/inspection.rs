@@ -32,7 +32,9 @@ impl RedisLedger {
         let mut hashes = hashes.iter();
         let mut next = || {
             hashes.next().ok_or_else(|| {
-                LedgerError::Backend(format!("{}: a pipelined read came back short", self.server))
+                LedgerError::Backend(
+                    format!("{}: a pipelined read came back short", self.server).into(),
+                )
             })
         };
         let mut keys = Vec::new();

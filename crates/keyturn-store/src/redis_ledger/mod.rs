@@ -36,10 +36,10 @@ use keyturn_core::snapshot::{
     Disabled, HISTORY_DAYS, KeySnapshot, NoticeMark, ProjectSnapshot, ScopeSnapshot, UsageDay,
 };
 use keyturn_core::{
-    AcquireError, Breaker, BreakerState, Clock, DeadReason, Demand, Fingerprint, KeyId, KeyRing,
-    Lease, LedgerConfig, LedgerError, LimitSource, ModelLimits, Outcome, Policy, PoolStatus,
-    QuotaDay, QuotaLedger, ResetTarget, SCHEMA_VERSION, Snapshot, SnapshotError, StoreError,
-    ThrottleKind, scope_status_from_snapshot,
+    AcquireError, BackendError, Breaker, BreakerState, Clock, DeadReason, Demand, Fingerprint,
+    KeyId, KeyRing, Lease, LedgerConfig, LedgerError, LimitSource, ModelLimits, Outcome, Policy,
+    PoolStatus, QuotaDay, QuotaLedger, ResetTarget, SCHEMA_VERSION, Snapshot, SnapshotError,
+    StoreError, ThrottleKind, scope_status_from_snapshot,
 };
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -124,7 +124,7 @@ impl From<ConnectError> for StoreError {
     fn from(e: ConnectError) -> Self {
         match e {
             ConnectError::Unavailable(s) => s,
-            other => StoreError::Backend(other.to_string()),
+            other => StoreError::Backend(BackendError::caused_by(other.to_string(), other)),
         }
     }
 }
@@ -193,25 +193,56 @@ impl std::fmt::Debug for RedisLedger {
     }
 }
 
-fn backend(server: &str, e: &redis::RedisError) -> String {
-    if let Some(why) = refusal(e) {
-        return format!(
-            "Redis at {server} refused keyturn ({why}); nothing was admitted: this is a configuration error, check the user and password in the Redis URL and that user's ACL"
-        );
+/// What went wrong with Redis: the cause a [`BackendError`] from the Redis ledger carries. It is
+/// keyturn's own description of the client's error, by kind only, because the client's text can
+/// quote the URL and its password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisFailure {
+    /// Redis refused keyturn's credentials or its ACL denies a command.
+    #[error("{0}")]
+    Refused(&'static str),
+    /// Nothing listens at the address.
+    #[error("connection refused")]
+    ConnectionRefused,
+    /// Redis did not answer in time.
+    #[error("timed out")]
+    TimedOut,
+    /// The connection dropped or failed.
+    #[error("connection lost")]
+    ConnectionLost,
+    /// Another failure, by the client's category.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl RedisFailure {
+    fn of(e: &redis::RedisError) -> Self {
+        if let Some(why) = refusal(e) {
+            Self::Refused(why)
+        } else if e.is_connection_refusal() {
+            Self::ConnectionRefused
+        } else if e.is_timeout() {
+            Self::TimedOut
+        } else if e.is_connection_dropped() || e.is_io_error() {
+            Self::ConnectionLost
+        } else {
+            Self::Other(e.category().to_owned())
+        }
     }
-    // The error's own text can carry the URL (and its password): describe it by kind only.
-    let what = if e.is_connection_refusal() {
-        "connection refused"
-    } else if e.is_timeout() {
-        "timed out"
-    } else if e.is_connection_dropped() || e.is_io_error() {
-        "connection lost"
-    } else {
-        e.category()
+}
+
+fn backend(server: &str, e: &redis::RedisError) -> BackendError {
+    let failure = RedisFailure::of(e);
+    let message = match &failure {
+        RedisFailure::Refused(why) => format!(
+            "Redis at {server} refused keyturn ({why}); nothing was admitted: this is a configuration error, check the user and password in the Redis URL and that user's ACL"
+        ),
+        what => format!(
+            "Redis at {server} did not answer ({what}); nothing was admitted; keyturn retries when Redis is back"
+        ),
     };
-    format!(
-        "Redis at {server} did not answer ({what}); nothing was admitted; keyturn retries when Redis is back"
-    )
+    BackendError::caused_by(message, failure)
 }
 
 impl RedisLedger {
@@ -292,10 +323,12 @@ impl RedisLedger {
             cursors: Mutex::new(HashMap::new()),
             days: Mutex::new(None),
         };
-        ledger
-            .adopt_tiers()
-            .await
-            .map_err(|e| ConnectError::Unavailable(StoreError::Backend(e.to_string())))?;
+        ledger.adopt_tiers().await.map_err(|e| {
+            ConnectError::Unavailable(StoreError::Backend(BackendError::caused_by(
+                e.to_string(),
+                e,
+            )))
+        })?;
         Ok(ledger)
     }
 
