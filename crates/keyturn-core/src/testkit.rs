@@ -196,6 +196,33 @@ pub async fn tpm_enforced_and_reconciled(f: &dyn LedgerFactory) {
     l.settle(c, Outcome::success(0)).await.unwrap();
 }
 
+/// A settle whose real count is absurd (a broken or hostile upstream answering
+/// `prompt_tokens: 18446744073709551615`) neither fails, panics, refunds the reservation nor
+/// leaves a counter the ledger cannot read back: the count is taken as
+/// [`crate::outcome::MAX_SETTLED_TOKENS`].
+pub async fn absurd_token_counts_are_bounded(f: &dyn LedgerFactory) {
+    use crate::outcome::MAX_SETTLED_TOKENS as MAX;
+    let l = f
+        .make(solo_keys(1), config(100, 100_000, 1000), clock())
+        .await;
+    // Sent together, settled after: the first absurd count fills the minute.
+    let mut leases = Vec::new();
+    for _ in 0..3 {
+        leases.push(l.acquire(ROOMY, Demand::tokens(10)).await.unwrap());
+    }
+    for (lease, real) in leases.into_iter().zip([u64::MAX, 1 << 63, 10u64.pow(15)]) {
+        l.settle(lease, Outcome::success(real)).await.unwrap();
+    }
+    let st = l.status().await.unwrap();
+    let s = st.scopes.iter().find(|s| s.model == ROOMY).unwrap();
+    assert_eq!(s.rpm_used, 3);
+    assert_eq!(s.tpm_used, 3 * MAX);
+    assert_eq!(s.rpd_served, 3);
+    let snap = l.snapshot().await.unwrap();
+    let tokens: u64 = snap.usage.iter().map(|u| u.input_tokens).sum();
+    assert_eq!(tokens, 3 * MAX);
+}
+
 /// A request that could never fit is refused as too large, not waited for.
 pub async fn demand_too_large(f: &dyn LedgerFactory) {
     let l = f.make(solo_keys(2), config(5, 1000, 1000), clock()).await;
@@ -1527,7 +1554,7 @@ macro_rules! ledger_behaviour_suite {
             waiters_follow_a_reprobe,
             switch_offs_survive_restart, tier_change_drops_what_was_learned,
             tpd_enforced_learned_and_reconciled, sent_served_and_refused_kept_apart,
-            model_unavailable_says_who_decided);
+            model_unavailable_says_who_decided, absurd_token_counts_are_bounded);
     };
     (@cases $factory:expr, $attrs:tt; $($case:ident),* $(,)?) => {
         $(

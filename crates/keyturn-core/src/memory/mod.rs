@@ -539,7 +539,9 @@ impl InMemoryLedger {
             match outcome {
                 Outcome::Success { input_tokens } => {
                     if let (Some(real), Some(si), true) = (input_tokens, scope_idx, current) {
-                        let delta = real as i64 - lease.reserved_tokens() as i64;
+                        // Bounded, so an absurd count can neither overflow nor wrap to a refund.
+                        let real = real.min(crate::outcome::MAX_SETTLED_TOKENS) as i64;
+                        let delta = real - lease.reserved_tokens() as i64;
                         if delta != 0 {
                             let s = &mut inner.scopes[si as usize];
                             s.window.adjust_tokens(lease.second(), delta);

@@ -186,7 +186,9 @@ impl RedisLedger {
         let (code, real, kind, retry, qv, reason) = match outcome {
             Outcome::Success { input_tokens } => (
                 "ok",
-                input_tokens.map_or(-1, |t| t as i64),
+                input_tokens.map_or(-1, |t| {
+                    t.min(keyturn_core::outcome::MAX_SETTLED_TOKENS) as i64
+                }),
                 "none",
                 -1,
                 -1,
