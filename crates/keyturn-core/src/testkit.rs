@@ -223,6 +223,32 @@ pub async fn absurd_token_counts_are_bounded(f: &dyn LedgerFactory) {
     assert_eq!(tokens, 3 * MAX);
 }
 
+/// A lease taken before a reset and settled after it corrects nothing the reset zeroed: the
+/// day's served count never exceeds what was sent since, and its real tokens do not land on
+/// the new minute.
+pub async fn a_lease_from_before_a_reset_corrects_nothing_after_it(f: &dyn LedgerFactory) {
+    let l = f
+        .make(solo_keys(1), config(100, 100_000, 1000), clock())
+        .await;
+    let stale = l.acquire(TIGHT, Demand::tokens(10)).await.unwrap();
+    l.reset(ResetTarget::All).await.unwrap();
+    let fresh = l.acquire(TIGHT, Demand::tokens(10)).await.unwrap();
+    l.settle(fresh, Outcome::success(10)).await.unwrap();
+    l.settle(stale, Outcome::success(500)).await.unwrap();
+    let st = l.status().await.unwrap();
+    let s = st.scopes.iter().find(|s| s.model == TIGHT).unwrap();
+    assert_eq!(
+        (
+            s.rpd_used,
+            s.rpd_served,
+            s.rpd_refused,
+            s.tpm_used,
+            s.tpd_used
+        ),
+        (1, 1, 0, 10, 10)
+    );
+}
+
 /// A request that could never fit is refused as too large, not waited for.
 pub async fn demand_too_large(f: &dyn LedgerFactory) {
     let l = f.make(solo_keys(2), config(5, 1000, 1000), clock()).await;
@@ -1554,7 +1580,8 @@ macro_rules! ledger_behaviour_suite {
             waiters_follow_a_reprobe,
             switch_offs_survive_restart, tier_change_drops_what_was_learned,
             tpd_enforced_learned_and_reconciled, sent_served_and_refused_kept_apart,
-            model_unavailable_says_who_decided, absurd_token_counts_are_bounded);
+            model_unavailable_says_who_decided, absurd_token_counts_are_bounded,
+            a_lease_from_before_a_reset_corrects_nothing_after_it);
     };
     (@cases $factory:expr, $attrs:tt; $($case:ident),* $(,)?) => {
         $(
