@@ -31,7 +31,7 @@ mod usage;
 
 use scope::{Gate, KeyHealth, ProbeOut, ProjectGate, Scope};
 pub use status::{breaker_state_now, scope_status_from_snapshot};
-use usage::{PastUsage, UsageCell, history_cutoff, prune_past};
+use usage::{PastUsage, UsageCell, history_cutoff, prune_past, sent_day_row};
 
 #[derive(Debug, Clone)]
 struct ModelState {
@@ -524,15 +524,16 @@ impl InMemoryLedger {
                 if let Some(si) = scope_idx {
                     inner.scopes[si as usize].day.answered(sent_ms, n, how);
                 }
-                if let Some(cell) = inner
+                let cell = inner
                     .models
                     .get_mut(lease.model_slot() as usize)
-                    .and_then(|m| m.today.get_mut(k))
-                    && cell.day_start_ms <= sent_ms
+                    .and_then(|m| m.today.get_mut(k));
+                if let Some(row) =
+                    sent_day_row(cell, &mut inner.past, k as u32, lease.model_slot(), sent_ms)
                 {
                     match how {
-                        crate::outcome::Answered::Served => cell.served += n,
-                        _ => cell.refused += n,
+                        crate::outcome::Answered::Served => *row.served += n,
+                        _ => *row.refused += n,
                     }
                 }
             }
@@ -547,14 +548,19 @@ impl InMemoryLedger {
                             s.window.adjust_tokens(lease.second(), delta);
                             s.day.add_tokens(lease.second() * 1000, delta);
                             notify |= delta < 0;
-                            // The usage history counts real tokens too, if the day is current.
-                            if let Some(cell) = inner
+                            // The usage history counts real tokens too, on the day it was sent.
+                            let cell = inner
                                 .models
                                 .get_mut(lease.model_slot() as usize)
-                                .and_then(|m| m.today.get_mut(k))
-                                && cell.day_start_ms <= lease.second() * 1000
-                            {
-                                cell.tokens = cell.tokens.saturating_add_signed(delta);
+                                .and_then(|m| m.today.get_mut(k));
+                            if let Some(row) = sent_day_row(
+                                cell,
+                                &mut inner.past,
+                                k as u32,
+                                lease.model_slot(),
+                                lease.second() * 1000,
+                            ) {
+                                *row.tokens = row.tokens.saturating_add_signed(delta);
                             }
                         }
                     }
