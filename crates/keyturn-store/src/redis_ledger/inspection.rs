@@ -104,7 +104,8 @@ impl RedisLedger {
         for d in &days {
             pipe.hgetall(self.usage_key(d));
         }
-        let hashes: Vec<HashMap<String, i64>> = pipe
+        // Read as text: a field something else wrote that is not an integer hides only itself.
+        let hashes: Vec<HashMap<String, String>> = pipe
             .query_async(conn)
             .await
             .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
@@ -123,6 +124,9 @@ impl RedisLedger {
                     continue;
                 };
                 let Some((fp, model)) = rest.split_once('|') else {
+                    continue;
+                };
+                let Ok(v) = v.parse::<i64>() else {
                     continue;
                 };
                 let row = rows.entry((fp.to_owned(), model.to_owned())).or_default();
