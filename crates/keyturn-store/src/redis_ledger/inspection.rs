@@ -7,16 +7,25 @@ use super::*;
 impl RedisLedger {
     /// The state; `with_history` adds the usage history and the warning marks.
     pub(super) async fn read_snapshot(&self, with_history: bool) -> Result<Snapshot, LedgerError> {
+        self.read_scopes_of(&self.known_models(), with_history)
+            .await
+    }
+
+    /// The state with the scopes of `models` only (a refusal's words need one model's).
+    async fn read_scopes_of(
+        &self,
+        models: &[String],
+        with_history: bool,
+    ) -> Result<Snapshot, LedgerError> {
         let now = self.now().await?;
         let mut conn = self.conn.clone();
         // Every key's, scope's and project's hash in one round trip (the monitor reads status
         // every second): keys, then (counters, learned) per model and project, then projects.
-        let models = self.known_models();
         let mut pipe = redis::pipe();
         for (_, e) in self.keys.iter() {
             pipe.hgetall(format!("{}k:{}", self.prefix, e.fingerprint()));
         }
-        for model in &models {
+        for model in models {
             for project in &self.projects {
                 pipe.hgetall(self.scope_key(model, project))
                     .hgetall(self.learned_key(model, project));
@@ -47,7 +56,7 @@ impl RedisLedger {
             });
         }
         let mut scopes = Vec::new();
-        for model in &models {
+        for model in models {
             for project in &self.projects {
                 let (h, l) = (next()?, next()?);
                 scopes.push(self.parse_scope(model, project, h, l));
@@ -185,7 +194,9 @@ impl RedisLedger {
     /// configuration, or the server and until when (the rules every ledger shares, over a
     /// snapshot; a scope Redis has no counters for yet reads as fresh).
     pub(super) async fn off_detail(&self, model: &str, disabled: &[usize]) -> String {
-        let snap = match self.read_snapshot(false).await {
+        // This model's scopes only: a client hammering an off model must not make each refusal
+        // a read of every scope the pool has used.
+        let snap = match self.read_scopes_of(&[model.to_owned()], false).await {
             Ok(s) => s,
             Err(e) => return format!("(could not read why: {e})"),
         };
