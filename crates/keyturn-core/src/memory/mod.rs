@@ -316,7 +316,7 @@ impl InMemoryLedger {
                 ..UsageCell::default()
             };
         }
-        cell.requests += u64::from(demand.requests);
+        cell.requests = cell.requests.saturating_add(u64::from(demand.requests));
         cell.tokens = cell.tokens.saturating_add(demand.tokens);
         *version += 1;
         Ok(Lease::new(
@@ -532,8 +532,10 @@ impl InMemoryLedger {
                     sent_day_row(cell, &mut inner.past, k as u32, lease.model_slot(), sent_ms)
                 {
                     match how {
-                        crate::outcome::Answered::Served => *row.served += n,
-                        _ => *row.refused += n,
+                        crate::outcome::Answered::Served => {
+                            *row.served = row.served.saturating_add(n);
+                        }
+                        _ => *row.refused = row.refused.saturating_add(n),
                     }
                 }
             }
