@@ -60,6 +60,12 @@ impl std::fmt::Display for DeadReason {
     }
 }
 
+/// The most input tokens a settle counts for one lease. Gemini's largest context is a few
+/// million tokens, so a larger "real" count (a broken or hostile upstream's `prompt_tokens`) is
+/// no request's; it is counted as this many, which still fills any window, so no counter
+/// overflows and the Redis ledger keeps every counter an integer Lua can write exactly.
+pub const MAX_SETTLED_TOKENS: u64 = 1 << 40;
+
 /// The result of a request sent under a lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

@@ -196,6 +196,97 @@ pub async fn tpm_enforced_and_reconciled(f: &dyn LedgerFactory) {
     l.settle(c, Outcome::success(0)).await.unwrap();
 }
 
+/// A settle whose real count is absurd (a broken or hostile upstream answering
+/// `prompt_tokens: 18446744073709551615`) neither fails, panics, refunds the reservation nor
+/// leaves a counter the ledger cannot read back: the count is taken as
+/// [`crate::outcome::MAX_SETTLED_TOKENS`].
+pub async fn absurd_token_counts_are_bounded(f: &dyn LedgerFactory) {
+    use crate::outcome::MAX_SETTLED_TOKENS as MAX;
+    let l = f
+        .make(solo_keys(1), config(100, 100_000, 1000), clock())
+        .await;
+    // Sent together, settled after: the first absurd count fills the minute.
+    let mut leases = Vec::new();
+    for _ in 0..3 {
+        leases.push(l.acquire(ROOMY, Demand::tokens(10)).await.unwrap());
+    }
+    for (lease, real) in leases.into_iter().zip([u64::MAX, 1 << 63, 10u64.pow(15)]) {
+        l.settle(lease, Outcome::success(real)).await.unwrap();
+    }
+    let st = l.status().await.unwrap();
+    let s = st.scopes.iter().find(|s| s.model == ROOMY).unwrap();
+    assert_eq!(s.rpm_used, 3);
+    assert_eq!(s.tpm_used, 3 * MAX);
+    assert_eq!(s.rpd_served, 3);
+    let snap = l.snapshot().await.unwrap();
+    let tokens: u64 = snap.usage.iter().map(|u| u.input_tokens).sum();
+    assert_eq!(tokens, 3 * MAX);
+}
+
+/// A lease taken before a reset and settled after it corrects nothing the reset zeroed: the
+/// day's served count never exceeds what was sent since, and its real tokens do not land on
+/// the new minute.
+pub async fn a_lease_from_before_a_reset_corrects_nothing_after_it(f: &dyn LedgerFactory) {
+    let l = f
+        .make(solo_keys(1), config(100, 100_000, 1000), clock())
+        .await;
+    let stale = l.acquire(TIGHT, Demand::tokens(10)).await.unwrap();
+    l.reset(ResetTarget::All).await.unwrap();
+    let fresh = l.acquire(TIGHT, Demand::tokens(10)).await.unwrap();
+    l.settle(fresh, Outcome::success(10)).await.unwrap();
+    l.settle(stale, Outcome::success(500)).await.unwrap();
+    let st = l.status().await.unwrap();
+    let s = st.scopes.iter().find(|s| s.model == TIGHT).unwrap();
+    assert_eq!(
+        (
+            s.rpd_used,
+            s.rpd_served,
+            s.rpd_refused,
+            s.tpm_used,
+            s.tpd_used
+        ),
+        (1, 1, 0, 10, 10)
+    );
+}
+
+/// A request sent just before Pacific midnight and answered after it counts, served and with
+/// its real tokens, in the usage history of the day it was sent, even once the key has sent
+/// on the new day; the new day's counters get nothing of it.
+pub async fn a_lease_settled_after_midnight_counts_on_the_day_it_was_sent(f: &dyn LedgerFactory) {
+    let c = clock();
+    c.advance(Duration::from_millis(
+        (next_pacific_midnight(T0_MS) - 1_000 - T0_MS) as u64,
+    ));
+    let l = f
+        .make(solo_keys(1), config(100, 100_000, 1000), c.clone())
+        .await;
+    let late = l.acquire(TIGHT, Demand::tokens(10)).await.unwrap();
+    c.advance(Duration::from_secs(2));
+    let early = l.acquire(TIGHT, Demand::tokens(10)).await.unwrap();
+    l.settle(early, Outcome::success(20)).await.unwrap();
+    l.settle(late, Outcome::success(30)).await.unwrap();
+    let st = l.status().await.unwrap();
+    let s = st.scopes.iter().find(|s| s.model == TIGHT).unwrap();
+    assert_eq!((s.rpd_used, s.rpd_served, s.tpd_used), (1, 1, 20), "today");
+    let mut rows: Vec<_> = l
+        .snapshot()
+        .await
+        .unwrap()
+        .usage
+        .iter()
+        .filter(|u| u.model == TIGHT)
+        .map(|u| (u.date.to_string(), u.requests, u.served, u.input_tokens))
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec![
+            ("2026-01-14".to_owned(), 1, 1, 30),
+            ("2026-01-15".to_owned(), 1, 1, 20),
+        ]
+    );
+}
+
 /// A request that could never fit is refused as too large, not waited for.
 pub async fn demand_too_large(f: &dyn LedgerFactory) {
     let l = f.make(solo_keys(2), config(5, 1000, 1000), clock()).await;
@@ -1527,7 +1618,9 @@ macro_rules! ledger_behaviour_suite {
             waiters_follow_a_reprobe,
             switch_offs_survive_restart, tier_change_drops_what_was_learned,
             tpd_enforced_learned_and_reconciled, sent_served_and_refused_kept_apart,
-            model_unavailable_says_who_decided);
+            model_unavailable_says_who_decided, absurd_token_counts_are_bounded,
+            a_lease_from_before_a_reset_corrects_nothing_after_it,
+            a_lease_settled_after_midnight_counts_on_the_day_it_was_sent);
     };
     (@cases $factory:expr, $attrs:tt; $($case:ident),* $(,)?) => {
         $(

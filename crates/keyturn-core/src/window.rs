@@ -245,8 +245,8 @@ impl DayCounter {
             return;
         }
         match how {
-            crate::outcome::Answered::Served => self.served += n,
-            crate::outcome::Answered::Refused => self.refused += n,
+            crate::outcome::Answered::Served => self.served = self.served.saturating_add(n),
+            crate::outcome::Answered::Refused => self.refused = self.refused.saturating_add(n),
             crate::outcome::Answered::Neither => {}
         }
     }
@@ -275,7 +275,7 @@ impl DayCounter {
 
     /// Adds requests.
     pub fn add(&mut self, n: u64) {
-        self.count += n;
+        self.count = self.count.saturating_add(n);
     }
 
     /// Input tokens so far today.
@@ -308,6 +308,22 @@ impl DayCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restored_day_at_the_top_of_u64_saturates() {
+        // A state file edited by hand, or written by a broken tool: counting on must not panic.
+        let now = 1_780_340_400_000;
+        let day = QuotaDay::containing(now).start_ms;
+        let mut c =
+            DayCounter::restore(now, day, u64::MAX, 0).with_answers(day, u64::MAX, u64::MAX);
+        c.add(1);
+        c.answered(now, 1, crate::outcome::Answered::Served);
+        c.answered(now, 1, crate::outcome::Answered::Refused);
+        assert_eq!(
+            (c.count(), c.served(), c.refused()),
+            (u64::MAX, u64::MAX, u64::MAX)
+        );
+    }
 
     #[test]
     fn never_more_than_the_limit_in_any_60s_span() {

@@ -125,7 +125,9 @@ pub trait GeminiCall: Send + Sync + std::fmt::Debug {
 
     /// A streamed `openai/chat/completions` (the body says `"stream": true`) through the
     /// rotation: retries until a stream starts; each chunk is one JSON value, the terminating
-    /// `[DONE]` ends the stream, and the lease is settled then with the last `usage` seen.
+    /// `[DONE]` ends the stream, and the lease is settled then with the last `usage` seen. A
+    /// stream whose connection ends before `[DONE]` was cut short: its last item is an error and
+    /// the lease is settled as a transient failure.
     async fn stream_openai(
         &self,
         model: &str,
@@ -179,6 +181,9 @@ struct Upstream {
     url: String,
     key_header: KeyHeader,
     method: String,
+    /// Whether a whole stream ends with `data: [DONE]` (OpenAI's); Gemini's own streams end
+    /// with the connection.
+    ends_with_done: bool,
 }
 
 enum Sent {
@@ -366,6 +371,7 @@ impl RotatingCaller {
             },
             key_header: KeyHeader::GoogApiKey,
             method: method.to_owned(),
+            ends_with_done: false,
         })
     }
 
@@ -375,6 +381,7 @@ impl RotatingCaller {
             url: self.transport.openai_url(route),
             key_header: KeyHeader::Bearer,
             method: format!("openai/{}", route.path()),
+            ends_with_done: true,
         }
     }
 
@@ -597,15 +604,16 @@ impl RotatingCaller {
             model: model.to_owned(),
             entry,
             sending,
+            ends_with_done: upstream.ends_with_done,
         };
         Ok(futures::stream::unfold(state, |mut st| async move {
             let lease = st.lease.take()?;
             // OpenAI's stream ends with `data: [DONE]`, Gemini's with the connection: either is
-            // the end of a complete stream.
-            let next = match st.events.next().await {
-                Some(Ok(ev)) if ev.data.trim() == "[DONE]" => None,
-                other => other,
-            };
+            // the end of a complete stream; an OpenAI stream whose connection ended first was
+            // cut short.
+            let next = st.events.next().await;
+            let done = matches!(&next, Some(Ok(ev)) if ev.data.trim() == "[DONE]");
+            let next = if done { None } else { next };
             match next {
                 Some(Ok(ev)) => match serde_json::from_str::<Value>(&ev.data) {
                     Ok(v) => {
@@ -627,6 +635,12 @@ impl RotatingCaller {
                 },
                 Some(Err(e)) => {
                     let err = st.broken(format!("the stream broke off: {e}"));
+                    st.record(&lease, &Outcome::Transient);
+                    st.ledger.settle(lease, Outcome::Transient).await.ok();
+                    Some((Err(err), st))
+                }
+                None if st.ends_with_done && !done => {
+                    let err = st.broken("the stream ended without [DONE]".to_owned());
                     st.record(&lease, &Outcome::Transient);
                     st.ledger.settle(lease, Outcome::Transient).await.ok();
                     Some((Err(err), st))
@@ -737,6 +751,8 @@ struct StreamState {
     model: String,
     entry: KeyEntry,
     sending: crate::metrics::Stopwatch,
+    /// Whether only `data: [DONE]` ends the stream whole.
+    ends_with_done: bool,
 }
 
 impl StreamState {

@@ -486,7 +486,8 @@ struct Seen {
 
 /// A local upstream that answers the model probe, and answers chat completions with an echo of
 /// the `Authorization` it received (as a hostile or broken upstream might); streamed, with the
-/// usage in the last chunk beside its choice (where Gemini may put it) and `[DONE]`.
+/// usage in the last chunk beside its choice (where Gemini may put it) and `[DONE]` — unless the
+/// chat says "cut short", when the stream ends cleanly without `[DONE]` (a truncated answer).
 async fn recorder() -> (String, Arc<Mutex<Seen>>) {
     use axum::extract::{Request, State};
     use axum::response::IntoResponse;
@@ -521,7 +522,11 @@ async fn recorder() -> (String, Arc<Mutex<Seen>>) {
         let last = json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "two"}, "finish_reason": "stop"}], "usage": usage});
         (
             [("content-type", "text/event-stream")],
-            format!("data: {first}\n\ndata: {last}\n\ndata: [DONE]\n\n"),
+            if body.to_string().contains("cut short") {
+                format!("data: {first}\n\ndata: {last}\n\n")
+            } else {
+                format!("data: {first}\n\ndata: {last}\n\ndata: [DONE]\n\n")
+            },
         )
             .into_response()
     }
@@ -644,4 +649,26 @@ async fn bad_model_names_and_smuggled_paths_never_reach_upstream() {
             .map(|(p, _)| p)
             .collect::<Vec<_>>()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_before_done_is_not_passed_off_as_whole() {
+    let (upstream, _seen) = recorder().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, pool) = proxy_for(&upstream, &[(pool_key(4), "p1")], 100, true, dir.path()).await;
+    let mut b = chat("cut short");
+    b["stream"] = json!(true);
+    let text = post(&proxy, "chat/completions", &b)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let ev = events(&text);
+    assert_eq!(ev.len(), 2, "what came is relayed: {text}");
+    assert!(
+        !ev.contains(&"[DONE]"),
+        "an OpenAI stream that ended without [DONE] was cut short: the client must not be told it is whole: {text}"
+    );
+    // Settled as a broken stream (a transient failure), not as a success with its usage.
+    assert_ne!(ledger_use(&pool, "p1", FLASH).await, (1, 3));
 }

@@ -286,7 +286,9 @@ pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<Pending> {
             .iter()
             .copied()
             .filter(|&t| {
-                sc.rpd_used * 100 >= u64::from(t) * limit || (server_says_done && t == 100)
+                // In u128: counts read back from a shared ledger can be anything.
+                u128::from(sc.rpd_used) * 100 >= u128::from(t) * u128::from(limit)
+                    || (server_says_done && t == 100)
             })
             .collect();
         let id = |t: u8| format!("quota-{t}|{}|{}|{day}", sc.project, sc.model);
@@ -299,9 +301,9 @@ pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<Pending> {
                     "{} in project {} has used {}% of its daily requests ({}/{limit} sent: {} served, {} refused by Gemini); resets {}",
                     sc.model,
                     sc.project,
-                    (sc.rpd_used * 100 / limit)
+                    (u128::from(sc.rpd_used) * 100 / u128::from(limit))
                         .min(100)
-                        .max(u64::from(server_says_done) * 100),
+                        .max(u128::from(server_says_done) * 100),
                     sc.rpd_used,
                     sc.rpd_served,
                     sc.rpd_refused,
@@ -598,6 +600,25 @@ mod tests {
                 "quota-80|q|m|2026-01-14",
             ]
         );
+    }
+
+    #[test]
+    fn absurd_counts_and_limits_make_a_warning_not_an_overflow() {
+        // A count a garbage Redis hash gave, and a limit configured as large as TOML allows.
+        for (used, limit) in [(u64::MAX / 50, 20), (i64::MAX as u64, i64::MAX as u64)] {
+            let st = PoolStatus {
+                at_ms: NOW,
+                keys: vec![key("a", "p", false)],
+                scopes: vec![scope("p", used, limit, ScopeState::Ready)],
+            };
+            let w = warnings(&st, &NotifySettings::default());
+            let q = &w
+                .iter()
+                .find(|p| p.id.starts_with("quota-100"))
+                .unwrap()
+                .warning;
+            assert!(q.message.contains("has used 100%"), "{}", q.message);
+        }
     }
 
     #[test]

@@ -31,7 +31,7 @@ mod usage;
 
 use scope::{Gate, KeyHealth, ProbeOut, ProjectGate, Scope};
 pub use status::{breaker_state_now, scope_status_from_snapshot};
-use usage::{PastUsage, UsageCell, history_cutoff, prune_past};
+use usage::{PastUsage, UsageCell, history_cutoff, prune_past, sent_day_row};
 
 #[derive(Debug, Clone)]
 struct ModelState {
@@ -316,7 +316,7 @@ impl InMemoryLedger {
                 ..UsageCell::default()
             };
         }
-        cell.requests += u64::from(demand.requests);
+        cell.requests = cell.requests.saturating_add(u64::from(demand.requests));
         cell.tokens = cell.tokens.saturating_add(demand.tokens);
         *version += 1;
         Ok(Lease::new(
@@ -524,35 +524,45 @@ impl InMemoryLedger {
                 if let Some(si) = scope_idx {
                     inner.scopes[si as usize].day.answered(sent_ms, n, how);
                 }
-                if let Some(cell) = inner
+                let cell = inner
                     .models
                     .get_mut(lease.model_slot() as usize)
-                    .and_then(|m| m.today.get_mut(k))
-                    && cell.day_start_ms <= sent_ms
+                    .and_then(|m| m.today.get_mut(k));
+                if let Some(row) =
+                    sent_day_row(cell, &mut inner.past, k as u32, lease.model_slot(), sent_ms)
                 {
                     match how {
-                        crate::outcome::Answered::Served => cell.served += n,
-                        _ => cell.refused += n,
+                        crate::outcome::Answered::Served => {
+                            *row.served = row.served.saturating_add(n);
+                        }
+                        _ => *row.refused = row.refused.saturating_add(n),
                     }
                 }
             }
             match outcome {
                 Outcome::Success { input_tokens } => {
                     if let (Some(real), Some(si), true) = (input_tokens, scope_idx, current) {
-                        let delta = real as i64 - lease.reserved_tokens() as i64;
+                        // Bounded, so an absurd count can neither overflow nor wrap to a refund.
+                        let real = real.min(crate::outcome::MAX_SETTLED_TOKENS) as i64;
+                        let delta = real - lease.reserved_tokens() as i64;
                         if delta != 0 {
                             let s = &mut inner.scopes[si as usize];
                             s.window.adjust_tokens(lease.second(), delta);
                             s.day.add_tokens(lease.second() * 1000, delta);
                             notify |= delta < 0;
-                            // The usage history counts real tokens too, if the day is current.
-                            if let Some(cell) = inner
+                            // The usage history counts real tokens too, on the day it was sent.
+                            let cell = inner
                                 .models
                                 .get_mut(lease.model_slot() as usize)
-                                .and_then(|m| m.today.get_mut(k))
-                                && cell.day_start_ms <= lease.second() * 1000
-                            {
-                                cell.tokens = cell.tokens.saturating_add_signed(delta);
+                                .and_then(|m| m.today.get_mut(k));
+                            if let Some(row) = sent_day_row(
+                                cell,
+                                &mut inner.past,
+                                k as u32,
+                                lease.model_slot(),
+                                lease.second() * 1000,
+                            ) {
+                                *row.tokens = row.tokens.saturating_add_signed(delta);
                             }
                         }
                     }

@@ -91,7 +91,8 @@ impl RedisLedger {
                 int(2),
                 demand,
                 int(3) == 1,
-                0,
+                // The scope hash's generation: a reset or restore since makes the lease stale.
+                int(5).max(0) as u64,
             ));
         }
         let (retry_at, why, n_off, disabled_csv) = (int(1), text(2), int(3), text(4));
@@ -186,7 +187,9 @@ impl RedisLedger {
         let (code, real, kind, retry, qv, reason) = match outcome {
             Outcome::Success { input_tokens } => (
                 "ok",
-                input_tokens.map_or(-1, |t| t as i64),
+                input_tokens.map_or(-1, |t| {
+                    t.min(keyturn_core::outcome::MAX_SETTLED_TOKENS) as i64
+                }),
                 "none",
                 -1,
                 -1,
@@ -246,6 +249,7 @@ impl RedisLedger {
                 .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         );
         inv.arg(lease.requests());
+        inv.arg(lease.epoch());
         if code == "pdead" {
             let same: Vec<&String> = self
                 .candidates

@@ -7,16 +7,25 @@ use super::*;
 impl RedisLedger {
     /// The state; `with_history` adds the usage history and the warning marks.
     pub(super) async fn read_snapshot(&self, with_history: bool) -> Result<Snapshot, LedgerError> {
+        self.read_scopes_of(&self.known_models(), with_history)
+            .await
+    }
+
+    /// The state with the scopes of `models` only (a refusal's words need one model's).
+    async fn read_scopes_of(
+        &self,
+        models: &[String],
+        with_history: bool,
+    ) -> Result<Snapshot, LedgerError> {
         let now = self.now().await?;
         let mut conn = self.conn.clone();
         // Every key's, scope's and project's hash in one round trip (the monitor reads status
         // every second): keys, then (counters, learned) per model and project, then projects.
-        let models = self.known_models();
         let mut pipe = redis::pipe();
         for (_, e) in self.keys.iter() {
             pipe.hgetall(format!("{}k:{}", self.prefix, e.fingerprint()));
         }
-        for model in &models {
+        for model in models {
             for project in &self.projects {
                 pipe.hgetall(self.scope_key(model, project))
                     .hgetall(self.learned_key(model, project));
@@ -49,7 +58,7 @@ impl RedisLedger {
             });
         }
         let mut scopes = Vec::new();
-        for model in &models {
+        for model in models {
             for project in &self.projects {
                 let (h, l) = (next()?, next()?);
                 scopes.push(self.parse_scope(model, project, h, l));
@@ -98,7 +107,8 @@ impl RedisLedger {
         for d in &days {
             pipe.hgetall(self.usage_key(d));
         }
-        let hashes: Vec<HashMap<String, i64>> = pipe
+        // Read as text: a field something else wrote that is not an integer hides only itself.
+        let hashes: Vec<HashMap<String, String>> = pipe
             .query_async(conn)
             .await
             .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
@@ -117,6 +127,9 @@ impl RedisLedger {
                     continue;
                 };
                 let Some((fp, model)) = rest.split_once('|') else {
+                    continue;
+                };
+                let Ok(v) = v.parse::<i64>() else {
                     continue;
                 };
                 let row = rows.entry((fp.to_owned(), model.to_owned())).or_default();
@@ -186,9 +199,10 @@ impl RedisLedger {
         // Only what the answer needs, in one round trip: per live project, the model's scope,
         // what was learned for it, and the project's switch-off (a refused request must not
         // cost a whole snapshot read).
-        let now = match self.now().await {
-            Ok(n) => n,
-            Err(e) => return format!("(could not read why: {e})"),
+        // The words go to proxy clients too: a failure here names no server.
+        const UNREAD: &str = "(why could not be read: the quota ledger did not answer)";
+        let Ok(now) = self.now().await else {
+            return UNREAD.to_owned();
         };
         let mut pipe = redis::pipe();
         for p in &projects {
@@ -197,9 +211,11 @@ impl RedisLedger {
                 .hgetall(self.project_key(p));
         }
         let mut conn = self.conn.clone();
-        let hashes: Vec<HashMap<String, String>> = match pipe.query_async(&mut conn).await {
-            Ok(h) => h,
-            Err(e) => return format!("(could not read why: {})", backend(&self.server, &e)),
+        let Ok(hashes) = pipe
+            .query_async::<Vec<HashMap<String, String>>>(&mut conn)
+            .await
+        else {
+            return UNREAD.to_owned();
         };
         let whys: Vec<String> = projects
             .iter()

@@ -158,6 +158,9 @@ end
 if pick ~= nil then
   if policy == 'w' then redis.call('HINCRBY', P .. 'w:' .. model, pick_fp, -wtotal) end
   local rec = record(pick_s, nreq, ntok)
+  -- The scope hash's generation, new whenever a reset or a restore replaced the hash: the
+  -- lease carries it, and a lease of an older generation corrects none of its counters.
+  if pick_s.f.gen == nil then put(pick_s, 'gen', redis.call('INCR', P .. 'gen')) end
   local uk = P .. 'u:' .. day_start
   redis.call('HINCRBY', uk, pick_fp .. '|' .. model .. '|r', nreq)
   redis.call('HINCRBY', uk, pick_fp .. '|' .. model .. '|t', ntok)
@@ -179,7 +182,7 @@ if pick ~= nil then
     probe = 1
   end
   writeback()
-  return { 1, tonumber(pick), rec, probe, now }
+  return { 1, tonumber(pick), rec, probe, now, pick_s.f.gen }
 end
 
 -- Nothing fits: why, and when the earliest key can serve again.

@@ -7,7 +7,9 @@
 --   P.."k:"..fp                 key health: dis, dis_at, bs (closed|open|half), bu, bp, bf, bt
 --   P.."s:"..model.."|"..proj   scope counters: head, sr, sk, t<slot>, r<slot>, k<slot>, dk, dc, dt, cd, ex,
 --                               ds, dx (of the day's dc: served, refused),
---                               pr (second of a re-probe out through this scope, a hint for settle)
+--                               pr (second of a re-probe out through this scope, a hint for settle),
+--                               gen (the hash's generation, from P.."gen" when an acquire finds none:
+--                               a lease settles its corrections only while it is unchanged)
 --                               (expires by itself after its window, day and cooldowns)
 --   P.."l:"..model.."|"..proj   learned limits: rpm, tpm, rpd, tpd (rpd = 0: the model is off for the
 --                               project), until (when they expire: forgotten, or for a switch-off,
@@ -19,6 +21,7 @@
 --                               fp|model|s and |x (of those, served and refused) and
 --                               fp|model|t (input tokens); expires 30 days after the day ends
 --   P.."n:"..id                 a warning already sent (SET NX), expiring at the end of its day
+--   P.."gen"                    the last scope-hash generation handed out (INCR; never reset)
 
 local W = 61
 local DAY = 86400000
@@ -94,9 +97,9 @@ end
 
 -- Loads a scope's sums, flags, cached learned limits and the bucket of second `now_sec`:
 -- all the hot path reads, in one command.
-local SCALARS = { 'head', 'sr', 'sk', 'dk', 'dc', 'dt', 'ds', 'dx', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'ltpd', 'luntil', 'pr' }
+local SCALARS = { 'head', 'sr', 'sk', 'dk', 'dc', 'dt', 'ds', 'dx', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'ltpd', 'luntil', 'pr', 'gen' }
 -- Fields that survive the window being cleared.
-local KEEP = { 'dk', 'dc', 'dt', 'ds', 'dx', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'ltpd', 'luntil', 'pr' }
+local KEEP = { 'dk', 'dc', 'dt', 'ds', 'dx', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'ltpd', 'luntil', 'pr', 'gen' }
 
 -- A switch-off's gate: 'open' (not off), 'probe' (its time is up and no re-probe is out: one
 -- request may go), 'wait' (a re-probe is out until the deadline returned second: its answer

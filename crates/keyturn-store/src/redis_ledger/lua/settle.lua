@@ -3,8 +3,9 @@
 -- outcome (ok|thr|off|poff|dead|pdead|trans|fault), real tokens (-1 unknown), throttle kind
 -- (rpm|tpm|rpd|tpd|none), retry_after_ms (-1), quota_value (-1), dead reason, probe (0|1),
 -- failure_threshold, base_cooldown_ms, max_cooldown_ms, default_cooldown_ms, b0..b3,
--- relearn_after_ms (-1: until the next Pacific midnight), the lease's request count, then m and
--- the m fingerprints of the project's keys (pdead disables each).
+-- relearn_after_ms (-1: until the next Pacific midnight), the lease's request count, the
+-- generation of the scope hash it was admitted under, then m and the m fingerprints of the
+-- project's keys (pdead disables each).
 -- Returns the state changes as a list of words: closed, opened, disabled, cooling, exhausted,
 -- off, project-off, back, project-back.
 
@@ -30,6 +31,9 @@ local sk = P .. 's:' .. model .. '|' .. project
 local lk = P .. 'l:' .. model .. '|' .. project
 local pk = P .. 'p:' .. project
 local events = {}
+-- Whether the scope's counters are still those the lease was admitted under: a reset or a
+-- restore since replaced them, and the lease corrects none of the new ones.
+local current = redis.call('HGET', sk, 'gen') == ARGV[25]
 
 -- A re-probe through an expired switch-off: its answer decides the switch. 'serves': the model
 -- served or named a real quota (model and project are back); 'project': the model is off but
@@ -87,18 +91,20 @@ if outcome == 'ok' then
     if redis.call('EXISTS', uk) == 1 then
       redis.call('HINCRBY', uk, fp .. '|' .. model .. '|t', real - reserved)
     end
-    local slot = sec % W
-    local h = redis.call('HMGET', sk, 't' .. slot, 'r' .. slot, 'k' .. slot, 'head', 'sk')
-    local t, r, k, head, sum = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0, tonumber(h[4]), tonumber(h[5]) or 0
-    if t == sec and head ~= nil and sec <= head and sec > head - W and (r > 0 or k > 0) then
-      local delta = real - reserved
-      if delta < 0 then delta = -math.min(-delta, k) end
-      redis.call('HSET', sk, 'k' .. slot, k + delta, 'sk', sum + delta)
-    end
-    -- The day's tokens too, if the request was admitted on the day being counted.
-    local d = redis.call('HMGET', sk, 'dk', 'dt')
-    if tonumber(d[1]) == day_of(sec * 1000, b0, b1, b2, b3) and d[2] then
-      redis.call('HSET', sk, 'dt', math.max(tonumber(d[2]) + real - reserved, 0))
+    if current then
+      local slot = sec % W
+      local h = redis.call('HMGET', sk, 't' .. slot, 'r' .. slot, 'k' .. slot, 'head', 'sk')
+      local t, r, k, head, sum = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0, tonumber(h[4]), tonumber(h[5]) or 0
+      if t == sec and head ~= nil and sec <= head and sec > head - W and (r > 0 or k > 0) then
+        local delta = real - reserved
+        if delta < 0 then delta = -math.min(-delta, k) end
+        redis.call('HSET', sk, 'k' .. slot, k + delta, 'sk', sum + delta)
+      end
+      -- The day's tokens too, if the request was admitted on the day being counted.
+      local d = redis.call('HMGET', sk, 'dk', 'dt')
+      if tonumber(d[1]) == day_of(sec * 1000, b0, b1, b2, b3) and d[2] then
+        redis.call('HSET', sk, 'dt', math.max(tonumber(d[2]) + real - reserved, 0))
+      end
     end
   end
   breaker_success()
@@ -151,12 +157,12 @@ elseif outcome == 'dead' then
     events[#events + 1] = 'disabled'
   end
 elseif outcome == 'pdead' then
-  local m = tonumber(ARGV[25]) or 0
+  local m = tonumber(ARGV[26]) or 0
   for i = 1, m do
-    local k = P .. 'k:' .. ARGV[25 + i]
+    local k = P .. 'k:' .. ARGV[26 + i]
     if redis.call('HSETNX', k, 'dis', reason) == 1 then
       redis.call('HSET', k, 'dis_at', now)
-      events[#events + 1] = 'disabled:' .. ARGV[25 + i]
+      events[#events + 1] = 'disabled:' .. ARGV[26 + i]
     end
   end
 elseif outcome == 'trans' then
@@ -191,7 +197,7 @@ elseif outcome == 'thr' or outcome == 'off' or outcome == 'poff' or outcome == '
 end
 if answered ~= nil then
   local sent_day = day_of(sec * 1000, b0, b1, b2, b3)
-  if tonumber(redis.call('HGET', sk, 'dk')) == sent_day then
+  if current and tonumber(redis.call('HGET', sk, 'dk')) == sent_day then
     redis.call('HINCRBY', sk, 'd' .. answered, nreq)
   end
   local uk = P .. 'u:' .. sent_day
