@@ -196,7 +196,11 @@ fn shape(l: &ModelLimits, tokens: f64) -> Shape {
         v.map(|v| {
             let v = v as f64;
             let n = if tokens_based {
-                if tokens > 0.0 { v / tokens } else { f64::INFINITY }
+                if tokens > 0.0 {
+                    v / tokens
+                } else {
+                    f64::INFINITY
+                }
             } else {
                 v
             };
@@ -382,15 +386,13 @@ fn plan_model(w: &Work, scopes: &[&Capacity], now_ms: i64) -> ModelPlan {
             }
         }
         if left > EPS {
-            blocked = Some(format!(
-                "{} would take more than {MAX_DAYS} days",
-                w.model
-            ));
+            blocked = Some(format!("{} would take more than {MAX_DAYS} days", w.model));
         } else if finish_ms.is_none() {
             finish_ms = Some(t.round() as i64);
         }
     }
 
+    let shares = whole_requests(&served, if finish_ms.is_some() { w.requests } else { 0 });
     let price = price_of(&w.model).copied();
     let per_request = |total: u64| {
         if w.requests > 0 {
@@ -405,7 +407,7 @@ fn plan_model(w: &Work, scopes: &[&Capacity], now_ms: i64) -> ModelPlan {
         .enumerate()
         .map(|(i, c)| {
             let s = &shapes[i];
-            let requests = served[i].round() as u64;
+            let requests = shares[i];
             let used_a_day = runs_out[i].is_some()
                 || (finish_ms.is_some_and(|f| days_between(now_ms, f) > 1) && requests > 0);
             let binds = if !usable[i] || requests == 0 {
@@ -456,6 +458,32 @@ fn plan_model(w: &Work, scopes: &[&Capacity], now_ms: i64) -> ModelPlan {
         blocked,
         price,
     }
+}
+
+/// Whole requests per scope from the fluid shares, summing to `total` when the work is done
+/// (largest remainders first), so the table adds up.
+fn whole_requests(served: &[f64], total: u64) -> Vec<u64> {
+    let mut whole: Vec<u64> = served.iter().map(|x| x.floor().max(0.0) as u64).collect();
+    if total == 0 {
+        return whole;
+    }
+    let mut order: Vec<usize> = (0..served.len()).collect();
+    order.sort_by(|&a, &b| {
+        let ra = served[a] - served[a].floor();
+        let rb = served[b] - served[b].floor();
+        rb.total_cmp(&ra).then(a.cmp(&b))
+    });
+    let mut missing = total.saturating_sub(whole.iter().sum());
+    for i in order.into_iter().cycle().take(served.len() * 2) {
+        if missing == 0 {
+            break;
+        }
+        if served[i] > 0.0 {
+            whole[i] += 1;
+            missing -= 1;
+        }
+    }
+    whole
 }
 
 /// At today's pace, when a scope runs out of its day (Unix ms): `None` if its day cap outlasts
@@ -628,6 +656,10 @@ mod tests {
         assert_eq!(m.finish_ms, Some(now + 30 * 60_000));
         assert_eq!(m.scopes[0].requests, 300);
         assert_eq!(m.scopes[1].requests, 300);
+        // An odd count still adds up.
+        let odd = plan(&[work(M, 17, 17)], &[cap("a", M, l), cap("b", M, l)], now);
+        let shares: Vec<u64> = odd.models[0].scopes.iter().map(|s| s.requests).collect();
+        assert_eq!(shares.iter().sum::<u64>(), 17, "{shares:?}");
     }
 
     #[test]
@@ -721,10 +753,7 @@ mod tests {
         let mut c = cap("p", M, ModelLimits::new(60, 1_000_000, 1_000));
         c.rpd_used = 400;
         // 600 left at 2 a minute: 300 minutes, 15:00 PT, before midnight.
-        assert_eq!(
-            runs_out_today(&c, 2.0, 0.0, now),
-            Some(now + 300 * 60_000)
-        );
+        assert_eq!(runs_out_today(&c, 2.0, 0.0, now), Some(now + 300 * 60_000));
         // At 0.5 a minute it outlasts the day.
         assert_eq!(runs_out_today(&c, 0.5, 0.0, now), None);
         // Switched off: out now.
