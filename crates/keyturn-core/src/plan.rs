@@ -318,6 +318,12 @@ fn plan_model(w: &Work, scopes: &[&Capacity], now_ms: i64) -> ModelPlan {
             .zip(&shapes)
             .map(|(c, s)| left_today(c, s, tokens))
             .collect();
+        // A scope whose day is already spent ran out before now.
+        for (i, r) in room.iter().enumerate() {
+            if usable[i] && *r < 1.0 {
+                runs_out[i] = Some(now_ms);
+            }
+        }
         let mut first_day = true;
         let mut n_days = 0;
         // Work that remains below this is done: floating point leaves crumbs.
@@ -620,6 +626,13 @@ mod tests {
         assert_eq!(m.days, 2);
         assert_eq!(m.pauses.len(), 1);
         assert_eq!(m.finish_ms, Some(ms("2026-12-02T08:00:10Z")));
+        assert_eq!(m.scopes[0].runs_out_today_ms, Some(now + 10_000));
+        // A day already spent ran out before now.
+        let mut spent = cap("p", M, ModelLimits::new(60, 1_000_000, 100));
+        spent.rpd_used = 100;
+        let p = plan(&[work(M, 20, 2_000)], &[spent], now);
+        assert_eq!(p.models[0].scopes[0].runs_out_today_ms, Some(now));
+        assert_eq!(p.models[0].scopes[0].binds, Some(Limit::Rpd));
         // Without the spent part it fits today.
         let fresh = plan(
             &[work(M, 20, 2_000)],

@@ -188,14 +188,23 @@ async fn a_plan_sends_nothing_and_counts_what_the_seed_then_sends() {
     );
     let flash2 = model(&again, FLASH);
     assert_eq!(flash2["pauses"][0]["from_ms"], again["plan"]["at_ms"]);
+    for s in flash2["scopes"].as_array().unwrap() {
+        assert_eq!(s["runs_out_today_ms"], again["plan"]["at_ms"], "{s}");
+    }
     assert!(flash2["days"].as_u64().unwrap() >= 2, "{flash2}");
-    // Finished episodes are left out.
+    // Finished episodes (those with an episode file the checkpoint vouches for) are left out.
+    let files = std::fs::read_dir(w.dir.path().join("out/episodes"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "json"))
+        })
+        .count() as u64;
+    assert!(files >= 1, "the first day finished an episode");
     let done = again["inputs"]["already_done"].as_u64().unwrap();
-    assert_eq!(
-        done + again["inputs"]["pending"].as_u64().unwrap(),
-        5,
-        "{again}"
-    );
+    assert_eq!(done, files, "{again}");
+    assert_eq!(again["inputs"]["pending"].as_u64().unwrap(), 5 - files);
+    assert!(flash2["requests"].as_u64().unwrap() < planned);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
