@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::graph::episode_id;
 use crate::run::{
-    CHECKPOINT_DIR, Discovered, SeedOptions, chunks_of, discover, extraction_request,
+    CHECKPOINT_DIR, Discovered, Item, SeedOptions, chunks_of, discover, extraction_request,
     verify_episode_file,
 };
 
@@ -78,8 +78,7 @@ pub fn demand(opts: &SeedOptions, batch_size: usize) -> Result<Demand, String> {
             recorded.entry(r.hash.as_str()).or_default().push(sha);
         }
     }
-    let batch = batch_size.clamp(1, keyturn_embeddings::MAX_BATCH) as u64;
-    let (mut x_tokens, mut e_requests, mut e_tokens) = (0u64, 0u64, 0u64);
+    let mut pending = Vec::new();
     for item in &items {
         // Done as `seed` decides it: same content hash, and the episode file still what was
         // written.
@@ -96,6 +95,24 @@ pub fn demand(opts: &SeedOptions, batch_size: usize) -> Result<Demand, String> {
                 continue;
             }
         }
+        pending.push(item.clone());
+    }
+    count(&pending, opts, batch_size, &mut d);
+    Ok(d)
+}
+
+/// What a seed of `items` (none of them done) would ask of each model: [`Demand::work`], the
+/// extraction model first. The seed's progress line plans the rest of its run from it.
+pub fn work_of(items: &[Item], opts: &SeedOptions) -> Vec<Work> {
+    let mut d = Demand::default();
+    count(items, opts, keyturn_embeddings::MAX_BATCH, &mut d);
+    d.work
+}
+
+fn count(items: &[Item], opts: &SeedOptions, batch_size: usize, d: &mut Demand) {
+    let batch = batch_size.clamp(1, keyturn_embeddings::MAX_BATCH) as u64;
+    let (mut x_tokens, mut e_requests, mut e_tokens) = (0u64, 0u64, 0u64);
+    for item in items {
         let Ok(bytes) = std::fs::read(&item.source) else {
             d.skipped += 1;
             continue;
@@ -133,7 +150,6 @@ pub fn demand(opts: &SeedOptions, batch_size: usize) -> Result<Demand, String> {
             output_tokens: 0,
         },
     ];
-    Ok(d)
 }
 
 /// The capacity of every (project, model) scope the work names: from the ledger's status where

@@ -897,6 +897,7 @@ pub async fn run_seed(
         invalid: AtomicUsize::new(0),
         clock: clock.clone(),
     };
+    progress.expect(crate::plan::work_of(&pending, &opts));
     progress.start(
         pending.len() as u64,
         services.ledger.clone(),

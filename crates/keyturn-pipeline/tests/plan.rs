@@ -177,6 +177,12 @@ async fn a_plan_sends_nothing_and_counts_what_the_seed_then_sends() {
     let o = w.seed().await;
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert_eq!(w.admitted(FLASH), 2 * FLASH_RPD);
+    // Its progress lines carry the planner's ETA.
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(" · ETA: "),
+        "{}",
+        text(&o)
+    );
 
     // What today spent is not there again: the rest waits for midnight, one day fewer.
     let stats_before = w.stats()["responses"].as_u64();
