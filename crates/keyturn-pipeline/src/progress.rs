@@ -112,10 +112,10 @@ pub fn remaining(
         .map(|(i, w)| {
             let requests = if i == 0 {
                 w.requests.saturating_sub(chunks_done)
-            } else if episodes == 0 {
-                0
             } else {
-                w.requests * episodes_left / episodes
+                (w.requests * episodes_left)
+                    .checked_div(episodes)
+                    .unwrap_or(0)
             };
             let (sent, tokens) = st
                 .scopes
