@@ -425,7 +425,7 @@ fn plan_model(w: &Work, scopes: &[&Capacity], now_ms: i64) -> ModelPlan {
             };
             let billed = c.tier != Tier::Free;
             let cost = match (&price, billed) {
-                (Some(p), true) => p.cost(served[i] * in_per, served[i] * out_per),
+                (Some(p), true) => p.cost(requests as f64 * in_per, requests as f64 * out_per),
                 _ => 0.0,
             };
             ScopePlan {

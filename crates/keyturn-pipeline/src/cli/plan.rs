@@ -147,8 +147,13 @@ pub(super) async fn cmd_plan(g: &Global, env: &Env, cwd: &Path, a: PlanArgs) -> 
     ExitCode::SUCCESS
 }
 
+/// Dollars: cents, or four places below a dollar so a small job does not read as free.
 fn usd(x: f64) -> String {
-    format!("${x:.2}")
+    if x > 0.0 && x < 1.0 {
+        format!("${x:.4}")
+    } else {
+        format!("${x:.2}")
+    }
 }
 
 fn print_model(m: &ModelPlan) {
