@@ -136,7 +136,10 @@ pub struct ModelPlan {
     pub scopes: Vec<ScopePlan>,
     /// When the last request would go (Unix ms); `None` if it never can ([`Self::blocked`]).
     pub finish_ms: Option<i64>,
-    /// Pacific days the model's work touches, today included (0 for no work).
+    /// When the first request could go (Unix ms): now, or the next midnight if today is spent.
+    pub starts_ms: Option<i64>,
+    /// Pacific days on which the model's requests go, from its start to its finish (0 for no
+    /// work).
     pub days: u32,
     /// Waits for midnight on the way.
     pub pauses: Vec<Pause>,
@@ -160,7 +163,7 @@ pub struct Plan {
     /// When the whole job would be done (the last model's finish); `None` if some model is
     /// blocked.
     pub finish_ms: Option<i64>,
-    /// Pacific days the job touches, today included.
+    /// Pacific days on which the job sends requests, from the first to the last.
     pub days: u32,
     /// Estimated cost, interactive (USD).
     pub cost_usd: f64,
@@ -256,7 +259,14 @@ pub fn plan(work: &[Work], capacity: &[Capacity], now_ms: i64) -> Plan {
         )
     };
     let days = match finish_ms {
-        Some(f) if models.iter().any(|m| m.requests > 0) => days_between(now_ms, f),
+        Some(f) if models.iter().any(|m| m.requests > 0) => days_between(
+            models
+                .iter()
+                .filter_map(|m| m.starts_ms)
+                .min()
+                .unwrap_or(now_ms),
+            f,
+        ),
         _ => models.iter().map(|m| m.days).max().unwrap_or(0),
     };
     Plan {
@@ -445,12 +455,18 @@ fn plan_model(w: &Work, scopes: &[&Capacity], now_ms: i64) -> ModelPlan {
             }
         })
         .collect();
+    // A day already spent sends nothing: the work starts after the first pause.
+    let starts_ms = match pauses.first() {
+        Some(p) if p.from_ms <= now_ms => p.until_ms,
+        _ => now_ms,
+    };
     let days = match (finish_ms, w.requests) {
         (_, 0) => 0,
-        (Some(f), _) => days_between(now_ms, f),
+        (Some(f), _) => days_between(starts_ms, f),
         (None, _) => 0,
     };
     ModelPlan {
+        starts_ms: (w.requests > 0 && blocked.is_none()).then_some(starts_ms),
         model: w.model.clone(),
         requests: w.requests,
         input_tokens: w.input_tokens,
@@ -633,6 +649,10 @@ mod tests {
         let p = plan(&[work(M, 20, 2_000)], &[spent], now);
         assert_eq!(p.models[0].scopes[0].runs_out_today_ms, Some(now));
         assert_eq!(p.models[0].scopes[0].binds, Some(Limit::Rpd));
+        // Nothing goes today: the work starts at midnight and takes one day.
+        assert_eq!(p.models[0].starts_ms, Some(ms("2026-12-02T08:00:00Z")));
+        assert_eq!(p.models[0].days, 1);
+        assert_eq!(p.days, 1);
         // Without the spent part it fits today.
         let fresh = plan(
             &[work(M, 20, 2_000)],
@@ -715,7 +735,7 @@ mod tests {
         let m = &p.models[0];
         assert_eq!(m.pauses[0].from_ms, now);
         assert_eq!(m.finish_ms, Some(ms("2026-12-02T08:01:00Z")));
-        assert_eq!(m.days, 2);
+        assert_eq!(m.days, 1, "today sends nothing");
     }
 
     #[test]

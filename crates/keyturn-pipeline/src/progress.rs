@@ -76,12 +76,17 @@ pub fn eta(p: &Plan) -> String {
         .iter()
         .filter(|m| m.finish_ms == Some(finish))
         .max_by_key(|m| m.pauses.len());
-    let done = if p.days > 1 {
+    let today = keyturn_core::QuotaDay::containing(p.at_ms);
+    let done = if !today.contains(finish) {
         pacific_time(finish, "%a %H:%M PT")
     } else {
         pacific_time(finish, "%H:%M PT")
     };
     match last.and_then(|m| m.pauses.first()) {
+        Some(pause) if pause.from_ms <= p.at_ms => format!(
+            "ETA: out of quota for today, resumes {}, done ~{done}",
+            pacific_time(pause.until_ms, "%H:%M PT")
+        ),
         Some(pause) => {
             let more = match p.days {
                 0..=2 => String::new(),
@@ -354,6 +359,13 @@ mod tests {
         assert_eq!(
             eta(&plan(&[work(500)], &[cap(200)], now)),
             "ETA: pauses at ~14:20 PT, resumes 00:00 PT, done ~Thu 00:10 PT (3 Pacific days)"
+        );
+        // Today already spent.
+        let mut spent = cap(200);
+        spent.rpd_used = 200;
+        assert_eq!(
+            eta(&plan(&[work(100)], &[spent], now)),
+            "ETA: out of quota for today, resumes 00:00 PT, done ~Wed 00:10 PT"
         );
         let mut off = cap(200);
         off.off = true;
