@@ -25,6 +25,7 @@ pub mod cli;
 pub mod demo;
 pub mod graph;
 pub mod outdir;
+pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod run;

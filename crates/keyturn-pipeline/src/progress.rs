@@ -1,5 +1,6 @@
 //! What the user sees while seeding: an indicatif bar (episodes, chunks, requests/s, keys usable /
-//! cooling / exhausted / disabled) on a terminal; plain lines every few seconds otherwise.
+//! cooling / exhausted / disabled, and an ETA from `keyturn plan`'s planner that knows about
+//! quota days) on a terminal; plain lines every few seconds otherwise.
 
 #![allow(clippy::print_stderr)] // this module is the binary's UI
 
@@ -8,7 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use keyturn_core::{BreakerState, Clock, PoolStatus, QuotaLedger, ScopeState};
+use keyturn_core::plan::{Plan, Work, plan};
+use keyturn_core::{BreakerState, Clock, LimitTable, PoolStatus, QuotaLedger, ScopeState};
 use keyturn_gemini::GeminiCall;
 
 use crate::term::safe;
@@ -52,12 +54,103 @@ pub fn key_states(st: &PoolStatus, model: &str) -> KeyStates {
     k
 }
 
+fn pacific_time(ms: i64, format: &str) -> String {
+    let ts = keyturn_core::clock::ms_to_timestamp(ms);
+    jiff::tz::db()
+        .get(keyturn_core::pacific::QUOTA_TIME_ZONE)
+        .map(|tz| ts.to_zoned_datetime(tz).strftime(format).to_string())
+        .unwrap_or_else(|_| ts.to_string())
+}
+
+/// The ETA a plan gives, in Pacific time, saying when the run will pause for the day: "done
+/// ~15:10 PT", or "pauses at ~14:20 PT, resumes 00:00 PT, done ~Thu 03:10 PT".
+pub fn eta(p: &Plan) -> String {
+    if let Some(why) = p.models.iter().find_map(|m| m.blocked.as_deref()) {
+        return format!("ETA: cannot finish ({why})");
+    }
+    let Some(finish) = p.finish_ms else {
+        return "ETA: unknown".into();
+    };
+    let last = p
+        .models
+        .iter()
+        .filter(|m| m.finish_ms == Some(finish))
+        .max_by_key(|m| m.pauses.len());
+    let today = keyturn_core::QuotaDay::containing(p.at_ms);
+    let done = if !today.contains(finish) {
+        pacific_time(finish, "%a %H:%M PT")
+    } else {
+        pacific_time(finish, "%H:%M PT")
+    };
+    match last.and_then(|m| m.pauses.first()) {
+        Some(pause) if pause.from_ms <= p.at_ms => format!(
+            "ETA: out of quota for today, resumes {}, done ~{done}",
+            pacific_time(pause.until_ms, "%H:%M PT")
+        ),
+        Some(pause) => {
+            let more = match p.days {
+                0..=2 => String::new(),
+                d => format!(" ({d} Pacific days)"),
+            };
+            format!(
+                "ETA: pauses at ~{}, resumes {}, done ~{done}{more}",
+                pacific_time(pause.from_ms, "%H:%M PT"),
+                pacific_time(pause.until_ms, "%H:%M PT")
+            )
+        }
+        None => format!("ETA: done ~{done}"),
+    }
+}
+
+/// What is left of the run's work: extraction requests less the chunks done, embeddings in
+/// proportion to the episodes left; input tokens per request from today's real counts of each
+/// model where the ledger has them, else the estimate.
+pub fn remaining(
+    work: &[Work],
+    chunks_done: u64,
+    episodes_left: u64,
+    episodes: u64,
+    st: &PoolStatus,
+) -> Vec<Work> {
+    work.iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let requests = if i == 0 {
+                w.requests.saturating_sub(chunks_done)
+            } else {
+                (w.requests * episodes_left)
+                    .checked_div(episodes)
+                    .unwrap_or(0)
+            };
+            let (sent, tokens) = st
+                .scopes
+                .iter()
+                .filter(|s| s.model == w.model)
+                .fold((0, 0), |(r, t), s| (r + s.rpd_used, t + s.tpd_used));
+            let per = if sent > 0 && tokens > 0 {
+                tokens as f64 / sent as f64
+            } else if w.requests > 0 {
+                w.input_tokens as f64 / w.requests as f64
+            } else {
+                0.0
+            };
+            Work {
+                model: w.model.clone(),
+                requests,
+                input_tokens: (per * requests as f64).round() as u64,
+                output_tokens: 0,
+            }
+        })
+        .collect()
+}
+
 /// The progress display.
 #[derive(Debug)]
 pub struct Progress {
     bar: ProgressBar,
     tty: bool,
     chunks: Arc<AtomicUsize>,
+    work: Arc<std::sync::Mutex<Vec<Work>>>,
     ticker: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -77,6 +170,7 @@ impl Progress {
             bar,
             tty,
             chunks: Arc::default(),
+            work: Arc::default(),
             ticker: std::sync::Mutex::new(None),
         }
     }
@@ -93,6 +187,7 @@ impl Progress {
         self.bar.set_length(total);
         let bar = self.bar.clone();
         let chunks = self.chunks.clone();
+        let work = self.work.clone();
         let tty = self.tty;
         let model = model.to_owned();
         let every = if tty {
@@ -110,10 +205,42 @@ impl Progress {
                 let keys = match ledger.status().await {
                     Ok(st) => {
                         let k = key_states(&st, &model);
-                        format!(
+                        let mut line = format!(
                             "keys {} usable, {} cooling, {} exhausted, {} disabled",
                             k.usable, k.cooling, k.exhausted, k.disabled
-                        )
+                        );
+                        let work = work.lock().map(|w| w.clone()).unwrap_or_default();
+                        if !work.is_empty() {
+                            let total = bar.length().unwrap_or(0);
+                            let left = remaining(
+                                &work,
+                                chunks.load(Ordering::Relaxed) as u64,
+                                total.saturating_sub(bar.position()),
+                                total,
+                                &st,
+                            );
+                            // A model's scopes, with its configured limits, are in the status
+                            // once the run has sent to it: the ETA counts the models seen so far.
+                            let left: Vec<Work> = left
+                                .into_iter()
+                                .filter(|w| st.scopes.iter().any(|s| s.model == w.model))
+                                .collect();
+                            line.push_str(" · ");
+                            if left.is_empty() {
+                                line.push_str("ETA: after the first requests");
+                            } else {
+                                let models: Vec<&str> =
+                                    left.iter().map(|w| w.model.as_str()).collect();
+                                let caps = crate::plan::capacity(
+                                    &models,
+                                    &ledger.keys(),
+                                    &LimitTable::builtin(),
+                                    Some(&st),
+                                );
+                                line.push_str(&eta(&plan(&left, &caps, clock.now_ms())));
+                            }
+                        }
+                        line
                     }
                     Err(e) => format!("keys unknown ({})", safe(&e.to_string())),
                 };
@@ -135,6 +262,14 @@ impl Progress {
         });
         if let Ok(mut t) = self.ticker.lock() {
             *t = Some(handle);
+        }
+    }
+
+    /// The work the run has ahead of it ([`crate::plan::work_of`] its pending episodes), for
+    /// the ETA.
+    pub fn expect(&self, work: Vec<Work>) {
+        if let Ok(mut w) = self.work.lock() {
+            *w = work;
         }
     }
 
@@ -171,5 +306,89 @@ impl Progress {
             h.abort();
         }
         self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keyturn_core::ModelLimits;
+    use keyturn_core::plan::Capacity;
+
+    fn ms(s: &str) -> i64 {
+        s.parse::<jiff::Timestamp>().unwrap().as_millisecond()
+    }
+
+    fn cap(rpd: u64) -> Capacity {
+        Capacity {
+            project: "p".into(),
+            model: "m".into(),
+            limits: ModelLimits::new(10, 1_000_000, rpd),
+            tier: keyturn_core::Tier::Free,
+            rpd_used: 0,
+            tpd_used: 0,
+            off: false,
+            exhausted_today: false,
+        }
+    }
+
+    fn work(requests: u64) -> Work {
+        Work {
+            model: "m".into(),
+            requests,
+            input_tokens: requests * 100,
+            output_tokens: 0,
+        }
+    }
+
+    #[test]
+    fn the_eta_says_when_a_run_pauses_for_the_day_and_when_it_is_done() {
+        // 14:00 PT on Tuesday 2026-12-01.
+        let now = ms("2026-12-01T22:00:00Z");
+        // 20 minutes at 10 a minute.
+        assert_eq!(
+            eta(&plan(&[work(200)], &[cap(1_000)], now)),
+            "ETA: done ~14:20 PT"
+        );
+        // Today's 200 in 20 minutes, then midnight, then 10 minutes more.
+        assert_eq!(
+            eta(&plan(&[work(300)], &[cap(200)], now)),
+            "ETA: pauses at ~14:20 PT, resumes 00:00 PT, done ~Wed 00:10 PT"
+        );
+        // Two more days: said so.
+        assert_eq!(
+            eta(&plan(&[work(500)], &[cap(200)], now)),
+            "ETA: pauses at ~14:20 PT, resumes 00:00 PT, done ~Thu 00:10 PT (3 Pacific days)"
+        );
+        // Today already spent.
+        let mut spent = cap(200);
+        spent.rpd_used = 200;
+        assert_eq!(
+            eta(&plan(&[work(100)], &[spent], now)),
+            "ETA: out of quota for today, resumes 00:00 PT, done ~Wed 00:10 PT"
+        );
+        let mut off = cap(200);
+        off.off = true;
+        assert!(eta(&plan(&[work(5)], &[off], now)).starts_with("ETA: cannot finish"));
+    }
+
+    #[test]
+    fn what_remains_follows_the_run_and_its_real_token_counts() {
+        let st = PoolStatus {
+            at_ms: 0,
+            keys: Vec::new(),
+            scopes: Vec::new(),
+        };
+        let w = [
+            work(100),
+            Work {
+                model: "e".into(),
+                ..work(400)
+            },
+        ];
+        let left = remaining(&w, 40, 3, 4, &st);
+        assert_eq!(left[0].requests, 60);
+        assert_eq!(left[0].input_tokens, 6_000);
+        assert_eq!(left[1].requests, 300);
     }
 }

@@ -465,7 +465,7 @@ impl SeedError {
 /// recorded (any of `recorded`: items with the same content share one episode file), or, for a
 /// record from before hashes were kept, a file that reads back as this episode. `Ok(Some(sha))`
 /// asks the caller to record the hash it now knows.
-fn verify_episode_file(
+pub(crate) fn verify_episode_file(
     file: &Path,
     record: &keyturn_store::checkpoint::ItemRecord,
     recorded: &[&str],
@@ -530,6 +530,40 @@ fn classify_llm(model: &str, e: &LlmError) -> EpisodeError {
     }
 }
 
+/// The chunks a seed extracts from one transcript: parsed, short cues merged, chunked by the
+/// options (`keyturn plan` counts the same ones).
+pub(crate) fn chunks_of(
+    format: Format,
+    bytes: &[u8],
+    opts: &SeedOptions,
+) -> Result<Vec<transcript::Chunk>, String> {
+    let cues = transcript::parse(format, bytes).map_err(|e| e.to_string())?;
+    let cues = transcript::merge_short(cues, opts.merge_chars);
+    Ok(transcript::chunk(
+        &cues,
+        opts.chunk_tokens,
+        opts.overlap_cues,
+    ))
+}
+
+/// The extraction request a seed sends for one chunk (the JSON schema is added by
+/// `generate_json`; it is not input text): `keyturn plan` estimates its input tokens.
+pub(crate) fn extraction_request(
+    item: &Item,
+    c: &transcript::Chunk,
+    model: &str,
+) -> GenerateRequest {
+    let span = match (c.start_ms, c.end_ms) {
+        (Some(a), Some(b)) => format!(" ({}–{})", clock(a), clock(b)),
+        _ => String::new(),
+    };
+    let prompt = format!(
+        "Podcast: {}\nEpisode: {}\nTranscript excerpt{span}:\n\n{}",
+        item.podcast, item.title, c.text
+    );
+    GenerateRequest::new(model.to_owned(), prompt).system(EXTRACTION_INSTRUCTION)
+}
+
 struct Ctx {
     llm: Arc<dyn LlmService>,
     embeddings: Arc<dyn EmbeddingsService>,
@@ -543,11 +577,8 @@ async fn process(ctx: &Ctx, item: &Item) -> Result<Episode, EpisodeError> {
     let bytes =
         std::fs::read(&item.source).map_err(|e| EpisodeError::Skip(format!("cannot read: {e}")))?;
     let hash = hash_hex(&bytes);
-    let cues =
-        transcript::parse(item.format, &bytes).map_err(|e| EpisodeError::Skip(e.to_string()))?;
+    let chunks = chunks_of(item.format, &bytes, &ctx.opts).map_err(EpisodeError::Skip)?;
     drop(bytes);
-    let cues = transcript::merge_short(cues, ctx.opts.merge_chars);
-    let chunks = transcript::chunk(&cues, ctx.opts.chunk_tokens, ctx.opts.overlap_cues);
     let schema = extraction_schema();
     let model = ctx.opts.model.clone();
     let results: Vec<Result<(usize, Extraction), EpisodeError>> = futures::stream::iter(chunks.iter())
@@ -555,15 +586,7 @@ async fn process(ctx: &Ctx, item: &Item) -> Result<Episode, EpisodeError> {
             let schema = &schema;
             let model = &model;
             async move {
-                let span = match (c.start_ms, c.end_ms) {
-                    (Some(a), Some(b)) => format!(" ({}–{})", clock(a), clock(b)),
-                    _ => String::new(),
-                };
-                let prompt = format!(
-                    "Podcast: {}\nEpisode: {}\nTranscript excerpt{span}:\n\n{}",
-                    item.podcast, item.title, c.text
-                );
-                let req = GenerateRequest::new(model.clone(), prompt).system(EXTRACTION_INSTRUCTION);
+                let req = extraction_request(item, c, model);
                 let out = match ctx.llm.generate_json(&req, schema).await {
                     Ok((v, _)) => serde_json::from_value::<Extraction>(v).unwrap_or_else(|e| {
                         tracing::warn!(episode = %safe(&item.title), chunk = c.index, error = %safe(&e.to_string()), "extraction had an unexpected shape; chunk skipped");
@@ -869,6 +892,7 @@ pub async fn run_seed(
         invalid: AtomicUsize::new(0),
         clock: clock.clone(),
     };
+    progress.expect(crate::plan::work_of(&pending, &opts));
     progress.start(
         pending.len() as u64,
         services.ledger.clone(),

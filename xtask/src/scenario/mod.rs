@@ -8,6 +8,7 @@ mod crash;
 mod exhaustion;
 mod model_limits;
 mod multi_process;
+mod plan;
 mod project_sharing;
 mod recovery;
 mod secrets;
@@ -79,6 +80,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "secrets",
         shows: "no key anywhere on disk or in any output",
         run: |bin, r| Box::pin(secrets::run(bin, r)),
+    },
+    Scenario {
+        name: "plan",
+        shows: "keyturn plan sends nothing; a seed across rehearsed midnights matches it (requests within 10 %, days exact)",
+        run: |bin, r| Box::pin(plan::run(bin, r)),
     },
     Scenario {
         name: "wild-pool",

@@ -108,6 +108,12 @@ pub(super) enum Command {
         after_help = "Example:\n  keyturn seed podcasts/ --out graph-out --concurrency 4\n\nA rerun with the same --out skips finished episodes and redoes changed files."
     )]
     Seed(SeedArgs),
+    /// Before seeding: how long a seed of these inputs would take on this pool's quota, which
+    /// limit binds, how many Pacific days it spans, and what it would cost. Sends nothing.
+    #[command(
+        after_help = "Example:\n  keyturn plan podcasts/ --out graph-out\n  keyturn plan podcasts/ --out graph-out --batch --json\n\nThe inputs are read as seed reads them (same flags); what a checkpoint in --out says is done is left out.\nLimits are the pool's (configured, built-in, learned) and today's use is subtracted."
+    )]
+    Plan(PlanArgs),
     /// The pipeline on bundled sample transcripts against the built-in simulator (no key, no network).
     Demo(DemoArgs),
     /// The Gemini simulator alone.
@@ -232,6 +238,36 @@ pub(super) struct SeedArgs {
     pub setup: Setup,
     #[command(flatten)]
     pub metrics: MetricsFlag,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(super) struct PlanArgs {
+    /// Transcript files or folders, as for seed.
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// The seed's output folder: episodes its checkpoint says are done are left out.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Price the job at the Batch API's rate (half) instead of the interactive one.
+    #[arg(long)]
+    pub batch: bool,
+    /// JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Extraction model.
+    #[arg(long, default_value = crate::run::DEFAULT_MODEL)]
+    pub model: String,
+    /// Embedding model.
+    #[arg(long, default_value = crate::run::DEFAULT_EMBEDDING_MODEL)]
+    pub embedding_model: String,
+    /// Target tokens per chunk.
+    #[arg(long, default_value_t = 700)]
+    pub chunk_tokens: usize,
+    /// Also read transcripts through symbolic links to files outside the input folders.
+    #[arg(long)]
+    pub follow_links: bool,
+    #[command(flatten)]
+    pub setup: Setup,
 }
 
 #[derive(Debug, Clone, Args)]

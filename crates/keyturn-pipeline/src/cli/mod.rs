@@ -10,6 +10,7 @@
 mod args;
 mod export;
 mod keys;
+mod plan;
 mod seed;
 mod serve;
 mod sim;
@@ -160,6 +161,10 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Seed(a) => {
             let g = g(Some(&a.setup), Some(&a.metrics));
             seed::cmd_seed(&g, &env, &cwd, a).await
+        }
+        Command::Plan(a) => {
+            let g = g(Some(&a.setup), None);
+            plan::cmd_plan(&g, &env, &cwd, a).await
         }
         Command::Demo(a) => {
             let g = g(None, Some(&a.metrics));
