@@ -8,7 +8,7 @@ use std::path::Path;
 
 use keyturn_core::plan::{Capacity, Work};
 use keyturn_core::{KeyRing, LimitTable, PoolStatus, ScopeState};
-use keyturn_store::CheckpointStore;
+use keyturn_store::{CheckpointError, CheckpointStore};
 use serde::Serialize;
 
 use crate::graph::episode_id;
@@ -54,8 +54,8 @@ pub struct Demand {
 /// Reads the inputs as a seed would and counts what it would ask: extraction requests and
 /// their input tokens by the LLM service's own estimate, and embedding requests (chunks and
 /// assumed entities, in batches of `batch_size`). Reads, never writes: the output folder is
-/// not claimed, the checkpoint is only read.
-pub fn demand(opts: &SeedOptions, batch_size: usize) -> Result<Demand, String> {
+/// not claimed, the checkpoint is only read (a checkpoint that cannot be read is the error).
+pub fn demand(opts: &SeedOptions, batch_size: usize) -> Result<Demand, CheckpointError> {
     let Discovered { items, skipped, .. } = discover(&opts.inputs, opts.follow_links);
     let mut d = Demand {
         found: items.len(),
@@ -64,11 +64,7 @@ pub fn demand(opts: &SeedOptions, batch_size: usize) -> Result<Demand, String> {
     };
     let checkpoint_dir = opts.out.join(CHECKPOINT_DIR);
     let previous = if checkpoint_dir.is_dir() {
-        Some(
-            CheckpointStore::open(&checkpoint_dir)
-                .map_err(|e| e.to_string())?
-                .checkpoint(),
-        )
+        Some(CheckpointStore::open(&checkpoint_dir)?.checkpoint())
     } else {
         None
     };

@@ -10,10 +10,11 @@ use keyturn_services::{Env, key_ring, ledger_config};
 use serde::Serialize;
 
 use super::args::PlanArgs;
-use super::{EXIT_USAGE, Global, fail, load};
+use super::{Global, fail, load};
 use crate::plan::{
     Demand, ENTITIES_PER_CHUNK, ENTITY_TEXT_BYTES, EXTRACTION_OUTPUT_TOKENS, capacity, demand,
 };
+use crate::report::Outcome;
 use crate::run::SeedOptions;
 use crate::term::safe;
 
@@ -72,24 +73,24 @@ struct Assumptions {
 pub(super) async fn cmd_plan(g: &Global, env: &Env, cwd: &Path, a: PlanArgs) -> ExitCode {
     let cfg = match load(g, env, cwd, false) {
         Ok(c) => c,
-        Err(e) => return fail(EXIT_USAGE, e),
+        Err(e) => return fail(Outcome::Usage, e),
     };
     let keys = match key_ring(&cfg, env, cwd) {
         Ok((r, _)) => r,
-        Err(e) => return fail(EXIT_USAGE, e),
+        Err(e) => return fail(Outcome::Usage, e),
     };
     let limits = match ledger_config(&cfg) {
         Ok(l) => l.limits,
-        Err(e) => return fail(EXIT_USAGE, e),
+        Err(e) => return fail(Outcome::Usage, e),
     };
     let clock = match keyturn_services::clock(env) {
         Ok(c) => c,
-        Err(e) => return fail(EXIT_USAGE, e),
+        Err(e) => return fail(Outcome::Usage, e),
     };
     for input in &a.inputs {
         if !input.exists() {
             return fail(
-                EXIT_USAGE,
+                Outcome::Usage,
                 format!(
                     "input {} does not exist",
                     safe(&input.display().to_string())
@@ -110,12 +111,12 @@ pub(super) async fn cmd_plan(g: &Global, env: &Env, cwd: &Path, a: PlanArgs) -> 
     let batch_size = cfg.embeddings.batch_size;
     let d = match demand(&opts, batch_size) {
         Ok(d) => d,
-        Err(e) => return fail(1, e),
+        Err(e) => return fail(Outcome::from(&e), e),
     };
     let models = [a.model.as_str(), a.embedding_model.as_str()];
     let status = match keyturn_services::state::inspect(&cfg, env, cwd, &models).await {
         Ok(found) => found.map(|i| i.status),
-        Err(e) => return fail(1, e),
+        Err(e) => return fail(e.kind(), e),
     };
     let caps = capacity(&models, &keys, &limits, status.as_ref());
     let p = plan(&d.work, &caps, clock.now_ms());
