@@ -12,16 +12,29 @@ use super::{EXIT_USAGE, Global, fail, interrupts, load, service_exit, start_metr
 use crate::term::safe;
 
 pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -> ExitCode {
-    if let Some(ServeCommand::Token(TokenCommand::New { label })) = &a.command {
+    if let Some(ServeCommand::Token(TokenCommand::New { label, admin })) = &a.command {
         let (token, digest) = keyturn_proxy::new_token();
+        let (what, table) = if *admin {
+            (
+                "admin token (console and admin API)",
+                "[[serve.admin_tokens]]",
+            )
+        } else {
+            ("token", "[[serve.tokens]]")
+        };
         println!(
-            "token for {} (shown once; give it to the client as its API key):",
-            safe(label)
+            "{what} for {} (shown once; {}):",
+            safe(label),
+            if *admin {
+                "sign in to /console with it, or send it as Authorization: Bearer to /admin/"
+            } else {
+                "give it to the client as its API key"
+            }
         );
         println!("  {token}");
         println!();
         println!("add to keyturn.toml:");
-        println!("[[serve.tokens]]");
+        println!("{table}");
         // A JSON string is a valid TOML basic string, with every control character escaped.
         println!(
             "label = {}",
@@ -51,9 +64,17 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
             Err(e) => return fail(EXIT_USAGE, e),
         }
     }
+    let mut admin_tokens = Vec::new();
+    for t in &cfg.serve.admin_tokens {
+        match keyturn_proxy::parse_digest(&t.label, &t.sha256) {
+            Ok(d) => admin_tokens.push((t.label.clone(), d)),
+            Err(e) => return fail(EXIT_USAGE, e),
+        }
+    }
     let pcfg = keyturn_proxy::ProxyConfig {
         listen,
         tokens,
+        admin_tokens,
         max_body_bytes: cfg.serve.max_body_bytes,
         max_in_flight: cfg.serve.max_in_flight,
         max_connections: cfg.serve.max_connections,
@@ -80,13 +101,14 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
     let (Ok(v1beta), Ok(v1)) = callers else {
         return fail(1, "cannot set up the HTTP client");
     };
-    let state = Arc::new(keyturn_proxy::ProxyState::new(
-        v1beta,
-        v1,
-        pool.ledger.clone(),
-        pool.clock.clone(),
-        &pcfg,
-    ));
+    let recheck = match keyturn_services::transport(&cfg, &cfg.http.api_version) {
+        Ok(t) => t,
+        Err(e) => return fail(1, e),
+    };
+    let state = Arc::new(
+        keyturn_proxy::ProxyState::new(v1beta, v1, pool.ledger.clone(), pool.clock.clone(), &pcfg)
+            .with_recheck(recheck),
+    );
     let proxy = match keyturn_proxy::Proxy::start(state, &pcfg).await {
         Ok(p) => p,
         Err(e) => return fail(1, e),
@@ -98,6 +120,21 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
         safe(pool.state.describe()),
         pcfg.tokens.len()
     );
+    if pcfg.console_enabled() {
+        println!(
+            "console on {}/console ({})",
+            proxy.base_url(),
+            if pcfg.admin_tokens.is_empty() {
+                "this machine only: no admin token".to_owned()
+            } else {
+                format!("{} admin token(s)", pcfg.admin_tokens.len())
+            }
+        );
+    } else {
+        eprintln!(
+            "keyturn serve: the console and admin API are off: listening beyond loopback without an admin token; add [[serve.admin_tokens]] (keyturn serve token new --admin --label NAME)"
+        );
+    }
     let mut stop = interrupts();
     while !*stop.borrow() {
         if stop.changed().await.is_err() {
