@@ -190,13 +190,17 @@
   const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563", "#65a30d", "#ea580c"];
 
   function series(by, metric) {
-    const dates = Array.from(new Set(history.map((d) => d.date))).sort();
+    // Every one of the last 30 Pacific days, today last, whether used or not.
+    const today = new Intl.DateTimeFormat("en-CA", { timeZone: "America/Los_Angeles" }).format(new Date());
+    const end = Date.parse(today + "T00:00:00Z");
+    const dates = [];
+    for (let i = 29; i >= 0; i--) dates.push(new Date(end - i * 86400000).toISOString().slice(0, 10));
     const names = Array.from(new Set(history.map((d) => d[by]))).sort();
     const idx = new Map(dates.map((d, i) => [d, i]));
     const data = [dates.map((d) => Date.parse(d + "T00:00:00Z") / 1000)];
     for (const n of names) {
       const col = new Array(dates.length).fill(0);
-      for (const d of history) if (d[by] === n) col[idx.get(d.date)] += d[metric];
+      for (const d of history) if (d[by] === n && idx.has(d.date)) col[idx.get(d.date)] += d[metric];
       data.push(col);
     }
     return { names, data };
@@ -208,7 +212,7 @@
     const { names, data } = series(by, metric);
     if (charts[id]) { charts[id].destroy(); delete charts[id]; }
     host.replaceChildren();
-    if (data[0].length === 0) { host.append(el("p", { class: "empty" }, "No use recorded yet.")); return; }
+    if (names.length === 0) { host.append(el("p", { class: "empty" }, "No use recorded yet.")); return; }
     const width = Math.max(260, host.clientWidth);
     const opts = {
       width, height: 220,
