@@ -137,6 +137,7 @@ async function main() {
     await page.waitForSelector(`#events li[data-kind="key_disabled"]`, { timeout: WAIT });
     check(true, "the dead key is in the recent events");
     await page.screenshot({ path: join(outDir, "console-trouble.png"), fullPage: true });
+    await page.screenshot({ path: join(outDir, "console-readme.png"), clip: { x: 0, y: 0, width: 1280, height: 660 } });
 
     // The key is fixed at Google; the operator resets it through the button.
     await simAdmin("/admin/keys", { label: "key-3", state: "valid" });
