@@ -782,22 +782,23 @@ async fn events(State(st): State<Arc<ProxyState>>, Query(q): Query<After>) -> Re
     )
 }
 
-fn find_key(st: &ProxyState, key: &str) -> Result<(keyturn_core::KeyId, String), Response> {
+fn find_key(st: &ProxyState, key: &str) -> Option<(keyturn_core::KeyId, String)> {
     let ring = st.ledger.keys();
-    let id = ring.find(key).ok_or_else(|| {
-        problem(
-            StatusCode::NOT_FOUND,
-            "no key with that label or fingerprint",
-        )
-    })?;
+    let id = ring.find(key)?;
     let label = ring.get(id).map(|e| e.label.clone()).unwrap_or_default();
-    Ok((id, label))
+    Some((id, label))
+}
+
+fn no_such_key() -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "no key with that label or fingerprint",
+    )
 }
 
 async fn reset_key(State(st): State<Arc<ProxyState>>, Path(key): Path<String>) -> Response {
-    let (id, label) = match find_key(&st, &key) {
-        Ok(k) => k,
-        Err(r) => return r,
+    let Some((id, label)) = find_key(&st, &key) else {
+        return no_such_key();
     };
     match st.ledger.reset(ResetTarget::Key(id)).await {
         Ok(()) => {
@@ -887,9 +888,8 @@ async fn reset_scope(State(st): State<Arc<ProxyState>>, body: Bytes) -> Response
 }
 
 async fn recheck_key(State(st): State<Arc<ProxyState>>, Path(key): Path<String>) -> Response {
-    let (id, label) = match find_key(&st, &key) {
-        Ok(k) => k,
-        Err(r) => return r,
+    let Some((id, label)) = find_key(&st, &key) else {
+        return no_such_key();
     };
     let Some(transport) = &st.admin.recheck else {
         return problem(
