@@ -136,6 +136,8 @@ async function main() {
     check(true, "the dead key shows as disabled, without a reload");
     await page.waitForSelector(`#events li[data-kind="key_disabled"]`, { timeout: WAIT });
     check(true, "the dead key is in the recent events");
+    await page.waitForSelector(`#events li[data-kind="warning"]`, { timeout: WAIT });
+    check(true, "the monitor's warning about it is in the recent events");
     await page.screenshot({ path: join(outDir, "console-trouble.png"), fullPage: true });
     await page.screenshot({ path: join(outDir, "console-readme.png"), clip: { x: 0, y: 0, width: 1280, height: 660 } });
 

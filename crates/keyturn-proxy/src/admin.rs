@@ -10,7 +10,8 @@
 //! - Status, the 30-day usage history, recent events, and actions: reset a key (which
 //!   re-enables a disabled one), reset a scope, re-check a key now.
 //! - Events come from watching the ledger's status (a key disabled or back, a breaker open, a
-//!   scope cooling, exhausted or switched off) and from the actions taken here; the last
+//!   scope cooling, exhausted or switched off), from the actions taken here, and from whoever
+//!   holds [`crate::ProxyState::events`] (`keyturn serve` adds the pool monitor's warnings); the last
 //!   [`EVENTS_KEPT`] are kept in memory.
 //! - Keys are shown by label and fingerprint only.
 

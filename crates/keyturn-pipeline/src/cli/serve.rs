@@ -91,9 +91,6 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
         Ok(p) => p,
         Err(e) => return fail(service_exit(&e), e),
     };
-    if let Err(e) = pool.watch(&cfg) {
-        return fail(1, e);
-    }
     let callers = (
         pool.caller_for_version(&cfg, "v1beta"),
         pool.caller_for_version(&cfg, "v1"),
@@ -109,6 +106,25 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
         keyturn_proxy::ProxyState::new(v1beta, v1, pool.ledger.clone(), pool.clock.clone(), &pcfg)
             .with_recheck(recheck),
     );
+    // The monitor's warnings (quota thresholds, keys disabled or back) also go to the console.
+    let events = state.events();
+    let clock = pool.clock.clone();
+    let sink: keyturn_services::monitor::WarningSink = Arc::new(move |w| {
+        events.push(
+            clock.now_ms(),
+            keyturn_proxy::NewEvent {
+                kind: "warning",
+                severity: w.severity,
+                key: w.key.clone(),
+                project: w.project.clone(),
+                model: w.model.clone(),
+                message: w.message.clone(),
+            },
+        );
+    });
+    if let Err(e) = pool.watch_with(&cfg, Some(sink)) {
+        return fail(1, e);
+    }
     let proxy = match keyturn_proxy::Proxy::start(state, &pcfg).await {
         Ok(p) => p,
         Err(e) => return fail(1, e),
