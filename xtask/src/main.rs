@@ -8,6 +8,9 @@
 //! - `sdk`: the official google-genai and openai Python SDKs (installed from PyPI into
 //!   `target/sdk-venv`) and curl, unmodified, against `keyturn serve` in front of `keyturn sim`
 //!   (the openai SDK and curl also on the OpenAI-compatible routes, `/v1beta/openai/`).
+//! - `browser`: the web console in Debian's chromium (`/usr/bin/chromium`, or `$CHROMIUM`), driven
+//!   by playwright-core from `tests/browser/` (installed with `npm ci`), against `keyturn serve`
+//!   in front of `keyturn sim`; screenshots in `target/browser/`.
 //! - `scenario <name>|all`: the real `keyturn` binary against the simulator, check by check, with
 //!   PASS/FAIL per scenario (`scenario list` names them).
 //! - `bench [--quick]`: the benchmarks, written to `target/bench/report.json` and printed as a
@@ -173,6 +176,39 @@ fn sdk() -> Result<(), String> {
     Ok(())
 }
 
+fn browser() -> Result<(), String> {
+    let root = root();
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !std::path::Path::new(&chromium).exists() {
+        return Err(format!(
+            "no chromium at {chromium}: apt-get install -y chromium (or set CHROMIUM)"
+        ));
+    }
+    if !run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["build", "--bin", "keyturn"]))
+    {
+        return Err("cannot build keyturn".into());
+    }
+    let dir = root.join("tests/browser");
+    if !run(Command::new("npm")
+        .current_dir(&dir)
+        .args(["ci", "--no-audit", "--no-fund"]))
+    {
+        return Err("npm ci in tests/browser failed (is npm installed?)".into());
+    }
+    if !run(Command::new("node")
+        .current_dir(&dir)
+        .arg("console.test.mjs")
+        .arg(root.join("target/debug/keyturn"))
+        .arg(root.join("target/browser"))
+        .env("CHROMIUM", &chromium))
+    {
+        return Err("the console's browser checks failed".into());
+    }
+    Ok(())
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -251,6 +287,13 @@ fn main() -> ExitCode {
         Some("bench-rss-child") => bench::rss_child(&args[1..]),
         Some("examples") => examples::main(),
         Some("fuzz") => fuzz(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60)),
+        Some("browser") => match browser() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xtask browser: {e}");
+                ExitCode::from(1)
+            }
+        },
         Some("sdk") => match sdk() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -260,7 +303,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask docs [--check] | examples | fuzz [SECONDS] | sdk | scenario <name>[,<name>…]|all|list | bench [--quick]"
+                "usage: cargo xtask browser | docs [--check] | examples | fuzz [SECONDS] | sdk | scenario <name>[,<name>…]|all|list | bench [--quick]"
             );
             ExitCode::from(2)
         }

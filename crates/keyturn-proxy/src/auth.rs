@@ -84,7 +84,7 @@ fn loopback_host(host_port: &str) -> bool {
 /// this machine (a page whose name was rebound to 127.0.0.1 still sends its own name), and its
 /// `Origin` (which browsers send with every POST) is absent — clients that are not browsers send
 /// none — or names a page on this machine.
-fn from_this_machine(headers: &HeaderMap) -> bool {
+pub(crate) fn from_this_machine(headers: &HeaderMap) -> bool {
     let host_ok = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())

@@ -18,6 +18,8 @@
 //! - When no key can serve, the answer is Gemini's 429 RESOURCE_EXHAUSTED with a `RetryInfo` that
 //!   says when capacity returns, so SDK retry logic waits the right time. Caller faults from
 //!   upstream (400, 404) pass through as they are.
+//! - An admin API under `/admin/` and a web console at `/console` (see the `admin` module),
+//!   behind admin tokens that client tokens can never stand in for.
 //! - A request-body cap, upstream timeouts, a bound on upstream calls in flight, graceful
 //!   shutdown; `/healthz` and `/readyz` (the pool has a usable key).
 
@@ -39,6 +41,7 @@ use keyturn_gemini::wire::estimate_input_tokens;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
+mod admin;
 mod answer;
 mod auth;
 mod openai;
@@ -46,6 +49,7 @@ mod server;
 
 use answer::{Answer, Problem, failure, invalid, json_bytes, not_found};
 
+pub use admin::{EVENTS_KEPT, Event, Events, NewEvent};
 pub use auth::{digest, new_token, parse_digest};
 pub use server::Proxy;
 
@@ -56,6 +60,9 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     /// Client tokens: (label, SHA-256 digest).
     pub tokens: Vec<(String, [u8; 32])>,
+    /// Admin tokens for the console and the admin API: (label, SHA-256 digest). Without any,
+    /// both answer only this machine on loopback, and are off beyond it.
+    pub admin_tokens: Vec<(String, [u8; 32])>,
     /// Largest request body.
     pub max_body_bytes: usize,
     /// Upstream calls in flight (a stream counts until it ends).
@@ -75,6 +82,7 @@ impl Default for ProxyConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             tokens: Vec::new(),
+            admin_tokens: Vec::new(),
             max_body_bytes: 20 * 1024 * 1024,
             max_in_flight: 64,
             max_connections: 1024,
@@ -114,6 +122,12 @@ impl ProxyConfig {
         }
         Ok(())
     }
+
+    /// Whether the console and the admin API answer: always with an admin token, else only
+    /// on loopback.
+    pub fn console_enabled(&self) -> bool {
+        !self.admin_tokens.is_empty() || self.listen.ip().is_loopback()
+    }
 }
 
 /// What the handlers share.
@@ -125,6 +139,9 @@ pub struct ProxyState {
     ledger: Arc<dyn QuotaLedger>,
     tokens: Vec<(String, [u8; 32])>,
     in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    /// The console's and the admin API's state: admin tokens, recent events, waiting counts.
+    admin: admin::Admin,
     clock: Arc<dyn Clock>,
     /// Finds the pool's keys in answers relayed byte for byte.
     scrubber: Scrubber,
@@ -177,12 +194,33 @@ impl ProxyState {
             ledger,
             tokens: cfg.tokens.clone(),
             in_flight: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
+            max_in_flight: cfg.max_in_flight.max(1),
+            admin: admin::Admin::new(cfg.admin_tokens.clone(), cfg.console_enabled()),
             clock,
             scrubber,
             models: KnownModels::default(),
             body_timeout: cfg.body_timeout,
             max_body_bytes: cfg.max_body_bytes,
         }
+    }
+
+    /// With a transport for re-checking keys from the admin API (`POST
+    /// /admin/keys/{key}/recheck`): a request that costs no quota, as `keyturn keys check` sends.
+    pub fn with_recheck(mut self, transport: keyturn_gemini::Transport) -> Self {
+        self.admin.recheck = Some(transport);
+        self
+    }
+
+    /// Requests waiting now for an upstream slot (`max_in_flight`).
+    pub fn waiting_for_slot(&self) -> usize {
+        self.admin
+            .waiting_slot
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The recent events the console shows; others (the pool's monitor) may add to them.
+    pub fn events(&self) -> Arc<Events> {
+        self.admin.events.clone()
     }
 
     /// A successful answer relayed as it came, unless it holds a pool key.
@@ -222,6 +260,7 @@ pub fn router(state: Arc<ProxyState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(openai::router(state.clone()))
+        .merge(admin::router(state.clone()))
         .fallback(|| async { Answer::from(not_found()).gemini() })
         // Bodies are read by the handler, under the cap and the body timeout.
         .layer(DefaultBodyLimit::disable())
@@ -317,6 +356,7 @@ fn parse_name(name: &str) -> Result<(&str, Option<&str>), Refusal> {
 
 /// An upstream-call slot (`max_in_flight`), for every route that calls upstream.
 async fn slot(st: &ProxyState) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
+    let _waiting = admin::Waiting::new(&st.admin.waiting_slot);
     st.in_flight.clone().acquire_owned().await.map_err(|_| {
         // Closed at shutdown: a request still waiting for a slot is told at once to come back
         // (to this proxy once it restarts, or to another replica) rather than dropped unanswered

@@ -82,7 +82,12 @@ pub struct Proxy {
     state: Arc<ProxyState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    /// Watches the pool for the console's events.
+    watcher: Option<tokio::task::JoinHandle<()>>,
 }
+
+/// How often the proxy looks at the pool's status for the console's events.
+const WATCH_EVERY: Duration = Duration::from_secs(1);
 
 impl Proxy {
     /// Binds and serves in the background.
@@ -99,6 +104,23 @@ impl Proxy {
             source,
         })?;
         let app = router(state.clone());
+        let watcher = if cfg.console_enabled() {
+            let st = state.clone();
+            Some(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(WATCH_EVERY);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    crate::admin::watch_once(&st).await;
+                }
+            }))
+        } else {
+            tracing::warn!(
+                listen = %cfg.listen,
+                "the console and admin API are off: this proxy listens beyond loopback without an admin token ([[serve.admin_tokens]])"
+            );
+            None
+        };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(
             listener,
@@ -115,12 +137,18 @@ impl Proxy {
             state,
             shutdown: Some(tx),
             task,
+            watcher,
         })
     }
 
     /// Where it listens.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// What its handlers share: waiting counts, the console's events.
+    pub fn state(&self) -> &Arc<ProxyState> {
+        &self.state
     }
 
     /// `http://ip:port`.
@@ -134,6 +162,9 @@ impl Proxy {
         // Requests still waiting for an upstream slot get 503 with a retry delay now; those
         // already upstream finish within the drain.
         self.state.in_flight.close();
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             tx.send(()).ok();
         }

@@ -214,15 +214,26 @@ async fn a_stream_holds_its_in_flight_slot_until_it_ends() {
         let url = format!("{}/v1beta/models/{FLASH}:generateContent", p.base_url());
         async move { client.post(url).body(HELLO).send().await.unwrap().status() }
     });
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    // Until the proxy counts it as parked on the slot.
+    while p.state().waiting_for_slot() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     assert_eq!(
         rec.posts.load(Ordering::SeqCst),
         1,
         "a second upstream call started while the stream held the only slot"
     );
+    // The admin status shows it waiting, and the stream in flight.
+    let st: serde_json::Value = client
+        .get(format!("{}/admin/status", p.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["requests"]["waiting_for_slot"], 1, "{st}");
+    assert_eq!(st["requests"]["in_flight"], 1, "{st}");
     rec.release.notify_one();
     while stream.chunk().await.unwrap().is_some() {}
     assert_eq!(second.await.unwrap(), 200);
@@ -406,9 +417,9 @@ async fn at_shutdown_a_request_waiting_for_a_slot_is_told_to_come_back_and_a_str
         let url = format!("{base}/v1beta/models/{FLASH}:generateContent");
         async move { client.post(url).body(HELLO).send().await.unwrap() }
     });
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    // Until the proxy counts it as parked on the slot.
+    while p.state().waiting_for_slot() == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let stopping = tokio::spawn(p.shutdown(Duration::from_secs(30)));
     let r = waiting.await.unwrap();

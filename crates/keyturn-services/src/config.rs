@@ -271,6 +271,10 @@ pub struct ServeSettings {
     pub body_timeout: Duration,
     /// Client tokens (`[[serve.tokens]]`). Required to listen beyond loopback.
     pub tokens: Vec<ServeToken>,
+    /// Admin tokens for the console and the admin API (`[[serve.admin_tokens]]`), never usable
+    /// as client tokens nor the other way round. Without any, the console answers only this
+    /// machine on loopback and is off beyond it.
+    pub admin_tokens: Vec<ServeToken>,
 }
 
 impl Default for ServeSettings {
@@ -284,6 +288,7 @@ impl Default for ServeSettings {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
             tokens: Vec::new(),
+            admin_tokens: Vec::new(),
         }
     }
 }
@@ -620,6 +625,9 @@ impl Config {
         for (i, t) in self.serve.tokens.iter().enumerate() {
             shown.push((format!("serve.tokens[{i}].label"), t.label.clone()));
         }
+        for (i, t) in self.serve.admin_tokens.iter().enumerate() {
+            shown.push((format!("serve.admin_tokens[{i}].label"), t.label.clone()));
+        }
         for (field, v) in &shown {
             if crate::error::looks_like_key(v) {
                 let leaf = field.rsplit('.').next().unwrap_or("");
@@ -804,14 +812,34 @@ impl Config {
         positive("serve.header_timeout", self.serve.header_timeout)?;
         positive("serve.body_timeout", self.serve.body_timeout)?;
         positive("recheck.interval", self.recheck.interval)?;
-        for (i, t) in self.serve.tokens.iter().enumerate() {
-            check_name(&t.label).map_err(|d| bad(&format!("serve.tokens[{i}].label"), d))?;
-            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(bad(
-                    &format!("serve.tokens[{i}].sha256"),
-                    "must be 64 hex digits (the SHA-256 that `keyturn serve token new` prints); never the token itself".into(),
-                ));
+        for (table, tokens) in [
+            ("tokens", &self.serve.tokens),
+            ("admin_tokens", &self.serve.admin_tokens),
+        ] {
+            for (i, t) in tokens.iter().enumerate() {
+                check_name(&t.label).map_err(|d| bad(&format!("serve.{table}[{i}].label"), d))?;
+                if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(bad(
+                        &format!("serve.{table}[{i}].sha256"),
+                        "must be 64 hex digits (the SHA-256 that `keyturn serve token new` prints); never the token itself".into(),
+                    ));
+                }
             }
+        }
+        // One token in both tables would make a client an admin.
+        if let Some(t) = self.serve.admin_tokens.iter().find(|a| {
+            self.serve
+                .tokens
+                .iter()
+                .any(|c| c.sha256.eq_ignore_ascii_case(&a.sha256))
+        }) {
+            return Err(bad(
+                "serve.admin_tokens",
+                format!(
+                    "'{}' is also a client token ([[serve.tokens]]); an admin token must be its own (keyturn serve token new --admin)",
+                    t.label
+                ),
+            ));
         }
 
         // [notify]

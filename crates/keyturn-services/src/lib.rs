@@ -115,6 +115,15 @@ impl Pool {
     /// gauges, and warnings to the log and to `[notify] webhook_url`. Commands that do work
     /// (seed, demo, serve) watch; one-shot commands (status, keys) do not.
     pub fn watch(&mut self, cfg: &Config) -> Result<(), ServiceError> {
+        self.watch_with(cfg, None)
+    }
+
+    /// [`Pool::watch`], with `sink` hearing every warning as it is raised.
+    pub fn watch_with(
+        &mut self,
+        cfg: &Config,
+        sink: Option<monitor::WarningSink>,
+    ) -> Result<(), ServiceError> {
         if self.state.monitor.is_some() {
             return Ok(());
         }
@@ -135,6 +144,7 @@ impl Pool {
             cfg.notify.clone(),
             notifier,
             recheck,
+            sink,
         ));
         Ok(())
     }

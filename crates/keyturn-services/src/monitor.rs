@@ -32,6 +32,9 @@ pub const BREAKER: &str = "keyturn_breaker_state";
 /// Counter: warnings raised, by `event`.
 pub const WARNINGS: &str = "keyturn_warnings_total";
 
+/// Something else that hears each warning as it is raised (the proxy's console lists them).
+pub type WarningSink = Arc<dyn Fn(&Warning) + Send + Sync>;
+
 /// The running monitor.
 #[derive(Debug)]
 pub struct Monitor {
@@ -42,11 +45,13 @@ pub struct Monitor {
 impl Monitor {
     /// Starts watching `ledger`. `notifier` receives warnings (they are logged either way).
     /// With `recheck`, disabled keys are asked again through that transport at that interval.
+    /// `sink` hears every warning too.
     pub fn spawn(
         ledger: Arc<dyn QuotaLedger>,
         settings: NotifySettings,
         notifier: Option<Notifier>,
         recheck: Option<(Transport, Duration)>,
+        sink: Option<WarningSink>,
     ) -> Self {
         let (stop, mut stopped) = oneshot::channel();
         let task = tokio::spawn(async move {
@@ -54,6 +59,7 @@ impl Monitor {
                 ledger,
                 settings,
                 notifier,
+                sink,
                 failing: false,
                 recheck: recheck.map(|(transport, interval)| Recheck {
                     transport,
@@ -95,6 +101,7 @@ struct Watch {
     ledger: Arc<dyn QuotaLedger>,
     settings: NotifySettings,
     notifier: Option<Notifier>,
+    sink: Option<WarningSink>,
     failing: bool,
     recheck: Option<Recheck>,
 }
@@ -137,6 +144,9 @@ impl Watch {
                     let w = p.warning;
                     metrics::counter!(WARNINGS, "event" => w.event).increment(1);
                     tracing::warn!(event = w.event, day = %w.day, "{}", w.message);
+                    if let Some(f) = &self.sink {
+                        f(&w);
+                    }
                     if let Some(n) = &self.notifier {
                         n.send(w);
                     }
@@ -210,6 +220,9 @@ impl Watch {
                     w.reason = Some(d.reason.to_string());
                     metrics::counter!(WARNINGS, "event" => w.event).increment(1);
                     tracing::info!(event = w.event, "{}", w.message);
+                    if let Some(f) = &self.sink {
+                        f(&w);
+                    }
                     if let Some(n) = &self.notifier {
                         n.send(w);
                     }

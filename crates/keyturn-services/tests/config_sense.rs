@@ -193,3 +193,22 @@ fn a_keys_or_configuration_file_that_cannot_be_one_is_refused_unread() {
         assert!(msg.contains(says), "{path}: {msg}");
     }
 }
+
+#[test]
+fn an_admin_token_must_be_its_own_and_a_digest() {
+    let d = "ab".repeat(32);
+    let both = format!(
+        "[[serve.tokens]]\nlabel = \"team\"\nsha256 = \"{d}\"\n[[serve.admin_tokens]]\nlabel = \"ops\"\nsha256 = \"{}\"\n",
+        d.to_uppercase()
+    );
+    let e = err(&both);
+    assert!(
+        e.contains("serve.admin_tokens") && e.contains("client token"),
+        "{e}"
+    );
+    let e = err("[[serve.admin_tokens]]\nlabel = \"ops\"\nsha256 = \"kt_not-a-digest\"\n");
+    assert!(e.contains("serve.admin_tokens[0].sha256"), "{e}");
+    let ok = format!("[[serve.admin_tokens]]\nlabel = \"ops\"\nsha256 = \"{d}\"\n");
+    let cfg = Config::from_toml(&ok, Path::new("k.toml")).unwrap();
+    assert_eq!(cfg.serve.admin_tokens[0].label, "ops");
+}

@@ -198,6 +198,10 @@ pub(super) enum TokenCommand {
         /// Who will use it.
         #[arg(long)]
         label: String,
+        /// An admin token, for the console and the admin API (`[[serve.admin_tokens]]`), not a
+        /// client token.
+        #[arg(long)]
+        admin: bool,
     },
 }
 

@@ -13,16 +13,29 @@ use crate::report::Outcome;
 use crate::term::safe;
 
 pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -> ExitCode {
-    if let Some(ServeCommand::Token(TokenCommand::New { label })) = &a.command {
+    if let Some(ServeCommand::Token(TokenCommand::New { label, admin })) = &a.command {
         let (token, digest) = keyturn_proxy::new_token();
+        let (what, table) = if *admin {
+            (
+                "admin token (console and admin API)",
+                "[[serve.admin_tokens]]",
+            )
+        } else {
+            ("token", "[[serve.tokens]]")
+        };
         println!(
-            "token for {} (shown once; give it to the client as its API key):",
-            safe(label)
+            "{what} for {} (shown once; {}):",
+            safe(label),
+            if *admin {
+                "sign in to /console with it, or send it as Authorization: Bearer to /admin/"
+            } else {
+                "give it to the client as its API key"
+            }
         );
         println!("  {token}");
         println!();
         println!("add to keyturn.toml:");
-        println!("[[serve.tokens]]");
+        println!("{table}");
         // A JSON string is a valid TOML basic string, with every control character escaped.
         println!(
             "label = {}",
@@ -52,9 +65,17 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
             Err(e) => return fail(Outcome::Usage, e),
         }
     }
+    let mut admin_tokens = Vec::new();
+    for t in &cfg.serve.admin_tokens {
+        match keyturn_proxy::parse_digest(&t.label, &t.sha256) {
+            Ok(d) => admin_tokens.push((t.label.clone(), d)),
+            Err(e) => return fail(Outcome::Usage, e),
+        }
+    }
     let pcfg = keyturn_proxy::ProxyConfig {
         listen,
         tokens,
+        admin_tokens,
         max_body_bytes: cfg.serve.max_body_bytes,
         max_in_flight: cfg.serve.max_in_flight,
         max_connections: cfg.serve.max_connections,
@@ -71,9 +92,6 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
         Ok(p) => p,
         Err(e) => return fail(e.kind(), e),
     };
-    if let Err(e) = pool.watch(&cfg) {
-        return fail(Outcome::Failed, e);
-    }
     let callers = (
         pool.caller_for_version(&cfg, "v1beta"),
         pool.caller_for_version(&cfg, "v1"),
@@ -81,13 +99,33 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
     let (Ok(v1beta), Ok(v1)) = callers else {
         return fail(Outcome::Failed, "cannot set up the HTTP client");
     };
-    let state = Arc::new(keyturn_proxy::ProxyState::new(
-        v1beta,
-        v1,
-        pool.ledger.clone(),
-        pool.clock.clone(),
-        &pcfg,
-    ));
+    let recheck = match keyturn_services::transport(&cfg, &cfg.http.api_version) {
+        Ok(t) => t,
+        Err(e) => return fail(Outcome::Failed, e),
+    };
+    let state = Arc::new(
+        keyturn_proxy::ProxyState::new(v1beta, v1, pool.ledger.clone(), pool.clock.clone(), &pcfg)
+            .with_recheck(recheck),
+    );
+    // The monitor's warnings (quota thresholds, keys disabled or back) also go to the console.
+    let events = state.events();
+    let clock = pool.clock.clone();
+    let sink: keyturn_services::monitor::WarningSink = Arc::new(move |w| {
+        events.push(
+            clock.now_ms(),
+            keyturn_proxy::NewEvent {
+                kind: "warning",
+                severity: w.severity,
+                key: w.key.clone(),
+                project: w.project.clone(),
+                model: w.model.clone(),
+                message: w.message.clone(),
+            },
+        );
+    });
+    if let Err(e) = pool.watch_with(&cfg, Some(sink)) {
+        return fail(Outcome::Failed, e);
+    }
     let proxy = match keyturn_proxy::Proxy::start(state, &pcfg).await {
         Ok(p) => p,
         Err(e) => return fail(Outcome::Failed, e),
@@ -99,6 +137,21 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
         safe(pool.state.describe()),
         pcfg.tokens.len()
     );
+    if pcfg.console_enabled() {
+        println!(
+            "console on {}/console ({})",
+            proxy.base_url(),
+            if pcfg.admin_tokens.is_empty() {
+                "this machine only: no admin token".to_owned()
+            } else {
+                format!("{} admin token(s)", pcfg.admin_tokens.len())
+            }
+        );
+    } else {
+        eprintln!(
+            "keyturn serve: the console and admin API are off: listening beyond loopback without an admin token; add [[serve.admin_tokens]] (keyturn serve token new --admin --label NAME)"
+        );
+    }
     let mut stop = interrupts();
     while !*stop.borrow() {
         if stop.changed().await.is_err() {
