@@ -508,6 +508,39 @@ fn whole_requests(served: &[f64], total: u64) -> Vec<u64> {
     whole
 }
 
+impl Capacity {
+    /// A scope's capacity as the ledger's status reports it now.
+    pub fn of_status(s: &crate::snapshot::ScopeStatus) -> Self {
+        Self {
+            project: s.project.clone(),
+            model: s.model.clone(),
+            limits: s.limits,
+            tier: s.tier,
+            rpd_used: s.rpd_used,
+            tpd_used: s.tpd_used,
+            off: s.state == crate::snapshot::ScopeState::Off || s.project_off,
+            exhausted_today: s.state == crate::snapshot::ScopeState::Exhausted,
+        }
+    }
+}
+
+/// The proxy operator's question for one scope of a status taken at `now_ms`: at today's pace
+/// (today's requests and input tokens over the minutes since Pacific midnight), when does it
+/// run out today? `None`: not today (or nothing was sent yet, so there is no pace).
+pub fn runs_out_today_at_todays_pace(s: &crate::snapshot::ScopeStatus, now_ms: i64) -> Option<i64> {
+    let minutes = (now_ms - QuotaDay::containing(now_ms).start_ms) as f64 / MS_PER_MINUTE;
+    let c = Capacity::of_status(s);
+    if minutes <= 0.0 {
+        return runs_out_today(&c, 0.0, 0.0, now_ms);
+    }
+    runs_out_today(
+        &c,
+        s.rpd_used as f64 / minutes,
+        s.tpd_used as f64 / minutes,
+        now_ms,
+    )
+}
+
 /// At today's pace, when a scope runs out of its day (Unix ms): `None` if its day cap outlasts
 /// today at that pace, or it has none. The proxy's question: "at today's rate, when does each
 /// project and model run out today". `requests_per_minute` and `tokens_per_minute` are the pace
@@ -792,6 +825,49 @@ mod tests {
         // Switched off: out now.
         c.off = true;
         assert_eq!(runs_out_today(&c, 0.5, 0.0, now), Some(now));
+    }
+
+    #[test]
+    fn a_status_runs_out_at_the_pace_of_its_day_so_far() {
+        let now = ms(TEN_AM_PT);
+        let minutes = (now - QuotaDay::containing(now).start_ms) / 60_000; // 600
+        let status = |used: u64, state| crate::snapshot::ScopeStatus {
+            project: "p".into(),
+            model: M.into(),
+            keys: vec![],
+            limits: ModelLimits::new(60, 1_000_000, 1_000),
+            source: crate::limits::LimitSource::Configured,
+            tier: Tier::Tier1,
+            table_date: None,
+            origin: Default::default(),
+            learned: ModelLimits::UNLIMITED,
+            rpm_used: 0,
+            tpm_used: 0,
+            rpd_used: used,
+            rpd_served: used,
+            rpd_refused: 0,
+            tpd_used: 0,
+            state,
+            cooling_until_ms: None,
+            exhausted_until_ms: None,
+            next_reset_ms: QuotaDay::containing(now).end_ms,
+            off_until_ms: None,
+            project_off: false,
+            learned_until_ms: None,
+        };
+        use crate::snapshot::ScopeState::{Exhausted, Off, Ready};
+        // 800 in 600 minutes: the 200 left last 150 more minutes, to 12:30 PT.
+        assert_eq!(
+            runs_out_today_at_todays_pace(&status(800, Ready), now),
+            Some(now + 200 * minutes / 800 * 60_000)
+        );
+        // 300 in 600 minutes: 700 left need 1,400 minutes, past midnight.
+        assert_eq!(runs_out_today_at_todays_pace(&status(300, Ready), now), None);
+        // Nothing sent yet: no pace, no answer.
+        assert_eq!(runs_out_today_at_todays_pace(&status(0, Ready), now), None);
+        // The server ended the day, or switched it off: out now.
+        assert_eq!(runs_out_today_at_todays_pace(&status(5, Exhausted), now), Some(now));
+        assert_eq!(runs_out_today_at_todays_pace(&status(0, Off), now), Some(now));
     }
 
     #[test]

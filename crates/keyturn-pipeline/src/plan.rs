@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use keyturn_core::plan::{Capacity, Work};
-use keyturn_core::{KeyRing, LimitTable, PoolStatus, ScopeState};
+use keyturn_core::{KeyRing, LimitTable, PoolStatus};
 use keyturn_store::{CheckpointError, CheckpointStore};
 use serde::Serialize;
 
@@ -181,16 +181,14 @@ pub fn capacity(
                 })
             });
             let c = match scope {
-                Some(s) => Capacity {
-                    project: (*project).to_owned(),
-                    model: (*model).to_owned(),
-                    limits: s.limits,
-                    tier: s.tier,
-                    rpd_used: s.rpd_used,
-                    tpd_used: s.tpd_used,
-                    off: !live || s.state == ScopeState::Off || s.project_off,
-                    exhausted_today: s.state == ScopeState::Exhausted,
-                },
+                Some(s) => {
+                    let mut c = Capacity::of_status(s);
+                    // The plan's names, as asked (the status may spell the model `models/…`).
+                    c.project = (*project).to_owned();
+                    c.model = (*model).to_owned();
+                    c.off |= !live;
+                    c
+                }
                 None => Capacity {
                     project: (*project).to_owned(),
                     model: (*model).to_owned(),

@@ -140,6 +140,7 @@
       const u = usage(s.rpd_used, s.limits.rpd, origin(s.origin.rpd));
       day.replaceChildren(...u.childNodes);
       day.append(el("small", {}, s.rpd_served + " served, " + s.rpd_refused + " refused"));
+      if (s.runs_out_today_ms) day.append(el("small", { class: "eta" }, "at today's pace, out " + when(s.runs_out_today_ms)));
       const stateCell = el("td", {}, el("span", { class: "badge " + s.state }, s.state));
       if (s.why_off) stateCell.append(el("small", { class: "why" }, s.why_off));
       let source = s.source + (s.tier ? " (" + s.tier + " tier)" : "");

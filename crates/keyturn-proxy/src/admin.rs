@@ -675,6 +675,10 @@ struct ScopeView<'a> {
     why_off: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     returns_at_ms: Option<i64>,
+    /// At today's pace so far, when the scope's day runs out (keyturn's planner); absent when
+    /// it lasts the day, or nothing was sent yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runs_out_today_ms: Option<i64>,
 }
 
 async fn status(State(st): State<Arc<ProxyState>>) -> Response {
@@ -714,6 +718,7 @@ async fn status(State(st): State<Arc<ProxyState>>) -> Response {
             scope: s,
             why_off: s.why_off(),
             returns_at_ms: returns_at(s),
+            runs_out_today_ms: keyturn_core::plan::runs_out_today_at_todays_pace(s, now),
         })
         .collect();
     let max = st.max_in_flight;
