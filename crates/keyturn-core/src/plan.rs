@@ -862,12 +862,21 @@ mod tests {
             Some(now + 200 * minutes / 800 * 60_000)
         );
         // 300 in 600 minutes: 700 left need 1,400 minutes, past midnight.
-        assert_eq!(runs_out_today_at_todays_pace(&status(300, Ready), now), None);
+        assert_eq!(
+            runs_out_today_at_todays_pace(&status(300, Ready), now),
+            None
+        );
         // Nothing sent yet: no pace, no answer.
         assert_eq!(runs_out_today_at_todays_pace(&status(0, Ready), now), None);
         // The server ended the day, or switched it off: out now.
-        assert_eq!(runs_out_today_at_todays_pace(&status(5, Exhausted), now), Some(now));
-        assert_eq!(runs_out_today_at_todays_pace(&status(0, Off), now), Some(now));
+        assert_eq!(
+            runs_out_today_at_todays_pace(&status(5, Exhausted), now),
+            Some(now)
+        );
+        assert_eq!(
+            runs_out_today_at_todays_pace(&status(0, Off), now),
+            Some(now)
+        );
     }
 
     #[test]
