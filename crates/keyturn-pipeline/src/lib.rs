@@ -24,6 +24,7 @@
 pub mod cli;
 pub mod demo;
 pub mod graph;
+pub mod inputs;
 pub mod outdir;
 pub mod plan;
 pub mod progress;
