@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::check::{KeyCheck, check_key};
 use crate::error::{ApiFailure, ErrorKind, GeminiError, classify, redact};
-use crate::transport::{KeyHeader, OpenAiRoute, SendError, Transport, describe};
+use crate::transport::{KeyHeader, OpenAiRoute, SendError, Transport};
 use crate::wire::HasUsage;
 
 /// Retry bounds.
@@ -263,7 +263,7 @@ impl RotatingCaller {
         entry: &KeyEntry,
     ) -> GeminiError {
         let status = resp.status().as_u16();
-        let body = resp.bytes().await.unwrap_or_default();
+        let body = crate::body::read_error(resp, crate::body::MAX_ERROR_BYTES).await;
         let c = classify(status, &body);
         let key = entry.key.expose();
         GeminiError::Api(Box::new(ApiFailure {
@@ -346,8 +346,8 @@ impl RotatingCaller {
                 if stream {
                     return Sent::Stream(resp);
                 }
-                match resp.bytes().await {
-                    Err(e) => Sent::Failed(transport_err(describe(e))),
+                match crate::body::read_answer(resp, crate::body::MAX_ANSWER_BYTES).await {
+                    Err(detail) => Sent::Failed(transport_err(detail)),
                     Ok(b) => match serde_json::from_slice::<Value>(&b) {
                         Ok(v) => Sent::Body(b, v),
                         Err(e) => {
@@ -593,7 +593,10 @@ impl RotatingCaller {
                     return Ok(futures::stream::once(async move { Ok(r.body) }).boxed());
                 }
             };
-        let events = eventsource_stream::Eventsource::eventsource(resp.bytes_stream());
+        let events = eventsource_stream::Eventsource::eventsource(crate::body::bounded_events(
+            resp.bytes_stream(),
+            crate::body::MAX_EVENT_BYTES,
+        ));
         let state = StreamState {
             stats: self.stats.clone(),
             events: events.boxed(),
@@ -689,11 +692,13 @@ impl RotatingCaller {
                     detail,
                 },
                 Ok(resp) if resp.status().is_success() => {
-                    let b = resp.bytes().await.map_err(|e| GeminiError::Transport {
-                        model: url_path.to_owned(),
-                        key: entry.label.clone(),
-                        detail: describe(e),
-                    })?;
+                    let b = crate::body::read_answer(resp, crate::body::MAX_ANSWER_BYTES)
+                        .await
+                        .map_err(|detail| GeminiError::Transport {
+                            model: url_path.to_owned(),
+                            key: entry.label.clone(),
+                            detail,
+                        })?;
                     let v = serde_json::from_slice(&b).map_err(|e| GeminiError::Transport {
                         model: url_path.to_owned(),
                         key: entry.label.clone(),
@@ -742,7 +747,10 @@ struct StreamState {
     stats: Arc<parking_lot::Mutex<Vec<KeyCallStats>>>,
     events: BoxStream<
         'static,
-        Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>,
+        Result<
+            eventsource_stream::Event,
+            eventsource_stream::EventStreamError<crate::body::EventTooLarge<reqwest::Error>>,
+        >,
     >,
     lease: Option<Lease>,
     ledger: Arc<dyn QuotaLedger>,

@@ -68,7 +68,7 @@ async fn ask(transport: &Transport, key: &ApiKey, url: &str) -> ModelCheck {
         Ok(r) if r.status().is_success() => ModelCheck::Alive,
         Ok(r) => {
             let status = r.status().as_u16();
-            let body = r.bytes().await.unwrap_or_default();
+            let body = crate::body::read_error(r, crate::body::MAX_ERROR_BYTES).await;
             let c = classify(status, &body);
             match c.kind {
                 ErrorKind::DeadKey(reason) | ErrorKind::ProjectDead(reason) => {

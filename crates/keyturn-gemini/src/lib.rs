@@ -28,6 +28,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod body;
 pub mod builder;
 pub mod caller;
 pub mod check;
