@@ -12,8 +12,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keyturn_core::plan::{Plan, Work, plan};
 use keyturn_core::{BreakerState, Clock, LimitTable, PoolStatus, QuotaLedger, ScopeState};
 use keyturn_gemini::GeminiCall;
+use keyturn_store::runs::{RunBoard, RunRecord};
 
 use crate::term::safe;
+
+/// How often a run refreshes its record for `keyturn status`.
+const ANNOUNCE_EVERY_MS: i64 = 5_000;
 
 /// Keys by state, for one model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -152,6 +156,8 @@ pub struct Progress {
     chunks: Arc<AtomicUsize>,
     work: Arc<std::sync::Mutex<Vec<Work>>>,
     ticker: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Where the run announces itself to `keyturn status`, and the record it keeps there.
+    board: std::sync::Mutex<Option<(RunBoard, RunRecord)>>,
 }
 
 impl Progress {
@@ -172,6 +178,25 @@ impl Progress {
             chunks: Arc::default(),
             work: Arc::default(),
             ticker: std::sync::Mutex::new(None),
+            board: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Has the run keep a record on `board` while it runs (refreshed every few seconds with
+    /// the work it has left, removed at [`Progress::finish`]), so `keyturn status` can show it
+    /// with an ETA. `out` is the output folder it names. Call before [`Progress::start`].
+    pub fn announce(&self, board: RunBoard, out: std::path::PathBuf) {
+        let record = RunRecord {
+            pid: std::process::id(),
+            out,
+            started_ms: 0,
+            updated_ms: 0,
+            episodes_done: 0,
+            episodes_total: 0,
+            left: Vec::new(),
+        };
+        if let Ok(mut b) = self.board.lock() {
+            *b = Some((board, record));
         }
     }
 
@@ -195,9 +220,16 @@ impl Progress {
         } else {
             Duration::from_secs(10)
         };
+        let t0 = clock.now_ms();
+        let mut board = self.board.lock().ok().and_then(|mut b| {
+            let (board, record) = b.as_mut()?;
+            record.started_ms = t0;
+            record.episodes_total = total;
+            Some((board.clone(), record.clone()))
+        });
+        let mut announced: Option<i64> = None;
         let handle = tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
-            let t0 = clock.now_ms();
             loop {
                 tick.tick().await;
                 let requests: u64 = caller.stats().iter().map(|k| k.requests).sum();
@@ -219,6 +251,18 @@ impl Progress {
                                 total,
                                 &st,
                             );
+                            let now = clock.now_ms();
+                            if let Some((board, record)) = board.as_mut()
+                                && announced.is_none_or(|at| now - at >= ANNOUNCE_EVERY_MS)
+                            {
+                                announced = Some(now);
+                                record.updated_ms = now;
+                                record.episodes_done = bar.position();
+                                record.left = left.clone();
+                                let (board, record) = (board.clone(), record.clone());
+                                // A lost record only hides the run from `keyturn status`.
+                                tokio::task::spawn_blocking(move || board.publish(&record));
+                            }
                             // A model's scopes, with its configured limits, are in the status
                             // once the run has sent to it: the ETA counts the models seen so far.
                             let left: Vec<Work> = left
@@ -298,7 +342,7 @@ impl Progress {
         }
     }
 
-    /// Stops the display.
+    /// Stops the display and removes the run's record.
     pub fn finish(&self) {
         if let Ok(mut t) = self.ticker.lock()
             && let Some(h) = t.take()
@@ -306,6 +350,12 @@ impl Progress {
             h.abort();
         }
         self.bar.finish_and_clear();
+        if let Ok(mut b) = self.board.lock()
+            && let Some((board, record)) = b.take()
+            && let Err(e) = board.remove(&record)
+        {
+            tracing::debug!(error = %e, "could not remove the run's record");
+        }
     }
 }
 

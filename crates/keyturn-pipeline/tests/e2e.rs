@@ -1666,3 +1666,54 @@ async fn keys_check_tells_a_refused_model_from_a_dead_key() {
     );
     assert!(out.contains("REJECTED: invalid key"), "{out}");
 }
+
+/// `keyturn status` during a seed shows the run, where it writes, how far it is and an ETA
+/// from the planner; once the seed has ended, the run is gone from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_a_running_seed_with_its_eta_and_forgets_it_when_it_ends() {
+    let w = world(
+        600,
+        10_000,
+        Faults {
+            latency_ms: 60,
+            ..Faults::default()
+        },
+        false,
+    )
+    .await;
+    let mut c = w.seed_cmd();
+    c.arg("--concurrency").arg("1");
+    let mut seed = c.spawn().unwrap();
+    wait_for_episodes(&w.out(), 1, &mut seed).await;
+    let mut run = Value::Null;
+    for _ in 0..500 {
+        let o = w.run(w.command(&["status", "--json"])).await;
+        assert!(o.status.success(), "{}", text(&o));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        if let Some(r) = v["runs"].as_array().and_then(|r| r.first()) {
+            run = r.clone();
+            break;
+        }
+        assert!(seed.try_wait().unwrap().is_none(), "the seed ended unseen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(run["pid"].as_u64(), Some(u64::from(seed.id())), "{run}");
+    assert_eq!(run["out"].as_str(), w.out().to_str(), "{run}");
+    assert_eq!(run["episodes_total"].as_u64(), Some(5), "{run}");
+    let eta = run["eta"].as_str().unwrap();
+    assert!(eta.starts_with("ETA: done ~"), "{run}");
+    assert!(run["finish_ms"].as_i64().is_some(), "{run}");
+    let table = w.run(w.command(&["status"])).await;
+    let table = text(&table);
+    assert!(table.contains("seed runs in progress"), "{table}");
+    assert!(table.contains(w.out().to_str().unwrap()), "{table}");
+
+    let done = tokio::task::spawn_blocking(move || seed.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(done.status.success(), "{}", text(&done));
+    let o = w.run(w.command(&["status", "--json"])).await;
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["runs"], serde_json::json!([]), "{v}");
+    assert!(!text(&w.run(w.command(&["status"])).await).contains("seed runs in progress"));
+}

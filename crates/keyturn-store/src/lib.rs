@@ -38,6 +38,7 @@
 pub mod checkpoint;
 pub mod file;
 pub mod redis_ledger;
+pub mod runs;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

@@ -66,6 +66,11 @@ pub(super) async fn cmd_seed(g: &Global, env: &Env, cwd: &Path, a: SeedArgs) -> 
         ..SeedOptions::default()
     };
     let progress = Progress::new(std::io::stderr().is_terminal());
+    // `keyturn status` finds the run, and its ETA, in the state folder.
+    progress.announce(
+        keyturn_store::runs::RunBoard::new(&cfg.state.dir),
+        cwd.join(&a.out),
+    );
     // The command as it was given, every flag included (global ones like --state-dir and
     // --config too), each word quoted: pasted back, it resumes this very run.
     let resume = resume_command(std::env::args_os().skip(1));

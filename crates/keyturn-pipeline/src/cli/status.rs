@@ -3,11 +3,14 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use keyturn_core::PoolStatus;
+use keyturn_core::plan::{Work, plan};
+use keyturn_core::{KeyRing, LimitTable, PoolStatus};
 use keyturn_services::state::StateError;
 use keyturn_services::{Config, Env, key_ring};
+use keyturn_store::runs::RunBoard;
 
 use super::{Global, fail, load};
+use crate::progress::eta;
 use crate::report::Outcome;
 use crate::report::when;
 use crate::term::{safe, safe_path};
@@ -150,21 +153,100 @@ fn print_status(st: &PoolStatus) {
     }
 }
 
+/// A seed run in progress on this machine, as `keyturn status` shows it.
+#[derive(Debug, serde::Serialize)]
+struct LiveRun {
+    pid: u32,
+    out: std::path::PathBuf,
+    started_ms: i64,
+    updated_ms: i64,
+    episodes_done: u64,
+    episodes_total: u64,
+    /// The planner's answer for the work left, against the pool as it is now.
+    eta: String,
+    /// When the work left would be done (ms), if it can be.
+    finish_ms: Option<i64>,
+    /// The Pacific days it still spans.
+    days: u32,
+    left: Vec<Work>,
+}
+
+/// The seed runs that keep a record in this configuration's state folder, each with an ETA
+/// from the same planner as `keyturn plan` and the seed's own progress line, for the work it
+/// has left and the pool's capacity now.
+fn live_runs(state_dir: &Path, ring: &KeyRing, st: &PoolStatus) -> Vec<LiveRun> {
+    RunBoard::new(state_dir)
+        .live(st.at_ms)
+        .into_iter()
+        .map(|r| {
+            let left: Vec<Work> = r.left.into_iter().filter(|w| w.requests > 0).collect();
+            let models: Vec<&str> = left.iter().map(|w| w.model.as_str()).collect();
+            let caps = crate::plan::capacity(&models, ring, &LimitTable::builtin(), Some(st));
+            let p = plan(&left, &caps, st.at_ms);
+            LiveRun {
+                pid: r.pid,
+                out: r.out,
+                started_ms: r.started_ms,
+                updated_ms: r.updated_ms,
+                episodes_done: r.episodes_done.min(r.episodes_total),
+                episodes_total: r.episodes_total,
+                eta: if left.is_empty() {
+                    "ETA: finishing".into()
+                } else {
+                    eta(&p)
+                },
+                finish_ms: p.finish_ms,
+                days: p.days,
+                left,
+            }
+        })
+        .collect()
+}
+
+fn print_runs(runs: &[LiveRun]) {
+    if runs.is_empty() {
+        return;
+    }
+    println!();
+    println!("seed runs in progress on this machine:");
+    for r in runs {
+        println!(
+            "  pid {} → {}: episodes {}/{} · {}",
+            r.pid,
+            safe_path(&r.out),
+            r.episodes_done,
+            r.episodes_total,
+            safe(&r.eta)
+        );
+    }
+}
+
 pub(super) async fn cmd_status(g: &Global, env: &Env, cwd: &Path, json: bool) -> ExitCode {
     let cfg = match load(g, env, cwd, false) {
         Ok(c) => c,
         Err(e) => return fail(Outcome::Usage, e),
     };
-    if let Err(e) = key_ring(&cfg, env, cwd) {
-        return fail(Outcome::Usage, e);
-    }
+    let ring = match key_ring(&cfg, env, cwd) {
+        Ok((r, _)) => r,
+        Err(e) => return fail(Outcome::Usage, e),
+    };
     match read_status(&cfg, env, cwd).await {
         Ok(Some(st)) if json => {
-            println!("{}", serde_json::to_string_pretty(&st).unwrap_or_default());
+            // The pool's status with the runs in progress beside it.
+            let runs = live_runs(&cfg.state.dir, &ring, &st);
+            let mut v = serde_json::to_value(&st).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert(
+                    "runs".into(),
+                    serde_json::to_value(&runs).unwrap_or_default(),
+                );
+            }
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Ok(Some(st)) => {
             print_status(&st);
+            print_runs(&live_runs(&cfg.state.dir, &ring, &st));
             ExitCode::SUCCESS
         }
         Ok(None) => {
