@@ -1624,6 +1624,12 @@ async fn a_shifted_clock_is_the_one_clock_of_the_run_report_and_the_ledger() {
     seed.env("KEYTURN_CLOCK_OFFSET_MS", SHIFT_MS.to_string());
     let o = w.run(seed).await;
     assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        text(&o).matches("the clock is shifted").count(),
+        1,
+        "said once per run: {}",
+        text(&o)
+    );
     let mut status = w.command(&["status", "--json"]);
     status.env("KEYTURN_CLOCK_OFFSET_MS", SHIFT_MS.to_string());
     let status: Value = serde_json::from_slice(&w.run(status).await.stdout).unwrap();

@@ -223,20 +223,9 @@ pub async fn create_pool(cfg: &Config, env: &Env, cwd: &Path) -> Result<Pool, Se
 /// rules the counters and the offset only moves the day boundaries the client computes, so use
 /// it with the file backend).
 pub fn clock(env: &Env) -> Result<Arc<dyn Clock>, ConfigError> {
-    match env
-        .get("KEYTURN_CLOCK_OFFSET_MS")
-        .filter(|v| !v.trim().is_empty())
-    {
+    match clock_offset_ms(env)? {
         None => Ok(system_clock()),
-        Some(v) => {
-            let ms: i64 = v.trim().parse().map_err(|_| {
-                ConfigError::Invalid {
-                    path: "(environment)".into(),
-                    field: "KEYTURN_CLOCK_OFFSET_MS".into(),
-                    detail: format!("'{v}' is not a whole number of milliseconds"),
-                }
-                .scrubbed(&discovery::env_secrets(env, &[]))
-            })?;
+        Some(ms) => {
             tracing::warn!(
                 offset_ms = ms,
                 "the clock is shifted by KEYTURN_CLOCK_OFFSET_MS"
@@ -244,6 +233,26 @@ pub fn clock(env: &Env) -> Result<Arc<dyn Clock>, ConfigError> {
             Ok(Arc::new(keyturn_core::OffsetClock::new(ms)))
         }
     }
+}
+
+/// `KEYTURN_CLOCK_OFFSET_MS`, checked: `None` when unset or blank. [`clock`] builds the clock
+/// (and says it is shifted); this only reads the setting, so a command can refuse a bad one
+/// before it starts.
+pub fn clock_offset_ms(env: &Env) -> Result<Option<i64>, ConfigError> {
+    let Some(v) = env
+        .get("KEYTURN_CLOCK_OFFSET_MS")
+        .filter(|v| !v.trim().is_empty())
+    else {
+        return Ok(None);
+    };
+    v.trim().parse().map(Some).map_err(|_| {
+        ConfigError::Invalid {
+            path: "(environment)".into(),
+            field: "KEYTURN_CLOCK_OFFSET_MS".into(),
+            detail: format!("'{v}' is not a whole number of milliseconds"),
+        }
+        .scrubbed(&discovery::env_secrets(env, &[]))
+    })
 }
 
 /// The system's clock. The one place keyturn builds it: every part of a pool (ledger, caller,

@@ -147,7 +147,7 @@ async fn run(cli: Cli) -> ExitCode {
     let env = process_env();
     let cwd = cwd();
     // A bad KEYTURN_CLOCK_OFFSET_MS is a configuration error for every command that reads it.
-    if let Err(e) = keyturn_services::clock(&env) {
+    if let Err(e) = keyturn_services::clock_offset_ms(&env) {
         return fail(Outcome::Usage, e);
     }
     let Cli {
