@@ -252,6 +252,7 @@ fn warning(event: &'static str, critical: bool, at_ms: i64, message: String) -> 
         day: QuotaDay::containing(at_ms).date.to_string(),
         project: None,
         model: None,
+        metric: None,
         threshold_pct: None,
         used: None,
         served: None,
@@ -280,63 +281,108 @@ pub struct Pending {
     pub warning: Warning,
 }
 
+/// One daily limit of a scope and its use.
+struct DayUse {
+    /// `requests` or `input_tokens`.
+    metric: &'static str,
+    used: u64,
+    limit: Option<u64>,
+    /// Gemini said the day is over for the scope (a per-day 429): that is 100 %.
+    server_says_done: bool,
+}
+
+/// The highest threshold `u` has crossed today, as one warning covering the lower ones.
+fn threshold_warning(
+    sc: &keyturn_core::snapshot::ScopeStatus,
+    u: &DayUse,
+    thresholds: &[u8],
+    now: i64,
+    today: &QuotaDay,
+) -> Option<Pending> {
+    let limit = u.limit.filter(|l| *l > 0)?;
+    let crossed: Vec<u8> = thresholds
+        .iter()
+        .copied()
+        .filter(|&t| {
+            // In u128: counts read back from a shared ledger can be anything.
+            u128::from(u.used) * 100 >= u128::from(t) * u128::from(limit)
+                || (u.server_says_done && t == 100)
+        })
+        .collect();
+    let (&t, lower) = crossed.split_last()?;
+    let day = today.date;
+    // Request marks keep the form they always had, so a restart does not warn again.
+    let id = |t: u8| match u.metric {
+        "requests" => format!("quota-{t}|{}|{}|{day}", sc.project, sc.model),
+        m => format!("quota-{m}-{t}|{}|{}|{day}", sc.project, sc.model),
+    };
+    let pct = (u128::from(u.used) * 100 / u128::from(limit))
+        .min(100)
+        .max(u128::from(u.server_says_done) * 100);
+    let what = match u.metric {
+        "requests" => format!(
+            "daily requests ({}/{limit} sent: {} served, {} refused by Gemini)",
+            u.used, sc.rpd_served, sc.rpd_refused
+        ),
+        _ => format!("daily input tokens ({}/{limit})", u.used),
+    };
+    let mut w = warning(
+        "quota_threshold",
+        t >= 100,
+        now,
+        format!(
+            "{} in project {} has used {pct}% of its {what}; resets {}",
+            sc.model,
+            sc.project,
+            rfc3339(sc.next_reset_ms),
+        ),
+    );
+    w.project = Some(sc.project.clone());
+    w.model = Some(sc.model.clone());
+    w.metric = Some(u.metric);
+    w.threshold_pct = Some(t);
+    w.used = Some(u.used);
+    if u.metric == "requests" {
+        w.served = Some(sc.rpd_served);
+        w.refused = Some(sc.rpd_refused);
+    }
+    w.limit = Some(limit);
+    w.until = Some(rfc3339(sc.next_reset_ms));
+    Some(Pending {
+        id: id(t),
+        covers: lower.iter().map(|&l| id(l)).collect(),
+        until_ms: today.end_ms,
+        warning: w,
+    })
+}
+
 /// The warnings this status calls for.
 pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<Pending> {
     let now = st.at_ms;
     let today = QuotaDay::containing(now);
     let day = today.date.to_string();
-    let mut out = Vec::new();
+    let mut out: Vec<Pending> = Vec::new();
     let mut thresholds = s.thresholds.clone();
     thresholds.sort_unstable();
     thresholds.dedup();
     for sc in &st.scopes {
-        let Some(limit) = sc.limits.rpd.filter(|l| *l > 0) else {
-            continue;
-        };
         // A per-day 429 from the server ends the day whatever our count says.
         let server_says_done = sc.state == ScopeState::Exhausted;
-        let crossed: Vec<u8> = thresholds
-            .iter()
-            .copied()
-            .filter(|&t| {
-                // In u128: counts read back from a shared ledger can be anything.
-                u128::from(sc.rpd_used) * 100 >= u128::from(t) * u128::from(limit)
-                    || (server_says_done && t == 100)
-            })
-            .collect();
-        let id = |t: u8| format!("quota-{t}|{}|{}|{day}", sc.project, sc.model);
-        if let Some((&t, lower)) = crossed.split_last() {
-            let mut w = warning(
-                "quota_threshold",
-                t >= 100,
-                now,
-                format!(
-                    "{} in project {} has used {}% of its daily requests ({}/{limit} sent: {} served, {} refused by Gemini); resets {}",
-                    sc.model,
-                    sc.project,
-                    (u128::from(sc.rpd_used) * 100 / u128::from(limit))
-                        .min(100)
-                        .max(u128::from(server_says_done) * 100),
-                    sc.rpd_used,
-                    sc.rpd_served,
-                    sc.rpd_refused,
-                    rfc3339(sc.next_reset_ms),
-                ),
-            );
-            w.project = Some(sc.project.clone());
-            w.model = Some(sc.model.clone());
-            w.threshold_pct = Some(t);
-            w.used = Some(sc.rpd_used);
-            w.served = Some(sc.rpd_served);
-            w.refused = Some(sc.rpd_refused);
-            w.limit = Some(limit);
-            w.until = Some(rfc3339(sc.next_reset_ms));
-            out.push(Pending {
-                id: id(t),
-                covers: lower.iter().map(|&l| id(l)).collect(),
-                until_ms: today.end_ms,
-                warning: w,
-            });
+        let requests = DayUse {
+            metric: "requests",
+            used: sc.rpd_used,
+            limit: sc.limits.rpd,
+            server_says_done,
+        };
+        // Which daily limit a per-day 429 was about is not known: it counts for requests.
+        let tokens = DayUse {
+            metric: "input_tokens",
+            used: sc.tpd_used,
+            limit: sc.limits.tpd,
+            server_says_done: false,
+        };
+        for u in [requests, tokens] {
+            out.extend(threshold_warning(sc, &u, &thresholds, now, &today));
         }
     }
     if s.key_disabled {
@@ -660,6 +706,39 @@ mod tests {
         let body = serde_json::to_value(q).unwrap();
         assert_eq!(body["served"], 20);
         assert_eq!(body["refused"], 2);
+    }
+
+    #[test]
+    fn a_daily_token_limit_warns_on_its_own_beside_the_request_limit() {
+        let mut sc = scope("p", 10, 100, ScopeState::Ready);
+        sc.limits.tpd = Some(1_000);
+        sc.tpd_used = 850;
+        let st = PoolStatus {
+            at_ms: NOW,
+            keys: vec![key("a", "p", false)],
+            scopes: vec![sc],
+        };
+        assert_eq!(ids(&st), ["quota-input_tokens-80|p|m|2026-01-14"]);
+        let w = warnings(&st, &NotifySettings::default());
+        let q = &w[0].warning;
+        assert_eq!(q.metric, Some("input_tokens"));
+        assert_eq!((q.used, q.limit, q.served), (Some(850), Some(1_000), None));
+        assert!(
+            q.message
+                .contains("85% of its daily input tokens (850/1000)"),
+            "{}",
+            q.message
+        );
+        assert_eq!(w[0].covers, Vec::<String>::new());
+        // The request limit's mark keeps its old form: a restart does not warn again.
+        let mut sc = scope("p", 90, 100, ScopeState::Ready);
+        sc.limits.tpd = Some(1_000);
+        let st = PoolStatus {
+            at_ms: NOW,
+            keys: vec![key("a", "p", false)],
+            scopes: vec![sc],
+        };
+        assert_eq!(ids(&st), ["quota-80|p|m|2026-01-14"]);
     }
 
     #[test]

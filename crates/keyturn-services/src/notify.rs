@@ -36,10 +36,14 @@ pub struct Warning {
     /// Model, for scope and model warnings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
-    /// The threshold crossed, in percent of the daily request quota.
+    /// For `quota_threshold`: which daily limit, `requests` or `input_tokens`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric: Option<&'static str>,
+    /// The threshold crossed, in percent of that daily limit.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold_pct: Option<u8>,
-    /// Requests sent today in the scope: what the daily limit is counted against.
+    /// Requests (or input tokens, for `metric = "input_tokens"`) used today in the scope: what
+    /// the daily limit is counted against.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub used: Option<u64>,
     /// Of `used`, the requests Gemini served.
@@ -49,7 +53,7 @@ pub struct Warning {
     /// project switched off, a dead key); the rest failed otherwise or are in flight.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<u64>,
-    /// The scope's daily request limit.
+    /// The scope's daily limit (of `metric`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
     /// Key label, for key warnings.
@@ -203,6 +207,7 @@ mod tests {
             day: String::new(),
             project: None,
             model: None,
+            metric: None,
             threshold_pct: None,
             used: Some(n),
             served: None,
