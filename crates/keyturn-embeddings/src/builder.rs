@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use keyturn_core::{Clock, KeySpec, LedgerConfig, QuotaLedger};
-use keyturn_gemini::{BuildError, CallerBuilder, GeminiCall, RetryPolicy};
+use keyturn_gemini::{BuildError, CallerBuilder, GeminiCall};
 
 use crate::{GeminiEmbeddings, MAX_BATCH};
 
@@ -45,67 +44,7 @@ impl Default for GeminiEmbeddingsBuilder {
 }
 
 impl GeminiEmbeddingsBuilder {
-    /// Adds keys, each its own project (see [`key`](Self::key) for labels and projects).
-    pub fn keys<I>(mut self, keys: I) -> Self
-    where
-        I: IntoIterator,
-        I::Item: Into<String>,
-    {
-        self.pool = self.pool.keys(keys);
-        self
-    }
-
-    /// Adds a key with a label or a project (keys of one project share its quota).
-    pub fn key(mut self, spec: KeySpec) -> Self {
-        self.pool = self.pool.key(spec);
-        self
-    }
-
-    /// Rotates over an existing ledger and its keys: an `InMemoryLedger` that
-    /// `keyturn_store::Persister` saves to a state file, or a `keyturn_store::RedisLedger`
-    /// shared between processes.
-    pub fn ledger(mut self, ledger: Arc<dyn QuotaLedger>) -> Self {
-        self.pool = self.pool.ledger(ledger);
-        self
-    }
-
-    /// Limits, policy, breaker and wait bound of the in-memory pool built from keys.
-    pub fn ledger_config(mut self, cfg: LedgerConfig) -> Self {
-        self.pool = self.pool.ledger_config(cfg);
-        self
-    }
-
-    /// Where Gemini is, without a version segment (`GEMINI_BASE_URL`: the simulator, a proxy;
-    /// default [`DEFAULT_BASE_URL`](crate::DEFAULT_BASE_URL)).
-    pub fn base_url(mut self, url: impl Into<String>) -> Self {
-        self.pool = self.pool.base_url(url);
-        self
-    }
-
-    /// Retry bounds.
-    pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.pool = self.pool.retry(retry);
-        self
-    }
-
-    /// The clock (default: the system's).
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.pool = self.pool.clock(clock);
-        self
-    }
-
-    /// Any other pool setting (API version, timeouts).
-    pub fn pool(mut self, f: impl FnOnce(CallerBuilder) -> CallerBuilder) -> Self {
-        self.pool = f(self.pool);
-        self
-    }
-
-    /// Calls through an existing caller instead, to share one pool with another service
-    /// (`GeminiLlm::caller()`); the pool settings above are then unused.
-    pub fn caller(mut self, caller: Arc<dyn GeminiCall>) -> Self {
-        self.caller = Some(caller);
-        self
-    }
+    keyturn_gemini::pool_setters!("GeminiLlm::caller()");
 
     /// Texts per `batchEmbedContents` (1 to 100; default 100).
     pub fn batch_size(mut self, n: usize) -> Self {

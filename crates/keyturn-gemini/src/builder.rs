@@ -191,3 +191,85 @@ mod tests {
         ));
     }
 }
+
+/// The pool setters every service builder shares, written once: `keys`, `key`, `ledger`,
+/// `ledger_config`, `base_url`, `retry`, `clock`, `pool` and `caller`, each forwarding to the
+/// builder's `pool: CallerBuilder` field (or, for `caller`, setting its
+/// `caller: Option<Arc<dyn GeminiCall>>` field). Expands inside an `impl` block; `$other` names
+/// the other service whose caller can be shared, for `caller`'s documentation.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! pool_setters {
+    ($other:literal) => {
+        /// Adds keys, each its own project (see [`key`](Self::key) for labels and projects).
+        pub fn keys<I>(mut self, keys: I) -> Self
+        where
+            I: IntoIterator,
+            I::Item: Into<String>,
+        {
+            self.pool = self.pool.keys(keys);
+            self
+        }
+
+        /// Adds a key with a label or a project (keys of one project share its quota).
+        pub fn key(mut self, spec: ::keyturn_core::KeySpec) -> Self {
+            self.pool = self.pool.key(spec);
+            self
+        }
+
+        /// Rotates over an existing ledger and its keys: an `InMemoryLedger` that
+        /// `keyturn_store::Persister` saves to a state file, or a `keyturn_store::RedisLedger`
+        /// shared between processes.
+        pub fn ledger(
+            mut self,
+            ledger: ::std::sync::Arc<dyn ::keyturn_core::QuotaLedger>,
+        ) -> Self {
+            self.pool = self.pool.ledger(ledger);
+            self
+        }
+
+        /// Limits, policy, breaker and wait bound of the in-memory pool built from keys.
+        pub fn ledger_config(mut self, cfg: ::keyturn_core::LedgerConfig) -> Self {
+            self.pool = self.pool.ledger_config(cfg);
+            self
+        }
+
+        /// Where Gemini is, without a version segment (`GEMINI_BASE_URL`: the simulator, a
+        /// proxy; default [`DEFAULT_BASE_URL`](crate::DEFAULT_BASE_URL)).
+        pub fn base_url(mut self, url: impl Into<String>) -> Self {
+            self.pool = self.pool.base_url(url);
+            self
+        }
+
+        /// Retry bounds.
+        pub fn retry(mut self, retry: $crate::RetryPolicy) -> Self {
+            self.pool = self.pool.retry(retry);
+            self
+        }
+
+        /// The clock (default: the system's).
+        pub fn clock(mut self, clock: ::std::sync::Arc<dyn ::keyturn_core::Clock>) -> Self {
+            self.pool = self.pool.clock(clock);
+            self
+        }
+
+        /// Any other pool setting (API version, timeouts).
+        pub fn pool(
+            mut self,
+            f: impl FnOnce($crate::CallerBuilder) -> $crate::CallerBuilder,
+        ) -> Self {
+            self.pool = f(self.pool);
+            self
+        }
+
+        #[doc = concat!(
+            "Calls through an existing caller instead, to share one pool with another service (`",
+            $other,
+            "`); the pool settings above are then unused."
+        )]
+        pub fn caller(mut self, caller: ::std::sync::Arc<dyn $crate::GeminiCall>) -> Self {
+            self.caller = Some(caller);
+            self
+        }
+    };
+}
