@@ -2,128 +2,74 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use keyturn_sim::{Faults, KeyState, Limits, SimConfig, SimKey, Simulator};
+use common::{EMBED, FLASH, Setup, text};
+use keyturn_sim::{Faults, KeyState, Limits};
 use serde_json::Value;
 
-const FLASH: &str = "gemini-2.5-flash";
-const EMBED: &str = "gemini-embedding-001";
-const KEYS: &[(&str, &str, &str)] = &[
+const KEYS: &[common::Key] = &[
     ("made-up-e2e-key-one", "one", "proj-a"),
     ("made-up-e2e-key-two", "two", "proj-a"),
     ("made-up-e2e-key-three", "three", "proj-b"),
     ("made-up-e2e-key-dead", "dead", "proj-c"),
 ];
 
-struct World {
-    sim: Simulator,
-    dir: tempfile::TempDir,
+struct World(common::World);
+
+impl std::ops::Deref for World {
+    type Target = common::World;
+    fn deref(&self) -> &common::World {
+        &self.0
+    }
 }
 
 impl World {
     fn inputs(&self) -> PathBuf {
-        self.dir.path().join("transcripts")
+        self.path("transcripts")
     }
     fn out(&self) -> PathBuf {
-        self.dir.path().join("out")
+        self.path("out")
     }
     fn state(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_keyturn"));
-        c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KEYTURN_KEYS_FILE", self.dir.path().join("keys.txt"))
-            .env("KEYTURN_CONFIG", self.dir.path().join("keyturn.toml"))
-            .env("KEYTURN_STATE_DIR", self.state())
-            .env("GEMINI_BASE_URL", self.sim.base_url())
-            .current_dir(self.dir.path())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
+        self.path("state")
     }
 
     fn seed_cmd(&self) -> Command {
-        let (i, o) = (self.inputs(), self.out());
-        self.command(&[
-            "seed",
-            i.to_str().unwrap(),
-            "--out",
-            o.to_str().unwrap(),
-            "--chunk-tokens",
-            "90",
-            "--dimensions",
-            "16",
-        ])
+        self.0.seed_cmd("out")
     }
 
-    async fn run(&self, mut c: Command) -> Output {
-        tokio::task::spawn_blocking(move || c.output().unwrap())
-            .await
-            .unwrap()
-    }
-
-    fn stats(&self) -> Value {
-        self.sim.state().stats()
+    async fn run(&self, c: Command) -> Output {
+        common::run_cmd(c).await
     }
 }
 
 /// Samples, keys file, and a keyturn.toml whose limits match the simulator's exactly.
 async fn world(rpm: u64, rpd: u64, faults: Faults, dead_key: bool) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    keyturn_pipeline::demo::write_samples(&dir.path().join("transcripts")).unwrap();
-    let keys: Vec<_> = KEYS.iter().filter(|k| dead_key || k.1 != "dead").collect();
-    let lines: String = keys
-        .iter()
-        .map(|(k, l, p)| format!("{k} label={l} project={p}\n"))
-        .collect();
-    std::fs::write(dir.path().join("keys.txt"), lines).unwrap();
-    std::fs::write(
-        dir.path().join("keyturn.toml"),
-        format!(
-            "[rotation]\nmax_wait = \"3m\"\n[breaker]\nbase_cooldown = \"200ms\"\nmax_cooldown = \"1s\"\n[retry]\nbase_backoff = \"20ms\"\nmax_backoff = \"200ms\"\nmax_attempts = 30\n\
-             [models.\"{FLASH}\"]\nrpm = {rpm}\ntpm = 1000000\nrpd = {rpd}\n[models.\"{EMBED}\"]\nrpm = 1000\ntpm = 10000000\nrpd = 100000\n"
-        ),
-    )
-    .unwrap();
     let mut models = BTreeMap::new();
     models.insert(FLASH.to_owned(), Limits::new(rpm, 1_000_000, rpd));
     models.insert(EMBED.to_owned(), Limits::new(1000, 10_000_000, 100_000));
-    let sim = Simulator::start(SimConfig {
-        keys: keys
-            .iter()
-            .map(|(k, l, p)| SimKey {
-                key: (*k).into(),
-                label: Some((*l).into()),
-                project: Some((*p).into()),
-                state: if *l == "dead" {
-                    KeyState::Invalid
-                } else {
-                    KeyState::Valid
-                },
-            })
-            .collect(),
-        models,
-        faults,
-        ..SimConfig::default()
-    })
-    .await
-    .unwrap();
-    World { sim, dir }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+    World(
+        common::World::start(Setup {
+            keys: KEYS
+                .iter()
+                .copied()
+                .filter(|k| dead_key || k.1 != "dead")
+                .collect(),
+            invalid: vec!["dead"],
+            toml: format!(
+                "[rotation]\nmax_wait = \"3m\"\n[breaker]\nbase_cooldown = \"200ms\"\nmax_cooldown = \"1s\"\n[retry]\nbase_backoff = \"20ms\"\nmax_backoff = \"200ms\"\nmax_attempts = 30\n\
+                 [models.\"{FLASH}\"]\nrpm = {rpm}\ntpm = 1000000\nrpd = {rpd}\n[models.\"{EMBED}\"]\nrpm = 1000\ntpm = 10000000\nrpd = 100000\n"
+            ),
+            models,
+            faults,
+        })
+        .await,
     )
 }
 

@@ -4,135 +4,68 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
-use std::process::{Command, Output, Stdio};
+mod common;
 
-use keyturn_sim::{KeyState, Limits, SimConfig, SimKey, Simulator};
+use std::collections::BTreeMap;
+use std::process::Output;
+
+use common::{EMBED, FLASH, Setup, text};
+use keyturn_sim::{Faults, Limits};
 use serde_json::Value;
 
-const FLASH: &str = "gemini-2.5-flash";
-const EMBED: &str = "gemini-embedding-001";
-const KEYS: &[(&str, &str, &str)] = &[
+const KEYS: &[common::Key] = &[
     ("made-up-plan-key-one", "one", "pa"),
     ("made-up-plan-key-two", "two", "pb"),
 ];
 /// Each project's extraction requests per day, here and on the server.
 const FLASH_RPD: u64 = 6;
 
-struct World {
-    sim: Simulator,
-    dir: tempfile::TempDir,
+struct World(common::World);
+
+impl std::ops::Deref for World {
+    type Target = common::World;
+    fn deref(&self) -> &common::World {
+        &self.0
+    }
 }
 
 impl World {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        keyturn_pipeline::demo::write_samples(&dir.path().join("transcripts")).unwrap();
-        let lines: String = KEYS
-            .iter()
-            .map(|(k, l, p)| format!("{k} label={l} project={p}\n"))
-            .collect();
-        std::fs::write(dir.path().join("keys.txt"), lines).unwrap();
-        std::fs::write(
-            dir.path().join("keyturn.toml"),
-            format!(
-                "[rotation]\nmax_wait = \"1m\"\n[retry]\nbase_backoff = \"20ms\"\nmax_backoff = \"200ms\"\nmax_attempts = 30\n\
-                 [cache]\ndisk = true\n\
-                 [models.\"{FLASH}\"]\nrpm = 1000\ntpm = 10000000\nrpd = {FLASH_RPD}\n[models.\"{EMBED}\"]\nrpm = 1000\ntpm = 10000000\nrpd = 100000\n"
-            ),
-        )
-        .unwrap();
         let mut models = BTreeMap::new();
         models.insert(FLASH.to_owned(), Limits::new(1000, 10_000_000, FLASH_RPD));
         models.insert(EMBED.to_owned(), Limits::new(1000, 10_000_000, 100_000));
-        let sim = Simulator::start(SimConfig {
-            keys: KEYS
-                .iter()
-                .map(|(k, l, p)| SimKey {
-                    key: (*k).into(),
-                    label: Some((*l).into()),
-                    project: Some((*p).into()),
-                    state: KeyState::Valid,
-                })
-                .collect(),
-            models,
-            ..SimConfig::default()
-        })
-        .await
-        .unwrap();
-        Self { sim, dir }
-    }
-
-    fn keyturn(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_keyturn"));
-        c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KEYTURN_KEYS_FILE", self.dir.path().join("keys.txt"))
-            .env("KEYTURN_CONFIG", self.dir.path().join("keyturn.toml"))
-            .env("KEYTURN_STATE_DIR", self.dir.path().join("state"))
-            .env("GEMINI_BASE_URL", self.sim.base_url())
-            .current_dir(self.dir.path())
-            .args(args)
-            .stdin(Stdio::null());
-        c
+        Self(
+            common::World::start(Setup {
+                keys: KEYS.to_vec(),
+                invalid: Vec::new(),
+                toml: format!(
+                    "[rotation]\nmax_wait = \"1m\"\n[retry]\nbase_backoff = \"20ms\"\nmax_backoff = \"200ms\"\nmax_attempts = 30\n\
+                     [cache]\ndisk = true\n\
+                     [models.\"{FLASH}\"]\nrpm = 1000\ntpm = 10000000\nrpd = {FLASH_RPD}\n[models.\"{EMBED}\"]\nrpm = 1000\ntpm = 10000000\nrpd = 100000\n"
+                ),
+                models,
+                faults: Faults::default(),
+            })
+            .await,
+        )
     }
 
     fn path(&self, p: &str) -> String {
-        self.dir.path().join(p).display().to_string()
+        self.0.path(p).display().to_string()
     }
 
     async fn plan(&self, extra: &[&str]) -> Value {
         let t = self.path("transcripts");
         let mut args = vec!["plan", t.as_str(), "--chunk-tokens", "90", "--json"];
         args.extend_from_slice(extra);
-        let o = run_cmd(self.keyturn(&args)).await;
+        let o = common::run_cmd(self.command(&args)).await;
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
         serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)))
     }
 
     async fn seed(&self) -> Output {
-        let (t, out) = (self.path("transcripts"), self.path("out"));
-        run_cmd(self.keyturn(&[
-            "seed",
-            t.as_str(),
-            "--out",
-            out.as_str(),
-            "--chunk-tokens",
-            "90",
-            "--dimensions",
-            "16",
-        ]))
-        .await
+        common::run_cmd(self.seed_cmd("out")).await
     }
-
-    fn stats(&self) -> Value {
-        self.sim.state().stats()
-    }
-
-    fn admitted(&self, model: &str) -> u64 {
-        self.stats()["scopes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|s| s["model"] == model)
-            .map(|s| s["admitted"].as_u64().unwrap_or(0))
-            .sum()
-    }
-}
-
-async fn run_cmd(mut c: Command) -> Output {
-    tokio::task::spawn_blocking(move || c.output().unwrap())
-        .await
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn model<'a>(plan: &'a Value, name: &str) -> &'a Value {

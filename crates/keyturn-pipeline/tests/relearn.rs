@@ -4,63 +4,42 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+mod common;
 
-use keyturn_sim::{KeyState, Limits, SimConfig, SimKey, Simulator};
+use std::collections::BTreeMap;
+use std::process::{Command, Output};
+
+use common::{EMBED, FLASH, Setup, run_cmd, text};
+use keyturn_sim::{Faults, Limits};
 use serde_json::Value;
 
-const FLASH: &str = "gemini-2.5-flash";
-const EMBED: &str = "gemini-embedding-001";
 /// (key, label, project): "one" is the only key of project "off-a", whose FLASH the server
 /// refuses with a limit of 0 until the test says otherwise.
-const KEYS: &[(&str, &str, &str)] = &[
+const KEYS: &[common::Key] = &[
     ("made-up-relearn-key-one", "one", "off-a"),
     ("made-up-relearn-key-two", "two", "on-b"),
 ];
 
-struct World {
-    sim: Simulator,
-    dir: tempfile::TempDir,
-}
+struct World(common::World);
 
 impl World {
     async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        keyturn_pipeline::demo::write_samples(&dir.path().join("transcripts")).unwrap();
-        let lines: String = KEYS
-            .iter()
-            .map(|(k, l, p)| format!("{k} label={l} project={p}\n"))
-            .collect();
-        std::fs::write(dir.path().join("keys.txt"), lines).unwrap();
-        std::fs::write(
-            dir.path().join("keyturn.toml"),
-            format!(
-                "[rotation]\nmax_wait = \"1m\"\n[retry]\nbase_backoff = \"20ms\"\nmax_backoff = \"200ms\"\nmax_attempts = 30\n\
-                 [models.\"{FLASH}\"]\nrpm = 1000\ntpm = 10000000\nrpd = 100000\n[models.\"{EMBED}\"]\nrpm = 1000\ntpm = 10000000\nrpd = 100000\n"
-            ),
-        )
-        .unwrap();
         let mut models = BTreeMap::new();
         models.insert(FLASH.to_owned(), Limits::new(1000, 10_000_000, 100_000));
         models.insert(EMBED.to_owned(), Limits::new(1000, 10_000_000, 100_000));
-        let sim = Simulator::start(SimConfig {
-            keys: KEYS
-                .iter()
-                .map(|(k, l, p)| SimKey {
-                    key: (*k).into(),
-                    label: Some((*l).into()),
-                    project: Some((*p).into()),
-                    state: KeyState::Valid,
-                })
-                .collect(),
-            models,
-            ..SimConfig::default()
-        })
-        .await
-        .unwrap();
-        let w = Self { sim, dir };
+        let w = Self(
+            common::World::start(Setup {
+                keys: KEYS.to_vec(),
+                invalid: Vec::new(),
+                toml: format!(
+                    "[rotation]\nmax_wait = \"1m\"\n[retry]\nbase_backoff = \"20ms\"\nmax_backoff = \"200ms\"\nmax_attempts = 30\n\
+                     [models.\"{FLASH}\"]\nrpm = 1000\ntpm = 10000000\nrpd = 100000\n[models.\"{EMBED}\"]\nrpm = 1000\ntpm = 10000000\nrpd = 100000\n"
+                ),
+                models,
+                faults: Faults::default(),
+            })
+            .await,
+        );
         w.set_flash_limits("off-a", 0).await;
         w
     }
@@ -68,7 +47,7 @@ impl World {
     /// Sets a project's FLASH limits on the server (`rpd = 0`: no quota at all, limit 0).
     async fn set_flash_limits(&self, project: &str, rpd: u64) {
         reqwest::Client::new()
-            .put(format!("{}/admin/limits", self.sim.base_url()))
+            .put(format!("{}/admin/limits", self.0.sim.base_url()))
             .json(&serde_json::json!({
                 "project": project, "model": FLASH, "rpm": 1000, "tpm": 10_000_000, "rpd": rpd
             }))
@@ -81,38 +60,15 @@ impl World {
 
     /// `keyturn` with the clock shifted by `offset_ms`.
     fn command(&self, offset_ms: i64, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_keyturn"));
-        c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("KEYTURN_KEYS_FILE", self.dir.path().join("keys.txt"))
-            .env("KEYTURN_CONFIG", self.dir.path().join("keyturn.toml"))
-            .env("KEYTURN_STATE_DIR", self.dir.path().join("state"))
-            .env("KEYTURN_CLOCK_OFFSET_MS", offset_ms.to_string())
-            .env("GEMINI_BASE_URL", self.sim.base_url())
-            .current_dir(self.dir.path())
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut c = self.0.command(args);
+        c.env("KEYTURN_CLOCK_OFFSET_MS", offset_ms.to_string());
         c
     }
 
     /// A whole seed into a fresh output folder (so every chunk is sent again).
     async fn seed(&self, offset_ms: i64, run: &str) -> Output {
-        let inputs = self.dir.path().join("transcripts");
-        let out: PathBuf = self.dir.path().join(format!("out-{run}"));
-        let c = self.command(
-            offset_ms,
-            &[
-                "seed",
-                inputs.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--chunk-tokens",
-                "90",
-                "--dimensions",
-                "16",
-            ],
-        );
+        let mut c = self.0.seed_cmd(&format!("out-{run}"));
+        c.env("KEYTURN_CLOCK_OFFSET_MS", offset_ms.to_string());
         run_cmd(c).await
     }
 
@@ -125,7 +81,7 @@ impl World {
     /// FLASH requests of project off-a the server refused (its limit-0 answers are 429s on
     /// key "one", whose other requests, embeddings, succeed).
     fn refused(&self) -> u64 {
-        let stats = self.sim.state().stats();
+        let stats = self.0.sim.state().stats();
         let one = stats["keys"]
             .as_array()
             .unwrap()
@@ -138,7 +94,7 @@ impl World {
 
     /// FLASH requests of project off-a the server served.
     fn served(&self) -> u64 {
-        let stats = self.sim.state().stats();
+        let stats = self.0.sim.state().stats();
         stats["scopes"]
             .as_array()
             .unwrap()
@@ -146,21 +102,6 @@ impl World {
             .find(|s| s["project"] == "off-a" && s["model"] == FLASH)
             .map_or(0, |s| s["admitted"].as_u64().unwrap_or(0))
     }
-}
-
-async fn run_cmd(mut c: Command) -> Output {
-    tokio::task::spawn_blocking(move || c.output().unwrap())
-        .await
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn flash_scope<'a>(status: &'a Value, project: &str) -> &'a Value {
