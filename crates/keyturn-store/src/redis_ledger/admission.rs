@@ -30,6 +30,7 @@ impl RedisLedger {
         };
         let sent_local = self.clock.now_ms();
         let mut inv = self.acquire.prepare_invoke();
+        inv.key(&self.anchor);
         inv.arg(&self.prefix)
             .arg(model)
             .arg(self.now_arg(sent_local))
@@ -222,6 +223,7 @@ impl RedisLedger {
         };
         let b = &self.cfg.breaker;
         let mut inv = self.settle.prepare_invoke();
+        inv.key(&self.anchor);
         inv.arg(&self.prefix)
             .arg(&model)
             .arg(self.now_arg(self.clock.now_ms()))
