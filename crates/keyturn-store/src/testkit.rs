@@ -397,7 +397,13 @@ impl TestCluster {
             .map(|l| l.split_whitespace().collect())
             .collect();
         let port_of = |r: &Vec<&str>| -> Option<u16> {
-            r.get(1)?.split('@').next()?.rsplit(':').next()?.parse().ok()
+            r.get(1)?
+                .split('@')
+                .next()?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
         };
         let master = rows
             .iter()

@@ -10,8 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keyturn_core::testkit::{LedgerFactory, T0_MS, TIGHT, config};
 use keyturn_core::{
-    AcquireError, ApiKey, Demand, KeyRing, KeySpec, LedgerConfig, ManualClock, Outcome,
-    QuotaLedger,
+    AcquireError, ApiKey, Demand, KeyRing, KeySpec, LedgerConfig, ManualClock, Outcome, QuotaLedger,
 };
 use keyturn_store::testkit::{TestCluster, unique_namespace};
 use keyturn_store::{RedisLedger, TimeSource};
@@ -102,10 +101,7 @@ async fn a_killed_master_gives_typed_errors_then_its_replica_admits_exactly_the_
                 break;
             }
             Err(AcquireError::Backend(e)) => {
-                assert!(
-                    !e.to_string().contains("AIzaSy"),
-                    "no key in an error: {e}"
-                );
+                assert!(!e.to_string().contains("AIzaSy"), "no key in an error: {e}");
                 outage_errors += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }

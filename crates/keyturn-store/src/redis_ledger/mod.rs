@@ -210,6 +210,8 @@ pub struct RedisLedger {
     limits: Mutex<HashMap<String, Arc<Vec<[i64; 4]>>>>,
     models: Mutex<Vec<String>>,
     cursors: Mutex<HashMap<String, usize>>,
+    /// Per model: the acquire call in flight and the acquires waiting for the next.
+    batches: Mutex<HashMap<String, admission::Queue>>,
     days: Mutex<Option<[i64; 4]>>,
 }
 
@@ -352,6 +354,7 @@ impl RedisLedger {
             projects,
             models: Mutex::new(models),
             cursors: Mutex::new(HashMap::new()),
+            batches: Mutex::new(HashMap::new()),
             days: Mutex::new(None),
         };
         ledger.adopt_tiers().await.map_err(|e| {
