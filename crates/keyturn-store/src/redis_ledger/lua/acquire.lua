@@ -110,7 +110,7 @@ local function headroom(s)
   return math.min(free(s.f.sr, s.rpm), free(s.f.sk, s.tpm), free(s.f.dc or 0, s.rpd), free(s.f.dt or 0, s.tpd))
 end
 
-local function breaker(fp)
+local function read_breaker(fp)
   local h = redis.call('HMGET', P .. 'k:' .. fp, 'dis', 'bs', 'bu', 'bp')
   if h[1] then return 'dis', nil end
   local bs = h[2]
@@ -123,6 +123,24 @@ local function breaker(fp)
   local bp = tonumber(h[4]) or 0
   if bp > 0 and now < bp then return 'no', bp end
   return 'probe', nil
+end
+
+-- A key's admission, read once per call (a probe let out below updates it).
+local breakers = {}
+local function breaker(fp)
+  local b = breakers[fp]
+  if b == nil then
+    local adm, until_ = read_breaker(fp)
+    b = { adm, until_ }
+    breakers[fp] = b
+  end
+  return b[1], b[2]
+end
+
+-- The day's usage added by this call, written once at the end: field -> count.
+local usage = {}
+local function add_usage(field, v)
+  usage[field] = (usage[field] or 0) + v
 end
 
 local function cand(i)
@@ -256,10 +274,8 @@ local function admit()
     -- The scope hash's generation, new whenever a reset or a restore replaced the hash: the
     -- lease carries it, and a lease of an older generation corrects none of its counters.
     if pick_s.f.gen == nil then put(pick_s, 'gen', redis.call('INCR', P .. 'gen')) end
-    local uk = P .. 'u:' .. day_start
-    redis.call('HINCRBY', uk, pick_fp .. '|' .. model .. '|r', nreq)
-    redis.call('HINCRBY', uk, pick_fp .. '|' .. model .. '|t', ntok)
-    redis.call('PEXPIRE', uk, day_end - now + HISTORY_MS)
+    add_usage(pick_fp .. '|' .. model .. '|r', nreq)
+    add_usage(pick_fp .. '|' .. model .. '|t', ntok)
     -- The re-probe of an expired switch-off: it holds the gate until it settles or times out.
     local reprobe = false
     if pick_s.gate == 'probe' then
@@ -274,6 +290,7 @@ local function admit()
     local probe = 0
     if pick_adm == 'probe' then
       redis.call('HSET', P .. 'k:' .. pick_fp, 'bs', 'half', 'bp', now + probe_timeout)
+      breakers[pick_fp] = { 'no', now + probe_timeout }
       probe = 1
     end
     -- Later demands of the batch see the re-probes out and the next round-robin start.
@@ -287,10 +304,23 @@ local function admit()
   return refuse()
 end
 
-local replies = {}
+-- A refusal depends only on the demand and the state, and only an admission changes the state:
+-- identical demands refused one after the other get the same answer without working it out again.
+local replies, refused = {}, {}
 for j = 1, k do
   nreq, ntok = tonumber(ARGV[12 + 2 * j]), tonumber(ARGV[13 + 2 * j])
-  replies[j] = admit()
+  local shape = nreq .. ':' .. ntok
+  local r = refused[shape]
+  if r == nil then
+    r = admit()
+    if r[1] == 1 then refused = {} else refused[shape] = r end
+  end
+  replies[j] = r
+end
+if next(usage) ~= nil then
+  local uk = P .. 'u:' .. day_start
+  for field, v in pairs(usage) do redis.call('HINCRBY', uk, field, v) end
+  redis.call('PEXPIRE', uk, day_end - now + HISTORY_MS)
 end
 writeback()
 return replies
