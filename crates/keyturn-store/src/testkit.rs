@@ -357,6 +357,7 @@ impl TestCluster {
 
     /// A cluster for a test, or `None` with the reason printed when redis-server is missing
     /// outside CI; under `CI=true` a cluster that cannot start fails the test.
+    #[allow(clippy::print_stderr)] // the skip's reason, next to the test's name in the output
     pub fn or_skip(node_timeout_ms: u64) -> Option<Self> {
         match Self::start(node_timeout_ms) {
             Ok(c) => Some(c),
