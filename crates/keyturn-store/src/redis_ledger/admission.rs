@@ -1,6 +1,7 @@
-//! Admission: the acquires in flight for one model go to Redis as one batch, one script call
-//! at a time per model (the others wait for the next call, which takes every one of them: no
-//! thundering herd, and a batch of 64 costs one round trip and one scope read). Each demand in a
+//! Admission: the acquires in flight for one model go to Redis in batches, at most
+//! [`MAX_CALLS`] script calls at a time per model (the others wait for the next call, which
+//! takes every one of them: no thundering herd, and a batch of 64 costs one round trip and one
+//! scope read). Each demand in a
 //! batch is decided in Redis exactly as if it came alone, in arrival order. A refusal is read
 //! into an error and the time capacity returns; one settle script call per lease.
 
@@ -12,6 +13,11 @@ use super::*;
 
 /// The most demands one acquire call decides (bounds the script's run time and reply).
 const MAX_BATCH: usize = 64;
+
+/// Acquire calls in flight at once per model. More than one, so that handing the next call to a
+/// waiter (a task wake-up, slow on a busy machine) overlaps another call instead of leaving
+/// Redis idle; each call is atomic in Redis, so any number is exact.
+const MAX_CALLS: usize = 4;
 
 /// What a waiting acquire is told: its reply (with the local time its batch was sent), or that
 /// it now sends the next batch.
@@ -25,10 +31,10 @@ struct Waiter {
     tx: oneshot::Sender<Turn>,
 }
 
-/// One model's acquires: whether a call is in flight, and who waits for the next.
+/// One model's acquires: the calls in flight, and who waits for the next.
 #[derive(Default)]
 pub(super) struct Queue {
-    busy: bool,
+    calls: usize,
     waiting: VecDeque<Waiter>,
 }
 
@@ -72,7 +78,7 @@ impl Drop for HandOver<'_> {
                 return;
             }
         }
-        q.busy = false;
+        q.calls = q.calls.saturating_sub(1);
     }
 }
 
@@ -210,12 +216,12 @@ impl RedisLedger {
             let rx = {
                 let mut queues = self.batches.lock();
                 let q = queues.entry(model.to_owned()).or_default();
-                if q.busy {
+                if q.calls >= MAX_CALLS {
                     let (tx, rx) = oneshot::channel();
                     q.waiting.push_back(Waiter { demand, tx });
                     Some(rx)
                 } else {
-                    q.busy = true;
+                    q.calls += 1;
                     None
                 }
             };
