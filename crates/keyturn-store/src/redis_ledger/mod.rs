@@ -666,6 +666,10 @@ mod tests {
                 "unix:///run/redis.sock?pass=made-up-pw",
                 "unix:///run/redis.sock",
             ),
+            (
+                "redis+cluster://u:made-up-pw@h1:7000,h2:7001",
+                "redis+cluster://h1:7000,h2:7001",
+            ),
             ("made-up-pw", "(redis url)"),
         ] {
             assert_eq!(redact_url(url), shown, "{url}");
