@@ -17,6 +17,18 @@ fn err(toml: &str) -> String {
 }
 
 #[test]
+fn a_redis_cluster_url_is_a_redis_url() {
+    for url in [
+        "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+        "rediss+cluster://u:p@h1:7000,h2:7000",
+    ] {
+        let toml = format!("[state]\nbackend = \"redis\"\nredis_url = \"{url}\"\n");
+        let cfg = Config::from_toml(&toml, Path::new("/etc/keyturn.toml")).unwrap();
+        assert_eq!(cfg.state.redis_url, url);
+    }
+}
+
+#[test]
 fn nonsense_settings_are_refused_naming_field_and_file() {
     let cases = [
         ("[serve]\nmax_body_bytes = 0\n", "serve.max_body_bytes"),

@@ -265,6 +265,202 @@ impl Drop for TestRedis {
     }
 }
 
+/// A Redis Cluster for tests: three masters and a replica of each, `redis-server
+/// --cluster-enabled yes` in temp dirs, joined by `redis-cli --cluster create`. Its nodes stop
+/// with the test process.
+#[derive(Debug)]
+pub struct TestCluster {
+    nodes: Vec<TestRedis>,
+}
+
+fn redis_cli(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("redis-cli")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run redis-cli: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "redis-cli {} failed: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+impl TestCluster {
+    /// Starts a cluster of three masters and three replicas (a node is declared failed after
+    /// `node_timeout_ms`), or says why it cannot.
+    pub fn start(node_timeout_ms: u64) -> Result<Self, String> {
+        which_redis()?;
+        let timeout = node_timeout_ms.to_string();
+        let mut nodes = Vec::new();
+        for _ in 0..6 {
+            let bus = free_port().to_string();
+            nodes.push(Self::node(&bus, &timeout)?);
+        }
+        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        args.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+        args.extend(["--cluster-replicas", "1", "--cluster-yes"].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        redis_cli(&args)?;
+        let me = Self { nodes };
+        me.wait_until_ok()?;
+        Ok(me)
+    }
+
+    fn node(bus: &str, timeout: &str) -> Result<TestRedis, String> {
+        TestRedis::try_private_with(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-port",
+            bus,
+            "--cluster-node-timeout",
+            timeout,
+        ])
+    }
+
+    /// Waits until every running node says the cluster is ok and sees every slot served.
+    pub fn wait_until_ok(&self) -> Result<(), String> {
+        for _ in 0..1500 {
+            let ok = self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+                redis_cli(&["-p", &n.port.to_string(), "cluster", "info"])
+                    .is_ok_and(|i| i.contains("cluster_state:ok"))
+            });
+            if ok {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("the test cluster did not become ok".into())
+    }
+
+    /// One cluster for the whole test process (left running until it exits), or why none.
+    pub fn shared() -> Result<String, String> {
+        static SHARED: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let mut c = Self::start(5000)?;
+                let url = c.url();
+                for n in &mut c.nodes {
+                    n.detach();
+                }
+                Ok(url)
+            })
+            .clone()
+    }
+
+    /// A cluster for a test, or `None` with the reason printed when redis-server is missing
+    /// outside CI; under `CI=true` a cluster that cannot start fails the test.
+    #[allow(clippy::print_stderr)] // the skip's reason, next to the test's name in the output
+    pub fn or_skip(node_timeout_ms: u64) -> Option<Self> {
+        match Self::start(node_timeout_ms) {
+            Ok(c) => Some(c),
+            Err(why) if std::env::var("CI").is_err() && which_redis().is_err() => {
+                eprintln!("SKIPPED: this test needs a Redis Cluster: {why}");
+                None
+            }
+            Err(why) => panic!("this test needs a Redis Cluster: {why}"),
+        }
+    }
+
+    /// `redis+cluster://` with every node.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    /// The port of the master serving `key`'s slot and of its replica.
+    pub fn master_and_replica_of(&self, key: &str) -> Result<(u16, u16), String> {
+        let live = self
+            .nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .ok_or("no node runs")?;
+        let p = live.port.to_string();
+        let slot: u16 = redis_cli(&["-p", &p, "cluster", "keyslot", key])?
+            .trim()
+            .parse()
+            .map_err(|e| format!("keyslot: {e}"))?;
+        let nodes = redis_cli(&["-p", &p, "cluster", "nodes"])?;
+        // <id> <ip:port@bus> <flags> <master-id|-> ... <slot ranges>
+        let rows: Vec<Vec<&str>> = nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let port_of = |r: &Vec<&str>| -> Option<u16> {
+            r.get(1)?
+                .split('@')
+                .next()?
+                .rsplit(':')
+                .next()?
+                .parse()
+                .ok()
+        };
+        let master = rows
+            .iter()
+            .find(|r| {
+                r.get(2).is_some_and(|f| f.contains("master") && !f.contains("fail"))
+                    && r.iter().skip(8).any(|range| {
+                        let (a, b) = range.split_once('-').unwrap_or((range, range));
+                        matches!((a.parse::<u16>(), b.parse::<u16>()), (Ok(a), Ok(b)) if a <= slot && slot <= b)
+                    })
+            })
+            .ok_or_else(|| format!("no master serves slot {slot}"))?;
+        let replica = rows
+            .iter()
+            .find(|r| r.get(3) == master.first() && r.get(2).is_some_and(|f| !f.contains("fail")))
+            .ok_or("the master has no live replica")?;
+        Ok((
+            port_of(master).ok_or("bad node row")?,
+            port_of(replica).ok_or("bad node row")?,
+        ))
+    }
+
+    /// Kills the node on `port` (SIGKILL, as a crash would).
+    pub fn kill(&mut self, port: u16) {
+        if let Some(n) = self.nodes.iter_mut().find(|n| n.port == port) {
+            n.stop();
+        }
+    }
+
+    /// Waits until the replica on `port` has every write its master acknowledged so far.
+    pub fn wait_replicated(&self, master: u16, replica: u16) -> Result<(), String> {
+        let offset = |port: u16, field: &str| -> Option<i64> {
+            redis_cli(&["-p", &port.to_string(), "info", "replication"])
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        for _ in 0..1500 {
+            if let (Some(m), Some(r)) = (
+                offset(master, "master_repl_offset:"),
+                offset(replica, "slave_repl_offset:"),
+            ) && r >= m
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err("the replica did not catch up".into())
+    }
+
+    /// Whether the node on `port` is now a master.
+    pub fn is_master(&self, port: u16) -> bool {
+        redis_cli(&["-p", &port.to_string(), "role"]).is_ok_and(|r| r.starts_with("master"))
+    }
+}
+
 /// A namespace no other test run uses: the process id, a number drawn once per process (pids
 /// are reused; no clock is read) and a counter.
 pub fn unique_namespace(name: &str) -> String {

@@ -40,7 +40,7 @@ async fn a_garbage_usage_field_hides_only_itself() {
 
     let client = redis::Client::open(redis.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let days: Vec<String> = conn.keys(format!("kt:{ns}:u:*")).await.unwrap();
+    let days: Vec<String> = conn.keys(format!("kt:{{{ns}}}:u:*")).await.unwrap();
     assert_eq!(days.len(), 1, "{days:?}");
     let fields: Vec<String> = conn.hkeys(&days[0]).await.unwrap();
     let served = fields.iter().find(|f| f.ends_with("|s")).unwrap();

@@ -237,9 +237,12 @@ pub(super) fn check_namespace(v: &str) -> Result<(), String> {
 
 pub(super) fn check_redis_url(v: &str) -> Result<(), String> {
     let scheme = v.split_once("://").map(|(s, _)| s);
-    if !matches!(scheme, Some("redis" | "rediss" | "unix" | "redis+unix")) {
+    if !matches!(
+        scheme,
+        Some("redis" | "rediss" | "unix" | "redis+unix" | "redis+cluster" | "rediss+cluster")
+    ) {
         return Err(format!(
-            "'{}' is not a Redis URL (redis://[user:password@]host:port[/db], rediss://, unix://)",
+            "'{}' is not a Redis URL (redis://[user:password@]host:port[/db], rediss://, unix://, or a cluster: redis+cluster://[user:password@]host:port[,host:port…])",
             keyturn_store::redact_url(v)
         ));
     }

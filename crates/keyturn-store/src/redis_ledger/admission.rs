@@ -1,7 +1,86 @@
-//! Admission: one acquire script call per attempt (with the refusal read into an error and
-//! a time capacity returns), one settle script call per lease.
+//! Admission: the acquires in flight for one model go to Redis in batches, at most
+//! [`MAX_CALLS`] script calls at a time per model (the others wait for the next call, which
+//! takes every one of them: no thundering herd, and a batch of 64 costs one round trip and one
+//! scope read). Each demand in a
+//! batch is decided in Redis exactly as if it came alone, in arrival order. A refusal is read
+//! into an error and the time capacity returns; one settle script call per lease.
+
+use std::collections::VecDeque;
+
+use tokio::sync::oneshot;
 
 use super::*;
+
+/// The most demands one acquire call decides (bounds the script's run time and reply).
+const MAX_BATCH: usize = 64;
+
+/// Acquire calls in flight at once per model. More than one, so that handing the next call to a
+/// waiter (a task wake-up, slow on a busy machine) overlaps another call instead of leaving
+/// Redis idle; each call is atomic in Redis, so any number is exact.
+const MAX_CALLS: usize = 4;
+
+/// What a waiting acquire is told: its reply (with the local time its batch was sent), or that
+/// it now sends the next batch.
+enum Turn {
+    Done(Result<(Value, i64), redis::RedisError>),
+    Lead,
+}
+
+struct Waiter {
+    demand: Demand,
+    tx: oneshot::Sender<Turn>,
+}
+
+/// One model's acquires: the calls in flight, and who waits for the next.
+#[derive(Default)]
+pub(super) struct Queue {
+    calls: usize,
+    waiting: VecDeque<Waiter>,
+}
+
+/// Hands the model's next batch to the first waiter still waiting when a leader finishes, or
+/// is dropped mid-call (its acquire cancelled): the queue never stalls.
+struct HandOver<'a> {
+    queues: &'a Mutex<HashMap<String, Queue>>,
+    model: &'a str,
+}
+
+/// A waiter's end of its channel: dropped (its acquire cancelled) after it was told to lead but
+/// before it did, it hands the batch on itself.
+struct Waiting<'a> {
+    rx: Option<oneshot::Receiver<Turn>>,
+    queues: &'a Mutex<HashMap<String, Queue>>,
+    model: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if let Ok(Turn::Lead) = rx.try_recv() {
+                drop(HandOver {
+                    queues: self.queues,
+                    model: self.model,
+                });
+            }
+        }
+    }
+}
+
+impl Drop for HandOver<'_> {
+    fn drop(&mut self) {
+        let mut queues = self.queues.lock();
+        let Some(q) = queues.get_mut(self.model) else {
+            return;
+        };
+        while let Some(w) = q.waiting.pop_front() {
+            if w.tx.send(Turn::Lead).is_ok() {
+                return;
+            }
+        }
+        q.calls = q.calls.saturating_sub(1);
+    }
+}
 
 impl RedisLedger {
     /// One attempt, no waiting. On refusal: the error and, if capacity returns, when — on the
@@ -15,56 +94,18 @@ impl RedisLedger {
         let model = keyturn_core::limits::normalize_model(model);
         let slot = self.model_slot(model);
         let n = self.keys.len();
-        let start = match self.cfg.policy {
-            Policy::RoundRobin => self.cursors.lock().get(model).copied().unwrap_or(0) % n,
-            _ => 0,
-        };
-        let policy = match self.cfg.policy {
-            Policy::RoundRobin => "rr",
-            Policy::LeastLoaded => "ll",
-            Policy::Weighted => "w",
-        };
         let demand = Demand {
             requests: demand.requests.max(1),
             ..demand
         };
-        let sent_local = self.clock.now_ms();
-        let mut inv = self.acquire.prepare_invoke();
-        inv.arg(&self.prefix)
-            .arg(model)
-            .arg(self.now_arg(sent_local))
-            .arg(demand.requests)
-            .arg(demand.tokens)
-            .arg(policy);
-        for m in self.midnights() {
-            inv.arg(m);
-        }
-        inv.arg(self.cfg.breaker.probe_timeout.as_millis() as i64)
-            .arg(n)
-            .arg(
-                self.cfg
-                    .relearn_after
-                    .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-            );
-        let limits = self.limits_for(model);
-        for i in 0..n {
-            let k = (start + i) % n;
-            let (fp, project, weight) = &self.candidates[k];
-            let [rpm, tpm, rpd, tpd] = limits[k];
-            inv.arg(k)
-                .arg(fp)
-                .arg(project)
-                .arg(rpm)
-                .arg(tpm)
-                .arg(rpd)
-                .arg(tpd)
-                .arg(*weight);
-        }
-        let mut conn = self.conn.clone();
-        let reply: Vec<Value> = inv
-            .invoke_async(&mut conn)
+        let (reply, sent_local) = self
+            .decide(model, demand)
             .await
             .map_err(|e| (AcquireError::Backend(backend(&self.server, &e)), None))?;
+        let reply: Vec<Value> = match reply {
+            Value::Array(v) => v,
+            _ => Vec::new(),
+        };
         let int = |i: usize| -> i64 {
             match reply.get(i) {
                 Some(Value::Int(x)) => *x,
@@ -82,9 +123,6 @@ impl RedisLedger {
         };
         if int(0) == 1 {
             let k = int(1) as usize;
-            if matches!(self.cfg.policy, Policy::RoundRobin) {
-                self.cursors.lock().insert(model.to_owned(), (k + 1) % n);
-            }
             return Ok(Lease::new(
                 KeyId(k as u32),
                 slot,
@@ -171,6 +209,157 @@ impl RedisLedger {
         ))
     }
 
+    /// One demand's reply from the acquire script, and the local time its batch was sent: in
+    /// the call in flight's successor batch for `model`, sent by whichever waiter leads it.
+    async fn decide(&self, model: &str, demand: Demand) -> Result<(Value, i64), redis::RedisError> {
+        loop {
+            let rx = {
+                let mut queues = self.batches.lock();
+                let q = queues.entry(model.to_owned()).or_default();
+                if q.calls >= MAX_CALLS {
+                    let (tx, rx) = oneshot::channel();
+                    q.waiting.push_back(Waiter { demand, tx });
+                    Some(rx)
+                } else {
+                    q.calls += 1;
+                    None
+                }
+            };
+            let turn = match rx {
+                None => Ok(Turn::Lead),
+                Some(rx) => {
+                    let mut waiting = Waiting {
+                        rx: Some(rx),
+                        queues: &self.batches,
+                        model,
+                    };
+                    let turn = match waiting.rx.as_mut() {
+                        Some(rx) => rx.await,
+                        None => continue,
+                    };
+                    waiting.rx = None;
+                    turn
+                }
+            };
+            match turn {
+                Ok(Turn::Done(reply)) => return reply,
+                Ok(Turn::Lead) => return self.lead(model, demand).await,
+                // The leader's acquire was cancelled mid-call: ask again. What its call may
+                // have admitted for this demand counts as sent (as a dropped lease), never as
+                // free, so asking again can only under-use, not over-admit.
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Sends one batch: `own` first, then every waiter (up to [`MAX_BATCH`]); answers the
+    /// waiters and hands the next batch on.
+    async fn lead(&self, model: &str, own: Demand) -> Result<(Value, i64), redis::RedisError> {
+        let hand_over = HandOver {
+            queues: &self.batches,
+            model,
+        };
+        let batch: Vec<Waiter> = {
+            let mut queues = self.batches.lock();
+            let q = queues.entry(model.to_owned()).or_default();
+            let take = q.waiting.len().min(MAX_BATCH - 1);
+            q.waiting.drain(..take).collect()
+        };
+        let mut demands = Vec::with_capacity(batch.len() + 1);
+        demands.push(own);
+        demands.extend(batch.iter().map(|w| w.demand));
+        let sent_local = self.clock.now_ms();
+        let result = self.call_batch(model, &demands, sent_local).await;
+        let own = match result {
+            Ok(replies) => {
+                let mut replies = replies.into_iter();
+                let own = replies.next().unwrap_or(Value::Nil);
+                for w in batch {
+                    let r = replies.next().unwrap_or(Value::Nil);
+                    // A waiter gone (its acquire cancelled) leaves its admission counted as sent.
+                    let _ = w.tx.send(Turn::Done(Ok((r, sent_local))));
+                }
+                Ok((own, sent_local))
+            }
+            Err(e) => {
+                for w in batch {
+                    let _ = w.tx.send(Turn::Done(Err(e.clone())));
+                }
+                Err(e)
+            }
+        };
+        drop(hand_over);
+        own
+    }
+
+    /// One acquire script call deciding `demands` in order; one reply each.
+    async fn call_batch(
+        &self,
+        model: &str,
+        demands: &[Demand],
+        sent_local: i64,
+    ) -> Result<Vec<Value>, redis::RedisError> {
+        let n = self.keys.len();
+        let start = match self.cfg.policy {
+            Policy::RoundRobin => self.cursors.lock().get(model).copied().unwrap_or(0) % n,
+            _ => 0,
+        };
+        let policy = match self.cfg.policy {
+            Policy::RoundRobin => "rr",
+            Policy::LeastLoaded => "ll",
+            Policy::Weighted => "w",
+        };
+        let mut inv = self.acquire.prepare_invoke();
+        inv.key(&self.anchor);
+        inv.arg(&self.prefix)
+            .arg(model)
+            .arg(self.now_arg(sent_local))
+            .arg(policy);
+        for m in self.midnights() {
+            inv.arg(m);
+        }
+        inv.arg(self.cfg.breaker.probe_timeout.as_millis() as i64)
+            .arg(n)
+            .arg(
+                self.cfg
+                    .relearn_after
+                    .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            )
+            .arg(start)
+            .arg(demands.len());
+        for d in demands {
+            inv.arg(d.requests).arg(d.tokens);
+        }
+        let limits = self.limits_for(model);
+        for (k, (fp, project, weight)) in self.candidates.iter().enumerate() {
+            let [rpm, tpm, rpd, tpd] = limits[k];
+            inv.arg(k)
+                .arg(fp)
+                .arg(project)
+                .arg(rpm)
+                .arg(tpm)
+                .arg(rpd)
+                .arg(tpd)
+                .arg(*weight);
+        }
+        let mut conn = self.conn.clone();
+        let replies: Vec<Value> = inv.invoke_async(&mut conn).await?;
+        if matches!(self.cfg.policy, Policy::RoundRobin) {
+            // The next batch starts after the last key this one admitted on.
+            let last = replies.iter().rev().find_map(|r| match r {
+                Value::Array(v) if matches!(v.first(), Some(Value::Int(1))) => match v.get(1) {
+                    Some(Value::Int(k)) => Some(*k as usize),
+                    _ => None,
+                },
+                _ => None,
+            });
+            if let Some(k) = last {
+                self.cursors.lock().insert(model.to_owned(), (k + 1) % n);
+            }
+        }
+        Ok(replies)
+    }
+
     /// Settles a lease: one script call.
     pub(super) async fn settle_lease(
         &self,
@@ -222,6 +411,7 @@ impl RedisLedger {
         };
         let b = &self.cfg.breaker;
         let mut inv = self.settle.prepare_invoke();
+        inv.key(&self.anchor);
         inv.arg(&self.prefix)
             .arg(&model)
             .arg(self.now_arg(self.clock.now_ms()))
@@ -305,5 +495,90 @@ impl RedisLedger {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(all(test, feature = "testkit"))]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::time::Duration;
+
+    use keyturn_core::testkit::{T0_MS, TIGHT, config, solo_keys};
+    use keyturn_core::{ManualClock, next_pacific_midnight};
+
+    use super::*;
+    use crate::testkit::{TestRedis, unique_namespace};
+
+    async fn ledger(clock: &ManualClock) -> RedisLedger {
+        let redis = TestRedis::get();
+        RedisLedger::connect(
+            redis.url(),
+            &unique_namespace("batch-unit"),
+            Arc::new(solo_keys(1)),
+            config(1000, 1_000_000, 1000),
+            Arc::new(clock.clone()),
+            TimeSource::Clock,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// How many of one 64-demand call were admitted (and how many as breaker probes).
+    async fn one_call_of_64(l: &RedisLedger, clock: &ManualClock) -> (usize, usize) {
+        let replies = l
+            .call_batch(TIGHT, &[Demand::tokens(1); 64], clock.now_ms())
+            .await
+            .unwrap();
+        assert_eq!(replies.len(), 64);
+        let field = |r: &Value, i: usize| match r {
+            Value::Array(v) => matches!(v.get(i), Some(Value::Int(1))),
+            _ => panic!("{r:?}"),
+        };
+        let admitted = replies.iter().filter(|r| field(r, 0)).count();
+        let probes = replies
+            .iter()
+            .filter(|r| field(r, 0) && field(r, 3))
+            .count();
+        (admitted, probes)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis"]
+    async fn one_call_lets_one_breaker_probe_through() {
+        let clock = ManualClock::at_ms(T0_MS);
+        let l = ledger(&clock).await;
+        for _ in 0..2 {
+            let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+            l.settle(lease, Outcome::Transient).await.unwrap();
+        }
+        clock.advance(Duration::from_secs(10));
+        assert_eq!(one_call_of_64(&l, &clock).await, (1, 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis"]
+    async fn one_call_lets_one_reprobe_through_an_expired_switch_off() {
+        let clock = ManualClock::at_ms(T0_MS);
+        let l = ledger(&clock).await;
+        let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+        l.settle(lease, Outcome::ModelUnavailable).await.unwrap();
+        clock.advance(Duration::from_millis(
+            (next_pacific_midnight(T0_MS) - T0_MS) as u64,
+        ));
+        assert_eq!(one_call_of_64(&l, &clock).await, (1, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs Redis"]
+    async fn one_call_lets_one_reprobe_through_a_project_switched_off() {
+        let clock = ManualClock::at_ms(T0_MS);
+        let l = ledger(&clock).await;
+        let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+        l.settle(lease, Outcome::ProjectOff).await.unwrap();
+        clock.advance(Duration::from_millis(
+            (next_pacific_midnight(T0_MS) - T0_MS) as u64,
+        ));
+        assert_eq!(one_call_of_64(&l, &clock).await, (1, 0));
     }
 }

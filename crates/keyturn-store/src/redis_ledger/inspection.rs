@@ -99,7 +99,7 @@ impl RedisLedger {
     /// Usage per key, model and day (one round trip for the 30 days).
     pub(super) async fn read_usage(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         now: i64,
     ) -> Result<Vec<UsageDay>, LedgerError> {
         let days = self.history_days(now);
@@ -164,7 +164,7 @@ impl RedisLedger {
 
     pub(super) async fn read_notices(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         now: i64,
     ) -> Result<Vec<NoticeMark>, LedgerError> {
         let err = |e: redis::RedisError| LedgerError::Backend(backend(&self.server, &e));

@@ -21,14 +21,18 @@
 //! state, and a reset ([`ResetTarget::All`]) touches only the keys and projects of the ledger
 //! that runs it.
 //!
-//! The scripts address keys they compute from the namespace, so a Redis Cluster is not
-//! supported; a single Redis (with replicas) is.
+//! Redis Cluster: every key of a namespace carries the namespace as its hash tag
+//! (`kt:{<namespace>}:…`), so each script call touches one slot and names it in `KEYS[1]` (the
+//! client routes by it). `KEYTURN_REDIS_URL=redis+cluster://host:port[,host:port…]` connects to
+//! a cluster; a namespace lives on one master (and its replicas), namespaces spread over the
+//! masters. Namespaces written before the hash tags (`kt:<namespace>:…`, single Redis only)
+//! are renamed to the new layout, atomically, by the first process that connects (see
+//! [`RedisLedger::connect`]).
 //!
 //! [`connect`]: RedisLedger::connect
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use keyturn_core::error::Exhaustion;
@@ -42,12 +46,14 @@ use keyturn_core::{
     StoreError, ThrottleKind, scope_status_from_snapshot,
 };
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, Value};
 
 mod admission;
+mod conn;
 mod inspection;
 mod state;
+
+use conn::{Conn, Target};
 
 const COMMON: &str = include_str!("lua/common.lua");
 const ACQUIRE: &str = include_str!("lua/acquire.lua");
@@ -59,6 +65,27 @@ local v = tonumber(redis.call('GET', KEYS[1]))
 if v ~= nil and v > tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
+";
+/// One step of a scan of the namespace's slot: KEYS[1] routes it; ARGV cursor, pattern.
+/// Inside a script, so on a cluster it runs on the master that holds the namespace.
+const SCAN: &str = "return redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', 1000)";
+/// Renames a namespace written before the hash tags to the new layout, in one atomic call
+/// (single Redis only). KEYS[1] the new layout's marker; ARGV old prefix, its glob pattern,
+/// new prefix. A key the new layout already has is left where it is (counted as skipped).
+/// Returns {moved, skipped}.
+const MIGRATE: &str = r"
+local moved, skipped = 0, 0
+local cursor = '0'
+repeat
+  local r = redis.call('SCAN', cursor, 'MATCH', ARGV[2], 'COUNT', 1000)
+  cursor = r[1]
+  for _, k in ipairs(r[2]) do
+    local new = ARGV[3] .. string.sub(k, #ARGV[1] + 1)
+    if redis.call('RENAMENX', k, new) == 1 then moved = moved + 1 else skipped = skipped + 1 end
+  end
+until cursor == '0'
+redis.call('SET', KEYS[1], 1)
+return { moved, skipped }
 ";
 
 /// Where the scripts take "now" from.
@@ -167,9 +194,12 @@ pub struct RedisLedger {
     cfg: LedgerConfig,
     clock: Arc<dyn Clock>,
     time: TimeSource,
-    conn: ConnectionManager,
+    conn: Conn,
     server: String,
     prefix: String,
+    /// A key in the namespace's slot: `KEYS[1]` of every script call (the cluster routes by it).
+    anchor: String,
+    scan_script: Script,
     acquire: Script,
     settle: Script,
     claim: Script,
@@ -180,6 +210,8 @@ pub struct RedisLedger {
     limits: Mutex<HashMap<String, Arc<Vec<[i64; 4]>>>>,
     models: Mutex<Vec<String>>,
     cursors: Mutex<HashMap<String, usize>>,
+    /// Per model: the acquire call in flight and the acquires waiting for the next.
+    batches: Mutex<HashMap<String, admission::Queue>>,
     days: Mutex<Option<[i64; 4]>>,
 }
 
@@ -258,38 +290,37 @@ impl RedisLedger {
         time: TimeSource,
     ) -> Result<Self, ConnectError> {
         let server = redact_url(url);
-        let client = redis::Client::open(url).map_err(|e| {
-            let detail = passwords_of(url)
+        let bad_url = |detail: String| ConnectError::BadUrl {
+            server: server.clone(),
+            detail: passwords_of(url)
                 .into_iter()
-                .fold(e.to_string(), |t, p| t.replace(p, "***"));
-            ConnectError::BadUrl {
-                server: server.clone(),
-                detail,
-            }
-        })?;
+                .fold(detail, |t, p| t.replace(p, "***")),
+        };
+        let target = Target::parse(url)
+            .ok_or_else(|| bad_url("a redis+cluster:// URL names no node".into()))?;
         let fail = |e: redis::RedisError| match refusal(&e) {
             Some(why) => ConnectError::Refused {
                 server: server.clone(),
                 detail: why.to_owned(),
             },
+            None if e.kind() == redis::ErrorKind::InvalidClientConfig => bad_url(e.to_string()),
             None => ConnectError::Unavailable(StoreError::Backend(backend(&server, &e))),
         };
-        let mcfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(3)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let mut conn = ConnectionManager::new_with_config(client, mcfg)
-            .await
-            .map_err(fail)?;
-        let prefix = format!("kt:{namespace}:");
+        let mut conn = Conn::open(&target).await.map_err(fail)?;
+        let prefix = format!("kt:{{{namespace}}}:");
+        let anchor = format!("{prefix}k:access-check");
         // Without a password Redis still connects and refuses the first command (NOAUTH); an
         // ACL may allow PING and refuse scripts or these keys (NOPERM): ask what keyturn will.
         let _: i64 = Script::new("return redis.call('EXISTS', KEYS[1])")
-            .key(format!("{prefix}k:access-check"))
+            .key(&anchor)
             .invoke_async(&mut conn)
             .await
             .map_err(fail)?;
+        if !conn.is_cluster() {
+            Self::migrate_layout(&mut conn, namespace, &prefix)
+                .await
+                .map_err(fail)?;
+        }
         let mut projects = Vec::new();
         for (_, e) in keys.iter() {
             if !projects.contains(&e.project) {
@@ -315,12 +346,15 @@ impl RedisLedger {
             conn,
             server,
             prefix,
+            anchor,
+            scan_script: Script::new(SCAN),
             acquire: Script::new(&format!("{COMMON}\n{ACQUIRE}")),
             settle: Script::new(&format!("{COMMON}\n{SETTLE}")),
             claim: Script::new(CLAIM),
             projects,
             models: Mutex::new(models),
             cursors: Mutex::new(HashMap::new()),
+            batches: Mutex::new(HashMap::new()),
             days: Mutex::new(None),
         };
         ledger.adopt_tiers().await.map_err(|e| {
@@ -375,6 +409,40 @@ impl RedisLedger {
             if of_changed(&k, "s:") {
                 let _: () = conn.hdel(&k, &["cd", "ex"]).await.map_err(err)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Renames a namespace written before the hash tags (`kt:<namespace>:…`) to the layout of
+    /// this version (`kt:{<namespace>}:…`), once: the first process of this version to connect
+    /// moves every key in one atomic script and leaves a marker (`kt:{<namespace>}:layout`), so
+    /// today's counts, switch-offs and history carry over. Processes of an older version still
+    /// running on the namespace would go on counting under the old names: upgrade them together.
+    async fn migrate_layout(
+        conn: &mut Conn,
+        namespace: &str,
+        prefix: &str,
+    ) -> Result<(), redis::RedisError> {
+        let marker = format!("{prefix}layout");
+        let done: bool = conn.exists(&marker).await?;
+        if done {
+            return Ok(());
+        }
+        let old = format!("kt:{namespace}:");
+        let (moved, skipped): (u64, u64) = Script::new(MIGRATE)
+            .key(&marker)
+            .arg(&old)
+            .arg(format!("{}*", glob_escape(&old)))
+            .arg(prefix)
+            .invoke_async(conn)
+            .await?;
+        if moved > 0 || skipped > 0 {
+            tracing::info!(
+                namespace = %namespace,
+                moved,
+                skipped,
+                "moved the namespace's Redis keys to the hash-tagged layout (kt:{{namespace}}:…)"
+            );
         }
         Ok(())
     }
@@ -597,6 +665,10 @@ mod tests {
             (
                 "unix:///run/redis.sock?pass=made-up-pw",
                 "unix:///run/redis.sock",
+            ),
+            (
+                "redis+cluster://u:made-up-pw@h1:7000,h2:7001",
+                "redis+cluster://h1:7000,h2:7001",
             ),
             ("made-up-pw", "(redis url)"),
         ] {

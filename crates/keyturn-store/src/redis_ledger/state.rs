@@ -237,19 +237,27 @@ impl RedisLedger {
     /// escaped: a glob character in a namespace must not reach another namespace's keys.
     pub(super) async fn scan(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut Conn,
         kind: &str,
     ) -> Result<Vec<String>, LedgerError> {
+        let pattern = format!("{}*", glob_escape(&format!("{}{kind}", self.prefix)));
         let mut out = Vec::new();
-        let mut iter: redis::AsyncIter<String> = conn
-            .scan_match(format!(
-                "{}*",
-                glob_escape(&format!("{}{kind}", self.prefix))
-            ))
-            .await
-            .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
-        while let Some(k) = iter.next_item().await {
-            out.push(k.map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?);
+        let mut cursor = "0".to_owned();
+        loop {
+            // A script, keyed by the anchor: on a cluster it scans the namespace's master.
+            let (next, keys): (String, Vec<String>) = self
+                .scan_script
+                .key(&self.anchor)
+                .arg(&cursor)
+                .arg(&pattern)
+                .invoke_async(conn)
+                .await
+                .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
+            out.extend(keys);
+            if next == "0" {
+                break;
+            }
+            cursor = next;
         }
         Ok(out)
     }
@@ -258,10 +266,7 @@ impl RedisLedger {
     /// learned limits of its projects for every model anyone used (`s:`/`l:<model>|<project>`).
     /// The weighted policy's running weights are per key inside a per-model hash; they are
     /// removed field by field here, before the caller deletes the rest.
-    pub(super) async fn own_state_keys(
-        &self,
-        conn: &mut ConnectionManager,
-    ) -> Result<Vec<String>, LedgerError> {
+    pub(super) async fn own_state_keys(&self, conn: &mut Conn) -> Result<Vec<String>, LedgerError> {
         let err = |e: redis::RedisError| LedgerError::Backend(backend(&self.server, &e));
         let mut out: Vec<String> = self
             .keys

@@ -1,20 +1,27 @@
--- keyturn acquire: one atomic admission over the candidate keys, in the policy's order.
--- ARGV: P, model, now ('' = Redis TIME), requests, tokens, policy (rr|ll|w), four Pacific
--- midnights b0..b3, probe_timeout_ms, n, relearn_after_ms (-1: the next Pacific midnight), then
--- n × (idx, fingerprint, project, rpm, tpm, rpd, tpd, weight) with -1 for unlimited.
--- Returns {1, idx, second, probe, now} or
+-- keyturn acquire: atomic admissions over the candidate keys, in the policy's order, for a batch
+-- of k demands of one model (the acquires in flight in one process, taken in arrival order; each
+-- decided exactly as if it came alone, one after the other).
+-- KEYS[1]: a key in the namespace's slot (routing only).
+-- ARGV: P, model, now ('' = Redis TIME), policy (rr|ll|w), four Pacific midnights b0..b3,
+-- probe_timeout_ms, n, relearn_after_ms (-1: the next Pacific midnight), start (the ring position
+-- round-robin begins at), k, then k × (requests, tokens), then n × (idx, fingerprint, project,
+-- rpm, tpm, rpd, tpd, weight) in ring order with -1 for unlimited.
+-- Returns k replies, each {1, idx, second, probe, now, gen} or
 --         {0, retry_at|-1, why, n_off, disabled_idx_csv, too_large_what, too_large_demand, too_large_limit, now}.
 
 local P, model = ARGV[1], ARGV[2]
 local now = now_ms(ARGV[3])
-local nreq, ntok = tonumber(ARGV[4]), tonumber(ARGV[5])
-local policy = ARGV[6]
-local day_start, day_end = day_of(now, tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10]))
-local probe_timeout = tonumber(ARGV[11])
-local n = tonumber(ARGV[12])
-local relearn_ms = tonumber(ARGV[13])
-local BASE = 13
+local policy = ARGV[4]
+local day_start, day_end = day_of(now, tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
+local probe_timeout = tonumber(ARGV[9])
+local n = tonumber(ARGV[10])
+local relearn_ms = tonumber(ARGV[11])
+local start = tonumber(ARGV[12])
+local k = tonumber(ARGV[13])
+local BASE = 13 + 2 * k
 local now_sec = math.floor(now / 1000)
+-- The demand being decided (the functions below read these).
+local nreq, ntok
 
 local scopes = {}
 
@@ -103,7 +110,7 @@ local function headroom(s)
   return math.min(free(s.f.sr, s.rpm), free(s.f.sk, s.tpm), free(s.f.dc or 0, s.rpd), free(s.f.dt or 0, s.tpd))
 end
 
-local function breaker(fp)
+local function read_breaker(fp)
   local h = redis.call('HMGET', P .. 'k:' .. fp, 'dis', 'bs', 'bu', 'bp')
   if h[1] then return 'dis', nil end
   local bs = h[2]
@@ -118,71 +125,31 @@ local function breaker(fp)
   return 'probe', nil
 end
 
+-- A key's admission, read once per call (a probe let out below updates it).
+local breakers = {}
+local function breaker(fp)
+  local b = breakers[fp]
+  if b == nil then
+    local adm, until_ = read_breaker(fp)
+    b = { adm, until_ }
+    breakers[fp] = b
+  end
+  return b[1], b[2]
+end
+
+-- The day's usage added by this call, written once at the end: field -> count.
+local usage = {}
+local function add_usage(field, v)
+  usage[field] = (usage[field] or 0) + v
+end
+
 local function cand(i)
-  local o = BASE + i * 8
+  local o = BASE + ((start + i) % n) * 8
   return ARGV[o + 1], ARGV[o + 2], ARGV[o + 3], lim(ARGV[o + 4]), lim(ARGV[o + 5]), lim(ARGV[o + 6]), lim(ARGV[o + 7]), tonumber(ARGV[o + 8])
 end
 
 local function writeback()
   for _, s in pairs(scopes) do flush_hash(s, scope_ttl(s, now, day_end)) end
-end
-
-local pick, pick_fp, pick_adm, pick_s, pick_score, pick_project
-local wtotal = 0
-for i = 0, n - 1 do
-  local idx, fp, project, rpm, tpm, rpd, tpd, weight = cand(i)
-  local adm = breaker(fp)
-  local pg = project_gate(project)
-  if (adm == 'yes' or adm == 'probe') and (pg == 'open' or pg == 'probe') then
-    local s = scope(project, rpm, tpm, rpd, tpd)
-    if fits(s) then
-      if policy == 'rr' then
-        pick, pick_fp, pick_adm, pick_s, pick_project = idx, fp, adm, s, project
-        break
-      elseif policy == 'll' then
-        local h = headroom(s)
-        if pick_score == nil or h > pick_score then
-          pick, pick_fp, pick_adm, pick_s, pick_score, pick_project = idx, fp, adm, s, h, project
-        end
-      else
-        local cur = redis.call('HINCRBY', P .. 'w:' .. model, fp, weight)
-        wtotal = wtotal + weight
-        if pick_score == nil or cur > pick_score then
-          pick, pick_fp, pick_adm, pick_s, pick_score, pick_project = idx, fp, adm, s, cur, project
-        end
-      end
-    end
-  end
-end
-
-if pick ~= nil then
-  if policy == 'w' then redis.call('HINCRBY', P .. 'w:' .. model, pick_fp, -wtotal) end
-  local rec = record(pick_s, nreq, ntok)
-  -- The scope hash's generation, new whenever a reset or a restore replaced the hash: the
-  -- lease carries it, and a lease of an older generation corrects none of its counters.
-  if pick_s.f.gen == nil then put(pick_s, 'gen', redis.call('INCR', P .. 'gen')) end
-  local uk = P .. 'u:' .. day_start
-  redis.call('HINCRBY', uk, pick_fp .. '|' .. model .. '|r', nreq)
-  redis.call('HINCRBY', uk, pick_fp .. '|' .. model .. '|t', ntok)
-  redis.call('PEXPIRE', uk, day_end - now + HISTORY_MS)
-  -- The re-probe of an expired switch-off: it holds the gate until it settles or times out.
-  local reprobe = false
-  if pick_s.gate == 'probe' then
-    redis.call('HSET', pick_s.lk, 'pf', pick_fp, 'ps', rec, 'pd', now + probe_timeout)
-    reprobe = true
-  end
-  if project_gate(pick_project) == 'probe' then
-    redis.call('HSET', P .. 'p:' .. pick_project, 'pf', pick_fp, 'ps', rec, 'pd', now + probe_timeout)
-    reprobe = true
-  end
-  if reprobe then put(pick_s, 'pr', rec) end
-  local probe = 0
-  if pick_adm == 'probe' then
-    redis.call('HSET', P .. 'k:' .. pick_fp, 'bs', 'half', 'bp', now + probe_timeout)
-    probe = 1
-  end
-  writeback()
-  return { 1, tonumber(pick), rec, probe, now, pick_s.f.gen }
 end
 
 -- Nothing fits: why, and when the earliest key can serve again.
@@ -231,42 +198,129 @@ local function free_at(s)
   return at, why
 end
 
-local disabled = {}
-local n_off = 0
-local best_at, best_why
-local tl_what, tl_demand, tl_limit = '', -1, -1
-for i = 0, n - 1 do
-  local idx, fp, project, rpm, tpm, rpd, tpd = cand(i)
-  local adm, until_ = breaker(fp)
-  if adm == 'dis' then
-    disabled[#disabled + 1] = idx
-  elseif project_gate(project) == 'shut' then
-    n_off = n_off + 1
-  else
-    local pg, ppd = project_gate(project)
-    local s = scope(project, rpm, tpm, rpd, tpd)
-    if s.gate == 'shut' or (s.gate ~= 'wait' and off(s)) then
+local function refuse()
+  local disabled = {}
+  local n_off = 0
+  local best_at, best_why
+  local tl_what, tl_demand, tl_limit = '', -1, -1
+  for i = 0, n - 1 do
+    local idx, fp, project, rpm, tpm, rpd, tpd = cand(i)
+    local adm, until_ = breaker(fp)
+    if adm == 'dis' then
+      disabled[#disabled + 1] = idx
+    elseif project_gate(project) == 'shut' then
       n_off = n_off + 1
-    elseif pg == 'wait' or s.gate == 'wait' then
-      -- A re-probe is out: its answer (or its deadline) may free this key.
-      local at = math.max(ppd or 0, s.pd or 0)
-      if until_ ~= nil and until_ > at then at = until_ end
-      if best_at == nil or at < best_at then best_at, best_why = at, 'reprobe' end
     else
-      local at, why = free_at(s)
-      if at == nil then
-        if tl_what == '' then
-          if s.rpm ~= nil and nreq > s.rpm then tl_what, tl_demand, tl_limit = 'rpm', nreq, s.rpm
-          elseif s.rpd ~= nil and nreq > s.rpd then tl_what, tl_demand, tl_limit = 'rpd', nreq, s.rpd
-          elseif s.tpd ~= nil and ntok > s.tpd then tl_what, tl_demand, tl_limit = 'tpd', ntok, s.tpd
-          else tl_what, tl_demand, tl_limit = 'tpm', ntok, s.tpm or -1 end
-        end
+      local pg, ppd = project_gate(project)
+      local s = scope(project, rpm, tpm, rpd, tpd)
+      if s.gate == 'shut' or (s.gate ~= 'wait' and off(s)) then
+        n_off = n_off + 1
+      elseif pg == 'wait' or s.gate == 'wait' then
+        -- A re-probe is out: its answer (or its deadline) may free this key.
+        local at = math.max(ppd or 0, s.pd or 0)
+        if until_ ~= nil and until_ > at then at = until_ end
+        if best_at == nil or at < best_at then best_at, best_why = at, 'reprobe' end
       else
-        if until_ ~= nil and until_ > at then at, why = until_, 'circuit' end
-        if best_at == nil or at < best_at then best_at, best_why = at, why end
+        local at, why = free_at(s)
+        if at == nil then
+          if tl_what == '' then
+            if s.rpm ~= nil and nreq > s.rpm then tl_what, tl_demand, tl_limit = 'rpm', nreq, s.rpm
+            elseif s.rpd ~= nil and nreq > s.rpd then tl_what, tl_demand, tl_limit = 'rpd', nreq, s.rpd
+            elseif s.tpd ~= nil and ntok > s.tpd then tl_what, tl_demand, tl_limit = 'tpd', ntok, s.tpd
+            else tl_what, tl_demand, tl_limit = 'tpm', ntok, s.tpm or -1 end
+          end
+        else
+          if until_ ~= nil and until_ > at then at, why = until_, 'circuit' end
+          if best_at == nil or at < best_at then best_at, best_why = at, why end
+        end
       end
     end
   end
+  return { 0, best_at or -1, best_why or '', n_off, table.concat(disabled, ','), tl_what, tl_demand, tl_limit, now }
+end
+
+local function admit()
+  local pick, pick_fp, pick_adm, pick_s, pick_score, pick_project
+  local wtotal = 0
+  for i = 0, n - 1 do
+    local idx, fp, project, rpm, tpm, rpd, tpd, weight = cand(i)
+    local adm = breaker(fp)
+    local pg = project_gate(project)
+    if (adm == 'yes' or adm == 'probe') and (pg == 'open' or pg == 'probe') then
+      local s = scope(project, rpm, tpm, rpd, tpd)
+      if fits(s) then
+        if policy == 'rr' then
+          pick, pick_fp, pick_adm, pick_s, pick_project = idx, fp, adm, s, project
+          break
+        elseif policy == 'll' then
+          local h = headroom(s)
+          if pick_score == nil or h > pick_score then
+            pick, pick_fp, pick_adm, pick_s, pick_score, pick_project = idx, fp, adm, s, h, project
+          end
+        else
+          local cur = redis.call('HINCRBY', P .. 'w:' .. model, fp, weight)
+          wtotal = wtotal + weight
+          if pick_score == nil or cur > pick_score then
+            pick, pick_fp, pick_adm, pick_s, pick_score, pick_project = idx, fp, adm, s, cur, project
+          end
+        end
+      end
+    end
+  end
+
+  if pick ~= nil then
+    if policy == 'w' then redis.call('HINCRBY', P .. 'w:' .. model, pick_fp, -wtotal) end
+    local rec = record(pick_s, nreq, ntok)
+    -- The scope hash's generation, new whenever a reset or a restore replaced the hash: the
+    -- lease carries it, and a lease of an older generation corrects none of its counters.
+    if pick_s.f.gen == nil then put(pick_s, 'gen', redis.call('INCR', P .. 'gen')) end
+    add_usage(pick_fp .. '|' .. model .. '|r', nreq)
+    add_usage(pick_fp .. '|' .. model .. '|t', ntok)
+    -- The re-probe of an expired switch-off: it holds the gate until it settles or times out.
+    local reprobe = false
+    if pick_s.gate == 'probe' then
+      redis.call('HSET', pick_s.lk, 'pf', pick_fp, 'ps', rec, 'pd', now + probe_timeout)
+      reprobe = true
+    end
+    if project_gate(pick_project) == 'probe' then
+      redis.call('HSET', P .. 'p:' .. pick_project, 'pf', pick_fp, 'ps', rec, 'pd', now + probe_timeout)
+      reprobe = true
+    end
+    if reprobe then put(pick_s, 'pr', rec) end
+    local probe = 0
+    if pick_adm == 'probe' then
+      redis.call('HSET', P .. 'k:' .. pick_fp, 'bs', 'half', 'bp', now + probe_timeout)
+      breakers[pick_fp] = { 'no', now + probe_timeout }
+      probe = 1
+    end
+    -- Later demands of the batch see the re-probes out and the next round-robin start.
+    if pick_s.gate == 'probe' then pick_s.gate, pick_s.pd = 'wait', now + probe_timeout end
+    if pgates[pick_project] and pgates[pick_project][1] == 'probe' then
+      pgates[pick_project] = { 'wait', now + probe_timeout }
+    end
+    if policy == 'rr' then start = (tonumber(pick) + 1) % n end
+    return { 1, tonumber(pick), rec, probe, now, pick_s.f.gen }
+  end
+  return refuse()
+end
+
+-- A refusal depends only on the demand and the state, and only an admission changes the state:
+-- identical demands refused one after the other get the same answer without working it out again.
+local replies, refused = {}, {}
+for j = 1, k do
+  nreq, ntok = tonumber(ARGV[12 + 2 * j]), tonumber(ARGV[13 + 2 * j])
+  local shape = nreq .. ':' .. ntok
+  local r = refused[shape]
+  if r == nil then
+    r = admit()
+    if r[1] == 1 then refused = {} else refused[shape] = r end
+  end
+  replies[j] = r
+end
+if next(usage) ~= nil then
+  local uk = P .. 'u:' .. day_start
+  for field, v in pairs(usage) do redis.call('HINCRBY', uk, field, v) end
+  redis.call('PEXPIRE', uk, day_end - now + HISTORY_MS)
 end
 writeback()
-return { 0, best_at or -1, best_why or '', n_off, table.concat(disabled, ','), tl_what, tl_demand, tl_limit, now }
+return replies

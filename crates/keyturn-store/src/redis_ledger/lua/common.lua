@@ -3,7 +3,8 @@
 -- a rolling minute of 61 one-second buckets with running sums, a request count per Pacific day,
 -- server cooldowns, per-day exhaustion, learned limits, and a circuit breaker per key.
 --
--- Layout under the prefix P ("kt:<namespace>:"):
+-- Layout under the prefix P ("kt:{<namespace>}:": the namespace is a Redis Cluster hash tag, so
+-- every key below is in one slot and a script may compute them; KEYS[1] names the slot):
 --   P.."k:"..fp                 key health: dis, dis_at, bs (closed|open|half), bu, bp, bf, bt
 --   P.."s:"..model.."|"..proj   scope counters: head, sr, sk, t<slot>, r<slot>, k<slot>, dk, dc, dt, cd, ex,
 --                               ds, dx (of the day's dc: served, refused),
@@ -22,6 +23,7 @@
 --                               fp|model|t (input tokens); expires 30 days after the day ends
 --   P.."n:"..id                 a warning already sent (SET NX), expiring at the end of its day
 --   P.."gen"                    the last scope-hash generation handed out (INCR; never reset)
+--   P.."layout"                 set once the namespace's pre-hash-tag keys (kt:<namespace>:…) were renamed
 
 local W = 61
 local DAY = 86400000
