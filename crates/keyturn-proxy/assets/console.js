@@ -170,6 +170,17 @@
     const req = st.requests;
     parts.push(el("span", { class: "chip" }, req.in_flight + "/" + req.max_in_flight + " in flight"));
     if (req.waiting_for_slot) parts.push(el("span", { class: "chip" }, req.waiting_for_slot + " waiting"));
+    if (req.waiting_for_quota) parts.push(el("span", { class: "chip" }, req.waiting_for_quota + " waiting for quota"));
+    const r = st.reload;
+    if (r) {
+      const what = r.ok
+        ? "reloaded " + when(r.at_ms) + ": " + r.keys + " keys" +
+          (r.added.length ? ", +" + r.added.join(", +") : "") +
+          (r.removed.length ? ", −" + r.removed.join(", −") : "") +
+          (r.changed.length ? ", changed " + r.changed.join(", ") : "")
+        : "reload refused " + when(r.at_ms) + ": " + r.error + " (the previous configuration stays)";
+      parts.push(el("span", { class: "chip reload " + (r.ok ? "ok" : "refused"), id: "last-reload", title: "last reload (" + r.trigger + ")" }, what));
+    }
     document.getElementById("summary").replaceChildren(...parts);
     document.getElementById("clock").textContent =
       "Pacific day resets " + when(st.next_pacific_midnight_ms);

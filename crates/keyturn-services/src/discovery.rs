@@ -296,6 +296,26 @@ fn resolve(base: Option<&Path>, p: &Path) -> PathBuf {
     }
 }
 
+/// The files a configuration is read from — `keyturn.toml`, the `[[keys]] file =` entries and
+/// `KEYTURN_KEYS_FILE` — which `keyturn serve` watches to reload when one changes.
+pub fn config_files(cfg: &Config, env: &Env, cwd: &Path) -> Vec<PathBuf> {
+    let absolute = |p: PathBuf| if p.is_relative() { cwd.join(p) } else { p };
+    let mut out: Vec<PathBuf> = cfg.source.iter().cloned().map(absolute).collect();
+    for k in &cfg.keys {
+        if let Some(file) = &k.file {
+            out.push(absolute(resolve(cfg.source.as_deref(), file)));
+        }
+    }
+    if let Some(p) = env
+        .get("KEYTURN_KEYS_FILE")
+        .filter(|v| !v.is_empty() && !looks_like_key(v))
+    {
+        out.push(absolute(resolve(None, Path::new(p))));
+    }
+    out.dedup();
+    out
+}
+
 /// Every key, from every source, deduplicated, in the documented order. Errors never show a key:
 /// anything key-shaped and every key value configured anywhere is hidden in them.
 pub fn discover(cfg: &Config, env: &Env, cwd: &Path) -> Result<Vec<Found>, ConfigError> {
