@@ -103,7 +103,7 @@
         el("td", { class: "label" }, k.label),
         el("td", {}, el("code", {}, k.fingerprint)),
         el("td", {}, k.project),
-        el("td", {}, el("span", { class: "badge " + k.state }, k.state)),
+        el("td", {}, el("span", { class: "badge " + k.state }, k.by_admin ? "disabled (by admin)" : k.state)),
         el("td", {}, k.reason || (k.failures ? k.failures + " failure(s)" : "")),
         whenCell(k.since_ms),
         whenCell(k.until_ms),
@@ -112,6 +112,15 @@
             act("Reset key " + k.label + " (" + k.fingerprint + ")? A disabled key is enabled again and its breaker closed.",
               "/admin/keys/" + encodeURIComponent(k.fingerprint) + "/reset", null,
               () => "key " + k.label + " reset")),
+          k.by_admin
+            ? button("Enable", "put the key back in rotation", () =>
+              act("Enable key " + k.label + " (" + k.fingerprint + ")? It takes requests again.",
+                "/admin/keys/" + encodeURIComponent(k.fingerprint) + "/enable", null,
+                () => "key " + k.label + " enabled"))
+            : button("Disable", "take the key out of rotation until enabled", () =>
+              act("Disable key " + k.label + " (" + k.fingerprint + ")? It takes no request until you enable it, across restarts.",
+                "/admin/keys/" + encodeURIComponent(k.fingerprint) + "/disable", null,
+                () => "key " + k.label + " disabled")),
           button("Re-check", "ask Gemini now (costs no quota)", () =>
             act("Re-check key " + k.label + " with Gemini now? (costs no quota)",
               "/admin/keys/" + encodeURIComponent(k.fingerprint) + "/recheck", null,

@@ -377,6 +377,8 @@ pub(crate) fn router(state: Arc<ProxyState>) -> Router<Arc<ProxyState>> {
         .route("/admin/history", get(history))
         .route("/admin/events", get(events))
         .route("/admin/keys/{key}/reset", post(reset_key))
+        .route("/admin/keys/{key}/disable", post(disable_key))
+        .route("/admin/keys/{key}/enable", post(enable_key))
         .route("/admin/keys/{key}/recheck", post(recheck_key))
         .route("/admin/scopes/reset", post(reset_scope))
         .route("/console/assets/{name}", get(asset))
@@ -668,6 +670,8 @@ struct KeyView {
     #[serde(skip_serializing_if = "Option::is_none")]
     until_ms: Option<i64>,
     failures: u32,
+    /// Disabled by the operator (`POST /admin/keys/{key}/disable`), not by Gemini's verdict.
+    by_admin: bool,
 }
 
 #[derive(Serialize)]
@@ -707,9 +711,15 @@ async fn status(State(st): State<Arc<ProxyState>>) -> Response {
                 project: k.project.clone(),
                 state,
                 reason: k.disabled.map(|d| d.reason.to_string()),
-                since_ms: since.get(&fingerprint).copied().unwrap_or(now),
+                since_ms: k
+                    .disabled
+                    .map(|d| d.since_ms)
+                    .filter(|t| *t > 0)
+                    .or_else(|| since.get(&fingerprint).copied())
+                    .unwrap_or(now),
                 until_ms,
                 failures: k.failures,
+                by_admin: k.disabled.is_some_and(|d| d.reason.is_admin()),
                 fingerprint,
             }
         })
@@ -834,6 +844,56 @@ async fn reset_key(State(st): State<Arc<ProxyState>>, Path(key): Path<String>) -
     }
 }
 
+async fn disable_key(State(st): State<Arc<ProxyState>>, Path(key): Path<String>) -> Response {
+    set_disabled(&st, &key, true).await
+}
+
+async fn enable_key(State(st): State<Arc<ProxyState>>, Path(key): Path<String>) -> Response {
+    set_disabled(&st, &key, false).await
+}
+
+/// Takes a key out of rotation, or puts it back (only the operator's disable is lifted).
+async fn set_disabled(st: &ProxyState, key: &str, disabled: bool) -> Response {
+    let Some((id, label)) = find_key(st, key) else {
+        return no_such_key();
+    };
+    let (kind, did, message) = if disabled {
+        (
+            "admin_disable",
+            "disabled",
+            format!("key {label} disabled by an admin: it takes no request until enabled"),
+        )
+    } else {
+        (
+            "admin_enable",
+            "enabled",
+            format!("key {label} enabled by an admin"),
+        )
+    };
+    match st.live().ledger.disable_by_admin(id, disabled).await {
+        Ok(()) => {
+            tracing::info!(key = %label.escape_debug(), "key {did} from the admin API");
+            st.admin.events.push(
+                st.clock.now_ms(),
+                NewEvent {
+                    kind,
+                    severity: if disabled { "warning" } else { "info" },
+                    key: Some(label.clone()),
+                    project: None,
+                    model: None,
+                    message,
+                },
+            );
+            watch_once(st).await;
+            json_answer(StatusCode::OK, &json!({ did: label }))
+        }
+        Err(e) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("could not change the key: {e}"),
+        ),
+    }
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScopeTarget {
@@ -919,7 +979,8 @@ async fn recheck_key(State(st): State<Arc<ProxyState>>, Path(key): Path<String>)
         .await
         .ok()
         .and_then(|s| s.keys.into_iter().find(|k| k.label == label))
-        .is_some_and(|k| k.disabled.is_some());
+        // Gemini's verdict only: the operator's disable is lifted by enabling the key.
+        .is_some_and(|k| k.disabled.is_some_and(|d| !d.reason.is_admin()));
     let (result, detail) = match &answer {
         KeyCheck::Alive if disabled => match st.live().ledger.reset(ResetTarget::Key(id)).await {
             Ok(()) => ("alive", "the key answers; re-enabled".to_owned()),

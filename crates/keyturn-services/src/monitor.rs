@@ -167,7 +167,8 @@ impl Watch {
         let keys = self.ledger.keys();
         let interval = r.interval.as_millis() as i64;
         for k in &st.keys {
-            let Some(d) = &k.disabled else {
+            // The operator's disable is the operator's to lift, whatever the key answers.
+            let Some(d) = k.disabled.filter(|d| !d.reason.is_admin()) else {
                 continue;
             };
             let fp = k.fingerprint.to_string();

@@ -1011,6 +1011,30 @@ impl QuotaLedger for InMemoryLedger {
         self.do_reset(target)
     }
 
+    async fn disable_by_admin(&self, key: KeyId, disabled: bool) -> Result<(), LedgerError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.inner.lock();
+        let h = inner
+            .health
+            .get_mut(key.index())
+            .ok_or_else(|| LedgerError::UnknownTarget(format!("no key #{}", key.0)))?;
+        match (disabled, h.disabled) {
+            (true, Some(d)) if d.reason.is_admin() => return Ok(()),
+            (true, _) => {
+                h.disabled = Some(Disabled {
+                    reason: crate::outcome::DeadReason::ByAdmin,
+                    since_ms: now,
+                });
+            }
+            (false, Some(d)) if d.reason.is_admin() => h.disabled = None,
+            (false, _) => return Ok(()),
+        }
+        inner.version += 1;
+        drop(inner);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
     async fn status(&self) -> Result<PoolStatus, LedgerError> {
         Ok(self.status_now())
     }
