@@ -114,6 +114,27 @@ pub struct Pool {
     state_config: config::StateConfig,
     /// Who hears the monitor's warnings (kept for a monitor restarted by a reload).
     sink: Sink,
+    /// Each key's egress route (`[[keys]] proxy`, else `[http] proxy`), for its callers.
+    routes: Routes,
+}
+
+/// Keys with their own egress route.
+type Routes = Vec<(keyturn_core::Fingerprint, keyturn_gemini::EgressRoute)>;
+
+/// Each found key's route: its entry's, else the default for all keys.
+fn routes_of(cfg: &Config, found: &[Found]) -> Routes {
+    let default = cfg
+        .http
+        .proxy
+        .as_ref()
+        .and_then(|p| keyturn_gemini::EgressRoute::parse(p.expose()).ok());
+    found
+        .iter()
+        .filter_map(|f| {
+            let route = f.route.clone().or_else(|| default.clone())?;
+            Some((f.spec.key.fingerprint(), route))
+        })
+        .collect()
 }
 
 /// The monitor's warning sink, kept for a restart (`Debug` says only whether there is one).
@@ -169,6 +190,7 @@ impl Pool {
         }
         let (ring, found) = key_ring(cfg, env, cwd).map_err(ServiceError::from)?;
         let lcfg = ledger_config(cfg).map_err(ServiceError::from)?;
+        let routes = routes_of(cfg, &found);
         let change = match &self.state.memory {
             Some(memory) => {
                 let change = memory.reload(&ring, lcfg.limits);
@@ -204,6 +226,7 @@ impl Pool {
                     ledger.clone(),
                     &cfg.http.api_version,
                     self.clock.clone(),
+                    &routes,
                 )?;
                 self.ledger = ledger;
                 self.keys = keys;
@@ -214,7 +237,17 @@ impl Pool {
                 change
             }
         };
+        if self.state.memory.is_some() {
+            self.caller = build_caller(
+                cfg,
+                self.ledger.clone(),
+                &cfg.http.api_version,
+                self.clock.clone(),
+                &routes,
+            )?;
+        }
         self.found = found;
+        self.routes = routes;
         Ok(change)
     }
 
@@ -264,7 +297,13 @@ impl Pool {
         cfg: &Config,
         api_version: &str,
     ) -> Result<Arc<dyn GeminiCall>, ServiceError> {
-        build_caller(cfg, self.ledger.clone(), api_version, self.clock.clone())
+        build_caller(
+            cfg,
+            self.ledger.clone(),
+            api_version,
+            self.clock.clone(),
+            &self.routes,
+        )
     }
 }
 
@@ -424,7 +463,14 @@ pub async fn create_pool_with_clock(
             )
         }
     };
-    let caller = build_caller(cfg, ledger.clone(), &cfg.http.api_version, clock.clone())?;
+    let routes = routes_of(cfg, &found);
+    let caller = build_caller(
+        cfg,
+        ledger.clone(),
+        &cfg.http.api_version,
+        clock.clone(),
+        &routes,
+    )?;
     Ok(Pool {
         keys,
         found,
@@ -434,6 +480,7 @@ pub async fn create_pool_with_clock(
         state,
         state_config: cfg.state.clone(),
         sink: Sink::default(),
+        routes,
     })
 }
 
@@ -458,13 +505,16 @@ fn redis_connect_error(cfg: &Config, e: ConnectError) -> ServiceError {
 
 /// The HTTP transport `[http]` describes, for one API version.
 pub fn transport(cfg: &Config, api_version: &str) -> Result<Transport, ServiceError> {
-    Transport::new(&TransportConfig {
+    Transport::new(&transport_config(cfg, api_version)).map_err(|e| ServiceError::Http(e.into()))
+}
+
+fn transport_config(cfg: &Config, api_version: &str) -> TransportConfig {
+    TransportConfig {
         base_url: cfg.http.base_url.clone(),
         api_version: api_version.to_owned(),
         connect_timeout: cfg.http.connect_timeout,
         request_timeout: cfg.http.request_timeout,
-    })
-    .map_err(|e| ServiceError::Http(e.into()))
+    }
 }
 
 fn build_caller(
@@ -472,8 +522,10 @@ fn build_caller(
     ledger: Arc<dyn QuotaLedger>,
     api_version: &str,
     clock: Arc<dyn Clock>,
+    routes: &Routes,
 ) -> Result<Arc<dyn GeminiCall>, ServiceError> {
-    let transport = transport(cfg, api_version)?;
+    let transport = Transport::with_routes(&transport_config(cfg, api_version), routes)
+        .map_err(|e| ServiceError::Http(e.into()))?;
     let retry = RetryPolicy {
         max_attempts: cfg.retry.max_attempts,
         max_elapsed: cfg.retry.max_elapsed,
