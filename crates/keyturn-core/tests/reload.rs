@@ -2,6 +2,8 @@
 //! state, a removed key takes no new request but settles the one it has, a changed limit holds
 //! at once, and a key's state survives a reload that keeps it.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 
 use keyturn_core::{
@@ -87,7 +89,8 @@ async fn a_changed_limit_holds_at_once_and_a_kept_key_keeps_its_state() {
     l.reload(&KeyRing::new(vec![spec(1)]).unwrap(), limits(5));
     // The three sent still count against the new limit of five.
     for _ in 0..2 {
-        l.acquire(MODEL, Demand::tokens(1)).await.unwrap();
+        let lease = l.acquire(MODEL, Demand::tokens(1)).await.unwrap();
+        l.settle(lease, Outcome::success(1)).await.unwrap();
     }
     assert!(l.acquire(MODEL, Demand::tokens(1)).await.is_err());
     let st = l.status().await.unwrap();
@@ -97,7 +100,8 @@ async fn a_changed_limit_holds_at_once_and_a_kept_key_keeps_its_state() {
 #[tokio::test]
 async fn a_key_moved_to_a_new_project_draws_on_that_projects_quota() {
     let (l, _clock) = ledger(vec![spec(1).project("a"), spec(2).project("a")], 1);
-    l.acquire(MODEL, Demand::tokens(1)).await.unwrap();
+    let lease = l.acquire(MODEL, Demand::tokens(1)).await.unwrap();
+    l.settle(lease, Outcome::success(1)).await.unwrap();
     // Project a's one request a minute is spent: both its keys wait.
     assert!(l.acquire(MODEL, Demand::tokens(1)).await.is_err());
     l.reload(
