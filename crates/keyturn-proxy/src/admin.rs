@@ -747,6 +747,7 @@ async fn status(State(st): State<Arc<ProxyState>>) -> Response {
                 "in_flight": in_flight,
                 "max_in_flight": max,
                 "waiting_for_slot": st.waiting_for_slot(),
+                "waiting_for_quota": st.waiting_for_quota(),
             },
             "reload": st.last_reload(),
         }),

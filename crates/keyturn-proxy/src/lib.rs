@@ -313,6 +313,12 @@ impl ProxyState {
         self.admin.last_reload.lock().clone()
     }
 
+    /// Requests waiting now for quota (a key with room), in the current callers.
+    pub fn waiting_for_quota(&self) -> usize {
+        let live = self.live();
+        live.v1beta.waiting_for_quota() + live.v1.waiting_for_quota()
+    }
+
     /// Requests waiting now for an upstream slot (`max_in_flight`).
     pub fn waiting_for_slot(&self) -> usize {
         self.admin
