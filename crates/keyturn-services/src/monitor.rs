@@ -342,7 +342,8 @@ pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<Pending> {
     }
     if s.key_disabled {
         for k in &st.keys {
-            if let Some(d) = &k.disabled {
+            // The operator's own disable warns nobody: they did it (the console records it).
+            if let Some(d) = k.disabled.filter(|d| !d.reason.is_admin()) {
                 let mut w = warning(
                     "key_disabled",
                     true,
