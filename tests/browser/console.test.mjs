@@ -3,7 +3,9 @@
 //   node console.test.mjs <path to keyturn> <folder for screenshots>
 // It signs in with an admin token, sees every key, makes the simulator throttle a project and
 // kill a key, sees both appear without a reload, resets the dead key through its button and the
-// confirmation, and sees it come back. A client token gets 401 on /console and /admin/*.
+// confirmation, and sees it come back; disables and enables a key through its buttons; sees a
+// change to the keys file add a key and the last reload shown. A client token gets 401 on /console and
+// /admin/*.
 
 import { spawn, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -153,6 +155,34 @@ async function main() {
     await page.waitForSelector(`#events li[data-kind="admin_reset"]`, { timeout: WAIT });
     check(true, "the reset is in the recent events");
     check((await generate()) === 200, "a request is served after the reset");
+
+    // The operator takes gamma out of rotation, then puts it back, each through its button.
+    await page.click(`#keys tr[data-key="gamma"] button:text("Disable")`);
+    await page.waitForSelector("#confirm[open]", { timeout: WAIT });
+    check((await page.textContent("#confirm-text")).includes("gamma"), "the disable confirmation names the key");
+    await page.click("#confirm-ok");
+    await page.waitForSelector(`#keys tr[data-key="gamma"][data-state="disabled"]`, { timeout: WAIT });
+    check((await page.textContent(`#keys tr[data-key="gamma"]`)).includes("disabled (by admin)"),
+      "the key shows as disabled by admin");
+    await page.waitForSelector(`#events li[data-kind="admin_disable"]`, { timeout: WAIT });
+    check(true, "the disable is in the recent events");
+    await page.screenshot({ path: join(outDir, "console-disabled.png"), fullPage: true });
+    await page.click(`#keys tr[data-key="gamma"] button:text("Enable")`);
+    await page.waitForSelector("#confirm[open]", { timeout: WAIT });
+    await page.click("#confirm-ok");
+    await page.waitForSelector(`#keys tr[data-key="gamma"][data-state="usable"]`, { timeout: WAIT });
+    check(true, "the enabled key is back");
+
+    // A reload without a restart: a fourth key joins when the keys file changes (shown only: the
+    // simulator does not know it, and no request needs it), and the summary says so.
+    const delta = madeUp();
+    writeFileSync(join(work, "keys.txt"),
+      `${keys.alpha} label=alpha project=acme\n${keys.beta} label=beta project=acme\n${keys.gamma} label=gamma project=solo\n${delta} label=delta project=solo2\n`);
+    await page.waitForSelector(`#last-reload.ok`, { timeout: WAIT });
+    check((await page.textContent("#last-reload")).includes("+delta"), "the last reload names the key it added");
+    await page.waitForSelector(`#keys tr[data-key="delta"]`, { timeout: WAIT });
+    check(true, "the new key is shown without a restart");
+    check(!(await page.textContent("body")).includes(delta), "the new key itself never appears");
     check(await page.evaluate(() => window.__sameDocument === true), "the page never reloaded");
     check(errors.length === 0, "no script errors: " + errors.join("; "));
     await page.screenshot({ path: join(outDir, "console.png"), fullPage: false });

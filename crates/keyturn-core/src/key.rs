@@ -196,9 +196,32 @@ impl KeyEntry {
 
 /// The validated, ordered set of keys a pool rotates over. Order is the order given, and it is
 /// the round-robin order.
+///
+/// A ring only grows while a pool runs: a reload ([`KeyRing::reloaded`]) appends new keys and
+/// marks removed ones retired, so a [`KeyId`] held by a request in flight names the same key
+/// until it settles. Retired keys take no new request and are left out of status.
 #[derive(Debug, Clone)]
 pub struct KeyRing {
     entries: Vec<KeyEntry>,
+    retired: Vec<bool>,
+}
+
+/// What a reload changed in a ring: labels only, never keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingChange {
+    /// Keys that joined.
+    pub added: Vec<String>,
+    /// Keys that left (they finish what they have in flight).
+    pub removed: Vec<String>,
+    /// Keys whose label, project or weight changed.
+    pub changed: Vec<String>,
+}
+
+impl RingChange {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
 }
 
 impl KeyRing {
@@ -238,10 +261,66 @@ impl KeyRing {
                 weight: spec.weight,
             });
         }
-        Ok(Self { entries })
+        let retired = vec![false; entries.len()];
+        Ok(Self { entries, retired })
     }
 
-    /// Number of keys.
+    /// This ring after a reload to `next` (a validated ring): every key of this ring keeps its
+    /// id — with `next`'s label, project and weight if `next` has it, retired if not — and
+    /// `next`'s new keys are appended. A retired key whose label a current key took is shown
+    /// by its fingerprint.
+    pub fn reloaded(&self, next: &KeyRing) -> (KeyRing, RingChange) {
+        let mut change = RingChange::default();
+        let mut entries = Vec::with_capacity(self.entries.len() + next.entries.len());
+        let mut retired = Vec::with_capacity(entries.capacity());
+        for (old, was_retired) in self.entries.iter().zip(&self.retired) {
+            match next.entries.iter().find(|e| e.key == old.key) {
+                Some(now) => {
+                    if *was_retired {
+                        change.added.push(now.label.clone());
+                    } else if now.label != old.label
+                        || now.project != old.project
+                        || now.weight != old.weight
+                    {
+                        change.changed.push(now.label.clone());
+                    }
+                    entries.push(now.clone());
+                    retired.push(false);
+                }
+                None => {
+                    if !*was_retired {
+                        change.removed.push(old.label.clone());
+                    }
+                    let mut gone = old.clone();
+                    if next.entries.iter().any(|e| e.label == gone.label) {
+                        gone.label = gone.fingerprint().to_string();
+                    }
+                    entries.push(gone);
+                    retired.push(true);
+                }
+            }
+        }
+        for e in &next.entries {
+            if !self.entries.iter().any(|old| old.key == e.key) {
+                change.added.push(e.label.clone());
+                entries.push(e.clone());
+                retired.push(false);
+            }
+        }
+        (KeyRing { entries, retired }, change)
+    }
+
+    /// Whether a reload removed this key: it takes no new request.
+    pub fn is_retired(&self, id: KeyId) -> bool {
+        self.retired.get(id.index()).copied().unwrap_or(true)
+    }
+
+    /// The keys that take requests, with their ids, in ring order.
+    pub fn active(&self) -> impl Iterator<Item = (KeyId, &KeyEntry)> {
+        self.iter().filter(|(id, _)| !self.is_retired(*id))
+    }
+
+    /// Number of keys, retired ones included (ids run from 0 to `len() - 1`).
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -264,10 +343,10 @@ impl KeyRing {
             .map(|(i, e)| (KeyId(i as u32), e))
     }
 
-    /// Finds a key by label or fingerprint.
+    /// Finds a key that takes requests by label or fingerprint.
     pub fn find(&self, label_or_fingerprint: &str) -> Option<KeyId> {
         let fp = Fingerprint::parse(label_or_fingerprint);
-        self.iter()
+        self.active()
             .find(|(_, e)| e.label == label_or_fingerprint || Some(e.fingerprint()) == fp)
             .map(|(id, _)| id)
     }
@@ -325,6 +404,30 @@ mod tests {
             KeyRing::new(vec![a.weight(0)]),
             Err(KeyError::ZeroWeight { .. })
         ));
+    }
+
+    #[test]
+    fn a_reload_keeps_every_id_retires_the_removed_and_appends_the_new() {
+        let spec = |k: &str, l: &str| KeySpec::new(ApiKey::new(k).unwrap()).label(l);
+        let old = KeyRing::new(vec![spec("k1", "a"), spec("k2", "b")]).unwrap();
+        let next = KeyRing::new(vec![spec("k3", "b"), spec("k1", "a").project("p")]).unwrap();
+        let (ring, change) = old.reloaded(&next);
+        assert_eq!(ring.len(), 3);
+        assert_eq!(ring.get(KeyId(0)).unwrap().key, ApiKey::new("k1").unwrap());
+        assert_eq!(ring.get(KeyId(0)).unwrap().project, "p");
+        assert!(ring.is_retired(KeyId(1)));
+        assert_eq!(ring.get(KeyId(1)).unwrap().key, ApiKey::new("k2").unwrap());
+        // The label went to the new key; the retired one is shown by its fingerprint.
+        assert_eq!(ring.find("b"), Some(KeyId(2)));
+        assert_eq!(ring.active().count(), 2);
+        assert_eq!(change.added, vec!["b".to_owned()]);
+        assert_eq!(change.removed, vec!["b".to_owned()]);
+        assert_eq!(change.changed, vec!["a".to_owned()]);
+        // A removed key that comes back gets its old id again.
+        let (again, change) = ring.reloaded(&old);
+        assert_eq!(again.len(), 3);
+        assert!(!again.is_retired(KeyId(1)) && again.is_retired(KeyId(2)));
+        assert_eq!(change.added, vec!["b".to_owned()]);
     }
 
     #[test]

@@ -125,6 +125,12 @@ pub trait QuotaLedger: Send + Sync + std::fmt::Debug {
     /// Forced reset.
     async fn reset(&self, target: ResetTarget) -> Result<(), LedgerError>;
 
+    /// Takes a key out of rotation (`true`) until the operator puts it back (`false`): it shows
+    /// as disabled with [`crate::DeadReason::ByAdmin`] and since when, persists like any
+    /// disabled key, and no re-check re-enables it. Putting back clears only the operator's
+    /// disable: a key Gemini disabled stays disabled.
+    async fn disable_by_admin(&self, key: KeyId, disabled: bool) -> Result<(), LedgerError>;
+
     /// Per key and scope: used vs limit, breaker, disabled reason, next reset.
     async fn status(&self) -> Result<PoolStatus, LedgerError>;
 

@@ -63,7 +63,7 @@ pub use error::{
     AcquireError, BackendError, ErrorKind, Exhaustion, KeyError, LedgerError, LimitError,
     SnapshotError, StoreError,
 };
-pub use key::{ApiKey, Fingerprint, KeyEntry, KeyId, KeyRing, KeySpec};
+pub use key::{ApiKey, Fingerprint, KeyEntry, KeyId, KeyRing, KeySpec, RingChange};
 pub use lease::{Demand, Lease};
 pub use ledger::{
     LedgerConfig, MemoryStore, QuotaLedger, ResetTarget, RotationSettings, StateStore,

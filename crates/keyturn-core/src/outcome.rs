@@ -43,6 +43,17 @@ pub enum DeadReason {
     Blocked,
     /// Any other 403 `PERMISSION_DENIED`.
     PermissionDenied,
+    /// Not Gemini's verdict: the operator took the key out of rotation
+    /// ([`crate::QuotaLedger::disable_by_admin`]) until they put it back. No re-check re-enables
+    /// it; a reset of the key does.
+    ByAdmin,
+}
+
+impl DeadReason {
+    /// Whether the operator disabled the key, rather than Gemini.
+    pub fn is_admin(self) -> bool {
+        self == Self::ByAdmin
+    }
 }
 
 impl std::fmt::Display for DeadReason {
@@ -56,6 +67,7 @@ impl std::fmt::Display for DeadReason {
             Self::ServiceBlocked => "key not allowed to call this API",
             Self::Blocked => "key restricted to other callers (IP, referrer or app)",
             Self::PermissionDenied => "permission denied",
+            Self::ByAdmin => "disabled by admin",
         })
     }
 }

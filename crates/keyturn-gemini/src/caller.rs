@@ -147,6 +147,27 @@ pub trait GeminiCall: Send + Sync + std::fmt::Debug {
 
     /// Per-key statistics of this process's calls, in key order.
     fn stats(&self) -> Vec<KeyCallStats>;
+
+    /// Calls waiting now for quota (inside the ledger's acquire): a gauge for the console.
+    fn waiting_for_quota(&self) -> usize {
+        0
+    }
+}
+
+/// Counts a call as waiting for quota while it lives.
+struct WaitingForQuota<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> WaitingForQuota<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(n)
+    }
+}
+
+impl Drop for WaitingForQuota<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The Gemini implementation of [`GeminiCall`].
@@ -157,6 +178,8 @@ pub struct RotatingCaller {
     retry: RetryPolicy,
     clock: Arc<dyn Clock>,
     unmetered_cursor: Arc<std::sync::atomic::AtomicUsize>,
+    /// Calls inside the ledger's acquire now.
+    waiting_for_quota: Arc<std::sync::atomic::AtomicUsize>,
     stats: Arc<parking_lot::Mutex<Vec<KeyCallStats>>>,
     /// Recent probe answers per key (Unix ms, answer), so a burst of bare 403s probes once.
     probes: Arc<parking_lot::Mutex<HashMap<KeyId, (i64, KeyCheck)>>>,
@@ -215,6 +238,7 @@ impl RotatingCaller {
             retry,
             clock,
             unmetered_cursor: Arc::default(),
+            waiting_for_quota: Arc::default(),
             stats: Arc::new(parking_lot::Mutex::new(stats)),
             probes: Arc::default(),
         }
@@ -395,7 +419,6 @@ impl RotatingCaller {
         stream: bool,
     ) -> Result<Attempt, GeminiError> {
         let method = upstream.method.as_str();
-        let keys = self.ledger.keys();
         let start = self.clock.now_ms();
         let deadline = start.saturating_add(self.retry.max_elapsed.as_millis() as i64);
         let mut transient = 0u32;
@@ -404,7 +427,12 @@ impl RotatingCaller {
         while attempts < self.retry.max_attempts.max(1) && self.clock.now_ms() <= deadline {
             attempts += 1;
             let waiting = crate::metrics::Stopwatch::start();
-            let lease = self.ledger.acquire(model, demand).await?;
+            let lease = {
+                let _waiting = WaitingForQuota::new(&self.waiting_for_quota);
+                self.ledger.acquire(model, demand).await?
+            };
+            // Read after the lease: a reload may have added the key it names since the call began.
+            let keys = self.ledger.keys();
             let Some(entry) = keys.get(lease.key()) else {
                 return Err(GeminiError::Ledger("a lease named an unknown key".into()));
             };
@@ -561,6 +589,11 @@ impl GeminiCall for RotatingCaller {
     fn stats(&self) -> Vec<KeyCallStats> {
         self.stats.lock().clone()
     }
+
+    fn waiting_for_quota(&self) -> usize {
+        self.waiting_for_quota
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl RotatingCaller {
@@ -671,7 +704,9 @@ impl RotatingCaller {
         let mut last = None;
         // Try each key once; a dead key is reported to the ledger like any other answer would be.
         for i in 0..n.min(self.retry.max_attempts.max(1) as usize) {
-            let Some(entry) = keys.get(keyturn_core::KeyId(((start + i) % n) as u32)) else {
+            let id = keyturn_core::KeyId(((start + i) % n) as u32);
+            // A key a reload removed takes no new request, metered or not.
+            let Some(entry) = keys.get(id).filter(|_| !keys.is_retired(id)) else {
                 continue;
             };
             let sent = match &body {

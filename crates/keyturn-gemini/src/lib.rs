@@ -46,6 +46,6 @@ pub use caller::{ChunkStream, GeminiCall, KeyCallStats, Reply, RetryPolicy, Rota
 pub use check::{KeyCheck, ModelCheck, check_key, check_key_for_model};
 pub use error::{ApiFailure, ErrorKind, GeminiError, classify, redact};
 pub use transport::{
-    InvalidName, KeyHeader, OpenAiRoute, SendError, Transport, TransportConfig, model_id,
-    valid_model,
+    BadRoute, EgressRoute, InvalidName, KeyHeader, OpenAiRoute, SendError, Transport,
+    TransportConfig, model_id, valid_model,
 };

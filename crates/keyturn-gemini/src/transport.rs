@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use keyturn_core::ApiKey;
+use keyturn_core::{ApiKey, Fingerprint};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
 
 /// The real service.
@@ -147,35 +147,139 @@ impl OpenAiRoute {
     }
 }
 
+/// An egress route: the forward proxy a key's requests leave through (`http://`, `https://`,
+/// `socks5://` or `socks5h://`). Its credentials are secrets like keys: `Debug` and `Display`
+/// show only the scheme, host and port.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EgressRoute(reqwest::Url);
+
+/// Why a route was refused; never quotes the URL (it may hold a password).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRoute(&'static str);
+
+impl EgressRoute {
+    /// Checks a route: a URL of an allowed scheme with a host, and nothing after it.
+    pub fn parse(url: &str) -> Result<Self, BadRoute> {
+        let u = reqwest::Url::parse(url.trim())
+            .map_err(|_| BadRoute("is not a URL like http://host:port or socks5://host:port"))?;
+        if !matches!(u.scheme(), "http" | "https" | "socks5" | "socks5h") {
+            return Err(BadRoute(
+                "must be an http://, https://, socks5:// or socks5h:// proxy",
+            ));
+        }
+        if u.host_str().is_none_or(str::is_empty) {
+            return Err(BadRoute("names no host"));
+        }
+        if u.path() != "/" && !u.path().is_empty() || u.query().is_some() || u.fragment().is_some()
+        {
+            return Err(BadRoute("must be only scheme://[user:password@]host:port"));
+        }
+        Ok(Self(u))
+    }
+
+    /// The route's own words: scheme, host and port, never credentials.
+    pub fn shown(&self) -> String {
+        let u = &self.0;
+        match u.port() {
+            Some(p) => format!("{}://{}:{p}", u.scheme(), u.host_str().unwrap_or("")),
+            None => format!("{}://{}", u.scheme(), u.host_str().unwrap_or("")),
+        }
+    }
+}
+
+impl std::fmt::Debug for EgressRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EgressRoute({})", self.shown())
+    }
+}
+
+impl std::fmt::Display for EgressRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown())
+    }
+}
+
 /// Sends requests to Gemini (or anything that speaks its API).
 #[derive(Debug, Clone)]
 pub struct Transport {
     client: reqwest::Client,
+    /// Keys with their own egress route, and the client for it (one per distinct route).
+    routes: std::sync::Arc<Vec<(Fingerprint, reqwest::Client)>>,
     base: String,
 }
 
 impl Transport {
     /// A transport.
     pub fn new(cfg: &TransportConfig) -> Result<Self, reqwest::Error> {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            USER_AGENT,
-            HeaderValue::from_static(concat!("keyturn/", env!("CARGO_PKG_VERSION"))),
-        );
-        let client = reqwest::Client::builder()
-            .default_headers(headers)
-            .connect_timeout(cfg.connect_timeout)
-            .read_timeout(cfg.request_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true)
-            .build()?;
+        let client = Self::client(cfg, None)?;
         let base = format!(
             "{}/{}",
             cfg.base_url.trim_end_matches('/'),
             cfg.api_version.trim_matches('/')
         );
-        Ok(Self { client, base })
+        Ok(Self {
+            client,
+            routes: std::sync::Arc::default(),
+            base,
+        })
+    }
+
+    /// A transport whose keys leave through their own routes: each key in `routes` through its
+    /// proxy, every other key as [`Transport::new`]'s do. One client per distinct route, built
+    /// here, once. A route that cannot be reached fails like any connection (a transient fault
+    /// of that key's path: its breaker cools it; the key is not dead).
+    pub fn with_routes(
+        cfg: &TransportConfig,
+        routes: &[(Fingerprint, EgressRoute)],
+    ) -> Result<Self, reqwest::Error> {
+        let mut t = Self::new(cfg)?;
+        let mut built: Vec<(&EgressRoute, reqwest::Client)> = Vec::new();
+        let mut per_key = Vec::with_capacity(routes.len());
+        for (fp, route) in routes {
+            let client = match built.iter().find(|(r, _)| *r == route) {
+                Some((_, c)) => c.clone(),
+                None => {
+                    let c = Self::client(cfg, Some(route))?;
+                    built.push((route, c.clone()));
+                    c
+                }
+            };
+            per_key.push((*fp, client));
+        }
+        t.routes = std::sync::Arc::new(per_key);
+        Ok(t)
+    }
+
+    fn client(
+        cfg: &TransportConfig,
+        route: Option<&EgressRoute>,
+    ) -> Result<reqwest::Client, reqwest::Error> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("keyturn/", env!("CARGO_PKG_VERSION"))),
+        );
+        let mut b = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(cfg.connect_timeout)
+            .read_timeout(cfg.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true);
+        if let Some(r) = route {
+            b = b.proxy(reqwest::Proxy::all(r.0.clone())?);
+        }
+        b.build()
+    }
+
+    /// The client a key's requests leave through.
+    fn client_for(&self, key: &ApiKey) -> &reqwest::Client {
+        let fp = key.fingerprint();
+        self.routes
+            .iter()
+            .find(|(f, _)| *f == fp)
+            .map_or(&self.client, |(_, c)| c)
     }
 
     /// `{base}/{version}/models/{model}:{method}`, from a valid model id and method.
@@ -294,7 +398,7 @@ impl Transport {
         body: bytes::Bytes,
     ) -> Result<reqwest::Response, SendError> {
         let req = self
-            .client
+            .client_for(key)
             .post(url)
             .header(CONTENT_TYPE, "application/json")
             .body(body);
@@ -314,7 +418,9 @@ impl Transport {
         key: &ApiKey,
         url: &str,
     ) -> Result<reqwest::Response, SendError> {
-        let sent = Self::with_key(self.client.get(url), how, key)?.send().await;
+        let sent = Self::with_key(self.client_for(key).get(url), how, key)?
+            .send()
+            .await;
         no_redirect(sent)
     }
 }

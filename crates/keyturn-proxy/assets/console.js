@@ -103,7 +103,7 @@
         el("td", { class: "label" }, k.label),
         el("td", {}, el("code", {}, k.fingerprint)),
         el("td", {}, k.project),
-        el("td", {}, el("span", { class: "badge " + k.state }, k.state)),
+        el("td", {}, el("span", { class: "badge " + k.state }, k.by_admin ? "disabled (by admin)" : k.state)),
         el("td", {}, k.reason || (k.failures ? k.failures + " failure(s)" : "")),
         whenCell(k.since_ms),
         whenCell(k.until_ms),
@@ -112,6 +112,15 @@
             act("Reset key " + k.label + " (" + k.fingerprint + ")? A disabled key is enabled again and its breaker closed.",
               "/admin/keys/" + encodeURIComponent(k.fingerprint) + "/reset", null,
               () => "key " + k.label + " reset")),
+          k.by_admin
+            ? button("Enable", "put the key back in rotation", () =>
+              act("Enable key " + k.label + " (" + k.fingerprint + ")? It takes requests again.",
+                "/admin/keys/" + encodeURIComponent(k.fingerprint) + "/enable", null,
+                () => "key " + k.label + " enabled"))
+            : button("Disable", "take the key out of rotation until enabled", () =>
+              act("Disable key " + k.label + " (" + k.fingerprint + ")? It takes no request until you enable it, across restarts.",
+                "/admin/keys/" + encodeURIComponent(k.fingerprint) + "/disable", null,
+                () => "key " + k.label + " disabled")),
           button("Re-check", "ask Gemini now (costs no quota)", () =>
             act("Re-check key " + k.label + " with Gemini now? (costs no quota)",
               "/admin/keys/" + encodeURIComponent(k.fingerprint) + "/recheck", null,
@@ -170,6 +179,17 @@
     const req = st.requests;
     parts.push(el("span", { class: "chip" }, req.in_flight + "/" + req.max_in_flight + " in flight"));
     if (req.waiting_for_slot) parts.push(el("span", { class: "chip" }, req.waiting_for_slot + " waiting"));
+    if (req.waiting_for_quota) parts.push(el("span", { class: "chip" }, req.waiting_for_quota + " waiting for quota"));
+    const r = st.reload;
+    if (r) {
+      const what = r.ok
+        ? "reloaded " + when(r.at_ms) + ": " + r.keys + " keys" +
+          (r.added.length ? ", +" + r.added.join(", +") : "") +
+          (r.removed.length ? ", −" + r.removed.join(", −") : "") +
+          (r.changed.length ? ", changed " + r.changed.join(", ") : "")
+        : "reload refused " + when(r.at_ms) + ": " + r.error + " (the previous configuration stays)";
+      parts.push(el("span", { class: "chip reload " + (r.ok ? "ok" : "refused"), id: "last-reload", title: "last reload (" + r.trigger + ")" }, what));
+    }
     document.getElementById("summary").replaceChildren(...parts);
     document.getElementById("clock").textContent =
       "Pacific day resets " + when(st.next_pacific_midnight_ms);

@@ -144,10 +144,11 @@ struct Observed {
 /// The console's and admin API's share of the proxy's state.
 #[derive(Debug)]
 pub(crate) struct Admin {
-    /// Admin tokens: (label, SHA-256 digest).
-    pub(crate) tokens: Vec<(String, [u8; 32])>,
-    /// Whether the console and admin API answer at all (off beyond loopback without a token).
-    pub(crate) enabled: bool,
+    /// Whether the proxy listens on loopback: without an admin token the console and admin
+    /// API answer only there.
+    pub(crate) loopback: bool,
+    /// The last reload of the configuration.
+    pub(crate) last_reload: Mutex<Option<crate::LastReload>>,
     pub(crate) events: Arc<Events>,
     observed: Mutex<Observed>,
     /// For re-checking a key now; without it, `recheck` answers 501.
@@ -157,10 +158,10 @@ pub(crate) struct Admin {
 }
 
 impl Admin {
-    pub(crate) fn new(tokens: Vec<(String, [u8; 32])>, enabled: bool) -> Self {
+    pub(crate) fn new(loopback: bool) -> Self {
         Self {
-            tokens,
-            enabled,
+            loopback,
+            last_reload: Mutex::new(None),
             events: Arc::new(Events::default()),
             observed: Mutex::new(Observed::default()),
             recheck: None,
@@ -364,7 +365,7 @@ fn observe(st: &ProxyState, status: &PoolStatus) -> BTreeMap<String, i64> {
 /// Looks at the ledger's status now and records what changed. The proxy calls this on a timer,
 /// and each status request does too.
 pub(crate) async fn watch_once(st: &ProxyState) {
-    if let Ok(status) = st.ledger.status().await {
+    if let Ok(status) = st.live().ledger.status().await {
         observe(st, &status);
     }
 }
@@ -376,6 +377,8 @@ pub(crate) fn router(state: Arc<ProxyState>) -> Router<Arc<ProxyState>> {
         .route("/admin/history", get(history))
         .route("/admin/events", get(events))
         .route("/admin/keys/{key}/reset", post(reset_key))
+        .route("/admin/keys/{key}/disable", post(disable_key))
+        .route("/admin/keys/{key}/enable", post(enable_key))
         .route("/admin/keys/{key}/recheck", post(recheck_key))
         .route("/admin/scopes/reset", post(reset_scope))
         .route("/console/assets/{name}", get(asset))
@@ -433,8 +436,9 @@ fn matches(tokens: &[(String, [u8; 32])], token: &str) -> bool {
 
 /// Whether this request may use the console and admin API.
 fn check(st: &ProxyState, method: &Method, headers: &HeaderMap) -> Result<(), Refused> {
-    let admin = &st.admin;
-    if !admin.enabled {
+    let live = st.live();
+    let admin = &live.admin_tokens;
+    if admin.is_empty() && !st.admin.loopback {
         return Err(refused(
             StatusCode::NOT_FOUND,
             "keyturn proxy: the console and admin API are off: this proxy listens beyond loopback and has no admin token; add [[serve.admin_tokens]] (keyturn serve token new --admin --label NAME)",
@@ -442,15 +446,15 @@ fn check(st: &ProxyState, method: &Method, headers: &HeaderMap) -> Result<(), Re
     }
     let cred = credential(headers);
     if let Some((token, _)) = &cred
-        && admin.tokens.is_empty()
-        && matches(&st.tokens, token)
+        && admin.is_empty()
+        && matches(&live.tokens, token)
     {
         return Err(refused(
             StatusCode::UNAUTHORIZED,
             "keyturn proxy: a client token cannot use the console or the admin API; they need an admin token",
         ));
     }
-    if admin.tokens.is_empty() {
+    if admin.is_empty() {
         // Loopback with no admin token: this machine only, as for clients without tokens.
         return if from_this_machine(headers) {
             Ok(())
@@ -467,8 +471,8 @@ fn check(st: &ProxyState, method: &Method, headers: &HeaderMap) -> Result<(), Re
             "keyturn proxy: the console and admin API need an admin token (Authorization: Bearer, or sign in at /console)",
         ));
     };
-    if !matches(&admin.tokens, &token) {
-        let what = if matches(&st.tokens, &token) {
+    if !matches(admin, &token) {
+        let what = if matches(&live.tokens, &token) {
             "a client token cannot use the console or the admin API; they need an admin token"
         } else {
             "admin token not recognised"
@@ -600,7 +604,8 @@ fn form_token(body: &[u8]) -> Option<String> {
 }
 
 async fn login(State(st): State<Arc<ProxyState>>, headers: HeaderMap, body: Bytes) -> Response {
-    if !st.admin.enabled || st.admin.tokens.is_empty() {
+    let live = st.live();
+    if live.admin_tokens.is_empty() {
         // Nothing to sign in with: the console is either off or open to this machine.
         return console(State(st), headers).await;
     }
@@ -613,7 +618,7 @@ async fn login(State(st): State<Arc<ProxyState>>, headers: HeaderMap, body: Byte
     let Some(token) = form_token(&body) else {
         return login_page(StatusCode::UNAUTHORIZED, "enter an admin token");
     };
-    if !matches(&st.admin.tokens, &token) {
+    if !matches(&live.admin_tokens, &token) {
         tracing::warn!("console sign-in refused: not an admin token");
         return login_page(StatusCode::UNAUTHORIZED, "that is not an admin token");
     }
@@ -665,6 +670,8 @@ struct KeyView {
     #[serde(skip_serializing_if = "Option::is_none")]
     until_ms: Option<i64>,
     failures: u32,
+    /// Disabled by the operator (`POST /admin/keys/{key}/disable`), not by Gemini's verdict.
+    by_admin: bool,
 }
 
 #[derive(Serialize)]
@@ -682,7 +689,7 @@ struct ScopeView<'a> {
 }
 
 async fn status(State(st): State<Arc<ProxyState>>) -> Response {
-    let status = match st.ledger.status().await {
+    let status = match st.live().ledger.status().await {
         Ok(s) => s,
         Err(e) => {
             return problem(
@@ -704,9 +711,15 @@ async fn status(State(st): State<Arc<ProxyState>>) -> Response {
                 project: k.project.clone(),
                 state,
                 reason: k.disabled.map(|d| d.reason.to_string()),
-                since_ms: since.get(&fingerprint).copied().unwrap_or(now),
+                since_ms: k
+                    .disabled
+                    .map(|d| d.since_ms)
+                    .filter(|t| *t > 0)
+                    .or_else(|| since.get(&fingerprint).copied())
+                    .unwrap_or(now),
                 until_ms,
                 failures: k.failures,
+                by_admin: k.disabled.is_some_and(|d| d.reason.is_admin()),
                 fingerprint,
             }
         })
@@ -734,13 +747,15 @@ async fn status(State(st): State<Arc<ProxyState>>) -> Response {
                 "in_flight": in_flight,
                 "max_in_flight": max,
                 "waiting_for_slot": st.waiting_for_slot(),
+                "waiting_for_quota": st.waiting_for_quota(),
             },
+            "reload": st.last_reload(),
         }),
     )
 }
 
 async fn history(State(st): State<Arc<ProxyState>>) -> Response {
-    let snap = match st.ledger.snapshot().await {
+    let snap = match st.live().ledger.snapshot().await {
         Ok(s) => s,
         Err(e) => {
             return problem(
@@ -749,7 +764,7 @@ async fn history(State(st): State<Arc<ProxyState>>) -> Response {
             );
         }
     };
-    let ring = st.ledger.keys();
+    let ring = st.live().ledger.keys();
     let labels: BTreeMap<String, String> = ring
         .iter()
         .map(|(_, e)| (e.fingerprint().to_string(), e.label.clone()))
@@ -789,7 +804,7 @@ async fn events(State(st): State<Arc<ProxyState>>, Query(q): Query<After>) -> Re
 }
 
 fn find_key(st: &ProxyState, key: &str) -> Option<(keyturn_core::KeyId, String)> {
-    let ring = st.ledger.keys();
+    let ring = st.live().ledger.keys();
     let id = ring.find(key)?;
     let label = ring.get(id).map(|e| e.label.clone()).unwrap_or_default();
     Some((id, label))
@@ -806,7 +821,7 @@ async fn reset_key(State(st): State<Arc<ProxyState>>, Path(key): Path<String>) -
     let Some((id, label)) = find_key(&st, &key) else {
         return no_such_key();
     };
-    match st.ledger.reset(ResetTarget::Key(id)).await {
+    match st.live().ledger.reset(ResetTarget::Key(id)).await {
         Ok(()) => {
             tracing::info!(key = %label.escape_debug(), "key reset from the admin API");
             st.admin.events.push(
@@ -830,6 +845,56 @@ async fn reset_key(State(st): State<Arc<ProxyState>>, Path(key): Path<String>) -
     }
 }
 
+async fn disable_key(State(st): State<Arc<ProxyState>>, Path(key): Path<String>) -> Response {
+    set_disabled(&st, &key, true).await
+}
+
+async fn enable_key(State(st): State<Arc<ProxyState>>, Path(key): Path<String>) -> Response {
+    set_disabled(&st, &key, false).await
+}
+
+/// Takes a key out of rotation, or puts it back (only the operator's disable is lifted).
+async fn set_disabled(st: &ProxyState, key: &str, disabled: bool) -> Response {
+    let Some((id, label)) = find_key(st, key) else {
+        return no_such_key();
+    };
+    let (kind, did, message) = if disabled {
+        (
+            "admin_disable",
+            "disabled",
+            format!("key {label} disabled by an admin: it takes no request until enabled"),
+        )
+    } else {
+        (
+            "admin_enable",
+            "enabled",
+            format!("key {label} enabled by an admin"),
+        )
+    };
+    match st.live().ledger.disable_by_admin(id, disabled).await {
+        Ok(()) => {
+            tracing::info!(key = %label.escape_debug(), "key {did} from the admin API");
+            st.admin.events.push(
+                st.clock.now_ms(),
+                NewEvent {
+                    kind,
+                    severity: if disabled { "warning" } else { "info" },
+                    key: Some(label.clone()),
+                    project: None,
+                    model: None,
+                    message,
+                },
+            );
+            watch_once(st).await;
+            json_answer(StatusCode::OK, &json!({ did: label }))
+        }
+        Err(e) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("could not change the key: {e}"),
+        ),
+    }
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ScopeTarget {
@@ -844,7 +909,7 @@ async fn reset_scope(State(st): State<Arc<ProxyState>>, body: Bytes) -> Response
             "expected {\"project\": …, \"model\": …}",
         );
     };
-    let status = match st.ledger.status().await {
+    let status = match st.live().ledger.status().await {
         Ok(s) => s,
         Err(e) => {
             return problem(
@@ -864,7 +929,7 @@ async fn reset_scope(State(st): State<Arc<ProxyState>>, body: Bytes) -> Response
         project: t.project.clone(),
         model: t.model.clone(),
     };
-    match st.ledger.reset(target).await {
+    match st.live().ledger.reset(target).await {
         Ok(()) => {
             st.admin.events.push(
                 st.clock.now_ms(),
@@ -903,20 +968,22 @@ async fn recheck_key(State(st): State<Arc<ProxyState>>, Path(key): Path<String>)
             "this proxy was started without a way to re-check keys",
         );
     };
-    let ring = st.ledger.keys();
+    let ring = st.live().ledger.keys();
     let Some(entry) = ring.get(id) else {
         return problem(StatusCode::NOT_FOUND, "no such key");
     };
     let answer = check_key(transport, &entry.key).await;
     let disabled = st
+        .live()
         .ledger
         .status()
         .await
         .ok()
         .and_then(|s| s.keys.into_iter().find(|k| k.label == label))
-        .is_some_and(|k| k.disabled.is_some());
+        // Gemini's verdict only: the operator's disable is lifted by enabling the key.
+        .is_some_and(|k| k.disabled.is_some_and(|d| !d.reason.is_admin()));
     let (result, detail) = match &answer {
-        KeyCheck::Alive if disabled => match st.ledger.reset(ResetTarget::Key(id)).await {
+        KeyCheck::Alive if disabled => match st.live().ledger.reset(ResetTarget::Key(id)).await {
             Ok(()) => ("alive", "the key answers; re-enabled".to_owned()),
             Err(e) => (
                 "alive",
@@ -928,7 +995,7 @@ async fn recheck_key(State(st): State<Arc<ProxyState>>, Path(key): Path<String>)
         KeyCheck::Unknown(why) => (
             "unknown",
             // In words without the key; scrubbed again in case a server quoted it.
-            format!("no clear answer: {}", st.scrubber.redact(why)),
+            format!("no clear answer: {}", st.live().scrubber.redact(why)),
         ),
     };
     st.admin.events.push(

@@ -187,10 +187,11 @@ pub(crate) fn failure(st: &ProxyState, e: &GeminiError) -> Answer {
         let status = StatusCode::from_u16(a.status).unwrap_or(StatusCode::BAD_REQUEST);
         return Answer::Relay {
             status,
-            body: st.scrubber.redact(&a.body),
+            body: st.live().scrubber.redact(&a.body),
         };
     }
     let message = st
+        .live()
         .scrubber
         .redact(&format!("keyturn proxy: {}", client_message(e)));
     match e {

@@ -103,7 +103,8 @@ pub(crate) fn from_this_machine(headers: &HeaderMap) -> bool {
 
 /// Whether a request may use the proxy; the refusal, in neither dialect yet.
 fn check(st: &ProxyState, req: &Request) -> Result<(), Problem> {
-    if st.tokens.is_empty() {
+    let live = st.live();
+    if live.tokens.is_empty() {
         // Without tokens anything that reaches loopback is served, and a web page can: a
         // cross-site POST spends the pool's quota blind, and a page whose name was rebound to
         // 127.0.0.1 reads the answers too. Browsers name the page (`Origin`) and the host they
@@ -127,7 +128,7 @@ fn check(st: &ProxyState, req: &Request) -> Result<(), Problem> {
     let d = digest(&token);
     // Every digest is compared, in constant time, so timing says nothing about which matched.
     let mut found: Option<&str> = None;
-    for (label, want) in &st.tokens {
+    for (label, want) in &live.tokens {
         if bool::from(d.ct_eq(want)) {
             found = Some(label);
         }

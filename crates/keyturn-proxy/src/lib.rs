@@ -130,21 +130,95 @@ impl ProxyConfig {
     }
 }
 
+/// What a reload replaces: the pool (callers and ledger), the tokens, and the scrubber that
+/// knows the pool's keys. A request reads it once, when it starts, and keeps that copy.
+#[derive(Debug)]
+pub(crate) struct Live {
+    /// Caller per API version: v1beta, v1.
+    pub(crate) v1beta: Arc<dyn GeminiCall>,
+    pub(crate) v1: Arc<dyn GeminiCall>,
+    pub(crate) ledger: Arc<dyn QuotaLedger>,
+    /// Client tokens: (label, SHA-256 digest).
+    pub(crate) tokens: Vec<(String, [u8; 32])>,
+    /// Admin tokens: (label, SHA-256 digest).
+    pub(crate) admin_tokens: Vec<(String, [u8; 32])>,
+    /// Finds the pool's keys in answers relayed byte for byte.
+    pub(crate) scrubber: Scrubber,
+}
+
+impl Live {
+    fn new(
+        v1beta: Arc<dyn GeminiCall>,
+        v1: Arc<dyn GeminiCall>,
+        ledger: Arc<dyn QuotaLedger>,
+        tokens: Vec<(String, [u8; 32])>,
+        admin_tokens: Vec<(String, [u8; 32])>,
+    ) -> Self {
+        // Retired keys too: an answer to a request they still have in flight is scrubbed.
+        let keys = ledger.keys();
+        let scrubber = Scrubber::new(keys.iter().map(|(_, e)| &e.key));
+        Self {
+            v1beta,
+            v1,
+            ledger,
+            tokens,
+            admin_tokens,
+            scrubber,
+        }
+    }
+}
+
+/// A new configuration for a running proxy (`keyturn serve` builds it on SIGHUP or when its
+/// files change): callers over the reloaded pool, and the tokens. What it changed, by label,
+/// is shown as the last reload.
+#[derive(Debug)]
+pub struct Reload {
+    /// Caller for `/v1beta/`.
+    pub v1beta: Arc<dyn GeminiCall>,
+    /// Caller for `/v1/`.
+    pub v1: Arc<dyn GeminiCall>,
+    /// The ledger both callers share.
+    pub ledger: Arc<dyn QuotaLedger>,
+    /// Client tokens: (label, SHA-256 digest).
+    pub tokens: Vec<(String, [u8; 32])>,
+    /// Admin tokens: (label, SHA-256 digest).
+    pub admin_tokens: Vec<(String, [u8; 32])>,
+}
+
+/// The last reload, as `/admin/status` and the console show it: when, whether it took, and
+/// what changed (labels and counts, never keys).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LastReload {
+    /// When (Unix ms).
+    pub at_ms: i64,
+    /// What asked for it: `signal` (SIGHUP) or `file` (a watched file changed).
+    pub trigger: &'static str,
+    /// Whether the new configuration took; when not, the old one stays.
+    pub ok: bool,
+    /// Why it was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Keys that take requests after it.
+    pub keys: usize,
+    /// Keys that joined, left (finishing what they have in flight) and changed, by label.
+    #[serde(flatten)]
+    pub change: keyturn_core::RingChange,
+    /// Client and admin tokens after it.
+    pub tokens: usize,
+    /// Admin tokens after it.
+    pub admin_tokens: usize,
+}
+
 /// What the handlers share.
 #[derive(Debug)]
 pub struct ProxyState {
-    /// Caller per API version: v1beta, v1.
-    v1beta: Arc<dyn GeminiCall>,
-    v1: Arc<dyn GeminiCall>,
-    ledger: Arc<dyn QuotaLedger>,
-    tokens: Vec<(String, [u8; 32])>,
+    /// Swapped whole by a reload.
+    live: arc_swap::ArcSwap<Live>,
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
-    /// The console's and the admin API's state: admin tokens, recent events, waiting counts.
+    /// The console's and the admin API's state: recent events, waiting counts, last reload.
     admin: admin::Admin,
     clock: Arc<dyn Clock>,
-    /// Finds the pool's keys in answers relayed byte for byte.
-    scrubber: Scrubber,
     /// Models the upstream has confirmed, per API version: only these get quota scopes and
     /// metric labels, so a client sending random names cannot grow the state.
     models: KnownModels,
@@ -186,18 +260,18 @@ impl ProxyState {
         clock: Arc<dyn Clock>,
         cfg: &ProxyConfig,
     ) -> Self {
-        let keys = ledger.keys();
-        let scrubber = Scrubber::new(keys.iter().map(|(_, e)| &e.key));
         Self {
-            v1beta,
-            v1,
-            ledger,
-            tokens: cfg.tokens.clone(),
+            live: arc_swap::ArcSwap::from_pointee(Live::new(
+                v1beta,
+                v1,
+                ledger,
+                cfg.tokens.clone(),
+                cfg.admin_tokens.clone(),
+            )),
             in_flight: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
             max_in_flight: cfg.max_in_flight.max(1),
-            admin: admin::Admin::new(cfg.admin_tokens.clone(), cfg.console_enabled()),
+            admin: admin::Admin::new(cfg.listen.ip().is_loopback()),
             clock,
-            scrubber,
             models: KnownModels::default(),
             body_timeout: cfg.body_timeout,
             max_body_bytes: cfg.max_body_bytes,
@@ -209,6 +283,40 @@ impl ProxyState {
     pub fn with_recheck(mut self, transport: keyturn_gemini::Transport) -> Self {
         self.admin.recheck = Some(transport);
         self
+    }
+
+    /// What requests starting now use.
+    pub(crate) fn live(&self) -> Arc<Live> {
+        self.live.load_full()
+    }
+
+    /// Takes a reloaded configuration: requests that start from now on use it, those in flight
+    /// finish with what they started with. The caller has checked it (`ProxyConfig::validate`
+    /// with the new client tokens) and records the outcome ([`ProxyState::record_reload`]).
+    pub fn reload(&self, next: Reload) {
+        self.live.store(Arc::new(Live::new(
+            next.v1beta,
+            next.v1,
+            next.ledger,
+            next.tokens,
+            next.admin_tokens,
+        )));
+    }
+
+    /// Records a reload's outcome (a refused one changes nothing else), for `/admin/status`.
+    pub fn record_reload(&self, last: LastReload) {
+        *self.admin.last_reload.lock() = Some(last);
+    }
+
+    /// The last reload, if any.
+    pub fn last_reload(&self) -> Option<LastReload> {
+        self.admin.last_reload.lock().clone()
+    }
+
+    /// Requests waiting now for quota (a key with room), in the current callers.
+    pub fn waiting_for_quota(&self) -> usize {
+        let live = self.live();
+        live.v1beta.waiting_for_quota() + live.v1.waiting_for_quota()
     }
 
     /// Requests waiting now for an upstream slot (`max_in_flight`).
@@ -225,7 +333,7 @@ impl ProxyState {
 
     /// A successful answer relayed as it came, unless it holds a pool key.
     fn relay(&self, raw: Bytes) -> Response {
-        let body = match self.scrubber.scrub_known(&raw) {
+        let body = match self.live().scrubber.scrub_known(&raw) {
             Some(clean) => {
                 tracing::warn!(
                     "an upstream answer held a pool key; it was replaced before relaying"
@@ -237,10 +345,11 @@ impl ProxyState {
         json_bytes(StatusCode::OK, body)
     }
 
-    fn caller(&self, version: &str) -> Option<&Arc<dyn GeminiCall>> {
+    fn caller(&self, version: &str) -> Option<Arc<dyn GeminiCall>> {
+        let live = self.live();
         match version {
-            "v1beta" => Some(&self.v1beta),
-            "v1" => Some(&self.v1),
+            "v1beta" => Some(live.v1beta.clone()),
+            "v1" => Some(live.v1.clone()),
             _ => None,
         }
     }
@@ -268,7 +377,7 @@ pub fn router(state: Arc<ProxyState>) -> Router {
 }
 
 async fn readyz(State(st): State<Arc<ProxyState>>) -> Response {
-    match st.ledger.status().await {
+    match st.live().ledger.status().await {
         Ok(s) if s.keys.iter().any(|k| k.disabled.is_none()) => {
             (StatusCode::OK, "ready").into_response()
         }
@@ -503,7 +612,7 @@ async fn call_model(
     Query(q): Query<StreamQuery>,
     body: Body,
 ) -> Response {
-    let Some(caller) = st.caller(&version).cloned() else {
+    let Some(caller) = st.caller(&version) else {
         return Answer::from(not_found()).gemini();
     };
     let (model, action) = match parse_name(&name) {
@@ -580,7 +689,7 @@ fn stream_response(
     sse: bool,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Response {
-    let scrubber = st.scrubber.clone();
+    let scrubber = st.live().scrubber.clone();
     // Whether the JSON array has been opened: by the first value, not by a failure, and the
     // end closes it either way (a stream with no value is `[]`, not `]`).
     let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -144,7 +144,7 @@ async fn chat_completions(State(st): State<Arc<ProxyState>>, body: Body) -> Resp
 }
 
 async fn chat(st: &ProxyState, body: Body) -> Result<Response, Refusal> {
-    let caller = st.v1beta.clone();
+    let caller = st.live().v1beta.clone();
     let mut v = read_object(st, body).await?;
     let model = body_model(&v)?;
     let stream = v.get("stream").and_then(Value::as_bool) == Some(true);
@@ -171,7 +171,7 @@ async fn embeddings(State(st): State<Arc<ProxyState>>, body: Body) -> Response {
 }
 
 async fn embed(st: &ProxyState, body: Body) -> Result<Response, Refusal> {
-    let caller = st.v1beta.clone();
+    let caller = st.live().v1beta.clone();
     let v = read_object(st, body).await?;
     let model = body_model(&v)?;
     let demand = embedding_demand(&v);
@@ -202,6 +202,7 @@ async fn get_model(State(st): State<Arc<ProxyState>>, Path(name): Path<String>) 
 async fn unmetered(st: &ProxyState, path: &str) -> Result<Response, Refusal> {
     let _permit = slot(st).await?;
     let r = st
+        .live()
         .v1beta
         .call_unmetered(path, None)
         .await
@@ -219,7 +220,7 @@ fn stream_response(
     client_asked: bool,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Response {
-    let scrubber = st.scrubber.clone();
+    let scrubber = st.live().scrubber.clone();
     let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let broken_at_end = broken.clone();
     let frames = chunks

@@ -451,3 +451,68 @@ async fn the_history_counts_each_keys_requests_by_label() {
     );
     assert!(days.iter().all(|d| d["model"] == FLASH));
 }
+
+/// Generate requests each key served, by label, as the simulator counted them.
+fn served(s: &Setup) -> BTreeMap<String, u64> {
+    s.sim.state().stats()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["label"].as_str().unwrap().to_owned(),
+                k["by_route"]["generateContent"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_admin_disables_a_key_until_enabling_it_and_a_recheck_does_not_lift_it() {
+    let s = setup("127.0.0.1:0", true, true, 100).await;
+    let (status, body) = s
+        .post("/admin/keys/beta/disable", Some(&s.admin), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let beta = s.key("beta").await;
+    assert_eq!(beta["state"], "disabled", "{beta}");
+    assert_eq!(beta["by_admin"], true, "{beta}");
+    assert_eq!(beta["reason"], "disabled by admin", "{beta}");
+    assert!(beta["since_ms"].as_i64().unwrap() > 0);
+    let before = served(&s);
+    for _ in 0..4 {
+        assert_eq!(s.generate().await, 200);
+    }
+    let after = served(&s);
+    assert_eq!(
+        after["beta"], before["beta"],
+        "a disabled key took a request"
+    );
+    assert_eq!(after["alpha"], before["alpha"] + 4);
+    // The key answers Gemini, but only the operator lifts the operator's disable.
+    let (_, r) = s
+        .post("/admin/keys/beta/recheck", Some(&s.admin), json!({}))
+        .await;
+    assert_eq!(r["result"], "alive", "{r}");
+    assert_eq!(s.key("beta").await["by_admin"], true);
+    // A client token cannot do it.
+    let (status, _) = s
+        .post("/admin/keys/beta/enable", Some(&s.client), json!({}))
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = s
+        .post("/admin/keys/beta/enable", Some(&s.admin), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(s.key("beta").await["state"], "usable");
+    for _ in 0..4 {
+        assert_eq!(s.generate().await, 200);
+    }
+    assert!(
+        served(&s)["beta"] > after["beta"],
+        "enabled: it takes requests again"
+    );
+    let kinds = s.event_kinds().await;
+    assert!(kinds.contains(&"admin_disable".to_owned()), "{kinds:?}");
+    assert!(kinds.contains(&"admin_enable".to_owned()), "{kinds:?}");
+}

@@ -174,6 +174,32 @@ pub struct HttpConfig {
     /// Request timeout.
     #[serde(with = "serde_duration")]
     pub request_timeout: Duration,
+    /// The egress route of every key without its own (`[[keys]] proxy`); none: straight out
+    /// (or through `HTTPS_PROXY`/`ALL_PROXY`, which reqwest honours).
+    #[serde(default, skip_serializing)]
+    pub proxy: Option<ProxyUrl>,
+}
+
+/// An egress proxy URL as configured. It may hold a password, so `Debug` shows only scheme,
+/// host and port (or that it does not parse).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct ProxyUrl(String);
+
+impl ProxyUrl {
+    /// The URL as written, for the one place that builds the route from it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match keyturn_gemini::EgressRoute::parse(&self.0) {
+            Ok(r) => write!(f, "ProxyUrl({r})"),
+            Err(_) => f.write_str("ProxyUrl(not a URL)"),
+        }
+    }
 }
 
 impl Default for HttpConfig {
@@ -184,6 +210,7 @@ impl Default for HttpConfig {
             api_version: d.api_version,
             connect_timeout: d.connect_timeout,
             request_timeout: d.request_timeout,
+            proxy: None,
         }
     }
 }
@@ -403,6 +430,11 @@ pub struct KeyEntryConfig {
     /// Weight for the weighted policy.
     #[serde(default)]
     pub weight: Option<u32>,
+    /// The egress route this entry's keys leave through: `http://`, `https://`, `socks5://` or
+    /// `socks5h://` `[user:password@]host:port` (over `[http] proxy`). Its credentials are
+    /// secrets: never logged or shown.
+    #[serde(default, skip_serializing)]
+    pub proxy: Option<ProxyUrl>,
     /// Refused: keys are never written in the config file.
     #[serde(default, skip_serializing)]
     pub key: Option<String>,
@@ -679,6 +711,14 @@ impl Config {
             if k.weight == Some(0) {
                 return Err(bad(&format!("{field}.weight"), "weights start at 1".into()));
             }
+            if let Some(p) = &k.proxy {
+                keyturn_gemini::EgressRoute::parse(p.expose())
+                    .map_err(|e| bad(&format!("{field}.proxy"), e.to_string()))?;
+            }
+        }
+        if let Some(p) = &self.http.proxy {
+            keyturn_gemini::EgressRoute::parse(p.expose())
+                .map_err(|e| bad("http.proxy", e.to_string()))?;
         }
         let positive = |field: &str, d: Duration| {
             if d.is_zero() {

@@ -39,6 +39,8 @@ pub struct Found {
     pub spec: KeySpec,
     /// Where it was found, e.g. `env GEMINI_API_KEY_3` or `file keys.txt line 4`.
     pub source: String,
+    /// The egress route of its `[[keys]]` entry (`proxy`), if it has one.
+    pub route: Option<keyturn_gemini::EgressRoute>,
 }
 
 fn spec(
@@ -97,7 +99,11 @@ fn spec(
     if let Some(w) = weight {
         s = s.weight(w);
     }
-    Ok(Found { spec: s, source })
+    Ok(Found {
+        spec: s,
+        source,
+        route: None,
+    })
 }
 
 /// Characters no API key holds: what is left of JSON, quoting or a list separator.
@@ -296,6 +302,26 @@ fn resolve(base: Option<&Path>, p: &Path) -> PathBuf {
     }
 }
 
+/// The files a configuration is read from — `keyturn.toml`, the `[[keys]] file =` entries and
+/// `KEYTURN_KEYS_FILE` — which `keyturn serve` watches to reload when one changes.
+pub fn config_files(cfg: &Config, env: &Env, cwd: &Path) -> Vec<PathBuf> {
+    let absolute = |p: PathBuf| if p.is_relative() { cwd.join(p) } else { p };
+    let mut out: Vec<PathBuf> = cfg.source.iter().cloned().map(absolute).collect();
+    for k in &cfg.keys {
+        if let Some(file) = &k.file {
+            out.push(absolute(resolve(cfg.source.as_deref(), file)));
+        }
+    }
+    if let Some(p) = env
+        .get("KEYTURN_KEYS_FILE")
+        .filter(|v| !v.is_empty() && !looks_like_key(v))
+    {
+        out.push(absolute(resolve(None, Path::new(p))));
+    }
+    out.dedup();
+    out
+}
+
 /// Every key, from every source, deduplicated, in the documented order. Errors never show a key:
 /// anything key-shaped and every key value configured anywhere is hidden in them.
 pub fn discover(cfg: &Config, env: &Env, cwd: &Path) -> Result<Vec<Found>, ConfigError> {
@@ -351,6 +377,11 @@ fn discover_into(
     found: &mut Vec<Found>,
 ) -> Result<(), ConfigError> {
     for (i, k) in cfg.keys.iter().enumerate() {
+        // Checked with the configuration: a route that does not parse never gets here.
+        let route = k
+            .proxy
+            .as_ref()
+            .and_then(|p| keyturn_gemini::EgressRoute::parse(p.expose()).ok());
         if let Some(var) = &k.env {
             let Some(v) = env.get(var).filter(|v| !v.trim().is_empty()) else {
                 return Err(ConfigError::MissingEnv {
@@ -359,13 +390,15 @@ fn discover_into(
                     var: var.clone(),
                 });
             };
-            found.push(spec(
+            let mut f = spec(
                 v,
                 k.label.clone().unwrap_or_else(|| var.clone()),
                 k.project.clone(),
                 k.weight,
                 format!("env {var}"),
-            )?);
+            )?;
+            f.route.clone_from(&route);
+            found.push(f);
         } else if let Some(file) = &k.file {
             let path = resolve(cfg.source.as_deref(), file);
             let path = if path.is_relative() {
@@ -390,6 +423,7 @@ fn discover_into(
                 if let Some(w) = k.weight {
                     f.spec.weight = w;
                 }
+                f.route.clone_from(&route);
             }
             found.extend(keys);
         }

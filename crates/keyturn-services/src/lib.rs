@@ -35,7 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use keyturn_core::{
-    Clock, InMemoryLedger, KeyRing, LedgerConfig, QuotaLedger, StateStore, StoreError,
+    Clock, InMemoryLedger, KeyRing, LedgerConfig, QuotaLedger, RingChange, StateStore, StoreError,
 };
 use keyturn_embeddings::{EmbeddingsService, GeminiEmbeddings};
 use keyturn_gemini::{GeminiCall, RetryPolicy, RotatingCaller, Transport, TransportConfig};
@@ -43,13 +43,15 @@ use keyturn_llm::{CacheConfig, GeminiLlm, LlmConfig, LlmService};
 use keyturn_store::{ConnectError, FileStore, Persister, RedisLedger, TimeSource};
 
 pub use config::{Backend, Config, Env, Overrides, process_env};
-pub use discovery::{Found, discover, key_ring};
+pub use discovery::{Found, config_files, discover, key_ring};
 pub use error::{ConfigError, ServiceError, ServiceErrorKind};
 
 /// Owns the state backend's background work; flush at checkpoints, shut down at exit.
 #[derive(Debug)]
 pub struct StateHandle {
     monitor: Option<monitor::Monitor>,
+    /// The file backend's ledger, which a reload changes in place.
+    memory: Option<Arc<InMemoryLedger>>,
     persister: Option<Persister>,
     store: Option<Arc<FileStore>>,
     describe: String,
@@ -108,9 +110,147 @@ pub struct Pool {
     pub clock: Arc<dyn Clock>,
     /// The state backend.
     pub state: StateHandle,
+    /// Where the state lives, as configured at the start: a reload cannot move it.
+    state_config: config::StateConfig,
+    /// Who hears the monitor's warnings (kept for a monitor restarted by a reload).
+    sink: Sink,
+    /// Each key's egress route (`[[keys]] proxy`, else `[http] proxy`), for its callers.
+    routes: Routes,
+}
+
+/// Keys with their own egress route.
+type Routes = Vec<(keyturn_core::Fingerprint, keyturn_gemini::EgressRoute)>;
+
+/// Each found key's route: its entry's, else the default for all keys.
+fn routes_of(cfg: &Config, found: &[Found]) -> Routes {
+    let default = cfg
+        .http
+        .proxy
+        .as_ref()
+        .and_then(|p| keyturn_gemini::EgressRoute::parse(p.expose()).ok());
+    found
+        .iter()
+        .filter_map(|f| {
+            let route = f.route.clone().or_else(|| default.clone())?;
+            Some((f.spec.key.fingerprint(), route))
+        })
+        .collect()
+}
+
+/// The monitor's warning sink, kept for a restart (`Debug` says only whether there is one).
+#[derive(Clone, Default)]
+struct Sink(Option<monitor::WarningSink>);
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sink({})", if self.0.is_some() { "set" } else { "none" })
+    }
+}
+
+/// Why a reload was refused; the pool keeps its configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The new configuration or key set is wrong (the error names the field, never a key).
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// A setting that only a restart can change was changed.
+    #[error(
+        "[state] changed ({0}); a reload keeps the state where it is: restart keyturn to move it"
+    )]
+    StateMoved(&'static str),
 }
 
 impl Pool {
+    /// Reloads keys, projects and limits from `cfg` (read anew by the caller) without a
+    /// restart. The file backend's ledger changes in place: a new key joins with a fresh state,
+    /// a removed key takes no new request and finishes what it has in flight, new limits hold at
+    /// once. On Redis, whose state lives by fingerprint in Redis, a new ledger over the new keys
+    /// replaces the old one (a request in flight settles through the one it started on), with a
+    /// new caller and monitor. [`Pool::ledger`] and [`Pool::caller`] are the ones to use after
+    /// it. Anything wrong leaves the pool as it was.
+    pub async fn reload(
+        &mut self,
+        cfg: &Config,
+        env: &Env,
+        cwd: &Path,
+    ) -> Result<RingChange, ReloadError> {
+        let was = &self.state_config;
+        let now = &cfg.state;
+        if now.backend != was.backend {
+            return Err(ReloadError::StateMoved("backend"));
+        }
+        if now.dir != was.dir && now.backend == Backend::File {
+            return Err(ReloadError::StateMoved("dir"));
+        }
+        if now.backend == Backend::Redis
+            && (now.redis_url != was.redis_url || now.namespace != was.namespace)
+        {
+            return Err(ReloadError::StateMoved("redis_url or namespace"));
+        }
+        let (ring, found) = key_ring(cfg, env, cwd).map_err(ServiceError::from)?;
+        let lcfg = ledger_config(cfg).map_err(ServiceError::from)?;
+        let routes = routes_of(cfg, &found);
+        let change = match &self.state.memory {
+            Some(memory) => {
+                let change = memory.reload(&ring, lcfg.limits);
+                self.keys = memory.keys();
+                change
+            }
+            None => {
+                let (_, change) = self.ledger.keys().reloaded(&ring);
+                let keys = Arc::new(ring);
+                // The models in use stay in status, as they would in the ledger reloaded in place.
+                let mut lcfg = lcfg;
+                if let Ok(st) = self.ledger.status().await {
+                    for s in st.scopes {
+                        if !lcfg.models.contains(&s.model) {
+                            lcfg.models.push(s.model);
+                        }
+                    }
+                }
+                let ledger: Arc<dyn QuotaLedger> = Arc::new(
+                    RedisLedger::connect(
+                        &cfg.state.redis_url,
+                        &cfg.state.namespace,
+                        keys.clone(),
+                        lcfg,
+                        self.clock.clone(),
+                        TimeSource::Redis,
+                    )
+                    .await
+                    .map_err(|e| redis_connect_error(cfg, e))?,
+                );
+                self.caller = build_caller(
+                    cfg,
+                    ledger.clone(),
+                    &cfg.http.api_version,
+                    self.clock.clone(),
+                    &routes,
+                )?;
+                self.ledger = ledger;
+                self.keys = keys;
+                if let Some(m) = self.state.monitor.take() {
+                    m.shutdown().await;
+                    self.watch_with(cfg, self.sink.0.clone())?;
+                }
+                change
+            }
+        };
+        if self.state.memory.is_some() {
+            self.caller = build_caller(
+                cfg,
+                self.ledger.clone(),
+                &cfg.http.api_version,
+                self.clock.clone(),
+                &routes,
+            )?;
+        }
+        self.found = found;
+        self.routes = routes;
+        Ok(change)
+    }
+
     /// Starts watching the pool for the life of the run (until `state.shutdown()`): metrics
     /// gauges, and warnings to the log and to `[notify] webhook_url`. Commands that do work
     /// (seed, demo, serve) watch; one-shot commands (status, keys) do not.
@@ -127,6 +267,7 @@ impl Pool {
         if self.state.monitor.is_some() {
             return Ok(());
         }
+        self.sink = Sink(sink.clone());
         let notifier = match &cfg.notify.webhook_url {
             Some(url) => Some(
                 notify::Notifier::spawn(url.clone(), &cfg.notify)
@@ -156,7 +297,13 @@ impl Pool {
         cfg: &Config,
         api_version: &str,
     ) -> Result<Arc<dyn GeminiCall>, ServiceError> {
-        build_caller(cfg, self.ledger.clone(), api_version, self.clock.clone())
+        build_caller(
+            cfg,
+            self.ledger.clone(),
+            api_version,
+            self.clock.clone(),
+            &self.routes,
+        )
     }
 }
 
@@ -287,9 +434,10 @@ pub async fn create_pool_with_clock(
                 Persister::spawn(ledger.clone(), store.clone(), cfg.state.flush_interval);
             let describe = format!("file {}", store.path().display());
             (
-                ledger,
+                ledger.clone(),
                 StateHandle {
                     monitor: None,
+                    memory: Some(ledger),
                     persister: Some(persister),
                     store: Some(store),
                     describe,
@@ -316,6 +464,7 @@ pub async fn create_pool_with_clock(
                 Arc::new(ledger),
                 StateHandle {
                     monitor: None,
+                    memory: None,
                     persister: None,
                     store: None,
                     describe,
@@ -323,7 +472,14 @@ pub async fn create_pool_with_clock(
             )
         }
     };
-    let caller = build_caller(cfg, ledger.clone(), &cfg.http.api_version, clock.clone())?;
+    let routes = routes_of(cfg, &found);
+    let caller = build_caller(
+        cfg,
+        ledger.clone(),
+        &cfg.http.api_version,
+        clock.clone(),
+        &routes,
+    )?;
     Ok(Pool {
         keys,
         found,
@@ -331,6 +487,9 @@ pub async fn create_pool_with_clock(
         caller,
         clock,
         state,
+        state_config: cfg.state.clone(),
+        sink: Sink::default(),
+        routes,
     })
 }
 
@@ -355,13 +514,16 @@ fn redis_connect_error(cfg: &Config, e: ConnectError) -> ServiceError {
 
 /// The HTTP transport `[http]` describes, for one API version.
 pub fn transport(cfg: &Config, api_version: &str) -> Result<Transport, ServiceError> {
-    Transport::new(&TransportConfig {
+    Transport::new(&transport_config(cfg, api_version)).map_err(|e| ServiceError::Http(e.into()))
+}
+
+fn transport_config(cfg: &Config, api_version: &str) -> TransportConfig {
+    TransportConfig {
         base_url: cfg.http.base_url.clone(),
         api_version: api_version.to_owned(),
         connect_timeout: cfg.http.connect_timeout,
         request_timeout: cfg.http.request_timeout,
-    })
-    .map_err(|e| ServiceError::Http(e.into()))
+    }
 }
 
 fn build_caller(
@@ -369,8 +531,10 @@ fn build_caller(
     ledger: Arc<dyn QuotaLedger>,
     api_version: &str,
     clock: Arc<dyn Clock>,
+    routes: &Routes,
 ) -> Result<Arc<dyn GeminiCall>, ServiceError> {
-    let transport = transport(cfg, api_version)?;
+    let transport = Transport::with_routes(&transport_config(cfg, api_version), routes)
+        .map_err(|e| ServiceError::Http(e.into()))?;
     let retry = RetryPolicy {
         max_attempts: cfg.retry.max_attempts,
         max_elapsed: cfg.retry.max_elapsed,

@@ -167,7 +167,8 @@ impl Watch {
         let keys = self.ledger.keys();
         let interval = r.interval.as_millis() as i64;
         for k in &st.keys {
-            let Some(d) = &k.disabled else {
+            // The operator's disable is the operator's to lift, whatever the key answers.
+            let Some(d) = k.disabled.filter(|d| !d.reason.is_admin()) else {
                 continue;
             };
             let fp = k.fingerprint.to_string();
@@ -387,7 +388,8 @@ pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<Pending> {
     }
     if s.key_disabled {
         for k in &st.keys {
-            if let Some(d) = &k.disabled {
+            // The operator's own disable warns nobody: they did it (the console records it).
+            if let Some(d) = k.disabled.filter(|d| !d.reason.is_admin()) {
                 let mut w = warning(
                     "key_disabled",
                     true,

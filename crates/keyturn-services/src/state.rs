@@ -223,7 +223,8 @@ pub async fn reenable(
             let Some(k) = st.keys.get(id.index()) else {
                 continue;
             };
-            if k.disabled.is_none() {
+            // Only Gemini's verdict: the operator's disable is the operator's to lift.
+            if k.disabled.is_none_or(|d| d.reason.is_admin()) {
                 continue;
             }
             keys.push((

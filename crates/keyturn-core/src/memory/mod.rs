@@ -12,10 +12,10 @@ use tokio::sync::Notify;
 use crate::breaker::{Admission, Breaker, BreakerState};
 use crate::clock::Clock;
 use crate::error::{AcquireError, Exhaustion, LedgerError, SnapshotError};
-use crate::key::{KeyId, KeyRing};
+use crate::key::{KeyId, KeyRing, RingChange};
 use crate::lease::{Demand, Lease};
 use crate::ledger::{LedgerConfig, QuotaLedger, ResetTarget};
-use crate::limits::{LimitSource, ModelLimits, Tier, normalize_model};
+use crate::limits::{LimitSource, LimitTable, ModelLimits, Tier, normalize_model};
 use crate::outcome::{Outcome, ThrottleKind};
 use crate::policy::Policy;
 use crate::snapshot::{
@@ -48,6 +48,10 @@ struct ModelState {
 #[derive(Debug)]
 struct Inner {
     health: Vec<KeyHealth>,
+    /// Per key: removed by a reload (takes no new request, finishes what it has in flight).
+    retired: Vec<bool>,
+    /// Per key: its weight under the weighted policy.
+    weights: Vec<u32>,
     key_project: Vec<u32>,
     projects: Vec<String>,
     models: Vec<ModelState>,
@@ -74,7 +78,10 @@ struct Blocked {
 /// The in-memory [`QuotaLedger`]. Share it (`Arc`) between all the tasks of one process.
 #[derive(Debug)]
 pub struct InMemoryLedger {
-    keys: Arc<KeyRing>,
+    /// Swapped whole by a reload, under `inner`'s lock; the hot path reads `inner` only.
+    keys: arc_swap::ArcSwap<KeyRing>,
+    /// The configured limits (`cfg.limits` until a reload replaces them).
+    limits: arc_swap::ArcSwap<LimitTable>,
     cfg: LedgerConfig,
     clock: Arc<dyn Clock>,
     inner: Mutex<Inner>,
@@ -100,6 +107,8 @@ impl InMemoryLedger {
         let inner = Inner {
             project_gates: vec![ProjectGate::default(); projects.len()],
             health: vec![KeyHealth::default(); keys.len()],
+            retired: keys.iter().map(|(id, _)| keys.is_retired(id)).collect(),
+            weights: keys.iter().map(|(_, e)| e.weight).collect(),
             key_project,
             projects,
             models: Vec::new(),
@@ -110,7 +119,8 @@ impl InMemoryLedger {
             version: 0,
         };
         let ledger = Self {
-            keys,
+            keys: arc_swap::ArcSwap::new(keys),
+            limits: arc_swap::ArcSwap::from_pointee(cfg.limits.clone()),
             cfg,
             clock,
             inner: Mutex::new(inner),
@@ -132,6 +142,66 @@ impl InMemoryLedger {
         &self.clock
     }
 
+    /// Reloads the configuration without a restart: the keys of `next` take requests from now
+    /// on (a new one with a fresh state, a known one with the state it has), a key `next` lacks
+    /// takes no new request and finishes what it has in flight (its id stays valid until then),
+    /// and `limits` hold at once for every scope. Returns what changed, by label.
+    pub fn reload(&self, next: &KeyRing, limits: LimitTable) -> RingChange {
+        let now = self.clock.now_ms();
+        let mut inner = self.inner.lock();
+        let inner = &mut *inner;
+        let (ring, change) = self.keys.load().reloaded(next);
+        self.limits.store(Arc::new(limits));
+        let limits = self.limits.load();
+        for (id, e) in ring.iter() {
+            let k = id.index();
+            let p = match inner.projects.iter().position(|p| *p == e.project) {
+                Some(p) => p,
+                None => {
+                    // A project this pool has not had: a gate and a scope for each model in use.
+                    inner.projects.push(e.project.clone());
+                    inner.project_gates.push(ProjectGate::default());
+                    let p = inner.projects.len() - 1;
+                    for m in &mut inner.models {
+                        inner.scopes.push(Scope::fresh(
+                            p as u32,
+                            limits.resolve(&e.project, &m.name),
+                            limits.tier(&e.project),
+                            now,
+                        ));
+                        m.scopes.push((inner.scopes.len() - 1) as u32);
+                    }
+                    p
+                }
+            };
+            if k == inner.health.len() {
+                inner.health.push(KeyHealth::default());
+                inner.retired.push(false);
+                inner.weights.push(e.weight);
+                inner.key_project.push(p as u32);
+            }
+            inner.retired[k] = ring.is_retired(id);
+            inner.weights[k] = e.weight;
+            inner.key_project[k] = p as u32;
+        }
+        let n = inner.health.len();
+        for m in &mut inner.models {
+            m.today.resize(n, UsageCell::default());
+            m.wrr.resize(n, 0);
+        }
+        for m in &inner.models {
+            for (p, &si) in m.scopes.iter().enumerate() {
+                let project = &inner.projects[p];
+                inner.scopes[si as usize]
+                    .reconfigure(limits.resolve(project, &m.name), limits.tier(project));
+            }
+        }
+        self.keys.store(Arc::new(ring));
+        inner.version += 1;
+        self.changed.notify_waiters();
+        change
+    }
+
     /// A counter that moves whenever state changes (for write-behind persistence).
     pub fn version(&self) -> u64 {
         self.inner.lock().version
@@ -145,8 +215,9 @@ impl InMemoryLedger {
         // First use of a model: give every project a scope for it (the only allocating path).
         let mut scopes = Vec::with_capacity(inner.projects.len());
         let mut warned = false;
+        let limits = self.limits.load();
         for (p, project) in inner.projects.iter().enumerate() {
-            let (configured, source) = self.cfg.limits.resolve(project, model);
+            let (configured, source) = limits.resolve(project, model);
             if source == LimitSource::Family && !warned {
                 tracing::warn!(
                     model,
@@ -158,17 +229,17 @@ impl InMemoryLedger {
             inner.scopes.push(Scope::fresh(
                 p as u32,
                 (configured, source),
-                self.cfg.limits.tier(project),
+                limits.tier(project),
                 now_ms,
             ));
             scopes.push((inner.scopes.len() - 1) as u32);
         }
         inner.models.push(ModelState {
             name: model.to_owned(),
-            today: vec![UsageCell::default(); self.keys.len()],
+            today: vec![UsageCell::default(); inner.health.len()],
             scopes,
             cursor: 0,
-            wrr: vec![0; self.keys.len()],
+            wrr: vec![0; inner.health.len()],
         });
         inner.version += 1;
         inner.models.len() - 1
@@ -194,9 +265,11 @@ impl InMemoryLedger {
             ..demand
         };
         let m = self.model_index(inner, model, now);
-        let n = self.keys.len();
+        let n = inner.health.len();
         let Inner {
             health,
+            retired,
+            weights,
             key_project,
             models,
             scopes,
@@ -218,6 +291,7 @@ impl InMemoryLedger {
                 for i in 0..n {
                     let k = (start + i) % n;
                     if let Some(pass) = eligible(
+                        retired[k],
                         &health[k],
                         project_of(k),
                         &mut scopes[scope_of(k)],
@@ -234,6 +308,7 @@ impl InMemoryLedger {
                 for i in 0..n {
                     let k = (start + i) % n;
                     if let Some(pass) = eligible(
+                        retired[k],
                         &health[k],
                         project_of(k),
                         &mut scopes[scope_of(k)],
@@ -252,13 +327,14 @@ impl InMemoryLedger {
                 let mut total = 0i64;
                 for k in 0..n {
                     if let Some(pass) = eligible(
+                        retired[k],
                         &health[k],
                         project_of(k),
                         &mut scopes[scope_of(k)],
                         demand,
                         now,
                     ) {
-                        let w = i64::from(self.keys_weight(k));
+                        let w = i64::from(weights[k]);
                         ms.wrr[k] += w;
                         total += w;
                         if pick.is_none_or(|(b, _)| ms.wrr[k] > ms.wrr[b]) {
@@ -329,10 +405,6 @@ impl InMemoryLedger {
         ))
     }
 
-    fn keys_weight(&self, k: usize) -> u32 {
-        self.keys.get(KeyId(k as u32)).map_or(1, |e| e.weight)
-    }
-
     /// Works out why nothing fit and when it will: the cold path, allowed to allocate.
     fn blocked(&self, inner: &mut Inner, m: usize, demand: Demand, now: i64) -> Blocked {
         let model = inner.models[m].name.clone();
@@ -341,11 +413,16 @@ impl InMemoryLedger {
         let mut off_detail: Vec<(String, String)> = Vec::new();
         let mut too_large: Option<AcquireError> = None;
         let mut best: Option<(i64, Exhaustion)> = None;
-        for k in 0..self.keys.len() {
+        let keys = self.keys.load();
+        let mut n = 0;
+        for k in 0..inner.health.len() {
+            if inner.retired[k] {
+                continue;
+            }
+            n += 1;
             let h = &inner.health[k];
             if let Some(d) = h.disabled {
-                let label = self
-                    .keys
+                let label = keys
                     .get(KeyId(k as u32))
                     .map_or_else(String::new, |e| e.label.clone());
                 disabled.push(format!("{label}: {}", d.reason));
@@ -403,7 +480,6 @@ impl InMemoryLedger {
                 best = Some((at, why));
             }
         }
-        let n = self.keys.len();
         if disabled.len() == n {
             return Blocked {
                 error: AcquireError::AllKeysDisabled {
@@ -467,6 +543,7 @@ impl InMemoryLedger {
                 .copied();
             let label = || {
                 self.keys
+                    .load()
                     .get(lease.key())
                     .map_or_else(String::new, |e| e.label.clone())
             };
@@ -640,6 +717,7 @@ impl InMemoryLedger {
                         if inner.key_project[j] as usize == p && h.disabled.is_none() {
                             let shown = self
                                 .keys
+                                .load()
                                 .get(KeyId(j as u32))
                                 .map_or_else(String::new, |e| e.label.clone());
                             tracing::info!(
@@ -853,13 +931,14 @@ struct Pass {
 /// Whether key `k` can take the demand now: healthy, breaker admits, project and scope not off
 /// (or due a re-probe), scope has room. Refreshes the scope's windows as a side effect.
 fn eligible(
+    retired: bool,
     h: &KeyHealth,
     project: &ProjectGate,
     scope: &mut Scope,
     demand: Demand,
     now: i64,
 ) -> Option<Pass> {
-    if h.disabled.is_some() {
+    if retired || h.disabled.is_some() {
         return None;
     }
     let project_gate = project.gate(now);
@@ -916,7 +995,7 @@ impl Drop for WaiterGuard<'_> {
 #[async_trait]
 impl QuotaLedger for InMemoryLedger {
     fn keys(&self) -> Arc<KeyRing> {
-        self.keys.clone()
+        self.keys.load_full()
     }
 
     async fn acquire(&self, model: &str, demand: Demand) -> Result<Lease, AcquireError> {
@@ -930,6 +1009,30 @@ impl QuotaLedger for InMemoryLedger {
 
     async fn reset(&self, target: ResetTarget) -> Result<(), LedgerError> {
         self.do_reset(target)
+    }
+
+    async fn disable_by_admin(&self, key: KeyId, disabled: bool) -> Result<(), LedgerError> {
+        let now = self.clock.now_ms();
+        let mut inner = self.inner.lock();
+        let h = inner
+            .health
+            .get_mut(key.index())
+            .ok_or_else(|| LedgerError::UnknownTarget(format!("no key #{}", key.0)))?;
+        match (disabled, h.disabled) {
+            (true, Some(d)) if d.reason.is_admin() => return Ok(()),
+            (true, _) => {
+                h.disabled = Some(Disabled {
+                    reason: crate::outcome::DeadReason::ByAdmin,
+                    since_ms: now,
+                });
+            }
+            (false, Some(d)) if d.reason.is_admin() => h.disabled = None,
+            (false, _) => return Ok(()),
+        }
+        inner.version += 1;
+        drop(inner);
+        self.changed.notify_waiters();
+        Ok(())
     }
 
     async fn status(&self) -> Result<PoolStatus, LedgerError> {

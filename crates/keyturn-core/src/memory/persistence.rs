@@ -6,7 +6,11 @@ use super::*;
 impl InMemoryLedger {
     /// The status view now.
     pub fn status_now(&self) -> PoolStatus {
-        PoolStatus::from_snapshot(&self.snapshot_at(false), &self.cfg.limits, &self.keys)
+        PoolStatus::from_snapshot(
+            &self.snapshot_at(false),
+            &self.limits.load(),
+            &self.keys.load(),
+        )
     }
 
     /// The whole state now.
@@ -19,9 +23,9 @@ impl InMemoryLedger {
         let now = self.clock.now_ms();
         let mut inner = self.inner.lock();
         let inner = &mut *inner;
-        let keys = self
-            .keys
-            .iter()
+        let ring = self.keys.load();
+        let keys = ring
+            .active()
             .map(|(id, e)| {
                 let h = &inner.health[id.index()];
                 KeySnapshot {
@@ -62,7 +66,10 @@ impl InMemoryLedger {
             if !with_history || c.day_start_ms < cutoff || (c.requests == 0 && c.tokens == 0) {
                 return;
             }
-            if let Some(e) = self.keys.get(KeyId(key as u32)) {
+            if let Some(e) = ring
+                .get(KeyId(key as u32))
+                .filter(|_| !ring.is_retired(KeyId(key as u32)))
+            {
                 usage.push(UsageDay {
                     date: day_of(c.day_start_ms),
                     fingerprint: e.fingerprint(),
@@ -153,7 +160,8 @@ impl InMemoryLedger {
         }
         let now = self.clock.now_ms();
         let mut inner = self.inner.lock();
-        for (id, e) in self.keys.iter() {
+        let ring = self.keys.load_full();
+        for (id, e) in ring.iter() {
             let h = snap
                 .keys
                 .iter()
@@ -171,7 +179,7 @@ impl InMemoryLedger {
             };
             let m = self.model_index(&mut inner, &ss.model, now);
             let si = inner.models[m].scopes[p] as usize;
-            let tier = self.cfg.limits.tier(&ss.project);
+            let tier = self.limits.load().tier(&ss.project);
             inner.scopes[si].apply_snapshot(ss, now, self.cfg.relearn_at(now));
             if ss.tier.is_some_and(|t| t != tier) {
                 // Learned under another tier: none of it describes this one.
@@ -195,9 +203,8 @@ impl InMemoryLedger {
             m.today.fill(UsageCell::default());
         }
         for u in &snap.usage {
-            let Some((id, _)) = self
-                .keys
-                .iter()
+            let Some((id, _)) = ring
+                .active()
                 .find(|(_, e)| e.fingerprint() == u.fingerprint)
             else {
                 continue;

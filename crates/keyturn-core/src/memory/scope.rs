@@ -361,6 +361,22 @@ impl Scope {
         }
     }
 
+    /// Takes new configured limits (a reload): they hold at once; what the server taught
+    /// stays unless the tier changed, under which none of it describes the project any more.
+    pub(super) fn reconfigure(
+        &mut self,
+        (configured, source): (ModelLimits, LimitSource),
+        tier: Tier,
+    ) {
+        if tier != self.tier {
+            self.forget_what_the_server_said();
+            self.tier = tier;
+        }
+        self.configured = configured;
+        self.source = source;
+        self.set_learned(self.learned);
+    }
+
     /// Drops what the server taught (limits, switch-off, per-day exhaustion, cooldown) and
     /// keeps what was sent.
     pub(super) fn forget_what_the_server_said(&mut self) {

@@ -65,7 +65,7 @@ impl PoolStatus {
             .iter()
             .map(|ss| {
                 let labels = keys
-                    .iter()
+                    .active()
                     .filter(|(_, e)| e.project == ss.project)
                     .map(|(_, e)| e.label.clone())
                     .collect();

@@ -220,3 +220,57 @@ pub async fn resets(f: &dyn LedgerFactory) {
         .is_err()
     );
 }
+
+/// The operator takes a key out of rotation: it takes no request until put back, shows as
+/// disabled by admin since when, survives a snapshot and restore (a restart), and putting back
+/// clears only the operator's disable, never Gemini's.
+pub async fn admin_disable_holds_until_enabled(f: &dyn LedgerFactory) {
+    let c = clock();
+    let l = f
+        .make(solo_keys(3), config(100, 100_000, 1000), c.clone())
+        .await;
+    l.disable_by_admin(KeyId(0), true).await.unwrap();
+    for _ in 0..4 {
+        assert_ne!(take(&*l, TIGHT).await.unwrap(), KeyId(0));
+    }
+    let st = l.status().await.unwrap();
+    let d = st.keys[0].disabled.unwrap();
+    assert_eq!(d.reason, DeadReason::ByAdmin);
+    assert!(d.since_ms > 0);
+    // Gemini's verdict on another key is not the operator's to lift.
+    let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+    let dead = lease.key();
+    l.settle(lease, Outcome::KeyDead(DeadReason::Invalid))
+        .await
+        .unwrap();
+    l.disable_by_admin(dead, false).await.unwrap();
+    let st = l.status().await.unwrap();
+    assert_eq!(
+        st.keys[dead.index()].disabled.map(|d| d.reason),
+        Some(DeadReason::Invalid)
+    );
+
+    // A restart: the snapshot carries the operator's disable.
+    let text = serde_json::to_string(&l.snapshot().await.unwrap()).unwrap();
+    let l2 = f
+        .make(solo_keys(3), config(100, 100_000, 1000), c.clone())
+        .await;
+    l2.restore(serde_json::from_str(&text).unwrap())
+        .await
+        .unwrap();
+    let st = l2.status().await.unwrap();
+    assert_eq!(st.keys[0].disabled, Some(d));
+    // Keys 1 and 2 are the others: the one Gemini did not disable is the only one left.
+    let live = KeyId((3 - dead.index()) as u32);
+    assert_ne!(dead, KeyId(0));
+    for _ in 0..3 {
+        assert_eq!(take(&*l2, TIGHT).await.unwrap(), live);
+    }
+    l2.disable_by_admin(KeyId(0), false).await.unwrap();
+    let mut seen = [false; 3];
+    for _ in 0..4 {
+        seen[take(&*l2, TIGHT).await.unwrap().index()] = true;
+    }
+    assert!(seen[0], "put back: it takes requests again");
+    assert!(l2.status().await.unwrap().keys[0].disabled.is_none());
+}

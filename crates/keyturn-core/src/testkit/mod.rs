@@ -203,7 +203,7 @@ macro_rules! ledger_behaviour_suite {
             tpm_enforced_and_reconciled, demand_too_large, batch_counts_as_n,
             rpd_resets_at_pacific_midnight, per_minute_429_cools_the_scope,
             per_day_429_exhausts_until_midnight, limit_zero_turns_model_off_for_project,
-            dead_key_disabled_until_reset, all_keys_disabled, breaker_opens_probes_and_closes,
+            dead_key_disabled_until_reset, admin_disable_holds_until_enabled, all_keys_disabled, breaker_opens_probes_and_closes,
             waiters_follow_the_probe, caller_fault_changes_nothing, dropped_lease_counts_as_sent, acquire_waits_for_capacity,
             no_wait_beyond_the_bound, resets, snapshot_restore_round_trip, status_reports_usage,
             other_policies, usage_history_per_key_model_and_day, notices_are_claimed_once,

@@ -1,6 +1,6 @@
 //! `keyturn serve`: the rotating proxy, and `serve token new`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,20 +58,10 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
             format!("--listen '{listen}' is not an address like 127.0.0.1:8080"),
         );
     };
-    let mut tokens = Vec::new();
-    for t in &cfg.serve.tokens {
-        match keyturn_proxy::parse_digest(&t.label, &t.sha256) {
-            Ok(d) => tokens.push((t.label.clone(), d)),
-            Err(e) => return fail(Outcome::Usage, e),
-        }
-    }
-    let mut admin_tokens = Vec::new();
-    for t in &cfg.serve.admin_tokens {
-        match keyturn_proxy::parse_digest(&t.label, &t.sha256) {
-            Ok(d) => admin_tokens.push((t.label.clone(), d)),
-            Err(e) => return fail(Outcome::Usage, e),
-        }
-    }
+    let (tokens, admin_tokens) = match digests(&cfg) {
+        Ok(t) => t,
+        Err(e) => return fail(Outcome::Usage, e),
+    };
     let pcfg = keyturn_proxy::ProxyConfig {
         listen,
         tokens,
@@ -153,10 +143,45 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
         );
     }
     let mut stop = interrupts();
+    let mut reloads = Reloads {
+        g,
+        env,
+        cwd,
+        pcfg: &pcfg,
+        files: Watched::of(keyturn_services::config_files(&cfg, env, cwd)),
+    };
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(WATCH_FILES_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !*stop.borrow() {
-        if stop.changed().await.is_err() {
-            break;
-        }
+        let trigger = tokio::select! {
+            changed = stop.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Some(()) = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => "signal",
+            _ = tick.tick() => {
+                if !reloads.files.changed() {
+                    continue;
+                }
+                // Debounce: an editor writes a file in several steps; wait until it holds still.
+                loop {
+                    tokio::time::sleep(SETTLE_FOR).await;
+                    if !reloads.files.changed() {
+                        break;
+                    }
+                }
+                "file"
+            }
+        };
+        reloads.run(trigger, &mut pool, proxy.state()).await;
     }
     eprintln!("keyturn serve: draining requests in flight…");
     proxy.shutdown(Duration::from_secs(10)).await;
@@ -166,5 +191,174 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
             Outcome::Failed,
             format!("could not save the quota state: {e}"),
         ),
+    }
+}
+
+/// How often `keyturn serve` looks at its configuration files for a change.
+const WATCH_FILES_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a changed file must hold still before it is read.
+const SETTLE_FOR: Duration = Duration::from_millis(300);
+
+type Digests = Vec<(String, [u8; 32])>;
+
+/// The client and admin token digests of a configuration.
+fn digests(
+    cfg: &keyturn_services::Config,
+) -> Result<(Digests, Digests), keyturn_proxy::ProxyError> {
+    let parse = |list: &[keyturn_services::config::ServeToken]| {
+        list.iter()
+            .map(|t| keyturn_proxy::parse_digest(&t.label, &t.sha256).map(|d| (t.label.clone(), d)))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok((parse(&cfg.serve.tokens)?, parse(&cfg.serve.admin_tokens)?))
+}
+
+/// The files the configuration comes from, with what they held when last read: modification
+/// time, length and a hash of the content (a copy over a file keeps its time on some systems).
+struct Watched {
+    files: Vec<PathBuf>,
+    seen: Vec<Option<(Option<std::time::SystemTime>, u64, u64)>>,
+}
+
+impl Watched {
+    fn of(files: Vec<PathBuf>) -> Self {
+        let seen = files.iter().map(|f| Self::look(f)).collect();
+        Self { files, seen }
+    }
+
+    fn look(f: &Path) -> Option<(Option<std::time::SystemTime>, u64, u64)> {
+        use std::hash::{Hash, Hasher};
+        let meta = std::fs::metadata(f).ok()?;
+        let bytes = std::fs::read(f).ok()?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut h);
+        Some((meta.modified().ok(), meta.len(), h.finish()))
+    }
+
+    /// Whether a file changed since the last look (and remembers this look).
+    fn changed(&mut self) -> bool {
+        let now: Vec<_> = self.files.iter().map(|f| Self::look(f)).collect();
+        let changed = now != self.seen;
+        self.seen = now;
+        changed
+    }
+}
+
+/// Reloads `keyturn serve`'s configuration: keys, projects, limits, client and admin tokens.
+/// What does not parse or fails the checks is refused with the error logged (errors never show
+/// a key) and the old configuration stays. The listen address, the state backend and the
+/// server's own bounds need a restart.
+struct Reloads<'a> {
+    g: &'a Global,
+    env: &'a Env,
+    cwd: &'a Path,
+    pcfg: &'a keyturn_proxy::ProxyConfig,
+    files: Watched,
+}
+
+impl Reloads<'_> {
+    async fn run(
+        &mut self,
+        trigger: &'static str,
+        pool: &mut keyturn_services::Pool,
+        state: &keyturn_proxy::ProxyState,
+    ) {
+        let at_ms = pool.clock.now_ms();
+        match self.apply(pool, state).await {
+            Ok((change, tokens, admin_tokens, files)) => {
+                let keys = pool.keys.active().count();
+                tracing::info!(
+                    trigger,
+                    keys,
+                    added = ?change.added,
+                    removed = ?change.removed,
+                    changed = ?change.changed,
+                    "configuration reloaded"
+                );
+                eprintln!(
+                    "keyturn serve: configuration reloaded ({trigger}): {keys} keys{}{}{}",
+                    list(", added ", &change.added),
+                    list(", removed ", &change.removed),
+                    list(", changed ", &change.changed),
+                );
+                // Files named by the new configuration (a new keys file) are watched from now on.
+                self.files = Watched::of(files);
+                state.record_reload(keyturn_proxy::LastReload {
+                    at_ms,
+                    trigger,
+                    ok: true,
+                    error: None,
+                    keys,
+                    change,
+                    tokens,
+                    admin_tokens,
+                });
+            }
+            Err(error) => {
+                tracing::error!(trigger, %error, "configuration reload refused; the previous configuration stays");
+                eprintln!(
+                    "keyturn serve: reload refused, the previous configuration stays: {}",
+                    safe(&error)
+                );
+                let last = state.last_reload();
+                state.record_reload(keyturn_proxy::LastReload {
+                    at_ms,
+                    trigger,
+                    ok: false,
+                    error: Some(error),
+                    keys: pool.keys.active().count(),
+                    change: keyturn_core::RingChange::default(),
+                    tokens: last.as_ref().map_or(self.pcfg.tokens.len(), |l| l.tokens),
+                    admin_tokens: last.map_or(self.pcfg.admin_tokens.len(), |l| l.admin_tokens),
+                });
+            }
+        }
+    }
+
+    /// Reads and checks the configuration, then applies it; `Err` is the reason, for the log
+    /// and the console.
+    async fn apply(
+        &self,
+        pool: &mut keyturn_services::Pool,
+        state: &keyturn_proxy::ProxyState,
+    ) -> Result<(keyturn_core::RingChange, usize, usize, Vec<PathBuf>), String> {
+        let mut cfg = load(self.g, self.env, self.cwd, false).map_err(|e| e.to_string())?;
+        cfg.rotation.max_wait = cfg.rotation.max_wait.min(cfg.serve.max_queue_wait);
+        let (tokens, admin_tokens) = digests(&cfg).map_err(|e| e.to_string())?;
+        let next = keyturn_proxy::ProxyConfig {
+            tokens: tokens.clone(),
+            admin_tokens: admin_tokens.clone(),
+            ..self.pcfg.clone()
+        };
+        next.validate().map_err(|e| e.to_string())?;
+        let change = pool
+            .reload(&cfg, self.env, self.cwd)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (Ok(v1beta), Ok(v1)) = (
+            pool.caller_for_version(&cfg, "v1beta"),
+            pool.caller_for_version(&cfg, "v1"),
+        ) else {
+            return Err("cannot set up the HTTP client".to_owned());
+        };
+        let counts = (tokens.len(), admin_tokens.len());
+        state.reload(keyturn_proxy::Reload {
+            v1beta,
+            v1,
+            ledger: pool.ledger.clone(),
+            tokens,
+            admin_tokens,
+        });
+        let files = keyturn_services::config_files(&cfg, self.env, self.cwd);
+        Ok((change, counts.0, counts.1, files))
+    }
+}
+
+fn list(head: &str, labels: &[String]) -> String {
+    if labels.is_empty() {
+        String::new()
+    } else {
+        format!("{head}{}", safe(&labels.join(", ")))
     }
 }

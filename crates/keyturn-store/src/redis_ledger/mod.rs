@@ -613,6 +613,10 @@ impl QuotaLedger for RedisLedger {
         self.reset_target(target).await
     }
 
+    async fn disable_by_admin(&self, key: KeyId, disabled: bool) -> Result<(), LedgerError> {
+        self.set_disabled_by_admin(key, disabled).await
+    }
+
     async fn status(&self) -> Result<PoolStatus, LedgerError> {
         // Status is the snapshot read by the rules every ledger shares (without the history,
         // which status does not show: the monitor reads status every second).

@@ -3,7 +3,45 @@
 
 use super::*;
 
+/// The operator's disable, in the key's health hash where the acquire script already looks
+/// (`dis`, the reason code, and `dis_at`): set unless a disable by the operator is there, and
+/// cleared only if it is the operator's. KEYS[1] the key's hash; ARGV[1] 1 to disable, 0 to put
+/// back; ARGV[2] now (ms).
+const ADMIN_DISABLE: &str = r"
+local dis = redis.call('HGET', KEYS[1], 'dis')
+if ARGV[1] == '1' then
+  if dis ~= 'by-admin' then
+    redis.call('HSET', KEYS[1], 'dis', 'by-admin', 'dis_at', ARGV[2])
+  end
+elseif dis == 'by-admin' then
+  redis.call('HDEL', KEYS[1], 'dis', 'dis_at')
+end
+return 1
+";
+
 impl RedisLedger {
+    /// [`QuotaLedger::disable_by_admin`]: one small script on the key's health hash.
+    pub(super) async fn set_disabled_by_admin(
+        &self,
+        id: KeyId,
+        disabled: bool,
+    ) -> Result<(), LedgerError> {
+        let e = self
+            .keys
+            .get(id)
+            .ok_or_else(|| LedgerError::UnknownTarget(format!("no key #{}", id.0)))?;
+        let now = self.now().await?;
+        let mut conn = self.conn.clone();
+        let _: i64 = Script::new(ADMIN_DISABLE)
+            .key(format!("{}k:{}", self.prefix, e.fingerprint()))
+            .arg(i64::from(disabled))
+            .arg(now)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
+        Ok(())
+    }
+
     /// Resets keys, a scope or everything of this configuration (never the usage history).
     pub(super) async fn reset_target(&self, target: ResetTarget) -> Result<(), LedgerError> {
         let mut conn = self.conn.clone();
