@@ -632,6 +632,22 @@ async fn a_batch_runs_on_the_clock_and_answers_like_the_interactive_route() {
         )
     );
 
+    // Billing enabled at run time: served.
+    let r = s
+        .http
+        .put(s.url("/admin/projects"))
+        .json(&json!({"project": "free", "tier": "paid"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        s.post(&batch_path(FLASH), FREE, inline_batch(&prompts))
+            .await
+            .0,
+        200
+    );
+
     let (status, op) = s.post(&batch_path(FLASH), P1, inline_batch(&prompts)).await;
     assert_eq!(status, 200, "{op}");
     let name = op["name"].as_str().unwrap().to_owned();
