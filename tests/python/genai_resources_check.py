@@ -5,12 +5,15 @@ Run by `cargo xtask sdk`, first straight against `keyturn sim` (a key of one pro
 through `keyturn serve` (a client token; the proxy rotates over keys of three projects and must
 pin each resource to the project that created it). Arguments: the base URL, the API key or
 token, the simulator's base URL (for its admin clock and stats), and optionally a key of
-another project (direct runs: it must be refused the first key's files).
+another project (direct runs: it must be refused the first key's files). `SDK_PARTS` (default
+`files,caches,batches`) names the parts to run, for a proxy that serves only some of them.
 Exits non-zero on any failure.
 """
 import io
+import datetime
 import json
 import math
+import os
 import struct
 import sys
 import time
@@ -23,6 +26,7 @@ from google.genai import errors, types
 base_url, api_key, sim_url = sys.argv[1], sys.argv[2], sys.argv[3]
 other_key = sys.argv[4] if len(sys.argv) > 4 else None
 MODEL = "gemini-2.5-flash"
+PARTS = set(os.environ.get("SDK_PARTS", "files,caches,batches").split(","))
 
 
 def admin(path, body=None):
@@ -71,110 +75,123 @@ def small_wav():
 
 client = genai.Client(api_key=api_key, http_options=types.HttpOptions(base_url=base_url))
 
-# --- Files: a PDF and an audio file, then a generation that refers to both.
-pdf, wav = small_pdf(), small_wav()
-f_pdf = client.files.upload(
-    file=io.BytesIO(pdf), config=types.UploadFileConfig(mime_type="application/pdf", display_name="danube.pdf")
-)
-f_wav = client.files.upload(
-    file=io.BytesIO(wav), config=types.UploadFileConfig(mime_type="audio/wav", display_name="tone.wav")
-)
-for f, data in ((f_pdf, pdf), (f_wav, wav)):
-    assert f.name.startswith("files/"), f
-    assert f.size_bytes == len(data), (f.size_bytes, len(data))
-    assert f.state.name == "ACTIVE", f.state
-    assert f.expiration_time - f.create_time == __import__("datetime").timedelta(hours=48), f
-    got = client.files.get(name=f.name)
-    assert got.name == f.name and got.mime_type == f.mime_type, got
-print(f"files.upload: {f_pdf.name} ({f_pdf.size_bytes} B, {f_pdf.mime_type}), {f_wav.name} ({f_wav.size_bytes} B, {f_wav.mime_type})")
-listed = {f.name for f in client.files.list(config={"page_size": 1})}
-assert {f_pdf.name, f_wav.name} <= listed, listed
-print(f"files.list (page size 1, paged through): {len(listed)} files")
 
-r = client.models.generate_content(model=MODEL, contents=[f_pdf, f_wav, "What do these two files contain?"])
-assert r.text, r
-print(f"generate_content with both files: {r.text[:60]!r}")
+def files_part():
+    # --- Files: a PDF and an audio file, then a generation that refers to both.
+    pdf, wav = small_pdf(), small_wav()
+    f_pdf = client.files.upload(
+        file=io.BytesIO(pdf), config=types.UploadFileConfig(mime_type="application/pdf", display_name="danube.pdf")
+    )
+    f_wav = client.files.upload(
+        file=io.BytesIO(wav), config=types.UploadFileConfig(mime_type="audio/wav", display_name="tone.wav")
+    )
+    for f, data in ((f_pdf, pdf), (f_wav, wav)):
+        assert f.name.startswith("files/"), f
+        assert f.size_bytes == len(data), (f.size_bytes, len(data))
+        assert f.state.name == "ACTIVE", f.state
+        assert f.expiration_time - f.create_time == datetime.timedelta(hours=48), f
+        got = client.files.get(name=f.name)
+        assert got.name == f.name and got.mime_type == f.mime_type, got
+    print(f"files.upload: {f_pdf.name} ({f_pdf.size_bytes} B, {f_pdf.mime_type}), {f_wav.name} ({f_wav.size_bytes} B, {f_wav.mime_type})")
+    listed = {f.name for f in client.files.list(config={"page_size": 1})}
+    assert {f_pdf.name, f_wav.name} <= listed, listed
+    print(f"files.list (page size 1, paged through): {len(listed)} files")
 
-if other_key:
-    other = genai.Client(api_key=other_key, http_options=types.HttpOptions(base_url=base_url))
+    r = client.models.generate_content(model=MODEL, contents=[f_pdf, f_wav, "What do these two files contain?"])
+    assert r.text, r
+    print(f"generate_content with both files: {r.text[:60]!r}")
+
+    if other_key:
+        other = genai.Client(api_key=other_key, http_options=types.HttpOptions(base_url=base_url))
+        try:
+            other.models.generate_content(model=MODEL, contents=[f_pdf, "Summarise."])
+            raise SystemExit("another project's key used the file")
+        except errors.ClientError as e:
+            assert e.code == 403 and e.status == "PERMISSION_DENIED", e
+            print("another project's key and the file: 403 PERMISSION_DENIED")
+
+    # Every request that named one of these files was made with a key of the project that owns it.
+    uses = [u for u in admin("/admin/stats")["resources"]["uses"] if u["resource"] in (f_pdf.name, f_wav.name)]
+    assert uses, "the simulator saw no request for the files"
+    landed = [u for u in uses if u["owner"] == u["key_project"]]
+    if other_key:
+        strays = [u for u in uses if u["owner"] != u["key_project"]]
+        assert all(u["route"] == "generateContent" for u in strays) and len(strays) == 1, strays
+    else:
+        assert landed == uses, [u for u in uses if u not in landed]
+    owners = sorted({u["owner"] for u in landed})
+    keys = sorted({u["key"] for u in landed})
+    print(f"simulator stats: {len(landed)} requests for the files, all on their project {owners} (keys {keys})")
+
+    client.files.delete(name=f_pdf.name)
+    client.files.delete(name=f_wav.name)
     try:
-        other.models.generate_content(model=MODEL, contents=[f_pdf, "Summarise."])
-        raise SystemExit("another project's key used the file")
+        client.files.get(name=f_pdf.name)
+        raise SystemExit("a deleted file was still served")
     except errors.ClientError as e:
-        assert e.code == 403 and e.status == "PERMISSION_DENIED", e
-        print("another project's key and the file: 403 PERMISSION_DENIED")
+        assert e.code == 403, e
 
-# Every request that named one of these files was made with a key of the project that owns it.
-uses = [u for u in admin("/admin/stats")["resources"]["uses"] if u["resource"] in (f_pdf.name, f_wav.name)]
-assert uses, "the simulator saw no request for the files"
-landed = [u for u in uses if u["owner"] == u["key_project"]]
-if other_key:
-    strays = [u for u in uses if u["owner"] != u["key_project"]]
-    assert all(u["route"] == "generateContent" for u in strays) and len(strays) == 1, strays
-else:
-    assert landed == uses, [u for u in uses if u not in landed]
-owners = sorted({u["owner"] for u in landed})
-keys = sorted({u["key"] for u in landed})
-print(f"simulator stats: {len(landed)} requests for the files, all on their project {owners} (keys {keys})")
 
-# --- cachedContents: create (over the 1,024-token minimum), generate with it, update, delete.
-document = " ".join(f"Paragraph {i}: the Danube passes city number {i} on its way to the Black Sea." for i in range(120))
-cache = client.caches.create(
-    model=MODEL,
-    config=types.CreateCachedContentConfig(
-        contents=[types.Content(role="user", parts=[types.Part(text=document)])],
-        system_instruction="Answer from the document.",
-        ttl="300s",
-        display_name="danube",
-    ),
-)
-assert cache.name.startswith("cachedContents/"), cache
-cached_tokens = cache.usage_metadata.total_token_count
-assert cached_tokens >= 1024, cache
-r = client.models.generate_content(
-    model=MODEL, contents="Which sea does it reach?", config=types.GenerateContentConfig(cached_content=cache.name)
-)
-assert r.text and r.usage_metadata.cached_content_token_count == cached_tokens, r.usage_metadata
-print(f"caches.create: {cache.name}, {cached_tokens} tokens; generate_content with it: {r.usage_metadata.cached_content_token_count} cached tokens")
-updated = client.caches.update(name=cache.name, config=types.UpdateCachedContentConfig(ttl="600s"))
-assert updated.expire_time > cache.expire_time, (updated.expire_time, cache.expire_time)
-assert cache.name in {c.name for c in client.caches.list()}
-client.caches.delete(name=cache.name)
-print("caches.update (ttl), caches.list, caches.delete: ok")
+def caches_part():
+    # --- cachedContents: create (over the 1,024-token minimum), generate with it, update, delete.
+    document = " ".join(f"Paragraph {i}: the Danube passes city number {i} on its way to the Black Sea." for i in range(120))
+    cache = client.caches.create(
+        model=MODEL,
+        config=types.CreateCachedContentConfig(
+            contents=[types.Content(role="user", parts=[types.Part(text=document)])],
+            system_instruction="Answer from the document.",
+            ttl="300s",
+            display_name="danube",
+        ),
+    )
+    assert cache.name.startswith("cachedContents/"), cache
+    cached_tokens = cache.usage_metadata.total_token_count
+    assert cached_tokens >= 1024, cache
+    r = client.models.generate_content(
+        model=MODEL, contents="Which sea does it reach?", config=types.GenerateContentConfig(cached_content=cache.name)
+    )
+    assert r.text and r.usage_metadata.cached_content_token_count == cached_tokens, r.usage_metadata
+    print(f"caches.create: {cache.name}, {cached_tokens} tokens; generate_content with it: {r.usage_metadata.cached_content_token_count} cached tokens")
+    updated = client.caches.update(name=cache.name, config=types.UpdateCachedContentConfig(ttl="600s"))
+    assert updated.expire_time > cache.expire_time, (updated.expire_time, cache.expire_time)
+    assert cache.name in {c.name for c in client.caches.list()}
+    client.caches.delete(name=cache.name)
+    print("caches.update (ttl), caches.list, caches.delete: ok")
 
-# --- Batch Mode: inline requests, polled while the simulator's clock moves, results read.
-prompts = ["Name a river in Vienna.", "Name a bridge in London.", "Name a square in Rome."]
-job = client.batches.create(
-    model=MODEL,
-    src=[{"contents": [{"role": "user", "parts": [{"text": p}]}], "metadata": {"key": f"q{i}"}} for i, p in enumerate(prompts)],
-    config={"display_name": "sdk batch"},
-)
-assert job.name.startswith("batches/"), job
-seen = [job.state.name]
-for _ in range(20):
-    if job.done:
-        break
-    admin("/admin/advance", {"seconds": 30})
-    job = client.batches.get(name=job.name)
-    if job.state.name != seen[-1]:
-        seen.append(job.state.name)
-assert job.state.name == "JOB_STATE_SUCCEEDED", job.state
-assert seen[:1] == ["JOB_STATE_PENDING"] and "JOB_STATE_RUNNING" in seen, seen
-answers = job.dest.inlined_responses
-assert len(answers) == len(prompts), answers
-for i, (p, a) in enumerate(zip(prompts, answers)):
-    assert a.metadata == {"key": f"q{i}"}, a.metadata
-    direct = client.models.generate_content(model=MODEL, contents=p)
-    assert a.response.text == direct.text, (a.response.text, direct.text)
-print(f"batches.create (inline, {len(prompts)} requests): {' -> '.join(seen)}; each result equals the interactive answer")
-assert job.name in {j.name for j in client.batches.list()}
-client.batches.delete(name=job.name)
 
-client.files.delete(name=f_pdf.name)
-client.files.delete(name=f_wav.name)
-try:
-    client.files.get(name=f_pdf.name)
-    raise SystemExit("a deleted file was still served")
-except errors.ClientError as e:
-    assert e.code == 403, e
-print("google-genai files, caches and batches: all checks passed")
+
+def batches_part():
+    # --- Batch Mode: inline requests, polled while the simulator's clock moves, results read.
+    prompts = ["Name a river in Vienna.", "Name a bridge in London.", "Name a square in Rome."]
+    job = client.batches.create(
+        model=MODEL,
+        src=[{"contents": [{"role": "user", "parts": [{"text": p}]}], "metadata": {"key": f"q{i}"}} for i, p in enumerate(prompts)],
+        config={"display_name": "sdk batch"},
+    )
+    assert job.name.startswith("batches/"), job
+    seen = [job.state.name]
+    for _ in range(20):
+        if job.done:
+            break
+        admin("/admin/advance", {"seconds": 30})
+        job = client.batches.get(name=job.name)
+        if job.state.name != seen[-1]:
+            seen.append(job.state.name)
+    assert job.state.name == "JOB_STATE_SUCCEEDED", job.state
+    assert seen[:1] == ["JOB_STATE_PENDING"] and "JOB_STATE_RUNNING" in seen, seen
+    answers = job.dest.inlined_responses
+    assert len(answers) == len(prompts), answers
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        assert a.metadata == {"key": f"q{i}"}, a.metadata
+        direct = client.models.generate_content(model=MODEL, contents=p)
+        assert a.response.text == direct.text, (a.response.text, direct.text)
+    print(f"batches.create (inline, {len(prompts)} requests): {' -> '.join(seen)}; each result equals the interactive answer")
+    assert job.name in {j.name for j in client.batches.list()}
+    client.batches.delete(name=job.name)
+
+
+
+for name, part in (("files", files_part), ("caches", caches_part), ("batches", batches_part)):
+    if name in PARTS:
+        part()
+print(f"google-genai {', '.join(n for n in ('files', 'caches', 'batches') if n in PARTS)}: all checks passed")

@@ -66,12 +66,12 @@ fn python(script: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-/// Whether `keyturn serve` answers the Files API (a start without a key: 401 if it has the
-/// route, 404 if not).
-fn proxy_serves_files(base: &str) -> bool {
+/// Whether `keyturn serve` has a route: asked without a token, it answers 401 if it has it,
+/// 404 if not.
+fn proxy_serves(method: &str, url: String) -> bool {
     let out = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
-        .arg(format!("{base}/upload/v1beta/files"))
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", method])
+        .arg(url)
         .output();
     out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout) != "404")
 }
@@ -207,13 +207,29 @@ fn checks(keyturn: &std::path::Path, work: &std::path::Path) -> Result<(), Strin
     }
     println!("curl chat/completions through the proxy: 200");
 
-    if proxy_serves_files(&base) {
-        println!("== google-genai files, caches and batches through keyturn serve");
-        python("genai_resources_check.py", &[&base, &token, &sim_url])?;
-    } else {
-        println!(
-            "SKIP google-genai files, caches and batches through keyturn serve: this proxy has no Files API route (404)"
-        );
+    let parts: Vec<&str> = [
+        ("files", proxy_serves("POST", format!("{base}/upload/v1beta/files"))),
+        ("caches", proxy_serves("GET", format!("{base}/v1beta/cachedContents"))),
+        ("batches", proxy_serves("GET", format!("{base}/v1beta/batches"))),
+    ]
+    .into_iter()
+    .filter_map(|(part, served)| {
+        if !served {
+            println!("SKIP google-genai {part} through keyturn serve: the proxy has no route for it (404)");
+        }
+        served.then_some(part)
+    })
+    .collect();
+    if !parts.is_empty() {
+        println!("== google-genai {} through keyturn serve", parts.join(", "));
+        let root = root();
+        if !run(Command::new(root.join("target/sdk-venv/bin/python"))
+            .arg(root.join("tests/python/genai_resources_check.py"))
+            .args([&base, &token, &sim_url])
+            .env("SDK_PARTS", parts.join(",")))
+        {
+            return Err("genai_resources_check.py through the proxy failed".into());
+        }
     }
     Ok(())
 }
