@@ -516,6 +516,17 @@ async fn cached_contents_are_the_projects_and_follow_the_clock() {
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["usageMetadata"]["cachedContentTokenCount"], tokens);
     assert!(r["usageMetadata"]["promptTokenCount"].as_u64().unwrap() > tokens);
+    // countTokens of the whole request counts the cache too, and names it.
+    let (status, n) = s
+        .post(
+            &format!("/v1beta/models/{FLASH}:countTokens"),
+            P1,
+            json!({"generateContentRequest": {"model": format!("models/{FLASH}"), "cachedContent": name, "contents": ask["contents"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{n}");
+    assert_eq!(n["cachedContentTokenCount"], tokens);
+    assert!(n["totalTokens"].as_u64().unwrap() > tokens);
     // Another project's key: 403; another model: 400; settings the cache holds: 400.
     let (status, body) = s.post(&gen_path(FLASH), P2, ask.clone()).await;
     assert_eq!(status, 403);
