@@ -23,7 +23,15 @@ use crate::answer::{Problem, invalid};
 use crate::{ProxyState, Refusal};
 
 /// Field names whose string value names a project-owned resource, in both spellings.
-const RESOURCE_FIELDS: [&str; 4] = ["fileUri", "file_uri", "cachedContent", "cached_content"];
+/// `fileName` is a batch's input file (`inputConfig.fileName`).
+const RESOURCE_FIELDS: [&str; 6] = [
+    "fileUri",
+    "file_uri",
+    "cachedContent",
+    "cached_content",
+    "fileName",
+    "file_name",
+];
 
 /// Most resources one request may name (a request with more is refused, not walked for ever).
 const MAX_REFERENCES: usize = 256;
@@ -94,6 +102,15 @@ pub(crate) fn key_of(st: &ProxyState, project: &str) -> Option<KeyId> {
         .keys()
         .iter()
         .find(|(_, e)| e.project == project)
+        .map(|(id, _)| id)
+}
+
+/// A key by its label (a reply names the key that served it by label).
+pub(crate) fn key_by_label(st: &ProxyState, label: &str) -> Option<KeyId> {
+    st.ledger
+        .keys()
+        .iter()
+        .find(|(_, e)| e.label == label)
         .map(|(id, _)| id)
 }
 

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use keyturn_proxy::{Proxy, ProxyConfig, ProxyState, ResourceUpstream, digest};
 use keyturn_services::{Config, Env, Pool, create_pool};
-use keyturn_sim::{Limits, SimConfig, SimKey, Simulator};
+use keyturn_sim::config::ProjectConfig;
+use keyturn_sim::{Limits, SimConfig, SimKey, Simulator, Tier};
 use serde_json::{Value, json};
 
 const FLASH: &str = "gemini-2.5-flash";
@@ -45,7 +46,19 @@ async fn setup(rpm: u64, redis: Option<(&str, &str)>) -> Setup {
         FLASH.to_owned(),
         Limits::new(10_000, 100_000_000, 1_000_000),
     );
+    // Paid projects: Batch Mode is not served on the free tier.
+    let projects = ["p1", "p2", "p3"]
+        .into_iter()
+        .map(|p| {
+            let paid = ProjectConfig {
+                tier: Tier::Paid,
+                ..ProjectConfig::default()
+            };
+            (p.to_owned(), paid)
+        })
+        .collect();
     let sim = Simulator::start(SimConfig {
+        projects,
         keys: KEYS
             .iter()
             .map(|(k, l, p)| SimKey {
@@ -498,4 +511,105 @@ async fn the_redis_backend_keeps_owners_and_pins_the_same_way() {
         .unwrap();
     // Expiring with the file: 48 hours from its upload.
     assert!(ttl > 47 * 3_600_000 && ttl <= 48 * 3_600_000, "{ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_contents_and_batches_stay_with_the_project_that_created_them() {
+    let s = setup(1000, None).await;
+    let text: String = (0..700).map(|i| format!("word{i} ")).collect();
+    let create = json!({
+        "model": format!("models/{FLASH}"),
+        "contents": [{"role": "user", "parts": [{"text": text}]}],
+        "ttl": "300s",
+    });
+    let (status, cache, _) = s
+        .send(
+            s.http
+                .post(s.url("/v1beta/cachedContents"))
+                .header("x-goog-api-key", TOKEN_A)
+                .json(&create),
+        )
+        .await;
+    assert_eq!(status, 200, "{cache}");
+    let cache_name = cache["name"].as_str().unwrap().to_owned();
+    for i in 0..8 {
+        let field = if i % 2 == 0 {
+            "cachedContent"
+        } else {
+            "cached_content"
+        };
+        let ask = json!({field: cache_name, "contents": [{"role": "user", "parts": [{"text": "What is word3?"}]}]});
+        let (status, body) = s.generate(&ask).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, patched, _) = s
+        .send(
+            s.http
+                .patch(s.url(&format!("/v1beta/{cache_name}?updateMask=ttl")))
+                .header("x-goog-api-key", TOKEN_A)
+                .json(&json!({"ttl": "7200s"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    // The owner is kept as long as the patched cache lives.
+    let kept: Value = serde_json::from_str(
+        &std::fs::read_to_string(s.dir.path().join("state").join("resources.json")).unwrap(),
+    )
+    .unwrap();
+    let entry = kept["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == cache_name)
+        .unwrap()
+        .clone();
+    let expire: jiff::Timestamp = patched["expireTime"].as_str().unwrap().parse().unwrap();
+    assert_eq!(entry["expiresMs"], expire.as_millisecond());
+    let (status, list) = s.call(reqwest::Method::GET, "/v1beta/cachedContents").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["cachedContents"][0]["name"], json!(cache_name));
+    let (status, _) = s
+        .call(reqwest::Method::DELETE, &format!("/v1beta/{cache_name}"))
+        .await;
+    assert_eq!(status, 200);
+    let uses = s.uses_of(&cache_name).await;
+    assert!(uses.len() >= 8, "{uses:?}");
+    assert!(uses.iter().all(|(asked, own)| asked == own), "{uses:?}");
+
+    let batch = json!({"batch": {"display_name": "b", "input_config": {"requests": {"requests": [
+        {"request": {"contents": [{"role": "user", "parts": [{"text": "Name a river."}]}]}, "metadata": {"key": "r0"}},
+    ]}}}});
+    let (status, op, _) = s
+        .send(
+            s.http
+                .post(s.url(&format!("/v1beta/models/{FLASH}:batchGenerateContent")))
+                .header("x-goog-api-key", TOKEN_A)
+                .json(&batch),
+        )
+        .await;
+    assert_eq!(status, 200, "{op}");
+    let batch_name = op["name"].as_str().unwrap().to_owned();
+    for _ in 0..6 {
+        let (status, got) = s
+            .call(reqwest::Method::GET, &format!("/v1beta/{batch_name}"))
+            .await;
+        assert_eq!((status, &got["name"]), (200, &json!(batch_name)), "{got}");
+    }
+    let (status, list) = s.call(reqwest::Method::GET, "/v1beta/batches").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["operations"][0]["name"], json!(batch_name));
+    let (status, body) = s
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1beta/{batch_name}:cancel"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = s
+        .call(reqwest::Method::DELETE, &format!("/v1beta/{batch_name}"))
+        .await;
+    assert_eq!(status, 200);
+    let uses = s.uses_of(&batch_name).await;
+    assert!(uses.len() >= 6, "{uses:?}");
+    assert!(uses.iter().all(|(asked, own)| asked == own), "{uses:?}");
 }
