@@ -41,6 +41,10 @@ struct Setup {
 /// The simulator (ample limits) and a proxy over it whose own limit for flash is `rpm` per
 /// project; `redis`: the namespace of a Redis backend, else the file backend in a temp folder.
 async fn setup(rpm: u64, redis: Option<(&str, &str)>) -> Setup {
+    setup_with(rpm, redis, ProxyConfig::default().max_upload_bytes).await
+}
+
+async fn setup_with(rpm: u64, redis: Option<(&str, &str)>, max_upload_bytes: u64) -> Setup {
     let mut models = BTreeMap::new();
     models.insert(
         FLASH.to_owned(),
@@ -102,6 +106,7 @@ async fn setup(rpm: u64, redis: Option<(&str, &str)>) -> Setup {
     let pcfg = ProxyConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         tokens: vec![("a".into(), digest(TOKEN_A)), ("b".into(), digest(TOKEN_B))],
+        max_upload_bytes,
         ..ProxyConfig::default()
     };
     let upstream = ResourceUpstream {
@@ -612,4 +617,123 @@ async fn cached_contents_and_batches_stay_with_the_project_that_created_them() {
     let uses = s.uses_of(&batch_name).await;
     assert!(uses.len() >= 6, "{uses:?}");
     assert!(uses.iter().all(|(asked, own)| asked == own), "{uses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_the_proxy_never_saw_blames_no_key_when_another_project_refuses_it() {
+    let s = setup(1000, None).await;
+    // Uploaded straight to the upstream with p2's key: the proxy has no owner for it.
+    let http = reqwest::Client::new();
+    let boundary = "b0";
+    let body = format!(
+        "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{\"file\": {{}}}}\r\n--{boundary}\r\nContent-Type: text/plain\r\n\r\nhidden\r\n--{boundary}--\r\n"
+    );
+    let r: Value = http
+        .post(format!(
+            "{}/upload/v1beta/files?uploadType=multipart",
+            s.sim.base_url()
+        ))
+        .header("x-goog-api-key", KEYS[2].0)
+        .header("x-goog-upload-protocol", "multipart")
+        .header(
+            "content-type",
+            format!("multipart/related; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let uri = r["file"]["uri"].as_str().unwrap().to_owned();
+    let mut refused = 0;
+    for i in 0..8 {
+        let (status, body) = s.generate(&with_file(&uri, i % 2 == 0)).await;
+        assert!(status == 200 || status == 403, "{status} {body}");
+        if status == 403 {
+            refused += 1;
+            assert_eq!(body["error"]["status"], "PERMISSION_DENIED");
+        }
+    }
+    // Round robin over four keys of three projects: some landed elsewhere and were refused.
+    assert!(refused > 0);
+    // The caller's fault: every key is still in service.
+    let status = s._pool.ledger.status().await.unwrap();
+    assert!(
+        status.keys.iter().all(|k| k.disabled.is_none()),
+        "{status:?}"
+    );
+    // Asked about by name, the proxy finds it on its project and learns the owner: from then
+    // on, every request for it lands there.
+    let name = r["file"]["name"].as_str().unwrap().to_owned();
+    let (status, _) = s
+        .call(reqwest::Method::GET, &format!("/v1beta/{name}"))
+        .await;
+    assert_eq!(status, 200);
+    let before = s.uses_of(&name).await.len();
+    for i in 0..6 {
+        let (status, body) = s.generate(&with_file(&uri, i % 2 == 0)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let uses = s.uses_of(&name).await;
+    assert!(
+        uses[before..].iter().all(|(asked, _)| asked == "p2"),
+        "{uses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_past_the_cap_are_refused_whether_announced_or_streamed() {
+    let s = setup_with(1000, None, 1000).await;
+    // Announced at the start: refused before anything goes upstream.
+    let (status, body, _) = s
+        .send(
+            s.http
+                .post(s.url("/upload/v1beta/files"))
+                .header("x-goog-api-key", TOKEN_A)
+                .header("x-goog-upload-protocol", "resumable")
+                .header("x-goog-upload-command", "start")
+                .header("x-goog-upload-header-content-length", "1001")
+                .json(&json!({"file": {}})),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    // Streamed without a length: cut off once past the cap.
+    let url = s.start_upload(TOKEN_A, 10).await;
+    let chunks = futures::stream::iter(
+        (0..40).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 100]))),
+    );
+    let sent = s
+        .http
+        .post(&url)
+        .header("x-goog-api-key", TOKEN_A)
+        .header("x-goog-upload-command", "upload, finalize")
+        .header("x-goog-upload-offset", "0")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await;
+    // The proxy answers 413 as soon as the cap is passed; a client still writing may see the
+    // connection closed instead. Either way no file came to be.
+    if let Ok(r) = sent {
+        assert_eq!(r.status(), 413);
+    }
+    let stats: Value = s
+        .http
+        .get(format!("{}/admin/stats", s.sim.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let files: Vec<&Value> = stats["resources"]["by_project"]
+        .as_object()
+        .map(|m| {
+            m.values()
+                .flat_map(|p| p["files"].as_array().into_iter().flatten())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(files.is_empty(), "{stats}");
 }
