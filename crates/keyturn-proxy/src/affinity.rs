@@ -308,12 +308,13 @@ mod tests {
             ]}],
             "cached_content": "cachedContents/c1",
         });
-        let got: Vec<String> = referenced(&v, false)
+        let mut got: Vec<String> = referenced(&v, false)
             .unwrap()
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert_eq!(got, ["files/abc", "files/def", "cachedContents/c1"]);
+        got.sort();
+        assert_eq!(got, ["cachedContents/c1", "files/abc", "files/def"]);
         let chat = json!({"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "https://generativelanguage.googleapis.com/v1beta/files/img1"}}
         ]}]});
