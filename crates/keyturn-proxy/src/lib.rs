@@ -12,6 +12,11 @@
 //! - Google's OpenAI-compatible surface under `/v1beta/openai/` (`chat/completions`, plain and
 //!   streamed, `embeddings`, `models`), through the same rotation, with the proxy's own refusals
 //!   in OpenAI's error form (see the `openai` module).
+//! - Files (`/upload/{v}/files`, resumable and multipart; `files`, `files/{id}`), cached contents
+//!   and Batch Mode, each pinned to the project whose key created it (see the `affinity`
+//!   module): any request naming one goes only to that project's keys, with a 429 and
+//!   `RetryInfo` when it has no room. Owners are kept in a [`keyturn_core::ResourceMap`] on the
+//!   state's backend ([`ProxyState::with_resources`]).
 //! - Clients authenticate with their own proxy tokens (`x-goog-api-key` or
 //!   `Authorization: Bearer`), configured only as SHA-256 digests and compared in constant time.
 //!   A pool key is never accepted from, nor returned to, a client.
