@@ -23,7 +23,15 @@ use crate::answer::{Problem, invalid};
 use crate::{ProxyState, Refusal};
 
 /// Field names whose string value names a project-owned resource, in both spellings.
-const RESOURCE_FIELDS: [&str; 4] = ["fileUri", "file_uri", "cachedContent", "cached_content"];
+/// `fileName` is a batch's input file (`inputConfig.fileName`).
+const RESOURCE_FIELDS: [&str; 6] = [
+    "fileUri",
+    "file_uri",
+    "cachedContent",
+    "cached_content",
+    "fileName",
+    "file_name",
+];
 
 /// Most resources one request may name (a request with more is refused, not walked for ever).
 const MAX_REFERENCES: usize = 256;
@@ -94,6 +102,15 @@ pub(crate) fn key_of(st: &ProxyState, project: &str) -> Option<KeyId> {
         .keys()
         .iter()
         .find(|(_, e)| e.project == project)
+        .map(|(id, _)| id)
+}
+
+/// A key by its label (a reply names the key that served it by label).
+pub(crate) fn key_by_label(st: &ProxyState, label: &str) -> Option<KeyId> {
+    st.ledger
+        .keys()
+        .iter()
+        .find(|(_, e)| e.label == label)
         .map(|(id, _)| id)
 }
 
@@ -291,12 +308,13 @@ mod tests {
             ]}],
             "cached_content": "cachedContents/c1",
         });
-        let got: Vec<String> = referenced(&v, false)
+        let mut got: Vec<String> = referenced(&v, false)
             .unwrap()
             .iter()
             .map(ToString::to_string)
             .collect();
-        assert_eq!(got, ["files/abc", "files/def", "cachedContents/c1"]);
+        got.sort();
+        assert_eq!(got, ["cachedContents/c1", "files/abc", "files/def"]);
         let chat = json!({"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "https://generativelanguage.googleapis.com/v1beta/files/img1"}}
         ]}]});

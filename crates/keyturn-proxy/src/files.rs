@@ -29,7 +29,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::StreamExt;
-use keyturn_core::resources::FILE_LIFETIME_MS;
+use keyturn_core::resources::{BATCH_RETENTION_MS, FILE_LIFETIME_MS};
 use keyturn_core::{KeyId, ResourceKind, ResourceName};
 use serde_json::{Value, json};
 
@@ -423,27 +423,32 @@ async fn finish(
     Ok(answer_with_upload_headers(st, &sent))
 }
 
-/// Records the owner of a file the upstream described (`name`, `expirationTime`).
-async fn learn(st: &ProxyState, key: KeyId, file: &Value) -> Result<(), Refusal> {
-    let Some(name) = file
+/// Records the owner of a resource the upstream described: a file (`name`, `expirationTime`,
+/// 48 h when absent), a cached content (`expireTime`, an hour when absent), a batch (its
+/// operation's `name`; kept for [`BATCH_RETENTION_MS`] unless deleted).
+pub(crate) async fn learn(st: &ProxyState, key: KeyId, v: &Value) -> Result<(), Refusal> {
+    let Some(name) = v
         .get("name")
         .and_then(Value::as_str)
         .and_then(|n| ResourceName::parse(n).ok())
     else {
         return Ok(());
     };
-    if name.kind() != ResourceKind::Files {
-        return Ok(());
-    }
     let Some(project) = affinity::project_of(st, key) else {
         return Ok(());
     };
-    let expires = file
-        .get("expirationTime")
-        .and_then(Value::as_str)
-        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-        .map(|t| t.as_millisecond())
-        .unwrap_or_else(|| st.clock.now_ms().saturating_add(FILE_LIFETIME_MS));
+    let now = st.clock.now_ms();
+    let at = |field: &str| {
+        v.get(field)
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_millisecond())
+    };
+    let expires = match name.kind() {
+        ResourceKind::Files => at("expirationTime").unwrap_or(now.saturating_add(FILE_LIFETIME_MS)),
+        ResourceKind::CachedContents => at("expireTime").unwrap_or(now.saturating_add(3_600_000)),
+        ResourceKind::Batches => now.saturating_add(BATCH_RETENTION_MS),
+    };
     st.resources
         .record(&name, &project, expires)
         .await
@@ -531,66 +536,104 @@ async fn about_file(
     id: &str,
     method: reqwest::Method,
 ) -> Result<Response, Refusal> {
-    let transport = transport(st, version)?.clone();
     let name = ResourceName::new(ResourceKind::Files, id)
         .map_err(|e| Refusal::from(invalid(&e.to_string())))?;
-    let url = transport
-        .resource_url(&name.to_string())
+    let what = About {
+        method,
+        action: None,
+        query: None,
+        body: None,
+    };
+    about(st, version, &name, what).await
+}
+
+/// What is done to one resource: the method, an action (`cancel`), a query (`updateMask=ttl`,
+/// already validated), a JSON body.
+pub(crate) struct About {
+    pub(crate) method: reqwest::Method,
+    pub(crate) action: Option<&'static str>,
+    pub(crate) query: Option<String>,
+    pub(crate) body: Option<Bytes>,
+}
+
+/// A call about one resource, with its owner's keys (or, never seen, one key per project until
+/// one has it: these calls cost no quota); what the answer says about the resource is learned
+/// (its owner and expiry), and a deleted one forgotten.
+pub(crate) async fn about(
+    st: &ProxyState,
+    version: &str,
+    name: &ResourceName,
+    what: About,
+) -> Result<Response, Refusal> {
+    let About {
+        method,
+        action,
+        query,
+        body,
+    } = what;
+    let transport = transport(st, version)?.clone();
+    let path = match action {
+        Some(a) => format!("{name}:{a}"),
+        None => name.to_string(),
+    };
+    let mut url = transport
+        .resource_url(&path)
         .map_err(|e| Refusal::from(invalid(&e.to_string())))?;
+    if let Some(q) = query {
+        url = format!("{url}?{q}");
+    }
+    let mut headers = HeaderMap::new();
+    if body.is_some() {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
     let _permit = slot(st).await?;
     let owner = st
         .resources
-        .owner(&name)
+        .owner(name)
         .await
         .map_err(|_| affinity::unavailable())?;
     let known = owner
         .as_deref()
         .filter(|p| affinity::key_of(st, p).is_some());
-    let sent = match known {
-        Some(p) => {
-            let keys = affinity::keys_for(st, Some(p));
-            affinity::send_with(
-                st,
-                &transport,
-                &keys,
-                method.clone(),
-                &url,
-                &HeaderMap::new(),
-                None,
-            )
-            .await?
-        }
-        // Never seen: ask each project once (these calls cost no quota) until one has it.
-        None => {
-            let mut last = None;
-            for (key, _) in affinity::one_key_per_project(st) {
-                let sent = affinity::send_with(
-                    st,
-                    &transport,
-                    &[key],
-                    method.clone(),
-                    &url,
-                    &HeaderMap::new(),
-                    None,
-                )
-                .await?;
-                if sent.status.is_success() {
-                    last = Some(sent);
-                    break;
-                }
-                last = Some(sent);
-            }
-            last.ok_or_else(affinity::unavailable)?
-        }
+    let keys: Vec<Vec<KeyId>> = match known {
+        Some(p) => vec![affinity::keys_for(st, Some(p))],
+        None => affinity::one_key_per_project(st)
+            .into_iter()
+            .map(|(k, _)| vec![k])
+            .collect(),
     };
+    let mut last = None;
+    for keys in keys {
+        let sent = affinity::send_with(
+            st,
+            &transport,
+            &keys,
+            method.clone(),
+            &url,
+            &headers,
+            body.clone(),
+        )
+        .await?;
+        let done = sent.status.is_success();
+        last = Some(sent);
+        if done {
+            break;
+        }
+    }
+    let sent = last.ok_or_else(affinity::unavailable)?;
     if sent.status.is_success() {
         if method == reqwest::Method::DELETE {
             st.resources
-                .forget(&name)
+                .forget(name)
                 .await
                 .map_err(|_| affinity::unavailable())?;
-        } else if let Ok(file) = serde_json::from_slice::<Value>(&sent.body) {
-            learn(st, sent.key, &file).await?;
+        } else if let Ok(v) = serde_json::from_slice::<Value>(&sent.body)
+            && v.get("name").and_then(Value::as_str) == Some(name.to_string().as_str())
+        {
+            learn(st, sent.key, &v).await?;
         }
     }
     Ok(affinity::relay(st, sent.status, &sent.body))

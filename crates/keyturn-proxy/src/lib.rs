@@ -12,6 +12,11 @@
 //! - Google's OpenAI-compatible surface under `/v1beta/openai/` (`chat/completions`, plain and
 //!   streamed, `embeddings`, `models`), through the same rotation, with the proxy's own refusals
 //!   in OpenAI's error form (see the `openai` module).
+//! - Files (`/upload/{v}/files`, resumable and multipart; `files`, `files/{id}`), cached contents
+//!   and Batch Mode, each pinned to the project whose key created it (see the `affinity`
+//!   module): any request naming one goes only to that project's keys, with a 429 and
+//!   `RetryInfo` when it has no room. Owners are kept in a [`keyturn_core::ResourceMap`] on the
+//!   state's backend ([`ProxyState::with_resources`]).
 //! - Clients authenticate with their own proxy tokens (`x-goog-api-key` or
 //!   `Authorization: Bearer`), configured only as SHA-256 digests and compared in constant time.
 //!   A pool key is never accepted from, nor returned to, a client.
@@ -47,6 +52,7 @@ mod answer;
 mod auth;
 mod files;
 mod openai;
+mod owned;
 mod server;
 
 use answer::{Answer, Problem, failure, invalid, json_bytes, not_found};
@@ -303,6 +309,23 @@ pub fn router(state: Arc<ProxyState>) -> Router {
             "/upload/{version}/files",
             axum::routing::post(files::upload),
         )
+        .route(
+            "/{version}/cachedContents",
+            get(owned::list_caches).post(owned::create_cache),
+        )
+        .route(
+            "/{version}/cachedContents/{id}",
+            get(owned::get_cache)
+                .patch(owned::patch_cache)
+                .delete(owned::delete_cache),
+        )
+        .route("/{version}/batches", get(owned::list_batches))
+        .route(
+            "/{version}/batches/{name}",
+            get(owned::get_batch)
+                .post(owned::cancel_batch)
+                .delete(owned::delete_batch),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -390,7 +413,12 @@ const METHODS: &[&str] = &[
     "countTokens",
     "embedContent",
     "batchEmbedContents",
+    "batchGenerateContent",
+    "asyncBatchEmbedContent",
 ];
+
+/// The Batch Mode methods: they create a batch the creating project owns.
+const BATCH_METHODS: [&str; 2] = ["batchGenerateContent", "asyncBatchEmbedContent"];
 
 /// `{model}` or `{model}:{method}` from the path, validated before anything else happens:
 /// whatever a client encoded, only a model id and a known method go on.
@@ -609,6 +637,9 @@ async fn call_model(
             let t = items.into_iter().flatten().map(embed_tokens).sum();
             Demand::batch(n, t)
         }
+        // Creating a batch is one request on the model's scope; its items run under Batch
+        // Mode's own limits (concurrent batches, enqueued tokens), which Gemini enforces.
+        a if BATCH_METHODS.contains(&a) => Demand::tokens(0),
         _ => Demand::tokens(estimate(&value)),
     };
     // A request naming a file or cached content goes only to keys of the project that owns it.
@@ -624,7 +655,16 @@ async fn call_model(
         };
     }
     match caller.call(model, action, demand, value).await {
-        Ok(r) => st.relay(r.raw),
+        Ok(r) => {
+            if BATCH_METHODS.contains(&action)
+                && let Some(key) = affinity::key_by_label(&st, &r.key)
+                && files::learn(&st, key, &r.body).await.is_err()
+            {
+                // The batch exists: the client gets it, though its owner could not be noted.
+                tracing::warn!("a batch was created but its owner could not be recorded");
+            }
+            st.relay(r.raw)
+        }
         Err(e) => failure(&st, &e).gemini(),
     }
 }

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use keyturn_proxy::{Proxy, ProxyConfig, ProxyState, ResourceUpstream, digest};
 use keyturn_services::{Config, Env, Pool, create_pool};
-use keyturn_sim::{Limits, SimConfig, SimKey, Simulator};
+use keyturn_sim::config::ProjectConfig;
+use keyturn_sim::{Limits, SimConfig, SimKey, Simulator, Tier};
 use serde_json::{Value, json};
 
 const FLASH: &str = "gemini-2.5-flash";
@@ -40,12 +41,28 @@ struct Setup {
 /// The simulator (ample limits) and a proxy over it whose own limit for flash is `rpm` per
 /// project; `redis`: the namespace of a Redis backend, else the file backend in a temp folder.
 async fn setup(rpm: u64, redis: Option<(&str, &str)>) -> Setup {
+    setup_with(rpm, redis, ProxyConfig::default().max_upload_bytes).await
+}
+
+async fn setup_with(rpm: u64, redis: Option<(&str, &str)>, max_upload_bytes: u64) -> Setup {
     let mut models = BTreeMap::new();
     models.insert(
         FLASH.to_owned(),
         Limits::new(10_000, 100_000_000, 1_000_000),
     );
+    // Paid projects: Batch Mode is not served on the free tier.
+    let projects = ["p1", "p2", "p3"]
+        .into_iter()
+        .map(|p| {
+            let paid = ProjectConfig {
+                tier: Tier::Paid,
+                ..ProjectConfig::default()
+            };
+            (p.to_owned(), paid)
+        })
+        .collect();
     let sim = Simulator::start(SimConfig {
+        projects,
         keys: KEYS
             .iter()
             .map(|(k, l, p)| SimKey {
@@ -89,6 +106,7 @@ async fn setup(rpm: u64, redis: Option<(&str, &str)>) -> Setup {
     let pcfg = ProxyConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         tokens: vec![("a".into(), digest(TOKEN_A)), ("b".into(), digest(TOKEN_B))],
+        max_upload_bytes,
         ..ProxyConfig::default()
     };
     let upstream = ResourceUpstream {
@@ -498,4 +516,224 @@ async fn the_redis_backend_keeps_owners_and_pins_the_same_way() {
         .unwrap();
     // Expiring with the file: 48 hours from its upload.
     assert!(ttl > 47 * 3_600_000 && ttl <= 48 * 3_600_000, "{ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_contents_and_batches_stay_with_the_project_that_created_them() {
+    let s = setup(1000, None).await;
+    let text: String = (0..700).map(|i| format!("word{i} ")).collect();
+    let create = json!({
+        "model": format!("models/{FLASH}"),
+        "contents": [{"role": "user", "parts": [{"text": text}]}],
+        "ttl": "300s",
+    });
+    let (status, cache, _) = s
+        .send(
+            s.http
+                .post(s.url("/v1beta/cachedContents"))
+                .header("x-goog-api-key", TOKEN_A)
+                .json(&create),
+        )
+        .await;
+    assert_eq!(status, 200, "{cache}");
+    let cache_name = cache["name"].as_str().unwrap().to_owned();
+    for i in 0..8 {
+        let field = if i % 2 == 0 {
+            "cachedContent"
+        } else {
+            "cached_content"
+        };
+        let ask = json!({field: cache_name, "contents": [{"role": "user", "parts": [{"text": "What is word3?"}]}]});
+        let (status, body) = s.generate(&ask).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, patched, _) = s
+        .send(
+            s.http
+                .patch(s.url(&format!("/v1beta/{cache_name}?updateMask=ttl")))
+                .header("x-goog-api-key", TOKEN_A)
+                .json(&json!({"ttl": "7200s"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    // The owner is kept as long as the patched cache lives.
+    let kept: Value = serde_json::from_str(
+        &std::fs::read_to_string(s.dir.path().join("state").join("resources.json")).unwrap(),
+    )
+    .unwrap();
+    let entry = kept["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == cache_name)
+        .unwrap()
+        .clone();
+    let expire: jiff::Timestamp = patched["expireTime"].as_str().unwrap().parse().unwrap();
+    assert_eq!(entry["expiresMs"], expire.as_millisecond());
+    let (status, list) = s.call(reqwest::Method::GET, "/v1beta/cachedContents").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["cachedContents"][0]["name"], json!(cache_name));
+    let (status, _) = s
+        .call(reqwest::Method::DELETE, &format!("/v1beta/{cache_name}"))
+        .await;
+    assert_eq!(status, 200);
+    let uses = s.uses_of(&cache_name).await;
+    assert!(uses.len() >= 8, "{uses:?}");
+    assert!(uses.iter().all(|(asked, own)| asked == own), "{uses:?}");
+
+    let batch = json!({"batch": {"display_name": "b", "input_config": {"requests": {"requests": [
+        {"request": {"contents": [{"role": "user", "parts": [{"text": "Name a river."}]}]}, "metadata": {"key": "r0"}},
+    ]}}}});
+    let (status, op, _) = s
+        .send(
+            s.http
+                .post(s.url(&format!("/v1beta/models/{FLASH}:batchGenerateContent")))
+                .header("x-goog-api-key", TOKEN_A)
+                .json(&batch),
+        )
+        .await;
+    assert_eq!(status, 200, "{op}");
+    let batch_name = op["name"].as_str().unwrap().to_owned();
+    for _ in 0..6 {
+        let (status, got) = s
+            .call(reqwest::Method::GET, &format!("/v1beta/{batch_name}"))
+            .await;
+        assert_eq!((status, &got["name"]), (200, &json!(batch_name)), "{got}");
+    }
+    let (status, list) = s.call(reqwest::Method::GET, "/v1beta/batches").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["operations"][0]["name"], json!(batch_name));
+    let (status, body) = s
+        .call(
+            reqwest::Method::POST,
+            &format!("/v1beta/{batch_name}:cancel"),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = s
+        .call(reqwest::Method::DELETE, &format!("/v1beta/{batch_name}"))
+        .await;
+    assert_eq!(status, 200);
+    let uses = s.uses_of(&batch_name).await;
+    assert!(uses.len() >= 6, "{uses:?}");
+    assert!(uses.iter().all(|(asked, own)| asked == own), "{uses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_the_proxy_never_saw_blames_no_key_when_another_project_refuses_it() {
+    let s = setup(1000, None).await;
+    // Uploaded straight to the upstream with p2's key: the proxy has no owner for it.
+    let http = reqwest::Client::new();
+    let boundary = "b0";
+    let body = format!(
+        "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{\"file\": {{}}}}\r\n--{boundary}\r\nContent-Type: text/plain\r\n\r\nhidden\r\n--{boundary}--\r\n"
+    );
+    let r: Value = http
+        .post(format!(
+            "{}/upload/v1beta/files?uploadType=multipart",
+            s.sim.base_url()
+        ))
+        .header("x-goog-api-key", KEYS[2].0)
+        .header("x-goog-upload-protocol", "multipart")
+        .header(
+            "content-type",
+            format!("multipart/related; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let uri = r["file"]["uri"].as_str().unwrap().to_owned();
+    let mut refused = 0;
+    for i in 0..8 {
+        let (status, body) = s.generate(&with_file(&uri, i % 2 == 0)).await;
+        assert!(status == 200 || status == 403, "{status} {body}");
+        if status == 403 {
+            refused += 1;
+            assert_eq!(body["error"]["status"], "PERMISSION_DENIED");
+        }
+    }
+    // Round robin over four keys of three projects: some landed elsewhere and were refused.
+    assert!(refused > 0);
+    // The caller's fault: every key is still in service.
+    let status = s._pool.ledger.status().await.unwrap();
+    assert!(
+        status.keys.iter().all(|k| k.disabled.is_none()),
+        "{status:?}"
+    );
+    // Asked about by name, the proxy finds it on its project and learns the owner: from then
+    // on, every request for it lands there.
+    let name = r["file"]["name"].as_str().unwrap().to_owned();
+    let (status, _) = s
+        .call(reqwest::Method::GET, &format!("/v1beta/{name}"))
+        .await;
+    assert_eq!(status, 200);
+    let before = s.uses_of(&name).await.len();
+    for i in 0..6 {
+        let (status, body) = s.generate(&with_file(&uri, i % 2 == 0)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let uses = s.uses_of(&name).await;
+    assert!(
+        uses[before..].iter().all(|(asked, _)| asked == "p2"),
+        "{uses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_past_the_cap_are_refused_whether_announced_or_streamed() {
+    let s = setup_with(1000, None, 1000).await;
+    // Announced at the start: refused before anything goes upstream.
+    let (status, body, _) = s
+        .send(
+            s.http
+                .post(s.url("/upload/v1beta/files"))
+                .header("x-goog-api-key", TOKEN_A)
+                .header("x-goog-upload-protocol", "resumable")
+                .header("x-goog-upload-command", "start")
+                .header("x-goog-upload-header-content-length", "1001")
+                .json(&json!({"file": {}})),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    // Streamed without a length: cut off once past the cap.
+    let url = s.start_upload(TOKEN_A, 10).await;
+    let chunks = futures::stream::iter(
+        (0..40).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 100]))),
+    );
+    let sent = s
+        .http
+        .post(&url)
+        .header("x-goog-api-key", TOKEN_A)
+        .header("x-goog-upload-command", "upload, finalize")
+        .header("x-goog-upload-offset", "0")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await;
+    // The proxy answers 413 as soon as the cap is passed; a client still writing may see the
+    // connection closed instead. Either way no file came to be.
+    if let Ok(r) = sent {
+        assert_eq!(r.status(), 413);
+    }
+    let stats: Value = s
+        .http
+        .get(format!("{}/admin/stats", s.sim.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let files: Vec<&Value> = stats["resources"]["by_project"]
+        .as_object()
+        .map(|m| {
+            m.values()
+                .flat_map(|p| p["files"].as_array().into_iter().flatten())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(files.is_empty(), "{stats}");
 }

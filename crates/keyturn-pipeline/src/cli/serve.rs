@@ -81,7 +81,7 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
         max_connections: cfg.serve.max_connections,
         header_timeout: cfg.serve.header_timeout,
         body_timeout: cfg.serve.body_timeout,
-        ..keyturn_proxy::ProxyConfig::default()
+        max_upload_bytes: cfg.serve.max_upload_bytes,
     };
     if let Err(e) = pcfg.validate() {
         return fail(Outcome::Usage, e);
