@@ -165,6 +165,38 @@ pub(crate) async fn authenticate(
     }
 }
 
+/// Marks an upload command that came with no client token: its 256-bit session id is its
+/// credential, as Google's `upload_id` is (google-genai sends an upload's chunks with no key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SessionOnly;
+
+/// The upload route's gate: a start needs a client token like any request; a command on a
+/// session (`?upload_id=`) may come without one, and then only the session id admits it (a
+/// token, if sent, must still be valid, and be the session's client's).
+pub(crate) async fn authenticate_upload(
+    State(st): State<Arc<ProxyState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let on_session = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("upload_id=")));
+    let presented = client_token(req.headers(), req.uri().query()).is_some();
+    if on_session && !presented && !st.tokens.is_empty() {
+        req.extensions_mut().insert(Client(None));
+        req.extensions_mut().insert(SessionOnly);
+        return next.run(req).await;
+    }
+    match check(&st, &req) {
+        Ok(client) => {
+            req.extensions_mut().insert(client);
+            next.run(req).await
+        }
+        Err(p) => Answer::from(p).gemini(),
+    }
+}
+
 /// The OpenAI-compatible routes' gate: the same rules, refusals in OpenAI's form.
 pub(crate) async fn authenticate_openai(
     State(st): State<Arc<ProxyState>>,

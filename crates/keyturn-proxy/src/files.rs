@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 
 use crate::affinity::{self, Sent};
 use crate::answer::{Answer, Problem, invalid, not_found};
-use crate::auth::Client;
+use crate::auth::{Client, SessionOnly};
 use crate::{ProxyState, Refusal, slot};
 
 /// Most upload sessions kept at once; past it, the oldest goes.
@@ -121,6 +121,7 @@ pub(crate) async fn upload(
     Path(version): Path<String>,
     Query(q): Query<UploadQuery>,
     Extension(client): Extension<Client>,
+    session_only: Option<Extension<SessionOnly>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -129,7 +130,9 @@ pub(crate) async fn upload(
         let _permit = slot(&st).await?;
         match q.upload_id.as_deref() {
             Some(id) => {
-                continue_upload(&st, &transport, &version, id, &client, &headers, body).await
+                // Without a token, the session id alone admits the command.
+                let who = session_only.is_none().then_some(&client);
+                continue_upload(&st, &transport, &version, id, who, &headers, body).await
             }
             None => {
                 start_upload(
@@ -328,7 +331,7 @@ async fn continue_upload(
     transport: &keyturn_gemini::Transport,
     version: &str,
     id: &str,
-    client: &Client,
+    client: Option<&Client>,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, Refusal> {
@@ -337,7 +340,7 @@ async fn continue_upload(
         .then(|| st.uploads.get(id, st.clock.now_ms()))
         .flatten()
         // Another client's session, or one for the other API version, is as unknown as a forged id.
-        .filter(|s| s.client == client.0 && s.version == version)
+        .filter(|s| client.is_none_or(|c| s.client == c.0) && s.version == version)
         .ok_or_else(|| {
             Refusal::from(Problem::new(
                 StatusCode::NOT_FOUND,

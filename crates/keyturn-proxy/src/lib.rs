@@ -306,10 +306,6 @@ pub fn router(state: Arc<ProxyState>) -> Router {
             get(files::get_file).delete(files::delete_file),
         )
         .route(
-            "/upload/{version}/files",
-            axum::routing::post(files::upload),
-        )
-        .route(
             "/{version}/cachedContents",
             get(owned::list_caches).post(owned::create_cache),
         )
@@ -330,8 +326,19 @@ pub fn router(state: Arc<ProxyState>) -> Router {
             state.clone(),
             auth::authenticate,
         ));
+    // Uploads have their own gate: google-genai sends an upload's chunks without a key.
+    let upload = Router::new()
+        .route(
+            "/upload/{version}/files",
+            axum::routing::post(files::upload),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate_upload,
+        ));
     Router::new()
         .merge(api)
+        .merge(upload)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(openai::router(state.clone()))
