@@ -175,6 +175,34 @@ pub(crate) fn keys_for(st: &ProxyState, project: Option<&str>) -> Vec<KeyId> {
     (0..ids.len()).map(|i| ids[(start + i) % n]).collect()
 }
 
+/// The keys an upload of `client` goes to: its home project's first (the same for all its
+/// uploads, so a request naming several of its files has one project that owns them all: a
+/// digest of its token's label picks it among the pool's projects), then every other key, tried
+/// only if all of the home project's are unreachable or refused as dead.
+pub(crate) fn upload_keys(st: &ProxyState, client: Option<&str>) -> Vec<KeyId> {
+    use sha2::Digest;
+    let projects = one_key_per_project(st);
+    let Some(n) = std::num::NonZeroUsize::new(projects.len()) else {
+        return Vec::new();
+    };
+    let digest = sha2::Sha256::digest(client.unwrap_or_default().as_bytes());
+    let pick = u64::from_be_bytes([
+        digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
+    ]) as usize
+        % n.get();
+    let home = projects[pick].1.clone();
+    let mut keys = keys_for(st, Some(&home));
+    let others = st
+        .ledger
+        .keys()
+        .iter()
+        .filter(|(_, e)| e.project != home)
+        .map(|(id, _)| id)
+        .collect::<Vec<_>>();
+    keys.extend(others);
+    keys
+}
+
 /// One key per project of the pool, for finding a resource the proxy has not seen.
 pub(crate) fn one_key_per_project(st: &ProxyState) -> Vec<(KeyId, String)> {
     let mut seen: Vec<(KeyId, String)> = Vec::new();

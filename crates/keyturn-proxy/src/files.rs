@@ -6,8 +6,9 @@
 //!   `…/upload/{version}/files?upload_id=ID`, where ID is 256 random bits that name a session
 //!   kept in this process: the upstream URL, the key that started it, the client token that
 //!   started it. `upload`, `finalize` and `query` commands go to the upstream session with that
-//!   same key; an unknown id, or another client's, is 404. The client never sees a key or the
-//!   upstream URL.
+//!   same key; an unknown id, or another client's, is 404. A command may come without a client
+//!   token (google-genai sends chunks without a key): the session id is then its credential, as
+//!   Google's `upload_id` is. The client never sees a key or the upstream URL.
 //! - Multipart (`X-Goog-Upload-Protocol: multipart`, or `uploadType=multipart`): one request,
 //!   streamed upstream with a pool key.
 //! - Upload bodies stream through, never held whole, under `max_upload_bytes`; a body that stalls
@@ -259,7 +260,8 @@ async fn start_upload(
         }
     }
     let fwd = upload_headers(headers)?;
-    let keys = affinity::keys_for(st, None);
+    // All of a client's uploads go to one project, so its files can be named together.
+    let keys = affinity::upload_keys(st, client.0.as_deref());
     let url = transport.upload_url();
     if resumable {
         // The start carries only the file's metadata: small, read whole under the body cap.

@@ -775,3 +775,26 @@ async fn uploads_past_the_cap_are_refused_whether_announced_or_streamed() {
         .unwrap_or_default();
     assert!(files.is_empty(), "{stats}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_files_share_one_project_so_a_request_can_name_several() {
+    let s = setup(1000, None).await;
+    let files = [
+        s.upload(TOKEN_A, b"%PDF-1.4 one").await,
+        s.upload(TOKEN_A, b"%PDF-1.4 two").await,
+        s.upload(TOKEN_A, b"%PDF-1.4 three").await,
+    ];
+    let parts: Vec<Value> = files
+        .iter()
+        .map(|f| json!({"fileData": {"mimeType": "application/pdf", "fileUri": f["uri"]}}))
+        .collect();
+    let body = json!({"contents": [{"role": "user", "parts": parts}]});
+    for _ in 0..4 {
+        let (status, got) = s.generate(&body).await;
+        assert_eq!(status, 200, "{got}");
+    }
+    for f in &files {
+        let uses = s.uses_of(f["name"].as_str().unwrap()).await;
+        assert!(uses.iter().all(|(asked, own)| asked == own), "{uses:?}");
+    }
+}
