@@ -48,6 +48,19 @@ tpm = 10000000
 rpd = 100000
 "#;
 
+/// The proxy's limits for the models the checks use: the simulator's (its projects are paid).
+const PROXY_LIMITS: &str = r#"
+[models."gemini-2.5-flash"]
+rpm = 1000
+tpm = 10000000
+rpd = 100000
+
+[models."gemini-embedding-001"]
+rpm = 1000
+tpm = 10000000
+rpd = 100000
+"#;
+
 /// The proxy's keys: the same three, each with its project, so it can pin resources.
 const KEYS_FILE: &str = "made-up-sdk-key-1 label=sdk-1 project=sdk-p1
 made-up-sdk-key-2 label=sdk-2 project=sdk-p2
@@ -146,11 +159,14 @@ fn checks(keyturn: &std::path::Path, work: &std::path::Path) -> Result<(), Strin
         .find(|l| l.starts_with("kt_"))
         .ok_or("no token printed")?
         .to_owned();
-    let toml: String = text
+    let mut toml: String = text
         .lines()
         .skip_while(|l| !l.starts_with("[[serve.tokens]]"))
         .map(|l| format!("{l}\n"))
         .collect();
+    // The proxy's limits are the simulator's: files, caches and batches pin requests to one
+    // project, which the built-in free-tier limits (a few requests a minute) would run dry.
+    toml.push_str(PROXY_LIMITS);
     std::fs::write(work.join("keyturn.toml"), toml).map_err(|e| e.to_string())?;
     let mut serve = Command::new(keyturn);
     serve
