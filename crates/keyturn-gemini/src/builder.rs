@@ -157,41 +157,6 @@ impl RotatingCaller {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_and_a_ledger_are_exclusive_and_bad_keys_are_named_errors() {
-        let ring =
-            Arc::new(KeyRing::new(vec![KeySpec::new(ApiKey::new("made-up-a").unwrap())]).unwrap());
-        let ledger = Arc::new(InMemoryLedger::new(
-            ring,
-            LedgerConfig::default(),
-            Arc::new(keyturn_core::ManualClock::at_ms(1_768_420_800_000)),
-        ));
-        let both = RotatingCaller::builder()
-            .keys(["made-up-b"])
-            .ledger(ledger.clone())
-            .build();
-        assert!(matches!(both, Err(BuildError::KeysAndLedger)));
-        let shared = RotatingCaller::builder().ledger(ledger).build().unwrap();
-        assert_eq!(shared.ledger().keys().len(), 1);
-
-        let none = RotatingCaller::builder().build();
-        assert!(matches!(none, Err(BuildError::Key(KeyError::NoKeys))));
-        let blank = RotatingCaller::builder().keys(["made-up-c", " "]).build();
-        assert!(matches!(blank, Err(BuildError::Key(KeyError::Empty))));
-        let twice = RotatingCaller::builder()
-            .keys(["made-up-d", "made-up-d"])
-            .build();
-        assert!(matches!(
-            twice,
-            Err(BuildError::Key(KeyError::Duplicate { .. }))
-        ));
-    }
-}
-
 /// The pool setters every service builder shares, written once: `keys`, `key`, `ledger`,
 /// `ledger_config`, `base_url`, `retry`, `clock`, `pool` and `caller`, each forwarding to the
 /// builder's `pool: CallerBuilder` field (or, for `caller`, setting its
@@ -272,4 +237,39 @@ macro_rules! pool_setters {
             self
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_a_ledger_are_exclusive_and_bad_keys_are_named_errors() {
+        let ring =
+            Arc::new(KeyRing::new(vec![KeySpec::new(ApiKey::new("made-up-a").unwrap())]).unwrap());
+        let ledger = Arc::new(InMemoryLedger::new(
+            ring,
+            LedgerConfig::default(),
+            Arc::new(keyturn_core::ManualClock::at_ms(1_768_420_800_000)),
+        ));
+        let both = RotatingCaller::builder()
+            .keys(["made-up-b"])
+            .ledger(ledger.clone())
+            .build();
+        assert!(matches!(both, Err(BuildError::KeysAndLedger)));
+        let shared = RotatingCaller::builder().ledger(ledger).build().unwrap();
+        assert_eq!(shared.ledger().keys().len(), 1);
+
+        let none = RotatingCaller::builder().build();
+        assert!(matches!(none, Err(BuildError::Key(KeyError::NoKeys))));
+        let blank = RotatingCaller::builder().keys(["made-up-c", " "]).build();
+        assert!(matches!(blank, Err(BuildError::Key(KeyError::Empty))));
+        let twice = RotatingCaller::builder()
+            .keys(["made-up-d", "made-up-d"])
+            .build();
+        assert!(matches!(
+            twice,
+            Err(BuildError::Key(KeyError::Duplicate { .. }))
+        ));
+    }
 }

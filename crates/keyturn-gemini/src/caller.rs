@@ -135,6 +135,18 @@ pub trait GeminiCall: Send + Sync + std::fmt::Debug {
         body: Value,
     ) -> Result<ChunkStream, GeminiError>;
 
+    /// POSTs `body` to a resource collection (`cachedContents`: creating a cache spends the
+    /// model's input tokens) through the same rotation, the quota scope named by `model`; the
+    /// path is validated ([`Transport::resource_url`]). Pin `demand` to a project to keep the
+    /// call on its keys.
+    async fn call_resource(
+        &self,
+        model: &str,
+        path: &str,
+        demand: Demand,
+        body: Value,
+    ) -> Result<Reply, GeminiError>;
+
     /// A call that spends no generation quota (countTokens, GET models): any usable key.
     async fn call_unmetered(
         &self,
@@ -572,6 +584,22 @@ impl GeminiCall for RotatingCaller {
     ) -> Result<ChunkStream, GeminiError> {
         let upstream = self.openai(OpenAiRoute::ChatCompletions);
         self.stream_at(model, &upstream, demand, body).await
+    }
+
+    async fn call_resource(
+        &self,
+        model: &str,
+        path: &str,
+        demand: Demand,
+        body: Value,
+    ) -> Result<Reply, GeminiError> {
+        let upstream = Upstream {
+            url: self.transport.resource_url(path)?,
+            key_header: KeyHeader::GoogApiKey,
+            method: path.to_owned(),
+            ends_with_done: false,
+        };
+        self.call_at(model, &upstream, demand, body).await
     }
 
     async fn call_unmetered(

@@ -101,8 +101,13 @@ pub(crate) fn from_this_machine(headers: &HeaderMap) -> bool {
     host_ok && origin_ok
 }
 
-/// Whether a request may use the proxy; the refusal, in neither dialect yet.
-fn check(st: &ProxyState, req: &Request) -> Result<(), Problem> {
+/// The label of the client token a request came with (`None` without tokens configured): an
+/// upload session belongs to the client that started it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Client(pub(crate) Option<String>);
+
+/// Whether a request may use the proxy, and who it is; the refusal, in neither dialect yet.
+fn check(st: &ProxyState, req: &Request) -> Result<Client, Problem> {
     let live = st.live();
     if live.tokens.is_empty() {
         // Without tokens anything that reaches loopback is served, and a web page can: a
@@ -116,7 +121,7 @@ fn check(st: &ProxyState, req: &Request) -> Result<(), Problem> {
                 "keyturn proxy: without client tokens only this machine can use the proxy: the request named another host or came from a web page elsewhere (add [[serve.tokens]], or call it as 127.0.0.1 or localhost)",
             ));
         }
-        return Ok(());
+        return Ok(Client(None));
     }
     let Some(token) = client_token(req.headers(), req.uri().query()) else {
         return Err(Problem::new(
@@ -136,7 +141,7 @@ fn check(st: &ProxyState, req: &Request) -> Result<(), Problem> {
     match found {
         Some(label) => {
             tracing::debug!(client = label, path = %req.uri().path().escape_debug(), "proxy request");
-            Ok(())
+            Ok(Client(Some(label.to_owned())))
         }
         None => Err(Problem::new(
             StatusCode::UNAUTHORIZED,
@@ -149,11 +154,46 @@ fn check(st: &ProxyState, req: &Request) -> Result<(), Problem> {
 /// The native routes' gate: refusals in Gemini's form.
 pub(crate) async fn authenticate(
     State(st): State<Arc<ProxyState>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     match check(&st, &req) {
-        Ok(()) => next.run(req).await,
+        Ok(client) => {
+            req.extensions_mut().insert(client);
+            next.run(req).await
+        }
+        Err(p) => Answer::from(p).gemini(),
+    }
+}
+
+/// Marks an upload command that came with no client token: its 256-bit session id is its
+/// credential, as Google's `upload_id` is (google-genai sends an upload's chunks with no key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SessionOnly;
+
+/// The upload route's gate: a start needs a client token like any request; a command on a
+/// session (`?upload_id=`) may come without one, and then only the session id admits it (a
+/// token, if sent, must still be valid, and be the session's client's).
+pub(crate) async fn authenticate_upload(
+    State(st): State<Arc<ProxyState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let on_session = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("upload_id=")));
+    let presented = client_token(req.headers(), req.uri().query()).is_some();
+    if on_session && !presented && !st.live().tokens.is_empty() {
+        req.extensions_mut().insert(Client(None));
+        req.extensions_mut().insert(SessionOnly);
+        return next.run(req).await;
+    }
+    match check(&st, &req) {
+        Ok(client) => {
+            req.extensions_mut().insert(client);
+            next.run(req).await
+        }
         Err(p) => Answer::from(p).gemini(),
     }
 }
@@ -165,7 +205,7 @@ pub(crate) async fn authenticate_openai(
     next: Next,
 ) -> Response {
     match check(&st, &req) {
-        Ok(()) => next.run(req).await,
+        Ok(_) => next.run(req).await,
         Err(p) => Answer::from(p).openai(),
     }
 }

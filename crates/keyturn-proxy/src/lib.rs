@@ -12,6 +12,11 @@
 //! - Google's OpenAI-compatible surface under `/v1beta/openai/` (`chat/completions`, plain and
 //!   streamed, `embeddings`, `models`), through the same rotation, with the proxy's own refusals
 //!   in OpenAI's error form (see the `openai` module).
+//! - Files (`/upload/{v}/files`, resumable and multipart; `files`, `files/{id}`), cached contents
+//!   and Batch Mode, each pinned to the project whose key created it (see the `affinity`
+//!   module): any request naming one goes only to that project's keys, with a 429 and
+//!   `RetryInfo` when it has no room. Owners are kept in a [`keyturn_core::ResourceMap`] on the
+//!   state's backend ([`ProxyState::with_resources`]).
 //! - Clients authenticate with their own proxy tokens (`x-goog-api-key` or
 //!   `Authorization: Bearer`), configured only as SHA-256 digests and compared in constant time.
 //!   A pool key is never accepted from, nor returned to, a client.
@@ -35,22 +40,26 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
-use keyturn_core::{Clock, Demand, QuotaLedger, Scrubber};
+use keyturn_core::{Clock, Demand, MemoryResources, QuotaLedger, ResourceMap, Scrubber};
 use keyturn_gemini::GeminiCall;
 use keyturn_gemini::wire::estimate_input_tokens;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 mod admin;
+mod affinity;
 mod answer;
 mod auth;
+mod files;
 mod openai;
+mod owned;
 mod server;
 
 use answer::{Answer, Problem, failure, invalid, json_bytes, not_found};
 
 pub use admin::{EVENTS_KEPT, Event, Events, NewEvent};
 pub use auth::{digest, new_token, parse_digest};
+pub use files::{MAX_UPLOAD_SESSIONS, UPLOAD_SESSION_MS};
 pub use server::Proxy;
 
 /// Proxy settings.
@@ -75,6 +84,8 @@ pub struct ProxyConfig {
     /// How long a client may take to send a request's body, and how long it may leave an
     /// answer untaken (a write that makes no progress for this long closes the connection).
     pub body_timeout: Duration,
+    /// Largest file upload (`POST /upload/…/files`): streamed through, never held whole.
+    pub max_upload_bytes: u64,
 }
 
 impl Default for ProxyConfig {
@@ -88,6 +99,8 @@ impl Default for ProxyConfig {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
+            // The Files API's own limit per file.
+            max_upload_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -224,6 +237,23 @@ pub struct ProxyState {
     models: KnownModels,
     body_timeout: Duration,
     max_body_bytes: usize,
+    max_upload_bytes: u64,
+    /// Which project owns each file, cached content and batch the proxy saw created.
+    resources: Arc<dyn ResourceMap>,
+    /// Where resource calls go (files, uploads), per API version; without them those routes
+    /// answer 404.
+    upstream: Option<ResourceUpstream>,
+    uploads: files::Uploads,
+    resource_cursor: std::sync::atomic::AtomicUsize,
+}
+
+/// The transports resource calls go through, one per API version.
+#[derive(Debug, Clone)]
+pub struct ResourceUpstream {
+    /// For `/v1beta/`.
+    pub v1beta: keyturn_gemini::Transport,
+    /// For `/v1/`.
+    pub v1: keyturn_gemini::Transport,
 }
 
 /// Most distinct models the proxy admits (Gemini serves a few dozen).
@@ -260,6 +290,7 @@ impl ProxyState {
         clock: Arc<dyn Clock>,
         cfg: &ProxyConfig,
     ) -> Self {
+        let clock_for_resources = clock.clone();
         Self {
             live: arc_swap::ArcSwap::from_pointee(Live::new(
                 v1beta,
@@ -275,7 +306,25 @@ impl ProxyState {
             models: KnownModels::default(),
             body_timeout: cfg.body_timeout,
             max_body_bytes: cfg.max_body_bytes,
+            max_upload_bytes: cfg.max_upload_bytes,
+            resources: Arc::new(MemoryResources::new(clock_for_resources)),
+            upstream: None,
+            uploads: files::Uploads::default(),
+            resource_cursor: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// With the resource map the pool's backend keeps (`FileResources` in the state folder,
+    /// `RedisResources` beside the Redis ledger; in memory by default) and the transports that
+    /// serve the Files API routes.
+    pub fn with_resources(
+        mut self,
+        resources: Arc<dyn ResourceMap>,
+        upstream: ResourceUpstream,
+    ) -> Self {
+        self.resources = resources;
+        self.upstream = Some(upstream);
+        self
     }
 
     /// With a transport for re-checking keys from the admin API (`POST
@@ -360,12 +409,45 @@ pub fn router(state: Arc<ProxyState>) -> Router {
     let api = Router::new()
         .route("/{version}/models", get(list_models))
         .route("/{version}/models/{name}", get(get_model).post(call_model))
+        .route("/{version}/files", get(files::list_files))
+        .route(
+            "/{version}/files/{id}",
+            get(files::get_file).delete(files::delete_file),
+        )
+        .route(
+            "/{version}/cachedContents",
+            get(owned::list_caches).post(owned::create_cache),
+        )
+        .route(
+            "/{version}/cachedContents/{id}",
+            get(owned::get_cache)
+                .patch(owned::patch_cache)
+                .delete(owned::delete_cache),
+        )
+        .route("/{version}/batches", get(owned::list_batches))
+        .route(
+            "/{version}/batches/{name}",
+            get(owned::get_batch)
+                .post(owned::cancel_batch)
+                .delete(owned::delete_batch),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
         ));
+    // Uploads have their own gate: google-genai sends an upload's chunks without a key.
+    let upload = Router::new()
+        .route(
+            "/upload/{version}/files",
+            axum::routing::post(files::upload),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate_upload,
+        ));
     Router::new()
         .merge(api)
+        .merge(upload)
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(openai::router(state.clone()))
@@ -447,7 +529,12 @@ const METHODS: &[&str] = &[
     "countTokens",
     "embedContent",
     "batchEmbedContents",
+    "batchGenerateContent",
+    "asyncBatchEmbedContent",
 ];
+
+/// The Batch Mode methods: they create a batch the creating project owns.
+const BATCH_METHODS: [&str; 2] = ["batchGenerateContent", "asyncBatchEmbedContent"];
 
 /// `{model}` or `{model}:{method}` from the path, validated before anything else happens:
 /// whatever a client encoded, only a model id and a known method go on.
@@ -666,7 +753,15 @@ async fn call_model(
             let t = items.into_iter().flatten().map(embed_tokens).sum();
             Demand::batch(n, t)
         }
+        // Creating a batch is one request on the model's scope; its items run under Batch
+        // Mode's own limits (concurrent batches, enqueued tokens), which Gemini enforces.
+        a if BATCH_METHODS.contains(&a) => Demand::tokens(0),
         _ => Demand::tokens(estimate(&value)),
+    };
+    // A request naming a file or cached content goes only to keys of the project that owns it.
+    let demand = match affinity::pin(&st, &value, demand, false).await {
+        Ok(d) => d,
+        Err(r) => return r.gemini(),
     };
     if action == "streamGenerateContent" {
         let sse = q.alt.as_deref() == Some("sse");
@@ -676,7 +771,16 @@ async fn call_model(
         };
     }
     match caller.call(model, action, demand, value).await {
-        Ok(r) => st.relay(r.raw),
+        Ok(r) => {
+            if BATCH_METHODS.contains(&action)
+                && let Some(key) = affinity::key_by_label(&st, &r.key)
+                && files::learn(&st, key, &r.body).await.is_err()
+            {
+                // The batch exists: the client gets it, though its owner could not be noted.
+                tracing::warn!("a batch was created but its owner could not be recorded");
+            }
+            st.relay(r.raw)
+        }
         Err(e) => failure(&st, &e).gemini(),
     }
 }

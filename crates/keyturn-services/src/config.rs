@@ -279,6 +279,8 @@ pub struct ServeSettings {
     pub listen: String,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Largest file upload (`POST /upload/…/files`), streamed through, never held whole.
+    pub max_upload_bytes: u64,
     /// Upstream calls in flight at once (a stream counts until it ends); more wait.
     pub max_in_flight: usize,
     /// Client connections open at once; more wait in the kernel's backlog.
@@ -309,6 +311,8 @@ impl Default for ServeSettings {
         Self {
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 20 * 1024 * 1024,
+            // The Files API's own limit per file.
+            max_upload_bytes: 2 * 1024 * 1024 * 1024,
             max_in_flight: 64,
             max_connections: 1024,
             max_queue_wait: Duration::from_secs(5),
@@ -843,6 +847,7 @@ impl Config {
             ));
         }
         at_least("serve.max_body_bytes", self.serve.max_body_bytes as u64, 1)?;
+        at_least("serve.max_upload_bytes", self.serve.max_upload_bytes, 1)?;
         at_least("serve.max_in_flight", self.serve.max_in_flight as u64, 1)?;
         at_least(
             "serve.max_connections",

@@ -32,6 +32,7 @@ fn a_redis_cluster_url_is_a_redis_url() {
 fn nonsense_settings_are_refused_naming_field_and_file() {
     let cases = [
         ("[serve]\nmax_body_bytes = 0\n", "serve.max_body_bytes"),
+        ("[serve]\nmax_upload_bytes = 0\n", "serve.max_upload_bytes"),
         ("[serve]\nmax_in_flight = 0\n", "serve.max_in_flight"),
         ("[state]\nflush_interval = \"0s\"\n", "state.flush_interval"),
         ("[state]\nnamespace = \"a*\"\n", "state.namespace"),

@@ -98,6 +98,17 @@ impl RedisLedger {
             requests: demand.requests.max(1),
             ..demand
         };
+        if demand.project_of.is_some() && self.pinned_order(demand).is_empty() {
+            // Pinned to a project none of these keys belongs to (a key from before a reload):
+            // no key may take it.
+            return Err((
+                AcquireError::AllKeysDisabled {
+                    model: model.to_owned(),
+                    detail: "no key of the project that owns this resource".into(),
+                },
+                None,
+            ));
+        }
         let (reply, sent_local) = self
             .decide(model, demand)
             .await
@@ -140,7 +151,12 @@ impl RedisLedger {
             .filter_map(|s| s.parse().ok())
             .collect();
         let model_s = model.to_owned();
-        if disabled.len() == n {
+        let candidates = if demand.project_of.is_some() {
+            self.pinned_order(demand).len()
+        } else {
+            n
+        };
+        if disabled.len() == candidates {
             let detail = self.disabled_detail(&disabled).await;
             return Err((
                 AcquireError::AllKeysDisabled {
@@ -212,6 +228,13 @@ impl RedisLedger {
     /// One demand's reply from the acquire script, and the local time its batch was sent: in
     /// the call in flight's successor batch for `model`, sent by whichever waiter leads it.
     async fn decide(&self, model: &str, demand: Demand) -> Result<(Value, i64), redis::RedisError> {
+        if demand.project_of.is_some() {
+            // Pinned to a resource's project: decided alone, over that project's keys only
+            // (such requests are few; a batch shares one candidate list).
+            let sent_local = self.clock.now_ms();
+            let replies = self.call_batch(model, &[demand], sent_local).await?;
+            return Ok((replies.into_iter().next().unwrap_or(Value::Nil), sent_local));
+        }
         loop {
             let rx = {
                 let mut queues = self.batches.lock();
@@ -300,10 +323,17 @@ impl RedisLedger {
         sent_local: i64,
     ) -> Result<Vec<Value>, redis::RedisError> {
         let n = self.keys.len();
-        let start = match self.cfg.policy {
+        let cursor = match self.cfg.policy {
             Policy::RoundRobin => self.cursors.lock().get(model).copied().unwrap_or(0) % n,
             _ => 0,
         };
+        // Every key, or for a demand pinned to a resource's project (always alone in its
+        // call) that project's keys; the walk starts at the cursor's place among them.
+        let order: Vec<usize> = match demands.first() {
+            Some(d) if d.project_of.is_some() => self.pinned_order(*d),
+            _ => (0..n).collect(),
+        };
+        let start = order.iter().position(|&k| k >= cursor).unwrap_or(0);
         let policy = match self.cfg.policy {
             Policy::RoundRobin => "rr",
             Policy::LeastLoaded => "ll",
@@ -319,7 +349,7 @@ impl RedisLedger {
             inv.arg(m);
         }
         inv.arg(self.cfg.breaker.probe_timeout.as_millis() as i64)
-            .arg(n)
+            .arg(order.len())
             .arg(
                 self.cfg
                     .relearn_after
@@ -331,7 +361,8 @@ impl RedisLedger {
             inv.arg(d.requests).arg(d.tokens);
         }
         let limits = self.limits_for(model);
-        for (k, (fp, project, weight)) in self.candidates.iter().enumerate() {
+        for &k in &order {
+            let (fp, project, weight) = &self.candidates[k];
             let [rpm, tpm, rpd, tpd] = limits[k];
             inv.arg(k)
                 .arg(fp)

@@ -51,9 +51,11 @@ use redis::{AsyncCommands, Script, Value};
 mod admission;
 mod conn;
 mod inspection;
+mod resources;
 mod state;
 
 use conn::{Conn, Target};
+pub use resources::RedisResources;
 
 const COMMON: &str = include_str!("lua/common.lua");
 const ACQUIRE: &str = include_str!("lua/acquire.lua");
