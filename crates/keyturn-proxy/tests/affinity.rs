@@ -530,13 +530,13 @@ async fn the_redis_backend_keeps_owners_and_pins_the_same_way() {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     let kept: String = redis::cmd("GET")
-        .arg(format!("kt:{ns}:r:{name}"))
+        .arg(format!("kt:{{{ns}}}:r:{name}"))
         .query_async(&mut c)
         .await
         .unwrap();
     assert_eq!(kept, owner);
     let ttl: i64 = redis::cmd("PTTL")
-        .arg(format!("kt:{ns}:r:{name}"))
+        .arg(format!("kt:{{{ns}}}:r:{name}"))
         .query_async(&mut c)
         .await
         .unwrap();

@@ -90,13 +90,13 @@ async fn owners_are_shared_expire_with_the_resource_and_are_forgotten() {
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
     one.record(&file, "b", now + 60_000).await.unwrap();
     let v: String = redis::cmd("GET")
-        .arg(format!("kt:{ns}:r:files/abc-1"))
+        .arg(format!("kt:{{{ns}}}:r:files/abc-1"))
         .query_async(&mut c)
         .await
         .unwrap();
     assert_eq!(v, "b");
     let ttl: i64 = redis::cmd("PTTL")
-        .arg(format!("kt:{ns}:r:files/abc-1"))
+        .arg(format!("kt:{{{ns}}}:r:files/abc-1"))
         .query_async(&mut c)
         .await
         .unwrap();
