@@ -76,6 +76,15 @@ def small_wav():
 client = genai.Client(api_key=api_key, http_options=types.HttpOptions(base_url=base_url))
 
 
+def landed_on_owner(name):
+    """Every request the simulator saw for `name` was made with a key of its owner's project."""
+    uses = [u for u in admin("/admin/stats")["resources"]["uses"] if u["resource"] == name]
+    assert uses, f"the simulator saw no request for {name}"
+    strays = [u for u in uses if u["owner"] != u["key_project"]]
+    assert not strays, strays
+    return uses
+
+
 def files_part():
     # --- Files: a PDF and an audio file, then a generation that refers to both.
     pdf, wav = small_pdf(), small_wav()
@@ -155,8 +164,9 @@ def caches_part():
     updated = client.caches.update(name=cache.name, config=types.UpdateCachedContentConfig(ttl="600s"))
     assert updated.expire_time > cache.expire_time, (updated.expire_time, cache.expire_time)
     assert cache.name in {c.name for c in client.caches.list()}
+    uses = landed_on_owner(cache.name)
     client.caches.delete(name=cache.name)
-    print("caches.update (ttl), caches.list, caches.delete: ok")
+    print(f"caches.update (ttl), caches.list, caches.delete: ok; simulator stats: {len(uses)} requests for the cache, all on {uses[0]['owner']}")
 
 
 
@@ -187,7 +197,9 @@ def batches_part():
         assert a.response.text == direct.text, (a.response.text, direct.text)
     print(f"batches.create (inline, {len(prompts)} requests): {' -> '.join(seen)}; each result equals the interactive answer")
     assert job.name in {j.name for j in client.batches.list()}
+    uses = landed_on_owner(job.name)
     client.batches.delete(name=job.name)
+    print(f"batches.list, batches.delete: ok; simulator stats: {len(uses)} requests for the batch, all on {uses[0]['owner']}")
 
 
 

@@ -203,6 +203,22 @@ fn to_native(v: &Value) -> Result<GenerateContentRequest, ApiError> {
     serde_json::from_value(native).map_err(|e| errors::invalid_argument(&e.to_string()))
 }
 
+/// The `image_url` URLs of the messages that are not data URLs (a Files API URI among them names
+/// a file that belongs to a project).
+fn file_urls(v: &Value) -> Vec<String> {
+    v.get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.get("content").and_then(Value::as_array))
+        .flatten()
+        .filter_map(|part| part.get("image_url"))
+        .filter_map(|u| u.get("url").or(Some(u)).and_then(Value::as_str))
+        .filter(|u| !u.starts_with("data:"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The function the model calls, when the request offers tools and does not forbid them: the
 /// one `tool_choice` names, else the first.
 fn chosen_tool(v: &Value) -> Option<&Value> {
@@ -267,6 +283,10 @@ pub(crate) async fn chat_completions(
         Ok(n) => n,
         Err(e) => return fail(Some(&key), &e),
     };
+    // A Files API file named as an image URL must be the key's project's, as on the native route.
+    if let Some(e) = crate::server::foreign_file(&st, &key, route, &file_urls(&v)) {
+        return fail(Some(&key), &e);
+    }
     let tokens = count_tokens(&native.prompt_text());
     let ip = peer_ip(&peer);
     let fault = match spend(&st, &key, &model, &served, 1, tokens, ip).await {

@@ -286,6 +286,24 @@ async fn a_resumable_upload_belongs_to_its_project_and_only_its_project() {
     assert_eq!(r["cross_project_uses"], crossing.len());
     assert!(!stats.to_string().contains(P1), "no key in the stats");
 
+    // The OpenAI-compatible route: the file as an image URL, refused in that endpoint's
+    // envelope (the native body in a one-element list) for another project's key.
+    let chat = json!({"model": FLASH, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is in it?"},
+        {"type": "image_url", "image_url": {"url": file["uri"]}},
+    ]}]});
+    let openai = |k: &str| {
+        s.http
+            .post(s.url("/v1beta/openai/chat/completions"))
+            .bearer_auth(k)
+            .json(&chat)
+            .send()
+    };
+    let r = openai(P2).await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!([real_32(&id)]));
+    assert_eq!(openai(P1B).await.unwrap().status(), 200);
+
     // Deleting it: gone for p1 too.
     assert_eq!(
         s.call("DELETE", &format!("/v1beta/{name}"), P1, None).await,
