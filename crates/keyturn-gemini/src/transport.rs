@@ -117,6 +117,27 @@ fn method_name(method: &str) -> Result<&str, InvalidName> {
     }
 }
 
+/// The id of a resource name `{collection}/{id}` (the prefix may be left out), if valid.
+pub fn resource_id<'a>(collection: &str, name: &'a str) -> Result<&'a str, InvalidName> {
+    let id = name
+        .strip_prefix(collection)
+        .and_then(|r| r.strip_prefix('/'))
+        .unwrap_or(name);
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'));
+    if ok {
+        Ok(id)
+    } else {
+        Err(InvalidName {
+            what: format!("{collection} name '{}'", name.escape_debug()),
+            reason: "an id is 1 to 128 letters, digits, '-' or '_'",
+        })
+    }
+}
+
 /// How a request carries its key: Gemini's own routes take `x-goog-api-key`; its
 /// OpenAI-compatible routes (`/{version}/openai/…`) take `Authorization: Bearer`, as OpenAI
 /// clients send it.
@@ -151,7 +172,12 @@ impl OpenAiRoute {
 #[derive(Debug, Clone)]
 pub struct Transport {
     client: reqwest::Client,
+    /// `{base_url}/{version}`.
     base: String,
+    /// `{base_url}` (the Files API's upload and download paths put the version after a prefix).
+    root: String,
+    /// `v1beta` or `v1`.
+    version: String,
 }
 
 impl Transport {
@@ -170,12 +196,15 @@ impl Transport {
             .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
             .build()?;
-        let base = format!(
-            "{}/{}",
-            cfg.base_url.trim_end_matches('/'),
-            cfg.api_version.trim_matches('/')
-        );
-        Ok(Self { client, base })
+        let root = cfg.base_url.trim_end_matches('/').to_owned();
+        let version = cfg.api_version.trim_matches('/').to_owned();
+        let base = format!("{root}/{version}");
+        Ok(Self {
+            client,
+            base,
+            root,
+            version,
+        })
     }
 
     /// `{base}/{version}/models/{model}:{method}`, from a valid model id and method.
@@ -242,6 +271,74 @@ impl Transport {
             Some((model, method)) => self.model_url(model, method),
             None => self.model_info_url(name),
         }
+    }
+
+    /// `{base}/{version}/{collection}/{id}` and an optional `:{method}`, for a resource name
+    /// Gemini gave (`batches/…`, `files/…`): the collection must be the one expected and the id
+    /// 1 to 128 of `[a-z0-9_-]` (case-insensitive), so an answer cannot steer the URL.
+    pub fn resource_url(
+        &self,
+        collection: &str,
+        name: &str,
+        method: Option<&str>,
+    ) -> Result<String, InvalidName> {
+        let id = resource_id(collection, name)?;
+        Ok(match method {
+            Some(m) => format!("{}/{collection}/{id}:{}", self.base, method_name(m)?),
+            None => format!("{}/{collection}/{id}", self.base),
+        })
+    }
+
+    /// `{base}/{version}/{collection}` (`batches`, `files`), for listing.
+    pub fn collection_url(&self, collection: &'static str) -> String {
+        format!("{}/{collection}", self.base)
+    }
+
+    /// `{base_url}/upload/{version}/files`: where a resumable upload starts.
+    pub fn upload_url(&self) -> String {
+        format!("{}/upload/{}/files", self.root, self.version)
+    }
+
+    /// `{base_url}/download/{version}/files/{id}:download?alt=media`: a file's bytes.
+    pub fn download_url(&self, file: &str) -> Result<String, InvalidName> {
+        let id = resource_id("files", file)?;
+        Ok(format!(
+            "{}/download/{}/files/{id}:download?alt=media",
+            self.root, self.version
+        ))
+    }
+
+    /// Whether `url` points at the configured server (same scheme, host and port): an upload
+    /// URL the server hands back is used only then, so no answer can send the key elsewhere.
+    pub fn same_origin(&self, url: &str) -> bool {
+        match (reqwest::Url::parse(url), reqwest::Url::parse(&self.root)) {
+            (Ok(a), Ok(b)) => {
+                a.scheme() == b.scheme()
+                    && a.host_str() == b.host_str()
+                    && a.port_or_known_default() == b.port_or_known_default()
+            }
+            _ => false,
+        }
+    }
+
+    /// Sends any request with the key as `x-goog-api-key`, the extra headers and the body: for
+    /// the Files API's upload steps and deletions.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        key: &ApiKey,
+        url: &str,
+        headers: HeaderMap,
+        body: Option<bytes::Bytes>,
+    ) -> Result<reqwest::Response, SendError> {
+        let mut req = self.client.request(method, url).headers(headers);
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let sent = Self::with_key(req, KeyHeader::GoogApiKey, key)?
+            .send()
+            .await;
+        no_redirect(sent)
     }
 
     fn key_header(key: &ApiKey) -> Result<HeaderValue, String> {
