@@ -41,7 +41,7 @@ pub mod redis_ledger;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
+pub use checkpoint::{BatchEpisode, BatchRecord, Checkpoint, CheckpointError, CheckpointStore};
 pub use file::{
     FileInfo, FileStore, LockInfo, Persister, StateFile, WrittenFile, write_atomic,
     write_atomic_with,
