@@ -78,11 +78,41 @@ pub enum Route {
     GetModel,
     /// `GET models`: a probe that spends no quota.
     ListModels,
+    /// `POST upload/v1beta/files` (resumable start, its upload requests, multipart, raw).
+    CreateFile,
+    /// `GET files/{id}` (and the download of a file the service wrote).
+    GetFile,
+    /// `GET files`.
+    ListFiles,
+    /// `DELETE files/{id}`.
+    DeleteFile,
+    /// `POST cachedContents`.
+    CreateCachedContent,
+    /// `GET cachedContents/{id}`.
+    GetCachedContent,
+    /// `GET cachedContents`.
+    ListCachedContents,
+    /// `PATCH cachedContents/{id}`.
+    UpdateCachedContent,
+    /// `DELETE cachedContents/{id}`.
+    DeleteCachedContent,
+    /// `POST models/{m}:batchGenerateContent`.
+    BatchGenerateContent,
+    /// `POST models/{m}:asyncBatchEmbedContent`.
+    AsyncBatchEmbedContent,
+    /// `GET batches/{id}`.
+    GetBatch,
+    /// `GET batches`.
+    ListBatches,
+    /// `POST batches/{id}:cancel`.
+    CancelBatch,
+    /// `DELETE batches/{id}`.
+    DeleteBatch,
 }
 
 impl Route {
     /// Every route.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 22] = [
         Self::GenerateContent,
         Self::StreamGenerateContent,
         Self::CountTokens,
@@ -90,6 +120,21 @@ impl Route {
         Self::BatchEmbedContents,
         Self::GetModel,
         Self::ListModels,
+        Self::CreateFile,
+        Self::GetFile,
+        Self::ListFiles,
+        Self::DeleteFile,
+        Self::CreateCachedContent,
+        Self::GetCachedContent,
+        Self::ListCachedContents,
+        Self::UpdateCachedContent,
+        Self::DeleteCachedContent,
+        Self::BatchGenerateContent,
+        Self::AsyncBatchEmbedContent,
+        Self::GetBatch,
+        Self::ListBatches,
+        Self::CancelBatch,
+        Self::DeleteBatch,
     ];
 
     /// The API's name for it.
@@ -102,6 +147,21 @@ impl Route {
             Self::BatchEmbedContents => "batchEmbedContents",
             Self::GetModel => "getModel",
             Self::ListModels => "listModels",
+            Self::CreateFile => "createFile",
+            Self::GetFile => "getFile",
+            Self::ListFiles => "listFiles",
+            Self::DeleteFile => "deleteFile",
+            Self::CreateCachedContent => "createCachedContent",
+            Self::GetCachedContent => "getCachedContent",
+            Self::ListCachedContents => "listCachedContents",
+            Self::UpdateCachedContent => "updateCachedContent",
+            Self::DeleteCachedContent => "deleteCachedContent",
+            Self::BatchGenerateContent => "batchGenerateContent",
+            Self::AsyncBatchEmbedContent => "asyncBatchEmbedContent",
+            Self::GetBatch => "getBatch",
+            Self::ListBatches => "listBatches",
+            Self::CancelBatch => "cancelBatch",
+            Self::DeleteBatch => "deleteBatch",
         }
     }
 
@@ -113,6 +173,8 @@ impl Route {
                 | Self::StreamGenerateContent
                 | Self::EmbedContent
                 | Self::BatchEmbedContents
+                | Self::BatchGenerateContent
+                | Self::AsyncBatchEmbedContent
         )
     }
 
@@ -225,6 +287,67 @@ pub struct ProjectConfig {
     /// refused with `real-32`'s bare 403; other file URIs are accepted.
     #[serde(default)]
     pub files: Vec<String>,
+    /// The project's billing tier. Batch Mode is refused on the free tier with `real-22`'s
+    /// FAILED_PRECONDITION, as the real service refuses it.
+    #[serde(default)]
+    pub tier: Tier,
+}
+
+/// A project's billing tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tier {
+    /// No billing account: the default, like the built-in limits (free tier).
+    #[default]
+    Free,
+    /// Billing enabled (Tier 1 and up): Batch Mode is served.
+    Paid,
+}
+
+/// Limits and timings of the project-owned resources: files, cached contents, batches. The
+/// defaults are Google's documented ones (ai.google.dev/gemini-api/docs/files, /caching,
+/// /batch-mode, /rate-limits, December 2025); tests shrink them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourceConfig {
+    /// Largest file (Google: 2 GB).
+    pub max_file_bytes: u64,
+    /// Storage per project (Google: 20 GB, quotaId `FileStorageBytesPerProject`).
+    pub project_storage_bytes: u64,
+    /// Bytes of a file the simulator keeps to read back (batch input files, downloads); larger
+    /// files are counted and hashed as they stream in, never held. Also the cap of a multipart
+    /// upload, whose body is parsed whole.
+    pub kept_file_bytes: u64,
+    /// How long a file lives (Google: 48 h).
+    pub file_ttl_secs: u64,
+    /// How long a batch stays BATCH_STATE_PENDING, in simulated seconds.
+    pub batch_pending_secs: u64,
+    /// How long a batch then stays BATCH_STATE_RUNNING. Over 48 h, it expires instead
+    /// (BATCH_STATE_EXPIRED), as Google expires batches pending or running for 48 h.
+    pub batch_running_secs: u64,
+    /// Batches pending or running at once per project (Google: 100).
+    pub batch_concurrent: u64,
+    /// Input tokens of the batches pending or running per project and model (Google's Tier 1
+    /// "enqueued tokens" for gemini-2.5-flash: 3,000,000).
+    pub batch_enqueued_tokens: u64,
+    /// Every n-th request of a batch gets a per-item error instead of a response (0: none).
+    pub batch_item_error_every: u64,
+}
+
+impl Default for ResourceConfig {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 2 * 1024 * 1024 * 1024,
+            project_storage_bytes: 20 * 1024 * 1024 * 1024,
+            kept_file_bytes: 32 * 1024 * 1024,
+            file_ttl_secs: 48 * 3600,
+            batch_pending_secs: 30,
+            batch_running_secs: 120,
+            batch_concurrent: 100,
+            batch_enqueued_tokens: 3_000_000,
+            batch_item_error_every: 0,
+        }
+    }
 }
 
 /// Injected faults. Probabilities are per request, in [0, 1].
@@ -300,6 +423,8 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Scripted answers by corpus shape (`[[script]]` in TOML).
     pub script: Vec<ScriptRule>,
+    /// Files, cached contents and batches: limits and timings (`[resources]`).
+    pub resources: ResourceConfig,
 }
 
 impl Default for SimConfig {
@@ -312,6 +437,7 @@ impl Default for SimConfig {
             projects: BTreeMap::new(),
             faults: Faults::default(),
             script: Vec::new(),
+            resources: ResourceConfig::default(),
         }
     }
 }

@@ -98,20 +98,24 @@
 
 mod admin;
 pub mod args;
+mod batches;
+mod caches;
 pub mod config;
 pub mod content;
 pub mod corpus;
 pub mod errors;
 mod faults;
+mod files;
 mod openai;
+pub mod resources;
 pub mod server;
 pub mod state;
 pub mod wire;
 
 pub use args::SimArgs;
 pub use config::{
-    Faults, KeyState, Limits, ProjectConfig, ProjectState, Route, ScriptRule, SimConfig,
-    SimConfigError, SimKey,
+    Faults, KeyState, Limits, ProjectConfig, ProjectState, ResourceConfig, Route, ScriptRule,
+    SimConfig, SimConfigError, SimKey, Tier,
 };
 pub use server::{Simulator, router};
 pub use state::SimState;

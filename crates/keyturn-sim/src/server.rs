@@ -120,6 +120,33 @@ pub fn router(state: Arc<SimState>) -> Router {
             "/{version}/openai/models/{name}",
             get(crate::openai::get_model),
         )
+        .route("/upload/{version}/files", post(crate::files::upload))
+        .route("/{version}/files", get(crate::files::list_files))
+        .route(
+            "/{version}/files/{id}",
+            get(crate::files::get_file).delete(crate::files::delete_file),
+        )
+        .route(
+            "/download/{version}/files/{name}",
+            get(crate::files::download_file),
+        )
+        .route(
+            "/{version}/cachedContents",
+            get(crate::caches::list).post(crate::caches::create),
+        )
+        .route(
+            "/{version}/cachedContents/{id}",
+            get(crate::caches::get)
+                .patch(crate::caches::patch)
+                .delete(crate::caches::delete),
+        )
+        .route("/{version}/batches", get(crate::batches::list))
+        .route(
+            "/{version}/batches/{name}",
+            get(crate::batches::get)
+                .post(crate::batches::cancel)
+                .delete(crate::batches::delete),
+        )
         .route("/admin/stats", get(admin_stats))
         .route("/admin/reset", post(admin_reset))
         .route("/admin/advance", post(admin_advance))
@@ -212,6 +239,21 @@ fn rpc_name(route: Route) -> &'static str {
         Route::BatchEmbedContents => "GenerativeService.BatchEmbedContents",
         Route::GetModel => "ModelService.GetModel",
         Route::ListModels => "ModelService.ListModels",
+        Route::CreateFile => "FileService.CreateFile",
+        Route::GetFile => "FileService.GetFile",
+        Route::ListFiles => "FileService.ListFiles",
+        Route::DeleteFile => "FileService.DeleteFile",
+        Route::CreateCachedContent => "CacheService.CreateCachedContent",
+        Route::GetCachedContent => "CacheService.GetCachedContent",
+        Route::ListCachedContents => "CacheService.ListCachedContents",
+        Route::UpdateCachedContent => "CacheService.UpdateCachedContent",
+        Route::DeleteCachedContent => "CacheService.DeleteCachedContent",
+        Route::BatchGenerateContent => "GenerativeService.BatchGenerateContent",
+        Route::AsyncBatchEmbedContent => "GenerativeService.AsyncBatchEmbedContent",
+        Route::GetBatch => "BatchService.GetGenerateContentBatch",
+        Route::ListBatches => "BatchService.ListGenerateContentBatches",
+        Route::CancelBatch => "BatchService.CancelGenerateContentBatch",
+        Route::DeleteBatch => "BatchService.DeleteGenerateContentBatch",
     }
 }
 
@@ -288,6 +330,38 @@ pub(crate) fn authenticate_on(
     Err(Box::new(error_on(surface, st, Some(&info), &refusal)))
 }
 
+/// Authenticates and gates a request on the native surface: its key, or the response refusing it.
+pub(crate) fn authorize(
+    st: &SimState,
+    headers: &HeaderMap,
+    query_key: Option<&str>,
+    route: Route,
+    model: Option<&str>,
+    ip: Option<std::net::IpAddr>,
+) -> Result<KeyInfo, Box<Response>> {
+    let key = authenticate_on(Surface::Native, st, headers, query_key, route, ip)?;
+    if let Some(e) = gate(st, &key, route, model, ip) {
+        return Err(Box::new(error_on(Surface::Native, st, Some(&key), &e)));
+    }
+    Ok(key)
+}
+
+/// `http://host:port` as the client reached the simulator (its `Host` header, when it is a
+/// plain host and port), for the URLs the simulator hands out: upload URLs and file URIs.
+pub(crate) fn base_of(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .unwrap_or("127.0.0.1");
+    format!("http://{host}")
+}
+
 /// What the key's project and the scripts say before a route does its own work: a script that
 /// matches, else a project state that refuses every route.
 pub(crate) fn gate(
@@ -319,7 +393,9 @@ pub(crate) fn gate(
 }
 
 /// The `fileData.fileUri`s a request names.
-fn file_uris<'a>(contents: impl Iterator<Item = &'a crate::wire::Content>) -> Vec<String> {
+pub(crate) fn file_uris<'a>(
+    contents: impl Iterator<Item = &'a crate::wire::Content>,
+) -> Vec<String> {
     contents
         .flat_map(|c| c.parts.iter())
         .filter_map(|p| p.file_data.as_ref())
@@ -329,29 +405,37 @@ fn file_uris<'a>(contents: impl Iterator<Item = &'a crate::wire::Content>) -> Ve
         .collect()
 }
 
-fn generate_files(r: &GenerateContentRequest) -> Vec<String> {
+pub(crate) fn generate_files(r: &GenerateContentRequest) -> Vec<String> {
     file_uris(r.system_instruction.iter().chain(r.contents.iter()))
 }
 
-/// `real-32`'s bare 403 for the first file the key's project did not create: one another project
-/// created, or one whose URI says `other-project`.
-fn foreign_file(st: &SimState, key: &KeyInfo, uris: &[String]) -> Option<ApiError> {
-    uris.iter().find_map(|uri| {
-        let id = file_id(uri);
-        let foreign = match st.file_owner(id) {
-            Some(owner) => owner != key.project,
-            None => uri.contains("other-project"),
-        };
-        foreign.then(|| {
-            corpus::render(
-                "real-32",
-                &Names {
-                    file: Some(id),
-                    ..Names::default()
-                },
-            )
+/// `real-32`'s bare 403 for the first Files API file the key's project may not use: one another
+/// project created, one whose URI says `other-project`, one expired or never created (Google
+/// answers all of them alike). URIs outside the Files API (`gs://`, YouTube) are not checked.
+/// Each file named is noted with its owner, for the stats.
+pub(crate) fn foreign_file(
+    st: &SimState,
+    key: &KeyInfo,
+    route: Route,
+    uris: &[String],
+) -> Option<ApiError> {
+    uris.iter()
+        .filter(|uri| uri.contains("files/"))
+        .find_map(|uri| {
+            let id = file_id(uri);
+            let owner = st.file_owner(id);
+            st.note_use(
+                route,
+                format!("files/{}", crate::resources::shown(id)),
+                owner.clone(),
+                key,
+            );
+            let foreign = match owner {
+                Some(owner) => owner != key.project,
+                None => true,
+            } || uri.contains("other-project");
+            foreign.then(|| crate::resources::file_denied(id))
         })
-    })
 }
 
 pub(crate) fn model_json(name: &str, m: &ServedModel) -> Value {
@@ -482,6 +566,8 @@ async fn call_model(
         "countTokens" => Route::CountTokens,
         "embedContent" => Route::EmbedContent,
         "batchEmbedContents" => Route::BatchEmbedContents,
+        "batchGenerateContent" => Route::BatchGenerateContent,
+        "asyncBatchEmbedContent" => Route::AsyncBatchEmbedContent,
         _ => return error_response(&st, None, &not_found()),
     };
     let ip = peer_ip(&peer);
@@ -493,8 +579,14 @@ async fn call_model(
         return error_response(&st, Some(&key), &e);
     }
     let served = st.served(model);
-    let embed_action = matches!(route, Route::EmbedContent | Route::BatchEmbedContents);
-    let generate_action = matches!(route, Route::GenerateContent | Route::StreamGenerateContent);
+    let embed_action = matches!(
+        route,
+        Route::EmbedContent | Route::BatchEmbedContents | Route::AsyncBatchEmbedContent
+    );
+    let generate_action = matches!(
+        route,
+        Route::GenerateContent | Route::StreamGenerateContent | Route::BatchGenerateContent
+    );
     let Some(served) =
         served.filter(|m| (m.embedding && !generate_action) || (!m.embedding && !embed_action))
     else {
@@ -511,7 +603,16 @@ async fn call_model(
         Route::CountTokens => parse(&body).map(Call::Count),
         Route::EmbedContent => parse(&body).map(Call::Embed),
         Route::BatchEmbedContents => parse(&body).map(Call::Batch),
-        Route::GetModel | Route::ListModels => return error_response(&st, None, &not_found()),
+        Route::BatchGenerateContent | Route::AsyncBatchEmbedContent => {
+            return match crate::batches::create(&st, &key, route, model, &body) {
+                Ok(op) => {
+                    st.record_status(Some(&key), 200);
+                    json_response(200, &op)
+                }
+                Err(e) => error_response(&st, Some(&key), &e),
+            };
+        }
+        _ => return error_response(&st, None, &not_found()),
     };
     let call = match parsed {
         Ok(c) => c,
@@ -526,7 +627,7 @@ async fn call_model(
                 (Some(cs), None) => file_uris(cs.iter()),
                 (None, None) => Vec::new(),
             };
-            if let Some(e) = foreign_file(&st, &key, &files) {
+            if let Some(e) = foreign_file(&st, &key, route, &files) {
                 return error_response(&st, Some(&key), &e);
             }
             let text = match (&req.contents, &req.generate_content_request) {
@@ -544,10 +645,20 @@ async fn call_model(
         other => other,
     };
 
+    // A cached content joins the request first: its turns count and are answered.
+    let mut cached_tokens = 0;
+    let mut call = call;
+    if let Call::Generate(r, _) = &mut call {
+        match crate::caches::apply(&st, &key, route, model, r) {
+            Ok(n) => cached_tokens = n,
+            Err(e) => return error_response(&st, Some(&key), &e),
+        }
+    }
+
     // Validate before spending quota, as the real service does.
     let (requests, tokens) = match &call {
         Call::Generate(r, _) => {
-            if let Some(e) = foreign_file(&st, &key, &generate_files(r)) {
+            if let Some(e) = foreign_file(&st, &key, route, &generate_files(r)) {
                 return error_response(&st, Some(&key), &e);
             }
             (1, count_tokens(&r.prompt_text()))
@@ -556,7 +667,8 @@ async fn call_model(
             if let Err(e) = check_embed(r, model, false) {
                 return error_response(&st, Some(&key), &e);
             }
-            if let Some(e) = foreign_file(&st, &key, &file_uris(std::iter::once(&r.content))) {
+            if let Some(e) = foreign_file(&st, &key, route, &file_uris(std::iter::once(&r.content)))
+            {
                 return error_response(&st, Some(&key), &e);
             }
             (1, count_tokens(&embed_text(r)))
@@ -580,7 +692,7 @@ async fn call_model(
                 }
             }
             let files = file_uris(b.requests.iter().map(|r| &r.content));
-            if let Some(e) = foreign_file(&st, &key, &files) {
+            if let Some(e) = foreign_file(&st, &key, route, &files) {
                 return error_response(&st, Some(&key), &e);
             }
             let t = b
@@ -611,7 +723,13 @@ async fn call_model(
             let sse = q.alt.as_deref() == Some("sse");
             return stream_response(&req, model, &served, &response_id, sse, st.faults());
         }
-        Call::Generate(req, false) => generate(&req, model, &served, &response_id),
+        Call::Generate(req, false) => {
+            let mut v = generate(&req, model, &served, &response_id);
+            if cached_tokens > 0 {
+                v["usageMetadata"]["cachedContentTokenCount"] = json!(cached_tokens);
+            }
+            v
+        }
         Call::Embed(req) => {
             json!({"embedding": {"values": embedding(&embed_text(&req), req.task_type.as_deref().unwrap_or(""), dims(&req))}})
         }
@@ -694,14 +812,14 @@ pub(crate) async fn spend(
     Ok(fault)
 }
 
-fn embed_text(r: &EmbedContentRequest) -> String {
+pub(crate) fn embed_text(r: &EmbedContentRequest) -> String {
     match &r.title {
         Some(t) => format!("{t} {}", r.content.text()),
         None => r.content.text(),
     }
 }
 
-fn dims(r: &EmbedContentRequest) -> usize {
+pub(crate) fn dims(r: &EmbedContentRequest) -> usize {
     r.output_dimensionality.unwrap_or(DEFAULT_EMBEDDING_DIMS) as usize
 }
 
@@ -804,7 +922,13 @@ fn usage(prompt: u64, candidates: u64, thoughts: u64) -> Value {
     u
 }
 
-fn generate(req: &GenerateContentRequest, model: &str, served: &ServedModel, id: &str) -> Value {
+/// The `generateContent` answer; batches answer each request with it too.
+pub(crate) fn generate(
+    req: &GenerateContentRequest,
+    model: &str,
+    served: &ServedModel,
+    id: &str,
+) -> Value {
     let n = req
         .generation_config
         .as_ref()

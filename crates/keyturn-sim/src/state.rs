@@ -251,6 +251,8 @@ pub struct SimState {
     pub responses: AtomicU64,
     /// Counter for response ids.
     pub response_seq: AtomicU64,
+    /// Files, cached contents and batches, each owned by a project.
+    pub resources: Mutex<crate::resources::Resources>,
 }
 
 /// 8 hex digits of SHA-256: how stats name keys.
@@ -289,7 +291,36 @@ impl SimState {
             faults: RwLock::new(faults),
             responses: AtomicU64::new(0),
             response_seq: AtomicU64::new(0),
+            resources: Mutex::new(crate::resources::Resources::default()),
         }
+    }
+
+    /// Notes that `key` asked for `resource` (owned by `owner`, when known) on `route`.
+    pub fn note_use(&self, route: Route, resource: String, owner: Option<String>, key: &KeyInfo) {
+        let at_ms = self.clock.now_ms();
+        self.resources.lock().note(crate::resources::ResourceUse {
+            route: route.name(),
+            resource,
+            owner,
+            key: key.label.clone(),
+            key_project: key.project.clone(),
+            at_ms,
+        });
+    }
+
+    /// Limits and timings of files, caches and batches.
+    pub fn resource_config(&self) -> crate::config::ResourceConfig {
+        self.inner.lock().config.resources
+    }
+
+    /// A project's billing tier.
+    pub fn tier(&self, project: &str) -> crate::config::Tier {
+        self.inner
+            .lock()
+            .config
+            .projects
+            .get(project)
+            .map_or(crate::config::Tier::Free, |p| p.tier)
     }
 
     /// The key's info, counting the request on its route; in open mode (no keys configured) an
@@ -460,8 +491,17 @@ impl SimState {
             .and_then(|p| p.models_off.get(model).cloned())
     }
 
-    /// The project that created a file, by id.
+    /// The project that created a file, by id: one uploaded and not yet expired, or one the
+    /// configuration names.
     pub fn file_owner(&self, id: &str) -> Option<String> {
+        let now = self.clock.now_ms();
+        {
+            let mut res = self.resources.lock();
+            res.purge(now);
+            if let Some(f) = res.files.get(id) {
+                return Some(f.project.clone());
+            }
+        }
         self.inner.lock().config.file_owner(id).map(str::to_owned)
     }
 
@@ -517,8 +557,9 @@ impl SimState {
         found
     }
 
-    /// Clears counters and stats (keys and limits stay).
+    /// Clears counters and stats (keys, limits, files, caches and batches stay).
     pub fn reset(&self) {
+        self.resources.lock().log.clear();
         let mut inner = self.inner.lock();
         inner.quotas.clear();
         for s in &mut inner.key_stats {
@@ -538,6 +579,12 @@ impl SimState {
     /// Stats as JSON.
     pub fn stats(&self) -> serde_json::Value {
         let now = self.clock.now_ms();
+        // Never held together with `inner`'s lock.
+        let resources = {
+            let mut res = self.resources.lock();
+            res.purge(now);
+            res.stats(now)
+        };
         let mut inner = self.inner.lock();
         let mut keys: Vec<&KeyInfo> = inner.keys.values().collect();
         keys.sort_by_key(|k| k.index);
@@ -611,6 +658,7 @@ impl SimState {
             "projects": projects,
             "script": script,
             "scopes": scopes,
+            "resources": resources,
         })
     }
 }

@@ -1,0 +1,610 @@
+//! Batch Mode, per project: `models/{m}:batchGenerateContent`, `models/{m}:asyncBatchEmbedContent`,
+//! `GET batches/{id}`, `GET batches`, `POST batches/{id}:cancel`, `DELETE batches/{id}`.
+//!
+//! Shapes: ai.google.dev/api/batch-mode and the google-genai SDK 3.6 (`batches.py`): the
+//! request is `{"batch": {"displayName", "inputConfig": {"requests": {"requests": [{"request",
+//! "metadata"}]}} | {"fileName": "files/…"}}}`; the answer is an `Operation` (see
+//! [`crate::resources::Batch::operation`]); a list is `{"operations": [...], "nextPageToken"}`.
+//! A batch moves PENDING → RUNNING → SUCCEEDED (or FAILED when no request of it is valid) on the
+//! simulator's clock (`[resources] batch_pending_secs`, `batch_running_secs`), so
+//! `/admin/advance` moves it; CANCELLED on `:cancel`; EXPIRED when it would run past 48 hours.
+//! Each result is what the interactive route answers for the same request.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::{Route, ServedModel, Tier};
+use crate::content::embedding;
+use crate::corpus::{self, Names};
+use crate::errors::{self, ApiError};
+use crate::files::page;
+use crate::resources::{Batch, BatchItems, StoredFile, new_id, shown};
+use crate::server::{
+    Peer, Surface, authorize, dims, embed_text, error_on, generate, json_response, not_found,
+    peer_ip, version_ok,
+};
+use crate::state::{KeyInfo, SimState};
+use crate::wire::{
+    EmbedContentRequest, GenerateContentRequest, count_tokens, describe_parse_error,
+};
+
+/// Query parameters of the batch routes.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct BatchQuery {
+    key: Option<String>,
+    #[serde(rename = "pageSize")]
+    page_size: Option<String>,
+    #[serde(rename = "pageToken")]
+    page_token: Option<String>,
+}
+
+fn refuse(st: &SimState, key: Option<&KeyInfo>, e: &ApiError) -> Response {
+    error_on(Surface::Native, st, key, e)
+}
+
+/// A field in either spelling.
+fn field<'a>(v: &'a Value, camel: &str, snake: &str) -> Option<&'a Value> {
+    v.get(camel).or_else(|| v.get(snake))
+}
+
+/// The 429 when a project has too many batches in flight, or too many tokens enqueued for a
+/// model. Google documents both limits (ai.google.dev/gemini-api/docs/rate-limits, "Batch
+/// API") but no refusal body was found: this one is reasoned, in the 2026 shape of its other
+/// quota refusals, with a long retry (a batch frees room only when one ends).
+fn batch_quota(quota_id: &str, metric: &str, model: &str, limit: u64) -> ApiError {
+    ApiError {
+        status: 429,
+        body: json!({"error": {
+            "code": 429,
+            "message": format!("You exceeded your current quota, please check your plan and billing details. For more information on this error, head to: https://ai.google.dev/gemini-api/docs/rate-limits.\n* Quota exceeded for metric: {metric}, limit: {limit}, model: {model}"),
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [
+                {
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [{
+                        "quotaMetric": metric,
+                        "quotaId": quota_id,
+                        "quotaDimensions": {"model": model},
+                        "quotaValue": limit.to_string(),
+                    }],
+                },
+                {
+                    "@type": "type.googleapis.com/google.rpc.Help",
+                    "links": [{"description": "Learn more about Gemini API quotas", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}],
+                },
+            ],
+        }}),
+    }
+}
+
+/// `POST models/{m}:batchGenerateContent` or `:asyncBatchEmbedContent`, after the key and the
+/// model were checked.
+pub(crate) fn create(
+    st: &SimState,
+    key: &KeyInfo,
+    route: Route,
+    model: &str,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    // Free-tier projects: Batch Mode needs billing (corpus real-22).
+    if st.tier(&key.project) == Tier::Free {
+        return Err(corpus::render(
+            "real-22",
+            &Names {
+                model: Some(model),
+                project: Some(&key.project),
+                key_label: Some(&key.label),
+                ..Names::default()
+            },
+        ));
+    }
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| errors::invalid_payload(&describe_parse_error(&e)))?;
+    let batch = v
+        .get("batch")
+        .ok_or_else(|| errors::invalid_argument("* Batch: batch is required\n"))?;
+    let input = field(batch, "inputConfig", "input_config").ok_or_else(|| {
+        errors::invalid_argument("* Batch.input_config: input_config is required\n")
+    })?;
+    let embed = route == Route::AsyncBatchEmbedContent;
+    let (items, input_file) = if let Some(name) = field(input, "fileName", "file_name") {
+        let name = name.as_str().unwrap_or("");
+        let id = crate::config::file_id(name).to_owned();
+        let file = owned_file(st, key, route, &id)?;
+        let Some(bytes) = file.content else {
+            return Err(errors::invalid_argument(&format!(
+                "The input file files/{} is too large for this simulator to read back.",
+                shown(&id)
+            )));
+        };
+        (read_jsonl(&bytes, embed), Some(format!("files/{id}")))
+    } else if let Some(reqs) = field(input, "requests", "requests")
+        .and_then(|r| r.get("requests"))
+        .and_then(Value::as_array)
+    {
+        (read_inline(reqs, embed, model)?, None)
+    } else {
+        return Err(errors::invalid_argument(
+            "* Batch.input_config: one of requests or file_name is required\n",
+        ));
+    };
+    if items.is_empty() {
+        return Err(errors::invalid_argument(
+            "* Batch.input_config: the batch has no requests\n",
+        ));
+    }
+    // Files named by the requests must be the project's too.
+    let uris: Vec<String> = match &items {
+        BatchItems::Generate(v) => v
+            .iter()
+            .filter_map(|(r, _)| r.as_ref().ok())
+            .flat_map(crate::server::generate_files)
+            .collect(),
+        BatchItems::Embed(v) => crate::server::file_uris(
+            v.iter()
+                .filter_map(|(r, _)| r.as_ref().ok())
+                .map(|r| &r.content),
+        ),
+    };
+    if let Some(e) = crate::server::foreign_file(st, key, route, &uris) {
+        return Err(e);
+    }
+    let tokens: u64 = match &items {
+        BatchItems::Generate(v) => v
+            .iter()
+            .filter_map(|(r, _)| r.as_ref().ok())
+            .map(|r| count_tokens(&r.prompt_text()))
+            .sum(),
+        BatchItems::Embed(v) => v
+            .iter()
+            .filter_map(|(r, _)| r.as_ref().ok())
+            .map(|r| count_tokens(&embed_text(r)))
+            .sum(),
+    };
+    let cfg = st.resource_config();
+    let now = st.clock.now_ms();
+    let id = new_id();
+    let display_name = field(batch, "displayName", "display_name")
+        .and_then(Value::as_str)
+        .map_or_else(|| format!("batch-{id}"), str::to_owned);
+    let run_ms = now + cfg.batch_pending_secs as i64 * 1000;
+    let job = Batch {
+        id: id.clone(),
+        project: key.project.clone(),
+        model: model.to_owned(),
+        display_name,
+        items,
+        input_file,
+        tokens,
+        create_ms: now,
+        run_ms,
+        finish_ms: run_ms + cfg.batch_running_secs as i64 * 1000,
+        cancelled_ms: None,
+        output: None,
+    };
+    let op = {
+        let mut res = st.resources.lock();
+        let active: Vec<&Batch> = res
+            .batches
+            .values()
+            .filter(|b| b.project == key.project && !b.state(now).done())
+            .collect();
+        if active.len() as u64 >= cfg.batch_concurrent {
+            return Err(batch_quota(
+                "BatchConcurrentRequestsPerProject",
+                "generativelanguage.googleapis.com/batch_concurrent_requests",
+                model,
+                cfg.batch_concurrent,
+            ));
+        }
+        let enqueued: u64 = active
+            .iter()
+            .filter(|b| b.model == model)
+            .map(|b| b.tokens)
+            .sum();
+        if enqueued + tokens > cfg.batch_enqueued_tokens {
+            return Err(batch_quota(
+                "BatchEnqueuedTokensPerProjectPerModel",
+                "generativelanguage.googleapis.com/batch_enqueued_tokens",
+                model,
+                cfg.batch_enqueued_tokens,
+            ));
+        }
+        let op = job.operation(now);
+        res.batches.insert(id.clone(), job);
+        op
+    };
+    st.note_use(
+        route,
+        format!("batches/{id}"),
+        Some(key.project.clone()),
+        key,
+    );
+    Ok(op)
+}
+
+/// The input file of a batch, if the key's project owns it (else `real-32`'s 403).
+fn owned_file(
+    st: &SimState,
+    key: &KeyInfo,
+    route: Route,
+    id: &str,
+) -> Result<StoredFile, ApiError> {
+    let now = st.clock.now_ms();
+    let file = {
+        let mut res = st.resources.lock();
+        res.purge(now);
+        res.files.get(id).cloned()
+    };
+    st.note_use(
+        route,
+        format!("files/{}", shown(id)),
+        file.as_ref().map(|f| f.project.clone()),
+        key,
+    );
+    match file {
+        Some(f) if f.project == key.project => Ok(f),
+        _ => Err(crate::resources::file_denied(id)),
+    }
+}
+
+/// Inline requests: each parsed strictly, like the interactive route (a bad one refuses the
+/// whole batch, as the real service validates inline requests when the batch is created).
+fn read_inline(reqs: &[Value], embed: bool, model: &str) -> Result<BatchItems, ApiError> {
+    let mut gen_items = Vec::new();
+    let mut embed_items = Vec::new();
+    for (i, item) in reqs.iter().enumerate() {
+        let request = item.get("request").cloned().unwrap_or(Value::Null);
+        let metadata = item.get("metadata").cloned().unwrap_or(Value::Null);
+        let bad = |e: serde_json::Error| {
+            errors::invalid_payload(&format!(
+                "requests[{i}].request: {}",
+                describe_parse_error(&e)
+            ))
+        };
+        if embed {
+            let r: EmbedContentRequest = serde_json::from_value(request).map_err(bad)?;
+            embed_items.push((Ok(r), metadata));
+        } else {
+            let r: GenerateContentRequest = serde_json::from_value(request).map_err(bad)?;
+            if let Some(m) = r.model.as_deref()
+                && m.strip_prefix("models/").unwrap_or(m) != model
+            {
+                return Err(errors::invalid_argument(&format!(
+                    "Model {} in requests[{i}] does not match the model models/{model} of the batch.",
+                    shown(m)
+                )));
+            }
+            gen_items.push((Ok(r), metadata));
+        }
+    }
+    Ok(if embed {
+        BatchItems::Embed(embed_items)
+    } else {
+        BatchItems::Generate(gen_items)
+    })
+}
+
+/// A JSONL input file (`{"key": "…", "request": {…}}` per line, the batch-mode guide's format).
+/// A line that does not parse becomes that item's error, as the real service reports per line.
+fn read_jsonl(bytes: &[u8], embed: bool) -> BatchItems {
+    let text = String::from_utf8_lossy(bytes);
+    let lines = text.lines().filter(|l| !l.trim().is_empty());
+    let mut gen_items = Vec::new();
+    let mut embed_items = Vec::new();
+    for line in lines {
+        let v: Result<Value, String> = serde_json::from_str(line).map_err(|e| e.to_string());
+        let key = v
+            .as_ref()
+            .ok()
+            .and_then(|v| v.get("key"))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let request = v.and_then(|v| {
+            v.get("request")
+                .cloned()
+                .ok_or_else(|| "no request".to_owned())
+        });
+        let meta = json!({ "key": key });
+        if embed {
+            let r = request.and_then(|r| {
+                serde_json::from_value::<EmbedContentRequest>(r)
+                    .map_err(|e| describe_parse_error(&e))
+            });
+            embed_items.push((r, meta));
+        } else {
+            let r = request.and_then(|r| {
+                serde_json::from_value::<GenerateContentRequest>(r)
+                    .map_err(|e| describe_parse_error(&e))
+            });
+            gen_items.push((r, meta));
+        }
+    }
+    if embed {
+        BatchItems::Embed(embed_items)
+    } else {
+        BatchItems::Generate(gen_items)
+    }
+}
+
+/// Computes a finished batch's results once: the interactive answer for each request, an error
+/// for each invalid one and for every `batch_item_error_every`-th; a file input gets a results
+/// file (JSONL, `{"key", "response"|"error"}` per line) in the project.
+fn settle(st: &SimState, id: &str) {
+    let now = st.clock.now_ms();
+    let every = st.resource_config().batch_item_error_every;
+    let job = {
+        let res = st.resources.lock();
+        match res.batches.get(id) {
+            Some(b)
+                if b.output.is_none()
+                    && b.state(now) == crate::resources::BatchState::Succeeded =>
+            {
+                b.clone()
+            }
+            _ => return,
+        }
+    };
+    let Some(served) = st.served(&job.model) else {
+        return;
+    };
+    let injected = |i: usize| every > 0 && (i as u64 + 1).is_multiple_of(every);
+    let internal = json!({"code": 13, "message": "Internal error encountered."});
+    let results: Vec<Value> = match &job.items {
+        BatchItems::Generate(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, (r, meta))| {
+                let mut out = match r {
+                    _ if injected(i) => json!({ "error": internal }),
+                    Ok(req) => json!({ "response": generate_one(st, req, &job.model, &served) }),
+                    Err(e) => json!({ "error": {"code": 3, "message": e} }),
+                };
+                if !meta.is_null() {
+                    out["metadata"] = meta.clone();
+                }
+                out
+            })
+            .collect(),
+        BatchItems::Embed(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, (r, meta))| {
+                let mut out = match r {
+                    _ if injected(i) => json!({ "error": internal }),
+                    Ok(req) => json!({ "response": { "embedding": { "values": embedding(
+                        &embed_text(req),
+                        req.task_type.as_deref().unwrap_or(""),
+                        dims(req),
+                    ) } } }),
+                    Err(e) => json!({ "error": {"code": 3, "message": e} }),
+                };
+                if !meta.is_null() {
+                    out["metadata"] = meta.clone();
+                }
+                out
+            })
+            .collect(),
+    };
+    let mut res = st.resources.lock();
+    let file = job.input_file.as_ref().map(|_| {
+        let lines: String = results
+            .iter()
+            .map(|r| {
+                let mut line = json!({ "key": r.get("metadata").and_then(|m| m.get("key")).cloned().unwrap_or(Value::Null) });
+                for k in ["response", "error"] {
+                    if let Some(v) = r.get(k) {
+                        line[k] = v.clone();
+                    }
+                }
+                format!("{line}\n")
+            })
+            .collect();
+        let fid = format!("batch-{}", job.id);
+        let base = res
+            .files
+            .values()
+            .find(|f| Some(format!("files/{}", f.id)) == job.input_file)
+            .map_or_else(|| "http://127.0.0.1".to_owned(), |f| f.base.clone());
+        let bytes = lines.into_bytes();
+        use sha2::Digest;
+        let file = StoredFile {
+            id: fid.clone(),
+            project: job.project.clone(),
+            display_name: Some(format!("{} results", job.display_name)),
+            mime_type: "application/jsonl".into(),
+            size: bytes.len() as u64,
+            sha256_hex: format!("{:x}", sha2::Sha256::digest(&bytes)),
+            create_ms: job.finish_ms,
+            expire_ms: job.finish_ms + 48 * 3_600_000,
+            content: Some(bytes),
+            base,
+            source: "GENERATED",
+        };
+        res.files.insert(fid.clone(), file);
+        format!("files/{fid}")
+    });
+    if let Some(b) = res.batches.get_mut(id) {
+        b.output = Some((results, file));
+    }
+}
+
+/// The interactive answer for one request of a batch.
+fn generate_one(
+    st: &SimState,
+    req: &GenerateContentRequest,
+    model: &str,
+    served: &ServedModel,
+) -> Value {
+    let id = format!(
+        "sim-{:012x}",
+        st.response_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    generate(req, model, served, &id)
+}
+
+/// The batch by id if the key's project owns it (else 404, as for a batch that never was).
+fn owned(st: &SimState, key: &KeyInfo, route: Route, id: &str) -> Result<Value, ApiError> {
+    settle(st, id);
+    let now = st.clock.now_ms();
+    let (owner, op) = {
+        let res = st.resources.lock();
+        match res.batches.get(id) {
+            Some(b) => (
+                Some(b.project.clone()),
+                (b.project == key.project).then(|| b.operation(now)),
+            ),
+            None => (None, None),
+        }
+    };
+    st.note_use(route, format!("batches/{}", shown(id)), owner, key);
+    op.ok_or_else(not_found)
+}
+
+fn auth(
+    st: &SimState,
+    version: &str,
+    q: &BatchQuery,
+    headers: &HeaderMap,
+    peer: &Peer,
+    route: Route,
+) -> Result<KeyInfo, Box<Response>> {
+    if !version_ok(version) {
+        return Err(Box::new(refuse(st, None, &not_found())));
+    }
+    authorize(st, headers, q.key.as_deref(), route, None, peer_ip(peer))
+}
+
+/// `GET batches/{id}`.
+pub(crate) async fn get(
+    State(st): State<Arc<SimState>>,
+    Path((version, name)): Path<(String, String)>,
+    Query(q): Query<BatchQuery>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Response {
+    if name.contains(':') {
+        return refuse(&st, None, &not_found());
+    }
+    let key = match auth(&st, &version, &q, &headers, &peer, Route::GetBatch) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    match owned(&st, &key, Route::GetBatch, &name) {
+        Ok(op) => {
+            st.record_status(Some(&key), 200);
+            json_response(200, &op)
+        }
+        Err(e) => refuse(&st, Some(&key), &e),
+    }
+}
+
+/// `POST batches/{id}:cancel`: a pending or running batch is cancelled; answers `{}`.
+pub(crate) async fn cancel(
+    State(st): State<Arc<SimState>>,
+    Path((version, name)): Path<(String, String)>,
+    Query(q): Query<BatchQuery>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Response {
+    let Some(id) = name.strip_suffix(":cancel") else {
+        return refuse(&st, None, &not_found());
+    };
+    let key = match auth(&st, &version, &q, &headers, &peer, Route::CancelBatch) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    if let Err(e) = owned(&st, &key, Route::CancelBatch, id) {
+        return refuse(&st, Some(&key), &e);
+    }
+    let now = st.clock.now_ms();
+    if let Some(b) = st.resources.lock().batches.get_mut(id)
+        && !b.state(now).done()
+    {
+        b.cancelled_ms = Some(now);
+    }
+    st.record_status(Some(&key), 200);
+    json_response(200, &json!({}))
+}
+
+/// `DELETE batches/{id}`: forgets the batch (Google: the client is no longer interested).
+pub(crate) async fn delete(
+    State(st): State<Arc<SimState>>,
+    Path((version, name)): Path<(String, String)>,
+    Query(q): Query<BatchQuery>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Response {
+    if name.contains(':') {
+        return refuse(&st, None, &not_found());
+    }
+    let key = match auth(&st, &version, &q, &headers, &peer, Route::DeleteBatch) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    if let Err(e) = owned(&st, &key, Route::DeleteBatch, &name) {
+        return refuse(&st, Some(&key), &e);
+    }
+    st.resources.lock().batches.remove(&name);
+    st.record_status(Some(&key), 200);
+    json_response(200, &json!({}))
+}
+
+/// `GET batches`: the key's project's batches, newest first.
+pub(crate) async fn list(
+    State(st): State<Arc<SimState>>,
+    Path(version): Path<String>,
+    Query(q): Query<BatchQuery>,
+    peer: Peer,
+    headers: HeaderMap,
+) -> Response {
+    let key = match auth(&st, &version, &q, &headers, &peer, Route::ListBatches) {
+        Ok(k) => k,
+        Err(r) => return *r,
+    };
+    let mut ids: Vec<(i64, String)> = {
+        let res = st.resources.lock();
+        res.batches
+            .values()
+            .filter(|b| b.project == key.project)
+            .map(|b| (b.create_ms, b.id.clone()))
+            .collect()
+    };
+    ids.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (_, id) in &ids {
+        settle(&st, id);
+    }
+    let now = st.clock.now_ms();
+    let ops: Vec<Value> = {
+        let res = st.resources.lock();
+        ids.iter()
+            .filter_map(|(_, id)| res.batches.get(id).map(|b| b.operation(now)))
+            .collect()
+    };
+    match page(
+        &ops,
+        q.page_size.as_deref(),
+        q.page_token.as_deref(),
+        10,
+        100,
+    ) {
+        Ok((items, next)) => {
+            st.record_status(Some(&key), 200);
+            let mut v = json!({});
+            if !items.is_empty() {
+                v["operations"] = Value::Array(items);
+            }
+            if let Some(t) = next {
+                v["nextPageToken"] = json!(t);
+            }
+            json_response(200, &v)
+        }
+        Err(e) => refuse(&st, Some(&key), &e),
+    }
+}
