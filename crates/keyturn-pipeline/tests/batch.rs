@@ -1,0 +1,318 @@
+//! `keyturn seed --batch`, the real binary against the simulator's Batch Mode over HTTP: three
+//! projects (one free tier, which refuses batches), jobs pinned to their project, the graph equal
+//! to an interactive run's node for node and edge for edge, and crashes — SIGKILL while jobs
+//! run, an abort between Gemini's acceptance and the checkpoint — that resume without sending
+//! any chunk twice while its job lives.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use keyturn_sim::{Limits, ProjectConfig, SimConfig, SimKey, Simulator, Tier};
+use serde_json::Value;
+
+const FLASH: &str = "gemini-2.5-flash";
+const EMBED: &str = "gemini-embedding-001";
+/// Ring order puts the free-tier project first, so the first job meets its refusal.
+const KEYS: &[(&str, &str, &str)] = &[
+    ("AIzaSyTESTbatchFree0000000000000000001", "free-1", "proj-free"),
+    ("AIzaSyTESTbatchA000000000000000000000001", "a-1", "proj-a"),
+    ("AIzaSyTESTbatchA000000000000000000000002", "a-2", "proj-a"),
+    ("AIzaSyTESTbatchB000000000000000000000001", "b-1", "proj-b"),
+];
+
+struct World {
+    sim: Simulator,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    async fn new(running_secs: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        keyturn_pipeline::demo::write_samples(&dir.path().join("transcripts")).unwrap();
+        let lines: String = KEYS
+            .iter()
+            .map(|(k, l, p)| format!("{k} label={l} project={p}\n"))
+            .collect();
+        std::fs::write(dir.path().join("keys.txt"), lines).unwrap();
+        std::fs::write(
+            dir.path().join("keyturn.toml"),
+            format!(
+                "[retry]\nbase_backoff = \"20ms\"\nmax_backoff = \"200ms\"\n\
+                 [models.\"{FLASH}\"]\nrpm = 1000\ntpm = 10000000\nrpd = 100000\n\
+                 [models.\"{EMBED}\"]\nrpm = 1000\ntpm = 10000000\nrpd = 100000\n\
+                 [pipeline]\nbatch_max_requests = 6\nbatch_poll = \"100ms\"\nbatch_max_poll = \"400ms\"\n"
+            ),
+        )
+        .unwrap();
+        let mut models = BTreeMap::new();
+        models.insert(FLASH.to_owned(), Limits::new(1000, 10_000_000, 100_000));
+        models.insert(EMBED.to_owned(), Limits::new(1000, 10_000_000, 100_000));
+        let mut projects = BTreeMap::new();
+        for p in ["proj-a", "proj-b"] {
+            projects.insert(
+                p.to_owned(),
+                ProjectConfig {
+                    tier: Tier::Paid,
+                    ..ProjectConfig::default()
+                },
+            );
+        }
+        let mut cfg = SimConfig {
+            keys: KEYS
+                .iter()
+                .map(|(k, l, p)| SimKey {
+                    key: (*k).into(),
+                    label: Some((*l).into()),
+                    project: Some((*p).into()),
+                    state: keyturn_sim::KeyState::Valid,
+                })
+                .collect(),
+            models,
+            projects,
+            ..SimConfig::default()
+        };
+        cfg.resources.batch_pending_secs = 0;
+        cfg.resources.batch_running_secs = running_secs;
+        let sim = Simulator::start(cfg).await.unwrap();
+        World { sim, dir }
+    }
+
+    fn inputs(&self) -> PathBuf {
+        self.dir.path().join("transcripts")
+    }
+
+    fn command(&self, out: &Path, extra: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_keyturn"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("KEYTURN_KEYS_FILE", self.dir.path().join("keys.txt"))
+            .env("KEYTURN_CONFIG", self.dir.path().join("keyturn.toml"))
+            .env("KEYTURN_STATE_DIR", self.dir.path().join("state"))
+            .env("GEMINI_BASE_URL", self.sim.base_url())
+            .current_dir(self.dir.path())
+            .args([
+                "seed",
+                self.inputs().to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--chunk-tokens",
+                "90",
+                "--dimensions",
+                "16",
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    async fn run(&self, mut c: Command) -> Output {
+        tokio::task::spawn_blocking(move || c.output().unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// Every batch job of a project, as Gemini lists them (the simulator's `GET batches`).
+    async fn jobs(&self, key: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let url = format!(
+                "{}/v1beta/batches?pageSize=100&pageToken={token}",
+                self.sim.base_url()
+            );
+            let v: Value = reqwest::Client::new()
+                .get(url)
+                .header("x-goog-api-key", key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            all.extend(v["operations"].as_array().cloned().unwrap_or_default());
+            match v["nextPageToken"].as_str() {
+                Some(t) if !t.is_empty() => token = t.to_owned(),
+                _ => return all,
+            }
+        }
+    }
+
+    /// Requests in every job of the paid projects.
+    async fn batched_requests(&self) -> u64 {
+        let mut n = 0;
+        for key in [KEYS[1].0, KEYS[3].0] {
+            for j in self.jobs(key).await {
+                n += j["metadata"]["batchStats"]["requestCount"]
+                    .as_str()
+                    .unwrap_or("0")
+                    .parse::<u64>()
+                    .unwrap();
+            }
+        }
+        n
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn report(out: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(out.join("run-report.json")).unwrap()).unwrap()
+}
+
+fn graph(out: &Path) -> (String, String) {
+    (
+        std::fs::read_to_string(out.join("graph/nodes.jsonl")).unwrap(),
+        std::fs::read_to_string(out.join("graph/edges.jsonl")).unwrap(),
+    )
+}
+
+/// Chunks of the whole input set, from an interactive run's report.
+fn chunks_of(r: &Value) -> u64 {
+    r["items"]["chunks"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_graph_is_the_interactive_graph_and_the_free_project_is_passed_over() {
+    let w = World::new(1).await;
+    let inter = w.dir.path().join("out-interactive");
+    let o = w.run(w.command(&inter, &[])).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let batch = w.dir.path().join("out-batch");
+    let o = w.run(w.command(&batch, &["--batch"])).await;
+    assert!(o.status.success(), "{}", text(&o));
+
+    let (n_i, e_i) = graph(&inter);
+    let (n_b, e_b) = graph(&batch);
+    assert!(n_i.lines().count() > 10 && e_i.lines().count() > 10);
+    assert_eq!(n_b, n_i, "nodes differ");
+    assert_eq!(e_b, e_i, "edges differ");
+
+    let ri = report(&inter);
+    let rb = report(&batch);
+    assert_eq!(rb["result"]["stop"], "done", "{rb}");
+    assert_eq!(rb["items"]["processed"], ri["items"]["processed"]);
+    let b = &rb["batch"];
+    assert!(
+        b["projects_off"]["proj-free"]
+            .as_str()
+            .unwrap()
+            .contains("FAILED_PRECONDITION"),
+        "{b}"
+    );
+    assert!(text(&o).contains("batch mode switched off for project proj-free"));
+    assert!(b["submitted"].as_u64().unwrap() >= 2, "{b}");
+    assert_eq!(b["items_ok"].as_u64().unwrap(), chunks_of(&ri));
+    assert_eq!(b["items_failed"], 0);
+    assert!(b["jobs"]["proj-free"].is_null());
+    assert!(b["jobs"]["proj-a"]["succeeded"].as_u64().unwrap() >= 1);
+    assert!(b["jobs"]["proj-b"]["succeeded"].as_u64().unwrap() >= 1);
+    let (batch_usd, inter_usd) = (
+        b["estimated_cost_usd"].as_f64().unwrap(),
+        b["interactive_cost_usd"].as_f64().unwrap(),
+    );
+    assert!(batch_usd > 0.0 && (batch_usd * 2.0 - inter_usd).abs() < 1e-12);
+    // Every chunk went in exactly one job, and no interactive extraction was made.
+    assert_eq!(w.batched_requests().await, chunks_of(&ri));
+    // Each job was created, polled and read only with keys of its own project.
+    let stats = w.sim.state().stats();
+    assert_eq!(stats["resources"]["cross_project_uses"], 0, "{stats}");
+    assert!(
+        stats["resources"]["uses"].as_array().unwrap().len() >= 4,
+        "{stats}"
+    );
+    let all = format!("{}{}{}", text(&o), rb, std::fs::read_to_string(batch.join(".keyturn-checkpoint/checkpoint.json")).unwrap());
+    for (k, _, _) in KEYS {
+        assert!(!all.contains(k), "a key leaked");
+    }
+    // Finished jobs leave the checkpoint.
+    let cp: Value = serde_json::from_slice(
+        &std::fs::read(batch.join(".keyturn-checkpoint/checkpoint.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(cp["batches"].is_null(), "{cp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_between_submit_and_checkpoint_adopts_the_job_instead_of_sending_it_again() {
+    let w = World::new(1).await;
+    let out = w.dir.path().join("out");
+    let mut c = w.command(&out, &["--batch"]);
+    c.env("KEYTURN_TEST_ABORT_AFTER_SUBMIT", "1");
+    let o = w.run(c).await;
+    assert!(!o.status.success(), "the hook aborts: {}", text(&o));
+    let cp: Value = serde_json::from_slice(
+        &std::fs::read(out.join(".keyturn-checkpoint/checkpoint.json")).unwrap(),
+    )
+    .unwrap();
+    let recorded = cp["batches"].as_object().unwrap();
+    assert_eq!(recorded.len(), 1);
+    assert!(
+        recorded.values().all(|r| r["name"].is_null()),
+        "killed before the name was recorded: {cp}"
+    );
+    let accepted = w.batched_requests().await;
+    assert!(accepted > 0, "Gemini had accepted the job");
+
+    let o = w.run(w.command(&out, &["--batch"])).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let r = report(&out);
+    assert_eq!(r["batch"]["adopted"], 1, "{r}");
+    assert_eq!(r["items"]["processed"], 5);
+    // Every chunk in exactly one job: the adopted one was not sent again.
+    assert_eq!(w.batched_requests().await, chunks_of(&r));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_while_jobs_run_resumes_by_polling_the_same_jobs() {
+    // Jobs run for 30 simulated seconds: the kill lands while they run.
+    let w = World::new(30).await;
+    let out = w.dir.path().join("out");
+    let mut child = w.command(&out, &["--batch"]).spawn().unwrap();
+    let cp_path = out.join(".keyturn-checkpoint/checkpoint.json");
+    // Wait (on the filesystem, not the clock) until every job is accepted and recorded.
+    let named = |v: &Value| {
+        v["batches"].as_object().is_some_and(|b| {
+            !b.is_empty() && b.values().all(|r| r["name"].is_string())
+        })
+    };
+    let mut seen = Value::Null;
+    for _ in 0..600 {
+        if let Ok(bytes) = std::fs::read(&cp_path)
+            && let Ok(v) = serde_json::from_slice::<Value>(&bytes)
+            && named(&v)
+            && v["batches"].as_object().unwrap().values().map(|r| r["episodes"].as_array().unwrap().len()).sum::<usize>() == 5
+        {
+            seen = v;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(named(&seen), "the jobs were never recorded");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = w.batched_requests().await;
+
+    // The jobs finish on the simulator's clock while nobody polls.
+    w.sim.state().clock.advance(60_000);
+    let o = w.run(w.command(&out, &["--batch"])).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let r = report(&out);
+    assert_eq!(r["items"]["processed"], 5);
+    assert_eq!(
+        r["batch"]["resumed"].as_u64().unwrap(),
+        seen["batches"].as_object().unwrap().len() as u64
+    );
+    assert_eq!(r["batch"]["submitted"], 0, "{r}");
+    assert_eq!(w.batched_requests().await, before, "nothing was sent again");
+    assert_eq!(before, chunks_of(&r));
+}
