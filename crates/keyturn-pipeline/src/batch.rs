@@ -241,10 +241,7 @@ pub(crate) async fn run_batches(
     }
     d.report.jobs = jobs;
     if let Some(p) = prices::price_of(&ctx.opts.model) {
-        let cost = p.cost(
-            d.report.input_tokens as f64,
-            d.report.output_tokens as f64,
-        );
+        let cost = p.cost(d.report.input_tokens as f64, d.report.output_tokens as f64);
         d.report.interactive_cost_usd = Some(cost);
         d.report.estimated_cost_usd = Some(cost * prices::BATCH_DISCOUNT);
     }
@@ -383,7 +380,10 @@ impl Driver<'_, '_> {
             let Some(slot) = self.pick_slot() else {
                 return self.no_project_left(tally).await;
             };
-            let (key, project) = (self.slots[slot].key.clone(), self.slots[slot].project.clone());
+            let (key, project) = (
+                self.slots[slot].key.clone(),
+                self.slots[slot].project.clone(),
+            );
             let mut episodes = Vec::new();
             let mut requests = Vec::new();
             let schema = extraction_schema();
@@ -721,7 +721,9 @@ impl Driver<'_, '_> {
                     None => finish_episode(ctx, &item, w.prepared, extractions).await,
                 }
             };
-            tally.settle(self.sink, &item, result, self.now() - t0).await?;
+            tally
+                .settle(self.sink, &item, result, self.now() - t0)
+                .await?;
         }
         self.sink.checkpoints.forget_batch(&l.display, self.now())?;
         Ok(())

@@ -17,7 +17,11 @@ const FLASH: &str = "gemini-2.5-flash";
 const EMBED: &str = "gemini-embedding-001";
 /// Ring order puts the free-tier project first, so the first job meets its refusal.
 const KEYS: &[(&str, &str, &str)] = &[
-    ("AIzaSyTESTbatchFree0000000000000000001", "free-1", "proj-free"),
+    (
+        "AIzaSyTESTbatchFree0000000000000000001",
+        "free-1",
+        "proj-free",
+    ),
     ("AIzaSyTESTbatchA000000000000000000000001", "a-1", "proj-a"),
     ("AIzaSyTESTbatchA000000000000000000000002", "a-2", "proj-a"),
     ("AIzaSyTESTbatchB000000000000000000000001", "b-1", "proj-b"),
@@ -230,7 +234,12 @@ async fn the_batch_graph_is_the_interactive_graph_and_the_free_project_is_passed
         stats["resources"]["uses"].as_array().unwrap().len() >= 4,
         "{stats}"
     );
-    let all = format!("{}{}{}", text(&o), rb, std::fs::read_to_string(batch.join(".keyturn-checkpoint/checkpoint.json")).unwrap());
+    let all = format!(
+        "{}{}{}",
+        text(&o),
+        rb,
+        std::fs::read_to_string(batch.join(".keyturn-checkpoint/checkpoint.json")).unwrap()
+    );
     for (k, _, _) in KEYS {
         assert!(!all.contains(k), "a key leaked");
     }
@@ -281,16 +290,22 @@ async fn a_kill_while_jobs_run_resumes_by_polling_the_same_jobs() {
     let cp_path = out.join(".keyturn-checkpoint/checkpoint.json");
     // Wait (on the filesystem, not the clock) until every job is accepted and recorded.
     let named = |v: &Value| {
-        v["batches"].as_object().is_some_and(|b| {
-            !b.is_empty() && b.values().all(|r| r["name"].is_string())
-        })
+        v["batches"]
+            .as_object()
+            .is_some_and(|b| !b.is_empty() && b.values().all(|r| r["name"].is_string()))
     };
     let mut seen = Value::Null;
     for _ in 0..600 {
         if let Ok(bytes) = std::fs::read(&cp_path)
             && let Ok(v) = serde_json::from_slice::<Value>(&bytes)
             && named(&v)
-            && v["batches"].as_object().unwrap().values().map(|r| r["episodes"].as_array().unwrap().len()).sum::<usize>() == 5
+            && v["batches"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|r| r["episodes"].as_array().unwrap().len())
+                .sum::<usize>()
+                == 5
         {
             seen = v;
             break;

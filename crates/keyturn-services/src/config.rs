@@ -1061,7 +1061,10 @@ mod pipeline_tests {
             ("mode = \"later\"", "mode"),
             ("batch_max_requests = 0", "batch_max_requests"),
             ("batch_poll = \"0s\"", "batch_poll"),
-            ("batch_poll = \"10m\"\nbatch_max_poll = \"1m\"", "batch_poll"),
+            (
+                "batch_poll = \"10m\"\nbatch_max_poll = \"1m\"",
+                "batch_poll",
+            ),
         ] {
             let e = load(&format!("[pipeline]\n{bad}")).unwrap_err().to_string();
             assert!(e.contains(field), "{bad}: {e}");

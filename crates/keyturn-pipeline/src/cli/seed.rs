@@ -8,14 +8,14 @@ use std::time::Duration;
 use keyturn_services::{Env, create_gemini_services};
 
 use super::args::{BatchFallbackArg, SeedArgs};
-use crate::batch::{BatchFallback, BatchOptions};
-use keyturn_services::{BatchFallbackSetting, PipelineMode};
 use super::{Global, fail, interrupts, load, start_metrics};
+use crate::batch::{BatchFallback, BatchOptions};
 use crate::progress::Progress;
 use crate::report::Outcome;
 use crate::report::report_and_exit;
 use crate::run::{SeedOptions, SeedServices, run_seed};
 use crate::term::safe;
+use keyturn_services::{BatchFallbackSetting, PipelineMode};
 
 /// A path as one POSIX shell word, for a command line the user can paste back.
 fn shell_quote(p: &Path) -> String {
