@@ -34,6 +34,11 @@ struct World {
 
 impl World {
     async fn new(running_secs: u64) -> Self {
+        Self::with_item_errors(running_secs, 0).await
+    }
+
+    /// Every `every`-th request of a job is answered with an item error (0: none).
+    async fn with_item_errors(running_secs: u64, every: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         keyturn_pipeline::demo::write_samples(&dir.path().join("transcripts")).unwrap();
         let lines: String = KEYS
@@ -80,6 +85,7 @@ impl World {
         };
         cfg.resources.batch_pending_secs = 0;
         cfg.resources.batch_running_secs = running_secs;
+        cfg.resources.batch_item_error_every = every;
         let sim = Simulator::start(cfg).await.unwrap();
         World { sim, dir }
     }
@@ -330,4 +336,46 @@ async fn a_kill_while_jobs_run_resumes_by_polling_the_same_jobs() {
     assert_eq!(r["batch"]["submitted"], 0, "{r}");
     assert_eq!(w.batched_requests().await, before, "nothing was sent again");
     assert_eq!(before, chunks_of(&r));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_items_fall_back_to_interactive_calls_and_the_graph_is_still_the_same() {
+    let w = World::with_item_errors(1, 4).await;
+    let inter = w.dir.path().join("out-interactive");
+    let o = w.run(w.command(&inter, &[])).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let batch = w.dir.path().join("out-batch");
+    let o = w
+        .run(w.command(&batch, &["--batch", "--batch-fallback", "interactive"]))
+        .await;
+    assert!(o.status.success(), "{}", text(&o));
+    let r = report(&batch);
+    assert_eq!(r["result"]["stop"], "done", "{r}");
+    assert!(r["batch"]["items_failed"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["batch"]["interactive_episodes"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["items"]["processed"], 5);
+    assert_eq!(graph(&batch), graph(&inter));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_fallback_episodes_with_failed_items_go_to_later_jobs_or_fail_named() {
+    // Every request fails: the episodes go to later jobs twice, then fail with the item error.
+    let w = World::with_item_errors(1, 1).await;
+    let out = w.dir.path().join("out");
+    let o = w.run(w.command(&out, &["--batch"])).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let r = report(&out);
+    assert_eq!(r["items"]["failed"], 5, "{r}");
+    assert!(
+        r["failed"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("batch items failed 3 times"),
+        "{r}"
+    );
+    // Three rounds of jobs, each carrying every chunk once.
+    let chunks = r["batch"]["items_failed"].as_u64().unwrap();
+    assert_eq!(w.batched_requests().await, chunks);
+    assert_eq!(chunks % 3, 0);
+    assert!(r["batch"]["submitted"].as_u64().unwrap() >= 6, "{r}");
 }
