@@ -187,10 +187,15 @@ pub(crate) async fn run_batches(
         }
     }
     d.resume().await?;
+    // An episode waits for a live job only if the job carries its present content: one changed
+    // since it was submitted is submitted again (the job's answer for the old content is passed
+    // over).
     let in_jobs: std::collections::HashSet<&str> = d
         .live
         .iter()
-        .flat_map(|l| l.record.episodes.iter().map(|e| e.id.as_str()))
+        .flat_map(|l| l.record.episodes.iter())
+        .filter(|e| d.work.get(&e.id).is_some_and(|w| w.item.hash == e.hash))
+        .map(|e| e.id.as_str())
         .collect();
     let queue: VecDeque<String> = d
         .work

@@ -167,6 +167,41 @@ impl World {
     }
 }
 
+/// Starts `seed --batch` and SIGKILLs it once every episode is in a job recorded with its name
+/// (watched on the filesystem, not the clock); returns the checkpoint it left.
+async fn run_until_recorded_then_kill(w: &World, out: &Path) -> Value {
+    let mut child = w.command(out, &["--batch"]).spawn().unwrap();
+    let cp_path = out.join(".keyturn-checkpoint/checkpoint.json");
+    // Wait (on the filesystem, not the clock) until every job is accepted and recorded.
+    let named = |v: &Value| {
+        v["batches"]
+            .as_object()
+            .is_some_and(|b| !b.is_empty() && b.values().all(|r| r["name"].is_string()))
+    };
+    let mut seen = Value::Null;
+    for _ in 0..600 {
+        if let Ok(bytes) = std::fs::read(&cp_path)
+            && let Ok(v) = serde_json::from_slice::<Value>(&bytes)
+            && named(&v)
+            && v["batches"]
+                .as_object()
+                .unwrap()
+                .values()
+                .map(|r| r["episodes"].as_array().unwrap().len())
+                .sum::<usize>()
+                == 5
+        {
+            seen = v;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(named(&seen), "the jobs were never recorded");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    seen
+}
+
 fn text(o: &Output) -> String {
     format!(
         "{}{}",
@@ -292,35 +327,7 @@ async fn a_kill_while_jobs_run_resumes_by_polling_the_same_jobs() {
     // Jobs run for 30 simulated seconds: the kill lands while they run.
     let w = World::new(30).await;
     let out = w.dir.path().join("out");
-    let mut child = w.command(&out, &["--batch"]).spawn().unwrap();
-    let cp_path = out.join(".keyturn-checkpoint/checkpoint.json");
-    // Wait (on the filesystem, not the clock) until every job is accepted and recorded.
-    let named = |v: &Value| {
-        v["batches"]
-            .as_object()
-            .is_some_and(|b| !b.is_empty() && b.values().all(|r| r["name"].is_string()))
-    };
-    let mut seen = Value::Null;
-    for _ in 0..600 {
-        if let Ok(bytes) = std::fs::read(&cp_path)
-            && let Ok(v) = serde_json::from_slice::<Value>(&bytes)
-            && named(&v)
-            && v["batches"]
-                .as_object()
-                .unwrap()
-                .values()
-                .map(|r| r["episodes"].as_array().unwrap().len())
-                .sum::<usize>()
-                == 5
-        {
-            seen = v;
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(named(&seen), "the jobs were never recorded");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let seen = run_until_recorded_then_kill(&w, &out).await;
     let before = w.batched_requests().await;
 
     // The jobs finish on the simulator's clock while nobody polls.
@@ -352,7 +359,10 @@ async fn failed_items_fall_back_to_interactive_calls_and_the_graph_is_still_the_
     let r = report(&batch);
     assert_eq!(r["result"]["stop"], "done", "{r}");
     assert!(r["batch"]["items_failed"].as_u64().unwrap() > 0, "{r}");
-    assert!(r["batch"]["interactive_episodes"].as_u64().unwrap() > 0, "{r}");
+    assert!(
+        r["batch"]["interactive_episodes"].as_u64().unwrap() > 0,
+        "{r}"
+    );
     assert_eq!(r["items"]["processed"], 5);
     assert_eq!(graph(&batch), graph(&inter));
 }
@@ -378,4 +388,59 @@ async fn without_a_fallback_episodes_with_failed_items_go_to_later_jobs_or_fail_
     assert_eq!(w.batched_requests().await, chunks);
     assert_eq!(chunks % 3, 0);
     assert!(r["batch"]["submitted"].as_u64().unwrap() >= 6, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_episode_changed_while_its_job_runs_is_submitted_again_with_its_new_content() {
+    let w = World::new(30).await;
+    let out = w.dir.path().join("out");
+    run_until_recorded_then_kill(&w, &out).await;
+    let before = w.batched_requests().await;
+    // One transcript changes while the jobs run.
+    let file = std::fs::read_dir(w.inputs())
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_file())
+        .unwrap();
+    let mut text_now = std::fs::read_to_string(&file).unwrap();
+    text_now.push_str(
+        "\n\n00:59:00.000 --> 00:59:05.000\nA closing remark about Lisbon and the Tagus river.\n",
+    );
+    std::fs::write(&file, text_now).unwrap();
+    w.sim.state().clock.advance(60_000);
+    // The new job runs 30 simulated seconds too: the simulator's clock moves on meanwhile.
+    let state = w.sim.state().clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            state.clock.advance(10_000);
+        }
+    });
+    let o = w.run(w.command(&out, &["--batch"])).await;
+    ticker.abort();
+    assert!(o.status.success(), "{}", text(&o));
+    let r = report(&out);
+    assert_eq!(r["items"]["processed"], 5, "{r}");
+    assert_eq!(
+        r["batch"]["submitted"], 1,
+        "only the changed episode goes again: {r}"
+    );
+    assert!(w.batched_requests().await > before);
+    // Its episode file holds the new content's hash.
+    let hashes: Vec<String> = std::fs::read_dir(out.join("episodes"))
+        .unwrap()
+        .map(|e| {
+            let v: Value =
+                serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+            v["source"]["content_hash"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    let new_hash = keyturn_pipeline::run::discover(&[w.inputs()], false)
+        .items
+        .into_iter()
+        .find(|i| i.source == file || i.path == file)
+        .map(|i| i.hash)
+        .unwrap();
+    assert!(hashes.contains(&new_hash), "{hashes:?} {new_hash}");
 }
