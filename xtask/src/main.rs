@@ -5,9 +5,11 @@
 //!   with cargo-fuzz on the nightly toolchain; installs cargo-fuzz if it is missing.
 //! - `examples`: every crate example (`crates/*/examples/`) against `keyturn sim`, checked by
 //!   its exit status and output.
-//! - `sdk`: the official google-genai and openai Python SDKs (installed from PyPI into
-//!   `target/sdk-venv`) and curl, unmodified, against `keyturn serve` in front of `keyturn sim`
-//!   (the openai SDK and curl also on the OpenAI-compatible routes, `/v1beta/openai/`).
+//! - `sdk`: the official google-genai and openai Python SDKs and LiteLLM (installed from PyPI
+//!   into `target/sdk-venv`) and curl, unmodified, against `keyturn serve` in front of `keyturn
+//!   sim` with keys of three projects (the openai SDK, LiteLLM and curl also on the
+//!   OpenAI-compatible routes, `/v1beta/openai/`); google-genai's files, caches and batches
+//!   first straight against the simulator, then through the proxy when it serves them.
 //! - `browser`: the web console in Debian's chromium (`/usr/bin/chromium`, or `$CHROMIUM`), driven
 //!   by playwright-core from `tests/browser/` (installed with `npm ci`), against `keyturn serve`
 //!   in front of `keyturn sim`; screenshots in `target/browser/`.
@@ -23,6 +25,7 @@ mod bench;
 mod docs;
 mod examples;
 mod scenario;
+mod sdk;
 mod world;
 
 use std::path::PathBuf;
@@ -67,113 +70,6 @@ fn fuzz(seconds: u64) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
-}
-
-fn sdk() -> Result<(), String> {
-    let root = root();
-    if !run(Command::new("cargo")
-        .current_dir(&root)
-        .args(["build", "--bin", "keyturn"]))
-    {
-        return Err("cannot build keyturn".into());
-    }
-    let keyturn = root.join("target/debug/keyturn");
-    let venv = root.join("target/sdk-venv");
-    let python = venv.join("bin/python");
-    if !python.exists() && !run(Command::new("python3").args(["-m", "venv"]).arg(&venv)) {
-        return Err("python3 -m venv failed".into());
-    }
-    if !run(Command::new(&python).args(["-m", "pip", "install", "-q", "google-genai", "openai"])) {
-        return Err("pip install google-genai openai failed".into());
-    }
-    let work = std::env::temp_dir().join(format!("keyturn-sdk-{}", std::process::id()));
-    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    // Each server binds port 0 itself and prints its address: no port probed, dropped and
-    // raced for.
-    let (_sim, sim_url) = examples::start_sim(&keyturn)?;
-    let out = Command::new(&keyturn)
-        .args(["serve", "token", "new", "--label", "sdk"])
-        .output()
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let token = text
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("kt_"))
-        .ok_or("no token printed")?
-        .to_owned();
-    let toml: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("[[serve.tokens]]"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(work.join("keyturn.toml"), toml).map_err(|e| e.to_string())?;
-    let mut serve = Command::new(&keyturn);
-    serve
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("KEYTURN_CONFIG", work.join("keyturn.toml"))
-        .env("KEYTURN_STATE_DIR", work.join("state"))
-        .env("GEMINI_BASE_URL", &sim_url)
-        .env("GEMINI_API_KEY_1", "made-up-sdk-key-1")
-        .env("GEMINI_API_KEY_2", "made-up-sdk-key-2");
-    let (_proxy, listening) = examples::spawn_announcing(serve, "keyturn serve listening on ")?;
-    let base = listening
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    if !run(Command::new(&python)
-        .arg(root.join("tests/python/sdk_check.py"))
-        .arg(&base)
-        .arg(&token))
-    {
-        return Err("the google-genai checks failed".into());
-    }
-    if !run(Command::new(&python)
-        .arg(root.join("tests/python/openai_check.py"))
-        .arg(&base)
-        .arg(&token))
-    {
-        return Err("the openai SDK checks failed".into());
-    }
-    let curl = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
-        .arg(format!("x-goog-api-key: {token}"))
-        .args([
-            "-H",
-            "content-type: application/json",
-            "-d",
-            r#"{"contents":[{"parts":[{"text":"hello"}]}]}"#,
-        ])
-        .arg(format!(
-            "{base}/v1beta/models/gemini-2.5-flash:generateContent"
-        ))
-        .output()
-        .map_err(|e| e.to_string())?;
-    let code = String::from_utf8_lossy(&curl.stdout).to_string();
-    if code != "200" {
-        return Err(format!("curl got {code}"));
-    }
-    println!("curl generateContent through the proxy: 200");
-    let curl = Command::new("curl")
-        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
-        .arg(format!("authorization: Bearer {token}"))
-        .args([
-            "-H",
-            "content-type: application/json",
-            "-d",
-            r#"{"model":"gemini-2.5-flash","messages":[{"role":"user","content":"hello"}]}"#,
-        ])
-        .arg(format!("{base}/v1beta/openai/chat/completions"))
-        .output()
-        .map_err(|e| e.to_string())?;
-    let code = String::from_utf8_lossy(&curl.stdout).to_string();
-    if code != "200" {
-        return Err(format!("curl chat/completions got {code}"));
-    }
-    println!("curl chat/completions through the proxy: 200");
-    std::fs::remove_dir_all(&work).ok();
-    Ok(())
 }
 
 fn browser() -> Result<(), String> {
@@ -294,7 +190,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Some("sdk") => match sdk() {
+        Some("sdk") => match sdk::main() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("xtask sdk: {e}");

@@ -3,13 +3,16 @@
 use crate::key::KeyId;
 
 /// What a request will spend: how many requests it counts as (an embedding batch of n counts as
-/// n) and an estimate of its input tokens.
+/// n) and an estimate of its input tokens; and, for a request that names a resource one project
+/// owns (a file, a cached content, a batch), the project it must be sent with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Demand {
     /// Requests (≥ 1).
     pub requests: u32,
     /// Estimated input tokens.
     pub tokens: u64,
+    /// Only keys of the same project as this key may take it (`None`: any key).
+    pub project_of: Option<KeyId>,
 }
 
 impl Demand {
@@ -18,12 +21,26 @@ impl Demand {
         Self {
             requests: 1,
             tokens,
+            project_of: None,
         }
     }
 
     /// A batch of `requests` requests with `tokens` estimated input tokens in all.
     pub fn batch(requests: u32, tokens: u64) -> Self {
-        Self { requests, tokens }
+        Self {
+            requests,
+            tokens,
+            project_of: None,
+        }
+    }
+
+    /// The same demand, admitted only on keys of `key`'s project: a request that refers to a
+    /// resource that project owns fails with a bare 403 on any other project's key.
+    pub fn within_project_of(self, key: KeyId) -> Self {
+        Self {
+            project_of: Some(key),
+            ..self
+        }
     }
 }
 

@@ -50,6 +50,7 @@ pub mod plan;
 pub mod policy;
 pub mod prices;
 pub mod redact;
+pub mod resources;
 pub mod serde_duration;
 pub mod snapshot;
 #[cfg(feature = "testkit")]
@@ -80,6 +81,11 @@ pub use outcome::{Answered, DeadReason, Outcome, ThrottleKind};
 pub use pacific::{QuotaDay, next_pacific_midnight};
 pub use policy::Policy;
 pub use redact::{Scrubber, redact};
+#[cfg(any(test, feature = "mock"))]
+pub use resources::MockResourceMap;
+pub use resources::{
+    InvalidResource, MemoryResources, Owner, ResourceKind, ResourceMap, ResourceName, ResourceTable,
+};
 pub use snapshot::{
     HISTORY_DAYS, NoticeMark, PoolStatus, SCHEMA_VERSION, ScopeState, Snapshot, UsageDay,
 };

@@ -20,7 +20,8 @@
 //! project cannot run batch jobs) comes back as [`ErrorKind::ModelUnavailable`], which a caller
 //! reads as "no batches on this project". Names Gemini answers with are validated before they
 //! become part of a URL ([`Transport::resource_url`]), and an upload URL is followed only to the
-//! configured server ([`Transport::same_origin`]): no answer can send the key elsewhere.
+//! configured server's upload path ([`Transport::checked_upload_session`]): no answer can send
+//! the key elsewhere.
 
 use bytes::Bytes;
 use keyturn_core::KeyEntry;
@@ -28,7 +29,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
 use crate::error::{ApiFailure, ErrorKind, GeminiError, classify, redact};
-use crate::transport::{SendError, Transport, describe};
+use crate::transport::{InvalidName, KeyHeader, SendError, Transport, describe};
 
 /// Largest inline `batchGenerateContent` body Google accepts is 20 MB; above this a JSONL file
 /// is uploaded instead. Kept below the limit for the JSON envelope's sake.
@@ -251,7 +252,8 @@ impl BatchClient {
             .get("x-goog-upload-url")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let Some(upload) = upload.filter(|u| self.transport.same_origin(u)) else {
+        let Some(upload) = upload.and_then(|u| self.transport.checked_upload_session(&u).ok())
+        else {
             return Err(self.protocol(
                 model,
                 key,
@@ -275,14 +277,17 @@ impl BatchClient {
         v.pointer("/file/name")
             .or_else(|| v.get("name"))
             .and_then(Value::as_str)
-            .filter(|n| crate::transport::resource_id("files", n).is_ok())
+            .filter(|n| {
+                n.strip_prefix("files/")
+                    .is_some_and(keyturn_core::resources::valid_id)
+            })
             .map(str::to_owned)
             .ok_or_else(|| self.protocol(model, key, "the upload's answer named no file"))
     }
 
     /// The job now (`GET batches/{id}`).
     pub async fn get(&self, key: &KeyEntry, name: &str) -> Result<BatchJob, GeminiError> {
-        let url = self.transport.resource_url("batches", name, None)?;
+        let url = self.transport.resource_url(batch_name(name)?)?;
         let answer = self
             .send(
                 key,
@@ -303,18 +308,15 @@ impl BatchClient {
         // A server that never stops paging is cut off: 1,000 pages of jobs is far past any real
         // project's.
         for _ in 0..1_000 {
-            let mut url = reqwest::Url::parse(&self.transport.collection_url("batches"))
-                .map_err(|e| self.protocol("batches", key, &e.to_string()))?;
-            url.query_pairs_mut().append_pair("pageSize", "100");
-            if let Some(t) = &token {
-                url.query_pairs_mut().append_pair("pageToken", t);
-            }
+            let url = self
+                .transport
+                .list_url("batches", Some(100), token.as_deref())?;
             let answer = self
                 .send(
                     key,
                     "batches",
                     reqwest::Method::GET,
-                    url.as_str(),
+                    &url,
                     HeaderMap::new(),
                     None,
                 )
@@ -345,7 +347,7 @@ impl BatchClient {
     pub async fn cancel(&self, key: &KeyEntry, name: &str) -> Result<(), GeminiError> {
         let url = self
             .transport
-            .resource_url("batches", name, Some("cancel"))?;
+            .resource_url(&format!("{}:cancel", batch_name(name)?))?;
         self.send(
             key,
             name,
@@ -428,7 +430,14 @@ impl BatchClient {
     ) -> Result<reqwest::Response, GeminiError> {
         let resp = match self
             .transport
-            .send(method, &key.key, url, headers, body)
+            .send_as(
+                method,
+                KeyHeader::GoogApiKey,
+                &key.key,
+                url,
+                headers,
+                body.map(reqwest::Body::from),
+            )
             .await
         {
             Ok(r) => r,
@@ -474,6 +483,21 @@ pub fn batch_refused(e: &GeminiError) -> bool {
         e.kind(),
         ErrorKind::ModelUnavailable | ErrorKind::ProjectOff | ErrorKind::ProjectDead(_)
     )
+}
+
+/// A job name as Gemini gives it, `batches/{id}`, the id valid; anything else is refused before
+/// it can become part of a URL.
+fn batch_name(name: &str) -> Result<&str, InvalidName> {
+    match name.strip_prefix("batches/") {
+        Some(id) if keyturn_core::resources::valid_id(id) => Ok(name),
+        _ => Err(InvalidName {
+            what: format!(
+                "batch name '{}'",
+                name.chars().take(200).collect::<String>().escape_debug()
+            ),
+            reason: "a batch name is batches/ID (1 to 128 letters, digits, '-' or '_')",
+        }),
+    }
 }
 
 fn json_headers() -> HeaderMap {

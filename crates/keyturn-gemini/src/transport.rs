@@ -117,27 +117,6 @@ fn method_name(method: &str) -> Result<&str, InvalidName> {
     }
 }
 
-/// The id of a resource name `{collection}/{id}` (the prefix may be left out), if valid.
-pub fn resource_id<'a>(collection: &str, name: &'a str) -> Result<&'a str, InvalidName> {
-    let id = name
-        .strip_prefix(collection)
-        .and_then(|r| r.strip_prefix('/'))
-        .unwrap_or(name);
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'));
-    if ok {
-        Ok(id)
-    } else {
-        Err(InvalidName {
-            what: format!("{collection} name '{}'", name.escape_debug()),
-            reason: "an id is 1 to 128 letters, digits, '-' or '_'",
-        })
-    }
-}
-
 /// How a request carries its key: Gemini's own routes take `x-goog-api-key`; its
 /// OpenAI-compatible routes (`/{version}/openai/…`) take `Authorization: Bearer`, as OpenAI
 /// clients send it.
@@ -172,9 +151,9 @@ impl OpenAiRoute {
 #[derive(Debug, Clone)]
 pub struct Transport {
     client: reqwest::Client,
-    /// `{base_url}/{version}`.
+    /// `{root}/{version}`.
     base: String,
-    /// `{base_url}` (the Files API's upload and download paths put the version after a prefix).
+    /// The base URL as configured, without a trailing `/`.
     root: String,
     /// `v1beta` or `v1`.
     version: String,
@@ -205,6 +184,150 @@ impl Transport {
             root,
             version,
         })
+    }
+
+    /// The URL of a resource path: `files`, `cachedContents`, `batches`, `{collection}/{id}`,
+    /// `batches/{id}:cancel`, `operations/{id}`; each id validated like a resource name (1 to
+    /// 128 of `[A-Za-z0-9_-]`), so no `/`, `.`, `%`, `?`, `#` or `:` reaches the upstream path.
+    pub fn resource_url(&self, path: &str) -> Result<String, InvalidName> {
+        let bad = || InvalidName {
+            what: format!(
+                "resource path '{}'",
+                path.chars().take(200).collect::<String>().escape_debug()
+            ),
+            reason: "a resource path is files, cachedContents or batches, optionally /ID (1 to 128 letters, digits, '-' or '_'), or batches/ID:cancel",
+        };
+        const COLLECTIONS: [&str; 4] = ["files", "cachedContents", "batches", "operations"];
+        let (collection, rest) = match path.split_once('/') {
+            Some((c, r)) => (c, Some(r)),
+            None => (path, None),
+        };
+        if !COLLECTIONS.contains(&collection) {
+            return Err(bad());
+        }
+        match rest {
+            None if collection != "operations" => Ok(format!("{}/{collection}", self.base)),
+            None => Err(bad()),
+            Some(r) => {
+                let (id, action) = match r.split_once(':') {
+                    Some((id, a)) => (id, Some(a)),
+                    None => (r, None),
+                };
+                if !keyturn_core::resources::valid_id(id) {
+                    return Err(bad());
+                }
+                match action {
+                    None => Ok(format!("{}/{collection}/{id}", self.base)),
+                    Some("cancel") if collection == "batches" || collection == "operations" => {
+                        Ok(format!("{}/{collection}/{id}:cancel", self.base))
+                    }
+                    Some(_) => Err(bad()),
+                }
+            }
+        }
+    }
+
+    /// A collection's list URL with its paging: `page_size` a number, `page_token` encoded as a
+    /// query value (whatever it holds, it stays one value).
+    pub fn list_url(
+        &self,
+        collection: &str,
+        page_size: Option<u32>,
+        page_token: Option<&str>,
+    ) -> Result<String, InvalidName> {
+        let base = self.resource_url(collection)?;
+        if collection.contains('/') {
+            return Err(InvalidName {
+                what: format!("collection '{}'", collection.escape_debug()),
+                reason: "only files, cachedContents and batches are listed",
+            });
+        }
+        let mut url = reqwest::Url::parse(&base).map_err(|_| InvalidName {
+            what: "the base URL".to_owned(),
+            reason: "it does not parse as a URL",
+        })?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(n) = page_size {
+                q.append_pair("pageSize", &n.to_string());
+            }
+            if let Some(t) = page_token {
+                q.append_pair("pageToken", t);
+            }
+        }
+        Ok(url.into())
+    }
+
+    /// A file's bytes: `{root}/download/{version}/files/{id}:download?alt=media`, from a
+    /// `files/{id}` name (a batch job's `responsesFile`), the id validated like any resource id.
+    pub fn download_url(&self, file: &str) -> Result<String, InvalidName> {
+        match file.strip_prefix("files/") {
+            Some(id) if keyturn_core::resources::valid_id(id) => Ok(format!(
+                "{}/download/{}/files/{id}:download?alt=media",
+                self.root, self.version
+            )),
+            _ => Err(InvalidName {
+                what: format!(
+                    "file name '{}'",
+                    file.chars().take(200).collect::<String>().escape_debug()
+                ),
+                reason: "a file name is files/ID (1 to 128 letters, digits, '-' or '_')",
+            }),
+        }
+    }
+
+    /// Where uploads start: `{root}/upload/{version}/files`.
+    pub fn upload_url(&self) -> String {
+        format!("{}/upload/{}/files", self.root, self.version)
+    }
+
+    /// Checks an upload session URL the upstream answered (`X-Goog-Upload-URL`): it must be on
+    /// the configured scheme, host and port, at `/upload/{version}/files`, with no userinfo and
+    /// no fragment, before a key is ever sent to it. Gemini's carries its session id in the
+    /// query (`upload_id`), which is kept.
+    pub fn checked_upload_session(&self, answered: &str) -> Result<String, InvalidName> {
+        let bad = |reason: &'static str| InvalidName {
+            what: "the upload session URL the upstream answered".to_owned(),
+            reason,
+        };
+        let ours = reqwest::Url::parse(&self.upload_url())
+            .map_err(|_| bad("the configured base URL does not parse"))?;
+        let theirs = reqwest::Url::parse(answered).map_err(|_| bad("it does not parse"))?;
+        if theirs.scheme() != ours.scheme()
+            || theirs.host_str() != ours.host_str()
+            || theirs.port_or_known_default() != ours.port_or_known_default()
+        {
+            return Err(bad("it points at another host than GEMINI_BASE_URL"));
+        }
+        if !theirs.username().is_empty()
+            || theirs.password().is_some()
+            || theirs.fragment().is_some()
+        {
+            return Err(bad("it carries credentials or a fragment"));
+        }
+        if theirs.path() != ours.path() {
+            return Err(bad("it is not the upload path"));
+        }
+        Ok(theirs.into())
+    }
+
+    /// Sends any request with the key in the header `how` names: `body` streams as given
+    /// (an upload), `headers` are added as they are (the caller chose them).
+    pub async fn send_as(
+        &self,
+        method: reqwest::Method,
+        how: KeyHeader,
+        key: &ApiKey,
+        url: &str,
+        headers: HeaderMap,
+        body: Option<reqwest::Body>,
+    ) -> Result<reqwest::Response, SendError> {
+        let mut req = self.client.request(method, url).headers(headers);
+        if let Some(b) = body {
+            req = req.body(b);
+        }
+        let sent = Self::with_key(req, how, key)?.send().await;
+        no_redirect(sent)
     }
 
     /// `{base}/{version}/models/{model}:{method}`, from a valid model id and method.
@@ -271,74 +394,6 @@ impl Transport {
             Some((model, method)) => self.model_url(model, method),
             None => self.model_info_url(name),
         }
-    }
-
-    /// `{base}/{version}/{collection}/{id}` and an optional `:{method}`, for a resource name
-    /// Gemini gave (`batches/…`, `files/…`): the collection must be the one expected and the id
-    /// 1 to 128 of `[a-z0-9_-]` (case-insensitive), so an answer cannot steer the URL.
-    pub fn resource_url(
-        &self,
-        collection: &str,
-        name: &str,
-        method: Option<&str>,
-    ) -> Result<String, InvalidName> {
-        let id = resource_id(collection, name)?;
-        Ok(match method {
-            Some(m) => format!("{}/{collection}/{id}:{}", self.base, method_name(m)?),
-            None => format!("{}/{collection}/{id}", self.base),
-        })
-    }
-
-    /// `{base}/{version}/{collection}` (`batches`, `files`), for listing.
-    pub fn collection_url(&self, collection: &'static str) -> String {
-        format!("{}/{collection}", self.base)
-    }
-
-    /// `{base_url}/upload/{version}/files`: where a resumable upload starts.
-    pub fn upload_url(&self) -> String {
-        format!("{}/upload/{}/files", self.root, self.version)
-    }
-
-    /// `{base_url}/download/{version}/files/{id}:download?alt=media`: a file's bytes.
-    pub fn download_url(&self, file: &str) -> Result<String, InvalidName> {
-        let id = resource_id("files", file)?;
-        Ok(format!(
-            "{}/download/{}/files/{id}:download?alt=media",
-            self.root, self.version
-        ))
-    }
-
-    /// Whether `url` points at the configured server (same scheme, host and port): an upload
-    /// URL the server hands back is used only then, so no answer can send the key elsewhere.
-    pub fn same_origin(&self, url: &str) -> bool {
-        match (reqwest::Url::parse(url), reqwest::Url::parse(&self.root)) {
-            (Ok(a), Ok(b)) => {
-                a.scheme() == b.scheme()
-                    && a.host_str() == b.host_str()
-                    && a.port_or_known_default() == b.port_or_known_default()
-            }
-            _ => false,
-        }
-    }
-
-    /// Sends any request with the key as `x-goog-api-key`, the extra headers and the body: for
-    /// the Files API's upload steps and deletions.
-    pub async fn send(
-        &self,
-        method: reqwest::Method,
-        key: &ApiKey,
-        url: &str,
-        headers: HeaderMap,
-        body: Option<bytes::Bytes>,
-    ) -> Result<reqwest::Response, SendError> {
-        let mut req = self.client.request(method, url).headers(headers);
-        if let Some(b) = body {
-            req = req.body(b);
-        }
-        let sent = Self::with_key(req, KeyHeader::GoogApiKey, key)?
-            .send()
-            .await;
-        no_redirect(sent)
     }
 
     fn key_header(key: &ApiKey) -> Result<HeaderValue, String> {
@@ -454,4 +509,84 @@ pub fn describe(e: reqwest::Error) -> String {
         .map(|s| format!(": {s}"))
         .unwrap_or_default();
     format!("{what}{cause}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(base: &str) -> Transport {
+        Transport::new(&TransportConfig {
+            base_url: base.to_owned(),
+            ..TransportConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn resource_urls_come_only_from_valid_ids() {
+        let t = transport("http://127.0.0.1:9/");
+        assert_eq!(
+            t.resource_url("files/abc-1").unwrap(),
+            "http://127.0.0.1:9/v1beta/files/abc-1"
+        );
+        assert_eq!(
+            t.resource_url("batches/b1:cancel").unwrap(),
+            "http://127.0.0.1:9/v1beta/batches/b1:cancel"
+        );
+        assert_eq!(
+            t.resource_url("cachedContents").unwrap(),
+            "http://127.0.0.1:9/v1beta/cachedContents"
+        );
+        for bad in [
+            "files/../models",
+            "files/..",
+            "files/%2e%2e",
+            "files/a%2Fb",
+            "files/a/b",
+            "files/a?key=x",
+            "files/a#x",
+            "files/a:delete",
+            "files/",
+            "models/x",
+            "operations",
+            "batches/b1:cancel/x",
+            "",
+        ] {
+            assert!(t.resource_url(bad).is_err(), "{bad} was accepted");
+        }
+    }
+
+    #[test]
+    fn page_tokens_stay_one_query_value() {
+        let t = transport("http://127.0.0.1:9");
+        let u = t
+            .list_url("files", Some(10), Some("a&key=x#y/../z"))
+            .unwrap();
+        assert_eq!(
+            u,
+            "http://127.0.0.1:9/v1beta/files?pageSize=10&pageToken=a%26key%3Dx%23y%2F..%2Fz"
+        );
+        assert!(t.list_url("files/abc", None, None).is_err());
+    }
+
+    #[test]
+    fn upload_sessions_must_stay_on_the_configured_host() {
+        let t = transport("http://127.0.0.1:9");
+        assert_eq!(t.upload_url(), "http://127.0.0.1:9/upload/v1beta/files");
+        let ok = "http://127.0.0.1:9/upload/v1beta/files?upload_id=xyz&upload_protocol=resumable";
+        assert_eq!(t.checked_upload_session(ok).unwrap(), ok);
+        for bad in [
+            "http://evil.example:9/upload/v1beta/files?upload_id=x",
+            "https://127.0.0.1:9/upload/v1beta/files?upload_id=x",
+            "http://127.0.0.1:10/upload/v1beta/files?upload_id=x",
+            "http://u:p@127.0.0.1:9/upload/v1beta/files?upload_id=x",
+            "http://127.0.0.1:9/upload/v1beta/files/../../x?upload_id=x",
+            "http://127.0.0.1:9/v1beta/models?upload_id=x",
+            "http://127.0.0.1:9/upload/v1beta/files#frag",
+            "not a url",
+        ] {
+            assert!(t.checked_upload_session(bad).is_err(), "{bad} was accepted");
+        }
+    }
 }

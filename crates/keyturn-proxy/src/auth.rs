@@ -101,8 +101,13 @@ pub(crate) fn from_this_machine(headers: &HeaderMap) -> bool {
     host_ok && origin_ok
 }
 
-/// Whether a request may use the proxy; the refusal, in neither dialect yet.
-fn check(st: &ProxyState, req: &Request) -> Result<(), Problem> {
+/// The label of the client token a request came with (`None` without tokens configured): an
+/// upload session belongs to the client that started it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Client(pub(crate) Option<String>);
+
+/// Whether a request may use the proxy, and who it is; the refusal, in neither dialect yet.
+fn check(st: &ProxyState, req: &Request) -> Result<Client, Problem> {
     if st.tokens.is_empty() {
         // Without tokens anything that reaches loopback is served, and a web page can: a
         // cross-site POST spends the pool's quota blind, and a page whose name was rebound to
@@ -115,7 +120,7 @@ fn check(st: &ProxyState, req: &Request) -> Result<(), Problem> {
                 "keyturn proxy: without client tokens only this machine can use the proxy: the request named another host or came from a web page elsewhere (add [[serve.tokens]], or call it as 127.0.0.1 or localhost)",
             ));
         }
-        return Ok(());
+        return Ok(Client(None));
     }
     let Some(token) = client_token(req.headers(), req.uri().query()) else {
         return Err(Problem::new(
@@ -135,7 +140,7 @@ fn check(st: &ProxyState, req: &Request) -> Result<(), Problem> {
     match found {
         Some(label) => {
             tracing::debug!(client = label, path = %req.uri().path().escape_debug(), "proxy request");
-            Ok(())
+            Ok(Client(Some(label.to_owned())))
         }
         None => Err(Problem::new(
             StatusCode::UNAUTHORIZED,
@@ -148,11 +153,14 @@ fn check(st: &ProxyState, req: &Request) -> Result<(), Problem> {
 /// The native routes' gate: refusals in Gemini's form.
 pub(crate) async fn authenticate(
     State(st): State<Arc<ProxyState>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     match check(&st, &req) {
-        Ok(()) => next.run(req).await,
+        Ok(client) => {
+            req.extensions_mut().insert(client);
+            next.run(req).await
+        }
         Err(p) => Answer::from(p).gemini(),
     }
 }
@@ -164,7 +172,7 @@ pub(crate) async fn authenticate_openai(
     next: Next,
 ) -> Response {
     match check(&st, &req) {
-        Ok(()) => next.run(req).await,
+        Ok(_) => next.run(req).await,
         Err(p) => Answer::from(p).openai(),
     }
 }

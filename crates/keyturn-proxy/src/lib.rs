@@ -35,15 +35,17 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
-use keyturn_core::{Clock, Demand, QuotaLedger, Scrubber};
+use keyturn_core::{Clock, Demand, MemoryResources, QuotaLedger, ResourceMap, Scrubber};
 use keyturn_gemini::GeminiCall;
 use keyturn_gemini::wire::estimate_input_tokens;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 mod admin;
+mod affinity;
 mod answer;
 mod auth;
+mod files;
 mod openai;
 mod server;
 
@@ -51,6 +53,7 @@ use answer::{Answer, Problem, failure, invalid, json_bytes, not_found};
 
 pub use admin::{EVENTS_KEPT, Event, Events, NewEvent};
 pub use auth::{digest, new_token, parse_digest};
+pub use files::{MAX_UPLOAD_SESSIONS, UPLOAD_SESSION_MS};
 pub use server::Proxy;
 
 /// Proxy settings.
@@ -75,6 +78,8 @@ pub struct ProxyConfig {
     /// How long a client may take to send a request's body, and how long it may leave an
     /// answer untaken (a write that makes no progress for this long closes the connection).
     pub body_timeout: Duration,
+    /// Largest file upload (`POST /upload/…/files`): streamed through, never held whole.
+    pub max_upload_bytes: u64,
 }
 
 impl Default for ProxyConfig {
@@ -88,6 +93,8 @@ impl Default for ProxyConfig {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(60),
+            // The Files API's own limit per file.
+            max_upload_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -150,6 +157,23 @@ pub struct ProxyState {
     models: KnownModels,
     body_timeout: Duration,
     max_body_bytes: usize,
+    max_upload_bytes: u64,
+    /// Which project owns each file, cached content and batch the proxy saw created.
+    resources: Arc<dyn ResourceMap>,
+    /// Where resource calls go (files, uploads), per API version; without them those routes
+    /// answer 404.
+    upstream: Option<ResourceUpstream>,
+    uploads: files::Uploads,
+    resource_cursor: std::sync::atomic::AtomicUsize,
+}
+
+/// The transports resource calls go through, one per API version.
+#[derive(Debug, Clone)]
+pub struct ResourceUpstream {
+    /// For `/v1beta/`.
+    pub v1beta: keyturn_gemini::Transport,
+    /// For `/v1/`.
+    pub v1: keyturn_gemini::Transport,
 }
 
 /// Most distinct models the proxy admits (Gemini serves a few dozen).
@@ -188,6 +212,7 @@ impl ProxyState {
     ) -> Self {
         let keys = ledger.keys();
         let scrubber = Scrubber::new(keys.iter().map(|(_, e)| &e.key));
+        let clock_for_resources = clock.clone();
         Self {
             v1beta,
             v1,
@@ -201,7 +226,25 @@ impl ProxyState {
             models: KnownModels::default(),
             body_timeout: cfg.body_timeout,
             max_body_bytes: cfg.max_body_bytes,
+            max_upload_bytes: cfg.max_upload_bytes,
+            resources: Arc::new(MemoryResources::new(clock_for_resources)),
+            upstream: None,
+            uploads: files::Uploads::default(),
+            resource_cursor: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// With the resource map the pool's backend keeps (`FileResources` in the state folder,
+    /// `RedisResources` beside the Redis ledger; in memory by default) and the transports that
+    /// serve the Files API routes.
+    pub fn with_resources(
+        mut self,
+        resources: Arc<dyn ResourceMap>,
+        upstream: ResourceUpstream,
+    ) -> Self {
+        self.resources = resources;
+        self.upstream = Some(upstream);
+        self
     }
 
     /// With a transport for re-checking keys from the admin API (`POST
@@ -251,6 +294,15 @@ pub fn router(state: Arc<ProxyState>) -> Router {
     let api = Router::new()
         .route("/{version}/models", get(list_models))
         .route("/{version}/models/{name}", get(get_model).post(call_model))
+        .route("/{version}/files", get(files::list_files))
+        .route(
+            "/{version}/files/{id}",
+            get(files::get_file).delete(files::delete_file),
+        )
+        .route(
+            "/upload/{version}/files",
+            axum::routing::post(files::upload),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -558,6 +610,11 @@ async fn call_model(
             Demand::batch(n, t)
         }
         _ => Demand::tokens(estimate(&value)),
+    };
+    // A request naming a file or cached content goes only to keys of the project that owns it.
+    let demand = match affinity::pin(&st, &value, demand, false).await {
+        Ok(d) => d,
+        Err(r) => return r.gemini(),
     };
     if action == "streamGenerateContent" {
         let sse = q.alt.as_deref() == Some("sse");

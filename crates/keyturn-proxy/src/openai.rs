@@ -149,7 +149,9 @@ async fn chat(st: &ProxyState, body: Body) -> Result<Response, Refusal> {
     let model = body_model(&v)?;
     let stream = v.get("stream").and_then(Value::as_bool) == Some(true);
     let client_asked = stream && ask_for_usage(&mut v);
-    let demand = Demand::tokens(chat_tokens(&v));
+    // A file named anywhere in the messages (an image or file part's URL) pins the chat to the
+    // project that owns it.
+    let demand = crate::affinity::pin(st, &v, Demand::tokens(chat_tokens(&v)), true).await?;
     let permit = slot(st).await?;
     confirm_model(st, &caller, VERSION, &model).await?;
     if stream {

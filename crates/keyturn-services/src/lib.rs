@@ -56,9 +56,29 @@ pub struct StateHandle {
     persister: Option<Persister>,
     store: Option<Arc<FileStore>>,
     describe: String,
+    resources: ResourcesAt,
+}
+
+/// Where the resource map (which project owns a file, a cache, a batch) lives: beside the state.
+#[derive(Debug, Clone)]
+enum ResourcesAt {
+    File(std::path::PathBuf),
+    Redis(keyturn_store::RedisResources),
 }
 
 impl StateHandle {
+    /// The resource map on the same backend as the state: `resources.json` in the state folder
+    /// (opened now: a malformed file is an error naming it), or keys beside the Redis ledger's.
+    pub fn resources(
+        &self,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<dyn keyturn_core::ResourceMap>, StoreError> {
+        Ok(match &self.resources {
+            ResourcesAt::File(dir) => Arc::new(keyturn_store::FileResources::open(dir, clock)?),
+            ResourcesAt::Redis(r) => Arc::new(r.clone()),
+        })
+    }
+
     /// Saves state now (file backend; Redis is always current).
     pub async fn flush(&self) -> Result<(), StoreError> {
         match &self.persister {
@@ -285,6 +305,7 @@ pub async fn create_pool_with_clock(
                 StateHandle {
                     monitor: None,
                     persister: Some(persister),
+                    resources: ResourcesAt::File(store.dir().to_owned()),
                     store: Some(store),
                     describe,
                 },
@@ -306,6 +327,7 @@ pub async fn create_pool_with_clock(
                 ledger.server(),
                 cfg.state.namespace
             );
+            let resources = ResourcesAt::Redis(ledger.resources());
             (
                 Arc::new(ledger),
                 StateHandle {
@@ -313,6 +335,7 @@ pub async fn create_pool_with_clock(
                     persister: None,
                     store: None,
                     describe,
+                    resources,
                 },
             )
         }

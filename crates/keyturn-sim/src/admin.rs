@@ -119,13 +119,15 @@ struct SetProject {
     models_off: Option<std::collections::BTreeMap<String, String>>,
     #[serde(default)]
     files: Option<Vec<String>>,
+    #[serde(default)]
+    tier: Option<crate::config::Tier>,
 }
 
 pub(crate) async fn admin_set_project(State(st): State<Arc<SimState>>, body: Bytes) -> Response {
     match serde_json::from_slice::<SetProject>(&body)
         .map_err(|e| e.to_string())
         .and_then(|s| {
-            st.set_project(&s.project, s.state, s.models_off, s.files)
+            st.set_project(&s.project, s.state, s.models_off, s.files, s.tier)
                 .map_err(|e| e.to_string())
         }) {
         Ok(()) => json_response(200, &json!({"ok": true})),

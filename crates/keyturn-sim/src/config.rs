@@ -318,6 +318,9 @@ pub struct ResourceConfig {
     /// files are counted and hashed as they stream in, never held. Also the cap of a multipart
     /// upload, whose body is parsed whole.
     pub kept_file_bytes: u64,
+    /// Bytes of all files the simulator keeps at once; past it, new files are counted and
+    /// hashed only (their content cannot be read back).
+    pub kept_total_bytes: u64,
     /// How long a file lives (Google: 48 h).
     pub file_ttl_secs: u64,
     /// How long a batch stays BATCH_STATE_PENDING, in simulated seconds.
@@ -340,6 +343,7 @@ impl Default for ResourceConfig {
             max_file_bytes: 2 * 1024 * 1024 * 1024,
             project_storage_bytes: 20 * 1024 * 1024 * 1024,
             kept_file_bytes: 32 * 1024 * 1024,
+            kept_total_bytes: 256 * 1024 * 1024,
             file_ttl_secs: 48 * 3600,
             batch_pending_secs: 30,
             batch_running_secs: 120,

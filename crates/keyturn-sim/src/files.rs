@@ -169,6 +169,10 @@ fn store_file(
     if res.stored_bytes(project) + received.len > cfg.project_storage_bytes {
         return Err(storage_exhausted(cfg.project_storage_bytes));
     }
+    let mut received = received;
+    if res.kept_bytes() + received.len > cfg.kept_total_bytes {
+        received.content = None;
+    }
     let file = StoredFile {
         id: id.clone(),
         project: project.to_owned(),
@@ -323,6 +327,7 @@ pub(crate) async fn upload(
                 hasher: Sha256::new(),
                 content: Some(Vec::new()),
                 base,
+                start_ms: st.clock.now_ms(),
             },
         );
         st.note_use(

@@ -28,6 +28,15 @@
 //!   a chosen shape (`real-34`'s bare 403, `real-05`'s limit 0…) while `GET models/{m}` answers;
 //!   files a project created, so a `fileData.fileUri` of another project (or one containing
 //!   `other-project`) gets `real-32`'s bare 403.
+//! - Resources owned by the project of the key that created them ([`resources`]): the Files API
+//!   (`POST upload/v1beta/files` resumable, multipart or raw; `GET files/{id}`, `GET files`,
+//!   `DELETE files/{id}`; 48 h of life, 2 GB per file, 20 GB per project), `cachedContents`
+//!   (create with Google's minimum token count, get, list, patch of the expiry, delete; used by
+//!   `generateContent`), Batch Mode (`models/{m}:batchGenerateContent` and
+//!   `:asyncBatchEmbedContent` with inline requests or a JSONL file; `GET batches/{id}`,
+//!   `GET batches`, `:cancel`, `DELETE`) moving PENDING → RUNNING → SUCCEEDED on the simulated
+//!   clock, each result the interactive answer. Another project's key gets the real refusal;
+//!   `/admin/stats` says which key label asked for which resource.
 //! - Scripts ([`ScriptRule`]): "for key K / project P / model M / method X, answer with shape
 //!   `real-26`, for the next N requests or always". Without a method, a shape goes where the real
 //!   service sends it: key and project refusals on every route, probes included; the rest only on
@@ -53,6 +62,12 @@
 //! state = "credits-depleted"   # active | credits-depleted | service-disabled | billing-denied | api-limit-zero
 //! models_off = { "gemini-2.5-pro" = "real-34" }
 //! files = ["files/abc123"]
+//! tier = "paid"                # free (default: Batch Mode refused with real-22) | paid
+//!
+//! [resources]                  # defaults are Google's documented limits
+//! batch_pending_secs = 30      # simulated seconds; /admin/advance moves them
+//! batch_running_secs = 120
+//! batch_item_error_every = 0   # every n-th batch request fails (0: none)
 //!
 //! [[script]]
 //! shape = "real-24"             # a corpus id, or "api-limit-zero"

@@ -129,7 +129,12 @@ pub struct Upload {
     pub content: Option<Vec<u8>>,
     /// Where the simulator was reached.
     pub base: String,
+    /// Started (Unix ms); a session lives a week, as Google's upload URLs do.
+    pub start_ms: i64,
 }
+
+/// How long an unfinished resumable upload lives.
+pub const UPLOAD_SESSION_MS: i64 = 7 * 86_400_000;
 
 /// A cached content.
 #[derive(Debug, Clone)]
@@ -428,15 +433,43 @@ impl Resources {
     pub fn purge(&mut self, now: i64) {
         self.files.retain(|_, f| f.expire_ms > now);
         self.caches.retain(|_, c| c.expire_ms > now);
+        self.uploads
+            .retain(|_, u| u.start_ms + UPLOAD_SESSION_MS > now);
     }
 
-    /// Bytes a project stores.
+    /// Bytes a project stores, its unfinished uploads included (so abandoned sessions cannot
+    /// hold more than the project's storage).
     pub fn stored_bytes(&self, project: &str) -> u64 {
-        self.files
+        let files: u64 = self
+            .files
             .values()
             .filter(|f| f.project == project)
             .map(|f| f.size)
-            .sum()
+            .sum();
+        let uploads: u64 = self
+            .uploads
+            .values()
+            .filter(|u| u.project == project)
+            .map(|u| u.received)
+            .sum();
+        files + uploads
+    }
+
+    /// Bytes the simulator holds in memory for files, over every project.
+    pub fn kept_bytes(&self) -> u64 {
+        let files: u64 = self
+            .files
+            .values()
+            .filter_map(|f| f.content.as_ref())
+            .map(|c| c.len() as u64)
+            .sum();
+        let uploads: u64 = self
+            .uploads
+            .values()
+            .filter_map(|u| u.content.as_ref())
+            .map(|c| c.len() as u64)
+            .sum();
+        files + uploads
     }
 
     /// Notes a request for a resource.

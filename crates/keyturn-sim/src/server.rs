@@ -621,7 +621,16 @@ async fn call_model(
 
     // countTokens spends no generation quota and gets no faults.
     let call = match call {
-        Call::Count(req) => {
+        Call::Count(mut req) => {
+            // A whole request may name a cached content: its tokens are counted too, and
+            // reported apart, as Google's CountTokensResponse does.
+            let mut cached = 0;
+            if let Some(g) = req.generate_content_request.as_mut() {
+                match crate::caches::apply(&st, &key, route, model, g) {
+                    Ok(n) => cached = n,
+                    Err(e) => return error_response(&st, Some(&key), &e),
+                }
+            }
             let files = match (&req.contents, &req.generate_content_request) {
                 (_, Some(g)) => generate_files(g),
                 (Some(cs), None) => file_uris(cs.iter()),
@@ -637,10 +646,11 @@ async fn call_model(
             };
             let n = count_tokens(&text);
             st.record_status(Some(&key), 200);
-            return json_response(
-                200,
-                &json!({"totalTokens": n, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": n}]}),
-            );
+            let mut v = json!({"totalTokens": n, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": n}]});
+            if cached > 0 {
+                v["cachedContentTokenCount"] = json!(cached);
+            }
+            return json_response(200, &v);
         }
         other => other,
     };

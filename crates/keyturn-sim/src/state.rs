@@ -505,14 +505,15 @@ impl SimState {
         self.inner.lock().config.file_owner(id).map(str::to_owned)
     }
 
-    /// Changes a project's state, models off and files (each only when given), after checking
-    /// them. Limits stay.
+    /// Changes a project's state, models off, configured files and tier (each only when given),
+    /// after checking them. Limits stay.
     pub fn set_project(
         &self,
         project: &str,
         state: Option<ProjectState>,
         models_off: Option<BTreeMap<String, String>>,
         files: Option<Vec<String>>,
+        tier: Option<crate::config::Tier>,
     ) -> Result<(), SimConfigError> {
         let mut inner = self.inner.lock();
         if !inner.config.keys.is_empty()
@@ -538,6 +539,9 @@ impl SimState {
         }
         if let Some(f) = files {
             p.files = f;
+        }
+        if let Some(t) = tier {
+            p.tier = t;
         }
         config.validate()?;
         inner.config = config;
@@ -619,7 +623,7 @@ impl SimState {
             .map(|(name, p)| {
                 (
                     name,
-                    serde_json::json!({"state": p.state, "models_off": p.models_off, "files": p.files}),
+                    serde_json::json!({"state": p.state, "models_off": p.models_off, "files": p.files, "tier": p.tier}),
                 )
             })
             .collect();

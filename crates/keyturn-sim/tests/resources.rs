@@ -516,6 +516,17 @@ async fn cached_contents_are_the_projects_and_follow_the_clock() {
     assert_eq!(status, 200, "{r}");
     assert_eq!(r["usageMetadata"]["cachedContentTokenCount"], tokens);
     assert!(r["usageMetadata"]["promptTokenCount"].as_u64().unwrap() > tokens);
+    // countTokens of the whole request counts the cache too, and names it.
+    let (status, n) = s
+        .post(
+            &format!("/v1beta/models/{FLASH}:countTokens"),
+            P1,
+            json!({"generateContentRequest": {"model": format!("models/{FLASH}"), "cachedContent": name, "contents": ask["contents"]}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{n}");
+    assert_eq!(n["cachedContentTokenCount"], tokens);
+    assert!(n["totalTokens"].as_u64().unwrap() > tokens);
     // Another project's key: 403; another model: 400; settings the cache holds: 400.
     let (status, body) = s.post(&gen_path(FLASH), P2, ask.clone()).await;
     assert_eq!(status, 403);
@@ -630,6 +641,22 @@ async fn a_batch_runs_on_the_clock_and_answers_like_the_interactive_route() {
             400,
             json!({"error": {"code": 400, "message": "Precondition check failed.", "status": "FAILED_PRECONDITION"}})
         )
+    );
+
+    // Billing enabled at run time: served.
+    let r = s
+        .http
+        .put(s.url("/admin/projects"))
+        .json(&json!({"project": "free", "tier": "paid"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        s.post(&batch_path(FLASH), FREE, inline_batch(&prompts))
+            .await
+            .0,
+        200
     );
 
     let (status, op) = s.post(&batch_path(FLASH), P1, inline_batch(&prompts)).await;

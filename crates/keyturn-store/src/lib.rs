@@ -9,6 +9,8 @@
 //! - [`RedisLedger`]: a `QuotaLedger` for many processes on many machines. One atomic script
 //!   per acquire, Redis's own clock, counters that expire by themselves, shared health and
 //!   learned limits; fails closed while Redis is down.
+//! - Resource affinity (which project owns a file, a cached content, a batch):
+//!   [`FileResources`] in the state folder, [`RedisResources`] beside the Redis ledger.
 //! - [`CheckpointStore`]: which pipeline items finished (with their content hash) and the
 //!   rotation state at each checkpoint; answers "what is left" on resume.
 //!
@@ -38,6 +40,7 @@
 pub mod checkpoint;
 pub mod file;
 pub mod redis_ledger;
+pub mod resources;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -46,4 +49,7 @@ pub use file::{
     FileInfo, FileStore, LockInfo, Persister, StateFile, WrittenFile, write_atomic,
     write_atomic_with,
 };
-pub use redis_ledger::{ConnectError, RedisFailure, RedisLedger, TimeSource, redact_url};
+pub use redis_ledger::{
+    ConnectError, RedisFailure, RedisLedger, RedisResources, TimeSource, redact_url,
+};
+pub use resources::{FileResources, RESOURCES_FILE};

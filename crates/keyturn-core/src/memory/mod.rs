@@ -213,10 +213,16 @@ impl InMemoryLedger {
         let mut pick: Option<(usize, Pass)> = None;
         let gates = &*project_gates;
         let project_of = |k: usize| &gates[key_project[k] as usize];
+        // A request pinned to a resource's project: only that project's keys are candidates.
+        let pinned = pinned_project(key_project, demand);
+        let outside = |k: usize| pinned.is_some_and(|p| key_project[k] != p);
         match self.cfg.policy {
             Policy::RoundRobin => {
                 for i in 0..n {
                     let k = (start + i) % n;
+                    if outside(k) {
+                        continue;
+                    }
                     if let Some(pass) = eligible(
                         &health[k],
                         project_of(k),
@@ -233,6 +239,9 @@ impl InMemoryLedger {
                 let mut best = -1.0f64;
                 for i in 0..n {
                     let k = (start + i) % n;
+                    if outside(k) {
+                        continue;
+                    }
                     if let Some(pass) = eligible(
                         &health[k],
                         project_of(k),
@@ -251,6 +260,9 @@ impl InMemoryLedger {
             Policy::Weighted => {
                 let mut total = 0i64;
                 for k in 0..n {
+                    if outside(k) {
+                        continue;
+                    }
                     if let Some(pass) = eligible(
                         &health[k],
                         project_of(k),
@@ -341,7 +353,13 @@ impl InMemoryLedger {
         let mut off_detail: Vec<(String, String)> = Vec::new();
         let mut too_large: Option<AcquireError> = None;
         let mut best: Option<(i64, Exhaustion)> = None;
+        let pinned = pinned_project(&inner.key_project, demand);
+        let mut candidates = 0usize;
         for k in 0..self.keys.len() {
+            if pinned.is_some_and(|p| inner.key_project[k] != p) {
+                continue;
+            }
+            candidates += 1;
             let h = &inner.health[k];
             if let Some(d) = h.disabled {
                 let label = self
@@ -403,8 +421,7 @@ impl InMemoryLedger {
                 best = Some((at, why));
             }
         }
-        let n = self.keys.len();
-        if disabled.len() == n {
+        if disabled.len() == candidates {
             return Blocked {
                 error: AcquireError::AllKeysDisabled {
                     model,
@@ -876,6 +893,14 @@ fn eligible(
         scope_probe: scope.gate(now) == Gate::Probe,
         project_probe: project_gate == Gate::Probe,
     })
+}
+
+/// The project index a pinned demand is limited to (a key the ring does not hold pins to no
+/// project at all, so nothing is admitted).
+fn pinned_project(key_project: &[u32], demand: Demand) -> Option<u32> {
+    demand
+        .project_of
+        .map(|k| key_project.get(k.index()).copied().unwrap_or(u32::MAX))
 }
 
 fn ms_scopes_index(model_scopes: &[u32], key_project: &[u32], k: usize) -> usize {

@@ -81,6 +81,7 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
         max_connections: cfg.serve.max_connections,
         header_timeout: cfg.serve.header_timeout,
         body_timeout: cfg.serve.body_timeout,
+        ..keyturn_proxy::ProxyConfig::default()
     };
     if let Err(e) = pcfg.validate() {
         return fail(Outcome::Usage, e);
@@ -103,9 +104,22 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
         Ok(t) => t,
         Err(e) => return fail(Outcome::Failed, e),
     };
+    // Files, caches and batches: who owns each, kept on the state's backend.
+    let upstream = match (
+        keyturn_services::transport(&cfg, "v1beta"),
+        keyturn_services::transport(&cfg, "v1"),
+    ) {
+        (Ok(v1beta), Ok(v1)) => keyturn_proxy::ResourceUpstream { v1beta, v1 },
+        (Err(e), _) | (_, Err(e)) => return fail(Outcome::Failed, e),
+    };
+    let resources = match pool.state.resources(pool.clock.clone()) {
+        Ok(r) => r,
+        Err(e) => return fail(Outcome::Usage, e),
+    };
     let state = Arc::new(
         keyturn_proxy::ProxyState::new(v1beta, v1, pool.ledger.clone(), pool.clock.clone(), &pcfg)
-            .with_recheck(recheck),
+            .with_recheck(recheck)
+            .with_resources(resources, upstream),
     );
     // The monitor's warnings (quota thresholds, keys disabled or back) also go to the console.
     let events = state.events();

@@ -39,16 +39,17 @@ impl RedisLedger {
         for m in self.midnights() {
             inv.arg(m);
         }
+        // A request pinned to a resource's project: only that project's keys are candidates.
+        let order = self.candidate_order(start, demand);
         inv.arg(self.cfg.breaker.probe_timeout.as_millis() as i64)
-            .arg(n)
+            .arg(order.len())
             .arg(
                 self.cfg
                     .relearn_after
                     .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
             );
         let limits = self.limits_for(model);
-        for i in 0..n {
-            let k = (start + i) % n;
+        for &k in &order {
             let (fp, project, weight) = &self.candidates[k];
             let [rpm, tpm, rpd, tpd] = limits[k];
             inv.arg(k)
@@ -102,7 +103,7 @@ impl RedisLedger {
             .filter_map(|s| s.parse().ok())
             .collect();
         let model_s = model.to_owned();
-        if disabled.len() == n {
+        if disabled.len() == order.len() {
             let detail = self.disabled_detail(&disabled).await;
             return Err((
                 AcquireError::AllKeysDisabled {

@@ -47,7 +47,10 @@ use redis::{AsyncCommands, Script, Value};
 
 mod admission;
 mod inspection;
+mod resources;
 mod state;
+
+pub use resources::RedisResources;
 
 const COMMON: &str = include_str!("lua/common.lua");
 const ACQUIRE: &str = include_str!("lua/acquire.lua");

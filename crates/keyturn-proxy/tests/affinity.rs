@@ -1,0 +1,501 @@
+//! Resource affinity through `keyturn serve`, over real sockets in front of `keyturn sim` with
+//! keys of three projects: files uploaded through the proxy (resumable through the proxy's own
+//! session URL, and multipart) are recorded with the project whose key uploaded them, and every
+//! later request that names them goes only to that project's keys — in the file backend and in
+//! Redis — with a 429 and `RetryInfo` when that project has no room, never another project's key.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use keyturn_proxy::{Proxy, ProxyConfig, ProxyState, ResourceUpstream, digest};
+use keyturn_services::{Config, Env, Pool, create_pool};
+use keyturn_sim::{Limits, SimConfig, SimKey, Simulator};
+use serde_json::{Value, json};
+
+const FLASH: &str = "gemini-2.5-flash";
+const TOKEN_A: &str = "kt_made-up-affinity-client-a";
+const TOKEN_B: &str = "kt_made-up-affinity-client-b";
+
+/// Two keys of p1, one of p2, one of p3.
+const KEYS: [(&str, &str, &str); 4] = [
+    ("AIzaSyTESTaffinityKeyOfProjectOne0001", "p1-a", "p1"),
+    ("AIzaSyTESTaffinityKeyOfProjectOne0002", "p1-b", "p1"),
+    ("AIzaSyTESTaffinityKeyOfProjectTwo0001", "p2-a", "p2"),
+    ("AIzaSyTESTaffinityKeyOfProjectThree01", "p3-a", "p3"),
+];
+
+struct Setup {
+    sim: Simulator,
+    proxy: Proxy,
+    _pool: Pool,
+    dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+/// The simulator (ample limits) and a proxy over it whose own limit for flash is `rpm` per
+/// project; `redis`: the namespace of a Redis backend, else the file backend in a temp folder.
+async fn setup(rpm: u64, redis: Option<(&str, &str)>) -> Setup {
+    let mut models = BTreeMap::new();
+    models.insert(
+        FLASH.to_owned(),
+        Limits::new(10_000, 100_000_000, 1_000_000),
+    );
+    let sim = Simulator::start(SimConfig {
+        keys: KEYS
+            .iter()
+            .map(|(k, l, p)| SimKey {
+                key: (*k).into(),
+                label: Some((*l).into()),
+                project: Some((*p).into()),
+                state: Default::default(),
+            })
+            .collect(),
+        models,
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lines: String = KEYS
+        .iter()
+        .map(|(k, l, p)| format!("{k} label={l} project={p}\n"))
+        .collect();
+    std::fs::write(dir.path().join("keys.txt"), lines).unwrap();
+    let backend = match redis {
+        Some((url, ns)) => {
+            format!("backend = \"redis\"\nredis_url = \"{url}\"\nnamespace = \"{ns}\"\n")
+        }
+        None => String::new(),
+    };
+    let toml = format!(
+        "[state]\n{backend}dir = \"{}\"\n[rotation]\nmax_wait = \"0s\"\n[retry]\nmax_attempts = 2\nbase_backoff = \"1ms\"\nmax_backoff = \"2ms\"\n\
+         [models.\"{FLASH}\"]\nrpm = {rpm}\ntpm = 100000000\nrpd = 1000000\n",
+        dir.path().join("state").display()
+    );
+    let mut env = Env::new();
+    env.insert(
+        "KEYTURN_KEYS_FILE".into(),
+        dir.path().join("keys.txt").display().to_string(),
+    );
+    env.insert("GEMINI_BASE_URL".into(), sim.base_url());
+    let mut cfg = Config::from_toml(&toml, Path::new("test.toml")).unwrap();
+    cfg.apply_env(&env);
+    let pool = create_pool(&cfg, &env, dir.path()).await.unwrap();
+    let pcfg = ProxyConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tokens: vec![("a".into(), digest(TOKEN_A)), ("b".into(), digest(TOKEN_B))],
+        ..ProxyConfig::default()
+    };
+    let upstream = ResourceUpstream {
+        v1beta: keyturn_services::transport(&cfg, "v1beta").unwrap(),
+        v1: keyturn_services::transport(&cfg, "v1").unwrap(),
+    };
+    let resources = pool.state.resources(pool.clock.clone()).unwrap();
+    let state = Arc::new(
+        ProxyState::new(
+            pool.caller_for_version(&cfg, "v1beta").unwrap(),
+            pool.caller_for_version(&cfg, "v1").unwrap(),
+            pool.ledger.clone(),
+            pool.clock.clone(),
+            &pcfg,
+        )
+        .with_resources(resources, upstream),
+    );
+    let proxy = Proxy::start(state, &pcfg).await.unwrap();
+    Setup {
+        sim,
+        proxy,
+        _pool: pool,
+        dir,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Setup {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.proxy.base_url())
+    }
+
+    async fn send(&self, r: reqwest::RequestBuilder) -> (u16, Value, reqwest::header::HeaderMap) {
+        let r = r.send().await.unwrap();
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap();
+        for (k, _, _) in KEYS {
+            assert!(!text.contains(k), "a pool key reached a client");
+        }
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, body, headers)
+    }
+
+    /// Starts a resumable upload as `token`: the proxy's session URL.
+    async fn start_upload(&self, token: &str, len: usize) -> String {
+        let (status, body, headers) = self
+            .send(
+                self.http
+                    .post(self.url("/upload/v1beta/files"))
+                    .header("x-goog-api-key", token)
+                    .header("x-goog-upload-protocol", "resumable")
+                    .header("x-goog-upload-command", "start")
+                    .header("x-goog-upload-header-content-length", len.to_string())
+                    .header("x-goog-upload-header-content-type", "application/pdf")
+                    .json(&json!({"file": {"display_name": "report"}})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers["x-goog-upload-status"], "active");
+        let url = headers["x-goog-upload-url"].to_str().unwrap().to_owned();
+        // The client is sent back to the proxy, with an opaque id: not the simulator, no key.
+        assert!(
+            url.starts_with(&format!(
+                "{}/upload/v1beta/files?upload_id=",
+                self.proxy.base_url()
+            )),
+            "{url}"
+        );
+        assert!(!url.contains(&self.sim.base_url()), "{url}");
+        for (k, _, _) in KEYS {
+            assert!(!url.contains(k));
+        }
+        url
+    }
+
+    /// A whole resumable upload through the proxy, in two chunks: the file.
+    async fn upload(&self, token: &str, bytes: &[u8]) -> Value {
+        let url = self.start_upload(token, bytes.len()).await;
+        let half = bytes.len() / 2;
+        let (status, body, headers) = self
+            .send(
+                self.http
+                    .post(&url)
+                    .header("x-goog-api-key", token)
+                    .header("x-goog-upload-command", "upload")
+                    .header("x-goog-upload-offset", "0")
+                    .body(bytes[..half].to_vec()),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers["x-goog-upload-status"], "active");
+        let (status, body, headers) = self
+            .send(
+                self.http
+                    .post(&url)
+                    .header("x-goog-api-key", token)
+                    .header("x-goog-upload-command", "upload, finalize")
+                    .header("x-goog-upload-offset", half.to_string())
+                    .body(bytes[half..].to_vec()),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(headers["x-goog-upload-status"], "final");
+        body["file"].clone()
+    }
+
+    async fn generate(&self, body: &Value) -> (u16, Value) {
+        let (s, b, _) = self
+            .send(
+                self.http
+                    .post(self.url(&format!("/v1beta/models/{FLASH}:generateContent")))
+                    .header("x-goog-api-key", TOKEN_A)
+                    .json(body),
+            )
+            .await;
+        (s, b)
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str) -> (u16, Value) {
+        let (s, b, _) = self
+            .send(
+                self.http
+                    .request(method, self.url(path))
+                    .header("x-goog-api-key", TOKEN_A),
+            )
+            .await;
+        (s, b)
+    }
+
+    /// The simulator's record of requests naming `name`: (key's project, owner) for each.
+    async fn uses_of(&self, name: &str) -> Vec<(String, String)> {
+        let stats: Value = self
+            .http
+            .get(format!("{}/admin/stats", self.sim.base_url()))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        stats["resources"]["uses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|u| u["resource"] == name)
+            .map(|u| {
+                (
+                    u["key_project"].as_str().unwrap_or_default().to_owned(),
+                    u["owner"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn with_file(uri: &str, snake: bool) -> Value {
+    let part = if snake {
+        json!({"file_data": {"mime_type": "application/pdf", "file_uri": uri}})
+    } else {
+        json!({"fileData": {"mimeType": "application/pdf", "fileUri": uri}})
+    };
+    json!({"contents": [{"role": "user", "parts": [part, {"text": "Summarise it."}]}]})
+}
+
+fn plain() -> Value {
+    json!({"contents": [{"role": "user", "parts": [{"text": "Hello."}]}]})
+}
+
+/// Uploads, then names the file in many requests: every one lands on the owner's keys (the
+/// simulator counts which project's key asked), and get, list and delete go there too.
+async fn files_are_pinned_to_their_project(s: &Setup) -> (String, String) {
+    let pdf = b"%PDF-1.4\n".repeat(500);
+    let file = s.upload(TOKEN_A, &pdf).await;
+    let name = file["name"].as_str().unwrap().to_owned();
+    assert_eq!(file["sizeBytes"], pdf.len().to_string());
+    let uri = file["uri"].as_str().unwrap().to_owned();
+    for i in 0..12 {
+        let (status, body) = s.generate(&with_file(&uri, i % 2 == 0)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let uses = s.uses_of(&name).await;
+    assert!(uses.len() >= 12, "{uses:?}");
+    let owner = uses[0].1.clone();
+    assert!(
+        uses.iter()
+            .all(|(asked, own)| *asked == owner && *own == owner),
+        "a request for the file went to another project: {uses:?}"
+    );
+    let (status, got) = s
+        .call(reqwest::Method::GET, &format!("/v1beta/{name}"))
+        .await;
+    assert_eq!((status, &got["name"]), (200, &json!(name)));
+    let (status, list) = s.call(reqwest::Method::GET, "/v1beta/files").await;
+    assert_eq!(status, 200, "{list}");
+    assert!(
+        list["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["name"] == name)
+    );
+    (name, owner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_uploaded_through_the_proxy_are_used_only_with_their_projects_keys() {
+    let s = setup(1000, None).await;
+    let (name, owner) = files_are_pinned_to_their_project(&s).await;
+    // The file backend kept the owner in the state folder: the project, never a key.
+    let kept = std::fs::read_to_string(s.dir.path().join("state").join("resources.json")).unwrap();
+    assert!(
+        kept.contains(&name) && kept.contains(&format!("\"{owner}\"")),
+        "{kept}"
+    );
+    for (k, _, _) in KEYS {
+        assert!(!kept.contains(k));
+    }
+    // Deleted through the proxy: forgotten.
+    let (status, _) = s
+        .call(reqwest::Method::DELETE, &format!("/v1beta/{name}"))
+        .await;
+    assert_eq!(status, 200);
+    let kept = std::fs::read_to_string(s.dir.path().join("state").join("resources.json")).unwrap();
+    assert!(!kept.contains(&name), "{kept}");
+    let uses = s.uses_of(&name).await;
+    assert!(uses.iter().all(|(asked, _)| *asked == owner), "{uses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multipart_upload_is_recorded_and_pinned_too() {
+    let s = setup(1000, None).await;
+    let boundary = "keyturn-test-boundary";
+    let body = format!(
+        "--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{{\"file\": {{\"display_name\": \"notes\"}}}}\r\n--{boundary}\r\nContent-Type: text/plain\r\n\r\nsome notes\r\n--{boundary}--\r\n"
+    );
+    let (status, got, _) = s
+        .send(
+            s.http
+                .post(s.url("/upload/v1beta/files?uploadType=multipart"))
+                .header("x-goog-api-key", TOKEN_A)
+                .header("x-goog-upload-protocol", "multipart")
+                .header(
+                    "content-type",
+                    format!("multipart/related; boundary={boundary}"),
+                )
+                .body(body),
+        )
+        .await;
+    assert_eq!(status, 200, "{got}");
+    let name = got["file"]["name"].as_str().unwrap().to_owned();
+    let uri = got["file"]["uri"].as_str().unwrap().to_owned();
+    for i in 0..6 {
+        let (status, body) = s.generate(&with_file(&uri, i % 2 == 1)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let uses = s.uses_of(&name).await;
+    assert!(uses.len() >= 6);
+    assert!(uses.iter().all(|(asked, own)| asked == own), "{uses:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_foreign_upload_sessions_are_refused() {
+    let s = setup(1000, None).await;
+    let url = s.start_upload(TOKEN_A, 10).await;
+    // Another client holding the URL gets nothing of it.
+    let (status, _, _) = s
+        .send(
+            s.http
+                .post(&url)
+                .header("x-goog-api-key", TOKEN_B)
+                .header("x-goog-upload-command", "upload, finalize")
+                .header("x-goog-upload-offset", "0")
+                .body(vec![b'x'; 10]),
+        )
+        .await;
+    assert_eq!(status, 404);
+    // Made-up, malformed and hostile ids are unknown sessions; nothing goes upstream for them.
+    for id in [
+        "0".repeat(64),
+        "zz".repeat(32),
+        "..%2F..%2Fv1beta%2Fmodels".to_owned(),
+        String::new(),
+    ] {
+        let (status, body, _) = s
+            .send(
+                s.http
+                    .post(s.url(&format!("/upload/v1beta/files?upload_id={id}")))
+                    .header("x-goog-api-key", TOKEN_A)
+                    .header("x-goog-upload-command", "upload, finalize")
+                    .body(vec![b'x'; 10]),
+            )
+            .await;
+        assert!(status == 404 || status == 400, "{id}: {status} {body}");
+    }
+    // The session's owner still finishes it.
+    let (status, body, _) = s
+        .send(
+            s.http
+                .post(&url)
+                .header("x-goog-api-key", TOKEN_A)
+                .header("x-goog-upload-command", "upload, finalize")
+                .header("x-goog-upload-offset", "0")
+                .body(vec![b'x'; 10]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_without_room_answers_429_and_no_other_project_is_used() {
+    // Two requests a minute per project, by the proxy's own limits.
+    let s = setup(2, None).await;
+    let file = s.upload(TOKEN_A, b"%PDF-1.4 tiny").await;
+    let name = file["name"].as_str().unwrap().to_owned();
+    let uri = file["uri"].as_str().unwrap().to_owned();
+    let before = s.uses_of(&name).await.len();
+    for _ in 0..2 {
+        let (status, body) = s.generate(&with_file(&uri, false)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = s.generate(&with_file(&uri, true)).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED");
+    let retry = body["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["@type"] == "type.googleapis.com/google.rpc.RetryInfo")
+        .expect("RetryInfo");
+    assert!(retry["retryDelay"].as_str().unwrap().ends_with('s'));
+    // The other projects still serve what names no file.
+    let (status, body) = s.generate(&plain()).await;
+    assert_eq!(status, 200, "{body}");
+    let uses = s.uses_of(&name).await;
+    assert_eq!(
+        uses.len(),
+        before + 2,
+        "the refused request never went upstream: {uses:?}"
+    );
+    assert!(uses.iter().all(|(asked, own)| asked == own), "{uses:?}");
+}
+
+#[test]
+fn hostile_file_ids_are_refused_before_anything_goes_upstream() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let s = rt.block_on(setup(1000, None));
+    let addr = s.proxy.addr();
+    let auth = format!("x-goog-api-key: {TOKEN_A}\r\n");
+    for path in [
+        "/v1beta/files/..%2F..%2Fmodels",
+        "/v1beta/files/%2e%2e",
+        "/v1beta/files/a%3Fkey%3Dx",
+        "/v1beta/files/a%23b",
+        "/v1beta/files/a:download",
+        "/v1beta/files/a.b",
+    ] {
+        let (status, text) = common::raw(addr, "GET", path, &auth, "");
+        assert_eq!(status, 400, "{path}: {text}");
+    }
+    let (status, text) = common::raw(addr, "GET", "/v1beta/files?pageToken=..%2Fx", &auth, "");
+    assert_eq!(status, 400, "{text}");
+    let stats: Value = rt.block_on(async {
+        reqwest::get(format!("{}/admin/stats", s.sim.base_url()))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    assert!(
+        stats["resources"]["uses"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "{stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis"]
+async fn the_redis_backend_keeps_owners_and_pins_the_same_way() {
+    let redis = keyturn_store::testkit::TestRedis::get();
+    let ns = keyturn_store::testkit::unique_namespace("affinity");
+    let s = setup(1000, Some((redis.url(), &ns))).await;
+    let (name, owner) = files_are_pinned_to_their_project(&s).await;
+    assert!(!s.dir.path().join("state").join("resources.json").exists());
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let kept: String = redis::cmd("GET")
+        .arg(format!("kt:{ns}:r:{name}"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(kept, owner);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("kt:{ns}:r:{name}"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // Expiring with the file: 48 hours from its upload.
+    assert!(ttl > 47 * 3_600_000 && ttl <= 48 * 3_600_000, "{ttl}");
+}
