@@ -215,15 +215,23 @@ pub(crate) async fn run_batches(
         if d.live.is_empty() && d.queue.is_empty() {
             break;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = interrupt.changed() => {
-                if *interrupt.borrow() {
-                    interrupted = true;
-                    sink.progress.note("stopping: batch jobs keep running at Gemini; rerun the same command to collect them");
-                    break;
+        let signalled = tokio::select! {
+            _ = tokio::time::sleep(delay) => false,
+            changed = interrupt.changed() => match changed {
+                Ok(()) => *interrupt.borrow(),
+                // No one can signal any more: wait out the interval instead of spinning.
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    false
                 }
-            }
+            },
+        };
+        if signalled {
+            interrupted = true;
+            sink.progress.note(
+                "stopping: batch jobs keep running at Gemini; rerun the same command to collect them",
+            );
+            break;
         }
         let changed = d.poll_all(tally).await?;
         delay = if changed {
@@ -464,6 +472,18 @@ impl Driver<'_, '_> {
                         key,
                         state: BatchState::Unknown,
                     });
+                    return Ok(());
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::Throttled(_)) => {
+                    // A batch limit of the project (concurrent jobs, enqueued tokens): Gemini
+                    // refused the job, so it goes again after the next poll, when jobs may
+                    // have finished.
+                    checkpoints.forget_batch(&display, self.now())?;
+                    for ep in rec.episodes.iter().rev() {
+                        self.queue.push_front(ep.id.clone());
+                    }
+                    let job = display.as_str();
+                    tracing::info!(job, project = %project, error = %e, "batch limit reached; submitting again later");
                     return Ok(());
                 }
                 Err(e) => {

@@ -39,6 +39,11 @@ impl World {
 
     /// Every `every`-th request of a job is answered with an item error (0: none).
     async fn with_item_errors(running_secs: u64, every: u64) -> Self {
+        Self::build(running_secs, every, 100).await
+    }
+
+    /// `concurrent`: jobs a project may have pending or running at once.
+    async fn build(running_secs: u64, every: u64, concurrent: u64) -> Self {
         let dir = tempfile::tempdir().unwrap();
         keyturn_pipeline::demo::write_samples(&dir.path().join("transcripts")).unwrap();
         let lines: String = KEYS
@@ -86,6 +91,7 @@ impl World {
         cfg.resources.batch_pending_secs = 0;
         cfg.resources.batch_running_secs = running_secs;
         cfg.resources.batch_item_error_every = every;
+        cfg.resources.batch_concurrent = concurrent;
         let sim = Simulator::start(cfg).await.unwrap();
         World { sim, dir }
     }
@@ -443,4 +449,79 @@ async fn an_episode_changed_while_its_job_runs_is_submitted_again_with_its_new_c
         .map(|i| i.hash)
         .unwrap();
     assert!(hashes.contains(&new_hash), "{hashes:?} {new_hash}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_leaves_the_jobs_running_and_recorded_and_exits_130() {
+    let w = World::new(30).await;
+    let out = w.dir.path().join("out");
+    let mut child = w.command(&out, &["--batch"]).spawn().unwrap();
+    let cp_path = out.join(".keyturn-checkpoint/checkpoint.json");
+    let mut recorded = false;
+    for _ in 0..600 {
+        if let Ok(bytes) = std::fs::read(&cp_path)
+            && let Ok(v) = serde_json::from_slice::<Value>(&bytes)
+            && v["batches"].as_object().is_some_and(|b| {
+                b.values()
+                    .filter(|r| r["name"].is_string())
+                    .map(|r| r["episodes"].as_array().unwrap().len())
+                    .sum::<usize>()
+                    == 5
+            })
+        {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(recorded);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(130));
+    let r = report(&out);
+    assert_eq!(r["result"]["stop"], "interrupted", "{r}");
+    assert_eq!(r["items"]["processed"], 0);
+    let jobs = r["batch"]["jobs"].as_object().unwrap();
+    assert!(!jobs.is_empty(), "{r}");
+    let cp: Value = serde_json::from_slice(&std::fs::read(&cp_path).unwrap()).unwrap();
+    assert!(
+        !cp["batches"].as_object().unwrap().is_empty(),
+        "the jobs stay recorded"
+    );
+    // Nothing was cancelled at Gemini: the jobs still run.
+    for key in [KEYS[1].0, KEYS[3].0] {
+        for j in w.jobs(key).await {
+            assert_ne!(j["metadata"]["state"], "BATCH_STATE_CANCELLED");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_at_its_concurrent_job_limit_gets_the_job_later_and_keeps_batch_mode() {
+    // One job at a time per project; the run needs more: the 429s wait, they switch nothing off.
+    let w = World::build(1, 0, 1).await;
+    let out = w.dir.path().join("out");
+    let o = w.run(w.command(&out, &["--batch"])).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let r = report(&out);
+    assert_eq!(r["items"]["processed"], 5, "{r}");
+    let off = r["batch"]["projects_off"].as_object().unwrap();
+    assert_eq!(off.keys().collect::<Vec<_>>(), ["proj-free"], "{r}");
+    assert!(r["batch"]["submitted"].as_u64().unwrap() >= 3, "{r}");
+    assert_eq!(
+        w.batched_requests().await,
+        r["items"]["chunks"].as_u64().unwrap()
+    );
+    let st = w.sim.state().stats();
+    assert!(
+        st["by_status"]["429"].as_u64().unwrap_or(0) > 0,
+        "the limit was met: {}",
+        st["by_status"]
+    );
 }
