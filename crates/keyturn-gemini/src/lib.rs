@@ -1,7 +1,8 @@
 //! # keyturn-gemini
 //!
 //! Gemini on the wire: serde types for `generateContent`, `streamGenerateContent`,
-//! `countTokens`, `embedContent`, `batchEmbedContents` and `models` ([`wire`]); the reqwest
+//! `countTokens`, `embedContent`, `batchEmbedContents` and `models` ([`wire`]); Batch Mode jobs
+//! pinned to a project's key ([`batch`]); the reqwest
 //! transport with the key only in a header ([`transport`]); the classifier that reads
 //! Gemini's own error details — `quotaId`, `quotaValue`, `retryDelay`, `ErrorInfo.reason` — into a
 //! typed error with a kind ([`error`]); and the rotated-call loop ([`caller`]): acquire → send →
@@ -28,6 +29,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod batch;
 pub mod body;
 pub mod builder;
 pub mod caller;
@@ -39,6 +41,7 @@ pub mod testkit;
 pub mod transport;
 pub mod wire;
 
+pub use batch::{BatchClient, BatchJob, BatchOutput, BatchRequest, BatchState, ItemResult};
 pub use builder::{BuildError, CallerBuilder};
 #[cfg(any(test, feature = "mock"))]
 pub use caller::MockGeminiCall;

@@ -302,6 +302,24 @@ impl Transport {
         Ok(url.into())
     }
 
+    /// A file's bytes: `{root}/download/{version}/files/{id}:download?alt=media`, from a
+    /// `files/{id}` name (a batch job's `responsesFile`), the id validated like any resource id.
+    pub fn download_url(&self, file: &str) -> Result<String, InvalidName> {
+        match file.strip_prefix("files/") {
+            Some(id) if keyturn_core::resources::valid_id(id) => Ok(format!(
+                "{}/download/{}/files/{id}:download?alt=media",
+                self.root, self.version
+            )),
+            _ => Err(InvalidName {
+                what: format!(
+                    "file name '{}'",
+                    file.chars().take(200).collect::<String>().escape_debug()
+                ),
+                reason: "a file name is files/ID (1 to 128 letters, digits, '-' or '_')",
+            }),
+        }
+    }
+
     /// Where uploads start: `{root}/upload/{version}/files`.
     pub fn upload_url(&self) -> String {
         format!("{}/upload/{}/files", self.root, self.version)

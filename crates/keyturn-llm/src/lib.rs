@@ -334,6 +334,29 @@ fn to_generation(
     })
 }
 
+/// The JSON a structured answer holds, as [`LlmService::generate_json`] reads it.
+fn json_of_generation(model: &str, g: Generation) -> Result<(Value, Generation), LlmError> {
+    let v = serde_json::from_str(&g.text).map_err(|e| LlmError::InvalidJson {
+        model: model.to_owned(),
+        detail: e.to_string(),
+        finish: g.finish_reason.clone(),
+    })?;
+    Ok((v, g))
+}
+
+/// Reads a `GenerateContentResponse` that came some other way than a call — one answer of a
+/// Batch Mode job — exactly as [`LlmService::generate_json`] reads its own: no candidate, a
+/// response of the wrong shape and text that is not JSON are the same errors.
+pub fn json_answer(model: &str, response: Value) -> Result<(Value, Generation), LlmError> {
+    json_of_generation(model, to_generation(model, response, None, 0, false)?)
+}
+
+/// The `GenerateContentRequest` body [`LlmService::generate_json`] sends for `req` under
+/// `schema`, for a caller that sends it another way (a Batch Mode job).
+pub fn json_request_body(req: &GenerateRequest, schema: &Value) -> Value {
+    GeminiLlm::body_value(&req.clone().json_schema(schema.clone()))
+}
+
 #[async_trait]
 impl LlmService for GeminiLlm {
     async fn generate(&self, req: &GenerateRequest) -> Result<Generation, LlmError> {
@@ -369,12 +392,7 @@ impl LlmService for GeminiLlm {
     ) -> Result<(Value, Generation), LlmError> {
         let req = req.clone().json_schema(schema.clone());
         let g = self.generate(&req).await?;
-        let v = serde_json::from_str(&g.text).map_err(|e| LlmError::InvalidJson {
-            model: req.model.clone(),
-            detail: e.to_string(),
-            finish: g.finish_reason.clone(),
-        })?;
-        Ok((v, g))
+        json_of_generation(&req.model, g)
     }
 
     async fn stream(

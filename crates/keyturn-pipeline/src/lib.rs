@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod batch;
 pub mod cli;
 pub mod demo;
 pub mod graph;

@@ -6,7 +6,7 @@
 //! (with the rotation state). The graph files are rebuilt from the episode files at the end.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -62,6 +62,8 @@ pub struct SeedOptions {
     pub merge_chars: usize,
     /// Read file links that lead out of the input folder (folder links are never followed).
     pub follow_links: bool,
+    /// Extraction through Gemini's Batch Mode instead of interactive calls (`--batch`).
+    pub batch: Option<crate::batch::BatchOptions>,
 }
 
 /// The extraction model a seed uses unless told otherwise.
@@ -83,6 +85,7 @@ impl Default for SeedOptions {
             overlap_cues: 1,
             merge_chars: 40,
             follow_links: false,
+            batch: None,
         }
     }
 }
@@ -190,6 +193,10 @@ pub struct RunReport {
     pub cache: BTreeMap<String, u64>,
     /// Where state lives.
     pub state: String,
+    /// Batch mode: jobs per project and state, items, tokens and the estimated cost against an
+    /// interactive run (absent in an interactive run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<crate::batch::BatchReport>,
 }
 
 /// Why a run could not start or finish. Its [`SeedError::kind`] decides the exit code
@@ -262,7 +269,7 @@ impl SeedError {
 
 /// Why an episode did not finish.
 #[derive(Debug)]
-enum EpisodeError {
+pub(crate) enum EpisodeError {
     Skip(String),
     Stop(Stop),
     Failed(String),
@@ -270,7 +277,7 @@ enum EpisodeError {
 
 /// What an episode's failed call means for the run, by the error's kind: the day used up stops
 /// it (exit 3), every key dead stops it (exit 4), anything else fails this episode only.
-fn classify_llm(model: &str, e: &LlmError) -> EpisodeError {
+pub(crate) fn classify_llm(model: &str, e: &LlmError) -> EpisodeError {
     let LlmError::Gemini(g) = e else {
         return EpisodeError::Failed(e.to_string());
     };
@@ -325,53 +332,93 @@ pub(crate) fn extraction_request(
     GenerateRequest::new(model.to_owned(), prompt).system(EXTRACTION_INSTRUCTION)
 }
 
-struct Ctx {
-    llm: Arc<dyn LlmService>,
-    embeddings: Arc<dyn EmbeddingsService>,
-    opts: SeedOptions,
-    chunks_done: AtomicUsize,
-    invalid: AtomicUsize,
-    clock: Arc<dyn Clock>,
+pub(crate) struct Ctx {
+    pub(crate) llm: Arc<dyn LlmService>,
+    pub(crate) embeddings: Arc<dyn EmbeddingsService>,
+    pub(crate) opts: SeedOptions,
+    pub(crate) chunks_done: AtomicUsize,
+    pub(crate) invalid: AtomicUsize,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
-async fn process(ctx: &Ctx, item: &Item) -> Result<Episode, EpisodeError> {
+/// An episode read and chunked, ready for extraction.
+pub(crate) struct Prepared {
+    /// Content hash.
+    pub(crate) hash: String,
+    /// Its chunks.
+    pub(crate) chunks: Vec<transcript::Chunk>,
+}
+
+/// Reads and chunks an episode.
+pub(crate) fn prepare(ctx: &Ctx, item: &Item) -> Result<Prepared, EpisodeError> {
     let bytes =
         std::fs::read(&item.source).map_err(|e| EpisodeError::Skip(format!("cannot read: {e}")))?;
     let hash = hash_hex(&bytes);
     let chunks = chunks_of(item.format, &bytes, &ctx.opts).map_err(EpisodeError::Skip)?;
-    drop(bytes);
+    Ok(Prepared { hash, chunks })
+}
+
+/// What one chunk's answer contributes, however it came (a call or a batch job's item): its
+/// extraction; an answer that is not JSON or not of the schema's shape is logged and counts as
+/// an empty extraction, as it always has; any other failure is the episode's.
+pub(crate) fn extraction_of(
+    ctx: &Ctx,
+    item: &Item,
+    chunk: usize,
+    answer: Result<(serde_json::Value, keyturn_llm::Generation), LlmError>,
+) -> Result<Extraction, EpisodeError> {
+    let out = match answer {
+        Ok((v, _)) => serde_json::from_value::<Extraction>(v).unwrap_or_else(|e| {
+            tracing::warn!(episode = %safe(&item.title), chunk, error = %safe(&e.to_string()), "extraction had an unexpected shape; chunk skipped");
+            ctx.invalid.fetch_add(1, Ordering::Relaxed);
+            Extraction::default()
+        }),
+        Err(LlmError::InvalidJson { detail, .. }) => {
+            tracing::warn!(episode = %safe(&item.title), chunk, detail = %safe(&detail), "extraction was not valid JSON; chunk skipped");
+            ctx.invalid.fetch_add(1, Ordering::Relaxed);
+            Extraction::default()
+        }
+        Err(e) => return Err(classify_llm(&ctx.opts.model, &e)),
+    };
+    ctx.chunks_done.fetch_add(1, Ordering::Relaxed);
+    Ok(out)
+}
+
+/// An episode the interactive way: each chunk's extraction a call of its own.
+pub(crate) async fn process(ctx: &Ctx, item: &Item) -> Result<Episode, EpisodeError> {
+    let prepared = prepare(ctx, item)?;
     let schema = extraction_schema();
     let model = ctx.opts.model.clone();
-    let results: Vec<Result<(usize, Extraction), EpisodeError>> = futures::stream::iter(chunks.iter())
-        .map(|c| {
-            let schema = &schema;
-            let model = &model;
-            async move {
-                let req = extraction_request(item, c, model);
-                let out = match ctx.llm.generate_json(&req, schema).await {
-                    Ok((v, _)) => serde_json::from_value::<Extraction>(v).unwrap_or_else(|e| {
-                        tracing::warn!(episode = %safe(&item.title), chunk = c.index, error = %safe(&e.to_string()), "extraction had an unexpected shape; chunk skipped");
-                        ctx.invalid.fetch_add(1, Ordering::Relaxed);
-                        Extraction::default()
-                    }),
-                    Err(LlmError::InvalidJson { detail, .. }) => {
-                        tracing::warn!(episode = %safe(&item.title), chunk = c.index, detail = %safe(&detail), "extraction was not valid JSON; chunk skipped");
-                        ctx.invalid.fetch_add(1, Ordering::Relaxed);
-                        Extraction::default()
-                    }
-                    Err(e) => return Err(classify_llm(model, &e)),
-                };
-                ctx.chunks_done.fetch_add(1, Ordering::Relaxed);
-                Ok((c.index, out))
-            }
-        })
-        .buffer_unordered(ctx.opts.requests.max(1))
-        .collect()
-        .await;
+    let results: Vec<Result<(usize, Extraction), EpisodeError>> =
+        futures::stream::iter(prepared.chunks.iter())
+            .map(|c| {
+                let schema = &schema;
+                let model = &model;
+                async move {
+                    let req = extraction_request(item, c, model);
+                    let answer = ctx.llm.generate_json(&req, schema).await;
+                    Ok((c.index, extraction_of(ctx, item, c.index, answer)?))
+                }
+            })
+            .buffer_unordered(ctx.opts.requests.max(1))
+            .collect()
+            .await;
     let mut extractions = Vec::with_capacity(results.len());
     for r in results {
         extractions.push(r?);
     }
+    finish_episode(ctx, item, prepared, extractions).await
+}
+
+/// The rest of an episode once every chunk has its extraction, whichever way they came:
+/// entities resolved, chunks and entities embedded, the episode built.
+pub(crate) async fn finish_episode(
+    ctx: &Ctx,
+    item: &Item,
+    prepared: Prepared,
+    mut extractions: Vec<(usize, Extraction)>,
+) -> Result<Episode, EpisodeError> {
+    let Prepared { hash, chunks } = prepared;
     extractions.sort_by_key(|(i, _)| *i);
     let (mut entities, relationships, quotes, dropped) = resolve_episode(&extractions);
 
@@ -472,6 +519,8 @@ pub struct SeedServices<'a> {
     pub state: &'a dyn RunState,
     /// Time.
     pub clock: Arc<dyn Clock>,
+    /// Batch Mode jobs, with the pool's transport (needed only with [`SeedOptions::batch`]).
+    pub batch: Option<keyturn_gemini::BatchClient>,
 }
 
 impl std::fmt::Debug for SeedServices<'_> {
@@ -494,6 +543,7 @@ impl<'a> SeedServices<'a> {
             caller: services.caller.clone(),
             state: &services.state,
             clock: services.clock.clone(),
+            batch: None,
         }
     }
 }
@@ -524,7 +574,7 @@ pub async fn seed(
 pub async fn run_seed(
     opts: SeedOptions,
     services: &SeedServices<'_>,
-    mut interrupt: watch::Receiver<bool>,
+    interrupt: watch::Receiver<bool>,
     grace: Duration,
     progress: &Progress,
 ) -> Result<RunReport, SeedError> {
@@ -573,7 +623,7 @@ pub async fn run_seed(
 
     let Discovered {
         items,
-        mut skipped,
+        skipped,
         links_skipped,
     } = discover(&opts.inputs, opts.follow_links);
     let mut counts = Counts {
@@ -661,103 +711,37 @@ pub async fn run_seed(
         clock.clone(),
         &opts.model,
     );
-    let ctx = &ctx;
-    let mut stop: Option<Stop> = None;
-    let mut failed: Vec<Skipped> = Vec::new();
-    let mut episode_ms = BTreeMap::new();
-    let mut queue = pending.into_iter();
-    let mut running = FuturesUnordered::new();
-    let mut interrupted = false;
-    loop {
-        while stop.is_none() && !interrupted && running.len() < opts.concurrency.max(1) {
-            let Some(item) = queue.next() else { break };
-            running.push(async move {
-                let t0 = ctx.clock.now_ms();
-                let r = process(ctx, &item).await;
-                (item, r, ctx.clock.now_ms() - t0)
-            });
+    let sink = Sink {
+        out: &out,
+        checkpoints: &checkpoints,
+        services,
+        progress,
+        ctx: &ctx,
+    };
+    let mut tally = Tally {
+        counts,
+        skipped,
+        ..Tally::default()
+    };
+    let (interrupted, batch) = match &opts.batch {
+        Some(batch) => {
+            let (interrupted, report) =
+                crate::batch::run_batches(&sink, &mut tally, pending, batch, interrupt).await?;
+            (interrupted, Some(report))
         }
-        if running.is_empty() {
-            break;
-        }
-        let next = if interrupted {
-            match tokio::time::timeout(grace, running.next()).await {
-                Ok(n) => n,
-                Err(_) => {
-                    tracing::warn!(
-                        in_flight = running.len(),
-                        "episodes still running after the grace period; cancelled (they will be redone)"
-                    );
-                    break;
-                }
-            }
-        } else {
-            tokio::select! {
-                n = running.next() => n,
-                _ = interrupt.changed() => {
-                    if *interrupt.borrow() {
-                        interrupted = true;
-                        progress.note("stopping: no new episodes; finishing those in flight");
-                    }
-                    continue;
-                }
-            }
-        };
-        let Some((item, result, ms)) = next else {
-            break;
-        };
-        progress.set_chunks(ctx.chunks_done.load(Ordering::Relaxed));
-        match result {
-            Ok(ep) => {
-                let path = out.join("episodes").join(format!("{}.json", ep.episode_id));
-                let bytes = serde_json::to_vec_pretty(&ep).map_err(|source| SeedError::Encode {
-                    what: "an episode",
-                    source,
-                })?;
-                keyturn_store::write_atomic(&path, &bytes, 0o644)?;
-                let snapshot = services.ledger.snapshot().await.ok();
-                checkpoints.record_finished(
-                    &item.key,
-                    &item.hash,
-                    Some(&hash_hex(&bytes)),
-                    clock.now_ms(),
-                    snapshot,
-                )?;
-                services.state.flush().await.ok();
-                counts.processed += 1;
-                counts.chunks += ep.chunks.len();
-                counts.entities += ep.entities.len();
-                counts.relationships += ep.relationships.len();
-                counts.quotes += ep.quotes.len();
-                episode_ms.insert(ep.episode_id.clone(), ms.max(0) as u64);
-                progress.episode("done", &ep.title);
-            }
-            Err(EpisodeError::Skip(reason)) => {
-                progress.note(&format!("skipped {}: {reason}", item.path.display()));
-                skipped.push(Skipped {
-                    path: item.path.display().to_string(),
-                    reason,
-                });
-                progress.episode("skipped", &item.title);
-            }
-            Err(EpisodeError::Failed(e)) => {
-                progress.note(&format!("failed {}: {e}", item.path.display()));
-                failed.push(Skipped {
-                    path: item.path.display().to_string(),
-                    reason: e,
-                });
-                progress.episode("failed", &item.title);
-            }
-            Err(EpisodeError::Stop(s)) => {
-                if stop.is_none() {
-                    stop = Some(s);
-                }
-            }
-        }
-    }
-    drop(running);
+        None => (
+            run_interactive(&sink, &mut tally, pending, interrupt, grace).await?,
+            None,
+        ),
+    };
     progress.finish();
-
+    let Tally {
+        mut counts,
+        skipped,
+        failed,
+        episode_ms,
+        stop,
+    } = tally;
     let snapshot = services.ledger.snapshot().await.ok();
     if let Some(s) = snapshot {
         checkpoints.save_rotation(clock.now_ms(), s)?;
@@ -802,6 +786,7 @@ pub async fn run_seed(
             ("misses".to_owned(), cache.misses),
         ]),
         state: services.state.describe(),
+        batch,
     };
     let bytes = serde_json::to_vec_pretty(&report).map_err(|source| SeedError::Encode {
         what: "the run report",
@@ -810,4 +795,151 @@ pub async fn run_seed(
     keyturn_store::write_atomic(&out.join("run-report.json"), &bytes, 0o644)?;
     drop(owned);
     Ok(report)
+}
+
+/// What a run has done so far.
+#[derive(Default)]
+pub(crate) struct Tally {
+    pub(crate) counts: Counts,
+    pub(crate) skipped: Vec<Skipped>,
+    pub(crate) failed: Vec<Skipped>,
+    pub(crate) episode_ms: BTreeMap<String, u64>,
+    /// Why the run must stop (the day used up, every key dead), once known.
+    pub(crate) stop: Option<Stop>,
+}
+
+/// Where finished episodes go: their files, the checkpoint, the progress display.
+pub(crate) struct Sink<'a> {
+    pub(crate) out: &'a Path,
+    pub(crate) checkpoints: &'a CheckpointStore,
+    pub(crate) services: &'a SeedServices<'a>,
+    pub(crate) progress: &'a Progress,
+    pub(crate) ctx: &'a Ctx,
+}
+
+impl Tally {
+    /// One episode's end, however it was extracted: a finished episode is written atomically
+    /// and checkpointed with the rotation state before the next one is counted.
+    pub(crate) async fn settle(
+        &mut self,
+        sink: &Sink<'_>,
+        item: &Item,
+        result: Result<Episode, EpisodeError>,
+        ms: i64,
+    ) -> Result<(), SeedError> {
+        let progress = sink.progress;
+        progress.set_chunks(sink.ctx.chunks_done.load(Ordering::Relaxed));
+        match result {
+            Ok(ep) => {
+                let path = sink
+                    .out
+                    .join("episodes")
+                    .join(format!("{}.json", ep.episode_id));
+                let bytes = serde_json::to_vec_pretty(&ep).map_err(|source| SeedError::Encode {
+                    what: "an episode",
+                    source,
+                })?;
+                keyturn_store::write_atomic(&path, &bytes, 0o644)?;
+                let snapshot = sink.services.ledger.snapshot().await.ok();
+                sink.checkpoints.record_finished(
+                    &item.key,
+                    &item.hash,
+                    Some(&hash_hex(&bytes)),
+                    sink.ctx.clock.now_ms(),
+                    snapshot,
+                )?;
+                sink.services.state.flush().await.ok();
+                let counts = &mut self.counts;
+                counts.processed += 1;
+                counts.chunks += ep.chunks.len();
+                counts.entities += ep.entities.len();
+                counts.relationships += ep.relationships.len();
+                counts.quotes += ep.quotes.len();
+                self.episode_ms
+                    .insert(ep.episode_id.clone(), ms.max(0) as u64);
+                progress.episode("done", &ep.title);
+            }
+            Err(EpisodeError::Skip(reason)) => {
+                progress.note(&format!("skipped {}: {reason}", item.path.display()));
+                self.skipped.push(Skipped {
+                    path: item.path.display().to_string(),
+                    reason,
+                });
+                progress.episode("skipped", &item.title);
+            }
+            Err(EpisodeError::Failed(e)) => {
+                progress.note(&format!("failed {}: {e}", item.path.display()));
+                self.failed.push(Skipped {
+                    path: item.path.display().to_string(),
+                    reason: e,
+                });
+                progress.episode("failed", &item.title);
+            }
+            Err(EpisodeError::Stop(s)) => {
+                if self.stop.is_none() {
+                    self.stop = Some(s);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The interactive run: episodes in flight up to the concurrency, each chunk a call. Returns
+/// whether it was interrupted.
+async fn run_interactive(
+    sink: &Sink<'_>,
+    tally: &mut Tally,
+    pending: Vec<Item>,
+    mut interrupt: watch::Receiver<bool>,
+    grace: Duration,
+) -> Result<bool, SeedError> {
+    let ctx = sink.ctx;
+    let progress = sink.progress;
+    let opts = &ctx.opts;
+    let mut queue = pending.into_iter();
+    let mut running = FuturesUnordered::new();
+    let mut interrupted = false;
+    loop {
+        while tally.stop.is_none() && !interrupted && running.len() < opts.concurrency.max(1) {
+            let Some(item) = queue.next() else { break };
+            running.push(async move {
+                let t0 = ctx.clock.now_ms();
+                let r = process(ctx, &item).await;
+                (item, r, ctx.clock.now_ms() - t0)
+            });
+        }
+        if running.is_empty() {
+            break;
+        }
+        let next = if interrupted {
+            match tokio::time::timeout(grace, running.next()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    tracing::warn!(
+                        in_flight = running.len(),
+                        "episodes still running after the grace period; cancelled (they will be redone)"
+                    );
+                    break;
+                }
+            }
+        } else {
+            tokio::select! {
+                n = running.next() => n,
+                _ = interrupt.changed() => {
+                    if *interrupt.borrow() {
+                        interrupted = true;
+                        progress.note("stopping: no new episodes; finishing those in flight");
+                    }
+                    continue;
+                }
+            }
+        };
+        let Some((item, result, ms)) = next else {
+            break;
+        };
+        tally.settle(sink, &item, result, ms).await?;
+    }
+    drop(running);
+    Ok(interrupted)
 }

@@ -111,6 +111,7 @@ async fn run(
         caller: caller(),
         state,
         clock: Arc::new(clock.clone()) as Arc<dyn Clock>,
+        batch: None,
     };
     let opts = SeedOptions {
         inputs: inputs(dir),

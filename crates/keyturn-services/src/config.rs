@@ -261,6 +261,59 @@ impl Default for EmbeddingsSettings {
     }
 }
 
+/// How `keyturn seed` sends its extraction requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PipelineMode {
+    /// One call per chunk, answers in seconds (default).
+    #[default]
+    Interactive,
+    /// Gemini's Batch Mode: jobs answered within a day, at half the price.
+    Batch,
+}
+
+/// What batch mode does with an episode whose batch items failed, or when no project can run
+/// batch jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BatchFallbackSetting {
+    /// Retry in a later job (default).
+    #[default]
+    Batch,
+    /// Call Gemini interactively for it.
+    Interactive,
+}
+
+/// `[pipeline]`: how `keyturn seed` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSettings {
+    /// `"interactive"` or `"batch"` (`--batch`).
+    pub mode: PipelineMode,
+    /// `"batch"` or `"interactive"` (`--batch-fallback`).
+    pub batch_fallback: BatchFallbackSetting,
+    /// Most requests (chunks) in one batch job.
+    pub batch_max_requests: usize,
+    /// First interval between polls of the batch jobs (again after any job changed state).
+    #[serde(with = "serde_duration")]
+    pub batch_poll: Duration,
+    /// Longest interval between polls (the interval doubles while nothing changes).
+    #[serde(with = "serde_duration")]
+    pub batch_max_poll: Duration,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        Self {
+            mode: PipelineMode::Interactive,
+            batch_fallback: BatchFallbackSetting::Batch,
+            batch_max_requests: 1_000,
+            batch_poll: Duration::from_secs(10),
+            batch_max_poll: Duration::from_secs(300),
+        }
+    }
+}
+
 /// A client token of the proxy: only its SHA-256 is configured.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -462,6 +515,8 @@ pub struct Config {
     pub cache: CacheSettings,
     /// `[embeddings]`.
     pub embeddings: EmbeddingsSettings,
+    /// `[pipeline]`.
+    pub pipeline: PipelineSettings,
     /// `[limits]`.
     pub limits: LimitsSettings,
     /// `[models."name"]`.
@@ -821,6 +876,18 @@ impl Config {
 
         // [cache]
         positive("cache.ttl", self.cache.ttl)?;
+
+        // [pipeline]
+        at_least(
+            "pipeline.batch_max_requests",
+            self.pipeline.batch_max_requests as u64,
+            1,
+        )?;
+        positive("pipeline.batch_poll", self.pipeline.batch_poll)?;
+        ordered(
+            ("pipeline.batch_poll", self.pipeline.batch_poll),
+            ("pipeline.batch_max_poll", self.pipeline.batch_max_poll),
+        )?;
         at_least("cache.max_entries", self.cache.max_entries, 1)?;
 
         // [embeddings]
@@ -1008,5 +1075,44 @@ mod relearn_tests {
         let l = crate::ledger_config(&cfg).unwrap();
         assert_eq!(l.relearn_after, Some(Duration::from_secs(7200)));
         assert_eq!(l.relearn_at(1_000), 1_000 + 7_200_000);
+    }
+}
+
+#[cfg(test)]
+mod pipeline_tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("keyturn.toml"))
+    }
+
+    #[test]
+    fn batch_mode_is_configured_in_pipeline_and_its_polls_are_checked() {
+        let d = load("").unwrap().pipeline;
+        assert_eq!(d.mode, PipelineMode::Interactive);
+        assert_eq!(d.batch_fallback, BatchFallbackSetting::Batch);
+        let p = load(
+            "[pipeline]\nmode = \"batch\"\nbatch_fallback = \"interactive\"\nbatch_max_requests = 50\nbatch_poll = \"2s\"\nbatch_max_poll = \"1m\"",
+        )
+        .unwrap()
+        .pipeline;
+        assert_eq!(p.mode, PipelineMode::Batch);
+        assert_eq!(p.batch_fallback, BatchFallbackSetting::Interactive);
+        assert_eq!(p.batch_max_requests, 50);
+        assert_eq!(p.batch_poll, Duration::from_secs(2));
+        for (bad, field) in [
+            ("mode = \"later\"", "mode"),
+            ("batch_max_requests = 0", "batch_max_requests"),
+            ("batch_poll = \"0s\"", "batch_poll"),
+            (
+                "batch_poll = \"10m\"\nbatch_max_poll = \"1m\"",
+                "batch_poll",
+            ),
+        ] {
+            let e = load(&format!("[pipeline]\n{bad}")).unwrap_err().to_string();
+            assert!(e.contains(field), "{bad}: {e}");
+        }
     }
 }

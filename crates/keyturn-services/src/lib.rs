@@ -42,7 +42,10 @@ use keyturn_gemini::{GeminiCall, RetryPolicy, RotatingCaller, Transport, Transpo
 use keyturn_llm::{CacheConfig, GeminiLlm, LlmConfig, LlmService};
 use keyturn_store::{ConnectError, FileStore, Persister, RedisLedger, TimeSource};
 
-pub use config::{Backend, Config, Env, Overrides, process_env};
+pub use config::{
+    Backend, BatchFallbackSetting, Config, Env, Overrides, PipelineMode, PipelineSettings,
+    process_env,
+};
 pub use discovery::{Found, config_files, discover, key_ring};
 pub use error::{ConfigError, ServiceError, ServiceErrorKind};
 

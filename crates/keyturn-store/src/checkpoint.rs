@@ -133,6 +133,41 @@ pub struct Checkpoint {
     /// The rotation state at the last checkpoint (keys by fingerprint only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation: Option<Snapshot>,
+    /// Batch jobs in flight, by the display name keyturn gave each (`keyturn seed --batch`).
+    /// Absent in checkpoints of interactive runs and of keyturn before batch mode.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub batches: BTreeMap<String, BatchRecord>,
+}
+
+/// A batch job the run is waiting for, recorded before it is submitted and again the moment
+/// Gemini accepts it, so a run killed at any point finds it again: by its `name`, or — killed
+/// between submit and this record — by its display name in the project's job list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    /// `batches/…` once Gemini accepted the job; `None` while submitting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The project that owns the job (only its keys can poll it).
+    pub project: String,
+    /// Fingerprint of the key that submitted it.
+    pub key_fingerprint: String,
+    /// Model.
+    pub model: String,
+    /// The episodes it carries, in request order.
+    pub episodes: Vec<BatchEpisode>,
+    /// When it was submitted (Unix ms).
+    pub submitted_at_ms: i64,
+}
+
+/// An episode inside a batch job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchEpisode {
+    /// The item's id.
+    pub id: String,
+    /// Its content hash when submitted.
+    pub hash: String,
+    /// How many requests (chunks) it has in the job.
+    pub requests: usize,
 }
 
 impl Default for Checkpoint {
@@ -142,6 +177,7 @@ impl Default for Checkpoint {
             updated_at_ms: 0,
             items: BTreeMap::new(),
             rotation: None,
+            batches: BTreeMap::new(),
         }
     }
 }
@@ -297,6 +333,41 @@ impl CheckpointStore {
         Ok(write_atomic(&self.path, &bytes, 0o600)?)
     }
 
+    /// The batch jobs in flight, by display name.
+    pub fn batches(&self) -> BTreeMap<String, BatchRecord> {
+        self.data.lock().batches.clone()
+    }
+
+    /// Records a batch job under its display name, durably, before returning: before it is
+    /// submitted (no name yet) and again once Gemini accepted it (with its name).
+    pub fn record_batch(
+        &self,
+        display_name: &str,
+        record: BatchRecord,
+        now_ms: i64,
+    ) -> Result<(), CheckpointError> {
+        self.change(now_ms, |data| {
+            data.batches.insert(display_name.to_owned(), record);
+        })
+    }
+
+    /// Forgets a batch job (finished, refused, failed or gone).
+    pub fn forget_batch(&self, display_name: &str, now_ms: i64) -> Result<(), CheckpointError> {
+        self.change(now_ms, |data| {
+            data.batches.remove(display_name);
+        })
+    }
+
+    fn change(&self, now_ms: i64, f: impl FnOnce(&mut Checkpoint)) -> Result<(), CheckpointError> {
+        let bytes = {
+            let mut data = self.data.lock();
+            f(&mut data);
+            data.updated_at_ms = now_ms;
+            self.encode(&data)?
+        };
+        Ok(write_atomic(&self.path, &bytes, 0o600)?)
+    }
+
     /// Forgets an item (its output is gone, say).
     pub fn forget(&self, id: &str, now_ms: i64) -> Result<(), CheckpointError> {
         let bytes = {
@@ -422,6 +493,48 @@ mod tests {
         let cp = CheckpointStore::open(dir.path()).unwrap();
         assert!(cp.is_finished("a.vtt", "h"));
         assert_eq!(cp.checkpoint().items["a.vtt"].output_sha256, None);
+    }
+
+    #[test]
+    fn batch_jobs_are_recorded_durably_and_old_checkpoints_have_none() {
+        let dir = tempfile::tempdir().unwrap();
+        // A checkpoint written before batch mode (and by an interactive run) loads with no jobs
+        // and keeps its items.
+        fs::write(
+            dir.path().join(CHECKPOINT_FILE),
+            br#"{"schema":1,"updated_at_ms":5,"items":{"a.vtt":{"hash":"h","finished_at_ms":5,"output_sha256":"o"}}}"#,
+        )
+        .unwrap();
+        let cp = CheckpointStore::open(dir.path()).unwrap();
+        assert!(cp.batches().is_empty());
+        assert!(cp.is_finished("a.vtt", "h"));
+        let mut rec = BatchRecord {
+            name: None,
+            project: "p1".into(),
+            key_fingerprint: "abcd1234".into(),
+            model: "gemini-2.5-flash".into(),
+            episodes: vec![BatchEpisode {
+                id: "b.vtt".into(),
+                hash: "hb".into(),
+                requests: 3,
+            }],
+            submitted_at_ms: 7,
+        };
+        cp.record_batch("kt-1", rec.clone(), 7).unwrap();
+        drop(cp);
+        let cp = CheckpointStore::open(dir.path()).unwrap();
+        assert_eq!(cp.batches()["kt-1"], rec);
+        rec.name = Some("batches/x1".into());
+        cp.record_batch("kt-1", rec.clone(), 8).unwrap();
+        cp.record_finished("c.vtt", "hc", None, 9, None).unwrap();
+        drop(cp);
+        let cp = CheckpointStore::open(dir.path()).unwrap();
+        assert_eq!(cp.batches()["kt-1"].name.as_deref(), Some("batches/x1"));
+        assert_eq!(cp.finished(), 2);
+        cp.forget_batch("kt-1", 10).unwrap();
+        drop(cp);
+        let text = fs::read_to_string(dir.path().join(CHECKPOINT_FILE)).unwrap();
+        assert!(!text.contains("batches"), "no jobs, no field: {text}");
     }
 
     #[test]

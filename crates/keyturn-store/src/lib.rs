@@ -45,7 +45,7 @@ pub mod runs;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
+pub use checkpoint::{BatchEpisode, BatchRecord, Checkpoint, CheckpointError, CheckpointStore};
 pub use file::{
     FileInfo, FileStore, LockInfo, Persister, StateFile, WrittenFile, write_atomic,
     write_atomic_with,

@@ -3,6 +3,7 @@
 //! of them (name, what it shows, how to run it), in the order `all` runs them.
 
 mod basic_rotation;
+mod batch;
 mod compat;
 mod crash;
 mod exhaustion;
@@ -85,6 +86,11 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "plan",
         shows: "keyturn plan sends nothing; a seed across rehearsed midnights matches it (requests within 10 %, days exact)",
         run: |bin, r| Box::pin(plan::run(bin, r)),
+    },
+    Scenario {
+        name: "batch",
+        shows: "seed --batch over three projects (one free tier), killed between submit and checkpoint and while jobs run, resumed: every chunk in one job, the interactive graph",
+        run: |bin, r| Box::pin(batch::run(bin, r)),
     },
     Scenario {
         name: "wild-pool",

@@ -238,10 +238,29 @@ pub(super) struct SeedArgs {
     /// default such links are skipped and reported; links to folders are never followed).
     #[arg(long)]
     pub follow_links: bool,
+    /// Send the extraction requests as Gemini Batch Mode jobs (half the price, answered within
+    /// a day), spread over the projects that can run them; rerun the same command to collect
+    /// jobs still running. Also `[pipeline] mode = "batch"`.
+    #[arg(long)]
+    pub batch: bool,
+    /// With --batch: an episode whose batch items failed, or that no project can take as a
+    /// batch job, is retried in a later job (batch) or called interactively (interactive).
+    /// Default: `[pipeline] batch_fallback`, else batch.
+    #[arg(long, value_enum)]
+    pub batch_fallback: Option<BatchFallbackArg>,
     #[command(flatten)]
     pub setup: Setup,
     #[command(flatten)]
     pub metrics: MetricsFlag,
+}
+
+/// `--batch-fallback`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum BatchFallbackArg {
+    /// Retry in a later batch job.
+    Batch,
+    /// Call Gemini interactively.
+    Interactive,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -7,13 +7,15 @@ use std::time::Duration;
 
 use keyturn_services::{Env, create_gemini_services};
 
-use super::args::SeedArgs;
+use super::args::{BatchFallbackArg, SeedArgs};
 use super::{Global, fail, interrupts, load, start_metrics};
+use crate::batch::{BatchFallback, BatchOptions};
 use crate::progress::Progress;
 use crate::report::Outcome;
 use crate::report::report_and_exit;
-use crate::run::{SeedOptions, seed};
+use crate::run::{SeedOptions, SeedServices, run_seed};
 use crate::term::safe;
+use keyturn_services::{BatchFallbackSetting, PipelineMode};
 
 /// A path as one POSIX shell word, for a command line the user can paste back.
 fn shell_quote(p: &Path) -> String {
@@ -40,6 +42,37 @@ fn resume_command(args: impl Iterator<Item = std::ffi::OsString>) -> String {
     line
 }
 
+/// Batch mode, if `--batch` or `[pipeline] mode = "batch"` asks for it: a client on the pool's
+/// transport and the options.
+fn batch_options(
+    cfg: &keyturn_services::Config,
+    a: &SeedArgs,
+) -> Result<Option<(keyturn_gemini::BatchClient, BatchOptions)>, keyturn_services::ServiceError> {
+    let p = &cfg.pipeline;
+    if !a.batch && p.mode != PipelineMode::Batch {
+        return Ok(None);
+    }
+    let fallback = match a.batch_fallback {
+        Some(BatchFallbackArg::Interactive) => BatchFallback::Interactive,
+        Some(BatchFallbackArg::Batch) => BatchFallback::Batch,
+        None => match p.batch_fallback {
+            BatchFallbackSetting::Interactive => BatchFallback::Interactive,
+            BatchFallbackSetting::Batch => BatchFallback::Batch,
+        },
+    };
+    let transport = keyturn_services::transport(cfg, &cfg.http.api_version)?;
+    Ok(Some((
+        keyturn_gemini::BatchClient::new(transport),
+        BatchOptions {
+            max_requests: p.batch_max_requests,
+            poll: p.batch_poll,
+            max_poll: p.batch_max_poll,
+            fallback,
+            ..BatchOptions::default()
+        },
+    )))
+}
+
 pub(super) async fn cmd_seed(g: &Global, env: &Env, cwd: &Path, a: SeedArgs) -> ExitCode {
     let cfg = match load(g, env, cwd, a.no_cache) {
         Ok(c) => c,
@@ -53,6 +86,12 @@ pub(super) async fn cmd_seed(g: &Global, env: &Env, cwd: &Path, a: SeedArgs) -> 
         Err(e) => return fail(e.kind(), e),
     };
     tracing::info!(keys = services.keys.len(), state = %safe(services.state.describe()), "starting");
+    let batch = match batch_options(&cfg, &a) {
+        Ok(b) => b,
+        Err(e) => return fail(e.kind(), e),
+    };
+    let mut seed_services = SeedServices::of(&services);
+    seed_services.batch = batch.as_ref().map(|(client, _)| client.clone());
     let opts = SeedOptions {
         inputs: a.inputs.clone(),
         out: a.out.clone(),
@@ -63,6 +102,7 @@ pub(super) async fn cmd_seed(g: &Global, env: &Env, cwd: &Path, a: SeedArgs) -> 
         dimensions: Some(a.dimensions),
         chunk_tokens: a.chunk_tokens.max(50),
         follow_links: a.follow_links,
+        batch: batch.map(|(_, o)| o),
         ..SeedOptions::default()
     };
     let progress = Progress::new(std::io::stderr().is_terminal());
@@ -74,9 +114,9 @@ pub(super) async fn cmd_seed(g: &Global, env: &Env, cwd: &Path, a: SeedArgs) -> 
     // The command as it was given, every flag included (global ones like --state-dir and
     // --config too), each word quoted: pasted back, it resumes this very run.
     let resume = resume_command(std::env::args_os().skip(1));
-    let result = seed(
+    let result = run_seed(
         opts,
-        &services,
+        &seed_services,
         interrupts(),
         Duration::from_secs(5),
         &progress,
