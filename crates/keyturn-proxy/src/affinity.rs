@@ -129,6 +129,22 @@ pub(crate) async fn pin(
     demand: Demand,
     any_string: bool,
 ) -> Result<Demand, Refusal> {
+    Ok(match owner(st, body, any_string).await? {
+        Some(p) => match key_of(st, &p) {
+            Some(k) => demand.within_project_of(k),
+            None => demand,
+        },
+        None => demand,
+    })
+}
+
+/// The project that owns what the body names, when the proxy knows it (and the pool has a key
+/// of it). Resources of two projects in one request cannot be served by any key: refused.
+pub(crate) async fn owner(
+    st: &ProxyState,
+    body: &Value,
+    any_string: bool,
+) -> Result<Option<String>, Refusal> {
     let named = referenced(body, any_string)?;
     let mut owner: Option<String> = None;
     for r in &named {
@@ -145,10 +161,7 @@ pub(crate) async fn pin(
             _ => owner = Some(p),
         }
     }
-    Ok(match owner.as_deref().and_then(|p| key_of(st, p)) {
-        Some(k) => demand.within_project_of(k),
-        None => demand,
-    })
+    Ok(owner.filter(|p| key_of(st, p).is_some()))
 }
 
 /// The resource map could not be read: the proxy does not guess an owner.

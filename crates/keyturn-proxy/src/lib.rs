@@ -734,12 +734,22 @@ async fn call_model(
         Err(r) => return r.gemini(),
     };
     if action == "countTokens" {
-        return match caller
-            .call_unmetered(&format!("models/{model}:countTokens"), Some(value))
-            .await
-        {
-            Ok(r) => st.relay(r.raw),
-            Err(e) => failure(&st, &e).gemini(),
+        // A count naming a file or cached content the proxy knows goes with a key of the
+        // project that owns it (any other project's key gets a bare 403).
+        return match affinity::owner(&st, &value, false).await {
+            Err(r) => r.gemini(),
+            Ok(Some(project)) => {
+                match files::count_tokens_of(&st, &version, model, &project, &value).await {
+                    Ok(r) | Err(r) => r,
+                }
+            }
+            Ok(None) => match caller
+                .call_unmetered(&format!("models/{model}:countTokens"), Some(value))
+                .await
+            {
+                Ok(r) => st.relay(r.raw),
+                Err(e) => failure(&st, &e).gemini(),
+            },
         };
     }
     if let Err(r) = confirm_model(&st, &caller, &version, model).await {

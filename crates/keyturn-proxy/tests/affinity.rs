@@ -798,3 +798,31 @@ async fn a_clients_files_share_one_project_so_a_request_can_name_several() {
         assert!(uses.iter().all(|(asked, own)| asked == own), "{uses:?}");
     }
 }
+
+/// countTokens spends no quota but still names the file: it goes with a key of the owning
+/// project too (another project's key would get a bare 403).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counting_tokens_of_a_request_naming_a_file_uses_its_projects_keys() {
+    let s = setup(1000, None).await;
+    let file = s.upload(TOKEN_A, &b"%PDF-1.4\n".repeat(50)).await;
+    let name = file["name"].as_str().unwrap().to_owned();
+    let uri = file["uri"].as_str().unwrap().to_owned();
+    for i in 0..8 {
+        let (status, body, _) = s
+            .send(
+                s.http
+                    .post(s.url(&format!("/v1beta/models/{FLASH}:countTokens")))
+                    .header("x-goog-api-key", TOKEN_A)
+                    .json(&with_file(&uri, i % 2 == 0)),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body["totalTokens"].as_u64().is_some(), "{body}");
+    }
+    let uses = s.uses_of(&name).await;
+    assert!(uses.len() >= 8, "{uses:?}");
+    assert!(
+        uses.iter().all(|(asked, own)| asked == own),
+        "a count went to another project: {uses:?}"
+    );
+}
