@@ -809,7 +809,7 @@ pub(crate) async fn count_tokens_of(
     project: &str,
     body: &Value,
 ) -> Result<Response, Response> {
-    let fail = |r: Refusal| Answer::from(r).gemini();
+    let fail = |r: Refusal| r.gemini();
     let transport = transport(st, version).map_err(fail)?;
     let url = transport
         .model_url(model, "countTokens")
