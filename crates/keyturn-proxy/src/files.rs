@@ -757,6 +757,40 @@ pub(crate) async fn list(
     ))
 }
 
+/// `models/{model}:countTokens` for a body naming a resource of `project`: sent with that
+/// project's keys (no quota is spent counting).
+pub(crate) async fn count_tokens_of(
+    st: &ProxyState,
+    version: &str,
+    model: &str,
+    project: &str,
+    body: &Value,
+) -> Result<Response, Response> {
+    let fail = |r: Refusal| r.gemini();
+    let transport = transport(st, version).map_err(fail)?;
+    let url = transport
+        .model_url(model, "countTokens")
+        .map_err(|e| fail(invalid(&e.to_string()).into()))?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let keys = affinity::keys_for(st, Some(project));
+    let sent = affinity::send_with(
+        st,
+        transport,
+        &keys,
+        reqwest::Method::POST,
+        &url,
+        &headers,
+        Some(Bytes::from(body.to_string())),
+    )
+    .await
+    .map_err(fail)?;
+    Ok(affinity::relay(st, sent.status, &sent.body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -798,38 +832,4 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert!(out.get("x-goog-api-key").is_none() && out.get(header::AUTHORIZATION).is_none());
     }
-}
-
-/// `models/{model}:countTokens` for a body naming a resource of `project`: sent with that
-/// project's keys (no quota is spent counting).
-pub(crate) async fn count_tokens_of(
-    st: &ProxyState,
-    version: &str,
-    model: &str,
-    project: &str,
-    body: &Value,
-) -> Result<Response, Response> {
-    let fail = |r: Refusal| r.gemini();
-    let transport = transport(st, version).map_err(fail)?;
-    let url = transport
-        .model_url(model, "countTokens")
-        .map_err(|e| fail(invalid(&e.to_string()).into()))?;
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let keys = affinity::keys_for(st, Some(project));
-    let sent = affinity::send_with(
-        st,
-        transport,
-        &keys,
-        reqwest::Method::POST,
-        &url,
-        &headers,
-        Some(Bytes::from(body.to_string())),
-    )
-    .await
-    .map_err(fail)?;
-    Ok(affinity::relay(st, sent.status, &sent.body))
 }
