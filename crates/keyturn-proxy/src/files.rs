@@ -102,7 +102,7 @@ pub(crate) struct ListQuery {
     page_token: Option<String>,
 }
 
-fn transport<'a>(
+pub(crate) fn transport<'a>(
     st: &'a ProxyState,
     version: &str,
 ) -> Result<&'a keyturn_gemini::Transport, Refusal> {

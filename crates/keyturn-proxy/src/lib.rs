@@ -50,6 +50,7 @@ mod admin;
 mod affinity;
 mod answer;
 mod auth;
+mod download;
 mod files;
 mod openai;
 mod owned;
@@ -425,6 +426,10 @@ pub fn router(state: Arc<ProxyState>) -> Router {
                 .delete(owned::delete_cache),
         )
         .route("/{version}/batches", get(owned::list_batches))
+        .route(
+            "/download/{version}/files/{name}",
+            get(download::download_file),
+        )
         .route(
             "/{version}/batches/{name}",
             get(owned::get_batch)

@@ -826,3 +826,51 @@ async fn counting_tokens_of_a_request_naming_a_file_uses_its_projects_keys() {
         "a count went to another project: {uses:?}"
     );
 }
+
+/// A file's bytes (a batch's results file, here a small upload) come through the proxy's
+/// download route, fetched with the owning project's key; a name that is not a file's is refused
+/// before anything goes upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_files_bytes_are_downloaded_with_its_projects_key() {
+    let s = setup(1000, None).await;
+    let content = b"{\"key\": \"a\", \"response\": {}}\n".repeat(40);
+    let file = s.upload(TOKEN_A, &content).await;
+    let name = file["name"].as_str().unwrap().to_owned();
+    let id = name.strip_prefix("files/").unwrap();
+    for _ in 0..4 {
+        let resp = s
+            .http
+            .get(s.url(&format!("/download/v1beta/files/{id}:download?alt=media")))
+            .header("x-goog-api-key", TOKEN_A)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.bytes().await.unwrap().as_ref(), content.as_slice());
+    }
+    let uses = s.uses_of(&name).await;
+    assert!(uses.len() >= 4, "{uses:?}");
+    assert!(uses.iter().all(|(asked, own)| asked == own), "{uses:?}");
+    for bad in ["..%2Fmodels:download", "abc", "a.b:download", "abc:delete"] {
+        let resp = s
+            .http
+            .get(s.url(&format!("/download/v1beta/files/{bad}")))
+            .header("x-goog-api-key", TOKEN_A)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            matches!(resp.status().as_u16(), 400 | 404),
+            "{bad}: {}",
+            resp.status()
+        );
+    }
+    // Without a client token: refused like every route.
+    let resp = s
+        .http
+        .get(s.url(&format!("/download/v1beta/files/{id}:download?alt=media")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
