@@ -96,12 +96,13 @@ pub(crate) fn referenced(v: &Value, any_string: bool) -> Result<Vec<ResourceName
     Ok(out)
 }
 
-/// The first key (in ring order) of `project`, if the pool has one.
+/// The first key (in ring order) of `project`, if the pool has one (a key a reload removed is
+/// in the ring no more than in the pool: no key here ever picks it).
 pub(crate) fn key_of(st: &ProxyState, project: &str) -> Option<KeyId> {
     st.live()
         .ledger
         .keys()
-        .iter()
+        .active()
         .find(|(_, e)| e.project == project)
         .map(|(id, _)| id)
 }
@@ -113,6 +114,21 @@ pub(crate) fn key_by_label(st: &ProxyState, label: &str) -> Option<KeyId> {
         .keys()
         .iter()
         .find(|(_, e)| e.label == label)
+        .map(|(id, _)| id)
+}
+
+/// The fingerprint of a key, by id.
+pub(crate) fn fingerprint_of(st: &ProxyState, key: KeyId) -> Option<keyturn_core::Fingerprint> {
+    st.live().ledger.keys().get(key).map(|e| e.fingerprint())
+}
+
+/// The id of the key with this fingerprint, if the pool holds it now (not removed by a reload).
+pub(crate) fn active_key(st: &ProxyState, fingerprint: keyturn_core::Fingerprint) -> Option<KeyId> {
+    st.live()
+        .ledger
+        .keys()
+        .active()
+        .find(|(_, e)| e.fingerprint() == fingerprint)
         .map(|(id, _)| id)
 }
 
@@ -166,7 +182,7 @@ pub(crate) fn unavailable() -> Refusal {
 pub(crate) fn keys_for(st: &ProxyState, project: Option<&str>) -> Vec<KeyId> {
     let ring = st.live().ledger.keys();
     let ids: Vec<KeyId> = ring
-        .iter()
+        .active()
         .filter(|(_, e)| project.is_none_or(|p| e.project == p))
         .map(|(id, _)| id)
         .collect();
@@ -198,7 +214,7 @@ pub(crate) fn upload_keys(st: &ProxyState, client: Option<&str>) -> Vec<KeyId> {
         .live()
         .ledger
         .keys()
-        .iter()
+        .active()
         .filter(|(_, e)| e.project != home)
         .map(|(id, _)| id)
         .collect::<Vec<_>>();
@@ -209,7 +225,7 @@ pub(crate) fn upload_keys(st: &ProxyState, client: Option<&str>) -> Vec<KeyId> {
 /// One key per project of the pool, for finding a resource the proxy has not seen.
 pub(crate) fn one_key_per_project(st: &ProxyState) -> Vec<(KeyId, String)> {
     let mut seen: Vec<(KeyId, String)> = Vec::new();
-    for (id, e) in st.live().ledger.keys().iter() {
+    for (id, e) in st.live().ledger.keys().active() {
         if !seen.iter().any(|(_, p)| *p == e.project) {
             seen.push((id, e.project.clone()));
         }
@@ -224,6 +240,26 @@ pub(crate) struct Sent {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
+}
+
+/// An upstream answer to a resource call, read with keyturn-gemini's bounds: a successful one
+/// whole up to [`keyturn_gemini::body::MAX_ANSWER_BYTES`] (refused past it), an error's first
+/// [`keyturn_gemini::body::MAX_ERROR_BYTES`]. A hostile or broken upstream cannot make the proxy
+/// hold an endless body.
+pub(crate) async fn read_bounded(
+    resp: reqwest::Response,
+) -> Result<(StatusCode, HeaderMap, Bytes), Refusal> {
+    use keyturn_gemini::body::{MAX_ANSWER_BYTES, MAX_ERROR_BYTES, read_answer, read_error};
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let headers = resp.headers().clone();
+    let body = if status.is_success() {
+        read_answer(resp, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| send_failed(&SendError::Failed(e)))?
+    } else {
+        read_error(resp, MAX_ERROR_BYTES).await
+    };
+    Ok((status, headers, body))
 }
 
 pub(crate) async fn send_with(
@@ -256,14 +292,12 @@ pub(crate) async fn send_with(
                 continue;
             }
         };
-        let status =
-            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let headers = resp.headers().clone();
-        let Ok(bytes) = resp.bytes().await else {
-            last = Some(send_failed(&SendError::Failed(
-                "the answer was cut off".into(),
-            )));
-            continue;
+        let (status, headers, bytes) = match read_bounded(resp).await {
+            Ok(r) => r,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
         };
         if !status.is_success()
             && matches!(
