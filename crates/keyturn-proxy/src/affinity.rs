@@ -117,6 +117,21 @@ pub(crate) fn key_by_label(st: &ProxyState, label: &str) -> Option<KeyId> {
         .map(|(id, _)| id)
 }
 
+/// The keys the ledger has switched off — disabled by an operator, or dead — which take no
+/// call about a resource either. When the ledger cannot say, none are assumed off (a call on
+/// an off key is refused upstream, and tried on the next).
+pub(crate) async fn switched_off(st: &ProxyState) -> Vec<keyturn_core::Fingerprint> {
+    match st.live().ledger.status().await {
+        Ok(status) => status
+            .keys
+            .into_iter()
+            .filter(|k| k.disabled.is_some())
+            .map(|k| k.fingerprint)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// The fingerprint of a key, by id.
 pub(crate) fn fingerprint_of(st: &ProxyState, key: KeyId) -> Option<keyturn_core::Fingerprint> {
     st.live().ledger.keys().get(key).map(|e| e.fingerprint())
@@ -272,9 +287,13 @@ pub(crate) async fn send_with(
     body: Option<Bytes>,
 ) -> Result<Sent, Refusal> {
     let ring = st.live().ledger.keys();
+    let off = switched_off(st).await;
     let mut last: Option<Refusal> = None;
     for &id in keys {
         let Some(entry) = ring.get(id) else { continue };
+        if off.contains(&entry.fingerprint()) {
+            continue;
+        }
         let sent = transport
             .send_as(
                 method.clone(),

@@ -324,8 +324,13 @@ async fn start_upload(
         return Ok(r);
     }
     // Multipart: one streamed request, on the first key that takes it (a stream cannot be
-    // sent twice).
-    let Some(&key) = keys.first() else {
+    // sent twice) and is not switched off.
+    let off = affinity::switched_off(st).await;
+    let ring = st.live().ledger.keys();
+    let Some(&key) = keys
+        .iter()
+        .find(|&&k| ring.get(k).is_some_and(|e| !off.contains(&e.fingerprint())))
+    else {
         return Err(affinity::unavailable());
     };
     let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -378,11 +383,14 @@ async fn continue_upload(
     }
     // The key that started the session, where the pool has it now; a key a reload removed
     // takes nothing more, and no other key can go on with its session.
-    let key = affinity::active_key(st, session.key).ok_or_else(|| {
+    let off = affinity::switched_off(st).await;
+    let key = affinity::active_key(st, session.key)
+        .filter(|_| !off.contains(&session.key))
+        .ok_or_else(|| {
         Refusal::from(Problem::new(
             StatusCode::NOT_FOUND,
             "NOT_FOUND",
-            "keyturn proxy: no such upload session (the key that started it left the pool; start the upload again)",
+            "keyturn proxy: no such upload session (the key that started it left the pool or was switched off; start the upload again)",
         ))
     })?;
     let fwd = upload_headers(headers)?;
@@ -636,9 +644,10 @@ pub(crate) async fn about(
         .filter(|p| affinity::key_of(st, p).is_some());
     let keys: Vec<Vec<KeyId>> = match known {
         Some(p) => vec![affinity::keys_for(st, Some(p))],
+        // Each project's keys, tried in turn only while refused or unreachable (or switched off).
         None => affinity::one_key_per_project(st)
             .into_iter()
-            .map(|(k, _)| vec![k])
+            .map(|(_, p)| affinity::keys_for(st, Some(&p)))
             .collect(),
     };
     let mut last = None;

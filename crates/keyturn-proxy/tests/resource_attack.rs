@@ -356,3 +356,55 @@ async fn a_reload_ends_a_removed_clients_sessions_and_a_removed_keys_calls() {
             .collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_operator_disabled_takes_no_call_about_a_resource() {
+    let s = setup(ProxyConfig::default().max_upload_bytes).await;
+    let url = s.start_upload(TOKEN_A).await;
+    let started_with = s
+        .keys_seen()
+        .last()
+        .map(|(_, k)| k.clone())
+        .unwrap_or_default();
+    let ring = s.pool.ledger.keys();
+    let (id, _) = ring
+        .iter()
+        .find(|(_, e)| e.key.expose() == started_with)
+        .unwrap();
+    s.pool.ledger.disable_by_admin(id, true).await.unwrap();
+    let before = s.keys_seen().len();
+    // Its upload session takes nothing more.
+    assert_eq!(s.chunk(&url, 0, 10).await, 404);
+    // Lookups, new uploads (resumable and multipart) go with the other key only.
+    for i in 0..4 {
+        let r = s
+            .http
+            .get(s.url(&format!("/v1beta/files/g{i}")))
+            .header("x-goog-api-key", TOKEN_A)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        s.start_upload(TOKEN_A).await;
+        let r = s
+            .http
+            .post(s.url("/upload/v1beta/files?uploadType=multipart"))
+            .header("x-goog-api-key", TOKEN_A)
+            .header("content-type", "multipart/related; boundary=x")
+            .body("--x\r\n\r\n{}\r\n--x--\r\n")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let after = s.keys_seen();
+    assert!(after.len() >= before + 12);
+    assert!(
+        after[before..].iter().all(|(_, k)| *k != started_with),
+        "the disabled key was used: {:?}",
+        after[before..]
+            .iter()
+            .map(|(p, k)| (p, *k == started_with))
+            .collect::<Vec<_>>()
+    );
+}
