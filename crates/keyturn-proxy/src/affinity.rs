@@ -153,7 +153,8 @@ pub(crate) fn project_of(st: &ProxyState, key: KeyId) -> Option<String> {
 }
 
 /// `demand`, pinned to the project that owns what the body names, when the proxy knows it.
-/// Resources of two projects in one request cannot be served by any key: refused.
+/// Resources of two projects in one request cannot be served by any key: refused; so is one
+/// whose known owner has no key in the pool.
 pub(crate) async fn pin(
     st: &ProxyState,
     body: &Value,
@@ -176,10 +177,21 @@ pub(crate) async fn pin(
             _ => owner = Some(p),
         }
     }
-    Ok(match owner.as_deref().and_then(|p| key_of(st, p)) {
-        Some(k) => demand.within_project_of(k),
-        None => demand,
-    })
+    match owner {
+        None => Ok(demand),
+        Some(p) => match key_of(st, &p) {
+            Some(k) => Ok(demand.within_project_of(k)),
+            // The owner is known and no key of the pool is in it (a reload removed them, or the
+            // map names a project that was never ours): every key here would be refused for it,
+            // so none is sent.
+            None => Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "FAILED_PRECONDITION",
+                "keyturn proxy: the file or cached content the request names belongs to a project none of this pool's keys is in (any more); upload it again",
+            )
+            .into()),
+        },
+    }
 }
 
 /// The resource map could not be read: the proxy does not guess an owner.

@@ -408,3 +408,38 @@ async fn a_key_the_operator_disabled_takes_no_call_about_a_resource() {
             .collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_whose_project_left_the_pool_is_sent_with_no_other_projects_key() {
+    let mut s = setup(ProxyConfig::default().max_upload_bytes).await;
+    let url = s.start_upload(TOKEN_A).await;
+    assert_eq!(s.chunk(&url, 0, 10).await, 200);
+    // The upstream named the file files/up10 (10 bytes); its owner is p1.
+    s.reload(
+        &[("AIzaSyTESTresourceAttackKeyThree0003", "three", "p2")],
+        &[("a", TOKEN_A)],
+    )
+    .await;
+    let before = s.keys_seen().len();
+    let body = serde_json::json!({"contents": [{"role": "user", "parts": [
+        {"fileData": {"mimeType": "application/pdf", "fileUri": "files/up10"}}
+    ]}]});
+    let r = s
+        .http
+        .post(s.url("/v1beta/models/gemini-2.5-flash:generateContent"))
+        .header("x-goog-api-key", TOKEN_A)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("FAILED_PRECONDITION"), "{text}");
+    let sent: Vec<_> = s.keys_seen()[before..]
+        .iter()
+        .filter(|(p, _)| p.contains("generateContent"))
+        .cloned()
+        .collect();
+    assert!(sent.is_empty(), "sent with another project's key: {sent:?}");
+}
