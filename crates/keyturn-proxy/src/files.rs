@@ -56,6 +56,8 @@ struct Session {
     client: Option<String>,
     version: String,
     started_ms: i64,
+    /// Bytes of the file streamed upstream so far, for a chunk that states no offset.
+    streamed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The upload sessions of this process, by the opaque id the client holds.
@@ -204,17 +206,20 @@ fn too_large(st: &ProxyState) -> Refusal {
 }
 
 /// A client body as an upstream body: streamed chunk by chunk, cut off past the cap or after
-/// `body_timeout` without a byte. `over` says afterwards whether the cap cut it.
+/// `body_timeout` without a byte. `over` says afterwards whether the cap cut it; `count`, if
+/// any, grows by each chunk sent on.
 fn streamed(
     st: &ProxyState,
     body: Body,
     cap: u64,
     over: Arc<std::sync::atomic::AtomicBool>,
+    count: Option<Arc<std::sync::atomic::AtomicU64>>,
 ) -> reqwest::Body {
     let idle = st.body_timeout;
     let data = body.into_data_stream();
     let chunks = futures::stream::unfold((data, 0u64), move |(mut data, seen)| {
         let over = over.clone();
+        let count = count.clone();
         async move {
             let next = match tokio::time::timeout(idle, data.next()).await {
                 Ok(n) => n?,
@@ -236,6 +241,9 @@ fn streamed(
                             Err(std::io::Error::other("the upload is too large")),
                             (data, seen),
                         ));
+                    }
+                    if let Some(c) = &count {
+                        c.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     }
                     Some((Ok(chunk), (data, seen)))
                 }
@@ -312,6 +320,7 @@ async fn start_upload(
                 client: client.0.clone(),
                 version: version.to_owned(),
                 started_ms: st.clock.now_ms(),
+                streamed: Arc::default(),
             },
             st.clock.now_ms(),
         );
@@ -340,7 +349,7 @@ async fn start_upload(
         key,
         &url,
         fwd,
-        streamed(st, body, st.max_upload_bytes, over.clone()),
+        streamed(st, body, st.max_upload_bytes, over.clone(), None),
     )
     .await;
     finish(st, key, sent, &over, None).await
@@ -373,8 +382,10 @@ async fn continue_upload(
         })?;
     // The cap is on the file, not on each chunk: a chunk at `X-Goog-Upload-Offset` may bring
     // the file up to the cap and no further (the upstream holds the client to the offset it
-    // states, so it cannot understate it).
-    let offset = header_u64(headers, "x-goog-upload-offset").unwrap_or(0);
+    // states, so it cannot understate it); a chunk that states none starts where the bytes
+    // streamed so far end.
+    let offset = header_u64(headers, "x-goog-upload-offset")
+        .unwrap_or_else(|| session.streamed.load(std::sync::atomic::Ordering::Relaxed));
     let room = st.max_upload_bytes.saturating_sub(offset);
     if offset > st.max_upload_bytes
         || header_u64(headers, "content-length").is_some_and(|n| n > room)
@@ -401,7 +412,7 @@ async fn continue_upload(
         key,
         &session.upstream,
         fwd,
-        streamed(st, body, room, over.clone()),
+        streamed(st, body, room, over.clone(), Some(session.streamed.clone())),
     )
     .await;
     finish(st, key, sent, &over, Some(id)).await

@@ -308,6 +308,23 @@ async fn the_upload_cap_holds_over_a_sessions_chunks_not_per_chunk() {
     );
     // Up to the cap, taken.
     assert_eq!(s.chunk(&url, 900, 100).await, 200);
+    // Chunks that state no offset count from the bytes already streamed.
+    let url = s.start_upload(TOKEN_A).await;
+    let plain = |n: usize| {
+        s.http
+            .post(&url)
+            .header("x-goog-upload-command", "upload")
+            .body(vec![b'x'; n])
+            .send()
+    };
+    assert_eq!(plain(600).await.unwrap().status(), 200);
+    let before = s.keys_seen().len();
+    assert_eq!(plain(600).await.unwrap().status(), 413);
+    assert_eq!(
+        s.keys_seen().len(),
+        before,
+        "a chunk past the cap went upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
