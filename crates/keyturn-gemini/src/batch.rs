@@ -203,7 +203,7 @@ impl BatchClient {
                 Some(bytes.into()),
             )
             .await?;
-        Ok(read_job(&json_of(&answer, model, key)?))
+        Ok(read_job(&json_of(&answer, model, key)?, key.key.expose()))
     }
 
     /// Uploads `requests` as a JSONL file (one `{"key", "request"}` a line) and returns its name.
@@ -298,7 +298,7 @@ impl BatchClient {
                 None,
             )
             .await?;
-        Ok(read_job(&json_of(&answer, name, key)?))
+        Ok(read_job(&json_of(&answer, name, key)?, key.key.expose()))
     }
 
     /// Every job of the key's project (`GET batches`, all pages).
@@ -329,7 +329,7 @@ impl BatchClient {
                 .into_iter()
                 .flatten()
             {
-                jobs.push(read_job(op));
+                jobs.push(read_job(op, key.key.expose()));
             }
             token = v
                 .get("nextPageToken")
@@ -384,7 +384,7 @@ impl BatchClient {
                     .split(|b| *b == b'\n')
                     .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
                     .map(|l| match serde_json::from_slice::<Value>(l) {
-                        Ok(v) => read_item(&v),
+                        Ok(v) => read_item(&v, key.key.expose()),
                         Err(e) => ItemResult {
                             key: None,
                             result: Err(format!("a results line was not JSON: {e}")),
@@ -536,8 +536,9 @@ fn json_of(bytes: &[u8], what: &str, key: &KeyEntry) -> Result<Value, GeminiErro
 }
 
 /// A job from an operation (`{"name", "metadata": {...}, "done", "response"}`) or from a bare
-/// batch resource (`{"name", "state", "output"}`).
-fn read_job(v: &Value) -> BatchJob {
+/// batch resource (`{"name", "state", "output"}`). Its error and its items' errors are words
+/// from upstream that end up in logs and reports: `secret` (the key that asked) is redacted.
+fn read_job(v: &Value, secret: &str) -> BatchJob {
     let meta = v.get("metadata").filter(|m| m.is_object()).unwrap_or(v);
     let str_at = |o: &Value, k: &str| o.get(k).and_then(Value::as_str).map(str::to_owned);
     let name = str_at(v, "name")
@@ -550,11 +551,13 @@ fn read_job(v: &Value) -> BatchJob {
         .get("response")
         .or_else(|| meta.get("output"))
         .or_else(|| v.get("output"))
-        .and_then(read_output);
+        .and_then(|o| read_output(o, secret));
     let error = v.get("error").filter(|e| !e.is_null()).map(|e| {
-        e.get("message")
+        let words = e
+            .get("message")
             .and_then(Value::as_str)
-            .map_or_else(|| e.to_string(), str::to_owned)
+            .map_or_else(|| e.to_string(), str::to_owned);
+        redact(&words, secret)
     });
     BatchJob {
         name,
@@ -565,7 +568,7 @@ fn read_job(v: &Value) -> BatchJob {
     }
 }
 
-fn read_output(o: &Value) -> Option<BatchOutput> {
+fn read_output(o: &Value, secret: &str) -> Option<BatchOutput> {
     if let Some(f) = o.get("responsesFile").and_then(Value::as_str) {
         return Some(BatchOutput::File(f.to_owned()));
     }
@@ -576,12 +579,12 @@ fn read_output(o: &Value) -> Option<BatchOutput> {
         .unwrap_or(inl)
         .as_array()?
         .iter()
-        .map(read_item)
+        .map(|v| read_item(v, secret))
         .collect();
     Some(BatchOutput::Inline(list))
 }
 
-fn read_item(v: &Value) -> ItemResult {
+fn read_item(v: &Value, secret: &str) -> ItemResult {
     let key = v
         .get("key")
         .or_else(|| v.pointer("/metadata/key"))
@@ -589,10 +592,12 @@ fn read_item(v: &Value) -> ItemResult {
         .map(str::to_owned);
     let result = match (v.get("response"), v.get("error")) {
         (Some(r), _) if !r.is_null() => Ok(r.clone()),
-        (_, Some(e)) if !e.is_null() => Err(e
-            .get("message")
-            .and_then(Value::as_str)
-            .map_or_else(|| e.to_string(), str::to_owned)),
+        (_, Some(e)) if !e.is_null() => Err(redact(
+            &e.get("message")
+                .and_then(Value::as_str)
+                .map_or_else(|| e.to_string(), str::to_owned),
+            secret,
+        )),
         _ => Err("the item has neither a response nor an error".to_owned()),
     };
     ItemResult { key, result }
@@ -613,7 +618,7 @@ mod tests {
                 {"error": {"code": 500, "message": "boom"}}
             ]}}
         });
-        let job = read_job(&op);
+        let job = read_job(&op, "AIzaSyTESTunused");
         assert_eq!(job.name, "batches/abc-1");
         assert_eq!(job.display_name.as_deref(), Some("kt-1"));
         assert_eq!(job.state, BatchState::Succeeded);
@@ -626,7 +631,7 @@ mod tests {
 
         let bare = json!({"name": "batches/b", "state": "JOB_STATE_RUNNING",
                           "output": {"responsesFile": "files/out-1"}});
-        let job = read_job(&bare);
+        let job = read_job(&bare, "AIzaSyTESTunused");
         assert_eq!(job.state, BatchState::Running);
         assert_eq!(job.output, Some(BatchOutput::File("files/out-1".into())));
         assert_eq!(

@@ -725,16 +725,19 @@ impl RotatingCaller {
     async fn unmetered(&self, url_path: &str, body: Option<Value>) -> Result<Reply, GeminiError> {
         let keys = self.ledger.keys();
         let (url, how) = self.transport.unmetered_url(url_path)?;
-        let n = keys.len();
+        // A key a reload removed takes no new request, metered or not; the attempts go to keys
+        // that do (counted over the removed ones, a ring whose first keys were all removed
+        // answered "no key" although the pool has keys).
+        let active: Vec<keyturn_core::KeyId> = keys.active().map(|(id, _)| id).collect();
+        let n = active.len();
         let start = self
             .unmetered_cursor
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut last = None;
         // Try each key once; a dead key is reported to the ledger like any other answer would be.
         for i in 0..n.min(self.retry.max_attempts.max(1) as usize) {
-            let id = keyturn_core::KeyId(((start + i) % n) as u32);
-            // A key a reload removed takes no new request, metered or not.
-            let Some(entry) = keys.get(id).filter(|_| !keys.is_retired(id)) else {
+            let id = active[(start + i) % n];
+            let Some(entry) = keys.get(id) else {
                 continue;
             };
             let sent = match &body {

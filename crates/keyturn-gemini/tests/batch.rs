@@ -118,6 +118,25 @@ async fn server(upload_to: Option<String>) -> (String, Arc<Mutex<Seen>>) {
                     axum::Json(page).into_response()
                 }
                 ("POST", "/v1beta/batches/inline-1:cancel") => axum::Json(json!({})).into_response(),
+                // A hostile upstream's words, each holding the key that asked.
+                ("GET", "/v1beta/batches/echo-1") => axum::Json(json!({
+                    "name": "batches/echo-1", "done": true,
+                    "error": {"message": format!("job failed for key {key}")},
+                    "metadata": {"state": "BATCH_STATE_SUCCEEDED"},
+                    "response": {"inlinedResponses": [
+                        {"error": {"message": format!("API key {key} not valid")}},
+                        {"error": {"code": 7, "detail": key.clone()}}
+                    ]}}))
+                .into_response(),
+                ("GET", "/v1beta/batches/echo-2") => axum::Json(json!({
+                    "name": "batches/echo-2", "done": true,
+                    "metadata": {"state": "BATCH_STATE_SUCCEEDED",
+                                 "output": {"responsesFile": "files/echo-out"}}}))
+                .into_response(),
+                ("GET", "/download/v1beta/files/echo-out:download") => format!(
+                    "{{\"key\": \"a\", \"error\": {{\"message\": \"key {key} refused\"}}}}\n"
+                )
+                .into_response(),
                 _ => StatusCode::NOT_FOUND.into_response(),
             }
         }
@@ -287,4 +306,23 @@ async fn names_from_answers_cannot_steer_the_url() {
         assert!(c.get(&k, bad).await.is_err(), "{bad}");
     }
     assert!(seen.lock().requests.is_empty());
+}
+
+#[tokio::test]
+async fn upstream_words_in_jobs_and_items_never_carry_the_key() {
+    let (base, _) = server(None).await;
+    let k = key(PAID, "paid-1", "paid");
+    let c = client(&base);
+    let mut words = Vec::new();
+    for name in ["batches/echo-1", "batches/echo-2"] {
+        let job = c.get(&k, name).await.unwrap();
+        words.push(format!("{job:?}"));
+        let items = c.results(&k, &job).await.unwrap();
+        assert!(items.iter().all(|i| i.result.is_err()), "{items:?}");
+        words.push(format!("{items:?}"));
+    }
+    for w in &words {
+        assert!(!w.contains(PAID), "{w}");
+    }
+    assert!(words[0].contains("job failed for key"), "{}", words[0]);
 }

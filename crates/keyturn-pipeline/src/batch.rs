@@ -161,7 +161,7 @@ pub(crate) async fn run_batches(
         work: BTreeMap::new(),
         queue: VecDeque::new(),
         live: Vec::new(),
-        slots: slots(sink),
+        slots: slots(sink).await,
         next_slot: 0,
         seq: 0,
         run_id: ctx.clock.now_ms(),
@@ -261,11 +261,33 @@ pub(crate) async fn run_batches(
     Ok((interrupted, d.report))
 }
 
-/// One project's first key (in ring order) per project: the key its jobs go with.
-fn slots(sink: &Sink<'_>) -> Vec<Slot> {
+/// The keys the ledger has switched off (dead, or disabled by an operator): they submit, poll
+/// and read no job. When the ledger cannot say, none.
+async fn switched_off(sink: &Sink<'_>) -> Vec<keyturn_core::Fingerprint> {
+    sink.services
+        .ledger
+        .status()
+        .await
+        .map(|st| {
+            st.keys
+                .into_iter()
+                .filter(|k| k.disabled.is_some())
+                .map(|k| k.fingerprint)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One project's first key (in ring order) that the ledger has not switched off, per project:
+/// the key its jobs go with.
+async fn slots(sink: &Sink<'_>) -> Vec<Slot> {
+    let off = switched_off(sink).await;
     let ring = sink.services.ledger.keys();
     let mut out: Vec<Slot> = Vec::new();
-    for (_, e) in ring.iter() {
+    for (_, e) in ring.active() {
+        if off.contains(&e.fingerprint()) {
+            continue;
+        }
         if !out.iter().any(|s| s.project == e.project) {
             out.push(Slot {
                 project: e.project.clone(),
@@ -299,10 +321,16 @@ impl Driver<'_, '_> {
     }
 
     /// The key to poll a recorded job with: the one that submitted it, else any key of its
-    /// project (never another project's: the job is not theirs).
-    fn key_for(&self, rec: &BatchRecord) -> Option<KeyEntry> {
+    /// project (never another project's: the job is not theirs); never one the ledger switched
+    /// off.
+    async fn key_for(&self, rec: &BatchRecord) -> Option<KeyEntry> {
+        let off = switched_off(self.sink).await;
         let ring = self.sink.services.ledger.keys();
-        let entries: Vec<KeyEntry> = ring.iter().map(|(_, e)| e.clone()).collect();
+        let entries: Vec<KeyEntry> = ring
+            .active()
+            .filter(|(_, e)| !off.contains(&e.fingerprint()))
+            .map(|(_, e)| e.clone())
+            .collect();
         entries
             .iter()
             .find(|e| e.fingerprint().to_string() == rec.key_fingerprint)
@@ -314,7 +342,7 @@ impl Driver<'_, '_> {
     async fn resume(&mut self) -> Result<(), SeedError> {
         let checkpoints = self.sink.checkpoints;
         for (display, rec) in checkpoints.batches() {
-            let Some(key) = self.key_for(&rec) else {
+            let Some(key) = self.key_for(&rec).await else {
                 self.sink.progress.note(&format!(
                     "batch job {display} belongs to project {} and no key of it is configured now; its episodes are submitted again",
                     rec.project

@@ -44,6 +44,16 @@ impl World {
 
     /// `concurrent`: jobs a project may have pending or running at once.
     async fn build(running_secs: u64, every: u64, concurrent: u64) -> Self {
+        Self::build_with_invalid(running_secs, every, concurrent, &[]).await
+    }
+
+    /// As [`World::build`], the keys labelled in `invalid` refused by Gemini as invalid.
+    async fn build_with_invalid(
+        running_secs: u64,
+        every: u64,
+        concurrent: u64,
+        invalid: &[&str],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         keyturn_pipeline::demo::write_samples(&dir.path().join("transcripts")).unwrap();
         let lines: String = KEYS
@@ -81,7 +91,11 @@ impl World {
                     key: (*k).into(),
                     label: Some((*l).into()),
                     project: Some((*p).into()),
-                    state: keyturn_sim::KeyState::Valid,
+                    state: if invalid.contains(l) {
+                        keyturn_sim::KeyState::Invalid
+                    } else {
+                        keyturn_sim::KeyState::Valid
+                    },
                 })
                 .collect(),
             models,
@@ -524,4 +538,37 @@ async fn a_project_at_its_concurrent_job_limit_gets_the_job_later_and_keeps_batc
         "the limit was met: {}",
         st["by_status"]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_ledger_switched_off_submits_no_job_and_its_project_keeps_batch_mode() {
+    // proj-a's first key is dead; an interactive run finds it out and the state keeps it.
+    let w = World::build_with_invalid(1, 0, 100, &["a-1"]).await;
+    let inter = w.dir.path().join("out-interactive");
+    let o = w.run(w.command(&inter, &[])).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let before = w.sim.state().stats();
+    let batch = w.dir.path().join("out-batch");
+    let o = w.run(w.command(&batch, &["--batch"])).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let rb = report(&batch);
+    let b = &rb["batch"];
+    // The project's other key took its jobs: batch mode stayed on there.
+    assert!(b["projects_off"]["proj-a"].is_null(), "{b}");
+    assert!(
+        b["jobs"]["proj-a"]["succeeded"].as_u64().unwrap_or(0) >= 1,
+        "{b}"
+    );
+    // The dead key was sent nothing by the batch run.
+    let after = w.sim.state().stats();
+    let calls = |stats: &Value| {
+        stats["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["label"] == "a-1")
+            .map(|k| k["requests"].as_u64().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    assert_eq!(calls(&after), calls(&before), "{}", after["keys"]);
 }

@@ -96,12 +96,13 @@ pub(crate) fn referenced(v: &Value, any_string: bool) -> Result<Vec<ResourceName
     Ok(out)
 }
 
-/// The first key (in ring order) of `project`, if the pool has one.
+/// The first key (in ring order) of `project`, if the pool has one (a key a reload removed is
+/// in the ring no more than in the pool: no key here ever picks it).
 pub(crate) fn key_of(st: &ProxyState, project: &str) -> Option<KeyId> {
     st.live()
         .ledger
         .keys()
-        .iter()
+        .active()
         .find(|(_, e)| e.project == project)
         .map(|(id, _)| id)
 }
@@ -116,30 +117,73 @@ pub(crate) fn key_by_label(st: &ProxyState, label: &str) -> Option<KeyId> {
         .map(|(id, _)| id)
 }
 
+/// The keys the ledger has switched off — disabled by an operator, or dead — which take no
+/// call about a resource either. When the ledger cannot say, none are assumed off (a call on
+/// an off key is refused upstream, and tried on the next).
+pub(crate) async fn switched_off(st: &ProxyState) -> Vec<keyturn_core::Fingerprint> {
+    match st.live().ledger.status().await {
+        Ok(status) => status
+            .keys
+            .into_iter()
+            .filter(|k| k.disabled.is_some())
+            .map(|k| k.fingerprint)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The fingerprint of a key, by id.
+pub(crate) fn fingerprint_of(st: &ProxyState, key: KeyId) -> Option<keyturn_core::Fingerprint> {
+    st.live().ledger.keys().get(key).map(|e| e.fingerprint())
+}
+
+/// The id of the key with this fingerprint, if the pool holds it now (not removed by a reload).
+pub(crate) fn active_key(st: &ProxyState, fingerprint: keyturn_core::Fingerprint) -> Option<KeyId> {
+    st.live()
+        .ledger
+        .keys()
+        .active()
+        .find(|(_, e)| e.fingerprint() == fingerprint)
+        .map(|(id, _)| id)
+}
+
 /// The project of a key, by id.
 pub(crate) fn project_of(st: &ProxyState, key: KeyId) -> Option<String> {
     st.live().ledger.keys().get(key).map(|e| e.project.clone())
 }
 
 /// `demand`, pinned to the project that owns what the body names, when the proxy knows it.
-/// Resources of two projects in one request cannot be served by any key: refused.
+/// Resources of two projects in one request cannot be served by any key: refused; so is one
+/// whose known owner has no key in the pool.
 pub(crate) async fn pin(
     st: &ProxyState,
     body: &Value,
     demand: Demand,
     any_string: bool,
 ) -> Result<Demand, Refusal> {
-    Ok(match owner(st, body, any_string).await? {
+    match owner(st, body, any_string).await? {
         Some(p) => match key_of(st, &p) {
-            Some(k) => demand.within_project_of(k),
-            None => demand,
+            Some(k) => Ok(demand.within_project_of(k)),
+            // A reload between the two reads removed the project's last key.
+            None => Err(no_key_of_owner()),
         },
-        None => demand,
-    })
+        None => Ok(demand),
+    }
 }
 
-/// The project that owns what the body names, when the proxy knows it (and the pool has a key
-/// of it). Resources of two projects in one request cannot be served by any key: refused.
+/// A request naming a resource whose known owner has no key in the pool.
+fn no_key_of_owner() -> Refusal {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "FAILED_PRECONDITION",
+        "keyturn proxy: the file or cached content the request names belongs to a project none of this pool's keys is in (any more); upload it again",
+    )
+    .into()
+}
+
+/// The project that owns what the body names, when the proxy knows it. Resources of two
+/// projects in one request cannot be served by any key, nor one whose known owner has no key in
+/// the pool: refused.
 pub(crate) async fn owner(
     st: &ProxyState,
     body: &Value,
@@ -161,7 +205,14 @@ pub(crate) async fn owner(
             _ => owner = Some(p),
         }
     }
-    Ok(owner.filter(|p| key_of(st, p).is_some()))
+    match owner {
+        None => Ok(None),
+        Some(p) if key_of(st, &p).is_some() => Ok(Some(p)),
+        // The owner is known and no key of the pool is in it (a reload removed them, or the
+        // map names a project that was never ours): every key here would be refused for it,
+        // so none is sent.
+        Some(_) => Err(no_key_of_owner()),
+    }
 }
 
 /// The resource map could not be read: the proxy does not guess an owner.
@@ -179,7 +230,7 @@ pub(crate) fn unavailable() -> Refusal {
 pub(crate) fn keys_for(st: &ProxyState, project: Option<&str>) -> Vec<KeyId> {
     let ring = st.live().ledger.keys();
     let ids: Vec<KeyId> = ring
-        .iter()
+        .active()
         .filter(|(_, e)| project.is_none_or(|p| e.project == p))
         .map(|(id, _)| id)
         .collect();
@@ -211,7 +262,7 @@ pub(crate) fn upload_keys(st: &ProxyState, client: Option<&str>) -> Vec<KeyId> {
         .live()
         .ledger
         .keys()
-        .iter()
+        .active()
         .filter(|(_, e)| e.project != home)
         .map(|(id, _)| id)
         .collect::<Vec<_>>();
@@ -222,7 +273,7 @@ pub(crate) fn upload_keys(st: &ProxyState, client: Option<&str>) -> Vec<KeyId> {
 /// One key per project of the pool, for finding a resource the proxy has not seen.
 pub(crate) fn one_key_per_project(st: &ProxyState) -> Vec<(KeyId, String)> {
     let mut seen: Vec<(KeyId, String)> = Vec::new();
-    for (id, e) in st.live().ledger.keys().iter() {
+    for (id, e) in st.live().ledger.keys().active() {
         if !seen.iter().any(|(_, p)| *p == e.project) {
             seen.push((id, e.project.clone()));
         }
@@ -239,6 +290,26 @@ pub(crate) struct Sent {
     pub(crate) body: Bytes,
 }
 
+/// An upstream answer to a resource call, read with keyturn-gemini's bounds: a successful one
+/// whole up to [`keyturn_gemini::body::MAX_ANSWER_BYTES`] (refused past it), an error's first
+/// [`keyturn_gemini::body::MAX_ERROR_BYTES`]. A hostile or broken upstream cannot make the proxy
+/// hold an endless body.
+pub(crate) async fn read_bounded(
+    resp: reqwest::Response,
+) -> Result<(StatusCode, HeaderMap, Bytes), Refusal> {
+    use keyturn_gemini::body::{MAX_ANSWER_BYTES, MAX_ERROR_BYTES, read_answer, read_error};
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let headers = resp.headers().clone();
+    let body = if status.is_success() {
+        read_answer(resp, MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| send_failed(&SendError::Failed(e)))?
+    } else {
+        read_error(resp, MAX_ERROR_BYTES).await
+    };
+    Ok((status, headers, body))
+}
+
 pub(crate) async fn send_with(
     st: &ProxyState,
     transport: &Transport,
@@ -249,9 +320,13 @@ pub(crate) async fn send_with(
     body: Option<Bytes>,
 ) -> Result<Sent, Refusal> {
     let ring = st.live().ledger.keys();
+    let off = switched_off(st).await;
     let mut last: Option<Refusal> = None;
     for &id in keys {
         let Some(entry) = ring.get(id) else { continue };
+        if off.contains(&entry.fingerprint()) {
+            continue;
+        }
         let sent = transport
             .send_as(
                 method.clone(),
@@ -269,14 +344,12 @@ pub(crate) async fn send_with(
                 continue;
             }
         };
-        let status =
-            StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let headers = resp.headers().clone();
-        let Ok(bytes) = resp.bytes().await else {
-            last = Some(send_failed(&SendError::Failed(
-                "the answer was cut off".into(),
-            )));
-            continue;
+        let (status, headers, bytes) = match read_bounded(resp).await {
+            Ok(r) => r,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
         };
         if !status.is_success()
             && matches!(

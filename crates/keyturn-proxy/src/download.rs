@@ -45,17 +45,28 @@ async fn download(st: &ProxyState, version: &str, name: &str) -> Result<Response
         .owner(&file)
         .await
         .map_err(|_| affinity::unavailable())?;
-    let keys: Vec<KeyId> = match owner
+    // Keys the ledger switched off (an operator's disable, a dead key) take no call here either;
+    // a file never seen is asked for with the first usable key of each project.
+    let ring = st.live().ledger.keys();
+    let off = affinity::switched_off(st).await;
+    let usable = |ids: Vec<KeyId>| {
+        ids.into_iter()
+            .filter(|id| {
+                ring.get(*id)
+                    .is_some_and(|e| !off.contains(&e.fingerprint()))
+            })
+            .collect::<Vec<_>>()
+    };
+    let known = owner
         .as_deref()
-        .filter(|p| affinity::key_of(st, p).is_some())
-    {
-        Some(p) => affinity::keys_for(st, Some(p)),
+        .filter(|p| affinity::key_of(st, p).is_some());
+    let keys: Vec<KeyId> = match known {
+        Some(p) => usable(affinity::keys_for(st, Some(p))),
         None => affinity::one_key_per_project(st)
             .into_iter()
-            .map(|(k, _)| k)
+            .filter_map(|(_, p)| usable(affinity::keys_for(st, Some(&p))).into_iter().next())
             .collect(),
     };
-    let ring = st.live().ledger.keys();
     let mut last: Option<Refusal> = None;
     for id in keys {
         let Some(entry) = ring.get(id) else { continue };

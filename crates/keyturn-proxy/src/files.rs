@@ -31,7 +31,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::StreamExt;
 use keyturn_core::resources::{BATCH_RETENTION_MS, FILE_LIFETIME_MS};
-use keyturn_core::{KeyId, ResourceKind, ResourceName};
+use keyturn_core::{Fingerprint, KeyId, ResourceKind, ResourceName};
 use serde_json::{Value, json};
 
 use crate::affinity::{self, Sent};
@@ -39,7 +39,8 @@ use crate::answer::{Answer, Problem, invalid, not_found};
 use crate::auth::{Client, SessionOnly};
 use crate::{ProxyState, Refusal, slot};
 
-/// Most upload sessions kept at once; past it, the oldest goes.
+/// Most upload sessions kept at once; past it, the oldest of the client holding the most goes,
+/// so one client starting sessions without end evicts only its own.
 pub const MAX_UPLOAD_SESSIONS: usize = 4096;
 
 /// How long an upload session is kept (Gemini's last about a week; an upload takes minutes).
@@ -49,10 +50,14 @@ pub const UPLOAD_SESSION_MS: i64 = 24 * 3600 * 1000;
 #[derive(Debug, Clone)]
 struct Session {
     upstream: String,
-    key: KeyId,
+    /// The key that started it, by fingerprint: a reload may renumber the ring (Redis) or
+    /// remove the key, and a session goes on only with that very key.
+    key: Fingerprint,
     client: Option<String>,
     version: String,
     started_ms: i64,
+    /// Bytes of the file streamed upstream so far, for a chunk that states no offset.
+    streamed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The upload sessions of this process, by the opaque id the client holds.
@@ -63,13 +68,23 @@ impl Uploads {
     fn insert(&self, id: String, s: Session, now: i64) {
         let mut map = self.0.lock();
         map.retain(|_, s| now - s.started_ms < UPLOAD_SESSION_MS);
-        if map.len() >= MAX_UPLOAD_SESSIONS
-            && let Some(oldest) = map
+        if map.len() >= MAX_UPLOAD_SESSIONS {
+            let mut held: HashMap<&Option<String>, usize> = HashMap::new();
+            for v in map.values() {
+                *held.entry(&v.client).or_default() += 1;
+            }
+            let greediest = held
+                .into_iter()
+                .max_by_key(|(_, n)| *n)
+                .map(|(c, _)| c.clone());
+            if let Some(oldest) = map
                 .iter()
-                .min_by_key(|(_, s)| s.started_ms)
+                .filter(|(_, v)| Some(&v.client) == greediest.as_ref())
+                .min_by_key(|(_, v)| v.started_ms)
                 .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
+            {
+                map.remove(&oldest);
+            }
         }
         map.insert(id, s);
     }
@@ -191,17 +206,20 @@ fn too_large(st: &ProxyState) -> Refusal {
 }
 
 /// A client body as an upstream body: streamed chunk by chunk, cut off past the cap or after
-/// `body_timeout` without a byte. `over` says afterwards whether the cap cut it.
+/// `body_timeout` without a byte. `over` says afterwards whether the cap cut it; `count`, if
+/// any, grows by each chunk sent on.
 fn streamed(
     st: &ProxyState,
     body: Body,
+    cap: u64,
     over: Arc<std::sync::atomic::AtomicBool>,
+    count: Option<Arc<std::sync::atomic::AtomicU64>>,
 ) -> reqwest::Body {
-    let cap = st.max_upload_bytes;
     let idle = st.body_timeout;
     let data = body.into_data_stream();
     let chunks = futures::stream::unfold((data, 0u64), move |(mut data, seen)| {
         let over = over.clone();
+        let count = count.clone();
         async move {
             let next = match tokio::time::timeout(idle, data.next()).await {
                 Ok(n) => n?,
@@ -223,6 +241,9 @@ fn streamed(
                             Err(std::io::Error::other("the upload is too large")),
                             (data, seen),
                         ));
+                    }
+                    if let Some(c) = &count {
+                        c.fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                     }
                     Some((Ok(chunk), (data, seen)))
                 }
@@ -295,10 +316,11 @@ async fn start_upload(
             id,
             Session {
                 upstream,
-                key: sent.key,
+                key: affinity::fingerprint_of(st, sent.key).ok_or_else(affinity::unavailable)?,
                 client: client.0.clone(),
                 version: version.to_owned(),
                 started_ms: st.clock.now_ms(),
+                streamed: Arc::default(),
             },
             st.clock.now_ms(),
         );
@@ -311,8 +333,13 @@ async fn start_upload(
         return Ok(r);
     }
     // Multipart: one streamed request, on the first key that takes it (a stream cannot be
-    // sent twice).
-    let Some(&key) = keys.first() else {
+    // sent twice) and is not switched off.
+    let off = affinity::switched_off(st).await;
+    let ring = st.live().ledger.keys();
+    let Some(&key) = keys
+        .iter()
+        .find(|&&k| ring.get(k).is_some_and(|e| !off.contains(&e.fingerprint())))
+    else {
         return Err(affinity::unavailable());
     };
     let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -322,7 +349,7 @@ async fn start_upload(
         key,
         &url,
         fwd,
-        streamed(st, body, over.clone()),
+        streamed(st, body, st.max_upload_bytes, over.clone(), None),
     )
     .await;
     finish(st, key, sent, &over, None).await
@@ -343,6 +370,9 @@ async fn continue_upload(
         .flatten()
         // Another client's session, or one for the other API version, is as unknown as a forged id.
         .filter(|s| client.is_none_or(|c| s.client == c.0) && s.version == version)
+        // Admitted by its id alone, a session is only as good as its client: once a reload
+        // removed that client's token, its sessions admit nothing more.
+        .filter(|s| client.is_some() || still_a_client(st, s.client.as_deref()))
         .ok_or_else(|| {
             Refusal::from(Problem::new(
                 StatusCode::NOT_FOUND,
@@ -350,21 +380,47 @@ async fn continue_upload(
                 "keyturn proxy: no such upload session",
             ))
         })?;
-    if header_u64(headers, "content-length").is_some_and(|n| n > st.max_upload_bytes) {
+    // The cap is on the file, not on each chunk: a chunk at `X-Goog-Upload-Offset` may bring
+    // the file up to the cap and no further (the upstream holds the client to the offset it
+    // states, so it cannot understate it); a chunk that states none starts where the bytes
+    // streamed so far end.
+    let offset = header_u64(headers, "x-goog-upload-offset")
+        .unwrap_or_else(|| session.streamed.load(std::sync::atomic::Ordering::Relaxed));
+    let room = st.max_upload_bytes.saturating_sub(offset);
+    if offset > st.max_upload_bytes
+        || header_u64(headers, "content-length").is_some_and(|n| n > room)
+    {
         return Err(too_large(st));
     }
+    // The key that started the session, where the pool has it now; a key a reload removed
+    // takes nothing more, and no other key can go on with its session.
+    let off = affinity::switched_off(st).await;
+    let key = affinity::active_key(st, session.key)
+        .filter(|_| !off.contains(&session.key))
+        .ok_or_else(|| {
+        Refusal::from(Problem::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "keyturn proxy: no such upload session (the key that started it left the pool or was switched off; start the upload again)",
+        ))
+    })?;
     let fwd = upload_headers(headers)?;
     let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sent = send_streamed(
         st,
         transport,
-        session.key,
+        key,
         &session.upstream,
         fwd,
-        streamed(st, body, over.clone()),
+        streamed(st, body, room, over.clone(), Some(session.streamed.clone())),
     )
     .await;
-    finish(st, session.key, sent, &over, Some(id)).await
+    finish(st, key, sent, &over, Some(id)).await
+}
+
+/// Whether `label` names a client token the proxy holds now.
+fn still_a_client(st: &ProxyState, label: Option<&str>) -> bool {
+    label.is_some_and(|l| st.live().tokens.iter().any(|(t, _)| t == l))
 }
 
 async fn send_streamed(
@@ -388,13 +444,7 @@ async fn send_streamed(
         )
         .await
         .map_err(|e| affinity::send_failed(&e))?;
-    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let headers = resp.headers().clone();
-    let body = resp.bytes().await.map_err(|_| {
-        affinity::send_failed(&keyturn_gemini::SendError::Failed(
-            "the answer was cut off".into(),
-        ))
-    })?;
+    let (status, headers, body) = affinity::read_bounded(resp).await?;
     Ok(Sent {
         key,
         status,
@@ -605,9 +655,10 @@ pub(crate) async fn about(
         .filter(|p| affinity::key_of(st, p).is_some());
     let keys: Vec<Vec<KeyId>> = match known {
         Some(p) => vec![affinity::keys_for(st, Some(p))],
+        // Each project's keys, tried in turn only while refused or unreachable (or switched off).
         None => affinity::one_key_per_project(st)
             .into_iter()
-            .map(|(k, _)| vec![k])
+            .map(|(_, p)| affinity::keys_for(st, Some(&p)))
             .collect(),
     };
     let mut last = None;

@@ -272,6 +272,13 @@ pub fn read_small_file(path: &Path) -> Result<String, ConfigError> {
         path: path.to_owned(),
         detail,
     };
+    // Looked at before opening: opening a FIFO for reading waits for a writer, for ever.
+    if !std::fs::metadata(path)
+        .map_err(|e| err(e.to_string()))?
+        .is_file()
+    {
+        return Err(err("not a regular file".into()));
+    }
     let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
     let meta = file.metadata().map_err(|e| err(e.to_string()))?;
     if !meta.is_file() {

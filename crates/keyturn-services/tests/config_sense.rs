@@ -190,10 +190,18 @@ fn a_keys_or_configuration_file_that_cannot_be_one_is_refused_unread() {
     // Far larger than any keys file: refused by size, not parsed line by line.
     let big = dir.path().join("big.keys");
     std::fs::write(&big, "made-up-big-key\n".repeat(100_000)).unwrap();
-    // Not a regular file: a device would never end.
+    // Not a regular file: a device would never end; a FIFO would not even open until someone
+    // writes to it (a keys file swapped for one would hang the reload).
+    let fifo = dir.path().join("fifo.keys");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
     for (path, says) in [
         (big.to_str().unwrap(), "bytes"),
         ("/dev/zero", "not a regular file"),
+        (fifo.to_str().unwrap(), "not a regular file"),
     ] {
         let mut e = Env::new();
         e.insert("KEYTURN_KEYS_FILE".into(), path.into());

@@ -185,12 +185,9 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
                 if !reloads.files.changed() {
                     continue;
                 }
-                // Debounce: an editor writes a file in several steps; wait until it holds still.
-                loop {
-                    tokio::time::sleep(SETTLE_FOR).await;
-                    if !reloads.files.changed() {
-                        break;
-                    }
+                reloads.files.settle(&stop, SETTLE_FOR).await;
+                if *stop.borrow() {
+                    break;
                 }
                 "file"
             }
@@ -213,6 +210,10 @@ const WATCH_FILES_EVERY: Duration = Duration::from_secs(1);
 
 /// How long a changed file must hold still before it is read.
 const SETTLE_FOR: Duration = Duration::from_millis(300);
+
+/// Most rounds of waiting for a changed file to hold still: a file that never does (rewritten
+/// without end) is read after them anyway, and the reload decides.
+const MAX_SETTLE_ROUNDS: u32 = 20;
 
 type Digests = Vec<(String, [u8; 32])>;
 
@@ -241,13 +242,41 @@ impl Watched {
         Self { files, seen }
     }
 
+    /// What a file holds now. Only a regular file within the size a configuration file may
+    /// have is read, and at most that much of it: a keys file swapped for a symlink to
+    /// `/dev/zero`, a FIFO or a huge file is looked at by its metadata alone (the reload then
+    /// refuses it), never read without end or waited on.
     fn look(f: &Path) -> Option<(Option<std::time::SystemTime>, u64, u64)> {
         use std::hash::{Hash, Hasher};
+        use std::io::Read;
+        let most = keyturn_services::discovery::MAX_CONFIG_FILE_BYTES;
         let meta = std::fs::metadata(f).ok()?;
-        let bytes = std::fs::read(f).ok()?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        bytes.hash(&mut h);
+        if meta.is_file() && meta.len() <= most {
+            let mut bytes = Vec::new();
+            std::fs::File::open(f)
+                .ok()?
+                .take(most + 1)
+                .read_to_end(&mut bytes)
+                .ok()?;
+            bytes.hash(&mut h);
+        }
         Some((meta.modified().ok(), meta.len(), h.finish()))
+    }
+
+    /// Waits until the files hold still for `wait` ([`SETTLE_FOR`]: an editor writes a file in
+    /// several steps), for at most [`MAX_SETTLE_ROUNDS`] rounds, and not once `stop` is set. The
+    /// rounds waited.
+    async fn settle(&mut self, stop: &tokio::sync::watch::Receiver<bool>, wait: Duration) -> u32 {
+        let mut rounds = 0;
+        while rounds < MAX_SETTLE_ROUNDS && !*stop.borrow() {
+            tokio::time::sleep(wait).await;
+            rounds += 1;
+            if !self.changed() {
+                break;
+            }
+        }
+        rounds
     }
 
     /// Whether a file changed since the last look (and remembers this look).
@@ -374,5 +403,45 @@ fn list(head: &str, labels: &[String]) -> String {
         String::new()
     } else {
         format!("{head}{}", safe(&labels.join(", ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_swapped_for_a_device_a_fifo_or_a_huge_file_is_never_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let zero = dir.path().join("keys-zero.txt");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let fifo = dir.path().join("keys-fifo.txt");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let huge = dir.path().join("keys-huge.txt");
+        let f = std::fs::File::create(&huge).unwrap();
+        f.set_len(keyturn_services::discovery::MAX_CONFIG_FILE_BYTES * 64)
+            .unwrap();
+        // Each returns (no endless read of /dev/zero, no wait for a FIFO's writer).
+        for p in [&zero, &fifo, &huge] {
+            assert!(Watched::look(p).is_some(), "{}", p.display());
+        }
+        let mut w = Watched::of(vec![zero, fifo, huge]);
+        assert!(!w.changed());
+    }
+
+    #[tokio::test]
+    async fn a_file_that_never_holds_still_is_waited_on_a_bounded_time_and_stop_ends_the_wait() {
+        // A regular file whose content differs at every read.
+        let restless = PathBuf::from("/proc/sys/kernel/random/uuid");
+        let mut w = Watched::of(vec![restless]);
+        assert!(w.changed(), "the file is expected to change at every read");
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        assert_eq!(w.settle(&rx, Duration::ZERO).await, MAX_SETTLE_ROUNDS);
+        tx.send(true).unwrap();
+        assert_eq!(w.settle(&rx, Duration::ZERO).await, 0);
     }
 }

@@ -101,16 +101,62 @@ pub enum TimeSource {
 }
 
 /// A URL with any credentials removed, for messages: the user and password before `@`, and the
-/// query, where a `redis+unix://` URL carries `user=` and `pass=`.
+/// query, where a `redis+unix://` URL carries `user=` and `pass=`. A server part that is not
+/// plainly `host[:port][,host:port…][/db]`, or an `@` after the query starts (a password
+/// written with a raw `?`, `#` or `/` in it, so that what looks like the host is a piece of the
+/// password), is not shown at all.
 pub fn redact_url(url: &str) -> String {
     match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let rest = rest.split(['?', '#']).next().unwrap_or("");
+        Some((scheme, all)) => {
+            let rest = all.split(['?', '#']).next().unwrap_or("");
             let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-            format!("{scheme}://{host}")
+            let unix = scheme.ends_with("unix") && host.starts_with('/');
+            // An `@` past the cut: the cut was inside the credentials.
+            let cut_early = all[rest.len()..].contains('@');
+            if unix || (plain_hosts(host) && !cut_early) {
+                format!("{scheme}://{host}")
+            } else {
+                format!("{scheme}://(server not shown: the URL does not read as host:port)")
+            }
         }
         None => "(redis url)".to_owned(),
     }
+}
+
+/// Whether `s` reads as `host[:port][,host[:port]…]`, optionally followed by `/db`: letters,
+/// digits, `.`, `-`, `_`, an IPv6 address in brackets, a port of digits.
+fn plain_hosts(s: &str) -> bool {
+    let (nodes, db) = s.split_once('/').unwrap_or((s, ""));
+    let node_ok = |n: &str| {
+        let (host, port) = match n.strip_prefix('[') {
+            Some(v6) => match v6.split_once(']') {
+                Some((addr, after))
+                    if addr
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') =>
+                {
+                    (
+                        addr,
+                        after.strip_prefix(':').or(after.is_empty().then_some("")),
+                    )
+                }
+                _ => return false,
+            },
+            None => match n.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (n, Some("")),
+            },
+        };
+        !host.is_empty()
+            && (n.starts_with('[')
+                || host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')))
+            && port.is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    !nodes.is_empty()
+        && nodes.split(',').map(str::trim).all(node_ok)
+        && db.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Connecting to Redis failed.
@@ -677,8 +723,22 @@ mod tests {
                 "redis+cluster://h1:7000,h2:7001",
             ),
             ("made-up-pw", "(redis url)"),
+            ("redis://[::1]:6379/0", "redis://[::1]:6379/0"),
+            ("redis://h_1.example:6379", "redis://h_1.example:6379"),
         ] {
             assert_eq!(redact_url(url), shown, "{url}");
+        }
+        // A password written raw with a character that ends the authority: what follows `://`
+        // up to it is a piece of the password, never shown as if it were the host.
+        for url in [
+            "redis://:made-up?pw@h:6379",
+            "redis://u:made-up#pw@h:6379",
+            "rediss://u:made-up/pw@h:6379",
+            "redis+cluster://u:made-up?pw@h1:7000,h2:7001",
+            "redis://made-up-pw?x@h",
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains("made-up"), "{url}: {shown}");
         }
         assert_eq!(
             passwords_of("redis+unix:///s?pass=made-up-a&x=1"),
