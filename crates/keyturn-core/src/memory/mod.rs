@@ -25,10 +25,12 @@ use crate::snapshot::{
 use crate::window::{DayCounter, RollingWindow, sec_of};
 
 mod persistence;
+mod pick;
 mod scope;
 mod status;
 mod usage;
 
+use pick::{HeadroomTree, weighted_schedule};
 use scope::{Gate, KeyHealth, ProbeOut, ProjectGate, Scope};
 pub use status::{breaker_state_now, scope_status_from_snapshot};
 use usage::{PastUsage, UsageCell, history_cutoff, prune_past, sent_day_row};
@@ -41,14 +43,23 @@ struct ModelState {
     /// Scope index for each project index.
     scopes: Vec<u32>,
     cursor: u32,
-    /// Smooth weighted round-robin's current weights, per key.
+    /// Smooth weighted round-robin's current weights, per key (when there is no schedule).
     wrr: Vec<i64>,
+    /// Weighted: the next entry of the ledger's schedule.
+    wcursor: u32,
+    /// Least-loaded: headroom per key, kept up to date.
+    ll: HeadroomTree,
 }
+
+/// Least-loaded: keys the tree offers that turn out not to fit before the pick scans them all.
+const LEAST_LOADED_MISSES: usize = 8;
 
 #[derive(Debug)]
 struct Inner {
     health: Vec<KeyHealth>,
     key_project: Vec<u32>,
+    /// Per project index: its keys.
+    project_keys: Vec<Vec<u32>>,
     projects: Vec<String>,
     models: Vec<ModelState>,
     scopes: Vec<Scope>,
@@ -62,6 +73,9 @@ struct Inner {
     epoch: u64,
     /// Bumped on every change; the write-behind flusher saves when it moves.
     version: u64,
+    /// Bumped on every change but an admission or a served answer (health, switch-offs, limits,
+    /// cooldowns, resets, restores): least-loaded's trees rebuild when it moves.
+    shape: u64,
 }
 
 /// Why `try_acquire` found nothing, with what waiting would need.
@@ -78,6 +92,9 @@ pub struct InMemoryLedger {
     cfg: LedgerConfig,
     clock: Arc<dyn Clock>,
     inner: Mutex<Inner>,
+    /// Weighted: smooth weighted round-robin's cycle over all keys (`None`: the policy is
+    /// another, or the weights are too large for a schedule and every pick scans).
+    schedule: Option<Vec<u32>>,
     changed: Notify,
     waiters: AtomicUsize,
 }
@@ -97,10 +114,18 @@ impl InMemoryLedger {
             };
             key_project.push(idx as u32);
         }
+        let mut project_keys = vec![Vec::new(); projects.len()];
+        for (k, p) in key_project.iter().enumerate() {
+            project_keys[*p as usize].push(k as u32);
+        }
+        let schedule = (cfg.policy == Policy::Weighted)
+            .then(|| weighted_schedule(&keys.iter().map(|(_, e)| e.weight).collect::<Vec<_>>()))
+            .flatten();
         let inner = Inner {
             project_gates: vec![ProjectGate::default(); projects.len()],
             health: vec![KeyHealth::default(); keys.len()],
             key_project,
+            project_keys,
             projects,
             models: Vec::new(),
             scopes: Vec::new(),
@@ -108,12 +133,14 @@ impl InMemoryLedger {
             notices: Vec::new(),
             epoch: 0,
             version: 0,
+            shape: 0,
         };
         let ledger = Self {
             keys,
             cfg,
             clock,
             inner: Mutex::new(inner),
+            schedule,
             changed: Notify::new(),
             waiters: AtomicUsize::new(0),
         };
@@ -169,6 +196,8 @@ impl InMemoryLedger {
             scopes,
             cursor: 0,
             wrr: vec![0; self.keys.len()],
+            wcursor: 0,
+            ll: HeadroomTree::default(),
         });
         inner.version += 1;
         inner.models.len() - 1
@@ -198,12 +227,14 @@ impl InMemoryLedger {
         let Inner {
             health,
             key_project,
+            project_keys,
             models,
             scopes,
             project_gates,
             past,
             epoch,
             version,
+            shape,
             ..
         } = inner;
         let ms = &mut models[m];
@@ -230,8 +261,47 @@ impl InMemoryLedger {
                 }
             }
             Policy::LeastLoaded => {
+                let sec = sec_of(now);
+                if !ms.ll.fresh(sec, *shape) {
+                    ms.ll.rebuild(n, sec, *shape, |k| {
+                        if health[k].disabled.is_some() {
+                            return None;
+                        }
+                        let s = &mut scopes[scope_of(k)];
+                        s.refresh(now);
+                        Some(s.headroom())
+                    });
+                }
+                // Keys with room, but not for this demand: back in the tree after this pick.
+                let mut too_small = [(0usize, 0.0f64); LEAST_LOADED_MISSES];
+                let mut missed = 0;
+                for _ in 0..LEAST_LOADED_MISSES {
+                    let Some(k) = ms.ll.top() else { break };
+                    if let Some(pass) = eligible(
+                        &health[k],
+                        project_of(k),
+                        &mut scopes[scope_of(k)],
+                        demand,
+                        now,
+                    ) {
+                        pick = Some((k, pass));
+                        break;
+                    }
+                    let smallest = Demand::tokens(0);
+                    let s = &mut scopes[scope_of(k)];
+                    if eligible(&health[k], project_of(k), s, smallest, now).is_some() {
+                        too_small[missed] = (k, ms.ll.score(k));
+                        missed += 1;
+                    }
+                    // Closed (a breaker, a cooldown, a switch-off): out until the next rebuild,
+                    // and the scan below still sees it.
+                    ms.ll.set(k, None);
+                }
+                for &(k, h) in &too_small[..missed] {
+                    ms.ll.set(k, Some(h));
+                }
                 let mut best = -1.0f64;
-                for i in 0..n {
+                for i in 0..if pick.is_some() { 0 } else { n } {
                     let k = (start + i) % n;
                     if let Some(pass) = eligible(
                         &health[k],
@@ -249,8 +319,29 @@ impl InMemoryLedger {
                 }
             }
             Policy::Weighted => {
+                if let Some(schedule) = &self.schedule {
+                    let len = schedule.len();
+                    let mut c = ms.wcursor as usize % len;
+                    // Every key is in the cycle: `n` entries in a row that cannot take the request
+                    // make the scan below decide (O(keys) at worst, as before).
+                    for _ in 0..n.min(len) {
+                        let k = schedule[c] as usize;
+                        c = (c + 1) % len;
+                        if let Some(pass) = eligible(
+                            &health[k],
+                            project_of(k),
+                            &mut scopes[scope_of(k)],
+                            demand,
+                            now,
+                        ) {
+                            pick = Some((k, pass));
+                            break;
+                        }
+                    }
+                    ms.wcursor = c as u32;
+                }
                 let mut total = 0i64;
-                for k in 0..n {
+                for k in 0..if pick.is_some() { 0 } else { n } {
                     if let Some(pass) = eligible(
                         &health[k],
                         project_of(k),
@@ -266,7 +357,7 @@ impl InMemoryLedger {
                         }
                     }
                 }
-                if let Some((b, _)) = pick {
+                if let (Some((b, _)), true) = (pick, total > 0) {
                     ms.wrr[b] -= total;
                 }
             }
@@ -318,6 +409,15 @@ impl InMemoryLedger {
         }
         cell.requests = cell.requests.saturating_add(u64::from(demand.requests));
         cell.tokens = cell.tokens.saturating_add(demand.tokens);
+        if self.cfg.policy == Policy::LeastLoaded {
+            let p = key_project[k] as usize;
+            let h = scopes[ms.scopes[p] as usize].headroom();
+            ms.ll.picked(k);
+            ms.ll.set(k, Some(h));
+            for &j in &project_keys[p] {
+                ms.ll.rescore(j as usize, h);
+            }
+        }
         *version += 1;
         Ok(Lease::new(
             KeyId(k as u32),
@@ -486,6 +586,8 @@ impl InMemoryLedger {
                 _ => ProbeAnswer::Nothing,
             };
             let sec = lease.second();
+            // Anything but a served answer may change what least-loaded's trees hold.
+            let mut reshape = !matches!(outcome, Outcome::Success { .. });
             if let Some(si) = scope_idx {
                 let s = &mut inner.scopes[si as usize];
                 if s.probe.is_some_and(|o| o.is(k, sec)) {
@@ -500,6 +602,7 @@ impl InMemoryLedger {
                     }
                     s.probe = None;
                     notify = true;
+                    reshape = true;
                 }
             }
             let g = &mut inner.project_gates[p];
@@ -514,6 +617,7 @@ impl InMemoryLedger {
                 }
                 g.probe = None;
                 notify = true;
+                reshape = true;
             }
             // Served or refused, on the day the request was sent (sent requests were counted at
             // admission).
@@ -550,6 +654,14 @@ impl InMemoryLedger {
                             s.window.adjust_tokens(lease.second(), delta);
                             s.day.add_tokens(lease.second() * 1000, delta);
                             notify |= delta < 0;
+                            if self.cfg.policy == Policy::LeastLoaded {
+                                let h = s.headroom();
+                                if let Some(m) = inner.models.get_mut(lease.model_slot() as usize) {
+                                    for &j in &inner.project_keys[p] {
+                                        m.ll.rescore(j as usize, h);
+                                    }
+                                }
+                            }
                             // The usage history counts real tokens too, on the day it was sent.
                             let cell = inner
                                 .models
@@ -569,6 +681,7 @@ impl InMemoryLedger {
                     if inner.health[k].breaker.on_success() {
                         tracing::info!(key = %label(), "key recovered: circuit breaker closed");
                         notify = true;
+                        reshape = true;
                     }
                 }
                 Outcome::Throttled {
@@ -672,6 +785,9 @@ impl InMemoryLedger {
                 }
             }
             inner.version += 1;
+            if reshape {
+                inner.shape += 1;
+            }
         }
         if notify {
             self.wake();
@@ -824,6 +940,7 @@ impl InMemoryLedger {
             }
         }
         inner.version += 1;
+        inner.shape += 1;
         drop(inner);
         self.changed.notify_waiters();
         Ok(())
