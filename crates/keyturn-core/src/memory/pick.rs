@@ -112,11 +112,12 @@ impl HeadroomTree {
         (w != u32::MAX && self.score[w as usize] > OUT).then_some(w as usize)
     }
 
-    /// Records that `k` was picked (for the ties that follow).
-    pub(super) fn picked(&mut self, k: usize) {
+    /// Records that `k` was picked (for the ties that follow) and its headroom since.
+    pub(super) fn picked(&mut self, k: usize, score: f64) {
         if k < self.last.len() {
             self.seq += 1;
             self.last[k] = self.seq;
+            self.score[k] = score;
             self.replay(k);
         }
     }
@@ -173,7 +174,7 @@ mod tests {
         t.rebuild(5, 7, 0, |k| Some(scores[k]));
         assert!(t.fresh(7, 0) && !t.fresh(8, 0) && !t.fresh(7, 1));
         assert_eq!(t.top(), Some(1));
-        t.picked(1);
+        t.picked(1, 0.9);
         assert_eq!(
             t.top(),
             Some(2),
