@@ -238,8 +238,8 @@ impl InMemoryLedger {
             ..
         } = inner;
         let ms = &mut models[m];
-        // The cursor is always below `n`; no division on the hot path (a `%` by a runtime `n`
-        // cost about a tenth of the pick).
+        // The cursor is always below `n`; no division on the hot path (the `%` by a runtime `n`
+        // showed in the profile of the pick).
         let start = (ms.cursor as usize).min(n.saturating_sub(1));
 
         let scope_of = |k: usize| ms_scopes_index(&ms.scopes, key_project, k);
