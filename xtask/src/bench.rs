@@ -7,12 +7,15 @@
 //! - end-to-end quota utilisation: keys with known RPM limits driven harder than they allow for
 //!   several minute-windows against the simulator: admitted / theoretical maximum, and 429s;
 //! - simulator throughput;
+//! - the proxy: a load generator (reqwest, keep-alive) against the release `keyturn sim` directly
+//!   and through the release `keyturn serve` in front of it: latency added at one connection
+//!   (median) and the rate at 32 connections, each next to the direct baseline of the same run;
 //! - peak RSS of `keyturn seed` (release build) on the samples and on generated 200- and
 //!   1,000-episode sets.
 //!
 //! Writes `target/bench/report.json` and `target/bench/table.md`; `--update-readme` puts the
 //! table in README.md between the `bench:start` / `bench:end` markers. `--quick` shortens every
-//! measurement; `--only criterion,utilisation,simulator,rss` runs some sections (for work on one).
+//! measurement; `--only criterion,utilisation,simulator,proxy,rss` runs some sections (for work on one).
 //! It runs as a release build (a debug `cargo xtask` re-runs itself with `--release`).
 
 use std::collections::BTreeMap;
@@ -31,7 +34,7 @@ use crate::world::{FLASH, root, synth_transcripts};
 struct Opts {
     quick: bool,
     update_readme: bool,
-    /// Sections to run (`criterion`, `utilisation`, `simulator`, `rss`); empty: all.
+    /// Sections to run (`criterion`, `utilisation`, `simulator`, `proxy`, `rss`); empty: all.
     only: Vec<String>,
 }
 
@@ -111,6 +114,9 @@ fn run(opts: &Opts) -> Result<(), String> {
     }
     if opts.runs("simulator") {
         report.insert("simulator".into(), rt.block_on(sim_throughput(opts))?);
+    }
+    if opts.runs("proxy") {
+        report.insert("proxy".into(), rt.block_on(proxy(opts))?);
     }
     if opts.runs("rss") {
         report.insert("rss".into(), rt.block_on(rss(opts))?);
@@ -213,7 +219,13 @@ fn criterion_medians() -> BTreeMap<String, f64> {
 }
 
 fn criterion(opts: &Opts) -> Result<(Value, Value, Value, Value), String> {
-    for group in ["acquire_settle", "governor_check_key", "redis", "generate"] {
+    for group in [
+        "acquire_settle",
+        "acquire",
+        "governor_check_key",
+        "redis",
+        "generate",
+    ] {
         std::fs::remove_dir_all(target_dir().join("criterion").join(group)).ok();
     }
     cargo_bench("keyturn-core", "acquire", None, opts)?;
@@ -228,6 +240,7 @@ fn criterion(opts: &Opts) -> Result<(Value, Value, Value, Value), String> {
             format!("keys_{n}"),
             json!({
                 "acquire_settle_ns": get(&format!("acquire_settle/RoundRobin/{n}")),
+                "acquire_ns": get(&format!("acquire/RoundRobin/{n}")),
                 "least_loaded_ns": get(&format!("acquire_settle/LeastLoaded/{n}")),
                 "weighted_ns": get(&format!("acquire_settle/Weighted/{n}")),
                 "contended_2_threads_ns": get(&format!("acquire_settle/RoundRobin-2-threads/{n}")),
@@ -240,6 +253,20 @@ fn criterion(opts: &Opts) -> Result<(Value, Value, Value, Value), String> {
         get("acquire_settle/RoundRobin/10"),
     ) {
         core.insert("ratio_1000_vs_10_keys".into(), json!(a / b));
+    }
+    let ratio = |a: &str, b: &str| get(a).zip(get(b)).map(|(a, b)| a / b);
+    core.insert(
+        "pick_vs_governor_100".into(),
+        json!(ratio("acquire/RoundRobin/100", "governor_check_key/100")),
+    );
+    for (name, policy) in [("least_loaded", "LeastLoaded"), ("weighted", "Weighted")] {
+        core.insert(
+            format!("{name}_vs_round_robin_1000"),
+            json!(ratio(
+                &format!("acquire_settle/{policy}/1000"),
+                "acquire_settle/RoundRobin/1000"
+            )),
+        );
     }
 
     let per_s = |id: &str| get(id).map(|ns| 1e9 / ns);
@@ -443,6 +470,185 @@ async fn sim_throughput(opts: &Opts) -> Result<Value, String> {
     )
 }
 
+/// A generate request's body, as the load generators send it.
+const GENERATE_BODY: &str = r#"{"contents":[{"parts":[{"text":"How fast is the proxy?"}]}]}"#;
+
+/// A client token for `keyturn serve` and the `[[serve.tokens]]` entry that admits it, from
+/// `keyturn serve token new`.
+pub fn serve_token(bin: &Path) -> Result<(String, String), String> {
+    let out = Command::new(bin)
+        .args(["serve", "token", "new", "--label", "bench"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let token = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("kt_"))
+        .ok_or("keyturn serve token new printed no token")?
+        .to_owned();
+    let toml = text
+        .lines()
+        .skip_while(|l| !l.starts_with("[[serve.tokens]]"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    Ok((token, toml))
+}
+
+/// One request; its status and how long it took, the body read to the end.
+async fn one_request(
+    client: &reqwest::Client,
+    url: &str,
+    auth: &str,
+) -> Result<(u16, Duration), String> {
+    let t = now();
+    let r = client
+        .post(url)
+        .header("x-goog-api-key", auth)
+        .header("content-type", "application/json")
+        .body(GENERATE_BODY)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    r.bytes().await.map_err(|e| e.to_string())?;
+    Ok((status, t.elapsed()))
+}
+
+/// Median and 99th percentile (µs) of `n` requests in a row on one keep-alive connection,
+/// after `warm` unmeasured ones; every answer must be a 200.
+async fn serial_latency(
+    url: &str,
+    auth: &str,
+    warm: usize,
+    n: usize,
+) -> Result<(f64, f64), String> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut took = Vec::with_capacity(n);
+    for i in 0..warm + n {
+        let (status, t) = one_request(&client, url, auth).await?;
+        if status != 200 {
+            return Err(format!("{url} answered {status}"));
+        }
+        if i >= warm {
+            took.push(t.as_secs_f64() * 1e6);
+        }
+    }
+    took.sort_by(f64::total_cmp);
+    let at = |q: f64| took[((took.len() - 1) as f64 * q).round() as usize];
+    Ok((at(0.5), at(0.99)))
+}
+
+/// 200s per second over `secs` seconds with `conns` connections, each its own client sending
+/// one request after another.
+async fn rate(url: &str, auth: &str, conns: usize, secs: u64) -> Result<f64, String> {
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let until = now() + Duration::from_secs(secs);
+    let started = now();
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let (url, auth, done, failed) = (
+                url.to_owned(),
+                auth.to_owned(),
+                done.clone(),
+                failed.clone(),
+            );
+            tokio::spawn(async move {
+                let client = reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                while now() < until {
+                    match one_request(&client, &url, &auth).await {
+                        Ok((200, _)) => done.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())??;
+    }
+    let took = started.elapsed().as_secs_f64();
+    let failed = failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        return Err(format!("{failed} requests to {url} failed or were refused"));
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / took)
+}
+
+/// `keyturn serve` in front of `keyturn sim`, both release builds in their own processes, with
+/// limits that never bind: what the proxy adds at one connection, and what it keeps of the
+/// simulator's rate at 32, each against the simulator alone in the same run.
+async fn proxy(opts: &Opts) -> Result<Value, String> {
+    let bin = crate::world::build_keyturn(true)?;
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let huge = (u64::MAX / 4).to_string();
+    let mut sim = Command::new(&bin);
+    sim.args([
+        "sim", "--port", "0", "--rpm", &huge, "--tpm", &huge, "--rpd", &huge,
+    ]);
+    let (_sim, sim_url) = crate::examples::spawn_announcing(sim, "GEMINI_BASE_URL=")?;
+    let (token, tokens_toml) = serve_token(&bin)?;
+    let config = dir.path().join("keyturn.toml");
+    let toml =
+        format!("{tokens_toml}\n[models.\"{FLASH}\"]\nrpm = {huge}\ntpm = {huge}\nrpd = {huge}\n");
+    std::fs::write(&config, toml).map_err(|e| e.to_string())?;
+    let mut serve = Command::new(&bin);
+    serve
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("KEYTURN_CONFIG", &config)
+        .env("KEYTURN_STATE_DIR", dir.path().join("state"))
+        .env("GEMINI_BASE_URL", &sim_url)
+        .env(
+            "GEMINI_API_KEYS",
+            (1..=8)
+                .map(|i| format!("made-up-bench-proxy-{i}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .env_remove("KEYTURN_REDIS_URL")
+        .env_remove("RUST_LOG");
+    let (_serve, listening) =
+        crate::examples::spawn_announcing(serve, "keyturn serve listening on ")?;
+    let proxy_url = listening.split_whitespace().next().unwrap_or_default();
+    let path = format!("/v1beta/models/{FLASH}:generateContent");
+    let direct = format!("{sim_url}{path}");
+    let through = format!("{proxy_url}{path}");
+    let sim_key = "made-up-bench-proxy-1";
+    let (warm, n, secs) = if opts.quick {
+        (200, 1_000, 3)
+    } else {
+        (500, 5_000, 8)
+    };
+    eprintln!("xtask bench: proxy latency at one connection…");
+    let (d50, d99) = serial_latency(&direct, sim_key, warm, n).await?;
+    let (p50, p99) = serial_latency(&through, &token, warm, n).await?;
+    eprintln!("xtask bench: proxy rate at 32 connections…");
+    let d_rate = rate(&direct, sim_key, 32, secs).await?;
+    let p_rate = rate(&through, &token, 32, secs).await?;
+    Ok(json!({
+        "requests_serial": n,
+        "direct_median_us": d50,
+        "direct_p99_us": d99,
+        "proxy_median_us": p50,
+        "proxy_p99_us": p99,
+        "added_median_us": p50 - d50,
+        "connections": 32,
+        "seconds": secs,
+        "direct_per_s": d_rate,
+        "proxy_per_s": p_rate,
+        "proxy_vs_direct": p_rate / d_rate,
+        "note": "release keyturn sim and keyturn serve in their own processes; the load generator on the same cores",
+    }))
+}
+
 /// Peak RSS of the release `keyturn seed` on three workloads, each in its own child process.
 async fn rss(opts: &Opts) -> Result<Value, String> {
     let bin = crate::world::build_keyturn(true)?;
@@ -601,6 +807,37 @@ pub fn table(r: &Value) -> String {
             },
         ]);
     }
+    let k100 = &c["keys_100"];
+    rows.push([
+        "the pick alone (acquire), 100 keys × 3 models (median)".into(),
+        format!("{} ns", f(&k100["acquire_ns"], 1)),
+        format!(
+            "governor `check_key`, 300 cells: {} ns → {}×",
+            f(&k100["governor_check_key_ns"], 1),
+            f(&c["pick_vs_governor_100"], 2)
+        ),
+        "≤ 1.5×".into(),
+    ]);
+    let k1000 = &c["keys_1000"];
+    for (label, key, ratio) in [
+        (
+            "least-loaded",
+            "least_loaded_ns",
+            "least_loaded_vs_round_robin_1000",
+        ),
+        ("weighted", "weighted_ns", "weighted_vs_round_robin_1000"),
+    ] {
+        rows.push([
+            format!("acquire + settle, {label}, 1,000 keys (median)"),
+            format!("{} ns", f(&k1000[key], 1)),
+            format!(
+                "round-robin: {} ns → {}×",
+                f(&k1000["acquire_settle_ns"], 1),
+                f(&c[ratio], 2)
+            ),
+            "≤ 3×".into(),
+        ]);
+    }
     rows.push([
         "acquire + settle, 1,000 vs 10 keys".into(),
         format!("{}×", f(&c["ratio_1000_vs_10_keys"], 2)),
@@ -654,6 +891,27 @@ pub fn table(r: &Value) -> String {
         format!("{}/s", thousands(&r["simulator"]["responses_per_s"])),
         "load generator on the same cores".into(),
         String::new(),
+    ]);
+    let px = &r["proxy"];
+    rows.push([
+        "`keyturn serve` added latency, 1 connection (median)".into(),
+        format!("+{} µs", f(&px["added_median_us"], 0)),
+        format!(
+            "{} µs through vs {} µs direct to `keyturn sim`",
+            f(&px["proxy_median_us"], 0),
+            f(&px["direct_median_us"], 0)
+        ),
+        "≤ 60 µs".into(),
+    ]);
+    rows.push([
+        "`keyturn serve` rate, 32 connections".into(),
+        format!(
+            "{}/s ({}% of direct)",
+            thousands(&px["proxy_per_s"]),
+            f(&json!(px["proxy_vs_direct"].as_f64().map(|x| x * 100.0)), 0)
+        ),
+        format!("`keyturn sim` direct: {}/s", thousands(&px["direct_per_s"])),
+        "≥ 50 % of direct".into(),
     ]);
     rows.push([
         "state file writes under 50,000 acquires/s".into(),

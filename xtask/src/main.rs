@@ -17,6 +17,10 @@
 //!   PASS/FAIL per scenario (`scenario list` names them).
 //! - `bench [--quick]`: the benchmarks, written to `target/bench/report.json` and printed as a
 //!   table (the README's "How it performs" comes from it).
+//! - `soak [MINUTES] [--release]`: `keyturn serve` on each state backend at a steady rate with the
+//!   simulator's faults on (503s, a 429 storm a minute, a key revoked, Redis restarted); fails on
+//!   growth of memory or file descriptors, on a self-inflicted 429, or on state writes faster
+//!   than the flush interval.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a developer tool: a broken invariant may stop it
@@ -26,6 +30,7 @@ mod docs;
 mod examples;
 mod scenario;
 mod sdk;
+mod soak;
 mod world;
 
 use std::path::PathBuf;
@@ -179,6 +184,7 @@ fn main() -> ExitCode {
     match args.first().map(String::as_str) {
         Some("scenario") => scenarios(args.get(1).map_or("all", String::as_str)),
         Some("bench") => bench::main(&args[1..]),
+        Some("soak") => soak::main(&args[1..]),
         Some("docs") => docs::main(&args[1..]),
         Some("bench-rss-child") => bench::rss_child(&args[1..]),
         Some("examples") => examples::main(),
@@ -199,7 +205,7 @@ fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: cargo xtask browser | docs [--check] | examples | fuzz [SECONDS] | sdk | scenario <name>[,<name>…]|all|list | bench [--quick]"
+                "usage: cargo xtask browser | docs [--check] | examples | fuzz [SECONDS] | sdk | scenario <name>[,<name>…]|all|list | bench [--quick] | soak [MINUTES] [--release]"
             );
             ExitCode::from(2)
         }

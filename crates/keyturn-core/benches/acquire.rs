@@ -1,6 +1,8 @@
 //! acquire + settle on the in-memory ledger with 10, 100 and 1,000 keys × 3 models, every rule on
-//! (RPM, TPM, RPD, breaker, cooldowns), single task and contended; a governor keyed `check_key`
-//! in the same run as the reference point. Run: `cargo bench -p keyturn-core`.
+//! (RPM, TPM, RPD, breaker, cooldowns), single task and contended; the pick alone (acquire, its
+//! leases settled outside the timed part); a governor keyed `check_key` in the same run as the
+//! reference point, keyed like keyturn's scopes: one cell per (key, model), so 3 × keys cells.
+//! Run: `cargo bench -p keyturn-core`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(clippy::disallowed_methods, clippy::disallowed_types)] // a benchmark times itself with the real clock
@@ -97,6 +99,43 @@ fn acquire_settle(c: &mut Criterion) {
     g.finish();
 }
 
+/// The pick alone, like for like with governor's `check_key` (which settles nothing): batches of
+/// acquires timed together, their leases settled after the clock stops.
+fn acquire_alone(c: &mut Criterion) {
+    const BATCH: usize = 64;
+    let mut g = c.benchmark_group("acquire");
+    g.measurement_time(Duration::from_secs(4));
+    for n in [10usize, 100, 1000] {
+        let l = ledger(n, Policy::RoundRobin);
+        let mut leases = Vec::with_capacity(BATCH);
+        let mut i = 0usize;
+        g.bench_function(BenchmarkId::new("RoundRobin", n), |b| {
+            b.iter_custom(|iters| {
+                let mut took = Duration::ZERO;
+                let mut left = iters as usize;
+                while left > 0 {
+                    let batch = left.min(BATCH);
+                    let start = Instant::now();
+                    for _ in 0..batch {
+                        i = i.wrapping_add(1);
+                        leases.push(
+                            l.try_acquire(MODELS[i % 3], Demand::tokens(black_box(120)))
+                                .unwrap(),
+                        );
+                    }
+                    took += start.elapsed();
+                    for lease in leases.drain(..) {
+                        l.settle_now(lease, Outcome::success(100));
+                    }
+                    left -= batch;
+                }
+                took
+            })
+        });
+    }
+    g.finish();
+}
+
 fn governor_reference(c: &mut Criterion) {
     use governor::{Quota, RateLimiter};
     let mut g = c.benchmark_group("governor_check_key");
@@ -107,12 +146,12 @@ fn governor_reference(c: &mut Criterion) {
         g.bench_function(BenchmarkId::from_parameter(n), |b| {
             b.iter(|| {
                 i = i.wrapping_add(1);
-                black_box(limiter.check_key(&(i % n))).ok();
+                black_box(limiter.check_key(&(i % n, i % 3))).ok();
             })
         });
     }
     g.finish();
 }
 
-criterion_group!(benches, acquire_settle, governor_reference);
+criterion_group!(benches, acquire_settle, acquire_alone, governor_reference);
 criterion_main!(benches);

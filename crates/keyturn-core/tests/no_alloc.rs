@@ -1,5 +1,5 @@
-//! The hot path (acquire + settle) allocates nothing: counted with dhat's heap profiler in testing
-//! mode, over 100 keys × 3 models with every rule on. Time is a manual clock moved 2 ms per
+//! The hot path (acquire + settle) allocates nothing, under every policy: counted with dhat's heap
+//! profiler in testing mode, over 100 keys × 3 models with every rule on. Time is a manual clock moved 2 ms per
 //! request, so the run crosses every second and minute bucket the same way on every machine,
 //! however loaded (with the system clock, how many boundaries a run crossed depended on load).
 //!
@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use keyturn_core::{
     ApiKey, Demand, InMemoryLedger, KeyRing, KeySpec, LedgerConfig, LimitOverride, LimitTable,
-    ManualClock, Outcome,
+    ManualClock, Outcome, Policy,
 };
 
 #[global_allocator]
@@ -27,14 +27,16 @@ static ALLOC: dhat::Alloc = dhat::Alloc;
 
 fn main() {
     // `cargo test -- <filter or flags>` passes its arguments here too: nothing to choose from.
-    acquire_and_settle_do_not_allocate();
-    println!(
-        "no_alloc: acquire_and_settle_do_not_allocate ... ok (30,000 acquire + settle, 0 allocations)"
-    );
+    let _profiler = dhat::Profiler::builder().testing().build();
+    for policy in [Policy::RoundRobin, Policy::LeastLoaded, Policy::Weighted] {
+        acquire_and_settle_do_not_allocate(policy);
+        println!(
+            "no_alloc: acquire_and_settle_do_not_allocate ({policy:?}) ... ok (30,000 acquire + settle, 0 allocations)"
+        );
+    }
 }
 
-fn acquire_and_settle_do_not_allocate() {
-    let _profiler = dhat::Profiler::builder().testing().build();
+fn acquire_and_settle_do_not_allocate(policy: Policy) {
     let models = ["gemini-2.5-flash", "gemini-2.5-pro", "gemini-embedding-001"];
     let mut limits = LimitTable::builtin();
     for m in models {
@@ -54,6 +56,7 @@ fn acquire_and_settle_do_not_allocate() {
             .map(|i| {
                 KeySpec::new(ApiKey::new(format!("made-up-alloc-{i}")).unwrap())
                     .project(format!("p{}", i % 25))
+                    .weight(1 + (i % 3) as u32)
             })
             .collect(),
     )
@@ -61,6 +64,7 @@ fn acquire_and_settle_do_not_allocate() {
     let ledger = InMemoryLedger::new(
         Arc::new(keys),
         LedgerConfig {
+            policy,
             limits,
             models: models.iter().map(|m| m.to_string()).collect(),
             ..LedgerConfig::default()

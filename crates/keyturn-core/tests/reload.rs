@@ -117,3 +117,80 @@ async fn a_key_moved_to_a_new_project_draws_on_that_projects_quota() {
             .any(|s| s.project == "b" && s.keys == ["k2"])
     );
 }
+
+/// Least-loaded's headroom tree and weighted's cycle are indexes over the keys: after a reload
+/// they cover the new key and leave out the removed one, and a demand pinned to one project is
+/// still served only there.
+#[tokio::test]
+async fn the_pick_indexes_follow_a_reload() {
+    for policy in [
+        keyturn_core::Policy::LeastLoaded,
+        keyturn_core::Policy::Weighted,
+    ] {
+        let clock = Arc::new(ManualClock::at_ms(1_780_340_400_000));
+        let cfg = LedgerConfig {
+            limits: limits(1_000),
+            max_wait: std::time::Duration::ZERO,
+            policy,
+            ..LedgerConfig::default()
+        };
+        let l = InMemoryLedger::new(
+            Arc::new(KeyRing::new(vec![spec(1), spec(2)]).unwrap()),
+            cfg,
+            clock.clone(),
+        );
+        // Both indexes built over k1, k2 before the reload.
+        for _ in 0..4 {
+            let lease = l.acquire(MODEL, Demand::tokens(1)).await.unwrap();
+            l.settle(
+                lease,
+                Outcome::Success {
+                    input_tokens: Some(1),
+                },
+            )
+            .await
+            .unwrap();
+        }
+        l.reload(
+            &KeyRing::new(vec![spec(2), spec(3)]).unwrap(),
+            limits(1_000),
+        );
+        let mut seen = std::collections::BTreeMap::<String, u32>::new();
+        for _ in 0..12 {
+            let lease = l.acquire(MODEL, Demand::tokens(1)).await.unwrap();
+            *seen.entry(label(&l, &lease)).or_default() += 1;
+            l.settle(
+                lease,
+                Outcome::Success {
+                    input_tokens: Some(1),
+                },
+            )
+            .await
+            .unwrap();
+        }
+        assert!(
+            !seen.contains_key("k1"),
+            "{policy:?}: a removed key was picked: {seen:?}"
+        );
+        assert!(
+            seen.contains_key("k3"),
+            "{policy:?}: the new key was never picked: {seen:?}"
+        );
+        let k3 = l.keys().find("k3").unwrap();
+        for _ in 0..3 {
+            let lease = l
+                .acquire(MODEL, Demand::tokens(1).within_project_of(k3))
+                .await
+                .unwrap();
+            assert_eq!(label(&l, &lease), "k3", "{policy:?}");
+            l.settle(
+                lease,
+                Outcome::Success {
+                    input_tokens: Some(1),
+                },
+            )
+            .await
+            .unwrap();
+        }
+    }
+}

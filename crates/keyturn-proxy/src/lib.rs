@@ -260,24 +260,49 @@ pub struct ResourceUpstream {
 /// Most distinct models the proxy admits (Gemini serves a few dozen).
 pub const MAX_MODELS: usize = 256;
 
+/// Confirmed models per API version, looked up by `&str` (no allocation per request).
 #[derive(Debug, Default)]
-struct KnownModels(parking_lot::Mutex<std::collections::HashSet<(String, String)>>);
+struct KnownModels(parking_lot::RwLock<KnownSets>);
+
+#[derive(Debug, Default)]
+struct KnownSets {
+    v1beta: std::collections::HashSet<String>,
+    v1: std::collections::HashSet<String>,
+}
+
+impl KnownSets {
+    fn of(&mut self, version: &str) -> Option<&mut std::collections::HashSet<String>> {
+        match version {
+            "v1beta" => Some(&mut self.v1beta),
+            "v1" => Some(&mut self.v1),
+            _ => None,
+        }
+    }
+}
 
 impl KnownModels {
     fn contains(&self, version: &str, model: &str) -> bool {
-        self.0
-            .lock()
-            .contains(&(version.to_owned(), model.to_owned()))
+        let sets = self.0.read();
+        match version {
+            "v1beta" => sets.v1beta.contains(model),
+            "v1" => sets.v1.contains(model),
+            _ => false,
+        }
     }
 
     /// Records a confirmed model; false when the set is full.
     fn insert(&self, version: &str, model: &str) -> bool {
-        let mut set = self.0.lock();
-        if set.len() >= MAX_MODELS {
+        let mut sets = self.0.write();
+        if sets.v1beta.len() + sets.v1.len() >= MAX_MODELS {
             return false;
         }
-        set.insert((version.to_owned(), model.to_owned()));
-        true
+        match sets.of(version) {
+            Some(set) => {
+                set.insert(model.to_owned());
+                true
+            }
+            None => false,
+        }
     }
 }
 

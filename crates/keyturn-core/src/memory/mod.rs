@@ -25,10 +25,12 @@ use crate::snapshot::{
 use crate::window::{DayCounter, RollingWindow, sec_of};
 
 mod persistence;
+mod pick;
 mod scope;
 mod status;
 mod usage;
 
+use pick::{HeadroomTree, weighted_schedule};
 use scope::{Gate, KeyHealth, ProbeOut, ProjectGate, Scope};
 pub use status::{breaker_state_now, scope_status_from_snapshot};
 use usage::{PastUsage, UsageCell, history_cutoff, prune_past, sent_day_row};
@@ -41,9 +43,16 @@ struct ModelState {
     /// Scope index for each project index.
     scopes: Vec<u32>,
     cursor: u32,
-    /// Smooth weighted round-robin's current weights, per key.
+    /// Smooth weighted round-robin's current weights, per key (when there is no schedule).
     wrr: Vec<i64>,
+    /// Weighted: the next entry of the ledger's schedule.
+    wcursor: u32,
+    /// Least-loaded: headroom per key, kept up to date.
+    ll: HeadroomTree,
 }
+
+/// Least-loaded: keys the tree offers that turn out not to fit before the pick scans them all.
+const LEAST_LOADED_MISSES: usize = 8;
 
 #[derive(Debug)]
 struct Inner {
@@ -53,6 +62,12 @@ struct Inner {
     /// Per key: its weight under the weighted policy.
     weights: Vec<u32>,
     key_project: Vec<u32>,
+    /// Per project index: its keys.
+    project_keys: Vec<Vec<u32>>,
+    /// Weighted: smooth weighted round-robin's cycle over the keys taking requests (`None`: the
+    /// policy is another, or the weights are too large for a schedule and every pick scans).
+    /// Rebuilt by a reload.
+    schedule: Option<Vec<u32>>,
     projects: Vec<String>,
     models: Vec<ModelState>,
     scopes: Vec<Scope>,
@@ -66,6 +81,9 @@ struct Inner {
     epoch: u64,
     /// Bumped on every change; the write-behind flusher saves when it moves.
     version: u64,
+    /// Bumped on every change but an admission or a served answer (health, switch-offs, limits,
+    /// cooldowns, resets, restores): least-loaded's trees rebuild when it moves.
+    shape: u64,
 }
 
 /// Why `try_acquire` found nothing, with what waiting would need.
@@ -104,12 +122,21 @@ impl InMemoryLedger {
             };
             key_project.push(idx as u32);
         }
+        let mut project_keys = vec![Vec::new(); projects.len()];
+        for (k, p) in key_project.iter().enumerate() {
+            project_keys[*p as usize].push(k as u32);
+        }
+        let retired: Vec<bool> = keys.iter().map(|(id, _)| keys.is_retired(id)).collect();
+        let weights: Vec<u32> = keys.iter().map(|(_, e)| e.weight).collect();
+        let schedule = schedule_of(cfg.policy, &weights, &retired);
         let inner = Inner {
             project_gates: vec![ProjectGate::default(); projects.len()],
             health: vec![KeyHealth::default(); keys.len()],
-            retired: keys.iter().map(|(id, _)| keys.is_retired(id)).collect(),
-            weights: keys.iter().map(|(_, e)| e.weight).collect(),
+            retired,
+            weights,
             key_project,
+            project_keys,
+            schedule,
             projects,
             models: Vec::new(),
             scopes: Vec::new(),
@@ -117,6 +144,7 @@ impl InMemoryLedger {
             notices: Vec::new(),
             epoch: 0,
             version: 0,
+            shape: 0,
         };
         let ledger = Self {
             keys: arc_swap::ArcSwap::new(keys),
@@ -188,7 +216,15 @@ impl InMemoryLedger {
         for m in &mut inner.models {
             m.today.resize(n, UsageCell::default());
             m.wrr.resize(n, 0);
+            m.wcursor = 0;
         }
+        inner.project_keys = vec![Vec::new(); inner.projects.len()];
+        for (k, p) in inner.key_project.iter().enumerate() {
+            inner.project_keys[*p as usize].push(k as u32);
+        }
+        inner.schedule = schedule_of(self.cfg.policy, &inner.weights, &inner.retired);
+        // The least-loaded trees are rebuilt over the new keys at their next pick.
+        inner.shape += 1;
         for m in &inner.models {
             for (p, &si) in m.scopes.iter().enumerate() {
                 let project = &inner.projects[p];
@@ -240,6 +276,8 @@ impl InMemoryLedger {
             scopes,
             cursor: 0,
             wrr: vec![0; inner.health.len()],
+            wcursor: 0,
+            ll: HeadroomTree::default(),
         });
         inner.version += 1;
         inner.models.len() - 1
@@ -271,16 +309,21 @@ impl InMemoryLedger {
             retired,
             weights,
             key_project,
+            project_keys,
+            schedule,
             models,
             scopes,
             project_gates,
             past,
             epoch,
             version,
+            shape,
             ..
         } = inner;
         let ms = &mut models[m];
-        let start = ms.cursor as usize % n;
+        // The cursor is always below `n`; no division on the hot path (the `%` by a runtime `n`
+        // showed in the profile of the pick).
+        let start = (ms.cursor as usize).min(n.saturating_sub(1));
 
         let scope_of = |k: usize| ms_scopes_index(&ms.scopes, key_project, k);
         let mut pick: Option<(usize, Pass)> = None;
@@ -292,7 +335,7 @@ impl InMemoryLedger {
         match self.cfg.policy {
             Policy::RoundRobin => {
                 for i in 0..n {
-                    let k = (start + i) % n;
+                    let k = wrap(start + i, n);
                     if outside(k) {
                         continue;
                     }
@@ -310,9 +353,55 @@ impl InMemoryLedger {
                 }
             }
             Policy::LeastLoaded => {
+                // A demand pinned to one project (rare: a request naming a file) is decided
+                // by the scan below, which sees only that project's keys.
+                if pinned.is_none() {
+                    let sec = sec_of(now);
+                    if !ms.ll.fresh(sec, *shape) {
+                        ms.ll.rebuild(n, sec, *shape, |k| {
+                            if retired[k] || health[k].disabled.is_some() {
+                                return None;
+                            }
+                            let s = &mut scopes[scope_of(k)];
+                            s.refresh(now);
+                            Some(s.headroom())
+                        });
+                    }
+                    // Keys with room, but not for this demand: back in the tree after this pick.
+                    let mut too_small = [(0usize, 0.0f64); LEAST_LOADED_MISSES];
+                    let mut missed = 0;
+                    for _ in 0..LEAST_LOADED_MISSES {
+                        let Some(k) = ms.ll.top() else { break };
+                        if let Some(pass) = eligible(
+                            retired[k],
+                            &health[k],
+                            project_of(k),
+                            &mut scopes[scope_of(k)],
+                            demand,
+                            now,
+                        ) {
+                            pick = Some((k, pass));
+                            break;
+                        }
+                        let smallest = Demand::tokens(0);
+                        let s = &mut scopes[scope_of(k)];
+                        if eligible(retired[k], &health[k], project_of(k), s, smallest, now)
+                            .is_some()
+                        {
+                            too_small[missed] = (k, ms.ll.score(k));
+                            missed += 1;
+                        }
+                        // Closed (a breaker, a cooldown, a switch-off): out until the next
+                        // rebuild, and the scan below still sees it.
+                        ms.ll.set(k, None);
+                    }
+                    for &(k, h) in &too_small[..missed] {
+                        ms.ll.set(k, Some(h));
+                    }
+                }
                 let mut best = -1.0f64;
-                for i in 0..n {
-                    let k = (start + i) % n;
+                for i in 0..if pick.is_some() { 0 } else { n } {
+                    let k = wrap(start + i, n);
                     if outside(k) {
                         continue;
                     }
@@ -333,8 +422,31 @@ impl InMemoryLedger {
                 }
             }
             Policy::Weighted => {
+                // A pinned demand is decided by the scan below (its project's keys only).
+                if let Some(schedule) = schedule.as_ref().filter(|_| pinned.is_none()) {
+                    let len = schedule.len();
+                    let mut c = ms.wcursor as usize % len;
+                    // Every key taking requests is in the cycle: `n` entries in a row that
+                    // cannot take the request make the scan below decide (O(keys) at worst).
+                    for _ in 0..n.min(len) {
+                        let k = schedule[c] as usize;
+                        c = (c + 1) % len;
+                        if let Some(pass) = eligible(
+                            retired[k],
+                            &health[k],
+                            project_of(k),
+                            &mut scopes[scope_of(k)],
+                            demand,
+                            now,
+                        ) {
+                            pick = Some((k, pass));
+                            break;
+                        }
+                    }
+                    ms.wcursor = c as u32;
+                }
                 let mut total = 0i64;
-                for k in 0..n {
+                for k in 0..if pick.is_some() { 0 } else { n } {
                     if outside(k) {
                         continue;
                     }
@@ -354,7 +466,7 @@ impl InMemoryLedger {
                         }
                     }
                 }
-                if let Some((b, _)) = pick {
+                if let (Some((b, _)), true) = (pick, total > 0) {
                     ms.wrr[b] -= total;
                 }
             }
@@ -364,7 +476,7 @@ impl InMemoryLedger {
             return Err(self.blocked(inner, m, demand, now));
         };
         let adm = pass.admission;
-        ms.cursor = ((k + 1) % n) as u32;
+        ms.cursor = wrap(k + 1, n) as u32;
         health[k].breaker.admitted(adm, now, &self.cfg.breaker);
         let s = &mut scopes[ms.scopes[key_project[k] as usize] as usize];
         let sec = s.window.record(u64::from(demand.requests), demand.tokens);
@@ -406,6 +518,14 @@ impl InMemoryLedger {
         }
         cell.requests = cell.requests.saturating_add(u64::from(demand.requests));
         cell.tokens = cell.tokens.saturating_add(demand.tokens);
+        if self.cfg.policy == Policy::LeastLoaded {
+            let p = key_project[k] as usize;
+            let h = scopes[ms.scopes[p] as usize].headroom();
+            ms.ll.picked(k, h);
+            for &j in project_keys[p].iter().filter(|j| **j as usize != k) {
+                ms.ll.rescore(j as usize, h);
+            }
+        }
         *version += 1;
         Ok(Lease::new(
             KeyId(k as u32),
@@ -576,6 +696,8 @@ impl InMemoryLedger {
                 _ => ProbeAnswer::Nothing,
             };
             let sec = lease.second();
+            // Anything but a served answer may change what least-loaded's trees hold.
+            let mut reshape = !matches!(outcome, Outcome::Success { .. });
             if let Some(si) = scope_idx {
                 let s = &mut inner.scopes[si as usize];
                 if s.probe.is_some_and(|o| o.is(k, sec)) {
@@ -590,6 +712,7 @@ impl InMemoryLedger {
                     }
                     s.probe = None;
                     notify = true;
+                    reshape = true;
                 }
             }
             let g = &mut inner.project_gates[p];
@@ -604,6 +727,7 @@ impl InMemoryLedger {
                 }
                 g.probe = None;
                 notify = true;
+                reshape = true;
             }
             // Served or refused, on the day the request was sent (sent requests were counted at
             // admission).
@@ -640,6 +764,14 @@ impl InMemoryLedger {
                             s.window.adjust_tokens(lease.second(), delta);
                             s.day.add_tokens(lease.second() * 1000, delta);
                             notify |= delta < 0;
+                            if self.cfg.policy == Policy::LeastLoaded {
+                                let h = s.headroom();
+                                if let Some(m) = inner.models.get_mut(lease.model_slot() as usize) {
+                                    for &j in &inner.project_keys[p] {
+                                        m.ll.rescore(j as usize, h);
+                                    }
+                                }
+                            }
                             // The usage history counts real tokens too, on the day it was sent.
                             let cell = inner
                                 .models
@@ -659,6 +791,7 @@ impl InMemoryLedger {
                     if inner.health[k].breaker.on_success() {
                         tracing::info!(key = %label(), "key recovered: circuit breaker closed");
                         notify = true;
+                        reshape = true;
                     }
                 }
                 Outcome::Throttled {
@@ -763,6 +896,9 @@ impl InMemoryLedger {
                 }
             }
             inner.version += 1;
+            if reshape {
+                inner.shape += 1;
+            }
         }
         if notify {
             self.wake();
@@ -915,6 +1051,7 @@ impl InMemoryLedger {
             }
         }
         inner.version += 1;
+        inner.shape += 1;
         drop(inner);
         self.changed.notify_waiters();
         Ok(())
@@ -976,6 +1113,25 @@ fn pinned_project(key_project: &[u32], demand: Demand) -> Option<u32> {
     demand
         .project_of
         .map(|k| key_project.get(k.index()).copied().unwrap_or(u32::MAX))
+}
+
+/// `i % n` for `i < 2n`.
+#[inline]
+fn wrap(i: usize, n: usize) -> usize {
+    if i >= n { i - n } else { i }
+}
+
+/// The weighted policy's cycle over the keys taking requests (retired ones left out), as key
+/// indices; `None` for another policy or weights too large for a cycle.
+fn schedule_of(policy: Policy, weights: &[u32], retired: &[bool]) -> Option<Vec<u32>> {
+    if policy != Policy::Weighted {
+        return None;
+    }
+    let active: Vec<u32> = (0..weights.len() as u32)
+        .filter(|&k| !retired[k as usize])
+        .collect();
+    let w: Vec<u32> = active.iter().map(|&k| weights[k as usize]).collect();
+    weighted_schedule(&w).map(|cycle| cycle.into_iter().map(|i| active[i as usize]).collect())
 }
 
 fn ms_scopes_index(model_scopes: &[u32], key_project: &[u32], k: usize) -> usize {

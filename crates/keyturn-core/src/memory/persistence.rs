@@ -241,6 +241,7 @@ impl InMemoryLedger {
             .collect();
         inner.epoch += 1;
         inner.version += 1;
+        inner.shape += 1;
         drop(inner);
         self.changed.notify_waiters();
         Ok(())
