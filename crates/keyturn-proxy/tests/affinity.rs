@@ -45,6 +45,17 @@ async fn setup(rpm: u64, redis: Option<(&str, &str)>) -> Setup {
 }
 
 async fn setup_with(rpm: u64, redis: Option<(&str, &str)>, max_upload_bytes: u64) -> Setup {
+    setup_full(rpm, redis, max_upload_bytes, None).await
+}
+
+/// [`setup_with`], the resource map reading `resource_clock` (to age what it holds) instead of
+/// the pool's clock.
+async fn setup_full(
+    rpm: u64,
+    redis: Option<(&str, &str)>,
+    max_upload_bytes: u64,
+    resource_clock: Option<Arc<dyn keyturn_core::Clock>>,
+) -> Setup {
     let mut models = BTreeMap::new();
     models.insert(
         FLASH.to_owned(),
@@ -113,7 +124,10 @@ async fn setup_with(rpm: u64, redis: Option<(&str, &str)>, max_upload_bytes: u64
         v1beta: keyturn_services::transport(&cfg, "v1beta").unwrap(),
         v1: keyturn_services::transport(&cfg, "v1").unwrap(),
     };
-    let resources = pool.state.resources(pool.clock.clone()).unwrap();
+    let resources = pool
+        .state
+        .resources(resource_clock.unwrap_or_else(|| pool.clock.clone()))
+        .unwrap();
     let state = Arc::new(
         ProxyState::new(
             pool.caller_for_version(&cfg, "v1beta").unwrap(),
@@ -873,4 +887,59 @@ async fn a_files_bytes_are_downloaded_with_its_projects_key() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
+}
+
+/// A file lives 48 hours: once its `expirationTime` has passed, the proxy forgets its owner (the
+/// name is Google's no more), so a request naming it is no longer pinned — here, where the
+/// simulator still holds it, such requests reach other projects' keys and their bare 403s come
+/// back as the caller's fault, no key blamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_files_owner_is_forgotten_when_the_file_expires() {
+    #[allow(clippy::disallowed_methods)] // the map's clock starts at the simulator's time
+    let now = std::time::SystemTime::UNIX_EPOCH
+        .elapsed()
+        .unwrap()
+        .as_millis() as i64;
+    let clock = Arc::new(keyturn_core::ManualClock::at_ms(now));
+    let s = setup_full(
+        1000,
+        None,
+        ProxyConfig::default().max_upload_bytes,
+        Some(clock.clone()),
+    )
+    .await;
+    let file = s.upload(TOKEN_A, &b"%PDF-1.4\n".repeat(50)).await;
+    let name = file["name"].as_str().unwrap().to_owned();
+    let uri = file["uri"].as_str().unwrap().to_owned();
+    for _ in 0..6 {
+        let (status, body) = s.generate(&with_file(&uri, false)).await;
+        assert_eq!(status, 200, "pinned while the file lives: {body}");
+    }
+    let kept =
+        || std::fs::read_to_string(s.dir.path().join("state").join("resources.json")).unwrap();
+    assert!(kept().contains(&name));
+    clock.advance(std::time::Duration::from_secs(49 * 3600));
+    let mut refused = 0;
+    for _ in 0..8 {
+        let (status, body) = s.generate(&with_file(&uri, false)).await;
+        match status {
+            200 => {}
+            403 => refused += 1,
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(
+        refused > 0,
+        "requests naming an expired file were still pinned"
+    );
+    let st = s._pool.ledger.status().await.unwrap();
+    assert!(
+        st.keys.iter().all(|k| k.disabled.is_none()),
+        "a 403 for a file blamed a key"
+    );
+    let uses = s.uses_of(&name).await;
+    assert!(
+        uses.iter().any(|(asked, own)| asked != own),
+        "no request went unpinned after expiry: {uses:?}"
+    );
 }
