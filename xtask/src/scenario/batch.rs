@@ -86,6 +86,9 @@ pub(super) async fn run(bin: &Path, r: &mut Report) -> Result<(), String> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The jobs leave PENDING after a second of the simulator's clock: move it past that, so
+    // the kill lands while they run whatever the machine's speed (they run for 600 s).
+    w.sim.state().clock.advance(2_000);
     child.start_kill().map_err(|e| e.to_string())?;
     let killed = child.wait().await.map_err(|e| e.to_string())?;
     let states = job_states(&w).await;
