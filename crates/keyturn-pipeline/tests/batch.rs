@@ -17,14 +17,10 @@ const FLASH: &str = "gemini-2.5-flash";
 const EMBED: &str = "gemini-embedding-001";
 /// Ring order puts the free-tier project first, so the first job meets its refusal.
 const KEYS: &[(&str, &str, &str)] = &[
-    (
-        "AIzaSyTESTbatchFree0000000000000000001",
-        "free-1",
-        "proj-free",
-    ),
-    ("AIzaSyTESTbatchA000000000000000000000001", "a-1", "proj-a"),
-    ("AIzaSyTESTbatchA000000000000000000000002", "a-2", "proj-a"),
-    ("AIzaSyTESTbatchB000000000000000000000001", "b-1", "proj-b"),
+    ("AIzaSyTESTbatchFree000000000001", "free-1", "proj-free"),
+    ("AIzaSyTESTbatchA000000000001", "a-1", "proj-a"),
+    ("AIzaSyTESTbatchA000000000002", "a-2", "proj-a"),
+    ("AIzaSyTESTbatchB000000000001", "b-1", "proj-b"),
 ];
 
 struct World {
