@@ -25,8 +25,7 @@ use crate::errors::{self, ApiError};
 use crate::files::page;
 use crate::resources::{Batch, BatchItems, StoredFile, new_id, shown};
 use crate::server::{
-    Peer, Surface, authorize, dims, embed_text, error_on, generate, json_response, not_found,
-    peer_ip, version_ok,
+    Peer, Surface, admit_resource, dims, embed_text, error_on, generate, json_response, not_found,
 };
 use crate::state::{KeyInfo, SimState};
 use crate::wire::{
@@ -467,20 +466,6 @@ fn owned(st: &SimState, key: &KeyInfo, route: Route, id: &str) -> Result<Value, 
     op.ok_or_else(not_found)
 }
 
-fn auth(
-    st: &SimState,
-    version: &str,
-    q: &BatchQuery,
-    headers: &HeaderMap,
-    peer: &Peer,
-    route: Route,
-) -> Result<KeyInfo, Box<Response>> {
-    if !version_ok(version) {
-        return Err(Box::new(refuse(st, None, &not_found())));
-    }
-    authorize(st, headers, q.key.as_deref(), route, None, peer_ip(peer))
-}
-
 /// `GET batches/{id}`.
 pub(crate) async fn get(
     State(st): State<Arc<SimState>>,
@@ -492,7 +477,14 @@ pub(crate) async fn get(
     if name.contains(':') {
         return refuse(&st, None, &not_found());
     }
-    let key = match auth(&st, &version, &q, &headers, &peer, Route::GetBatch) {
+    let key = match admit_resource(
+        &st,
+        &version,
+        &headers,
+        q.key.as_deref(),
+        Route::GetBatch,
+        &peer,
+    ) {
         Ok(k) => k,
         Err(r) => return *r,
     };
@@ -516,7 +508,14 @@ pub(crate) async fn cancel(
     let Some(id) = name.strip_suffix(":cancel") else {
         return refuse(&st, None, &not_found());
     };
-    let key = match auth(&st, &version, &q, &headers, &peer, Route::CancelBatch) {
+    let key = match admit_resource(
+        &st,
+        &version,
+        &headers,
+        q.key.as_deref(),
+        Route::CancelBatch,
+        &peer,
+    ) {
         Ok(k) => k,
         Err(r) => return *r,
     };
@@ -544,7 +543,14 @@ pub(crate) async fn delete(
     if name.contains(':') {
         return refuse(&st, None, &not_found());
     }
-    let key = match auth(&st, &version, &q, &headers, &peer, Route::DeleteBatch) {
+    let key = match admit_resource(
+        &st,
+        &version,
+        &headers,
+        q.key.as_deref(),
+        Route::DeleteBatch,
+        &peer,
+    ) {
         Ok(k) => k,
         Err(r) => return *r,
     };
@@ -564,7 +570,14 @@ pub(crate) async fn list(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    let key = match auth(&st, &version, &q, &headers, &peer, Route::ListBatches) {
+    let key = match admit_resource(
+        &st,
+        &version,
+        &headers,
+        q.key.as_deref(),
+        Route::ListBatches,
+        &peer,
+    ) {
         Ok(k) => k,
         Err(r) => return *r,
     };

@@ -18,7 +18,8 @@ use crate::resources::{
     CachedContent, cache_denied, new_id, parse_duration_ms, parse_time_ms, shown,
 };
 use crate::server::{
-    Peer, Surface, authorize, error_on, json_response, not_found, peer_ip, version_ok,
+    Peer, Surface, admit_resource, authorize, error_on, json_response, not_found, peer_ip,
+    version_ok,
 };
 use crate::state::{KeyInfo, SimState};
 use crate::wire::{Content, GenerateContentRequest, count_tokens, describe_parse_error};
@@ -251,20 +252,6 @@ pub(crate) fn owned_cache(
     }
 }
 
-fn auth(
-    st: &SimState,
-    version: &str,
-    q: &CacheQuery,
-    headers: &HeaderMap,
-    peer: &Peer,
-    route: Route,
-) -> Result<KeyInfo, Box<Response>> {
-    if !version_ok(version) {
-        return Err(Box::new(refuse(st, None, &not_found())));
-    }
-    authorize(st, headers, q.key.as_deref(), route, None, peer_ip(peer))
-}
-
 /// `GET cachedContents/{id}`.
 pub(crate) async fn get(
     State(st): State<Arc<SimState>>,
@@ -273,7 +260,14 @@ pub(crate) async fn get(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    let key = match auth(&st, &version, &q, &headers, &peer, Route::GetCachedContent) {
+    let key = match admit_resource(
+        &st,
+        &version,
+        &headers,
+        q.key.as_deref(),
+        Route::GetCachedContent,
+        &peer,
+    ) {
         Ok(k) => k,
         Err(r) => return *r,
     };
@@ -294,13 +288,13 @@ pub(crate) async fn delete(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    let key = match auth(
+    let key = match admit_resource(
         &st,
         &version,
-        &q,
         &headers,
-        &peer,
+        q.key.as_deref(),
         Route::DeleteCachedContent,
+        &peer,
     ) {
         Ok(k) => k,
         Err(r) => return *r,
@@ -324,13 +318,13 @@ pub(crate) async fn patch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let key = match auth(
+    let key = match admit_resource(
         &st,
         &version,
-        &q,
         &headers,
-        &peer,
+        q.key.as_deref(),
         Route::UpdateCachedContent,
+        &peer,
     ) {
         Ok(k) => k,
         Err(r) => return *r,
@@ -398,13 +392,13 @@ pub(crate) async fn list(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    let key = match auth(
+    let key = match admit_resource(
         &st,
         &version,
-        &q,
         &headers,
-        &peer,
+        q.key.as_deref(),
         Route::ListCachedContents,
+        &peer,
     ) {
         Ok(k) => k,
         Err(r) => return *r,

@@ -28,7 +28,8 @@ use crate::resources::{
     StoredFile, Upload, file_denied, new_id, shown, storage_exhausted, valid_id,
 };
 use crate::server::{
-    Peer, Surface, authorize, base_of, error_on, json_response, not_found, peer_ip, version_ok,
+    Peer, Surface, admit_resource, authorize, base_of, error_on, json_response, not_found, peer_ip,
+    version_ok,
 };
 use crate::state::{KeyInfo, SimState};
 
@@ -608,16 +609,13 @@ pub(crate) async fn get_file(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    if !version_ok(&version) {
-        return refuse(&st, None, &not_found());
-    }
-    let key = match authorize(
+    let key = match admit_resource(
         &st,
+        &version,
         &headers,
         q.key.as_deref(),
         Route::GetFile,
-        None,
-        peer_ip(&peer),
+        &peer,
     ) {
         Ok(k) => k,
         Err(r) => return *r,
@@ -639,16 +637,13 @@ pub(crate) async fn delete_file(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    if !version_ok(&version) {
-        return refuse(&st, None, &not_found());
-    }
-    let key = match authorize(
+    let key = match admit_resource(
         &st,
+        &version,
         &headers,
         q.key.as_deref(),
         Route::DeleteFile,
-        None,
-        peer_ip(&peer),
+        &peer,
     ) {
         Ok(k) => k,
         Err(r) => return *r,
@@ -675,16 +670,13 @@ pub(crate) async fn download_file(
     let Some(id) = name.strip_suffix(":download") else {
         return refuse(&st, None, &not_found());
     };
-    if !version_ok(&version) {
-        return refuse(&st, None, &not_found());
-    }
-    let key = match authorize(
+    let key = match admit_resource(
         &st,
+        &version,
         &headers,
         q.key.as_deref(),
         Route::GetFile,
-        None,
-        peer_ip(&peer),
+        &peer,
     ) {
         Ok(k) => k,
         Err(r) => return *r,
@@ -754,16 +746,13 @@ pub(crate) async fn list_files(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    if !version_ok(&version) {
-        return refuse(&st, None, &not_found());
-    }
-    let key = match authorize(
+    let key = match admit_resource(
         &st,
+        &version,
         &headers,
         q.key.as_deref(),
         Route::ListFiles,
-        None,
-        peer_ip(&peer),
+        &peer,
     ) {
         Ok(k) => k,
         Err(r) => return *r,

@@ -330,6 +330,22 @@ pub(crate) fn authenticate_on(
     Err(Box::new(error_on(surface, st, Some(&info), &refusal)))
 }
 
+/// A resource route's admission (files, caches, batches): the API version, then the key,
+/// authorised for `route` with no model.
+pub(crate) fn admit_resource(
+    st: &SimState,
+    version: &str,
+    headers: &HeaderMap,
+    query_key: Option<&str>,
+    route: Route,
+    peer: &Peer,
+) -> Result<KeyInfo, Box<Response>> {
+    if !version_ok(version) {
+        return Err(Box::new(error_on(Surface::Native, st, None, &not_found())));
+    }
+    authorize(st, headers, query_key, route, None, peer_ip(peer))
+}
+
 /// Authenticates and gates a request on the native surface: its key, or the response refusing it.
 pub(crate) fn authorize(
     st: &SimState,
