@@ -475,9 +475,9 @@ const GENERATE_BODY: &str = r#"{"contents":[{"parts":[{"text":"How fast is the p
 
 /// A client token for `keyturn serve` and the `[[serve.tokens]]` entry that admits it, from
 /// `keyturn serve token new`.
-pub fn serve_token(bin: &Path) -> Result<(String, String), String> {
+pub fn serve_token(bin: &Path, label: &str) -> Result<(String, String), String> {
     let out = Command::new(bin)
-        .args(["serve", "token", "new", "--label", "bench"])
+        .args(["serve", "token", "new", "--label", label])
         .output()
         .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -595,7 +595,7 @@ async fn proxy(opts: &Opts) -> Result<Value, String> {
         "sim", "--port", "0", "--rpm", &huge, "--tpm", &huge, "--rpd", &huge,
     ]);
     let (_sim, sim_url) = crate::examples::spawn_announcing(sim, "GEMINI_BASE_URL=")?;
-    let (token, tokens_toml) = serve_token(&bin)?;
+    let (token, tokens_toml) = serve_token(&bin, "bench")?;
     let config = dir.path().join("keyturn.toml");
     let toml =
         format!("{tokens_toml}\n[models.\"{FLASH}\"]\nrpm = {huge}\ntpm = {huge}\nrpd = {huge}\n");

@@ -148,22 +148,7 @@ fn checks(keyturn: &std::path::Path, work: &std::path::Path) -> Result<(), Strin
         &[&sim_url, "made-up-sdk-key-1", &sim_url, "made-up-sdk-key-2"],
     )?;
 
-    let out = Command::new(keyturn)
-        .args(["serve", "token", "new", "--label", "sdk"])
-        .output()
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let token = text
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("kt_"))
-        .ok_or("no token printed")?
-        .to_owned();
-    let mut toml: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("[[serve.tokens]]"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let (token, mut toml) = crate::bench::serve_token(keyturn, "sdk")?;
     // The proxy's limits are the simulator's: files, caches and batches pin requests to one
     // project, which the built-in free-tier limits (a few requests a minute) would run dry.
     toml.push_str(PROXY_LIMITS);

@@ -242,7 +242,7 @@ async fn soak_one(bin: &Path, backend: Backend, length: Duration) -> Result<Valu
     .await
     .map_err(|e| e.to_string())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let (token, tokens_toml) = crate::bench::serve_token(bin)?;
+    let (token, tokens_toml) = crate::bench::serve_token(bin, "soak")?;
     let config = dir.path().join("keyturn.toml");
     // keyturn believes the limits the simulator enforces: any quota 429 would be its own doing.
     std::fs::write(
