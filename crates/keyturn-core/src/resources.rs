@@ -146,6 +146,18 @@ pub fn valid_project(project: &str) -> bool {
             .all(|c| !c.is_control() && !c.is_whitespace())
 }
 
+/// [`valid_project`] as every [`ResourceMap::record`] checks it: an error naming the project.
+pub fn check_owner(project: &str) -> Result<(), LedgerError> {
+    if valid_project(project) {
+        Ok(())
+    } else {
+        Err(LedgerError::UnknownTarget(format!(
+            "project '{}' cannot own a resource",
+            project.escape_debug()
+        )))
+    }
+}
+
 /// Who owns a resource, and until when the map keeps it (Unix ms).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
@@ -287,6 +299,7 @@ impl ResourceMap for MemoryResources {
         project: &str,
         expires_ms: i64,
     ) -> Result<(), LedgerError> {
+        check_owner(project)?;
         let now = self.clock.now_ms();
         self.table.lock().record(name, project, expires_ms, now);
         Ok(())
@@ -367,6 +380,16 @@ mod tests {
         assert_eq!(map.owner(&f).await.unwrap(), None);
         map.record(&f, "p2", 10_000).await.unwrap();
         map.forget(&f).await.unwrap();
+        assert_eq!(map.owner(&f).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn only_a_project_a_key_ring_could_hold_owns_a_resource() {
+        let map = MemoryResources::new(std::sync::Arc::new(crate::ManualClock::at_ms(1_000)));
+        let f = ResourceName::parse("files/a").unwrap();
+        for bad in ["", "p 1", "p\n1", &"p".repeat(257)] {
+            assert!(map.record(&f, bad, 2_000).await.is_err(), "{bad:?}");
+        }
         assert_eq!(map.owner(&f).await.unwrap(), None);
     }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use keyturn_core::resources::{MAX_RESOURCES, valid_project};
+use keyturn_core::resources::{MAX_RESOURCES, check_owner, valid_project};
 use keyturn_core::{
     BackendError, Clock, LedgerError, ResourceKind, ResourceMap, ResourceName, ResourceTable,
     StoreError,
@@ -162,12 +162,7 @@ impl ResourceMap for FileResources {
         project: &str,
         expires_ms: i64,
     ) -> Result<(), LedgerError> {
-        if !valid_project(project) {
-            return Err(LedgerError::UnknownTarget(format!(
-                "project '{}' cannot own a resource",
-                project.escape_debug()
-            )));
-        }
+        check_owner(project)?;
         let now = self.clock.now_ms();
         let mut table = self.table.lock().await;
         table.prune(now);

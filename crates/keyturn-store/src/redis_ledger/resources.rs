@@ -9,7 +9,7 @@
 //! Names are validated [`ResourceName`]s and projects come from the key ring, so nothing a
 //! client sends reaches a Redis key unchecked. Never a key: projects only.
 
-use keyturn_core::resources::valid_project;
+use keyturn_core::resources::{check_owner, valid_project};
 use keyturn_core::{ResourceKind, ResourceMap, ResourceName};
 
 use super::*;
@@ -82,12 +82,7 @@ impl ResourceMap for RedisResources {
         project: &str,
         expires_ms: i64,
     ) -> Result<(), LedgerError> {
-        if !valid_project(project) {
-            return Err(LedgerError::UnknownTarget(format!(
-                "project '{}' cannot own a resource",
-                project.escape_debug()
-            )));
-        }
+        check_owner(project)?;
         if expires_ms <= self.clock.now_ms() {
             return Ok(());
         }
