@@ -54,14 +54,15 @@ mod download;
 mod files;
 mod openai;
 mod owned;
+mod serve_console;
 mod server;
 
 use answer::{Answer, Problem, failure, invalid, json_bytes, not_found};
 
-pub use admin::{EVENTS_KEPT, Event, Events, NewEvent};
+pub use admin::{Console, Digests, EVENTS_KEPT, Event, Events, Host, NewEvent};
 pub use auth::{digest, new_token, parse_digest};
 pub use files::{MAX_UPLOAD_SESSIONS, UPLOAD_SESSION_MS};
-pub use server::Proxy;
+pub use server::{ConsoleServer, Proxy};
 
 /// Proxy settings.
 #[derive(Debug, Clone)]
@@ -115,6 +116,11 @@ pub enum ProxyError {
         "refusing to listen on {0} without client tokens: add [[serve.tokens]] (keyturn serve token new --label NAME) or listen on 127.0.0.1"
     )]
     OpenToTheWorld(SocketAddr),
+    /// `keyturn console` beyond loopback with no admin token would show the pool to anyone.
+    #[error(
+        "refusing to serve the console on {0} without an admin token: add [[serve.admin_tokens]] (keyturn serve token new --admin --label NAME) or listen on 127.0.0.1"
+    )]
+    ConsoleOpenToTheWorld(SocketAddr),
     /// A configured digest is not 64 hex digits.
     #[error("serve.tokens '{0}': sha256 must be 64 hex digits")]
     BadDigest(String),
@@ -227,11 +233,10 @@ pub struct LastReload {
 #[derive(Debug)]
 pub struct ProxyState {
     /// Swapped whole by a reload.
-    live: arc_swap::ArcSwap<Live>,
+    live: Arc<arc_swap::ArcSwap<Live>>,
     in_flight: Arc<Semaphore>,
-    max_in_flight: usize,
     /// The console's and the admin API's state: recent events, waiting counts, last reload.
-    admin: admin::Admin,
+    admin: serve_console::ServeAdmin,
     clock: Arc<dyn Clock>,
     /// Models the upstream has confirmed, per API version: only these get quota scopes and
     /// metric labels, so a client sending random names cannot grow the state.
@@ -317,17 +322,26 @@ impl ProxyState {
         cfg: &ProxyConfig,
     ) -> Self {
         let clock_for_resources = clock.clone();
+        let live = Arc::new(arc_swap::ArcSwap::from_pointee(Live::new(
+            v1beta,
+            v1,
+            ledger,
+            cfg.tokens.clone(),
+            cfg.admin_tokens.clone(),
+        )));
+        let max_in_flight = cfg.max_in_flight.max(1);
+        let in_flight = Arc::new(Semaphore::new(max_in_flight));
+        let admin = serve_console::ServeAdmin::new(
+            live.clone(),
+            in_flight.clone(),
+            max_in_flight,
+            clock.clone(),
+            cfg.listen.ip().is_loopback(),
+        );
         Self {
-            live: arc_swap::ArcSwap::from_pointee(Live::new(
-                v1beta,
-                v1,
-                ledger,
-                cfg.tokens.clone(),
-                cfg.admin_tokens.clone(),
-            )),
-            in_flight: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
-            max_in_flight: cfg.max_in_flight.max(1),
-            admin: admin::Admin::new(cfg.listen.ip().is_loopback()),
+            live,
+            in_flight,
+            admin,
             clock,
             models: KnownModels::default(),
             body_timeout: cfg.body_timeout,
@@ -355,8 +369,8 @@ impl ProxyState {
 
     /// With a transport for re-checking keys from the admin API (`POST
     /// /admin/keys/{key}/recheck`): a request that costs no quota, as `keyturn keys check` sends.
-    pub fn with_recheck(mut self, transport: keyturn_gemini::Transport) -> Self {
-        self.admin.recheck = Some(transport);
+    pub fn with_recheck(self, transport: keyturn_gemini::Transport) -> Self {
+        self.admin.console.set_recheck(transport);
         self
     }
 
@@ -403,7 +417,12 @@ impl ProxyState {
 
     /// The recent events the console shows; others (the pool's monitor) may add to them.
     pub fn events(&self) -> Arc<Events> {
-        self.admin.events.clone()
+        self.admin.console.events()
+    }
+
+    /// The console and admin API over this proxy's pool.
+    pub fn console(&self) -> &Arc<Console> {
+        &self.admin.console
     }
 
     /// A successful answer relayed as it came, unless it holds a pool key.
@@ -481,7 +500,7 @@ pub fn router(state: Arc<ProxyState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(openai::router(state.clone()))
-        .merge(admin::router(state.clone()))
+        .merge(state.admin.console.clone().router())
         .fallback(|| async { Answer::from(not_found()).gemini() })
         // Bodies are read by the handler, under the cap and the body timeout.
         .layer(DefaultBodyLimit::disable())

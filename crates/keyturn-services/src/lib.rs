@@ -30,6 +30,7 @@ pub mod error;
 pub mod monitor;
 pub mod notify;
 pub mod state;
+pub mod view;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -215,12 +215,10 @@ const SETTLE_FOR: Duration = Duration::from_millis(300);
 /// without end) is read after them anyway, and the reload decides.
 const MAX_SETTLE_ROUNDS: u32 = 20;
 
-type Digests = Vec<(String, [u8; 32])>;
-
 /// The client and admin token digests of a configuration.
-fn digests(
+pub(super) fn digests(
     cfg: &keyturn_services::Config,
-) -> Result<(Digests, Digests), keyturn_proxy::ProxyError> {
+) -> Result<(keyturn_proxy::Digests, keyturn_proxy::Digests), keyturn_proxy::ProxyError> {
     let parse = |list: &[keyturn_services::config::ServeToken]| {
         list.iter()
             .map(|t| keyturn_proxy::parse_digest(&t.label, &t.sha256).map(|d| (t.label.clone(), d)))

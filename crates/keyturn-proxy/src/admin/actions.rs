@@ -6,16 +6,16 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use keyturn_core::ResetTarget;
+use keyturn_core::{ResetTarget, Scrubber};
 use keyturn_gemini::{KeyCheck, check_key};
 use serde_json::json;
 
-use super::events::{NewEvent, watch_once};
+use super::Console;
+use super::events::NewEvent;
 use super::{json_answer, problem};
-use crate::ProxyState;
 
-pub(super) fn find_key(st: &ProxyState, key: &str) -> Option<(keyturn_core::KeyId, String)> {
-    let ring = st.live().ledger.keys();
+pub(super) fn find_key(st: &Console, key: &str) -> Option<(keyturn_core::KeyId, String)> {
+    let ring = st.host.ledger().keys();
     let id = ring.find(key)?;
     let label = ring.get(id).map(|e| e.label.clone()).unwrap_or_default();
     Some((id, label))
@@ -28,17 +28,14 @@ pub(super) fn no_such_key() -> Response {
     )
 }
 
-pub(super) async fn reset_key(
-    State(st): State<Arc<ProxyState>>,
-    Path(key): Path<String>,
-) -> Response {
+pub(super) async fn reset_key(State(st): State<Arc<Console>>, Path(key): Path<String>) -> Response {
     let Some((id, label)) = find_key(&st, &key) else {
         return no_such_key();
     };
-    match st.live().ledger.reset(ResetTarget::Key(id)).await {
+    match st.host.ledger().reset(ResetTarget::Key(id)).await {
         Ok(()) => {
             tracing::info!(key = %label.escape_debug(), "key reset from the admin API");
-            st.admin.events.push(
+            st.events.push(
                 st.clock.now_ms(),
                 NewEvent {
                     kind: "admin_reset",
@@ -49,7 +46,7 @@ pub(super) async fn reset_key(
                     message: format!("key {label} reset by an admin: enabled, breaker closed"),
                 },
             );
-            watch_once(&st).await;
+            st.watch_once().await;
             json_answer(StatusCode::OK, &json!({"reset": label}))
         }
         Err(e) => problem(
@@ -60,21 +57,21 @@ pub(super) async fn reset_key(
 }
 
 pub(super) async fn disable_key(
-    State(st): State<Arc<ProxyState>>,
+    State(st): State<Arc<Console>>,
     Path(key): Path<String>,
 ) -> Response {
     set_disabled(&st, &key, true).await
 }
 
 pub(super) async fn enable_key(
-    State(st): State<Arc<ProxyState>>,
+    State(st): State<Arc<Console>>,
     Path(key): Path<String>,
 ) -> Response {
     set_disabled(&st, &key, false).await
 }
 
 /// Takes a key out of rotation, or puts it back (only the operator's disable is lifted).
-pub(super) async fn set_disabled(st: &ProxyState, key: &str, disabled: bool) -> Response {
+pub(super) async fn set_disabled(st: &Console, key: &str, disabled: bool) -> Response {
     let Some((id, label)) = find_key(st, key) else {
         return no_such_key();
     };
@@ -91,10 +88,10 @@ pub(super) async fn set_disabled(st: &ProxyState, key: &str, disabled: bool) -> 
             format!("key {label} enabled by an admin"),
         )
     };
-    match st.live().ledger.disable_by_admin(id, disabled).await {
+    match st.host.ledger().disable_by_admin(id, disabled).await {
         Ok(()) => {
             tracing::info!(key = %label.escape_debug(), "key {did} from the admin API");
-            st.admin.events.push(
+            st.events.push(
                 st.clock.now_ms(),
                 NewEvent {
                     kind,
@@ -105,7 +102,7 @@ pub(super) async fn set_disabled(st: &ProxyState, key: &str, disabled: bool) -> 
                     message,
                 },
             );
-            watch_once(st).await;
+            st.watch_once().await;
             json_answer(StatusCode::OK, &json!({ did: label }))
         }
         Err(e) => problem(
@@ -122,14 +119,14 @@ pub(super) struct ScopeTarget {
     model: String,
 }
 
-pub(super) async fn reset_scope(State(st): State<Arc<ProxyState>>, body: Bytes) -> Response {
+pub(super) async fn reset_scope(State(st): State<Arc<Console>>, body: Bytes) -> Response {
     let Ok(t) = serde_json::from_slice::<ScopeTarget>(&body) else {
         return problem(
             StatusCode::BAD_REQUEST,
             "expected {\"project\": …, \"model\": …}",
         );
     };
-    let status = match st.live().ledger.status().await {
+    let status = match st.host.ledger().status().await {
         Ok(s) => s,
         Err(e) => {
             return problem(
@@ -149,9 +146,9 @@ pub(super) async fn reset_scope(State(st): State<Arc<ProxyState>>, body: Bytes) 
         project: t.project.clone(),
         model: t.model.clone(),
     };
-    match st.live().ledger.reset(target).await {
+    match st.host.ledger().reset(target).await {
         Ok(()) => {
-            st.admin.events.push(
+            st.events.push(
                 st.clock.now_ms(),
                 NewEvent {
                     kind: "admin_reset",
@@ -165,7 +162,7 @@ pub(super) async fn reset_scope(State(st): State<Arc<ProxyState>>, body: Bytes) 
                     ),
                 },
             );
-            watch_once(&st).await;
+            st.watch_once().await;
             json_answer(
                 StatusCode::OK,
                 &json!({"reset": {"project": t.project, "model": t.model}}),
@@ -179,26 +176,26 @@ pub(super) async fn reset_scope(State(st): State<Arc<ProxyState>>, body: Bytes) 
 }
 
 pub(super) async fn recheck_key(
-    State(st): State<Arc<ProxyState>>,
+    State(st): State<Arc<Console>>,
     Path(key): Path<String>,
 ) -> Response {
     let Some((id, label)) = find_key(&st, &key) else {
         return no_such_key();
     };
-    let Some(transport) = &st.admin.recheck else {
+    let Some(transport) = st.recheck.get() else {
         return problem(
             StatusCode::NOT_IMPLEMENTED,
-            "this proxy was started without a way to re-check keys",
+            "this console was started without a way to re-check keys",
         );
     };
-    let ring = st.live().ledger.keys();
+    let ring = st.host.ledger().keys();
     let Some(entry) = ring.get(id) else {
         return problem(StatusCode::NOT_FOUND, "no such key");
     };
     let answer = check_key(transport, &entry.key).await;
     let disabled = st
-        .live()
-        .ledger
+        .host
+        .ledger()
         .status()
         .await
         .ok()
@@ -206,7 +203,7 @@ pub(super) async fn recheck_key(
         // Gemini's verdict only: the operator's disable is lifted by enabling the key.
         .is_some_and(|k| k.disabled.is_some_and(|d| !d.reason.is_admin()));
     let (result, detail) = match &answer {
-        KeyCheck::Alive if disabled => match st.live().ledger.reset(ResetTarget::Key(id)).await {
+        KeyCheck::Alive if disabled => match st.host.ledger().reset(ResetTarget::Key(id)).await {
             Ok(()) => ("alive", "the key answers; re-enabled".to_owned()),
             Err(e) => (
                 "alive",
@@ -218,10 +215,13 @@ pub(super) async fn recheck_key(
         KeyCheck::Unknown(why) => (
             "unknown",
             // In words without the key; scrubbed again in case a server quoted it.
-            format!("no clear answer: {}", st.live().scrubber.redact(why)),
+            format!(
+                "no clear answer: {}",
+                Scrubber::new(ring.iter().map(|(_, e)| &e.key)).redact(why)
+            ),
         ),
     };
-    st.admin.events.push(
+    st.events.push(
         st.clock.now_ms(),
         NewEvent {
             kind: "admin_recheck",
@@ -232,9 +232,24 @@ pub(super) async fn recheck_key(
             message: format!("key {label} re-checked by an admin: {detail}"),
         },
     );
-    watch_once(&st).await;
+    st.watch_once().await;
     json_answer(
         StatusCode::OK,
         &json!({"key": label, "result": result, "detail": detail}),
+    )
+}
+
+/// Refuses every action on a read-only console, naming what allows them.
+pub(super) async fn actions_gate(
+    State(st): State<Arc<Console>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if st.allow_actions {
+        return next.run(req).await;
+    }
+    problem(
+        StatusCode::FORBIDDEN,
+        "this console is read-only: start keyturn console with --allow-actions to reset, disable, enable or re-check keys",
     )
 }

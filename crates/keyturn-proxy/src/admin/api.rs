@@ -8,11 +8,11 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use keyturn_core::snapshot::ScopeStatus;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
-use super::events::{key_state, observe, returns_at, watch_once};
+use super::Console;
+use super::events::{key_state, observe, returns_at};
 use super::{json_answer, problem};
-use crate::ProxyState;
 
 #[derive(Serialize)]
 pub(super) struct KeyView {
@@ -45,8 +45,8 @@ pub(super) struct ScopeView<'a> {
     runs_out_today_ms: Option<i64>,
 }
 
-pub(super) async fn status(State(st): State<Arc<ProxyState>>) -> Response {
-    let status = match st.live().ledger.status().await {
+pub(super) async fn status(State(st): State<Arc<Console>>) -> Response {
+    let status = match st.host.ledger().status().await {
         Ok(s) => s,
         Err(e) => {
             return problem(
@@ -91,28 +91,21 @@ pub(super) async fn status(State(st): State<Arc<ProxyState>>) -> Response {
             runs_out_today_ms: keyturn_core::plan::runs_out_today_at_todays_pace(s, now),
         })
         .collect();
-    let max = st.max_in_flight;
-    let in_flight = max.saturating_sub(st.in_flight.available_permits());
-    json_answer(
-        StatusCode::OK,
-        &json!({
-            "at_ms": now,
-            "next_pacific_midnight_ms": keyturn_core::next_pacific_midnight(now),
-            "keys": keys,
-            "scopes": scopes,
-            "requests": {
-                "in_flight": in_flight,
-                "max_in_flight": max,
-                "waiting_for_slot": st.waiting_for_slot(),
-                "waiting_for_quota": st.waiting_for_quota(),
-            },
-            "reload": st.last_reload(),
-        }),
-    )
+    let mut out = Map::new();
+    out.insert("at_ms".into(), json!(now));
+    out.insert(
+        "next_pacific_midnight_ms".into(),
+        json!(keyturn_core::next_pacific_midnight(now)),
+    );
+    out.insert("keys".into(), json!(keys));
+    out.insert("scopes".into(), json!(scopes));
+    out.insert("actions".into(), json!(st.allow_actions));
+    st.host.status_extra(&status, &mut out);
+    json_answer(StatusCode::OK, &Value::Object(out))
 }
 
-pub(super) async fn history(State(st): State<Arc<ProxyState>>) -> Response {
-    let snap = match st.live().ledger.snapshot().await {
+pub(super) async fn history(State(st): State<Arc<Console>>) -> Response {
+    let snap = match st.host.ledger().snapshot().await {
         Ok(s) => s,
         Err(e) => {
             return problem(
@@ -121,7 +114,7 @@ pub(super) async fn history(State(st): State<Arc<ProxyState>>) -> Response {
             );
         }
     };
-    let ring = st.live().ledger.keys();
+    let ring = st.host.ledger().keys();
     let labels: BTreeMap<String, String> = ring
         .iter()
         .map(|(_, e)| (e.fingerprint().to_string(), e.label.clone()))
@@ -152,10 +145,10 @@ pub(super) struct After {
     after: u64,
 }
 
-pub(super) async fn events(State(st): State<Arc<ProxyState>>, Query(q): Query<After>) -> Response {
-    watch_once(&st).await;
+pub(super) async fn events(State(st): State<Arc<Console>>, Query(q): Query<After>) -> Response {
+    st.watch_once().await;
     json_answer(
         StatusCode::OK,
-        &json!({ "events": st.admin.events.since(q.after) }),
+        &json!({ "events": st.events.since(q.after) }),
     )
 }

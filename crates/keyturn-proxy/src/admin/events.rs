@@ -8,8 +8,8 @@ use keyturn_core::{BreakerState, PoolStatus, ScopeState};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use super::Console;
 use super::EVENTS_KEPT;
-use crate::ProxyState;
 
 /// One thing the proxy saw happen to the pool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -150,8 +150,8 @@ pub(super) fn instant(ms: i64) -> String {
 
 /// Compares this status with the last one seen, records what changed as events, and returns
 /// since when each key (by fingerprint) has been in its state.
-pub(super) fn observe(st: &ProxyState, status: &PoolStatus) -> BTreeMap<String, i64> {
-    let admin = &st.admin;
+pub(super) fn observe(st: &Console, status: &PoolStatus) -> BTreeMap<String, i64> {
+    let admin = st;
     let now = status.at_ms;
     let mut seen = admin.observed.lock();
     let mut since = BTreeMap::new();
@@ -273,12 +273,4 @@ pub(super) fn observe(st: &ProxyState, status: &PoolStatus) -> BTreeMap<String, 
         );
     }
     since
-}
-
-/// Looks at the ledger's status now and records what changed. The proxy calls this on a timer,
-/// and each status request does too.
-pub(crate) async fn watch_once(st: &ProxyState) {
-    if let Ok(status) = st.live().ledger.status().await {
-        observe(st, &status);
-    }
 }

@@ -10,11 +10,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
+use super::Console;
 use super::{
     CONSOLE_CSS, CONSOLE_HTML, CONSOLE_JS, COOKIE, LOGIN_HTML, UPLOT_CSS, UPLOT_JS, html, no_store,
     problem,
 };
-use crate::ProxyState;
 use crate::auth::{digest, from_this_machine};
 
 /// Why a request may not use the admin side.
@@ -62,10 +62,10 @@ pub(super) fn matches(tokens: &[(String, [u8; 32])], token: &str) -> bool {
 }
 
 /// Whether this request may use the console and admin API.
-pub(super) fn check(st: &ProxyState, method: &Method, headers: &HeaderMap) -> Result<(), Refused> {
-    let live = st.live();
-    let admin = &live.admin_tokens;
-    if admin.is_empty() && !st.admin.loopback {
+pub(super) fn check(st: &Console, method: &Method, headers: &HeaderMap) -> Result<(), Refused> {
+    let (tokens, admin_tokens) = st.host.tokens();
+    let admin = &admin_tokens;
+    if admin.is_empty() && !st.loopback {
         return Err(refused(
             StatusCode::NOT_FOUND,
             "keyturn proxy: the console and admin API are off: this proxy listens beyond loopback and has no admin token; add [[serve.admin_tokens]] (keyturn serve token new --admin --label NAME)",
@@ -74,7 +74,7 @@ pub(super) fn check(st: &ProxyState, method: &Method, headers: &HeaderMap) -> Re
     let cred = credential(headers);
     if let Some((token, _)) = &cred
         && admin.is_empty()
-        && matches(&live.tokens, token)
+        && matches(&tokens, token)
     {
         return Err(refused(
             StatusCode::UNAUTHORIZED,
@@ -99,7 +99,7 @@ pub(super) fn check(st: &ProxyState, method: &Method, headers: &HeaderMap) -> Re
         ));
     };
     if !matches(admin, &token) {
-        let what = if matches(&live.tokens, &token) {
+        let what = if matches(&tokens, &token) {
             "a client token cannot use the console or the admin API; they need an admin token"
         } else {
             "admin token not recognised"
@@ -144,14 +144,14 @@ pub(super) fn login_page(status: StatusCode, note: &str) -> Response {
     html(status, LOGIN_HTML.replace("{{note}}", &note))
 }
 
-pub(super) async fn gate(State(st): State<Arc<ProxyState>>, req: Request, next: Next) -> Response {
+pub(super) async fn gate(State(st): State<Arc<Console>>, req: Request, next: Next) -> Response {
     match check(&st, req.method(), req.headers()) {
         Ok(()) => next.run(req).await,
         Err(r) => problem(r.status, &r.message),
     }
 }
 
-pub(super) async fn console(State(st): State<Arc<ProxyState>>, headers: HeaderMap) -> Response {
+pub(super) async fn console(State(st): State<Arc<Console>>, headers: HeaderMap) -> Response {
     match check(&st, &Method::GET, &headers) {
         Ok(()) => html(StatusCode::OK, CONSOLE_HTML.to_owned()),
         Err(r) if r.status == StatusCode::UNAUTHORIZED => login_page(r.status, &r.message),
@@ -182,12 +182,12 @@ pub(super) fn form_token(body: &[u8]) -> Option<String> {
 }
 
 pub(super) async fn login(
-    State(st): State<Arc<ProxyState>>,
+    State(st): State<Arc<Console>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let live = st.live();
-    if live.admin_tokens.is_empty() {
+    let (_, admin_tokens) = st.host.tokens();
+    if admin_tokens.is_empty() {
         // Nothing to sign in with: the console is either off or open to this machine.
         return console(State(st), headers).await;
     }
@@ -200,7 +200,7 @@ pub(super) async fn login(
     let Some(token) = form_token(&body) else {
         return login_page(StatusCode::UNAUTHORIZED, "enter an admin token");
     };
-    if !matches(&live.admin_tokens, &token) {
+    if !matches(&admin_tokens, &token) {
         tracing::warn!("console sign-in refused: not an admin token");
         return login_page(StatusCode::UNAUTHORIZED, "that is not an admin token");
     }
