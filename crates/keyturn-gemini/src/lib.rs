@@ -49,7 +49,7 @@ pub use caller::MockGeminiCall;
 pub use caller::{ChunkStream, GeminiCall, KeyCallStats, Reply, RetryPolicy, RotatingCaller};
 pub use check::{KeyCheck, ModelCheck, check_key, check_key_for_model};
 pub use error::{ApiFailure, ErrorKind, GeminiError, classify, redact};
-pub use route::{BadRoute, EgressRoute};
+pub use route::{BadRoute, EgressRoute, RouteBoard, RouteFailing, RouteFault};
 pub use transport::{
     InvalidName, KeyHeader, OpenAiRoute, SendError, Transport, TransportConfig, model_id,
     valid_model,

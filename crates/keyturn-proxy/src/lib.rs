@@ -298,6 +298,13 @@ impl ProxyState {
         self
     }
 
+    /// With the pool's record of failing egress routes, so the console says when a key cools
+    /// because its route fails.
+    pub fn with_route_board(self, board: Arc<keyturn_gemini::RouteBoard>) -> Self {
+        self.admin.route_board.set(board).ok();
+        self
+    }
+
     /// What requests starting now use.
     pub(crate) fn live(&self) -> Arc<Live> {
         self.live.load_full()

@@ -1,10 +1,11 @@
 //! `keyturn serve`'s console: the [`Console`] over the proxy's live pool, which a reload swaps,
 //! with the proxy's own counts (requests in flight and waiting, the last reload) in its status.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use keyturn_core::{Clock, PoolStatus, QuotaLedger};
+use keyturn_gemini::{RouteBoard, RouteFailing};
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 use tokio::sync::Semaphore;
@@ -20,6 +21,8 @@ pub(crate) struct ServeAdmin {
     pub(crate) waiting_slot: Arc<AtomicUsize>,
     /// The last reload of the configuration.
     pub(crate) last_reload: Arc<Mutex<Option<LastReload>>>,
+    /// Which keys' egress routes fail, once the pool's board is given.
+    pub(crate) route_board: Arc<OnceLock<Arc<RouteBoard>>>,
 }
 
 impl ServeAdmin {
@@ -32,7 +35,9 @@ impl ServeAdmin {
     ) -> Self {
         let waiting_slot = Arc::new(AtomicUsize::new(0));
         let last_reload = Arc::new(Mutex::new(None));
+        let route_board = Arc::new(OnceLock::new());
         let host = ServeHost {
+            route_board: route_board.clone(),
             live,
             in_flight,
             max_in_flight,
@@ -43,6 +48,7 @@ impl ServeAdmin {
             console: Arc::new(Console::new(Arc::new(host), clock, loopback)),
             waiting_slot,
             last_reload,
+            route_board,
         }
     }
 }
@@ -55,9 +61,14 @@ struct ServeHost {
     max_in_flight: usize,
     waiting_slot: Arc<AtomicUsize>,
     last_reload: Arc<Mutex<Option<LastReload>>>,
+    route_board: Arc<OnceLock<Arc<RouteBoard>>>,
 }
 
 impl Host for ServeHost {
+    fn route_failing(&self, key: &keyturn_core::Fingerprint) -> Option<RouteFailing> {
+        self.route_board.get()?.failing(key)
+    }
+
     fn ledger(&self) -> Arc<dyn QuotaLedger> {
         self.live.load().ledger.clone()
     }

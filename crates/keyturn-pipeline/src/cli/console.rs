@@ -119,9 +119,13 @@ pub(super) async fn cmd_console(g: &Global, env: &Env, cwd: &Path, a: ConsoleArg
     };
     let mut console = Console::new(Arc::new(host), view.clock(), listen.ip().is_loopback());
     if a.allow_actions {
-        match keyturn_services::transport(&cfg, &cfg.http.api_version) {
+        // Re-checks go through each key's own egress route, as its requests do.
+        let transport = keyturn_services::key_ring(&cfg, env, cwd)
+            .map_err(keyturn_services::ServiceError::from)
+            .and_then(|(_, found)| keyturn_services::key_transport(&cfg, &found));
+        match transport {
             Ok(t) => console = console.with_recheck(t),
-            Err(e) => return fail(Outcome::Failed, e),
+            Err(e) => return fail(e.kind(), e),
         }
     } else {
         console = console.read_only();

@@ -7,6 +7,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use keyturn_core::snapshot::ScopeStatus;
+use keyturn_gemini::RouteFailing;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
@@ -29,6 +30,9 @@ pub(super) struct KeyView {
     failures: u32,
     /// Disabled by the operator (`POST /admin/keys/{key}/disable`), not by Gemini's verdict.
     by_admin: bool,
+    /// The key's egress route, when it is failing: the key cools, it is not dead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    route: Option<RouteFailing>,
 }
 
 #[derive(Serialize)]
@@ -63,11 +67,23 @@ pub(super) async fn status(State(st): State<Arc<Console>>) -> Response {
         .map(|k| {
             let (state, until_ms) = key_state(&status, k, now);
             let fingerprint = k.fingerprint.to_string();
+            let route = st.host.route_failing(&k.fingerprint);
+            let reason = match (&k.disabled, &route) {
+                (Some(d), _) => Some(d.reason.to_string()),
+                (None, Some(r)) => Some(format!(
+                    "egress route {} {} since {}: the key is cooling, not dead",
+                    r.route,
+                    r.fault,
+                    super::events::instant(r.since_ms)
+                )),
+                (None, None) => None,
+            };
             KeyView {
                 label: k.label.clone(),
                 project: k.project.clone(),
                 state,
-                reason: k.disabled.map(|d| d.reason.to_string()),
+                reason,
+                route,
                 since_ms: k
                     .disabled
                     .map(|d| d.since_ms)

@@ -27,7 +27,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use keyturn_core::{Clock, PoolStatus, QuotaLedger};
-use keyturn_gemini::Transport;
+use keyturn_gemini::{RouteFailing, Transport};
 use parking_lot::Mutex;
 use serde_json::{Map, Value, json};
 
@@ -72,6 +72,10 @@ pub trait Host: Send + Sync + std::fmt::Debug + 'static {
     /// the last reload; the standalone console: where its view comes from, how old it is, and
     /// the seed runs in progress).
     fn status_extra(&self, status: &PoolStatus, out: &mut Map<String, Value>);
+    /// The key's egress route, if it is failing now (known where the requests are sent).
+    fn route_failing(&self, _key: &keyturn_core::Fingerprint) -> Option<RouteFailing> {
+        None
+    }
 }
 
 /// The console and admin API over one [`Host`]: who may use them, whether actions are
