@@ -97,6 +97,29 @@ async fn serve_names_a_failing_route_as_the_cause_and_the_key_as_cooling() {
         );
     }
     assert!(!st.to_string().contains("hunter2secret"), "{st}");
+    // And the recent events say it, once per key.
+    let ev: Value = reqwest::get(format!("http://{addr}/admin/events"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let said: Vec<&Value> = ev["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "route_failing")
+        .collect();
+    assert!(!said.is_empty(), "{ev}");
+    for e in &said {
+        let m = e["message"].as_str().unwrap();
+        assert!(
+            m.contains(&format!("egress route http://{dead} unreachable")),
+            "{m}"
+        );
+        assert!(m.contains("cooling, not dead"), "{m}");
+    }
+    assert!(!ev.to_string().contains("hunter2secret"), "{ev}");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

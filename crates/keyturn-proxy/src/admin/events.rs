@@ -19,7 +19,8 @@ pub struct Event {
     /// When (Unix ms).
     pub at_ms: i64,
     /// `key_disabled`, `key_reenabled`, `breaker_open`, `breaker_closed`, `throttled`,
-    /// `exhausted`, `model_off`, `scope_ready`, `admin_reset`, `admin_recheck`, `warning`.
+    /// `exhausted`, `model_off`, `scope_ready`, `route_failing`, `route_ok`, `admin_reset`,
+    /// `admin_recheck`, `admin_disable`, `admin_enable`, `warning`.
     pub kind: &'static str,
     /// `info`, `warning` or `critical`.
     pub severity: &'static str,
@@ -97,6 +98,8 @@ pub(super) struct Observed {
     keys: BTreeMap<String, (&'static str, i64)>,
     /// Per (project, model): state.
     scopes: BTreeMap<(String, String), ScopeState>,
+    /// Keys (by fingerprint) whose egress route was failing at the last look.
+    routes_failing: std::collections::BTreeSet<String>,
 }
 
 /// A key's state in one word, with when it ends if known.
@@ -157,6 +160,7 @@ pub(super) fn observe(st: &Console, status: &PoolStatus) -> BTreeMap<String, i64
     let mut since = BTreeMap::new();
     for k in &status.keys {
         let fp = k.fingerprint.to_string();
+        route_events(admin, &mut seen, k, now);
         let (word, until) = key_state(status, k, now);
         let start = k.disabled.map_or(now, |d| d.since_ms);
         let before = seen.keys.get(&fp).copied();
@@ -273,4 +277,53 @@ pub(super) fn observe(st: &Console, status: &PoolStatus) -> BTreeMap<String, i64
         );
     }
     since
+}
+
+/// A key's egress route starting to fail, or carrying requests again (known where requests are
+/// sent: `keyturn serve`).
+fn route_events(
+    admin: &Console,
+    seen: &mut Observed,
+    k: &keyturn_core::snapshot::KeyStatus,
+    now: i64,
+) {
+    let fp = k.fingerprint.to_string();
+    let failing = admin.host.route_failing(&k.fingerprint);
+    let was = seen.routes_failing.contains(&fp);
+    let (kind, severity, message) = match (&failing, was) {
+        (Some(r), false) => {
+            seen.routes_failing.insert(fp.clone());
+            (
+                "route_failing",
+                "warning",
+                format!(
+                    "key {} ({fp}): egress route {} {} ({}): the key is cooling, not dead",
+                    k.label, r.route, r.fault, r.detail
+                ),
+            )
+        }
+        (None, true) => {
+            seen.routes_failing.remove(&fp);
+            (
+                "route_ok",
+                "info",
+                format!(
+                    "key {} ({fp}): its egress route carries requests again",
+                    k.label
+                ),
+            )
+        }
+        _ => return,
+    };
+    admin.events.push(
+        now,
+        NewEvent {
+            kind,
+            severity,
+            key: Some(k.label.clone()),
+            project: Some(k.project.clone()),
+            model: None,
+            message,
+        },
+    );
 }
