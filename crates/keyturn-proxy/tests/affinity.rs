@@ -9,13 +9,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
-use keyturn_proxy::{Proxy, ProxyConfig, ProxyState, ResourceUpstream, digest};
-use keyturn_services::{Config, Env, Pool, create_pool};
+use keyturn_proxy::{Proxy, ProxyConfig, digest};
+use keyturn_services::{Pool, create_pool};
 use keyturn_sim::config::ProjectConfig;
-use keyturn_sim::{Limits, SimConfig, SimKey, Simulator, Tier};
+use keyturn_sim::{Limits, SimConfig, Simulator, Tier};
 use serde_json::{Value, json};
 
 const FLASH: &str = "gemini-2.5-flash";
@@ -74,45 +73,27 @@ async fn setup_full(
         .collect();
     let sim = Simulator::start(SimConfig {
         projects,
-        keys: KEYS
-            .iter()
-            .map(|(k, l, p)| SimKey {
-                key: (*k).into(),
-                label: Some((*l).into()),
-                project: Some((*p).into()),
-                state: Default::default(),
-            })
-            .collect(),
+        keys: common::sim_keys(&KEYS),
         models,
         ..SimConfig::default()
     })
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let lines: String = KEYS
-        .iter()
-        .map(|(k, l, p)| format!("{k} label={l} project={p}\n"))
-        .collect();
-    std::fs::write(dir.path().join("keys.txt"), lines).unwrap();
+    common::write_keys(dir.path(), &KEYS);
     let backend = match redis {
         Some((url, ns)) => {
             format!("backend = \"redis\"\nredis_url = \"{url}\"\nnamespace = \"{ns}\"\n")
         }
         None => String::new(),
     };
-    let toml = format!(
-        "[state]\n{backend}dir = \"{}\"\n[rotation]\nmax_wait = \"0s\"\n[retry]\nmax_attempts = 2\nbase_backoff = \"1ms\"\nmax_backoff = \"2ms\"\n\
-         [models.\"{FLASH}\"]\nrpm = {rpm}\ntpm = 100000000\nrpd = 1000000\n",
-        dir.path().join("state").display()
+    let env = common::env(dir.path(), &sim.base_url());
+    let cfg = common::config(
+        dir.path(),
+        &env,
+        &backend,
+        &format!("[models.\"{FLASH}\"]\nrpm = {rpm}\ntpm = 100000000\nrpd = 1000000\n"),
     );
-    let mut env = Env::new();
-    env.insert(
-        "KEYTURN_KEYS_FILE".into(),
-        dir.path().join("keys.txt").display().to_string(),
-    );
-    env.insert("GEMINI_BASE_URL".into(), sim.base_url());
-    let mut cfg = Config::from_toml(&toml, Path::new("test.toml")).unwrap();
-    cfg.apply_env(&env);
     let pool = create_pool(&cfg, &env, dir.path()).await.unwrap();
     let pcfg = ProxyConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -120,23 +101,13 @@ async fn setup_full(
         max_upload_bytes,
         ..ProxyConfig::default()
     };
-    let upstream = ResourceUpstream {
-        v1beta: keyturn_services::transport(&cfg, "v1beta").unwrap(),
-        v1: keyturn_services::transport(&cfg, "v1").unwrap(),
-    };
     let resources = pool
         .state
         .resources(resource_clock.unwrap_or_else(|| pool.clock.clone()))
         .unwrap();
     let state = Arc::new(
-        ProxyState::new(
-            pool.caller_for_version(&cfg, "v1beta").unwrap(),
-            pool.caller_for_version(&cfg, "v1").unwrap(),
-            pool.ledger.clone(),
-            pool.clock.clone(),
-            &pcfg,
-        )
-        .with_resources(resources, upstream),
+        common::state(&pool, &cfg, &pcfg)
+            .with_resources(resources, common::resource_upstream(&cfg)),
     );
     let proxy = Proxy::start(state, &pcfg).await.unwrap();
     Setup {
