@@ -100,16 +100,6 @@ fn rpc_name(route: Route) -> &'static str {
 /// Authenticates: the key from `x-goog-api-key` (on the OpenAI surface, first from
 /// `Authorization: Bearer`), else from `?key=` (counted: clients should never put keys in URLs).
 /// Dead keys get their real refusal, on every route.
-pub(crate) fn authenticate(
-    st: &SimState,
-    headers: &HeaderMap,
-    q: &ApiQuery,
-    route: Route,
-    ip: Option<std::net::IpAddr>,
-) -> Result<KeyInfo, Box<Response>> {
-    authenticate_on(Surface::Native, st, headers, q.key.as_deref(), route, ip)
-}
-
 pub(crate) fn authenticate_on(
     surface: Surface,
     st: &SimState,
@@ -170,20 +160,21 @@ pub(crate) fn authenticate_on(
     Err(Box::new(error_on(surface, st, Some(&info), &refusal)))
 }
 
-/// A resource route's admission (files, caches, batches): the API version, then the key,
-/// authorised for `route` with no model.
-pub(crate) fn admit_resource(
+/// A native route's admission: the API version, then the key, authorised for `route` (and
+/// `model`, when the route names one) by the scripts and the key's project.
+pub(crate) fn admit(
     st: &SimState,
     version: &str,
     headers: &HeaderMap,
     query_key: Option<&str>,
     route: Route,
+    model: Option<&str>,
     peer: &Peer,
 ) -> Result<KeyInfo, Box<Response>> {
     if !version_ok(version) {
         return Err(Box::new(error_on(Surface::Native, st, None, &not_found())));
     }
-    authorize(st, headers, query_key, route, None, peer_ip(peer))
+    authorize(st, headers, query_key, route, model, peer_ip(peer))
 }
 
 /// Authenticates and gates a request on the native surface: its key, or the response refusing it.

@@ -10,7 +10,6 @@
 //! `/admin/advance` moves it; CANCELLED on `:cancel`; EXPIRED when it would run past 48 hours.
 //! Each result is what the interactive route answers for the same request.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
@@ -18,7 +17,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use crate::admission::{Peer, admit_resource, error_response as refuse, not_found};
+use crate::admission::{Peer, admit, error_response as refuse, not_found};
 use crate::answers::generate;
 use crate::config::{Route, ServedModel, Tier};
 use crate::content::embedding;
@@ -26,8 +25,8 @@ use crate::corpus::{self, Names};
 use crate::errors::{self, ApiError};
 use crate::files::{file_uris, foreign_file, generate_files};
 use crate::models::{dims, embed_text};
-use crate::owned::{Owned, ResourceQuery, owned};
-use crate::resources::{Batch, BatchItems, Resources, StoredFile, new_id, shown};
+use crate::owned::{Owned, ResourceQuery, owned, owned_fields};
+use crate::resources::{Batch, BatchItems, StoredFile, new_id, shown};
 use crate::server::json_response;
 use crate::state::{KeyInfo, SimState};
 use crate::wire::{
@@ -42,21 +41,8 @@ impl Owned for Batch {
     const DELETE: Route = Route::DeleteBatch;
     const LIST: Route = Route::ListBatches;
 
-    fn all(res: &Resources) -> &HashMap<String, Self> {
-        &res.batches
-    }
-    fn all_mut(res: &mut Resources) -> &mut HashMap<String, Self> {
-        &mut res.batches
-    }
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn project(&self) -> &str {
-        &self.project
-    }
-    fn create_ms(&self) -> i64 {
-        self.create_ms
-    }
+    owned_fields!(batches);
+
     fn json(&self, now: i64) -> Value {
         self.operation(now)
     }
@@ -460,12 +446,13 @@ pub(crate) async fn cancel(
     let Some(id) = name.strip_suffix(":cancel") else {
         return refuse(&st, None, &not_found());
     };
-    let key = match admit_resource(
+    let key = match admit(
         &st,
         &version,
         &headers,
         q.key.as_deref(),
         Route::CancelBatch,
+        None,
         &peer,
     ) {
         Ok(k) => k,

@@ -2,7 +2,6 @@
 //! what `generateContent` does with a `cachedContent` (ai.google.dev/api/caching; the
 //! google-genai SDK's `caches.py`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -13,14 +12,14 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::admission::{
-    Peer, admit_resource, authorize, error_response as refuse, not_found, peer_ip, version_ok,
+    Peer, admit, authorize, error_response as refuse, not_found, peer_ip, version_ok,
 };
 use crate::config::Route;
 use crate::errors::{self, ApiError};
 use crate::files::{file_uris, foreign_file};
-use crate::owned::{Owned, owned};
+use crate::owned::{Owned, owned, owned_fields};
 use crate::resources::{
-    CachedContent, Resources, cache_denied, new_id, parse_duration_ms, parse_time_ms, shown,
+    CachedContent, cache_denied, new_id, parse_duration_ms, parse_time_ms, shown,
 };
 use crate::server::json_response;
 use crate::state::{KeyInfo, SimState};
@@ -48,21 +47,8 @@ impl Owned for CachedContent {
     const DELETE: Route = Route::DeleteCachedContent;
     const LIST: Route = Route::ListCachedContents;
 
-    fn all(res: &Resources) -> &HashMap<String, Self> {
-        &res.caches
-    }
-    fn all_mut(res: &mut Resources) -> &mut HashMap<String, Self> {
-        &mut res.caches
-    }
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn project(&self) -> &str {
-        &self.project
-    }
-    fn create_ms(&self) -> i64 {
-        self.create_ms
-    }
+    owned_fields!(caches);
+
     fn json(&self, _now: i64) -> Value {
         CachedContent::json(self)
     }
@@ -262,12 +248,13 @@ pub(crate) async fn patch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let key = match admit_resource(
+    let key = match admit(
         &st,
         &version,
         &headers,
         q.key.as_deref(),
         Route::UpdateCachedContent,
+        None,
         &peer,
     ) {
         Ok(k) => k,

@@ -13,7 +13,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use crate::admission::{
-    ApiQuery, Peer, authenticate, error_response, gate, not_found, peer_ip, version_ok,
+    ApiQuery, Peer, admit, authorize, error_response, not_found, peer_ip, version_ok,
 };
 use crate::answers::{generate, stream_response};
 use crate::config::{Route, ServedModel};
@@ -71,17 +71,18 @@ pub(crate) async fn list_models(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    if !version_ok(&version) {
-        return error_response(&st, None, &not_found());
-    }
-    let ip = peer_ip(&peer);
-    let key = match authenticate(&st, &headers, &q, Route::ListModels, ip) {
+    let key = match admit(
+        &st,
+        &version,
+        &headers,
+        q.key.as_deref(),
+        Route::ListModels,
+        None,
+        &peer,
+    ) {
         Ok(k) => k,
         Err(r) => return *r,
     };
-    if let Some(e) = gate(&st, &key, Route::ListModels, None, ip) {
-        return error_response(&st, Some(&key), &e);
-    }
     let models: Vec<Value> = st
         .served_models()
         .iter()
@@ -98,17 +99,18 @@ pub(crate) async fn get_model(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    if !version_ok(&version) {
-        return error_response(&st, None, &not_found());
-    }
-    let ip = peer_ip(&peer);
-    let key = match authenticate(&st, &headers, &q, Route::GetModel, ip) {
+    let key = match admit(
+        &st,
+        &version,
+        &headers,
+        q.key.as_deref(),
+        Route::GetModel,
+        Some(&name),
+        &peer,
+    ) {
         Ok(k) => k,
         Err(r) => return *r,
     };
-    if let Some(e) = gate(&st, &key, Route::GetModel, Some(&name), ip) {
-        return error_response(&st, Some(&key), &e);
-    }
     match st.served(&name) {
         Some(m) => {
             st.record_status(Some(&key), 200);
@@ -162,13 +164,10 @@ pub(crate) async fn call_model(
         _ => return error_response(&st, None, &not_found()),
     };
     let ip = peer_ip(&peer);
-    let key = match authenticate(&st, &headers, &q, route, ip) {
+    let key = match authorize(&st, &headers, q.key.as_deref(), route, Some(model), ip) {
         Ok(k) => k,
         Err(r) => return *r,
     };
-    if let Some(e) = gate(&st, &key, route, Some(model), ip) {
-        return error_response(&st, Some(&key), &e);
-    }
     let served = st.served(model);
     let embed_action = matches!(
         route,

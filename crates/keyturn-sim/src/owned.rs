@@ -15,7 +15,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::admission::{Peer, admit_resource, error_response, not_found};
+use crate::admission::{Peer, admit, error_response, not_found};
 use crate::config::Route;
 use crate::errors::{self, ApiError};
 use crate::resources::{Resources, shown};
@@ -61,6 +61,31 @@ pub(crate) trait Owned: Clone + Send + Sync + 'static {
         true
     }
 }
+
+/// The [`Owned`] methods a resource with `id`, `project` and `create_ms` fields, kept in
+/// `Resources::$map`, answers the same way.
+macro_rules! owned_fields {
+    ($map:ident) => {
+        fn all(res: &$crate::resources::Resources) -> &std::collections::HashMap<String, Self> {
+            &res.$map
+        }
+        fn all_mut(
+            res: &mut $crate::resources::Resources,
+        ) -> &mut std::collections::HashMap<String, Self> {
+            &mut res.$map
+        }
+        fn id(&self) -> &str {
+            &self.id
+        }
+        fn project(&self) -> &str {
+            &self.project
+        }
+        fn create_ms(&self) -> i64 {
+            self.create_ms
+        }
+    };
+}
+pub(crate) use owned_fields;
 
 /// The resource `id` if the key's project owns it, else [`Owned::denied`]; the request is noted
 /// either way, with the owner when there is one.
@@ -108,19 +133,12 @@ pub(crate) async fn get<R: Owned>(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    if !R::addressable(&id) {
-        return error_response(&st, None, &not_found());
-    }
-    let key = match admit_resource(&st, &version, &headers, q.key.as_deref(), R::GET, &peer) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    match owned::<R>(&st, &key, R::GET, &id) {
-        Ok(r) => {
+    match one::<R>(&st, &version, &id, &q, &peer, &headers, R::GET) {
+        Ok((key, r)) => {
             st.record_status(Some(&key), 200);
             json_response(200, &r.json(st.clock.now_ms()))
         }
-        Err(e) => error_response(&st, Some(&key), &e),
+        Err(r) => *r,
     }
 }
 
@@ -132,20 +150,34 @@ pub(crate) async fn delete<R: Owned>(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    if !R::addressable(&id) {
-        return error_response(&st, None, &not_found());
-    }
-    let key = match admit_resource(&st, &version, &headers, q.key.as_deref(), R::DELETE, &peer) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    match owned::<R>(&st, &key, R::DELETE, &id) {
-        Ok(r) => {
+    match one::<R>(&st, &version, &id, &q, &peer, &headers, R::DELETE) {
+        Ok((key, r)) => {
             R::all_mut(&mut st.resources.lock()).remove(r.id());
             st.record_status(Some(&key), 200);
             json_response(200, &json!({}))
         }
-        Err(e) => error_response(&st, Some(&key), &e),
+        Err(r) => *r,
+    }
+}
+
+/// A route about one resource: the name, the admission, then [`owned`]; the key and the
+/// resource, or the response refusing them.
+fn one<R: Owned>(
+    st: &SimState,
+    version: &str,
+    id: &str,
+    q: &ResourceQuery,
+    peer: &Peer,
+    headers: &HeaderMap,
+    route: Route,
+) -> Result<(KeyInfo, R), Box<Response>> {
+    if !R::addressable(id) {
+        return Err(Box::new(error_response(st, None, &not_found())));
+    }
+    let key = admit(st, version, headers, q.key.as_deref(), route, None, peer)?;
+    match owned::<R>(st, &key, route, id) {
+        Ok(r) => Ok((key, r)),
+        Err(e) => Err(Box::new(error_response(st, Some(&key), &e))),
     }
 }
 
@@ -157,7 +189,15 @@ pub(crate) async fn list<R: Owned>(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    let key = match admit_resource(&st, &version, &headers, q.key.as_deref(), R::LIST, &peer) {
+    let key = match admit(
+        &st,
+        &version,
+        &headers,
+        q.key.as_deref(),
+        R::LIST,
+        None,
+        &peer,
+    ) {
         Ok(k) => k,
         Err(r) => return *r,
     };

@@ -14,7 +14,6 @@
 mod multipart;
 mod upload;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -24,11 +23,11 @@ use axum::response::Response;
 use serde_json::Value;
 
 pub(crate) use self::upload::upload;
-use crate::admission::{Peer, admit_resource, error_response as refuse, not_found};
+use crate::admission::{Peer, admit, error_response as refuse, not_found};
 use crate::config::{Route, file_id};
 use crate::errors::{self, ApiError};
-use crate::owned::{Owned, ResourceQuery, owned};
-use crate::resources::{Resources, StoredFile, file_denied, shown};
+use crate::owned::{Owned, ResourceQuery, owned, owned_fields};
+use crate::resources::{StoredFile, file_denied, shown};
 use crate::state::{KeyInfo, SimState};
 use crate::wire::{Content, GenerateContentRequest};
 
@@ -41,21 +40,8 @@ impl Owned for StoredFile {
     const DELETE: Route = Route::DeleteFile;
     const LIST: Route = Route::ListFiles;
 
-    fn all(res: &Resources) -> &HashMap<String, Self> {
-        &res.files
-    }
-    fn all_mut(res: &mut Resources) -> &mut HashMap<String, Self> {
-        &mut res.files
-    }
-    fn id(&self) -> &str {
-        &self.id
-    }
-    fn project(&self) -> &str {
-        &self.project
-    }
-    fn create_ms(&self) -> i64 {
-        self.create_ms
-    }
+    owned_fields!(files);
+
     fn json(&self, _now: i64) -> Value {
         StoredFile::json(self)
     }
@@ -77,12 +63,13 @@ pub(crate) async fn download_file(
     let Some(id) = name.strip_suffix(":download") else {
         return refuse(&st, None, &not_found());
     };
-    let key = match admit_resource(
+    let key = match admit(
         &st,
         &version,
         &headers,
         q.key.as_deref(),
         Route::GetFile,
+        None,
         &peer,
     ) {
         Ok(k) => k,
