@@ -17,15 +17,15 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{Value, json};
 
-use crate::admission::{Peer, admit, error_response as refuse, not_found};
+use crate::admission::{Peer, not_found};
 use crate::answers::generate;
-use crate::config::{Route, ServedModel, Tier};
+use crate::config::{Route, Tier};
 use crate::content::embedding;
 use crate::corpus::{self, Names};
 use crate::errors::{self, ApiError};
 use crate::files::{file_uris, foreign_file, generate_files};
 use crate::models::{dims, embed_text};
-use crate::owned::{Owned, ResourceQuery, owned, owned_fields};
+use crate::owned::{Owned, ResourceQuery, acted_on, owned, owned_fields};
 use crate::resources::{Batch, BatchItems, StoredFile, new_id, shown};
 use crate::server::json_response;
 use crate::state::{KeyInfo, SimState};
@@ -348,7 +348,7 @@ fn settle(st: &SimState, id: &str) {
             .map(|(i, (r, meta))| {
                 let mut out = match r {
                     _ if injected(i) => json!({ "error": internal }),
-                    Ok(req) => json!({ "response": generate_one(st, req, &job.model, &served) }),
+                    Ok(req) => json!({ "response": generate(req, &job.model, &served, &st.next_response_id()) }),
                     Err(e) => json!({ "error": {"code": 3, "message": e} }),
                 };
                 if !meta.is_null() {
@@ -420,21 +420,6 @@ fn settle(st: &SimState, id: &str) {
     }
 }
 
-/// The interactive answer for one request of a batch.
-fn generate_one(
-    st: &SimState,
-    req: &GenerateContentRequest,
-    model: &str,
-    served: &ServedModel,
-) -> Value {
-    let id = format!(
-        "sim-{:012x}",
-        st.response_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    generate(req, model, served, &id)
-}
-
 /// `POST batches/{id}:cancel`: a pending or running batch is cancelled; answers `{}`.
 pub(crate) async fn cancel(
     State(st): State<Arc<SimState>>,
@@ -443,26 +428,22 @@ pub(crate) async fn cancel(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    let Some(id) = name.strip_suffix(":cancel") else {
-        return refuse(&st, None, &not_found());
-    };
-    let key = match admit(
+    let acted = acted_on::<Batch>(
         &st,
         &version,
-        &headers,
-        q.key.as_deref(),
-        Route::CancelBatch,
-        None,
+        &name,
+        ":cancel",
+        &q,
         &peer,
-    ) {
-        Ok(k) => k,
+        &headers,
+        Route::CancelBatch,
+    );
+    let (key, batch) = match acted {
+        Ok(a) => a,
         Err(r) => return *r,
     };
-    if let Err(e) = owned::<Batch>(&st, &key, Route::CancelBatch, id) {
-        return refuse(&st, Some(&key), &e);
-    }
     let now = st.clock.now_ms();
-    if let Some(b) = st.resources.lock().batches.get_mut(id)
+    if let Some(b) = st.resources.lock().batches.get_mut(&batch.id)
         && !b.state(now).done()
     {
         b.cancelled_ms = Some(now);

@@ -3,7 +3,6 @@
 //! with what a call that spends quota meets before it is answered.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -310,10 +309,7 @@ pub(crate) async fn call_model(
         Err(e) => return error_response(&st, Some(&key), &e),
     };
 
-    let response_id = format!(
-        "sim-{:012x}",
-        st.response_seq.fetch_add(1, Ordering::Relaxed)
-    );
+    let response_id = st.next_response_id();
     let body = match call {
         Call::Generate(req, true) => {
             st.record_status(Some(&key), 200);

@@ -12,7 +12,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -295,10 +294,7 @@ pub(crate) async fn chat_completions(
         Ok(f) => f,
         Err(e) => return fail(Some(&key), &e),
     };
-    let id = format!(
-        "sim-{:012x}",
-        st.response_seq.fetch_add(1, Ordering::Relaxed)
-    );
+    let id = st.next_response_id();
     let created = st.clock.now_ms() / 1000;
     st.record_status(Some(&key), 200);
     if fault == Fault::Drop {

@@ -174,6 +174,36 @@ fn one<R: Owned>(
     if !R::addressable(id) {
         return Err(Box::new(error_response(st, None, &not_found())));
     }
+    admitted(st, version, id, q, peer, headers, route)
+}
+
+/// [`one`] for a route that acts on a resource, `{id}{action}` (`:download`, `:cancel`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn acted_on<R: Owned>(
+    st: &SimState,
+    version: &str,
+    name: &str,
+    action: &str,
+    q: &ResourceQuery,
+    peer: &Peer,
+    headers: &HeaderMap,
+    route: Route,
+) -> Result<(KeyInfo, R), Box<Response>> {
+    let Some(id) = name.strip_suffix(action) else {
+        return Err(Box::new(error_response(st, None, &not_found())));
+    };
+    admitted(st, version, id, q, peer, headers, route)
+}
+
+fn admitted<R: Owned>(
+    st: &SimState,
+    version: &str,
+    id: &str,
+    q: &ResourceQuery,
+    peer: &Peer,
+    headers: &HeaderMap,
+    route: Route,
+) -> Result<(KeyInfo, R), Box<Response>> {
     let key = admit(st, version, headers, q.key.as_deref(), route, None, peer)?;
     match owned::<R>(st, &key, route, id) {
         Ok(r) => Ok((key, r)),

@@ -23,10 +23,10 @@ use axum::response::Response;
 use serde_json::Value;
 
 pub(crate) use self::upload::upload;
-use crate::admission::{Peer, admit, error_response as refuse, not_found};
+use crate::admission::{Peer, error_response as refuse};
 use crate::config::{Route, file_id};
 use crate::errors::{self, ApiError};
-use crate::owned::{Owned, ResourceQuery, owned, owned_fields};
+use crate::owned::{Owned, ResourceQuery, acted_on, owned_fields};
 use crate::resources::{StoredFile, file_denied, shown};
 use crate::state::{KeyInfo, SimState};
 use crate::wire::{Content, GenerateContentRequest};
@@ -60,27 +60,25 @@ pub(crate) async fn download_file(
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    let Some(id) = name.strip_suffix(":download") else {
-        return refuse(&st, None, &not_found());
-    };
-    let key = match admit(
+    let acted = acted_on(
         &st,
         &version,
-        &headers,
-        q.key.as_deref(),
-        Route::GetFile,
-        None,
+        &name,
+        ":download",
+        &q,
         &peer,
-    ) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    match owned::<StoredFile>(&st, &key, Route::GetFile, id) {
-        Ok(StoredFile {
-            content: Some(bytes),
-            mime_type,
-            ..
-        }) => {
+        &headers,
+        Route::GetFile,
+    );
+    match acted {
+        Ok((
+            key,
+            StoredFile {
+                content: Some(bytes),
+                mime_type,
+                ..
+            },
+        )) => {
             st.record_status(Some(&key), 200);
             let mut r = Response::new(Body::from(bytes));
             if let Ok(v) = HeaderValue::from_str(&mime_type) {
@@ -88,12 +86,12 @@ pub(crate) async fn download_file(
             }
             r
         }
-        Ok(_) => refuse(
+        Ok((key, _)) => refuse(
             &st,
             Some(&key),
             &errors::invalid_argument("This file's content is not available for download."),
         ),
-        Err(e) => refuse(&st, Some(&key), &e),
+        Err(r) => *r,
     }
 }
 

@@ -143,6 +143,14 @@ impl SimState {
         }
     }
 
+    /// A new `responseId`: `sim-` and 12 hex digits, unique in this simulator.
+    pub fn next_response_id(&self) -> String {
+        format!(
+            "sim-{:012x}",
+            self.response_seq.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
     /// Notes that `key` asked for `resource` (owned by `owner`, when known) on `route`.
     pub fn note_use(&self, route: Route, resource: String, owner: Option<String>, key: &KeyInfo) {
         let at_ms = self.clock.now_ms();
