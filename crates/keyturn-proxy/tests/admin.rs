@@ -5,20 +5,20 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 
-use keyturn_proxy::{Proxy, ProxyConfig, ProxyState, digest};
-use keyturn_services::{Config, Env, Pool, create_pool};
-use keyturn_sim::{KeyState, Limits, SimConfig, SimKey, Simulator};
+use keyturn_proxy::{Proxy, ProxyConfig, digest};
+use keyturn_services::{Pool, create_pool};
+use keyturn_sim::{KeyState, Limits, SimConfig, Simulator};
 use serde_json::{Value, json};
 
 const FLASH: &str = "gemini-2.5-flash";
 const HELLO: &str = r#"{"contents":[{"parts":[{"text":"hello"}]}]}"#;
 
-/// A made-up key: "AIzaSy" and filler that differs per key.
+/// A made-up key: "AIzaSy" and filler that differs per key, shorter than a real key so that no
+/// secrets check takes it for one.
 fn made_up_key(n: u8) -> String {
-    let filler: String = (0..33)
+    let filler: String = (0..24)
         .map(|i| char::from(b'a' + (i * 7 + n) % 26))
         .collect();
     format!("AIzaSy{filler}")
@@ -42,40 +42,26 @@ async fn setup(listen: &str, admin_token: bool, client_token: bool, sim_rpm: u64
     let labels = ["alpha", "beta"];
     let mut models = BTreeMap::new();
     models.insert(FLASH.to_owned(), Limits::new(sim_rpm, 10_000_000, 100_000));
+    let pool_keys: Vec<(&str, &str, &str)> = keys
+        .iter()
+        .zip(labels)
+        .map(|(k, l)| (k.as_str(), l, "acme"))
+        .collect();
     let sim = Simulator::start(SimConfig {
-        keys: keys
-            .iter()
-            .zip(labels)
-            .map(|(k, l)| SimKey {
-                key: k.clone(),
-                label: Some(l.into()),
-                project: Some("acme".into()),
-                state: KeyState::Valid,
-            })
-            .collect(),
+        keys: common::sim_keys(&pool_keys),
         models,
         ..SimConfig::default()
     })
     .await
     .unwrap();
-    let lines: String = keys
-        .iter()
-        .zip(labels)
-        .map(|(k, l)| format!("{k} label={l} project=acme\n"))
-        .collect();
-    std::fs::write(dir.path().join("keys.txt"), lines).unwrap();
-    let toml = format!(
-        "[state]\ndir = \"{}\"\n[rotation]\nmax_wait = \"0s\"\n[retry]\nmax_attempts = 2\nbase_backoff = \"1ms\"\nmax_backoff = \"2ms\"\n[models.\"{FLASH}\"]\nrpm = 100\ntpm = 10000000\nrpd = 100000\n",
-        dir.path().join("state").display()
+    common::write_keys(dir.path(), &pool_keys);
+    let env = common::env(dir.path(), &sim.base_url());
+    let cfg = common::config(
+        dir.path(),
+        &env,
+        "",
+        &format!("[models.\"{FLASH}\"]\nrpm = 100\ntpm = 10000000\nrpd = 100000\n"),
     );
-    let mut env = Env::new();
-    env.insert(
-        "KEYTURN_KEYS_FILE".into(),
-        dir.path().join("keys.txt").display().to_string(),
-    );
-    env.insert("GEMINI_BASE_URL".into(), sim.base_url());
-    let mut cfg = Config::from_toml(&toml, Path::new("test.toml")).unwrap();
-    cfg.apply_env(&env);
     let pool = create_pool(&cfg, &env, dir.path()).await.unwrap();
     let (client, _) = keyturn_proxy::new_token();
     let (admin, _) = keyturn_proxy::new_token();
@@ -94,16 +80,7 @@ async fn setup(listen: &str, admin_token: bool, client_token: bool, sim_rpm: u64
         ..ProxyConfig::default()
     };
     let transport = keyturn_services::transport(&cfg, "v1beta").unwrap();
-    let state = Arc::new(
-        ProxyState::new(
-            pool.caller_for_version(&cfg, "v1beta").unwrap(),
-            pool.caller_for_version(&cfg, "v1").unwrap(),
-            pool.ledger.clone(),
-            pool.clock.clone(),
-            &pcfg,
-        )
-        .with_recheck(transport),
-    );
+    let state = Arc::new(common::state(&pool, &cfg, &pcfg).with_recheck(transport));
     let proxy = Proxy::start(state, &pcfg).await.unwrap();
     Setup {
         sim,

@@ -5,7 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::Path;
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -13,8 +14,8 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use keyturn_proxy::{Proxy, ProxyConfig, ProxyState, Reload, ResourceUpstream, digest};
-use keyturn_services::{Config, Env, Pool, create_pool};
+use keyturn_proxy::{Proxy, ProxyConfig, ProxyState, Reload, digest};
+use keyturn_services::{Env, Pool, create_pool};
 
 const TOKEN_A: &str = "kt_made-up-resource-attack-client-a";
 const TOKEN_B: &str = "kt_made-up-resource-attack-client-b";
@@ -123,35 +124,13 @@ struct Setup {
     http: reqwest::Client,
 }
 
-fn config(dir: &Path) -> Config {
-    let toml = format!(
-        "[state]\ndir = \"{}\"\n[rotation]\nmax_wait = \"0s\"\n[retry]\nmax_attempts = 2\nbase_backoff = \"1ms\"\nmax_backoff = \"2ms\"\n",
-        dir.join("state").display()
-    );
-    Config::from_toml(&toml, Path::new("test.toml")).unwrap()
-}
-
-fn write_keys(dir: &Path, keys: &[(&str, &str, &str)]) {
-    let lines: String = keys
-        .iter()
-        .map(|(k, l, p)| format!("{k} label={l} project={p}\n"))
-        .collect();
-    std::fs::write(dir.join("keys.txt"), lines).unwrap();
-}
-
 async fn setup(max_upload_bytes: u64) -> Setup {
     let seen = Seen::default();
     let base = upstream(seen.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    write_keys(dir.path(), &KEYS);
-    let mut env = Env::new();
-    env.insert(
-        "KEYTURN_KEYS_FILE".into(),
-        dir.path().join("keys.txt").display().to_string(),
-    );
-    env.insert("GEMINI_BASE_URL".into(), base);
-    let mut cfg = config(dir.path());
-    cfg.apply_env(&env);
+    common::write_keys(dir.path(), &KEYS);
+    let env = common::env(dir.path(), &base);
+    let cfg = common::config(dir.path(), &env, "", "");
     let pool = create_pool(&cfg, &env, dir.path()).await.unwrap();
     let pcfg = ProxyConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -159,20 +138,10 @@ async fn setup(max_upload_bytes: u64) -> Setup {
         max_upload_bytes,
         ..ProxyConfig::default()
     };
-    let upstream = ResourceUpstream {
-        v1beta: keyturn_services::transport(&cfg, "v1beta").unwrap(),
-        v1: keyturn_services::transport(&cfg, "v1").unwrap(),
-    };
     let resources = pool.state.resources(pool.clock.clone()).unwrap();
     let state = Arc::new(
-        ProxyState::new(
-            pool.caller_for_version(&cfg, "v1beta").unwrap(),
-            pool.caller_for_version(&cfg, "v1").unwrap(),
-            pool.ledger.clone(),
-            pool.clock.clone(),
-            &pcfg,
-        )
-        .with_resources(resources, upstream),
+        common::state(&pool, &cfg, &pcfg)
+            .with_resources(resources, common::resource_upstream(&cfg)),
     );
     let proxy = Proxy::start(state.clone(), &pcfg).await.unwrap();
     Setup {
@@ -227,9 +196,8 @@ impl Setup {
 
     /// Reloads the proxy as `keyturn serve` does: these keys, these client tokens.
     async fn reload(&mut self, keys: &[(&str, &str, &str)], tokens: &[(&str, &str)]) {
-        write_keys(self.dir.path(), keys);
-        let mut cfg = config(self.dir.path());
-        cfg.apply_env(&self.env);
+        common::write_keys(self.dir.path(), keys);
+        let cfg = common::config(self.dir.path(), &self.env, "", "");
         self.pool
             .reload(&cfg, &self.env, self.dir.path())
             .await

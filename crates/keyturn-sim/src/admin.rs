@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::{Faults, KeyState, Limits, ProjectState, ScriptRule};
-use crate::server::*;
+use crate::server::json_response;
 use crate::state::SimState;
 
 pub(crate) async fn admin_stats(State(st): State<Arc<SimState>>) -> Response {

@@ -15,35 +15,47 @@ use std::sync::Arc;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::config::{Route, ServedModel, Tier};
+use crate::admission::{Peer, not_found};
+use crate::answers::generate;
+use crate::config::{Route, Tier};
 use crate::content::embedding;
 use crate::corpus::{self, Names};
 use crate::errors::{self, ApiError};
-use crate::files::page;
+use crate::files::{file_uris, foreign_file, generate_files};
+use crate::models::{dims, embed_text};
+use crate::owned::{Owned, ResourceQuery, acted_on, owned, owned_fields};
 use crate::resources::{Batch, BatchItems, StoredFile, new_id, shown};
-use crate::server::{
-    Peer, Surface, admit_resource, dims, embed_text, error_on, generate, json_response, not_found,
-};
+use crate::server::json_response;
 use crate::state::{KeyInfo, SimState};
 use crate::wire::{
     EmbedContentRequest, GenerateContentRequest, count_tokens, describe_parse_error,
 };
 
-/// Query parameters of the batch routes.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct BatchQuery {
-    key: Option<String>,
-    #[serde(rename = "pageSize")]
-    page_size: Option<String>,
-    #[serde(rename = "pageToken")]
-    page_token: Option<String>,
-}
+impl Owned for Batch {
+    const COLLECTION: &'static str = "batches";
+    const LIST_FIELD: &'static str = "operations";
+    const PAGE_SIZE: (usize, usize) = (10, 100);
+    const GET: Route = Route::GetBatch;
+    const DELETE: Route = Route::DeleteBatch;
+    const LIST: Route = Route::ListBatches;
 
-fn refuse(st: &SimState, key: Option<&KeyInfo>, e: &ApiError) -> Response {
-    error_on(Surface::Native, st, key, e)
+    owned_fields!(batches);
+
+    fn json(&self, now: i64) -> Value {
+        self.operation(now)
+    }
+    /// A 404, as for a batch that never was.
+    fn denied(_id: &str) -> ApiError {
+        not_found()
+    }
+    fn settle(st: &SimState, id: &str) {
+        settle(st, id);
+    }
+    fn addressable(name: &str) -> bool {
+        !name.contains(':')
+    }
 }
 
 /// A field in either spelling.
@@ -114,7 +126,7 @@ pub(crate) fn create(
     let (items, input_file) = if let Some(name) = field(input, "fileName", "file_name") {
         let name = name.as_str().unwrap_or("");
         let id = crate::config::file_id(name).to_owned();
-        let file = owned_file(st, key, route, &id)?;
+        let file = owned::<StoredFile>(st, key, route, &id)?;
         let Some(bytes) = file.content else {
             return Err(errors::invalid_argument(&format!(
                 "The input file files/{} is too large for this simulator to read back.",
@@ -142,15 +154,15 @@ pub(crate) fn create(
         BatchItems::Generate(v) => v
             .iter()
             .filter_map(|(r, _)| r.as_ref().ok())
-            .flat_map(crate::server::generate_files)
+            .flat_map(generate_files)
             .collect(),
-        BatchItems::Embed(v) => crate::server::file_uris(
+        BatchItems::Embed(v) => file_uris(
             v.iter()
                 .filter_map(|(r, _)| r.as_ref().ok())
                 .map(|r| &r.content),
         ),
     };
-    if let Some(e) = crate::server::foreign_file(st, key, route, &uris) {
+    if let Some(e) = foreign_file(st, key, route, &uris) {
         return Err(e);
     }
     let tokens: u64 = match &items {
@@ -225,31 +237,6 @@ pub(crate) fn create(
         key,
     );
     Ok(op)
-}
-
-/// The input file of a batch, if the key's project owns it (else `real-32`'s 403).
-fn owned_file(
-    st: &SimState,
-    key: &KeyInfo,
-    route: Route,
-    id: &str,
-) -> Result<StoredFile, ApiError> {
-    let now = st.clock.now_ms();
-    let file = {
-        let mut res = st.resources.lock();
-        res.purge(now);
-        res.files.get(id).cloned()
-    };
-    st.note_use(
-        route,
-        format!("files/{}", shown(id)),
-        file.as_ref().map(|f| f.project.clone()),
-        key,
-    );
-    match file {
-        Some(f) if f.project == key.project => Ok(f),
-        _ => Err(crate::resources::file_denied(id)),
-    }
 }
 
 /// Inline requests: each parsed strictly, like the interactive route (a bad one refuses the
@@ -361,7 +348,7 @@ fn settle(st: &SimState, id: &str) {
             .map(|(i, (r, meta))| {
                 let mut out = match r {
                     _ if injected(i) => json!({ "error": internal }),
-                    Ok(req) => json!({ "response": generate_one(st, req, &job.model, &served) }),
+                    Ok(req) => json!({ "response": generate(req, &job.model, &served, &st.next_response_id()) }),
                     Err(e) => json!({ "error": {"code": 3, "message": e} }),
                 };
                 if !meta.is_null() {
@@ -433,191 +420,34 @@ fn settle(st: &SimState, id: &str) {
     }
 }
 
-/// The interactive answer for one request of a batch.
-fn generate_one(
-    st: &SimState,
-    req: &GenerateContentRequest,
-    model: &str,
-    served: &ServedModel,
-) -> Value {
-    let id = format!(
-        "sim-{:012x}",
-        st.response_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    generate(req, model, served, &id)
-}
-
-/// The batch by id if the key's project owns it (else 404, as for a batch that never was).
-fn owned(st: &SimState, key: &KeyInfo, route: Route, id: &str) -> Result<Value, ApiError> {
-    settle(st, id);
-    let now = st.clock.now_ms();
-    let (owner, op) = {
-        let res = st.resources.lock();
-        match res.batches.get(id) {
-            Some(b) => (
-                Some(b.project.clone()),
-                (b.project == key.project).then(|| b.operation(now)),
-            ),
-            None => (None, None),
-        }
-    };
-    st.note_use(route, format!("batches/{}", shown(id)), owner, key);
-    op.ok_or_else(not_found)
-}
-
-/// `GET batches/{id}`.
-pub(crate) async fn get(
-    State(st): State<Arc<SimState>>,
-    Path((version, name)): Path<(String, String)>,
-    Query(q): Query<BatchQuery>,
-    peer: Peer,
-    headers: HeaderMap,
-) -> Response {
-    if name.contains(':') {
-        return refuse(&st, None, &not_found());
-    }
-    let key = match admit_resource(
-        &st,
-        &version,
-        &headers,
-        q.key.as_deref(),
-        Route::GetBatch,
-        &peer,
-    ) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    match owned(&st, &key, Route::GetBatch, &name) {
-        Ok(op) => {
-            st.record_status(Some(&key), 200);
-            json_response(200, &op)
-        }
-        Err(e) => refuse(&st, Some(&key), &e),
-    }
-}
-
 /// `POST batches/{id}:cancel`: a pending or running batch is cancelled; answers `{}`.
 pub(crate) async fn cancel(
     State(st): State<Arc<SimState>>,
     Path((version, name)): Path<(String, String)>,
-    Query(q): Query<BatchQuery>,
+    Query(q): Query<ResourceQuery>,
     peer: Peer,
     headers: HeaderMap,
 ) -> Response {
-    let Some(id) = name.strip_suffix(":cancel") else {
-        return refuse(&st, None, &not_found());
-    };
-    let key = match admit_resource(
+    let acted = acted_on::<Batch>(
         &st,
         &version,
-        &headers,
-        q.key.as_deref(),
-        Route::CancelBatch,
+        &name,
+        ":cancel",
+        &q,
         &peer,
-    ) {
-        Ok(k) => k,
+        &headers,
+        Route::CancelBatch,
+    );
+    let (key, batch) = match acted {
+        Ok(a) => a,
         Err(r) => return *r,
     };
-    if let Err(e) = owned(&st, &key, Route::CancelBatch, id) {
-        return refuse(&st, Some(&key), &e);
-    }
     let now = st.clock.now_ms();
-    if let Some(b) = st.resources.lock().batches.get_mut(id)
+    if let Some(b) = st.resources.lock().batches.get_mut(&batch.id)
         && !b.state(now).done()
     {
         b.cancelled_ms = Some(now);
     }
     st.record_status(Some(&key), 200);
     json_response(200, &json!({}))
-}
-
-/// `DELETE batches/{id}`: forgets the batch (Google: the client is no longer interested).
-pub(crate) async fn delete(
-    State(st): State<Arc<SimState>>,
-    Path((version, name)): Path<(String, String)>,
-    Query(q): Query<BatchQuery>,
-    peer: Peer,
-    headers: HeaderMap,
-) -> Response {
-    if name.contains(':') {
-        return refuse(&st, None, &not_found());
-    }
-    let key = match admit_resource(
-        &st,
-        &version,
-        &headers,
-        q.key.as_deref(),
-        Route::DeleteBatch,
-        &peer,
-    ) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    if let Err(e) = owned(&st, &key, Route::DeleteBatch, &name) {
-        return refuse(&st, Some(&key), &e);
-    }
-    st.resources.lock().batches.remove(&name);
-    st.record_status(Some(&key), 200);
-    json_response(200, &json!({}))
-}
-
-/// `GET batches`: the key's project's batches, newest first.
-pub(crate) async fn list(
-    State(st): State<Arc<SimState>>,
-    Path(version): Path<String>,
-    Query(q): Query<BatchQuery>,
-    peer: Peer,
-    headers: HeaderMap,
-) -> Response {
-    let key = match admit_resource(
-        &st,
-        &version,
-        &headers,
-        q.key.as_deref(),
-        Route::ListBatches,
-        &peer,
-    ) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    let mut ids: Vec<(i64, String)> = {
-        let res = st.resources.lock();
-        res.batches
-            .values()
-            .filter(|b| b.project == key.project)
-            .map(|b| (b.create_ms, b.id.clone()))
-            .collect()
-    };
-    ids.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    for (_, id) in &ids {
-        settle(&st, id);
-    }
-    let now = st.clock.now_ms();
-    let ops: Vec<Value> = {
-        let res = st.resources.lock();
-        ids.iter()
-            .filter_map(|(_, id)| res.batches.get(id).map(|b| b.operation(now)))
-            .collect()
-    };
-    match page(
-        &ops,
-        q.page_size.as_deref(),
-        q.page_token.as_deref(),
-        10,
-        100,
-    ) {
-        Ok((items, next)) => {
-            st.record_status(Some(&key), 200);
-            let mut v = json!({});
-            if !items.is_empty() {
-                v["operations"] = Value::Array(items);
-            }
-            if let Some(t) = next {
-                v["nextPageToken"] = json!(t);
-            }
-            json_response(200, &v)
-        }
-        Err(e) => refuse(&st, Some(&key), &e),
-    }
 }

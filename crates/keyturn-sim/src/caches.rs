@@ -9,18 +9,19 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use crate::admission::{
+    Peer, admit, authorize, error_response as refuse, not_found, peer_ip, version_ok,
+};
 use crate::config::Route;
 use crate::errors::{self, ApiError};
-use crate::files::page;
+use crate::files::{file_uris, foreign_file};
+use crate::owned::{Owned, owned, owned_fields};
 use crate::resources::{
     CachedContent, cache_denied, new_id, parse_duration_ms, parse_time_ms, shown,
 };
-use crate::server::{
-    Peer, Surface, admit_resource, authorize, error_on, json_response, not_found, peer_ip,
-    version_ok,
-};
+use crate::server::json_response;
 use crate::state::{KeyInfo, SimState};
 use crate::wire::{Content, GenerateContentRequest, count_tokens, describe_parse_error};
 
@@ -37,14 +38,29 @@ pub fn min_cache_tokens(model: &str) -> u64 {
     }
 }
 
-/// Query parameters of the cache routes.
+impl Owned for CachedContent {
+    const COLLECTION: &'static str = "cachedContents";
+    const LIST_FIELD: &'static str = "cachedContents";
+    // cachedContents.list: pageSize at most 1000 (ai.google.dev/api/caching).
+    const PAGE_SIZE: (usize, usize) = (100, 1000);
+    const GET: Route = Route::GetCachedContent;
+    const DELETE: Route = Route::DeleteCachedContent;
+    const LIST: Route = Route::ListCachedContents;
+
+    owned_fields!(caches);
+
+    fn json(&self, _now: i64) -> Value {
+        CachedContent::json(self)
+    }
+    fn denied(_id: &str) -> ApiError {
+        cache_denied()
+    }
+}
+
+/// Query parameters of `create` and `patch`.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct CacheQuery {
     key: Option<String>,
-    #[serde(rename = "pageSize")]
-    page_size: Option<String>,
-    #[serde(rename = "pageToken")]
-    page_token: Option<String>,
     #[serde(rename = "updateMask", alias = "update_mask")]
     update_mask: Option<String>,
 }
@@ -72,10 +88,6 @@ struct CacheBody {
     display_name: Option<String>,
     #[serde(default)]
     name: Option<String>,
-}
-
-fn refuse(st: &SimState, key: Option<&KeyInfo>, e: &ApiError) -> Response {
-    error_on(Surface::Native, st, key, e)
 }
 
 fn parse_body(body: &[u8]) -> Result<CacheBody, ApiError> {
@@ -178,8 +190,8 @@ pub(crate) async fn create(
         .iter()
         .chain(b.contents.iter())
         .collect();
-    let uris = crate::server::file_uris(parts.iter().copied());
-    if let Some(e) = crate::server::foreign_file(&st, &key, Route::CreateCachedContent, &uris) {
+    let uris = file_uris(parts.iter().copied());
+    if let Some(e) = foreign_file(&st, &key, Route::CreateCachedContent, &uris) {
         return refuse(&st, Some(&key), &e);
     }
     let now = st.clock.now_ms();
@@ -227,88 +239,6 @@ pub(crate) async fn create(
     json_response(200, &v)
 }
 
-/// The cache by id if the key's project owns it and it has not expired; else the 403.
-pub(crate) fn owned_cache(
-    st: &SimState,
-    key: &KeyInfo,
-    route: Route,
-    id: &str,
-) -> Result<CachedContent, ApiError> {
-    let now = st.clock.now_ms();
-    let cache = {
-        let mut res = st.resources.lock();
-        res.purge(now);
-        res.caches.get(id).cloned()
-    };
-    st.note_use(
-        route,
-        format!("cachedContents/{}", shown(id)),
-        cache.as_ref().map(|c| c.project.clone()),
-        key,
-    );
-    match cache {
-        Some(c) if c.project == key.project => Ok(c),
-        _ => Err(cache_denied()),
-    }
-}
-
-/// `GET cachedContents/{id}`.
-pub(crate) async fn get(
-    State(st): State<Arc<SimState>>,
-    Path((version, id)): Path<(String, String)>,
-    Query(q): Query<CacheQuery>,
-    peer: Peer,
-    headers: HeaderMap,
-) -> Response {
-    let key = match admit_resource(
-        &st,
-        &version,
-        &headers,
-        q.key.as_deref(),
-        Route::GetCachedContent,
-        &peer,
-    ) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    match owned_cache(&st, &key, Route::GetCachedContent, &id) {
-        Ok(c) => {
-            st.record_status(Some(&key), 200);
-            json_response(200, &c.json())
-        }
-        Err(e) => refuse(&st, Some(&key), &e),
-    }
-}
-
-/// `DELETE cachedContents/{id}`.
-pub(crate) async fn delete(
-    State(st): State<Arc<SimState>>,
-    Path((version, id)): Path<(String, String)>,
-    Query(q): Query<CacheQuery>,
-    peer: Peer,
-    headers: HeaderMap,
-) -> Response {
-    let key = match admit_resource(
-        &st,
-        &version,
-        &headers,
-        q.key.as_deref(),
-        Route::DeleteCachedContent,
-        &peer,
-    ) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    match owned_cache(&st, &key, Route::DeleteCachedContent, &id) {
-        Ok(c) => {
-            st.resources.lock().caches.remove(&c.id);
-            st.record_status(Some(&key), 200);
-            json_response(200, &json!({}))
-        }
-        Err(e) => refuse(&st, Some(&key), &e),
-    }
-}
-
 /// `PATCH cachedContents/{id}?updateMask=ttl` (or `expireTime`): only the expiry can change.
 pub(crate) async fn patch(
     State(st): State<Arc<SimState>>,
@@ -318,12 +248,13 @@ pub(crate) async fn patch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let key = match admit_resource(
+    let key = match admit(
         &st,
         &version,
         &headers,
         q.key.as_deref(),
         Route::UpdateCachedContent,
+        None,
         &peer,
     ) {
         Ok(k) => k,
@@ -333,7 +264,7 @@ pub(crate) async fn patch(
         Ok(b) => b,
         Err(e) => return refuse(&st, Some(&key), &e),
     };
-    let cache = match owned_cache(&st, &key, Route::UpdateCachedContent, &id) {
+    let cache = match owned::<CachedContent>(&st, &key, Route::UpdateCachedContent, &id) {
         Ok(c) => c,
         Err(e) => return refuse(&st, Some(&key), &e),
     };
@@ -384,59 +315,6 @@ pub(crate) async fn patch(
     }
 }
 
-/// `GET cachedContents`: the key's project's caches.
-pub(crate) async fn list(
-    State(st): State<Arc<SimState>>,
-    Path(version): Path<String>,
-    Query(q): Query<CacheQuery>,
-    peer: Peer,
-    headers: HeaderMap,
-) -> Response {
-    let key = match admit_resource(
-        &st,
-        &version,
-        &headers,
-        q.key.as_deref(),
-        Route::ListCachedContents,
-        &peer,
-    ) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    let now = st.clock.now_ms();
-    let mut caches: Vec<CachedContent> = {
-        let mut res = st.resources.lock();
-        res.purge(now);
-        res.caches
-            .values()
-            .filter(|c| c.project == key.project)
-            .cloned()
-            .collect()
-    };
-    caches.sort_by(|a, b| b.create_ms.cmp(&a.create_ms).then(a.id.cmp(&b.id)));
-    // cachedContents.list: pageSize at most 1000 (ai.google.dev/api/caching).
-    match page(
-        &caches,
-        q.page_size.as_deref(),
-        q.page_token.as_deref(),
-        100,
-        1000,
-    ) {
-        Ok((items, next)) => {
-            st.record_status(Some(&key), 200);
-            let mut v = json!({});
-            if !items.is_empty() {
-                v["cachedContents"] = items.iter().map(CachedContent::json).collect();
-            }
-            if let Some(t) = next {
-                v["nextPageToken"] = json!(t);
-            }
-            json_response(200, &v)
-        }
-        Err(e) => refuse(&st, Some(&key), &e),
-    }
-}
-
 /// A `generateContent` with `cachedContent`: the cache must be the key's project's (else the
 /// 403), for the same model (else 400, Google's wording), and the request may not set what the
 /// cache holds. On success the request is the cache's turns followed by its own, and the answer
@@ -452,7 +330,7 @@ pub(crate) fn apply(
         return Ok(0);
     };
     let id = name.strip_prefix("cachedContents/").unwrap_or(&name);
-    let cache = owned_cache(st, key, route, id)?;
+    let cache = owned::<CachedContent>(st, key, route, id)?;
     if cache.model != model {
         return Err(errors::invalid_argument(&format!(
             "Model used by GenerateContent request (models/{model}) and CachedContent (models/{}) has to be the same.",

@@ -112,6 +112,8 @@
 //! ```
 
 mod admin;
+mod admission;
+mod answers;
 pub mod args;
 mod batches;
 mod caches;
@@ -121,7 +123,9 @@ pub mod corpus;
 pub mod errors;
 mod faults;
 mod files;
+mod models;
 mod openai;
+mod owned;
 pub mod resources;
 pub mod server;
 pub mod state;

@@ -12,7 +12,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -21,13 +20,15 @@ use axum::response::Response;
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
+use crate::admission::{Peer, Surface, authenticate_on, error_on, gate, not_found, peer_ip};
+use crate::answers::reply_for;
 use crate::config::{Route, ServedModel};
 use crate::content::{embedding, json_reply, seed_of};
 use crate::errors::{self, ApiError};
-use crate::server::{
-    DEFAULT_EMBEDDING_DIMS, Fault, Peer, Surface, authenticate_on, dropped, error_on, gate,
-    json_response, malformed, not_found, peer_ip, reply_for, spend,
-};
+use crate::faults::{Fault, dropped, malformed};
+use crate::files::foreign_file;
+use crate::models::spend;
+use crate::server::{DEFAULT_EMBEDDING_DIMS, json_response};
 use crate::state::{KeyInfo, SimState};
 use crate::wire::{GenerateContentRequest, count_tokens};
 
@@ -284,7 +285,7 @@ pub(crate) async fn chat_completions(
         Err(e) => return fail(Some(&key), &e),
     };
     // A Files API file named as an image URL must be the key's project's, as on the native route.
-    if let Some(e) = crate::server::foreign_file(&st, &key, route, &file_urls(&v)) {
+    if let Some(e) = foreign_file(&st, &key, route, &file_urls(&v)) {
         return fail(Some(&key), &e);
     }
     let tokens = count_tokens(&native.prompt_text());
@@ -293,10 +294,7 @@ pub(crate) async fn chat_completions(
         Ok(f) => f,
         Err(e) => return fail(Some(&key), &e),
     };
-    let id = format!(
-        "sim-{:012x}",
-        st.response_seq.fetch_add(1, Ordering::Relaxed)
-    );
+    let id = st.next_response_id();
     let created = st.clock.now_ms() / 1000;
     st.record_status(Some(&key), 200);
     if fault == Fault::Drop {

@@ -1,8 +1,10 @@
-//! What the hostile-client tests share: a proxy on its own pool in front of a local upstream, and
-//! raw HTTP/1.1 requests whose path and headers go out exactly as written (no client normalises
-//! them).
+//! What the proxy's tests share: a pool over a keys file and a config in a temp folder, a proxy
+//! on that pool in front of a local upstream (the simulator or a test server), and raw HTTP/1.1
+//! requests whose path and headers go out exactly as written (no client normalises them).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod affinity;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -10,8 +12,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyturn_proxy::{Proxy, ProxyConfig, ProxyState};
+use keyturn_proxy::{Proxy, ProxyConfig, ProxyState, ResourceUpstream};
 use keyturn_services::{Config, Env, Pool, create_pool};
+use keyturn_sim::SimKey;
+
+/// A key of a test pool: (secret, label, project).
+pub type TestKey<'a> = (&'a str, &'a str, &'a str);
 
 /// A proxy on loopback with default limits.
 pub fn local() -> ProxyConfig {
@@ -21,39 +27,84 @@ pub fn local() -> ProxyConfig {
     }
 }
 
-/// A proxy in front of `upstream` over these keys ((secret, label, project)), with its state in
-/// `dir`, no waiting for capacity and two quick attempts per call.
-pub async fn proxy(
-    upstream: &str,
-    dir: &Path,
-    cfg: ProxyConfig,
-    keys: &[(&str, &str, &str)],
-) -> (Proxy, Pool) {
+/// Writes `keys` to `dir/keys.txt`, one `secret label=… project=…` line each, as
+/// `KEYTURN_KEYS_FILE` reads them.
+pub fn write_keys(dir: &Path, keys: &[TestKey<'_>]) {
     let lines: String = keys
         .iter()
         .map(|(k, l, p)| format!("{k} label={l} project={p}\n"))
         .collect();
     std::fs::write(dir.join("keys.txt"), lines).unwrap();
-    let toml = format!(
-        "[state]\ndir = \"{}\"\n[rotation]\nmax_wait = \"0s\"\n[retry]\nmax_attempts = 2\nbase_backoff = \"1ms\"\nmax_backoff = \"2ms\"\n",
-        dir.join("state").display()
-    );
+}
+
+/// The environment of a test pool: its keys file in `dir`, and `upstream` as `GEMINI_BASE_URL`.
+pub fn env(dir: &Path, upstream: &str) -> Env {
     let mut env = Env::new();
     env.insert(
         "KEYTURN_KEYS_FILE".into(),
         dir.join("keys.txt").display().to_string(),
     );
     env.insert("GEMINI_BASE_URL".into(), upstream.to_owned());
+    env
+}
+
+/// The configuration the proxy tests run under, with `env` applied: the state in `dir/state`
+/// (`state` adds lines to `[state]`, e.g. a Redis backend), no waiting for capacity, two quick
+/// attempts per call, then `more` (e.g. `[models."…"]` limits).
+pub fn config(dir: &Path, env: &Env, state: &str, more: &str) -> Config {
+    let toml = format!(
+        "[state]\n{state}dir = \"{}\"\n[rotation]\nmax_wait = \"0s\"\n[retry]\nmax_attempts = 2\nbase_backoff = \"1ms\"\nmax_backoff = \"2ms\"\n{more}",
+        dir.join("state").display()
+    );
     let mut config = Config::from_toml(&toml, Path::new("test.toml")).unwrap();
-    config.apply_env(&env);
-    let pool = create_pool(&config, &env, dir).await.unwrap();
-    let state = Arc::new(ProxyState::new(
-        pool.caller_for_version(&config, "v1beta").unwrap(),
-        pool.caller_for_version(&config, "v1").unwrap(),
+    config.apply_env(env);
+    config
+}
+
+/// The proxy's state over `pool`: its callers for `v1beta` and `v1`, its ledger and clock.
+pub fn state(pool: &Pool, config: &Config, cfg: &ProxyConfig) -> ProxyState {
+    ProxyState::new(
+        pool.caller_for_version(config, "v1beta").unwrap(),
+        pool.caller_for_version(config, "v1").unwrap(),
         pool.ledger.clone(),
         pool.clock.clone(),
-        &cfg,
-    ));
+        cfg,
+    )
+}
+
+/// The transports resource calls go upstream with.
+pub fn resource_upstream(config: &Config) -> ResourceUpstream {
+    ResourceUpstream {
+        v1beta: keyturn_services::transport(config, "v1beta").unwrap(),
+        v1: keyturn_services::transport(config, "v1").unwrap(),
+    }
+}
+
+/// The simulator's view of the same keys (valid).
+pub fn sim_keys(keys: &[TestKey<'_>]) -> Vec<SimKey> {
+    keys.iter()
+        .map(|(k, l, p)| SimKey {
+            key: (*k).into(),
+            label: Some((*l).into()),
+            project: Some((*p).into()),
+            state: Default::default(),
+        })
+        .collect()
+}
+
+/// A proxy in front of `upstream` over these keys, with its state in `dir`, no waiting for
+/// capacity and two quick attempts per call.
+pub async fn proxy(
+    upstream: &str,
+    dir: &Path,
+    cfg: ProxyConfig,
+    keys: &[TestKey<'_>],
+) -> (Proxy, Pool) {
+    write_keys(dir, keys);
+    let env = env(dir, upstream);
+    let config = config(dir, &env, "", "");
+    let pool = create_pool(&config, &env, dir).await.unwrap();
+    let state = Arc::new(state(&pool, &config, &cfg));
     (Proxy::start(state, &cfg).await.unwrap(), pool)
 }
 

@@ -7,6 +7,13 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+mod models;
+mod route;
+
+pub use self::models::{SERVED_MODELS, ServedModel};
+pub use self::route::Route;
+use crate::resources::shown;
+
 /// What the simulated service thinks of a key. Every state but `Valid` is refused on every route,
 /// `GET models…` included, as the real service refuses a dead key's cost-free probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -58,130 +65,6 @@ pub enum ProjectState {
     /// The older Cloud-quota 429 with a zero whole-API quota (`api-limit-zero`, built on
     /// `real-10`), for every key on every route (the quota counts every API request).
     ApiLimitZero,
-}
-
-/// A route of the Gemini API, as scripts and stats name it (the API's own method names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Route {
-    /// `POST models/{m}:generateContent`.
-    GenerateContent,
-    /// `POST models/{m}:streamGenerateContent`.
-    StreamGenerateContent,
-    /// `POST models/{m}:countTokens` (spends no quota).
-    CountTokens,
-    /// `POST models/{m}:embedContent`.
-    EmbedContent,
-    /// `POST models/{m}:batchEmbedContents`.
-    BatchEmbedContents,
-    /// `GET models/{m}`: a probe that spends no quota.
-    GetModel,
-    /// `GET models`: a probe that spends no quota.
-    ListModels,
-    /// `POST upload/v1beta/files` (resumable start, its upload requests, multipart, raw).
-    CreateFile,
-    /// `GET files/{id}` (and the download of a file the service wrote).
-    GetFile,
-    /// `GET files`.
-    ListFiles,
-    /// `DELETE files/{id}`.
-    DeleteFile,
-    /// `POST cachedContents`.
-    CreateCachedContent,
-    /// `GET cachedContents/{id}`.
-    GetCachedContent,
-    /// `GET cachedContents`.
-    ListCachedContents,
-    /// `PATCH cachedContents/{id}`.
-    UpdateCachedContent,
-    /// `DELETE cachedContents/{id}`.
-    DeleteCachedContent,
-    /// `POST models/{m}:batchGenerateContent`.
-    BatchGenerateContent,
-    /// `POST models/{m}:asyncBatchEmbedContent`.
-    AsyncBatchEmbedContent,
-    /// `GET batches/{id}`.
-    GetBatch,
-    /// `GET batches`.
-    ListBatches,
-    /// `POST batches/{id}:cancel`.
-    CancelBatch,
-    /// `DELETE batches/{id}`.
-    DeleteBatch,
-}
-
-impl Route {
-    /// Every route.
-    pub const ALL: [Self; 22] = [
-        Self::GenerateContent,
-        Self::StreamGenerateContent,
-        Self::CountTokens,
-        Self::EmbedContent,
-        Self::BatchEmbedContents,
-        Self::GetModel,
-        Self::ListModels,
-        Self::CreateFile,
-        Self::GetFile,
-        Self::ListFiles,
-        Self::DeleteFile,
-        Self::CreateCachedContent,
-        Self::GetCachedContent,
-        Self::ListCachedContents,
-        Self::UpdateCachedContent,
-        Self::DeleteCachedContent,
-        Self::BatchGenerateContent,
-        Self::AsyncBatchEmbedContent,
-        Self::GetBatch,
-        Self::ListBatches,
-        Self::CancelBatch,
-        Self::DeleteBatch,
-    ];
-
-    /// The API's name for it.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::GenerateContent => "generateContent",
-            Self::StreamGenerateContent => "streamGenerateContent",
-            Self::CountTokens => "countTokens",
-            Self::EmbedContent => "embedContent",
-            Self::BatchEmbedContents => "batchEmbedContents",
-            Self::GetModel => "getModel",
-            Self::ListModels => "listModels",
-            Self::CreateFile => "createFile",
-            Self::GetFile => "getFile",
-            Self::ListFiles => "listFiles",
-            Self::DeleteFile => "deleteFile",
-            Self::CreateCachedContent => "createCachedContent",
-            Self::GetCachedContent => "getCachedContent",
-            Self::ListCachedContents => "listCachedContents",
-            Self::UpdateCachedContent => "updateCachedContent",
-            Self::DeleteCachedContent => "deleteCachedContent",
-            Self::BatchGenerateContent => "batchGenerateContent",
-            Self::AsyncBatchEmbedContent => "asyncBatchEmbedContent",
-            Self::GetBatch => "getBatch",
-            Self::ListBatches => "listBatches",
-            Self::CancelBatch => "cancelBatch",
-            Self::DeleteBatch => "deleteBatch",
-        }
-    }
-
-    /// Whether it spends quota (the calls a quota or billing refusal is about).
-    pub const fn spends_quota(self) -> bool {
-        matches!(
-            self,
-            Self::GenerateContent
-                | Self::StreamGenerateContent
-                | Self::EmbedContent
-                | Self::BatchEmbedContents
-                | Self::BatchGenerateContent
-                | Self::AsyncBatchEmbedContent
-        )
-    }
-
-    /// Whether it is a cost-free `GET models…` probe.
-    pub const fn is_probe(self) -> bool {
-        matches!(self, Self::GetModel | Self::ListModels)
-    }
 }
 
 /// "Answer with this corpus shape": for the requests that match every filter given, for the
@@ -472,103 +355,6 @@ pub enum SimConfigError {
     Invalid(String),
 }
 
-/// A model the simulator serves, with its defaults.
-#[derive(Debug, Clone, Copy)]
-pub struct ServedModel {
-    /// Id.
-    pub name: &'static str,
-    /// Embedding model (serves embedContent, not generateContent).
-    pub embedding: bool,
-    /// Default limits: Google's free tier as of December 2025 (limit 0 where there is none).
-    pub limits: Limits,
-    /// Input token limit advertised by `GET models`.
-    pub input_token_limit: u64,
-    /// Output token limit advertised.
-    pub output_token_limit: u64,
-    /// Whether it reports thinking tokens.
-    pub thinking: bool,
-}
-
-/// Models the simulator serves by default.
-pub const SERVED_MODELS: &[ServedModel] = &[
-    ServedModel {
-        name: "gemini-3-pro-preview",
-        embedding: false,
-        limits: Limits::new(0, 0, 0),
-        input_token_limit: 1_048_576,
-        output_token_limit: 65_536,
-        thinking: true,
-    },
-    ServedModel {
-        name: "gemini-3-flash-preview",
-        embedding: false,
-        limits: Limits::new(5, 250_000, 20),
-        input_token_limit: 1_048_576,
-        output_token_limit: 65_536,
-        thinking: true,
-    },
-    ServedModel {
-        name: "gemini-2.5-pro",
-        embedding: false,
-        // No free tier since December 2025: limit 0 on every quota (corpus real-06).
-        limits: Limits::new(0, 0, 0),
-        input_token_limit: 1_048_576,
-        output_token_limit: 65_536,
-        thinking: true,
-    },
-    ServedModel {
-        name: "gemini-2.5-flash",
-        embedding: false,
-        limits: Limits::new(5, 250_000, 20),
-        input_token_limit: 1_048_576,
-        output_token_limit: 65_536,
-        thinking: true,
-    },
-    ServedModel {
-        name: "gemini-2.5-flash-lite",
-        embedding: false,
-        limits: Limits::new(10, 250_000, 20),
-        input_token_limit: 1_048_576,
-        output_token_limit: 65_536,
-        thinking: false,
-    },
-    ServedModel {
-        name: "gemini-2.0-flash",
-        embedding: false,
-        // No free tier: limit 0 (corpus real-05).
-        limits: Limits::new(0, 0, 0),
-        input_token_limit: 1_048_576,
-        output_token_limit: 8_192,
-        thinking: false,
-    },
-    ServedModel {
-        name: "gemini-2.0-flash-lite",
-        embedding: false,
-        limits: Limits::new(30, 1_000_000, 200),
-        input_token_limit: 1_048_576,
-        output_token_limit: 8_192,
-        thinking: false,
-    },
-    ServedModel {
-        name: "gemini-embedding-001",
-        embedding: true,
-        limits: Limits::new(100, 30_000, 1_000),
-        input_token_limit: 2_048,
-        output_token_limit: 1,
-        thinking: false,
-    },
-    ServedModel {
-        name: "gemini-embedding-2",
-        embedding: true,
-        // Free RPM 100 is the server's own quotaValue (corpus real-14); the token and daily
-        // limits are not published, so they follow gemini-embedding-001.
-        limits: Limits::new(100, 30_000, 1_000),
-        input_token_limit: 2_048,
-        output_token_limit: 1,
-        thinking: false,
-    },
-];
-
 impl SimConfig {
     /// Reads a TOML (`.toml`) or JSON (anything else) file.
     pub fn from_file(path: &Path) -> Result<Self, SimConfigError> {
@@ -746,12 +532,4 @@ impl SimConfig {
 pub fn file_id(uri: &str) -> &str {
     let tail = uri.rsplit_once("files/").map_or(uri, |(_, t)| t);
     tail.split(['?', '#']).next().unwrap_or("").trim()
-}
-
-/// A value from outside, shortened and stripped of control characters for an error message.
-fn shown(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .take(80)
-        .collect::<String>()
 }

@@ -1,6 +1,4 @@
-//! The Files API, per project: `POST upload/v1beta/files` (resumable, multipart, raw),
-//! `GET files/{id}`, `GET files`, `DELETE files/{id}`, and the download of a file the service
-//! wrote (a batch's results).
+//! Uploads to the Files API: `POST upload/v1beta/files`, resumable, multipart or raw.
 //!
 //! The resumable protocol is Google's (ai.google.dev/gemini-api/docs/files, REST tab; the
 //! google-genai SDK's `files.upload` + `_api_client._upload_fd`): `start` with
@@ -15,43 +13,33 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::Response;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::base_of;
+use super::multipart::split_multipart;
+use crate::admission::{Peer, authorize, error_response as refuse, not_found, peer_ip, version_ok};
 use crate::config::Route;
 use crate::errors::{self, ApiError};
-use crate::resources::{
-    StoredFile, Upload, file_denied, new_id, shown, storage_exhausted, valid_id,
-};
-use crate::server::{
-    Peer, Surface, admit_resource, authorize, base_of, error_on, json_response, not_found, peer_ip,
-    version_ok,
-};
+use crate::resources::{StoredFile, Upload, new_id, shown, storage_exhausted, valid_id};
+use crate::server::json_response;
 use crate::state::{KeyInfo, SimState};
 
-/// Query parameters of the file routes.
+/// Query parameters of an upload.
 #[derive(Debug, Default, Deserialize)]
-pub(crate) struct FileQuery {
+pub(crate) struct UploadQuery {
     key: Option<String>,
     upload_id: Option<String>,
     #[serde(rename = "uploadType")]
     upload_type: Option<String>,
-    #[serde(rename = "pageSize")]
-    page_size: Option<String>,
-    #[serde(rename = "pageToken")]
-    page_token: Option<String>,
 }
 
 /// The largest `start` or metadata body read (it is a small JSON object).
 const METADATA_CAP: usize = 64 * 1024;
-
-fn refuse(st: &SimState, key: Option<&KeyInfo>, e: &ApiError) -> Response {
-    error_on(Surface::Native, st, key, e)
-}
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -241,7 +229,7 @@ fn file_id_for(st: &SimState, meta: &FileMeta) -> Result<String, ApiError> {
 pub(crate) async fn upload(
     State(st): State<Arc<SimState>>,
     Path(version): Path<String>,
-    Query(q): Query<FileQuery>,
+    Query(q): Query<UploadQuery>,
     peer: Peer,
     headers: HeaderMap,
     body: Body,
@@ -520,307 +508,5 @@ async fn upload_bytes(
     ) {
         Ok(f) => finalized(st, &key, &f),
         Err(e) => refuse(st, key_ref, &e),
-    }
-}
-
-/// A multipart upload's metadata, the media part's type, and its bytes.
-type Multipart<'a> = (&'a [u8], Option<String>, &'a [u8]);
-
-/// Splits a `multipart/related` body into the metadata part, the media part's type and bytes.
-fn split_multipart<'a>(content_type: &str, body: &'a [u8]) -> Result<Multipart<'a>, String> {
-    let boundary = content_type
-        .split(';')
-        .map(str::trim)
-        .find_map(|p| p.strip_prefix("boundary="))
-        .map(|b| b.trim_matches('"'))
-        .filter(|b| !b.is_empty())
-        .ok_or("multipart upload without a boundary")?;
-    let delim = format!("--{boundary}");
-    let mut parts = Vec::new();
-    let mut rest = body;
-    // Skip the preamble up to the first delimiter.
-    let first = find(rest, delim.as_bytes()).ok_or("multipart body without its boundary")?;
-    rest = &rest[first + delim.len()..];
-    loop {
-        if rest.starts_with(b"--") {
-            break;
-        }
-        let next = find(rest, delim.as_bytes()).ok_or("multipart body not closed")?;
-        let part = &rest[..next];
-        let part = part.strip_prefix(b"\r\n").unwrap_or(part);
-        let part = part.strip_suffix(b"\r\n").unwrap_or(part);
-        let (head, data) = match find(part, b"\r\n\r\n") {
-            Some(i) => (&part[..i], &part[i + 4..]),
-            None => (&b""[..], part),
-        };
-        let mime = String::from_utf8_lossy(head).lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.trim()
-                .eq_ignore_ascii_case("content-type")
-                .then(|| v.trim().to_owned())
-        });
-        parts.push((mime, data));
-        rest = &rest[next + delim.len()..];
-        if parts.len() > 2 {
-            return Err("a multipart upload has two parts: metadata and media".into());
-        }
-    }
-    match parts.as_slice() {
-        [(_, meta), (mime, data)] => Ok((meta, mime.clone(), data)),
-        _ => Err("a multipart upload has two parts: metadata and media".into()),
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// A file by id, if the key's project owns it; else `real-32`'s 403 (also for an unknown or
-/// expired file, as Google answers).
-fn owned_file(
-    st: &SimState,
-    key: &KeyInfo,
-    route: Route,
-    id: &str,
-) -> Result<StoredFile, ApiError> {
-    let now = st.clock.now_ms();
-    let file = {
-        let mut res = st.resources.lock();
-        res.purge(now);
-        res.files.get(id).cloned()
-    };
-    st.note_use(
-        route,
-        format!("files/{}", shown(id)),
-        file.as_ref().map(|f| f.project.clone()),
-        key,
-    );
-    match file {
-        Some(f) if f.project == key.project => Ok(f),
-        _ => Err(file_denied(id)),
-    }
-}
-
-/// `GET files/{id}`.
-pub(crate) async fn get_file(
-    State(st): State<Arc<SimState>>,
-    Path((version, id)): Path<(String, String)>,
-    Query(q): Query<FileQuery>,
-    peer: Peer,
-    headers: HeaderMap,
-) -> Response {
-    let key = match admit_resource(
-        &st,
-        &version,
-        &headers,
-        q.key.as_deref(),
-        Route::GetFile,
-        &peer,
-    ) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    match owned_file(&st, &key, Route::GetFile, &id) {
-        Ok(f) => {
-            st.record_status(Some(&key), 200);
-            json_response(200, &f.json())
-        }
-        Err(e) => refuse(&st, Some(&key), &e),
-    }
-}
-
-/// `DELETE files/{id}`.
-pub(crate) async fn delete_file(
-    State(st): State<Arc<SimState>>,
-    Path((version, id)): Path<(String, String)>,
-    Query(q): Query<FileQuery>,
-    peer: Peer,
-    headers: HeaderMap,
-) -> Response {
-    let key = match admit_resource(
-        &st,
-        &version,
-        &headers,
-        q.key.as_deref(),
-        Route::DeleteFile,
-        &peer,
-    ) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    match owned_file(&st, &key, Route::DeleteFile, &id) {
-        Ok(f) => {
-            st.resources.lock().files.remove(&f.id);
-            st.record_status(Some(&key), 200);
-            json_response(200, &json!({}))
-        }
-        Err(e) => refuse(&st, Some(&key), &e),
-    }
-}
-
-/// `GET download/{version}/files/{id}:download?alt=media`: the bytes of a file the simulator
-/// kept (a batch's results file, or a small upload).
-pub(crate) async fn download_file(
-    State(st): State<Arc<SimState>>,
-    Path((version, name)): Path<(String, String)>,
-    Query(q): Query<FileQuery>,
-    peer: Peer,
-    headers: HeaderMap,
-) -> Response {
-    let Some(id) = name.strip_suffix(":download") else {
-        return refuse(&st, None, &not_found());
-    };
-    let key = match admit_resource(
-        &st,
-        &version,
-        &headers,
-        q.key.as_deref(),
-        Route::GetFile,
-        &peer,
-    ) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    match owned_file(&st, &key, Route::GetFile, id) {
-        Ok(StoredFile {
-            content: Some(bytes),
-            mime_type,
-            ..
-        }) => {
-            st.record_status(Some(&key), 200);
-            let mut r = Response::new(Body::from(bytes));
-            if let Ok(v) = HeaderValue::from_str(&mime_type) {
-                r.headers_mut().insert(header::CONTENT_TYPE, v);
-            }
-            r
-        }
-        Ok(_) => refuse(
-            &st,
-            Some(&key),
-            &errors::invalid_argument("This file's content is not available for download."),
-        ),
-        Err(e) => refuse(&st, Some(&key), &e),
-    }
-}
-
-/// A page of a list: `pageSize` (default `default`, at most `max`) and `pageToken` (the offset,
-/// as this simulator writes it).
-pub(crate) fn page<T: Clone>(
-    items: &[T],
-    page_size: Option<&str>,
-    page_token: Option<&str>,
-    default: usize,
-    max: usize,
-) -> Result<(Vec<T>, Option<String>), ApiError> {
-    let size = match page_size {
-        None | Some("") => default,
-        Some(s) => match s.parse::<i64>() {
-            Ok(n) if n <= 0 => default,
-            Ok(n) => (n as usize).min(max),
-            Err(_) => {
-                return Err(errors::invalid_argument(&format!(
-                    "Invalid value at 'page_size' (TYPE_INT32), \"{}\"",
-                    shown(s)
-                )));
-            }
-        },
-    };
-    let start = match page_token {
-        None | Some("") => 0,
-        Some(t) => t
-            .strip_prefix("sim-")
-            .and_then(|n| n.parse::<usize>().ok())
-            .filter(|n| *n <= items.len())
-            .ok_or_else(|| errors::invalid_argument("Invalid page token."))?,
-    };
-    let end = (start + size).min(items.len());
-    let next = (end < items.len()).then(|| format!("sim-{end}"));
-    Ok((items[start..end].to_vec(), next))
-}
-
-/// `GET files`: the key's project's files.
-pub(crate) async fn list_files(
-    State(st): State<Arc<SimState>>,
-    Path(version): Path<String>,
-    Query(q): Query<FileQuery>,
-    peer: Peer,
-    headers: HeaderMap,
-) -> Response {
-    let key = match admit_resource(
-        &st,
-        &version,
-        &headers,
-        q.key.as_deref(),
-        Route::ListFiles,
-        &peer,
-    ) {
-        Ok(k) => k,
-        Err(r) => return *r,
-    };
-    let now = st.clock.now_ms();
-    let mut files: Vec<StoredFile> = {
-        let mut res = st.resources.lock();
-        res.purge(now);
-        res.files
-            .values()
-            .filter(|f| f.project == key.project)
-            .cloned()
-            .collect()
-    };
-    // Newest first, as Google lists them.
-    files.sort_by(|a, b| b.create_ms.cmp(&a.create_ms).then(a.id.cmp(&b.id)));
-    // Files API: pageSize default 10, at most 100 (ai.google.dev/api/files#method:-files.list).
-    match page(
-        &files,
-        q.page_size.as_deref(),
-        q.page_token.as_deref(),
-        10,
-        100,
-    ) {
-        Ok((items, next)) => {
-            st.record_status(Some(&key), 200);
-            let mut v = json!({});
-            if !items.is_empty() {
-                v["files"] = items.iter().map(StoredFile::json).collect();
-            }
-            if let Some(t) = next {
-                v["nextPageToken"] = json!(t);
-            }
-            json_response(200, &v)
-        }
-        Err(e) => refuse(&st, Some(&key), &e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn multipart_related_splits_into_metadata_and_media() {
-        let body = b"--xyz\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{\"file\":{\"displayName\":\"a\"}}\r\n--xyz\r\nContent-Type: application/pdf\r\n\r\n%PDF-1.4 bytes\r\n--xyz--\r\n";
-        let (meta, mime, data) = split_multipart("multipart/related; boundary=xyz", body).unwrap();
-        assert_eq!(meta, b"{\"file\":{\"displayName\":\"a\"}}");
-        assert_eq!(mime.as_deref(), Some("application/pdf"));
-        assert_eq!(data, b"%PDF-1.4 bytes");
-        assert!(split_multipart("multipart/related", body).is_err());
-        assert!(split_multipart("multipart/related; boundary=abc", body).is_err());
-    }
-
-    #[test]
-    fn pages_walk_the_list_once() {
-        let items: Vec<u32> = (0..25).collect();
-        let (a, t) = page(&items, Some("10"), None, 10, 100).unwrap();
-        assert_eq!(a, (0..10).collect::<Vec<_>>());
-        let (b, t) = page(&items, Some("10"), t.as_deref(), 10, 100).unwrap();
-        assert_eq!(b, (10..20).collect::<Vec<_>>());
-        let (c, t) = page(&items, Some("10"), t.as_deref(), 10, 100).unwrap();
-        assert_eq!((c.len(), t), (5, None));
-        assert!(page(&items, None, Some("bogus"), 10, 100).is_err());
-        assert!(page(&items, Some("x"), None, 10, 100).is_err());
-        assert_eq!(
-            page(&items, Some("1000"), None, 10, 100).unwrap().0.len(),
-            25
-        );
     }
 }

@@ -5,11 +5,9 @@
 //! `(now - 60 s, now]`), and a count per Pacific calendar day. This is deliberately a different
 //! rule from keyturn-core's one-second buckets, so the two cannot share a mistake.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use jiff::civil::Date;
-use jiff::tz::TimeZone;
 use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -18,59 +16,13 @@ use crate::config::{
     Faults, KeyState, Limits, ProjectConfig, ProjectState, Route, ScriptRule, SimConfig,
     SimConfigError,
 };
-use crate::errors::QuotaKind;
 
-const MINUTE_MS: i64 = 60_000;
+mod clock;
+mod quota;
 
-/// Real time plus an offset.
-#[derive(Debug, Default)]
-pub struct SimClock {
-    offset_ms: AtomicI64,
-}
-
-impl SimClock {
-    /// Now (Unix ms) in the simulated world.
-    #[allow(clippy::disallowed_methods)] // the simulator is its own world with its own clock
-    pub fn now_ms(&self) -> i64 {
-        let real = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        real + self.offset_ms.load(Ordering::Relaxed)
-    }
-
-    /// Moves simulated time forward.
-    pub fn advance(&self, ms: i64) {
-        self.offset_ms.fetch_add(ms.max(0), Ordering::Relaxed);
-    }
-
-    /// The offset from real time.
-    pub fn offset_ms(&self) -> i64 {
-        self.offset_ms.load(Ordering::Relaxed)
-    }
-}
-
-fn pacific() -> TimeZone {
-    jiff::tz::db()
-        .get("America/Los_Angeles")
-        .unwrap_or(TimeZone::UTC)
-}
-
-/// The Pacific date of an instant.
-pub fn pacific_date(ms: i64) -> Date {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.to_zoned_datetime(pacific()).date())
-        .unwrap_or_default()
-}
-
-/// The next Pacific midnight after `ms`.
-pub fn next_pacific_midnight(ms: i64) -> i64 {
-    let tz = pacific();
-    pacific_date(ms)
-        .tomorrow()
-        .ok()
-        .and_then(|d| d.to_zoned_datetime(tz).ok())
-        .map_or(ms + 86_400_000, |z| z.timestamp().as_millisecond())
-}
+pub use self::clock::{SimClock, next_pacific_midnight, pacific_date};
+pub use self::quota::Refusal;
+use self::quota::ScopeQuota;
 
 /// A key as the simulator knows it.
 #[derive(Debug, Clone)]
@@ -83,110 +35,6 @@ pub struct KeyInfo {
     pub project: String,
     /// State.
     pub state: KeyState,
-}
-
-/// Why a request was refused by quota.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal {
-    /// Which quota.
-    pub kind: QuotaKind,
-    /// Its limit.
-    pub limit: u64,
-    /// When to retry (ms from now).
-    pub retry_ms: u64,
-}
-
-#[derive(Debug, Default)]
-struct ScopeQuota {
-    log: VecDeque<(i64, u64, u64)>,
-    requests: u64,
-    tokens: u64,
-    day: Date,
-    day_count: u64,
-    admitted: u64,
-    refused: BTreeMap<&'static str, u64>,
-    peak_rpm: u64,
-    peak_tpm: u64,
-}
-
-impl ScopeQuota {
-    fn evict(&mut self, now: i64) {
-        while let Some(&(t, r, k)) = self.log.front() {
-            if t > now - MINUTE_MS {
-                break;
-            }
-            self.log.pop_front();
-            self.requests -= r;
-            self.tokens -= k;
-        }
-        let today = pacific_date(now);
-        if today != self.day {
-            self.day = today;
-            self.day_count = 0;
-        }
-    }
-
-    /// When `n` requests and `t` tokens would fit under rpm/tpm (ms from now).
-    fn minute_retry(&self, now: i64, n: u64, t: u64, l: &Limits) -> u64 {
-        let (mut r, mut k) = (self.requests, self.tokens);
-        for &(at, rr, kk) in &self.log {
-            r -= rr;
-            k -= kk;
-            if l.rpm.is_none_or(|x| r + n <= x) && l.tpm.is_none_or(|x| k + t <= x) {
-                return (at + MINUTE_MS - now + 1).max(1) as u64;
-            }
-        }
-        1
-    }
-
-    fn admit(&mut self, now: i64, n: u64, t: u64, l: &Limits) -> Result<(), Refusal> {
-        self.evict(now);
-        let refuse = |kind, limit, retry_ms| Refusal {
-            kind,
-            limit,
-            retry_ms,
-        };
-        let result = if let Some(rpd) = l.rpd.filter(|x| self.day_count + n > *x) {
-            // Like the real service: a short retryDelay even though the day is over.
-            let to_next_minute = (MINUTE_MS - now.rem_euclid(MINUTE_MS)) as u64;
-            Err(refuse(QuotaKind::PerDay, rpd, to_next_minute.max(1000)))
-        } else if let Some(rpm) = l.rpm.filter(|x| self.requests + n > *x) {
-            Err(refuse(
-                QuotaKind::PerMinute,
-                rpm,
-                self.minute_retry(now, n, t, l),
-            ))
-        } else if let Some(tpm) = l.tpm.filter(|x| self.tokens + t > *x) {
-            Err(refuse(
-                QuotaKind::Tokens,
-                tpm,
-                self.minute_retry(now, n, t, l),
-            ))
-        } else {
-            Ok(())
-        };
-        match result {
-            Ok(()) => {
-                self.log.push_back((now, n, t));
-                self.requests += n;
-                self.tokens += t;
-                self.day_count += n;
-                self.admitted += n;
-                self.peak_rpm = self.peak_rpm.max(self.requests);
-                self.peak_tpm = self.peak_tpm.max(self.tokens);
-                Ok(())
-            }
-            Err(r) => {
-                let name = match r.kind {
-                    QuotaKind::PerDay => "per-day",
-                    QuotaKind::PerMinute => "per-minute",
-                    QuotaKind::Tokens => "tokens",
-                };
-                *self.refused.entry(name).or_default() += 1;
-                Err(r)
-            }
-        }
-    }
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -293,6 +141,14 @@ impl SimState {
             response_seq: AtomicU64::new(0),
             resources: Mutex::new(crate::resources::Resources::default()),
         }
+    }
+
+    /// A new `responseId`: `sim-` and 12 hex digits, unique in this simulator.
+    pub fn next_response_id(&self) -> String {
+        format!(
+            "sim-{:012x}",
+            self.response_seq.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     /// Notes that `key` asked for `resource` (owned by `owner`, when known) on `route`.
@@ -697,59 +553,4 @@ fn register(
     inner.key_fingerprints.push(fp);
     inner.keys.insert(key.to_owned(), info.clone());
     info
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sliding_log_never_admits_past_rpm_in_any_minute() {
-        let mut q = ScopeQuota::default();
-        let l = Limits::new(3, 1_000_000, 1000);
-        let t0 = 1_768_420_800_000;
-        let mut admitted = vec![];
-        for i in 0..400 {
-            let now = t0 + i * 1_000;
-            if q.admit(now, 1, 1, &l).is_ok() {
-                admitted.push(now);
-            }
-        }
-        for &a in &admitted {
-            let n = admitted
-                .iter()
-                .filter(|&&b| b >= a && b < a + 60_000)
-                .count();
-            assert!(n <= 3);
-        }
-        assert_eq!(q.peak_rpm, 3);
-        // Exactly 3 per 60 s with 1 s steps: admitted at 0,1,2, 60,61,62, ...
-        assert_eq!(admitted.len(), 3 * 7);
-    }
-
-    #[test]
-    fn refusals_name_the_quota_and_when() {
-        let mut q = ScopeQuota::default();
-        let l = Limits::new(2, 100, 1);
-        let t0 = 1_768_420_800_000;
-        assert!(q.admit(t0, 1, 10, &l).is_ok());
-        let r = q.admit(t0 + 5, 1, 10, &l).unwrap_err();
-        assert_eq!((r.kind, r.limit), (QuotaKind::PerDay, 1));
-        let l = Limits::new(1, 100, 10);
-        let r = q.admit(t0 + 10_000, 1, 10, &l).unwrap_err();
-        assert_eq!((r.kind, r.limit), (QuotaKind::PerMinute, 1));
-        assert_eq!(r.retry_ms, 50_001);
-        let l = Limits::new(10, 15, 10);
-        let r = q.admit(t0 + 10_000, 1, 10, &l).unwrap_err();
-        assert_eq!(r.kind, QuotaKind::Tokens);
-    }
-
-    #[test]
-    fn the_day_rolls_at_pacific_midnight() {
-        // 2026-01-15T07:59:59Z = 23:59:59 PST.
-        let t = 1_768_463_999_000;
-        assert_eq!(pacific_date(t).to_string(), "2026-01-14");
-        assert_eq!(pacific_date(t + 1000).to_string(), "2026-01-15");
-        assert_eq!(next_pacific_midnight(t), t + 1000);
-    }
 }

@@ -1,41 +1,21 @@
-//! The Files API through the proxy, each file pinned to the project whose key uploaded it.
-//!
-//! - `POST /upload/{version}/files`, resumable (`X-Goog-Upload-Protocol: resumable`): the
-//!   `start` goes upstream with a pool key; the answer's `X-Goog-Upload-URL` is checked (it must
-//!   stay on `GEMINI_BASE_URL`'s host) and replaced by the proxy's own
-//!   `…/upload/{version}/files?upload_id=ID`, where ID is 256 random bits that name a session
-//!   kept in this process: the upstream URL, the key that started it, the client token that
-//!   started it. `upload`, `finalize` and `query` commands go to the upstream session with that
-//!   same key; an unknown id, or another client's, is 404. A command may come without a client
-//!   token (google-genai sends chunks without a key): the session id is then its credential, as
-//!   Google's `upload_id` is. The client never sees a key or the upstream URL.
-//! - Multipart (`X-Goog-Upload-Protocol: multipart`, or `uploadType=multipart`): one request,
-//!   streamed upstream with a pool key.
-//! - Upload bodies stream through, never held whole, under `max_upload_bytes`; a body that stalls
-//!   for `body_timeout` is cut off.
-//! - On the answer that holds the file (`{"file": {"name": "files/…", "expirationTime": …}}`) the
-//!   owner is recorded, until the file's `expirationTime` (48 h when absent).
-//! - `GET files/{id}`, `DELETE files/{id}`: with the owner's keys; a file the proxy never saw is
-//!   looked for with one key per project (free calls), and its owner learned when found.
-//! - `GET files`: the files of every project that owns one the proxy knows of, one project's
-//!   page after another, behind a page token of the proxy's own (`{project index}.{hex of
-//!   upstream token}`; a hostile token is refused).
+//! Uploads through the proxy: the sessions this process keeps (by an opaque id the client
+//! holds), the resumable commands relayed with the key that started them, and multipart uploads.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures::StreamExt;
-use keyturn_core::resources::{BATCH_RETENTION_MS, FILE_LIFETIME_MS};
-use keyturn_core::{Fingerprint, KeyId, ResourceKind, ResourceName};
-use serde_json::{Value, json};
+use keyturn_core::{Fingerprint, KeyId};
+use serde_json::Value;
 
+use super::{bad_gateway, learn, transport};
 use crate::affinity::{self, Sent};
-use crate::answer::{Answer, Problem, invalid, not_found};
+use crate::answer::{Answer, Problem, invalid};
 use crate::auth::{Client, SessionOnly};
 use crate::{ProxyState, Refusal, slot};
 
@@ -107,28 +87,6 @@ pub(crate) struct UploadQuery {
     upload_id: Option<String>,
     #[serde(rename = "uploadType")]
     upload_type: Option<String>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-pub(crate) struct ListQuery {
-    #[serde(rename = "pageSize")]
-    page_size: Option<u32>,
-    #[serde(rename = "pageToken")]
-    page_token: Option<String>,
-}
-
-pub(crate) fn transport<'a>(
-    st: &'a ProxyState,
-    version: &str,
-) -> Result<&'a keyturn_gemini::Transport, Refusal> {
-    let Some(up) = &st.upstream else {
-        return Err(not_found().into());
-    };
-    match version {
-        "v1beta" => Ok(&up.v1beta),
-        "v1" => Ok(&up.v1),
-        _ => Err(not_found().into()),
-    }
 }
 
 /// `POST /upload/{version}/files`.
@@ -478,38 +436,6 @@ async fn finish(
     Ok(answer_with_upload_headers(st, &sent))
 }
 
-/// Records the owner of a resource the upstream described: a file (`name`, `expirationTime`,
-/// 48 h when absent), a cached content (`expireTime`, an hour when absent), a batch (its
-/// operation's `name`; kept for [`BATCH_RETENTION_MS`] unless deleted).
-pub(crate) async fn learn(st: &ProxyState, key: KeyId, v: &Value) -> Result<(), Refusal> {
-    let Some(name) = v
-        .get("name")
-        .and_then(Value::as_str)
-        .and_then(|n| ResourceName::parse(n).ok())
-    else {
-        return Ok(());
-    };
-    let Some(project) = affinity::project_of(st, key) else {
-        return Ok(());
-    };
-    let now = st.clock.now_ms();
-    let at = |field: &str| {
-        v.get(field)
-            .and_then(Value::as_str)
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .map(|t| t.as_millisecond())
-    };
-    let expires = match name.kind() {
-        ResourceKind::Files => at("expirationTime").unwrap_or(now.saturating_add(FILE_LIFETIME_MS)),
-        ResourceKind::CachedContents => at("expireTime").unwrap_or(now.saturating_add(3_600_000)),
-        ResourceKind::Batches => now.saturating_add(BATCH_RETENTION_MS),
-    };
-    st.resources
-        .record(&name, &project, expires)
-        .await
-        .map_err(|_| affinity::unavailable())
-}
-
 /// The answer to an upload command: status, body (less any pool key), content type and the
 /// `x-goog-upload-*` headers that describe the session's state — never the upstream URLs.
 fn answer_with_upload_headers(st: &ProxyState, sent: &Sent) -> Response {
@@ -525,15 +451,6 @@ fn answer_with_upload_headers(st: &ProxyState, sent: &Sent) -> Response {
         }
     }
     r
-}
-
-fn bad_gateway(detail: &str) -> Refusal {
-    Problem::new(
-        StatusCode::BAD_GATEWAY,
-        "UNAVAILABLE",
-        format!("keyturn proxy: {detail}"),
-    )
-    .into()
 }
 
 fn new_upload_id() -> String {
@@ -565,305 +482,9 @@ fn proxy_upload_url(headers: &HeaderMap, version: &str, id: &str) -> Result<Stri
     ))
 }
 
-/// `GET /{version}/files/{id}`.
-pub(crate) async fn get_file(
-    State(st): State<Arc<ProxyState>>,
-    Path((version, id)): Path<(String, String)>,
-) -> Response {
-    about_file(&st, &version, &id, reqwest::Method::GET)
-        .await
-        .unwrap_or_else(Answer::gemini)
-}
-
-/// `DELETE /{version}/files/{id}`.
-pub(crate) async fn delete_file(
-    State(st): State<Arc<ProxyState>>,
-    Path((version, id)): Path<(String, String)>,
-) -> Response {
-    about_file(&st, &version, &id, reqwest::Method::DELETE)
-        .await
-        .unwrap_or_else(Answer::gemini)
-}
-
-async fn about_file(
-    st: &ProxyState,
-    version: &str,
-    id: &str,
-    method: reqwest::Method,
-) -> Result<Response, Refusal> {
-    let name = ResourceName::new(ResourceKind::Files, id)
-        .map_err(|e| Refusal::from(invalid(&e.to_string())))?;
-    let what = About {
-        method,
-        action: None,
-        query: None,
-        body: None,
-    };
-    about(st, version, &name, what).await
-}
-
-/// What is done to one resource: the method, an action (`cancel`), a query (`updateMask=ttl`,
-/// already validated), a JSON body.
-pub(crate) struct About {
-    pub(crate) method: reqwest::Method,
-    pub(crate) action: Option<&'static str>,
-    pub(crate) query: Option<String>,
-    pub(crate) body: Option<Bytes>,
-}
-
-/// A call about one resource, with its owner's keys (or, never seen, one key per project until
-/// one has it: these calls cost no quota); what the answer says about the resource is learned
-/// (its owner and expiry), and a deleted one forgotten.
-pub(crate) async fn about(
-    st: &ProxyState,
-    version: &str,
-    name: &ResourceName,
-    what: About,
-) -> Result<Response, Refusal> {
-    let About {
-        method,
-        action,
-        query,
-        body,
-    } = what;
-    let transport = transport(st, version)?.clone();
-    let path = match action {
-        Some(a) => format!("{name}:{a}"),
-        None => name.to_string(),
-    };
-    let mut url = transport
-        .resource_url(&path)
-        .map_err(|e| Refusal::from(invalid(&e.to_string())))?;
-    if let Some(q) = query {
-        url = format!("{url}?{q}");
-    }
-    let mut headers = HeaderMap::new();
-    if body.is_some() {
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-    }
-    let _permit = slot(st).await?;
-    let owner = st
-        .resources
-        .owner(name)
-        .await
-        .map_err(|_| affinity::unavailable())?;
-    let known = owner
-        .as_deref()
-        .filter(|p| affinity::key_of(st, p).is_some());
-    let keys: Vec<Vec<KeyId>> = match known {
-        Some(p) => vec![affinity::keys_for(st, Some(p))],
-        // Each project's keys, tried in turn only while refused or unreachable (or switched off).
-        None => affinity::one_key_per_project(st)
-            .into_iter()
-            .map(|(_, p)| affinity::keys_for(st, Some(&p)))
-            .collect(),
-    };
-    let mut last = None;
-    for keys in keys {
-        let sent = affinity::send_with(
-            st,
-            &transport,
-            &keys,
-            method.clone(),
-            &url,
-            &headers,
-            body.clone(),
-        )
-        .await?;
-        let done = sent.status.is_success();
-        last = Some(sent);
-        if done {
-            break;
-        }
-    }
-    let sent = last.ok_or_else(affinity::unavailable)?;
-    if sent.status.is_success() {
-        if method == reqwest::Method::DELETE {
-            st.resources
-                .forget(name)
-                .await
-                .map_err(|_| affinity::unavailable())?;
-        } else if let Ok(v) = serde_json::from_slice::<Value>(&sent.body)
-            && v.get("name").and_then(Value::as_str) == Some(name.to_string().as_str())
-        {
-            learn(st, sent.key, &v).await?;
-        }
-    }
-    Ok(affinity::relay(st, sent.status, &sent.body))
-}
-
-/// `GET /{version}/files`.
-pub(crate) async fn list_files(
-    State(st): State<Arc<ProxyState>>,
-    Path(version): Path<String>,
-    Query(q): Query<ListQuery>,
-) -> Response {
-    list(&st, &version, ResourceKind::Files, q)
-        .await
-        .unwrap_or_else(Answer::gemini)
-}
-
-/// Longest upstream page token the proxy wraps.
-const MAX_UPSTREAM_TOKEN: usize = 2048;
-
-fn page_token(project: usize, upstream: &str) -> String {
-    let hex: String = upstream.bytes().map(|b| format!("{b:02x}")).collect();
-    format!("{project}.{hex}")
-}
-
-fn parse_page_token(token: &str) -> Option<(usize, String)> {
-    let (p, hex) = token.split_once('.')?;
-    if p.is_empty() || p.len() > 6 || !p.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if hex.len() % 2 != 0 || hex.len() > MAX_UPSTREAM_TOKEN * 2 {
-        return None;
-    }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    Some((p.parse().ok()?, String::from_utf8(bytes).ok()?))
-}
-
-/// A merged list: one project's page per client page, the projects in order.
-pub(crate) async fn list(
-    st: &ProxyState,
-    version: &str,
-    kind: ResourceKind,
-    q: ListQuery,
-) -> Result<Response, Refusal> {
-    let transport = transport(st, version)?.clone();
-    let bad_token = || Refusal::from(invalid("pageToken is not one this proxy gave out"));
-    let (index, upstream_token) = match q.page_token.as_deref().filter(|t| !t.is_empty()) {
-        Some(t) => parse_page_token(t).ok_or_else(bad_token)?,
-        None => (0, String::new()),
-    };
-    let projects: Vec<String> = st
-        .resources
-        .projects(kind)
-        .await
-        .map_err(|_| affinity::unavailable())?
-        .into_iter()
-        .filter(|p| affinity::key_of(st, p).is_some())
-        .collect();
-    let Some(project) = projects.get(index) else {
-        if index == 0 {
-            return Ok(affinity::relay(
-                st,
-                StatusCode::OK,
-                &Bytes::from_static(b"{}"),
-            ));
-        }
-        return Err(bad_token());
-    };
-    let token = (!upstream_token.is_empty()).then_some(upstream_token.as_str());
-    let url = transport
-        .list_url(
-            kind.collection(),
-            q.page_size.map(|n| n.clamp(1, 1000)),
-            token,
-        )
-        .map_err(|e| Refusal::from(invalid(&e.to_string())))?;
-    let _permit = slot(st).await?;
-    let keys = affinity::keys_for(st, Some(project));
-    let sent = affinity::send_with(
-        st,
-        &transport,
-        &keys,
-        reqwest::Method::GET,
-        &url,
-        &HeaderMap::new(),
-        None,
-    )
-    .await?;
-    if !sent.status.is_success() {
-        return Ok(affinity::relay(st, sent.status, &sent.body));
-    }
-    let mut page: Value = serde_json::from_slice(&sent.body)
-        .map_err(|_| bad_gateway("a list answer was not JSON"))?;
-    let next = match page
-        .get("nextPageToken")
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-    {
-        Some(t) if t.len() <= MAX_UPSTREAM_TOKEN => Some(page_token(index, t)),
-        Some(_) => return Err(bad_gateway("an upstream page token was too long")),
-        None if index + 1 < projects.len() => Some(page_token(index + 1, "")),
-        None => None,
-    };
-    if let Some(o) = page.as_object_mut() {
-        o.remove("nextPageToken");
-        if let Some(t) = next {
-            o.insert("nextPageToken".into(), json!(t));
-        }
-    }
-    Ok(affinity::relay(
-        st,
-        StatusCode::OK,
-        &Bytes::from(page.to_string()),
-    ))
-}
-
-/// `models/{model}:countTokens` for a body naming a resource of `project`: sent with that
-/// project's keys (no quota is spent counting).
-pub(crate) async fn count_tokens_of(
-    st: &ProxyState,
-    version: &str,
-    model: &str,
-    project: &str,
-    body: &Value,
-) -> Result<Response, Response> {
-    let fail = |r: Refusal| r.gemini();
-    let transport = transport(st, version).map_err(fail)?;
-    let url = transport
-        .model_url(model, "countTokens")
-        .map_err(|e| fail(invalid(&e.to_string()).into()))?;
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let keys = affinity::keys_for(st, Some(project));
-    let sent = affinity::send_with(
-        st,
-        transport,
-        &keys,
-        reqwest::Method::POST,
-        &url,
-        &headers,
-        Some(Bytes::from(body.to_string())),
-    )
-    .await
-    .map_err(fail)?;
-    Ok(affinity::relay(st, sent.status, &sent.body))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn page_tokens_round_trip_and_hostile_ones_are_refused() {
-        let t = page_token(2, "abc&x=1/..");
-        assert_eq!(parse_page_token(&t), Some((2, "abc&x=1/..".to_owned())));
-        assert_eq!(parse_page_token("0."), Some((0, String::new())));
-        for bad in [
-            "",
-            ".",
-            "x.00",
-            "1.0",
-            "1.zz",
-            "-1.00",
-            "99999999.00",
-            "1.ff",
-        ] {
-            assert_eq!(parse_page_token(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn only_upload_headers_go_upstream() {
