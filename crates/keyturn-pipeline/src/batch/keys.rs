@@ -1,0 +1,134 @@
+//! Which key a project's jobs go with, and taking up the jobs the checkpoint records.
+
+use keyturn_core::KeyEntry;
+use keyturn_gemini::BatchState;
+use keyturn_store::BatchRecord;
+
+use super::*;
+
+/// The keys the ledger has switched off (dead, or disabled by an operator): they submit, poll
+/// and read no job. When the ledger cannot say, none.
+pub(super) async fn switched_off(sink: &Sink<'_>) -> Vec<keyturn_core::Fingerprint> {
+    sink.services
+        .ledger
+        .status()
+        .await
+        .map(|st| {
+            st.keys
+                .into_iter()
+                .filter(|k| k.disabled.is_some())
+                .map(|k| k.fingerprint)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One project's first key (in ring order) that the ledger has not switched off, per project:
+/// the key its jobs go with.
+pub(super) async fn slots(sink: &Sink<'_>) -> Vec<Slot> {
+    let off = switched_off(sink).await;
+    let ring = sink.services.ledger.keys();
+    let mut out: Vec<Slot> = Vec::new();
+    for (_, e) in ring.active() {
+        if off.contains(&e.fingerprint()) {
+            continue;
+        }
+        if !out.iter().any(|s| s.project == e.project) {
+            out.push(Slot {
+                project: e.project.clone(),
+                key: e.clone(),
+                off: false,
+            });
+        }
+    }
+    out
+}
+
+impl Driver<'_, '_> {
+    /// The key to poll a recorded job with: the one that submitted it, else any key of its
+    /// project (never another project's: the job is not theirs); never one the ledger switched
+    /// off.
+    async fn key_for(&self, rec: &BatchRecord) -> Option<KeyEntry> {
+        let off = switched_off(self.sink).await;
+        let ring = self.sink.services.ledger.keys();
+        let entries: Vec<KeyEntry> = ring
+            .active()
+            .filter(|(_, e)| !off.contains(&e.fingerprint()))
+            .map(|(_, e)| e.clone())
+            .collect();
+        entries
+            .iter()
+            .find(|e| e.fingerprint().to_string() == rec.key_fingerprint)
+            .or_else(|| entries.iter().find(|e| e.project == rec.project))
+            .cloned()
+    }
+
+    /// Takes up the jobs the checkpoint records.
+    pub(super) async fn resume(&mut self) -> Result<(), SeedError> {
+        let checkpoints = self.sink.checkpoints;
+        for (display, rec) in checkpoints.batches() {
+            let Some(key) = self.key_for(&rec).await else {
+                self.sink.progress.note(&format!(
+                    "batch job {display} belongs to project {} and no key of it is configured now; its episodes are submitted again",
+                    rec.project
+                ));
+                checkpoints.forget_batch(&display, self.now())?;
+                continue;
+            };
+            self.report.resumed += 1;
+            self.adopt(display, rec, key).await?;
+        }
+        Ok(())
+    }
+
+    /// A recorded job: polled if it has a name; else found by display name in its project's
+    /// list (adopted), or forgotten if Gemini never accepted it. A list that fails leaves the
+    /// record for the next round, so nothing is submitted twice on a guess.
+    pub(super) async fn adopt(
+        &mut self,
+        display: String,
+        mut rec: BatchRecord,
+        key: KeyEntry,
+    ) -> Result<(), SeedError> {
+        let checkpoints = self.sink.checkpoints;
+        if rec.name.is_none() {
+            match self.client.list(&key).await {
+                Ok(jobs) => {
+                    match jobs
+                        .into_iter()
+                        .find(|j| j.display_name.as_deref() == Some(display.as_str()))
+                    {
+                        Some(j) => {
+                            rec.name = Some(j.name);
+                            checkpoints.record_batch(&display, rec.clone(), self.now())?;
+                            self.report.adopted += 1;
+                            self.sink.progress.note(&format!(
+                                "batch job {display} was accepted before the last run stopped; polling it"
+                            ));
+                        }
+                        None => {
+                            checkpoints.forget_batch(&display, self.now())?;
+                            for e in rec.episodes.iter().rev() {
+                                if self.work.contains_key(&e.id) && !self.queue.contains(&e.id) {
+                                    self.queue.push_front(e.id.clone());
+                                }
+                            }
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(e) => {
+                    let job = display.as_str();
+                    tracing::warn!(job, error = %e, "could not list batch jobs; will look again");
+                }
+            }
+        }
+        self.live.push(Live {
+            display,
+            record: rec,
+            key,
+            state: BatchState::Unknown,
+        });
+        Ok(())
+    }
+}
