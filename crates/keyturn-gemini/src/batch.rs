@@ -157,6 +157,11 @@ impl BatchClient {
         }
     }
 
+    /// The transport the client sends through (the pool's own).
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
     /// Bodies above `bytes` go as an uploaded JSONL file (default [`INLINE_LIMIT_BYTES`]; a test
     /// lowers it to exercise the file path).
     pub fn inline_limit(mut self, bytes: usize) -> Self {
@@ -477,12 +482,11 @@ impl BatchClient {
 }
 
 /// Whether an error on submit means the project cannot run batch jobs at all (free tier:
-/// `FAILED_PRECONDITION`), so the job should go to another project.
+/// `FAILED_PRECONDITION`, or a zero batch quota), so the job should go to another project. A
+/// dead key, a project whose API is disabled or whose credits ran out is not that: it is what
+/// any call would meet, for the ledger to learn, and the project's other keys may still submit.
 pub fn batch_refused(e: &GeminiError) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::ModelUnavailable | ErrorKind::ProjectOff | ErrorKind::ProjectDead(_)
-    )
+    matches!(e.kind(), ErrorKind::ModelUnavailable)
 }
 
 /// A job name as Gemini gives it, `batches/{id}`, the id valid; anything else is refused before

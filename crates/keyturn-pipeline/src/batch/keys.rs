@@ -23,20 +23,19 @@ pub(super) async fn switched_off(sink: &Sink<'_>) -> Vec<keyturn_core::Fingerpri
         .unwrap_or_default()
 }
 
-/// One project's first key (in ring order) that the ledger has not switched off, per project:
-/// the key its jobs go with.
+/// Every project with a key the ledger has not switched off, in ring order.
 pub(super) async fn slots(sink: &Sink<'_>) -> Vec<Slot> {
     let off = switched_off(sink).await;
     let ring = sink.services.ledger.keys();
     let mut out: Vec<Slot> = Vec::new();
-    for (_, e) in ring.active() {
+    for (id, e) in ring.active() {
         if off.contains(&e.fingerprint()) {
             continue;
         }
         if !out.iter().any(|s| s.project == e.project) {
             out.push(Slot {
                 project: e.project.clone(),
-                key: e.clone(),
+                pin: id,
                 off: false,
             });
         }
@@ -61,6 +60,26 @@ impl Driver<'_, '_> {
             .find(|e| e.fingerprint().to_string() == rec.key_fingerprint)
             .or_else(|| entries.iter().find(|e| e.project == rec.project))
             .cloned()
+    }
+
+    /// The key of `project` after `key` in ring order (wrapping round), among those the ledger
+    /// has not switched off: where a job's calls go when its key's calls fail.
+    pub(super) async fn next_key_in(&self, project: &str, key: &KeyEntry) -> Option<KeyEntry> {
+        let off = switched_off(self.sink).await;
+        let ring = self.sink.services.ledger.keys();
+        let keys: Vec<&KeyEntry> = ring
+            .active()
+            .map(|(_, e)| e)
+            .filter(|e| e.project == project && !off.contains(&e.fingerprint()))
+            .collect();
+        let at = keys
+            .iter()
+            .position(|e| e.fingerprint() == key.fingerprint());
+        let next = match at {
+            Some(i) => keys.get(i + 1).or_else(|| keys.first()),
+            None => keys.first(),
+        };
+        next.map(|e| (*e).clone())
     }
 
     /// Takes up the jobs the checkpoint records.
@@ -120,6 +139,16 @@ impl Driver<'_, '_> {
                 Err(e) => {
                     let job = display.as_str();
                     tracing::warn!(job, error = %e, "could not list batch jobs; will look again");
+                    // The key (or its route) may be what fails: the next look goes with the
+                    // project's next key, so one broken key cannot hold the job forever.
+                    let next = self.next_key_in(&rec.project, &key).await;
+                    self.live.push(Live {
+                        display,
+                        record: rec,
+                        key: next.unwrap_or(key),
+                        state: BatchState::Unknown,
+                    });
+                    return Ok(());
                 }
             }
         }

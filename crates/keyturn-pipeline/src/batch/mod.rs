@@ -19,6 +19,12 @@
 //! - **Free-tier projects refuse batches.** A `FAILED_PRECONDITION` on submit switches batch off
 //!   for that project for the run, says so, and its job goes to another project. With no project
 //!   left, the rest is done interactively (`--batch-fallback interactive`) or fails.
+//! - **A key's refusal is the key's.** Each submit goes with a key the ledger leases within the
+//!   project (so a key it knows dead, disabled or failing is passed over) and is settled on it:
+//!   a dead key (or a bare 403 its free probe confirms) is reported as any call would report
+//!   it, and the project's next key takes the job; a transient failure counts toward that key's
+//!   breaker. Batch-only refusals (`FAILED_PRECONDITION`, a batch limit's 429) blame nothing
+//!   the interactive calls rely on. Polls and look-ups that fail move to the project's next key.
 //! - **Polled with backoff**: from [`BatchOptions::poll`] doubling to [`BatchOptions::max_poll`],
 //!   back to the start whenever a job changes state.
 //!
@@ -129,10 +135,11 @@ struct Work {
     failures: u32,
 }
 
-/// A project that may take jobs, and the key its jobs go with.
+/// A project that may take jobs, and one key of it (the ledger picks the key each job goes
+/// with among that project's).
 struct Slot {
     project: String,
-    key: KeyEntry,
+    pin: keyturn_core::KeyId,
     off: bool,
 }
 

@@ -31,6 +31,14 @@ impl Driver<'_, '_> {
                 }
                 Err(e) => {
                     tracing::warn!(job = %name, error = %e, "polling a batch job failed; will poll again");
+                    // With the project's next key: the key or its route may be what fails.
+                    let (project, key) = (
+                        self.live[i].record.project.clone(),
+                        self.live[i].key.clone(),
+                    );
+                    if let Some(next) = self.next_key_in(&project, &key).await {
+                        self.live[i].key = next;
+                    }
                     i += 1;
                     continue;
                 }

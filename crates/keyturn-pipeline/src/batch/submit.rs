@@ -1,7 +1,9 @@
 //! Submitting the queue as jobs over the projects that take them.
 
+use keyturn_core::{AcquireError, Demand, Lease, Outcome};
 use keyturn_gemini::batch::batch_refused;
-use keyturn_gemini::{BatchRequest, BatchState, ErrorKind};
+use keyturn_gemini::check::KeyCheck;
+use keyturn_gemini::{BatchRequest, BatchState, ErrorKind, GeminiError};
 use keyturn_store::{BatchEpisode, BatchRecord};
 
 use super::*;
@@ -22,14 +24,23 @@ impl Driver<'_, '_> {
             let Some(slot) = self.pick_slot() else {
                 return self.no_project_left(tally).await;
             };
-            let (key, project) = (
-                self.slots[slot].key.clone(),
-                self.slots[slot].project.clone(),
-            );
+            let project = self.slots[slot].project.clone();
+            let model = self.sink.ctx.opts.model.clone();
+            let (lease, key) = match self.lease_in(slot, &model).await {
+                Ok(got) => got,
+                Err(e) if matches!(e, AcquireError::Exhausted { .. }) => {
+                    // Room comes back with time: the job goes after the next poll.
+                    tracing::info!(project = %project, error = %e, "no key of the project may send now; submitting later");
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.switch_off(slot, format!("no key of it can submit ({e})"));
+                    continue;
+                }
+            };
             let mut episodes = Vec::new();
             let mut requests = Vec::new();
             let schema = extraction_schema();
-            let model = self.sink.ctx.opts.model.clone();
             while let Some(id) = self.queue.front() {
                 let Some(w) = self.work.get(id) else {
                     self.queue.pop_front();
@@ -55,6 +66,7 @@ impl Driver<'_, '_> {
                 self.queue.pop_front();
             }
             if episodes.is_empty() {
+                self.settle(lease, Outcome::CallerFault).await;
                 continue;
             }
             self.seq += 1;
@@ -69,7 +81,16 @@ impl Driver<'_, '_> {
             };
             let checkpoints = self.sink.checkpoints;
             checkpoints.record_batch(&display, rec.clone(), self.now())?;
-            match self.client.submit(&key, &model, &display, &requests).await {
+            let sent = self.client.submit(&key, &model, &display, &requests).await;
+            let outcome = match &sent {
+                Ok(_) => Outcome::Success {
+                    input_tokens: Some(0),
+                },
+                Err(e) => self.outcome_of(&key, e).await,
+            };
+            let dead = matches!(outcome, Outcome::KeyDead(_) | Outcome::ProjectDead(_));
+            self.settle(lease, outcome).await;
+            match sent {
                 Ok(job) => {
                     self.report.submitted += 1;
                     abort_after_submit_hook(self.report.submitted);
@@ -120,20 +141,88 @@ impl Driver<'_, '_> {
                     for ep in rec.episodes.iter().rev() {
                         self.queue.push_front(ep.id.clone());
                     }
-                    let why = if batch_refused(&e) {
-                        format!("Gemini refused batch jobs there ({e})")
+                    if batch_refused(&e) {
+                        self.switch_off(slot, format!("Gemini refused batch jobs there ({e})"));
+                    } else if dead || e.kind() == ErrorKind::Unverified {
+                        // The key, not the project: the ledger knows it now (a dead key is
+                        // passed over), and the same project goes again with its next key.
+                        self.sink.progress.note(&format!(
+                            "batch job of project {project} refused on key '{}' ({e}); trying the project's next key",
+                            key.label
+                        ));
+                        self.next_slot = slot;
+                        if !dead {
+                            // A bare 403 whose probe did not say the key is dead: wait a poll
+                            // before asking again, rather than asking at once in a loop.
+                            return Ok(());
+                        }
                     } else {
-                        e.to_string()
-                    };
-                    self.sink.progress.note(&format!(
-                        "batch mode switched off for project {project}: {why}"
-                    ));
-                    self.report.projects_off.insert(project, why);
-                    self.slots[slot].off = true;
+                        let job = display.as_str();
+                        tracing::warn!(job, project = %project, error = %e, "batch submit refused; submitting again later");
+                        return Ok(());
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// A key of the slot's project for one submit, chosen by the ledger (a lease pinned to the
+    /// project): a key it knows dead, disabled by an operator or failing (its breaker open, its
+    /// route down) is passed over, and what the submit meets is settled on the key that met it.
+    /// The lease asks for no tokens: a job's tokens count against the batch limits, not the
+    /// interactive ones.
+    async fn lease_in(&self, slot: usize, model: &str) -> Result<(Lease, KeyEntry), AcquireError> {
+        let demand = Demand::tokens(0).within_project_of(self.slots[slot].pin);
+        let lease = self.sink.services.ledger.acquire(model, demand).await?;
+        let key = self.sink.services.ledger.keys().get(lease.key()).cloned();
+        match key {
+            Some(key) => Ok((lease, key)),
+            None => {
+                self.settle(lease, Outcome::CallerFault).await;
+                Err(AcquireError::AllKeysDisabled {
+                    model: model.to_owned(),
+                    detail: "the ledger leased a key its ring does not hold".into(),
+                })
+            }
+        }
+    }
+
+    /// What the ledger learns from a refused submit. About the key or its project as a whole
+    /// (dead, disabled, credits depleted, no answer): what an interactive call would teach. A
+    /// bare 403 is settled by the same free probe an interactive call makes. The rest is about
+    /// batches only and blames nothing: a free-tier project's `FAILED_PRECONDITION` says
+    /// nothing about its interactive calls, and a batch limit's 429 nothing about their limits.
+    async fn outcome_of(&self, key: &KeyEntry, e: &GeminiError) -> Outcome {
+        match e.kind() {
+            ErrorKind::DeadKey(_)
+            | ErrorKind::ProjectDead(_)
+            | ErrorKind::ProjectOff
+            | ErrorKind::Transient => e.outcome(),
+            ErrorKind::Unverified => {
+                match keyturn_gemini::check::check_key(self.client.transport(), &key.key).await {
+                    KeyCheck::Refused(reason) => Outcome::KeyDead(reason),
+                    KeyCheck::Alive | KeyCheck::Unknown(_) => Outcome::CallerFault,
+                }
+            }
+            _ => Outcome::CallerFault,
+        }
+    }
+
+    async fn settle(&self, lease: Lease, outcome: Outcome) {
+        if let Err(e) = self.sink.services.ledger.settle(lease, outcome).await {
+            tracing::warn!(error = %e, "could not settle a batch submit with the ledger");
+        }
+    }
+
+    /// Batch mode off for the slot's project for the rest of the run, said and reported.
+    fn switch_off(&mut self, slot: usize, why: String) {
+        let project = self.slots[slot].project.clone();
+        self.sink.progress.note(&format!(
+            "batch mode switched off for project {project}: {why}"
+        ));
+        self.report.projects_off.insert(project, why);
+        self.slots[slot].off = true;
     }
 
     fn pick_slot(&mut self) -> Option<usize> {
