@@ -4,7 +4,7 @@
 //! A job belongs to that project: it is created, polled, read and cancelled with a key of it, so
 //! every call here takes the key to use ([`KeyEntry`]) instead of rotating. The calls are the
 //! real API's (v1beta):
-//! - `POST models/{m}:batchGenerateContent` with `{"batch": {"displayName", "inputConfig":
+//! - `POST models/{m}:batchGenerateContent` (and `:asyncBatchEmbedContent` for embeddings) with `{"batch": {"displayName", "inputConfig":
 //!   {"requests": {"requests": [{"request", "metadata": {"key"}}]}}}}` — inline requests, while
 //!   the body stays under [`INLINE_LIMIT_BYTES`] — or `"inputConfig": {"fileName": "files/…"}`
 //!   naming a JSONL file of `{"key", "request"}` lines uploaded through the Files API
@@ -178,7 +178,32 @@ impl BatchClient {
         display_name: &str,
         requests: &[BatchRequest],
     ) -> Result<BatchJob, GeminiError> {
-        let url = self.transport.model_url(model, "batchGenerateContent")?;
+        self.submit_to("batchGenerateContent", key, model, display_name, requests)
+            .await
+    }
+
+    /// As [`BatchClient::submit`], a job of `EmbedContentRequest` bodies to an embedding model
+    /// (`models/{m}:asyncBatchEmbedContent`); each answer is an `EmbedContentResponse`.
+    pub async fn submit_embeddings(
+        &self,
+        key: &KeyEntry,
+        model: &str,
+        display_name: &str,
+        requests: &[BatchRequest],
+    ) -> Result<BatchJob, GeminiError> {
+        self.submit_to("asyncBatchEmbedContent", key, model, display_name, requests)
+            .await
+    }
+
+    async fn submit_to(
+        &self,
+        method: &str,
+        key: &KeyEntry,
+        model: &str,
+        display_name: &str,
+        requests: &[BatchRequest],
+    ) -> Result<BatchJob, GeminiError> {
+        let url = self.transport.model_url(model, method)?;
         let inline: Vec<Value> = requests
             .iter()
             .map(|r| json!({"request": r.request, "metadata": {"key": r.key}}))

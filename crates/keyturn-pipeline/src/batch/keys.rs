@@ -127,10 +127,9 @@ impl Driver<'_, '_> {
                         }
                         None => {
                             checkpoints.forget_batch(&display, self.now())?;
+                            let embed = embed::is_embed(&display);
                             for e in rec.episodes.iter().rev() {
-                                if self.work.contains_key(&e.id) && !self.queue.contains(&e.id) {
-                                    self.queue.push_front(e.id.clone());
-                                }
+                                self.requeue_one(&e.id, embed, true);
                             }
                             return Ok(());
                         }

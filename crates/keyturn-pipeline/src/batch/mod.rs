@@ -28,7 +28,8 @@
 //! - **Polled with backoff**: from [`BatchOptions::poll`] doubling to [`BatchOptions::max_poll`],
 //!   back to the start whenever a job changes state.
 //!
-//! Embeddings stay interactive (`batchEmbedContents` on the pool), as the rest of an episode.
+//! Embeddings are interactive (`batchEmbedContents` on the pool), or with `[pipeline]
+//! batch_embeddings` batch jobs too ([`embed`]).
 //!
 //! Test hook (never for users): `KEYTURN_TEST_ABORT_AFTER_SUBMIT=N` aborts the process right
 //! after Gemini accepted the run's N-th job and before its name is checkpointed, which is how
@@ -75,6 +76,8 @@ pub struct BatchOptions {
     pub item_retries: u32,
     /// See [`BatchFallback`].
     pub fallback: BatchFallback,
+    /// The embeddings go as batch jobs too (`[pipeline] batch_embeddings`).
+    pub embeddings: bool,
 }
 
 impl Default for BatchOptions {
@@ -85,6 +88,7 @@ impl Default for BatchOptions {
             max_poll: Duration::from_secs(300),
             item_retries: 2,
             fallback: BatchFallback::Batch,
+            embeddings: false,
         }
     }
 }
@@ -128,11 +132,13 @@ struct Live {
     state: BatchState,
 }
 
-/// An episode still to extract.
+/// An episode still to extract (or, with batch embeddings, to embed).
 struct Work {
     item: Item,
     prepared: Prepared,
     failures: u32,
+    /// With `[pipeline] batch_embeddings`: where its embeddings stand.
+    embed: Option<embed::Embedding>,
 }
 
 /// A project that may take jobs, and one key of it (the ledger picks the key each job goes
@@ -165,6 +171,8 @@ pub(crate) async fn run_batches(
         opts,
         work: BTreeMap::new(),
         queue: VecDeque::new(),
+        embed_queue: VecDeque::new(),
+        held: Vec::new(),
         live: Vec::new(),
         slots: keys::slots(sink).await,
         next_slot: 0,
@@ -185,6 +193,7 @@ pub(crate) async fn run_batches(
                         item,
                         prepared,
                         failures: 0,
+                        embed: None,
                     },
                 );
             }
@@ -217,8 +226,20 @@ pub(crate) async fn run_batches(
             break;
         }
         d.submit_all(tally).await?;
-        if d.live.is_empty() && d.queue.is_empty() {
-            break;
+        if d.live.is_empty() && d.queue.is_empty() && d.embed_queue.is_empty() {
+            // An episode still here waits for a job no longer live (a checkpoint that lost the
+            // extraction job its embeddings' job came from): it is extracted again.
+            let left: Vec<String> = d.work.keys().cloned().collect();
+            if left.is_empty() || tally.stop.is_some() {
+                break;
+            }
+            for id in left {
+                if let Some(w) = d.work.get_mut(&id) {
+                    w.embed = None;
+                }
+                d.queue.push_back(id);
+            }
+            continue;
         }
         let signalled = tokio::select! {
             _ = tokio::time::sleep(delay) => false,
@@ -266,6 +287,7 @@ pub(crate) async fn run_batches(
     Ok((interrupted, d.report))
 }
 
+mod embed;
 mod keys;
 mod poll;
 mod submit;
@@ -276,6 +298,11 @@ struct Driver<'a, 'b> {
     opts: &'a BatchOptions,
     work: BTreeMap<String, Work>,
     queue: VecDeque<String>,
+    /// Episodes extracted whose embeddings go in the next embeddings' job.
+    embed_queue: VecDeque<String>,
+    /// Succeeded extraction jobs kept in the checkpoint until their episodes' embeddings are
+    /// in (a rerun reads their answers again), with those episodes.
+    held: Vec<(String, Vec<String>)>,
     live: Vec<Live>,
     slots: Vec<Slot>,
     next_slot: usize,

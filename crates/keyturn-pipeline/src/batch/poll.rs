@@ -57,6 +57,9 @@ impl Driver<'_, '_> {
             let l = self.live.remove(i);
             if job.state == BatchState::Succeeded {
                 match self.client.results(&l.key, &job).await {
+                    Ok(items) if embed::is_embed(&l.display) => {
+                        self.collect_embeddings(tally, &l, &items).await?
+                    }
                     Ok(items) => self.collect(tally, &l, &items).await?,
                     Err(e) => {
                         tracing::warn!(job = %name, error = %e, "reading a batch job's results failed; will read again");
@@ -82,10 +85,9 @@ impl Driver<'_, '_> {
     }
 
     fn requeue(&mut self, l: &Live) -> Result<(), SeedError> {
+        let embed = embed::is_embed(&l.display);
         for e in &l.record.episodes {
-            if self.work.contains_key(&e.id) && !self.queue.contains(&e.id) {
-                self.queue.push_back(e.id.clone());
-            }
+            self.requeue_one(&e.id, embed, false);
         }
         self.sink.checkpoints.forget_batch(&l.display, self.now())?;
         Ok(())
@@ -150,6 +152,7 @@ impl Driver<'_, '_> {
             };
             by_key.insert(k, it);
         }
+        let mut held = false;
         for (p, e) in l.record.episodes.iter().enumerate() {
             let Some(w) = self.work.get(&e.id) else {
                 continue;
@@ -217,6 +220,15 @@ impl Driver<'_, '_> {
                 }
                 match failed {
                     Some(err) => Err(err),
+                    None if self.opts.embeddings => {
+                        match self.await_embeddings(w, extractions).await {
+                            Some(result) => result,
+                            None => {
+                                held = true;
+                                continue;
+                            }
+                        }
+                    }
                     None => finish_episode(ctx, &item, w.prepared, extractions).await,
                 }
             };
@@ -224,7 +236,14 @@ impl Driver<'_, '_> {
                 .settle(self.sink, &item, result, self.now() - t0)
                 .await?;
         }
-        self.sink.checkpoints.forget_batch(&l.display, self.now())?;
-        Ok(())
+        if held {
+            // Its answers are these episodes' extractions until their embeddings are in: a
+            // rerun reads them again from Gemini.
+            let ids = l.record.episodes.iter().map(|e| e.id.clone()).collect();
+            self.held.push((l.display.clone(), ids));
+        } else {
+            self.sink.checkpoints.forget_batch(&l.display, self.now())?;
+        }
+        self.release_held()
     }
 }

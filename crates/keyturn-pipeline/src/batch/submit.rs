@@ -20,12 +20,24 @@ impl Driver<'_, '_> {
             let l = self.live.remove(i);
             self.adopt(l.display, l.record, l.key).await?;
         }
-        while !self.queue.is_empty() && tally.stop.is_none() {
+        for embed in [false, true] {
+            self.submit_queue(tally, embed).await?;
+        }
+        Ok(())
+    }
+
+    /// Submits one queue (extraction, or with `embed` embeddings) as jobs.
+    async fn submit_queue(&mut self, tally: &mut Tally, embed: bool) -> Result<(), SeedError> {
+        while !self.queue_of(embed).is_empty() && tally.stop.is_none() {
             let Some(slot) = self.pick_slot() else {
                 return self.no_project_left(tally).await;
             };
             let project = self.slots[slot].project.clone();
-            let model = self.sink.ctx.opts.model.clone();
+            let model = if embed {
+                self.sink.ctx.opts.embedding_model.clone()
+            } else {
+                self.sink.ctx.opts.model.clone()
+            };
             let (lease, key) = match self.lease_in(slot, &model).await {
                 Ok(got) => got,
                 Err(e) if matches!(e, AcquireError::Exhausted { .. }) => {
@@ -38,39 +50,22 @@ impl Driver<'_, '_> {
                     continue;
                 }
             };
-            let mut episodes = Vec::new();
-            let mut requests = Vec::new();
-            let schema = extraction_schema();
-            while let Some(id) = self.queue.front() {
-                let Some(w) = self.work.get(id) else {
-                    self.queue.pop_front();
-                    continue;
-                };
-                let n = w.prepared.chunks.len();
-                if !requests.is_empty() && requests.len() + n > self.opts.max_requests {
-                    break;
-                }
-                let p = episodes.len();
-                for c in &w.prepared.chunks {
-                    let req = extraction_request(&w.item, c, &model);
-                    requests.push(BatchRequest {
-                        key: format!("{p}-{}", c.index),
-                        request: keyturn_llm::json_request_body(&req, &schema),
-                    });
-                }
-                episodes.push(BatchEpisode {
-                    id: w.item.key.clone(),
-                    hash: w.item.hash.clone(),
-                    requests: n,
-                });
-                self.queue.pop_front();
-            }
+            let (episodes, requests) = if embed {
+                self.embeddings_job()
+            } else {
+                self.extraction_job(&model)
+            };
             if episodes.is_empty() {
                 self.settle(lease, Outcome::CallerFault).await;
                 continue;
             }
             self.seq += 1;
-            let display = format!("keyturn-{}-{}", self.run_id, self.seq);
+            let display = format!(
+                "keyturn-{}-{}{}",
+                self.run_id,
+                self.seq,
+                if embed { embed::EMBED_SUFFIX } else { "" }
+            );
             let mut rec = BatchRecord {
                 name: None,
                 project: project.clone(),
@@ -81,7 +76,13 @@ impl Driver<'_, '_> {
             };
             let checkpoints = self.sink.checkpoints;
             checkpoints.record_batch(&display, rec.clone(), self.now())?;
-            let sent = self.client.submit(&key, &model, &display, &requests).await;
+            let sent = if embed {
+                self.client
+                    .submit_embeddings(&key, &model, &display, &requests)
+                    .await
+            } else {
+                self.client.submit(&key, &model, &display, &requests).await
+            };
             let outcome = match &sent {
                 Ok(_) => Outcome::Success {
                     input_tokens: Some(0),
@@ -130,7 +131,7 @@ impl Driver<'_, '_> {
                     // have finished.
                     checkpoints.forget_batch(&display, self.now())?;
                     for ep in rec.episodes.iter().rev() {
-                        self.queue.push_front(ep.id.clone());
+                        self.queue_of(embed).push_front(ep.id.clone());
                     }
                     let job = display.as_str();
                     tracing::info!(job, project = %project, error = %e, "batch limit reached; submitting again later");
@@ -139,7 +140,7 @@ impl Driver<'_, '_> {
                 Err(e) => {
                     checkpoints.forget_batch(&display, self.now())?;
                     for ep in rec.episodes.iter().rev() {
-                        self.queue.push_front(ep.id.clone());
+                        self.queue_of(embed).push_front(ep.id.clone());
                     }
                     if batch_refused(&e) {
                         self.switch_off(slot, format!("Gemini refused batch jobs there ({e})"));
@@ -165,6 +166,84 @@ impl Driver<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    fn queue_of(&mut self, embed: bool) -> &mut VecDeque<String> {
+        if embed {
+            &mut self.embed_queue
+        } else {
+            &mut self.queue
+        }
+    }
+
+    /// The next extraction job from the queue: whole episodes, up to the request limit.
+    fn extraction_job(&mut self, model: &str) -> (Vec<BatchEpisode>, Vec<BatchRequest>) {
+        let mut episodes = Vec::new();
+        let mut requests = Vec::new();
+        let schema = extraction_schema();
+        while let Some(id) = self.queue.front() {
+            let Some(w) = self.work.get(id) else {
+                self.queue.pop_front();
+                continue;
+            };
+            let n = w.prepared.chunks.len();
+            if !requests.is_empty() && requests.len() + n > self.opts.max_requests {
+                break;
+            }
+            let p = episodes.len();
+            for c in &w.prepared.chunks {
+                let req = extraction_request(&w.item, c, model);
+                requests.push(BatchRequest {
+                    key: format!("{p}-{}", c.index),
+                    request: keyturn_llm::json_request_body(&req, &schema),
+                });
+            }
+            episodes.push(BatchEpisode {
+                id: w.item.key.clone(),
+                hash: w.item.hash.clone(),
+                requests: n,
+            });
+            self.queue.pop_front();
+        }
+        (episodes, requests)
+    }
+
+    /// The next embeddings job: whole episodes' texts, up to the request limit.
+    fn embeddings_job(&mut self) -> (Vec<BatchEpisode>, Vec<BatchRequest>) {
+        let opts = embed::options(self.sink.ctx);
+        let mut episodes = Vec::new();
+        let mut requests = Vec::new();
+        while let Some(id) = self.embed_queue.front() {
+            let Some(texts) = self
+                .work
+                .get(id)
+                .and_then(|w| w.embed.as_ref())
+                .map(|s| &s.texts)
+            else {
+                self.embed_queue.pop_front();
+                continue;
+            };
+            let n = texts.len();
+            if !requests.is_empty() && requests.len() + n > self.opts.max_requests {
+                break;
+            }
+            let p = episodes.len();
+            for (i, t) in texts.iter().enumerate() {
+                requests.push(BatchRequest {
+                    key: format!("{p}-{i}"),
+                    request: opts.batch_request(t),
+                });
+            }
+            if let Some(w) = self.work.get(id) {
+                episodes.push(BatchEpisode {
+                    id: w.item.key.clone(),
+                    hash: w.item.hash.clone(),
+                    requests: n,
+                });
+            }
+            self.embed_queue.pop_front();
+        }
+        (episodes, requests)
     }
 
     /// A key of the slot's project for one submit, chosen by the ledger (a lease pinned to the
@@ -237,9 +316,10 @@ impl Driver<'_, '_> {
         None
     }
 
-    /// No project takes batch jobs: the queue goes interactive, or fails.
+    /// No project takes batch jobs: the queues go interactive, or fail.
     async fn no_project_left(&mut self, tally: &mut Tally) -> Result<(), SeedError> {
         let ctx = self.sink.ctx;
+        let none = "no project of the pool can run batch jobs (each refused them: see the run report's batch.projects_off); rerun without --batch, or with --batch-fallback interactive";
         while let Some(id) = self.queue.pop_front() {
             let Some(w) = self.work.remove(&id) else {
                 continue;
@@ -250,12 +330,21 @@ impl Driver<'_, '_> {
                     self.report.interactive_episodes += 1;
                     process(ctx, &item).await
                 }
-                BatchFallback::Batch => Err(EpisodeError::Failed(
-                    "no project of the pool can run batch jobs (each refused them: see the run report's batch.projects_off); rerun without --batch, or with --batch-fallback interactive".into(),
-                )),
+                BatchFallback::Batch => Err(EpisodeError::Failed(none.into())),
             };
             tally.settle(self.sink, &item, result, 0).await?;
         }
-        Ok(())
+        while let Some(id) = self.embed_queue.pop_front() {
+            let Some(w) = self.work.remove(&id) else {
+                continue;
+            };
+            let item = w.item.clone();
+            let result = match self.opts.fallback {
+                BatchFallback::Interactive => self.finish_interactively(w).await,
+                BatchFallback::Batch => Err(EpisodeError::Failed(none.into())),
+            };
+            tally.settle(self.sink, &item, result, 0).await?;
+        }
+        self.release_held()
     }
 }
