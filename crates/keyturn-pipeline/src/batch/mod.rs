@@ -259,6 +259,7 @@ pub(crate) async fn run_batches(
             );
             break;
         }
+        d.tell_progress();
         let changed = d.poll_all(tally).await?;
         delay = if changed {
             opts.poll
@@ -279,11 +280,8 @@ pub(crate) async fn run_batches(
             .or_default() += 1;
     }
     d.report.jobs = jobs;
-    if let Some(p) = prices::price_of(&ctx.opts.model) {
-        let cost = p.cost(d.report.input_tokens as f64, d.report.output_tokens as f64);
-        d.report.interactive_cost_usd = Some(cost);
-        d.report.estimated_cost_usd = Some(cost * prices::BATCH_DISCOUNT);
-    }
+    (d.report.estimated_cost_usd, d.report.interactive_cost_usd) = d.costs();
+    d.tell_progress();
     Ok((interrupted, d.report))
 }
 
@@ -316,6 +314,60 @@ struct Driver<'a, 'b> {
 impl Driver<'_, '_> {
     fn now(&self) -> i64 {
         self.sink.ctx.clock.now_ms()
+    }
+
+    /// The tokens answered so far at the batch price and at the interactive price, if the
+    /// model is in the price table.
+    fn costs(&self) -> (Option<f64>, Option<f64>) {
+        match prices::price_of(&self.sink.ctx.opts.model) {
+            Some(p) => {
+                let cost = p.cost(
+                    self.report.input_tokens as f64,
+                    self.report.output_tokens as f64,
+                );
+                (Some(cost * prices::BATCH_DISCOUNT), Some(cost))
+            }
+            None => (None, None),
+        }
+    }
+
+    /// Tells the progress display (and through it `keyturn status`) where the jobs stand.
+    fn tell_progress(&self) {
+        let mut jobs: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+        for (project, state) in self.last_state.values() {
+            *jobs
+                .entry(project.clone())
+                .or_default()
+                .entry(state.as_str().to_owned())
+                .or_default() += 1;
+        }
+        let in_jobs: u64 = self
+            .live
+            .iter()
+            .flat_map(|l| l.record.episodes.iter())
+            .map(|e| e.requests as u64)
+            .sum();
+        let queued: u64 = self
+            .queue
+            .iter()
+            .filter_map(|id| self.work.get(id))
+            .map(|w| w.prepared.chunks.len() as u64)
+            .chain(
+                self.embed_queue
+                    .iter()
+                    .filter_map(|id| self.work.get(id)?.embed.as_ref())
+                    .map(|s| s.texts.len() as u64),
+            )
+            .sum();
+        let (estimated_cost_usd, interactive_cost_usd) = self.costs();
+        self.sink.progress.batch(keyturn_store::runs::BatchView {
+            at_ms: self.now(),
+            jobs,
+            items_done: self.report.items_ok,
+            items_total: self.report.items_ok + in_jobs + queued,
+            estimated_cost_usd,
+            interactive_cost_usd,
+        });
     }
 }
 

@@ -94,6 +94,7 @@ impl Driver<'_, '_> {
     }
 
     fn progress_line(&self) {
+        self.tell_progress();
         let mut by: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
         for l in &self.live {
             *by.entry(l.record.project.as_str())

@@ -14,6 +14,7 @@ use keyturn_sim::{Limits, ProjectConfig, SimConfig, SimKey, Simulator, Tier};
 use serde_json::Value;
 
 mod embeddings;
+mod status;
 
 const FLASH: &str = "gemini-2.5-flash";
 const EMBED: &str = "gemini-embedding-001";
@@ -573,6 +574,12 @@ async fn a_key_the_ledger_switched_off_submits_no_job_and_its_project_keeps_batc
 
 /// `keyturn status --json` on the world's state.
 async fn status_json(w: &World) -> Value {
+    let o = status(w, &["--json"]).await;
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// `keyturn status ARGS…` on the world's state; it must succeed.
+async fn status(w: &World, args: &[&str]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_keyturn"));
     c.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -581,12 +588,13 @@ async fn status_json(w: &World) -> Value {
         .env("KEYTURN_STATE_DIR", w.dir.path().join("state"))
         .env("GEMINI_BASE_URL", w.sim.base_url())
         .current_dir(w.dir.path())
-        .args(["status", "--json"])
+        .arg("status")
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let o = w.run(c).await;
     assert!(o.status.success(), "{}", text(&o));
-    serde_json::from_slice(&o.stdout).unwrap()
+    o
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
