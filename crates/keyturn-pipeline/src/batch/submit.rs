@@ -144,7 +144,7 @@ impl Driver<'_, '_> {
                     }
                     if batch_refused(&e) {
                         self.switch_off(slot, format!("Gemini refused batch jobs there ({e})"));
-                    } else if dead || e.kind() == ErrorKind::Unverified {
+                    } else if dead {
                         // The key, not the project: the ledger knows it now (a dead key is
                         // passed over), and the same project goes again with its next key.
                         self.sink.progress.note(&format!(
@@ -152,15 +152,12 @@ impl Driver<'_, '_> {
                             key.label
                         ));
                         self.next_slot = slot;
-                        if !dead {
-                            // A bare 403 whose probe did not say the key is dead: wait a poll
-                            // before asking again, rather than asking at once in a loop.
-                            return Ok(());
-                        }
                     } else {
-                        let job = display.as_str();
-                        tracing::warn!(job, project = %project, error = %e, "batch submit refused; submitting again later");
-                        return Ok(());
+                        // Anything else (a request Gemini will not take, a bare 403 on a key
+                        // its probe found alive, a project switched off) would be refused
+                        // again: the project takes no more jobs this run, rather than being
+                        // asked the same in a loop.
+                        self.switch_off(slot, e.to_string());
                     }
                 }
             }
