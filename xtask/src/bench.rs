@@ -15,7 +15,7 @@
 //!
 //! Writes `target/bench/report.json` and `target/bench/table.md`; `--update-readme` puts the
 //! table in README.md between the `bench:start` / `bench:end` markers. `--quick` shortens every
-//! measurement; `--only criterion,utilisation,simulator,proxy,rss` runs some sections (for work on one).
+//! measurement; `--only criterion,utilisation,simulator,proxy,rss,batch` runs some sections (for work on one).
 //! It runs as a release build (a debug `cargo xtask` re-runs itself with `--release`).
 
 use std::collections::BTreeMap;
@@ -31,10 +31,12 @@ use serde_json::{Value, json};
 
 use crate::world::{FLASH, root, synth_transcripts};
 
+mod batch;
+
 struct Opts {
     quick: bool,
     update_readme: bool,
-    /// Sections to run (`criterion`, `utilisation`, `simulator`, `proxy`, `rss`); empty: all.
+    /// Sections to run (`criterion`, `utilisation`, `simulator`, `proxy`, `rss`, `batch`); empty: all.
     only: Vec<String>,
 }
 
@@ -120,6 +122,9 @@ fn run(opts: &Opts) -> Result<(), String> {
     }
     if opts.runs("rss") {
         report.insert("rss".into(), rt.block_on(rss(opts))?);
+    }
+    if opts.runs("batch") {
+        report.insert("batch".into(), rt.block_on(batch::run(opts.quick))?);
     }
     report.insert("took_s".into(), json!(started.elapsed().as_secs()));
 
@@ -941,6 +946,7 @@ pub fn table(r: &Value) -> String {
             }
         }
     }
+    rows.extend(batch::row(r));
     let mut t =
         String::from("| measure | keyturn | reference (same run) | target |\n|---|---|---|---|\n");
     for [a, b, c, d] in rows {
