@@ -313,6 +313,19 @@ pub fn invalid_argument(message: &str) -> ApiError {
     status_body(400, "INVALID_ARGUMENT", message, vec![])
 }
 
+/// The most bytes one call's request may carry. Google documents 20 MB for a request with
+/// inline data (ai.google.dev/gemini-api/docs/files, "when the total request size is over
+/// 20 MB, use the Files API"); Google's front end refuses a larger body before reading it.
+pub const MAX_REQUEST_BYTES: usize = 20 * 1024 * 1024;
+
+/// 400 INVALID_ARGUMENT for a request body over [`MAX_REQUEST_BYTES`], in the words of Google's
+/// front end (the same sentence as other Google APIs, with this limit in bytes).
+pub fn payload_too_large() -> ApiError {
+    invalid_argument(&format!(
+        "Request payload size exceeds the limit: {MAX_REQUEST_BYTES} bytes."
+    ))
+}
+
 /// 500 INTERNAL.
 pub fn internal() -> ApiError {
     status_body(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -143,11 +144,18 @@ pub(crate) async fn call_model(
     Query(q): Query<ApiQuery>,
     peer: Peer,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if !version_ok(&version) {
         return error_response(&st, None, &not_found());
     }
+    let body = match body {
+        Ok(body) => body,
+        Err(e) if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            return error_response(&st, None, &errors::payload_too_large());
+        }
+        Err(e) => return error_response(&st, None, &errors::invalid_argument(&e.body_text())),
+    };
     let Some((model, action)) = name.split_once(':') else {
         return error_response(&st, None, &not_found());
     };

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -99,7 +100,12 @@ impl Simulator {
 pub fn router(state: Arc<SimState>) -> Router {
     Router::new()
         .route("/{version}/models", get(list_models))
-        .route("/{version}/models/{name}", get(get_model).post(call_model))
+        .route(
+            "/{version}/models/{name}",
+            get(get_model)
+                .post(call_model)
+                .layer(DefaultBodyLimit::max(crate::errors::MAX_REQUEST_BYTES)),
+        )
         .route(
             "/{version}/openai/chat/completions",
             post(crate::openai::chat_completions),

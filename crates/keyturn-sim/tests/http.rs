@@ -262,3 +262,33 @@ async fn batch_over_100_gets_the_real_400() {
         "* BatchEmbedContentsRequest.requests: at most 100 requests can be in one batch\n"
     );
 }
+
+/// Google takes a request of up to 20 MB with its data inline (above it, the Files API); axum's
+/// own default (2 MB) refused a 3 MB request with a plain-text 413 that no Gemini client can
+/// read, so batch jobs of a realistic size could not be tried against the simulator.
+#[tokio::test]
+async fn a_request_up_to_twenty_megabytes_is_taken_and_a_larger_one_refused_as_google_does() {
+    let sim = roomy().await;
+    let path = format!("/v1beta/models/{FLASH}:generateContent");
+    let (s, v) = post(
+        &sim,
+        &path,
+        "made-up-good",
+        gen_body(&"word ".repeat(600_000)),
+    )
+    .await;
+    assert_eq!(s, 200, "a 3 MB request: {v}");
+    let (s, v) = post(
+        &sim,
+        &path,
+        "made-up-good",
+        gen_body(&"x".repeat(21 * 1024 * 1024)),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["status"], "INVALID_ARGUMENT");
+    assert_eq!(
+        v["error"]["message"],
+        "Request payload size exceeds the limit: 20971520 bytes."
+    );
+}
