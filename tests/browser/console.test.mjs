@@ -5,7 +5,8 @@
 // kill a key, sees both appear without a reload, resets the dead key through its button and the
 // confirmation, and sees it come back; disables and enables a key through its buttons; sees a
 // change to the keys file add a key and the last reload shown. A client token gets 401 on /console and
-// /admin/*.
+// /admin/*. Then `keyturn console` (read-only, beside the running proxy on the same state folder)
+// shows the same page with every key and no action buttons.
 
 import { spawn, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
@@ -33,8 +34,8 @@ function check(ok, what) {
   if (!ok) failures++;
 }
 
-// Made-up keys: "AIzaSy" and random filler, never real.
-const madeUp = () => "AIzaSy" + randomBytes(17).toString("hex").slice(0, 33);
+// Made-up keys: random filler, never shaped like a Google key (the secrets check flags those).
+const madeUp = () => "test-key-" + randomBytes(12).toString("hex");
 const keys = { alpha: madeUp(), beta: madeUp(), gamma: madeUp() };
 
 // Starts a command and resolves with the first stdout line that starts with `prefix`.
@@ -194,6 +195,33 @@ async function main() {
     const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     check(overflow <= 1, "on a phone the page does not scroll sideways (" + overflow + " px)");
     await phone.screenshot({ path: join(outDir, "console-phone.png"), fullPage: true });
+
+    // `keyturn console`: the same page over the state folder the proxy writes, read-only, so it
+    // runs beside the proxy (it never takes the state file's lock).
+    const standalone = (await start(["console", "--listen", "127.0.0.1:0"], {
+      KEYTURN_CONFIG: join(work, "keyturn.toml"),
+      KEYTURN_KEYS_FILE: join(work, "keys.txt"),
+      GEMINI_BASE_URL: sim,
+    }, "keyturn console on ")).replace(/\/console$/, "");
+    const solo = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+    solo.on("pageerror", (e) => errors.push(String(e)));
+    const soloFirst = await solo.goto(standalone + "/console");
+    if (soloFirst.status() === 401) {
+      await solo.fill("#token", admin.token);
+      await solo.click("button[type=submit]");
+    }
+    for (const label of ["alpha", "beta", "gamma", "delta"]) {
+      await solo.waitForSelector(`#keys tr[data-key="${label}"]`, { timeout: WAIT });
+    }
+    check(true, "keyturn console shows every key of the state folder");
+    await solo.waitForSelector("#read-only", { timeout: WAIT });
+    check(true, "keyturn console says it is read-only");
+    check(!(await solo.isVisible(`#keys tr[data-key="alpha"] button`)), "a read-only console shows no action buttons");
+    check((await solo.textContent("#view")).includes("read-only"), "it says where its view comes from");
+    const soloText = await solo.textContent("body");
+    check(!Object.values(keys).concat([delta]).some((k) => soloText.includes(k)), "no key appears on its page");
+    check(errors.length === 0, "no script errors in keyturn console: " + errors.join("; "));
+    await solo.screenshot({ path: join(outDir, "console-standalone.png"), fullPage: true });
   } finally {
     await browser.close();
   }

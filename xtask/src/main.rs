@@ -12,7 +12,8 @@
 //!   first straight against the simulator, then through the proxy when it serves them.
 //! - `browser`: the web console in Debian's chromium (`/usr/bin/chromium`, or `$CHROMIUM`), driven
 //!   by playwright-core from `tests/browser/` (installed with `npm ci`), against `keyturn serve`
-//!   in front of `keyturn sim`; screenshots in `target/browser/`.
+//!   in front of `keyturn sim`, then `keyturn console` (read-only) beside it; screenshots in
+//!   `target/browser/`.
 //! - `scenario <name>|all`: the real `keyturn` binary against the simulator, check by check, with
 //!   PASS/FAIL per scenario (`scenario list` names them).
 //! - `bench [--quick]`: the benchmarks, written to `target/bench/report.json` and printed as a

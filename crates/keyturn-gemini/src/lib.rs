@@ -36,6 +36,7 @@ pub mod caller;
 pub mod check;
 pub mod error;
 pub mod metrics;
+pub mod route;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod transport;
@@ -48,7 +49,8 @@ pub use caller::MockGeminiCall;
 pub use caller::{ChunkStream, GeminiCall, KeyCallStats, Reply, RetryPolicy, RotatingCaller};
 pub use check::{KeyCheck, ModelCheck, check_key, check_key_for_model};
 pub use error::{ApiFailure, ErrorKind, GeminiError, classify, redact};
+pub use route::{BadRoute, EgressRoute, RouteBoard, RouteFailing, RouteFault};
 pub use transport::{
-    BadRoute, EgressRoute, InvalidName, KeyHeader, OpenAiRoute, SendError, Transport,
-    TransportConfig, model_id, valid_model,
+    InvalidName, KeyHeader, OpenAiRoute, SendError, Transport, TransportConfig, model_id,
+    valid_model,
 };

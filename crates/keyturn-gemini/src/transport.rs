@@ -13,10 +13,13 @@
 //!   or digit), and a method only if it is letters: no `/`, `?`, `#`, `%`, `:` or `..` can reach
 //!   the upstream URL, however a client encoded it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use keyturn_core::{ApiKey, Fingerprint};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
+
+use crate::route::{EgressRoute, RouteBoard, RouteFault};
 
 /// The real service.
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
@@ -147,65 +150,15 @@ impl OpenAiRoute {
     }
 }
 
-/// An egress route: the forward proxy a key's requests leave through (`http://`, `https://`,
-/// `socks5://` or `socks5h://`). Its credentials are secrets like keys: `Debug` and `Display`
-/// show only the scheme, host and port.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EgressRoute(reqwest::Url);
-
-/// Why a route was refused; never quotes the URL (it may hold a password).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct BadRoute(&'static str);
-
-impl EgressRoute {
-    /// Checks a route: a URL of an allowed scheme with a host, and nothing after it.
-    pub fn parse(url: &str) -> Result<Self, BadRoute> {
-        let u = reqwest::Url::parse(url.trim())
-            .map_err(|_| BadRoute("is not a URL like http://host:port or socks5://host:port"))?;
-        if !matches!(u.scheme(), "http" | "https" | "socks5" | "socks5h") {
-            return Err(BadRoute(
-                "must be an http://, https://, socks5:// or socks5h:// proxy",
-            ));
-        }
-        if u.host_str().is_none_or(str::is_empty) {
-            return Err(BadRoute("names no host"));
-        }
-        if u.path() != "/" && !u.path().is_empty() || u.query().is_some() || u.fragment().is_some()
-        {
-            return Err(BadRoute("must be only scheme://[user:password@]host:port"));
-        }
-        Ok(Self(u))
-    }
-
-    /// The route's own words: scheme, host and port, never credentials.
-    pub fn shown(&self) -> String {
-        let u = &self.0;
-        match u.port() {
-            Some(p) => format!("{}://{}:{p}", u.scheme(), u.host_str().unwrap_or("")),
-            None => format!("{}://{}", u.scheme(), u.host_str().unwrap_or("")),
-        }
-    }
-}
-
-impl std::fmt::Debug for EgressRoute {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EgressRoute({})", self.shown())
-    }
-}
-
-impl std::fmt::Display for EgressRoute {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.shown())
-    }
-}
-
 /// Sends requests to Gemini (or anything that speaks its API).
 #[derive(Debug, Clone)]
 pub struct Transport {
     client: reqwest::Client,
-    /// Keys with their own egress route, and the client for it (one per distinct route).
-    routes: std::sync::Arc<Vec<(Fingerprint, reqwest::Client)>>,
+    /// Keys with their own egress route, the client for it (one per distinct route) and the
+    /// route.
+    routes: Arc<Vec<(Fingerprint, reqwest::Client, EgressRoute)>>,
+    /// Where route failures are recorded, if anyone reads them.
+    route_board: Option<Arc<RouteBoard>>,
     /// `{root}/{version}`.
     base: String,
     /// The base URL as configured, without a trailing `/`.
@@ -223,7 +176,8 @@ impl Transport {
         let base = format!("{root}/{version}");
         Ok(Self {
             client,
-            routes: std::sync::Arc::default(),
+            routes: Arc::default(),
+            route_board: None,
             base,
             root,
             version,
@@ -371,13 +325,14 @@ impl Transport {
             req = req.body(b);
         }
         let sent = Self::with_key(req, how, key)?.send().await;
-        no_redirect(sent)
+        self.through_route(key, sent)
     }
 
     /// A transport whose keys leave through their own routes: each key in `routes` through its
     /// proxy, every other key as [`Transport::new`]'s do. One client per distinct route, built
     /// here, once. A route that cannot be reached fails like any connection (a transient fault
-    /// of that key's path: its breaker cools it; the key is not dead).
+    /// of that key's path: its breaker cools it; the key is not dead), and its error names the
+    /// route and how it failed ([`RouteFault`]).
     pub fn with_routes(
         cfg: &TransportConfig,
         routes: &[(Fingerprint, EgressRoute)],
@@ -394,10 +349,16 @@ impl Transport {
                     c
                 }
             };
-            per_key.push((*fp, client));
+            per_key.push((*fp, client, route.clone()));
         }
-        t.routes = std::sync::Arc::new(per_key);
+        t.routes = Arc::new(per_key);
         Ok(t)
+    }
+
+    /// Records every send through a route on `board` (see [`RouteBoard`]).
+    pub fn with_route_board(mut self, board: Arc<RouteBoard>) -> Self {
+        self.route_board = Some(board);
+        self
     }
 
     fn client(
@@ -427,8 +388,47 @@ impl Transport {
         let fp = key.fingerprint();
         self.routes
             .iter()
-            .find(|(f, _)| *f == fp)
-            .map_or(&self.client, |(_, c)| c)
+            .find(|(f, _, _)| *f == fp)
+            .map_or(&self.client, |(_, c, _)| c)
+    }
+
+    /// A send's result, with a failure of the key's route said as one and recorded: a route
+    /// that brings no HTTP answer back, or answers 407 (Gemini never does), fails the route.
+    fn through_route(
+        &self,
+        key: &ApiKey,
+        sent: Result<reqwest::Response, reqwest::Error>,
+    ) -> Result<reqwest::Response, SendError> {
+        let fp = key.fingerprint();
+        let Some((_, _, route)) = self.routes.iter().find(|(f, _, _)| *f == fp) else {
+            return no_redirect(sent);
+        };
+        let fault = match &sent {
+            Ok(r) if r.status() == reqwest::StatusCode::PROXY_AUTHENTICATION_REQUIRED => Some((
+                RouteFault::Refused,
+                "407 proxy authentication required".to_owned(),
+            )),
+            Ok(_) => None,
+            Err(e) => RouteFault::of(e).map(|f| (f, String::new())),
+        };
+        let Some((fault, said)) = fault else {
+            if sent.is_ok()
+                && let Some(b) = &self.route_board
+            {
+                b.carried(fp);
+            }
+            return no_redirect(sent);
+        };
+        let detail = match sent {
+            Err(e) => describe(e),
+            Ok(_) => said,
+        };
+        if let Some(b) = &self.route_board {
+            b.failed(fp, route, fault, &detail);
+        }
+        Err(SendError::Failed(format!(
+            "egress route {route} {fault} ({detail}): a fault of the key's path, not of the key"
+        )))
     }
 
     /// `{base}/{version}/models/{model}:{method}`, from a valid model id and method.
@@ -552,7 +552,7 @@ impl Transport {
             .header(CONTENT_TYPE, "application/json")
             .body(body);
         let sent = Self::with_key(req, how, key)?.send().await;
-        no_redirect(sent)
+        self.through_route(key, sent)
     }
 
     /// GETs with the key in the header.
@@ -570,7 +570,7 @@ impl Transport {
         let sent = Self::with_key(self.client_for(key).get(url), how, key)?
             .send()
             .await;
-        no_redirect(sent)
+        self.through_route(key, sent)
     }
 }
 

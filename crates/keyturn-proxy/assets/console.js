@@ -177,9 +177,23 @@
     for (const k of st.keys) counts[k.state] = (counts[k.state] || 0) + 1;
     const parts = Object.entries(counts).map(([s, n]) => el("span", { class: "badge " + s }, n + " " + s));
     const req = st.requests;
-    parts.push(el("span", { class: "chip" }, req.in_flight + "/" + req.max_in_flight + " in flight"));
-    if (req.waiting_for_slot) parts.push(el("span", { class: "chip" }, req.waiting_for_slot + " waiting"));
-    if (req.waiting_for_quota) parts.push(el("span", { class: "chip" }, req.waiting_for_quota + " waiting for quota"));
+    if (req) {
+      parts.push(el("span", { class: "chip" }, req.in_flight + "/" + req.max_in_flight + " in flight"));
+      if (req.waiting_for_slot) parts.push(el("span", { class: "chip" }, req.waiting_for_slot + " waiting"));
+      if (req.waiting_for_quota) parts.push(el("span", { class: "chip" }, req.waiting_for_quota + " waiting for quota"));
+    }
+    // keyturn console: where its view comes from, and how old it is.
+    const v = st.view;
+    if (v) {
+      let what = v.source;
+      if (v.age_ms !== null && v.age_ms !== undefined) what += " · read " + Math.round(v.age_ms / 1000) + " s ago";
+      if (v.error) what += " · " + v.error;
+      parts.push(el("span", { class: "chip view" + (v.error ? " refused" : ""), id: "view", title: "where this console reads the state" }, what));
+    }
+    if (st.actions === false) {
+      parts.push(el("span", { class: "chip", id: "read-only", title: "actions are off" }, "read-only (start keyturn console with --allow-actions to act)"));
+    }
+    document.body.classList.toggle("read-only", st.actions === false);
     const r = st.reload;
     if (r) {
       const what = r.ok
@@ -193,6 +207,18 @@
     document.getElementById("summary").replaceChildren(...parts);
     document.getElementById("clock").textContent =
       "Pacific day resets " + when(st.next_pacific_midnight_ms);
+  }
+
+  // keyturn console only: the seed runs in progress on this state folder, with their ETA.
+  function renderRuns(runs) {
+    const section = document.getElementById("runs-section");
+    if (!section) return;
+    section.hidden = !runs || runs.length === 0;
+    if (section.hidden) return;
+    const rows = runs.map((r) => el("li", { "data-pid": String(r.pid) },
+      el("span", { class: "label" }, "pid " + r.pid + " → " + r.out),
+      el("span", {}, " · episodes " + r.episodes_done + "/" + r.episodes_total + " · " + r.eta)));
+    document.getElementById("runs").replaceChildren(...rows);
   }
 
   function renderEvents(evs) {
@@ -260,6 +286,7 @@
       renderSummary(st);
       renderKeys(st.keys);
       renderScopes(st.scopes);
+      renderRuns(st.runs);
       renderEvents(ev.events);
       const live = document.getElementById("live");
       live.textContent = "live · " + new Date().toLocaleTimeString();

@@ -40,7 +40,7 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
-use keyturn_core::{Clock, Demand, MemoryResources, QuotaLedger, ResourceMap, Scrubber};
+use keyturn_core::{Clock, Demand, MemoryResources, QuotaLedger, ResourceMap};
 use keyturn_gemini::GeminiCall;
 use keyturn_gemini::wire::estimate_input_tokens;
 use serde_json::{Value, json};
@@ -52,16 +52,20 @@ mod answer;
 mod auth;
 mod download;
 mod files;
+mod live;
 mod openai;
 mod owned;
+mod serve_console;
 mod server;
 
 use answer::{Answer, Problem, failure, invalid, json_bytes, not_found};
 
-pub use admin::{EVENTS_KEPT, Event, Events, NewEvent};
+pub use admin::{Console, Digests, EVENTS_KEPT, Event, Events, Host, NewEvent};
 pub use auth::{digest, new_token, parse_digest};
 pub use files::{MAX_UPLOAD_SESSIONS, UPLOAD_SESSION_MS};
-pub use server::Proxy;
+use live::Live;
+pub use live::{LastReload, Reload};
+pub use server::{ConsoleServer, Proxy};
 
 /// Proxy settings.
 #[derive(Debug, Clone)]
@@ -115,6 +119,11 @@ pub enum ProxyError {
         "refusing to listen on {0} without client tokens: add [[serve.tokens]] (keyturn serve token new --label NAME) or listen on 127.0.0.1"
     )]
     OpenToTheWorld(SocketAddr),
+    /// `keyturn console` beyond loopback with no admin token would show the pool to anyone.
+    #[error(
+        "refusing to serve the console on {0} without an admin token: add [[serve.admin_tokens]] (keyturn serve token new --admin --label NAME) or listen on 127.0.0.1"
+    )]
+    ConsoleOpenToTheWorld(SocketAddr),
     /// A configured digest is not 64 hex digits.
     #[error("serve.tokens '{0}': sha256 must be 64 hex digits")]
     BadDigest(String),
@@ -144,94 +153,14 @@ impl ProxyConfig {
     }
 }
 
-/// What a reload replaces: the pool (callers and ledger), the tokens, and the scrubber that
-/// knows the pool's keys. A request reads it once, when it starts, and keeps that copy.
-#[derive(Debug)]
-pub(crate) struct Live {
-    /// Caller per API version: v1beta, v1.
-    pub(crate) v1beta: Arc<dyn GeminiCall>,
-    pub(crate) v1: Arc<dyn GeminiCall>,
-    pub(crate) ledger: Arc<dyn QuotaLedger>,
-    /// Client tokens: (label, SHA-256 digest).
-    pub(crate) tokens: Vec<(String, [u8; 32])>,
-    /// Admin tokens: (label, SHA-256 digest).
-    pub(crate) admin_tokens: Vec<(String, [u8; 32])>,
-    /// Finds the pool's keys in answers relayed byte for byte.
-    pub(crate) scrubber: Scrubber,
-}
-
-impl Live {
-    fn new(
-        v1beta: Arc<dyn GeminiCall>,
-        v1: Arc<dyn GeminiCall>,
-        ledger: Arc<dyn QuotaLedger>,
-        tokens: Vec<(String, [u8; 32])>,
-        admin_tokens: Vec<(String, [u8; 32])>,
-    ) -> Self {
-        // Retired keys too: an answer to a request they still have in flight is scrubbed.
-        let keys = ledger.keys();
-        let scrubber = Scrubber::new(keys.iter().map(|(_, e)| &e.key));
-        Self {
-            v1beta,
-            v1,
-            ledger,
-            tokens,
-            admin_tokens,
-            scrubber,
-        }
-    }
-}
-
-/// A new configuration for a running proxy (`keyturn serve` builds it on SIGHUP or when its
-/// files change): callers over the reloaded pool, and the tokens. What it changed, by label,
-/// is shown as the last reload.
-#[derive(Debug)]
-pub struct Reload {
-    /// Caller for `/v1beta/`.
-    pub v1beta: Arc<dyn GeminiCall>,
-    /// Caller for `/v1/`.
-    pub v1: Arc<dyn GeminiCall>,
-    /// The ledger both callers share.
-    pub ledger: Arc<dyn QuotaLedger>,
-    /// Client tokens: (label, SHA-256 digest).
-    pub tokens: Vec<(String, [u8; 32])>,
-    /// Admin tokens: (label, SHA-256 digest).
-    pub admin_tokens: Vec<(String, [u8; 32])>,
-}
-
-/// The last reload, as `/admin/status` and the console show it: when, whether it took, and
-/// what changed (labels and counts, never keys).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct LastReload {
-    /// When (Unix ms).
-    pub at_ms: i64,
-    /// What asked for it: `signal` (SIGHUP) or `file` (a watched file changed).
-    pub trigger: &'static str,
-    /// Whether the new configuration took; when not, the old one stays.
-    pub ok: bool,
-    /// Why it was refused.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Keys that take requests after it.
-    pub keys: usize,
-    /// Keys that joined, left (finishing what they have in flight) and changed, by label.
-    #[serde(flatten)]
-    pub change: keyturn_core::RingChange,
-    /// Client and admin tokens after it.
-    pub tokens: usize,
-    /// Admin tokens after it.
-    pub admin_tokens: usize,
-}
-
 /// What the handlers share.
 #[derive(Debug)]
 pub struct ProxyState {
     /// Swapped whole by a reload.
-    live: arc_swap::ArcSwap<Live>,
+    live: Arc<arc_swap::ArcSwap<Live>>,
     in_flight: Arc<Semaphore>,
-    max_in_flight: usize,
     /// The console's and the admin API's state: recent events, waiting counts, last reload.
-    admin: admin::Admin,
+    admin: serve_console::ServeAdmin,
     clock: Arc<dyn Clock>,
     /// Models the upstream has confirmed, per API version: only these get quota scopes and
     /// metric labels, so a client sending random names cannot grow the state.
@@ -317,17 +246,26 @@ impl ProxyState {
         cfg: &ProxyConfig,
     ) -> Self {
         let clock_for_resources = clock.clone();
+        let live = Arc::new(arc_swap::ArcSwap::from_pointee(Live::new(
+            v1beta,
+            v1,
+            ledger,
+            cfg.tokens.clone(),
+            cfg.admin_tokens.clone(),
+        )));
+        let max_in_flight = cfg.max_in_flight.max(1);
+        let in_flight = Arc::new(Semaphore::new(max_in_flight));
+        let admin = serve_console::ServeAdmin::new(
+            live.clone(),
+            in_flight.clone(),
+            max_in_flight,
+            clock.clone(),
+            cfg.listen.ip().is_loopback(),
+        );
         Self {
-            live: arc_swap::ArcSwap::from_pointee(Live::new(
-                v1beta,
-                v1,
-                ledger,
-                cfg.tokens.clone(),
-                cfg.admin_tokens.clone(),
-            )),
-            in_flight: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
-            max_in_flight: cfg.max_in_flight.max(1),
-            admin: admin::Admin::new(cfg.listen.ip().is_loopback()),
+            live,
+            in_flight,
+            admin,
             clock,
             models: KnownModels::default(),
             body_timeout: cfg.body_timeout,
@@ -355,8 +293,15 @@ impl ProxyState {
 
     /// With a transport for re-checking keys from the admin API (`POST
     /// /admin/keys/{key}/recheck`): a request that costs no quota, as `keyturn keys check` sends.
-    pub fn with_recheck(mut self, transport: keyturn_gemini::Transport) -> Self {
-        self.admin.recheck = Some(transport);
+    pub fn with_recheck(self, transport: keyturn_gemini::Transport) -> Self {
+        self.admin.console.set_recheck(transport);
+        self
+    }
+
+    /// With the pool's record of failing egress routes, so the console says when a key cools
+    /// because its route fails.
+    pub fn with_route_board(self, board: Arc<keyturn_gemini::RouteBoard>) -> Self {
+        self.admin.route_board.set(board).ok();
         self
     }
 
@@ -403,7 +348,12 @@ impl ProxyState {
 
     /// The recent events the console shows; others (the pool's monitor) may add to them.
     pub fn events(&self) -> Arc<Events> {
-        self.admin.events.clone()
+        self.admin.console.events()
+    }
+
+    /// The console and admin API over this proxy's pool.
+    pub fn console(&self) -> &Arc<Console> {
+        &self.admin.console
     }
 
     /// A successful answer relayed as it came, unless it holds a pool key.
@@ -481,7 +431,7 @@ pub fn router(state: Arc<ProxyState>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(openai::router(state.clone()))
-        .merge(admin::router(state.clone()))
+        .merge(state.admin.console.clone().router())
         .fallback(|| async { Answer::from(not_found()).gemini() })
         // Bodies are read by the handler, under the cap and the body timeout.
         .layer(DefaultBodyLimit::disable())

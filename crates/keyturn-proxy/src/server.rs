@@ -111,7 +111,7 @@ impl Proxy {
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tick.tick().await;
-                    crate::admin::watch_once(&st).await;
+                    st.admin.console.watch_once().await;
                 }
             }))
         } else {
@@ -173,3 +173,76 @@ impl Proxy {
         }
     }
 }
+
+/// `keyturn console`'s server: the console and admin API alone (no Gemini route), behind the
+/// same accept loop and bounds as the proxy's.
+#[derive(Debug)]
+pub struct ConsoleServer {
+    addr: SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ConsoleServer {
+    /// Binds `listen` and serves `console` in the background. Beyond loopback the console needs
+    /// an admin token: without one this refuses to start ([`ProxyError::ConsoleOpenToTheWorld`]).
+    pub async fn start(
+        console: Arc<crate::Console>,
+        listen: SocketAddr,
+        has_admin_token: bool,
+    ) -> Result<Self, ProxyError> {
+        if !has_admin_token && !listen.ip().is_loopback() {
+            return Err(ProxyError::ConsoleOpenToTheWorld(listen));
+        }
+        let bind_err = |source| ProxyError::Bind {
+            addr: listen,
+            source,
+        };
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(bind_err)?;
+        let addr = listener.local_addr().map_err(bind_err)?;
+        let app = Router::new()
+            .route(
+                "/",
+                axum::routing::get(|| async { axum::response::Redirect::to("/console") }),
+            )
+            .route("/healthz", axum::routing::get(|| async { "ok" }))
+            .merge(console.router())
+            .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found") });
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(
+            listener,
+            app,
+            Limits {
+                connections: Arc::new(Semaphore::new(CONSOLE_CONNECTIONS)),
+                header_timeout: Duration::from_secs(10),
+                send_timeout: Duration::from_secs(60),
+            },
+            rx,
+        ));
+        Ok(Self {
+            addr,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and lets the requests in flight finish (up to `grace`).
+    pub async fn shutdown(mut self, grace: Duration) {
+        if let Some(tx) = self.shutdown.take() {
+            tx.send(()).ok();
+        }
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            self.task.abort();
+        }
+    }
+}
+
+/// Open connections `keyturn console` serves at once (a few people and their browsers).
+const CONSOLE_CONNECTIONS: usize = 64;

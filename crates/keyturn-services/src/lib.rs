@@ -30,6 +30,7 @@ pub mod error;
 pub mod monitor;
 pub mod notify;
 pub mod state;
+pub mod view;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -139,6 +140,8 @@ pub struct Pool {
     sink: Sink,
     /// Each key's egress route (`[[keys]] proxy`, else `[http] proxy`), for its callers.
     routes: Routes,
+    /// Which keys' routes are failing now, as this pool's transports found them.
+    route_board: Arc<keyturn_gemini::RouteBoard>,
 }
 
 /// Keys with their own egress route.
@@ -249,10 +252,12 @@ impl Pool {
                     ledger.clone(),
                     &cfg.http.api_version,
                     self.clock.clone(),
-                    &routes,
+                    (&routes, &self.route_board),
                 )?;
                 self.ledger = ledger;
                 self.keys = keys;
+                // The restarted monitor re-checks through the new routes.
+                self.routes = routes.clone();
                 if let Some(m) = self.state.monitor.take() {
                     m.shutdown().await;
                     self.watch_with(cfg, self.sink.0.clone())?;
@@ -266,7 +271,7 @@ impl Pool {
                 self.ledger.clone(),
                 &cfg.http.api_version,
                 self.clock.clone(),
-                &routes,
+                (&routes, &self.route_board),
             )?;
         }
         self.found = found;
@@ -299,7 +304,7 @@ impl Pool {
             None => None,
         };
         let recheck = if cfg.recheck.enabled {
-            Some((transport(cfg, &cfg.http.api_version)?, cfg.recheck.interval))
+            Some((self.check_transport(cfg)?, cfg.recheck.interval))
         } else {
             None
         };
@@ -325,8 +330,23 @@ impl Pool {
             self.ledger.clone(),
             api_version,
             self.clock.clone(),
-            &self.routes,
+            (&self.routes, &self.route_board),
         )
+    }
+
+    /// A transport for checks with this pool's keys (`GET models…`, no quota): each key through
+    /// its own route, failures recorded on [`Pool::route_board`].
+    pub fn check_transport(&self, cfg: &Config) -> Result<Transport, ServiceError> {
+        Ok(
+            Transport::with_routes(&transport_config(cfg, &cfg.http.api_version), &self.routes)
+                .map_err(|e| ServiceError::Http(e.into()))?
+                .with_route_board(self.route_board.clone()),
+        )
+    }
+
+    /// Which keys' egress routes are failing now.
+    pub fn route_board(&self) -> Arc<keyturn_gemini::RouteBoard> {
+        self.route_board.clone()
     }
 }
 
@@ -499,12 +519,13 @@ pub async fn create_pool_with_clock(
         }
     };
     let routes = routes_of(cfg, &found);
+    let route_board = Arc::new(keyturn_gemini::RouteBoard::new(clock.clone()));
     let caller = build_caller(
         cfg,
         ledger.clone(),
         &cfg.http.api_version,
         clock.clone(),
-        &routes,
+        (&routes, &route_board),
     )?;
     Ok(Pool {
         keys,
@@ -516,6 +537,7 @@ pub async fn create_pool_with_clock(
         state_config: cfg.state.clone(),
         sink: Sink::default(),
         routes,
+        route_board,
     })
 }
 
@@ -538,9 +560,20 @@ fn redis_connect_error(cfg: &Config, e: ConnectError) -> ServiceError {
     }
 }
 
-/// The HTTP transport `[http]` describes, for one API version.
+/// The HTTP transport `[http]` describes, for one API version: every key straight out. For
+/// requests with the pool's keys, [`key_transport`] sends each through its own route.
 pub fn transport(cfg: &Config, api_version: &str) -> Result<Transport, ServiceError> {
     Transport::new(&transport_config(cfg, api_version)).map_err(|e| ServiceError::Http(e.into()))
+}
+
+/// The transport for requests with the keys `found` (from [`key_ring`]): each through its own
+/// egress route (`[[keys]] proxy`, else `[http] proxy`), as the pool's callers send them.
+pub fn key_transport(cfg: &Config, found: &[Found]) -> Result<Transport, ServiceError> {
+    Transport::with_routes(
+        &transport_config(cfg, &cfg.http.api_version),
+        &routes_of(cfg, found),
+    )
+    .map_err(|e| ServiceError::Http(e.into()))
 }
 
 fn transport_config(cfg: &Config, api_version: &str) -> TransportConfig {
@@ -557,10 +590,11 @@ fn build_caller(
     ledger: Arc<dyn QuotaLedger>,
     api_version: &str,
     clock: Arc<dyn Clock>,
-    routes: &Routes,
+    (routes, board): (&Routes, &Arc<keyturn_gemini::RouteBoard>),
 ) -> Result<Arc<dyn GeminiCall>, ServiceError> {
     let transport = Transport::with_routes(&transport_config(cfg, api_version), routes)
-        .map_err(|e| ServiceError::Http(e.into()))?;
+        .map_err(|e| ServiceError::Http(e.into()))?
+        .with_route_board(board.clone());
     let retry = RetryPolicy {
         max_attempts: cfg.retry.max_attempts,
         max_elapsed: cfg.retry.max_elapsed,

@@ -161,6 +161,29 @@ pub(super) enum Command {
         after_help = "Examples:\n  keyturn serve                       # 127.0.0.1:8080 (or [serve] listen)\n  keyturn serve token new --label team-a\n  curl -H 'x-goog-api-key: <token>' http://127.0.0.1:8080/v1beta/models\n\nSee docs/PROXY.md for google-genai, LiteLLM and curl."
     )]
     Serve(ServeArgs),
+    /// The web console of `keyturn serve` over the state folder or Redis namespace, without a
+    /// proxy: keys, quota, history, events and seed runs, live. Read-only by default.
+    #[command(
+        after_help = "Examples:\n  keyturn console                     # http://127.0.0.1:8090/console, read-only\n  keyturn console --allow-actions     # resets, disables, enables, re-checks\n\nOn the file backend a read-only console follows the state file a running seed writes and never\ntakes its lock; --allow-actions takes the lock (exit 2 while a seed or serve holds it).\nBeyond loopback it needs an admin token ([[serve.admin_tokens]]), else it refuses to start (exit 2)."
+    )]
+    Console(ConsoleArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub(super) struct ConsoleArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = super::console::DEFAULT_LISTEN)]
+    pub listen: String,
+    /// Allow resets, disables, enables and re-checks (file backend: takes the state file's lock,
+    /// so no seed or serve may run on it meanwhile).
+    #[arg(long)]
+    pub allow_actions: bool,
+    /// With Redis: a model whose quota to show (repeatable; default: the seed's models and
+    /// those keyturn.toml names). Redis keeps no list of models.
+    #[arg(long = "model", value_name = "MODEL")]
+    pub models: Vec<String>,
+    #[command(flatten)]
+    pub setup: Setup,
 }
 
 #[derive(Debug, Clone, Args)]

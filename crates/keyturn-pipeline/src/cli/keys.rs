@@ -95,11 +95,12 @@ async fn list(cfg: &Config, env: &Env, cwd: &Path) -> ExitCode {
 }
 
 async fn check(cfg: &Config, env: &Env, cwd: &Path, model: &str) -> ExitCode {
-    let (ring, _) = match key_ring(cfg, env, cwd) {
+    let (ring, found) = match key_ring(cfg, env, cwd) {
         Ok(r) => r,
         Err(e) => return fail(Outcome::Usage, e),
     };
-    let transport = match keyturn_services::transport(cfg, &cfg.http.api_version) {
+    // Each key is asked through its own egress route, as its requests go.
+    let transport = match keyturn_services::key_transport(cfg, &found) {
         Ok(t) => t,
         Err(e) => return fail(Outcome::Failed, e),
     };

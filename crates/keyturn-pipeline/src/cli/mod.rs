@@ -8,6 +8,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)] // this module is the binary's UI
 
 mod args;
+mod console;
 mod export;
 mod keys;
 mod plan;
@@ -191,6 +192,10 @@ async fn run(cli: Cli) -> ExitCode {
         Command::State(s) => {
             let g = g(s.setup(), None);
             state::cmd_state(&g, &env, &cwd, s).await
+        }
+        Command::Console(a) => {
+            let g = g(Some(&a.setup), None);
+            console::cmd_console(&g, &env, &cwd, a).await
         }
         Command::Serve(a) => {
             let g = g(Some(&a.setup), Some(&a.metrics));

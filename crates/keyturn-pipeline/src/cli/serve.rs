@@ -90,7 +90,8 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
     let (Ok(v1beta), Ok(v1)) = callers else {
         return fail(Outcome::Failed, "cannot set up the HTTP client");
     };
-    let recheck = match keyturn_services::transport(&cfg, &cfg.http.api_version) {
+    // Re-checks go through each key's own egress route, as its requests do.
+    let recheck = match pool.check_transport(&cfg) {
         Ok(t) => t,
         Err(e) => return fail(Outcome::Failed, e),
     };
@@ -109,6 +110,7 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
     let state = Arc::new(
         keyturn_proxy::ProxyState::new(v1beta, v1, pool.ledger.clone(), pool.clock.clone(), &pcfg)
             .with_recheck(recheck)
+            .with_route_board(pool.route_board())
             .with_resources(resources, upstream),
     );
     // The monitor's warnings (quota thresholds, keys disabled or back) also go to the console.
@@ -215,12 +217,10 @@ const SETTLE_FOR: Duration = Duration::from_millis(300);
 /// without end) is read after them anyway, and the reload decides.
 const MAX_SETTLE_ROUNDS: u32 = 20;
 
-type Digests = Vec<(String, [u8; 32])>;
-
 /// The client and admin token digests of a configuration.
-fn digests(
+pub(super) fn digests(
     cfg: &keyturn_services::Config,
-) -> Result<(Digests, Digests), keyturn_proxy::ProxyError> {
+) -> Result<(keyturn_proxy::Digests, keyturn_proxy::Digests), keyturn_proxy::ProxyError> {
     let parse = |list: &[keyturn_services::config::ServeToken]| {
         list.iter()
             .map(|t| keyturn_proxy::parse_digest(&t.label, &t.sha256).map(|d| (t.label.clone(), d)))

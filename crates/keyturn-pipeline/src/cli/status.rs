@@ -155,7 +155,7 @@ fn print_status(st: &PoolStatus) {
 
 /// A seed run in progress on this machine, as `keyturn status` shows it.
 #[derive(Debug, serde::Serialize)]
-struct LiveRun {
+pub(super) struct LiveRun {
     pid: u32,
     out: std::path::PathBuf,
     started_ms: i64,
@@ -174,7 +174,7 @@ struct LiveRun {
 /// The seed runs that keep a record in this configuration's state folder, each with an ETA
 /// from the same planner as `keyturn plan` and the seed's own progress line, for the work it
 /// has left and the pool's capacity now.
-fn live_runs(state_dir: &Path, ring: &KeyRing, st: &PoolStatus) -> Vec<LiveRun> {
+pub(super) fn live_runs(state_dir: &Path, ring: &KeyRing, st: &PoolStatus) -> Vec<LiveRun> {
     RunBoard::new(state_dir)
         .live(st.at_ms)
         .into_iter()
