@@ -51,6 +51,7 @@ use redis::{AsyncCommands, Script, Value};
 mod admission;
 mod conn;
 mod errors;
+mod grants;
 mod inspection;
 mod resources;
 mod state;
@@ -120,7 +121,9 @@ pub struct RedisLedger {
     claim: Script,
     projects: Vec<String>,
     /// Per key, in ring order: fingerprint as text, project, weight.
-    candidates: Vec<(String, String, u32)>,
+    candidates: Arc<Vec<(String, String, u32)>>,
+    /// This process's quota grants, and what gives back their unspent part.
+    giver: Arc<grants::Giver>,
     /// Per model: each key's configured (rpm, tpm, rpd, tpd), -1 for unlimited.
     limits: Mutex<HashMap<String, Arc<Vec<[i64; 4]>>>>,
     models: Mutex<Vec<String>>,
@@ -195,12 +198,27 @@ impl RedisLedger {
             .iter()
             .map(|m| keyturn_core::limits::normalize_model(m).to_owned())
             .collect();
-        let candidates = keys
-            .iter()
-            .map(|(_, e)| (e.fingerprint().to_string(), e.project.clone(), e.weight))
-            .collect();
+        let candidates: Arc<Vec<_>> = Arc::new(
+            keys.iter()
+                .map(|(_, e)| (e.fingerprint().to_string(), e.project.clone(), e.weight))
+                .collect(),
+        );
+        let acquire = Script::new(&format!("{COMMON}\n{ACQUIRE}"));
+        let giver = Arc::new(grants::Giver {
+            conn: conn.clone(),
+            acquire: acquire.clone(),
+            anchor: anchor.clone(),
+            prefix: prefix.clone(),
+            server: server.clone(),
+            time,
+            clock: clock.clone(),
+            candidates: candidates.clone(),
+            grants: Arc::default(),
+            spent_total: Default::default(),
+        });
         let ledger = Self {
             candidates,
+            giver,
             limits: Mutex::new(HashMap::new()),
             keys,
             cfg,
@@ -211,7 +229,7 @@ impl RedisLedger {
             prefix,
             anchor,
             scan_script: Script::new(SCAN),
-            acquire: Script::new(&format!("{COMMON}\n{ACQUIRE}")),
+            acquire,
             settle: Script::new(&format!("{COMMON}\n{SETTLE}")),
             claim: Script::new(CLAIM),
             projects,
@@ -332,15 +350,7 @@ impl RedisLedger {
         {
             return d;
         }
-        let today = QuotaDay::containing(now);
-        let yesterday = QuotaDay::containing(today.start_ms - 1);
-        let tomorrow = QuotaDay::containing(today.end_ms);
-        let d = [
-            yesterday.start_ms,
-            today.start_ms,
-            today.end_ms,
-            tomorrow.end_ms,
-        ];
+        let d = grants::midnights_around(now);
         *cached = Some(d);
         d
     }
@@ -469,20 +479,44 @@ impl QuotaLedger for RedisLedger {
     }
 
     async fn settle(&self, lease: Lease, outcome: Outcome) -> Result<(), LedgerError> {
-        self.settle_lease(lease, outcome).await
+        let model = self.models.lock().get(lease.model_slot() as usize).cloned();
+        // A success that took more tokens than reserved leaves less room than the model's
+        // grants were decided with; any other outcome may change what may be admitted (a
+        // breaker, a cooldown, a disabled key or project): grants go back, and the next acquire
+        // decides afresh.
+        let changes = match outcome {
+            Outcome::Success { input_tokens } => {
+                input_tokens.is_some_and(|t| t > lease.reserved_tokens())
+            }
+            Outcome::CallerFault => false,
+            _ => true,
+        };
+        let probe = lease.is_probe();
+        let success = matches!(outcome, Outcome::Success { .. });
+        self.settle_lease(lease, outcome).await?;
+        match model {
+            Some(m) if changes && success => self.give_back_model(&m).await,
+            _ if changes || probe => self.give_back_all().await,
+            _ => Ok(()),
+        }
     }
 
     async fn reset(&self, target: ResetTarget) -> Result<(), LedgerError> {
+        self.give_back_all().await?;
         self.reset_target(target).await
     }
 
     async fn disable_by_admin(&self, key: KeyId, disabled: bool) -> Result<(), LedgerError> {
+        self.give_back_all().await?;
         self.set_disabled_by_admin(key, disabled).await
     }
 
     async fn status(&self) -> Result<PoolStatus, LedgerError> {
         // Status is the snapshot read by the rules every ledger shares (without the history,
-        // which status does not show: the monitor reads status every second).
+        // which status does not show: the monitor reads status every second). This process's
+        // unspent grants go back first, so what shows as used is what it admitted; another
+        // process's show as used until they go back, at the end of their second at the latest.
+        self.give_back_all().await?;
         let snap = self.read_snapshot(false).await?;
         Ok(PoolStatus::from_snapshot(
             &snap,
@@ -492,6 +526,7 @@ impl QuotaLedger for RedisLedger {
     }
 
     async fn snapshot(&self) -> Result<Snapshot, LedgerError> {
+        self.give_back_all().await?;
         self.read_snapshot(true).await
     }
 
@@ -511,6 +546,7 @@ impl QuotaLedger for RedisLedger {
     }
 
     async fn restore(&self, snapshot: Snapshot) -> Result<(), LedgerError> {
+        self.give_back_all().await?;
         self.restore_snapshot(snapshot).await
     }
 }
