@@ -332,3 +332,38 @@ impl Held {
         self.spent += spent;
     }
 }
+
+impl RedisLedger {
+    /// Gives back this ledger's unspent grants. A clean shutdown calls it before dropping the
+    /// ledger; a ledger dropped without it gives them back in a task of the current runtime if
+    /// there is one (a runtime shutting down may not run it: they then stay counted as sent, the
+    /// minute's room back once their second leaves the window, the day's lost for the day).
+    pub async fn close(&self) -> Result<(), LedgerError> {
+        self.give_back_all().await
+    }
+}
+
+impl Drop for RedisLedger {
+    fn drop(&mut self) {
+        let models: Vec<String> = self.giver.grants.lock().keys().cloned().collect();
+        let held: Vec<(String, Vec<Give>)> = models
+            .into_iter()
+            .map(|m| {
+                let (back, _) = self.giver.take_all(&m);
+                (m, back)
+            })
+            .filter(|(_, back)| !back.is_empty())
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let giver = self.giver.clone();
+            rt.spawn(async move {
+                for (model, back) in held {
+                    let _ = giver.give_back(&model, &back).await;
+                }
+            });
+        }
+    }
+}
