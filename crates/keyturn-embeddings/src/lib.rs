@@ -92,6 +92,13 @@ impl EmbedOptions {
         self
     }
 
+    /// The `EmbedContentRequest` body a Batch Mode job (`asyncBatchEmbedContent`) carries for
+    /// `text`: the very request [`EmbeddingsService::embed_many`] sends for it, so a batch
+    /// job's vectors are the interactive ones.
+    pub fn batch_request(&self, text: &str) -> serde_json::Value {
+        serde_json::to_value(self.request(text, true)).unwrap_or_default()
+    }
+
     fn model_id(&self) -> &str {
         self.model.strip_prefix("models/").unwrap_or(&self.model)
     }
@@ -159,6 +166,14 @@ pub trait EmbeddingsService: Send + Sync + std::fmt::Debug {
 }
 
 fn _object_safe(_: Box<dyn EmbeddingsService>) {}
+
+/// The vector of one `EmbedContentResponse` (a Batch Mode job's answer): `embedding.values`.
+/// Read as [`EmbeddingsService::embed`] reads its answer, so the numbers are the same.
+pub fn vector_of(response: &serde_json::Value) -> Option<Vec<f32>> {
+    serde_json::from_value::<EmbedContentResponse>(response.clone())
+        .ok()
+        .map(|r| r.embedding.values)
+}
 
 /// Input-token estimate for a text (the pool's one rule, without a per-part allowance: an
 /// embedding item is one text).

@@ -4,7 +4,7 @@
 //! A job belongs to that project: it is created, polled, read and cancelled with a key of it, so
 //! every call here takes the key to use ([`KeyEntry`]) instead of rotating. The calls are the
 //! real API's (v1beta):
-//! - `POST models/{m}:batchGenerateContent` with `{"batch": {"displayName", "inputConfig":
+//! - `POST models/{m}:batchGenerateContent` (and `:asyncBatchEmbedContent` for embeddings) with `{"batch": {"displayName", "inputConfig":
 //!   {"requests": {"requests": [{"request", "metadata": {"key"}}]}}}}` — inline requests, while
 //!   the body stays under [`INLINE_LIMIT_BYTES`] — or `"inputConfig": {"fileName": "files/…"}`
 //!   naming a JSONL file of `{"key", "request"}` lines uploaded through the Files API
@@ -157,6 +157,11 @@ impl BatchClient {
         }
     }
 
+    /// The transport the client sends through (the pool's own).
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
     /// Bodies above `bytes` go as an uploaded JSONL file (default [`INLINE_LIMIT_BYTES`]; a test
     /// lowers it to exercise the file path).
     pub fn inline_limit(mut self, bytes: usize) -> Self {
@@ -173,7 +178,32 @@ impl BatchClient {
         display_name: &str,
         requests: &[BatchRequest],
     ) -> Result<BatchJob, GeminiError> {
-        let url = self.transport.model_url(model, "batchGenerateContent")?;
+        self.submit_to("batchGenerateContent", key, model, display_name, requests)
+            .await
+    }
+
+    /// As [`BatchClient::submit`], a job of `EmbedContentRequest` bodies to an embedding model
+    /// (`models/{m}:asyncBatchEmbedContent`); each answer is an `EmbedContentResponse`.
+    pub async fn submit_embeddings(
+        &self,
+        key: &KeyEntry,
+        model: &str,
+        display_name: &str,
+        requests: &[BatchRequest],
+    ) -> Result<BatchJob, GeminiError> {
+        self.submit_to("asyncBatchEmbedContent", key, model, display_name, requests)
+            .await
+    }
+
+    async fn submit_to(
+        &self,
+        method: &str,
+        key: &KeyEntry,
+        model: &str,
+        display_name: &str,
+        requests: &[BatchRequest],
+    ) -> Result<BatchJob, GeminiError> {
+        let url = self.transport.model_url(model, method)?;
         let inline: Vec<Value> = requests
             .iter()
             .map(|r| json!({"request": r.request, "metadata": {"key": r.key}}))
@@ -477,12 +507,11 @@ impl BatchClient {
 }
 
 /// Whether an error on submit means the project cannot run batch jobs at all (free tier:
-/// `FAILED_PRECONDITION`), so the job should go to another project.
+/// `FAILED_PRECONDITION`, or a zero batch quota), so the job should go to another project. A
+/// dead key, a project whose API is disabled or whose credits ran out is not that: it is what
+/// any call would meet, for the ledger to learn, and the project's other keys may still submit.
 pub fn batch_refused(e: &GeminiError) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::ModelUnavailable | ErrorKind::ProjectOff | ErrorKind::ProjectDead(_)
-    )
+    matches!(e.kind(), ErrorKind::ModelUnavailable)
 }
 
 /// A job name as Gemini gives it, `batches/{id}`, the id valid; anything else is refused before

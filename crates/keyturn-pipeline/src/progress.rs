@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use keyturn_core::plan::{Plan, Work, plan};
 use keyturn_core::{BreakerState, Clock, LimitTable, PoolStatus, QuotaLedger, ScopeState};
 use keyturn_gemini::GeminiCall;
-use keyturn_store::runs::{RunBoard, RunRecord};
+use keyturn_store::runs::{BatchView, RunBoard, RunRecord};
 
 use crate::term::safe;
 
@@ -158,6 +158,8 @@ pub struct Progress {
     ticker: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Where the run announces itself to `keyturn status`, and the record it keeps there.
     board: std::sync::Mutex<Option<(RunBoard, RunRecord)>>,
+    /// A batch run's jobs, as last told ([`Progress::batch`]).
+    jobs: Arc<std::sync::Mutex<Option<BatchView>>>,
 }
 
 impl Progress {
@@ -179,6 +181,7 @@ impl Progress {
             work: Arc::default(),
             ticker: std::sync::Mutex::new(None),
             board: std::sync::Mutex::new(None),
+            jobs: Arc::default(),
         }
     }
 
@@ -194,6 +197,7 @@ impl Progress {
             episodes_done: 0,
             episodes_total: 0,
             left: Vec::new(),
+            batch: None,
         };
         if let Ok(mut b) = self.board.lock() {
             *b = Some((board, record));
@@ -213,6 +217,7 @@ impl Progress {
         let bar = self.bar.clone();
         let chunks = self.chunks.clone();
         let work = self.work.clone();
+        let jobs = self.jobs.clone();
         let tty = self.tty;
         let model = model.to_owned();
         let every = if tty {
@@ -259,6 +264,7 @@ impl Progress {
                                 record.updated_ms = now;
                                 record.episodes_done = bar.position();
                                 record.left = left.clone();
+                                record.batch = jobs.lock().ok().and_then(|j| j.clone());
                                 let (board, record) = (board.clone(), record.clone());
                                 // A lost record only hides the run from `keyturn status`.
                                 tokio::task::spawn_blocking(move || board.publish(&record));
@@ -288,8 +294,13 @@ impl Progress {
                     }
                     Err(e) => format!("keys unknown ({})", safe(&e.to_string())),
                 };
+                let batch = jobs
+                    .lock()
+                    .ok()
+                    .and_then(|j| j.as_ref().map(jobs_segment))
+                    .unwrap_or_default();
                 let msg = format!(
-                    "chunks {} · {:.1} req/s · {keys}",
+                    "chunks {}{batch} · {:.1} req/s · {keys}",
                     chunks.load(Ordering::Relaxed),
                     requests as f64 / secs
                 );
@@ -314,6 +325,14 @@ impl Progress {
     pub fn expect(&self, work: Vec<Work>) {
         if let Ok(mut w) = self.work.lock() {
             *w = work;
+        }
+    }
+
+    /// A batch run's jobs now: shown in the progress line and in the run's record for
+    /// `keyturn status`, and kept as the last batch run's record when the run ends.
+    pub fn batch(&self, view: BatchView) {
+        if let Ok(mut j) = self.jobs.lock() {
+            *j = Some(view);
         }
     }
 
@@ -351,12 +370,44 @@ impl Progress {
         }
         self.bar.finish_and_clear();
         if let Ok(mut b) = self.board.lock()
-            && let Some((board, record)) = b.take()
-            && let Err(e) = board.remove(&record)
+            && let Some((board, mut record)) = b.take()
         {
-            tracing::debug!(error = %e, "could not remove the run's record");
+            if let Err(e) = board.remove(&record) {
+                tracing::debug!(error = %e, "could not remove the run's record");
+            }
+            record.batch = self.jobs.lock().ok().and_then(|j| j.clone());
+            if let Some(view) = &record.batch {
+                record.updated_ms = view.at_ms;
+                record.episodes_done = self.bar.position();
+                record.episodes_total = self.bar.length().unwrap_or(0);
+                record.left = Vec::new();
+                if let Err(e) = board.keep_last_batch(&record) {
+                    tracing::debug!(error = %e, "could not keep the batch run's record");
+                }
+            }
         }
     }
+}
+
+/// The progress line's jobs segment: ` · jobs running 2, succeeded 5 · items 40/120`.
+pub fn jobs_segment(view: &BatchView) -> String {
+    let mut by: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for states in view.jobs.values() {
+        for (state, n) in states {
+            *by.entry(state.as_str()).or_default() += n;
+        }
+    }
+    let jobs: Vec<String> = by.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    format!(
+        " · jobs {} · items {}/{}",
+        if jobs.is_empty() {
+            "none".to_owned()
+        } else {
+            jobs.join(", ")
+        },
+        view.items_done,
+        view.items_total
+    )
 }
 
 #[cfg(test)]
@@ -364,6 +415,27 @@ mod tests {
     use super::*;
     use keyturn_core::ModelLimits;
     use keyturn_core::plan::Capacity;
+
+    #[test]
+    fn the_jobs_segment_sums_states_over_projects_and_counts_items() {
+        let mut view = BatchView {
+            items_done: 12,
+            items_total: 40,
+            ..BatchView::default()
+        };
+        assert_eq!(jobs_segment(&view), " · jobs none · items 12/40");
+        for (p, st, n) in [
+            ("a", "running", 2),
+            ("a", "succeeded", 1),
+            ("b", "running", 1),
+        ] {
+            view.jobs.entry(p.into()).or_default().insert(st.into(), n);
+        }
+        assert_eq!(
+            jobs_segment(&view),
+            " · jobs running 3, succeeded 1 · items 12/40"
+        );
+    }
 
     fn ms(s: &str) -> i64 {
         s.parse::<jiff::Timestamp>().unwrap().as_millisecond()

@@ -42,6 +42,26 @@ pub struct RunRecord {
     pub episodes_total: u64,
     /// The requests and tokens it still has to send, per model.
     pub left: Vec<Work>,
+    /// A `seed --batch` run's jobs and items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchView>,
+}
+
+/// Where a `seed --batch` run's jobs stand: what `keyturn status` shows of it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BatchView {
+    /// When this was seen (ms since the epoch, the pool's clock).
+    pub at_ms: i64,
+    /// Jobs by project, then by state (`pending`, `running`, `succeeded`, …).
+    pub jobs: std::collections::BTreeMap<String, std::collections::BTreeMap<String, u64>>,
+    /// Requests answered so far.
+    pub items_done: u64,
+    /// Requests answered, failed, in live jobs and still queued: the run's total as known now.
+    pub items_total: u64,
+    /// Estimated cost of the tokens answered so far at the batch price (USD).
+    pub estimated_cost_usd: Option<f64>,
+    /// The same tokens at the interactive price.
+    pub interactive_cost_usd: Option<f64>,
 }
 
 impl RunRecord {
@@ -49,6 +69,10 @@ impl RunRecord {
         format!("{}-{}.json", self.pid, self.started_ms)
     }
 }
+
+/// The last `seed --batch` run's record, kept when it ends (beside the live records, under a
+/// name [`RunBoard::live`] does not read).
+pub const LAST_BATCH: &str = "last-batch.json";
 
 /// The records of one state folder.
 #[derive(Debug, Clone)]
@@ -84,6 +108,22 @@ impl RunBoard {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Keeps `run` as the last batch run's record (atomically, replacing the one before).
+    pub fn keep_last_batch(&self, run: &RunRecord) -> Result<(), StoreError> {
+        ensure_private_dir(&self.dir)?;
+        let path = self.dir.join(LAST_BATCH);
+        let bytes = serde_json::to_vec_pretty(run).map_err(|e| StoreError::Io {
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        write_atomic(&path, &bytes, 0o600)
+    }
+
+    /// The last batch run's record, if one was kept (read as carefully as the live ones).
+    pub fn last_batch(&self) -> Option<RunRecord> {
+        read_record(&self.dir.join(LAST_BATCH)).filter(|r| r.batch.is_some())
     }
 
     /// The runs whose records were refreshed within [`STALE_AFTER_MS`] of `now_ms`, oldest
@@ -161,7 +201,31 @@ mod tests {
                 input_tokens: 70_000,
                 output_tokens: 0,
             }],
+            batch: None,
         }
+    }
+
+    #[test]
+    fn the_last_batch_run_is_kept_apart_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = RunBoard::new(dir.path());
+        assert_eq!(board.last_batch(), None);
+        let mut r = run(5_000);
+        board.keep_last_batch(&r).unwrap();
+        assert_eq!(
+            board.last_batch(),
+            None,
+            "a record without jobs is no batch run"
+        );
+        r.batch = Some(BatchView {
+            at_ms: 5_000,
+            items_done: 4,
+            items_total: 9,
+            ..BatchView::default()
+        });
+        board.keep_last_batch(&r).unwrap();
+        assert_eq!(board.last_batch(), Some(r));
+        assert!(board.live(5_000).is_empty(), "not a live run");
     }
 
     #[test]

@@ -68,6 +68,7 @@ fn batch_options(
             poll: p.batch_poll,
             max_poll: p.batch_max_poll,
             fallback,
+            embeddings: p.batch_embeddings,
             ..BatchOptions::default()
         },
     )))

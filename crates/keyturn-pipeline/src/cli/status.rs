@@ -7,7 +7,7 @@ use keyturn_core::plan::{Work, plan};
 use keyturn_core::{KeyRing, LimitTable, PoolStatus};
 use keyturn_services::state::StateError;
 use keyturn_services::{Config, Env, key_ring};
-use keyturn_store::runs::RunBoard;
+use keyturn_store::runs::{BatchView, RunBoard, RunRecord};
 
 use super::{Global, fail, load};
 use crate::progress::eta;
@@ -169,6 +169,9 @@ pub(super) struct LiveRun {
     /// The Pacific days it still spans.
     days: u32,
     left: Vec<Work>,
+    /// A `seed --batch` run's jobs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch: Option<BatchView>,
 }
 
 /// The seed runs that keep a record in this configuration's state folder, each with an ETA
@@ -198,6 +201,7 @@ pub(super) fn live_runs(state_dir: &Path, ring: &KeyRing, st: &PoolStatus) -> Ve
                 finish_ms: p.finish_ms,
                 days: p.days,
                 left,
+                batch: r.batch,
             }
         })
         .collect()
@@ -218,7 +222,42 @@ fn print_runs(runs: &[LiveRun]) {
             r.episodes_total,
             safe(&r.eta)
         );
+        if let Some(b) = &r.batch {
+            print_batch("    ", b);
+        }
     }
+}
+
+/// A batch run's jobs per project and state, items done, and the estimated cost.
+fn print_batch(indent: &str, b: &BatchView) {
+    for (project, states) in &b.jobs {
+        let s: Vec<String> = states.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!("{indent}jobs on {}: {}", safe(project), s.join(", "));
+    }
+    let usd = |c: Option<f64>| c.map_or_else(|| "unknown".to_owned(), |c| format!("${c:.4}"));
+    println!(
+        "{indent}items {}/{} · estimated cost {} at the batch price ({} interactive)",
+        b.items_done,
+        b.items_total,
+        usd(b.estimated_cost_usd),
+        usd(b.interactive_cost_usd)
+    );
+}
+
+/// The last batch seed's record, once it ended (`None` while none was kept).
+fn print_last_batch(last: Option<&RunRecord>) {
+    let Some((r, b)) = last.and_then(|r| Some((r, r.batch.as_ref()?))) else {
+        return;
+    };
+    println!();
+    println!(
+        "last batch seed → {} ({}): episodes {}/{}",
+        safe_path(&r.out),
+        when(b.at_ms),
+        r.episodes_done,
+        r.episodes_total
+    );
+    print_batch("  ", b);
 }
 
 pub(super) async fn cmd_status(g: &Global, env: &Env, cwd: &Path, json: bool) -> ExitCode {
@@ -234,11 +273,16 @@ pub(super) async fn cmd_status(g: &Global, env: &Env, cwd: &Path, json: bool) ->
         Ok(Some(st)) if json => {
             // The pool's status with the runs in progress beside it.
             let runs = live_runs(&cfg.state.dir, &ring, &st);
+            let last = RunBoard::new(&cfg.state.dir).last_batch();
             let mut v = serde_json::to_value(&st).unwrap_or_default();
             if let Some(o) = v.as_object_mut() {
                 o.insert(
                     "runs".into(),
                     serde_json::to_value(&runs).unwrap_or_default(),
+                );
+                o.insert(
+                    "last_batch".into(),
+                    serde_json::to_value(&last).unwrap_or_default(),
                 );
             }
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
@@ -247,6 +291,7 @@ pub(super) async fn cmd_status(g: &Global, env: &Env, cwd: &Path, json: bool) ->
         Ok(Some(st)) => {
             print_status(&st);
             print_runs(&live_runs(&cfg.state.dir, &ring, &st));
+            print_last_batch(RunBoard::new(&cfg.state.dir).last_batch().as_ref());
             ExitCode::SUCCESS
         }
         Ok(None) => {

@@ -90,6 +90,9 @@ pub struct PipelineSettings {
     /// Longest interval between polls (the interval doubles while nothing changes).
     #[serde(with = "serde_duration")]
     pub batch_max_poll: Duration,
+    /// In batch mode, the chunk and entity embeddings go as batch jobs too
+    /// (`asyncBatchEmbedContent`) instead of interactive `batchEmbedContents` calls.
+    pub batch_embeddings: bool,
 }
 
 impl Default for PipelineSettings {
@@ -100,6 +103,7 @@ impl Default for PipelineSettings {
             batch_max_requests: 1_000,
             batch_poll: Duration::from_secs(10),
             batch_max_poll: Duration::from_secs(300),
+            batch_embeddings: false,
         }
     }
 }

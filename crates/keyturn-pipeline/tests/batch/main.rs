@@ -13,6 +13,9 @@ use std::process::{Command, Output, Stdio};
 use keyturn_sim::{Limits, ProjectConfig, SimConfig, SimKey, Simulator, Tier};
 use serde_json::Value;
 
+mod embeddings;
+mod status;
+
 const FLASH: &str = "gemini-2.5-flash";
 const EMBED: &str = "gemini-embedding-001";
 /// Ring order puts the free-tier project first, so the first job meets its refusal.
@@ -567,4 +570,64 @@ async fn a_key_the_ledger_switched_off_submits_no_job_and_its_project_keeps_batc
             .unwrap_or(0)
     };
     assert_eq!(calls(&after), calls(&before), "{}", after["keys"]);
+}
+
+/// `keyturn status --json` on the world's state.
+async fn status_json(w: &World) -> Value {
+    let o = status(w, &["--json"]).await;
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+/// `keyturn status ARGS…` on the world's state; it must succeed.
+async fn status(w: &World, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_keyturn"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("KEYTURN_KEYS_FILE", w.dir.path().join("keys.txt"))
+        .env("KEYTURN_CONFIG", w.dir.path().join("keyturn.toml"))
+        .env("KEYTURN_STATE_DIR", w.dir.path().join("state"))
+        .env("GEMINI_BASE_URL", w.sim.base_url())
+        .current_dir(w.dir.path())
+        .arg("status")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let o = w.run(c).await;
+    assert!(o.status.success(), "{}", text(&o));
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_first_key_passes_its_projects_jobs_to_the_next_key_and_the_pool_learns_it() {
+    // proj-a's first key was revoked and nothing knows it yet: its first submit meets
+    // API_KEY_INVALID. That is the key's fault, not the project's: a-2 takes proj-a's jobs.
+    let w = World::build_with_invalid(1, 0, 100, &["a-1"]).await;
+    let out = w.dir.path().join("out");
+    let o = w.run(w.command(&out, &["--batch"])).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let r = report(&out);
+    let b = &r["batch"];
+    assert_eq!(r["items"]["processed"], 5, "{r}");
+    let off = b["projects_off"].as_object().unwrap();
+    assert_eq!(off.keys().collect::<Vec<_>>(), ["proj-free"], "{b}");
+    assert!(
+        b["jobs"]["proj-a"]["succeeded"].as_u64().unwrap_or(0) >= 1,
+        "{b}"
+    );
+    // Gemini has proj-a's jobs (listed with its live key), and the pool knows a-1 is dead.
+    assert!(!w.jobs(KEYS[2].0).await.is_empty());
+    let st = status_json(&w).await;
+    let a1 = st["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["label"] == "a-1")
+        .cloned()
+        .unwrap();
+    assert!(!a1["disabled"].is_null(), "{a1}");
+    assert!(
+        text(&o).contains("trying the project's next key"),
+        "{}",
+        text(&o)
+    );
 }
