@@ -399,10 +399,14 @@ impl RedisLedger {
         let mut replies: Vec<Value> = match inv.invoke_async(&mut conn).await {
             Ok(r) => r,
             Err(e) => {
-                // Not given back: kept for the next call (counted as sent meanwhile).
+                // The script may have run with only its answer lost (a timeout): what it was
+                // to give back may be back already, and a second give-back would take others'
+                // admissions off the counts. It stays counted as sent (never over-admission);
+                // the count spent stays for the next call's sizing.
+                drop(back);
                 let mut grants = self.giver.grants.lock();
                 let h = grants.entry(model.to_owned()).or_default();
-                h.requeue(back, spent);
+                h.count_spent(spent);
                 return Err(e);
             }
         };

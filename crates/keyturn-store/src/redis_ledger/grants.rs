@@ -12,7 +12,9 @@
 //! What a grant did not spend (it expired, a demand took fewer tokens than it held, or the
 //! process needs its counts true) goes back: with the next acquire call of the model, or by a
 //! timer at the grant's end when the process is idle, or at once before `status`, `snapshot`,
-//! a reset, a disable, a restore, and after a settle that changes what may be admitted.
+//! a reset, a disable, a restore, and after a settle that changes what may be admitted. A
+//! call that fails is never repeated with the same give-backs: it may have run in Redis with
+//! only its answer lost, and giving back twice would take other admissions off the counts.
 //!
 //! Sizing (the trade-off between round trips and fairness): `want` is twice what the process
 //! spent since its last call plus the batch, at most [`MAX_GRANT`]; the script takes at most
@@ -109,7 +111,8 @@ impl Giver {
     }
 
     /// Gives `back` to Redis in one call. A failure leaves it counted as sent (never
-    /// over-admission) and is logged; the caller keeps it for a later call.
+    /// over-admission) and is logged; it is not sent again: the call may have run with only
+    /// its answer lost, and a second give-back would take others' admissions off the counts.
     pub(super) async fn give_back(&self, model: &str, back: &[Give]) -> Result<(), LedgerError> {
         if back.is_empty() {
             return Ok(());
@@ -131,7 +134,7 @@ impl Giver {
         self.grant_args(&mut inv, 0, (1, 0), back);
         let mut conn = self.conn.clone();
         let _: Vec<Value> = inv.invoke_async(&mut conn).await.map_err(|e| {
-            tracing::warn!(model = %model, "could not give back unspent grants; they stay counted as sent until the next call");
+            tracing::warn!(model = %model, "could not give back unspent grants; they stay counted as sent (the minute's room comes back with their second, the day's does not)");
             LedgerError::Backend(backend(&self.server, &e))
         })?;
         Ok(())
@@ -231,11 +234,10 @@ impl Giver {
                 std::mem::take(&mut h.back)
             };
             if self.give_back(&model, &back).await.is_err() {
-                // Redis cannot be asked: what it held stays counted as sent, and goes back with
-                // the model's next acquire call (the timer stops rather than retry in a loop).
+                // Redis cannot be asked (or its answer was lost): what it held stays counted as
+                // sent, never given back twice (the timer stops rather than retry in a loop).
                 let mut grants = self.grants.lock();
                 if let Some(h) = grants.get_mut(&model) {
-                    h.requeue(back, 0);
                     h.timer = false;
                 }
                 return;
@@ -308,27 +310,21 @@ impl RedisLedger {
         Ok(())
     }
 
-    /// Gives back one model's grants (kept for a later call if Redis cannot be asked).
+    /// Gives back one model's grants (if Redis cannot be asked, they stay counted as sent:
+    /// see [`Giver::give_back`]).
     pub(super) async fn give_back_model(&self, model: &str) -> Result<(), LedgerError> {
         let (back, spent) = self.giver.take_all(model);
         // The spent count stays for the next call's sizing.
         if let Some(h) = self.giver.grants.lock().get_mut(model) {
             h.spent += spent;
         }
-        let result = self.giver.give_back(model, &back).await;
-        if result.is_err()
-            && let Some(h) = self.giver.grants.lock().get_mut(model)
-        {
-            h.requeue(back, 0);
-        }
-        result
+        self.giver.give_back(model, &back).await
     }
 }
 
 impl Held {
-    /// Puts back what a failed call was to give back, and the count it was to report.
-    pub(super) fn requeue(&mut self, back: Vec<Give>, spent: usize) {
-        self.back.extend(back);
+    /// Keeps the count a failed call was to report, for the next call's sizing.
+    pub(super) fn count_spent(&mut self, spent: usize) {
         self.spent += spent;
     }
 }
