@@ -78,5 +78,11 @@ fn a_huge_state_file_or_a_pipe_is_refused_unread() {
     let err = FileStore::read(&path).unwrap_err().to_string();
     assert!(err.contains("not a regular file"), "{err}");
     // `keyturn state info` says the same without hanging on it.
-    assert!(FileStore::info(tmp.path()).written.unwrap().contents.is_err());
+    assert!(
+        FileStore::info(tmp.path())
+            .written
+            .unwrap()
+            .contents
+            .is_err()
+    );
 }
