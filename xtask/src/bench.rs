@@ -15,7 +15,8 @@
 //!
 //! Writes `target/bench/report.json` and `target/bench/table.md`; `--update-readme` puts the
 //! table in README.md between the `bench:start` / `bench:end` markers. `--quick` shortens every
-//! measurement; `--only criterion,utilisation,simulator,proxy,rss,batch` runs some sections (for work on one).
+//! measurement; `--only criterion,utilisation,simulator,proxy,rss,batch` runs some sections (for
+//! work on one; `--only redis` runs only the Redis rows of criterion).
 //! It runs as a release build (a debug `cargo xtask` re-runs itself with `--release`).
 
 use std::collections::BTreeMap;
@@ -106,6 +107,11 @@ fn run(opts: &Opts) -> Result<(), String> {
         report.insert("redis".into(), crit.1);
         report.insert("client_overhead".into(), crit.2);
         report.insert("filestore".into(), crit.3);
+    } else if opts.runs("redis") {
+        // The Redis rows alone (`--only redis`): the store's Redis benches, nothing else.
+        std::fs::remove_dir_all(target_dir().join("criterion").join("redis")).ok();
+        cargo_bench("keyturn-store", "store", Some("redis"), opts)?;
+        report.insert("redis".into(), redis_rows(&criterion_medians()));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -274,22 +280,7 @@ fn criterion(opts: &Opts) -> Result<(Value, Value, Value, Value), String> {
         );
     }
 
-    let per_s = |id: &str| get(id).map(|ns| 1e9 / ns);
-    let mut redis = serde_json::Map::new();
-    for mode in ["serial", "64-in-flight"] {
-        let evalsha = per_s(&format!("redis/evalsha_trivial/{mode}"));
-        let acquire = per_s(&format!("redis/acquire/{mode}"));
-        let both = per_s(&format!("redis/acquire_settle/{mode}"));
-        redis.insert(
-            mode.into(),
-            json!({
-                "evalsha_trivial_per_s": evalsha,
-                "acquire_per_s": acquire,
-                "acquire_settle_per_s": both,
-                "acquire_vs_evalsha": acquire.zip(evalsha).map(|(a, e)| a / e),
-            }),
-        );
-    }
+    let redis = redis_rows(&m);
     let bare = get("generate/bare_reqwest").map(|ns| ns / 1000.0);
     let ours = get("generate/keyturn_llm").map(|ns| ns / 1000.0);
     let client = json!({
@@ -312,7 +303,29 @@ fn criterion(opts: &Opts) -> Result<(Value, Value, Value, Value), String> {
                 "line": l,
             })
         });
-    Ok((Value::Object(core), Value::Object(redis), client, filestore))
+    Ok((Value::Object(core), redis, client, filestore))
+}
+
+/// The Redis rows: ledger acquires (and acquire + settle) next to a trivial `EVALSHA`, serial
+/// and with 64 in flight, in one run against one server.
+fn redis_rows(m: &BTreeMap<String, f64>) -> Value {
+    let per_s = |id: &str| m.get(id).copied().map(|ns| 1e9 / ns);
+    let mut redis = serde_json::Map::new();
+    for mode in ["serial", "64-in-flight"] {
+        let evalsha = per_s(&format!("redis/evalsha_trivial/{mode}"));
+        let acquire = per_s(&format!("redis/acquire/{mode}"));
+        let both = per_s(&format!("redis/acquire_settle/{mode}"));
+        redis.insert(
+            mode.into(),
+            json!({
+                "evalsha_trivial_per_s": evalsha,
+                "acquire_per_s": acquire,
+                "acquire_settle_per_s": both,
+                "acquire_vs_evalsha": acquire.zip(evalsha).map(|(a, e)| a / e),
+            }),
+        );
+    }
+    Value::Object(redis)
 }
 
 /// Drives keys with known RPM limits harder than they allow, through keyturn's caller against the

@@ -493,3 +493,31 @@ async fn an_admin_disables_a_key_until_enabling_it_and_a_recheck_does_not_lift_i
     assert!(kinds.contains(&"admin_disable".to_owned()), "{kinds:?}");
     assert!(kinds.contains(&"admin_enable".to_owned()), "{kinds:?}");
 }
+
+/// The sign-in form is open to anyone who reaches the proxy (no token yet): its body is
+/// bounded, so a stranger cannot make the proxy hold gigabytes in memory.
+#[tokio::test]
+async fn the_sign_in_form_refuses_a_huge_body() {
+    let s = setup("127.0.0.1:0", true, true, 100).await;
+    let huge = format!("token={}", "a".repeat(4 << 20));
+    let r = reqwest::Client::new()
+        .post(s.url("/console/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // A sign-in of ordinary size still works.
+    let ok = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(s.url("/console/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", s.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 303);
+}

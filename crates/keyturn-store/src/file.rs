@@ -17,6 +17,10 @@ use keyturn_core::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+/// The largest state file [`FileStore::read`] reads: far past what a pool of thousands of keys
+/// writes (a few MB).
+pub const MAX_STATE_BYTES: u64 = 256 * 1024 * 1024;
+
 /// The state file's name inside the state folder.
 pub const STATE_FILE: &str = "state.json";
 /// The lock file's name.
@@ -244,17 +248,44 @@ impl FileStore {
         self.saves.load(Ordering::Relaxed)
     }
 
-    /// Reads and checks a state file without taking the lock (for `keyturn state info`).
+    /// Reads and checks a state file without taking the lock (for `keyturn state info`, and
+    /// `keyturn console`, which re-reads it every second). Anything but a regular file (a pipe
+    /// would block the read for ever, a device never end) or a file over [`MAX_STATE_BYTES`] is
+    /// refused unread.
     pub fn read(path: &Path) -> Result<Option<StateFile>, StoreError> {
-        let bytes = match fs::read(path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(path, e)),
-        };
         let corrupt = |detail: String| StoreError::Corrupt {
             path: path.to_owned(),
             detail,
         };
+        let meta = match fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(path, e)),
+        };
+        let too_large = || {
+            corrupt(format!(
+                "larger than {} MiB: not a state file keyturn wrote",
+                MAX_STATE_BYTES >> 20
+            ))
+        };
+        if !meta.is_file() {
+            return Err(corrupt("not a regular file".into()));
+        }
+        if meta.len() > MAX_STATE_BYTES {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::new();
+        match File::open(path) {
+            Ok(f) => f
+                .take(MAX_STATE_BYTES + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| io_err(path, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(path, e)),
+        };
+        if bytes.len() as u64 > MAX_STATE_BYTES {
+            return Err(too_large());
+        }
         let head: SchemaOnly =
             serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not JSON: {e}")))?;
         match head.schema {

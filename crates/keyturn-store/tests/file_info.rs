@@ -57,3 +57,32 @@ fn delete_removes_an_unreadable_state_file_and_keeps_the_backup() {
     // Deleting what is already gone is not an error.
     store.delete().unwrap();
 }
+
+/// `keyturn console` re-reads the state file every second while a seed may run: a state file
+/// that is huge, or no file at all (a pipe would block the read for ever), is refused unread.
+#[test]
+fn a_huge_state_file_or_a_pipe_is_refused_unread() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join(STATE_FILE);
+    // Sparse: 256 MiB and one byte of nothing, no disk used.
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(256 * 1024 * 1024 + 1).unwrap();
+    let err = FileStore::read(&path).unwrap_err().to_string();
+    assert!(err.contains("larger than 256 MiB"), "{err}");
+    std::fs::remove_file(&path).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let err = FileStore::read(&path).unwrap_err().to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    // `keyturn state info` says the same without hanging on it.
+    assert!(
+        FileStore::info(tmp.path())
+            .written
+            .unwrap()
+            .contents
+            .is_err()
+    );
+}

@@ -40,7 +40,17 @@ async fn an_acl_that_denies_scripts_mid_run_is_named_a_configuration_error() {
         .await
         .unwrap();
 
-    let err = ledger.acquire(TIGHT, Demand::tokens(1)).await.unwrap_err();
+    // Admissions already taken ahead (a grant, counted in Redis before the change) may still be
+    // spent, for the rest of their second; the first acquire that asks Redis is refused.
+    let mut from_grant = 0;
+    let err = loop {
+        match ledger.acquire(TIGHT, Demand::tokens(1)).await {
+            Ok(lease) => drop(lease),
+            Err(e) => break e,
+        }
+        from_grant += 1;
+        assert!(from_grant <= 256, "never asked Redis");
+    };
     let msg = err.to_string();
     assert!(
         msg.contains("refused keyturn") && msg.contains("NOPERM"),

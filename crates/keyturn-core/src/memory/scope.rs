@@ -67,23 +67,29 @@ impl ProjectGate {
     }
 }
 
+/// `repr(C)`, in the order a pick reads it: the limits in force, the cooldowns, the day and the
+/// window's totals first (three cache lines, with the alignment), the window's buckets and what
+/// only a switch-off or a status reads after them. Hundreds of scopes of 1.9 KB do not stay in a
+/// core's cache; a pick that read fields spread over the whole scope missed on each.
 #[derive(Debug, Clone)]
+#[repr(C, align(64))]
 pub(super) struct Scope {
-    pub(super) project: u32,
+    /// `configured.min(learned)`, kept by `set_learned` (so it is off when either is).
+    pub(super) effective: ModelLimits,
+    pub(super) cooldown_until: i64,
+    pub(super) exhausted_until: i64,
+    /// When `learned` expires (0: nothing learned).
+    pub(super) learned_until: i64,
+    pub(super) day: DayCounter,
+    pub(super) window: RollingWindow,
+    /// The re-probe out through a learned switch-off.
+    pub(super) probe: Option<ProbeOut>,
     pub(super) configured: ModelLimits,
+    pub(super) learned: ModelLimits,
+    pub(super) project: u32,
     pub(super) source: LimitSource,
     /// The project's tier, which chose `configured` and under which `learned` was learned.
     pub(super) tier: Tier,
-    pub(super) learned: ModelLimits,
-    /// When `learned` expires (0: nothing learned).
-    pub(super) learned_until: i64,
-    /// The re-probe out through a learned switch-off.
-    pub(super) probe: Option<ProbeOut>,
-    pub(super) effective: ModelLimits,
-    pub(super) window: RollingWindow,
-    pub(super) day: DayCounter,
-    pub(super) cooldown_until: i64,
-    pub(super) exhausted_until: i64,
 }
 
 impl Scope {
@@ -115,6 +121,11 @@ impl Scope {
     }
 
     pub(super) fn gate(&self, now_ms: i64) -> Gate {
+        // Neither the configuration nor the server switched it off (the pick's case): the
+        // effective limits say so without reading the other two.
+        if !self.effective.is_off() {
+            return Gate::Open;
+        }
         if self.configured.is_off() {
             Gate::Shut
         } else {
@@ -138,7 +149,11 @@ impl Scope {
 
     /// Whether the demand fits now (after `refresh`).
     pub(super) fn fits(&self, d: Demand, now_ms: i64) -> bool {
-        let g = self.gate(now_ms);
+        self.fits_under(self.gate(now_ms), d, now_ms)
+    }
+
+    /// [`Scope::fits`] with the scope's gate now already read.
+    pub(super) fn fits_under(&self, g: Gate, d: Demand, now_ms: i64) -> bool {
         let l = &self.limits_for(g);
         g != Gate::Shut
             && !l.is_off()

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -41,6 +42,11 @@ use api::{events, history, status};
 use events::Observed;
 pub use events::{Event, Events, NewEvent};
 use gate::{asset, console, gate, login, logout};
+
+/// The largest body the console and admin API read (a sign-in form, a scope to reset): the
+/// sign-in is open to anyone who reaches the server, and `keyturn serve` lifts axum's own limit
+/// for its Gemini routes.
+const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// How many recent events the console keeps.
 pub const EVENTS_KEPT: usize = 500;
@@ -167,6 +173,7 @@ impl Console {
             .route("/console", get(console))
             .route("/console/login", post(login))
             .route("/console/logout", post(logout))
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(self)
     }
 }

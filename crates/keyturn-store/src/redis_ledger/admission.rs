@@ -98,6 +98,11 @@ impl RedisLedger {
             requests: demand.requests.max(1),
             ..demand
         };
+        if demand.project_of.is_none()
+            && let Some(lease) = self.spend_grant(model, slot, demand)
+        {
+            return Ok(lease);
+        }
         if demand.project_of.is_some() && self.pinned_order(demand).is_empty() {
             // Pinned to a project none of these keys belongs to (a key from before a reload):
             // no key may take it.
@@ -373,20 +378,67 @@ impl RedisLedger {
                 .arg(tpd)
                 .arg(*weight);
         }
+        // A batch of the whole ring takes admissions ahead too (a grant) and gives back what
+        // the model's last grants did not spend; a pinned demand does neither.
+        let pinned = demands.first().is_some_and(|d| d.project_of.is_some());
+        let (back, spent) = if pinned {
+            (Vec::new(), 0)
+        } else {
+            self.giver.take_all(model)
+        };
+        let want = if pinned {
+            0
+        } else {
+            grants::MAX_GRANT.min(2 * (spent + demands.len()))
+        };
+        let shape = demands
+            .last()
+            .map_or((1, 0), |d| (d.requests.max(1), d.tokens));
+        self.giver.grant_args(&mut inv, want, shape, &back);
         let mut conn = self.conn.clone();
-        let replies: Vec<Value> = inv.invoke_async(&mut conn).await?;
+        let mut replies: Vec<Value> = match inv.invoke_async(&mut conn).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The script may have run with only its answer lost (a timeout): what it was
+                // to give back may be back already, and a second give-back would take others'
+                // admissions off the counts. It stays counted as sent (never over-admission);
+                // the count spent stays for the next call's sizing.
+                drop(back);
+                let mut grants = self.giver.grants.lock();
+                let h = grants.entry(model.to_owned()).or_default();
+                h.count_spent(spent);
+                return Err(e);
+            }
+        };
+        let granted = if want > 0 && replies.len() > demands.len() {
+            replies.pop()
+        } else {
+            None
+        };
         if matches!(self.cfg.policy, Policy::RoundRobin) {
-            // The next batch starts after the last key this one admitted on.
-            let last = replies.iter().rev().find_map(|r| match r {
-                Value::Array(v) if matches!(v.first(), Some(Value::Int(1))) => match v.get(1) {
+            // The next batch starts after the last key this one admitted on (or took ahead).
+            let ahead = match &granted {
+                Some(Value::Array(g)) if g.len() >= 6 => match g.get(g.len() - 3) {
                     Some(Value::Int(k)) => Some(*k as usize),
                     _ => None,
                 },
                 _ => None,
+            };
+            let last = ahead.or_else(|| {
+                replies.iter().rev().find_map(|r| match r {
+                    Value::Array(v) if matches!(v.first(), Some(Value::Int(1))) => match v.get(1) {
+                        Some(Value::Int(k)) => Some(*k as usize),
+                        _ => None,
+                    },
+                    _ => None,
+                })
             });
             if let Some(k) = last {
                 self.cursors.lock().insert(model.to_owned(), (k + 1) % n);
             }
+        }
+        if let Some(g) = granted {
+            self.giver.keep(model, &g, sent_local);
         }
         Ok(replies)
     }

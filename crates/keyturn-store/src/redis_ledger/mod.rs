@@ -50,11 +50,15 @@ use redis::{AsyncCommands, Script, Value};
 
 mod admission;
 mod conn;
+mod errors;
+mod grants;
 mod inspection;
 mod resources;
 mod state;
 
 use conn::{Conn, Target};
+pub use errors::{ConnectError, RedisFailure, redact_url};
+use errors::{backend, passwords_of, refusal};
 pub use resources::RedisResources;
 
 const COMMON: &str = include_str!("lua/common.lua");
@@ -100,142 +104,6 @@ pub enum TimeSource {
     Clock,
 }
 
-/// A URL with any credentials removed, for messages: the user and password before `@`, and the
-/// query, where a `redis+unix://` URL carries `user=` and `pass=`. A server part that is not
-/// plainly `host[:port][,host:port…][/db]`, or an `@` after the query starts (a password
-/// written with a raw `?`, `#` or `/` in it, so that what looks like the host is a piece of the
-/// password), is not shown at all.
-pub fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, all)) => {
-            let rest = all.split(['?', '#']).next().unwrap_or("");
-            let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
-            let unix = scheme.ends_with("unix") && host.starts_with('/');
-            // An `@` past the cut: the cut was inside the credentials.
-            let cut_early = all[rest.len()..].contains('@');
-            if unix || (plain_hosts(host) && !cut_early) {
-                format!("{scheme}://{host}")
-            } else {
-                format!("{scheme}://(server not shown: the URL does not read as host:port)")
-            }
-        }
-        None => "(redis url)".to_owned(),
-    }
-}
-
-/// Whether `s` reads as `host[:port][,host[:port]…]`, optionally followed by `/db`: letters,
-/// digits, `.`, `-`, `_`, an IPv6 address in brackets, a port of digits.
-fn plain_hosts(s: &str) -> bool {
-    let (nodes, db) = s.split_once('/').unwrap_or((s, ""));
-    let node_ok = |n: &str| {
-        let (host, port) = match n.strip_prefix('[') {
-            Some(v6) => match v6.split_once(']') {
-                Some((addr, after))
-                    if addr
-                        .bytes()
-                        .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.') =>
-                {
-                    (
-                        addr,
-                        after.strip_prefix(':').or(after.is_empty().then_some("")),
-                    )
-                }
-                _ => return false,
-            },
-            None => match n.split_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (n, Some("")),
-            },
-        };
-        !host.is_empty()
-            && (n.starts_with('[')
-                || host
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')))
-            && port.is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
-    };
-    !nodes.is_empty()
-        && nodes.split(',').map(str::trim).all(node_ok)
-        && db.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// Connecting to Redis failed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConnectError {
-    /// Redis refused keyturn: wrong or missing password (`WRONGPASS`, `NOAUTH`), or an ACL that
-    /// denies the commands keyturn needs (`NOPERM`). A configuration error: waiting will not help.
-    #[error(
-        "Redis at {server} refused keyturn ({detail}): check the user and password in the Redis URL (KEYTURN_REDIS_URL or state.redis_url) and that user's ACL; nothing was admitted"
-    )]
-    Refused {
-        /// The server, without credentials.
-        server: String,
-        /// What Redis said: its error code and meaning, never the password.
-        detail: String,
-    },
-    /// The URL is not one Redis can be reached at.
-    #[error("bad Redis URL {server}: {detail}")]
-    BadUrl {
-        /// The URL without credentials.
-        server: String,
-        /// What is wrong, without credentials.
-        detail: String,
-    },
-    /// Redis did not answer (down, unreachable, timing out).
-    #[error(transparent)]
-    Unavailable(StoreError),
-}
-
-impl ConnectError {
-    /// Whether the configuration must change (a refusal or a bad URL), as opposed to an outage
-    /// that ends by itself.
-    pub fn is_configuration(&self) -> bool {
-        matches!(self, Self::Refused { .. } | Self::BadUrl { .. })
-    }
-}
-
-impl From<ConnectError> for StoreError {
-    fn from(e: ConnectError) -> Self {
-        match e {
-            ConnectError::Unavailable(s) => s,
-            other => StoreError::Backend(BackendError::caused_by(other.to_string(), other)),
-        }
-    }
-}
-
-/// Why Redis refused a command, if it refused keyturn itself (credentials or ACL) rather than
-/// failing to answer. Read from the error's kind and Redis's error code, never its text.
-fn refusal(e: &redis::RedisError) -> Option<&'static str> {
-    if e.kind() == redis::ErrorKind::AuthenticationFailed {
-        return Some("authentication failed: wrong user or password");
-    }
-    match e.code() {
-        Some("WRONGPASS") => Some("WRONGPASS: wrong user or password"),
-        Some("NOAUTH") => Some("NOAUTH: Redis requires a password and the URL gives none"),
-        Some("NOPERM") => Some("NOPERM: the user's ACL denies a command or key keyturn needs"),
-        _ => None,
-    }
-}
-
-/// The passwords `url` carries (after `user:` or as `pass=`), to strip from any text that might
-/// echo them.
-fn passwords_of(url: &str) -> Vec<&str> {
-    let Some((_, rest)) = url.split_once("://") else {
-        return Vec::new();
-    };
-    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let mut out: Vec<&str> = before_query
-        .rsplit_once('@')
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map(|(_, p)| p)
-        .into_iter()
-        .collect();
-    out.extend(query.split('&').filter_map(|kv| kv.strip_prefix("pass=")));
-    out.retain(|p| !p.is_empty());
-    out
-}
-
 /// The shared quota ledger.
 pub struct RedisLedger {
     keys: Arc<KeyRing>,
@@ -253,7 +121,9 @@ pub struct RedisLedger {
     claim: Script,
     projects: Vec<String>,
     /// Per key, in ring order: fingerprint as text, project, weight.
-    candidates: Vec<(String, String, u32)>,
+    candidates: Arc<Vec<(String, String, u32)>>,
+    /// This process's quota grants, and what gives back their unspent part.
+    giver: Arc<grants::Giver>,
     /// Per model: each key's configured (rpm, tpm, rpd, tpd), -1 for unlimited.
     limits: Mutex<HashMap<String, Arc<Vec<[i64; 4]>>>>,
     models: Mutex<Vec<String>>,
@@ -271,58 +141,6 @@ impl std::fmt::Debug for RedisLedger {
             .field("keys", &self.keys.len())
             .finish()
     }
-}
-
-/// What went wrong with Redis: the cause a [`BackendError`] from the Redis ledger carries. It is
-/// keyturn's own description of the client's error, by kind only, because the client's text can
-/// quote the URL and its password.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum RedisFailure {
-    /// Redis refused keyturn's credentials or its ACL denies a command.
-    #[error("{0}")]
-    Refused(&'static str),
-    /// Nothing listens at the address.
-    #[error("connection refused")]
-    ConnectionRefused,
-    /// Redis did not answer in time.
-    #[error("timed out")]
-    TimedOut,
-    /// The connection dropped or failed.
-    #[error("connection lost")]
-    ConnectionLost,
-    /// Another failure, by the client's category.
-    #[error("{0}")]
-    Other(String),
-}
-
-impl RedisFailure {
-    fn of(e: &redis::RedisError) -> Self {
-        if let Some(why) = refusal(e) {
-            Self::Refused(why)
-        } else if e.is_connection_refusal() {
-            Self::ConnectionRefused
-        } else if e.is_timeout() {
-            Self::TimedOut
-        } else if e.is_connection_dropped() || e.is_io_error() {
-            Self::ConnectionLost
-        } else {
-            Self::Other(e.category().to_owned())
-        }
-    }
-}
-
-fn backend(server: &str, e: &redis::RedisError) -> BackendError {
-    let failure = RedisFailure::of(e);
-    let message = match &failure {
-        RedisFailure::Refused(why) => format!(
-            "Redis at {server} refused keyturn ({why}); nothing was admitted: this is a configuration error, check the user and password in the Redis URL and that user's ACL"
-        ),
-        what => format!(
-            "Redis at {server} did not answer ({what}); nothing was admitted; keyturn retries when Redis is back"
-        ),
-    };
-    BackendError::caused_by(message, failure)
 }
 
 impl RedisLedger {
@@ -380,12 +198,27 @@ impl RedisLedger {
             .iter()
             .map(|m| keyturn_core::limits::normalize_model(m).to_owned())
             .collect();
-        let candidates = keys
-            .iter()
-            .map(|(_, e)| (e.fingerprint().to_string(), e.project.clone(), e.weight))
-            .collect();
+        let candidates: Arc<Vec<_>> = Arc::new(
+            keys.iter()
+                .map(|(_, e)| (e.fingerprint().to_string(), e.project.clone(), e.weight))
+                .collect(),
+        );
+        let acquire = Script::new(&format!("{COMMON}\n{ACQUIRE}"));
+        let giver = Arc::new(grants::Giver {
+            conn: conn.clone(),
+            acquire: acquire.clone(),
+            anchor: anchor.clone(),
+            prefix: prefix.clone(),
+            server: server.clone(),
+            time,
+            clock: clock.clone(),
+            candidates: candidates.clone(),
+            grants: Arc::default(),
+            spent_total: Default::default(),
+        });
         let ledger = Self {
             candidates,
+            giver,
             limits: Mutex::new(HashMap::new()),
             keys,
             cfg,
@@ -396,7 +229,7 @@ impl RedisLedger {
             prefix,
             anchor,
             scan_script: Script::new(SCAN),
-            acquire: Script::new(&format!("{COMMON}\n{ACQUIRE}")),
+            acquire,
             settle: Script::new(&format!("{COMMON}\n{SETTLE}")),
             claim: Script::new(CLAIM),
             projects,
@@ -517,15 +350,7 @@ impl RedisLedger {
         {
             return d;
         }
-        let today = QuotaDay::containing(now);
-        let yesterday = QuotaDay::containing(today.start_ms - 1);
-        let tomorrow = QuotaDay::containing(today.end_ms);
-        let d = [
-            yesterday.start_ms,
-            today.start_ms,
-            today.end_ms,
-            tomorrow.end_ms,
-        ];
+        let d = grants::midnights_around(now);
         *cached = Some(d);
         d
     }
@@ -654,20 +479,44 @@ impl QuotaLedger for RedisLedger {
     }
 
     async fn settle(&self, lease: Lease, outcome: Outcome) -> Result<(), LedgerError> {
-        self.settle_lease(lease, outcome).await
+        let model = self.models.lock().get(lease.model_slot() as usize).cloned();
+        // A success that took more tokens than reserved leaves less room than the model's
+        // grants were decided with; any other outcome may change what may be admitted (a
+        // breaker, a cooldown, a disabled key or project): grants go back, and the next acquire
+        // decides afresh.
+        let changes = match outcome {
+            Outcome::Success { input_tokens } => {
+                input_tokens.is_some_and(|t| t > lease.reserved_tokens())
+            }
+            Outcome::CallerFault => false,
+            _ => true,
+        };
+        let probe = lease.is_probe();
+        let success = matches!(outcome, Outcome::Success { .. });
+        self.settle_lease(lease, outcome).await?;
+        match model {
+            Some(m) if changes && success => self.give_back_model(&m).await,
+            _ if changes || probe => self.give_back_all().await,
+            _ => Ok(()),
+        }
     }
 
     async fn reset(&self, target: ResetTarget) -> Result<(), LedgerError> {
+        self.give_back_all().await?;
         self.reset_target(target).await
     }
 
     async fn disable_by_admin(&self, key: KeyId, disabled: bool) -> Result<(), LedgerError> {
+        self.give_back_all().await?;
         self.set_disabled_by_admin(key, disabled).await
     }
 
     async fn status(&self) -> Result<PoolStatus, LedgerError> {
         // Status is the snapshot read by the rules every ledger shares (without the history,
-        // which status does not show: the monitor reads status every second).
+        // which status does not show: the monitor reads status every second). This process's
+        // unspent grants go back first, so what shows as used is what it admitted; another
+        // process's show as used until they go back, at the end of their second at the latest.
+        self.give_back_all().await?;
         let snap = self.read_snapshot(false).await?;
         Ok(PoolStatus::from_snapshot(
             &snap,
@@ -677,6 +526,7 @@ impl QuotaLedger for RedisLedger {
     }
 
     async fn snapshot(&self) -> Result<Snapshot, LedgerError> {
+        self.give_back_all().await?;
         self.read_snapshot(true).await
     }
 
@@ -696,57 +546,7 @@ impl QuotaLedger for RedisLedger {
     }
 
     async fn restore(&self, snapshot: Snapshot) -> Result<(), LedgerError> {
+        self.give_back_all().await?;
         self.restore_snapshot(snapshot).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_in_messages_carry_no_credentials() {
-        for (url, shown) in [
-            ("redis://:made-up-pw@h:6379/2", "redis://h:6379/2"),
-            ("redis://user:made-up-pw@h:6379", "redis://h:6379"),
-            ("rediss://user:made@up-pw@h", "rediss://h"),
-            (
-                "redis+unix:///run/redis.sock?user=u&pass=made-up-pw&db=1",
-                "redis+unix:///run/redis.sock",
-            ),
-            (
-                "unix:///run/redis.sock?pass=made-up-pw",
-                "unix:///run/redis.sock",
-            ),
-            (
-                "redis+cluster://u:made-up-pw@h1:7000,h2:7001",
-                "redis+cluster://h1:7000,h2:7001",
-            ),
-            ("made-up-pw", "(redis url)"),
-            ("redis://[::1]:6379/0", "redis://[::1]:6379/0"),
-            ("redis://h_1.example:6379", "redis://h_1.example:6379"),
-        ] {
-            assert_eq!(redact_url(url), shown, "{url}");
-        }
-        // A password written raw with a character that ends the authority: what follows `://`
-        // up to it is a piece of the password, never shown as if it were the host.
-        for url in [
-            "redis://:made-up?pw@h:6379",
-            "redis://u:made-up#pw@h:6379",
-            "rediss://u:made-up/pw@h:6379",
-            "redis+cluster://u:made-up?pw@h1:7000,h2:7001",
-            "redis://made-up-pw?x@h",
-        ] {
-            let shown = redact_url(url);
-            assert!(!shown.contains("made-up"), "{url}: {shown}");
-        }
-        assert_eq!(
-            passwords_of("redis+unix:///s?pass=made-up-a&x=1"),
-            ["made-up-a"]
-        );
-        assert_eq!(
-            passwords_of("redis://:made-up-b@h?pass=made-up-c"),
-            ["made-up-b", "made-up-c"]
-        );
     }
 }

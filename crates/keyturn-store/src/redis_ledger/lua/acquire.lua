@@ -6,13 +6,20 @@
 -- probe_timeout_ms, n, relearn_after_ms (-1: the next Pacific midnight), start (the ring position
 -- round-robin begins at), k, then k × (requests, tokens), then n × (idx, fingerprint, project,
 -- rpm, tpm, rpd, tpd, weight) in ring order with -1 for unlimited.
+-- then the grant: want (how many admissions to take ahead, 0: none), share (a call takes at most
+-- 1/share of a scope's free room ahead), the granted shape (requests, tokens), then r and r ×
+-- (fingerprint, project, second, gen, requests, tokens): admissions taken ahead earlier and not
+-- spent, given back first (with k = 0 and n = 0 the call only gives back).
 -- Returns k replies, each {1, idx, second, probe, now, gen} or
---         {0, retry_at|-1, why, n_off, disabled_idx_csv, too_large_what, too_large_demand, too_large_limit, now}.
+--         {0, retry_at|-1, why, n_off, disabled_idx_csv, too_large_what, too_large_demand, too_large_limit, now},
+-- and when want > 0 one more: {now, requests, tokens, then (idx, second, gen) per admission taken
+-- ahead}. Admissions taken ahead (a grant) count exactly as admissions; the scope's `gx` records
+-- the second of its last grant, so a refusal that room given back at that second's end could
+-- lift says to retry then.
 
 local P, model = ARGV[1], ARGV[2]
 local now = now_ms(ARGV[3])
 local policy = ARGV[4]
-local day_start, day_end = day_of(now, tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
 local probe_timeout = tonumber(ARGV[9])
 local n = tonumber(ARGV[10])
 local relearn_ms = tonumber(ARGV[11])
@@ -20,8 +27,56 @@ local start = tonumber(ARGV[12])
 local k = tonumber(ARGV[13])
 local BASE = 13 + 2 * k
 local now_sec = math.floor(now / 1000)
--- The demand being decided (the functions below read these).
+local b0, b1, b2, b3 = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local day_start, day_end = day_of(now, b0, b1, b2, b3)
+local GA = BASE + n * 8
+local want, share = tonumber(ARGV[GA + 1]) or 0, math.max(tonumber(ARGV[GA + 2]) or 1, 1)
+local greq, gtok = tonumber(ARGV[GA + 3]) or 1, tonumber(ARGV[GA + 4]) or 0
+local nret = tonumber(ARGV[GA + 5]) or 0
+-- After a grant's second ends, those waiting on room it held look again this much later.
+local GRANT_SLACK_MS = 200
+-- The demand being decided (the functions below read these); granting: taking admissions ahead.
 local nreq, ntok
+local granting = false
+
+-- Gives back admissions taken ahead and not spent: off the second's bucket while it is in the
+-- window, off the day's counts while it is the same day, off the usage history. Nothing if a
+-- reset or restore replaced the scope's counters since (another generation).
+local function give_back(fp, project, sec, gen, r, t)
+  local sk = P .. 's:' .. model .. '|' .. project
+  local slot = sec % W
+  local h = redis.call('HMGET', sk, 'gen', 't' .. slot, 'r' .. slot, 'k' .. slot, 'head', 'sr', 'sk', 'dk', 'dc', 'dt')
+  if tonumber(h[1]) ~= gen then return end
+  local args = {}
+  local head = tonumber(h[5])
+  if tonumber(h[2]) == sec and head ~= nil and sec > head - W then
+    local br, bk = tonumber(h[3]) or 0, tonumber(h[4]) or 0
+    local dr, dk = math.min(r, br), math.min(t, bk)
+    args = { 'r' .. slot, br - dr, 'k' .. slot, bk - dk, 'sr', math.max((tonumber(h[6]) or 0) - dr, 0), 'sk', math.max((tonumber(h[7]) or 0) - dk, 0) }
+  end
+  local sday = day_of(sec * 1000, b0, b1, b2, b3)
+  if tonumber(h[8]) == sday then
+    args[#args + 1] = 'dc'; args[#args + 1] = math.max((tonumber(h[9]) or 0) - r, 0)
+    args[#args + 1] = 'dt'; args[#args + 1] = math.max((tonumber(h[10]) or 0) - t, 0)
+  end
+  if #args > 0 then redis.call('HSET', sk, unpack(args)) end
+  local uk = P .. 'u:' .. sday
+  if redis.call('EXISTS', uk) == 1 then
+    -- (0 - x, not -x: Lua writes -0 as "-0", which Redis reads as no integer.)
+    local fr, ft = fp .. '|' .. model .. '|r', fp .. '|' .. model .. '|t'
+    local nr = redis.call('HINCRBY', uk, fr, 0 - r)
+    local nt = redis.call('HINCRBY', uk, ft, 0 - t)
+    -- A row only grants made shows nothing was sent: no row, as if never taken.
+    if nr <= 0 and nt <= 0 and not redis.call('HGET', uk, fp .. '|' .. model .. '|s')
+      and not redis.call('HGET', uk, fp .. '|' .. model .. '|x') then
+      redis.call('HDEL', uk, fr, ft)
+    end
+  end
+end
+for j = 0, nret - 1 do
+  local o = GA + 5 + j * 6
+  give_back(ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6]))
+end
 
 local scopes = {}
 
@@ -108,6 +163,21 @@ local function headroom(s)
     return math.max(limit - used, 0) / limit
   end
   return math.min(free(s.f.sr, s.rpm), free(s.f.sk, s.tpm), free(s.f.dc or 0, s.rpd), free(s.f.dt or 0, s.tpd))
+end
+
+-- How many admissions of the granted shape a grant may still take from a scope in this call:
+-- 1/share of its free room when first asked (so the last requests of a window or a day are
+-- decided here one by one, never held ahead in an idle process).
+local function grant_room(s)
+  if s.gleft == nil then
+    local function q(limit, used, per)
+      if limit == nil or per <= 0 then return math.huge end
+      return math.floor(math.max(limit - used, 0) / per)
+    end
+    local free = math.min(q(s.rpm, s.f.sr, nreq), q(s.tpm, s.f.sk, ntok), q(s.rpd, s.f.dc or 0, nreq), q(s.tpd, s.f.dt or 0, ntok))
+    s.gleft = math.floor(free / share)
+  end
+  return s.gleft > 0
 end
 
 local function read_breaker(fp)
@@ -222,6 +292,10 @@ local function refuse()
         if best_at == nil or at < best_at then best_at, best_why = at, 'reprobe' end
       else
         local at, why = free_at(s)
+        if at ~= nil and why ~= 'cooling' and (s.f.gx or -1) >= now_sec then
+          -- Room taken ahead this second comes back when the second ends, if unspent.
+          at = math.min(at, (s.f.gx + 1) * 1000 + GRANT_SLACK_MS)
+        end
         if at == nil then
           if tl_what == '' then
             if s.rpm ~= nil and nreq > s.rpm then tl_what, tl_demand, tl_limit = 'rpm', nreq, s.rpm
@@ -246,9 +320,16 @@ local function admit()
     local idx, fp, project, rpm, tpm, rpd, tpd, weight = cand(i)
     local adm = breaker(fp)
     local pg = project_gate(project)
-    if (adm == 'yes' or adm == 'probe') and (pg == 'open' or pg == 'probe') then
+    local eligible
+    if granting then
+      -- Ahead of demand: never a probe or a re-probe, and at most 1/share of a scope's room.
+      eligible = adm == 'yes' and pg == 'open'
+    else
+      eligible = (adm == 'yes' or adm == 'probe') and (pg == 'open' or pg == 'probe')
+    end
+    if eligible then
       local s = scope(project, rpm, tpm, rpd, tpd)
-      if fits(s) then
+      if fits(s) and (not granting or (s.gate == 'open' and grant_room(s))) then
         if policy == 'rr' then
           pick, pick_fp, pick_adm, pick_s, pick_project = idx, fp, adm, s, project
           break
@@ -299,8 +380,13 @@ local function admit()
       pgates[pick_project] = { 'wait', now + probe_timeout }
     end
     if policy == 'rr' then start = (tonumber(pick) + 1) % n end
+    if granting then
+      pick_s.gleft = pick_s.gleft - 1
+      if pick_s.f.gx ~= now_sec then put(pick_s, 'gx', now_sec) end
+    end
     return { 1, tonumber(pick), rec, probe, now, pick_s.f.gen }
   end
+  if granting then return nil end
   return refuse()
 end
 
@@ -316,6 +402,17 @@ for j = 1, k do
     if r[1] == 1 then refused = {} else refused[shape] = r end
   end
   replies[j] = r
+end
+if want > 0 then
+  -- The grant: admissions of one shape taken ahead, decided one by one like any other.
+  nreq, ntok, granting = greq, gtok, true
+  local g = { now, greq, gtok }
+  for _ = 1, want do
+    local r = admit()
+    if r == nil then break end
+    g[#g + 1] = r[2]; g[#g + 1] = r[3]; g[#g + 1] = r[6]
+  end
+  replies[k + 1] = g
 end
 if next(usage) ~= nil then
   local uk = P .. 'u:' .. day_start

@@ -9,6 +9,7 @@
 --   P.."s:"..model.."|"..proj   scope counters: head, sr, sk, t<slot>, r<slot>, k<slot>, dk, dc, dt, cd, ex,
 --                               ds, dx (of the day's dc: served, refused),
 --                               pr (second of a re-probe out through this scope, a hint for settle),
+--                               gx (the second of the last grant taken from the scope),
 --                               gen (the hash's generation, from P.."gen" when an acquire finds none:
 --                               a lease settles its corrections only while it is unchanged)
 --                               (expires by itself after its window, day and cooldowns)
@@ -99,7 +100,7 @@ end
 
 -- Loads a scope's sums, flags, cached learned limits and the bucket of second `now_sec`:
 -- all the hot path reads, in one command.
-local SCALARS = { 'head', 'sr', 'sk', 'dk', 'dc', 'dt', 'ds', 'dx', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'ltpd', 'luntil', 'pr', 'gen' }
+local SCALARS = { 'head', 'sr', 'sk', 'dk', 'dc', 'dt', 'ds', 'dx', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'ltpd', 'luntil', 'pr', 'gen', 'gx' }
 -- Fields that survive the window being cleared.
 local KEEP = { 'dk', 'dc', 'dt', 'ds', 'dx', 'cd', 'ex', 'lset', 'lrpm', 'ltpm', 'lrpd', 'ltpd', 'luntil', 'pr', 'gen' }
 

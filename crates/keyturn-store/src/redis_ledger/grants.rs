@@ -1,0 +1,365 @@
+//! Quota grants: admissions taken ahead of demand and spent at in-process speed.
+//!
+//! An acquire call to Redis that decides a batch also asks for `want` more admissions of the
+//! batch's last shape (requests, tokens), decided one by one by the same script and rules as
+//! any other, and recorded exactly as admissions (the second's bucket, the day's counts, the
+//! usage history). The process keeps them in order and hands them to the next acquires of that
+//! model whose demand fits (the same requests, no more tokens): no round trip. Each lives until
+//! the end of the Redis second it was recorded in (measured from when its call was sent, so on
+//! the local clock it ends no later than in Redis): the minute window counts whole seconds, so
+//! a grant spent within its second is counted exactly as an acquire made then.
+//!
+//! What a grant did not spend (it expired, a demand took fewer tokens than it held, or the
+//! process needs its counts true) goes back: with the next acquire call of the model, or by a
+//! timer at the grant's end when the process is idle, or at once before `status`, `snapshot`,
+//! a reset, a disable, a restore, and after a settle that changes what may be admitted. A
+//! call that fails is never repeated with the same give-backs: it may have run in Redis with
+//! only its answer lost, and giving back twice would take other admissions off the counts.
+//!
+//! Sizing (the trade-off between round trips and fairness): `want` is twice what the process
+//! spent since its last call plus the batch, at most [`MAX_GRANT`]; the script takes at most
+//! 1/[`SHARE`] of a scope's free room per call, so near a limit grants shrink to nothing and the
+//! last requests of a window or a day are decided in Redis one by one. Never a breaker probe or
+//! a re-probe. A crashed process's unspent grant stays counted as sent (never over-admission):
+//! the minute's room comes back when its second leaves the window (61 s), the day's is lost for
+//! the day (at most one grant per model and call in flight, [`MAX_GRANT`] requests, and no more
+//! than 1/[`SHARE`] of what was free).
+
+use std::collections::VecDeque;
+
+use super::*;
+
+/// The most admissions one call takes ahead for a model.
+pub(super) const MAX_GRANT: usize = 256;
+
+/// One call takes ahead at most 1/`SHARE` of a scope's free room.
+pub(super) const SHARE: usize = 4;
+
+/// One admission taken ahead.
+#[derive(Debug, Clone, Copy)]
+struct Ahead {
+    key: usize,
+    sec: i64,
+    epoch: u64,
+    requests: u32,
+    tokens: u64,
+    /// Local time at which it expires.
+    until: i64,
+}
+
+/// Something to give back: (key, second, generation, requests, tokens).
+pub(super) type Give = (usize, i64, u64, u32, u64);
+
+/// One model's grants in this process.
+#[derive(Default)]
+pub(super) struct Held {
+    ahead: VecDeque<Ahead>,
+    back: Vec<Give>,
+    /// Admissions spent from grants since the model's last call to Redis.
+    spent: usize,
+    /// Whether a timer gives back what expires.
+    timer: bool,
+}
+
+/// Every model's grants, shared with the timers.
+pub(super) type Grants = Arc<Mutex<HashMap<String, Held>>>;
+
+/// What a timer needs to give back without the ledger: a returns-only call of the acquire script.
+pub(super) struct Giver {
+    pub(super) conn: Conn,
+    pub(super) acquire: Script,
+    pub(super) anchor: String,
+    pub(super) prefix: String,
+    pub(super) server: String,
+    pub(super) time: TimeSource,
+    pub(super) clock: Arc<dyn Clock>,
+    /// Per key, in ring order: fingerprint as text, project, weight.
+    pub(super) candidates: Arc<Vec<(String, String, u32)>>,
+    pub(super) grants: Grants,
+    /// Admissions served from grants since the ledger connected.
+    pub(super) spent_total: std::sync::atomic::AtomicU64,
+}
+
+/// Four Pacific midnights around `now` (yesterday's start … tomorrow's end).
+pub(super) fn midnights_around(now: i64) -> [i64; 4] {
+    let today = QuotaDay::containing(now);
+    let yesterday = QuotaDay::containing(today.start_ms - 1);
+    let tomorrow = QuotaDay::containing(today.end_ms);
+    [
+        yesterday.start_ms,
+        today.start_ms,
+        today.end_ms,
+        tomorrow.end_ms,
+    ]
+}
+
+impl Giver {
+    /// Appends the grant arguments of an acquire call: want, share, shape, what goes back.
+    pub(super) fn grant_args(
+        &self,
+        inv: &mut redis::ScriptInvocation<'_>,
+        want: usize,
+        shape: (u32, u64),
+        back: &[Give],
+    ) {
+        inv.arg(want).arg(SHARE).arg(shape.0).arg(shape.1);
+        inv.arg(back.len());
+        for &(k, sec, epoch, r, t) in back {
+            let (fp, project, _) = &self.candidates[k];
+            inv.arg(fp).arg(project).arg(sec).arg(epoch).arg(r).arg(t);
+        }
+    }
+
+    /// Gives `back` to Redis in one call. A failure leaves it counted as sent (never
+    /// over-admission) and is logged; it is not sent again: the call may have run with only
+    /// its answer lost, and a second give-back would take others' admissions off the counts.
+    pub(super) async fn give_back(&self, model: &str, back: &[Give]) -> Result<(), LedgerError> {
+        if back.is_empty() {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        let mut inv = self.acquire.prepare_invoke();
+        inv.key(&self.anchor);
+        inv.arg(&self.prefix).arg(model);
+        match self.time {
+            TimeSource::Redis => inv.arg(""),
+            TimeSource::Clock => inv.arg(now),
+        };
+        inv.arg("rr");
+        for m in midnights_around(now) {
+            inv.arg(m);
+        }
+        // probe timeout, n, relearn, start, k: no candidates, no demands.
+        inv.arg(0).arg(0).arg(-1).arg(0).arg(0);
+        self.grant_args(&mut inv, 0, (1, 0), back);
+        let mut conn = self.conn.clone();
+        let _: Vec<Value> = inv.invoke_async(&mut conn).await.map_err(|e| {
+            tracing::warn!(model = %model, "could not give back unspent grants; they stay counted as sent (the minute's room comes back with their second, the day's does not)");
+            LedgerError::Backend(backend(&self.server, &e))
+        })?;
+        Ok(())
+    }
+
+    /// Takes a model's grants and what goes back, all of it, and the count spent since its
+    /// last call.
+    pub(super) fn take_all(&self, model: &str) -> (Vec<Give>, usize) {
+        let mut grants = self.grants.lock();
+        let Some(h) = grants.get_mut(model) else {
+            return (Vec::new(), 0);
+        };
+        let mut back = std::mem::take(&mut h.back);
+        back.extend(
+            h.ahead
+                .drain(..)
+                .map(|a| (a.key, a.sec, a.epoch, a.requests, a.tokens)),
+        );
+        (back, std::mem::take(&mut h.spent))
+    }
+
+    /// Keeps the admissions a call took ahead (`reply`: now, requests, tokens, then (idx,
+    /// second, epoch) each), and starts the model's timer if none runs.
+    pub(super) fn keep(self: &Arc<Self>, model: &str, reply: &Value, sent_local: i64) {
+        let Value::Array(v) = reply else {
+            return;
+        };
+        let int = |i: usize| match v.get(i) {
+            Some(Value::Int(x)) => Some(*x),
+            _ => None,
+        };
+        let (Some(server_now), Some(requests), Some(tokens)) = (int(0), int(1), int(2)) else {
+            return;
+        };
+        if v.len() <= 3 {
+            return;
+        }
+        // The end of the Redis second, on the local clock: from the moment the call was sent,
+        // so never later than in Redis.
+        let until =
+            sent_local.saturating_add((server_now.div_euclid(1000) + 1) * 1000 - server_now);
+        let start_timer = {
+            let mut grants = self.grants.lock();
+            let h = grants.entry(model.to_owned()).or_default();
+            for i in (3..v.len()).step_by(3) {
+                let (Some(key), Some(sec), Some(epoch)) = (int(i), int(i + 1), int(i + 2)) else {
+                    break;
+                };
+                h.ahead.push_back(Ahead {
+                    key: key as usize,
+                    sec,
+                    epoch: epoch.max(0) as u64,
+                    requests: requests as u32,
+                    tokens: tokens.max(0) as u64,
+                    until,
+                });
+            }
+            !std::mem::replace(&mut h.timer, true)
+        };
+        if start_timer {
+            tokio::spawn(self.clone().expire(model.to_owned()));
+        }
+    }
+
+    /// A model's timer: at each grant's end, gives back what was not spent; stops when the
+    /// model holds no grant.
+    async fn expire(self: Arc<Self>, model: String) {
+        loop {
+            let next = {
+                let mut grants = self.grants.lock();
+                let Some(h) = grants.get_mut(&model) else {
+                    return;
+                };
+                match h.ahead.front() {
+                    Some(a) => Some(a.until),
+                    None if h.back.is_empty() => {
+                        h.timer = false;
+                        return;
+                    }
+                    None => None,
+                }
+            };
+            if let Some(next) = next {
+                self.clock.sleep_until(next).await;
+            }
+            let back = {
+                let now = self.clock.now_ms();
+                let mut grants = self.grants.lock();
+                let Some(h) = grants.get_mut(&model) else {
+                    return;
+                };
+                while h.ahead.front().is_some_and(|a| a.until <= now) {
+                    if let Some(a) = h.ahead.pop_front() {
+                        h.back.push((a.key, a.sec, a.epoch, a.requests, a.tokens));
+                    }
+                }
+                std::mem::take(&mut h.back)
+            };
+            if self.give_back(&model, &back).await.is_err() {
+                // Redis cannot be asked (or its answer was lost): what it held stays counted as
+                // sent, never given back twice (the timer stops rather than retry in a loop).
+                let mut grants = self.grants.lock();
+                if let Some(h) = grants.get_mut(&model) {
+                    h.timer = false;
+                }
+                return;
+            }
+        }
+    }
+}
+
+impl RedisLedger {
+    /// An acquire served from a grant, if one fits: the next admission taken ahead for the
+    /// model, while it lives, with the same requests and at least the demand's tokens (the
+    /// difference goes back).
+    pub(super) fn spend_grant(&self, model: &str, slot: u32, demand: Demand) -> Option<Lease> {
+        let now = self.clock.now_ms();
+        let mut grants = self.giver.grants.lock();
+        let h = grants.get_mut(model)?;
+        while h.ahead.front().is_some_and(|a| a.until <= now) {
+            if let Some(a) = h.ahead.pop_front() {
+                h.back.push((a.key, a.sec, a.epoch, a.requests, a.tokens));
+            }
+        }
+        let a = *h.ahead.front()?;
+        if a.requests != demand.requests || a.tokens < demand.tokens {
+            return None;
+        }
+        h.ahead.pop_front();
+        if a.tokens > demand.tokens {
+            h.back
+                .push((a.key, a.sec, a.epoch, 0, a.tokens - demand.tokens));
+        }
+        h.spent += 1;
+        self.giver
+            .spent_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some(Lease::new(
+            KeyId(a.key as u32),
+            slot,
+            a.sec,
+            demand,
+            false,
+            a.epoch,
+        ))
+    }
+
+    /// Admissions this ledger served from grants, without a call to Redis (since it connected).
+    pub fn spent_from_grants(&self) -> u64 {
+        self.giver
+            .spent_total
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Admissions this ledger holds ahead right now, across models.
+    pub fn held_in_grants(&self) -> usize {
+        self.giver
+            .grants
+            .lock()
+            .values()
+            .map(|h| h.ahead.len())
+            .sum()
+    }
+
+    /// Gives back every model's grants, so that Redis's counts are what this process sent:
+    /// before status, snapshots, resets, disables and restores, and after a settle that changes
+    /// what may be admitted.
+    pub(super) async fn give_back_all(&self) -> Result<(), LedgerError> {
+        let models: Vec<String> = self.giver.grants.lock().keys().cloned().collect();
+        for model in models {
+            self.give_back_model(&model).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives back one model's grants (if Redis cannot be asked, they stay counted as sent:
+    /// see [`Giver::give_back`]).
+    pub(super) async fn give_back_model(&self, model: &str) -> Result<(), LedgerError> {
+        let (back, spent) = self.giver.take_all(model);
+        // The spent count stays for the next call's sizing.
+        if let Some(h) = self.giver.grants.lock().get_mut(model) {
+            h.spent += spent;
+        }
+        self.giver.give_back(model, &back).await
+    }
+}
+
+impl Held {
+    /// Keeps the count a failed call was to report, for the next call's sizing.
+    pub(super) fn count_spent(&mut self, spent: usize) {
+        self.spent += spent;
+    }
+}
+
+impl RedisLedger {
+    /// Gives back this ledger's unspent grants. A clean shutdown calls it before dropping the
+    /// ledger; a ledger dropped without it gives them back in a task of the current runtime if
+    /// there is one (a runtime shutting down may not run it: they then stay counted as sent, the
+    /// minute's room back once their second leaves the window, the day's lost for the day).
+    pub async fn close(&self) -> Result<(), LedgerError> {
+        self.give_back_all().await
+    }
+}
+
+impl Drop for RedisLedger {
+    fn drop(&mut self) {
+        let models: Vec<String> = self.giver.grants.lock().keys().cloned().collect();
+        let held: Vec<(String, Vec<Give>)> = models
+            .into_iter()
+            .map(|m| {
+                let (back, _) = self.giver.take_all(&m);
+                (m, back)
+            })
+            .filter(|(_, back)| !back.is_empty())
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let giver = self.giver.clone();
+            rt.spawn(async move {
+                for (model, back) in held {
+                    let _ = giver.give_back(&model, &back).await;
+                }
+            });
+        }
+    }
+}
