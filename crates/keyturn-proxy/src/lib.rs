@@ -261,6 +261,7 @@ impl ProxyState {
             max_in_flight,
             clock.clone(),
             cfg.listen.ip().is_loopback(),
+            cfg.body_timeout,
         );
         Self {
             live,

@@ -32,6 +32,7 @@ impl ServeAdmin {
         max_in_flight: usize,
         clock: Arc<dyn Clock>,
         loopback: bool,
+        body_timeout: std::time::Duration,
     ) -> Self {
         let waiting_slot = Arc::new(AtomicUsize::new(0));
         let last_reload = Arc::new(Mutex::new(None));
@@ -45,7 +46,9 @@ impl ServeAdmin {
             last_reload: last_reload.clone(),
         };
         Self {
-            console: Arc::new(Console::new(Arc::new(host), clock, loopback)),
+            console: Arc::new(
+                Console::new(Arc::new(host), clock, loopback).with_body_timeout(body_timeout),
+            ),
             waiting_slot,
             last_reload,
             route_board,

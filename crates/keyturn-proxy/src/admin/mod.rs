@@ -20,11 +20,13 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::body::Body;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use keyturn_core::{Clock, PoolStatus, QuotaLedger};
@@ -47,6 +49,10 @@ use gate::{asset, console, gate, login, logout};
 /// sign-in is open to anyone who reaches the server, and `keyturn serve` lifts axum's own limit
 /// for its Gemini routes.
 const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How long a body may take to arrive unless the server says otherwise
+/// ([`Console::with_body_timeout`]; `keyturn serve` passes its `[serve] body_timeout`).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How many recent events the console keeps.
 pub const EVENTS_KEPT: usize = 500;
@@ -99,6 +105,8 @@ pub struct Console {
     observed: Mutex<Observed>,
     /// For re-checking a key now; without it, `recheck` answers 501.
     recheck: OnceLock<Transport>,
+    /// How long a request's body may take to arrive (408 after).
+    body_timeout: Duration,
 }
 
 impl Console {
@@ -112,7 +120,14 @@ impl Console {
             events: Arc::new(Events::default()),
             observed: Mutex::new(Observed::default()),
             recheck: OnceLock::new(),
+            body_timeout: BODY_TIMEOUT,
         }
+    }
+
+    /// With another bound on how long a request's body may take to arrive.
+    pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
+        self.body_timeout = timeout;
+        self
     }
 
     /// Refuses every action (403, naming `--allow-actions`); the page hides the buttons.
@@ -173,8 +188,32 @@ impl Console {
             .route("/console", get(console))
             .route("/console/login", post(login))
             .route("/console/logout", post(logout))
-            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+            .layer(middleware::from_fn_with_state(self.clone(), bounded_body))
             .with_state(self)
+    }
+}
+
+/// Reads a request's body before anything else looks at it: at most [`MAX_BODY_BYTES`] (413
+/// past it), within the console's body timeout (408 after it). The sign-in form is open to
+/// anyone who reaches the server, so neither a huge body nor one trickled a byte at a time may
+/// hold memory or a connection.
+async fn bounded_body(State(st): State<Arc<Console>>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(st.body_timeout, axum::body::to_bytes(body, MAX_BODY_BYTES)).await {
+        Ok(Ok(bytes)) => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+        Ok(Err(_)) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("keyturn console: a body over {MAX_BODY_BYTES} bytes"),
+        )
+            .into_response(),
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            "keyturn console: the request body did not arrive in time",
+        )
+            .into_response(),
     }
 }
 
