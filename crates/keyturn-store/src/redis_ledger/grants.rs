@@ -140,19 +140,34 @@ impl Giver {
         Ok(())
     }
 
-    /// Takes a model's grants and what goes back, all of it, and the count spent since its
-    /// last call.
+    /// Takes a model's grants and what goes back, all of it, summed per key, second and
+    /// generation (a give-back costs Redis one update per key, however many it holds), and the
+    /// count spent since the model's last call. Every call of the model gives back all of it
+    /// before deciding (and takes a fresh grant after), so its decisions see this process's own
+    /// unspent room as free: one process never strands room it holds itself.
     pub(super) fn take_all(&self, model: &str) -> (Vec<Give>, usize) {
         let mut grants = self.grants.lock();
         let Some(h) = grants.get_mut(model) else {
             return (Vec::new(), 0);
         };
-        let mut back = std::mem::take(&mut h.back);
-        back.extend(
+        let mut back: Vec<Give> = Vec::new();
+        let items = h.back.drain(..).chain(
             h.ahead
                 .drain(..)
                 .map(|a| (a.key, a.sec, a.epoch, a.requests, a.tokens)),
         );
+        for (k, sec, epoch, r, t) in items {
+            match back
+                .iter_mut()
+                .find(|b| b.0 == k && b.1 == sec && b.2 == epoch)
+            {
+                Some(b) => {
+                    b.3 = b.3.saturating_add(r);
+                    b.4 = b.4.saturating_add(t);
+                }
+                None => back.push((k, sec, epoch, r, t)),
+            }
+        }
         (back, std::mem::take(&mut h.spent))
     }
 

@@ -403,14 +403,62 @@ for j = 1, k do
   end
   replies[j] = r
 end
+-- Round-robin's grant, counted in bulk: which keys may take admissions ahead is read once (as
+-- admit() would in grant mode), the rotation is run on counters, and each key's share is then
+-- recorded with one record(): the same admissions, in the same order, as one admit() each.
+local function grant_round_robin(g)
+  local ring, left = {}, {}
+  for i = 0, n - 1 do
+    local idx, fp, project, rpm, tpm, rpd, tpd = cand(i)
+    if breaker(fp) == 'yes' and project_gate(project) == 'open' then
+      local s = scope(project, rpm, tpm, rpd, tpd)
+      if s.gate == 'open' and fits(s) and grant_room(s) then
+        ring[#ring + 1] = { idx = tonumber(idx), fp = fp, s = s, c = 0 }
+      end
+    end
+  end
+  if #ring == 0 then return end
+  local order, taken, j = {}, 0, 1
+  local live = #ring
+  while taken < want and live > 0 do
+    local c = ring[j]
+    if c.s.gleft > 0 then
+      c.s.gleft = c.s.gleft - 1
+      c.c = c.c + 1
+      taken = taken + 1
+      order[taken] = c
+    elseif not c.dead then
+      c.dead = true
+      live = live - 1
+    end
+    j = j % #ring + 1
+  end
+  for _, c in ipairs(ring) do
+    if c.c > 0 then
+      c.rec = record(c.s, c.c * nreq, c.c * ntok)
+      if c.s.f.gen == nil then put(c.s, 'gen', redis.call('INCR', P .. 'gen')) end
+      if c.s.f.gx ~= now_sec then put(c.s, 'gx', now_sec) end
+      add_usage(c.fp .. '|' .. model .. '|r', c.c * nreq)
+      add_usage(c.fp .. '|' .. model .. '|t', c.c * ntok)
+    end
+  end
+  for _, c in ipairs(order) do
+    g[#g + 1] = c.idx; g[#g + 1] = c.rec; g[#g + 1] = c.s.f.gen
+  end
+end
+
 if want > 0 then
-  -- The grant: admissions of one shape taken ahead, decided one by one like any other.
+  -- The grant: admissions of one shape taken ahead, decided like any other.
   nreq, ntok, granting = greq, gtok, true
   local g = { now, greq, gtok }
-  for _ = 1, want do
-    local r = admit()
-    if r == nil then break end
-    g[#g + 1] = r[2]; g[#g + 1] = r[3]; g[#g + 1] = r[6]
+  if policy == 'rr' then
+    grant_round_robin(g)
+  else
+    for _ = 1, want do
+      local r = admit()
+      if r == nil then break end
+      g[#g + 1] = r[2]; g[#g + 1] = r[3]; g[#g + 1] = r[6]
+    end
   end
   replies[k + 1] = g
 end
