@@ -58,6 +58,8 @@ pub struct StateHandle {
     memory: Option<Arc<InMemoryLedger>>,
     persister: Option<Persister>,
     store: Option<Arc<FileStore>>,
+    /// The Redis backend's ledger, whose unspent quota grants go back at shutdown.
+    redis: Option<Arc<RedisLedger>>,
     describe: String,
     resources: ResourcesAt,
 }
@@ -95,6 +97,9 @@ impl StateHandle {
     pub async fn shutdown(self) -> Result<(), StoreError> {
         if let Some(m) = self.monitor {
             m.shutdown().await;
+        }
+        if let Some(r) = self.redis {
+            close_redis(&r).await;
         }
         match self.persister {
             Some(p) => p.shutdown().await,
@@ -235,7 +240,7 @@ impl Pool {
                         }
                     }
                 }
-                let ledger: Arc<dyn QuotaLedger> = Arc::new(
+                let redis = Arc::new(
                     RedisLedger::connect(
                         &cfg.state.redis_url,
                         &cfg.state.namespace,
@@ -247,6 +252,12 @@ impl Pool {
                     .await
                     .map_err(|e| redis_connect_error(cfg, e))?,
                 );
+                // The ledger it replaces gives its unspent grants back (its leases in flight
+                // settle on it still).
+                if let Some(old) = self.state.redis.replace(redis.clone()) {
+                    close_redis(&old).await;
+                }
+                let ledger: Arc<dyn QuotaLedger> = redis;
                 self.caller = build_caller(
                     cfg,
                     ledger.clone(),
@@ -484,6 +495,7 @@ pub async fn create_pool_with_clock(
                     persister: Some(persister),
                     resources: ResourcesAt::File(store.dir().to_owned()),
                     store: Some(store),
+                    redis: None,
                     describe,
                 },
             )
@@ -505,13 +517,15 @@ pub async fn create_pool_with_clock(
                 cfg.state.namespace
             );
             let resources = ResourcesAt::Redis(ledger.resources());
+            let ledger = Arc::new(ledger);
             (
-                Arc::new(ledger),
+                ledger.clone(),
                 StateHandle {
                     monitor: None,
                     memory: None,
                     persister: None,
                     store: None,
+                    redis: Some(ledger),
                     describe,
                     resources,
                 },
@@ -670,4 +684,12 @@ pub async fn create_embeddings_service_only(
     let mut pool = create_pool(cfg, env, cwd).await?;
     pool.watch(cfg)?;
     Ok((embeddings_on(cfg, pool.caller), pool.state))
+}
+
+/// Gives a Redis ledger's unspent quota grants back; a failure only costs the room they held
+/// (counted as sent until their second leaves the window), so it is logged, not returned.
+async fn close_redis(ledger: &RedisLedger) {
+    if let Err(e) = ledger.close().await {
+        tracing::warn!(error = %e, "could not give unspent quota grants back to Redis");
+    }
 }

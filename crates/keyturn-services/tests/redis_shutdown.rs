@@ -1,0 +1,79 @@
+//! A process on the Redis backend gives its unspent quota grants back when it shuts down, so
+//! the room it took ahead is at once the other processes' again (not only when its second ends).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use keyturn_core::{Demand, Outcome};
+use keyturn_services::config::Env;
+use keyturn_services::{Config, Overrides, create_pool};
+use keyturn_store::testkit::{TestRedis, unique_namespace};
+
+const MODEL: &str = "gemini-2.5-flash";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis"]
+async fn shutting_down_gives_unspent_grants_back() {
+    let redis = TestRedis::get();
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("keyturn.toml");
+    std::fs::write(
+        &toml,
+        format!(
+            "[state]\nbackend = \"redis\"\nnamespace = \"{}\"\n\n[models.\"{MODEL}\"]\nrpm = 400\ntpm = 100000000\nrpd = 100000\n",
+            unique_namespace("shutdown")
+        ),
+    )
+    .unwrap();
+    let mut env = Env::new();
+    env.insert("GEMINI_API_KEY".into(), "made-up-shutdown-key".into());
+    env.insert("KEYTURN_REDIS_URL".into(), redis.url().to_owned());
+    let cfg = Config::load(Some(&toml), &env, dir.path(), &Overrides::default()).unwrap();
+
+    let first = create_pool(&cfg, &env, dir.path()).await.unwrap();
+    // Four served acquires: each call to Redis takes room ahead for the next ones (the first
+    // takes a little, spent by the next two; the fourth takes more).
+    for _ in 0..4 {
+        let lease = first
+            .ledger
+            .acquire(MODEL, Demand::tokens(10))
+            .await
+            .unwrap();
+        first
+            .ledger
+            .settle(
+                lease,
+                Outcome::Success {
+                    input_tokens: Some(10),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let other = create_pool(&cfg, &env, dir.path()).await.unwrap();
+    let used = |st: keyturn_core::PoolStatus| {
+        st.scopes
+            .iter()
+            .filter(|s| s.model == MODEL)
+            .map(|s| s.rpm_used)
+            .sum::<u64>()
+    };
+    // The other process sends one too (its status gives its own grants back first, not the
+    // first process's).
+    let lease = other
+        .ledger
+        .acquire(MODEL, Demand::tokens(10))
+        .await
+        .unwrap();
+    other
+        .ledger
+        .settle(lease, Outcome::CallerFault)
+        .await
+        .unwrap();
+    let before = used(other.ledger.status().await.unwrap());
+    assert!(
+        before > 5,
+        "the first process holds room ahead: {before} used"
+    );
+    first.state.shutdown().await.unwrap();
+    assert_eq!(used(other.ledger.status().await.unwrap()), 5);
+}
