@@ -129,6 +129,64 @@ pub(super) fn refusal_of(e: &GeminiError) -> Refusal {
     Refusal::Bare
 }
 
+/// What the slot choice sees of a project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SlotView {
+    /// Batch mode is off for it.
+    pub(super) off: bool,
+    /// Its jobs pending or running.
+    pub(super) live_jobs: usize,
+    /// Most it may have.
+    pub(super) max_jobs: usize,
+    /// Tokens it can still take for the model (`None`: no limit known).
+    pub(super) room: Option<u64>,
+}
+
+/// The first project from `next` round-robin that is on, below its job limit and with room for
+/// `need` tokens; with where the next choice starts.
+pub(super) fn choose(views: &[SlotView], next: usize, need: u64) -> (Pick, usize) {
+    let n = views.len();
+    for i in 0..n {
+        let s = (next + i) % n;
+        let v = views[s];
+        if v.off || v.live_jobs >= v.max_jobs || v.room.is_some_and(|room| room < need) {
+            continue;
+        }
+        return (Pick::Slot(s), s + 1);
+    }
+    if views.iter().any(|v| !v.off) {
+        (Pick::Wait, next)
+    } else {
+        (Pick::NoneLeft, next)
+    }
+}
+
+/// The largest of the whole token limits of the projects that take jobs, when all are known and
+/// below `need`.
+pub(super) fn largest_below(limits: &[Option<u64>], need: u64) -> Option<u64> {
+    if limits.is_empty() || limits.iter().any(|l| l.is_none_or(|l| l >= need)) {
+        return None;
+    }
+    limits.iter().flatten().copied().max()
+}
+
+/// A project's job limit after a 429 naming it (`stated`, if it said) or a bare one (`None`):
+/// no more than it had live (at least 1), the stated value, or the limit before.
+pub(super) fn jobs_after(stated: Option<u64>, live: usize, was: usize) -> usize {
+    let stated = stated.map_or(usize::MAX, |v| usize::try_from(v).unwrap_or(usize::MAX));
+    live.max(1).min(stated).min(was).max(1)
+}
+
+/// A project's enqueued-token limit for a model after a 429 naming it: the stated value, and
+/// below the `refused` total (its live jobs' tokens and the refused job's) so the same job is
+/// never sent into the same refusal, and never above the limit before.
+pub(super) fn tokens_after(stated: Option<u64>, refused: u64, was: Option<u64>) -> u64 {
+    stated
+        .unwrap_or(u64::MAX)
+        .min(refused.saturating_sub(1))
+        .min(was.unwrap_or(u64::MAX))
+}
+
 impl Driver<'_, '_> {
     /// The enqueued-token limit of the slot's project for `model`: the lowest of what a refusal
     /// stated and what is configured (or, unconfigured, documented); `None`: no limit known.
@@ -167,24 +225,17 @@ impl Driver<'_, '_> {
 
     /// The next project, round-robin, with a job to spare and room for `need` tokens of `model`.
     pub(super) fn pick_slot(&mut self, model: &str, need: u64) -> Pick {
-        let n = self.slots.len();
-        let mut any_on = false;
-        for i in 0..n {
-            let s = (self.next_slot + i) % n;
-            if self.slots[s].off {
-                continue;
-            }
-            any_on = true;
-            if self.live_jobs(&self.slots[s].project) >= self.slots[s].max_jobs {
-                continue;
-            }
-            if self.room(s, model).is_some_and(|room| room < need) {
-                continue;
-            }
-            self.next_slot = s + 1;
-            return Pick::Slot(s);
-        }
-        if any_on { Pick::Wait } else { Pick::NoneLeft }
+        let views: Vec<SlotView> = (0..self.slots.len())
+            .map(|s| SlotView {
+                off: self.slots[s].off,
+                live_jobs: self.live_jobs(&self.slots[s].project),
+                max_jobs: self.slots[s].max_jobs,
+                room: self.room(s, model),
+            })
+            .collect();
+        let (pick, next) = choose(&views, self.next_slot, need);
+        self.next_slot = next;
+        pick
     }
 
     /// The largest whole limit among the projects that take jobs, when every one of them is
@@ -194,10 +245,7 @@ impl Driver<'_, '_> {
             .filter(|&s| !self.slots[s].off)
             .map(|s| self.token_limit(s, model))
             .collect();
-        if limits.is_empty() || limits.iter().any(|l| l.is_none_or(|l| l >= need)) {
-            return None;
-        }
-        limits.into_iter().flatten().max()
+        largest_below(&limits, need)
     }
 
     /// Estimated input tokens of a recorded job, from the episodes still waiting for it (a
@@ -225,11 +273,11 @@ impl Driver<'_, '_> {
         let live = self.live_jobs(&project);
         let (what, now) = match refusal_of(e) {
             Refusal::Tokens(stated) => {
-                // Below what was just refused, so the same job is never sent into it again.
-                let refused = self.enqueued(&project, model).saturating_add(tokens);
-                let lowered = stated.unwrap_or(u64::MAX).min(refused.saturating_sub(1));
-                let was = self.token_limit(slot, model).unwrap_or(u64::MAX);
-                let now = lowered.min(was);
+                let now = tokens_after(
+                    stated,
+                    self.enqueued(&project, model).saturating_add(tokens),
+                    self.token_limit(slot, model),
+                );
                 self.slots[slot]
                     .learned_tokens
                     .insert(model.to_owned(), now);
@@ -242,8 +290,7 @@ impl Driver<'_, '_> {
                 (format!("enqueued input tokens for {model}"), now)
             }
             Refusal::Jobs(stated) => {
-                let lowered = stated.unwrap_or(u64::MAX).min(live.max(1) as u64);
-                let now = lowered.min(self.slots[slot].max_jobs as u64).max(1);
+                let now = jobs_after(stated, live, self.slots[slot].max_jobs) as u64;
                 self.slots[slot].max_jobs = now as usize;
                 self.report
                     .limits_learned
@@ -253,7 +300,7 @@ impl Driver<'_, '_> {
                 ("jobs at once".to_owned(), now)
             }
             Refusal::Bare => {
-                let now = (live.max(1)).min(self.slots[slot].max_jobs) as u64;
+                let now = jobs_after(None, live, self.slots[slot].max_jobs) as u64;
                 self.slots[slot].max_jobs = now as usize;
                 self.report
                     .limits_learned
@@ -295,6 +342,58 @@ mod tests {
         serde_json::json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "message": "quota",
             "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure",
                 "violations": [{"quotaId": id, "quotaValue": value}]}]}})
+    }
+
+    #[test]
+    fn the_slot_choice_passes_over_projects_off_at_their_job_limit_or_without_room() {
+        let v = |off, live_jobs, max_jobs, room| SlotView {
+            off,
+            live_jobs,
+            max_jobs,
+            room,
+        };
+        let views = [
+            v(true, 0, 100, None),        // off
+            v(false, 2, 2, Some(10_000)), // at its job limit
+            v(false, 0, 2, Some(500)),    // room for less than the job
+            v(false, 1, 2, Some(1_000)),  // room for it exactly
+            v(false, 0, 100, None),       // no token limit known
+        ];
+        assert_eq!(choose(&views, 0, 1_000), (Pick::Slot(3), 4));
+        // Round-robin from where the last choice ended, wrapping round.
+        assert_eq!(choose(&views, 4, 1_000), (Pick::Slot(4), 5));
+        assert_eq!(choose(&views, 5, 1_000), (Pick::Slot(3), 4));
+        assert_eq!(choose(&views, 0, 400), (Pick::Slot(2), 3));
+        // Nothing with room: wait for a job to end; nothing on: no project left.
+        assert_eq!(choose(&views[..3], 1, 1_000), (Pick::Wait, 1));
+        assert_eq!(choose(&views[..1], 0, 1), (Pick::NoneLeft, 0));
+        assert_eq!(choose(&[], 0, 1), (Pick::NoneLeft, 0));
+    }
+
+    #[test]
+    fn an_episode_is_too_big_only_when_every_project_that_takes_jobs_has_a_smaller_limit() {
+        assert_eq!(
+            largest_below(&[Some(1_200), Some(1_000)], 1_495),
+            Some(1_200)
+        );
+        assert_eq!(largest_below(&[Some(1_200), Some(1_500)], 1_495), None);
+        assert_eq!(largest_below(&[Some(1_200), None], 1_495), None);
+        assert_eq!(largest_below(&[], 1_495), None);
+    }
+
+    #[test]
+    fn a_refusal_lowers_a_limit_never_raises_it_and_never_to_what_was_just_refused() {
+        // Stated 2 with 1 live (another client's job, say): what it had live.
+        assert_eq!(jobs_after(Some(2), 1, 100), 1);
+        assert_eq!(jobs_after(Some(2), 5, 100), 2);
+        // Bare: the jobs live, at least 1; never above the limit before.
+        assert_eq!(jobs_after(None, 0, 100), 1);
+        assert_eq!(jobs_after(None, 3, 100), 3);
+        assert_eq!(jobs_after(None, 3, 2), 2);
+        // Tokens: the stated value, below what was refused, not above the limit before.
+        assert_eq!(tokens_after(Some(2_500), 4_966, Some(3_000_000)), 2_500);
+        assert_eq!(tokens_after(Some(5_000), 3_000, None), 2_999);
+        assert_eq!(tokens_after(None, 3_000, Some(2_000)), 2_000);
     }
 
     #[test]
