@@ -123,3 +123,53 @@ async fn an_episode_bigger_than_every_projects_limit_is_named_and_fails_instead_
     assert_eq!(r["items"]["processed"], 5, "{r}");
     assert_eq!(r["batch"]["interactive_episodes"], 1, "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_429_lowers_the_projects_job_limit_to_what_it_had_live_and_the_run_finishes() {
+    // Gemini's documented limits, far above what the run needs.
+    let w = World::custom(1, &[], "", |_| {}).await;
+    // proj-a's first job meets the bare 429 real Gemini has been seen sending for batch limits.
+    w.sim
+        .state()
+        .add_scripts(
+            vec![keyturn_sim::config::ScriptRule {
+                shape: "real-09".into(),
+                key: None,
+                project: Some("proj-a".into()),
+                model: None,
+                method: Some(keyturn_sim::Route::BatchGenerateContent),
+                times: Some(1),
+            }],
+            false,
+        )
+        .unwrap();
+    let out = w.dir.path().join("out");
+    let o = w.run(w.command(&out, &["--batch"])).await;
+    assert!(o.status.success(), "{}", text(&o));
+    let r = report(&out);
+    assert_eq!(r["items"]["processed"], 5, "{r}");
+    let b = &r["batch"];
+    assert_eq!(
+        refusals(&w),
+        1,
+        "{}\n{}",
+        w.sim.state().stats()["keys"],
+        text(&o)
+    );
+    assert_eq!(b["limit_refusals"], 1, "{b}");
+    // Nothing was live there: one job at a time from then on.
+    assert_eq!(b["limits_learned"]["proj-a"]["max_jobs"], 1, "{b}");
+    assert!(b["limits_learned"]["proj-b"].is_null(), "{b}");
+    assert!(
+        text(&o).contains(
+            "batch limit of project proj-a: jobs at once (a 429 naming no limit) lowered to 1"
+        ),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        b["jobs"]["proj-a"]["succeeded"].as_u64().unwrap_or(0) >= 1,
+        "{b}"
+    );
+    assert_eq!(w.batched_requests().await, chunks_of(&r));
+}
