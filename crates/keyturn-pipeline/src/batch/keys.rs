@@ -24,7 +24,7 @@ pub(super) async fn switched_off(sink: &Sink<'_>) -> Vec<keyturn_core::Fingerpri
 }
 
 /// Every project with a key the ledger has not switched off, in ring order.
-pub(super) async fn slots(sink: &Sink<'_>) -> Vec<Slot> {
+pub(super) async fn slots(sink: &Sink<'_>, max_jobs: usize) -> Vec<Slot> {
     let off = switched_off(sink).await;
     let ring = sink.services.ledger.keys();
     let mut out: Vec<Slot> = Vec::new();
@@ -37,6 +37,8 @@ pub(super) async fn slots(sink: &Sink<'_>) -> Vec<Slot> {
                 project: e.project.clone(),
                 pin: id,
                 off: false,
+                max_jobs: max_jobs.max(1),
+                learned_tokens: BTreeMap::new(),
             });
         }
     }
@@ -141,21 +143,25 @@ impl Driver<'_, '_> {
                     // The key (or its route) may be what fails: the next look goes with the
                     // project's next key, so one broken key cannot hold the job forever.
                     let next = self.next_key_in(&rec.project, &key).await;
+                    let tokens = self.record_tokens(&display, &rec);
                     self.live.push(Live {
                         display,
                         record: rec,
                         key: next.unwrap_or(key),
                         state: BatchState::Unknown,
+                        tokens,
                     });
                     return Ok(());
                 }
             }
         }
+        let tokens = self.record_tokens(&display, &rec);
         self.live.push(Live {
             display,
             record: rec,
             key,
             state: BatchState::Unknown,
+            tokens,
         });
         Ok(())
     }

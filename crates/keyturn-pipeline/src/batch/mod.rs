@@ -78,6 +78,12 @@ pub struct BatchOptions {
     pub fallback: BatchFallback,
     /// The embeddings go as batch jobs too (`[pipeline] batch_embeddings`).
     pub embeddings: bool,
+    /// Most jobs a project has pending or running at once (`[pipeline] batch_max_jobs`).
+    pub max_jobs: usize,
+    /// Most estimated input tokens of a project's live jobs per model (`[pipeline]
+    /// batch_enqueued_tokens`); `None`: the documented Tier 1 figure for the model where known
+    /// ([`prices::batch_enqueued_tokens_of`]), else none until a refusal states it.
+    pub enqueued_tokens: Option<u64>,
 }
 
 impl Default for BatchOptions {
@@ -89,6 +95,8 @@ impl Default for BatchOptions {
             item_retries: 2,
             fallback: BatchFallback::Batch,
             embeddings: false,
+            max_jobs: prices::BATCH_CONCURRENT_JOBS as usize,
+            enqueued_tokens: None,
         }
     }
 }
@@ -122,6 +130,10 @@ pub struct BatchReport {
     pub interactive_cost_usd: Option<f64>,
     /// The date of the price table the estimates come from.
     pub price_table_date: &'static str,
+    /// Submits Gemini refused with a 429 (a batch limit met).
+    pub limit_refusals: u64,
+    /// Limits lowered for the run by those refusals, by project.
+    pub limits_learned: BTreeMap<String, limits::Learned>,
 }
 
 /// A job this run waits for.
@@ -130,6 +142,8 @@ struct Live {
     record: BatchRecord,
     key: KeyEntry,
     state: BatchState,
+    /// Estimated input tokens of its requests ([`limits`]).
+    tokens: u64,
 }
 
 /// An episode still to extract (or, with batch embeddings, to embed).
@@ -137,6 +151,8 @@ struct Work {
     item: Item,
     prepared: Prepared,
     failures: u32,
+    /// Estimated input tokens of its extraction requests ([`limits::extraction_tokens`]).
+    tokens: u64,
     /// With `[pipeline] batch_embeddings`: where its embeddings stand.
     embed: Option<embed::Embedding>,
 }
@@ -147,6 +163,10 @@ struct Slot {
     project: String,
     pin: keyturn_core::KeyId,
     off: bool,
+    /// Most jobs it may have live (`[pipeline] batch_max_jobs`, lowered by refusals).
+    max_jobs: usize,
+    /// Enqueued-token limits refusals stated, by model.
+    learned_tokens: BTreeMap<String, u64>,
 }
 
 /// Runs the pending episodes' extraction as batch jobs; returns whether it was interrupted and
@@ -174,7 +194,7 @@ pub(crate) async fn run_batches(
         embed_queue: VecDeque::new(),
         held: Vec::new(),
         live: Vec::new(),
-        slots: keys::slots(sink).await,
+        slots: keys::slots(sink, opts.max_jobs).await,
         next_slot: 0,
         seq: 0,
         run_id: ctx.clock.now_ms(),
@@ -187,12 +207,14 @@ pub(crate) async fn run_batches(
     for item in pending {
         match prepare(ctx, &item) {
             Ok(prepared) => {
+                let tokens = limits::extraction_tokens(&item, &prepared, &ctx.opts.model);
                 d.work.insert(
                     item.key.clone(),
                     Work {
                         item,
                         prepared,
                         failures: 0,
+                        tokens,
                         embed: None,
                     },
                 );
@@ -287,6 +309,7 @@ pub(crate) async fn run_batches(
 
 mod embed;
 mod keys;
+mod limits;
 mod poll;
 mod submit;
 

@@ -28,16 +28,27 @@ impl Driver<'_, '_> {
 
     /// Submits one queue (extraction, or with `embed` embeddings) as jobs.
     async fn submit_queue(&mut self, tally: &mut Tally, embed: bool) -> Result<(), SeedError> {
-        while !self.queue_of(embed).is_empty() && tally.stop.is_none() {
-            let Some(slot) = self.pick_slot() else {
-                return self.no_project_left(tally).await;
+        let model = if embed {
+            self.sink.ctx.opts.embedding_model.clone()
+        } else {
+            self.sink.ctx.opts.model.clone()
+        };
+        while tally.stop.is_none() {
+            let Some(need) = self.front_tokens(embed) else {
+                break;
+            };
+            if let Some(largest) = self.too_big(&model, need) {
+                self.fail_too_big(tally, embed, &model, need, largest)
+                    .await?;
+                continue;
+            }
+            let slot = match self.pick_slot(&model, need) {
+                limits::Pick::Slot(s) => s,
+                // Room comes back as jobs end: the job goes after the next poll.
+                limits::Pick::Wait => return Ok(()),
+                limits::Pick::NoneLeft => return self.no_project_left(tally).await,
             };
             let project = self.slots[slot].project.clone();
-            let model = if embed {
-                self.sink.ctx.opts.embedding_model.clone()
-            } else {
-                self.sink.ctx.opts.model.clone()
-            };
             let (lease, key) = match self.lease_in(slot, &model).await {
                 Ok(got) => got,
                 Err(e) if matches!(e, AcquireError::Exhausted { .. }) => {
@@ -50,10 +61,11 @@ impl Driver<'_, '_> {
                     continue;
                 }
             };
-            let (episodes, requests) = if embed {
-                self.embeddings_job()
+            let budget = self.room(slot, &model);
+            let (episodes, requests, tokens) = if embed {
+                self.embeddings_job(budget)
             } else {
-                self.extraction_job(&model)
+                self.extraction_job(&model, budget)
             };
             if episodes.is_empty() {
                 self.settle(lease, Outcome::CallerFault).await;
@@ -110,6 +122,7 @@ impl Driver<'_, '_> {
                         record: rec,
                         key,
                         state: job.state,
+                        tokens,
                     });
                 }
                 Err(e) if e.kind() == ErrorKind::Transient => {
@@ -122,17 +135,20 @@ impl Driver<'_, '_> {
                         record: rec,
                         key,
                         state: BatchState::Unknown,
+                        tokens,
                     });
                     return Ok(());
                 }
                 Err(e) if matches!(e.kind(), ErrorKind::Throttled(_)) => {
-                    // A batch limit of the project (concurrent jobs, enqueued tokens): Gemini
-                    // refused the job, so it goes again after the next poll, when jobs may
-                    // have finished.
+                    // A batch limit of the project (concurrent jobs, enqueued tokens) that the
+                    // estimate missed: Gemini refused the job. The limit is lowered for the
+                    // run, and the job goes again after the next poll, cut to the room left.
                     checkpoints.forget_batch(&display, self.now())?;
                     for ep in rec.episodes.iter().rev() {
                         self.queue_of(embed).push_front(ep.id.clone());
                     }
+                    self.report.limit_refusals += 1;
+                    self.learn(slot, &model, tokens, &e);
                     let job = display.as_str();
                     tracing::info!(job, project = %project, error = %e, "batch limit reached; submitting again later");
                     return Ok(());
@@ -173,10 +189,76 @@ impl Driver<'_, '_> {
         }
     }
 
-    /// The next extraction job from the queue: whole episodes, up to the request limit.
-    fn extraction_job(&mut self, model: &str) -> (Vec<BatchEpisode>, Vec<BatchRequest>) {
+    /// The estimated tokens of the queue's first episode (passing over ids no longer waiting
+    /// for that queue); `None` when the queue is empty.
+    fn front_tokens(&mut self, embed: bool) -> Option<u64> {
+        loop {
+            let id = self.queue_of(embed).front()?.clone();
+            let tokens = match self.work.get(&id) {
+                Some(w) if !embed => Some(w.tokens),
+                Some(w) => w.embed.as_ref().map(|s| limits::embedding_tokens(&s.texts)),
+                None => None,
+            };
+            match tokens {
+                Some(t) => return Some(t),
+                None => {
+                    self.queue_of(embed).pop_front();
+                }
+            }
+        }
+    }
+
+    /// The queue's first episode needs more tokens than any project may have enqueued: it is
+    /// named and fails, or goes interactive with `--batch-fallback interactive`.
+    async fn fail_too_big(
+        &mut self,
+        tally: &mut Tally,
+        embed: bool,
+        model: &str,
+        need: u64,
+        largest: u64,
+    ) -> Result<(), SeedError> {
+        let Some(id) = self.queue_of(embed).pop_front() else {
+            return Ok(());
+        };
+        let Some(w) = self.work.remove(&id) else {
+            return Ok(());
+        };
+        let item = w.item.clone();
+        let why = format!(
+            "too big for a batch job: its {} need about {need} input tokens (keyturn's estimate) and no project may have more than {largest} enqueued for {model}; rerun with --batch-fallback interactive, or raise [pipeline] batch_enqueued_tokens if the projects' limit is higher",
+            if embed {
+                "embedding texts"
+            } else {
+                "extraction requests"
+            }
+        );
+        self.sink.progress.note(&format!(
+            "episode '{}' is {why}",
+            crate::term::safe(&item.title)
+        ));
+        let result = match (self.opts.fallback, embed) {
+            (BatchFallback::Interactive, false) => {
+                self.report.interactive_episodes += 1;
+                process(self.sink.ctx, &item).await
+            }
+            (BatchFallback::Interactive, true) => self.finish_interactively(w).await,
+            (BatchFallback::Batch, _) => Err(EpisodeError::Failed(why)),
+        };
+        tally.settle(self.sink, &item, result, 0).await?;
+        self.release_held()
+    }
+
+    /// The next extraction job from the queue: whole episodes, up to the request limit and
+    /// within `budget` estimated tokens (the first episode fits: [`Self::pick_slot`]).
+    fn extraction_job(
+        &mut self,
+        model: &str,
+        budget: Option<u64>,
+    ) -> (Vec<BatchEpisode>, Vec<BatchRequest>, u64) {
         let mut episodes = Vec::new();
         let mut requests = Vec::new();
+        let mut tokens = 0u64;
         let schema = extraction_schema();
         while let Some(id) = self.queue.front() {
             let Some(w) = self.work.get(id) else {
@@ -187,6 +269,10 @@ impl Driver<'_, '_> {
             if !requests.is_empty() && requests.len() + n > self.opts.max_requests {
                 break;
             }
+            if !episodes.is_empty() && budget.is_some_and(|b| tokens + w.tokens > b) {
+                break;
+            }
+            tokens += w.tokens;
             let p = episodes.len();
             for c in &w.prepared.chunks {
                 let req = extraction_request(&w.item, c, model);
@@ -202,14 +288,19 @@ impl Driver<'_, '_> {
             });
             self.queue.pop_front();
         }
-        (episodes, requests)
+        (episodes, requests, tokens)
     }
 
-    /// The next embeddings job: whole episodes' texts, up to the request limit.
-    fn embeddings_job(&mut self) -> (Vec<BatchEpisode>, Vec<BatchRequest>) {
+    /// The next embeddings job: whole episodes' texts, up to the request limit and within
+    /// `budget` estimated tokens.
+    fn embeddings_job(
+        &mut self,
+        budget: Option<u64>,
+    ) -> (Vec<BatchEpisode>, Vec<BatchRequest>, u64) {
         let opts = embed::options(self.sink.ctx);
         let mut episodes = Vec::new();
         let mut requests = Vec::new();
+        let mut tokens = 0u64;
         while let Some(id) = self.embed_queue.front() {
             let Some(texts) = self
                 .work
@@ -224,6 +315,11 @@ impl Driver<'_, '_> {
             if !requests.is_empty() && requests.len() + n > self.opts.max_requests {
                 break;
             }
+            let t = limits::embedding_tokens(texts);
+            if !episodes.is_empty() && budget.is_some_and(|b| tokens + t > b) {
+                break;
+            }
+            tokens += t;
             let p = episodes.len();
             for (i, t) in texts.iter().enumerate() {
                 requests.push(BatchRequest {
@@ -240,7 +336,7 @@ impl Driver<'_, '_> {
             }
             self.embed_queue.pop_front();
         }
-        (episodes, requests)
+        (episodes, requests, tokens)
     }
 
     /// A key of the slot's project for one submit, chosen by the ledger (a lease pinned to the
@@ -299,18 +395,6 @@ impl Driver<'_, '_> {
         ));
         self.report.projects_off.insert(project, why);
         self.slots[slot].off = true;
-    }
-
-    fn pick_slot(&mut self) -> Option<usize> {
-        let n = self.slots.len();
-        for i in 0..n {
-            let s = (self.next_slot + i) % n;
-            if !self.slots[s].off {
-                self.next_slot = s + 1;
-                return Some(s);
-            }
-        }
-        None
     }
 
     /// No project takes batch jobs: the queues go interactive, or fail.

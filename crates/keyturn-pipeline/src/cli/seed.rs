@@ -69,6 +69,8 @@ fn batch_options(
             max_poll: p.batch_max_poll,
             fallback,
             embeddings: p.batch_embeddings,
+            max_jobs: p.batch_max_jobs,
+            enqueued_tokens: p.batch_enqueued_tokens,
             ..BatchOptions::default()
         },
     )))

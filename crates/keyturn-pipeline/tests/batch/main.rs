@@ -14,6 +14,7 @@ use keyturn_sim::{Limits, ProjectConfig, SimConfig, SimKey, Simulator, Tier};
 use serde_json::Value;
 
 mod embeddings;
+mod limits;
 mod status;
 
 const FLASH: &str = "gemini-2.5-flash";
@@ -53,6 +54,26 @@ impl World {
         concurrent: u64,
         invalid: &[&str],
     ) -> Self {
+        Self::custom(running_secs, invalid, "", |r| {
+            r.batch_item_error_every = every;
+            r.batch_concurrent = concurrent;
+        })
+        .await
+    }
+
+    /// The world with `pipeline` added to keyturn's `[pipeline]` table (`batch_max_requests` is
+    /// 6 unless it sets it) and the simulator's resource settings changed by `sim`.
+    async fn custom(
+        running_secs: u64,
+        invalid: &[&str],
+        pipeline: &str,
+        sim: impl FnOnce(&mut keyturn_sim::ResourceConfig),
+    ) -> Self {
+        let requests = if pipeline.contains("batch_max_requests") {
+            ""
+        } else {
+            "batch_max_requests = 6\n"
+        };
         let dir = tempfile::tempdir().unwrap();
         keyturn_pipeline::demo::write_samples(&dir.path().join("transcripts")).unwrap();
         let lines: String = KEYS
@@ -66,7 +87,7 @@ impl World {
                 "[retry]\nbase_backoff = \"20ms\"\nmax_backoff = \"200ms\"\n\
                  [models.\"{FLASH}\"]\nrpm = 1000\ntpm = 10000000\nrpd = 100000\n\
                  [models.\"{EMBED}\"]\nrpm = 1000\ntpm = 10000000\nrpd = 100000\n\
-                 [pipeline]\nbatch_max_requests = 6\nbatch_poll = \"100ms\"\nbatch_max_poll = \"400ms\"\n"
+                 [pipeline]\n{requests}{pipeline}\nbatch_poll = \"100ms\"\nbatch_max_poll = \"400ms\"\n"
             ),
         )
         .unwrap();
@@ -103,8 +124,7 @@ impl World {
         };
         cfg.resources.batch_pending_secs = 0;
         cfg.resources.batch_running_secs = running_secs;
-        cfg.resources.batch_item_error_every = every;
-        cfg.resources.batch_concurrent = concurrent;
+        sim(&mut cfg.resources);
         let sim = Simulator::start(cfg).await.unwrap();
         World { sim, dir }
     }

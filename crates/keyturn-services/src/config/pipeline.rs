@@ -93,6 +93,13 @@ pub struct PipelineSettings {
     /// In batch mode, the chunk and entity embeddings go as batch jobs too
     /// (`asyncBatchEmbedContent`) instead of interactive `batchEmbedContents` calls.
     pub batch_embeddings: bool,
+    /// Most batch jobs a project has pending or running at once (Gemini: 100).
+    pub batch_max_jobs: usize,
+    /// Most input tokens (keyturn's estimate) of a project's pending and running jobs per
+    /// model. Unset: the documented Tier 1 figure for the model where known
+    /// (`keyturn_core::prices::BATCH_ENQUEUED_TOKENS_TIER1`), else none until a refusal states it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_enqueued_tokens: Option<u64>,
 }
 
 impl Default for PipelineSettings {
@@ -104,6 +111,8 @@ impl Default for PipelineSettings {
             batch_poll: Duration::from_secs(10),
             batch_max_poll: Duration::from_secs(300),
             batch_embeddings: false,
+            batch_max_jobs: keyturn_core::prices::BATCH_CONCURRENT_JOBS as usize,
+            batch_enqueued_tokens: None,
         }
     }
 }
@@ -136,9 +145,19 @@ mod pipeline_tests {
         assert_eq!(p.batch_fallback, BatchFallbackSetting::Interactive);
         assert_eq!(p.batch_max_requests, 50);
         assert_eq!(p.batch_poll, Duration::from_secs(2));
+        assert_eq!((d.batch_max_jobs, d.batch_enqueued_tokens), (100, None));
+        let l = load("[pipeline]\nbatch_max_jobs = 2\nbatch_enqueued_tokens = 5000")
+            .unwrap()
+            .pipeline;
+        assert_eq!(
+            (l.batch_max_jobs, l.batch_enqueued_tokens),
+            (2, Some(5_000))
+        );
         for (bad, field) in [
             ("mode = \"later\"", "mode"),
             ("batch_max_requests = 0", "batch_max_requests"),
+            ("batch_max_jobs = 0", "batch_max_jobs"),
+            ("batch_enqueued_tokens = 0", "batch_enqueued_tokens"),
             ("batch_poll = \"0s\"", "batch_poll"),
             (
                 "batch_poll = \"10m\"\nbatch_max_poll = \"1m\"",

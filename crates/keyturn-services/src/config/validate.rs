@@ -225,6 +225,14 @@ impl Config {
             self.pipeline.batch_max_requests as u64,
             1,
         )?;
+        at_least(
+            "pipeline.batch_max_jobs",
+            self.pipeline.batch_max_jobs as u64,
+            1,
+        )?;
+        if let Some(t) = self.pipeline.batch_enqueued_tokens {
+            at_least("pipeline.batch_enqueued_tokens", t, 1)?;
+        }
         positive("pipeline.batch_poll", self.pipeline.batch_poll)?;
         ordered(
             ("pipeline.batch_poll", self.pipeline.batch_poll),
