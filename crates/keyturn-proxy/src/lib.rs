@@ -299,6 +299,11 @@ impl ProxyState {
         self
     }
 
+    /// Replaces the transport re-checks go out with (a reload changed the keys' egress routes).
+    pub fn set_recheck(&self, transport: keyturn_gemini::Transport) {
+        self.admin.console.set_recheck(transport);
+    }
+
     /// With the pool's record of failing egress routes, so the console says when a key cools
     /// because its route fails.
     pub fn with_route_board(self, board: Arc<keyturn_gemini::RouteBoard>) -> Self {

@@ -571,3 +571,29 @@ async fn a_sign_in_body_that_never_arrives_is_dropped_after_the_body_timeout() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
 }
+
+/// A reload that changes the keys' egress routes hands the Re-check button the new transport:
+/// the first one set must not stay for the life of the process.
+#[tokio::test]
+async fn a_reloaded_recheck_transport_replaces_the_first() {
+    let s = setup("127.0.0.1:0", true, true, 100).await;
+    let (_, r) = s
+        .post("/admin/keys/alpha/recheck", Some(&s.admin), json!({}))
+        .await;
+    assert_eq!(r["result"], "alive", "{r}");
+    // Re-checks now go where nothing listens (as through a route that a reload made dead).
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", gone.local_addr().unwrap());
+    drop(gone);
+    let env = common::env(s._dir.path(), &nowhere);
+    let cfg = common::config(s._dir.path(), &env, "", "");
+    s.proxy
+        .state()
+        .set_recheck(keyturn_services::transport(&cfg, "v1beta").unwrap());
+    let (status, r) = s
+        .post("/admin/keys/alpha/recheck", Some(&s.admin), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(r["result"], "unknown", "{r}");
+    assert_eq!(s.key("alpha").await["state"], "usable");
+}

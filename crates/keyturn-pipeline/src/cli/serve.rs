@@ -385,6 +385,9 @@ impl Reloads<'_> {
         ) else {
             return Err("cannot set up the HTTP client".to_owned());
         };
+        // Re-checks go through each key's route as configured now.
+        let recheck = pool.check_transport(&cfg).map_err(|e| e.to_string())?;
+        state.set_recheck(recheck);
         let counts = (tokens.len(), admin_tokens.len());
         state.reload(keyturn_proxy::Reload {
             v1beta,

@@ -182,7 +182,7 @@ pub(super) async fn recheck_key(
     let Some((id, label)) = find_key(&st, &key) else {
         return no_such_key();
     };
-    let Some(transport) = st.recheck.get() else {
+    let Some(transport) = st.recheck.load_full() else {
         return problem(
             StatusCode::NOT_IMPLEMENTED,
             "this console was started without a way to re-check keys",
@@ -192,7 +192,7 @@ pub(super) async fn recheck_key(
     let Some(entry) = ring.get(id) else {
         return problem(StatusCode::NOT_FOUND, "no such key");
     };
-    let answer = check_key(transport, &entry.key).await;
+    let answer = check_key(&transport, &entry.key).await;
     let disabled = st
         .host
         .ledger()

@@ -19,9 +19,10 @@
 //! - Keys are shown by label and fingerprint only.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -103,8 +104,9 @@ pub struct Console {
     allow_actions: bool,
     events: Arc<Events>,
     observed: Mutex<Observed>,
-    /// For re-checking a key now; without it, `recheck` answers 501.
-    recheck: OnceLock<Transport>,
+    /// For re-checking a key now (through each key's egress route as configured now: a reload
+    /// replaces it); without it, `recheck` answers 501.
+    recheck: ArcSwapOption<Transport>,
     /// How long a request's body may take to arrive (408 after).
     body_timeout: Duration,
 }
@@ -119,7 +121,7 @@ impl Console {
             allow_actions: true,
             events: Arc::new(Events::default()),
             observed: Mutex::new(Observed::default()),
-            recheck: OnceLock::new(),
+            recheck: ArcSwapOption::empty(),
             body_timeout: BODY_TIMEOUT,
         }
     }
@@ -143,9 +145,10 @@ impl Console {
         self
     }
 
-    /// [`Console::with_recheck`] on a console already shared; the first transport set stays.
+    /// [`Console::with_recheck`] on a console already shared, replacing the transport it had
+    /// (a reload's routes).
     pub(crate) fn set_recheck(&self, transport: Transport) {
-        self.recheck.set(transport).ok();
+        self.recheck.store(Some(Arc::new(transport)));
     }
 
     /// Whether actions are allowed.
