@@ -18,8 +18,8 @@
 //!   [`EVENTS_KEPT`] are kept in memory.
 //! - Keys are shown by label and fingerprint only.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
