@@ -198,27 +198,9 @@ mod tests {
     use super::*;
 
     fn w(n: u64) -> Warning {
-        Warning {
-            source: "keyturn",
-            version: PAYLOAD_VERSION,
-            event: "quota_threshold",
-            severity: "warning",
-            at: String::new(),
-            day: String::new(),
-            project: None,
-            model: None,
-            metric: None,
-            threshold_pct: None,
-            used: Some(n),
-            served: None,
-            refused: None,
-            limit: None,
-            key: None,
-            fingerprint: None,
-            reason: None,
-            until: None,
-            message: String::new(),
-        }
+        let mut w = crate::monitor::warning("quota_threshold", false, 0, String::new());
+        w.used = Some(n);
+        w
     }
 
     /// A webhook that never answers cannot hold anything up: sending returns at once and a full

@@ -1,249 +1,22 @@
-//! Watching the pool: every `[notify] check_interval` the monitor reads the ledger's status (the
-//! same for either backend), refreshes the metrics gauges, and raises warnings — a scope's daily
-//! quota crossing a threshold, a key disabled, every key out for a model — each once per scope
-//! and Pacific day (the mark is kept in the ledger, so processes sharing a Redis ledger send it
-//! once between them). It runs beside the requests and never delays one.
-//!
-//! It also brings dead keys back: a disabled key is asked again, with a request that costs no
-//! quota ([`keyturn_gemini::check_key`]), `[recheck] interval` after it was disabled or last
-//! asked; a key that answers is re-enabled, with a log line and a `key_reenabled` event. Processes
-//! sharing a Redis ledger take turns (one asks per key and interval).
+//! Which warnings a pool's status calls for, each with the mark that makes it fire once a
+//! Pacific day: a scope's daily quota crossing a threshold, a key disabled, a project switched
+//! off, every key out for a model.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use keyturn_core::snapshot::{KeyStatus, ScopeStatus};
-use keyturn_core::{BreakerState, PoolStatus, QuotaDay, QuotaLedger, ResetTarget, ScopeState};
-use keyturn_gemini::{KeyCheck, Transport, check_key};
-use tokio::sync::oneshot;
+use keyturn_core::{PoolStatus, QuotaDay, ScopeState};
 
 use crate::config::NotifySettings;
-use crate::notify::{Notifier, PAYLOAD_VERSION, Warning};
-
-/// Gauge: quota used now, by `project`, `model` and `window` (`minute`, `tokens-minute`, `day`).
-pub const QUOTA_USED: &str = "keyturn_quota_used";
-/// Gauge: the limit in force, same labels (absent when unlimited).
-pub const QUOTA_LIMIT: &str = "keyturn_quota_limit";
-/// Gauge: keys by `state` (`usable`, `cooling`, `exhausted`, `disabled`).
-pub const KEYS: &str = "keyturn_keys";
-/// Gauge: a key's breaker by `key` and `fingerprint`: 0 closed, 1 half-open, 2 open.
-pub const BREAKER: &str = "keyturn_breaker_state";
-/// Counter: warnings raised, by `event`.
-pub const WARNINGS: &str = "keyturn_warnings_total";
-
-/// Something else that hears each warning as it is raised (the proxy's console lists them).
-pub type WarningSink = Arc<dyn Fn(&Warning) + Send + Sync>;
-
-/// The running monitor.
-#[derive(Debug)]
-pub struct Monitor {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Monitor {
-    /// Starts watching `ledger`. `notifier` receives warnings (they are logged either way).
-    /// With `recheck`, disabled keys are asked again through that transport at that interval.
-    /// `sink` hears every warning too.
-    pub fn spawn(
-        ledger: Arc<dyn QuotaLedger>,
-        settings: NotifySettings,
-        notifier: Option<Notifier>,
-        recheck: Option<(Transport, Duration)>,
-        sink: Option<WarningSink>,
-    ) -> Self {
-        let (stop, mut stopped) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            let mut watch = Watch {
-                ledger,
-                settings,
-                notifier,
-                sink,
-                failing: false,
-                recheck: recheck.map(|(transport, interval)| Recheck {
-                    transport,
-                    interval,
-                    last_ms: BTreeMap::new(),
-                }),
-            };
-            let mut tick = tokio::time::interval(watch.settings.check_interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => watch.check().await,
-                    _ = &mut stopped => break,
-                }
-            }
-            // The last state of the run counts too (a short run that crossed 80 %).
-            watch.check().await;
-            if let Some(n) = watch.notifier.take() {
-                let bound = watch.settings.timeout * watch.settings.max_attempts.min(3);
-                n.shutdown(bound.max(Duration::from_secs(1))).await;
-            }
-        });
-        Self {
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    /// Checks a last time, delivers queued warnings (bounded), and stops.
-    pub async fn shutdown(mut self) {
-        if let Some(s) = self.stop.take() {
-            s.send(()).ok();
-        }
-        (&mut self.task).await.ok();
-    }
-}
-
-struct Watch {
-    ledger: Arc<dyn QuotaLedger>,
-    settings: NotifySettings,
-    notifier: Option<Notifier>,
-    sink: Option<WarningSink>,
-    failing: bool,
-    recheck: Option<Recheck>,
-}
-
-/// Asking disabled keys again.
-struct Recheck {
-    transport: Transport,
-    interval: Duration,
-    /// When this process last asked each key (by fingerprint).
-    last_ms: BTreeMap<String, i64>,
-}
-
-impl Watch {
-    async fn check(&mut self) {
-        let st = match self.ledger.status().await {
-            Ok(s) => {
-                if self.failing {
-                    tracing::info!("quota state readable again; monitoring resumed");
-                    self.failing = false;
-                }
-                s
-            }
-            Err(e) => {
-                if !self.failing {
-                    tracing::warn!(error = %e, "cannot read the quota state to monitor it");
-                    self.failing = true;
-                }
-                return;
-            }
-        };
-        gauges(&st);
-        self.recheck_disabled(&st).await;
-        for p in warnings(&st, &self.settings) {
-            match self.ledger.claim_notice(&p.id, p.until_ms).await {
-                Ok(true) => {
-                    // Lower thresholds crossed in the same step are covered by this warning.
-                    for id in &p.covers {
-                        self.ledger.claim_notice(id, p.until_ms).await.ok();
-                    }
-                    let w = p.warning;
-                    metrics::counter!(WARNINGS, "event" => w.event).increment(1);
-                    tracing::warn!(event = w.event, day = %w.day, "{}", w.message);
-                    if let Some(f) = &self.sink {
-                        f(&w);
-                    }
-                    if let Some(n) = &self.notifier {
-                        n.send(w);
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => tracing::debug!(error = %e, "could not record a warning as sent"),
-            }
-        }
-    }
-}
-
-impl Watch {
-    /// Asks each disabled key that is due whether it works again; re-enables those that do.
-    async fn recheck_disabled(&mut self, st: &PoolStatus) {
-        let Some(r) = &mut self.recheck else {
-            return;
-        };
-        let keys = self.ledger.keys();
-        let interval = r.interval.as_millis() as i64;
-        for k in &st.keys {
-            // The operator's disable is the operator's to lift, whatever the key answers.
-            let Some(d) = k.disabled.filter(|d| !d.reason.is_admin()) else {
-                continue;
-            };
-            let fp = k.fingerprint.to_string();
-            let since = r
-                .last_ms
-                .get(&fp)
-                .copied()
-                .unwrap_or(d.since_ms)
-                .max(d.since_ms);
-            if st.at_ms.saturating_sub(since) < interval {
-                continue;
-            }
-            r.last_ms.insert(fp.clone(), st.at_ms);
-            // One process per key and interval asks, when several share the ledger.
-            let slot = st.at_ms / interval.max(1);
-            let mark = format!("recheck|{fp}|{slot}");
-            if !matches!(
-                self.ledger
-                    .claim_notice(&mark, st.at_ms.saturating_add(interval))
-                    .await,
-                Ok(true)
-            ) {
-                continue;
-            }
-            let Some(id) = keys.find(&fp) else {
-                continue;
-            };
-            let Some(entry) = keys.get(id) else {
-                continue;
-            };
-            match check_key(&r.transport, &entry.key).await {
-                KeyCheck::Alive => {
-                    if let Err(e) = self.ledger.reset(ResetTarget::Key(id)).await {
-                        tracing::warn!(key = %k.label, error = %e, "a key answers again but could not be re-enabled");
-                        continue;
-                    }
-                    let mut w = warning(
-                        "key_reenabled",
-                        false,
-                        st.at_ms,
-                        format!(
-                            "key '{}' ({fp}) answers again and is back in the pool (it was disabled: {})",
-                            k.label, d.reason
-                        ),
-                    );
-                    w.severity = "info";
-                    w.project = Some(k.project.clone());
-                    w.key = Some(k.label.clone());
-                    w.fingerprint = Some(fp);
-                    w.reason = Some(d.reason.to_string());
-                    metrics::counter!(WARNINGS, "event" => w.event).increment(1);
-                    tracing::info!(event = w.event, "{}", w.message);
-                    if let Some(f) = &self.sink {
-                        f(&w);
-                    }
-                    if let Some(n) = &self.notifier {
-                        n.send(w);
-                    }
-                }
-                KeyCheck::Refused(reason) => {
-                    tracing::debug!(key = %k.label, %reason, "a disabled key is still refused");
-                }
-                KeyCheck::Unknown(why) => {
-                    tracing::debug!(key = %k.label, %why, "a disabled key could not be checked");
-                }
-            }
-        }
-    }
-}
+use crate::notify::{PAYLOAD_VERSION, Warning};
 
 fn rfc3339(ms: i64) -> String {
     keyturn_core::clock::ms_to_timestamp(ms).to_string()
 }
 
-fn warning(event: &'static str, critical: bool, at_ms: i64, message: String) -> Warning {
+/// A warning of `event` at `at_ms`, stamped with its Pacific day; the caller fills in what it is
+/// about.
+pub(crate) fn warning(event: &'static str, critical: bool, at_ms: i64, message: String) -> Warning {
     Warning {
         source: "keyturn",
         version: PAYLOAD_VERSION,
@@ -280,6 +53,18 @@ pub struct Pending {
     pub until_ms: i64,
     /// The warning.
     pub warning: Warning,
+}
+
+impl Pending {
+    /// A warning that covers no other, marked `id` until the end of `today`.
+    fn once(id: String, today: &QuotaDay, warning: Warning) -> Self {
+        Self {
+            id,
+            covers: Vec::new(),
+            until_ms: today.end_ms,
+            warning,
+        }
+    }
 }
 
 /// One daily limit of a scope and its use.
@@ -403,12 +188,11 @@ pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<Pending> {
                 w.key = Some(k.label.clone());
                 w.fingerprint = Some(k.fingerprint.to_string());
                 w.reason = Some(d.reason.to_string());
-                out.push(Pending {
-                    id: format!("disabled|{}|{day}", k.fingerprint),
-                    covers: Vec::new(),
-                    until_ms: today.end_ms,
-                    warning: w,
-                });
+                out.push(Pending::once(
+                    format!("disabled|{}|{day}", k.fingerprint),
+                    &today,
+                    w,
+                ));
             }
         }
     }
@@ -432,12 +216,11 @@ pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<Pending> {
             );
             w.project = Some(sc.project.clone());
             w.until = sc.off_until_ms.map(rfc3339);
-            out.push(Pending {
-                id: format!("project-off|{}|{day}", sc.project),
-                covers: Vec::new(),
-                until_ms: today.end_ms,
-                warning: w,
-            });
+            out.push(Pending::once(
+                format!("project-off|{}|{day}", sc.project),
+                &today,
+                w,
+            ));
         }
     }
     if s.all_exhausted {
@@ -456,12 +239,7 @@ pub fn warnings(st: &PoolStatus, s: &NotifySettings) -> Vec<Pending> {
             );
             w.model = Some(model.clone());
             w.until = until.map(rfc3339);
-            out.push(Pending {
-                id: format!("exhausted|{model}|{day}"),
-                covers: Vec::new(),
-                until_ms: today.end_ms,
-                warning: w,
-            });
+            out.push(Pending::once(format!("exhausted|{model}|{day}"), &today, w));
         }
     }
     out
@@ -498,77 +276,12 @@ fn exhausted_models(st: &PoolStatus) -> Vec<(String, Option<i64>)> {
     out
 }
 
-/// Refreshes the gauges from a status.
-pub fn gauges(st: &PoolStatus) {
-    for sc in &st.scopes {
-        let l = &sc.limits;
-        for (window, used, limit) in [
-            ("minute", sc.rpm_used, l.rpm),
-            ("tokens-minute", sc.tpm_used, l.tpm),
-            ("day", sc.rpd_used, l.rpd),
-        ] {
-            let labels = [
-                ("project", sc.project.clone()),
-                ("model", sc.model.clone()),
-                ("window", window.to_owned()),
-            ];
-            metrics::gauge!(QUOTA_USED, &labels).set(used as f64);
-            if let Some(limit) = limit {
-                metrics::gauge!(QUOTA_LIMIT, &labels).set(limit as f64);
-            }
-        }
-    }
-    let mut counts: BTreeMap<&str, u64> = ["usable", "cooling", "exhausted", "disabled"]
-        .into_iter()
-        .map(|s| (s, 0))
-        .collect();
-    for k in &st.keys {
-        let breaker = match k.breaker {
-            BreakerState::Closed => 0.0,
-            BreakerState::HalfOpen { .. } => 1.0,
-            BreakerState::Open { .. } => 2.0,
-        };
-        metrics::gauge!(BREAKER, "key" => k.label.clone(), "fingerprint" => k.fingerprint.to_string())
-            .set(breaker);
-        *counts.entry(key_state(st, k)).or_default() += 1;
-    }
-    for (state, n) in counts {
-        metrics::gauge!(KEYS, "state" => state).set(n as f64);
-    }
-}
-
-/// One word for a key across the models in use: disabled; usable if some model has room and
-/// its breaker admits; exhausted if every model's day is over (or off); cooling otherwise.
-fn key_state(st: &PoolStatus, k: &KeyStatus) -> &'static str {
-    if k.disabled.is_some() {
-        return "disabled";
-    }
-    let mine: Vec<&ScopeStatus> = st
-        .scopes
-        .iter()
-        .filter(|s| s.project == k.project)
-        .collect();
-    if !mine.is_empty()
-        && mine
-            .iter()
-            .all(|s| matches!(s.state, ScopeState::Exhausted | ScopeState::Off))
-    {
-        return "exhausted";
-    }
-    let breaker_open = matches!(k.breaker, BreakerState::Open { .. });
-    if !breaker_open && (mine.is_empty() || mine.iter().any(|s| s.state == ScopeState::Ready)) {
-        "usable"
-    } else {
-        "cooling"
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use keyturn_core::snapshot::Disabled;
-    use keyturn_core::{ApiKey, DeadReason, LimitSource, ModelLimits};
+    use keyturn_core::{ApiKey, BreakerState, DeadReason, LimitSource, ModelLimits};
 
     use super::*;
 
