@@ -347,6 +347,24 @@ mod tests {
         v
     }
 
+    /// A pool of one key, `a` of project `p`, over `scope`.
+    fn one_key(scope: ScopeStatus) -> PoolStatus {
+        PoolStatus {
+            at_ms: NOW,
+            keys: vec![key("a", "p", false)],
+            scopes: vec![scope],
+        }
+    }
+
+    /// The 100 % warning the status calls for.
+    fn quota_100(st: &PoolStatus) -> Warning {
+        warnings(st, &NotifySettings::default())
+            .into_iter()
+            .find(|p| p.id.starts_with("quota-100"))
+            .unwrap()
+            .warning
+    }
+
     #[test]
     fn thresholds_fire_by_count_and_a_server_per_day_429_counts_as_100() {
         let st = PoolStatus {
@@ -380,17 +398,8 @@ mod tests {
     fn absurd_counts_and_limits_make_a_warning_not_an_overflow() {
         // A count a garbage Redis hash gave, and a limit configured as large as TOML allows.
         for (used, limit) in [(u64::MAX / 50, 20), (i64::MAX as u64, i64::MAX as u64)] {
-            let st = PoolStatus {
-                at_ms: NOW,
-                keys: vec![key("a", "p", false)],
-                scopes: vec![scope("p", used, limit, ScopeState::Ready)],
-            };
-            let w = warnings(&st, &NotifySettings::default());
-            let q = &w
-                .iter()
-                .find(|p| p.id.starts_with("quota-100"))
-                .unwrap()
-                .warning;
+            let st = one_key(scope("p", used, limit, ScopeState::Ready));
+            let q = quota_100(&st);
             assert!(q.message.contains("has used 100%"), "{}", q.message);
         }
     }
@@ -400,17 +409,8 @@ mod tests {
         let mut sc = scope("p", 22, 20, ScopeState::Exhausted);
         sc.rpd_served = 20;
         sc.rpd_refused = 2;
-        let st = PoolStatus {
-            at_ms: NOW,
-            keys: vec![key("a", "p", false)],
-            scopes: vec![sc],
-        };
-        let w = warnings(&st, &NotifySettings::default());
-        let q = &w
-            .iter()
-            .find(|p| p.id.starts_with("quota-100"))
-            .unwrap()
-            .warning;
+        let st = one_key(sc);
+        let q = quota_100(&st);
         assert_eq!((q.used, q.served, q.refused), (Some(22), Some(20), Some(2)));
         assert!(
             q.message
@@ -428,11 +428,7 @@ mod tests {
         let mut sc = scope("p", 10, 100, ScopeState::Ready);
         sc.limits.tpd = Some(1_000);
         sc.tpd_used = 850;
-        let st = PoolStatus {
-            at_ms: NOW,
-            keys: vec![key("a", "p", false)],
-            scopes: vec![sc],
-        };
+        let st = one_key(sc);
         assert_eq!(ids(&st), ["quota-input_tokens-80|p|m|2026-01-14"]);
         let w = warnings(&st, &NotifySettings::default());
         let q = &w[0].warning;
@@ -448,21 +444,13 @@ mod tests {
         // The request limit's mark keeps its old form: a restart does not warn again.
         let mut sc = scope("p", 90, 100, ScopeState::Ready);
         sc.limits.tpd = Some(1_000);
-        let st = PoolStatus {
-            at_ms: NOW,
-            keys: vec![key("a", "p", false)],
-            scopes: vec![sc],
-        };
+        let st = one_key(sc);
         assert_eq!(ids(&st), ["quota-80|p|m|2026-01-14"]);
     }
 
     #[test]
     fn a_jump_past_several_thresholds_is_one_warning_covering_the_lower_ones() {
-        let st = PoolStatus {
-            at_ms: NOW,
-            keys: vec![key("a", "p", false)],
-            scopes: vec![scope("p", 100, 100, ScopeState::Ready)],
-        };
+        let st = one_key(scope("p", 100, 100, ScopeState::Ready));
         let settings = NotifySettings {
             thresholds: vec![50, 80, 100],
             ..NotifySettings::default()
