@@ -46,7 +46,7 @@ pub enum SeedError {
 }
 
 /// What kind of failure stopped a run before it could report (a report's own outcome is its
-/// [`Stop`]).
+/// [`Stop`](super::Stop)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SeedErrorKind {

@@ -46,7 +46,8 @@ pub struct SeedServices<'a> {
     pub state: &'a dyn RunState,
     /// Time.
     pub clock: Arc<dyn Clock>,
-    /// Batch Mode jobs, with the pool's transport (needed only with [`SeedOptions::batch`]).
+    /// Batch Mode jobs, with the pool's transport (needed only with
+    /// [`SeedOptions::batch`](super::SeedOptions::batch)).
     pub batch: Option<keyturn_gemini::BatchClient>,
 }
 
