@@ -394,16 +394,16 @@ impl RedisLedger {
         let shape = demands
             .last()
             .map_or((1, 0), |d| (d.requests.max(1), d.tokens));
-        self.giver.grant_args(&mut inv, want, shape, &back);
+        let answered = self.giver.grant_args(&mut inv, want, shape, &back);
         let mut conn = self.conn.clone();
-        let mut replies: Vec<Value> = match inv.invoke_async(&mut conn).await {
+        let sent: Result<Vec<Value>, _> = inv.invoke_async(&mut conn).await;
+        // The script may have run with only its answer lost (a timeout), or not at all: what it
+        // was to give back is sent again later under the same ids, applied once.
+        self.giver.after_call(model, sent.is_ok(), back, answered);
+        let mut replies: Vec<Value> = match sent {
             Ok(r) => r,
             Err(e) => {
-                // The script may have run with only its answer lost (a timeout): what it was
-                // to give back may be back already, and a second give-back would take others'
-                // admissions off the counts. It stays counted as sent (never over-admission);
-                // the count spent stays for the next call's sizing.
-                drop(back);
+                // The count spent stays for the next call's sizing.
                 let mut grants = self.giver.grants.lock();
                 let h = grants.entry(model.to_owned()).or_default();
                 h.count_spent(spent);

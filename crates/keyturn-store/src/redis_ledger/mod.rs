@@ -215,6 +215,9 @@ impl RedisLedger {
             candidates: candidates.clone(),
             grants: Arc::default(),
             spent_total: Default::default(),
+            instance: grants::random_instance(),
+            last_id: Default::default(),
+            answered: Mutex::default(),
         });
         let ledger = Self {
             candidates,
