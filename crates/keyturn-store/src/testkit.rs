@@ -479,6 +479,44 @@ pub fn unique_namespace(name: &str) -> String {
     )
 }
 
+/// Runs this test binary again as a child process with only the test `name` and `env` set, its
+/// stdout piped: a multi-process test's body is an `#[ignore]`d test that does nothing without
+/// its environment and prints what it did as `NAME=<number>` (read with [`reported`]).
+pub fn child_process(name: &str, env: &[(&str, &str)]) -> Child {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    Command::new(exe)
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the test binary runs as a child")
+}
+
+/// Waits for a child from [`child_process`] and returns what it printed; panics if it failed.
+pub fn child_output(child: Child) -> String {
+    let out = child.wait_with_output().expect("the child's output");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "the child failed: {text}");
+    text
+}
+
+/// The number a child printed as `NAME=<n>` (`name` is `"NAME="`); panics, showing what it
+/// printed, if there is none.
+pub fn reported(text: &str, name: &str) -> u64 {
+    text.split(name)
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the child reported no {name}: {text}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,13 +10,12 @@
 // Ledgers here run against real files, processes or Redis, on the real clock.
 #![allow(clippy::disallowed_types)]
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use keyturn_core::testkit::{TIGHT, config};
 use keyturn_core::{ApiKey, Demand, KeyRing, KeySpec, Outcome, QuotaLedger, SystemClock};
-use keyturn_store::testkit::{TestRedis, unique_namespace};
+use keyturn_store::testkit::{TestRedis, child_output, child_process, reported, unique_namespace};
 use keyturn_store::{RedisLedger, TimeSource};
 
 const NS_ENV: &str = "KEYTURN_MP_NAMESPACE";
@@ -82,34 +81,13 @@ async fn child_hammer() {
 async fn four_processes_never_over_admit() {
     let redis = TestRedis::get();
     let ns = unique_namespace("multiprocess");
-    let exe = std::env::current_exe().unwrap();
     let children: Vec<_> = (0..4)
-        .map(|_| {
-            Command::new(&exe)
-                .args(["--exact", "child_hammer", "--ignored", "--nocapture"])
-                .arg("--test-threads=1")
-                .env(NS_ENV, &ns)
-                .env(URL_ENV, redis.url())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
+        .map(|_| child_process("child_hammer", &[(NS_ENV, &ns), (URL_ENV, redis.url())]))
         .collect();
-    let mut total = 0u64;
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(out.status.success());
-        let text = String::from_utf8_lossy(&out.stdout);
-        let n: u64 = text
-            .lines()
-            .find_map(|l| l.split("ADMITTED=").nth(1))
-            .map(|n| n.trim_end_matches(|c: char| !c.is_ascii_digit()))
-            .expect("child reported")
-            .parse()
-            .unwrap();
-        total += n;
-    }
+    let total: u64 = children
+        .into_iter()
+        .map(|c| reported(&child_output(c), "ADMITTED="))
+        .sum();
     // 4 × 32 × 12 = 1536 attempts against 2 projects × 257.
     assert_eq!(total, 2 * RPM);
     // And the ledger agrees.

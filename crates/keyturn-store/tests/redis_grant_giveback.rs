@@ -1,17 +1,21 @@
-//! A give-back whose answer is lost (Redis was slow: the call timed out, then ran) must not be
-//! given back a second time: that would take other admissions off the counts, and the ledger
-//! would admit past the limit.
+//! Give-backs of unspent grants are exact. One whose answer is lost (Redis was slow: the call
+//! timed out, then ran) is sent again and changes nothing the second time: giving back twice
+//! would take other admissions off the counts, and the ledger would admit past the limit. One
+//! whose call never ran (the connection dropped) is sent again and returns the room once, by the
+//! next status, by `close`, or by the model's timer when the process is idle.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 // A private Redis server, paused from a second connection.
 #![allow(clippy::disallowed_types)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use keyturn_core::testkit::{T0_MS, TIGHT, config, solo_keys};
 use keyturn_core::{Demand, ManualClock, Outcome, QuotaLedger};
 use keyturn_store::testkit::TestRedis;
 use keyturn_store::{RedisLedger, TimeSource};
+use redis::aio::MultiplexedConnection;
 
 async fn day_used(l: &RedisLedger) -> (u64, u64) {
     let st = l.status().await.unwrap();
@@ -19,13 +23,8 @@ async fn day_used(l: &RedisLedger) -> (u64, u64) {
     (s.rpm_used, s.rpd_used)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs Redis"]
-async fn a_give_back_whose_answer_was_lost_is_not_given_back_twice() {
-    // A private server: it is paused below, which would stall anyone sharing it.
-    let redis = TestRedis::private();
-    let clock = Arc::new(ManualClock::at_ms(T0_MS));
-    let l = RedisLedger::connect(
+async fn ledger(redis: &TestRedis, clock: &Arc<ManualClock>) -> RedisLedger {
+    RedisLedger::connect(
         redis.url(),
         "giveback",
         Arc::new(solo_keys(1)),
@@ -34,14 +33,106 @@ async fn a_give_back_whose_answer_was_lost_is_not_given_back_twice() {
         TimeSource::Clock,
     )
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// Another process on the namespace that holds no grant and reads the model's counts.
+async fn observer(redis: &TestRedis, clock: &Arc<ManualClock>) -> RedisLedger {
+    let mut cfg = config(100, 1_000_000, 1000);
+    cfg.models = vec![TIGHT.into()];
+    RedisLedger::connect(
+        redis.url(),
+        "giveback",
+        Arc::new(solo_keys(1)),
+        cfg,
+        clock.clone(),
+        TimeSource::Clock,
+    )
+    .await
+    .unwrap()
+}
+
+/// A ledger that spent one admission and holds a grant; the admin connection.
+async fn one_sent_and_a_grant_held(
+    redis: &TestRedis,
+    clock: &Arc<ManualClock>,
+) -> (RedisLedger, MultiplexedConnection) {
+    let l = ledger(redis, clock).await;
     let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
     l.settle(lease, Outcome::success(1)).await.unwrap();
     assert!(l.held_in_grants() > 0, "the first acquire takes a grant");
+    let client = redis::Client::open(redis.url()).unwrap();
+    let admin = client.get_multiplexed_async_connection().await.unwrap();
+    (l, admin)
+}
+
+/// Fails the give-back that `give_back` sends without Redis running it: scripts are held
+/// (CLIENT PAUSE WRITE), the ledger's connection is killed with its call unread, and Redis
+/// resumes.
+async fn give_back_dropped_unrun<F: std::future::Future<Output = bool>>(
+    admin: &mut MultiplexedConnection,
+    give_back: F,
+) {
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(20_000)
+        .arg("WRITE")
+        .query_async(admin)
+        .await
+        .unwrap();
+    let me: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(admin)
+        .await
+        .unwrap();
+    let killer = async {
+        // Once the ledger's call waits in Redis (a client held by the pause: flag b), its
+        // connection goes, and the call with it.
+        loop {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(admin)
+                .await
+                .unwrap();
+            let held = list
+                .lines()
+                .any(|c| !c.starts_with(&format!("id={me} ")) && c.contains(" flags=b "));
+            if held {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("normal")
+            .arg("SKIPME")
+            .arg("yes")
+            .query_async(admin)
+            .await
+            .unwrap();
+    };
+    let (failed, ()) = tokio::join!(give_back, killer);
+    assert!(
+        !failed,
+        "the give-back's connection was killed before Redis ran it"
+    );
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async(admin)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis"]
+async fn a_give_back_whose_answer_was_lost_is_not_given_back_twice() {
+    // A private server: it is paused below, which would stall anyone sharing it.
+    let redis = TestRedis::private();
+    let clock = Arc::new(ManualClock::at_ms(T0_MS));
+    let (l, mut admin) = one_sent_and_a_grant_held(&redis, &clock).await;
 
     // Redis stalls past the ledger's answer timeout (3 s), then runs what it was sent.
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(4_500)
@@ -59,7 +150,92 @@ async fn a_give_back_whose_answer_was_lost_is_not_given_back_twice() {
         .is_err()
     {}
 
-    // One request was sent today and this minute, whatever happened to the give-back's answer.
+    // One request was sent today and this minute, whatever happened to the give-back's answer:
+    // the status below sends the give-back again, and Redis, which ran it, ignores it.
     assert_eq!(day_used(&l).await, (1, 1));
     assert_eq!(day_used(&l).await, (1, 1));
+}
+
+/// The status until Redis answers again (the first calls after a dropped connection may fail
+/// while it reconnects).
+async fn day_used_once_back(l: &RedisLedger) -> (u64, u64) {
+    for _ in 0..50 {
+        if let Ok(st) = l.status().await {
+            let s = st.scopes.iter().find(|s| s.model == TIGHT).unwrap();
+            return (s.rpm_used, s.rpd_used);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("Redis did not answer again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis"]
+async fn a_give_back_that_never_ran_is_sent_again_and_returns_the_room_once() {
+    let redis = TestRedis::private();
+    let clock = Arc::new(ManualClock::at_ms(T0_MS));
+    let (l, mut admin) = one_sent_and_a_grant_held(&redis, &clock).await;
+    give_back_dropped_unrun(&mut admin, async { l.status().await.is_ok() }).await;
+    // The status sends the lost give-back again: the grant's room is back, once.
+    assert_eq!(day_used_once_back(&l).await, (1, 1));
+    assert_eq!(day_used(&l).await, (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis"]
+async fn close_sends_a_failed_give_back_again() {
+    let redis = TestRedis::private();
+    let clock = Arc::new(ManualClock::at_ms(T0_MS));
+    let (l, mut admin) = one_sent_and_a_grant_held(&redis, &clock).await;
+    give_back_dropped_unrun(&mut admin, async { l.status().await.is_ok() }).await;
+    let mut closed = false;
+    for _ in 0..50 {
+        if l.close().await.is_ok() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closed, "close gives back once Redis answers");
+    assert_eq!(l.held_in_grants(), 0);
+    // Another process (holding no grant) sees what was sent: one request.
+    let other = observer(&redis, &clock).await;
+    assert_eq!(day_used(&other).await, (1, 1));
+    // The marks of answered give-backs went with close: none is left to expire.
+    let marks: Vec<String> = redis::cmd("KEYS")
+        .arg("kt:{giveback}:b:*")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        marks.len(),
+        1,
+        "only the resent batch's mark stays, until it expires: {marks:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis"]
+async fn an_idle_process_sends_a_failed_give_back_again_by_its_timer() {
+    let redis = TestRedis::private();
+    let clock = Arc::new(ManualClock::at_ms(T0_MS));
+    let (l, mut admin) = one_sent_and_a_grant_held(&redis, &clock).await;
+    // The give-back before a reset fails unrun; the process then stays idle.
+    give_back_dropped_unrun(&mut admin, async {
+        l.reset(keyturn_core::ResetTarget::All).await.is_ok()
+    })
+    .await;
+    let other = observer(&redis, &clock).await;
+    let mut used = day_used(&other).await;
+    // The timer backs off from 1 s on the process's clock: move it on until the room is back.
+    for _ in 0..100 {
+        if used == (1, 1) {
+            break;
+        }
+        clock.advance(Duration::from_millis(500));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        used = day_used(&other).await;
+    }
+    assert_eq!(used, (1, 1));
+    drop(l);
 }

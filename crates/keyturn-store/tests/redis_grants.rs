@@ -12,7 +12,6 @@
 // Ledgers here run against real processes and Redis, on the real clock where said.
 #![allow(clippy::disallowed_types)]
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,7 +20,7 @@ use keyturn_core::testkit::{T0_MS, TIGHT, config};
 use keyturn_core::{
     ApiKey, Demand, KeyRing, KeySpec, ManualClock, Outcome, QuotaLedger, SystemClock,
 };
-use keyturn_store::testkit::{TestRedis, unique_namespace};
+use keyturn_store::testkit::{TestRedis, child_output, child_process, reported, unique_namespace};
 use keyturn_store::{RedisLedger, TimeSource};
 
 const NS_ENV: &str = "KEYTURN_GRANTS_NAMESPACE";
@@ -110,24 +109,10 @@ async fn child_grants() {
 }
 
 fn child(ns: &str, url: &str, mode: &str) -> std::process::Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_grants", "--ignored", "--nocapture"])
-        .arg("--test-threads=1")
-        .env(NS_ENV, ns)
-        .env(URL_ENV, url)
-        .env(MODE_ENV, mode)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-fn field(text: &str, name: &str) -> u64 {
-    text.split(name)
-        .nth(1)
-        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("child reported no {name}: {text}"))
+    child_process(
+        "child_grants",
+        &[(NS_ENV, ns), (URL_ENV, url), (MODE_ENV, mode)],
+    )
 }
 
 /// Three processes × 32 tasks share four keys: with grants, what they admit together never
@@ -140,11 +125,9 @@ async fn three_processes_on_four_keys_never_over_admit_and_use_the_room() {
     let children: Vec<_> = (0..3).map(|_| child(&ns, redis.url(), "hammer")).collect();
     let (mut total, mut local) = (0, 0);
     for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(out.status.success());
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        total += field(&text, "ADMITTED=");
-        local += field(&text, "LOCAL=");
+        let text = child_output(c);
+        total += reported(&text, "ADMITTED=");
+        local += reported(&text, "LOCAL=");
     }
     let limit = 4 * RPM;
     println!("admitted {total} of {limit}, {local} of them from grants");
@@ -196,7 +179,7 @@ async fn a_killed_process_grant_stays_counted_then_comes_back_with_its_window() 
             assert!(n > 0, "child ended: {text}");
             text.push_str(&String::from_utf8_lossy(&buf[..n]));
         }
-        field(&text, "HOLDING=") as usize
+        reported(&text, "HOLDING=") as usize
     })
     .await
     .unwrap();

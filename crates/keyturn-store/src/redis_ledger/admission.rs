@@ -394,16 +394,16 @@ impl RedisLedger {
         let shape = demands
             .last()
             .map_or((1, 0), |d| (d.requests.max(1), d.tokens));
-        self.giver.grant_args(&mut inv, want, shape, &back);
+        let answered = self.giver.grant_args(&mut inv, want, shape, &back);
         let mut conn = self.conn.clone();
-        let mut replies: Vec<Value> = match inv.invoke_async(&mut conn).await {
+        let sent: Result<Vec<Value>, _> = inv.invoke_async(&mut conn).await;
+        // The script may have run with only its answer lost (a timeout), or not at all: what it
+        // was to give back is sent again later under the same ids, applied once.
+        self.giver.after_call(model, sent.is_ok(), back, answered);
+        let mut replies: Vec<Value> = match sent {
             Ok(r) => r,
             Err(e) => {
-                // The script may have run with only its answer lost (a timeout): what it was
-                // to give back may be back already, and a second give-back would take others'
-                // admissions off the counts. It stays counted as sent (never over-admission);
-                // the count spent stays for the next call's sizing.
-                drop(back);
+                // The count spent stays for the next call's sizing.
                 let mut grants = self.giver.grants.lock();
                 let h = grants.entry(model.to_owned()).or_default();
                 h.count_spent(spent);
@@ -443,7 +443,7 @@ impl RedisLedger {
         Ok(replies)
     }
 
-    /// Settles a lease: one script call.
+    /// Settles a lease: one script call, or a part of one (see `settles.rs`).
     pub(super) async fn settle_lease(
         &self,
         lease: Lease,
@@ -493,36 +493,35 @@ impl RedisLedger {
             Outcome::CallerFault => ("fault", -1, "none", -1, -1, String::new()),
         };
         let b = &self.cfg.breaker;
-        let mut inv = self.settle.prepare_invoke();
-        inv.key(&self.anchor);
-        inv.arg(&self.prefix)
-            .arg(&model)
-            .arg(self.now_arg(self.clock.now_ms()))
-            .arg(entry.fingerprint().to_string())
-            .arg(&entry.project)
-            .arg(lease.second())
-            .arg(lease.reserved_tokens())
-            .arg(code)
-            .arg(real)
-            .arg(kind)
-            .arg(retry)
-            .arg(qv)
-            .arg(reason)
-            .arg(if lease.is_probe() { "1" } else { "0" })
-            .arg(b.failure_threshold)
-            .arg(b.base_cooldown.as_millis() as i64)
-            .arg(b.max_cooldown.as_millis() as i64)
-            .arg(self.cfg.default_throttle_cooldown.as_millis() as i64);
-        for m in self.midnights() {
-            inv.arg(m);
-        }
-        inv.arg(
+        let mut args: Vec<String> = vec![
+            self.prefix.clone(),
+            model.clone(),
+            self.now_arg(self.clock.now_ms()),
+            entry.fingerprint().to_string(),
+            entry.project.clone(),
+            lease.second().to_string(),
+            lease.reserved_tokens().to_string(),
+            code.to_owned(),
+            real.to_string(),
+            kind.to_owned(),
+            retry.to_string(),
+            qv.to_string(),
+            reason,
+            if lease.is_probe() { "1" } else { "0" }.to_owned(),
+            b.failure_threshold.to_string(),
+            (b.base_cooldown.as_millis() as i64).to_string(),
+            (b.max_cooldown.as_millis() as i64).to_string(),
+            (self.cfg.default_throttle_cooldown.as_millis() as i64).to_string(),
+        ];
+        args.extend(self.midnights().iter().map(i64::to_string));
+        args.push(
             self.cfg
                 .relearn_after
-                .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+                .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .to_string(),
         );
-        inv.arg(lease.requests());
-        inv.arg(lease.epoch());
+        args.push(lease.requests().to_string());
+        args.push(lease.epoch().to_string());
         if code == "pdead" {
             let same: Vec<&String> = self
                 .candidates
@@ -530,18 +529,13 @@ impl RedisLedger {
                 .filter(|(_, p, _)| *p == entry.project)
                 .map(|(fp, _, _)| fp)
                 .collect();
-            inv.arg(same.len());
-            for fp in same {
-                inv.arg(fp);
-            }
+            args.push(same.len().to_string());
+            args.extend(same.into_iter().cloned());
         } else {
-            inv.arg(0);
+            args.push("0".to_owned());
         }
-        let mut conn = self.conn.clone();
-        let events: Vec<String> = inv
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| LedgerError::Backend(backend(&self.server, &e)))?;
+        // Sent at once, or with the settles that arrive while another settle call is out.
+        let events = self.settler.settle(args).await?;
         for ev in events {
             match ev.as_str() {
                 "disabled" => tracing::info!(key = %entry.label, "key disabled until reset"),

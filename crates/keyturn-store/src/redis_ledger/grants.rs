@@ -12,9 +12,17 @@
 //! What a grant did not spend (it expired, a demand took fewer tokens than it held, or the
 //! process needs its counts true) goes back: with the next acquire call of the model, or by a
 //! timer at the grant's end when the process is idle, or at once before `status`, `snapshot`,
-//! a reset, a disable, a restore, and after a settle that changes what may be admitted. A
-//! call that fails is never repeated with the same give-backs: it may have run in Redis with
-//! only its answer lost, and giving back twice would take other admissions off the counts.
+//! a reset, a disable, a restore, and after a settle that changes what may be admitted.
+//!
+//! Give-backs are exact: each batch carries an id that the script marks (SET NX, under the
+//! namespace's hash tag) in the same call that applies it, so a batch is applied at most once
+//! however often it is sent. A call that fails may have run with only its answer lost (a
+//! timeout) or not at all (a dropped connection): its batches are kept and sent again, as they
+//! were, with the model's next calls, by the model's timer (backing off from 1 s to 30 s), before
+//! `status` and on [`RedisLedger::close`], for at most [`RESEND_FOR_MS`] (then they stay counted
+//! as sent: never over-admission). A mark is deleted by the call after the one that answered its
+//! first send (no copy of it can still be on its way); a resent batch's mark expires after
+//! [`MARK_TTL_MS`], past any resend.
 //!
 //! Sizing (the trade-off between round trips and fairness): `want` is twice what the process
 //! spent since its last call plus the batch, at most [`MAX_GRANT`]; the script takes at most
@@ -26,6 +34,7 @@
 //! than 1/[`SHARE`] of what was free).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::*;
 
@@ -34,6 +43,17 @@ pub(super) const MAX_GRANT: usize = 256;
 
 /// One call takes ahead at most 1/`SHARE` of a scope's free room.
 pub(super) const SHARE: usize = 4;
+
+/// How long after its first send a give-back whose call failed is still sent again.
+pub(super) const RESEND_FOR_MS: i64 = 10 * 60_000;
+
+/// How long Redis keeps a give-back's mark when nobody deletes it: well past the last resend
+/// and any copy of it still queued, so a late copy finds it.
+pub(super) const MARK_TTL_MS: i64 = 60 * 60_000;
+
+/// The model timer's first and longest wait before sending failed give-backs again.
+const RETRY_FIRST_MS: i64 = 1_000;
+const RETRY_MAX_MS: i64 = 30_000;
 
 /// One admission taken ahead.
 #[derive(Debug, Clone, Copy)]
@@ -50,11 +70,27 @@ struct Ahead {
 /// Something to give back: (key, second, generation, requests, tokens).
 pub(super) type Give = (usize, i64, u64, u32, u64);
 
+/// Give-backs sent together under one id: Redis applies them once, however often they are sent.
+#[derive(Debug)]
+pub(super) struct Batch {
+    id: u64,
+    gives: Vec<Give>,
+    /// Local time of its first send.
+    since: i64,
+    /// Whether it was sent before (a copy of it may still reach Redis: its mark stays).
+    resent: bool,
+}
+
 /// One model's grants in this process.
 #[derive(Default)]
 pub(super) struct Held {
     ahead: VecDeque<Ahead>,
     back: Vec<Give>,
+    /// Batches whose call failed: sent again, as they were.
+    unsure: Vec<Batch>,
+    /// When the timer sends `unsure` again, and how many times it has in a row.
+    retry_at: i64,
+    retries: u32,
     /// Admissions spent from grants since the model's last call to Redis.
     spent: usize,
     /// Whether a timer gives back what expires.
@@ -77,7 +113,39 @@ pub(super) struct Giver {
     pub(super) candidates: Arc<Vec<(String, String, u32)>>,
     pub(super) grants: Grants,
     /// Admissions served from grants since the ledger connected.
-    pub(super) spent_total: std::sync::atomic::AtomicU64,
+    pub(super) spent_total: AtomicU64,
+    /// This ledger's part of every give-back id (random: ids never meet another ledger's).
+    pub(super) instance: u64,
+    /// The last give-back id handed out.
+    pub(super) last_id: AtomicU64,
+    /// Ids of batches answered on their first send, whose marks the next call deletes.
+    pub(super) answered: Mutex<Vec<u64>>,
+}
+
+/// A random 64-bit number without a random-number crate: std's hasher keys are seeded from
+/// the OS per process.
+pub(super) fn random_instance() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+}
+
+/// `gives` summed per key, second and generation: a give-back costs Redis one update per key,
+/// however many it holds.
+fn summed(gives: impl Iterator<Item = Give>) -> Vec<Give> {
+    let mut back: Vec<Give> = Vec::new();
+    for (k, sec, epoch, r, t) in gives {
+        match back
+            .iter_mut()
+            .find(|b| b.0 == k && b.1 == sec && b.2 == epoch)
+        {
+            Some(b) => {
+                b.3 = b.3.saturating_add(r);
+                b.4 = b.4.saturating_add(t);
+            }
+            None => back.push((k, sec, epoch, r, t)),
+        }
+    }
+    back
 }
 
 /// Four Pacific midnights around `now` (yesterday's start … tomorrow's end).
@@ -94,27 +162,89 @@ pub(super) fn midnights_around(now: i64) -> [i64; 4] {
 }
 
 impl Giver {
-    /// Appends the grant arguments of an acquire call: want, share, shape, what goes back.
+    /// Appends the grant arguments of an acquire call: want, share, shape, then the give-backs
+    /// (the marks to delete, and `batches`). Returns the ids whose marks it deletes, to put back
+    /// if the call fails.
     pub(super) fn grant_args(
         &self,
         inv: &mut redis::ScriptInvocation<'_>,
         want: usize,
         shape: (u32, u64),
-        back: &[Give],
-    ) {
+        batches: &[Batch],
+    ) -> Vec<u64> {
         inv.arg(want).arg(SHARE).arg(shape.0).arg(shape.1);
-        inv.arg(back.len());
-        for &(k, sec, epoch, r, t) in back {
-            let (fp, project, _) = &self.candidates[k];
-            inv.arg(fp).arg(project).arg(sec).arg(epoch).arg(r).arg(t);
+        inv.arg(MARK_TTL_MS);
+        let answered = std::mem::take(&mut *self.answered.lock());
+        inv.arg(answered.len());
+        for &id in &answered {
+            inv.arg(self.mark(id));
+        }
+        inv.arg(batches.len());
+        for b in batches {
+            inv.arg(self.mark(b.id)).arg(b.gives.len());
+            for &(k, sec, epoch, r, t) in &b.gives {
+                let (fp, project, _) = &self.candidates[k];
+                inv.arg(fp).arg(project).arg(sec).arg(epoch).arg(r).arg(t);
+            }
+        }
+        answered
+    }
+
+    /// A give-back id as the script marks it: this ledger's instance and the batch's number.
+    fn mark(&self, id: u64) -> String {
+        format!("{:016x}.{id:x}", self.instance)
+    }
+
+    /// After a call that carried `batches` (and deleted the marks `answered`): on success the
+    /// marks of batches sent once may go with the next call; on failure the batches are kept to
+    /// be sent again (the call may not have run) and the marks are deleted later.
+    pub(super) fn after_call(
+        self: &Arc<Self>,
+        model: &str,
+        ok: bool,
+        batches: Vec<Batch>,
+        answered: Vec<u64>,
+    ) {
+        if ok {
+            let mut marks = self.answered.lock();
+            marks.extend(batches.iter().filter(|b| !b.resent).map(|b| b.id));
+            if let Some(h) = self.grants.lock().get_mut(model) {
+                h.retries = 0;
+            }
+            return;
+        }
+        self.answered.lock().extend(answered);
+        if batches.is_empty() {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let start_timer = {
+            let mut grants = self.grants.lock();
+            let h = grants.entry(model.to_owned()).or_default();
+            h.unsure.extend(batches.into_iter().map(|mut b| {
+                b.resent = true;
+                b
+            }));
+            let wait = RETRY_FIRST_MS
+                .saturating_mul(1 << h.retries.min(5))
+                .min(RETRY_MAX_MS);
+            h.retries = h.retries.saturating_add(1);
+            h.retry_at = now.saturating_add(wait);
+            !std::mem::replace(&mut h.timer, true)
+        };
+        if start_timer {
+            tokio::spawn(self.clone().expire(model.to_owned()));
         }
     }
 
-    /// Gives `back` to Redis in one call. A failure leaves it counted as sent (never
-    /// over-admission) and is logged; it is not sent again: the call may have run with only
-    /// its answer lost, and a second give-back would take others' admissions off the counts.
-    pub(super) async fn give_back(&self, model: &str, back: &[Give]) -> Result<(), LedgerError> {
-        if back.is_empty() {
+    /// Gives `batches` to Redis in one call. A failure keeps them to be sent again (see
+    /// [`Giver::after_call`]) and is logged.
+    pub(super) async fn give_back(
+        self: &Arc<Self>,
+        model: &str,
+        batches: Vec<Batch>,
+    ) -> Result<(), LedgerError> {
+        if batches.is_empty() && self.answered.lock().is_empty() {
             return Ok(());
         }
         let now = self.clock.now_ms();
@@ -131,48 +261,64 @@ impl Giver {
         }
         // probe timeout, n, relearn, start, k: no candidates, no demands.
         inv.arg(0).arg(0).arg(-1).arg(0).arg(0);
-        self.grant_args(&mut inv, 0, (1, 0), back);
+        let answered = self.grant_args(&mut inv, 0, (1, 0), &batches);
         let mut conn = self.conn.clone();
-        let _: Vec<Value> = inv.invoke_async(&mut conn).await.map_err(|e| {
-            tracing::warn!(model = %model, "could not give back unspent grants; they stay counted as sent (the minute's room comes back with their second, the day's does not)");
-            LedgerError::Backend(backend(&self.server, &e))
-        })?;
-        Ok(())
+        let sent: Result<Vec<Value>, _> = inv.invoke_async(&mut conn).await;
+        let ok = sent.is_ok();
+        self.after_call(model, ok, batches, answered);
+        match sent {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(model = %model, "could not give back unspent grants; they are sent again when Redis answers (applied once)");
+                Err(LedgerError::Backend(backend(&self.server, &e)))
+            }
+        }
     }
 
-    /// Takes a model's grants and what goes back, all of it, summed per key, second and
-    /// generation (a give-back costs Redis one update per key, however many it holds), and the
-    /// count spent since the model's last call. Every call of the model gives back all of it
-    /// before deciding (and takes a fresh grant after), so its decisions see this process's own
-    /// unspent room as free: one process never strands room it holds itself.
-    pub(super) fn take_all(&self, model: &str) -> (Vec<Give>, usize) {
+    /// A model's give-backs to send now: the batches whose call failed (those past
+    /// [`RESEND_FOR_MS`] dropped: they stay counted as sent) and, in a new batch, what `h.back`
+    /// holds and, with `all`, every live grant, summed per key, second and generation.
+    fn batches(&self, model: &str, h: &mut Held, all: bool) -> Vec<Batch> {
+        let now = self.clock.now_ms();
+        let before = h.unsure.len();
+        h.unsure
+            .retain(|b| now.saturating_sub(b.since) <= RESEND_FOR_MS);
+        if h.unsure.len() < before {
+            tracing::warn!(model = %model, batches = before - h.unsure.len(), "gave up sending unspent grants back after 10 minutes without Redis; they stay counted as sent (the minute's room comes back with their second, the day's does not)");
+        }
+        let mut out = std::mem::take(&mut h.unsure);
+        let ahead = if all { h.ahead.len() } else { 0 };
+        let gives = summed(
+            h.back.drain(..).chain(
+                h.ahead
+                    .drain(..ahead)
+                    .map(|a| (a.key, a.sec, a.epoch, a.requests, a.tokens)),
+            ),
+        );
+        if !gives.is_empty() {
+            out.push(Batch {
+                id: self.last_id.fetch_add(1, Ordering::Relaxed) + 1,
+                gives,
+                since: now,
+                resent: false,
+            });
+        }
+        out
+    }
+
+    /// Takes a model's grants and what goes back, all of it (with the batches whose call
+    /// failed), and the count spent since the model's last call. Every call of the model gives
+    /// back all of it before deciding (and takes a fresh grant after), so its decisions see this
+    /// process's own unspent room as free: one process never strands room it holds itself.
+    pub(super) fn take_all(&self, model: &str) -> (Vec<Batch>, usize) {
         let mut grants = self.grants.lock();
         let Some(h) = grants.get_mut(model) else {
             return (Vec::new(), 0);
         };
-        let mut back: Vec<Give> = Vec::new();
-        let items = h.back.drain(..).chain(
-            h.ahead
-                .drain(..)
-                .map(|a| (a.key, a.sec, a.epoch, a.requests, a.tokens)),
-        );
-        for (k, sec, epoch, r, t) in items {
-            match back
-                .iter_mut()
-                .find(|b| b.0 == k && b.1 == sec && b.2 == epoch)
-            {
-                Some(b) => {
-                    b.3 = b.3.saturating_add(r);
-                    b.4 = b.4.saturating_add(t);
-                }
-                None => back.push((k, sec, epoch, r, t)),
-            }
-        }
-        (back, std::mem::take(&mut h.spent))
+        let batches = self.batches(model, h, true);
+        (batches, std::mem::take(&mut h.spent))
     }
 
-    /// Keeps the admissions a call took ahead (`reply`: now, requests, tokens, then (idx,
-    /// second, epoch) each), and starts the model's timer if none runs.
     pub(super) fn keep(self: &Arc<Self>, model: &str, reply: &Value, sent_local: i64) {
         let Value::Array(v) = reply else {
             return;
@@ -214,8 +360,8 @@ impl Giver {
         }
     }
 
-    /// A model's timer: at each grant's end, gives back what was not spent; stops when the
-    /// model holds no grant.
+    /// A model's timer: at each grant's end, gives back what was not spent, and sends failed
+    /// give-backs again (backing off); stops when the model holds nothing.
     async fn expire(self: Arc<Self>, model: String) {
         loop {
             let next = {
@@ -223,19 +369,22 @@ impl Giver {
                 let Some(h) = grants.get_mut(&model) else {
                     return;
                 };
-                match h.ahead.front() {
-                    Some(a) => Some(a.until),
-                    None if h.back.is_empty() => {
+                let retry = (!h.unsure.is_empty()).then_some(h.retry_at);
+                match (h.ahead.front(), retry) {
+                    (Some(a), Some(r)) => Some(a.until.min(r)),
+                    (Some(a), None) => Some(a.until),
+                    (None, _) if !h.back.is_empty() => None,
+                    (None, Some(r)) => Some(r),
+                    (None, None) => {
                         h.timer = false;
                         return;
                     }
-                    None => None,
                 }
             };
             if let Some(next) = next {
                 self.clock.sleep_until(next).await;
             }
-            let back = {
+            let batches = {
                 let now = self.clock.now_ms();
                 let mut grants = self.grants.lock();
                 let Some(h) = grants.get_mut(&model) else {
@@ -246,17 +395,10 @@ impl Giver {
                         h.back.push((a.key, a.sec, a.epoch, a.requests, a.tokens));
                     }
                 }
-                std::mem::take(&mut h.back)
+                self.batches(&model, h, false)
             };
-            if self.give_back(&model, &back).await.is_err() {
-                // Redis cannot be asked (or its answer was lost): what it held stays counted as
-                // sent, never given back twice (the timer stops rather than retry in a loop).
-                let mut grants = self.grants.lock();
-                if let Some(h) = grants.get_mut(&model) {
-                    h.timer = false;
-                }
-                return;
-            }
+            // A failure keeps the batches and sets when to try again.
+            let _ = self.give_back(&model, batches).await;
         }
     }
 }
@@ -325,15 +467,15 @@ impl RedisLedger {
         Ok(())
     }
 
-    /// Gives back one model's grants (if Redis cannot be asked, they stay counted as sent:
-    /// see [`Giver::give_back`]).
+    /// Gives back one model's grants, with the batches whose call failed (if Redis cannot be
+    /// asked, they are sent again later: see [`Giver::after_call`]).
     pub(super) async fn give_back_model(&self, model: &str) -> Result<(), LedgerError> {
         let (back, spent) = self.giver.take_all(model);
         // The spent count stays for the next call's sizing.
         if let Some(h) = self.giver.grants.lock().get_mut(model) {
             h.spent += spent;
         }
-        self.giver.give_back(model, &back).await
+        self.giver.give_back(model, back).await
     }
 }
 
@@ -345,19 +487,23 @@ impl Held {
 }
 
 impl RedisLedger {
-    /// Gives back this ledger's unspent grants. A clean shutdown calls it before dropping the
-    /// ledger; a ledger dropped without it gives them back in a task of the current runtime if
-    /// there is one (a runtime shutting down may not run it: they then stay counted as sent, the
-    /// minute's room back once their second leaves the window, the day's lost for the day).
+    /// Gives back this ledger's unspent grants, with those whose give-back failed before (each
+    /// applied once), and deletes the marks of give-backs already answered. A clean shutdown
+    /// calls it before dropping the ledger; a ledger dropped without it gives them back in a task
+    /// of the current runtime if there is one (a runtime shutting down may not run it: they then
+    /// stay counted as sent, the minute's room back once their second leaves the window, the
+    /// day's lost for the day).
     pub async fn close(&self) -> Result<(), LedgerError> {
-        self.give_back_all().await
+        self.give_back_all().await?;
+        // The marks the last calls left (a call with nothing to give back only deletes them).
+        self.giver.give_back("", Vec::new()).await
     }
 }
 
 impl Drop for RedisLedger {
     fn drop(&mut self) {
         let models: Vec<String> = self.giver.grants.lock().keys().cloned().collect();
-        let held: Vec<(String, Vec<Give>)> = models
+        let held: Vec<(String, Vec<Batch>)> = models
             .into_iter()
             .map(|m| {
                 let (back, _) = self.giver.take_all(&m);
@@ -372,7 +518,7 @@ impl Drop for RedisLedger {
             let giver = self.giver.clone();
             rt.spawn(async move {
                 for (model, back) in held {
-                    let _ = giver.give_back(&model, &back).await;
+                    let _ = giver.give_back(&model, back).await;
                 }
             });
         }

@@ -54,6 +54,7 @@ mod errors;
 mod grants;
 mod inspection;
 mod resources;
+mod settles;
 mod state;
 
 use conn::{Conn, Target};
@@ -117,7 +118,8 @@ pub struct RedisLedger {
     anchor: String,
     scan_script: Script,
     acquire: Script,
-    settle: Script,
+    /// The settle script, and the settles waiting to go together.
+    settler: Arc<settles::Settler>,
     claim: Script,
     projects: Vec<String>,
     /// Per key, in ring order: fingerprint as text, project, weight.
@@ -215,6 +217,17 @@ impl RedisLedger {
             candidates: candidates.clone(),
             grants: Arc::default(),
             spent_total: Default::default(),
+            instance: grants::random_instance(),
+            last_id: Default::default(),
+            answered: Mutex::default(),
+        });
+        let settler = Arc::new(settles::Settler {
+            conn: conn.clone(),
+            script: Script::new(&format!("{COMMON}\n{SETTLE}")),
+            anchor: anchor.clone(),
+            server: server.clone(),
+            queue: Mutex::default(),
+            calls: Default::default(),
         });
         let ledger = Self {
             candidates,
@@ -230,7 +243,7 @@ impl RedisLedger {
             anchor,
             scan_script: Script::new(SCAN),
             acquire,
-            settle: Script::new(&format!("{COMMON}\n{SETTLE}")),
+            settler,
             claim: Script::new(CLAIM),
             projects,
             models: Mutex::new(models),

@@ -7,9 +7,12 @@
 -- round-robin begins at), k, then k × (requests, tokens), then n × (idx, fingerprint, project,
 -- rpm, tpm, rpd, tpd, weight) in ring order with -1 for unlimited.
 -- then the grant: want (how many admissions to take ahead, 0: none), share (a call takes at most
--- 1/share of a scope's free room ahead), the granted shape (requests, tokens), then r and r ×
--- (fingerprint, project, second, gen, requests, tokens): admissions taken ahead earlier and not
--- spent, given back first (with k = 0 and n = 0 the call only gives back).
+-- 1/share of a scope's free room ahead), the granted shape (requests, tokens), then the
+-- give-backs: mark_ttl_ms, a and a × id (give-backs answered on their first send, whose marks may
+-- go), m and m × (id, r, r × (fingerprint, project, second, gen, requests, tokens)): admissions
+-- taken ahead earlier and not spent, given back first, each batch once (with k = 0 and n = 0 the
+-- call only gives back). A batch's id is marked (SET NX, expiring after mark_ttl_ms) in the same
+-- call that applies it: a resend of a batch that already ran (its answer lost) changes nothing.
 -- Returns k replies, each {1, idx, second, probe, now, gen} or
 --         {0, retry_at|-1, why, n_off, disabled_idx_csv, too_large_what, too_large_demand, too_large_limit, now},
 -- and when want > 0 one more: {now, requests, tokens, then (idx, second, gen) per admission taken
@@ -32,7 +35,7 @@ local day_start, day_end = day_of(now, b0, b1, b2, b3)
 local GA = BASE + n * 8
 local want, share = tonumber(ARGV[GA + 1]) or 0, math.max(tonumber(ARGV[GA + 2]) or 1, 1)
 local greq, gtok = tonumber(ARGV[GA + 3]) or 1, tonumber(ARGV[GA + 4]) or 0
-local nret = tonumber(ARGV[GA + 5]) or 0
+local mark_ttl = math.max(tonumber(ARGV[GA + 5]) or 1, 1)
 -- After a grant's second ends, those waiting on room it held look again this much later.
 local GRANT_SLACK_MS = 200
 -- The demand being decided (the functions below read these); granting: taking admissions ahead.
@@ -73,9 +76,20 @@ local function give_back(fp, project, sec, gen, r, t)
     end
   end
 end
-for j = 0, nret - 1 do
-  local o = GA + 5 + j * 6
-  give_back(ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5]), tonumber(ARGV[o + 6]))
+local o = GA + 6
+local nack = tonumber(ARGV[o]) or 0
+for j = 1, nack do redis.call('DEL', P .. 'b:' .. ARGV[o + j]) end
+o = o + nack + 1
+for _ = 1, tonumber(ARGV[o]) or 0 do
+  local r = tonumber(ARGV[o + 2])
+  -- Applied once: a resend finds its mark and skips it.
+  if redis.call('SET', P .. 'b:' .. ARGV[o + 1], 1, 'NX', 'PX', mark_ttl) then
+    for j = 0, r - 1 do
+      local e = o + 2 + j * 6
+      give_back(ARGV[e + 1], ARGV[e + 2], tonumber(ARGV[e + 3]), tonumber(ARGV[e + 4]), tonumber(ARGV[e + 5]), tonumber(ARGV[e + 6]))
+    end
+  end
+  o = o + 2 + r * 6
 end
 
 local scopes = {}

@@ -23,6 +23,9 @@
 --                               fp|model|s and |x (of those, served and refused) and
 --                               fp|model|t (input tokens); expires 30 days after the day ends
 --   P.."n:"..id                 a warning already sent (SET NX), expiring at the end of its day
+--   P.."b:"..id                 a batch of unspent grants given back (SET NX in the call that applies
+--                               it, so a resend is a no-op); deleted once its first send is answered,
+--                               else expires after the resend window (grants.rs: MARK_TTL_MS)
 --   P.."gen"                    the last scope-hash generation handed out (INCR; never reset)
 --   P.."layout"                 set once the namespace's pre-hash-tag keys (kt:<namespace>:…) were renamed
 
