@@ -13,19 +13,30 @@ const OUT: f64 = -1.0;
 /// keys. A key whose cooldown or breaker ends mid-second is seen from the next rebuild, or at once
 /// if nothing in the tree can take the request (the caller falls back to the full scan).
 ///
-/// Each node holds its winner's whole rank as one integer, so a match is one compare of two
+/// Each node holds its winner's whole rank as one integer, so a match is a compare of
 /// neighbouring words, with no look-up through the winners' keys and no branch on its result
 /// (the profile had `better`, which read four per-key arrays through the winners' indices and
 /// branched on ties that went either way, as the pick's largest cost after the scopes' own cache
-/// misses). Two siblings share one cache line (`Pair`), so replaying a path reads one line a level.
+/// misses). The tree is 4-ary, four siblings' ranks to one cache line: half a binary tree's
+/// levels for each pick to replay (5 at 1,000 keys), one line read a level.
 #[derive(Debug, Clone, Default)]
 pub(super) struct HeadroomTree {
-    /// Node `i` (1-based heap layout, leaves at `width..2*width`) is `pairs[i / 2]`'s slot
-    /// `i % 2`; `pairs[i]` holds node `i`'s two children.
-    pairs: Vec<Pair>,
-    /// Keys in the tree: `0..n`, key `k` at leaf `width + k`.
+    /// Winner's rank per node, by position: four siblings to a `Quad`. The root is at position
+    /// 3, a node at position `a` has its children at group `a - 2` (positions `4(a - 2)..`), the
+    /// leaves start at `leaves` (key `k` at `leaves + k`); positions 0..3 hold nothing.
+    ///
+    /// A rank orders keys as the pick does: the headroom's bits plus one in the high half (0:
+    /// `OUT`; an f64 in [0, 1] orders like its bits, so the order is exact), the complement of
+    /// the sequence number of the key's last pick in the low half (0: never picked, the largest
+    /// complement). A larger rank wins; equal ranks keep the leftmost, so the root is the key a
+    /// full scan in key order would pick. Padding (no key) is rank 0, below every key.
+    rank: Vec<Quad>,
+    /// Winner's key per node, same positions; `u32::MAX` for padding.
+    key: Vec<[u32; 4]>,
+    /// Position of the first leaf.
+    leaves: usize,
+    /// Keys in the tree: `0..n`.
     n: usize,
-    width: usize,
     seq: u64,
     /// The second and the `shape` the tree was built for; `built` false: never built.
     built: bool,
@@ -33,17 +44,23 @@ pub(super) struct HeadroomTree {
     built_shape: u64,
 }
 
-/// Two sibling nodes: each one's winner, by rank and key.
-///
-/// A rank orders keys as the pick does: the headroom's bits plus one in the high half (0: `OUT`;
-/// an f64 in [0, 1] orders like its bits, so the order is exact), the complement of the sequence
-/// number of the key's last pick in the low half (0: never picked, the largest complement). A
-/// larger rank wins; equal ranks keep the left one. Padding (no key) is rank 0, below every key.
+/// The ranks of four sibling nodes, one cache line.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C, align(64))]
-struct Pair {
-    rank: [u128; 2],
-    key: [u32; 2],
+struct Quad([u128; 4]);
+
+/// Position of the root.
+const ROOT: usize = 3;
+
+/// The winner among four siblings, by rank then leftmost.
+#[inline(always)]
+fn winner(r: &Quad, k: &[u32; 4]) -> (u128, u32) {
+    let r = &r.0;
+    // Indices, not branches: which child wins a tie on headroom is as good as random.
+    let left = usize::from(r[1] > r[0]);
+    let right = 2 + usize::from(r[3] > r[2]);
+    let w = if r[right] > r[left] { right } else { left };
+    (r[w], k[w])
 }
 
 /// A score's half of a rank: order-preserving for scores in [0, 1], `OUT` (or anything below 0)
@@ -69,7 +86,7 @@ impl HeadroomTree {
 
     /// Rebuilds from every key's score (`score(k)`: its headroom, or `None` if it cannot be
     /// picked), keeping when each key was last picked. Allocates only on the first build or when
-    /// the number of keys passes a power of two.
+    /// the keys outgrow the tree's width (a power of 4).
     pub(super) fn rebuild(
         &mut self,
         n: usize,
@@ -77,30 +94,37 @@ impl HeadroomTree {
         shape: u64,
         mut score: impl FnMut(usize) -> Option<f64>,
     ) {
-        let width = n.next_power_of_two().max(1);
-        if self.width != width || self.pairs.len() != width {
+        let mut width = 1usize;
+        while width < n {
+            width *= 4;
+        }
+        // Internal nodes of a complete 4-ary tree with `width` leaves.
+        let leaves = ROOT + (width - 1) / 3;
+        let groups = (leaves + width).div_ceil(4);
+        if self.leaves != leaves || self.rank.len() != groups {
             let last: Vec<u64> = (0..self.n.min(n)).map(|k| self.last(k)).collect();
-            self.pairs = vec![Pair::default(); width];
-            self.width = width;
+            self.rank = vec![Quad::default(); groups];
+            self.key = vec![[u32::MAX; 4]; groups];
+            self.leaves = leaves;
             self.n = last.len();
             for (k, l) in last.into_iter().enumerate() {
-                self.write(width + k, rank_of(0, l), k as u32);
+                self.write(leaves + k, rank_of(0, l), k as u32);
             }
         }
         // A key new to the tree (after a reload) has never been picked.
         for k in self.n.min(n)..n {
-            self.write(width + k, rank_of(0, 0), k as u32);
+            self.write(leaves + k, rank_of(0, 0), k as u32);
         }
         self.n = n;
         for k in 0..n {
             let last = self.last(k);
-            self.write(width + k, rank_of(score_bits(score(k)), last), k as u32);
+            self.write(leaves + k, rank_of(score_bits(score(k)), last), k as u32);
         }
         for k in n..width {
-            self.write(width + k, 0, u32::MAX);
+            self.write(leaves + k, 0, u32::MAX);
         }
-        for i in (1..width).rev() {
-            self.play(i);
+        for a in (ROOT..leaves).rev() {
+            self.play(a);
         }
         self.built = true;
         self.built_sec = sec;
@@ -108,52 +132,57 @@ impl HeadroomTree {
     }
 
     #[inline]
-    fn node(&self, i: usize) -> (u128, u32) {
-        let p = &self.pairs[i / 2];
-        (p.rank[i % 2], p.key[i % 2])
+    fn node(&self, a: usize) -> (u128, u32) {
+        (self.rank[a / 4].0[a % 4], self.key[a / 4][a % 4])
     }
 
     #[inline]
-    fn write(&mut self, i: usize, rank: u128, key: u32) {
-        let p = &mut self.pairs[i / 2];
-        p.rank[i % 2] = rank;
-        p.key[i % 2] = key;
+    fn write(&mut self, a: usize, rank: u128, key: u32) {
+        self.rank[a / 4].0[a % 4] = rank;
+        self.key[a / 4][a % 4] = key;
     }
 
     /// The pick sequence number of key `k`'s last pick (0: never), from its leaf.
     fn last(&self, k: usize) -> u64 {
         if k < self.n {
-            !(self.node(self.width + k).0 as u64)
+            !(self.node(self.leaves + k).0 as u64)
         } else {
             0
         }
     }
 
-    /// Node `i`'s match between its two children; whether its winner changed.
-    #[inline]
-    fn play(&mut self, i: usize) -> bool {
-        let c = &self.pairs[i];
-        // An index, not a branch: which child wins a tie on headroom is as good as random.
-        let right = usize::from(c.rank[1] > c.rank[0]);
-        let (rank, key) = (c.rank[right], c.key[right]);
-        if self.node(i) == (rank, key) {
-            return false;
-        }
-        self.write(i, rank, key);
-        true
+    /// The match at position `a` between its four children.
+    fn play(&mut self, a: usize) {
+        let (rank, key) = winner(&self.rank[a - 2], &self.key[a - 2]);
+        self.write(a, rank, key);
     }
 
     /// Sets key `k`'s leaf and replays its path to the root, stopping where a winner stays as it
     /// was (nothing above it can change then).
     fn put(&mut self, k: usize, rank: u128) {
-        let leaf = self.width + k;
-        if self.node(leaf).0 == rank {
+        // Local slices: the loop's stores cannot move the vectors, so their bounds stay in
+        // registers.
+        let (ranks, keys) = (&mut self.rank[..], &mut self.key[..]);
+        let mut b = self.leaves + k;
+        let (Some(leaf), Some(leaf_key)) = (ranks.get_mut(b / 4), keys.get_mut(b / 4)) else {
+            return;
+        };
+        if leaf.0[b % 4] == rank {
             return;
         }
-        self.write(leaf, rank, k as u32);
-        let mut i = leaf / 2;
-        while i >= 1 && self.play(i) {
-            i /= 2;
+        leaf.0[b % 4] = rank;
+        leaf_key[b % 4] = k as u32;
+        while b > ROOT {
+            // The group `b` is in holds the children of position `a`.
+            let (g, a) = (b / 4, b / 4 + 2);
+            let (rank, key) = winner(&ranks[g], &keys[g]);
+            let (r, x) = (&mut ranks[a / 4].0[a % 4], &mut keys[a / 4][a % 4]);
+            if *r == rank && *x == key {
+                break;
+            }
+            *r = rank;
+            *x = key;
+            b = a;
         }
     }
 
@@ -169,7 +198,7 @@ impl HeadroomTree {
         if k >= self.n {
             return OUT;
         }
-        match (self.node(self.width + k).0 >> 64) as u64 {
+        match (self.node(self.leaves + k).0 >> 64) as u64 {
             0 => OUT,
             bits => f64::from_bits(bits - 1),
         }
@@ -178,17 +207,17 @@ impl HeadroomTree {
     /// Sets key `k`'s score unless it is out until the next rebuild (a score the key already
     /// has changes nothing).
     pub(super) fn rescore(&mut self, k: usize, score: f64) {
-        if k < self.n && (self.node(self.width + k).0 >> 64) != 0 {
+        if k < self.n && (self.node(self.leaves + k).0 >> 64) != 0 {
             self.put(k, rank_of(score_bits(Some(score)), self.last(k)));
         }
     }
 
     /// The key with the most headroom, if any can be picked.
     pub(super) fn top(&self) -> Option<usize> {
-        if self.pairs.is_empty() {
+        if self.rank.is_empty() {
             return None;
         }
-        let (rank, key) = self.node(1);
+        let (rank, key) = self.node(ROOT);
         ((rank >> 64) != 0).then_some(key as usize)
     }
 
