@@ -156,12 +156,16 @@ impl InMemoryLedger {
                 // A pinned demand is decided by the scan below (its project's keys only).
                 if let Some(schedule) = schedule.as_ref().filter(|_| pinned.is_none()) {
                     let len = schedule.len();
-                    let mut c = ms.wcursor as usize % len;
+                    // The cursor is kept below `len` (a reload resets it): no division here.
+                    let mut c = ms.wcursor as usize;
+                    if c >= len {
+                        c %= len;
+                    }
                     // Every key taking requests is in the cycle: `n` entries in a row that
                     // cannot take the request make the scan below decide (O(keys) at worst).
                     for _ in 0..n.min(len) {
                         let k = schedule[c] as usize;
-                        c = (c + 1) % len;
+                        c = if c + 1 == len { 0 } else { c + 1 };
                         if let Some(pass) = eligible(
                             retired[k],
                             &health[k],
