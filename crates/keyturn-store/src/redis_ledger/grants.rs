@@ -17,7 +17,8 @@
 //! Give-backs are exact: each batch carries an id that the script marks (SET NX, under the
 //! namespace's hash tag) in the same call that applies it, so a batch is applied at most once
 //! however often it is sent. A call that fails may have run with only its answer lost (a
-//! timeout) or not at all (a dropped connection): its batches are kept and sent again, as they
+//! timeout) or not at all (a dropped connection), and so may one whose caller stopped waiting
+//! (its future dropped mid-call): its batches are kept and sent again, as they
 //! were, with the model's next calls, by the model's timer (backing off from 1 s to 30 s), before
 //! `status` and on [`RedisLedger::close`], for at most [`RESEND_FOR_MS`] (then they stay counted
 //! as sent: never over-admission). A mark is deleted by the call after the one that answered its
@@ -233,7 +234,39 @@ impl Giver {
             !std::mem::replace(&mut h.timer, true)
         };
         if start_timer {
-            tokio::spawn(self.clone().expire(model.to_owned()));
+            self.start_timer(model);
+        }
+    }
+
+    /// Starts a model's timer in the current runtime (none while one shuts down: what it would
+    /// send goes with the next call, status or close).
+    fn start_timer(self: &Arc<Self>, model: &str) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(self.clone().expire(model.to_owned()));
+            }
+            Err(_) => {
+                if let Some(h) = self.grants.lock().get_mut(model) {
+                    h.timer = false;
+                }
+            }
+        }
+    }
+
+    /// Holds what a call carries (its give-back batches and the marks it deletes) until the
+    /// call's result is known: a call whose future is dropped first (its caller stopped
+    /// waiting) may or may not reach Redis, so it counts as failed and its batches are sent
+    /// again, instead of going with the future.
+    pub(super) fn in_flight<'a>(
+        self: &'a Arc<Self>,
+        model: &'a str,
+        batches: Vec<Batch>,
+        answered: Vec<u64>,
+    ) -> InFlight<'a> {
+        InFlight {
+            giver: self,
+            model,
+            carried: Some((batches, answered)),
         }
     }
 
@@ -262,10 +295,10 @@ impl Giver {
         // probe timeout, n, relearn, start, k: no candidates, no demands.
         inv.arg(0).arg(0).arg(-1).arg(0).arg(0);
         let answered = self.grant_args(&mut inv, 0, (1, 0), &batches);
+        let carried = self.in_flight(model, batches, answered);
         let mut conn = self.conn.clone();
         let sent: Result<Vec<Value>, _> = inv.invoke_async(&mut conn).await;
-        let ok = sent.is_ok();
-        self.after_call(model, ok, batches, answered);
+        carried.done(sent.is_ok());
         match sent {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -356,7 +389,7 @@ impl Giver {
             !std::mem::replace(&mut h.timer, true)
         };
         if start_timer {
-            tokio::spawn(self.clone().expire(model.to_owned()));
+            self.start_timer(model);
         }
     }
 
@@ -399,6 +432,31 @@ impl Giver {
             };
             // A failure keeps the batches and sets when to try again.
             let _ = self.give_back(&model, batches).await;
+        }
+    }
+}
+
+/// A call's give-backs and mark deletions, until its result is known (see
+/// [`Giver::in_flight`]).
+pub(super) struct InFlight<'a> {
+    giver: &'a Arc<Giver>,
+    model: &'a str,
+    carried: Option<(Vec<Batch>, Vec<u64>)>,
+}
+
+impl InFlight<'_> {
+    /// The call returned: `ok` or not (see [`Giver::after_call`]).
+    pub(super) fn done(mut self, ok: bool) {
+        if let Some((batches, answered)) = self.carried.take() {
+            self.giver.after_call(self.model, ok, batches, answered);
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some((batches, answered)) = self.carried.take() {
+            self.giver.after_call(self.model, false, batches, answered);
         }
     }
 }
