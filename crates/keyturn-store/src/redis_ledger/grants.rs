@@ -545,13 +545,17 @@ impl Held {
 }
 
 impl RedisLedger {
-    /// Gives back this ledger's unspent grants, with those whose give-back failed before (each
-    /// applied once), and deletes the marks of give-backs already answered. A clean shutdown
+    /// Waits for the settles still to be sent (see `settles.rs`), then gives back this ledger's
+    /// unspent grants, with those whose give-back failed before (each applied once), and
+    /// deletes the marks of give-backs already answered. A clean shutdown
     /// calls it before dropping the ledger; a ledger dropped without it gives them back in a task
     /// of the current runtime if there is one (a runtime shutting down may not run it: they then
     /// stay counted as sent, the minute's room back once their second leaves the window, the
     /// day's lost for the day).
     pub async fn close(&self) -> Result<(), LedgerError> {
+        // The settles still out or waiting (their callers may have stopped waiting) first: a
+        // process exits after close, and a settle left to a task would go with it.
+        self.settler.idle().await;
         self.give_back_all().await?;
         // The marks the last calls left (a call with nothing to give back only deletes them).
         self.giver.give_back("", Vec::new()).await

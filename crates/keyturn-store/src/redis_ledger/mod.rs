@@ -227,6 +227,7 @@ impl RedisLedger {
             anchor: anchor.clone(),
             server: server.clone(),
             queue: Mutex::default(),
+            idle: Default::default(),
             calls: Default::default(),
         });
         let ledger = Self {
