@@ -35,7 +35,7 @@
 //! than 1/[`SHARE`] of what was free).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::*;
 
@@ -121,6 +121,10 @@ pub(super) struct Giver {
     pub(super) last_id: AtomicU64,
     /// Ids of batches answered on their first send, whose marks the next call deletes.
     pub(super) answered: Mutex<Vec<u64>>,
+    /// Calls out that carry give-backs or mark deletions (see [`Giver::in_flight`]), and the
+    /// notice that none is (for [`Giver::quiet`]).
+    pub(super) out: AtomicUsize,
+    pub(super) quiet: tokio::sync::Notify,
 }
 
 /// A random 64-bit number without a random-number crate: std's hasher keys are seeded from
@@ -263,10 +267,26 @@ impl Giver {
         batches: Vec<Batch>,
         answered: Vec<u64>,
     ) -> InFlight<'a> {
+        self.out.fetch_add(1, Ordering::AcqRel);
         InFlight {
             giver: self,
             model,
             carried: Some((batches, answered)),
+        }
+    }
+
+    /// Returns once no call carrying give-backs is out (each one's batches are then either
+    /// applied or kept to be sent again).
+    pub(super) async fn quiet(&self) {
+        loop {
+            let told = self.quiet.notified();
+            tokio::pin!(told);
+            // Registered before looking, so a notice between the look and the wait is not missed.
+            told.as_mut().enable();
+            if self.out.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            told.await;
         }
     }
 
@@ -447,17 +467,22 @@ pub(super) struct InFlight<'a> {
 impl InFlight<'_> {
     /// The call returned: `ok` or not (see [`Giver::after_call`]).
     pub(super) fn done(mut self, ok: bool) {
+        self.end(ok);
+    }
+
+    fn end(&mut self, ok: bool) {
         if let Some((batches, answered)) = self.carried.take() {
             self.giver.after_call(self.model, ok, batches, answered);
+            if self.giver.out.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.giver.quiet.notify_waiters();
+            }
         }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Some((batches, answered)) = self.carried.take() {
-            self.giver.after_call(self.model, false, batches, answered);
-        }
+        self.end(false);
     }
 }
 
@@ -545,7 +570,8 @@ impl Held {
 }
 
 impl RedisLedger {
-    /// Waits for the settles still to be sent (see `settles.rs`), then gives back this ledger's
+    /// Waits for the settles still to be sent (see `settles.rs`) and the calls out with
+    /// give-backs, then gives back this ledger's
     /// unspent grants, with those whose give-back failed before (each applied once), and
     /// deletes the marks of give-backs already answered. A clean shutdown
     /// calls it before dropping the ledger; a ledger dropped without it gives them back in a task
@@ -556,6 +582,9 @@ impl RedisLedger {
         // The settles still out or waiting (their callers may have stopped waiting) first: a
         // process exits after close, and a settle left to a task would go with it.
         self.settler.idle().await;
+        // Then the calls out with give-backs (a timer's, an acquire's): once they return, what
+        // they carried is applied or kept, and what is kept goes now.
+        self.giver.quiet().await;
         self.give_back_all().await?;
         // The marks the last calls left (a call with nothing to give back only deletes them).
         self.giver.give_back("", Vec::new()).await
