@@ -239,3 +239,138 @@ async fn an_idle_process_sends_a_failed_give_back_again_by_its_timer() {
     assert_eq!(used, (1, 1));
     drop(l);
 }
+
+/// Runs `call` until its Redis call is held (scripts paused), then drops it (its caller stops
+/// waiting, as a request handler does when its client goes) and drops the connection with the
+/// call unread, so it never runs; then Redis resumes.
+async fn cancelled_unrun<F: std::future::Future>(admin: &mut MultiplexedConnection, call: F) {
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(20_000)
+        .arg("WRITE")
+        .query_async(admin)
+        .await
+        .unwrap();
+    let me: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(admin)
+        .await
+        .unwrap();
+    let held = async {
+        loop {
+            let list: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut *admin)
+                .await
+                .unwrap();
+            if list
+                .lines()
+                .any(|c| !c.starts_with(&format!("id={me} ")) && c.contains(" flags=b "))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::select! {
+        _ = call => panic!("Redis is paused: the call cannot be answered"),
+        () = held => {}
+    }
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(admin)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async(admin)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis"]
+async fn a_give_back_whose_caller_stopped_waiting_is_sent_again() {
+    // A status (and the give-back before it) cancelled mid-call: what it was to give back must
+    // not go with the future.
+    let redis = TestRedis::private();
+    let clock = Arc::new(ManualClock::at_ms(T0_MS));
+    let (l, mut admin) = one_sent_and_a_grant_held(&redis, &clock).await;
+    cancelled_unrun(&mut admin, l.status()).await;
+    // The next status sends the give-back again: the grant's room is back, once.
+    assert_eq!(day_used_once_back(&l).await, (1, 1));
+    let other = observer(&redis, &clock).await;
+    assert_eq!(day_used(&other).await, (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis"]
+async fn a_give_back_carried_by_a_cancelled_acquire_is_sent_again() {
+    // An acquire the grant does not fit (more tokens) goes to Redis carrying the grant's
+    // give-back, and is cancelled mid-call.
+    let redis = TestRedis::private();
+    let clock = Arc::new(ManualClock::at_ms(T0_MS));
+    let (l, mut admin) = one_sent_and_a_grant_held(&redis, &clock).await;
+    cancelled_unrun(&mut admin, l.acquire(TIGHT, Demand::tokens(5))).await;
+    assert_eq!(day_used_once_back(&l).await, (1, 1));
+    let other = observer(&redis, &clock).await;
+    assert_eq!(day_used(&other).await, (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis"]
+async fn close_waits_for_a_give_back_its_timer_has_out() {
+    // The grant expires while the process is idle; its timer's give-back call is held in Redis
+    // when a clean shutdown closes the ledger. Once close returns the process may exit (and the
+    // timer's call go with it): the room must be back by then.
+    let redis = TestRedis::private();
+    let clock = Arc::new(ManualClock::at_ms(T0_MS));
+    let (l, mut admin) = one_sent_and_a_grant_held(&redis, &clock).await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1_500)
+        .arg("WRITE")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let me: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // The grant's second ends: its timer gives it back.
+    clock.advance(Duration::from_secs(1));
+    loop {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        if list
+            .lines()
+            .any(|c| !c.starts_with(&format!("id={me} ")) && c.contains(" flags=b "))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    l.close().await.unwrap();
+    // Read directly (a read, which the pause does not hold): the day's count is what was sent.
+    let scopes: Vec<String> = redis::cmd("KEYS")
+        .arg("kt:{giveback}:s:*")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(scopes.len(), 1, "{scopes:?}");
+    let dc: i64 = redis::cmd("HGET")
+        .arg(&scopes[0])
+        .arg("dc")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(dc, 1);
+}

@@ -66,3 +66,93 @@ async fn settles_sent_together_each_count_once() {
         "{n} settles from {TASKS} tasks at once took {calls} calls: none went together"
     );
 }
+
+/// The day's served count of `namespace`'s one scope, read from Redis directly (a read, which a
+/// `CLIENT PAUSE WRITE` does not hold).
+async fn served_in_redis(admin: &mut redis::aio::MultiplexedConnection, namespace: &str) -> i64 {
+    let scopes: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("kt:{{{namespace}}}:s:*"))
+        .query_async(admin)
+        .await
+        .unwrap();
+    assert_eq!(scopes.len(), 1, "{scopes:?}");
+    let ds: Option<i64> = redis::cmd("HGET")
+        .arg(&scopes[0])
+        .arg("ds")
+        .query_async(admin)
+        .await
+        .unwrap();
+    ds.unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis"]
+async fn close_waits_for_the_settles_still_to_be_sent() {
+    // A private server: it is paused below.
+    let redis = TestRedis::private();
+    let clock = Arc::new(ManualClock::at_ms(T0_MS));
+    let namespace = unique_namespace("settle-close");
+    let l = Arc::new(
+        RedisLedger::connect(
+            redis.url(),
+            &namespace,
+            Arc::new(solo_keys(1)),
+            config(1000, 1_000_000, 1000),
+            clock,
+            TimeSource::Clock,
+        )
+        .await
+        .unwrap(),
+    );
+    let first = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+    let second = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+    // Nothing held ahead and no mark left to delete: close has no call of its own to make.
+    l.status().await.unwrap();
+    l.status().await.unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    assert_eq!(served_in_redis(&mut admin, &namespace).await, 0);
+
+    // Scripts are held for a while: the first settle's call waits in Redis.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1_500)
+        .arg("WRITE")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let me: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let lf = l.clone();
+    let first = tokio::spawn(async move { lf.settle(first, Outcome::success(1)).await });
+    loop {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        if list
+            .lines()
+            .any(|c| !c.starts_with(&format!("id={me} ")) && c.contains(" flags=b "))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The second waits for the first's call; its caller stops waiting (a request gone).
+    let gone = tokio::time::timeout(
+        std::time::Duration::from_millis(50),
+        l.settle(second, Outcome::success(1)),
+    )
+    .await;
+    assert!(gone.is_err(), "the first settle's call is held");
+
+    // A clean shutdown: once close returns, the process may exit. Both settles are in Redis.
+    l.close().await.unwrap();
+    assert_eq!(served_in_redis(&mut admin, &namespace).await, 2);
+    assert_eq!(l.settle_calls(), 2);
+    first.await.unwrap().unwrap();
+}

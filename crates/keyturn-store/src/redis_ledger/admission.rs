@@ -395,11 +395,13 @@ impl RedisLedger {
             .last()
             .map_or((1, 0), |d| (d.requests.max(1), d.tokens));
         let answered = self.giver.grant_args(&mut inv, want, shape, &back);
+        // Also when this future is dropped mid-call (its acquire cancelled).
+        let carried = self.giver.in_flight(model, back, answered);
         let mut conn = self.conn.clone();
         let sent: Result<Vec<Value>, _> = inv.invoke_async(&mut conn).await;
         // The script may have run with only its answer lost (a timeout), or not at all: what it
         // was to give back is sent again later under the same ids, applied once.
-        self.giver.after_call(model, sent.is_ok(), back, answered);
+        carried.done(sent.is_ok());
         let mut replies: Vec<Value> = match sent {
             Ok(r) => r,
             Err(e) => {

@@ -17,7 +17,8 @@
 //! Give-backs are exact: each batch carries an id that the script marks (SET NX, under the
 //! namespace's hash tag) in the same call that applies it, so a batch is applied at most once
 //! however often it is sent. A call that fails may have run with only its answer lost (a
-//! timeout) or not at all (a dropped connection): its batches are kept and sent again, as they
+//! timeout) or not at all (a dropped connection), and so may one whose caller stopped waiting
+//! (its future dropped mid-call): its batches are kept and sent again, as they
 //! were, with the model's next calls, by the model's timer (backing off from 1 s to 30 s), before
 //! `status` and on [`RedisLedger::close`], for at most [`RESEND_FOR_MS`] (then they stay counted
 //! as sent: never over-admission). A mark is deleted by the call after the one that answered its
@@ -34,7 +35,7 @@
 //! than 1/[`SHARE`] of what was free).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::*;
 
@@ -120,6 +121,10 @@ pub(super) struct Giver {
     pub(super) last_id: AtomicU64,
     /// Ids of batches answered on their first send, whose marks the next call deletes.
     pub(super) answered: Mutex<Vec<u64>>,
+    /// Calls out that carry give-backs or mark deletions (see [`Giver::in_flight`]), and the
+    /// notice that none is (for [`Giver::quiet`]).
+    pub(super) out: AtomicUsize,
+    pub(super) quiet: tokio::sync::Notify,
 }
 
 /// A random 64-bit number without a random-number crate: std's hasher keys are seeded from
@@ -233,7 +238,55 @@ impl Giver {
             !std::mem::replace(&mut h.timer, true)
         };
         if start_timer {
-            tokio::spawn(self.clone().expire(model.to_owned()));
+            self.start_timer(model);
+        }
+    }
+
+    /// Starts a model's timer in the current runtime (none while one shuts down: what it would
+    /// send goes with the next call, status or close).
+    fn start_timer(self: &Arc<Self>, model: &str) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(self.clone().expire(model.to_owned()));
+            }
+            Err(_) => {
+                if let Some(h) = self.grants.lock().get_mut(model) {
+                    h.timer = false;
+                }
+            }
+        }
+    }
+
+    /// Holds what a call carries (its give-back batches and the marks it deletes) until the
+    /// call's result is known: a call whose future is dropped first (its caller stopped
+    /// waiting) may or may not reach Redis, so it counts as failed and its batches are sent
+    /// again, instead of going with the future.
+    pub(super) fn in_flight<'a>(
+        self: &'a Arc<Self>,
+        model: &'a str,
+        batches: Vec<Batch>,
+        answered: Vec<u64>,
+    ) -> InFlight<'a> {
+        self.out.fetch_add(1, Ordering::AcqRel);
+        InFlight {
+            giver: self,
+            model,
+            carried: Some((batches, answered)),
+        }
+    }
+
+    /// Returns once no call carrying give-backs is out (each one's batches are then either
+    /// applied or kept to be sent again).
+    pub(super) async fn quiet(&self) {
+        loop {
+            let told = self.quiet.notified();
+            tokio::pin!(told);
+            // Registered before looking, so a notice between the look and the wait is not missed.
+            told.as_mut().enable();
+            if self.out.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            told.await;
         }
     }
 
@@ -262,10 +315,10 @@ impl Giver {
         // probe timeout, n, relearn, start, k: no candidates, no demands.
         inv.arg(0).arg(0).arg(-1).arg(0).arg(0);
         let answered = self.grant_args(&mut inv, 0, (1, 0), &batches);
+        let carried = self.in_flight(model, batches, answered);
         let mut conn = self.conn.clone();
         let sent: Result<Vec<Value>, _> = inv.invoke_async(&mut conn).await;
-        let ok = sent.is_ok();
-        self.after_call(model, ok, batches, answered);
+        carried.done(sent.is_ok());
         match sent {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -356,7 +409,7 @@ impl Giver {
             !std::mem::replace(&mut h.timer, true)
         };
         if start_timer {
-            tokio::spawn(self.clone().expire(model.to_owned()));
+            self.start_timer(model);
         }
     }
 
@@ -400,6 +453,36 @@ impl Giver {
             // A failure keeps the batches and sets when to try again.
             let _ = self.give_back(&model, batches).await;
         }
+    }
+}
+
+/// A call's give-backs and mark deletions, until its result is known (see
+/// [`Giver::in_flight`]).
+pub(super) struct InFlight<'a> {
+    giver: &'a Arc<Giver>,
+    model: &'a str,
+    carried: Option<(Vec<Batch>, Vec<u64>)>,
+}
+
+impl InFlight<'_> {
+    /// The call returned: `ok` or not (see [`Giver::after_call`]).
+    pub(super) fn done(mut self, ok: bool) {
+        self.end(ok);
+    }
+
+    fn end(&mut self, ok: bool) {
+        if let Some((batches, answered)) = self.carried.take() {
+            self.giver.after_call(self.model, ok, batches, answered);
+            if self.giver.out.fetch_sub(1, Ordering::AcqRel) == 1 {
+                self.giver.quiet.notify_waiters();
+            }
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.end(false);
     }
 }
 
@@ -487,13 +570,21 @@ impl Held {
 }
 
 impl RedisLedger {
-    /// Gives back this ledger's unspent grants, with those whose give-back failed before (each
-    /// applied once), and deletes the marks of give-backs already answered. A clean shutdown
+    /// Waits for the settles still to be sent (see `settles.rs`) and the calls out with
+    /// give-backs, then gives back this ledger's
+    /// unspent grants, with those whose give-back failed before (each applied once), and
+    /// deletes the marks of give-backs already answered. A clean shutdown
     /// calls it before dropping the ledger; a ledger dropped without it gives them back in a task
     /// of the current runtime if there is one (a runtime shutting down may not run it: they then
     /// stay counted as sent, the minute's room back once their second leaves the window, the
     /// day's lost for the day).
     pub async fn close(&self) -> Result<(), LedgerError> {
+        // The settles still out or waiting (their callers may have stopped waiting) first: a
+        // process exits after close, and a settle left to a task would go with it.
+        self.settler.idle().await;
+        // Then the calls out with give-backs (a timer's, an acquire's): once they return, what
+        // they carried is applied or kept, and what is kept goes now.
+        self.giver.quiet().await;
         self.give_back_all().await?;
         // The marks the last calls left (a call with nothing to give back only deletes them).
         self.giver.give_back("", Vec::new()).await

@@ -220,6 +220,8 @@ impl RedisLedger {
             instance: grants::random_instance(),
             last_id: Default::default(),
             answered: Mutex::default(),
+            out: Default::default(),
+            quiet: Default::default(),
         });
         let settler = Arc::new(settles::Settler {
             conn: conn.clone(),
@@ -227,6 +229,7 @@ impl RedisLedger {
             anchor: anchor.clone(),
             server: server.clone(),
             queue: Mutex::default(),
+            idle: Default::default(),
             calls: Default::default(),
         });
         let ledger = Self {

@@ -4,7 +4,8 @@
 //! caller. Fail closed as before: when a call fails, each settle it carried returns the error
 //! (none is sent again: a settle is never counted twice), and a settle is never left unsent.
 //! A caller that stops waiting (its future dropped) leaves its settle to be sent; one that was
-//! sending hands the waiting settles to a task.
+//! sending hands the waiting settles to a task. [`RedisLedger::close`] waits until none is out
+//! or waiting, so a process that exits after it loses none.
 
 use tokio::sync::oneshot;
 
@@ -22,6 +23,8 @@ pub(super) struct Settler {
     pub(super) anchor: String,
     pub(super) server: String,
     pub(super) queue: Mutex<SettleQueue>,
+    /// Told when no settle call is out and none waits (for [`Settler::idle`]).
+    pub(super) idle: tokio::sync::Notify,
     /// Settle calls sent since the ledger connected.
     pub(super) calls: std::sync::atomic::AtomicU64,
 }
@@ -42,6 +45,7 @@ impl Drop for HandOn {
         let mut q = self.0.queue.lock();
         if q.waiting.is_empty() {
             q.busy = false;
+            self.0.idle.notify_waiters();
             return;
         }
         match tokio::runtime::Handle::try_current() {
@@ -53,6 +57,7 @@ impl Drop for HandOn {
             Err(_) => {
                 q.waiting.clear();
                 q.busy = false;
+                self.0.idle.notify_waiters();
             }
         }
     }
@@ -89,6 +94,21 @@ impl Settler {
         }
     }
 
+    /// Returns once no settle call is out and none waits: every settle handed to the ledger
+    /// so far has its answer (or its error).
+    pub(super) async fn idle(&self) {
+        loop {
+            let told = self.idle.notified();
+            tokio::pin!(told);
+            // Registered before looking, so a notice between the look and the wait is not missed.
+            told.as_mut().enable();
+            if !self.queue.lock().busy {
+                return;
+            }
+            told.await;
+        }
+    }
+
     /// Sends the waiting settles, a call at a time, until none waits.
     async fn drain(self: Arc<Self>) {
         loop {
@@ -96,6 +116,7 @@ impl Settler {
                 let mut q = self.queue.lock();
                 if q.waiting.is_empty() {
                     q.busy = false;
+                    self.idle.notify_waiters();
                     return;
                 }
                 let n = q.waiting.len().min(MAX_SETTLES);
