@@ -196,9 +196,15 @@ async fn uploads_past_the_cap_are_refused_whether_announced_or_streamed() {
         .body(reqwest::Body::wrap_stream(chunks))
         .send()
         .await;
-    // A client still writing may see the connection closed instead of the answer.
+    // A client still writing may see the connection closed instead of the answer. And when the
+    // upstream refuses the overlong chunk and closes before the proxy has read past its cap,
+    // the proxy's send fails under it: a 502 (the upstream cut the upload off), never a 200.
     if let Ok(r) = sent {
-        assert!(matches!(r.status().as_u16(), 413 | 400), "{}", r.status());
+        assert!(
+            matches!(r.status().as_u16(), 413 | 400 | 502),
+            "{}",
+            r.status()
+        );
     }
     let stats: Value = s
         .http

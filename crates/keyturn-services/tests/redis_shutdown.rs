@@ -13,6 +13,19 @@ const MODEL: &str = "gemini-2.5-flash";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs Redis"]
 async fn shutting_down_gives_unspent_grants_back() {
+    // A grant lives until the end of the Redis second it was taken in: when this machine is so
+    // loaded that the setup below straddles a second, the first process's grants are gone before
+    // the check and the precondition cannot be set up. That is a try again, not a failure.
+    for _ in 0..10 {
+        if attempt().await {
+            return;
+        }
+    }
+    panic!("in 10 tries, the first process never held room ahead at the check");
+}
+
+/// One try; false when the first process's grants ended before the precondition was checked.
+async fn attempt() -> bool {
     let redis = TestRedis::get();
     let dir = tempfile::tempdir().unwrap();
     let toml = dir.path().join("keyturn.toml");
@@ -70,10 +83,12 @@ async fn shutting_down_gives_unspent_grants_back() {
         .await
         .unwrap();
     let before = used(other.ledger.status().await.unwrap());
-    assert!(
-        before > 5,
-        "the first process holds room ahead: {before} used"
-    );
+    if before <= 5 {
+        // The first process holds no room ahead any more: its grants' second ended.
+        first.state.shutdown().await.unwrap();
+        return false;
+    }
     first.state.shutdown().await.unwrap();
     assert_eq!(used(other.ledger.status().await.unwrap()), 5);
+    true
 }
