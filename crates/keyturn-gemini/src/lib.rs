@@ -40,6 +40,7 @@ pub mod route;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod transport;
+mod url_cache;
 pub mod wire;
 
 pub use batch::{BatchClient, BatchJob, BatchOutput, BatchRequest, BatchState, ItemResult};

@@ -165,6 +165,8 @@ pub struct Transport {
     root: String,
     /// `v1beta` or `v1`.
     version: String,
+    /// URLs already parsed ([`ParsedUrls`]).
+    parsed: Arc<crate::url_cache::ParsedUrls>,
 }
 
 impl Transport {
@@ -178,6 +180,7 @@ impl Transport {
             client,
             routes: Arc::default(),
             route_board: None,
+            parsed: Arc::default(),
             base,
             root,
             version,
@@ -546,11 +549,12 @@ impl Transport {
         url: &str,
         body: bytes::Bytes,
     ) -> Result<reqwest::Response, SendError> {
-        let req = self
-            .client_for(key)
-            .post(url)
-            .header(CONTENT_TYPE, "application/json")
-            .body(body);
+        let client = self.client_for(key);
+        let req = match self.parsed.get(url) {
+            Some(u) => client.post(u),
+            None => client.post(url),
+        };
+        let req = req.header(CONTENT_TYPE, "application/json").body(body);
         let sent = Self::with_key(req, how, key)?.send().await;
         self.through_route(key, sent)
     }
@@ -567,9 +571,12 @@ impl Transport {
         key: &ApiKey,
         url: &str,
     ) -> Result<reqwest::Response, SendError> {
-        let sent = Self::with_key(self.client_for(key).get(url), how, key)?
-            .send()
-            .await;
+        let client = self.client_for(key);
+        let req = match self.parsed.get(url) {
+            Some(u) => client.get(u),
+            None => client.get(url),
+        };
+        let sent = Self::with_key(req, how, key)?.send().await;
         self.through_route(key, sent)
     }
 }
