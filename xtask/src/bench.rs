@@ -9,7 +9,9 @@
 //! - simulator throughput;
 //! - the proxy: a load generator (reqwest, keep-alive) against the release `keyturn sim` directly
 //!   and through the release `keyturn serve` in front of it: latency added at one connection
-//!   (median) and the rate at 32 connections, each next to the direct baseline of the same run;
+//!   (median) and the rate at 32 connections, each next to the direct baseline of the same run,
+//!   and the same two through a bare forwarder of the same crates (`bench/forward.rs`): the
+//!   floor any proxy of this design has on the machine;
 //! - peak RSS of `keyturn seed` (release build) on the samples and on generated 200- and
 //!   1,000-episode sets.
 //!
@@ -33,6 +35,7 @@ use serde_json::{Value, json};
 use crate::world::{FLASH, root, synth_transcripts};
 
 mod batch;
+pub mod forward;
 
 struct Opts {
     quick: bool,
@@ -645,11 +648,18 @@ async fn proxy(opts: &Opts) -> Result<Value, String> {
     } else {
         (500, 5_000, 8)
     };
+    // The floor: a bare forwarder of the same crates in its own release process (bench/forward.rs).
+    let mut fwd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+    fwd.args(["bench-forward", &sim_url, sim_key]);
+    let (_fwd, fwd_url) = crate::examples::spawn_announcing(fwd, "forwarding on ")?;
+    let bare = format!("{}{path}", fwd_url.trim());
     eprintln!("xtask bench: proxy latency at one connection…");
     let (d50, d99) = serial_latency(&direct, sim_key, warm, n).await?;
+    let (b50, _) = serial_latency(&bare, "unused", warm, n).await?;
     let (p50, p99) = serial_latency(&through, &token, warm, n).await?;
     eprintln!("xtask bench: proxy rate at 32 connections…");
     let d_rate = rate(&direct, sim_key, 32, secs).await?;
+    let b_rate = rate(&bare, "unused", 32, secs).await?;
     let p_rate = rate(&through, &token, 32, secs).await?;
     Ok(json!({
         "requests_serial": n,
@@ -658,11 +668,15 @@ async fn proxy(opts: &Opts) -> Result<Value, String> {
         "proxy_median_us": p50,
         "proxy_p99_us": p99,
         "added_median_us": p50 - d50,
+        "bare_forwarder_median_us": b50,
+        "bare_added_median_us": b50 - d50,
         "connections": 32,
         "seconds": secs,
         "direct_per_s": d_rate,
         "proxy_per_s": p_rate,
         "proxy_vs_direct": p_rate / d_rate,
+        "bare_forwarder_per_s": b_rate,
+        "bare_vs_direct": b_rate / d_rate,
         "note": "release keyturn sim and keyturn serve in their own processes; the load generator on the same cores",
     }))
 }
@@ -930,6 +944,17 @@ pub fn table(r: &Value) -> String {
         ),
         format!("`keyturn sim` direct: {}/s", thousands(&px["direct_per_s"])),
         "≥ 50 % of direct".into(),
+    ]);
+    rows.push([
+        "a bare forwarder of the same crates (no keyturn logic), 1 connection / 32".into(),
+        format!(
+            "+{} µs; {}/s ({}% of direct)",
+            f(&px["bare_added_median_us"], 0),
+            thousands(&px["bare_forwarder_per_s"]),
+            f(&json!(px["bare_vs_direct"].as_f64().map(|x| x * 100.0)), 0)
+        ),
+        "the floor of the two rows above on this machine".into(),
+        String::new(),
     ]);
     rows.push([
         "state file writes under 50,000 acquires/s".into(),

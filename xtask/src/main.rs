@@ -188,6 +188,7 @@ fn main() -> ExitCode {
         Some("soak") => soak::main(&args[1..]),
         Some("docs") => docs::main(&args[1..]),
         Some("bench-rss-child") => bench::rss_child(&args[1..]),
+        Some("bench-forward") => bench::forward::main(&args[1..]),
         Some("examples") => examples::main(),
         Some("fuzz") => fuzz(args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60)),
         Some("browser") => match browser() {
