@@ -179,13 +179,27 @@ impl RedisFailure {
 }
 
 pub(super) fn backend(server: &str, e: &redis::RedisError) -> BackendError {
+    failed(server, e, "nothing was admitted")
+}
+
+/// A settle call's failure. Unlike an acquire's, it may have run in Redis (a timed-out call
+/// still runs there) and it is never resent, so it must not say that nothing happened.
+pub(super) fn settle_backend(server: &str, e: &redis::RedisError) -> BackendError {
+    failed(
+        server,
+        e,
+        "this call's outcome may not have been recorded and is not resent (what was reserved for it stays counted)",
+    )
+}
+
+fn failed(server: &str, e: &redis::RedisError, consequence: &str) -> BackendError {
     let failure = RedisFailure::of(e);
     let message = match &failure {
         RedisFailure::Refused(why) => format!(
-            "Redis at {server} refused keyturn ({why}); nothing was admitted: this is a configuration error, check the user and password in the Redis URL and that user's ACL"
+            "Redis at {server} refused keyturn ({why}); {consequence}: this is a configuration error, check the user and password in the Redis URL and that user's ACL"
         ),
         what => format!(
-            "Redis at {server} did not answer ({what}); nothing was admitted; keyturn retries when Redis is back"
+            "Redis at {server} did not answer ({what}); {consequence}; keyturn retries when Redis is back"
         ),
     };
     BackendError::caused_by(message, failure)
@@ -194,6 +208,16 @@ pub(super) fn backend(server: &str, e: &redis::RedisError) -> BackendError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_settle_does_not_say_nothing_happened() {
+        let e = redis::RedisError::from((redis::ErrorKind::Io, "made-up timeout"));
+        let acquire = backend("redis://h:6379", &e).to_string();
+        let settle = settle_backend("redis://h:6379", &e).to_string();
+        assert!(acquire.contains("nothing was admitted"), "{acquire}");
+        assert!(!settle.contains("nothing was admitted"), "{settle}");
+        assert!(settle.contains("may not have been recorded"), "{settle}");
+    }
 
     #[test]
     fn urls_in_messages_carry_no_credentials() {

@@ -59,7 +59,7 @@ mod state;
 
 use conn::{Conn, Target};
 pub use errors::{ConnectError, RedisFailure, redact_url};
-use errors::{backend, passwords_of, refusal};
+use errors::{backend, passwords_of, refusal, settle_backend};
 pub use resources::RedisResources;
 
 const COMMON: &str = include_str!("lua/common.lua");

@@ -82,7 +82,7 @@ impl Settler {
                 let _hand_on = HandOn(self.clone());
                 match self.call(vec![args]).await {
                     Ok(mut replies) => replies.pop().unwrap_or_else(|| Ok(Vec::new())),
-                    Err(e) => Err(LedgerError::Backend(backend(&self.server, &e))),
+                    Err(e) => Err(LedgerError::Backend(settle_backend(&self.server, &e))),
                 }
             }
             Err(rx) => rx.await.unwrap_or_else(|_| {
@@ -131,7 +131,8 @@ impl Settler {
                 }
                 Err(e) => {
                     for tx in answers {
-                        let _ = tx.send(Err(LedgerError::Backend(backend(&self.server, &e))));
+                        let _ =
+                            tx.send(Err(LedgerError::Backend(settle_backend(&self.server, &e))));
                     }
                 }
             }
