@@ -66,13 +66,8 @@ async fn one_sent_and_a_grant_held(
     (l, admin)
 }
 
-/// Fails the give-back that `give_back` sends without Redis running it: scripts are held
-/// (CLIENT PAUSE WRITE), the ledger's connection is killed with its call unread, and Redis
-/// resumes.
-async fn give_back_dropped_unrun<F: std::future::Future<Output = bool>>(
-    admin: &mut MultiplexedConnection,
-    give_back: F,
-) {
+/// Holds every script (CLIENT PAUSE WRITE) and says which client `admin` is.
+async fn pause_scripts(admin: &mut MultiplexedConnection) -> i64 {
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
         .arg(20_000)
@@ -80,48 +75,71 @@ async fn give_back_dropped_unrun<F: std::future::Future<Output = bool>>(
         .query_async(admin)
         .await
         .unwrap();
-    let me: i64 = redis::cmd("CLIENT")
+    redis::cmd("CLIENT")
         .arg("ID")
         .query_async(admin)
         .await
-        .unwrap();
-    let killer = async {
-        // Once the ledger's call waits in Redis (a client held by the pause: flag b), its
-        // connection goes, and the call with it.
-        loop {
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query_async(admin)
-                .await
-                .unwrap();
-            let held = list
-                .lines()
-                .any(|c| !c.starts_with(&format!("id={me} ")) && c.contains(" flags=b "));
-            if held {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let _: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("normal")
-            .arg("SKIPME")
-            .arg("yes")
-            .query_async(admin)
+        .unwrap()
+}
+
+/// Returns once a client other than `me` waits in Redis, held by the pause (flag b).
+async fn until_a_call_is_held(admin: &mut MultiplexedConnection, me: i64) {
+    loop {
+        let list: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .query_async(&mut *admin)
             .await
             .unwrap();
+        if list
+            .lines()
+            .any(|c| !c.starts_with(&format!("id={me} ")) && c.contains(" flags=b "))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Drops every other client's connection, with its held call unread (so it never runs).
+async fn kill_other_clients(admin: &mut MultiplexedConnection) {
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(admin)
+        .await
+        .unwrap();
+}
+
+async fn resume_scripts(admin: &mut MultiplexedConnection) {
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async(admin)
+        .await
+        .unwrap();
+}
+
+/// Fails the give-back that `give_back` sends without Redis running it: scripts are held
+/// (CLIENT PAUSE WRITE), the ledger's connection is killed with its call unread, and Redis
+/// resumes.
+async fn give_back_dropped_unrun<F: std::future::Future<Output = bool>>(
+    admin: &mut MultiplexedConnection,
+    give_back: F,
+) {
+    let me = pause_scripts(admin).await;
+    let killer = async {
+        // Once the ledger's call waits in Redis, its connection goes, and the call with it.
+        until_a_call_is_held(admin, me).await;
+        kill_other_clients(admin).await;
     };
     let (failed, ()) = tokio::join!(give_back, killer);
     assert!(
         !failed,
         "the give-back's connection was killed before Redis ran it"
     );
-    let _: () = redis::cmd("CLIENT")
-        .arg("UNPAUSE")
-        .query_async(admin)
-        .await
-        .unwrap();
+    resume_scripts(admin).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,52 +262,13 @@ async fn an_idle_process_sends_a_failed_give_back_again_by_its_timer() {
 /// waiting, as a request handler does when its client goes) and drops the connection with the
 /// call unread, so it never runs; then Redis resumes.
 async fn cancelled_unrun<F: std::future::Future>(admin: &mut MultiplexedConnection, call: F) {
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(20_000)
-        .arg("WRITE")
-        .query_async(admin)
-        .await
-        .unwrap();
-    let me: i64 = redis::cmd("CLIENT")
-        .arg("ID")
-        .query_async(admin)
-        .await
-        .unwrap();
-    let held = async {
-        loop {
-            let list: String = redis::cmd("CLIENT")
-                .arg("LIST")
-                .query_async(&mut *admin)
-                .await
-                .unwrap();
-            if list
-                .lines()
-                .any(|c| !c.starts_with(&format!("id={me} ")) && c.contains(" flags=b "))
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
+    let me = pause_scripts(admin).await;
     tokio::select! {
         _ = call => panic!("Redis is paused: the call cannot be answered"),
-        () = held => {}
+        () = until_a_call_is_held(admin, me) => {}
     }
-    let _: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("normal")
-        .arg("SKIPME")
-        .arg("yes")
-        .query_async(admin)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("CLIENT")
-        .arg("UNPAUSE")
-        .query_async(admin)
-        .await
-        .unwrap();
+    kill_other_clients(admin).await;
+    resume_scripts(admin).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
