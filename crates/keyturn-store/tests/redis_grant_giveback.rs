@@ -66,11 +66,11 @@ async fn one_sent_and_a_grant_held(
     (l, admin)
 }
 
-/// Holds every script (CLIENT PAUSE WRITE) and says which client `admin` is.
-async fn pause_scripts(admin: &mut MultiplexedConnection) -> i64 {
+/// Holds every script (CLIENT PAUSE WRITE) for up to `ms` and says which client `admin` is.
+async fn pause_scripts(admin: &mut MultiplexedConnection, ms: u64) -> i64 {
     let _: () = redis::cmd("CLIENT")
         .arg("PAUSE")
-        .arg(20_000)
+        .arg(ms)
         .arg("WRITE")
         .query_async(admin)
         .await
@@ -128,7 +128,7 @@ async fn give_back_dropped_unrun<F: std::future::Future<Output = bool>>(
     admin: &mut MultiplexedConnection,
     give_back: F,
 ) {
-    let me = pause_scripts(admin).await;
+    let me = pause_scripts(admin, 20_000).await;
     let killer = async {
         // Once the ledger's call waits in Redis, its connection goes, and the call with it.
         until_a_call_is_held(admin, me).await;
@@ -262,7 +262,7 @@ async fn an_idle_process_sends_a_failed_give_back_again_by_its_timer() {
 /// waiting, as a request handler does when its client goes) and drops the connection with the
 /// call unread, so it never runs; then Redis resumes.
 async fn cancelled_unrun<F: std::future::Future>(admin: &mut MultiplexedConnection, call: F) {
-    let me = pause_scripts(admin).await;
+    let me = pause_scripts(admin, 20_000).await;
     tokio::select! {
         _ = call => panic!("Redis is paused: the call cannot be answered"),
         () = until_a_call_is_held(admin, me) => {}
@@ -309,18 +309,7 @@ async fn close_waits_for_a_give_back_its_timer_has_out() {
     let redis = TestRedis::private();
     let clock = Arc::new(ManualClock::at_ms(T0_MS));
     let (l, mut admin) = one_sent_and_a_grant_held(&redis, &clock).await;
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(1_500)
-        .arg("WRITE")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    let me: i64 = redis::cmd("CLIENT")
-        .arg("ID")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let me = pause_scripts(&mut admin, 1_500).await;
     // The grant's second ends: its timer gives it back.
     clock.advance(Duration::from_secs(1));
     loop {
