@@ -19,10 +19,16 @@ const MAX_BATCH: usize = 64;
 /// Redis idle; each call is atomic in Redis, so any number is exact.
 const MAX_CALLS: usize = 4;
 
-/// What a waiting acquire is told: its reply (with the local time its batch was sent), or that
-/// it now sends the next batch.
+/// How one demand was decided: the acquire script's reply for it (with the local time its
+/// batch was sent), or a lease from room this process took ahead (a grant) while it waited.
+pub(super) enum Decided {
+    Reply(Value, i64),
+    Granted(Lease),
+}
+
+/// What a waiting acquire is told: how it was decided, or that it now sends the next batch.
 enum Turn {
-    Done(Result<(Value, i64), redis::RedisError>),
+    Done(Result<Decided, redis::RedisError>),
     Lead,
 }
 
@@ -114,10 +120,14 @@ impl RedisLedger {
                 None,
             ));
         }
-        let (reply, sent_local) = self
-            .decide(model, demand)
+        let (reply, sent_local) = match self
+            .decide(model, slot, demand)
             .await
-            .map_err(|e| (AcquireError::Backend(backend(&self.server, &e)), None))?;
+            .map_err(|e| (AcquireError::Backend(backend(&self.server, &e)), None))?
+        {
+            Decided::Granted(lease) => return Ok(lease),
+            Decided::Reply(reply, sent_local) => (reply, sent_local),
+        };
         let reply: Vec<Value> = match reply {
             Value::Array(v) => v,
             _ => Vec::new(),
@@ -230,15 +240,23 @@ impl RedisLedger {
         ))
     }
 
-    /// One demand's reply from the acquire script, and the local time its batch was sent: in
-    /// the call in flight's successor batch for `model`, sent by whichever waiter leads it.
-    async fn decide(&self, model: &str, demand: Demand) -> Result<(Value, i64), redis::RedisError> {
+    /// How one demand is decided: in the call in flight's successor batch for `model`, sent by
+    /// whichever waiter leads it (from a grant that came meanwhile, if one fits).
+    async fn decide(
+        &self,
+        model: &str,
+        slot: u32,
+        demand: Demand,
+    ) -> Result<Decided, redis::RedisError> {
         if demand.project_of.is_some() {
             // Pinned to a resource's project: decided alone, over that project's keys only
             // (such requests are few; a batch shares one candidate list).
             let sent_local = self.clock.now_ms();
             let replies = self.call_batch(model, &[demand], sent_local).await?;
-            return Ok((replies.into_iter().next().unwrap_or(Value::Nil), sent_local));
+            return Ok(Decided::Reply(
+                replies.into_iter().next().unwrap_or(Value::Nil),
+                sent_local,
+            ));
         }
         loop {
             let rx = {
@@ -271,7 +289,7 @@ impl RedisLedger {
             };
             match turn {
                 Ok(Turn::Done(reply)) => return reply,
-                Ok(Turn::Lead) => return self.lead(model, demand).await,
+                Ok(Turn::Lead) => return self.lead(model, slot, demand).await,
                 // The leader's acquire was cancelled mid-call: ask again. What its call may
                 // have admitted for this demand counts as sent (as a dropped lease), never as
                 // free, so asking again can only under-use, not over-admit.
@@ -282,42 +300,111 @@ impl RedisLedger {
 
     /// Sends one batch: `own` first, then every waiter (up to [`MAX_BATCH`]); answers the
     /// waiters and hands the next batch on.
-    async fn lead(&self, model: &str, own: Demand) -> Result<(Value, i64), redis::RedisError> {
+    ///
+    /// Room taken ahead by another call while these demands waited (a grant) serves them first,
+    /// in arrival order, exactly as if each had arrived after it: only the rest go to Redis.
+    /// Without this, with many acquires in flight, each call gave back the grant the call
+    /// before had just brought (a call gives back every unspent grant of its model), and the
+    /// demands waiting behind it went to Redis one batch after another.
+    async fn lead(
+        &self,
+        model: &str,
+        slot: u32,
+        own: Demand,
+    ) -> Result<Decided, redis::RedisError> {
         let hand_over = HandOver {
             queues: &self.batches,
             model,
         };
-        let batch: Vec<Waiter> = {
+        let waiting: Vec<Waiter> = {
             let mut queues = self.batches.lock();
             let q = queues.entry(model.to_owned()).or_default();
             let take = q.waiting.len().min(MAX_BATCH - 1);
             q.waiting.drain(..take).collect()
         };
+        let own_lease = self.spend_grant(model, slot, own);
+        let mut batch = Vec::with_capacity(waiting.len());
+        for w in waiting {
+            match self.spend_grant(model, slot, w.demand) {
+                Some(lease) => self.answer(model, w, Ok(Decided::Granted(lease))),
+                None => batch.push(w),
+            }
+        }
+        if batch.is_empty()
+            && let Some(lease) = own_lease
+        {
+            drop(hand_over);
+            return Ok(Decided::Granted(lease));
+        }
         let mut demands = Vec::with_capacity(batch.len() + 1);
-        demands.push(own);
+        if own_lease.is_none() {
+            demands.push(own);
+        }
         demands.extend(batch.iter().map(|w| w.demand));
         let sent_local = self.clock.now_ms();
         let result = self.call_batch(model, &demands, sent_local).await;
         let own = match result {
             Ok(replies) => {
                 let mut replies = replies.into_iter();
-                let own = replies.next().unwrap_or(Value::Nil);
+                let own = match own_lease {
+                    Some(lease) => Decided::Granted(lease),
+                    None => Decided::Reply(replies.next().unwrap_or(Value::Nil), sent_local),
+                };
                 for w in batch {
                     let r = replies.next().unwrap_or(Value::Nil);
-                    // A waiter gone (its acquire cancelled) leaves its admission counted as sent.
-                    let _ = w.tx.send(Turn::Done(Ok((r, sent_local))));
+                    self.answer(model, w, Ok(Decided::Reply(r, sent_local)));
                 }
-                Ok((own, sent_local))
+                Ok(own)
             }
             Err(e) => {
                 for w in batch {
                     let _ = w.tx.send(Turn::Done(Err(e.clone())));
                 }
-                Err(e)
+                own_lease.map(Decided::Granted).ok_or(e)
             }
         };
         drop(hand_over);
         own
+    }
+
+    /// Tells a waiter how its demand was decided. A waiter gone (its acquire cancelled) never
+    /// sends what it was admitted: the admission goes back (a probe's stays counted as sent
+    /// and holds its breaker until the probe times out).
+    fn answer(&self, model: &str, w: Waiter, decided: Result<Decided, redis::RedisError>) {
+        let Err(Turn::Done(Ok(decided))) = w.tx.send(Turn::Done(decided)) else {
+            return;
+        };
+        let give = match decided {
+            Decided::Granted(l) => Some((
+                l.key().0 as usize,
+                l.second(),
+                l.epoch(),
+                l.requests(),
+                l.reserved_tokens(),
+            )),
+            Decided::Reply(Value::Array(v), _) => match v.as_slice() {
+                [
+                    Value::Int(1),
+                    Value::Int(idx),
+                    Value::Int(sec),
+                    Value::Int(0),
+                    _,
+                    Value::Int(gen_),
+                    ..,
+                ] => Some((
+                    *idx as usize,
+                    *sec,
+                    (*gen_).max(0) as u64,
+                    w.demand.requests,
+                    w.demand.tokens,
+                )),
+                _ => None,
+            },
+            Decided::Reply(..) => None,
+        };
+        if let Some(give) = give {
+            self.giver.unused(model, give);
+        }
     }
 
     /// One acquire script call deciding `demands` in order; one reply each.

@@ -257,6 +257,20 @@ impl Giver {
         }
     }
 
+    /// Gives back an admission nobody will send (its acquire was cancelled while its answer
+    /// came): with the model's next call, or at once by its timer.
+    pub(super) fn unused(self: &Arc<Self>, model: &str, give: Give) {
+        let start_timer = {
+            let mut grants = self.grants.lock();
+            let h = grants.entry(model.to_owned()).or_default();
+            h.back.push(give);
+            !std::mem::replace(&mut h.timer, true)
+        };
+        if start_timer {
+            self.start_timer(model);
+        }
+    }
+
     /// Holds what a call carries (its give-back batches and the marks it deletes) until the
     /// call's result is known: a call whose future is dropped first (its caller stopped
     /// waiting) may or may not reach Redis, so it counts as failed and its batches are sent

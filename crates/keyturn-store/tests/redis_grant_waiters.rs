@@ -1,0 +1,124 @@
+//! Acquires that waited behind the calls in flight (four per model at most) are served from the
+//! room those calls took ahead, not sent to Redis with that room given back; and one cancelled
+//! while its answer came gives its admission back instead of leaving it counted as sent.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// A private Redis server, paused from a second connection; the waits let spawned acquires
+// reach the ledger's queue (a slow machine can only make these tests pass without the fix,
+// never fail with it).
+#![allow(clippy::disallowed_types)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyturn_core::testkit::{T0_MS, TIGHT, config, solo_keys};
+use keyturn_core::{Demand, ManualClock, QuotaLedger};
+use keyturn_store::testkit::TestRedis;
+use keyturn_store::{RedisLedger, TimeSource};
+use redis::aio::MultiplexedConnection;
+use tokio::task::JoinHandle;
+
+async fn ledger(redis: &TestRedis) -> Arc<RedisLedger> {
+    Arc::new(
+        RedisLedger::connect(
+            redis.url(),
+            "waiters",
+            Arc::new(solo_keys(1)),
+            config(1_000, 1_000_000, 100_000),
+            Arc::new(ManualClock::at_ms(T0_MS)),
+            TimeSource::Clock,
+        )
+        .await
+        .unwrap(),
+    )
+}
+
+async fn admin(redis: &TestRedis) -> MultiplexedConnection {
+    let client = redis::Client::open(redis.url()).unwrap();
+    client.get_multiplexed_async_connection().await.unwrap()
+}
+
+async fn pause(admin: &mut MultiplexedConnection, on: bool) {
+    let mut cmd = redis::cmd("CLIENT");
+    if on {
+        cmd.arg("PAUSE").arg(20_000).arg("WRITE");
+    } else {
+        cmd.arg("UNPAUSE");
+    }
+    let _: () = cmd.query_async(admin).await.unwrap();
+}
+
+fn acquire(l: &Arc<RedisLedger>) -> JoinHandle<()> {
+    let l = l.clone();
+    tokio::spawn(async move {
+        // Never settled: sent as far as the counts know.
+        drop(l.acquire(TIGHT, Demand::tokens(1)).await.unwrap());
+    })
+}
+
+/// With Redis held, four acquires fill the model's calls (each asks for two admissions ahead)
+/// and four more wait behind them; returns the waiters.
+async fn four_out_and_four_waiting(
+    l: &Arc<RedisLedger>,
+    admin: &mut MultiplexedConnection,
+) -> (Vec<JoinHandle<()>>, Vec<JoinHandle<()>>) {
+    pause(admin, true).await;
+    let out: Vec<_> = (0..4).map(|_| acquire(l)).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiting: Vec<_> = (0..4).map(|_| acquire(l)).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    (out, waiting)
+}
+
+async fn rpd_used(l: &RedisLedger) -> u64 {
+    let st = l.status().await.unwrap();
+    st.scopes
+        .iter()
+        .filter(|s| s.model == TIGHT)
+        .map(|s| s.rpd_used)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server"]
+async fn acquires_waiting_behind_calls_are_served_from_the_room_those_calls_took_ahead() {
+    let redis = TestRedis::private();
+    let l = ledger(&redis).await;
+    let mut admin = admin(&redis).await;
+    let (out, waiting) = four_out_and_four_waiting(&l, &mut admin).await;
+    pause(&mut admin, false).await;
+    for t in out.into_iter().chain(waiting) {
+        t.await.unwrap();
+    }
+    // Without it, the first waiter to lead sent every waiter to Redis and gave back the two
+    // admissions the first call had just taken ahead for them: none served locally.
+    assert!(
+        l.spent_from_grants() >= 2,
+        "waiters served from grants: {}",
+        l.spent_from_grants()
+    );
+    assert_eq!(rpd_used(&l).await, 8, "eight acquires, eight counted");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server"]
+async fn an_acquire_cancelled_while_it_waited_is_not_counted_as_sent() {
+    let redis = TestRedis::private();
+    let l = ledger(&redis).await;
+    let mut admin = admin(&redis).await;
+    let (out, mut waiting) = four_out_and_four_waiting(&l, &mut admin).await;
+    // The second waiter's caller stops waiting; the first leads the next batch with it in.
+    let gone = waiting.remove(1);
+    gone.abort();
+    assert!(gone.await.unwrap_err().is_cancelled());
+    pause(&mut admin, false).await;
+    for t in out.into_iter().chain(waiting) {
+        t.await.unwrap();
+    }
+    // Without the give-back, its admission stayed counted: 8.
+    assert_eq!(
+        rpd_used(&l).await,
+        7,
+        "seven acquires returned, seven counted"
+    );
+}
