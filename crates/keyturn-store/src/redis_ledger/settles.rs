@@ -177,3 +177,136 @@ impl RedisLedger {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
+
+impl RedisLedger {
+    /// Settles a lease: one script call, or a part of one (see `settles.rs`).
+    pub(super) async fn settle_lease(
+        &self,
+        lease: Lease,
+        outcome: Outcome,
+    ) -> Result<(), LedgerError> {
+        let k = lease.key();
+        let Some(entry) = self.keys.get(k) else {
+            return Ok(());
+        };
+        let Some(model) = self.models.lock().get(lease.model_slot() as usize).cloned() else {
+            return Ok(());
+        };
+        let (code, real, kind, retry, qv, reason) = match outcome {
+            Outcome::Success { input_tokens } => (
+                "ok",
+                input_tokens.map_or(-1, |t| {
+                    t.min(keyturn_core::outcome::MAX_SETTLED_TOKENS) as i64
+                }),
+                "none",
+                -1,
+                -1,
+                String::new(),
+            ),
+            Outcome::Throttled {
+                kind,
+                retry_after,
+                quota_value,
+            } => (
+                "thr",
+                -1,
+                match kind {
+                    ThrottleKind::RequestsPerMinute => "rpm",
+                    ThrottleKind::TokensPerMinute => "tpm",
+                    ThrottleKind::RequestsPerDay => "rpd",
+                    ThrottleKind::TokensPerDay => "tpd",
+                    ThrottleKind::Unspecified => "none",
+                },
+                retry_after.map_or(-1, |d| d.as_millis() as i64),
+                quota_value.map_or(-1, |v| v as i64),
+                String::new(),
+            ),
+            Outcome::ModelUnavailable => ("off", -1, "none", -1, -1, String::new()),
+            Outcome::ProjectOff => ("poff", -1, "none", -1, -1, String::new()),
+            Outcome::KeyDead(r) => ("dead", -1, "none", -1, -1, reason_code(r)),
+            Outcome::ProjectDead(r) => ("pdead", -1, "none", -1, -1, reason_code(r)),
+            Outcome::Transient => ("trans", -1, "none", -1, -1, String::new()),
+            Outcome::CallerFault => ("fault", -1, "none", -1, -1, String::new()),
+        };
+        let b = &self.cfg.breaker;
+        let mut args: Vec<String> = vec![
+            self.prefix.clone(),
+            model.clone(),
+            self.now_arg(self.clock.now_ms()),
+            entry.fingerprint().to_string(),
+            entry.project.clone(),
+            lease.second().to_string(),
+            lease.reserved_tokens().to_string(),
+            code.to_owned(),
+            real.to_string(),
+            kind.to_owned(),
+            retry.to_string(),
+            qv.to_string(),
+            reason,
+            if lease.is_probe() { "1" } else { "0" }.to_owned(),
+            b.failure_threshold.to_string(),
+            (b.base_cooldown.as_millis() as i64).to_string(),
+            (b.max_cooldown.as_millis() as i64).to_string(),
+            (self.cfg.default_throttle_cooldown.as_millis() as i64).to_string(),
+        ];
+        args.extend(self.midnights().iter().map(i64::to_string));
+        args.push(
+            self.cfg
+                .relearn_after
+                .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .to_string(),
+        );
+        args.push(lease.requests().to_string());
+        args.push(lease.epoch().to_string());
+        if code == "pdead" {
+            let same: Vec<&String> = self
+                .candidates
+                .iter()
+                .filter(|(_, p, _)| *p == entry.project)
+                .map(|(fp, _, _)| fp)
+                .collect();
+            args.push(same.len().to_string());
+            args.extend(same.into_iter().cloned());
+        } else {
+            args.push("0".to_owned());
+        }
+        // Sent at once, or with the settles that arrive while another settle call is out.
+        let events = self.settler.settle(args).await?;
+        for ev in events {
+            match ev.as_str() {
+                "disabled" => tracing::info!(key = %entry.label, "key disabled until reset"),
+                "opened" => {
+                    tracing::info!(key = %entry.label, "circuit breaker opened after transient failures")
+                }
+                "closed" => {
+                    tracing::info!(key = %entry.label, "key recovered: circuit breaker closed")
+                }
+                "off" => {
+                    tracing::info!(key = %entry.label, model = %model, project = %entry.project, "model not available for this project (limit 0): switched off until a re-probe")
+                }
+                "project-off" => {
+                    tracing::info!(key = %entry.label, project = %entry.project, "project cannot be served (credits depleted or no quota at all): every model switched off until a re-probe")
+                }
+                "back" => {
+                    tracing::info!(key = %entry.label, model = %model, project = %entry.project, "re-probe served: the model is back for this project")
+                }
+                "project-back" => {
+                    tracing::info!(key = %entry.label, project = %entry.project, "re-probe answered: the project is back")
+                }
+                other if other.starts_with("disabled:") => {
+                    let fp = &other["disabled:".len()..];
+                    let shown = self
+                        .keys
+                        .iter()
+                        .find(|(_, e)| e.fingerprint().to_string() == fp)
+                        .map_or_else(String::new, |(_, e)| e.label.clone());
+                    tracing::info!(key = %shown, project = %entry.project, "key disabled until reset: its project is");
+                }
+                other => {
+                    tracing::info!(key = %entry.label, model = %model, project = %entry.project, state = other, "scope rate limited by the server")
+                }
+            }
+        }
+        Ok(())
+    }
+}
