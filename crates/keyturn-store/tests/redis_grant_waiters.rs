@@ -1,6 +1,6 @@
 //! Acquires that waited behind the calls in flight (four per model at most) are served from the
 //! room those calls took ahead, not sent to Redis with that room given back; and one cancelled
-//! while its answer came gives its admission back instead of leaving it counted as sent.
+//! while it waited, or while its own call was out, leaves nothing counted that it did not send.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 // A private Redis server, paused from a second connection; the waits let spawned acquires
@@ -115,10 +115,40 @@ async fn an_acquire_cancelled_while_it_waited_is_not_counted_as_sent() {
     for t in out.into_iter().chain(waiting) {
         t.await.unwrap();
     }
+    l.close().await.unwrap();
     // Without the give-back, its admission stayed counted: 8.
     assert_eq!(
         rpd_used(&l).await,
         7,
         "seven acquires returned, seven counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server"]
+async fn an_acquire_cancelled_mid_call_leaves_nothing_counted() {
+    let redis = TestRedis::private();
+    let l = ledger(&redis).await;
+    let mut admin = admin(&redis).await;
+    // One acquire first: Redis holds the script from then on (a first call's EVALSHA is
+    // refused, NOSCRIPT, and sent again after SCRIPT LOAD: cancelled in between, it never ran).
+    drop(l.acquire(TIGHT, Demand::tokens(1)).await.unwrap());
+    l.close().await.unwrap();
+    assert_eq!(rpd_used(&l).await, 1);
+    pause(&mut admin, true).await;
+    // It leads a call (one admission and two taken ahead), held in Redis; its caller hangs up.
+    let leader = acquire(&l);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    leader.abort();
+    assert!(leader.await.unwrap_err().is_cancelled());
+    pause(&mut admin, false).await;
+    // The call ran once Redis resumed. Without its own task, its answer was dropped with the
+    // acquire: its admission and the two taken ahead stayed counted for the day (4 in all).
+    // (close waits for the call's task, which answers after Redis does.)
+    l.close().await.unwrap();
+    assert_eq!(
+        rpd_used(&l).await,
+        1,
+        "nothing more was sent, nothing more stays counted"
     );
 }

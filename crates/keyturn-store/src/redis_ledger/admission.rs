@@ -44,18 +44,21 @@ pub(super) struct Queue {
     waiting: VecDeque<Waiter>,
 }
 
-/// Hands the model's next batch to the first waiter still waiting when a leader finishes, or
-/// is dropped mid-call (its acquire cancelled): the queue never stalls.
-struct HandOver<'a> {
-    queues: &'a Mutex<HashMap<String, Queue>>,
-    model: &'a str,
+/// Per model: the acquire calls in flight and the acquires waiting for the next.
+pub(super) type Queues = Arc<Mutex<HashMap<String, Queue>>>;
+
+/// Hands the model's next batch to the first waiter still waiting when a call returns, or
+/// when a waiter told to lead is dropped first: the queue never stalls.
+struct HandOver {
+    queues: Queues,
+    model: String,
 }
 
 /// A waiter's end of its channel: dropped (its acquire cancelled) after it was told to lead but
 /// before it did, it hands the batch on itself.
 struct Waiting<'a> {
     rx: Option<oneshot::Receiver<Turn>>,
-    queues: &'a Mutex<HashMap<String, Queue>>,
+    queues: &'a Queues,
     model: &'a str,
 }
 
@@ -65,18 +68,18 @@ impl Drop for Waiting<'_> {
             rx.close();
             if let Ok(Turn::Lead) = rx.try_recv() {
                 drop(HandOver {
-                    queues: self.queues,
-                    model: self.model,
+                    queues: self.queues.clone(),
+                    model: self.model.to_owned(),
                 });
             }
         }
     }
 }
 
-impl Drop for HandOver<'_> {
+impl Drop for HandOver {
     fn drop(&mut self) {
         let mut queues = self.queues.lock();
-        let Some(q) = queues.get_mut(self.model) else {
+        let Some(q) = queues.get_mut(&self.model) else {
             return;
         };
         while let Some(w) = q.waiting.pop_front() {
@@ -252,7 +255,7 @@ impl RedisLedger {
             // Pinned to a resource's project: decided alone, over that project's keys only
             // (such requests are few; a batch shares one candidate list).
             let sent_local = self.clock.now_ms();
-            let replies = self.call_batch(model, &[demand], sent_local).await?;
+            let replies = self.plan(model, vec![demand], sent_local).send().await?;
             return Ok(Decided::Reply(
                 replies.into_iter().next().unwrap_or(Value::Nil),
                 sent_local,
@@ -306,6 +309,11 @@ impl RedisLedger {
     /// Without this, with many acquires in flight, each call gave back the grant the call
     /// before had just brought (a call gives back every unspent grant of its model), and the
     /// demands waiting behind it went to Redis one batch after another.
+    ///
+    /// The call goes from a task of its own, so it completes when this acquire is cancelled
+    /// mid-call (a proxy client that hangs up): its grant is kept, its waiters are answered,
+    /// what it admitted for an acquire that stopped waiting (this one included) goes back, and
+    /// the next batch is handed on when it returns.
     async fn lead(
         &self,
         model: &str,
@@ -313,8 +321,8 @@ impl RedisLedger {
         own: Demand,
     ) -> Result<Decided, redis::RedisError> {
         let hand_over = HandOver {
-            queues: &self.batches,
-            model,
+            queues: self.batches.clone(),
+            model: model.to_owned(),
         };
         let waiting: Vec<Waiter> = {
             let mut queues = self.batches.lock();
@@ -323,10 +331,10 @@ impl RedisLedger {
             q.waiting.drain(..take).collect()
         };
         let own_lease = self.spend_grant(model, slot, own);
-        let mut batch = Vec::with_capacity(waiting.len());
+        let mut batch = Vec::with_capacity(waiting.len() + 1);
         for w in waiting {
             match self.spend_grant(model, slot, w.demand) {
-                Some(lease) => self.answer(model, w, Ok(Decided::Granted(lease))),
+                Some(lease) => answer(&self.giver, model, w, Ok(Decided::Granted(lease))),
                 None => batch.push(w),
             }
         }
@@ -336,200 +344,103 @@ impl RedisLedger {
             drop(hand_over);
             return Ok(Decided::Granted(lease));
         }
-        let mut demands = Vec::with_capacity(batch.len() + 1);
-        if own_lease.is_none() {
-            demands.push(own);
-        }
-        demands.extend(batch.iter().map(|w| w.demand));
-        let sent_local = self.clock.now_ms();
-        let result = self.call_batch(model, &demands, sent_local).await;
-        let own = match result {
-            Ok(replies) => {
-                let mut replies = replies.into_iter();
-                let own = match own_lease {
-                    Some(lease) => Decided::Granted(lease),
-                    None => Decided::Reply(replies.next().unwrap_or(Value::Nil), sent_local),
-                };
-                for w in batch {
-                    let r = replies.next().unwrap_or(Value::Nil);
-                    self.answer(model, w, Ok(Decided::Reply(r, sent_local)));
-                }
-                Ok(own)
-            }
-            Err(e) => {
-                for w in batch {
-                    let _ = w.tx.send(Turn::Done(Err(e.clone())));
-                }
-                own_lease.map(Decided::Granted).ok_or(e)
+        // The leader is answered like its waiters, first.
+        let own_rx = match own_lease {
+            Some(_) => None,
+            None => {
+                let (tx, rx) = oneshot::channel();
+                batch.insert(0, Waiter { demand: own, tx });
+                Some(rx)
             }
         };
-        drop(hand_over);
-        own
-    }
-
-    /// Tells a waiter how its demand was decided. A waiter gone (its acquire cancelled) never
-    /// sends what it was admitted: the admission goes back (a probe's stays counted as sent
-    /// and holds its breaker until the probe times out).
-    fn answer(&self, model: &str, w: Waiter, decided: Result<Decided, redis::RedisError>) {
-        let Err(Turn::Done(Ok(decided))) = w.tx.send(Turn::Done(decided)) else {
-            return;
-        };
-        let give = match decided {
-            Decided::Granted(l) => Some((
-                l.key().0 as usize,
-                l.second(),
-                l.epoch(),
-                l.requests(),
-                l.reserved_tokens(),
-            )),
-            Decided::Reply(Value::Array(v), _) => match v.as_slice() {
-                [
-                    Value::Int(1),
-                    Value::Int(idx),
-                    Value::Int(sec),
-                    Value::Int(0),
-                    _,
-                    Value::Int(gen_),
-                    ..,
-                ] => Some((
-                    *idx as usize,
-                    *sec,
-                    (*gen_).max(0) as u64,
-                    w.demand.requests,
-                    w.demand.tokens,
-                )),
-                _ => None,
+        let call = self.plan(
+            model,
+            batch.iter().map(|w| w.demand).collect(),
+            self.clock.now_ms(),
+        );
+        let giver = self.giver.clone();
+        let busy = giver.busy();
+        tokio::spawn(async move {
+            let sent_local = call.sent_local;
+            match call.send().await {
+                Ok(replies) => {
+                    let mut replies = replies.into_iter();
+                    for w in batch {
+                        let r = replies.next().unwrap_or(Value::Nil);
+                        answer(
+                            &giver,
+                            &hand_over.model,
+                            w,
+                            Ok(Decided::Reply(r, sent_local)),
+                        );
+                    }
+                }
+                Err(e) => {
+                    for w in batch {
+                        let _ = w.tx.send(Turn::Done(Err(e.clone())));
+                    }
+                }
+            }
+            drop(hand_over);
+            drop(busy);
+        });
+        match (own_lease, own_rx) {
+            (Some(lease), _) => Ok(Decided::Granted(lease)),
+            (None, Some(rx)) => match rx.await {
+                Ok(Turn::Done(decided)) => decided,
+                // Its task was dropped unrun: the runtime is shutting down.
+                _ => Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "the acquire call was dropped unsent: the runtime is shutting down",
+                ))),
             },
-            Decided::Reply(..) => None,
-        };
-        if let Some(give) = give {
-            self.giver.unused(model, give);
+            (None, None) => unreachable!("a leader without a lease is answered by its call"),
         }
     }
+}
 
-    /// One acquire script call deciding `demands` in order; one reply each.
-    async fn call_batch(
-        &self,
-        model: &str,
-        demands: &[Demand],
-        sent_local: i64,
-    ) -> Result<Vec<Value>, redis::RedisError> {
-        let n = self.keys.len();
-        let cursor = match self.cfg.policy {
-            Policy::RoundRobin => self.cursors.lock().get(model).copied().unwrap_or(0) % n,
-            _ => 0,
-        };
-        // Every key, or for a demand pinned to a resource's project (always alone in its
-        // call) that project's keys; the walk starts at the cursor's place among them.
-        let order: Vec<usize> = match demands.first() {
-            Some(d) if d.project_of.is_some() => self.pinned_order(*d),
-            _ => (0..n).collect(),
-        };
-        let start = order.iter().position(|&k| k >= cursor).unwrap_or(0);
-        let policy = match self.cfg.policy {
-            Policy::RoundRobin => "rr",
-            Policy::LeastLoaded => "ll",
-            Policy::Weighted => "w",
-        };
-        let mut inv = self.acquire.prepare_invoke();
-        inv.key(&self.anchor);
-        inv.arg(&self.prefix)
-            .arg(model)
-            .arg(self.now_arg(sent_local))
-            .arg(policy);
-        for m in self.midnights() {
-            inv.arg(m);
-        }
-        inv.arg(self.cfg.breaker.probe_timeout.as_millis() as i64)
-            .arg(order.len())
-            .arg(
-                self.cfg
-                    .relearn_after
-                    .map_or(-1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
-            )
-            .arg(start)
-            .arg(demands.len());
-        for d in demands {
-            inv.arg(d.requests).arg(d.tokens);
-        }
-        let limits = self.limits_for(model);
-        for &k in &order {
-            let (fp, project, weight) = &self.candidates[k];
-            let [rpm, tpm, rpd, tpd] = limits[k];
-            inv.arg(k)
-                .arg(fp)
-                .arg(project)
-                .arg(rpm)
-                .arg(tpm)
-                .arg(rpd)
-                .arg(tpd)
-                .arg(*weight);
-        }
-        // A batch of the whole ring takes admissions ahead too (a grant) and gives back what
-        // the model's last grants did not spend; a pinned demand does neither.
-        let pinned = demands.first().is_some_and(|d| d.project_of.is_some());
-        let (back, spent) = if pinned {
-            (Vec::new(), 0)
-        } else {
-            self.giver.take_all(model)
-        };
-        let want = if pinned {
-            0
-        } else {
-            grants::MAX_GRANT.min(2 * (spent + demands.len()))
-        };
-        let shape = demands
-            .last()
-            .map_or((1, 0), |d| (d.requests.max(1), d.tokens));
-        let answered = self.giver.grant_args(&mut inv, want, shape, &back);
-        // Also when this future is dropped mid-call (its acquire cancelled).
-        let carried = self.giver.in_flight(model, back, answered);
-        let mut conn = self.conn.clone();
-        let sent: Result<Vec<Value>, _> = inv.invoke_async(&mut conn).await;
-        // The script may have run with only its answer lost (a timeout), or not at all: what it
-        // was to give back is sent again later under the same ids, applied once.
-        carried.done(sent.is_ok());
-        let mut replies: Vec<Value> = match sent {
-            Ok(r) => r,
-            Err(e) => {
-                // The count spent stays for the next call's sizing.
-                let mut grants = self.giver.grants.lock();
-                let h = grants.entry(model.to_owned()).or_default();
-                h.count_spent(spent);
-                return Err(e);
-            }
-        };
-        let granted = if want > 0 && replies.len() > demands.len() {
-            replies.pop()
-        } else {
-            None
-        };
-        if matches!(self.cfg.policy, Policy::RoundRobin) {
-            // The next batch starts after the last key this one admitted on (or took ahead).
-            let ahead = match &granted {
-                Some(Value::Array(g)) if g.len() >= 6 => match g.get(g.len() - 3) {
-                    Some(Value::Int(k)) => Some(*k as usize),
-                    _ => None,
-                },
-                _ => None,
-            };
-            let last = ahead.or_else(|| {
-                replies.iter().rev().find_map(|r| match r {
-                    Value::Array(v) if matches!(v.first(), Some(Value::Int(1))) => match v.get(1) {
-                        Some(Value::Int(k)) => Some(*k as usize),
-                        _ => None,
-                    },
-                    _ => None,
-                })
-            });
-            if let Some(k) = last {
-                self.cursors.lock().insert(model.to_owned(), (k + 1) % n);
-            }
-        }
-        if let Some(g) = granted {
-            self.giver.keep(model, &g, sent_local);
-        }
-        Ok(replies)
+/// Tells a waiter how its demand was decided. A waiter gone (its acquire cancelled) never sends
+/// what it was admitted: the admission goes back (a probe's stays counted as sent and holds its
+/// breaker until the probe times out).
+fn answer(
+    giver: &Arc<grants::Giver>,
+    model: &str,
+    w: Waiter,
+    decided: Result<Decided, redis::RedisError>,
+) {
+    let Err(Turn::Done(Ok(decided))) = w.tx.send(Turn::Done(decided)) else {
+        return;
+    };
+    let give = match decided {
+        Decided::Granted(l) => Some((
+            l.key().0 as usize,
+            l.second(),
+            l.epoch(),
+            l.requests(),
+            l.reserved_tokens(),
+        )),
+        Decided::Reply(Value::Array(v), _) => match v.as_slice() {
+            [
+                Value::Int(1),
+                Value::Int(idx),
+                Value::Int(sec),
+                Value::Int(0),
+                _,
+                Value::Int(gen_),
+                ..,
+            ] => Some((
+                *idx as usize,
+                *sec,
+                (*gen_).max(0) as u64,
+                w.demand.requests,
+                w.demand.tokens,
+            )),
+            _ => None,
+        },
+        Decided::Reply(..) => None,
+    };
+    if let Some(give) = give {
+        giver.unused(model, give);
     }
 }
 
@@ -562,7 +473,8 @@ mod tests {
     /// How many of one 64-demand call were admitted (and how many as breaker probes).
     async fn one_call_of_64(l: &RedisLedger, clock: &ManualClock) -> (usize, usize) {
         let replies = l
-            .call_batch(TIGHT, &[Demand::tokens(1); 64], clock.now_ms())
+            .plan(TIGHT, vec![Demand::tokens(1); 64], clock.now_ms())
+            .send()
             .await
             .unwrap();
         assert_eq!(replies.len(), 64);

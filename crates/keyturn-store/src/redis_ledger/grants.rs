@@ -289,6 +289,21 @@ impl Giver {
         }
     }
 
+    /// Counts as a call out for [`Giver::quiet`] while it lives: an acquire call's task holds
+    /// one until its waiters are answered and what they will not use is among the model's
+    /// give-backs, so [`RedisLedger::close`] gives that back too.
+    pub(super) fn busy(self: &Arc<Self>) -> Busy {
+        self.out.fetch_add(1, Ordering::AcqRel);
+        Busy(self.clone())
+    }
+
+    /// One call or task fewer out; the last one tells [`Giver::quiet`].
+    fn leave(&self) {
+        if self.out.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.quiet.notify_waiters();
+        }
+    }
+
     /// Returns once no call carrying give-backs is out (each one's batches are then either
     /// applied or kept to be sent again).
     pub(super) async fn quiet(&self) {
@@ -487,10 +502,17 @@ impl InFlight<'_> {
     fn end(&mut self, ok: bool) {
         if let Some((batches, answered)) = self.carried.take() {
             self.giver.after_call(self.model, ok, batches, answered);
-            if self.giver.out.fetch_sub(1, Ordering::AcqRel) == 1 {
-                self.giver.quiet.notify_waiters();
-            }
+            self.giver.leave();
         }
+    }
+}
+
+/// See [`Giver::busy`].
+pub(super) struct Busy(Arc<Giver>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.leave();
     }
 }
 

@@ -49,6 +49,7 @@ use parking_lot::Mutex;
 use redis::{AsyncCommands, Script, Value};
 
 mod admission;
+mod call;
 mod conn;
 mod errors;
 mod grants;
@@ -117,7 +118,6 @@ pub struct RedisLedger {
     /// A key in the namespace's slot: `KEYS[1]` of every script call (the cluster routes by it).
     anchor: String,
     scan_script: Script,
-    acquire: Script,
     /// The settle script, and the settles waiting to go together.
     settler: Arc<settles::Settler>,
     claim: Script,
@@ -129,9 +129,9 @@ pub struct RedisLedger {
     /// Per model: each key's configured (rpm, tpm, rpd, tpd), -1 for unlimited.
     limits: Mutex<HashMap<String, Arc<Vec<[i64; 4]>>>>,
     models: Mutex<Vec<String>>,
-    cursors: Mutex<HashMap<String, usize>>,
-    /// Per model: the acquire call in flight and the acquires waiting for the next.
-    batches: Mutex<HashMap<String, admission::Queue>>,
+    cursors: call::Cursors,
+    /// Per model: the acquire calls in flight and the acquires waiting for the next.
+    batches: admission::Queues,
     days: Mutex<Option<[i64; 4]>>,
 }
 
@@ -208,7 +208,7 @@ impl RedisLedger {
         let acquire = Script::new(&format!("{COMMON}\n{ACQUIRE}"));
         let giver = Arc::new(grants::Giver {
             conn: conn.clone(),
-            acquire: acquire.clone(),
+            acquire,
             anchor: anchor.clone(),
             prefix: prefix.clone(),
             server: server.clone(),
@@ -245,13 +245,12 @@ impl RedisLedger {
             prefix,
             anchor,
             scan_script: Script::new(SCAN),
-            acquire,
             settler,
             claim: Script::new(CLAIM),
             projects,
             models: Mutex::new(models),
-            cursors: Mutex::new(HashMap::new()),
-            batches: Mutex::new(HashMap::new()),
+            cursors: Arc::default(),
+            batches: Arc::default(),
             days: Mutex::new(None),
         };
         ledger.adopt_tiers().await.map_err(|e| {
