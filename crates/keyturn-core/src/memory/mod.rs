@@ -235,7 +235,7 @@ impl InMemoryLedger {
         self.inner.lock().version
     }
 
-    #[inline]
+    #[inline(always)]
     fn model_index(&self, inner: &mut Inner, model: &str, now_ms: i64) -> usize {
         let model = normalize_model(model);
         match inner.models.iter().position(|m| same_name(&m.name, model)) {
