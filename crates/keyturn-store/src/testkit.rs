@@ -4,6 +4,9 @@
 //! Tests that need Redis are marked `#[ignore = "needs Redis"]`, so a plain `cargo test` lists
 //! them as ignored (a skip shows in the summary) and `cargo test -- --include-ignored` (the
 //! README's and CI's command) runs them; none of them returns early and reports `ok`.
+//!
+//! [`RedisAdmin`] pauses such a server, waits until a call is held there, drops the other
+//! clients and resumes it, for tests of what a ledger does when Redis stalls or a call is lost.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,6 +14,9 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+mod admin;
+pub use admin::RedisAdmin;
 
 /// A Redis server for one test (shared or private).
 #[derive(Debug)]

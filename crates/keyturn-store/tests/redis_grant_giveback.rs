@@ -5,17 +5,14 @@
 //! next status, by `close`, or by the model's timer when the process is idle.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-// A private Redis server, paused from a second connection.
-#![allow(clippy::disallowed_types)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use keyturn_core::testkit::{T0_MS, TIGHT, config, solo_keys};
 use keyturn_core::{Demand, ManualClock, Outcome, QuotaLedger};
-use keyturn_store::testkit::TestRedis;
+use keyturn_store::testkit::{RedisAdmin, TestRedis};
 use keyturn_store::{RedisLedger, TimeSource};
-use redis::aio::MultiplexedConnection;
 
 async fn day_used(l: &RedisLedger) -> (u64, u64) {
     let st = l.status().await.unwrap();
@@ -56,90 +53,33 @@ async fn observer(redis: &TestRedis, clock: &Arc<ManualClock>) -> RedisLedger {
 async fn one_sent_and_a_grant_held(
     redis: &TestRedis,
     clock: &Arc<ManualClock>,
-) -> (RedisLedger, MultiplexedConnection) {
+) -> (RedisLedger, RedisAdmin) {
     let l = ledger(redis, clock).await;
     let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
     l.settle(lease, Outcome::success(1)).await.unwrap();
     assert!(l.held_in_grants() > 0, "the first acquire takes a grant");
-    let client = redis::Client::open(redis.url()).unwrap();
-    let admin = client.get_multiplexed_async_connection().await.unwrap();
-    (l, admin)
-}
-
-/// Holds every script (CLIENT PAUSE WRITE) for up to `ms` and says which client `admin` is.
-async fn pause_scripts(admin: &mut MultiplexedConnection, ms: u64) -> i64 {
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(ms)
-        .arg("WRITE")
-        .query_async(admin)
-        .await
-        .unwrap();
-    redis::cmd("CLIENT")
-        .arg("ID")
-        .query_async(admin)
-        .await
-        .unwrap()
-}
-
-/// Returns once a client other than `me` waits in Redis, held by the pause (flag b).
-async fn until_a_call_is_held(admin: &mut MultiplexedConnection, me: i64) {
-    loop {
-        let list: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .query_async(&mut *admin)
-            .await
-            .unwrap();
-        if list
-            .lines()
-            .any(|c| !c.starts_with(&format!("id={me} ")) && c.contains(" flags=b "))
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// Drops every other client's connection, with its held call unread (so it never runs).
-async fn kill_other_clients(admin: &mut MultiplexedConnection) {
-    let _: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("normal")
-        .arg("SKIPME")
-        .arg("yes")
-        .query_async(admin)
-        .await
-        .unwrap();
-}
-
-async fn resume_scripts(admin: &mut MultiplexedConnection) {
-    let _: () = redis::cmd("CLIENT")
-        .arg("UNPAUSE")
-        .query_async(admin)
-        .await
-        .unwrap();
+    (l, RedisAdmin::connect(redis.url()).await)
 }
 
 /// Fails the give-back that `give_back` sends without Redis running it: scripts are held
 /// (CLIENT PAUSE WRITE), the ledger's connection is killed with its call unread, and Redis
 /// resumes.
 async fn give_back_dropped_unrun<F: std::future::Future<Output = bool>>(
-    admin: &mut MultiplexedConnection,
+    admin: &mut RedisAdmin,
     give_back: F,
 ) {
-    let me = pause_scripts(admin, 20_000).await;
+    admin.pause_scripts(20_000).await;
     let killer = async {
         // Once the ledger's call waits in Redis, its connection goes, and the call with it.
-        until_a_call_is_held(admin, me).await;
-        kill_other_clients(admin).await;
+        admin.until_a_call_is_held().await;
+        admin.kill_other_clients().await;
     };
     let (failed, ()) = tokio::join!(give_back, killer);
     assert!(
         !failed,
         "the give-back's connection was killed before Redis ran it"
     );
-    resume_scripts(admin).await;
+    admin.resume().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,19 +91,13 @@ async fn a_give_back_whose_answer_was_lost_is_not_given_back_twice() {
     let (l, mut admin) = one_sent_and_a_grant_held(&redis, &clock).await;
 
     // Redis stalls past the ledger's answer timeout (3 s), then runs what it was sent.
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(4_500)
-        .arg("ALL")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    admin.pause_all(4_500).await;
     // The give-back before status is sent, its answer never comes in time.
     assert!(l.status().await.is_err(), "Redis was paused");
     // Once the pause ends, Redis has run the give-back it was sent (a PING waits for it; this
     // connection's own answer timeout may cut a wait short, so it asks again).
     while redis::cmd("PING")
-        .query_async::<String>(&mut admin)
+        .query_async::<String>(admin.connection())
         .await
         .is_err()
     {}
@@ -222,7 +156,7 @@ async fn close_sends_a_failed_give_back_again() {
     // The marks of answered give-backs went with close: none is left to expire.
     let marks: Vec<String> = redis::cmd("KEYS")
         .arg("kt:{giveback}:b:*")
-        .query_async(&mut admin)
+        .query_async(admin.connection())
         .await
         .unwrap();
     assert_eq!(
@@ -261,14 +195,14 @@ async fn an_idle_process_sends_a_failed_give_back_again_by_its_timer() {
 /// Runs `call` until its Redis call is held (scripts paused), then drops it (its caller stops
 /// waiting, as a request handler does when its client goes) and drops the connection with the
 /// call unread, so it never runs; then Redis resumes.
-async fn cancelled_unrun<F: std::future::Future>(admin: &mut MultiplexedConnection, call: F) {
-    let me = pause_scripts(admin, 20_000).await;
+async fn cancelled_unrun<F: std::future::Future>(admin: &mut RedisAdmin, call: F) {
+    admin.pause_scripts(20_000).await;
     tokio::select! {
         _ = call => panic!("Redis is paused: the call cannot be answered"),
-        () = until_a_call_is_held(admin, me) => {}
+        () = admin.until_a_call_is_held() => {}
     }
-    kill_other_clients(admin).await;
-    resume_scripts(admin).await;
+    admin.kill_other_clients().await;
+    admin.resume().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,36 +243,12 @@ async fn close_waits_for_a_give_back_its_timer_has_out() {
     let redis = TestRedis::private();
     let clock = Arc::new(ManualClock::at_ms(T0_MS));
     let (l, mut admin) = one_sent_and_a_grant_held(&redis, &clock).await;
-    let me = pause_scripts(&mut admin, 1_500).await;
+    admin.pause_scripts(1_500).await;
     // The grant's second ends: its timer gives it back.
     clock.advance(Duration::from_secs(1));
-    loop {
-        let list: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .query_async(&mut admin)
-            .await
-            .unwrap();
-        if list
-            .lines()
-            .any(|c| !c.starts_with(&format!("id={me} ")) && c.contains(" flags=b "))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    admin.until_a_call_is_held().await;
     l.close().await.unwrap();
     // Read directly (a read, which the pause does not hold): the day's count is what was sent.
-    let scopes: Vec<String> = redis::cmd("KEYS")
-        .arg("kt:{giveback}:s:*")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    assert_eq!(scopes.len(), 1, "{scopes:?}");
-    let dc: i64 = redis::cmd("HGET")
-        .arg(&scopes[0])
-        .arg("dc")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    let dc = admin.scope_field("giveback", "dc").await.unwrap();
     assert_eq!(dc, 1);
 }

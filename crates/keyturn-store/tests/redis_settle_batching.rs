@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use keyturn_core::testkit::{T0_MS, TIGHT, config, solo_keys};
 use keyturn_core::{Demand, ManualClock, Outcome, QuotaLedger};
-use keyturn_store::testkit::{TestRedis, unique_namespace};
+use keyturn_store::testkit::{RedisAdmin, TestRedis, unique_namespace};
 use keyturn_store::{RedisLedger, TimeSource};
 
 const TASKS: u64 = 64;
@@ -69,20 +69,8 @@ async fn settles_sent_together_each_count_once() {
 
 /// The day's served count of `namespace`'s one scope, read from Redis directly (a read, which a
 /// `CLIENT PAUSE WRITE` does not hold).
-async fn served_in_redis(admin: &mut redis::aio::MultiplexedConnection, namespace: &str) -> i64 {
-    let scopes: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("kt:{{{namespace}}}:s:*"))
-        .query_async(admin)
-        .await
-        .unwrap();
-    assert_eq!(scopes.len(), 1, "{scopes:?}");
-    let ds: Option<i64> = redis::cmd("HGET")
-        .arg(&scopes[0])
-        .arg("ds")
-        .query_async(admin)
-        .await
-        .unwrap();
-    ds.unwrap_or(0)
+async fn served_in_redis(admin: &mut RedisAdmin, namespace: &str) -> i64 {
+    admin.scope_field(namespace, "ds").await.unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,39 +97,14 @@ async fn close_waits_for_the_settles_still_to_be_sent() {
     // Nothing held ahead and no mark left to delete: close has no call of its own to make.
     l.status().await.unwrap();
     l.status().await.unwrap();
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let mut admin = RedisAdmin::connect(redis.url()).await;
     assert_eq!(served_in_redis(&mut admin, &namespace).await, 0);
 
     // Scripts are held for a while: the first settle's call waits in Redis.
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(1_500)
-        .arg("WRITE")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
-    let me: i64 = redis::cmd("CLIENT")
-        .arg("ID")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    admin.pause_scripts(1_500).await;
     let lf = l.clone();
     let first = tokio::spawn(async move { lf.settle(first, Outcome::success(1)).await });
-    loop {
-        let list: String = redis::cmd("CLIENT")
-            .arg("LIST")
-            .query_async(&mut admin)
-            .await
-            .unwrap();
-        if list
-            .lines()
-            .any(|c| !c.starts_with(&format!("id={me} ")) && c.contains(" flags=b "))
-        {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    admin.until_a_call_is_held().await;
     // The second waits for the first's call; its caller stops waiting (a request gone).
     let gone = tokio::time::timeout(
         std::time::Duration::from_millis(50),

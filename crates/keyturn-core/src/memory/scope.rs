@@ -95,6 +95,7 @@ pub(super) struct Scope {
 impl Scope {
     /// Moves the windows and the day to `now`, and forgets learned limits whose time is up (a
     /// learned switch-off stays until its re-probe answers).
+    #[inline]
     pub(super) fn refresh(&mut self, now_ms: i64) {
         self.window.advance(sec_of(now_ms));
         self.day.roll(now_ms);
@@ -120,6 +121,7 @@ impl Scope {
         self.learned.is_off() && !self.configured.is_off()
     }
 
+    #[inline]
     pub(super) fn gate(&self, now_ms: i64) -> Gate {
         // Neither the configuration nor the server switched it off (the pick's case): the
         // effective limits say so without reading the other two.
@@ -140,10 +142,11 @@ impl Scope {
 
     /// The limits a request is measured against: the effective ones, or the configured ones
     /// for a re-probe through an expired switch-off.
-    pub(super) fn limits_for(&self, g: Gate) -> ModelLimits {
+    #[inline]
+    pub(super) fn limits_for(&self, g: Gate) -> &ModelLimits {
         match g {
-            Gate::Probe => self.configured,
-            _ => self.effective,
+            Gate::Probe => &self.configured,
+            _ => &self.effective,
         }
     }
 
@@ -153,8 +156,9 @@ impl Scope {
     }
 
     /// [`Scope::fits`] with the scope's gate now already read.
+    #[inline]
     pub(super) fn fits_under(&self, g: Gate, d: Demand, now_ms: i64) -> bool {
-        let l = &self.limits_for(g);
+        let l = self.limits_for(g);
         g != Gate::Shut
             && !l.is_off()
             && self.cooldown_until <= now_ms
@@ -186,7 +190,7 @@ impl Scope {
 
     /// The earliest moment the demand could fit, and what binds until then; `None`: never.
     pub(super) fn free_at(&self, d: Demand, now_ms: i64) -> Option<(i64, Exhaustion)> {
-        let l = &self.limits_for(self.gate(now_ms));
+        let l = self.limits_for(self.gate(now_ms));
         if l.is_off() {
             return None;
         }
