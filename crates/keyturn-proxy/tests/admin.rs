@@ -308,6 +308,51 @@ async fn signing_in_sets_a_cookie_that_only_the_consoles_own_page_can_act_with()
 }
 
 #[tokio::test]
+async fn a_console_page_served_over_https_gets_a_cookie_never_sent_over_plain_http() {
+    let s = setup("127.0.0.1:0", true, true, 100).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let port = s.proxy.addr().port();
+    let sign_in = |origin: String, forwarded: Option<&'static str>| {
+        let mut rq = http
+            .post(s.url("/console/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("origin", origin)
+            .body(format!("token={}", s.admin));
+        if let Some(f) = forwarded {
+            rq = rq.header("x-forwarded-proto", f);
+        }
+        async move {
+            let r = rq.send().await.unwrap();
+            assert_eq!(r.status(), 303);
+            r.headers()["set-cookie"].to_str().unwrap().to_owned()
+        }
+    };
+    let secure = |c: &str| c.split(';').any(|a| a.trim() == "Secure");
+    // Behind a TLS-terminating proxy the page is https (and so is its Origin).
+    assert!(secure(
+        &sign_in(format!("https://127.0.0.1:{port}"), None).await
+    ));
+    assert!(secure(
+        &sign_in(format!("http://127.0.0.1:{port}"), Some("https")).await
+    ));
+    // Plain HTTP on loopback: a Secure cookie would never come back.
+    assert!(!secure(
+        &sign_in(format!("http://127.0.0.1:{port}"), None).await
+    ));
+    let out = http
+        .post(s.url("/console/logout"))
+        .header("origin", format!("https://127.0.0.1:{port}"))
+        .send()
+        .await
+        .unwrap();
+    let gone = out.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(secure(&gone) && gone.contains("Max-Age=0"), "{gone}");
+}
+
+#[tokio::test]
 async fn beyond_loopback_without_an_admin_token_the_console_is_off() {
     let s = setup("0.0.0.0:0", false, true, 100).await;
     for path in ["/console", "/admin/status"] {

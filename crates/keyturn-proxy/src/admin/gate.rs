@@ -134,6 +134,32 @@ pub(super) fn same_origin(headers: &HeaderMap) -> bool {
         .is_some_and(|(_, rest)| Some(rest) == host)
 }
 
+/// Whether the console's page came over HTTPS: its `Origin` (browsers send one with every
+/// POST) or a TLS-terminating reverse proxy's `X-Forwarded-Proto` says so. The cookie is then
+/// `Secure`: a browser never sends it over plain HTTP, where anyone on the path would read an
+/// admin credential. (A client that claims HTTPS falsely only makes its own cookie stricter.)
+fn over_https(headers: &HeaderMap) -> bool {
+    let origin_https = headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .is_some_and(|o| o.len() >= 8 && o[..8].eq_ignore_ascii_case("https://"));
+    let forwarded_https = headers
+        .get("x-forwarded-proto")
+        .and_then(|p| p.to_str().ok())
+        .and_then(|p| p.split(',').next())
+        .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+    origin_https || forwarded_https
+}
+
+/// The cookie's attributes: `Secure` over HTTPS (see [`over_https`]).
+fn cookie_attributes(headers: &HeaderMap) -> &'static str {
+    if over_https(headers) {
+        "HttpOnly; SameSite=Strict; Path=/; Secure"
+    } else {
+        "HttpOnly; SameSite=Strict; Path=/"
+    }
+}
+
 /// The sign-in page, with a note (escaped: it is ours, but HTML is HTML).
 pub(super) fn login_page(status: StatusCode, note: &str) -> Response {
     let note = note
@@ -209,22 +235,25 @@ pub(super) async fn login(
     r.headers_mut()
         .insert(header::LOCATION, HeaderValue::from_static("/console"));
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"
+        "{COOKIE}={token}; {}",
+        cookie_attributes(&headers)
     )) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     no_store(r)
 }
 
-pub(super) async fn logout() -> Response {
+pub(super) async fn logout(headers: HeaderMap) -> Response {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::SEE_OTHER;
     r.headers_mut()
         .insert(header::LOCATION, HeaderValue::from_static("/console"));
-    r.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_static("keyturn_admin=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
-    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{COOKIE}=; {}; Max-Age=0",
+        cookie_attributes(&headers)
+    )) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
     no_store(r)
 }
 

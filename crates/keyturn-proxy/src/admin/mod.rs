@@ -3,7 +3,8 @@
 //! `keyturn console` over a state folder or a Redis namespace ([`Console`], [`Host`]).
 //!
 //! - Access needs an **admin token**, never a client token: `Authorization: Bearer`, or the
-//!   `keyturn_admin` cookie the console's sign-in sets (`HttpOnly`, `SameSite=Strict`). Admin
+//!   `keyturn_admin` cookie the console's sign-in sets (`HttpOnly`, `SameSite=Strict`; `Secure` when the page
+//!   came over HTTPS). Admin
 //!   tokens are kept only as SHA-256 digests and compared in constant time, like client tokens.
 //!   On loopback with no admin token configured, only this machine may use them (the rule the
 //!   proxy applies to clients without tokens); listening beyond loopback with no admin token
