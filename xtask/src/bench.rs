@@ -20,6 +20,8 @@
 //! measurement; `--only criterion,utilisation,simulator,proxy,rss,batch` runs some sections (for
 //! work on one; `--only redis` runs only the Redis rows of criterion).
 //! It runs as a release build (a debug `cargo xtask` re-runs itself with `--release`).
+//! `KEYTURN_BIN=/path/to/keyturn` runs the sections against that binary instead of building one
+//! (to compare an old build with a new one, alternating runs).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

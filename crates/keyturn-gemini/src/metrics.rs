@@ -106,3 +106,149 @@ impl Stopwatch {
         self.0.elapsed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use keyturn_core::ApiKey;
+    use metrics::{Counter, CounterFn, Gauge, Histogram, HistogramFn, Key, KeyName, Recorder};
+    use metrics::{Metadata, SharedString, Unit};
+    use parking_lot::Mutex;
+
+    use super::*;
+
+    /// A metric as a recorder sees it: its name and its labels in order.
+    type Seen = (String, Vec<(String, String)>);
+
+    /// Sums what each metric (by name and labels) was given.
+    #[derive(Default)]
+    struct Totals(Arc<Mutex<BTreeMap<Seen, f64>>>);
+
+    struct Sink(Arc<Mutex<BTreeMap<Seen, f64>>>, Seen);
+
+    impl CounterFn for Sink {
+        fn increment(&self, value: u64) {
+            *self.0.lock().entry(self.1.clone()).or_default() += value as f64;
+        }
+        fn absolute(&self, _: u64) {}
+    }
+
+    impl HistogramFn for Sink {
+        fn record(&self, value: f64) {
+            *self.0.lock().entry(self.1.clone()).or_default() += value;
+        }
+    }
+
+    fn seen(key: &Key) -> Seen {
+        let labels = key
+            .labels()
+            .map(|l| (l.key().to_owned(), l.value().to_owned()))
+            .collect();
+        (key.name().to_owned(), labels)
+    }
+
+    impl Recorder for Totals {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            Counter::from_arc(Arc::new(Sink(self.0.clone(), seen(key))))
+        }
+        fn register_gauge(&self, _: &Key, _: &Metadata<'_>) -> Gauge {
+            Gauge::noop()
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            Histogram::from_arc(Arc::new(Sink(self.0.clone(), seen(key))))
+        }
+    }
+
+    fn entry(label: &str) -> KeyEntry {
+        let key = ApiKey::new(format!("made-up-metrics-{label}")).unwrap();
+        KeyEntry {
+            label: label.to_owned(),
+            project: format!("key:{}", key.fingerprint()),
+            key,
+            weight: 1,
+        }
+    }
+
+    fn labeled(name: &str, labels: &[(&str, &str)]) -> Seen {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        (name.to_owned(), labels)
+    }
+
+    #[test]
+    fn every_call_reaches_the_current_recorder_with_its_documented_labels() {
+        let e = entry("metrics-a");
+        let fp = e.fingerprint().to_string();
+        let model = "metrics-test-model-a";
+        let ok = Outcome::Success {
+            input_tokens: Some(7),
+        };
+        let record = || {
+            record_request(&e, model, &ok, Some(3), Some(Duration::from_millis(500)));
+            record_acquire_wait(&e, model, Duration::from_millis(250));
+            record_retry(model, "throttled");
+        };
+        let first = Totals::default();
+        metrics::with_local_recorder(&first, || {
+            record();
+            record();
+        });
+        let expected = BTreeMap::from([
+            (
+                labeled(
+                    REQUESTS,
+                    &[
+                        ("key", "metrics-a"),
+                        ("fingerprint", &fp),
+                        ("model", model),
+                        ("outcome", "ok"),
+                    ],
+                ),
+                2.0,
+            ),
+            (
+                labeled(INPUT_TOKENS, &[("key", "metrics-a"), ("model", model)]),
+                14.0,
+            ),
+            (
+                labeled(OUTPUT_TOKENS, &[("key", "metrics-a"), ("model", model)]),
+                6.0,
+            ),
+            (
+                labeled(CALL_SECONDS, &[("key", "metrics-a"), ("model", model)]),
+                1.0,
+            ),
+            (
+                labeled(
+                    ACQUIRE_WAIT_SECONDS,
+                    &[("key", "metrics-a"), ("model", model)],
+                ),
+                0.5,
+            ),
+            (
+                labeled(RETRIES, &[("model", model), ("reason", "throttled")]),
+                2.0,
+            ),
+        ]);
+        assert_eq!(*first.0.lock(), expected);
+        // A recorder that arrives later gets the calls from then on (no handle outlives the
+        // recorder it came from).
+        let second = Totals::default();
+        metrics::with_local_recorder(&second, record);
+        assert_eq!(
+            second.0.lock()[&labeled(RETRIES, &[("model", model), ("reason", "throttled")])],
+            1.0
+        );
+        assert_eq!(
+            first.0.lock()[&labeled(RETRIES, &[("model", model), ("reason", "throttled")])],
+            2.0
+        );
+    }
+}

@@ -17,7 +17,8 @@ use keyturn_core::{KeyId, ResourceKind, ResourceName};
 use keyturn_gemini::KeyHeader;
 
 use crate::answer::{Answer, Problem, invalid, not_found};
-use crate::{ProxyState, Refusal, affinity, files, slot};
+use crate::request::slot;
+use crate::{ProxyState, Refusal, affinity, files};
 
 /// `GET /download/{version}/files/{name}` where `name` is `{id}:download`.
 pub(crate) async fn download_file(

@@ -33,17 +33,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::StreamExt;
-use keyturn_core::{Clock, Demand, MemoryResources, QuotaLedger, ResourceMap};
+use keyturn_core::{Clock, MemoryResources, QuotaLedger, ResourceMap};
 use keyturn_gemini::GeminiCall;
-use keyturn_gemini::wire::estimate_input_tokens;
-use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 mod admin;
@@ -53,12 +50,15 @@ mod auth;
 mod download;
 mod files;
 mod live;
+mod native;
 mod openai;
 mod owned;
+mod request;
 mod serve_console;
 mod server;
 
-use answer::{Answer, Problem, failure, invalid, json_bytes, not_found};
+use answer::{Answer, json_bytes, not_found};
+use native::{call_model, get_model, list_models};
 
 pub use admin::{Console, Digests, EVENTS_KEPT, Event, Events, Host, NewEvent};
 pub use auth::{digest, new_token, parse_digest};
@@ -458,385 +458,8 @@ async fn readyz(State(st): State<Arc<ProxyState>>) -> Response {
     }
 }
 
-fn text_bytes(v: &Value) -> (u64, u64) {
-    // (bytes of text, parts) under contents/systemInstruction (either spelling).
-    let mut bytes = 0u64;
-    let mut parts = 0u64;
-    let mut visit = |c: &Value| {
-        for p in c
-            .get("parts")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            parts += 1;
-            bytes += p
-                .get("text")
-                .and_then(Value::as_str)
-                .map_or(0, |t| t.len() as u64);
-        }
-    };
-    for c in v
-        .get("contents")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        visit(c);
-    }
-    for k in ["systemInstruction", "system_instruction"] {
-        if let Some(c) = v.get(k) {
-            visit(c);
-        }
-    }
-    (bytes, parts)
-}
-
-/// Input tokens to reserve for a generate request (the pool's one rule).
-fn estimate(v: &Value) -> u64 {
-    let (bytes, parts) = text_bytes(v);
-    estimate_input_tokens(bytes, parts)
-}
-
-/// Input tokens to reserve for one embedding item, as keyturn-embeddings reserves them.
-fn embed_tokens(item: &Value) -> u64 {
-    let content = item.get("content").cloned().unwrap_or(Value::Null);
-    let (bytes, _) = text_bytes(&json!({"contents": [content]}));
-    estimate_input_tokens(bytes, 0)
-}
-
 /// An answer that ends a request early, rendered in the dialect of the route.
 type Refusal = Answer;
-
-/// The methods the proxy serves on `models/{model}:{method}`.
-const METHODS: &[&str] = &[
-    "generateContent",
-    "streamGenerateContent",
-    "countTokens",
-    "embedContent",
-    "batchEmbedContents",
-    "batchGenerateContent",
-    "asyncBatchEmbedContent",
-];
-
-/// The Batch Mode methods: they create a batch the creating project owns.
-const BATCH_METHODS: [&str; 2] = ["batchGenerateContent", "asyncBatchEmbedContent"];
-
-/// `{model}` or `{model}:{method}` from the path, validated before anything else happens:
-/// whatever a client encoded, only a model id and a known method go on.
-fn parse_name(name: &str) -> Result<(&str, Option<&str>), Refusal> {
-    let (model, method) = match name.split_once(':') {
-        Some((m, a)) => (m, Some(a)),
-        None => (name, None),
-    };
-    let model = keyturn_gemini::model_id(model).map_err(|e| invalid(&e.to_string()))?;
-    match method {
-        Some(a) if !METHODS.contains(&a) => Err(not_found().into()),
-        _ => Ok((model, method)),
-    }
-}
-
-/// An upstream-call slot (`max_in_flight`), for every route that calls upstream.
-async fn slot(st: &ProxyState) -> Result<tokio::sync::OwnedSemaphorePermit, Refusal> {
-    let _waiting = admin::Waiting::new(&st.admin.waiting_slot);
-    st.in_flight.clone().acquire_owned().await.map_err(|_| {
-        // Closed at shutdown: a request still waiting for a slot is told at once to come back
-        // (to this proxy once it restarts, or to another replica) rather than dropped unanswered
-        // when the drain ends.
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "UNAVAILABLE",
-            "keyturn proxy is shutting down; retry shortly",
-        )
-        .retry_after(SHUTDOWN_RETRY_SECS)
-        .into()
-    })
-}
-
-/// What a request refused at shutdown is told to wait.
-const SHUTDOWN_RETRY_SECS: u64 = 5;
-
-async fn list_models(State(st): State<Arc<ProxyState>>, Path(version): Path<String>) -> Response {
-    let Some(caller) = st.caller(&version) else {
-        return Answer::from(not_found()).gemini();
-    };
-    let _permit = match slot(&st).await {
-        Ok(p) => p,
-        Err(r) => return r.gemini(),
-    };
-    match caller.call_unmetered("models", None).await {
-        Ok(r) => st.relay(r.raw),
-        Err(e) => failure(&st, &e).gemini(),
-    }
-}
-
-async fn get_model(
-    State(st): State<Arc<ProxyState>>,
-    Path((version, name)): Path<(String, String)>,
-) -> Response {
-    let Some(caller) = st.caller(&version) else {
-        return Answer::from(not_found()).gemini();
-    };
-    let model = match parse_name(&name) {
-        Ok((m, None)) => m,
-        Ok(_) => return Answer::from(not_found()).gemini(),
-        Err(r) => return r.gemini(),
-    };
-    let _permit = match slot(&st).await {
-        Ok(p) => p,
-        Err(r) => return r.gemini(),
-    };
-    match caller
-        .call_unmetered(&format!("models/{model}"), None)
-        .await
-    {
-        Ok(r) => st.relay(r.raw),
-        Err(e) => failure(&st, &e).gemini(),
-    }
-}
-
-/// Confirms with the upstream, once per model, that a model exists before it gets a quota
-/// scope: `GET models/{model}` costs no quota. `Err` is the answer for the client.
-async fn confirm_model(
-    st: &ProxyState,
-    caller: &Arc<dyn GeminiCall>,
-    version: &str,
-    model: &str,
-) -> Result<(), Refusal> {
-    if st.models.contains(version, model) {
-        return Ok(());
-    }
-    match caller
-        .call_unmetered(&format!("models/{model}"), None)
-        .await
-    {
-        Ok(_) if st.models.insert(version, model) => Ok(()),
-        Ok(_) => Err(invalid(&format!(
-            "this proxy already serves {MAX_MODELS} models; {model} is one too many"
-        ))
-        .into()),
-        Err(e) => Err(failure(st, &e)),
-    }
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct StreamQuery {
-    alt: Option<String>,
-}
-
-/// Reads a request body under the size cap and the body timeout.
-async fn read_body(st: &ProxyState, body: Body) -> Result<Bytes, Refusal> {
-    let limit = st.max_body_bytes;
-    match tokio::time::timeout(st.body_timeout, axum::body::to_bytes(body, limit)).await {
-        Ok(Ok(b)) => Ok(b),
-        Ok(Err(_)) => Err(Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "INVALID_ARGUMENT",
-            format!(
-                "keyturn proxy: the request body is larger than {limit} bytes ([serve] max_body_bytes)"
-            ),
-        )
-        .into()),
-        Err(_) => Err(Problem::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "DEADLINE_EXCEEDED",
-            "keyturn proxy: the request body did not arrive in time ([serve] body_timeout)",
-        )
-        .into()),
-    }
-}
-
-/// Most JSON values a request body may hold: one per 32 bytes of the body cap, at least 65,536.
-/// A parsed value costs 32 bytes and more, so the parsed body stays near the size of the cap;
-/// a body of tiny values (`[0,0,0,…]`) would otherwise cost 16 to 32 times its size, before any
-/// in-flight slot is taken. Ordinary requests hold a few values per part or turn.
-fn max_json_values(max_body_bytes: usize) -> usize {
-    (max_body_bytes / 32).max(65_536)
-}
-
-/// About how many values a JSON text holds: its `[`, `{`, `,` and `:` outside strings (an upper
-/// bound, within one, of values plus keys), in one pass and no allocation.
-fn json_values(body: &[u8]) -> usize {
-    let mut n = 0;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in body {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-        } else {
-            match b {
-                b'"' => in_string = true,
-                b'[' | b'{' | b',' | b':' => n += 1,
-                _ => {}
-            }
-        }
-    }
-    n
-}
-
-async fn call_model(
-    State(st): State<Arc<ProxyState>>,
-    Path((version, name)): Path<(String, String)>,
-    Query(q): Query<StreamQuery>,
-    body: Body,
-) -> Response {
-    let Some(caller) = st.caller(&version) else {
-        return Answer::from(not_found()).gemini();
-    };
-    let (model, action) = match parse_name(&name) {
-        Ok((m, Some(a))) => (m, a),
-        Ok(_) => return Answer::from(not_found()).gemini(),
-        Err(r) => return r.gemini(),
-    };
-    let body = match read_body(&st, body).await {
-        Ok(b) => b,
-        Err(r) => return r.gemini(),
-    };
-    let most = max_json_values(st.max_body_bytes);
-    if json_values(&body) > most {
-        return Answer::from(invalid(&format!(
-            "the request body holds more than {most} JSON values; no Gemini request needs as many"
-        )))
-        .gemini();
-    }
-    let value: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        json!({})
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(e) => {
-                return Answer::from(invalid(&format!("Invalid JSON payload received. {e}")))
-                    .gemini();
-            }
-        }
-    };
-    let permit = match slot(&st).await {
-        Ok(p) => p,
-        Err(r) => return r.gemini(),
-    };
-    if action == "countTokens" {
-        // A count naming a file or cached content the proxy knows goes with a key of the
-        // project that owns it (any other project's key gets a bare 403).
-        return match affinity::owner(&st, &value, false).await {
-            Err(r) => r.gemini(),
-            Ok(Some(project)) => {
-                match files::count_tokens_of(&st, &version, model, &project, &value).await {
-                    Ok(r) | Err(r) => r,
-                }
-            }
-            Ok(None) => match caller
-                .call_unmetered(&format!("models/{model}:countTokens"), Some(value))
-                .await
-            {
-                Ok(r) => st.relay(r.raw),
-                Err(e) => failure(&st, &e).gemini(),
-            },
-        };
-    }
-    if let Err(r) = confirm_model(&st, &caller, &version, model).await {
-        return r.gemini();
-    }
-    let demand = match action {
-        "embedContent" => Demand::tokens(embed_tokens(&value)),
-        "batchEmbedContents" => {
-            let items = value.get("requests").and_then(Value::as_array);
-            let n = items.map_or(1, |i| i.len().max(1)) as u32;
-            let t = items.into_iter().flatten().map(embed_tokens).sum();
-            Demand::batch(n, t)
-        }
-        // Creating a batch is one request on the model's scope; its items run under Batch
-        // Mode's own limits (concurrent batches, enqueued tokens), which Gemini enforces.
-        a if BATCH_METHODS.contains(&a) => Demand::tokens(0),
-        _ => Demand::tokens(estimate(&value)),
-    };
-    // A request naming a file or cached content goes only to keys of the project that owns it.
-    let demand = match affinity::pin(&st, &value, demand, false).await {
-        Ok(d) => d,
-        Err(r) => return r.gemini(),
-    };
-    if action == "streamGenerateContent" {
-        let sse = q.alt.as_deref() == Some("sse");
-        return match caller.stream(model, demand, value).await {
-            Ok(chunks) => stream_response(&st, chunks, sse, permit),
-            Err(e) => failure(&st, &e).gemini(),
-        };
-    }
-    match caller.call(model, action, demand, value).await {
-        Ok(r) => {
-            if BATCH_METHODS.contains(&action)
-                && let Some(key) = affinity::key_by_label(&st, &r.key)
-                && files::learn(&st, key, &r.body).await.is_err()
-            {
-                // The batch exists: the client gets it, though its owner could not be noted.
-                tracing::warn!("a batch was created but its owner could not be recorded");
-            }
-            st.relay(r.raw)
-        }
-        Err(e) => failure(&st, &e).gemini(),
-    }
-}
-
-/// Relays a stream event by event. The in-flight permit travels with the body and is released
-/// when the stream ends (or the client goes away), so `max_in_flight` bounds streams too.
-fn stream_response(
-    st: &ProxyState,
-    chunks: keyturn_gemini::ChunkStream,
-    sse: bool,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) -> Response {
-    let scrubber = st.live().scrubber.clone();
-    // Whether the JSON array has been opened: by the first value, not by a failure, and the
-    // end closes it either way (a stream with no value is `[]`, not `]`).
-    let opened = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let opened_at_end = opened.clone();
-    let frames = chunks
-        .map(move |c| {
-            let frame = match c {
-                Ok(v) if sse => format!("data: {v}\r\n\r\n"),
-                Ok(v) if !opened.swap(true, std::sync::atomic::Ordering::Relaxed) => {
-                    format!("[{v}")
-                }
-                Ok(v) => format!(",\r\n{v}"),
-                Err(e) => {
-                    // Headers are gone: the best the client can get is the stream's end.
-                    tracing::warn!(error = %e.to_string().escape_debug(), "upstream stream broke off");
-                    String::new()
-                }
-            };
-            let frame = match scrubber.scrub_known(frame.as_bytes()) {
-                Some(clean) => Bytes::from(clean),
-                None => Bytes::from(frame),
-            };
-            Ok::<Bytes, std::convert::Infallible>(frame)
-        })
-        .chain(futures::stream::once(async move {
-            drop(permit);
-            let end = match (
-                sse,
-                opened_at_end.load(std::sync::atomic::Ordering::Relaxed),
-            ) {
-                (true, _) => "",
-                (false, true) => "]",
-                (false, false) => "[]",
-            };
-            Ok(Bytes::from(end))
-        }));
-    let mut r = Response::new(Body::from_stream(frames));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(if sse {
-            "text/event-stream"
-        } else {
-            "application/json; charset=UTF-8"
-        }),
-    );
-    r
-}
 
 #[cfg(test)]
 mod tests {
@@ -869,11 +492,5 @@ mod tests {
             ..open
         };
         assert!(local.validate().is_ok());
-    }
-
-    #[test]
-    fn estimates_read_both_spellings() {
-        let v = json!({"contents": [{"parts": [{"text": "abcdef"}]}], "system_instruction": {"parts": [{"text": "abc"}]}});
-        assert_eq!(estimate(&v), 3 + 8);
     }
 }

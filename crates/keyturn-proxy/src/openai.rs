@@ -30,9 +30,9 @@ use keyturn_gemini::wire::estimate_input_tokens;
 use serde_json::{Value, json};
 
 use crate::answer::{Answer, failure, invalid};
-use crate::{
-    ProxyState, Refusal, auth, confirm_model, json_values, max_json_values, read_body, slot,
-};
+use crate::native::confirm_model;
+use crate::request::{json_values, max_json_values, read_body, slot};
+use crate::{ProxyState, Refusal, auth};
 
 /// The one API version Google serves its OpenAI-compatible endpoint under.
 const VERSION: &str = "v1beta";

@@ -22,7 +22,9 @@ use serde_json::Value;
 use crate::affinity;
 use crate::answer::{Answer, failure, invalid, not_found};
 use crate::files::{self, About, ListQuery};
-use crate::{ProxyState, Refusal, confirm_model, estimate, read_body, slot};
+use crate::native::confirm_model;
+use crate::request::{estimate, json_values, max_json_values, read_body, slot};
+use crate::{ProxyState, Refusal};
 
 fn name_of(kind: ResourceKind, id: &str) -> Result<ResourceName, Refusal> {
     ResourceName::new(kind, id).map_err(|e| invalid(&e.to_string()).into())
@@ -42,8 +44,8 @@ pub(crate) async fn create_cache(
 async fn create(st: &ProxyState, version: &str, body: Body) -> Result<Response, Refusal> {
     let caller = st.caller(version).ok_or_else(not_found)?;
     let raw = read_body(st, body).await?;
-    let most = crate::max_json_values(st.max_body_bytes);
-    if crate::json_values(&raw) > most {
+    let most = max_json_values(st.max_body_bytes);
+    if json_values(&raw) > most {
         return Err(invalid(&format!(
             "the request body holds more than {most} JSON values"
         ))

@@ -14,7 +14,8 @@ use serde_json::{Value, json};
 use super::{bad_gateway, learn, transport};
 use crate::affinity::{self};
 use crate::answer::{Answer, invalid};
-use crate::{ProxyState, Refusal, slot};
+use crate::request::slot;
+use crate::{ProxyState, Refusal};
 
 #[derive(Debug, serde::Deserialize)]
 pub(crate) struct ListQuery {

@@ -17,7 +17,8 @@ use super::{bad_gateway, learn, transport};
 use crate::affinity::{self, Sent};
 use crate::answer::{Answer, Problem, invalid};
 use crate::auth::{Client, SessionOnly};
-use crate::{ProxyState, Refusal, slot};
+use crate::request::slot;
+use crate::{ProxyState, Refusal};
 
 /// Most upload sessions kept at once; past it, the oldest of the client holding the most goes,
 /// so one client starting sessions without end evicts only its own.
@@ -244,7 +245,7 @@ async fn start_upload(
     let url = transport.upload_url();
     if resumable {
         // The start carries only the file's metadata: small, read whole under the body cap.
-        let meta = crate::read_body(st, body).await?;
+        let meta = crate::request::read_body(st, body).await?;
         let sent = affinity::send_with(
             st,
             transport,
