@@ -1,6 +1,7 @@
 //! Acquires that waited behind the calls in flight (four per model at most) are served from the
 //! room those calls took ahead, not sent to Redis with that room given back; and one cancelled
-//! while it waited, or while its own call was out, leaves nothing counted that it did not send.
+//! while it waited, while its own call was out, or after its answer came but before it read it,
+//! leaves nothing counted that it did not send (a pinned acquire, whose call is its own, too).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 // A private Redis server, paused from a second connection; the waits let spawned acquires
@@ -8,11 +9,14 @@
 // never fail with it).
 #![allow(clippy::disallowed_types)]
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use keyturn_core::testkit::{T0_MS, TIGHT, config, solo_keys};
-use keyturn_core::{Demand, ManualClock, QuotaLedger};
+use keyturn_core::{Demand, KeyId, ManualClock, QuotaLedger};
 use keyturn_store::testkit::TestRedis;
 use keyturn_store::{RedisLedger, TimeSource};
 use redis::aio::MultiplexedConnection;
@@ -151,4 +155,94 @@ async fn an_acquire_cancelled_mid_call_leaves_nothing_counted() {
         1,
         "nothing more was sent, nothing more stays counted"
     );
+}
+
+/// Polls `f` once: an acquire taken that far and no further, as a task that is woken later and
+/// cancelled before it runs again.
+async fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *f).poll(cx))).await
+}
+
+/// One acquire made and closed, so that Redis holds the acquire script from then on (a first
+/// call's EVALSHA is refused, NOSCRIPT, and sent again after SCRIPT LOAD).
+async fn one_sent(l: &RedisLedger) {
+    drop(l.acquire(TIGHT, Demand::tokens(1)).await.unwrap());
+    l.close().await.unwrap();
+    assert_eq!(rpd_used(l).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server"]
+async fn a_waiter_cancelled_after_its_answer_came_is_not_counted_as_sent() {
+    let redis = TestRedis::private();
+    let l = ledger(&redis).await;
+    let mut admin = admin(&redis).await;
+    one_sent(&l).await;
+    let (out, waiting) = four_out_and_four_waiting(&l, &mut admin).await;
+    // A ninth waits behind the four waiting: whichever of them leads first takes it in its batch
+    // (the four calls out hand on four turns at most, all to those before it).
+    let mut last = l.acquire(TIGHT, Demand::tokens(1));
+    assert!(poll_once(&mut last).await.is_pending(), "Redis is paused");
+    pause(&mut admin, false).await;
+    for t in out.into_iter().chain(waiting) {
+        t.await.unwrap();
+    }
+    // Its answer came (close waits for the calls' tasks, which answer it); its task is
+    // cancelled before it wakes to read it.
+    l.close().await.unwrap();
+    drop(last);
+    l.close().await.unwrap();
+    // Without the give-back, its admission stayed in its channel, counted: 10.
+    assert_eq!(
+        rpd_used(&l).await,
+        9,
+        "nine acquires returned, nine counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server"]
+async fn a_leader_cancelled_after_its_answer_came_is_not_counted_as_sent() {
+    let redis = TestRedis::private();
+    let l = ledger(&redis).await;
+    let mut admin = admin(&redis).await;
+    one_sent(&l).await;
+    pause(&mut admin, true).await;
+    // It leads a call, held in Redis.
+    let mut leader = l.acquire(TIGHT, Demand::tokens(1));
+    assert!(poll_once(&mut leader).await.is_pending(), "Redis is paused");
+    pause(&mut admin, false).await;
+    // Its call's task answers it (close waits for that); it is cancelled before it reads it.
+    l.close().await.unwrap();
+    drop(leader);
+    l.close().await.unwrap();
+    // Without the give-back, its admission stayed in its channel, counted: 2.
+    assert_eq!(rpd_used(&l).await, 1, "nothing more was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server"]
+async fn a_pinned_acquire_cancelled_mid_call_leaves_nothing_counted() {
+    let redis = TestRedis::private();
+    let l = ledger(&redis).await;
+    let mut admin = admin(&redis).await;
+    one_sent(&l).await;
+    pause(&mut admin, true).await;
+    // A request for a resource key 0's project owns: its call is its own, held in Redis; its
+    // caller hangs up.
+    let pinned = {
+        let l = l.clone();
+        tokio::spawn(async move {
+            let demand = Demand::tokens(1).within_project_of(KeyId(0));
+            drop(l.acquire(TIGHT, demand).await.unwrap());
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pinned.abort();
+    assert!(pinned.await.unwrap_err().is_cancelled());
+    pause(&mut admin, false).await;
+    // The call ran once Redis resumed. Inline in the acquire, its answer went with it and its
+    // admission stayed counted for the day (2). (close waits for the call's task.)
+    l.close().await.unwrap();
+    assert_eq!(rpd_used(&l).await, 1, "nothing more was sent");
 }
