@@ -16,20 +16,24 @@ use std::task::Poll;
 use std::time::Duration;
 
 use keyturn_core::testkit::{T0_MS, TIGHT, config, solo_keys};
-use keyturn_core::{Demand, KeyId, ManualClock, QuotaLedger};
+use keyturn_core::{Demand, KeyId, ManualClock, Outcome, QuotaLedger};
 use keyturn_store::testkit::TestRedis;
 use keyturn_store::{RedisLedger, TimeSource};
 use redis::aio::MultiplexedConnection;
 use tokio::task::JoinHandle;
 
 async fn ledger(redis: &TestRedis) -> Arc<RedisLedger> {
+    ledger_on(redis, &ManualClock::at_ms(T0_MS)).await
+}
+
+async fn ledger_on(redis: &TestRedis, clock: &ManualClock) -> Arc<RedisLedger> {
     Arc::new(
         RedisLedger::connect(
             redis.url(),
             "waiters",
             Arc::new(solo_keys(1)),
             config(1_000, 1_000_000, 100_000),
-            Arc::new(ManualClock::at_ms(T0_MS)),
+            Arc::new(clock.clone()),
             TimeSource::Clock,
         )
         .await
@@ -245,4 +249,48 @@ async fn a_pinned_acquire_cancelled_mid_call_leaves_nothing_counted() {
     // admission stayed counted for the day (2). (close waits for the call's task.)
     l.close().await.unwrap();
     assert_eq!(rpd_used(&l).await, 1, "nothing more was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server"]
+async fn a_waiter_cancelled_before_its_batch_went_does_not_take_the_breaker_probe() {
+    let redis = TestRedis::private();
+    let clock = ManualClock::at_ms(T0_MS);
+    let l = ledger_on(&redis, &clock).await;
+    let mut admin = admin(&redis).await;
+    // The only key's breaker opens (two transient failures): a probe may go at T0 + 10 s.
+    for _ in 0..2 {
+        let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+        l.settle(lease, Outcome::Transient).await.unwrap();
+    }
+    let ask = |demand: Demand| {
+        let l = l.clone();
+        tokio::spawn(async move { l.acquire(TIGHT, demand).await })
+    };
+    pause(&mut admin, true).await;
+    // Four calls out (refused at T0: the breaker is open), then four waiting whose demands no
+    // key can ever take (they take no probe): the four calls hand on their turns to those only.
+    let out: Vec<_> = (0..4).map(|_| ask(Demand::tokens(1))).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let too_large: Vec<_> = (0..4).map(|_| ask(Demand::tokens(2_000_000))).collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Then one whose caller hangs up while it waits, and one that stays.
+    let gone = ask(Demand::tokens(1));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gone.abort();
+    assert!(gone.await.unwrap_err().is_cancelled());
+    let stays = ask(Demand::tokens(1));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    clock.advance(Duration::from_secs(11));
+    pause(&mut admin, false).await;
+    for t in out.into_iter().chain(too_large) {
+        assert!(t.await.unwrap().is_err());
+    }
+    // Without skipping the waiter gone, its demand went in the batch before this one's and took
+    // the probe, which nobody sent and which held the key for the probe's timeout (30 s).
+    let lease = stays
+        .await
+        .unwrap()
+        .expect("the waiter that stayed takes the probe");
+    assert!(lease.is_probe());
 }

@@ -341,11 +341,21 @@ impl RedisLedger {
             queues: self.batches.clone(),
             model: model.to_owned(),
         };
+        // Waiters whose acquire was cancelled while they waited are left out: decided with the
+        // rest, one would take room (or a breaker's one probe) from a demand behind it that is
+        // still wanted, and give it back only after that demand was refused.
         let waiting: Vec<Waiter> = {
             let mut queues = self.batches.lock();
             let q = queues.entry(model.to_owned()).or_default();
-            let take = q.waiting.len().min(MAX_BATCH - 1);
-            q.waiting.drain(..take).collect()
+            let mut waiting = Vec::new();
+            while waiting.len() < MAX_BATCH - 1
+                && let Some(w) = q.waiting.pop_front()
+            {
+                if !w.tx.is_closed() {
+                    waiting.push(w);
+                }
+            }
+            waiting
         };
         let own_lease = self.spend_grant(model, slot, own);
         let mut batch = Vec::with_capacity(waiting.len() + 1);
