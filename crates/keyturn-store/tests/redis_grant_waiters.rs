@@ -294,3 +294,37 @@ async fn a_waiter_cancelled_before_its_batch_went_does_not_take_the_breaker_prob
         .expect("the waiter that stayed takes the probe");
     assert!(lease.is_probe());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server"]
+async fn a_call_whose_task_never_ran_keeps_the_give_backs_it_was_to_carry() {
+    let redis = TestRedis::private();
+    let l = ledger(&redis).await;
+    // One sent (settled, so the counts know it) and a grant held (two taken ahead).
+    let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
+    l.settle(lease, Outcome::success(1)).await.unwrap();
+    assert!(l.held_in_grants() > 0, "the first acquire takes a grant");
+    // An acquire the grant does not fit (more tokens) leads a call that carries the grant's
+    // give-back; its task is spawned on a runtime that shuts down before it runs it.
+    let on_its_own = l.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut acquire = on_its_own.acquire(TIGHT, Demand::tokens(5));
+            assert!(poll_once(&mut acquire).await.is_pending());
+        });
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        l.held_in_grants(),
+        0,
+        "the call took the grant to give back"
+    );
+    // Without keeping them, the give-back went with the task: 3 counted (1 and the grant's 2).
+    l.close().await.unwrap();
+    assert_eq!(rpd_used(&l).await, 1, "one sent, one counted");
+}
