@@ -328,3 +328,29 @@ async fn a_call_whose_task_never_ran_keeps_the_give_backs_it_was_to_carry() {
     l.close().await.unwrap();
     assert_eq!(rpd_used(&l).await, 1, "one sent, one counted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server"]
+async fn a_grant_its_call_brought_after_a_disable_is_not_spent_on_the_disabled_key() {
+    let redis = TestRedis::private();
+    let l = ledger(&redis).await;
+    let mut admin = admin(&redis).await;
+    one_sent(&l).await;
+    pause(&mut admin, true).await;
+    // An acquire's call (one admission and two taken ahead) is held in Redis; meanwhile the
+    // process disables its only key (the disable's write waits behind the call).
+    let first = acquire(&l);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let disable = {
+        let l = l.clone();
+        tokio::spawn(async move { l.disable_by_admin(KeyId(0), true).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pause(&mut admin, false).await;
+    first.await.unwrap();
+    disable.await.unwrap().unwrap();
+    // The disable has returned: this process admits nothing more on that key. Without it, the
+    // grant the call brought back (decided before the disable) served this one.
+    let after = l.acquire(TIGHT, Demand::tokens(1)).await;
+    assert!(after.is_err(), "admitted on a disabled key: {after:?}");
+}

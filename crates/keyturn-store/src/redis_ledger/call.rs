@@ -30,6 +30,8 @@ pub(super) struct Call {
     /// The model's give-backs it carries, and the count spent from grants since its last call.
     back: Unsent,
     spent: usize,
+    /// The grants' era when it was planned (see [`Giver::retire`]).
+    era: u64,
     ring: usize,
     round_robin: bool,
     giver: Arc<Giver>,
@@ -114,6 +116,7 @@ impl RedisLedger {
                 batches: back,
             },
             spent,
+            era: self.giver.era.load(std::sync::atomic::Ordering::Acquire),
             ring,
             round_robin,
             demands,
@@ -143,6 +146,7 @@ impl Call {
             shape,
             mut back,
             spent,
+            era,
             ring,
             round_robin,
             giver,
@@ -222,7 +226,7 @@ impl Call {
             }
         }
         if let Some(g) = granted {
-            giver.keep(&model, &g, sent_local);
+            giver.keep(&model, &g, sent_local, era);
         }
         Ok(replies)
     }
