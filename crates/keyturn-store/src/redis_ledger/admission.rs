@@ -54,23 +54,45 @@ struct HandOver {
     model: String,
 }
 
-/// A waiter's end of its channel: dropped (its acquire cancelled) after it was told to lead but
-/// before it did, it hands the batch on itself.
+/// A waiting acquire's end of its channel (a leader's too, waiting for its own call's answer).
+/// Dropped (its acquire cancelled) after it was told to lead but before it did, it hands the
+/// batch on itself; after its answer came but before it read it, it gives back what it was
+/// admitted (as [`answer`] does for one gone before its answer came): exactly one of the two
+/// sees the admission, as the channel is closed before it is read.
 struct Waiting<'a> {
     rx: Option<oneshot::Receiver<Turn>>,
     queues: &'a Queues,
+    giver: &'a Arc<grants::Giver>,
     model: &'a str,
+    demand: Demand,
+}
+
+impl Waiting<'_> {
+    /// Its turn, once told (`None`: the call that was to answer it was dropped unrun). Once
+    /// read, the turn is the caller's: dropped, this has nothing left to hand on or give back.
+    async fn turn(&mut self) -> Option<Turn> {
+        let turn = match self.rx.as_mut() {
+            Some(rx) => rx.await.ok(),
+            None => None,
+        };
+        self.rx = None;
+        turn
+    }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         if let Some(mut rx) = self.rx.take() {
             rx.close();
-            if let Ok(Turn::Lead) = rx.try_recv() {
-                drop(HandOver {
+            match rx.try_recv() {
+                Ok(Turn::Lead) => drop(HandOver {
                     queues: self.queues.clone(),
                     model: self.model.to_owned(),
-                });
+                }),
+                Ok(Turn::Done(Ok(decided))) => {
+                    give_back_unused(self.giver, self.model, self.demand, decided);
+                }
+                _ => {}
             }
         }
     }
@@ -253,13 +275,11 @@ impl RedisLedger {
     ) -> Result<Decided, redis::RedisError> {
         if demand.project_of.is_some() {
             // Pinned to a resource's project: decided alone, over that project's keys only
-            // (such requests are few; a batch shares one candidate list).
-            let sent_local = self.clock.now_ms();
-            let replies = self.plan(model, vec![demand], sent_local).send().await?;
-            return Ok(Decided::Reply(
-                replies.into_iter().next().unwrap_or(Value::Nil),
-                sent_local,
-            ));
+            // (such requests are few; a batch shares one candidate list). From a task too, so
+            // that one cancelled mid-call gives its admission back.
+            let (tx, rx) = oneshot::channel();
+            self.send_from_task(model, vec![Waiter { demand, tx }], None);
+            return self.own_answer(model, demand, rx).await;
         }
         loop {
             let rx = {
@@ -275,28 +295,25 @@ impl RedisLedger {
                 }
             };
             let turn = match rx {
-                None => Ok(Turn::Lead),
+                None => Some(Turn::Lead),
                 Some(rx) => {
                     let mut waiting = Waiting {
                         rx: Some(rx),
                         queues: &self.batches,
+                        giver: &self.giver,
                         model,
+                        demand,
                     };
-                    let turn = match waiting.rx.as_mut() {
-                        Some(rx) => rx.await,
-                        None => continue,
-                    };
-                    waiting.rx = None;
-                    turn
+                    waiting.turn().await
                 }
             };
             match turn {
-                Ok(Turn::Done(reply)) => return reply,
-                Ok(Turn::Lead) => return self.lead(model, slot, demand).await,
-                // The leader's acquire was cancelled mid-call: ask again. What its call may
-                // have admitted for this demand counts as sent (as a dropped lease), never as
-                // free, so asking again can only under-use, not over-admit.
-                Err(_) => {}
+                Some(Turn::Done(reply)) => return reply,
+                Some(Turn::Lead) => return self.lead(model, slot, demand).await,
+                // The call that carried it was dropped unrun (its runtime shutting down): ask
+                // again. What that call may have admitted for this demand counts as sent (as a
+                // dropped lease), never as free, so asking again can only under-use.
+                None => {}
             }
         }
     }
@@ -324,11 +341,21 @@ impl RedisLedger {
             queues: self.batches.clone(),
             model: model.to_owned(),
         };
+        // Waiters whose acquire was cancelled while they waited are left out: decided with the
+        // rest, one would take room (or a breaker's one probe) from a demand behind it that is
+        // still wanted, and give it back only after that demand was refused.
         let waiting: Vec<Waiter> = {
             let mut queues = self.batches.lock();
             let q = queues.entry(model.to_owned()).or_default();
-            let take = q.waiting.len().min(MAX_BATCH - 1);
-            q.waiting.drain(..take).collect()
+            let mut waiting = Vec::new();
+            while waiting.len() < MAX_BATCH - 1
+                && let Some(w) = q.waiting.pop_front()
+            {
+                if !w.tx.is_closed() {
+                    waiting.push(w);
+                }
+            }
+            waiting
         };
         let own_lease = self.spend_grant(model, slot, own);
         let mut batch = Vec::with_capacity(waiting.len() + 1);
@@ -353,6 +380,19 @@ impl RedisLedger {
                 Some(rx)
             }
         };
+        self.send_from_task(model, batch, Some(hand_over));
+        match (own_lease, own_rx) {
+            (Some(lease), _) => Ok(Decided::Granted(lease)),
+            (None, Some(rx)) => self.own_answer(model, own, rx).await,
+            (None, None) => unreachable!("a leader without a lease is answered by its call"),
+        }
+    }
+
+    /// Sends `batch`'s demands in one call from a task of its own, which answers each waiter
+    /// (giving back what one gone was admitted), then hands the model's next batch on (a
+    /// pinned call, outside the queue, has none to hand on). It holds a [`grants::Giver::busy`]
+    /// guard until then, so [`RedisLedger::close`] gives back what the waiters will not use.
+    fn send_from_task(&self, model: &str, batch: Vec<Waiter>, hand_over: Option<HandOver>) {
         let call = self.plan(
             model,
             batch.iter().map(|w| w.demand).collect(),
@@ -360,6 +400,7 @@ impl RedisLedger {
         );
         let giver = self.giver.clone();
         let busy = giver.busy();
+        let model = model.to_owned();
         tokio::spawn(async move {
             let sent_local = call.sent_local;
             match call.send().await {
@@ -367,12 +408,7 @@ impl RedisLedger {
                     let mut replies = replies.into_iter();
                     for w in batch {
                         let r = replies.next().unwrap_or(Value::Nil);
-                        answer(
-                            &giver,
-                            &hand_over.model,
-                            w,
-                            Ok(Decided::Reply(r, sent_local)),
-                        );
+                        answer(&giver, &model, w, Ok(Decided::Reply(r, sent_local)));
                     }
                 }
                 Err(e) => {
@@ -384,33 +420,50 @@ impl RedisLedger {
             drop(hand_over);
             drop(busy);
         });
-        match (own_lease, own_rx) {
-            (Some(lease), _) => Ok(Decided::Granted(lease)),
-            (None, Some(rx)) => match rx.await {
-                Ok(Turn::Done(decided)) => decided,
-                // Its task was dropped unrun: the runtime is shutting down.
-                _ => Err(redis::RedisError::from((
-                    redis::ErrorKind::Io,
-                    "the acquire call was dropped unsent: the runtime is shutting down",
-                ))),
-            },
-            (None, None) => unreachable!("a leader without a lease is answered by its call"),
+    }
+
+    /// What an acquire's own call (from [`RedisLedger::send_from_task`]) decided for it.
+    /// Cancelled before it reads the answer, it gives back what it was admitted.
+    async fn own_answer(
+        &self,
+        model: &str,
+        demand: Demand,
+        rx: oneshot::Receiver<Turn>,
+    ) -> Result<Decided, redis::RedisError> {
+        let mut waiting = Waiting {
+            rx: Some(rx),
+            queues: &self.batches,
+            giver: &self.giver,
+            model,
+            demand,
+        };
+        match waiting.turn().await {
+            Some(Turn::Done(decided)) => decided,
+            // Its task was dropped unrun: the runtime is shutting down.
+            _ => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "the acquire call was dropped unsent: the runtime is shutting down",
+            ))),
         }
     }
 }
 
 /// Tells a waiter how its demand was decided. A waiter gone (its acquire cancelled) never sends
-/// what it was admitted: the admission goes back (a probe's stays counted as sent and holds its
-/// breaker until the probe times out).
+/// what it was admitted: the admission goes back (see [`give_back_unused`]).
 fn answer(
     giver: &Arc<grants::Giver>,
     model: &str,
     w: Waiter,
     decided: Result<Decided, redis::RedisError>,
 ) {
-    let Err(Turn::Done(Ok(decided))) = w.tx.send(Turn::Done(decided)) else {
-        return;
-    };
+    if let Err(Turn::Done(Ok(decided))) = w.tx.send(Turn::Done(decided)) {
+        give_back_unused(giver, model, w.demand, decided);
+    }
+}
+
+/// Gives back an admission decided for `demand` that its acquire, cancelled, will never send
+/// (a probe's stays counted as sent and holds its breaker until the probe times out).
+fn give_back_unused(giver: &Arc<grants::Giver>, model: &str, demand: Demand, decided: Decided) {
     let give = match decided {
         Decided::Granted(l) => Some((
             l.key().0 as usize,
@@ -432,8 +485,8 @@ fn answer(
                 *idx as usize,
                 *sec,
                 (*gen_).max(0) as u64,
-                w.demand.requests,
-                w.demand.tokens,
+                demand.requests,
+                demand.tokens,
             )),
             _ => None,
         },

@@ -28,12 +28,33 @@ pub(super) struct Call {
     want: usize,
     shape: (u32, u64),
     /// The model's give-backs it carries, and the count spent from grants since its last call.
-    back: Vec<Batch>,
+    back: Unsent,
     spent: usize,
+    /// The grants' era when it was planned (see [`Giver::retire`]).
+    era: u64,
     ring: usize,
     round_robin: bool,
     giver: Arc<Giver>,
     cursors: Cursors,
+}
+
+/// A planned call's give-backs, taken from the model's: dropped unsent (the call's task dropped
+/// before it ran, its runtime shutting down), it keeps them to be sent again as a failed call
+/// does (see [`Giver::after_call`]), instead of letting them go with it.
+struct Unsent {
+    giver: Arc<Giver>,
+    model: String,
+    batches: Vec<Batch>,
+}
+
+impl Drop for Unsent {
+    fn drop(&mut self) {
+        let batches = std::mem::take(&mut self.batches);
+        if !batches.is_empty() {
+            self.giver
+                .after_call(&self.model, false, batches, Vec::new());
+        }
+    }
 }
 
 impl RedisLedger {
@@ -89,8 +110,13 @@ impl RedisLedger {
             limits: self.limits_for(model),
             want,
             shape,
-            back,
+            back: Unsent {
+                giver: self.giver.clone(),
+                model: model.to_owned(),
+                batches: back,
+            },
             spent,
+            era: self.giver.era.load(std::sync::atomic::Ordering::Acquire),
             ring,
             round_robin,
             demands,
@@ -118,13 +144,16 @@ impl Call {
             limits,
             want,
             shape,
-            back,
+            mut back,
             spent,
+            era,
             ring,
             round_robin,
             giver,
             cursors,
         } = self;
+        // From here the call's InFlight holds them.
+        let back = std::mem::take(&mut back.batches);
         let mut inv = giver.acquire.prepare_invoke();
         inv.key(&giver.anchor);
         inv.arg(&giver.prefix).arg(&model).arg(now).arg(policy);
@@ -197,7 +226,7 @@ impl Call {
             }
         }
         if let Some(g) = granted {
-            giver.keep(&model, &g, sent_local);
+            giver.keep(&model, &g, sent_local, era);
         }
         Ok(replies)
     }

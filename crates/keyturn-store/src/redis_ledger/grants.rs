@@ -125,6 +125,9 @@ pub(super) struct Giver {
     /// notice that none is (for [`Giver::quiet`]).
     pub(super) out: AtomicUsize,
     pub(super) quiet: tokio::sync::Notify,
+    /// Moves on whenever what may be admitted changes here (see [`Giver::retire`]): a call
+    /// planned before keeps no grant.
+    pub(super) era: AtomicU64,
 }
 
 /// A random 64-bit number without a random-number crate: std's hasher keys are seeded from
@@ -401,7 +404,27 @@ impl Giver {
         (batches, std::mem::take(&mut h.spent))
     }
 
-    pub(super) fn keep(self: &Arc<Self>, model: &str, reply: &Value, sent_local: i64) {
+    /// What may be admitted changed in this process (a settle that says so, a disable, a
+    /// reset, a restore): the grants held, and those the calls out bring back (decided before
+    /// the change), are not spent but given back, so the next acquires decide afresh.
+    pub(super) fn retire(self: &Arc<Self>) {
+        self.era.fetch_add(1, Ordering::AcqRel);
+        let mut timers = Vec::new();
+        for (model, h) in self.grants.lock().iter_mut() {
+            let ahead = h.ahead.drain(..);
+            h.back
+                .extend(ahead.map(|a| (a.key, a.sec, a.epoch, a.requests, a.tokens)));
+            if !h.back.is_empty() && !std::mem::replace(&mut h.timer, true) {
+                timers.push(model.clone());
+            }
+        }
+        for model in timers {
+            self.start_timer(&model);
+        }
+    }
+
+    /// Keeps the grant a call planned in `era` brought (given back if the era has moved on).
+    pub(super) fn keep(self: &Arc<Self>, model: &str, reply: &Value, sent_local: i64, era: u64) {
         let Value::Array(v) = reply else {
             return;
         };
@@ -421,19 +444,26 @@ impl Giver {
             sent_local.saturating_add((server_now.div_euclid(1000) + 1) * 1000 - server_now);
         let start_timer = {
             let mut grants = self.grants.lock();
+            // Read under the lock: a retire that moves the era on after this drains what it adds.
+            let retired = self.era.load(Ordering::Acquire) != era;
             let h = grants.entry(model.to_owned()).or_default();
             for i in (3..v.len()).step_by(3) {
                 let (Some(key), Some(sec), Some(epoch)) = (int(i), int(i + 1), int(i + 2)) else {
                     break;
                 };
-                h.ahead.push_back(Ahead {
+                let a = Ahead {
                     key: key as usize,
                     sec,
                     epoch: epoch.max(0) as u64,
                     requests: requests as u32,
                     tokens: tokens.max(0) as u64,
                     until,
-                });
+                };
+                if retired {
+                    h.back.push((a.key, a.sec, a.epoch, a.requests, a.tokens));
+                } else {
+                    h.ahead.push_back(a);
+                }
             }
             !std::mem::replace(&mut h.timer, true)
         };

@@ -222,6 +222,7 @@ impl RedisLedger {
             answered: Mutex::default(),
             out: Default::default(),
             quiet: Default::default(),
+            era: Default::default(),
         });
         let settler = Arc::new(settles::Settler {
             conn: conn.clone(),
@@ -511,19 +512,28 @@ impl QuotaLedger for RedisLedger {
         self.settle_lease(lease, outcome).await?;
         match model {
             Some(m) if changes && success => self.give_back_model(&m).await,
-            _ if changes || probe => self.give_back_all().await,
+            _ if changes || probe => {
+                // Also the grants of the calls out, decided before this settle counted.
+                self.giver.retire();
+                self.give_back_all().await
+            }
             _ => Ok(()),
         }
     }
 
     async fn reset(&self, target: ResetTarget) -> Result<(), LedgerError> {
         self.give_back_all().await?;
-        self.reset_target(target).await
+        let done = self.reset_target(target).await;
+        // The grants of calls that were out, decided before it, are not spent after it.
+        self.giver.retire();
+        done
     }
 
     async fn disable_by_admin(&self, key: KeyId, disabled: bool) -> Result<(), LedgerError> {
         self.give_back_all().await?;
-        self.set_disabled_by_admin(key, disabled).await
+        let done = self.set_disabled_by_admin(key, disabled).await;
+        self.giver.retire();
+        done
     }
 
     async fn status(&self) -> Result<PoolStatus, LedgerError> {
@@ -562,6 +572,8 @@ impl QuotaLedger for RedisLedger {
 
     async fn restore(&self, snapshot: Snapshot) -> Result<(), LedgerError> {
         self.give_back_all().await?;
-        self.restore_snapshot(snapshot).await
+        let done = self.restore_snapshot(snapshot).await;
+        self.giver.retire();
+        done
     }
 }
