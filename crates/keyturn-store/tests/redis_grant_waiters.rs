@@ -17,9 +17,8 @@ use std::time::Duration;
 
 use keyturn_core::testkit::{T0_MS, TIGHT, config, solo_keys};
 use keyturn_core::{Demand, KeyId, ManualClock, Outcome, QuotaLedger};
-use keyturn_store::testkit::TestRedis;
+use keyturn_store::testkit::{RedisAdmin, TestRedis};
 use keyturn_store::{RedisLedger, TimeSource};
-use redis::aio::MultiplexedConnection;
 use tokio::task::JoinHandle;
 
 async fn ledger(redis: &TestRedis) -> Arc<RedisLedger> {
@@ -41,21 +40,6 @@ async fn ledger_on(redis: &TestRedis, clock: &ManualClock) -> Arc<RedisLedger> {
     )
 }
 
-async fn admin(redis: &TestRedis) -> MultiplexedConnection {
-    let client = redis::Client::open(redis.url()).unwrap();
-    client.get_multiplexed_async_connection().await.unwrap()
-}
-
-async fn pause(admin: &mut MultiplexedConnection, on: bool) {
-    let mut cmd = redis::cmd("CLIENT");
-    if on {
-        cmd.arg("PAUSE").arg(20_000).arg("WRITE");
-    } else {
-        cmd.arg("UNPAUSE");
-    }
-    let _: () = cmd.query_async(admin).await.unwrap();
-}
-
 fn acquire(l: &Arc<RedisLedger>) -> JoinHandle<()> {
     let l = l.clone();
     tokio::spawn(async move {
@@ -68,9 +52,9 @@ fn acquire(l: &Arc<RedisLedger>) -> JoinHandle<()> {
 /// and four more wait behind them; returns the waiters.
 async fn four_out_and_four_waiting(
     l: &Arc<RedisLedger>,
-    admin: &mut MultiplexedConnection,
+    admin: &mut RedisAdmin,
 ) -> (Vec<JoinHandle<()>>, Vec<JoinHandle<()>>) {
-    pause(admin, true).await;
+    admin.pause_scripts(20_000).await;
     let out: Vec<_> = (0..4).map(|_| acquire(l)).collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let waiting: Vec<_> = (0..4).map(|_| acquire(l)).collect();
@@ -92,9 +76,9 @@ async fn rpd_used(l: &RedisLedger) -> u64 {
 async fn acquires_waiting_behind_calls_are_served_from_the_room_those_calls_took_ahead() {
     let redis = TestRedis::private();
     let l = ledger(&redis).await;
-    let mut admin = admin(&redis).await;
+    let mut admin = RedisAdmin::connect(redis.url()).await;
     let (out, waiting) = four_out_and_four_waiting(&l, &mut admin).await;
-    pause(&mut admin, false).await;
+    admin.resume().await;
     for t in out.into_iter().chain(waiting) {
         t.await.unwrap();
     }
@@ -113,13 +97,13 @@ async fn acquires_waiting_behind_calls_are_served_from_the_room_those_calls_took
 async fn an_acquire_cancelled_while_it_waited_is_not_counted_as_sent() {
     let redis = TestRedis::private();
     let l = ledger(&redis).await;
-    let mut admin = admin(&redis).await;
+    let mut admin = RedisAdmin::connect(redis.url()).await;
     let (out, mut waiting) = four_out_and_four_waiting(&l, &mut admin).await;
     // The second waiter's caller stops waiting; the first leads the next batch with it in.
     let gone = waiting.remove(1);
     gone.abort();
     assert!(gone.await.unwrap_err().is_cancelled());
-    pause(&mut admin, false).await;
+    admin.resume().await;
     for t in out.into_iter().chain(waiting) {
         t.await.unwrap();
     }
@@ -137,19 +121,19 @@ async fn an_acquire_cancelled_while_it_waited_is_not_counted_as_sent() {
 async fn an_acquire_cancelled_mid_call_leaves_nothing_counted() {
     let redis = TestRedis::private();
     let l = ledger(&redis).await;
-    let mut admin = admin(&redis).await;
+    let mut admin = RedisAdmin::connect(redis.url()).await;
     // One acquire first: Redis holds the script from then on (a first call's EVALSHA is
     // refused, NOSCRIPT, and sent again after SCRIPT LOAD: cancelled in between, it never ran).
     drop(l.acquire(TIGHT, Demand::tokens(1)).await.unwrap());
     l.close().await.unwrap();
     assert_eq!(rpd_used(&l).await, 1);
-    pause(&mut admin, true).await;
+    admin.pause_scripts(20_000).await;
     // It leads a call (one admission and two taken ahead), held in Redis; its caller hangs up.
     let leader = acquire(&l);
     tokio::time::sleep(Duration::from_millis(200)).await;
     leader.abort();
     assert!(leader.await.unwrap_err().is_cancelled());
-    pause(&mut admin, false).await;
+    admin.resume().await;
     // The call ran once Redis resumed. Without its own task, its answer was dropped with the
     // acquire: its admission and the two taken ahead stayed counted for the day (4 in all).
     // (close waits for the call's task, which answers after Redis does.)
@@ -180,14 +164,14 @@ async fn one_sent(l: &RedisLedger) {
 async fn a_waiter_cancelled_after_its_answer_came_is_not_counted_as_sent() {
     let redis = TestRedis::private();
     let l = ledger(&redis).await;
-    let mut admin = admin(&redis).await;
+    let mut admin = RedisAdmin::connect(redis.url()).await;
     one_sent(&l).await;
     let (out, waiting) = four_out_and_four_waiting(&l, &mut admin).await;
     // A ninth waits behind the four waiting: whichever of them leads first takes it in its batch
     // (the four calls out hand on four turns at most, all to those before it).
     let mut last = l.acquire(TIGHT, Demand::tokens(1));
     assert!(poll_once(&mut last).await.is_pending(), "Redis is paused");
-    pause(&mut admin, false).await;
+    admin.resume().await;
     for t in out.into_iter().chain(waiting) {
         t.await.unwrap();
     }
@@ -209,13 +193,13 @@ async fn a_waiter_cancelled_after_its_answer_came_is_not_counted_as_sent() {
 async fn a_leader_cancelled_after_its_answer_came_is_not_counted_as_sent() {
     let redis = TestRedis::private();
     let l = ledger(&redis).await;
-    let mut admin = admin(&redis).await;
+    let mut admin = RedisAdmin::connect(redis.url()).await;
     one_sent(&l).await;
-    pause(&mut admin, true).await;
+    admin.pause_scripts(20_000).await;
     // It leads a call, held in Redis.
     let mut leader = l.acquire(TIGHT, Demand::tokens(1));
     assert!(poll_once(&mut leader).await.is_pending(), "Redis is paused");
-    pause(&mut admin, false).await;
+    admin.resume().await;
     // Its call's task answers it (close waits for that); it is cancelled before it reads it.
     l.close().await.unwrap();
     drop(leader);
@@ -229,9 +213,9 @@ async fn a_leader_cancelled_after_its_answer_came_is_not_counted_as_sent() {
 async fn a_pinned_acquire_cancelled_mid_call_leaves_nothing_counted() {
     let redis = TestRedis::private();
     let l = ledger(&redis).await;
-    let mut admin = admin(&redis).await;
+    let mut admin = RedisAdmin::connect(redis.url()).await;
     one_sent(&l).await;
-    pause(&mut admin, true).await;
+    admin.pause_scripts(20_000).await;
     // A request for a resource key 0's project owns: its call is its own, held in Redis; its
     // caller hangs up.
     let pinned = {
@@ -244,7 +228,7 @@ async fn a_pinned_acquire_cancelled_mid_call_leaves_nothing_counted() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     pinned.abort();
     assert!(pinned.await.unwrap_err().is_cancelled());
-    pause(&mut admin, false).await;
+    admin.resume().await;
     // The call ran once Redis resumed. Inline in the acquire, its answer went with it and its
     // admission stayed counted for the day (2). (close waits for the call's task.)
     l.close().await.unwrap();
@@ -257,7 +241,7 @@ async fn a_waiter_cancelled_before_its_batch_went_does_not_take_the_breaker_prob
     let redis = TestRedis::private();
     let clock = ManualClock::at_ms(T0_MS);
     let l = ledger_on(&redis, &clock).await;
-    let mut admin = admin(&redis).await;
+    let mut admin = RedisAdmin::connect(redis.url()).await;
     // The only key's breaker opens (two transient failures): a probe may go at T0 + 10 s.
     for _ in 0..2 {
         let lease = l.acquire(TIGHT, Demand::tokens(1)).await.unwrap();
@@ -267,7 +251,7 @@ async fn a_waiter_cancelled_before_its_batch_went_does_not_take_the_breaker_prob
         let l = l.clone();
         tokio::spawn(async move { l.acquire(TIGHT, demand).await })
     };
-    pause(&mut admin, true).await;
+    admin.pause_scripts(20_000).await;
     // Four calls out (refused at T0: the breaker is open), then four waiting whose demands no
     // key can ever take (they take no probe): the four calls hand on their turns to those only.
     let out: Vec<_> = (0..4).map(|_| ask(Demand::tokens(1))).collect();
@@ -282,7 +266,7 @@ async fn a_waiter_cancelled_before_its_batch_went_does_not_take_the_breaker_prob
     let stays = ask(Demand::tokens(1));
     tokio::time::sleep(Duration::from_millis(200)).await;
     clock.advance(Duration::from_secs(11));
-    pause(&mut admin, false).await;
+    admin.resume().await;
     for t in out.into_iter().chain(too_large) {
         assert!(t.await.unwrap().is_err());
     }
@@ -334,9 +318,9 @@ async fn a_call_whose_task_never_ran_keeps_the_give_backs_it_was_to_carry() {
 async fn a_grant_its_call_brought_after_a_disable_is_not_spent_on_the_disabled_key() {
     let redis = TestRedis::private();
     let l = ledger(&redis).await;
-    let mut admin = admin(&redis).await;
+    let mut admin = RedisAdmin::connect(redis.url()).await;
     one_sent(&l).await;
-    pause(&mut admin, true).await;
+    admin.pause_scripts(20_000).await;
     // An acquire's call (one admission and two taken ahead) is held in Redis; meanwhile the
     // process disables its only key (the disable's write waits behind the call).
     let first = acquire(&l);
@@ -346,7 +330,7 @@ async fn a_grant_its_call_brought_after_a_disable_is_not_spent_on_the_disabled_k
         tokio::spawn(async move { l.disable_by_admin(KeyId(0), true).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    pause(&mut admin, false).await;
+    admin.resume().await;
     first.await.unwrap();
     disable.await.unwrap().unwrap();
     // The disable has returned: this process admits nothing more on that key. Without it, the
