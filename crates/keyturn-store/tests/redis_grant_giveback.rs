@@ -108,6 +108,35 @@ async fn a_give_back_whose_answer_was_lost_is_not_given_back_twice() {
     assert_eq!(day_used(&l).await, (1, 1));
 }
 
+/// An acquire call whose answer was lost (Redis stalled past the answer timeout, then ran it)
+/// failed for its caller, who sends nothing. Redis recorded what the call admitted (its own
+/// admission and the grant it took ahead); the next call voids it all: only what was sent
+/// stays counted, however late the stalled call ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server"]
+async fn an_acquire_whose_answer_was_lost_leaves_nothing_counted() {
+    let redis = TestRedis::private();
+    let clock = Arc::new(ManualClock::at_ms(T0_MS));
+    let (l, mut admin) = one_sent_and_a_grant_held(&redis, &clock).await;
+    l.close().await.unwrap();
+    assert_eq!(day_used(&l).await, (1, 1));
+
+    admin.pause_all(4_500).await;
+    assert!(
+        l.acquire(TIGHT, Demand::tokens(1)).await.is_err(),
+        "Redis was paused"
+    );
+    while redis::cmd("PING")
+        .query_async::<String>(admin.connection())
+        .await
+        .is_err()
+    {}
+    // Redis ran it once the pause ended: without the void, its admission and the grant it
+    // took ahead stayed counted for the minute and the day ((4, 4)).
+    assert_eq!(day_used_once_back(&l).await, (1, 1));
+    assert_eq!(day_used(&l).await, (1, 1));
+}
+
 /// The status until Redis answers again (the first calls after a dropped connection may fail
 /// while it reconnects).
 async fn day_used_once_back(l: &RedisLedger) -> (u64, u64) {

@@ -180,22 +180,45 @@ impl Call {
                 .arg(tpd)
                 .arg(*weight);
         }
-        let answered = giver.grant_args(&mut inv, want, shape, &back);
+        // The call's id: Redis records under it what the call admits, so that a call whose
+        // answer is lost can be voided (all of it given back, once), its callers having been
+        // told it failed.
+        let id = giver.next_id();
+        let answered = giver.grant_args(&mut inv, want, shape, Some(id), &back);
         // Also when this future is dropped mid-call.
         let carried = giver.in_flight(&model, back, answered);
         let mut conn = giver.conn.clone();
         let sent: Result<Vec<Value>, _> = inv.invoke_async(&mut conn).await;
         // The script may have run with only its answer lost (a timeout), or not at all: what it
         // was to give back is sent again later under the same ids, applied once.
-        carried.done(sent.is_ok());
+        // (A call that came after its void ran nothing: a failure too.)
+        let voided = matches!(&sent, Ok(r) if matches!(r.first(), Some(Value::BulkString(b)) if b == b"void"));
+        carried.done(sent.is_ok() && !voided);
         let mut replies: Vec<Value> = match sent {
-            Ok(r) => r,
-            Err(e) => {
+            Ok(r) if !voided => {
+                // Its record goes with the next call.
+                giver.answered.lock().push(id);
+                r
+            }
+            sent => {
+                // Its callers are told it failed; what it may have admitted is voided with the
+                // model's next call (or its timer, status, close): nothing it admitted is used.
+                giver.after_call(
+                    &model,
+                    false,
+                    vec![Batch::void(id, giver.clock.now_ms())],
+                    Vec::new(),
+                );
                 // The count spent stays for the next call's sizing.
                 let mut grants = giver.grants.lock();
                 let h = grants.entry(model.clone()).or_default();
                 h.count_spent(spent);
-                return Err(e);
+                return Err(sent.err().unwrap_or_else(|| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "the acquire call came after its void",
+                    ))
+                }));
             }
         };
         let granted = if want > 0 && replies.len() > demands.len() {

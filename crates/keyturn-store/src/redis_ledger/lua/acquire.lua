@@ -8,11 +8,15 @@
 -- rpm, tpm, rpd, tpd, weight) in ring order with -1 for unlimited.
 -- then the grant: want (how many admissions to take ahead, 0: none), share (a call takes at most
 -- 1/share of a scope's free room ahead), the granted shape (requests, tokens), then the
--- give-backs: mark_ttl_ms, a and a × id (give-backs answered on their first send, whose marks may
--- go), m and m × (id, r, r × (fingerprint, project, second, gen, requests, tokens)): admissions
--- taken ahead earlier and not spent, given back first, each batch once (with k = 0 and n = 0 the
--- call only gives back). A batch's id is marked (SET NX, expiring after mark_ttl_ms) in the same
--- call that applies it: a resend of a batch that already ran (its answer lost) changes nothing.
+-- give-backs: mark_ttl_ms, this call's id ('' = none), a and a × id (give-backs and calls
+-- answered on their first send, whose marks and records may go), v and v × id (calls whose answer
+-- was lost: voided), m and m × (id, r, r × (fingerprint, project, second, gen, requests, tokens)):
+-- admissions taken ahead earlier and not spent, given back first, each batch once (with k = 0 and
+-- n = 0 the call only gives back). A batch's id is marked (SET NX, expiring after mark_ttl_ms) in
+-- the same call that applies it: a resend of a batch that already ran (its answer lost) changes
+-- nothing. A call with an id records what it admitted (`c:<id>`, a list of fingerprint, project,
+-- second, gen, requests, tokens; expiring after mark_ttl_ms); voiding it gives all of that back
+-- and leaves `v:<id>`, so the call, if it arrives after its void, admits nothing ({'void'}).
 -- Returns k replies, each {1, idx, second, probe, now, gen} or
 --         {0, retry_at|-1, why, n_off, disabled_idx_csv, too_large_what, too_large_demand, too_large_limit, now},
 -- and when want > 0 one more: {now, requests, tokens, then (idx, second, gen) per admission taken
@@ -36,6 +40,9 @@ local GA = BASE + n * 8
 local want, share = tonumber(ARGV[GA + 1]) or 0, math.max(tonumber(ARGV[GA + 2]) or 1, 1)
 local greq, gtok = tonumber(ARGV[GA + 3]) or 1, tonumber(ARGV[GA + 4]) or 0
 local mark_ttl = math.max(tonumber(ARGV[GA + 5]) or 1, 1)
+local cid = ARGV[GA + 6] or ''
+-- Voided before it arrived (its answer was taken as lost): it admits nothing.
+if cid ~= '' and redis.call('EXISTS', P .. 'v:' .. cid) == 1 then return { 'void' } end
 -- After a grant's second ends, those waiting on room it held look again this much later.
 local GRANT_SLACK_MS = 200
 -- The demand being decided (the functions below read these); granting: taking admissions ahead.
@@ -76,10 +83,23 @@ local function give_back(fp, project, sec, gen, r, t)
     end
   end
 end
-local o = GA + 6
+local o = GA + 7
 local nack = tonumber(ARGV[o]) or 0
-for j = 1, nack do redis.call('DEL', P .. 'b:' .. ARGV[o + j]) end
+for j = 1, nack do redis.call('DEL', P .. 'b:' .. ARGV[o + j], P .. 'c:' .. ARGV[o + j]) end
 o = o + nack + 1
+-- Calls whose answer was lost: what each admitted goes back, once (the tombstone says so).
+for j = 1, tonumber(ARGV[o]) or 0 do
+  local ck, vk = P .. 'c:' .. ARGV[o + j], P .. 'v:' .. ARGV[o + j]
+  if redis.call('EXISTS', vk) == 0 then
+    local rec = redis.call('LRANGE', ck, 0, -1)
+    for e = 1, #rec - 5, 6 do
+      give_back(rec[e], rec[e + 1], tonumber(rec[e + 2]), tonumber(rec[e + 3]), tonumber(rec[e + 4]), tonumber(rec[e + 5]))
+    end
+    redis.call('DEL', ck)
+    redis.call('SET', vk, 1, 'PX', mark_ttl)
+  end
+end
+o = o + (tonumber(ARGV[o]) or 0) + 1
 for _ = 1, tonumber(ARGV[o]) or 0 do
   local r = tonumber(ARGV[o + 2])
   -- Applied once: a resend finds its mark and skips it.
@@ -93,6 +113,20 @@ for _ = 1, tonumber(ARGV[o]) or 0 do
 end
 
 local scopes = {}
+
+-- What this call admitted, per fingerprint, project, second and generation (for its record).
+local made, made_order = {}, {}
+local function note_made(fp, project, sec, gen, r, t)
+  if cid == '' then return end
+  local id = fp .. '\0' .. project .. '\0' .. sec .. '\0' .. gen
+  local m = made[id]
+  if m == nil then
+    m = { fp, project, sec, gen, 0, 0 }
+    made[id] = m
+    made_order[#made_order + 1] = m
+  end
+  m[5], m[6] = m[5] + r, m[6] + t
+end
 
 local function scope(project, rpm, tpm, rpd, tpd)
   local key = P .. 's:' .. model .. '|' .. project
@@ -369,6 +403,7 @@ local function admit()
     -- The scope hash's generation, new whenever a reset or a restore replaced the hash: the
     -- lease carries it, and a lease of an older generation corrects none of its counters.
     if pick_s.f.gen == nil then put(pick_s, 'gen', redis.call('INCR', P .. 'gen')) end
+    note_made(pick_fp, pick_project, rec, pick_s.f.gen, nreq, ntok)
     add_usage(pick_fp .. '|' .. model .. '|r', nreq)
     add_usage(pick_fp .. '|' .. model .. '|t', ntok)
     -- The re-probe of an expired switch-off: it holds the gate until it settles or times out.
@@ -427,7 +462,7 @@ local function grant_round_robin(g)
     if breaker(fp) == 'yes' and project_gate(project) == 'open' then
       local s = scope(project, rpm, tpm, rpd, tpd)
       if s.gate == 'open' and fits(s) and grant_room(s) then
-        ring[#ring + 1] = { idx = tonumber(idx), fp = fp, s = s, c = 0 }
+        ring[#ring + 1] = { idx = tonumber(idx), fp = fp, project = project, s = s, c = 0 }
       end
     end
   end
@@ -451,6 +486,7 @@ local function grant_round_robin(g)
     if c.c > 0 then
       c.rec = record(c.s, c.c * nreq, c.c * ntok)
       if c.s.f.gen == nil then put(c.s, 'gen', redis.call('INCR', P .. 'gen')) end
+      note_made(c.fp, c.project, c.rec, c.s.f.gen, c.c * nreq, c.c * ntok)
       if c.s.f.gx ~= now_sec then put(c.s, 'gx', now_sec) end
       add_usage(c.fp .. '|' .. model .. '|r', c.c * nreq)
       add_usage(c.fp .. '|' .. model .. '|t', c.c * ntok)
@@ -480,6 +516,14 @@ if next(usage) ~= nil then
   local uk = P .. 'u:' .. day_start
   for field, v in pairs(usage) do redis.call('HINCRBY', uk, field, v) end
   redis.call('PEXPIRE', uk, day_end - now + HISTORY_MS)
+end
+if #made_order > 0 then
+  local ck, flat = P .. 'c:' .. cid, {}
+  for _, m in ipairs(made_order) do
+    for i = 1, 6 do flat[#flat + 1] = m[i] end
+  end
+  redis.call('RPUSH', ck, unpack(flat))
+  redis.call('PEXPIRE', ck, mark_ttl)
 end
 writeback()
 return replies

@@ -25,7 +25,12 @@
 --   P.."n:"..id                 a warning already sent (SET NX), expiring at the end of its day
 --   P.."b:"..id                 a batch of unspent grants given back (SET NX in the call that applies
 --                               it, so a resend is a no-op); deleted once its first send is answered,
---                               else expires after the resend window (grants.rs: MARK_TTL_MS)
+--                               else expires after the resend window (grants/mod.rs: MARK_TTL_MS)
+--   P.."c:"..id                 what acquire call id admitted (a list: fp, project, second, gen,
+--                               requests, tokens per entry), so a call whose answer was lost can be
+--                               voided; deleted once answered, else expires like a mark
+--   P.."v:"..id                 a voided acquire call: all it admitted was given back, and the call,
+--                               arriving later, admits nothing; expires like a mark
 --   P.."gen"                    the last scope-hash generation handed out (INCR; never reset)
 --   P.."layout"                 set once the namespace's pre-hash-tag keys (kt:<namespace>:…) were renamed
 

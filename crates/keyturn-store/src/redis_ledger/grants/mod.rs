@@ -23,7 +23,9 @@
 //! `status` and on [`RedisLedger::close`], for at most [`RESEND_FOR_MS`] (then they stay counted
 //! as sent: never over-admission). A mark is deleted by the call after the one that answered its
 //! first send (no copy of it can still be on its way); a resent batch's mark expires after
-//! [`MARK_TTL_MS`], past any resend.
+//! [`MARK_TTL_MS`], past any resend. An acquire call whose answer is lost is voided the same
+//! way ([`Batch::void`]): Redis recorded what it admitted under the call's id, and all of it
+//! goes back, once.
 //!
 //! Sizing (the trade-off between round trips and fairness): `want` is twice what the process
 //! spent since its last call plus the batch, at most [`MAX_GRANT`]; the script takes at most
@@ -38,6 +40,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use super::*;
+
+mod ledger;
 
 /// The most admissions one call takes ahead for a model.
 pub(super) const MAX_GRANT: usize = 256;
@@ -80,6 +84,22 @@ pub(super) struct Batch {
     since: i64,
     /// Whether it was sent before (a copy of it may still reach Redis: its mark stays).
     resent: bool,
+    /// Not give-backs but an acquire call whose answer was lost: what that call recorded it
+    /// admitted goes back, once (see acquire.lua).
+    void: bool,
+}
+
+impl Batch {
+    /// The void of acquire call `id`, whose answer was lost (it may or may not have run).
+    pub(super) fn void(id: u64, since: i64) -> Self {
+        Self {
+            id,
+            gives: Vec::new(),
+            since,
+            resent: true,
+            void: true,
+        }
+    }
 }
 
 /// One model's grants in this process.
@@ -170,22 +190,30 @@ pub(super) fn midnights_around(now: i64) -> [i64; 4] {
 }
 
 impl Giver {
-    /// Appends the grant arguments of an acquire call: want, share, shape, then the give-backs
-    /// (the marks to delete, and `batches`). Returns the ids whose marks it deletes, to put back
-    /// if the call fails.
+    /// Appends the grant arguments of an acquire call: want, share, shape, the call's own id
+    /// (`call`: it records what it admits, see acquire.lua), then the give-backs (the marks and
+    /// records to delete, the calls to void, and `batches`). Returns the ids whose marks it
+    /// deletes, to put back if the call fails.
     pub(super) fn grant_args(
         &self,
         inv: &mut redis::ScriptInvocation<'_>,
         want: usize,
         shape: (u32, u64),
+        call: Option<u64>,
         batches: &[Batch],
     ) -> Vec<u64> {
         inv.arg(want).arg(SHARE).arg(shape.0).arg(shape.1);
         inv.arg(MARK_TTL_MS);
+        inv.arg(call.map_or_else(String::new, |id| self.mark(id)));
         let answered = std::mem::take(&mut *self.answered.lock());
         inv.arg(answered.len());
         for &id in &answered {
             inv.arg(self.mark(id));
+        }
+        let (voids, batches): (Vec<&Batch>, Vec<&Batch>) = batches.iter().partition(|b| b.void);
+        inv.arg(voids.len());
+        for b in voids {
+            inv.arg(self.mark(b.id));
         }
         inv.arg(batches.len());
         for b in batches {
@@ -196,6 +224,11 @@ impl Giver {
             }
         }
         answered
+    }
+
+    /// A new id for a give-back batch or an acquire call.
+    pub(super) fn next_id(&self) -> u64 {
+        self.last_id.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// A give-back id as the script marks it: this ledger's instance and the batch's number.
@@ -346,7 +379,7 @@ impl Giver {
         }
         // probe timeout, n, relearn, start, k: no candidates, no demands.
         inv.arg(0).arg(0).arg(-1).arg(0).arg(0);
-        let answered = self.grant_args(&mut inv, 0, (1, 0), &batches);
+        let answered = self.grant_args(&mut inv, 0, (1, 0), None, &batches);
         let carried = self.in_flight(model, batches, answered);
         let mut conn = self.conn.clone();
         let sent: Result<Vec<Value>, _> = inv.invoke_async(&mut conn).await;
@@ -382,10 +415,11 @@ impl Giver {
         );
         if !gives.is_empty() {
             out.push(Batch {
-                id: self.last_id.fetch_add(1, Ordering::Relaxed) + 1,
+                id: self.next_id(),
                 gives,
                 since: now,
                 resent: false,
+                void: false,
             });
         }
         out
@@ -549,135 +583,5 @@ impl Drop for Busy {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.end(false);
-    }
-}
-
-impl RedisLedger {
-    /// An acquire served from a grant, if one fits: the next admission taken ahead for the
-    /// model, while it lives, with the same requests and at least the demand's tokens (the
-    /// difference goes back).
-    pub(super) fn spend_grant(&self, model: &str, slot: u32, demand: Demand) -> Option<Lease> {
-        let now = self.clock.now_ms();
-        let mut grants = self.giver.grants.lock();
-        let h = grants.get_mut(model)?;
-        while h.ahead.front().is_some_and(|a| a.until <= now) {
-            if let Some(a) = h.ahead.pop_front() {
-                h.back.push((a.key, a.sec, a.epoch, a.requests, a.tokens));
-            }
-        }
-        let a = *h.ahead.front()?;
-        if a.requests != demand.requests || a.tokens < demand.tokens {
-            return None;
-        }
-        h.ahead.pop_front();
-        if a.tokens > demand.tokens {
-            h.back
-                .push((a.key, a.sec, a.epoch, 0, a.tokens - demand.tokens));
-        }
-        h.spent += 1;
-        self.giver
-            .spent_total
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Some(Lease::new(
-            KeyId(a.key as u32),
-            slot,
-            a.sec,
-            demand,
-            false,
-            a.epoch,
-        ))
-    }
-
-    /// Admissions this ledger served from grants, without a call to Redis (since it connected).
-    pub fn spent_from_grants(&self) -> u64 {
-        self.giver
-            .spent_total
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Admissions this ledger holds ahead right now, across models.
-    pub fn held_in_grants(&self) -> usize {
-        self.giver
-            .grants
-            .lock()
-            .values()
-            .map(|h| h.ahead.len())
-            .sum()
-    }
-
-    /// Gives back every model's grants, so that Redis's counts are what this process sent:
-    /// before status, snapshots, resets, disables and restores, and after a settle that changes
-    /// what may be admitted.
-    pub(super) async fn give_back_all(&self) -> Result<(), LedgerError> {
-        let models: Vec<String> = self.giver.grants.lock().keys().cloned().collect();
-        for model in models {
-            self.give_back_model(&model).await?;
-        }
-        Ok(())
-    }
-
-    /// Gives back one model's grants, with the batches whose call failed (if Redis cannot be
-    /// asked, they are sent again later: see [`Giver::after_call`]).
-    pub(super) async fn give_back_model(&self, model: &str) -> Result<(), LedgerError> {
-        let (back, spent) = self.giver.take_all(model);
-        // The spent count stays for the next call's sizing.
-        if let Some(h) = self.giver.grants.lock().get_mut(model) {
-            h.spent += spent;
-        }
-        self.giver.give_back(model, back).await
-    }
-}
-
-impl Held {
-    /// Keeps the count a failed call was to report, for the next call's sizing.
-    pub(super) fn count_spent(&mut self, spent: usize) {
-        self.spent += spent;
-    }
-}
-
-impl RedisLedger {
-    /// Waits for the settles still to be sent (see `settles.rs`) and the calls out with
-    /// give-backs, then gives back this ledger's
-    /// unspent grants, with those whose give-back failed before (each applied once), and
-    /// deletes the marks of give-backs already answered. A clean shutdown
-    /// calls it before dropping the ledger; a ledger dropped without it gives them back in a task
-    /// of the current runtime if there is one (a runtime shutting down may not run it: they then
-    /// stay counted as sent, the minute's room back once their second leaves the window, the
-    /// day's lost for the day).
-    pub async fn close(&self) -> Result<(), LedgerError> {
-        // The settles still out or waiting (their callers may have stopped waiting) first: a
-        // process exits after close, and a settle left to a task would go with it.
-        self.settler.idle().await;
-        // Then the calls out with give-backs (a timer's, an acquire's): once they return, what
-        // they carried is applied or kept, and what is kept goes now.
-        self.giver.quiet().await;
-        self.give_back_all().await?;
-        // The marks the last calls left (a call with nothing to give back only deletes them).
-        self.giver.give_back("", Vec::new()).await
-    }
-}
-
-impl Drop for RedisLedger {
-    fn drop(&mut self) {
-        let models: Vec<String> = self.giver.grants.lock().keys().cloned().collect();
-        let held: Vec<(String, Vec<Batch>)> = models
-            .into_iter()
-            .map(|m| {
-                let (back, _) = self.giver.take_all(&m);
-                (m, back)
-            })
-            .filter(|(_, back)| !back.is_empty())
-            .collect();
-        if held.is_empty() {
-            return;
-        }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let giver = self.giver.clone();
-            rt.spawn(async move {
-                for (model, back) in held {
-                    let _ = giver.give_back(&model, back).await;
-                }
-            });
-        }
     }
 }
