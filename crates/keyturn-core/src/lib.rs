@@ -84,7 +84,8 @@ pub use redact::{Scrubber, redact};
 #[cfg(any(test, feature = "mock"))]
 pub use resources::MockResourceMap;
 pub use resources::{
-    InvalidResource, MemoryResources, Owner, ResourceKind, ResourceMap, ResourceName, ResourceTable,
+    InvalidResource, MemoryResources, Owner, Ownership, ResourceKind, ResourceMap, ResourceName,
+    ResourceTable,
 };
 pub use snapshot::{
     HISTORY_DAYS, NoticeMark, PoolStatus, SCHEMA_VERSION, ScopeState, Snapshot, UsageDay,

@@ -3,7 +3,8 @@
 //! every request that names one with a key of its owner ([`crate::Demand::within_project_of`]).
 //!
 //! [`ResourceMap`] is the seam; [`MemoryResources`] the one-process map. keyturn-store keeps the
-//! same map in the state folder and in Redis. Only names and project ids are kept: never a key.
+//! same map in the state folder and in Redis. Only names, project ids and the label of the proxy
+//! client that created each resource are kept: never a key, never a token.
 
 use std::collections::HashMap;
 
@@ -146,6 +147,13 @@ pub fn valid_project(project: &str) -> bool {
             .all(|c| !c.is_control() && !c.is_whitespace())
 }
 
+/// Whether `label` can be kept as a resource's client: what a `[[serve.tokens]]` label may be
+/// (not blank, no control character, at most 128 characters), so a hostile state file or Redis
+/// value cannot smuggle anything else in.
+pub fn valid_client(label: &str) -> bool {
+    !label.trim().is_empty() && !label.chars().any(char::is_control) && label.chars().count() <= 128
+}
+
 /// [`valid_project`] as every [`ResourceMap::record`] checks it: an error naming the project.
 pub fn check_owner(project: &str) -> Result<(), LedgerError> {
     if valid_project(project) {
@@ -158,32 +166,85 @@ pub fn check_owner(project: &str) -> Result<(), LedgerError> {
     }
 }
 
+/// [`check_owner`], and [`valid_client`] for the client: what every [`ResourceMap::record`]
+/// checks.
+pub fn check_ownership(owner: &Ownership) -> Result<(), LedgerError> {
+    check_owner(&owner.project)?;
+    match owner.client.as_deref() {
+        Some(c) if !valid_client(c) => Err(LedgerError::UnknownTarget(format!(
+            "client '{}' cannot own a resource",
+            c.escape_debug()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Who owns a live resource: the project whose key created it, and the proxy client (the label
+/// of its `[[serve.tokens]]` token) that created it, when one did. A resource with no client —
+/// created before clients were recorded, without client tokens, or found upstream and never
+/// seen created — belongs to every client.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ownership {
+    /// The project id, as the key ring names it.
+    pub project: String,
+    /// The creating client's token label.
+    pub client: Option<String>,
+}
+
+impl Ownership {
+    /// A resource of `project` created by `client`.
+    pub fn new(project: impl Into<String>, client: Option<&str>) -> Self {
+        Self {
+            project: project.into(),
+            client: client.map(str::to_owned),
+        }
+    }
+}
+
 /// Who owns a resource, and until when the map keeps it (Unix ms).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Owner {
     /// The project id, as the key ring names it.
     pub project: String,
+    /// The proxy client that created it ([`Ownership::client`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     /// When the resource expires on Gemini (the map forgets it then).
     pub expires_ms: i64,
+}
+
+impl Owner {
+    /// Its project and client.
+    pub fn ownership(&self) -> Ownership {
+        Ownership {
+            project: self.project.clone(),
+            client: self.client.clone(),
+        }
+    }
 }
 
 /// Most resources a map keeps; past it, the ones closest to expiring go first.
 pub const MAX_RESOURCES: usize = 100_000;
 
-/// Resource → owning project, shared by every process that shares the ledger.
+/// Resource → owning project and client, shared by every process that shares the ledger.
 #[cfg_attr(any(test, feature = "mock"), mockall::automock)]
 #[async_trait]
 pub trait ResourceMap: Send + Sync + std::fmt::Debug {
-    /// Records (or moves the expiry of) a resource's owner.
+    /// Records (or moves the expiry of) a resource's owner. An owner without a client leaves a
+    /// client already recorded in place: what is learned later from an answer about the
+    /// resource never takes it away from the client that created it.
     async fn record(
         &self,
         name: &ResourceName,
-        project: &str,
+        owner: &Ownership,
         expires_ms: i64,
     ) -> Result<(), LedgerError>;
 
     /// The owner of a resource not yet expired, if known.
-    async fn owner(&self, name: &ResourceName) -> Result<Option<String>, LedgerError>;
+    async fn owner(&self, name: &ResourceName) -> Result<Option<Ownership>, LedgerError>;
+
+    /// The owners of several resources, in order (for filtering a list page: one read).
+    async fn owners(&self, names: &[ResourceName]) -> Result<Vec<Option<Ownership>>, LedgerError>;
 
     /// Forgets a resource (deleted).
     async fn forget(&self, name: &ResourceName) -> Result<(), LedgerError>;
@@ -205,7 +266,8 @@ impl ResourceTable {
     }
 
     /// Records an owner; drops the expired, and past [`MAX_RESOURCES`] the soonest to expire.
-    pub fn record(&mut self, name: &ResourceName, project: &str, expires_ms: i64, now_ms: i64) {
+    /// Without a client, a client already recorded for the resource stays.
+    pub fn record(&mut self, name: &ResourceName, owner: &Ownership, expires_ms: i64, now_ms: i64) {
         if !self.entries.contains_key(name) && self.entries.len() >= MAX_RESOURCES {
             self.prune(now_ms);
         }
@@ -219,10 +281,17 @@ impl ResourceTable {
                 self.entries.remove(&n);
             }
         }
+        let client = owner.client.clone().or_else(|| {
+            self.entries
+                .get(name)
+                .filter(|o| o.expires_ms > now_ms)
+                .and_then(|o| o.client.clone())
+        });
         self.entries.insert(
             name.clone(),
             Owner {
-                project: project.to_owned(),
+                project: owner.project.clone(),
+                client,
                 expires_ms,
             },
         );
@@ -296,22 +365,27 @@ impl ResourceMap for MemoryResources {
     async fn record(
         &self,
         name: &ResourceName,
-        project: &str,
+        owner: &Ownership,
         expires_ms: i64,
     ) -> Result<(), LedgerError> {
-        check_owner(project)?;
+        check_ownership(owner)?;
         let now = self.clock.now_ms();
-        self.table.lock().record(name, project, expires_ms, now);
+        self.table.lock().record(name, owner, expires_ms, now);
         Ok(())
     }
 
-    async fn owner(&self, name: &ResourceName) -> Result<Option<String>, LedgerError> {
+    async fn owner(&self, name: &ResourceName) -> Result<Option<Ownership>, LedgerError> {
         let now = self.clock.now_ms();
-        Ok(self
-            .table
-            .lock()
-            .owner(name, now)
-            .map(|o| o.project.clone()))
+        Ok(self.table.lock().owner(name, now).map(Owner::ownership))
+    }
+
+    async fn owners(&self, names: &[ResourceName]) -> Result<Vec<Option<Ownership>>, LedgerError> {
+        let now = self.clock.now_ms();
+        let table = self.table.lock();
+        Ok(names
+            .iter()
+            .map(|n| table.owner(n, now).map(Owner::ownership))
+            .collect())
     }
 
     async fn forget(&self, name: &ResourceName) -> Result<(), LedgerError> {
@@ -364,8 +438,13 @@ mod tests {
         let clock = std::sync::Arc::new(crate::ManualClock::at_ms(1_000));
         let map = MemoryResources::new(clock.clone());
         let f = ResourceName::parse("files/a").unwrap();
-        map.record(&f, "p1", 2_000).await.unwrap();
-        assert_eq!(map.owner(&f).await.unwrap().as_deref(), Some("p1"));
+        map.record(&f, &Ownership::new("p1", None), 2_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            map.owner(&f).await.unwrap(),
+            Some(Ownership::new("p1", None))
+        );
         assert_eq!(
             map.projects(ResourceKind::Files).await.unwrap(),
             vec!["p1".to_owned()]
@@ -378,7 +457,9 @@ mod tests {
         );
         clock.advance(std::time::Duration::from_millis(1_000));
         assert_eq!(map.owner(&f).await.unwrap(), None);
-        map.record(&f, "p2", 10_000).await.unwrap();
+        map.record(&f, &Ownership::new("p2", None), 10_000)
+            .await
+            .unwrap();
         map.forget(&f).await.unwrap();
         assert_eq!(map.owner(&f).await.unwrap(), None);
     }
@@ -388,9 +469,48 @@ mod tests {
         let map = MemoryResources::new(std::sync::Arc::new(crate::ManualClock::at_ms(1_000)));
         let f = ResourceName::parse("files/a").unwrap();
         for bad in ["", "p 1", "p\n1", &"p".repeat(257)] {
-            assert!(map.record(&f, bad, 2_000).await.is_err(), "{bad:?}");
+            let owner = Ownership::new(bad, None);
+            assert!(map.record(&f, &owner, 2_000).await.is_err(), "{bad:?}");
+        }
+        for bad in ["", "  ", "a\nb", "a\u{7f}", &"c".repeat(129)] {
+            let owner = Ownership::new("p", Some(bad));
+            assert!(map.record(&f, &owner, 2_000).await.is_err(), "{bad:?}");
         }
         assert_eq!(map.owner(&f).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_creating_client_is_kept_and_never_taken_away_by_a_later_record() {
+        let clock = std::sync::Arc::new(crate::ManualClock::at_ms(1_000));
+        let map = MemoryResources::new(clock.clone());
+        let f = ResourceName::parse("files/a").unwrap();
+        let g = ResourceName::parse("files/g").unwrap();
+        let alice = Ownership::new("p1", Some("alice team"));
+        map.record(&f, &alice, 2_000).await.unwrap();
+        map.record(&g, &Ownership::new("p1", None), 2_000)
+            .await
+            .unwrap();
+        assert_eq!(map.owner(&f).await.unwrap(), Some(alice.clone()));
+        // Learned again from an answer (no client): the expiry moves, the client stays.
+        map.record(&f, &Ownership::new("p1", None), 5_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            map.owners(&[g.clone(), f.clone()]).await.unwrap(),
+            vec![Some(Ownership::new("p1", None)), Some(alice.clone())]
+        );
+        clock.advance(std::time::Duration::from_millis(2_000));
+        assert_eq!(map.owner(&f).await.unwrap(), Some(alice));
+        assert_eq!(map.owners(&[g]).await.unwrap(), vec![None]);
+        // An expired record's client is not carried over to a new one.
+        clock.advance(std::time::Duration::from_millis(5_000));
+        map.record(&f, &Ownership::new("p1", None), 9_000)
+            .await
+            .unwrap();
+        assert_eq!(
+            map.owner(&f).await.unwrap(),
+            Some(Ownership::new("p1", None))
+        );
     }
 
     #[test]
@@ -398,7 +518,7 @@ mod tests {
         let mut t = ResourceTable::new();
         for i in 0..MAX_RESOURCES + 5 {
             let n = ResourceName::new(ResourceKind::Files, &format!("f{i}")).unwrap();
-            t.record(&n, "p", 1_000 + i as i64, 0);
+            t.record(&n, &Ownership::new("p", None), 1_000 + i as i64, 0);
         }
         assert_eq!(t.len(), MAX_RESOURCES);
         let first = ResourceName::parse("files/f0").unwrap();

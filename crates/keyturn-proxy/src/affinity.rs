@@ -7,6 +7,8 @@
 //!   that is a file's URI or name) is admitted only on keys of the owner
 //!   ([`Demand::within_project_of`]): with no room there, the client gets 429 with `RetryInfo`,
 //!   never another project's key;
+//! - a request naming another client's resource (with client tokens, see [`crate::access`]) is
+//!   refused as Gemini refuses another project's, before any quota is spent;
 //! - a resource the proxy never saw goes out on any key, and a bare 403 for it is the caller's
 //!   fault (the caller's verification already says so), not the key's;
 //! - calls about a resource (get, delete, upload, list) go with the owner's keys, one after the
@@ -19,7 +21,9 @@ use keyturn_core::{Demand, KeyId, ResourceName};
 use keyturn_gemini::{ErrorKind, KeyHeader, SendError, Transport};
 use serde_json::Value;
 
+use crate::access;
 use crate::answer::{Problem, invalid};
+use crate::auth::Client;
 use crate::{ProxyState, Refusal};
 
 /// Field names whose string value names a project-owned resource, in both spellings.
@@ -154,14 +158,15 @@ pub(crate) fn project_of(st: &ProxyState, key: KeyId) -> Option<String> {
 
 /// `demand`, pinned to the project that owns what the body names, when the proxy knows it.
 /// Resources of two projects in one request cannot be served by any key: refused; so is one
-/// whose known owner has no key in the pool.
+/// whose known owner has no key in the pool, and one of another client.
 pub(crate) async fn pin(
     st: &ProxyState,
+    client: &Client,
     body: &Value,
     demand: Demand,
     any_string: bool,
 ) -> Result<Demand, Refusal> {
-    match owner(st, body, any_string).await? {
+    match owner(st, client, body, any_string).await? {
         Some(p) => match key_of(st, &p) {
             Some(k) => Ok(demand.within_project_of(k)),
             // A reload between the two reads removed the project's last key.
@@ -183,18 +188,30 @@ fn no_key_of_owner() -> Refusal {
 
 /// The project that owns what the body names, when the proxy knows it. Resources of two
 /// projects in one request cannot be served by any key, nor one whose known owner has no key in
-/// the pool: refused.
+/// the pool: refused; a resource of another client is refused as Gemini refuses another
+/// project's ([`access::denied`]).
 pub(crate) async fn owner(
     st: &ProxyState,
+    client: &Client,
     body: &Value,
     any_string: bool,
 ) -> Result<Option<String>, Refusal> {
     let named = referenced(body, any_string)?;
+    if named.is_empty() {
+        return Ok(None);
+    }
+    let owners = st
+        .resources
+        .owners(&named)
+        .await
+        .map_err(|_| unavailable())?;
     let mut owner: Option<String> = None;
-    for r in &named {
-        let Some(p) = st.resources.owner(r).await.map_err(|_| unavailable())? else {
+    for (r, o) in named.iter().zip(owners) {
+        let Some(o) = o else {
             continue;
         };
+        access::check(st, client, r, Some(&o))?;
+        let p = o.project;
         match &owner {
             Some(o) if *o != p => {
                 return Err(invalid(

@@ -102,7 +102,8 @@ pub(crate) fn from_this_machine(headers: &HeaderMap) -> bool {
 }
 
 /// The label of the client token a request came with (`None` without tokens configured): an
-/// upload session belongs to the client that started it.
+/// upload session belongs to the client that started it, and a file, cached content or batch
+/// to the client that created it ([`crate::access`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Client(pub(crate) Option<String>);
 
@@ -201,11 +202,14 @@ pub(crate) async fn authenticate_upload(
 /// The OpenAI-compatible routes' gate: the same rules, refusals in OpenAI's form.
 pub(crate) async fn authenticate_openai(
     State(st): State<Arc<ProxyState>>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
     match check(&st, &req) {
-        Ok(_) => next.run(req).await,
+        Ok(client) => {
+            req.extensions_mut().insert(client);
+            next.run(req).await
+        }
         Err(p) => Answer::from(p).openai(),
     }
 }

@@ -4,10 +4,13 @@
 //!
 //! The owner is the one recorded when the batch or upload was seen ([`crate::affinity`]); a
 //! file the proxy never saw is asked for with one key per project (the call costs no quota),
-//! and the first project that has it answers. The bytes are the file's, relayed unchanged.
+//! and the first project that has it answers. The bytes are the file's, relayed unchanged. With
+//! client tokens, a file another client uploaded (or a batch of another client wrote) gets
+//! Gemini's answer for another project's file, and nothing is fetched ([`crate::access`]).
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -17,20 +20,27 @@ use keyturn_core::{KeyId, ResourceKind, ResourceName};
 use keyturn_gemini::KeyHeader;
 
 use crate::answer::{Answer, Problem, invalid, not_found};
+use crate::auth::Client;
 use crate::request::slot;
-use crate::{ProxyState, Refusal, affinity, files};
+use crate::{ProxyState, Refusal, access, affinity, files};
 
 /// `GET /download/{version}/files/{name}` where `name` is `{id}:download`.
 pub(crate) async fn download_file(
     State(st): State<Arc<ProxyState>>,
+    Extension(client): Extension<Client>,
     Path((version, name)): Path<(String, String)>,
 ) -> Response {
-    download(&st, &version, &name)
+    download(&st, &client, &version, &name)
         .await
         .unwrap_or_else(Answer::gemini)
 }
 
-async fn download(st: &ProxyState, version: &str, name: &str) -> Result<Response, Refusal> {
+async fn download(
+    st: &ProxyState,
+    client: &Client,
+    version: &str,
+    name: &str,
+) -> Result<Response, Refusal> {
     let Some(id) = name.strip_suffix(":download") else {
         return Err(not_found().into());
     };
@@ -40,12 +50,13 @@ async fn download(st: &ProxyState, version: &str, name: &str) -> Result<Response
     let url = transport
         .download_url(&format!("files/{id}"))
         .map_err(|e| Refusal::from(invalid(&e.to_string())))?;
-    let permit = slot(st).await?;
     let owner = st
         .resources
         .owner(&file)
         .await
         .map_err(|_| affinity::unavailable())?;
+    access::check(st, client, &file, owner.as_ref())?;
+    let permit = slot(st).await?;
     // Keys the ledger switched off (an operator's disable, a dead key) take no call here either;
     // a file never seen is asked for with the first usable key of each project.
     let ring = st.live().ledger.keys();
@@ -59,7 +70,8 @@ async fn download(st: &ProxyState, version: &str, name: &str) -> Result<Response
             .collect::<Vec<_>>()
     };
     let known = owner
-        .as_deref()
+        .as_ref()
+        .map(|o| o.project.as_str())
         .filter(|p| affinity::key_of(st, p).is_some());
     let keys: Vec<KeyId> = match known {
         Some(p) => usable(affinity::keys_for(st, Some(p))),

@@ -19,7 +19,8 @@
 //!   state's backend ([`ProxyState::with_resources`]).
 //! - Clients authenticate with their own proxy tokens (`x-goog-api-key` or
 //!   `Authorization: Bearer`), configured only as SHA-256 digests and compared in constant time.
-//!   A pool key is never accepted from, nor returned to, a client.
+//!   A pool key is never accepted from, nor returned to, a client. One client's files, cached
+//!   contents and batches are its own (see the `access` module) unless `share_resources`.
 //! - When no key can serve, the answer is Gemini's 429 RESOURCE_EXHAUSTED with a `RetryInfo` that
 //!   says when capacity returns, so SDK retry logic waits the right time. Caller faults from
 //!   upstream (400, 404) pass through as they are.
@@ -43,6 +44,7 @@ use keyturn_core::{Clock, MemoryResources, QuotaLedger, ResourceMap};
 use keyturn_gemini::GeminiCall;
 use tokio::sync::Semaphore;
 
+mod access;
 mod admin;
 mod affinity;
 mod answer;
@@ -91,6 +93,9 @@ pub struct ProxyConfig {
     pub body_timeout: Duration,
     /// Largest file upload (`POST /upload/…/files`): streamed through, never held whole.
     pub max_upload_bytes: u64,
+    /// Whether every client may use every client's files, cached contents and batches
+    /// (`[serve] share_resources`); by default, with client tokens, each is its creator's.
+    pub share_resources: bool,
 }
 
 impl Default for ProxyConfig {
@@ -106,6 +111,7 @@ impl Default for ProxyConfig {
             body_timeout: Duration::from_secs(60),
             // The Files API's own limit per file.
             max_upload_bytes: 2 * 1024 * 1024 * 1024,
+            share_resources: false,
         }
     }
 }
@@ -252,6 +258,7 @@ impl ProxyState {
             ledger,
             cfg.tokens.clone(),
             cfg.admin_tokens.clone(),
+            cfg.share_resources,
         )));
         let max_in_flight = cfg.max_in_flight.max(1);
         let in_flight = Arc::new(Semaphore::new(max_in_flight));
@@ -326,6 +333,7 @@ impl ProxyState {
             next.ledger,
             next.tokens,
             next.admin_tokens,
+            next.share_resources,
         )));
     }
 

@@ -18,6 +18,8 @@ pub(crate) struct Live {
     pub(crate) tokens: Vec<(String, [u8; 32])>,
     /// Admin tokens: (label, SHA-256 digest).
     pub(crate) admin_tokens: Vec<(String, [u8; 32])>,
+    /// `[serve] share_resources`: every client may use every client's files, caches, batches.
+    pub(crate) share_resources: bool,
     /// Finds the pool's keys in answers relayed byte for byte.
     pub(crate) scrubber: Scrubber,
 }
@@ -29,6 +31,7 @@ impl Live {
         ledger: Arc<dyn QuotaLedger>,
         tokens: Vec<(String, [u8; 32])>,
         admin_tokens: Vec<(String, [u8; 32])>,
+        share_resources: bool,
     ) -> Self {
         // Retired keys too: an answer to a request they still have in flight is scrubbed.
         let keys = ledger.keys();
@@ -39,6 +42,7 @@ impl Live {
             ledger,
             tokens,
             admin_tokens,
+            share_resources,
             scrubber,
         }
     }
@@ -59,6 +63,9 @@ pub struct Reload {
     pub tokens: Vec<(String, [u8; 32])>,
     /// Admin tokens: (label, SHA-256 digest).
     pub admin_tokens: Vec<(String, [u8; 32])>,
+    /// Whether every client may use every client's files, caches and batches
+    /// ([`crate::ProxyConfig::share_resources`]).
+    pub share_resources: bool,
 }
 
 /// The last reload, as `/admin/status` and the console show it: when, whether it took, and

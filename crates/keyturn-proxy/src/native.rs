@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::answer::{Answer, failure, invalid, not_found};
 use crate::request::{embed_tokens, estimate, json_values, max_json_values, read_body, slot};
-use crate::{MAX_MODELS, ProxyState, Refusal, affinity, files};
+use crate::{MAX_MODELS, ProxyState, Refusal, affinity, auth, files};
 
 /// The methods the proxy serves on `models/{model}:{method}`.
 const METHODS: &[&str] = &[
@@ -119,6 +119,7 @@ pub(crate) struct StreamQuery {
 
 pub(crate) async fn call_model(
     State(st): State<Arc<ProxyState>>,
+    axum::Extension(client): axum::Extension<auth::Client>,
     Path((version, name)): Path<(String, String)>,
     Query(q): Query<StreamQuery>,
     body: Body,
@@ -160,7 +161,7 @@ pub(crate) async fn call_model(
     if action == "countTokens" {
         // A count naming a file or cached content the proxy knows goes with a key of the
         // project that owns it (any other project's key gets a bare 403).
-        return match affinity::owner(&st, &value, false).await {
+        return match affinity::owner(&st, &client, &value, false).await {
             Err(r) => r.gemini(),
             Ok(Some(project)) => {
                 match files::count_tokens_of(&st, &version, model, &project, &value).await {
@@ -193,7 +194,7 @@ pub(crate) async fn call_model(
         _ => Demand::tokens(estimate(&value)),
     };
     // A request naming a file or cached content goes only to keys of the project that owns it.
-    let demand = match affinity::pin(&st, &value, demand, false).await {
+    let demand = match affinity::pin(&st, &client, &value, demand, false).await {
         Ok(d) => d,
         Err(r) => return r.gemini(),
     };
@@ -208,7 +209,9 @@ pub(crate) async fn call_model(
         Ok(r) => {
             if BATCH_METHODS.contains(&action)
                 && let Some(key) = affinity::key_by_label(&st, &r.key)
-                && files::learn(&st, key, &r.body).await.is_err()
+                && files::learn(&st, key, client.0.as_deref(), &r.body)
+                    .await
+                    .is_err()
             {
                 // The batch exists: the client gets it, though its owner could not be noted.
                 tracing::warn!("a batch was created but its owner could not be recorded");

@@ -16,13 +16,13 @@
 
 use std::sync::Arc;
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::Response;
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use futures::StreamExt;
 use keyturn_core::Demand;
 use keyturn_gemini::OpenAiRoute;
@@ -139,19 +139,26 @@ fn ask_for_usage(v: &mut Value) -> bool {
     asked
 }
 
-async fn chat_completions(State(st): State<Arc<ProxyState>>, body: Body) -> Response {
-    chat(&st, body).await.unwrap_or_else(Answer::openai)
+async fn chat_completions(
+    State(st): State<Arc<ProxyState>>,
+    Extension(client): Extension<auth::Client>,
+    body: Body,
+) -> Response {
+    chat(&st, &client, body)
+        .await
+        .unwrap_or_else(Answer::openai)
 }
 
-async fn chat(st: &ProxyState, body: Body) -> Result<Response, Refusal> {
+async fn chat(st: &ProxyState, client: &auth::Client, body: Body) -> Result<Response, Refusal> {
     let caller = st.live().v1beta.clone();
     let mut v = read_object(st, body).await?;
     let model = body_model(&v)?;
     let stream = v.get("stream").and_then(Value::as_bool) == Some(true);
     let client_asked = stream && ask_for_usage(&mut v);
     // A file named anywhere in the messages (an image or file part's URL) pins the chat to the
-    // project that owns it.
-    let demand = crate::affinity::pin(st, &v, Demand::tokens(chat_tokens(&v)), true).await?;
+    // project that owns it (and is refused if it is another client's).
+    let demand =
+        crate::affinity::pin(st, client, &v, Demand::tokens(chat_tokens(&v)), true).await?;
     let permit = slot(st).await?;
     confirm_model(st, &caller, VERSION, &model).await?;
     if stream {

@@ -8,11 +8,13 @@
 //!   cachedContents/{id}`; `GET batches/{id}`, `POST batches/{id}:cancel`, `DELETE
 //!   batches/{id}`: with the owner's keys (see [`crate::files::about`]).
 //! - `GET cachedContents`, `GET batches`: merged over the projects that own one, as files are.
+//! - With client tokens, each is the creating client's alone ([`crate::access`]).
 //! - Batches are created on `models/{m}:batchGenerateContent` and `:asyncBatchEmbedContent`
 //!   (the native route), which records the owner from the operation's `name`.
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
@@ -21,6 +23,7 @@ use serde_json::Value;
 
 use crate::affinity;
 use crate::answer::{Answer, failure, invalid, not_found};
+use crate::auth::Client;
 use crate::files::{self, About, ListQuery};
 use crate::native::confirm_model;
 use crate::request::{estimate, json_values, max_json_values, read_body, slot};
@@ -33,15 +36,21 @@ fn name_of(kind: ResourceKind, id: &str) -> Result<ResourceName, Refusal> {
 /// `POST /{version}/cachedContents`.
 pub(crate) async fn create_cache(
     State(st): State<Arc<ProxyState>>,
+    Extension(client): Extension<Client>,
     Path(version): Path<String>,
     body: Body,
 ) -> Response {
-    create(&st, &version, body)
+    create(&st, &client, &version, body)
         .await
         .unwrap_or_else(Answer::gemini)
 }
 
-async fn create(st: &ProxyState, version: &str, body: Body) -> Result<Response, Refusal> {
+async fn create(
+    st: &ProxyState,
+    client: &Client,
+    version: &str,
+    body: Body,
+) -> Result<Response, Refusal> {
     let caller = st.caller(version).ok_or_else(not_found)?;
     let raw = read_body(st, body).await?;
     let most = max_json_values(st.max_body_bytes);
@@ -59,7 +68,7 @@ async fn create(st: &ProxyState, version: &str, body: Body) -> Result<Response, 
     let model = keyturn_gemini::model_id(model)
         .map_err(|e| invalid(&e.to_string()))?
         .to_owned();
-    let demand = affinity::pin(st, &v, Demand::tokens(estimate(&v)), false).await?;
+    let demand = affinity::pin(st, client, &v, Demand::tokens(estimate(&v)), false).await?;
     let _permit = slot(st).await?;
     confirm_model(st, &caller, version, &model).await?;
     let r = caller
@@ -67,7 +76,7 @@ async fn create(st: &ProxyState, version: &str, body: Body) -> Result<Response, 
         .await
         .map_err(|e| failure(st, &e))?;
     if let Some(key) = affinity::key_by_label(st, &r.key) {
-        files::learn(st, key, &r.body).await?;
+        files::learn(st, key, client.0.as_deref(), &r.body).await?;
     }
     Ok(st.relay(r.raw))
 }
@@ -75,10 +84,11 @@ async fn create(st: &ProxyState, version: &str, body: Body) -> Result<Response, 
 /// `GET /{version}/cachedContents`.
 pub(crate) async fn list_caches(
     State(st): State<Arc<ProxyState>>,
+    Extension(client): Extension<Client>,
     Path(version): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    files::list(&st, &version, ResourceKind::CachedContents, q)
+    files::list(&st, &client, &version, ResourceKind::CachedContents, q)
         .await
         .unwrap_or_else(Answer::gemini)
 }
@@ -86,18 +96,26 @@ pub(crate) async fn list_caches(
 /// `GET /{version}/batches`.
 pub(crate) async fn list_batches(
     State(st): State<Arc<ProxyState>>,
+    Extension(client): Extension<Client>,
     Path(version): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    files::list(&st, &version, ResourceKind::Batches, q)
+    files::list(&st, &client, &version, ResourceKind::Batches, q)
         .await
         .unwrap_or_else(Answer::gemini)
 }
 
-async fn on(st: &ProxyState, version: &str, kind: ResourceKind, id: &str, what: About) -> Response {
+async fn on(
+    st: &ProxyState,
+    client: &Client,
+    version: &str,
+    kind: ResourceKind,
+    id: &str,
+    what: About,
+) -> Response {
     let run = async {
         let name = name_of(kind, id)?;
-        files::about(st, version, &name, what).await
+        files::about(st, client, version, &name, what).await
     };
     run.await.unwrap_or_else(Answer::gemini)
 }
@@ -114,19 +132,37 @@ fn plain(method: reqwest::Method) -> About {
 /// `GET /{version}/cachedContents/{id}`.
 pub(crate) async fn get_cache(
     State(st): State<Arc<ProxyState>>,
+    Extension(client): Extension<Client>,
     Path((version, id)): Path<(String, String)>,
 ) -> Response {
     let what = plain(reqwest::Method::GET);
-    on(&st, &version, ResourceKind::CachedContents, &id, what).await
+    on(
+        &st,
+        &client,
+        &version,
+        ResourceKind::CachedContents,
+        &id,
+        what,
+    )
+    .await
 }
 
 /// `DELETE /{version}/cachedContents/{id}`.
 pub(crate) async fn delete_cache(
     State(st): State<Arc<ProxyState>>,
+    Extension(client): Extension<Client>,
     Path((version, id)): Path<(String, String)>,
 ) -> Response {
     let what = plain(reqwest::Method::DELETE);
-    on(&st, &version, ResourceKind::CachedContents, &id, what).await
+    on(
+        &st,
+        &client,
+        &version,
+        ResourceKind::CachedContents,
+        &id,
+        what,
+    )
+    .await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -138,6 +174,7 @@ pub(crate) struct PatchQuery {
 /// `PATCH /{version}/cachedContents/{id}?updateMask=ttl`: the new expiry is recorded.
 pub(crate) async fn patch_cache(
     State(st): State<Arc<ProxyState>>,
+    Extension(client): Extension<Client>,
     Path((version, id)): Path<(String, String)>,
     Query(q): Query<PatchQuery>,
     body: Body,
@@ -166,7 +203,7 @@ pub(crate) async fn patch_cache(
             query,
             body: Some(raw),
         };
-        files::about(&st, &version, &name, what).await
+        files::about(&st, &client, &version, &name, what).await
     };
     run.await.unwrap_or_else(Answer::gemini)
 }
@@ -174,24 +211,27 @@ pub(crate) async fn patch_cache(
 /// `GET /{version}/batches/{id}`.
 pub(crate) async fn get_batch(
     State(st): State<Arc<ProxyState>>,
+    Extension(client): Extension<Client>,
     Path((version, id)): Path<(String, String)>,
 ) -> Response {
     let what = plain(reqwest::Method::GET);
-    on(&st, &version, ResourceKind::Batches, &id, what).await
+    on(&st, &client, &version, ResourceKind::Batches, &id, what).await
 }
 
 /// `DELETE /{version}/batches/{id}`.
 pub(crate) async fn delete_batch(
     State(st): State<Arc<ProxyState>>,
+    Extension(client): Extension<Client>,
     Path((version, id)): Path<(String, String)>,
 ) -> Response {
     let what = plain(reqwest::Method::DELETE);
-    on(&st, &version, ResourceKind::Batches, &id, what).await
+    on(&st, &client, &version, ResourceKind::Batches, &id, what).await
 }
 
 /// `POST /{version}/batches/{id}:cancel`.
 pub(crate) async fn cancel_batch(
     State(st): State<Arc<ProxyState>>,
+    Extension(client): Extension<Client>,
     Path((version, name)): Path<(String, String)>,
 ) -> Response {
     let Some(id) = name.strip_suffix(":cancel") else {
@@ -203,5 +243,5 @@ pub(crate) async fn cancel_batch(
         query: None,
         body: Some(axum::body::Bytes::from_static(b"{}")),
     };
-    on(&st, &version, ResourceKind::Batches, id, what).await
+    on(&st, &client, &version, ResourceKind::Batches, id, what).await
 }

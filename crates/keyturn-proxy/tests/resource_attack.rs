@@ -211,6 +211,7 @@ impl Setup {
                 .map(|(l, t)| ((*l).to_owned(), digest(t)))
                 .collect(),
             admin_tokens: Vec::new(),
+            share_resources: false,
         });
     }
 

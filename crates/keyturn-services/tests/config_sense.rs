@@ -29,6 +29,25 @@ fn a_redis_cluster_url_is_a_redis_url() {
 }
 
 #[test]
+fn share_resources_is_a_yes_or_no_and_off_by_default() {
+    let parse = |toml: &str| Config::from_toml(toml, Path::new("/etc/keyturn.toml"));
+    assert!(!parse("").unwrap().serve.share_resources);
+    assert!(
+        parse("[serve]\nshare_resources = true\n")
+            .unwrap()
+            .serve
+            .share_resources
+    );
+    for bad in ["\"yes\"", "1", "\"true\""] {
+        let e = err(&format!("[serve]\nshare_resources = {bad}\n"));
+        assert!(
+            e.contains("share_resources") && e.contains("/etc/keyturn.toml"),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
 fn nonsense_settings_are_refused_naming_field_and_file() {
     let cases = [
         ("[serve]\nmax_body_bytes = 0\n", "serve.max_body_bytes"),

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use keyturn_core::{
     AcquireError, ApiKey, Clock, Demand, KeyId, KeyRing, KeySpec, LedgerConfig, LimitOverride,
-    LimitTable, Outcome, QuotaLedger, ResourceKind, ResourceMap, ResourceName, SystemClock,
+    LimitTable, Outcome, Ownership, QuotaLedger, ResourceKind, ResourceMap, ResourceName,
+    SystemClock,
 };
 use keyturn_store::testkit::{TestRedis, unique_namespace};
 use keyturn_store::{RedisLedger, TimeSource};
@@ -65,10 +66,16 @@ async fn owners_are_shared_expire_with_the_resource_and_are_forgotten() {
     let now = SystemClock.now_ms();
     let file = ResourceName::parse("files/abc-1").unwrap();
     let cache = ResourceName::parse("cachedContents/c1").unwrap();
-    one.record(&file, "b", now + 60_000).await.unwrap();
-    one.record(&cache, "a", now + 300).await.unwrap();
-    assert_eq!(other.owner(&file).await.unwrap().as_deref(), Some("b"));
-    assert_eq!(other.owner(&cache).await.unwrap().as_deref(), Some("a"));
+    let b = Ownership::new("b", None);
+    one.record(&file, &b, now + 60_000).await.unwrap();
+    one.record(&cache, &Ownership::new("a", None), now + 300)
+        .await
+        .unwrap();
+    assert_eq!(other.owner(&file).await.unwrap(), Some(b.clone()));
+    assert_eq!(
+        other.owner(&cache).await.unwrap(),
+        Some(Ownership::new("a", None))
+    );
     assert_eq!(
         other.projects(ResourceKind::Files).await.unwrap(),
         vec!["b".to_owned()]
@@ -88,7 +95,7 @@ async fn owners_are_shared_expire_with_the_resource_and_are_forgotten() {
     // Projects only: no key in any value.
     let client = redis::Client::open(redis.url()).unwrap();
     let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    one.record(&file, "b", now + 60_000).await.unwrap();
+    one.record(&file, &b, now + 60_000).await.unwrap();
     let v: String = redis::cmd("GET")
         .arg(format!("kt:{{{ns}}}:r:files/abc-1"))
         .query_async(&mut c)
@@ -101,6 +108,72 @@ async fn owners_are_shared_expire_with_the_resource_and_are_forgotten() {
         .await
         .unwrap();
     assert!(ttl > 0 && ttl <= 60_000, "{ttl}");
+}
+
+/// The creating client is kept beside the owner, in the same slot, with the same expiry; a
+/// record learned later without a client keeps it; another process reads both; forgetting
+/// drops both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Redis"]
+async fn the_creating_client_round_trips_beside_the_owner() {
+    let redis = TestRedis::get();
+    let ns = unique_namespace("resource-clients");
+    let one = ledger(&redis, &ns).await.resources();
+    let other = ledger(&redis, &ns).await.resources();
+    let now = SystemClock.now_ms();
+    let file = ResourceName::parse("files/mine-1").unwrap();
+    let batch = ResourceName::parse("batches/shared-1").unwrap();
+    let alice = Ownership::new("a", Some("alice team"));
+    one.record(&file, &alice, now + 60_000).await.unwrap();
+    one.record(&batch, &Ownership::new("b", None), now + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(other.owner(&file).await.unwrap(), Some(alice.clone()));
+    // Learned again from an answer, with a later expiry: the client stays and moves with it.
+    other
+        .record(&file, &Ownership::new("a", None), now + 120_000)
+        .await
+        .unwrap();
+    let unknown = ResourceName::parse("cachedContents/none").unwrap();
+    assert_eq!(
+        one.owners(&[batch.clone(), file.clone(), unknown])
+            .await
+            .unwrap(),
+        vec![Some(Ownership::new("b", None)), Some(alice), None]
+    );
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let label: String = redis::cmd("GET")
+        .arg(format!("kt:{{{ns}}}:rc:files/mine-1"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(label, "alice team");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(format!("kt:{{{ns}}}:rc:files/mine-1"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(ttl > 60_000 && ttl <= 120_000, "{ttl}");
+    // A value another writer left that no token label could be is not taken for a client.
+    let _: () = redis::cmd("SET")
+        .arg(format!("kt:{{{ns}}}:rc:batches/shared-1"))
+        .arg("x\u{7}y")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        one.owner(&batch).await.unwrap(),
+        Some(Ownership::new("b", None))
+    );
+    one.forget(&file).await.unwrap();
+    assert_eq!(other.owner(&file).await.unwrap(), None);
+    let left: i64 = redis::cmd("EXISTS")
+        .arg(format!("kt:{{{ns}}}:rc:files/mine-1"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

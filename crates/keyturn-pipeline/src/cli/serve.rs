@@ -72,6 +72,7 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
         header_timeout: cfg.serve.header_timeout,
         body_timeout: cfg.serve.body_timeout,
         max_upload_bytes: cfg.serve.max_upload_bytes,
+        share_resources: cfg.serve.share_resources,
     };
     if let Err(e) = pcfg.validate() {
         return fail(Outcome::Usage, e);
@@ -395,6 +396,7 @@ impl Reloads<'_> {
             ledger: pool.ledger.clone(),
             tokens,
             admin_tokens,
+            share_resources: cfg.serve.share_resources,
         });
         let files = keyturn_services::config_files(&cfg, self.env, self.cwd);
         Ok((change, counts.0, counts.1, files))

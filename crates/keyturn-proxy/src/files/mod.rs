@@ -16,10 +16,12 @@
 //! - On the answer that holds the file (`{"file": {"name": "files/…", "expirationTime": …}}`) the
 //!   owner is recorded, until the file's `expirationTime` (48 h when absent).
 //! - `GET files/{id}`, `DELETE files/{id}`: with the owner's keys; a file the proxy never saw is
-//!   looked for with one key per project (free calls), and its owner learned when found.
+//!   looked for with one key per project (free calls), and its owner learned when found. With
+//!   client tokens, the owner is recorded with the client that uploaded it, and only that
+//!   client may get, delete, download or name it (see [`crate::access`]).
 //! - `GET files`: the files of every project that owns one the proxy knows of, one project's
 //!   page after another, behind a page token of the proxy's own (`{project index}.{hex of
-//!   upstream token}`; a hostile token is refused).
+//!   upstream token}`; a hostile token is refused); with client tokens, less other clients'.
 //!
 //! `upload.rs` holds the upload sessions and the upload commands; `resource.rs` the calls about
 //! one resource and the merged lists, which `crate::owned` uses for caches and batches too.
@@ -29,7 +31,7 @@ mod upload;
 
 use axum::http::StatusCode;
 use keyturn_core::resources::{BATCH_RETENTION_MS, FILE_LIFETIME_MS};
-use keyturn_core::{KeyId, ResourceKind, ResourceName};
+use keyturn_core::{KeyId, Ownership, ResourceKind, ResourceName};
 use serde_json::Value;
 
 use crate::affinity;
@@ -58,8 +60,15 @@ pub(crate) fn transport<'a>(
 
 /// Records the owner of a resource the upstream described: a file (`name`, `expirationTime`,
 /// 48 h when absent), a cached content (`expireTime`, an hour when absent), a batch (its
-/// operation's `name`; kept for [`BATCH_RETENTION_MS`] unless deleted).
-pub(crate) async fn learn(st: &ProxyState, key: KeyId, v: &Value) -> Result<(), Refusal> {
+/// operation's `name`; kept for [`BATCH_RETENTION_MS`] unless deleted); the project of `key`,
+/// and `client`, the client that created it (`None` keeps a client already recorded: an answer
+/// about a resource never takes it from its creator).
+pub(crate) async fn learn(
+    st: &ProxyState,
+    key: KeyId,
+    client: Option<&str>,
+    v: &Value,
+) -> Result<(), Refusal> {
     let Some(name) = v
         .get("name")
         .and_then(Value::as_str)
@@ -83,7 +92,44 @@ pub(crate) async fn learn(st: &ProxyState, key: KeyId, v: &Value) -> Result<(), 
         ResourceKind::Batches => now.saturating_add(BATCH_RETENTION_MS),
     };
     st.resources
-        .record(&name, &project, expires)
+        .record(&name, &Ownership::new(project, client), expires)
+        .await
+        .map_err(|_| affinity::unavailable())
+}
+
+/// The results file a finished batch names (`response.responsesFile`, or
+/// `metadata.output.responsesFile`), recorded as the batch's: same project and client, so
+/// another client cannot download what the batch answered.
+pub(crate) async fn learn_results_file(
+    st: &ProxyState,
+    key: KeyId,
+    batch: &Ownership,
+    v: &Value,
+) -> Result<(), Refusal> {
+    let file = [
+        v.pointer("/response/responsesFile"),
+        v.pointer("/metadata/output/responsesFile"),
+    ]
+    .into_iter()
+    .flatten()
+    .find_map(Value::as_str)
+    .and_then(|f| ResourceName::parse(f).ok())
+    .filter(|f| f.kind() == ResourceKind::Files);
+    let (Some(file), Some(project)) = (file, affinity::project_of(st, key)) else {
+        return Ok(());
+    };
+    let known = st
+        .resources
+        .owner(&file)
+        .await
+        .map_err(|_| affinity::unavailable())?;
+    if known.is_some() {
+        return Ok(());
+    }
+    let expires = st.clock.now_ms().saturating_add(FILE_LIFETIME_MS);
+    let owner = Ownership::new(project, batch.client.as_deref());
+    st.resources
+        .record(&file, &owner, expires)
         .await
         .map_err(|_| affinity::unavailable())
 }

@@ -1,9 +1,11 @@
 //! Calls about one resource (`GET`/`DELETE files/{id}`, and through `crate::owned` the cached
 //! contents and batches), made with its owner's keys, and lists merged over every project that
-//! owns one, behind a page token of the proxy's own.
+//! owns one, behind a page token of the proxy's own. With client tokens, a resource of another
+//! client is refused before any call and left out of lists ([`crate::access`]).
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -11,9 +13,11 @@ use axum::response::Response;
 use keyturn_core::{KeyId, ResourceKind, ResourceName};
 use serde_json::{Value, json};
 
-use super::{bad_gateway, learn, transport};
+use super::{bad_gateway, learn, learn_results_file, transport};
+use crate::access;
 use crate::affinity::{self};
 use crate::answer::{Answer, invalid};
+use crate::auth::Client;
 use crate::request::slot;
 use crate::{ProxyState, Refusal};
 
@@ -28,9 +32,10 @@ pub(crate) struct ListQuery {
 /// `GET /{version}/files/{id}`.
 pub(crate) async fn get_file(
     State(st): State<Arc<ProxyState>>,
+    Extension(client): Extension<Client>,
     Path((version, id)): Path<(String, String)>,
 ) -> Response {
-    about_file(&st, &version, &id, reqwest::Method::GET)
+    about_file(&st, &client, &version, &id, reqwest::Method::GET)
         .await
         .unwrap_or_else(Answer::gemini)
 }
@@ -38,15 +43,17 @@ pub(crate) async fn get_file(
 /// `DELETE /{version}/files/{id}`.
 pub(crate) async fn delete_file(
     State(st): State<Arc<ProxyState>>,
+    Extension(client): Extension<Client>,
     Path((version, id)): Path<(String, String)>,
 ) -> Response {
-    about_file(&st, &version, &id, reqwest::Method::DELETE)
+    about_file(&st, &client, &version, &id, reqwest::Method::DELETE)
         .await
         .unwrap_or_else(Answer::gemini)
 }
 
 async fn about_file(
     st: &ProxyState,
+    client: &Client,
     version: &str,
     id: &str,
     method: reqwest::Method,
@@ -59,7 +66,7 @@ async fn about_file(
         query: None,
         body: None,
     };
-    about(st, version, &name, what).await
+    about(st, client, version, &name, what).await
 }
 
 /// What is done to one resource: the method, an action (`cancel`), a query (`updateMask=ttl`,
@@ -73,9 +80,11 @@ pub(crate) struct About {
 
 /// A call about one resource, with its owner's keys (or, never seen, one key per project until
 /// one has it: these calls cost no quota); what the answer says about the resource is learned
-/// (its owner and expiry), and a deleted one forgotten.
+/// (its owner and expiry; a finished batch's results file), and a deleted one forgotten. A
+/// resource of another client gets Gemini's answer for another project's, and no call is made.
 pub(crate) async fn about(
     st: &ProxyState,
+    client: &Client,
     version: &str,
     name: &ResourceName,
     what: About,
@@ -104,14 +113,16 @@ pub(crate) async fn about(
             HeaderValue::from_static("application/json"),
         );
     }
-    let _permit = slot(st).await?;
     let owner = st
         .resources
         .owner(name)
         .await
         .map_err(|_| affinity::unavailable())?;
+    access::check(st, client, name, owner.as_ref())?;
+    let _permit = slot(st).await?;
     let known = owner
-        .as_deref()
+        .as_ref()
+        .map(|o| o.project.as_str())
         .filter(|p| affinity::key_of(st, p).is_some());
     let keys: Vec<Vec<KeyId>> = match known {
         Some(p) => vec![affinity::keys_for(st, Some(p))],
@@ -149,7 +160,17 @@ pub(crate) async fn about(
         } else if let Ok(v) = serde_json::from_slice::<Value>(&sent.body)
             && v.get("name").and_then(Value::as_str) == Some(name.to_string().as_str())
         {
-            learn(st, sent.key, &v).await?;
+            // Learned from an answer: a recorded client stays; one never seen has none.
+            learn(st, sent.key, None, &v).await?;
+            if name.kind() == ResourceKind::Batches
+                && let Some(batch) = st
+                    .resources
+                    .owner(name)
+                    .await
+                    .map_err(|_| affinity::unavailable())?
+            {
+                learn_results_file(st, sent.key, &batch, &v).await?;
+            }
         }
     }
     Ok(affinity::relay(st, sent.status, &sent.body))
@@ -158,10 +179,11 @@ pub(crate) async fn about(
 /// `GET /{version}/files`.
 pub(crate) async fn list_files(
     State(st): State<Arc<ProxyState>>,
+    Extension(client): Extension<Client>,
     Path(version): Path<String>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    list(&st, &version, ResourceKind::Files, q)
+    list(&st, &client, &version, ResourceKind::Files, q)
         .await
         .unwrap_or_else(Answer::gemini)
 }
@@ -189,9 +211,11 @@ fn parse_page_token(token: &str) -> Option<(usize, String)> {
     Some((p.parse().ok()?, String::from_utf8(bytes).ok()?))
 }
 
-/// A merged list: one project's page per client page, the projects in order.
+/// A merged list: one project's page per client page, the projects in order; with client
+/// tokens, each page less the resources other clients created.
 pub(crate) async fn list(
     st: &ProxyState,
+    client: &Client,
     version: &str,
     kind: ResourceKind,
     q: ListQuery,
@@ -245,6 +269,9 @@ pub(crate) async fn list(
     }
     let mut page: Value = serde_json::from_slice(&sent.body)
         .map_err(|_| bad_gateway("a list answer was not JSON"))?;
+    if access::isolated(st) {
+        keep_only_usable(st, client, kind, &mut page).await?;
+    }
     let next = match page
         .get("nextPageToken")
         .and_then(Value::as_str)
@@ -266,6 +293,58 @@ pub(crate) async fn list(
         StatusCode::OK,
         &Bytes::from(page.to_string()),
     ))
+}
+
+/// The list's field for each kind (`operations` for batches, as Google's long-running
+/// operations are listed).
+fn list_field(kind: ResourceKind) -> &'static str {
+    match kind {
+        ResourceKind::Files => "files",
+        ResourceKind::CachedContents => "cachedContents",
+        ResourceKind::Batches => "operations",
+    }
+}
+
+/// Drops from a list page what `client` may not use: other clients' resources, and anything
+/// whose `name` is no resource name (it cannot be checked, so it is not shown).
+async fn keep_only_usable(
+    st: &ProxyState,
+    client: &Client,
+    kind: ResourceKind,
+    page: &mut Value,
+) -> Result<(), Refusal> {
+    let Some(items) = page.get_mut(list_field(kind)).and_then(Value::as_array_mut) else {
+        return Ok(());
+    };
+    let names: Vec<Option<ResourceName>> = items
+        .iter()
+        .map(|i| {
+            i.get("name")
+                .and_then(Value::as_str)
+                .and_then(|n| ResourceName::parse(n).ok())
+                .filter(|n| n.kind() == kind)
+        })
+        .collect();
+    let known: Vec<ResourceName> = names.iter().flatten().cloned().collect();
+    let mut owners = st
+        .resources
+        .owners(&known)
+        .await
+        .map_err(|_| affinity::unavailable())?
+        .into_iter();
+    let keep: Vec<bool> = names
+        .iter()
+        .map(|n| match n {
+            Some(_) => owners
+                .next()
+                .flatten()
+                .is_none_or(|o| access::may_use(st, client, &o)),
+            None => false,
+        })
+        .collect();
+    let mut keep = keep.into_iter();
+    items.retain(|_| keep.next().unwrap_or(false));
+    Ok(())
 }
 
 /// `models/{model}:countTokens` for a body naming a resource of `project`: sent with that

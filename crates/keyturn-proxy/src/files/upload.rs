@@ -311,7 +311,7 @@ async fn start_upload(
         streamed(st, body, st.max_upload_bytes, over.clone(), None),
     )
     .await;
-    finish(st, key, sent, &over, None).await
+    finish(st, key, client.0.as_deref(), sent, &over, None).await
 }
 
 async fn continue_upload(
@@ -374,7 +374,7 @@ async fn continue_upload(
         streamed(st, body, room, over.clone(), Some(session.streamed.clone())),
     )
     .await;
-    finish(st, key, sent, &over, Some(id)).await
+    finish(st, key, session.client.as_deref(), sent, &over, Some(id)).await
 }
 
 /// Whether `label` names a client token the proxy holds now.
@@ -413,10 +413,11 @@ async fn send_streamed(
 }
 
 /// After an upload command: the answer relayed, and when it holds the file, its owner recorded
-/// and the session closed.
+/// (the key's project, and the client that started the upload) and the session closed.
 async fn finish(
     st: &ProxyState,
     key: KeyId,
+    client: Option<&str>,
     sent: Result<Sent, Refusal>,
     over: &std::sync::atomic::AtomicBool,
     session: Option<&str>,
@@ -429,7 +430,7 @@ async fn finish(
         && let Ok(v) = serde_json::from_slice::<Value>(&sent.body)
         && let Some(file) = v.get("file")
     {
-        learn(st, key, file).await?;
+        learn(st, key, client, file).await?;
         if let Some(id) = session {
             st.uploads.remove(id);
         }

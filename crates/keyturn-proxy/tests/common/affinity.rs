@@ -48,6 +48,47 @@ pub async fn setup_full(
     max_upload_bytes: u64,
     resource_clock: Option<Arc<dyn keyturn_core::Clock>>,
 ) -> Setup {
+    let opts = Options {
+        rpm,
+        redis,
+        max_upload_bytes,
+        resource_clock,
+        ..Options::default()
+    };
+    setup_on(simulator(false).await, opts).await
+}
+
+/// How a test's proxy is set up.
+pub struct Options<'a> {
+    /// The proxy's own limit for flash, per project.
+    pub rpm: u64,
+    /// The namespace of a Redis backend, else the file backend in a temp folder.
+    pub redis: Option<(&'a str, &'a str)>,
+    pub max_upload_bytes: u64,
+    /// The resource map's clock, when not the pool's.
+    pub resource_clock: Option<Arc<dyn keyturn_core::Clock>>,
+    /// `[serve] share_resources`.
+    pub share_resources: bool,
+    /// `resources.json` as a keyturn from before left it in the state folder (file backend).
+    pub resources_json: Option<String>,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Self {
+            rpm: 1000,
+            redis: None,
+            max_upload_bytes: ProxyConfig::default().max_upload_bytes,
+            resource_clock: None,
+            share_resources: false,
+            resources_json: None,
+        }
+    }
+}
+
+/// The simulator with keys of three paid projects and ample limits; with `instant_batches`, a
+/// batch succeeds as soon as it is created.
+pub async fn simulator(instant_batches: bool) -> Simulator {
     let mut models = BTreeMap::new();
     models.insert(
         FLASH.to_owned(),
@@ -64,15 +105,37 @@ pub async fn setup_full(
             (p.to_owned(), paid)
         })
         .collect();
-    let sim = Simulator::start(SimConfig {
+    let mut resources = keyturn_sim::ResourceConfig::default();
+    if instant_batches {
+        resources.batch_pending_secs = 0;
+        resources.batch_running_secs = 0;
+    }
+    Simulator::start(SimConfig {
         projects,
         keys: super::sim_keys(&KEYS),
         models,
+        resources,
         ..SimConfig::default()
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// A proxy over `sim` as `opts` say, clients `a` ([`TOKEN_A`]) and `b` ([`TOKEN_B`]).
+pub async fn setup_on(sim: Simulator, opts: Options<'_>) -> Setup {
+    let Options {
+        rpm,
+        redis,
+        max_upload_bytes,
+        resource_clock,
+        share_resources,
+        resources_json,
+    } = opts;
     let dir = tempfile::tempdir().unwrap();
+    if let Some(json) = resources_json {
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        std::fs::write(dir.path().join("state").join("resources.json"), json).unwrap();
+    }
     super::write_keys(dir.path(), &KEYS);
     let backend = match redis {
         Some((url, ns)) => {
@@ -92,6 +155,7 @@ pub async fn setup_full(
         listen: "127.0.0.1:0".parse().unwrap(),
         tokens: vec![("a".into(), digest(TOKEN_A)), ("b".into(), digest(TOKEN_B))],
         max_upload_bytes,
+        share_resources,
         ..ProxyConfig::default()
     };
     let resources = pool

@@ -48,6 +48,10 @@ pub struct ServeSettings {
     /// as client tokens nor the other way round. Without any, the console answers only this
     /// machine on loopback and is off beyond it.
     pub admin_tokens: Vec<ServeToken>,
+    /// Whether every client token may use the files, cached contents and batches another client
+    /// token created through the proxy (one team's tokens). Off by default: each is its
+    /// creator's, and another client is answered as Gemini answers for another project's.
+    pub share_resources: bool,
 }
 
 impl Default for ServeSettings {
@@ -64,6 +68,7 @@ impl Default for ServeSettings {
             body_timeout: Duration::from_secs(60),
             tokens: Vec::new(),
             admin_tokens: Vec::new(),
+            share_resources: false,
         }
     }
 }

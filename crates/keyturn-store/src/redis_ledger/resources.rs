@@ -3,14 +3,19 @@
 //!
 //! - `kt:{ns}:r:{collection}/{id}` holds the owning project, expiring with the resource
 //!   (`PXAT` its expiry, so Redis forgets it by itself).
+//! - `kt:{ns}:rc:{collection}/{id}` holds the label of the proxy client that created it, when
+//!   one did, with the same expiry; written in the same `MULTI` as the owner, in the same slot
+//!   (the namespace is the hash tag). A record without a client moves an existing client's
+//!   expiry with the owner's and leaves it in place. A process from before reads the owner key
+//!   as it always did.
 //! - `kt:{ns}:rp:{collection}` is a sorted set of the projects owning one, scored by the latest
 //!   expiry among them (`ZADD GT`): listing reads the projects whose score is still ahead.
 //!
 //! Names are validated [`ResourceName`]s and projects come from the key ring, so nothing a
-//! client sends reaches a Redis key unchecked. Never a key: projects only.
+//! client sends reaches a Redis key unchecked. Never a key: projects and client labels only.
 
-use keyturn_core::resources::{check_owner, valid_project};
-use keyturn_core::{ResourceKind, ResourceMap, ResourceName};
+use keyturn_core::resources::{check_ownership, valid_client, valid_project};
+use keyturn_core::{Ownership, ResourceKind, ResourceMap, ResourceName};
 
 use super::*;
 
@@ -65,6 +70,39 @@ impl RedisResources {
         format!("{}r:{name}", self.prefix)
     }
 
+    fn client_key(&self, name: &ResourceName) -> String {
+        format!("{}rc:{name}", self.prefix)
+    }
+
+    /// The owner and client keys of each name, read in one `MGET` (one slot: the hash tag).
+    async fn read(&self, names: &[ResourceName]) -> Result<Vec<Option<Ownership>>, LedgerError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for n in names {
+            cmd.arg(self.owner_key(n)).arg(self.client_key(n));
+        }
+        let mut conn = self.conn.clone();
+        let got: Vec<Option<String>> = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.fail(&e))?;
+        Ok(got
+            .chunks(2)
+            .map(|pair| {
+                // What another writer put there is checked like a state file's contents.
+                let project = pair
+                    .first()
+                    .cloned()
+                    .flatten()
+                    .filter(|p| valid_project(p))?;
+                let client = pair.get(1).cloned().flatten().filter(|c| valid_client(c));
+                Some(Ownership { project, client })
+            })
+            .collect())
+    }
+
     fn projects_key(&self, kind: ResourceKind) -> String {
         format!("{}rp:{}", self.prefix, kind.collection())
     }
@@ -79,23 +117,40 @@ impl ResourceMap for RedisResources {
     async fn record(
         &self,
         name: &ResourceName,
-        project: &str,
+        owner: &Ownership,
         expires_ms: i64,
     ) -> Result<(), LedgerError> {
-        check_owner(project)?;
+        check_ownership(owner)?;
         if expires_ms <= self.clock.now_ms() {
             return Ok(());
         }
+        let project = owner.project.as_str();
         let mut conn = self.conn.clone();
         let projects = self.projects_key(name.kind());
-        let _: () = redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .cmd("SET")
             .arg(self.owner_key(name))
             .arg(project)
             .arg("PXAT")
             .arg(expires_ms)
-            .ignore()
+            .ignore();
+        match owner.client.as_deref() {
+            Some(client) => pipe
+                .cmd("SET")
+                .arg(self.client_key(name))
+                .arg(client)
+                .arg("PXAT")
+                .arg(expires_ms)
+                .ignore(),
+            // A client already recorded stays, expiring with the owner.
+            None => pipe
+                .cmd("PEXPIREAT")
+                .arg(self.client_key(name))
+                .arg(expires_ms)
+                .ignore(),
+        };
+        let _: () = pipe
             .cmd("ZADD")
             .arg(&projects)
             .arg("GT")
@@ -113,20 +168,23 @@ impl ResourceMap for RedisResources {
         Ok(())
     }
 
-    async fn owner(&self, name: &ResourceName) -> Result<Option<String>, LedgerError> {
-        let mut conn = self.conn.clone();
-        let p: Option<String> = conn
-            .get(self.owner_key(name))
-            .await
-            .map_err(|e| self.fail(&e))?;
-        // What another writer put there is checked like a state file's contents.
-        Ok(p.filter(|p| valid_project(p)))
+    async fn owner(&self, name: &ResourceName) -> Result<Option<Ownership>, LedgerError> {
+        Ok(self
+            .read(std::slice::from_ref(name))
+            .await?
+            .into_iter()
+            .next()
+            .flatten())
+    }
+
+    async fn owners(&self, names: &[ResourceName]) -> Result<Vec<Option<Ownership>>, LedgerError> {
+        self.read(names).await
     }
 
     async fn forget(&self, name: &ResourceName) -> Result<(), LedgerError> {
         let mut conn = self.conn.clone();
         let _: i64 = conn
-            .del(self.owner_key(name))
+            .del(&[self.owner_key(name), self.client_key(name)])
             .await
             .map_err(|e| self.fail(&e))?;
         Ok(())
