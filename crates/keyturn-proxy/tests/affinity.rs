@@ -204,29 +204,7 @@ async fn cached_contents_and_batches_stay_with_the_project_that_created_them() {
 async fn a_file_the_proxy_never_saw_blames_no_key_when_another_project_refuses_it() {
     let s = setup(1000, None).await;
     // Uploaded straight to the upstream with p2's key: the proxy has no owner for it.
-    let http = reqwest::Client::new();
-    let boundary = "b0";
-    let body = format!(
-        "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{\"file\": {{}}}}\r\n--{boundary}\r\nContent-Type: text/plain\r\n\r\nhidden\r\n--{boundary}--\r\n"
-    );
-    let r: Value = http
-        .post(format!(
-            "{}/upload/v1beta/files?uploadType=multipart",
-            s.sim.base_url()
-        ))
-        .header("x-goog-api-key", KEYS[2].0)
-        .header("x-goog-upload-protocol", "multipart")
-        .header(
-            "content-type",
-            format!("multipart/related; boundary={boundary}"),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = common::upload_upstream(&s.sim.base_url(), KEYS[2].0, "hidden").await;
     let uri = r["file"]["uri"].as_str().unwrap().to_owned();
     let mut refused = 0;
     for i in 0..8 {

@@ -413,28 +413,7 @@ async fn with_share_resources_every_client_uses_every_clients_resources() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_from_before_clients_were_recorded_stay_usable_by_every_client() {
     let sim = simulator(false).await;
-    let boundary = "b0";
-    let body = format!(
-        "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{\"file\": {{}}}}\r\n--{boundary}\r\nContent-Type: text/plain\r\n\r\nshared\r\n--{boundary}--\r\n"
-    );
-    let r: Value = reqwest::Client::new()
-        .post(format!(
-            "{}/upload/v1beta/files?uploadType=multipart",
-            sim.base_url()
-        ))
-        .header("x-goog-api-key", KEYS[2].0)
-        .header("x-goog-upload-protocol", "multipart")
-        .header(
-            "content-type",
-            format!("multipart/related; boundary={boundary}"),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = common::upload_upstream(&sim.base_url(), KEYS[2].0, "shared").await;
     let name = r["file"]["name"].as_str().unwrap().to_owned();
     let uri = r["file"]["uri"].as_str().unwrap().to_owned();
     #[allow(clippy::disallowed_methods)] // the record must outlive the test on the real clock

@@ -128,3 +128,28 @@ pub fn raw(addr: SocketAddr, method: &str, path: &str, headers: &str, body: &str
         .unwrap_or(0);
     (status, out)
 }
+
+/// Uploads a small text file straight to the upstream (`base`: the simulator) with a pool key,
+/// past any proxy, as another tool (or a keyturn that recorded no owner) would: the upstream's
+/// answer (`file.name`, `file.uri`).
+pub async fn upload_upstream(base: &str, key: &str, text: &str) -> serde_json::Value {
+    let boundary = "b0";
+    let body = format!(
+        "--{boundary}\r\nContent-Type: application/json\r\n\r\n{{\"file\": {{}}}}\r\n--{boundary}\r\nContent-Type: text/plain\r\n\r\n{text}\r\n--{boundary}--\r\n"
+    );
+    reqwest::Client::new()
+        .post(format!("{base}/upload/v1beta/files?uploadType=multipart"))
+        .header("x-goog-api-key", key)
+        .header("x-goog-upload-protocol", "multipart")
+        .header(
+            "content-type",
+            format!("multipart/related; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}

@@ -296,16 +296,7 @@ impl RedisLedger {
             };
             let turn = match rx {
                 None => Some(Turn::Lead),
-                Some(rx) => {
-                    let mut waiting = Waiting {
-                        rx: Some(rx),
-                        queues: &self.batches,
-                        giver: &self.giver,
-                        model,
-                        demand,
-                    };
-                    waiting.turn().await
-                }
+                Some(rx) => self.waiting(model, demand, rx).turn().await,
             };
             match turn {
                 Some(Turn::Done(reply)) => return reply,
@@ -422,6 +413,22 @@ impl RedisLedger {
         });
     }
 
+    /// `demand`'s end of its channel, until its turn is read.
+    fn waiting<'a>(
+        &'a self,
+        model: &'a str,
+        demand: Demand,
+        rx: oneshot::Receiver<Turn>,
+    ) -> Waiting<'a> {
+        Waiting {
+            rx: Some(rx),
+            queues: &self.batches,
+            giver: &self.giver,
+            model,
+            demand,
+        }
+    }
+
     /// What an acquire's own call (from [`RedisLedger::send_from_task`]) decided for it.
     /// Cancelled before it reads the answer, it gives back what it was admitted.
     async fn own_answer(
@@ -430,14 +437,7 @@ impl RedisLedger {
         demand: Demand,
         rx: oneshot::Receiver<Turn>,
     ) -> Result<Decided, redis::RedisError> {
-        let mut waiting = Waiting {
-            rx: Some(rx),
-            queues: &self.batches,
-            giver: &self.giver,
-            model,
-            demand,
-        };
-        match waiting.turn().await {
+        match self.waiting(model, demand, rx).turn().await {
             Some(Turn::Done(decided)) => decided,
             // Its task was dropped unrun: the runtime is shutting down.
             _ => Err(redis::RedisError::from((
