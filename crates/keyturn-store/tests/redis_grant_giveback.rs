@@ -137,6 +137,45 @@ async fn an_acquire_whose_answer_was_lost_leaves_nothing_counted() {
     assert_eq!(day_used(&l).await, (1, 1));
 }
 
+/// A void whose own call's answer is lost too (Redis stalled again) is sent again, and Redis,
+/// which applied it, gives nothing back the second time: giving the stalled call's three
+/// admissions back twice would take the one sent off the counts ((0, 0)), and the ledger would
+/// admit past the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server"]
+async fn a_void_whose_answer_was_lost_is_not_applied_twice() {
+    let redis = TestRedis::private();
+    let clock = Arc::new(ManualClock::at_ms(T0_MS));
+    let (l, mut admin) = one_sent_and_a_grant_held(&redis, &clock).await;
+    l.close().await.unwrap();
+    assert_eq!(day_used(&l).await, (1, 1));
+
+    // The acquire call's answer is lost; Redis runs it once the pause ends.
+    admin.pause_all(4_500).await;
+    assert!(
+        l.acquire(TIGHT, Demand::tokens(1)).await.is_err(),
+        "Redis was paused"
+    );
+    until_it_answers(&mut admin).await;
+    // The status's give-back carries the void; its answer is lost too, and Redis runs it.
+    admin.pause_all(4_500).await;
+    assert!(l.status().await.is_err(), "Redis was paused");
+    until_it_answers(&mut admin).await;
+    // The next status sends the void again: applied once, whatever happened to its answers.
+    assert_eq!(day_used_once_back(&l).await, (1, 1));
+    assert_eq!(day_used(&l).await, (1, 1));
+}
+
+/// Returns once Redis answers a PING (after a pause: what it held has run by then; this
+/// connection's own answer timeout may cut a wait short, so it asks again).
+async fn until_it_answers(admin: &mut RedisAdmin) {
+    while redis::cmd("PING")
+        .query_async::<String>(admin.connection())
+        .await
+        .is_err()
+    {}
+}
+
 /// The status until Redis answers again (the first calls after a dropped connection may fail
 /// while it reconnects).
 async fn day_used_once_back(l: &RedisLedger) -> (u64, u64) {
