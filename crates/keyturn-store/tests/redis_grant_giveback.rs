@@ -320,3 +320,43 @@ async fn close_waits_for_a_give_back_its_timer_has_out() {
     let dc = admin.scope_field("giveback", "dc").await.unwrap();
     assert_eq!(dc, 1);
 }
+
+/// The records of what each acquire call admitted (kept in case its answer is lost) are deleted
+/// once answered: a process that admitted, was refused, settled and closed leaves none behind,
+/// so Redis does not grow by one key per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server"]
+async fn answered_calls_leave_no_record_behind() {
+    let redis = TestRedis::private();
+    let clock = Arc::new(ManualClock::at_ms(T0_MS));
+    let mut cfg = config(100, 1_000_000, 1000);
+    // Refused at once rather than waiting on the test clock.
+    cfg.max_wait = Duration::ZERO;
+    let l = RedisLedger::connect(
+        redis.url(),
+        "giveback",
+        Arc::new(solo_keys(1)),
+        cfg,
+        clock.clone(),
+        TimeSource::Clock,
+    )
+    .await
+    .unwrap();
+    // 100 a minute: the last acquires are refused (their calls admit nothing).
+    let mut admitted = 0;
+    for _ in 0..120 {
+        if let Ok(lease) = l.acquire(TIGHT, Demand::tokens(1)).await {
+            l.settle(lease, Outcome::success(1)).await.unwrap();
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 100);
+    l.close().await.unwrap();
+    let mut admin = RedisAdmin::connect(redis.url()).await;
+    let records: Vec<String> = redis::cmd("KEYS")
+        .arg("kt:{giveback}:c:*")
+        .query_async(admin.connection())
+        .await
+        .unwrap();
+    assert!(records.is_empty(), "{} records left", records.len());
+}
