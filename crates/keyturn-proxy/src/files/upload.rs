@@ -39,6 +39,8 @@ struct Session {
     started_ms: i64,
     /// Bytes of the file streamed upstream so far, for a chunk that states no offset.
     streamed: Arc<std::sync::atomic::AtomicU64>,
+    /// The file's length its start announced (`X-Goog-Upload-Header-Content-Length`), if any.
+    announced: Option<u64>,
 }
 
 /// The upload sessions of this process, by the opaque id the client holds.
@@ -164,6 +166,13 @@ fn too_large(st: &ProxyState) -> Refusal {
     .into()
 }
 
+fn longer_than_announced(announced: u64) -> Refusal {
+    invalid(&format!(
+        "keyturn proxy: the upload is longer than the {announced} bytes its start announced (X-Goog-Upload-Header-Content-Length)"
+    ))
+    .into()
+}
+
 /// A client body as an upstream body: streamed chunk by chunk, cut off past the cap or after
 /// `body_timeout` without a byte. `over` says afterwards whether the cap cut it; `count`, if
 /// any, grows by each chunk sent on.
@@ -280,6 +289,7 @@ async fn start_upload(
                 version: version.to_owned(),
                 started_ms: st.clock.now_ms(),
                 streamed: Arc::default(),
+                announced: header_u64(headers, "x-goog-upload-header-content-length"),
             },
             st.clock.now_ms(),
         );
@@ -345,11 +355,24 @@ async fn continue_upload(
     // streamed so far end.
     let offset = header_u64(headers, "x-goog-upload-offset")
         .unwrap_or_else(|| session.streamed.load(std::sync::atomic::Ordering::Relaxed));
-    let room = st.max_upload_bytes.saturating_sub(offset);
-    if offset > st.max_upload_bytes
-        || header_u64(headers, "content-length").is_some_and(|n| n > room)
-    {
+    if offset > st.max_upload_bytes {
         return Err(too_large(st));
+    }
+    // A file longer than its start announced is refused by Gemini; the proxy refuses it
+    // itself, at once, rather than leave the upstream to cut the stream off under it (which
+    // the client would see as the proxy's send failing: a 502).
+    let cap_room = st.max_upload_bytes - offset;
+    let (room, past) = match session.announced {
+        Some(a) if a.saturating_sub(offset) < cap_room => {
+            (a.saturating_sub(offset), longer_than_announced(a))
+        }
+        _ => (cap_room, too_large(st)),
+    };
+    match header_u64(headers, "content-length") {
+        // Past the cap: the proxy's own limit comes first.
+        Some(n) if n > cap_room => return Err(too_large(st)),
+        Some(n) if n > room => return Err(past),
+        _ => {}
     }
     // The key that started the session, where the pool has it now; a key a reload removed
     // takes nothing more, and no other key can go on with its session.
@@ -374,6 +397,9 @@ async fn continue_upload(
         streamed(st, body, room, over.clone(), Some(session.streamed.clone())),
     )
     .await;
+    if over.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(past);
+    }
     finish(st, key, session.client.as_deref(), sent, &over, Some(id)).await
 }
 
