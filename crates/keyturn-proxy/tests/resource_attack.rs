@@ -168,7 +168,10 @@ impl Setup {
             .header("x-goog-api-key", token)
             .header("x-goog-upload-protocol", "resumable")
             .header("x-goog-upload-command", "start")
-            .header("x-goog-upload-header-content-length", "10")
+            // The file's length as announced: as much as the smallest cap here allows, so
+            // that what refuses a chunk below is the cap (a chunk past the announced length
+            // is refused too, with 400: uploads.rs).
+            .header("x-goog-upload-header-content-length", "1000")
             .body("{\"file\":{}}")
             .send()
             .await
