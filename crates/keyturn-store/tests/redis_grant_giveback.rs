@@ -94,13 +94,8 @@ async fn a_give_back_whose_answer_was_lost_is_not_given_back_twice() {
     admin.pause_all(4_500).await;
     // The give-back before status is sent, its answer never comes in time.
     assert!(l.status().await.is_err(), "Redis was paused");
-    // Once the pause ends, Redis has run the give-back it was sent (a PING waits for it; this
-    // connection's own answer timeout may cut a wait short, so it asks again).
-    while redis::cmd("PING")
-        .query_async::<String>(admin.connection())
-        .await
-        .is_err()
-    {}
+    // Once the pause ends, Redis has run the give-back it was sent.
+    until_it_answers(&mut admin).await;
 
     // One request was sent today and this minute, whatever happened to the give-back's answer:
     // the status below sends the give-back again, and Redis, which ran it, ignores it.
@@ -126,11 +121,7 @@ async fn an_acquire_whose_answer_was_lost_leaves_nothing_counted() {
         l.acquire(TIGHT, Demand::tokens(1)).await.is_err(),
         "Redis was paused"
     );
-    while redis::cmd("PING")
-        .query_async::<String>(admin.connection())
-        .await
-        .is_err()
-    {}
+    until_it_answers(&mut admin).await;
     // Redis ran it once the pause ended: without the void, its admission and the grant it
     // took ahead stayed counted for the minute and the day ((4, 4)).
     assert_eq!(day_used_once_back(&l).await, (1, 1));
