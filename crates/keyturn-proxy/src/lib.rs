@@ -51,6 +51,7 @@ mod answer;
 mod auth;
 mod download;
 mod files;
+mod lanes;
 mod live;
 mod native;
 mod openai;
@@ -141,6 +142,9 @@ pub enum ProxyError {
         /// Why.
         source: std::io::Error,
     },
+    /// The serving threads could not start.
+    #[error("cannot start the threads that serve connections: {0}")]
+    Threads(std::io::Error),
 }
 
 impl ProxyConfig {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use tokio::sync::Semaphore;
 
+use crate::lanes::Lanes;
 use crate::{ProxyConfig, ProxyError, ProxyState, router};
 
 /// What bounds a client's hold on the server.
@@ -20,12 +21,13 @@ struct Limits {
 }
 
 /// The accept loop: at most `connections` open at once (more wait in the kernel's backlog), each
-/// closed when its headers take longer than `header_timeout` to arrive — a slow client's or an
-/// idle keep-alive's — or when a write to it makes no progress for `send_timeout`, and all
-/// drained on shutdown.
+/// served on the least busy of `lanes` and closed when its headers take longer than
+/// `header_timeout` to arrive — a slow client's or an idle keep-alive's — or when a write to it
+/// makes no progress for `send_timeout`, and all drained on shutdown.
 async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
+    lanes: Arc<Lanes>,
     limits: Limits,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
@@ -55,20 +57,29 @@ async fn serve(
             _ = &mut stop => break,
         };
         socket.set_nodelay(true).ok();
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        // hyper has no write timeout: a client that never reads (pipelining requests it never
-        // takes the answers to, or leaving a stream untaken) would hold its connection, and a
-        // stream's in-flight slot, for ever.
-        let mut socket = tokio_io_timeout::TimeoutStream::new(socket);
-        socket.set_write_timeout(Some(limits.send_timeout));
-        let socket = Box::pin(socket);
-        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(socket), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
+        // The socket leaves this runtime's reactor for its lane's.
+        let Ok(socket) = socket.into_std() else {
+            continue;
+        };
+        let (lane, seat) = lanes.seat();
+        let (http, app, watcher) = (http.clone(), app.clone(), graceful.watcher());
+        let send_timeout = limits.send_timeout;
+        lane.spawn(async move {
+            let _held = (permit, seat);
+            let Ok(socket) = tokio::net::TcpStream::from_std(socket) else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            // hyper has no write timeout: a client that never reads (pipelining requests it
+            // never takes the answers to, or leaving a stream untaken) would hold its
+            // connection, and a stream's in-flight slot, for ever.
+            let mut socket = tokio_io_timeout::TimeoutStream::new(socket);
+            socket.set_write_timeout(Some(send_timeout));
+            let conn =
+                http.serve_connection(hyper_util::rt::TokioIo::new(Box::pin(socket)), service);
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "proxy connection ended");
             }
-            drop(permit);
         });
     }
     drop(listener);
@@ -84,6 +95,8 @@ pub struct Proxy {
     task: tokio::task::JoinHandle<()>,
     /// Watches the pool for the console's events.
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// The threads its connections are served on; they end when it is dropped.
+    _lanes: Arc<Lanes>,
 }
 
 /// How often the proxy looks at the pool's status for the console's events.
@@ -122,9 +135,11 @@ impl Proxy {
             None
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let lanes = Arc::new(Lanes::per_core("keyturn-serve").map_err(ProxyError::Threads)?);
         let task = tokio::spawn(serve(
             listener,
             app,
+            lanes.clone(),
             Limits {
                 connections: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
                 header_timeout: cfg.header_timeout,
@@ -138,6 +153,7 @@ impl Proxy {
             shutdown: Some(tx),
             task,
             watcher,
+            _lanes: lanes,
         })
     }
 
@@ -157,8 +173,16 @@ impl Proxy {
     }
 
     /// Stops accepting, answers requests waiting for an upstream slot with 503 and a retry
-    /// delay, drains the calls in flight (up to `grace`), then closes what is left.
+    /// delay, drains the calls in flight (up to `grace`), then closes what is left, and ends
+    /// its serving threads.
     pub async fn shutdown(mut self, grace: Duration) {
+        self.drain(grace).await;
+    }
+
+    /// [`Proxy::shutdown`] but for its serving threads, which go on running what requests left
+    /// behind (a give-back to a shared ledger, say) until the proxy is dropped: `keyturn serve`
+    /// drains, saves the quota state, then drops.
+    pub async fn drain(&mut self, grace: Duration) {
         // Requests still waiting for an upstream slot get 503 with a retry delay now; those
         // already upstream finish within the drain.
         self.state.in_flight.close();
@@ -181,6 +205,7 @@ pub struct ConsoleServer {
     addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+    _lanes: Arc<Lanes>,
 }
 
 impl ConsoleServer {
@@ -211,9 +236,11 @@ impl ConsoleServer {
             .merge(console.router())
             .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found") });
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let lanes = Arc::new(Lanes::start(1, "keyturn-console").map_err(ProxyError::Threads)?);
         let task = tokio::spawn(serve(
             listener,
             app,
+            lanes.clone(),
             Limits {
                 connections: Arc::new(Semaphore::new(CONSOLE_CONNECTIONS)),
                 header_timeout: Duration::from_secs(10),
@@ -225,6 +252,7 @@ impl ConsoleServer {
             addr,
             shutdown: Some(tx),
             task,
+            _lanes: lanes,
         })
     }
 

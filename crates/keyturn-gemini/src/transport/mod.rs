@@ -21,7 +21,9 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, USER_
 
 use crate::route::{EgressRoute, RouteBoard, RouteFault};
 
+mod lanes;
 mod urls;
+pub use lanes::serve_on_lane;
 pub use urls::{InvalidName, model_id, valid_method, valid_model};
 
 /// The real service.
@@ -103,7 +105,10 @@ impl OpenAiRoute {
 /// Sends requests to Gemini (or anything that speaks its API).
 #[derive(Debug, Clone)]
 pub struct Transport {
-    client: reqwest::Client,
+    /// The client for keys without a route: one per serving lane ([`serve_on_lane`]).
+    clients: Arc<lanes::Clients>,
+    /// What built them, to build a lane's on its first use.
+    config: TransportConfig,
     /// Keys with their own egress route, the client for it (one per distinct route) and the
     /// route.
     routes: Arc<Vec<(Fingerprint, reqwest::Client, EgressRoute)>>,
@@ -122,12 +127,13 @@ pub struct Transport {
 impl Transport {
     /// A transport.
     pub fn new(cfg: &TransportConfig) -> Result<Self, reqwest::Error> {
-        let client = Self::client(cfg, None)?;
+        let clients = Arc::new(lanes::Clients::new(Self::client(cfg, None)?));
         let root = cfg.base_url.trim_end_matches('/').to_owned();
         let version = cfg.api_version.trim_matches('/').to_owned();
         let base = format!("{root}/{version}");
         Ok(Self {
-            client,
+            clients,
+            config: cfg.clone(),
             routes: Arc::default(),
             route_board: None,
             parsed: Arc::default(),
@@ -214,10 +220,13 @@ impl Transport {
     /// The client a key's requests leave through.
     fn client_for(&self, key: &ApiKey) -> &reqwest::Client {
         let fp = key.fingerprint();
-        self.routes
-            .iter()
-            .find(|(f, _, _)| *f == fp)
-            .map_or(&self.client, |(_, c, _)| c)
+        self.routes.iter().find(|(f, _, _)| *f == fp).map_or_else(
+            || {
+                self.clients
+                    .for_this_lane(|| Self::client(&self.config, None))
+            },
+            |(_, c, _)| c,
+        )
     }
 
     /// A send's result, with a failure of the key's route said as one and recorded: a route

@@ -198,8 +198,11 @@ pub(super) async fn cmd_serve(g: &Global, env: &Env, cwd: &Path, a: ServeArgs) -
         reloads.run(trigger, &mut pool, proxy.state()).await;
     }
     eprintln!("keyturn serve: draining requests in flight…");
-    proxy.shutdown(Duration::from_secs(10)).await;
-    match pool.state.shutdown().await {
+    let mut proxy = proxy;
+    proxy.drain(Duration::from_secs(10)).await;
+    let saved = pool.state.shutdown().await;
+    drop(proxy);
+    match saved {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(
             Outcome::Failed,
