@@ -553,12 +553,7 @@ fn quantiles(samples: &mut [f64]) -> (f64, f64) {
 /// of its own, one event loop as `wrk -t1` would: on a multi-thread runtime its request and its
 /// connection's task wake each other across threads, and on two cores shared with the servers
 /// that hand-off, not the server measured, can be most of a loopback round trip.
-async fn serial_latency(
-    url: &str,
-    auth: &str,
-    warm: usize,
-    n: usize,
-) -> Result<Vec<f64>, String> {
+async fn serial_latency(url: &str, auth: &str, warm: usize, n: usize) -> Result<Vec<f64>, String> {
     let (url, auth) = (url.to_owned(), auth.to_owned());
     tokio::task::spawn_blocking(move || {
         tokio::runtime::Builder::new_current_thread()

@@ -90,12 +90,8 @@ async fn a_give_back_whose_answer_was_lost_is_not_given_back_twice() {
     let clock = Arc::new(ManualClock::at_ms(T0_MS));
     let (l, mut admin) = one_sent_and_a_grant_held(&redis, &clock).await;
 
-    // Redis stalls past the ledger's answer timeout (3 s), then runs what it was sent.
-    admin.pause_all(4_500).await;
-    // The give-back before status is sent, its answer never comes in time.
-    assert!(l.status().await.is_err(), "Redis was paused");
-    // Once the pause ends, Redis has run the give-back it was sent.
-    until_it_answers(&mut admin).await;
+    // The give-back before status is sent, its answer never comes in time; Redis runs it.
+    answer_lost(&mut admin, l.status()).await;
 
     // One request was sent today and this minute, whatever happened to the give-back's answer:
     // the status below sends the give-back again, and Redis, which ran it, ignores it.
@@ -116,12 +112,7 @@ async fn an_acquire_whose_answer_was_lost_leaves_nothing_counted() {
     l.close().await.unwrap();
     assert_eq!(day_used(&l).await, (1, 1));
 
-    admin.pause_all(4_500).await;
-    assert!(
-        l.acquire(TIGHT, Demand::tokens(1)).await.is_err(),
-        "Redis was paused"
-    );
-    until_it_answers(&mut admin).await;
+    answer_lost(&mut admin, l.acquire(TIGHT, Demand::tokens(1))).await;
     // Redis ran it once the pause ended: without the void, its admission and the grant it
     // took ahead stayed counted for the minute and the day ((4, 4)).
     assert_eq!(day_used_once_back(&l).await, (1, 1));
@@ -142,19 +133,23 @@ async fn a_void_whose_answer_was_lost_is_not_applied_twice() {
     assert_eq!(day_used(&l).await, (1, 1));
 
     // The acquire call's answer is lost; Redis runs it once the pause ends.
-    admin.pause_all(4_500).await;
-    assert!(
-        l.acquire(TIGHT, Demand::tokens(1)).await.is_err(),
-        "Redis was paused"
-    );
-    until_it_answers(&mut admin).await;
+    answer_lost(&mut admin, l.acquire(TIGHT, Demand::tokens(1))).await;
     // The status's give-back carries the void; its answer is lost too, and Redis runs it.
-    admin.pause_all(4_500).await;
-    assert!(l.status().await.is_err(), "Redis was paused");
-    until_it_answers(&mut admin).await;
+    answer_lost(&mut admin, l.status()).await;
     // The next status sends the void again: applied once, whatever happened to its answers.
     assert_eq!(day_used_once_back(&l).await, (1, 1));
     assert_eq!(day_used(&l).await, (1, 1));
+}
+
+/// `call` loses its answer: Redis stalls past the ledger's answer timeout (3 s), so the call
+/// fails for its caller, then runs what it was sent; returns once Redis has.
+async fn answer_lost<T, E>(
+    admin: &mut RedisAdmin,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) {
+    admin.pause_all(4_500).await;
+    assert!(call.await.is_err(), "Redis was paused");
+    until_it_answers(admin).await;
 }
 
 /// Returns once Redis answers a PING (after a pause: what it held has run by then; this
