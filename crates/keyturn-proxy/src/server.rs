@@ -31,7 +31,8 @@ async fn serve(
     limits: Limits,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Each connection holds a receiver: `true` asks it to finish; all dropped, all are done.
+    let (draining, drain) = tokio::sync::watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -62,29 +63,89 @@ async fn serve(
             continue;
         };
         let (lane, seat) = lanes.seat();
-        let (http, app, watcher) = (http.clone(), app.clone(), graceful.watcher());
+        let (http, app, drain) = (http.clone(), app.clone(), drain.clone());
         let send_timeout = limits.send_timeout;
         lane.spawn(async move {
             let _held = (permit, seat);
             let Ok(socket) = tokio::net::TcpStream::from_std(socket) else {
                 return;
             };
-            let service = hyper_util::service::TowerToHyperService::new(app);
             // hyper has no write timeout: a client that never reads (pipelining requests it
             // never takes the answers to, or leaving a stream untaken) would hold its
             // connection, and a stream's in-flight slot, for ever.
             let mut socket = tokio_io_timeout::TimeoutStream::new(socket);
             socket.set_write_timeout(Some(send_timeout));
-            let conn =
-                http.serve_connection(hyper_util::rt::TokioIo::new(Box::pin(socket)), service);
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, "proxy connection ended");
-            }
+            connection(&http, app, Box::pin(socket), drain).await;
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    drop(drain);
+    draining.send_replace(true);
+    draining.closed().await;
 }
+
+/// Serves one connection to its end, then lingers: a client whose request was refused before
+/// its body was read (a 413 for a body over the cap, a 401 before an upload) is still sending
+/// it, and a socket closed with unread data resets the connection — the client would see
+/// "connection reset" or "broken pipe" instead of the answer. So the write side is shut (the
+/// client reads the answer to its end) and what still comes is read and thrown away, for at
+/// most [`LINGER`] and [`LINGER_BYTES`], as nginx's `lingering_close` does.
+async fn connection<I>(
+    http: &hyper::server::conn::http1::Builder,
+    app: Router,
+    io: I,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut conn = http.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    let mut asked = *drain.borrow();
+    if asked {
+        std::pin::Pin::new(&mut conn).graceful_shutdown();
+    }
+    let served = loop {
+        tokio::select! {
+            r = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => break r,
+            changed = drain.changed(), if !asked => {
+                asked = true;
+                if changed.is_ok() {
+                    std::pin::Pin::new(&mut conn).graceful_shutdown();
+                }
+            }
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "proxy connection ended");
+    }
+    // Served: a shutdown need not wait for the lingering.
+    drop(drain);
+    let mut io = conn.into_parts().io.into_inner();
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let mut left = LINGER_BYTES;
+    let mut buf = vec![0u8; 16 << 10];
+    let until = tokio::time::sleep(LINGER);
+    tokio::pin!(until);
+    while left > 0 {
+        tokio::select! {
+            read = io.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            },
+            () = &mut until => return,
+        }
+    }
+}
+
+/// How long a closed connection goes on reading what its client still sends.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// How much a closed connection reads and throws away at most.
+const LINGER_BYTES: usize = 16 << 20;
 
 /// A running proxy.
 #[derive(Debug)]
