@@ -307,6 +307,52 @@ async fn signing_in_sets_a_cookie_that_only_the_consoles_own_page_can_act_with()
     assert_eq!(from_console.status(), 200);
 }
 
+/// The cookie sits in the browser's store: it holds a session this process signed, never the
+/// admin token, so whoever copies it gets neither the token nor more than the session's hours.
+#[tokio::test]
+async fn the_sign_in_cookie_holds_a_session_and_never_the_admin_token() {
+    let s = setup("127.0.0.1:0", true, true, 100).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let sign_in = async |s: &Setup| {
+        let r = http
+            .post(s.url("/console/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={}", s.admin))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303);
+        r.headers()["set-cookie"].to_str().unwrap().to_owned()
+    };
+    let set = sign_in(&s).await;
+    assert!(!set.contains(&s.admin), "the token is in the cookie: {set}");
+    assert!(set.contains("Max-Age=43200"), "{set}");
+    let status_with = async |s: &Setup, cookie: &str| {
+        http.get(s.url("/admin/status"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    let session = set.split(';').next().unwrap().to_owned();
+    assert_eq!(status_with(&s, &session).await, 200);
+    // The token itself is no cookie: the API takes it in a header only.
+    let raw = format!("keyturn_admin={}", s.admin);
+    assert_eq!(status_with(&s, &raw).await, 401);
+    // Another proxy (its own admin token, its own secret) knows nothing of this one's sessions.
+    let other = setup("127.0.0.1:0", true, true, 100).await;
+    assert_eq!(status_with(&other, &session).await, 401);
+    let theirs = sign_in(&other).await;
+    assert_eq!(
+        status_with(&other, theirs.split(';').next().unwrap()).await,
+        200
+    );
+}
+
 #[tokio::test]
 async fn a_console_page_served_over_https_gets_a_cookie_never_sent_over_plain_http() {
     let s = setup("127.0.0.1:0", true, true, 100).await;

@@ -1,4 +1,5 @@
-//! Who may use the console and the admin API: admin tokens (header or the sign-in cookie),
+//! Who may use the console and the admin API: admin tokens (a header, or the session of a
+//! sign-in with one in the cookie),
 //! this machine only without one; the sign-in page and the embedded assets.
 
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
 
 use super::Console;
+use super::session::SESSION_SECS;
 use super::{
     CONSOLE_CSS, CONSOLE_HTML, CONSOLE_JS, COOKIE, LOGIN_HTML, UPLOT_CSS, UPLOT_JS, html, no_store,
     problem,
@@ -98,7 +100,14 @@ pub(super) fn check(st: &Console, method: &Method, headers: &HeaderMap) -> Resul
             "keyturn proxy: the console and admin API need an admin token (Authorization: Bearer, or sign in at /console)",
         ));
     };
-    if !matches(admin, &token) {
+    if cookie {
+        if !st.sessions.valid(&token, admin, st.clock.now_ms()) {
+            return Err(refused(
+                StatusCode::UNAUTHORIZED,
+                "keyturn proxy: the console's sign-in has ended (it lasts 12 hours, and ends when keyturn restarts or its admin token is removed); sign in again at /console",
+            ));
+        }
+    } else if !matches(admin, &token) {
         let what = if matches(&tokens, &token) {
             "a client token cannot use the console or the admin API; they need an admin token"
         } else {
@@ -230,12 +239,18 @@ pub(super) async fn login(
         tracing::warn!("console sign-in refused: not an admin token");
         return login_page(StatusCode::UNAUTHORIZED, "that is not an admin token");
     }
+    let Some(session) = st.sessions.issue(&digest(&token), st.clock.now_ms()) else {
+        return login_page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not start a session; try again",
+        );
+    };
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::SEE_OTHER;
     r.headers_mut()
         .insert(header::LOCATION, HeaderValue::from_static("/console"));
     if let Ok(v) = HeaderValue::from_str(&format!(
-        "{COOKIE}={token}; {}",
+        "{COOKIE}={session}; {}; Max-Age={SESSION_SECS}",
         cookie_attributes(&headers)
     )) {
         r.headers_mut().insert(header::SET_COOKIE, v);

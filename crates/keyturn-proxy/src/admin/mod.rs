@@ -4,7 +4,8 @@
 //!
 //! - Access needs an **admin token**, never a client token: `Authorization: Bearer`, or the
 //!   `keyturn_admin` cookie the console's sign-in sets (`HttpOnly`, `SameSite=Strict`; `Secure` when the page
-//!   came over HTTPS). Admin
+//!   came over HTTPS), which holds a session signed by this process, never the token
+//!   ([`session`]). Admin
 //!   tokens are kept only as SHA-256 digests and compared in constant time, like client tokens.
 //!   On loopback with no admin token configured, only this machine may use them (the rule the
 //!   proxy applies to clients without tokens); listening beyond loopback with no admin token
@@ -40,6 +41,7 @@ mod actions;
 mod api;
 mod events;
 mod gate;
+mod session;
 
 use actions::{actions_gate, disable_key, enable_key, recheck_key, reset_key, reset_scope};
 use api::{events, history, status};
@@ -110,6 +112,8 @@ pub struct Console {
     recheck: ArcSwapOption<Transport>,
     /// How long a request's body may take to arrive (408 after).
     body_timeout: Duration,
+    /// What the sign-in cookie carries instead of the token.
+    sessions: session::Sessions,
 }
 
 impl Console {
@@ -124,6 +128,7 @@ impl Console {
             observed: Mutex::new(Observed::default()),
             recheck: ArcSwapOption::empty(),
             body_timeout: BODY_TIMEOUT,
+            sessions: session::Sessions::default(),
         }
     }
 
