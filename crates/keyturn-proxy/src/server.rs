@@ -153,7 +153,9 @@ pub struct Proxy {
     addr: SocketAddr,
     state: Arc<ProxyState>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    /// The accept loop, until a drain has waited for it: a finished task's handle must not be
+    /// polled again (tokio panics), and `drain` may be called more than once.
+    task: Option<tokio::task::JoinHandle<()>>,
     /// Watches the pool for the console's events.
     watcher: Option<tokio::task::JoinHandle<()>>,
     /// The threads its connections are served on; they end when it is dropped.
@@ -212,7 +214,7 @@ impl Proxy {
             addr,
             state,
             shutdown: Some(tx),
-            task,
+            task: Some(task),
             watcher,
             _lanes: lanes,
         })
@@ -253,8 +255,10 @@ impl Proxy {
         if let Some(tx) = self.shutdown.take() {
             tx.send(()).ok();
         }
-        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
-            self.task.abort();
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(grace, &mut task).await.is_err()
+        {
+            task.abort();
         }
     }
 }
