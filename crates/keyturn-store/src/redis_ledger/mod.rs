@@ -223,6 +223,7 @@ impl RedisLedger {
             out: Default::default(),
             quiet: Default::default(),
             era: Default::default(),
+            home: tokio::runtime::Handle::current(),
         });
         let settler = Arc::new(settles::Settler {
             conn: conn.clone(),

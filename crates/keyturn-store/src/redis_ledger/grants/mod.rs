@@ -148,6 +148,11 @@ pub(super) struct Giver {
     /// Moves on whenever what may be admitted changes here (see [`Giver::retire`]): a call
     /// planned before keeps no grant.
     pub(super) era: AtomicU64,
+    /// The runtime the ledger connected on, where its timers run: a timer started by a call on
+    /// a runtime that ends before the ledger (a proxy's serving thread, when the proxy stops and
+    /// its pool lives on) would end with it, its model marked as timed for good, and what it
+    /// was to give back would stay counted in Redis until the next call, for the day.
+    pub(super) home: tokio::runtime::Handle,
 }
 
 /// A random 64-bit number without a random-number crate: std's hasher keys are seeded from
@@ -278,19 +283,9 @@ impl Giver {
         }
     }
 
-    /// Starts a model's timer in the current runtime (none while one shuts down: what it would
-    /// send goes with the next call, status or close).
+    /// Starts a model's timer on the ledger's own runtime ([`Giver::home`]), not the caller's.
     fn start_timer(self: &Arc<Self>, model: &str) {
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(self.clone().expire(model.to_owned()));
-            }
-            Err(_) => {
-                if let Some(h) = self.grants.lock().get_mut(model) {
-                    h.timer = false;
-                }
-            }
-        }
+        self.home.spawn(self.clone().expire(model.to_owned()));
     }
 
     /// Gives back an admission nobody will send (its acquire was cancelled while its answer
