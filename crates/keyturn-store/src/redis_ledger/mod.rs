@@ -233,6 +233,7 @@ impl RedisLedger {
             queue: Mutex::default(),
             idle: Default::default(),
             calls: Default::default(),
+            home: tokio::runtime::Handle::current(),
         });
         let ledger = Self {
             candidates,

@@ -27,6 +27,11 @@ pub(super) struct Settler {
     pub(super) idle: tokio::sync::Notify,
     /// Settle calls sent since the ledger connected.
     pub(super) calls: std::sync::atomic::AtomicU64,
+    /// The runtime the ledger connected on, where the settles that waited go on: the runtime of
+    /// the call they waited for may end before the ledger (a proxy's serving thread, when the
+    /// proxy stops), and a task it was handed would be dropped unrun, leaving them, and every
+    /// settle after them, waiting for good.
+    pub(super) home: tokio::runtime::Handle,
 }
 
 /// Whether a settle call is out, and the settles waiting for it to return.
@@ -37,7 +42,7 @@ pub(super) struct SettleQueue {
 }
 
 /// Held by a caller sending its own settle: when it is done (or dropped), the settles that
-/// arrived meanwhile go on in a task.
+/// arrived meanwhile go on in a task on the ledger's runtime ([`Settler::home`]).
 struct HandOn(Arc<Settler>);
 
 impl Drop for HandOn {
@@ -48,18 +53,8 @@ impl Drop for HandOn {
             self.0.idle.notify_waiters();
             return;
         }
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                drop(q);
-                rt.spawn(self.0.clone().drain());
-            }
-            // No runtime runs the waiters either: they get an error (their sender dropped).
-            Err(_) => {
-                q.waiting.clear();
-                q.busy = false;
-                self.0.idle.notify_waiters();
-            }
-        }
+        drop(q);
+        self.0.home.spawn(self.0.clone().drain());
     }
 }
 
