@@ -60,8 +60,9 @@ impl Lanes {
                 .name(format!("{name}-{i}"))
                 .spawn(move || {
                     let _logs = tracing::dispatcher::set_default(&dispatch);
-                    // Its upstream calls go through a client of its own.
-                    keyturn_gemini::transport::serve_on_lane(i);
+                    // Its upstream calls go through a client of its own (lane 0's is every
+                    // other thread's).
+                    keyturn_gemini::transport::serve_on_lane(i + 1);
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()

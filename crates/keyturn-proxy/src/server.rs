@@ -180,6 +180,8 @@ impl Proxy {
             source,
         })?;
         let app = router(state.clone());
+        // First: a failure to start them leaves nothing running.
+        let lanes = Arc::new(Lanes::per_core("keyturn-serve").map_err(ProxyError::Threads)?);
         let watcher = if cfg.console_enabled() {
             let st = state.clone();
             Some(tokio::spawn(async move {
@@ -198,7 +200,6 @@ impl Proxy {
             None
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let lanes = Arc::new(Lanes::per_core("keyturn-serve").map_err(ProxyError::Threads)?);
         let task = tokio::spawn(serve(
             listener,
             app,

@@ -14,7 +14,8 @@ thread_local! {
     static LANE: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Says that the calling thread serves lane `lane` (0-based) for the rest of its life.
+/// Says that the calling thread serves lane `lane` (from 1; 0 is every thread that serves none)
+/// for the rest of its life.
 pub fn serve_on_lane(lane: usize) {
     LANE.with(|l| l.set(lane));
 }
@@ -24,7 +25,8 @@ pub(super) fn this_lane() -> usize {
     LANE.with(Cell::get)
 }
 
-/// How many lanes a transport keeps clients for: one per core, as many as a server can run.
+/// How many lanes a transport keeps clients for besides lane 0's (the threads that serve none):
+/// one per core, as many as a server runs.
 pub(super) fn lanes() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -41,7 +43,7 @@ impl Clients {
     pub(super) fn new(first: reqwest::Client) -> Self {
         Self {
             first,
-            rest: (1..lanes()).map(|_| OnceLock::new()).collect(),
+            rest: (0..lanes()).map(|_| OnceLock::new()).collect(),
         }
     }
 
