@@ -351,3 +351,27 @@ async fn answered_calls_leave_no_record_behind() {
         .unwrap();
     assert!(records.is_empty(), "{} records left", records.len());
 }
+
+/// A ledger dropped where no runtime runs (a thread of its own, or after the runtime of the
+/// code that held it ended: a proxy's serving thread) still gives its unspent grants back, on
+/// the runtime it connected on; they stayed counted for the minute and the day before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs redis-server"]
+async fn a_ledger_dropped_off_any_runtime_still_gives_its_grants_back() {
+    let redis = TestRedis::private();
+    let clock = Arc::new(ManualClock::at_ms(T0_MS));
+    let (l, _admin) = one_sent_and_a_grant_held(&redis, &clock).await;
+    let watch = observer(&redis, &clock).await;
+    let held = day_used(&watch).await;
+    assert!(held.0 > 1, "the grant shows as used: {held:?}");
+    std::thread::spawn(move || drop(l)).join().unwrap();
+    let mut last = held;
+    for _ in 0..50 {
+        last = day_used(&watch).await;
+        if last == (1, 1) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the dropped ledger's grant was never given back: {last:?} for 1 request sent");
+}

@@ -100,8 +100,8 @@ impl RedisLedger {
     /// unspent grants, with those whose give-back failed before (each applied once), and
     /// deletes the marks of give-backs already answered. A clean shutdown
     /// calls it before dropping the ledger; a ledger dropped without it gives them back in a task
-    /// of the current runtime if there is one (a runtime shutting down may not run it: they then
-    /// stay counted as sent, the minute's room back once their second leaves the window, the
+    /// on the runtime it connected on, wherever it is dropped (a runtime shutting down may not
+    /// run it: they then stay counted as sent, the minute's room back once their second leaves the window, the
     /// day's lost for the day).
     pub async fn close(&self) -> Result<(), LedgerError> {
         // The settles still out or waiting (their callers may have stopped waiting) first: a
@@ -130,13 +130,13 @@ impl Drop for RedisLedger {
         if held.is_empty() {
             return;
         }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let giver = self.giver.clone();
-            rt.spawn(async move {
-                for (model, back) in held {
-                    let _ = giver.give_back(&model, back).await;
-                }
-            });
-        }
+        // On the runtime the ledger connected on, where its connection is driven: the one
+        // dropping it may be none, or one about to end (a proxy's serving thread).
+        let giver = self.giver.clone();
+        self.giver.home.clone().spawn(async move {
+            for (model, back) in held {
+                let _ = giver.give_back(&model, back).await;
+            }
+        });
     }
 }
