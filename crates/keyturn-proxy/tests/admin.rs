@@ -117,6 +117,21 @@ impl Setup {
         format!("http://127.0.0.1:{}{path}", self.proxy.addr().port())
     }
 
+    /// The console's sign-in form sent with `token` and `headers`; its redirect not followed.
+    async fn sign_in(&self, token: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut rq = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .post(self.url("/console/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"));
+        for (name, value) in headers {
+            rq = rq.header(*name, *value);
+        }
+        rq.send().await.unwrap()
+    }
+
     async fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
         let mut r = reqwest::Client::new().get(self.url(path));
         if let Some(t) = token {
@@ -261,22 +276,10 @@ async fn signing_in_sets_a_cookie_that_only_the_consoles_own_page_can_act_with()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let bad = http
-        .post(s.url("/console/login"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={}", s.client))
-        .send()
-        .await
-        .unwrap();
+    let bad = s.sign_in(&s.client, &[]).await;
     assert_eq!(bad.status(), 401, "a client token signed in");
     assert!(bad.headers().get("set-cookie").is_none());
-    let ok = http
-        .post(s.url("/console/login"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={}", s.admin))
-        .send()
-        .await
-        .unwrap();
+    let ok = s.sign_in(&s.admin, &[]).await;
     assert_eq!(ok.status(), 303);
     let cookie = ok.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
@@ -317,13 +320,7 @@ async fn the_sign_in_cookie_holds_a_session_and_never_the_admin_token() {
         .build()
         .unwrap();
     let sign_in = async |s: &Setup| {
-        let r = http
-            .post(s.url("/console/login"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(format!("token={}", s.admin))
-            .send()
-            .await
-            .unwrap();
+        let r = s.sign_in(&s.admin, &[]).await;
         assert_eq!(r.status(), 303);
         r.headers()["set-cookie"].to_str().unwrap().to_owned()
     };
@@ -361,20 +358,14 @@ async fn a_console_page_served_over_https_gets_a_cookie_never_sent_over_plain_ht
         .build()
         .unwrap();
     let port = s.proxy.addr().port();
-    let sign_in = |origin: String, forwarded: Option<&'static str>| {
-        let mut rq = http
-            .post(s.url("/console/login"))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("origin", origin)
-            .body(format!("token={}", s.admin));
+    let sign_in = async |origin: String, forwarded: Option<&'static str>| {
+        let mut headers = vec![("origin", origin.as_str())];
         if let Some(f) = forwarded {
-            rq = rq.header("x-forwarded-proto", f);
+            headers.push(("x-forwarded-proto", f));
         }
-        async move {
-            let r = rq.send().await.unwrap();
-            assert_eq!(r.status(), 303);
-            r.headers()["set-cookie"].to_str().unwrap().to_owned()
-        }
+        let r = s.sign_in(&s.admin, &headers).await;
+        assert_eq!(r.status(), 303);
+        r.headers()["set-cookie"].to_str().unwrap().to_owned()
     };
     let secure = |c: &str| c.split(';').any(|a| a.trim() == "Secure");
     // Behind a TLS-terminating proxy the page is https (and so is its Origin).
@@ -608,27 +599,10 @@ async fn an_admin_disables_a_key_until_enabling_it_and_a_recheck_does_not_lift_i
 #[tokio::test]
 async fn the_sign_in_form_refuses_a_huge_body() {
     let s = setup("127.0.0.1:0", true, true, 100).await;
-    let huge = format!("token={}", "a".repeat(4 << 20));
-    let r = reqwest::Client::new()
-        .post(s.url("/console/login"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(huge)
-        .send()
-        .await
-        .unwrap();
+    let r = s.sign_in(&"a".repeat(4 << 20), &[]).await;
     assert_eq!(r.status(), 413);
     // A sign-in of ordinary size still works.
-    let ok = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .post(s.url("/console/login"))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(format!("token={}", s.admin))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ok.status(), 303);
+    assert_eq!(s.sign_in(&s.admin, &[]).await.status(), 303);
 }
 
 /// Nor can a stranger hold a connection by sending the sign-in's body a byte at a time: the
