@@ -101,10 +101,10 @@ impl Lanes {
         })
     }
 
-    /// As many lanes as the machine has cores.
+    /// As many lanes as the machine has cores: as many as the upstream transports keep
+    /// clients for ([`keyturn_gemini::transport::lane_count`]).
     pub(crate) fn per_core(name: &str) -> std::io::Result<Self> {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::start(n, name)
+        Self::start(keyturn_gemini::transport::lane_count(), name)
     }
 
     /// The lane with the fewest open connections, and a seat on it.

@@ -25,9 +25,9 @@ pub(super) fn this_lane() -> usize {
     LANE.with(Cell::get)
 }
 
-/// How many lanes a transport keeps clients for besides lane 0's (the threads that serve none):
-/// one per core, as many as a server runs.
-pub(super) fn lanes() -> usize {
+/// How many serving lanes a server runs (one per core), and so how many clients a transport
+/// keeps besides lane 0's (the threads that serve none): `keyturn serve` starts this many.
+pub fn lane_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -43,7 +43,7 @@ impl Clients {
     pub(super) fn new(first: reqwest::Client) -> Self {
         Self {
             first,
-            rest: (0..lanes()).map(|_| OnceLock::new()).collect(),
+            rest: (0..lane_count()).map(|_| OnceLock::new()).collect(),
         }
     }
 

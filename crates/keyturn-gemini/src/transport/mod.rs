@@ -23,7 +23,7 @@ use crate::route::{EgressRoute, RouteBoard, RouteFault};
 
 mod lanes;
 mod urls;
-pub use lanes::serve_on_lane;
+pub use lanes::{lane_count, serve_on_lane};
 pub use urls::{InvalidName, model_id, valid_method, valid_model};
 
 /// The real service.
